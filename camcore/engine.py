@@ -1,0 +1,411 @@
+"""Compute once, render many.
+
+One forward (and one backward when a gradient method is asked for) with hooks on every chosen
+layer feeds every pure method (methods.py) on every layer: after that pass, switching method or
+layer never runs the model again. Perturbation methods reuse the pass's activations and add their
+own batched forwards; FullGrad, ShapleyCAM and FinerCAM run pytorch-grad-cam's own pass.
+
+Normalisation is pytorch-grad-cam's (for one layer): clip at 0, min-max scale, resize to the
+input tensor, min-max scale again; we then resize to the image's own resolution. The clipped
+map at the layer's resolution and its range are kept (the library discards them).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
+from pytorch_grad_cam.utils.image import scale_cam_image
+
+from camcore import targets as targets_mod
+from camcore.errors import Cancelled, CamError, MethodError
+from camcore.images import LoadedImage
+from camcore.methods import MethodSpec, get_method
+from camcore.models import LoadedModel, ModelSpec
+from camcore.projection import first_component_projection
+from camcore.results import CamResult, Heatmap, Prediction, Target
+
+Progress = Callable[[float, str], None]
+ALL_LAYERS = "all"  # the layer name shown for layer-independent methods (FullGrad)
+DEFAULT_PERTURBATION_BATCH = 64
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def input_size_for(spec: ModelSpec, image_hw: tuple[int, int], size: int | None = None) -> tuple[int, int]:
+    """(height, width) of the tensor the model sees. ViTs have a fixed input size."""
+    p = spec.preprocess
+    size = size if (size and p.mode == "short_side") else p.size
+    if p.mode == "square":
+        return size, size
+    h, w = image_hw
+    scale = size / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def preprocess(spec: ModelSpec, rgb: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """H x W x 3 uint8 -> 1 x 3 x h x w float tensor, normalised as the model was trained."""
+    h, w = input_size_for(spec, rgb.shape[:2], size)
+    shrink = h * w < rgb.shape[0] * rgb.shape[1]
+    resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    x = resized.astype(np.float32) / 255.0
+    x = (x - np.float32(spec.preprocess.mean)) / np.float32(spec.preprocess.std)
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
+
+
+def reshape_transform_for(spec: ModelSpec, input_hw: tuple[int, int]):
+    """ViT tokens -> B x C x gh x gw (prefix tokens such as the class token dropped)."""
+    if spec.family != "vit":
+        return None
+    gh, gw = input_hw[0] // spec.patch_size, input_hw[1] // spec.patch_size
+
+    def reshape(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() == 4:
+            return tensor
+        tokens = tensor[:, tensor.size(1) - gh * gw :, :]
+        return tokens.reshape(tensor.size(0), gh, gw, tensor.size(2)).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+# ---------------------------------------------------------------- the shared pass
+
+
+@dataclass
+class FeaturePass:
+    """Activations and gradients of the chosen layers for one input, as numpy (B x C x h x w)."""
+
+    output: torch.Tensor  # the model's output for the one image, no batch dimension
+    activations: dict[str, np.ndarray]
+    gradients: dict[str, np.ndarray]
+    seconds: float
+
+
+def run_pass(
+    model: LoadedModel,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    make_target: Callable[[torch.Tensor], object] | None,
+    reshape=None,
+) -> tuple[FeaturePass, object]:
+    """One forward (+ one backward when make_target is given) with hooks on `layers`.
+
+    Hooks live only inside this call, removed even on errors. Gradients are taken with
+    torch.autograd.grad with respect to the layer outputs only: no parameter .grad is written,
+    so nothing leaks between sessions sharing the model.
+    """
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    start = time.perf_counter()
+    try:
+        for name in layers:
+            def hook(_module, _inputs, out, name=name):
+                outputs[name] = out
+            handles.append(model.layer_module(name).register_forward_hook(hook))
+        with model.lock, torch.enable_grad():  # grad mode is thread-local: Streamlit reruns on new threads
+            model.module.eval()
+            output = model.module(x.to(model.device))[0]
+            # Snapshot now: a later in-place op in the network must not change what we keep.
+            acts = {n: (reshape(t) if reshape else t).detach().float().cpu().numpy().copy()
+                    for n, t in outputs.items()}
+            grads: dict[str, np.ndarray] = {}
+            target = None
+            if make_target is not None:
+                target = make_target(output)
+                names = [n for n in layers if outputs[n].requires_grad]
+                if names:
+                    loss = target(output)
+                    got = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
+                    for n, g in zip(names, got):
+                        g = torch.zeros_like(outputs[n]) if g is None else g
+                        grads[n] = (reshape(g) if reshape else g).detach().float().cpu().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in layers if n not in acts]
+    if missing:
+        raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")
+    return FeaturePass(output.detach(), acts, grads, time.perf_counter() - start), target
+
+
+# ---------------------------------------------------------------- maps from a pass
+
+
+def normalise_like_library(cam: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """pytorch-grad-cam's single-layer normalisation: 1 x h x w raw -> 1 x H x W in 0..1."""
+    scaled = scale_cam_image(np.maximum(cam, 0), (input_hw[1], input_hw[0]))
+    return scale_cam_image(np.maximum(scaled, 0))
+
+
+def _method_object(spec: MethodSpec, model: LoadedModel, **kwargs):
+    """The library's method object with no target layers: its math, none of its hooks."""
+    return spec.cls(model.module, [], **kwargs)
+
+
+def raw_cam(
+    spec: MethodSpec,
+    model: LoadedModel,
+    fp: FeaturePass,
+    layer: str,
+    x: torch.Tensor,
+    target: object,
+    eigen_smooth: bool,
+    batch_size: int,
+) -> np.ndarray:
+    """The unnormalised 1 x h x w map of a pure or perturbation method from the shared pass."""
+    acts = fp.activations[layer]
+    grads = fp.gradients.get(layer)
+    if spec.needs_gradients and grads is None:
+        raise CamError(f"No gradients reached layer {layer}: it does not influence the target.")
+    if spec.kind == "perturbation":
+        kwargs = {}
+        if spec.key == "ablationcam":
+            vit = model.spec.family == "vit"
+            kwargs = {"ablation_layer": AblationLayerVit() if vit else AblationLayer(), "batch_size": batch_size}
+        cam = _method_object(spec, model, **kwargs)
+        cam.batch_size = batch_size
+        module = model.layer_module(layer)
+        with model.lock, torch.no_grad():
+            try:
+                return cam.get_cam_image(x.to(model.device), module, [target], acts, grads, eigen_smooth)
+            finally:
+                _restore_layer(model, layer, module)
+    cam = _method_object(spec, model)
+    if spec.library_image:
+        return cam.get_cam_image(x, None, [target], acts, grads, False)
+    product = spec.product(cam, acts, grads if grads is not None else np.zeros_like(acts))
+    if spec.projection or eigen_smooth:
+        return first_component_projection(product)
+    return product.sum(axis=1)
+
+
+def _restore_layer(model: LoadedModel, layer: str, module: torch.nn.Module) -> None:
+    """AblationCAM swaps the layer for an ablation layer; put it back even after an error."""
+    path = model.spec.layer(layer).path
+    current = model.module.get_submodule(path)
+    if current is not module:
+        replace_layer_recursive(model.module, current, module)
+
+
+def library_cam(
+    spec: MethodSpec,
+    model: LoadedModel,
+    x: torch.Tensor,
+    layer: str,
+    target: Target,
+    grad_target: object,
+    reshape,
+    aug_smooth: bool,
+    eigen_smooth: bool,
+) -> np.ndarray:
+    """Methods that need a pass of their own shape: run pytorch-grad-cam's class as is."""
+    layers = [] if spec.layer_independent else [model.layer_module(layer)]
+    with model.lock, torch.enable_grad():
+        cam = spec.cls(model.module, layers, reshape_transform=None if spec.layer_independent else reshape)
+        try:
+            if spec.key == "finercam":
+                return cam(x.to(model.device), targets=None, eigen_smooth=eigen_smooth, target_idx=target.index)
+            return cam(x.to(model.device), [grad_target], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+        finally:
+            # Not `with`: its __exit__ swallows IndexError. Release hooks ourselves.
+            holder = getattr(cam, "base_cam", cam)
+            holder.activations_and_grads.release()
+            model.module.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------- the explainer
+
+
+def _tta_transforms():
+    import ttach as tta
+
+    return tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
+
+
+@dataclass
+class Explainer:
+    """One image, one model, one target: the shared pass, and heatmaps computed from it on demand.
+
+    Heatmaps are memoised per (method, layer, eigen_smooth), so a UI can walk layers and methods
+    without running the model again. Safe to share between threads (an internal lock).
+    """
+
+    model: LoadedModel
+    image: LoadedImage
+    target_request: str | int | None = None
+    layers: tuple[str, ...] = ()  # the layers the shared pass hooks; default: all of the model's
+    aug_smooth: bool = False
+    input_size: int | None = None
+    batch_size: int = DEFAULT_PERTURBATION_BATCH
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = self.model.spec
+        self.layers = tuple(self.layers) or tuple(s.name for s in spec.layers)
+        for name in self.layers:
+            spec.layer(name)  # unknown layers fail here, before any compute
+        self._memo: dict[tuple[str, str, bool], Heatmap] = {}
+        self._lock = threading.RLock()
+        self.x = preprocess(spec, self.image.rgb, self.input_size)
+        self.input_hw = (int(self.x.shape[-2]), int(self.x.shape[-1]))
+        self.reshape = reshape_transform_for(spec, self.input_hw)
+        names = spec.class_names()
+        self.class_names = names
+
+        def make_target(output: torch.Tensor):
+            self.prediction = targets_mod.predict(spec.task, output, names, self.image.size)
+            self.target = targets_mod.choose_target(self.prediction, names, self.target_request)
+            return targets_mod.grad_cam_target(spec.task, self.target, output)
+
+        self.prediction: Prediction
+        self.target: Target
+        self.fp, self.grad_target = run_pass(self.model, self.x, self.layers, make_target, self.reshape)
+        self.timings["pass"] = self.fp.seconds
+
+    # -- public
+
+    def is_cached(self, method: str, layer: str, eigen_smooth: bool = False) -> bool:
+        """Whether heatmap(method, layer, eigen_smooth) would return at once."""
+        spec = get_method(method)
+        layer = ALL_LAYERS if spec.layer_independent else layer
+        return (spec.key, layer, bool(eigen_smooth and spec.supports_eigen_smooth)) in self._memo
+
+    @property
+    def weights_label(self) -> str:
+        return self.model.weights_label
+
+    def heatmap(self, method: str, layer: str, eigen_smooth: bool = False, progress: Progress | None = None) -> Heatmap:
+        spec = get_method(method)
+        reason = spec.unsupported_reason(self.model.spec.task, self.model.spec.family)
+        if reason:
+            raise MethodError(reason)
+        layer = ALL_LAYERS if spec.layer_independent else self.model.spec.layer(layer).name
+        eigen_smooth = bool(eigen_smooth and spec.supports_eigen_smooth)
+        key = (spec.key, layer, eigen_smooth)
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = self._compute(spec, layer, eigen_smooth, progress)
+            return self._memo[key]
+
+    def heatmaps(
+        self,
+        methods: Iterable[str],
+        layers: Iterable[str],
+        eigen_smooth: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[list[Heatmap], list[str]]:
+        """Every (method, layer) pair; a failing pair is reported, the others still computed."""
+        pairs = [(m, l) for m in methods for l in layers]
+        done, errors, seen = [], [], set()
+        for i, (m, l) in enumerate(pairs):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("Cancelled.")
+            if progress:
+                progress(i / max(1, len(pairs)), f"{m} on {l}")
+            try:
+                h = self.heatmap(m, l, eigen_smooth)
+            except CamError as exc:
+                errors.append(f"{m} on {l}: {exc}")
+                continue
+            if (h.method, h.layer) not in seen:  # layer-independent methods appear once
+                seen.add((h.method, h.layer))
+                done.append(h)
+        if progress:
+            progress(1.0, "done")
+        return done, errors
+
+    def result(self, heatmaps: Sequence[Heatmap], errors: Sequence[str] = ()) -> CamResult:
+        return CamResult(
+            model=self.model.spec.key,
+            weights=self.model.weights_label,
+            pretrained=self.model.pretrained,
+            image_size=self.image.size,
+            input_size=self.input_hw,
+            prediction=self.prediction,
+            target=self.target,
+            heatmaps=tuple(heatmaps),
+            timings=dict(self.timings),
+            errors=tuple(errors) + tuple(f"note: {n}" for n in self.image.notes),
+        )
+
+    # -- internals
+
+    def _compute(self, spec: MethodSpec, layer: str, eigen_smooth: bool, progress: Progress | None) -> Heatmap:
+        start = time.perf_counter()
+        raw = None
+        if spec.kind == "other":
+            input_map = library_cam(spec, self.model, self.x, layer, self.target, self.grad_target,
+                                    self.reshape, self.aug_smooth, eigen_smooth)[0]
+        elif self.aug_smooth:
+            input_map = self._augmented(spec, layer, eigen_smooth)
+        else:
+            if layer not in self.fp.activations:
+                raise CamError(f"Layer {layer} was not in this pass; create the Explainer with it.")
+            raw = np.maximum(raw_cam(spec, self.model, self.fp, layer, self.x, self.grad_target,
+                                     eigen_smooth, self.batch_size), 0)
+            input_map = normalise_like_library(raw, self.input_hw)[0]
+        if raw is None:  # only the normalised map exists for library passes
+            raw = input_map[None]
+        full = cv2.resize(input_map, (self.image.size[1], self.image.size[0]), interpolation=cv2.INTER_LINEAR)
+        raw2d = np.float32(raw[0])
+        return Heatmap(
+            method=spec.key,
+            layer=layer,
+            target=self.target,
+            map=np.clip(full, 0, 1).astype(np.float32),
+            raw=raw2d,
+            raw_range=(float(raw2d.min()), float(raw2d.max())),
+            seconds=time.perf_counter() - start,
+            aug_smooth=self.aug_smooth,
+            eigen_smooth=eigen_smooth,
+        )
+
+    def _augmented(self, spec: MethodSpec, layer: str, eigen_smooth: bool) -> np.ndarray:
+        """pytorch-grad-cam's aug_smooth: the mean over flips and brightness scalings of each
+        de-augmented map. For segmentation the target mask is flipped with the image."""
+        maps = []
+        for transform in _tta_transforms():
+            x_aug = transform.augment_image(self.x)
+            grad_target = self.grad_target
+            if hasattr(grad_target, "mask"):
+                grad_target = type(grad_target)(
+                    grad_target.category, transform.deaugment_mask(grad_target.mask[None, None])[0, 0].numpy()
+                )
+            fp, _ = run_pass(self.model, x_aug, [layer], (lambda _o, t=grad_target: t) if spec.needs_gradients
+                             or spec.kind == "perturbation" else None, self.reshape)
+            raw = raw_cam(spec, self.model, fp, layer, x_aug, grad_target, eigen_smooth, self.batch_size)
+            cam = normalise_like_library(np.maximum(raw, 0), self.input_hw)
+            cam = transform.deaugment_mask(torch.from_numpy(cam[:, None]))[:, 0].numpy()
+            maps.append(cam)
+        return np.mean(np.float32(maps), axis=0)[0]
+
+
+def explain(
+    model: LoadedModel,
+    image: LoadedImage,
+    methods: Sequence[str],
+    layers: Sequence[str] | None = None,
+    target: str | int | None = None,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+    input_size: int | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> CamResult:
+    """Heatmaps for every method on every layer from one shared pass (the CLI's entry point)."""
+    layers = list(layers or [model.spec.default_layer])
+    for m in methods:
+        get_method(m)
+    explainer = Explainer(model, image, target, tuple(layers), aug_smooth, input_size)
+    heatmaps, errors = explainer.heatmaps(methods, layers, eigen_smooth, progress, cancel)
+    if not heatmaps and errors:
+        raise CamError(errors[0])
+    return explainer.result(heatmaps, errors)

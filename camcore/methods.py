@@ -1,0 +1,134 @@
+"""The CAM method registry (plain data). pytorch-grad-cam is the engine and the reference.
+
+kind:
+  gradient    - from one shared forward + backward (activations and gradients of the layer)
+  activation  - from the same shared forward alone (no gradients needed)
+  perturbation- needs its own forward passes, one per channel (ScoreCAM, AblationCAM)
+  other       - needs its own pass of another shape (FullGrad, ShapleyCAM, FinerCAM)
+
+"gradient" and "activation" methods are `pure`: a function of the layer's activations and
+gradients, so one pass with hooks on every chosen layer feeds all of them on all layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytorch_grad_cam as pgc
+
+from camcore.errors import MethodError
+
+# (cam_object, activations, grads) -> the B x C x H x W array that is summed over channels
+# (or projected on its first principal direction with eigen smoothing).
+Product = Callable[[object, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _channel_weighted(cam: object, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    # The library's own per-channel weights (GradCAM, GradCAM++, XGradCAM, RandomCAM).
+    weights = cam.get_cam_weights(None, None, None, activations, grads)
+    return weights[:, :, None, None] * activations
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    key: str
+    label: str
+    cls: type
+    kind: str
+    in_article: bool = False
+    product: Product | None = None  # pure methods: how activations and grads combine
+    projection: str | None = None  # "pca" always projects (Eigen*); "pca_signed" with sign fix
+    library_image: bool = False  # pure, but use the library's own get_cam_image (FEM, KPCA)
+    supports_eigen_smooth: bool = True
+    layer_independent: bool = False  # FullGrad uses every bias layer, not the chosen ones
+    tasks: tuple[str, ...] = ("classification", "segmentation")
+    families: tuple[str, ...] = ("cnn", "vit")
+    slow: bool = False
+    note: str = ""
+
+    @property
+    def pure(self) -> bool:
+        return self.kind in ("gradient", "activation")
+
+    @property
+    def needs_gradients(self) -> bool:
+        return self.kind == "gradient"
+
+    def unsupported_reason(self, task: str, family: str) -> str | None:
+        if task not in self.tasks:
+            return f"{self.label} works on {' / '.join(self.tasks)} models only. {self.note}".strip()
+        if family not in self.families:
+            return f"{self.label} does not work on {'ViTs' if family == 'vit' else 'CNNs'}. {self.note}".strip()
+        return None
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "label": self.label,
+            "class": self.cls.__name__,
+            "kind": self.kind,
+            "in_article": self.in_article,
+            "supports_eigen_smooth": self.supports_eigen_smooth,
+            "layer_independent": self.layer_independent,
+            "tasks": list(self.tasks),
+            "families": list(self.families),
+            "slow": self.slow,
+            "note": self.note,
+        }
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.key: spec
+    for spec in (
+        MethodSpec("gradcam", "Grad-CAM", pgc.GradCAM, "gradient", True, _channel_weighted),
+        MethodSpec("scorecam", "Score-CAM", pgc.ScoreCAM, "perturbation", True, slow=True,
+                   note="One forward pass per channel of the layer."),
+        MethodSpec("gradcam++", "Grad-CAM++", pgc.GradCAMPlusPlus, "gradient", True, _channel_weighted),
+        MethodSpec("ablationcam", "Ablation-CAM", pgc.AblationCAM, "perturbation", True, slow=True,
+                   note="One forward pass per channel; ViTs use AblationLayerVit."),
+        MethodSpec("xgradcam", "XGrad-CAM", pgc.XGradCAM, "gradient", True, _channel_weighted),
+        MethodSpec("eigencam", "Eigen-CAM", pgc.EigenCAM, "activation", True,
+                   lambda cam, a, g: a, projection="pca", supports_eigen_smooth=False,
+                   note="First principal component of the activations: class-agnostic."),
+        MethodSpec("eigengradcam", "EigenGrad-CAM", pgc.EigenGradCAM, "gradient", True,
+                   lambda cam, a, g: g * a, projection="pca", supports_eigen_smooth=False),
+        MethodSpec("layercam", "Layer-CAM", pgc.LayerCAM, "gradient", True,
+                   lambda cam, a, g: np.maximum(g, 0) * a),
+        MethodSpec("hirescam", "HiRes-CAM", pgc.HiResCAM, "gradient", False, lambda cam, a, g: g * a),
+        MethodSpec("gradcamelementwise", "Grad-CAM element-wise", pgc.GradCAMElementWise, "gradient",
+                   False, lambda cam, a, g: np.maximum(g * a, 0)),
+        MethodSpec("segeigencam", "Seg-Eigen-CAM", pgc.SegEigenCAM, "gradient", False,
+                   lambda cam, a, g: np.abs(g) * a, projection="pca_signed", supports_eigen_smooth=False,
+                   note="Eigen-CAM of |gradients| x activations with a sign correction."),
+        MethodSpec("kpcacam", "KPCA-CAM", pgc.KPCA_CAM, "activation", False, library_image=True,
+                   supports_eigen_smooth=False, slow=True,
+                   note="Kernel PCA over all positions: slow on large feature maps."),
+        MethodSpec("fem", "FEM", pgc.FEM, "activation", False, library_image=True,
+                   supports_eigen_smooth=False),
+        MethodSpec("fullgrad", "FullGrad", pgc.FullGrad, "other", False, layer_independent=True,
+                   families=("cnn",), slow=True,
+                   note="Uses every bias layer of the network, not the chosen layer."),
+        MethodSpec("shapleycam", "Shapley-CAM", pgc.ShapleyCAM, "other", False, slow=True,
+                   note="Needs a Hessian-vector product: a second backward pass."),
+        MethodSpec("finercam", "Finer-CAM", pgc.FinerCAM, "other", False, tasks=("classification",),
+                   note="Contrasts the target with its most similar classes."),
+        MethodSpec("randomcam", "Random-CAM (baseline)", pgc.RandomCAM, "gradient", False,
+                   _channel_weighted, note="Random channel weights: a sanity baseline."),
+    )
+}
+
+ARTICLE_METHODS = tuple(k for k, m in METHODS.items() if m.in_article)
+DEFAULT_METHOD = "gradcam"
+
+
+def get_method(key: str) -> MethodSpec:
+    try:
+        return METHODS[key]
+    except KeyError:
+        raise MethodError(f"Unknown method '{key}'. Available: {', '.join(METHODS)}.") from None
+
+
+def methods_for(task: str, family: str) -> list[MethodSpec]:
+    """The methods that work on a model of this task and family, in registry order."""
+    return [m for m in METHODS.values() if m.unsupported_reason(task, family) is None]

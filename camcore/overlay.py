@@ -1,0 +1,165 @@
+"""Colormaps, overlays, segmentation masks, the untrained-weights watermark and grids.
+
+Pure functions of numpy arrays (cv2 for drawing): RGB uint8 in, RGB uint8 out, inputs never
+modified. Heatmaps are float maps in 0..1 (values outside are clipped, NaN counts as 0).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+# name -> OpenCV colormap id; "gray" is the identity ramp.
+_CV2_COLORMAPS = {
+    "jet": cv2.COLORMAP_JET,  # pytorch-grad-cam's show_cam_on_image default
+    "turbo": cv2.COLORMAP_TURBO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "magma": cv2.COLORMAP_MAGMA,
+    "plasma": cv2.COLORMAP_PLASMA,
+    "cividis": cv2.COLORMAP_CIVIDIS,
+    "hot": cv2.COLORMAP_HOT,
+    "bone": cv2.COLORMAP_BONE,
+}
+COLORMAPS: tuple[str, ...] = (*_CV2_COLORMAPS, "gray")
+DEFAULT_COLORMAP = "jet"
+UNTRAINED_TEXT = "UNTRAINED WEIGHTS"
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+    return rgb
+
+
+def _check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in 0..1, got {alpha}")
+    return alpha
+
+
+def _unit_map(heatmap: np.ndarray) -> np.ndarray:
+    m = np.asarray(heatmap, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D heatmap, got shape {m.shape}")
+    return np.clip(np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+def _lut(colormap: str) -> np.ndarray:
+    """256 x 3 uint8 RGB lookup table of a colormap."""
+    if colormap == "gray":
+        ramp = np.arange(256, dtype=np.uint8)
+        return np.stack([ramp] * 3, axis=1)
+    try:
+        code = _CV2_COLORMAPS[colormap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}") from None
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], code)[:, 0, :]
+    return np.ascontiguousarray(bgr[:, ::-1])
+
+
+def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """H x W map in 0..1 -> H x W x 3 uint8 RGB through the colormap."""
+    m = _unit_map(heatmap)
+    return _lut(colormap)[np.rint(m * 255).astype(np.uint8)]
+
+
+def overlay(
+    rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = DEFAULT_COLORMAP
+) -> np.ndarray:
+    """Blend the colorized heatmap over the image: (1 - alpha) * image + alpha * colors.
+
+    A heatmap of another size is resized (bilinear) to the image first.
+    """
+    rgb = _check_rgb(rgb)
+    alpha = _check_alpha(alpha)
+    m = _unit_map(heatmap)
+    if m.shape != rgb.shape[:2]:
+        m = cv2.resize(m, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colors = colorize(m, colormap).astype(np.float32)
+    out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colors
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def palette(n: int) -> np.ndarray:
+    """n x 3 uint8 colors: the PASCAL VOC palette (class 0 black), distinct for any n."""
+    out = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        out[i] = (r, g, b)
+    return out
+
+
+def segmentation_overlay(
+    rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.5, background: int | None = 0
+) -> np.ndarray:
+    """Color each class of an integer mask (VOC palette) over the image.
+
+    Pixels of class `background` (None: no background class) keep the image as is. A mask of
+    another size is resized with nearest-neighbour first.
+    """
+    rgb = _check_rgb(rgb)
+    alpha = _check_alpha(alpha)
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"expected a 2-D integer class mask, got {mask.dtype} {mask.shape}")
+    if mask.size and mask.min() < 0:
+        raise ValueError("class mask has negative values")
+    if mask.shape != rgb.shape[:2]:
+        mask = cv2.resize(mask.astype(np.int32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+    colors = palette(int(mask.max()) + 1 if mask.size else 1)[mask].astype(np.float32)
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colors
+    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if background is not None:
+        keep = mask == background
+        out[keep] = rgb[keep]
+    return out
+
+
+def watermark_untrained(rgb: np.ndarray, text: str = UNTRAINED_TEXT) -> np.ndarray:
+    """Stamp a big red banner with white text across the top: heatmaps of random weights must
+    never pass for a trained model's."""
+    rgb = _check_rgb(rgb)
+    out = rgb.copy()
+    h, w = out.shape[:2]
+    band = max(12, min(h, round(h * 0.14)))
+    out[:band] = (200, 0, 0)
+    cv2.rectangle(out, (0, 0), (w - 1, h - 1), (200, 0, 0), max(2, round(min(h, w) * 0.015)))
+    font = cv2.FONT_HERSHEY_DUPLEX
+    thickness = max(1, round(band / 14))
+    (tw, th), _ = cv2.getTextSize(text, font, 1.0, thickness)
+    scale = min(0.92 * w / tw, 0.62 * band / th)
+    thickness = max(1, round(scale * 1.6))
+    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+    org = (max(0, (w - tw) // 2), min(band - 1, (band + th) // 2))
+    cv2.putText(out, text, org, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out
+
+
+def grid(
+    images: Sequence[np.ndarray], columns: int | None = None, pad: int = 4, fill: int = 255
+) -> np.ndarray:
+    """Tile RGB images (resized to the first one's size) into one image, row by row."""
+    if not images:
+        raise ValueError("grid needs at least one image")
+    first = _check_rgb(images[0])
+    h, w = first.shape[:2]
+    n = len(images)
+    columns = max(1, min(n, columns or int(np.ceil(np.sqrt(n)))))
+    rows = int(np.ceil(n / columns))
+    out = np.full((rows * h + (rows - 1) * pad, columns * w + (columns - 1) * pad, 3), fill, np.uint8)
+    for i, image in enumerate(images):
+        tile = _check_rgb(image)
+        if tile.shape[:2] != (h, w):
+            tile = cv2.resize(tile, (w, h), interpolation=cv2.INTER_AREA)
+        r, c = divmod(i, columns)
+        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = tile
+    return out

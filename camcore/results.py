@@ -1,0 +1,86 @@
+"""Frozen results that flow from camcore to the UI, the CLI and the store."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    index: int
+    name: str
+    score: float  # softmax probability (classification) or pixel share (segmentation)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model predicts for the image, before any CAM."""
+
+    task: str  # "classification" | "segmentation"
+    classes: tuple[ClassScore, ...]  # top-k, best first; segmentation: classes found, largest first
+    mask: np.ndarray | None = None  # segmentation: HxW int32 class index at the image's resolution
+
+    @property
+    def top(self) -> ClassScore | None:
+        return self.classes[0] if self.classes else None
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task,
+            "classes": [{"index": c.index, "name": c.name, "score": c.score} for c in self.classes],
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a heatmap explains."""
+
+    index: int
+    name: str
+    rule: str  # how it was chosen: "chosen", "predicted top-1", "person (predicted)", ...
+    note: str = ""  # e.g. "class not predicted anywhere: explained over the whole image"
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "rule": self.rule, "note": self.note}
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """One CAM: a method on a layer for a target."""
+
+    method: str  # registry key, e.g. "gradcam"
+    layer: str  # registry layer name, e.g. "layer4"
+    target: Target
+    map: np.ndarray  # float32 HxW at the image's own resolution, 0..1
+    raw: np.ndarray  # float32 map at the layer's resolution, clipped at 0, before normalisation
+    raw_range: tuple[float, float]  # (min, max) of `raw`
+    seconds: float  # time spent on this map alone (after the shared pass)
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} · {self.layer} · {self.target.name}"
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """Everything one request produced for one image."""
+
+    model: str
+    weights: str  # human label of the weights that made it, e.g. "untrained (random)"
+    pretrained: bool
+    image_size: tuple[int, int]  # (height, width) of the image
+    input_size: tuple[int, int]  # (height, width) of the tensor the model saw
+    prediction: Prediction
+    target: Target
+    heatmaps: tuple[Heatmap, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()  # per-(method, layer) failures that did not stop the others
+
+    def find(self, method: str, layer: str) -> Heatmap | None:
+        for h in self.heatmaps:
+            if h.method == method and h.layer == layer:
+                return h
+        return None

