@@ -1,0 +1,86 @@
+"""Explore: one sample, live heatmaps over layers and methods, push to FiftyOne."""
+from __future__ import annotations
+
+from ui import router
+
+router.ensure_routed("explore")
+
+import os  # noqa: E402
+
+import streamlit as st  # noqa: E402
+
+from camcore import methods, store  # noqa: E402
+from camcore.errors import CamError, WeightsUnavailable  # noqa: E402
+from ui import cache, render, sidebar  # noqa: E402
+
+
+def main() -> None:
+    sel = sidebar.current()
+    if sel is None:
+        st.info("Pick a dataset and a sample in the sidebar.")
+        return
+    st.markdown(f"#### {os.path.basename(sel.filepath)}")
+    st.caption(f"dataset **{sel.dataset}** · sample `{sel.sample_id}`")
+
+    try:
+        with st.spinner("Loading the model…", show_time=True):
+            loaded = cache.model(sel.model, sel.weights)
+    except WeightsUnavailable as exc:
+        st.error(str(exc))
+        st.info("To explore the mechanics anyway, choose **untrained (random weights)** under Weights in "
+                "the sidebar, or pick EfficientNet-Lite0, which works offline.")
+        return
+    if not loaded.pretrained:
+        st.warning("**UNTRAINED weights**: these heatmaps explain a random network, not a trained model.", icon="⚠️")
+
+    img = cache.image(store.sample_image_path(store.get_sample(store.load_dataset(sel.dataset), sel.sample_id)),
+                      os.path.getmtime(sel.filepath))
+    for note in img.notes:
+        st.caption(f"ℹ️ {note}")
+    image_key = (sel.dataset, sel.sample_id, os.path.getmtime(sel.filepath))
+    spec = loaded.spec
+
+    with st.spinner(f"Running {spec.key} on the image…", show_time=True):
+        base = cache.explainer(loaded, image_key, img, None, False, sel.input_size)
+
+    # -- how to look
+    offered = methods.methods_for(spec.task, spec.family)
+    c1, c2, c3 = st.columns([3, 3, 2])
+    target = render.target_picker(c1, base.prediction, base.class_names)
+    chosen_methods = c2.multiselect(
+        "Methods", [m.key for m in offered], default=[methods.DEFAULT_METHOD], key="methods",
+        format_func=lambda k: methods.METHODS[k].label + ("  ⏳ slow" if methods.METHODS[k].slow else ""),
+        help="⏳ marks methods that run the model once per channel (or more): seconds to minutes on a CPU.",
+    )
+    layer_names = [s.name for s in spec.layers]
+    chosen_layers = c1.multiselect("Layers", layer_names, default=[spec.default_layer], key=f"layers_{spec.key}")
+    eigen_smooth = c3.toggle("eigen_smooth", key="eigen_smooth", help="Keep the first principal component.")
+    aug_smooth = c3.toggle("aug_smooth  ⏳", key="aug_smooth", help="Average over flips and brightness: 6 passes.")
+    if not chosen_methods or not chosen_layers:
+        st.info("Choose at least one method and one layer.")
+        return
+
+    w1, w2 = st.columns(2)
+    walk_layer = w1.select_slider("Walk the layers", layer_names, value=spec.default_layer, key=f"walk_layer_{spec.key}")
+    walk_method = (w2.select_slider("Walk the methods", chosen_methods, key="walk_method",
+                                    format_func=lambda k: methods.METHODS[k].label)
+                   if len(chosen_methods) > 1 else chosen_methods[0])
+
+    with st.spinner("Running the model (one forward + backward feeds every method and layer)…", show_time=True):
+        ex = cache.explainer(loaded, image_key, img, target, aug_smooth, sel.input_size)
+    pairs = [(m, l) for m in chosen_methods for l in chosen_layers]
+    errors = render.compute(ex, pairs + [(walk_method, walk_layer)], eigen_smooth)
+    for e in errors:
+        st.warning(e)
+
+    render.prediction_panel(img, ex, loaded)
+    render.heatmaps_fragment(img, ex, loaded, pairs, (walk_method, walk_layer), eigen_smooth)
+    render.save_panel(sel, ex, pairs, eigen_smooth)
+
+
+try:
+    main()
+except CamError as exc:
+    st.error(str(exc))
+except Exception as exc:  # the UI edge: a message, never a traceback page
+    render.unexpected(exc)

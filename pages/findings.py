@@ -1,0 +1,49 @@
+"""Findings: what users concluded, across the dataset, with a way back to the FiftyOne App."""
+from __future__ import annotations
+
+from ui import router
+
+router.ensure_routed("findings")
+
+import os  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from camcore import store  # noqa: E402
+from camcore.errors import CamError  # noqa: E402
+from ui import render, sidebar  # noqa: E402
+
+
+def main() -> None:
+    sel = sidebar.current()
+    if sel is None:
+        st.info("Pick a dataset in the sidebar.")
+        return
+    st.markdown(f"#### Findings in {sel.dataset}")
+    rows = store.list_findings(store.load_dataset(sel.dataset))
+    if not rows:
+        st.info("No findings yet: record one on the Explore page.")
+        return
+    df = pd.DataFrame(rows)
+    tags = sorted(df["tag"].unique())
+    chosen = st.multiselect("Finding", tags, default=tags, key="findings_filter")
+    df = df[df["tag"].isin(chosen)]
+    df["file"] = df["filepath"].map(os.path.basename)
+    st.dataframe(df[["file", "tag", "note", "heatmap_field", "created_at", "sample_id"]], hide_index=True,
+                 width="stretch")
+    cols = st.columns(6)
+    for i, row in enumerate(df.drop_duplicates("sample_id").head(12).itertuples()):
+        cols[i % 6].image(row.filepath, caption=f"{row.file}: {row.tag}", width="stretch")
+    port = st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT
+    tag_names = [store.finding_tag(t) for t in chosen]
+    st.caption(f"In the FiftyOne App, filter by the sample tags {', '.join(tag_names)} or the `cam_findings` field "
+               f"(App on port {port}: {store.app_url(sel.dataset, port=port)}).")
+
+
+try:
+    main()
+except CamError as exc:
+    st.error(str(exc))
+except Exception as exc:  # the UI edge: a message, never a traceback page
+    render.unexpected(exc)

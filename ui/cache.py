@@ -1,0 +1,53 @@
+"""Process-wide caches (st.cache_resource) and per-session state around camcore's loaders."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import streamlit as st
+
+from camcore import demo_data, engine, images, models, store
+
+EXPLAINERS_PER_SESSION = 4  # each holds one image's activations and gradients
+
+
+@st.cache_resource(max_entries=6, show_spinner=False)
+def model(key: str, weights: str) -> models.LoadedModel:
+    # camcore caches per process too; this keeps Streamlit's cache page honest and bounded.
+    return models.load_model(key, weights)
+
+
+@st.cache_resource(show_spinner=False)
+def demo_dataset_name() -> str:
+    return demo_data.ensure_demo_dataset().name
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def image(path: str, mtime: float) -> images.LoadedImage:  # mtime: a changed file is reloaded
+    return images.load_image(path)
+
+
+def explainer(
+    loaded: models.LoadedModel,
+    image_key: tuple,
+    img: images.LoadedImage,
+    target: str | None,
+    aug_smooth: bool,
+    input_size: int | None,
+) -> engine.Explainer:
+    """The shared pass for (image, model, target, smoothing, size), kept in the session so that
+    walking layers and methods never runs the model again."""
+    key = (image_key, loaded.spec.key, loaded.weights_label, target, aug_smooth, input_size)
+    cache: OrderedDict = st.session_state.setdefault("_explainers", OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    ex = engine.Explainer(loaded, img, target_request=target, aug_smooth=aug_smooth, input_size=input_size)
+    cache[key] = ex
+    while len(cache) > EXPLAINERS_PER_SESSION:
+        cache.popitem(last=False)
+    return ex
+
+
+@st.cache_resource(show_spinner=False)
+def fiftyone_app(dataset_name: str, port: int):
+    return store.launch_app(store.load_dataset(dataset_name), port=port)

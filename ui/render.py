@@ -1,0 +1,184 @@
+"""Renderers for the Explore page: they read widgets, call camcore, draw. No model math here."""
+from __future__ import annotations
+
+import traceback
+
+import pandas as pd
+import streamlit as st
+
+from camcore import methods, overlay, store
+from camcore.engine import ALL_LAYERS, Explainer
+from camcore.errors import CamError
+from camcore.images import LoadedImage
+from camcore.models import LoadedModel
+from camcore.results import Heatmap
+from ui import cache
+
+AUTO_TARGET = "__auto__"
+
+
+def unexpected(exc: BaseException) -> None:
+    st.error(f"Something went wrong: {type(exc).__name__}: {exc}. Try another sample, model or method; "
+             "if it persists, report it with the details below.")
+    with st.expander("Details"):
+        st.code("".join(traceback.format_exception(exc)))
+
+
+def target_picker(container, prediction, names: tuple[str, ...]) -> str | None:
+    """Target class: what the model predicts comes first, then every class by name."""
+    predicted = [c.index for c in prediction.classes]
+    share = {c.index: c.score for c in prediction.classes}
+    options = [AUTO_TARGET] + predicted + [i for i in range(len(names)) if i not in share]
+    noun = "of pixels" if prediction.task == "segmentation" else "probability"
+
+    def fmt(o):
+        if o == AUTO_TARGET:
+            return "auto (person if found, else largest class)" if prediction.task == "segmentation" \
+                else f"auto (top-1: {prediction.classes[0].name})"
+        return f"{names[o]} — predicted, {share[o]:.0%} {noun}" if o in share else names[o]
+
+    choice = container.selectbox("Target class", options, format_func=fmt, key=f"target_{len(names)}")
+    return None if choice == AUTO_TARGET else str(choice)
+
+
+def compute(ex: Explainer, pairs: list[tuple[str, str]], eigen_smooth: bool) -> list[str]:
+    """Compute what is not cached yet, with progress; return per-pair error messages."""
+    todo = list(dict.fromkeys(p for p in pairs if not ex.is_cached(*p, eigen_smooth)))
+    errors: list[str] = []
+    if not todo:
+        return errors
+    slow = any(methods.METHODS[m].slow or ex.aug_smooth for m, _ in todo)
+    with st.status(f"Computing {len(todo)} heatmap(s)…", expanded=slow) as status:
+        bar = st.progress(0.0)
+        for i, (m, layer) in enumerate(todo):
+            label = f"{methods.METHODS[m].label} on {layer}"
+            status.update(label=f"Computing {label} ({i + 1}/{len(todo)})…")
+            try:
+                h = ex.heatmap(m, layer, eigen_smooth)
+                st.write(f"✓ {label}: {h.seconds:.2f} s")
+            except CamError as exc:
+                errors.append(f"{label}: {exc}")
+            bar.progress((i + 1) / len(todo))
+        status.update(label=f"Computed {len(todo)} heatmap(s)", state="complete", expanded=False)
+    return errors
+
+
+def prediction_panel(img: LoadedImage, ex: Explainer, loaded: LoadedModel) -> None:
+    left, right = st.columns([3, 2])
+    pred = ex.prediction
+    if pred.task == "segmentation":
+        left.image(overlay.segmentation_overlay(img.rgb, pred.mask, 0.55, len(ex.class_names)),
+                   caption=f"{loaded.spec.key} prediction · weights: {loaded.weights_label}", width="stretch")
+        colors = overlay.palette(len(ex.class_names))
+        chips = " ".join(
+            f"<span style='background:rgb{tuple(int(v) for v in colors[c.index])};color:"
+            f"{'#000' if sum(colors[c.index]) > 380 else '#fff'};padding:2px 8px;border-radius:8px;"
+            f"margin:2px;display:inline-block'>{c.name} {c.score:.0%}</span>"
+            for c in pred.classes
+        )
+        right.markdown("**Classes found** (share of pixels)")
+        right.markdown(chips, unsafe_allow_html=True)
+    else:
+        left.image(img.rgb, caption=f"weights: {loaded.weights_label}", width="stretch")
+        right.markdown("**Top-5 prediction**")
+        df = pd.DataFrame({"class": [c.name for c in pred.classes], "probability": [c.score for c in pred.classes]})
+        right.bar_chart(df, x="class", y="probability", horizontal=True, sort="-probability", height=220)
+    t = ex.target
+    right.markdown(f"**Target:** {t.name} ({t.rule})" + (f" — _{t.note}_" if t.note else ""))
+    right.caption(f"input {ex.input_hw[1]}×{ex.input_hw[0]} · shared pass {ex.timings.get('pass', 0):.2f} s")
+
+
+def _caption(h: Heatmap, weights: str) -> str:
+    m = methods.METHODS[h.method].label
+    smooth = "".join([" · aug" if h.aug_smooth else "", " · eigen" if h.eigen_smooth else ""])
+    return f"{m} · {h.layer} · {h.target.name}{smooth} · {weights}"
+
+
+def _overlay_image(img: LoadedImage, h: Heatmap, alpha: float, cmap: str, pretrained: bool):
+    out = overlay.overlay(img.rgb, h.map, alpha, cmap)
+    return out if pretrained else overlay.watermark_untrained(out)
+
+
+def _cached(ex: Explainer, m: str, layer: str, eigen: bool) -> Heatmap | None:
+    return ex.heatmap(m, layer, eigen) if ex.is_cached(m, layer, eigen) else None
+
+
+@st.fragment
+def heatmaps_fragment(img, ex: Explainer, loaded: LoadedModel, pairs, walk, eigen_smooth: bool) -> None:
+    """Opacity and colormap redraw here only: the model never reruns for them."""
+    c1, c2, c3 = st.columns([3, 2, 2])
+    alpha = c1.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
+    cmap = c2.selectbox("Colormap", overlay.COLORMAPS, key="colormap")
+    show_raw = c3.toggle("Raw map + colorbar", key="show_raw")
+    weights = loaded.weights_label
+
+    h = _cached(ex, *walk, eigen_smooth)
+    if h is not None:
+        st.image(_overlay_image(img, h, alpha, cmap, loaded.pretrained), caption=_caption(h, weights), width="stretch")
+        if show_raw:
+            st.pyplot(overlay.colorbar_figure(h.raw, cmap, f"raw {h.method} on {h.layer}: "
+                                                           f"{h.raw_range[0]:.3g} … {h.raw_range[1]:.3g}"),
+                      width="content")
+    shown = [x for x in (_cached(ex, m, layer, eigen_smooth) for m, layer in pairs) if x is not None]
+    shown = list({(x.method, x.layer): x for x in shown}.values())
+    if len(shown) > 1 or (shown and h is None):
+        st.markdown(f"**Grid** · {len(shown)} heatmaps")
+        cols = st.columns(min(4, len(shown)))
+        for i, x in enumerate(shown):
+            cols[i % len(cols)].image(_overlay_image(img, x, alpha, cmap, loaded.pretrained),
+                                      caption=_caption(x, weights), width="stretch")
+
+
+def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
+    """Push what is on screen, record a finding, open the FiftyOne App."""
+    st.divider()
+    shown = []
+    for m, layer in pairs:
+        h = _cached(ex, m, layer, eigen_smooth)
+        if h is not None and all(h is not s for s in shown):
+            shown.append(h)
+    c1, c2, c3 = st.columns([2, 3, 2])
+    c1.markdown("**Save to FiftyOne**")
+    if c1.button(f"Push {len(shown)} heatmap(s) to FiftyOne", type="primary", key="push", disabled=not shown):
+        try:
+            with st.spinner("Writing heatmaps…", show_time=True):
+                fields = store.push_heatmaps(store.load_dataset(sel.dataset), sel.sample_id, ex.result(shown))
+            st.session_state["pushed"] = fields
+        except CamError as exc:
+            c1.error(str(exc))
+    if st.session_state.get("pushed"):
+        c1.success("Saved fields: " + ", ".join(f"`{f}`" for f in st.session_state["pushed"]))
+
+    with c2.form("finding", clear_on_submit=True):
+        st.markdown("**Record a finding**")
+        tag = st.selectbox("Finding", list(store.FINDING_TAGS) + ["other…"])
+        custom = st.text_input("Other finding (when 'other…')", max_chars=60)
+        note = st.text_area("Note", max_chars=2000, placeholder="e.g. the plane is recognised by the sky")
+        ref = st.selectbox("About heatmap", list(range(len(shown))), format_func=lambda i: shown[i].label,
+                           disabled=not shown)
+        if st.form_submit_button("Save finding"):
+            chosen = custom.strip() if tag == "other…" else tag
+            try:
+                dataset = store.load_dataset(sel.dataset)
+                field = None
+                if shown and ref is not None:  # the finding points at a stored heatmap: store it first
+                    field = store.push_heatmaps(dataset, sel.sample_id, ex.result([shown[ref]]))[0]
+                store.add_finding(dataset, sel.sample_id, chosen, note, field)
+                st.success(f"Saved finding '{chosen}' (tag {store.finding_tag(chosen)}).")
+            except CamError as exc:
+                st.error(str(exc))
+
+    c3.markdown("**FiftyOne App**")
+    port = c3.number_input("App port", 1024, 65535, store.DEFAULT_APP_PORT, key="fo_port")
+    if c3.button("Launch the FiftyOne App", key="launch_fo"):
+        try:
+            with st.spinner("Starting the FiftyOne App…", show_time=True):
+                cache.fiftyone_app(sel.dataset, int(port))
+            st.session_state["fo_launched"] = int(port)
+        except CamError as exc:
+            c3.error(str(exc))
+        except Exception as exc:  # port taken, server failed: say so
+            c3.error(f"Could not start the FiftyOne App on port {port}: {exc}")
+    c3.link_button("Open this sample in the FiftyOne App", store.app_url(sel.dataset, sel.sample_id, int(port)),
+                   disabled=st.session_state.get("fo_launched") != int(port))
+

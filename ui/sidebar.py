@@ -1,0 +1,110 @@
+"""The sidebar every page shares: what to look at (dataset, view, sample) and with what (model,
+weights). app.py draws it on every run and leaves a `Selection` in session_state for the pages."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import streamlit as st
+
+from camcore import models, store, weights
+from camcore.errors import CamError
+from ui import cache
+
+WEIGHTS_AUTO = "pretrained (auto)"
+WEIGHTS_UNTRAINED = "untrained (random weights)"
+CPU_SEGMENTATION_SIZE = 320  # 520 takes ~15 s a pass on a laptop CPU; offered, not imposed
+
+
+@dataclass(frozen=True)
+class Selection:
+    dataset: str
+    sample_id: str
+    sample_ids: tuple[str, ...]  # the current view, for previous/next and the strip
+    filepath: str
+    model: str
+    weights: str  # "auto", "untrained" or a file in the weights folder
+    input_size: int | None
+
+
+def current() -> Selection | None:
+    return st.session_state.get("selection")
+
+
+def _weights_choices() -> dict[str, str]:
+    choices = {WEIGHTS_AUTO: weights.AUTO}
+    folder = weights.weights_dir()
+    if folder.is_dir():  # only files in the weights folder: a widget never reads a typed path
+        for f in sorted(folder.iterdir()):
+            if f.suffix in weights.WEIGHT_SUFFIXES:
+                choices[f"file: {f.name}"] = str(f)
+    choices[WEIGHTS_UNTRAINED] = weights.UNTRAINED
+    return choices
+
+
+def _step(delta: int, ids: tuple[str, ...]) -> None:
+    cur = st.session_state.get("sample_id")
+    i = ids.index(cur) if cur in ids else 0
+    st.session_state["sample_id"] = ids[(i + delta) % len(ids)]
+
+
+def draw() -> Selection | None:
+    """Draw the shared controls; return (and store) the selection, or None with a message."""
+    sb = st.sidebar
+    sb.markdown("### What to look at")
+    try:
+        with st.spinner("Preparing the demo dataset…", show_time=True):
+            demo = cache.demo_dataset_name()
+        names = store.list_datasets()
+    except CamError as exc:
+        sb.error(f"FiftyOne is not available: {exc}")
+        return None
+    names = [demo] + [n for n in names if n != demo]
+    name = sb.selectbox("Dataset", names, key="dataset", help="Any FiftyOne image dataset in your database.")
+    try:
+        dataset = store.load_dataset(name)
+        store.require_image(dataset)
+        tags = sorted(dataset.distinct("tags"))
+        with sb.expander("Filter the view", expanded=False):
+            chosen_tags = st.multiselect("Samples tagged", tags, key="view_tags")
+            contains = st.text_input("File name contains", key="view_filename")
+        view = store.make_view(dataset, tags=chosen_tags or None, filename_contains=contains or None)
+        ids, paths = view.values(["id", "filepath"])
+    except CamError as exc:
+        sb.error(str(exc))
+        return None
+    if not ids:
+        sb.warning("No sample matches this view.")
+        return None
+    ids = tuple(ids)
+    by_id = dict(zip(ids, paths))
+    if st.session_state.get("sample_id") not in by_id:
+        st.session_state["sample_id"] = ids[0]
+    sb.selectbox("Sample", ids, key="sample_id", format_func=lambda i: os.path.basename(by_id[i]),
+                 help=f"{len(ids)} samples in this view.")
+    prev_col, pos_col, next_col = sb.columns([1, 2, 1])
+    prev_col.button("◀", key="prev_sample", on_click=_step, args=(-1, ids), help="Previous sample")
+    pos_col.caption(f"{ids.index(st.session_state['sample_id']) + 1} / {len(ids)}")
+    next_col.button("▶", key="next_sample", on_click=_step, args=(1, ids), help="Next sample")
+
+    sb.markdown("### How to look")
+    keys = list(models.MODELS)
+    model_key = sb.selectbox("Model", keys, index=keys.index(models.DEFAULT_MODEL), key="model",
+                             format_func=lambda k: models.MODELS[k].label)
+    choices = _weights_choices()
+    label = sb.selectbox("Weights", list(choices), key="weights_choice",
+                         help=f"Pretrained weights come from {weights.weights_dir()}, the torch/timm caches, "
+                              "the package, or a download when online.")
+    spec = models.MODELS[model_key]
+    input_size = None
+    if spec.preprocess.mode == "short_side":
+        on_gpu = models.default_device().type == "cuda"
+        default = spec.preprocess.size if on_gpu else CPU_SEGMENTATION_SIZE
+        sizes = sorted({256, CPU_SEGMENTATION_SIZE, 400, spec.preprocess.size})
+        input_size = sb.select_slider("Input short side (px)", sizes, value=st.session_state.get("input_size", default),
+                                      key="input_size",
+                                      help=f"{spec.preprocess.size} is the model's own size; smaller is faster on a CPU.")
+    sel = Selection(name, st.session_state["sample_id"], ids, by_id[st.session_state["sample_id"]],
+                    model_key, choices[label], input_size)
+    st.session_state["selection"] = sel
+    return sel
