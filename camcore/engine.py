@@ -23,6 +23,7 @@ from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.image import scale_cam_image
 
+from camcore import perturbation
 from camcore import targets as targets_mod
 from camcore.errors import Cancelled, CamError, MethodError
 from camcore.images import LoadedImage
@@ -158,12 +159,22 @@ def raw_cam(
     target: object,
     eigen_smooth: bool,
     batch_size: int,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> np.ndarray:
     """The unnormalised 1 x h x w map of a pure or perturbation method from the shared pass."""
     acts = fp.activations[layer]
     grads = fp.gradients.get(layer)
     if spec.needs_gradients and grads is None:
         raise CamError(f"No gradients reached layer {layer}: it does not influence the target.")
+    if spec.channel_weights is not None:
+        x = x.to(model.device)
+        size = perturbation.default_batch_size(model.device, (int(x.shape[-2]), int(x.shape[-1])), batch_size)
+        with model.lock:
+            model.module.eval()
+            weights = spec.channel_weights(model.module, x, acts, target, size, progress, cancel)
+        product = weights[:, :, None, None] * acts
+        return first_component_projection(product) if eigen_smooth else product.sum(axis=1)
     if spec.kind == "perturbation":
         kwargs = {}
         if spec.key == "ablationcam":
@@ -281,7 +292,14 @@ class Explainer:
     def weights_label(self) -> str:
         return self.model.weights_label
 
-    def heatmap(self, method: str, layer: str, eigen_smooth: bool = False, progress: Progress | None = None) -> Heatmap:
+    def heatmap(
+        self,
+        method: str,
+        layer: str,
+        eigen_smooth: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Heatmap:
         spec = get_method(method)
         reason = spec.unsupported_reason(self.model.spec.task, self.model.spec.family)
         if reason:
@@ -291,7 +309,7 @@ class Explainer:
         key = (spec.key, layer, eigen_smooth)
         with self._lock:
             if key not in self._memo:
-                self._memo[key] = self._compute(spec, layer, eigen_smooth, progress)
+                self._memo[key] = self._compute(spec, layer, eigen_smooth, progress, cancel)
             return self._memo[key]
 
     def heatmaps(
@@ -311,7 +329,7 @@ class Explainer:
             if progress:
                 progress(i / max(1, len(pairs)), f"{m} on {l}")
             try:
-                h = self.heatmap(m, l, eigen_smooth)
+                h = self.heatmap(m, l, eigen_smooth, None, cancel)
             except CamError as exc:
                 errors.append(f"{m} on {l}: {exc}")
                 continue
@@ -338,7 +356,9 @@ class Explainer:
 
     # -- internals
 
-    def _compute(self, spec: MethodSpec, layer: str, eigen_smooth: bool, progress: Progress | None) -> Heatmap:
+    def _compute(
+        self, spec: MethodSpec, layer: str, eigen_smooth: bool, progress: Progress | None, cancel
+    ) -> Heatmap:
         start = time.perf_counter()
         raw = None
         if spec.kind == "other":
@@ -350,7 +370,7 @@ class Explainer:
             if layer not in self.fp.activations:
                 raise CamError(f"Layer {layer} was not in this pass; create the Explainer with it.")
             raw = np.maximum(raw_cam(spec, self.model, self.fp, layer, self.x, self.grad_target,
-                                     eigen_smooth, self.batch_size), 0)
+                                     eigen_smooth, self.batch_size, progress, cancel), 0)
             input_map = normalise_like_library(raw, self.input_hw)[0]
         if raw is None:  # only the normalised map exists for library passes
             raw = input_map[None]

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pytorch_grad_cam as pgc
 
+from camcore import perturbation
 from camcore.errors import MethodError
 
 # (cam_object, activations, grads) -> the B x C x H x W array that is summed over channels
@@ -46,6 +47,9 @@ class MethodSpec:
     families: tuple[str, ...] = ("cnn", "vit")
     slow: bool = False
     note: str = ""
+    # perturbation methods we batch ourselves: (model, x, activations, target, batch_size, progress,
+    # cancel) -> 1 x C channel weights, replacing the library's get_cam_weights
+    channel_weights: Callable | None = None
 
     @property
     def pure(self) -> bool:
@@ -83,7 +87,8 @@ METHODS: dict[str, MethodSpec] = {
     for spec in (
         MethodSpec("gradcam", "Grad-CAM", pgc.GradCAM, "gradient", True, _channel_weighted),
         MethodSpec("scorecam", "Score-CAM", pgc.ScoreCAM, "perturbation", True, slow=True,
-                   note="One forward pass per channel of the layer."),
+                   note="One forward pass per channel of the layer.",
+                   channel_weights=perturbation.score_cam_weights),
         MethodSpec("gradcam++", "Grad-CAM++", pgc.GradCAMPlusPlus, "gradient", True, _channel_weighted),
         MethodSpec("ablationcam", "Ablation-CAM", pgc.AblationCAM, "perturbation", True, slow=True,
                    note="One forward pass per channel; ViTs use AblationLayerVit."),

@@ -53,9 +53,16 @@ def compute(ex: Explainer, pairs: list[tuple[str, str]], eigen_smooth: bool) -> 
         for i, (m, layer) in enumerate(todo):
             label = f"{methods.METHODS[m].label} on {layer}"
             status.update(label=f"Computing {label} ({i + 1}/{len(todo)})…")
+            inner = st.empty()
+
+            def on_progress(fraction: float, message: str, inner=inner) -> None:
+                # Each call is also where Streamlit can stop this run: any click cancels a slow method.
+                inner.progress(min(1.0, max(0.0, fraction)), text=message)
+
             try:
-                h = ex.heatmap(m, layer, eigen_smooth)
-                st.write(f"✓ {label}: {h.seconds:.2f} s")
+                h = ex.heatmap(m, layer, eigen_smooth, on_progress)
+                inner.empty()
+                st.write(f"{label}: {h.seconds:.2f} s")
             except CamError as exc:
                 errors.append(f"{label}: {exc}")
             bar.progress((i + 1) / len(todo))
@@ -63,29 +70,29 @@ def compute(ex: Explainer, pairs: list[tuple[str, str]], eigen_smooth: bool) -> 
     return errors
 
 
-def prediction_panel(img: LoadedImage, ex: Explainer, loaded: LoadedModel) -> None:
-    left, right = st.columns([3, 2])
+def prediction_panel(container, img: LoadedImage, ex: Explainer, loaded: LoadedModel) -> None:
+    """The image with what the model predicts: the mask and its classes, or the top-5 chart."""
     pred = ex.prediction
     if pred.task == "segmentation":
-        left.image(overlay.segmentation_overlay(img.rgb, pred.mask, 0.55, len(ex.class_names)),
-                   caption=f"{loaded.spec.key} prediction · weights: {loaded.weights_label}", width="stretch")
+        container.image(overlay.segmentation_overlay(img.rgb, pred.mask, 0.55, len(ex.class_names)),
+                        caption="predicted mask", width="stretch")
         colors = overlay.palette(len(ex.class_names))
         chips = " ".join(
             f"<span style='background:rgb{tuple(int(v) for v in colors[c.index])};color:"
             f"{'#000' if sum(colors[c.index]) > 380 else '#fff'};padding:2px 8px;border-radius:8px;"
-            f"margin:2px;display:inline-block'>{c.name} {c.score:.0%}</span>"
+            f"margin:2px;display:inline-block;font-size:0.85em'>{c.name} {c.score:.0%}</span>"
             for c in pred.classes
         )
-        right.markdown("**Classes found** (share of pixels)")
-        right.markdown(chips, unsafe_allow_html=True)
+        container.markdown("**Classes found** (share of pixels)<br>" + chips, unsafe_allow_html=True)
     else:
-        left.image(img.rgb, caption=f"weights: {loaded.weights_label}", width="stretch")
-        right.markdown("**Top-5 prediction**")
+        container.image(img.rgb, caption="input image", width="stretch")
         df = pd.DataFrame({"class": [c.name for c in pred.classes], "probability": [c.score for c in pred.classes]})
-        right.bar_chart(df, x="class", y="probability", horizontal=True, sort="-probability", height=220)
+        container.markdown("**Top-5 prediction**")
+        container.bar_chart(df, x="class", y="probability", horizontal=True, sort="-probability", height=200)
     t = ex.target
-    right.markdown(f"**Target:** {t.name} ({t.rule})" + (f" — _{t.note}_" if t.note else ""))
-    right.caption(f"input {ex.input_hw[1]}×{ex.input_hw[0]} · shared pass {ex.timings.get('pass', 0):.2f} s")
+    container.markdown(f"**Target:** {t.name} ({t.rule})" + (f" — _{t.note}_" if t.note else ""))
+    container.caption(f"weights: {loaded.weights_label} · input {ex.input_hw[1]}×{ex.input_hw[0]} · "
+                      f"shared pass {ex.timings.get('pass', 0):.2f} s")
 
 
 def _caption(h: Heatmap, weights: str) -> str:
@@ -112,13 +119,16 @@ def heatmaps_fragment(img, ex: Explainer, loaded: LoadedModel, pairs, walk, eige
     show_raw = c3.toggle("Raw map + colorbar", key="show_raw")
     weights = loaded.weights_label
 
+    main, side = st.columns([3, 2])
     h = _cached(ex, *walk, eigen_smooth)
     if h is not None:
-        st.image(_overlay_image(img, h, alpha, cmap, loaded.pretrained), caption=_caption(h, weights), width="stretch")
-        if show_raw:
-            st.pyplot(overlay.colorbar_figure(h.raw, cmap, f"raw {h.method} on {h.layer}: "
-                                                           f"{h.raw_range[0]:.3g} … {h.raw_range[1]:.3g}"),
-                      width="content")
+        main.image(_overlay_image(img, h, alpha, cmap, loaded.pretrained), caption=_caption(h, weights),
+                   width="stretch")
+    prediction_panel(side, img, ex, loaded)
+    if h is not None and show_raw:
+        side.pyplot(overlay.colorbar_figure(h.raw, cmap, f"raw {h.method} on {h.layer}: "
+                                                         f"{h.raw_range[0]:.3g} … {h.raw_range[1]:.3g}"),
+                    width="stretch")
     shown = [x for x in (_cached(ex, m, layer, eigen_smooth) for m, layer in pairs) if x is not None]
     shown = list({(x.method, x.layer): x for x in shown}.values())
     if len(shown) > 1 or (shown and h is None):
