@@ -10,7 +10,7 @@ import streamlit as st  # noqa: E402
 
 from ui import router, sidebar  # noqa: E402
 
-st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
+st.set_page_config(page_title="CAM Explorer", page_icon=":material/local_fire_department:", layout="wide")
 page = router.navigation()
 sidebar.draw()
 page.run()

@@ -31,12 +31,12 @@ def main() -> None:
                 "the sidebar, or pick EfficientNet-Lite0, which works offline.")
         return
     if not loaded.pretrained:
-        st.warning("**UNTRAINED weights**: these heatmaps explain a random network, not a trained model.", icon="⚠️")
+        st.warning("**UNTRAINED weights**: these heatmaps explain a random network, not a trained model.", icon=":material/warning:")
 
     img = cache.image(store.sample_image_path(store.get_sample(store.load_dataset(sel.dataset), sel.sample_id)),
                       os.path.getmtime(sel.filepath))
     for note in img.notes:
-        st.caption(f"ℹ️ {note}")
+        st.caption(f"Note: {note}")
     image_key = (sel.dataset, sel.sample_id, os.path.getmtime(sel.filepath))
     spec = loaded.spec
 
@@ -49,13 +49,13 @@ def main() -> None:
     target = render.target_picker(c1, base.prediction, base.class_names)
     chosen_methods = c2.multiselect(
         "Methods", [m.key for m in offered], default=[methods.DEFAULT_METHOD], key="methods",
-        format_func=lambda k: methods.METHODS[k].label + ("  ⏳ slow" if methods.METHODS[k].slow else ""),
-        help="⏳ marks methods that run the model once per channel (or more): seconds to minutes on a CPU.",
+        format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""),
+        help="(slow) marks methods that run the model once per channel (or more): seconds to minutes on a CPU.",
     )
     layer_names = [s.name for s in spec.layers]
     chosen_layers = c1.multiselect("Layers", layer_names, default=[spec.default_layer], key=f"layers_{spec.key}")
     eigen_smooth = c3.toggle("eigen_smooth", key="eigen_smooth", help="Keep the first principal component.")
-    aug_smooth = c3.toggle("aug_smooth  ⏳", key="aug_smooth", help="Average over flips and brightness: 6 passes.")
+    aug_smooth = c3.toggle("aug_smooth (slow)", key="aug_smooth", help="Average over flips and brightness: 6 passes.")
     if not chosen_methods or not chosen_layers:
         st.info("Choose at least one method and one layer.")
         return
@@ -73,7 +73,6 @@ def main() -> None:
     for e in errors:
         st.warning(e)
 
-    render.prediction_panel(img, ex, loaded)
     render.heatmaps_fragment(img, ex, loaded, pairs, (walk_method, walk_layer), eigen_smooth)
     render.save_panel(sel, ex, pairs, eigen_smooth)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import streamlit as st
 
 PAGES = (  # (file, title, icon, url path)
-    ("pages/explore.py", "Explore", "🔍", "explore"),
-    ("pages/findings.py", "Findings", "📌", "findings"),
+    ("pages/explore.py", "Explore", ":material/search:", "explore"),
+    ("pages/findings.py", "Findings", ":material/flag:", "findings"),
 )
 _ROUTED = "_routed_run"
 
