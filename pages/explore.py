@@ -21,6 +21,8 @@ def main() -> None:
         return
     st.markdown(f"#### {os.path.basename(sel.filepath)}")
     st.caption(f"dataset **{sel.dataset}** · sample `{sel.sample_id}`")
+    with st.expander(f"Samples in this view ({len(sel.sample_ids)})", expanded=False):
+        render.thumbnail_strip(sel)
 
     try:
         with st.spinner("Loading the model…", show_time=True):

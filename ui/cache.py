@@ -26,6 +26,20 @@ def image(path: str, mtime: float) -> images.LoadedImage:  # mtime: a changed fi
     return images.load_image(path)
 
 
+@st.cache_data(max_entries=512, show_spinner=False)
+def thumbnail(path: str, mtime: float, side: int = 160):
+    """A small RGB thumbnail, or None when the file cannot be read (the strip must not fail)."""
+    try:
+        img = images.load_image(path).rgb
+    except images.ImageError:
+        return None
+    scale = side / max(img.shape[:2])
+    import cv2
+
+    return cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
 def explainer(
     loaded: models.LoadedModel,
     image_key: tuple,

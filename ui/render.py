@@ -24,6 +24,32 @@ def unexpected(exc: BaseException) -> None:
         st.code("".join(traceback.format_exception(exc)))
 
 
+STRIP = 8  # thumbnails shown around the current sample
+
+
+def thumbnail_strip(sel) -> None:
+    """A strip of the samples around the current one; a click opens that sample."""
+    import os
+
+    from ui import sidebar
+
+    i = sel.sample_ids.index(sel.sample_id)
+    lo = max(0, min(i - STRIP // 2, len(sel.sample_ids) - STRIP))
+    cols = st.columns(STRIP)
+    for col, sid, path in zip(cols, sel.sample_ids[lo:lo + STRIP], sel.filepaths[lo:lo + STRIP]):
+        try:
+            thumb = cache.thumbnail(path, os.path.getmtime(path))
+        except OSError:
+            thumb = None
+        if thumb is not None:
+            col.image(thumb, width="stretch")
+        else:
+            col.caption("(unreadable)")
+        current = sid == sel.sample_id
+        col.button(os.path.basename(path)[:18], key=f"thumb_{sid}", on_click=sidebar.choose_sample, args=(sid,),
+                   type="primary" if current else "secondary", width="stretch", disabled=current)
+
+
 def target_picker(container, prediction, names: tuple[str, ...]) -> str | None:
     """Target class: what the model predicts comes first, then every class by name."""
     predicted = [c.index for c in prediction.classes]

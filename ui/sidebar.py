@@ -21,6 +21,7 @@ class Selection:
     dataset: str
     sample_id: str
     sample_ids: tuple[str, ...]  # the current view, for previous/next and the strip
+    filepaths: tuple[str, ...]  # same order as sample_ids
     filepath: str
     model: str
     weights: str  # "auto", "untrained" or a file in the weights folder
@@ -40,6 +41,11 @@ def _weights_choices() -> dict[str, str]:
                 choices[f"file: {f.name}"] = str(f)
     choices[WEIGHTS_UNTRAINED] = weights.UNTRAINED
     return choices
+
+
+def choose_sample(sample_id: str) -> None:
+    """Callback for thumbnails: runs before the sidebar's selectbox is drawn again."""
+    st.session_state["sample_id"] = sample_id
 
 
 def _step(delta: int, ids: tuple[str, ...]) -> None:
@@ -68,7 +74,13 @@ def draw() -> Selection | None:
         with sb.expander("Filter the view", expanded=False):
             chosen_tags = st.multiselect("Samples tagged", tags, key="view_tags")
             contains = st.text_input("File name contains", key="view_filename")
-        view = store.make_view(dataset, tags=chosen_tags or None, filename_contains=contains or None)
+            fields = store.label_fields(dataset)
+            field = st.selectbox("Label field", [None] + fields, key="view_label_field",
+                                 format_func=lambda f: "(any)" if f is None else f)
+            label = (st.selectbox("Label", [None] + store.label_values(dataset, field), key="view_label",
+                                  format_func=lambda v: "(any)" if v is None else v) if field else None)
+        view = store.make_view(dataset, tags=chosen_tags or None, label_field=field, label=label,
+                               filename_contains=contains or None)
         ids, paths = view.values(["id", "filepath"])
     except CamError as exc:
         sb.error(str(exc))
@@ -104,7 +116,7 @@ def draw() -> Selection | None:
         input_size = sb.select_slider("Input short side (px)", sizes, value=st.session_state.get("input_size", default),
                                       key="input_size",
                                       help=f"{spec.preprocess.size} is the model's own size; smaller is faster on a CPU.")
-    sel = Selection(name, st.session_state["sample_id"], ids, by_id[st.session_state["sample_id"]],
+    sel = Selection(name, st.session_state["sample_id"], ids, tuple(paths), by_id[st.session_state["sample_id"]],
                     model_key, choices[label], input_size)
     st.session_state["selection"] = sel
     return sel

@@ -1,0 +1,568 @@
+"""FiftyOne I/O: datasets, views, samples, pushing heatmaps and findings, the App link.
+
+Never imports streamlit. Every failure the user can cause comes out as a
+:class:`~camcore.errors.StoreError` (or :class:`~camcore.errors.ImageError`) whose
+message is one line.
+
+Field naming convention
+-----------------------
+A heatmap lives in the sample field ``cam_<model>_<method>_<layer>_<target>``
+(:func:`heatmap_field_name`): each part is lowercased, every run of characters outside
+``[a-z0-9]`` becomes one ``_``; names longer than :data:`MAX_FIELD_LEN` are cut and end
+in ``_<8 hex of a hash>``. The field is an ``fo.Heatmap`` field whose map is a 16-bit
+grayscale PNG (``range=[0, 65535]``) under ``<heatmaps dir>/<dataset>/<field>/<id>.png``;
+the label carries provenance attributes (model, weights, method, layer, target,
+raw_min/raw_max, created_at, package versions...).
+
+Fields we create are marked in their FiftyOne field info,
+``info={"cam_explorer": {"kind": "heatmap", "model": ..., "method": ..., "layer": ...,
+"target": ...}}``, and listed in ``dataset.info["cam_explorer"]["fields"]``. A push never
+touches a field that is not marked ours, is not a Heatmap field, or is ours but means
+something else (two names that sanitise alike): it raises and writes nothing.
+
+Findings are ``fo.Classification`` labels in the ``fo.Classifications`` field
+:data:`FINDINGS_FIELD`, plus a sample tag ``cam:<finding>``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import importlib.metadata
+import os
+import re
+import sys
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import fiftyone as fo
+from fiftyone import ViewField as F
+from fiftyone.core.odm.dataset import ActiveFields  # not re-exported at the top level in 1.22
+
+from camcore import paths
+from camcore.errors import CamError, ImageError, StoreError
+from camcore.results import CamResult, Heatmap
+
+FIELD_PREFIX = "cam_"
+MAX_FIELD_LEN = 64
+MARK = "cam_explorer"  # key in field info and dataset info that marks what we own
+FINDINGS_FIELD = "cam_findings"
+FINDING_TAG_PREFIX = "cam:"
+FINDING_TAGS = ("background bias", "misclassification", "good focus", "spurious edges")
+HEATMAP_RANGE = (0, 65535)
+DEFAULT_APP_PORT = 5151
+
+# FiftyOne datasets and samples are process-wide singletons without locks, and Streamlit
+# runs every session on its own thread: serialise every write (re-entrant: helpers nest).
+_LOCK = threading.RLock()
+_SESSION: Any = None  # the one FiftyOne App session this process serves
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _db_errors(fn):
+    """Turn database/driver failures into StoreError; let our own errors through."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CamError:
+            raise
+        except Exception as exc:  # pymongo, mongoengine and FiftyOne raise many types
+            name = type(exc).__module__.split(".")[0]
+            if name in ("pymongo", "mongoengine", "fiftyone", "motor") or isinstance(
+                exc, (ConnectionError, TimeoutError)
+            ):
+                raise StoreError(f"FiftyOne database error in {fn.__name__}: {_one_line(exc)}") from exc
+            raise
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- datasets and samples
+
+
+@_db_errors
+def list_datasets() -> list[str]:
+    """Names of all FiftyOne datasets in the database, sorted."""
+    return sorted(fo.list_datasets())
+
+
+@_db_errors
+def load_dataset(name: str) -> fo.Dataset:
+    """Load a dataset by name; an unknown name raises StoreError naming the known ones."""
+    names = list_datasets()
+    if name not in names:
+        shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+        raise StoreError(f"no FiftyOne dataset named {name!r}; available: {shown or '(none)'}")
+    return fo.load_dataset(name)
+
+
+def _as_list(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+@_db_errors
+def make_view(
+    dataset: fo.Dataset | fo.DatasetView,
+    tags: str | Iterable[str] | None = None,
+    label_field: str | None = None,
+    label: str | None = None,
+    filename_contains: str | None = None,
+) -> fo.DatasetView:
+    """The one resolver for "which samples": every filter given must hold.
+
+    tags: samples with any of these tags. label_field: samples where that label field is
+    set. label: samples with a label of that name (in label_field, or in any label field).
+    filename_contains: case-insensitive substring of the file's basename.
+    """
+    view = dataset.view()
+    tag_list = [t for t in _as_list(tags) if t]
+    if tag_list:
+        view = view.match_tags(tag_list)
+    if label_field:
+        if label_field not in view.get_field_schema():
+            fields = ", ".join(sorted(view._get_label_fields())) or "(none)"
+            raise StoreError(f"no field {label_field!r} in dataset {_root(view).name!r}; label fields: {fields}")
+        view = view.exists(label_field)
+    if label:
+        fields = label_field if label_field else None
+        view = view.match_labels(filter=F("label") == label, fields=fields)
+    if filename_contains:
+        basename = F("filepath").rsplit("/", 1)[-1]
+        view = view.match(basename.contains_str(filename_contains, case_sensitive=False))
+    return view
+
+
+@_db_errors
+def sample_ids(view: fo.Dataset | fo.DatasetView) -> list[str]:
+    """The sample ids of a dataset or view, in its order."""
+    return list(view.values("id"))
+
+
+_OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+
+
+@_db_errors
+def get_sample(dataset_or_view: fo.Dataset | fo.DatasetView, id_or_filename: str) -> fo.Sample:
+    """A sample by id, by full filepath or by basename (which must be unique)."""
+    coll = dataset_or_view
+    key = str(id_or_filename).strip()
+    if _OBJECT_ID.match(key):
+        try:
+            return coll[key]
+        except KeyError:
+            pass  # not an id here: it may still be a file name
+    if os.sep in key or "/" in key:
+        found = coll.match(F("filepath") == os.path.abspath(key))
+    else:
+        found = coll.match(F("filepath").ends_with("/" + key))
+    count = len(found)
+    if count == 1:
+        return found.first()
+    if count > 1:
+        raise StoreError(f"{count} samples in {_root(coll).name!r} are named {key!r}; use the sample id")
+    raise StoreError(f"no sample {key!r} in {_root(coll).name!r} (looked by id, filepath and file name)")
+
+
+def require_image(sample_or_collection: fo.Sample | fo.Dataset | fo.DatasetView) -> None:
+    """Raise StoreError unless this is an image sample / image dataset."""
+    media_type = sample_or_collection.media_type
+    if media_type != "image":
+        what = "sample" if isinstance(sample_or_collection, fo.Sample) else "dataset"
+        raise StoreError(f"CAM Explorer works on images, but this {what} holds {media_type!r} media")
+
+
+def sample_image_path(sample: fo.Sample) -> str:
+    """Absolute path of the sample's image; StoreError for non-images, ImageError if missing."""
+    require_image(sample)
+    path = sample.filepath
+    if not os.path.isfile(path):
+        raise ImageError(f"image file of sample {sample.id} is missing: {path}")
+    return path
+
+
+def _root(dataset: fo.Dataset | fo.DatasetView) -> fo.Dataset:
+    return dataset if isinstance(dataset, fo.Dataset) else dataset._root_dataset
+
+
+# ---------------------------------------------------------------- field names
+
+
+def _sanitise(part: str) -> str:
+    text = re.sub(r"[^a-z0-9]+", "_", str(part).lower()).strip("_")
+    # Names with no ASCII letters/digits (e.g. non-Latin class names) still need a stable part.
+    return text or "x" + hashlib.sha1(str(part).encode()).hexdigest()[:6]
+
+
+def heatmap_field_name(model: str, method: str, layer: str, target: str) -> str:
+    """``cam_<model>_<method>_<layer>_<target>``, sanitised to [a-z0-9_], at most MAX_FIELD_LEN."""
+    name = FIELD_PREFIX + "_".join(_sanitise(p) for p in (model, method, layer, target))
+    name = re.sub(r"_+", "_", name)
+    if len(name) > MAX_FIELD_LEN:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = name[: MAX_FIELD_LEN - 9].rstrip("_") + "_" + digest
+    return name
+
+
+def _dataset_dirname(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "dataset"
+    # Different names may sanitise alike; a hash keeps their folders apart.
+    return clean if clean == name else f"{clean}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def heatmap_path(dataset_name: str, field: str, sample_id: str, heatmap_dir: str | Path | None = None) -> Path:
+    """Absolute path of the PNG for one sample's heatmap in one field."""
+    base = Path(heatmap_dir).expanduser().resolve() if heatmap_dir else paths.heatmaps_dir()
+    return base / _dataset_dirname(dataset_name) / field / f"{sample_id}.png"
+
+
+# ---------------------------------------------------------------- pushing heatmaps
+
+
+def _versions() -> dict[str, str]:
+    out = {"camcore": str(getattr(sys.modules.get("camcore"), "__version__", "unknown"))}
+    for key, dist in (("torch", "torch"), ("torchvision", "torchvision"),
+                      ("pytorch_grad_cam", "grad-cam"), ("timm", "timm")):
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = "not installed"
+    return out
+
+
+def _meaning(model: str, method: str, layer: str, target: str) -> dict[str, str]:
+    return {"kind": "heatmap", "model": model, "method": method, "layer": layer, "target": target}
+
+
+def _check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bool:
+    """True if the field exists and is ours with this meaning, False if absent; else raise."""
+    existing = dataset.get_field(field)
+    if existing is None:
+        return False
+    doc_type = getattr(existing, "document_type", None)
+    if not (isinstance(existing, fo.EmbeddedDocumentField) and doc_type and issubclass(doc_type, fo.Heatmap)):
+        raise StoreError(f"field {field!r} of {dataset.name!r} exists and is not a Heatmap field; not overwriting it")
+    mark = (existing.info or {}).get(MARK)
+    if not isinstance(mark, dict):
+        raise StoreError(f"field {field!r} of {dataset.name!r} was not created by CAM Explorer; not overwriting it")
+    if any(mark.get(k) != v for k, v in meaning.items()):
+        raise StoreError(
+            f"field {field!r} already holds {mark.get('method')} on {mark.get('layer')} of {mark.get('model')} "
+            f"for {mark.get('target')!r}; names collide after sanitising"
+        )
+    return True
+
+
+def _validated_map(h: Heatmap, image_size: tuple[int, int], meta: Any) -> np.ndarray:
+    m = np.asarray(h.map)
+    if m.ndim != 2 or m.size == 0:
+        raise ImageError(f"heatmap {h.label} is not a 2-D map (shape {m.shape})")
+    if not np.issubdtype(m.dtype, np.floating) or not np.all(np.isfinite(m)):
+        raise ImageError(f"heatmap {h.label} must hold finite floats in 0..1")
+    if tuple(m.shape) != tuple(image_size):
+        raise ImageError(f"heatmap {h.label} is {m.shape[0]}x{m.shape[1]}, the image is {image_size[0]}x{image_size[1]}")
+    if meta is not None and meta.width and meta.height:
+        if tuple(m.shape) not in ((meta.height, meta.width), (meta.width, meta.height)):
+            raise ImageError(f"heatmap {h.label} is {m.shape[0]}x{m.shape[1]}, the sample is {meta.height}x{meta.width}")
+    return np.round(np.clip(m.astype(np.float64), 0.0, 1.0) * HEATMAP_RANGE[1]).astype(np.uint16)
+
+
+def _label(result: CamResult, h: Heatmap, map_path: Path, created_at: str, versions: dict) -> fo.Heatmap:
+    return fo.Heatmap(
+        map_path=str(map_path),
+        range=list(HEATMAP_RANGE),
+        model=result.model,
+        weights=result.weights,
+        pretrained=bool(result.pretrained),
+        method=h.method,
+        layer=h.layer,
+        target=h.target.name,
+        target_index=int(h.target.index),
+        target_rule=h.target.rule,
+        aug_smooth=bool(h.aug_smooth),
+        eigen_smooth=bool(h.eigen_smooth),
+        raw_min=float(h.raw_range[0]),
+        raw_max=float(h.raw_range[1]),
+        created_at=created_at,
+        versions=versions,
+    )
+
+
+def _write_png_atomic(path: Path, image: np.ndarray) -> None:
+    # Write beside the target then rename: a crash never leaves a half-written PNG.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+        os.close(fd)
+    except OSError as exc:
+        raise ImageError(f"cannot write heatmaps under {path.parent}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            ok = cv2.imwrite(tmp, image)
+        except cv2.error as exc:
+            raise ImageError(f"could not write heatmap PNG {path}: {_one_line(exc)}") from exc
+        if not ok:
+            raise ImageError(f"could not write heatmap PNG {path}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@_db_errors
+def push_heatmaps(
+    dataset: fo.Dataset,
+    sample_id: str,
+    result: CamResult,
+    heatmaps: Sequence[Heatmap] | None = None,
+    heatmap_dir: str | Path | None = None,
+) -> list[str]:
+    """Write heatmaps of `result` for one sample as PNGs + Heatmap fields; return the field names.
+
+    The field of each heatmap is ``heatmap_field_name(result.model, h.method, h.layer,
+    h.target.name)``. Everything is validated before anything is written; pushing the same
+    heatmap again replaces the field value and the file.
+    """
+    dataset = _root(dataset)
+    chosen = list(result.heatmaps if heatmaps is None else heatmaps)
+    if not chosen:
+        raise StoreError("nothing to push: the result holds no heatmaps")
+    for h in chosen:
+        if not any(h is r for r in result.heatmaps):
+            raise StoreError(f"heatmap {h.label} is not part of this result; push it with its own result")
+    with _LOCK:
+        sample = get_sample(dataset, sample_id)
+        require_image(sample)
+        sample_id = sample.id
+        plan = []  # (field, meaning, exists, png, path, heatmap)
+        for h in chosen:
+            field = heatmap_field_name(result.model, h.method, h.layer, h.target.name)
+            if any(p[0] == field for p in plan):
+                raise StoreError(f"two heatmaps in this push map to the same field {field!r}")
+            meaning = _meaning(result.model, h.method, h.layer, h.target.name)
+            exists = _check_field(dataset, field, meaning)
+            png = _validated_map(h, result.image_size, sample.metadata)
+            plan.append((field, meaning, exists, png, heatmap_path(dataset.name, field, sample_id, heatmap_dir), h))
+
+        created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        versions = _versions()
+        for _field, _m, _e, png, path, _h in plan:
+            _write_png_atomic(path, png)
+        info = dict(dataset.info or {})
+        ours = dict(info.get(MARK) or {})
+        registry = dict(ours.get("fields") or {})
+        for field, meaning, exists, _png, path, h in plan:
+            description = (
+                f"CAM Explorer: {h.method} on {h.layer} of {result.model} for {h.target.name!r} "
+                "(16-bit PNG, 0..65535 = 0..1 of the min-max scaled CAM)"
+            )
+            if not exists:
+                dataset.add_sample_field(
+                    field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+                    description=description, info={MARK: meaning},
+                )
+            label = _label(result, h, path, created_at, versions)
+            # One bulk update keyed by id, not sample.save(); dynamic=True declares the
+            # provenance attributes so the App can filter on them.
+            dataset.set_values(field, {sample_id: label}, key_field="id", dynamic=True)
+            registry[field] = {**meaning, "description": description}
+        ours["fields"] = registry
+        info[MARK] = ours
+        dataset.info = info
+        _show_in_app(dataset, [p[0] for p in plan])
+        dataset.save()
+    return [p[0] for p in plan]
+
+
+def _show_in_app(dataset: fo.Dataset, fields: list[str]) -> None:
+    """Make our heatmap fields active (checked) in the App by default.
+
+    The App leaves dense labels (heatmaps, masks) unchecked unless the dataset's
+    app_config lists them. We keep every other field's default: with no config yet we
+    store an *exclusion* list holding only the dense fields that are not ours.
+    """
+    config = dataset.app_config
+    active = config.active_fields
+    if active is None:
+        ours = set(heatmap_fields(dataset)) | set(fields)
+        dense = [
+            name for name, f in dataset.get_field_schema().items()
+            if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
+            and issubclass(f.document_type, (fo.Heatmap, fo.Segmentation)) and name not in ours
+        ]
+        config.active_fields = ActiveFields(exclude=True, paths=dense)
+    elif active.exclude:
+        active.paths = [p for p in active.paths if p not in fields]
+    else:
+        active.paths = list(active.paths) + [f for f in fields if f not in active.paths]
+
+
+def heatmap_fields(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict]:
+    """Our heatmap fields on this dataset: field name -> its meaning (model, method, ...)."""
+    out = {}
+    for name, field in _root(dataset).get_field_schema().items():
+        mark = (getattr(field, "info", None) or {}).get(MARK)
+        if isinstance(mark, dict) and mark.get("kind") == "heatmap":
+            out[name] = dict(mark)
+    return out
+
+
+# ---------------------------------------------------------------- findings
+
+
+def finding_tag(tag: str) -> str:
+    """The sample tag for a finding: ``cam:`` + the tag lowercased, runs of other chars -> '-'."""
+    clean = re.sub(r"[^a-z0-9]+", "-", str(tag).lower()).strip("-")
+    if not clean:
+        raise StoreError(f"finding tag {tag!r} has no letters or digits")
+    return FINDING_TAG_PREFIX + clean
+
+
+def _findings_field_ready(dataset: fo.Dataset) -> None:
+    existing = dataset.get_field(FINDINGS_FIELD)
+    if existing is None:
+        dataset.add_sample_field(
+            FINDINGS_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classifications,
+            description="CAM Explorer findings: notes on what a heatmap shows", info={MARK: {"kind": "findings"}},
+        )
+        return
+    doc_type = getattr(existing, "document_type", None)
+    if not (doc_type and issubclass(doc_type, fo.Classifications)) or MARK not in (existing.info or {}):
+        raise StoreError(f"field {FINDINGS_FIELD!r} of {dataset.name!r} exists and is not CAM Explorer's findings field")
+
+
+@_db_errors
+def add_finding(
+    dataset: fo.Dataset, sample_id: str, tag: str, note: str = "", heatmap_field: str | None = None
+) -> None:
+    """Tag the sample ``cam:<tag>`` and append a Classification(label=tag, note, ...) to cam_findings."""
+    dataset = _root(dataset)
+    tag = str(tag).strip()
+    sample_tag = finding_tag(tag)
+    with _LOCK:
+        sample = get_sample(dataset, sample_id)
+        if heatmap_field is not None and dataset.get_field(heatmap_field) is None:
+            raise StoreError(f"no field {heatmap_field!r} in {dataset.name!r} to attach the finding to")
+        _findings_field_ready(dataset)
+        created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        finding = fo.Classification(label=tag, note=note, heatmap_field=heatmap_field, created_at=created_at)
+        current = sample[FINDINGS_FIELD]
+        labels = list(current.classifications) if current is not None else []
+        tags = list(sample.tags) + ([sample_tag] if sample_tag not in sample.tags else [])
+        # Two bulk updates keyed by id, so a stale in-memory sample is never saved over newer data.
+        dataset.set_values(FINDINGS_FIELD, {sample.id: fo.Classifications(classifications=labels + [finding])},
+                           key_field="id", dynamic=True)
+        dataset.set_values("tags", {sample.id: tags}, key_field="id")
+
+
+@_db_errors
+def list_findings(dataset: fo.Dataset | fo.DatasetView) -> list[dict]:
+    """All findings, oldest first per sample: sample_id, filepath, tag, note, heatmap_field, created_at, id."""
+    coll = dataset
+    if coll.get_field(FINDINGS_FIELD) is None:
+        return []
+    ids, paths_, lists = coll.values(["id", "filepath", FINDINGS_FIELD + ".classifications"])
+    out = []
+    for sid, path, labels in zip(ids, paths_, lists):
+        for c in labels or []:
+            out.append({
+                "sample_id": sid, "filepath": path, "tag": c.label, "note": _attr(c, "note", ""),
+                "heatmap_field": _attr(c, "heatmap_field"), "created_at": _attr(c, "created_at"), "id": c.id,
+            })
+    return out
+
+
+def _attr(label: fo.Label, name: str, default: Any = None) -> Any:
+    try:
+        value = label[name]
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+# ---------------------------------------------------------------- the FiftyOne App
+
+
+def app_url(dataset_name: str, sample_id: str | None = None, port: int = DEFAULT_APP_PORT) -> str:
+    """URL of the dataset in the FiftyOne App; with sample_id it opens that sample's modal.
+
+    The App (1.22) routes ``/datasets/:name`` and keeps the open sample in ``?id=``.
+    """
+    url = f"http://localhost:{int(port)}/datasets/{urllib.parse.quote(dataset_name, safe='')}"
+    if sample_id:
+        url += "?" + urllib.parse.urlencode({"id": sample_id})
+    return url
+
+
+@_db_errors
+def launch_app(
+    dataset: fo.Dataset | fo.DatasetView, port: int = DEFAULT_APP_PORT, sample_id: str | None = None
+) -> fo.Session:
+    """Serve the FiftyOne App on localhost:port showing `dataset`; open it at :func:`app_url`.
+
+    One App per process: a second call on the same port retargets the running session
+    (cheap, no new server); another port closes the old one first.
+    """
+    global _SESSION
+    with _LOCK:
+        if _SESSION is not None and _SESSION.server_port == port:
+            if isinstance(dataset, fo.DatasetView):
+                _SESSION.view = dataset
+            else:
+                _SESSION.dataset = dataset
+            return _SESSION
+        close_app()
+        _SESSION = fo.launch_app(
+            dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
+        )
+        return _SESSION
+
+
+def close_app() -> None:
+    """Stop the App server this process started, if any."""
+    global _SESSION
+    with _LOCK:
+        session, _SESSION = _SESSION, None
+        if session is not None:
+            session.close()
+
+
+# ---------------------------------------------------------------- label filters for views
+
+_LABEL_TYPES = (fo.Classification, fo.Classifications, fo.Detection, fo.Detections)
+
+
+@_db_errors
+def label_fields(dataset: fo.Dataset | fo.DatasetView) -> list[str]:
+    """Label fields a view can filter on (classifications and detections), ours excluded."""
+    out = []
+    for name, field in dataset.get_field_schema().items():
+        doc_type = getattr(field, "document_type", None)
+        if doc_type and issubclass(doc_type, _LABEL_TYPES) and name != FINDINGS_FIELD:
+            out.append(name)
+    return sorted(out)
+
+
+@_db_errors
+def label_values(dataset: fo.Dataset | fo.DatasetView, field: str) -> list[str]:
+    """The distinct label names in a label field."""
+    doc_type = getattr(dataset.get_field(field), "document_type", None)
+    if doc_type is None:
+        raise StoreError(f"no label field {field!r} in {_root(dataset).name!r}")
+    path = {fo.Classifications: ".classifications", fo.Detections: ".detections"}.get(doc_type, "")
+    return sorted(str(v) for v in dataset.distinct(f"{field}{path}.label"))
