@@ -1,0 +1,108 @@
+"""Judging a heatmap: does the model rely on what it highlights, and is that the object?
+
+Faithfulness comes from pytorch_grad_cam.metrics (the reference), run on the model's input:
+  - confidence change when the image is multiplied by the map, and by one minus the map
+    (CamMultImageConfidenceChange): a faithful map keeps the score when only its highlight is
+    kept and drops it when the highlight is removed. One forward each: shown next to every map.
+  - ROAD (Rong et al. 2022): remove the most / least relevant pixels with a noisy linear
+    imputation and watch the score; combined = (LeRF - MoRF) / 2, higher is more faithful.
+    A sparse solve per point: seconds, computed on request.
+The bias helper measures the share of heatmap mass inside the object's mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
+
+from camcore.models import LoadedModel
+
+ROAD_PERCENTILES = (20, 40, 60, 80)
+DEFAULT_BACKGROUND_THRESHOLD = 0.5  # less than half the mass on the object: background-dominated
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Cheap scores (one forward each), shown next to every heatmap."""
+
+    original_score: float  # the target's score on the unchanged input
+    keep_change: float  # score change when the image is multiplied by the map (keep the highlight)
+    remove_change: float  # score change when multiplied by (1 - map) (remove the highlight)
+
+    @property
+    def relies_on_highlight(self) -> bool:
+        """Removing the highlight hurts more than keeping only it."""
+        return self.remove_change < self.keep_change
+
+
+@dataclass(frozen=True)
+class RoadCurve:
+    """ROAD, slower (a sparse imputation per point): computed on request."""
+
+    morf: tuple[tuple[int, float], ...]  # (percentile, score change), most relevant removed first
+    lerf: tuple[tuple[int, float], ...]  # least relevant removed first
+    combined: float  # mean of (LeRF - MoRF) / 2: higher is more faithful
+
+
+def input_map(heatmap: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """The 0..1 map at the model input's resolution, as the metrics expect it."""
+    return cv2.resize(heatmap.astype(np.float32), (input_hw[1], input_hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _cams(x: torch.Tensor, heatmap: np.ndarray) -> np.ndarray:
+    return input_map(heatmap, (int(x.shape[-2]), int(x.shape[-1])))[None]
+
+
+def faithfulness(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, target) -> Faithfulness:
+    """Confidence change keeping / removing what one heatmap (image resolution, 0..1) highlights."""
+    x = x.to(model.device)
+    cams = _cams(x, heatmap)
+    metric = CamMultImageConfidenceChange()
+    with model.lock, torch.no_grad():
+        model.module.eval()
+        original = float(target(model.module(x)[0]).detach().float().cpu())
+        keep = float(metric(x, cams, [target], model.module)[0])
+        remove = float(metric(x, 1.0 - cams, [target], model.module)[0])
+    return Faithfulness(original, keep, remove)
+
+
+def road(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, target, percentiles=ROAD_PERCENTILES) -> RoadCurve:
+    """ROAD most- and least-relevant-first curves and their combined score."""
+    x = x.to(model.device)
+    cams = _cams(x, heatmap)
+    with model.lock, torch.no_grad():
+        model.module.eval()
+        morf = [(p, float(ROADMostRelevantFirst(p)(x, cams, [target], model.module)[0])) for p in percentiles]
+        lerf = [(p, float(ROADLeastRelevantFirst(p)(x, cams, [target], model.module)[0])) for p in percentiles]
+    combined = float(np.mean([(le - mo) / 2 for (_, le), (_, mo) in zip(lerf, morf)]))
+    return RoadCurve(tuple(morf), tuple(lerf), combined)
+
+
+def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """Share (0..1) of the heatmap's mass that falls inside the object mask."""
+    if mask.shape != heatmap.shape:
+        mask = cv2.resize(mask.astype(np.uint8), (heatmap.shape[1], heatmap.shape[0]),
+                          interpolation=cv2.INTER_NEAREST)
+    total = float(heatmap.sum())
+    if total <= 0:
+        return 0.0
+    return float(heatmap[mask.astype(bool)].sum() / total)
+
+
+def background_dominated(share_inside: float, threshold: float = DEFAULT_BACKGROUND_THRESHOLD) -> bool:
+    return share_inside < threshold
+
+
+def boxes_mask(shape: tuple[int, int], boxes: list[list[float]]) -> np.ndarray:
+    """A bool mask of FiftyOne boxes ([x, y, w, h] relative to the image) at (height, width)."""
+    h, w = shape
+    mask = np.zeros((h, w), dtype=bool)
+    for x0, y0, bw, bh in boxes:
+        c0, r0 = int(np.floor(x0 * w)), int(np.floor(y0 * h))
+        c1, r1 = int(np.ceil((x0 + bw) * w)), int(np.ceil((y0 + bh) * h))
+        mask[max(0, r0) : min(h, r1), max(0, c0) : min(w, c1)] = True
+    return mask
