@@ -23,7 +23,7 @@ from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.image import scale_cam_image
 
-from camcore import perturbation
+from camcore import metrics, perturbation
 from camcore import targets as targets_mod
 from camcore.errors import Cancelled, CamError, MethodError
 from camcore.images import LoadedImage
@@ -263,6 +263,7 @@ class Explainer:
         for name in self.layers:
             spec.layer(name)  # unknown layers fail here, before any compute
         self._memo: dict[tuple[str, str, bool], Heatmap] = {}
+        self._faith: dict[tuple[str, str, bool], metrics.Faithfulness] = {}
         self._lock = threading.RLock()
         self.x = preprocess(spec, self.image.rgb, self.input_size)
         self.input_hw = (int(self.x.shape[-2]), int(self.x.shape[-1]))
@@ -287,6 +288,15 @@ class Explainer:
         spec = get_method(method)
         layer = ALL_LAYERS if spec.layer_independent else layer
         return (spec.key, layer, bool(eigen_smooth and spec.supports_eigen_smooth)) in self._memo
+
+    def faithfulness(self, method: str, layer: str, eigen_smooth: bool = False) -> metrics.Faithfulness:
+        """Keep/remove confidence change of one heatmap for this target (memoised)."""
+        h = self.heatmap(method, layer, eigen_smooth)
+        key = (h.method, h.layer, h.eigen_smooth)
+        with self._lock:
+            if key not in self._faith:
+                self._faith[key] = metrics.faithfulness(self.model, self.x, h.map, self.grad_target)
+            return self._faith[key]
 
     @property
     def weights_label(self) -> str:

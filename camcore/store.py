@@ -566,3 +566,18 @@ def label_values(dataset: fo.Dataset | fo.DatasetView, field: str) -> list[str]:
         raise StoreError(f"no label field {field!r} in {_root(dataset).name!r}")
     path = {fo.Classifications: ".classifications", fo.Detections: ".detections"}.get(doc_type, "")
     return sorted(str(v) for v in dataset.distinct(f"{field}{path}.label"))
+
+
+@_db_errors
+def boxes_by_sample(view: fo.Dataset | fo.DatasetView, field: str, label: str) -> dict[str, list[list[float]]]:
+    """Relative [x, y, w, h] boxes of `label` in a Detections field, per sample id."""
+    doc_type = getattr(view.get_field(field), "document_type", None)
+    if doc_type is not fo.Detections:
+        raise StoreError(f"field {field!r} holds no detections (boxes)")
+    ids, dets = view.values(["id", f"{field}.detections"])
+    out: dict[str, list[list[float]]] = {}
+    for sid, ds in zip(ids, dets):
+        boxes = [list(d.bounding_box) for d in ds or [] if d.label == label and d.bounding_box]
+        if boxes:
+            out[sid] = boxes
+    return out

@@ -65,3 +65,4 @@ def explainer(
 @st.cache_resource(show_spinner=False)
 def fiftyone_app(dataset_name: str, port: int):
     return store.launch_app(store.load_dataset(dataset_name), port=port)
+

@@ -50,8 +50,10 @@ def thumbnail_strip(sel) -> None:
                    type="primary" if current else "secondary", width="stretch", disabled=current)
 
 
-def target_picker(container, prediction, names: tuple[str, ...]) -> str | None:
-    """Target class: what the model predicts comes first, then every class by name."""
+def target_picker(container, prediction, names: tuple[str, ...], key: str | None = None,
+                  requested: str | None = None) -> str | None:
+    """Target class: what the model predicts comes first, then every class by name.
+    `requested` (a class name, e.g. from a study button) preselects that class."""
     predicted = [c.index for c in prediction.classes]
     share = {c.index: c.score for c in prediction.classes}
     options = [AUTO_TARGET] + predicted + [i for i in range(len(names)) if i not in share]
@@ -63,7 +65,11 @@ def target_picker(container, prediction, names: tuple[str, ...]) -> str | None:
                 else f"auto (top-1: {prediction.classes[0].name})"
         return f"{names[o]} — predicted, {share[o]:.0%} {noun}" if o in share else names[o]
 
-    choice = container.selectbox("Target class", options, format_func=fmt, key=f"target_{len(names)}")
+    key = key or f"target_{len(names)}"
+    if requested is not None:
+        lowered = [n.lower() for n in names]
+        st.session_state[key] = lowered.index(requested.lower()) if requested.lower() in lowered else AUTO_TARGET
+    choice = container.selectbox("Target class", options, format_func=fmt, key=key)
     return None if choice == AUTO_TARGET else str(choice)
 
 
@@ -105,7 +111,7 @@ def prediction_panel(container, img: LoadedImage, ex: Explainer, loaded: LoadedM
         colors = overlay.palette(len(ex.class_names))
         chips = " ".join(
             f"<span style='background:rgb{tuple(int(v) for v in colors[c.index])};color:"
-            f"{'#000' if sum(colors[c.index]) > 380 else '#fff'};padding:2px 8px;border-radius:8px;"
+            f"{'#000' if sum(int(v) for v in colors[c.index]) > 380 else '#fff'};padding:2px 8px;border-radius:8px;"
             f"margin:2px;display:inline-block;font-size:0.85em'>{c.name} {c.score:.0%}</span>"
             for c in pred.classes
         )

@@ -101,7 +101,8 @@ def draw() -> Selection | None:
 
     sb.markdown("### How to look")
     keys = list(models.MODELS)
-    model_key = sb.selectbox("Model", keys, index=keys.index(models.DEFAULT_MODEL), key="model",
+    st.session_state.setdefault("model", models.DEFAULT_MODEL)  # no index=: study buttons set it too
+    model_key = sb.selectbox("Model", keys, key="model",
                              format_func=lambda k: models.MODELS[k].label)
     choices = _weights_choices()
     label = sb.selectbox("Weights", list(choices), key="weights_choice",

@@ -1,0 +1,88 @@
+"""Compare: a layer x method grid for one sample from one pass, with faithfulness and bias scores."""
+from __future__ import annotations
+
+from ui import router
+
+router.ensure_routed("compare")
+
+import os  # noqa: E402
+
+import streamlit as st  # noqa: E402
+
+from camcore import methods, metrics, overlay  # noqa: E402
+from camcore.errors import CamError, WeightsUnavailable  # noqa: E402
+from ui import cache, compare, render, sidebar  # noqa: E402
+
+
+def main() -> None:
+    sel = sidebar.current()
+    if sel is None:
+        st.info("Pick a dataset and a sample in the sidebar.")
+        return
+    st.markdown(f"#### Compare layers and methods · {os.path.basename(sel.filepath)}")
+    s1, s2 = st.columns(2)
+    for col, key in zip((s1, s2), compare.STUDIES):
+        col.button(compare.STUDIES[key]["label"], key=f"study_{key}", on_click=compare.apply_study, args=(key,),
+                   width="stretch")
+    try:
+        with st.spinner("Loading the model…", show_time=True):
+            loaded = cache.model(sel.model, sel.weights)
+    except WeightsUnavailable as exc:
+        st.error(str(exc))
+        st.info("Choose **untrained (random weights)** under Weights in the sidebar to run the study anyway.")
+        return
+    if not loaded.pretrained:
+        st.warning("**UNTRAINED weights**: these heatmaps explain a random network.", icon=":material/warning:")
+    spec = loaded.spec
+    img = cache.image(sel.filepath, os.path.getmtime(sel.filepath))
+    image_key = (sel.dataset, sel.sample_id, os.path.getmtime(sel.filepath))
+
+    offered = [m.key for m in methods.methods_for(spec.task, spec.family)]
+    c1, c2, c3 = st.columns([3, 3, 2])
+    layer_names = [s.name for s in spec.layers]
+    st.session_state.setdefault(f"cmp_layers_{spec.key}", [spec.default_layer])
+    layers = c1.multiselect("Rows: layers", layer_names, key=f"cmp_layers_{spec.key}")
+    st.session_state["cmp_methods"] = [m for m in st.session_state.get("cmp_methods", ["gradcam"]) if m in offered]
+    chosen = c2.multiselect("Columns: methods", offered, key="cmp_methods",
+                            format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""))
+    eigen = c3.toggle("eigen_smooth", key="cmp_eigen")
+    aug = c3.toggle("aug_smooth (slow)", key="cmp_aug")
+    if not layers or not chosen:
+        st.info("Choose at least one layer and one method.")
+        return
+    with st.spinner("Running the model once for the whole grid…", show_time=True):
+        base = cache.explainer(loaded, image_key, img, None, False, sel.input_size)
+    target = render.target_picker(c1, base.prediction, base.class_names, key="cmp_target",
+                                  requested=st.session_state.pop("cmp_target_request", None))
+    with st.spinner("Running the model…", show_time=True):
+        ex = cache.explainer(loaded, image_key, img, target, aug, sel.input_size)
+    for e in render.compute(ex, [(m, layer) for layer in layers for m in chosen], eigen):
+        st.warning(e)
+
+    o1, o2, o3, o4 = st.columns(4)
+    alpha = o1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="cmp_alpha")
+    cmap = o2.selectbox("Colormap", overlay.COLORMAPS, key="cmp_cmap")
+    with_scores = o3.toggle("Faithfulness scores", value=True, key="cmp_scores",
+                            help="Target score change when only the highlight is kept (keep Δ) and when it is "
+                                 "removed (remove Δ): pytorch_grad_cam.metrics.CamMultImageConfidenceChange.")
+    threshold = o4.slider("Background-dominated below", 0.0, 1.0, metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.05,
+                          key="cmp_threshold", help="Share of heatmap mass on the object.")
+    mask = None
+    if ex.prediction.task == "segmentation":
+        mask = ex.prediction.mask == ex.target.index
+        mask = mask if mask.any() else None
+    st.caption(f"Target **{ex.target.name}** ({ex.target.rule}) · weights: {loaded.weights_label} · "
+               + ("object = predicted mask of the target" if mask is not None else
+                  "no object mask here (classification: rank the view below with a detections field)"))
+    table = compare.grid(img, ex, loaded, layers, chosen, eigen, alpha, cmap, with_scores, mask, threshold)
+    compare.road_panel(ex, table, eigen)
+    st.divider()
+    compare.ranking_panel(sel, loaded, chosen, layers, ex.class_names, threshold, ex.target.index)
+
+
+try:
+    main()
+except CamError as exc:
+    st.error(str(exc))
+except Exception as exc:  # the UI edge: a message, never a traceback page
+    render.unexpected(exc)

@@ -1,0 +1,139 @@
+"""Renderers for the Compare page: the layer x method grid with scores, the studies, the ranking."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from camcore import judge, methods, metrics, overlay, store
+from camcore.engine import Explainer
+from camcore.errors import CamError
+from camcore.models import LoadedModel
+from ui import cache
+
+# The article's two studies, one click away: (model, layers, methods, target, aug, eigen).
+STUDIES = {
+    "layer_progression": {
+        "label": "Layer progression (DeepLabV3, layer1 → layer4, person)",
+        "model": "deeplabv3", "layers": ["layer1", "layer2", "layer3", "layer4"], "methods": ["gradcam"],
+        "target": "person", "aug": False, "eigen": False,
+    },
+    "all_methods": {
+        "label": "All methods (DeiT-tiny, the article's 8, aug + eigen smoothing)",
+        "model": "deit_tiny", "layers": ["block11"], "methods": list(methods.ARTICLE_METHODS),
+        "target": None, "aug": True, "eigen": True,
+    },
+}
+
+
+def apply_study(key: str) -> None:
+    """Callback: set the widgets (the sidebar's model included) before the next run draws them."""
+    study = STUDIES[key]
+    st.session_state["model"] = study["model"]
+    st.session_state[f"cmp_layers_{study['model']}"] = study["layers"]
+    st.session_state["cmp_methods"] = study["methods"]
+    st.session_state["cmp_target_request"] = study["target"]
+    st.session_state["cmp_aug"] = study["aug"]
+    st.session_state["cmp_eigen"] = study["eigen"]
+
+
+def score_line(f: metrics.Faithfulness | None, share: float | None, threshold: float) -> str:
+    parts = []
+    if f is not None:
+        parts.append(f"keep Δ {f.keep_change:+.2f} · remove Δ {f.remove_change:+.2f}")
+    if share is not None:
+        flag = " · **background-dominated**" if metrics.background_dominated(share, threshold) else ""
+        parts.append(f"{share:.0%} on the object{flag}")
+    return " · ".join(parts)
+
+
+def grid(img, ex: Explainer, loaded: LoadedModel, layers, chosen, eigen: bool, alpha: float, cmap: str,
+         with_scores: bool, mask, threshold: float) -> list[dict]:
+    """Rows = layers, columns = methods; returns the scores table."""
+    table = []
+    header = st.columns([1] + [3] * len(chosen))
+    for col, m in zip(header[1:], chosen):
+        col.markdown(f"**{methods.METHODS[m].label}**")
+    for layer in layers:
+        row = st.columns([1] + [3] * len(chosen))
+        row[0].markdown(f"**{layer}**")
+        for col, m in zip(row[1:], chosen):
+            try:
+                h = ex.heatmap(m, layer, eigen)
+            except CamError as exc:
+                col.warning(str(exc))
+                continue
+            out = overlay.overlay(img.rgb, h.map, alpha, cmap)
+            col.image(out if loaded.pretrained else overlay.watermark_untrained(out), width="stretch")
+            f = ex.faithfulness(m, h.layer, eigen) if with_scores else None
+            share = metrics.mass_inside(h.map, mask) if mask is not None else None
+            col.caption(score_line(f, share, threshold) or f"{h.seconds:.2f} s")
+            table.append({"method": m, "layer": h.layer, "keep Δ": f.keep_change if f else np.nan,
+                          "remove Δ": f.remove_change if f else np.nan,
+                          "share on object": share if share is not None else np.nan})
+    return table
+
+
+def road_panel(ex: Explainer, table: list[dict], eigen: bool) -> None:
+    if not table:
+        return
+    with st.expander("ROAD curve (slower: a sparse imputation per point)"):
+        options = [(r["method"], r["layer"]) for r in table]
+        choice = st.selectbox("Heatmap", options, format_func=lambda o: f"{methods.METHODS[o[0]].label} · {o[1]}",
+                              key="road_choice")
+        if st.button("Compute ROAD", key="road_go"):
+            with st.spinner("ROAD: removing pixels most / least relevant first…", show_time=True):
+                h = ex.heatmap(choice[0], choice[1], eigen)
+                curve = metrics.road(ex.model, ex.x, h.map, ex.grad_target)
+            df = pd.DataFrame({"percentile": [p for p, _ in curve.morf],
+                               "most relevant first": [v for _, v in curve.morf],
+                               "least relevant first": [v for _, v in curve.lerf]}).set_index("percentile")
+            st.line_chart(df, height=220)
+            st.caption(f"ROAD combined (LeRF − MoRF)/2 = {curve.combined:+.3f} — higher is more faithful.")
+
+
+def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: float, default_class: int) -> None:
+    st.markdown("#### Across the view: where does the model look for one class?")
+    c1, c2, c3, c4 = st.columns(4)
+    cls = c1.selectbox("Class", list(names), index=default_class, key=f"rank_class_{loaded.spec.key}")
+    method = c2.selectbox("Method", chosen, format_func=lambda k: methods.METHODS[k].label, key="rank_method")
+    layer = c3.selectbox("Layer", layers, key="rank_layer")
+    dataset = store.load_dataset(sel.dataset)
+    boxes = {}
+    if loaded.spec.task == "classification":
+        fields = [f for f in store.label_fields(dataset)
+                  if getattr(dataset.get_field(f), "document_type", None).__name__ == "Detections"]
+        field = c4.selectbox("Object boxes from", [None] + fields, key="rank_boxes",
+                             format_func=lambda f: "(no detections field)" if f is None else f)
+        if field:
+            boxes = store.boxes_by_sample(dataset.select(list(sel.sample_ids)), field, cls)
+    else:
+        c4.caption("Object = the predicted mask of the class.")
+    if not st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go"):
+        rows = st.session_state.get("rank_rows")
+    else:
+        items = [judge.SampleItem(i, p, tuple(tuple(b) for b in boxes.get(i, ())))
+                 for i, p in zip(sel.sample_ids, sel.filepaths)]
+        bar = st.progress(0.0)
+        rows = judge.rank_by_share_inside(loaded, items, method, layer, cls, threshold, sel.input_size,
+                                          progress=lambda f, msg: bar.progress(f, text=msg))
+        bar.empty()
+        st.session_state["rank_rows"] = rows
+    if not rows:
+        return
+    cols = st.columns(4)
+    for i, r in enumerate(rows):
+        col = cols[i % 4]
+        name = os.path.basename(r.filepath)
+        if r.heatmap is None:
+            col.caption(f"{name}: {r.error}")
+            continue
+        img = cache.image(r.filepath, os.path.getmtime(r.filepath))
+        out = overlay.overlay(img.rgb, r.heatmap.map, 0.5, "jet")
+        col.image(out if loaded.pretrained else overlay.watermark_untrained(out), width="stretch")
+        share = "n/a" if r.share_inside is None else f"{r.share_inside:.0%}"
+        col.caption(f"{name}: {share} on the object ({r.mask_source})"
+                    + (" · **background-dominated**" if r.background_dominated else ""))
+
