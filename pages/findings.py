@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from camcore import store  # noqa: E402
 from camcore.errors import CamError  # noqa: E402
-from ui import render, sidebar  # noqa: E402
+from ui import cache, render, sidebar  # noqa: E402
 
 
 def main() -> None:
@@ -34,11 +34,28 @@ def main() -> None:
                  width="stretch")
     cols = st.columns(6)
     for i, row in enumerate(df.drop_duplicates("sample_id").head(12).itertuples()):
-        cols[i % 6].image(row.filepath, caption=f"{row.file}: {row.tag}", width="stretch")
-    port = st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT
+        thumb = cache.thumbnail(row.filepath, os.path.getmtime(row.filepath)) if os.path.exists(row.filepath) else None
+        if thumb is not None:
+            cols[i % 6].image(thumb, caption=f"{row.file}: {row.tag}", width="stretch")
+        else:
+            cols[i % 6].caption(f"{row.file}: image missing")
     tag_names = [store.finding_tag(t) for t in chosen]
-    st.caption(f"In the FiftyOne App, filter by the sample tags {', '.join(tag_names)} or the `cam_findings` field "
-               f"(App on port {port}: {store.app_url(sel.dataset, port=port)}).")
+    st.caption(f"In the FiftyOne App these samples carry the tags {', '.join(tag_names)} and a `cam_findings` "
+               "field.")
+    port = int(st.number_input("App port", 1024, 65535, st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT,
+                               key="findings_port"))
+    if st.button(f"Open these {df['sample_id'].nunique()} samples in the FiftyOne App", key="findings_app"):
+        try:
+            with st.spinner("Starting the FiftyOne App…", show_time=True):
+                dataset = store.load_dataset(sel.dataset)
+                store.launch_app(store.make_view(dataset, tags=tag_names), port=port)
+            st.session_state["fo_launched"] = port
+        except CamError as exc:
+            st.error(str(exc))
+        except Exception as exc:  # port taken, server failed: say so
+            st.error(f"Could not start the FiftyOne App on port {port}: {exc}")
+    if st.session_state.get("fo_launched") == port:
+        st.link_button("Open the FiftyOne App", store.app_url(sel.dataset, port=port))
 
 
 try:
