@@ -1,9 +1,13 @@
 """st.navigation over the files in pages/, and deep links that work on a fresh server.
 
-Streamlit serves the first request a fresh server gets at a deep link (/findings) through its
-legacy pages/ discovery: app.py does not run. Each page calls `ensure_routed()` first; when it
-runs outside app.py it remembers where the user wanted to go and switches to app.py, which
-builds the navigation and switches straight on to that page.
+While a folder named pages/ exists, Streamlit runs a process's scripts in its legacy pages/ mode
+(`PagesManager.uses_pages_directory`) until the first `st.navigation` call switches it off. So the
+first request a fresh server gets at a deep link (/findings) runs pages/findings.py without app.py:
+no shared sidebar, a nav listing every file. (AppTest starts every run in that mode.) Each page
+calls `ensure_routed()` first; run outside app.py, it turns the legacy mode off, as st.navigation
+would, and reruns: the same URL now runs app.py, whose navigation resolves the same page (v1 and v2
+pages hash their url path alike). A plain rerun keeps the page, so the user's widget values
+survive; `st.switch_page("app.py")` would be a page change, which drops them.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import streamlit as st
 
 PAGES = (  # (file, title, icon, url path)
     ("pages/explore.py", "Explore", ":material/search:", "explore"),
+    ("pages/compare.py", "Compare", ":material/grid_view:", "compare"),
     ("pages/findings.py", "Findings", ":material/flag:", "findings"),
 )
 _ROUTED = "_routed_run"
@@ -32,5 +37,19 @@ def ensure_routed(url_path: str) -> None:
     """Call first in every page: outside app.py's navigation, hop through app.py."""
     if st.session_state.pop(_ROUTED, False):
         return
-    st.session_state["_deep_link"] = url_path
-    st.switch_page("app.py")
+    st.session_state["_deep_link"] = url_path  # if the rerun lands elsewhere, navigation() goes on
+    if _leave_legacy_pages_mode():
+        st.rerun()
+    st.switch_page("app.py")  # not the legacy mode: hop through app.py (drops widget values)
+
+
+def _leave_legacy_pages_mode() -> bool:
+    """Do what st.navigation does first: stop the legacy pages/ discovery. True if it was on."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without it: fall back on the hop through app.py
+        return False
+    if not getattr(PagesManager, "uses_pages_directory", False):
+        return False
+    PagesManager.uses_pages_directory = False
+    return True

@@ -1,0 +1,391 @@
+"""The app in a real Chromium against `streamlit run` (what a user sees, pixels included).
+
+A session-scoped server serves every test except the deep-link one, which starts its own fresh
+server so that its first request is the deep link. Waits use `expect(...)` on test ids, never
+sleeps. Screenshots go to test-artifacts/; with CAM_EXPLORER_DOCS_SCREENSHOTS=1 they are also
+written (downscaled) to docs/explore.png, docs/deeplab-untrained.png and docs/findings.png.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ui import router
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+DOCS = ROOT / "docs"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1400, "height": 1500}
+DEMO = "cam-explorer-demo"
+EFFICIENTNET = "EfficientNet-Lite0 (ImageNet, works offline)"
+DEEPLAB = "DeepLabV3-ResNet50 (segmentation, VOC classes)"
+RUN_TIMEOUT = 180_000  # ms: a first model load + pass on two CPU cores
+UI_TIMEOUT = 30_000
+
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"no {CHROMIUM}: run `make chromium`", allow_module_level=True)
+pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright  # noqa: E402
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_env() -> dict[str, str]:
+    """The test session's environment (database, CAM_EXPLORER_HOME), offline and with an empty
+    torch hub cache, so "no pretrained DeepLabV3 weights" holds on a developer's machine too."""
+    home = Path(os.environ.get("CAM_EXPLORER_HOME") or tempfile.mkdtemp(prefix="cam-explorer-browser-"))
+    return dict(os.environ, CAM_EXPLORER_OFFLINE="1", TORCH_HOME=str(home / "torch-home"))
+
+
+class Server:
+    def __init__(self, log: Path):
+        self.log = log
+        self.port = _free_port()
+        self.url = f"http://localhost:{self.port}"
+        python = ROOT / ".venv" / "bin" / "python"
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(python if python.exists() else sys.executable), "-m", "streamlit", "run", "app.py",
+             "--server.port", str(self.port), "--server.headless", "true"],
+            cwd=ROOT, env=_server_env(), stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.read().decode().strip() == "ok":
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.25)  # polling a socket, not waiting on the UI
+        raise RuntimeError(f"streamlit did not answer on {self.url} within {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        self._log.flush()
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    srv = Server(ARTIFACTS / "streamlit-server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=VIEWPORT)
+    p = context.new_page()
+    yield p
+    context.close()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def settle(page: Page, timeout: int = RUN_TIMEOUT) -> None:
+    """Wait until the script run is over, then check that no exception is on the page."""
+    app = page.get_by_test_id("stApp")
+    expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout)
+    expect(page.get_by_test_id("stSpinner")).to_have_count(0, timeout=timeout)
+    assert_no_exception(page)
+
+
+def assert_no_exception(page: Page) -> None:
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    expect(page.get_by_test_id("stAlert").filter(has_text="Something went wrong")).to_have_count(0)
+
+
+def open_app(page: Page, url: str) -> None:
+    page.goto(url)
+    expect(page.get_by_test_id("stApp")).to_be_visible(timeout=UI_TIMEOUT)
+    expect(page.get_by_test_id("stSidebar").get_by_text("Dataset", exact=True)).to_be_visible(timeout=RUN_TIMEOUT)
+    settle(page)
+
+
+def widget(page: Page, test_id: str, label: str, scope: Page | Locator | None = None) -> Locator:
+    """The widget of this kind whose label is exactly `label`."""
+    scope = scope or page
+    return scope.get_by_test_id(test_id).filter(
+        has=page.get_by_test_id("stWidgetLabel").get_by_text(label, exact=True))
+
+
+def choose(page: Page, label: str, option: str, scope: Page | Locator | None = None) -> None:
+    """Pick `option` in the selectbox labelled `label`."""
+    box = widget(page, "stSelectbox", label, scope)
+    expect(box).to_have_count(1, timeout=RUN_TIMEOUT)
+    # Scroll first: the dropdown closes when its page scrolls, as a click's own scrolling would do.
+    box.scroll_into_view_if_needed()
+    box.get_by_role("button", name="Open").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    expect(box.get_by_role("combobox")).to_have_value(option)
+
+
+def add_to_multiselect(page: Page, label: str, option: str) -> None:
+    box = widget(page, "stMultiSelect", label)
+    expect(box).to_have_count(1, timeout=RUN_TIMEOUT)
+    box.scroll_into_view_if_needed()
+    box.get_by_role("button", name="Open").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+    expect(box.get_by_role("group", name="Selected values").get_by_role("button", name=f"Remove {option}",
+                                                                          exact=True)).to_have_count(1)
+
+
+def overlay(page: Page, caption_start: str) -> Locator:
+    """The image whose caption starts with `caption_start` (e.g. 'Grad-CAM · head')."""
+    return page.get_by_test_id("stImage").filter(
+        has=page.get_by_test_id("stImageCaption").get_by_text(re.compile("^" + re.escape(caption_start))))
+
+
+def screenshot(page: Page, name: str) -> Path:
+    """Full-page screenshot into test-artifacts/; also into docs/ when asked (small PNGs)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    # Streamlit scrolls inside its own containers, so full_page alone stops at the viewport:
+    # grow the viewport to the content first, then put it back.
+    height = page.evaluate("""() => Math.max(...['stMain', 'stAppViewContainer', 'stSidebarContent'].map(
+        id => document.querySelector(`[data-testid="${id}"]`)?.scrollHeight || 0))""")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], int(height))})
+    try:
+        settle(page)  # a resize can re-layout (images, charts): wait for the app to be idle again
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(VIEWPORT)
+    if os.environ.get("CAM_EXPLORER_DOCS_SCREENSHOTS") == "1":
+        _save_small(path, DOCS / f"{name}.png")
+    return path
+
+
+def _save_small(src: Path, dest: Path, limit: int = 400_000) -> None:
+    from PIL import Image
+
+    dest.parent.mkdir(exist_ok=True)
+    image = Image.open(src).convert("RGB")
+    width = image.width
+    while True:
+        out = image if width == image.width else image.resize(
+            (width, round(image.height * width / image.width)), Image.LANCZOS)
+        out = out.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        out.save(dest, optimize=True)
+        if dest.stat().st_size < limit or width < 500:
+            return
+        width = int(width * 0.85)
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+def test_explore_overlay_opacity_and_push(server: Server, page: Page):
+    import fiftyone as fo
+
+    sent: list[bytes] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
+    open_app(page, server.url)
+    choose(page, "Sample", "chelsea.png", page.get_by_test_id("stSidebar"))
+    choose(page, "Model", EFFICIENTNET, page.get_by_test_id("stSidebar"))
+    settle(page)
+    expect(page.get_by_role("heading", name="chelsea.png")).to_be_visible()
+    expect(overlay(page, "Grad-CAM · head")).to_be_visible(timeout=RUN_TIMEOUT)
+    add_to_multiselect(page, "Layers", "stage5")
+    settle(page)
+    add_to_multiselect(page, "Methods", "Eigen-CAM")
+    settle(page)
+    for caption in ("Grad-CAM · head", "Grad-CAM · stage5", "Eigen-CAM · head", "Eigen-CAM · stage5"):
+        expect(overlay(page, caption)).to_have_count(1 if caption != "Grad-CAM · head" else 2)  # main + grid
+    # control for the check below: sidebar and Methods changes are full reruns (no fragment id)
+    assert [r for r in _rerun_requests(sent) if not r.fragment_id], "no full rerun seen: decoding broken?"
+    main_image = overlay(page, "Grad-CAM · head").first.locator("img")
+    before = main_image.get_attribute("src")
+
+    # Opacity redraws inside the fragment: the image changes, the model does not run again.
+    page.evaluate("""() => {
+        window.__seen = [];
+        new MutationObserver(() => {  // a spinner, or st.status saying "Computing…", means the model ran
+            if (document.querySelector('[data-testid="stSpinner"]')) window.__seen.push('spinner');
+            for (const el of document.querySelectorAll('[data-testid="stExpander"] summary')) {
+                if (el.textContent.includes('Computing')) window.__seen.push('status: ' + el.textContent);
+            }
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }""")
+    sent.clear()
+    slider = widget(page, "stSlider", "Heatmap opacity")
+    thumb = slider.get_by_role("slider")
+    thumb.focus()
+    thumb.press("ArrowRight")
+    thumb.press("ArrowRight")
+    expect(slider.get_by_test_id("stSliderThumbValue")).to_have_text("0.60")
+    expect(main_image).not_to_have_attribute("src", before or "", timeout=UI_TIMEOUT)
+    settle(page)
+    assert page.evaluate("window.__seen") == []
+    reruns = _rerun_requests(sent)
+    assert reruns, "moving the slider sent no rerun request"
+    assert all(r.fragment_id for r in reruns), "the slider reran the whole script, not just the fragment"
+
+    screenshot(page, "explore")
+
+    push = page.get_by_role("button", name=re.compile(r"^Push 4 heatmap"))
+    push.click()
+    success = page.get_by_test_id("stAlert").filter(has_text="Saved fields:")
+    expect(success).to_be_visible(timeout=RUN_TIMEOUT)
+    settle(page)
+    fields = re.findall(r"cam_\w+", success.inner_text())
+    assert len(fields) == 4, success.inner_text()
+
+    dataset = fo.load_dataset(DEMO)
+    dataset.reload()
+    sample = dataset.match({"filepath": {"$regex": "chelsea\\.png$"}}).first()
+    sample.reload()
+    for field in fields:
+        heat = sample[field]
+        assert isinstance(heat, fo.Heatmap), (field, heat)
+        assert heat.map_path and Path(heat.map_path).is_file(), heat.map_path
+
+
+def _rerun_requests(frames: list[bytes]) -> list:
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    out = []
+    for frame in frames:
+        if not isinstance(frame, bytes):
+            continue
+        msg = BackMsg()
+        try:
+            msg.ParseFromString(frame)
+        except Exception:  # not a BackMsg (should not happen): ignore it
+            continue
+        if msg.WhichOneof("type") == "rerun_script":
+            out.append(msg.rerun_script)
+    return out
+
+
+def test_record_a_finding_and_see_it_on_findings(server: Server, page: Page):
+    from camcore import store
+
+    note = f"the silhouette is read as a dog (test {uuid.uuid4().hex[:6]})"
+    open_app(page, server.url)
+    choose(page, "Sample", "horse.png", page.get_by_test_id("stSidebar"))
+    settle(page)
+    expect(overlay(page, "Grad-CAM · head")).to_be_visible(timeout=RUN_TIMEOUT)
+    form = page.get_by_test_id("stForm")
+    choose(page, "Finding", "misclassification", form)
+    form.get_by_label("Note").fill(note)
+    form.get_by_role("button", name="Save finding").click()
+    expect(page.get_by_test_id("stAlert").filter(has_text="Saved finding 'misclassification'")).to_be_visible(
+        timeout=RUN_TIMEOUT)
+    settle(page)
+
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Findings").click()
+    expect(page.get_by_role("heading", name=f"Findings in {DEMO}")).to_be_visible(timeout=RUN_TIMEOUT)
+    settle(page)
+    expect(page).to_have_url(re.compile(r"/findings$"))
+    expect(page.get_by_test_id("stImageCaption").get_by_text("horse.png: misclassification")).to_be_visible()
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    screenshot(page, "findings")
+    dataset = store.load_dataset(DEMO)
+    dataset.reload()  # the server process wrote it: this process's copy may predate the findings field
+    rows = store.list_findings(dataset)
+    assert any(r["note"] == note and r["tag"] == "misclassification" for r in rows), rows
+
+
+def test_deeplab_offline_then_untrained(server: Server, page: Page):
+    sidebar = page.get_by_test_id("stSidebar")
+    open_app(page, server.url)
+    choose(page, "Sample", "astronaut.png", sidebar)
+    settle(page)
+    choose(page, "Model", DEEPLAB, sidebar)
+    error = page.get_by_test_id("stAlert").filter(has_text="No pretrained weights")
+    expect(error).to_be_visible(timeout=RUN_TIMEOUT)
+    expect(error).to_contain_text("To provide them")
+    settle(page)
+    size = widget(page, "stSlider", "Input short side (px)", sidebar)
+    thumb = size.get_by_role("slider")
+    thumb.focus()
+    while size.get_by_test_id("stSliderThumbValue").inner_text() != "256":
+        before = size.get_by_test_id("stSliderThumbValue").inner_text()
+        assert int(before) > 256, before
+        thumb.press("ArrowLeft")
+        expect(size.get_by_test_id("stSliderThumbValue")).not_to_have_text(before)
+    settle(page)
+    choose(page, "Weights", "untrained (random weights)", sidebar)
+    expect(page.get_by_test_id("stAlert").filter(has_text="UNTRAINED weights")).to_be_visible(timeout=RUN_TIMEOUT)
+    expect(overlay(page, "Grad-CAM · layer4")).to_be_visible(timeout=RUN_TIMEOUT)
+    settle(page)
+    expect(page.get_by_text(re.compile(r"input \d+×256|input 256×\d+"))).to_be_visible()
+    expect(error).to_have_count(0)
+    screenshot(page, "deeplab-untrained")
+
+
+def test_deep_link_on_a_fresh_server(browser: Browser):
+    """The first request a freshly started server gets is /findings: app.py must run."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    fresh = Server(ARTIFACTS / "streamlit-fresh-server.log")
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(f"{fresh.url}/findings")
+        expect(page.get_by_test_id("stApp")).to_be_visible(timeout=UI_TIMEOUT)
+        expect(page.get_by_role("heading", name=f"Findings in {DEMO}")).to_be_visible(timeout=90_000)  # no model: the sidebar and a query
+        settle(page)
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(widget(page, "stSelectbox", "Dataset", sidebar)).to_be_visible()
+        expect(widget(page, "stSelectbox", "Dataset", sidebar).get_by_role("combobox")).to_have_value(DEMO)
+        # the app's own navigation (Explore, ..., Findings), not the legacy listing of app + pages/*.py
+        titles = [title for _file, title, _icon, _url in router.PAGES]
+        assert titles[0] == "Explore" and titles[-1] == "Findings", titles
+        links = page.get_by_test_id("stSidebarNav").get_by_test_id("stSidebarNavLink")
+        expect(links).to_have_count(len(titles))
+        expect(links).to_have_text([re.compile(rf"{re.escape(t)}$") for t in titles])  # icon name, then title
+        expect(page).to_have_url(re.compile(r"/findings$"))
+    finally:
+        context.close()
+        fresh.stop()
