@@ -101,8 +101,11 @@ def _build_deeplabv3() -> torch.nn.Module:
     from torchvision.models.segmentation import deeplabv3_resnet50
 
     # weights_backbone=None: otherwise torchvision downloads the ResNet-50 backbone.
+    # aux_loss=False: the auxiliary FCN head only serves training. With it, every forward pays
+    # for a head whose output is thrown away, and FullGrad breaks (its conv/BN biases get
+    # activations but no gradients). The checkpoint's aux_classifier.* tensors are dropped on load.
     return SegmentationOutput(
-        deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+        deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=False)
     )
 
 
@@ -120,7 +123,7 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec(
             key="deeplabv3",
-            label="DeepLabV3-ResNet50 (segmentation, VOC classes)",
+            label="DeepLabV3-ResNet50",
             task="segmentation",
             family="cnn",
             build=_build_deeplabv3,
@@ -135,7 +138,7 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             key="deit_tiny",
-            label="DeiT-tiny (vision transformer, ImageNet)",
+            label="DeiT-tiny (ViT)",
             task="classification",
             family="vit",
             build=_build_timm("deit_tiny_patch16_224"),
@@ -152,7 +155,7 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             key="efficientnet_lite0",
-            label="EfficientNet-Lite0 (ImageNet, works offline)",
+            label="EfficientNet-Lite0 (offline)",
             task="classification",
             family="cnn",
             build=_build_timm("efficientnet_lite0"),
@@ -169,6 +172,7 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 DEFAULT_MODEL = "efficientnet_lite0"
+UNTRAINED_SEED = 0
 
 
 def get_spec(key: str) -> ModelSpec:
@@ -232,8 +236,10 @@ def load_model(key: str, weights: str = "auto", device: str | torch.device | Non
     with key_lock:  # one build per model even when several sessions ask at once
         if cache_key in _cache:
             return _cache[cache_key]
-        module = spec.build()
-        resolved = weights_mod.resolve(spec.weights, weights)
+        resolved = weights_mod.resolve(spec.weights, weights)  # first: a missing file fails before a build
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(UNTRAINED_SEED)  # untrained weights: the same random network every run
+            module = spec.build()
         if resolved.state_dict is not None:
             spec.weights.load_into(module, resolved.state_dict)
         resolved = resolved.without_state()

@@ -38,7 +38,7 @@ class Target:
 
     index: int
     name: str
-    rule: str  # how it was chosen: "chosen", "predicted top-1", "person (predicted)", ...
+    rule: str  # how it was chosen: "chosen", "default: predicted top-1", ...
     note: str = ""  # e.g. "class not predicted anywhere: explained over the whole image"
 
     def to_dict(self) -> dict:

@@ -34,6 +34,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -521,16 +522,30 @@ def launch_app(
     global _SESSION
     with _LOCK:
         if _SESSION is not None and _SESSION.server_port == port:
-            if isinstance(dataset, fo.DatasetView):
-                _SESSION.view = dataset
-            else:
-                _SESSION.dataset = dataset
+            _retarget(_SESSION, dataset)
             return _SESSION
         close_app()
         _SESSION = fo.launch_app(
             dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
         )
         return _SESSION
+
+
+def _retarget(session: fo.Session, dataset: fo.Dataset | fo.DatasetView, timeout: float = 25.0) -> None:
+    # The session's event client connects in the background and, after a miss, retries
+    # every 10 s; changing the dataset before it is connected raises RuntimeError.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if isinstance(dataset, fo.DatasetView):
+                session.view = dataset
+            else:
+                session.dataset = dataset
+            return
+        except RuntimeError as exc:
+            if "not connected" not in str(exc) or time.monotonic() > deadline:
+                raise StoreError(f"the FiftyOne App on port {session.server_port} is not answering: {exc}") from exc
+            time.sleep(0.25)
 
 
 def close_app() -> None:
@@ -581,3 +596,17 @@ def boxes_by_sample(view: fo.Dataset | fo.DatasetView, field: str, label: str) -
         if boxes:
             out[sid] = boxes
     return out
+
+
+@_db_errors
+def read_heatmap(dataset: fo.Dataset | fo.DatasetView, sample_id: str, field: str) -> np.ndarray | None:
+    """A stored heatmap as float32 0..1 (its PNG scaled by its range), or None when absent."""
+    sample = get_sample(dataset, sample_id)
+    label = sample[field] if sample.has_field(field) else None
+    if not isinstance(label, fo.Heatmap) or not label.has_map:
+        return None
+    raw = label.get_map()
+    if raw is None:
+        return None
+    lo, hi = label.range if label.range else (0, 65535 if raw.dtype == np.uint16 else 255)
+    return np.clip((raw.astype(np.float32) - lo) / max(1e-12, hi - lo), 0, 1)

@@ -51,14 +51,14 @@ def predict(task: str, output: torch.Tensor, names: tuple[str, ...], image_size:
 def default_target(prediction: Prediction, names: tuple[str, ...]) -> tuple[int, str]:
     """(class index, rule): person where predicted, else the largest non-background class; top-1."""
     if prediction.task == "classification":
-        return prediction.classes[0].index, "predicted top-1"
+        return prediction.classes[0].index, "default: predicted top-1"
     found = {c.name: c.index for c in prediction.classes}
     if PREFERRED_SEGMENTATION_CLASS in found:
-        return found[PREFERRED_SEGMENTATION_CLASS], "person (predicted)"
+        return found[PREFERRED_SEGMENTATION_CLASS], "default: person is predicted"
     foreground = [c for c in prediction.classes if c.index != 0]
     if foreground:
-        return foreground[0].index, "largest predicted class"
-    return 0, "only background predicted"
+        return foreground[0].index, "default: largest predicted class"
+    return 0, "default: only background predicted"
 
 
 def choose_target(

@@ -177,6 +177,8 @@ class TorchvisionWeights(WeightsSource):
     def load_into(self, module: torch.nn.Module, state: dict) -> None:
         inner = getattr(module, "model", module)
         state = {k.removeprefix(self.prefix): v for k, v in state.items()}
+        if not hasattr(inner, "aux_classifier") or inner.aux_classifier is None:  # built without it
+            state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
         _load_checked(inner, state, optional_prefixes=("aux_classifier.",))
 
 

@@ -10,7 +10,7 @@ import os  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from camcore import store  # noqa: E402
+from camcore import overlay, store  # noqa: E402
 from camcore.errors import CamError  # noqa: E402
 from ui import cache, render, sidebar  # noqa: E402
 
@@ -30,24 +30,31 @@ def main() -> None:
     chosen = st.multiselect("Finding", tags, default=tags, key="findings_filter")
     df = df[df["tag"].isin(chosen)]
     df["file"] = df["filepath"].map(os.path.basename)
-    st.dataframe(df[["file", "tag", "note", "heatmap_field", "created_at", "sample_id"]], hide_index=True,
-                 width="stretch")
-    cols = st.columns(6)
-    for i, row in enumerate(df.drop_duplicates("sample_id").head(12).itertuples()):
-        thumb = cache.thumbnail(row.filepath, os.path.getmtime(row.filepath)) if os.path.exists(row.filepath) else None
-        if thumb is not None:
-            cols[i % 6].image(thumb, caption=f"{row.file}: {row.tag}", width="stretch")
-        else:
-            cols[i % 6].caption(f"{row.file}: image missing")
+    st.dataframe(df[["file", "tag", "note", "heatmap_field", "created_at"]], hide_index=True, width="stretch",
+                 column_config={"note": st.column_config.TextColumn(width="large")})
+    dataset = store.load_dataset(sel.dataset)
+    cols = st.columns(4)
+    for i, row in enumerate(df.head(16).itertuples()):
+        col = cols[i % 4]
+        if not os.path.exists(row.filepath):
+            col.caption(f"{row.file}: image missing")
+            continue
+        img = cache.image(row.filepath, os.path.getmtime(row.filepath))
+        heat = store.read_heatmap(dataset, row.sample_id, row.heatmap_field) if row.heatmap_field else None
+        shown = overlay.overlay(img.rgb, heat, 0.5, "jet") if heat is not None else img.rgb
+        col.image(shown, width="stretch")
+        col.caption(f"**{row.file}**: {row.tag}" + (f" — {row.note}" if row.note else "")
+                    + (f" · `{row.heatmap_field}`" if row.heatmap_field else ""))
     tag_names = [store.finding_tag(t) for t in chosen]
     st.caption(f"In the FiftyOne App these samples carry the tags {', '.join(tag_names)} and a `cam_findings` "
                "field.")
-    port = int(st.number_input("App port", 1024, 65535, st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT,
+    p1, p2, _ = st.columns([1, 2, 3])
+    port = int(p1.number_input("App port", 1024, 65535, st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT,
                                key="findings_port"))
-    if st.button(f"Open these {df['sample_id'].nunique()} samples in the FiftyOne App", key="findings_app"):
+    n = df["sample_id"].nunique()
+    if p2.button(f"Open {'this sample' if n == 1 else f'these {n} samples'} in the FiftyOne App", key="findings_app"):
         try:
             with st.spinner("Starting the FiftyOne App…", show_time=True):
-                dataset = store.load_dataset(sel.dataset)
                 store.launch_app(store.make_view(dataset, tags=tag_names), port=port)
             st.session_state["fo_launched"] = port
         except CamError as exc:

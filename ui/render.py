@@ -17,6 +17,10 @@ from ui import cache
 AUTO_TARGET = "__auto__"
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def unexpected(exc: BaseException) -> None:
     st.error(f"Something went wrong: {type(exc).__name__}: {exc}. Try another sample, model or method; "
              "if it persists, report it with the details below.")
@@ -80,7 +84,7 @@ def compute(ex: Explainer, pairs: list[tuple[str, str]], eigen_smooth: bool) -> 
     if not todo:
         return errors
     slow = any(methods.METHODS[m].slow or ex.aug_smooth for m, _ in todo)
-    with st.status(f"Computing {len(todo)} heatmap(s)…", expanded=slow) as status:
+    with st.status(f"Computing {_plural(len(todo), 'heatmap')}…", expanded=slow) as status:
         bar = st.progress(0.0)
         for i, (m, layer) in enumerate(todo):
             label = f"{methods.METHODS[m].label} on {layer}"
@@ -98,7 +102,8 @@ def compute(ex: Explainer, pairs: list[tuple[str, str]], eigen_smooth: bool) -> 
             except CamError as exc:
                 errors.append(f"{label}: {exc}")
             bar.progress((i + 1) / len(todo))
-        status.update(label=f"Computed {len(todo)} heatmap(s)", state="complete", expanded=False)
+        status.update(label=f"Computed {_plural(len(todo), 'new heatmap')} ({_plural(len(set(pairs)), 'heatmap')} "
+                            "on screen)", state="complete", expanded=False)
     return errors
 
 
@@ -113,7 +118,7 @@ def prediction_panel(container, img: LoadedImage, ex: Explainer, loaded: LoadedM
             f"<span style='background:rgb{tuple(int(v) for v in colors[c.index])};color:"
             f"{'#000' if sum(int(v) for v in colors[c.index]) > 380 else '#fff'};padding:2px 8px;border-radius:8px;"
             f"margin:2px;display:inline-block;font-size:0.85em'>{c.name} {c.score:.0%}</span>"
-            for c in pred.classes
+            for c in pred.classes if c.score >= 0.01  # specks under 1% are noise, not findings
         )
         container.markdown("**Classes found** (share of pixels)<br>" + chips, unsafe_allow_html=True)
     else:
@@ -127,10 +132,11 @@ def prediction_panel(container, img: LoadedImage, ex: Explainer, loaded: LoadedM
                       f"shared pass {ex.timings.get('pass', 0):.2f} s")
 
 
-def _caption(h: Heatmap, weights: str) -> str:
+def _caption(h: Heatmap, weights: str | None = None) -> str:
+    """Method · layer · target (· smoothing) (· weights, for the main view; the grid omits them)."""
     m = methods.METHODS[h.method].label
     smooth = "".join([" · aug" if h.aug_smooth else "", " · eigen" if h.eigen_smooth else ""])
-    return f"{m} · {h.layer} · {h.target.name}{smooth} · {weights}"
+    return f"{m} · {h.layer} · {h.target.name}{smooth}" + (f" · {weights}" if weights else "")
 
 
 def _overlay_image(img: LoadedImage, h: Heatmap, alpha: float, cmap: str, pretrained: bool):
@@ -168,7 +174,7 @@ def heatmaps_fragment(img, ex: Explainer, loaded: LoadedModel, pairs, walk, eige
         cols = st.columns(min(4, len(shown)))
         for i, x in enumerate(shown):
             cols[i % len(cols)].image(_overlay_image(img, x, alpha, cmap, loaded.pretrained),
-                                      caption=_caption(x, weights), width="stretch")
+                                      caption=_caption(x), width="stretch")
 
 
 def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
@@ -181,7 +187,7 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
             shown.append(h)
     c1, c2, c3 = st.columns([2, 3, 2])
     c1.markdown("**Save to FiftyOne**")
-    if c1.button(f"Push {len(shown)} heatmap(s) to FiftyOne", type="primary", key="push", disabled=not shown):
+    if c1.button(f"Push {_plural(len(shown), 'heatmap')} to FiftyOne", type="primary", key="push", disabled=not shown):
         try:
             with st.spinner("Writing heatmaps…", show_time=True):
                 fields = store.push_heatmaps(store.load_dataset(sel.dataset), sel.sample_id, ex.result(shown))
@@ -196,7 +202,7 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
         tag = st.selectbox("Finding", list(store.FINDING_TAGS) + ["other…"])
         custom = st.text_input("Other finding (when 'other…')", max_chars=60)
         note = st.text_area("Note", max_chars=2000, placeholder="e.g. the plane is recognised by the sky")
-        ref = st.selectbox("About heatmap", list(range(len(shown))), format_func=lambda i: shown[i].label,
+        ref = st.selectbox("About heatmap", list(range(len(shown))), format_func=lambda i: _caption(shown[i]),
                            disabled=not shown)
         if st.form_submit_button("Save finding"):
             chosen = custom.strip() if tag == "other…" else tag
@@ -221,6 +227,7 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
             c3.error(str(exc))
         except Exception as exc:  # port taken, server failed: say so
             c3.error(f"Could not start the FiftyOne App on port {port}: {exc}")
+    launched = st.session_state.get("fo_launched") == int(port)
     c3.link_button("Open this sample in the FiftyOne App", store.app_url(sel.dataset, sel.sample_id, int(port)),
-                   disabled=st.session_state.get("fo_launched") != int(port))
+                   disabled=not launched, help=None if launched else "Launch the FiftyOne App first.")
 

@@ -102,8 +102,8 @@ def draw() -> Selection | None:
     sb.markdown("### How to look")
     keys = list(models.MODELS)
     st.session_state.setdefault("model", models.DEFAULT_MODEL)  # no index=: study buttons set it too
-    model_key = sb.selectbox("Model", keys, key="model",
-                             format_func=lambda k: models.MODELS[k].label)
+    model_key = sb.selectbox("Model", keys, key="model", format_func=lambda k: models.MODELS[k].label,
+                             help="\n\n".join(f"**{m.label}**: {m.description}" for m in models.MODELS.values()))
     choices = _weights_choices()
     label = sb.selectbox("Weights", list(choices), key="weights_choice",
                          help=f"Pretrained weights come from {weights.weights_dir()}, the torch/timm caches, "
