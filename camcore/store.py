@@ -7,8 +7,9 @@ message is one line.
 Field naming convention
 -----------------------
 A heatmap lives in the sample field ``cam_<model>_<method>_<layer>_<target>``
-(:func:`heatmap_field_name`): each part is lowercased, every run of characters outside
-``[a-z0-9]`` becomes one ``_``; names longer than :data:`MAX_FIELD_LEN` are cut and end
+(:func:`heatmap_field_name`): each part is lowercased, ``+`` becomes ``p`` (gradcam++ ->
+gradcampp, kept apart from gradcam), every other run of characters outside ``[a-z0-9]``
+becomes one ``_``; names longer than :data:`MAX_FIELD_LEN` are cut and end
 in ``_<8 hex of a hash>``. The field is an ``fo.Heatmap`` field whose map is a 16-bit
 grayscale PNG (``range=[0, 65535]``) under ``<heatmaps dir>/<dataset>/<field>/<id>.png``;
 the label carries provenance attributes (model, weights, method, layer, target,
@@ -41,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import fiftyone as fo
+import numpy as np
+import pymongo.errors
 from fiftyone import ViewField as F
 from fiftyone.core.odm.dataset import ActiveFields  # not re-exported at the top level in 1.22
 
@@ -70,6 +72,12 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _database_where() -> str:
+    uri = fo.config.database_uri
+    # Never echo a password from the URI into the UI.
+    return re.sub(r"//[^@/]+@", "//***@", uri) if uri else "FiftyOne's own mongod"
+
+
 def _db_errors(fn):
     """Turn database/driver failures into StoreError; let our own errors through."""
 
@@ -80,8 +88,14 @@ def _db_errors(fn):
         except CamError:
             raise
         except Exception as exc:  # pymongo, mongoengine and FiftyOne raise many types
-            name = type(exc).__module__.split(".")[0]
-            if name in ("pymongo", "mongoengine", "fiftyone", "motor") or isinstance(
+            root = type(exc).__module__.split(".")[0]
+            unreachable = isinstance(exc, pymongo.errors.ConnectionFailure) or "Could not connect" in str(exc)
+            if unreachable:
+                reason = re.split(r" \(configured|, Timeout:", _one_line(exc))[0]
+                raise StoreError(
+                    f"cannot reach the FiftyOne database ({_database_where()}): {reason}; "
+                    "is MongoDB running, is FIFTYONE_DATABASE_URI right?") from exc
+            if root in ("pymongo", "mongoengine", "fiftyone", "motor") or isinstance(
                 exc, (ConnectionError, TimeoutError)
             ):
                 raise StoreError(f"FiftyOne database error in {fn.__name__}: {_one_line(exc)}") from exc
@@ -137,8 +151,8 @@ def make_view(
         view = view.match_tags(tag_list)
     if label_field:
         if label_field not in view.get_field_schema():
-            fields = ", ".join(sorted(view._get_label_fields())) or "(none)"
-            raise StoreError(f"no field {label_field!r} in dataset {_root(view).name!r}; label fields: {fields}")
+            known = ", ".join(sorted(view.get_field_schema(embedded_doc_type=fo.Label))) or "(none)"
+            raise StoreError(f"no field {label_field!r} in {_root(view).name!r}; label fields: {known}")
         view = view.exists(label_field)
     if label:
         fields = label_field if label_field else None
@@ -205,7 +219,8 @@ def _root(dataset: fo.Dataset | fo.DatasetView) -> fo.Dataset:
 
 
 def _sanitise(part: str) -> str:
-    text = re.sub(r"[^a-z0-9]+", "_", str(part).lower()).strip("_")
+    # "+" carries meaning in method names (gradcam vs gradcam++): keep it as "p", like c++ -> cpp.
+    text = re.sub(r"[^a-z0-9]+", "_", str(part).lower().replace("+", "p")).strip("_")
     # Names with no ASCII letters/digits (e.g. non-Latin class names) still need a stable part.
     return text or "x" + hashlib.sha1(str(part).encode()).hexdigest()[:6]
 
@@ -226,13 +241,19 @@ def _dataset_dirname(name: str) -> str:
     return clean if clean == name else f"{clean}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def heatmap_path(dataset_name: str, field: str, sample_id: str, heatmap_dir: str | Path | None = None) -> Path:
+def heatmap_path(
+    dataset_name: str, field: str, sample_id: str, heatmap_dir: str | Path | None = None
+) -> Path:
     """Absolute path of the PNG for one sample's heatmap in one field."""
     base = Path(heatmap_dir).expanduser().resolve() if heatmap_dir else paths.heatmaps_dir()
     return base / _dataset_dirname(dataset_name) / field / f"{sample_id}.png"
 
 
 # ---------------------------------------------------------------- pushing heatmaps
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _versions() -> dict[str, str]:
@@ -257,14 +278,16 @@ def _check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bo
         return False
     doc_type = getattr(existing, "document_type", None)
     if not (isinstance(existing, fo.EmbeddedDocumentField) and doc_type and issubclass(doc_type, fo.Heatmap)):
-        raise StoreError(f"field {field!r} of {dataset.name!r} exists and is not a Heatmap field; not overwriting it")
+        raise StoreError(
+            f"field {field!r} of {dataset.name!r} exists and is not a Heatmap field; not overwriting it")
     mark = (existing.info or {}).get(MARK)
     if not isinstance(mark, dict):
-        raise StoreError(f"field {field!r} of {dataset.name!r} was not created by CAM Explorer; not overwriting it")
+        raise StoreError(
+            f"field {field!r} of {dataset.name!r} was not created by CAM Explorer; not overwriting it")
     if any(mark.get(k) != v for k, v in meaning.items()):
         raise StoreError(
-            f"field {field!r} already holds {mark.get('method')} on {mark.get('layer')} of {mark.get('model')} "
-            f"for {mark.get('target')!r}; names collide after sanitising"
+            f"field {field!r} already holds {mark.get('method')} on {mark.get('layer')} of "
+            f"{mark.get('model')} for {mark.get('target')!r}; names collide after sanitising"
         )
     return True
 
@@ -275,11 +298,13 @@ def _validated_map(h: Heatmap, image_size: tuple[int, int], meta: Any) -> np.nda
         raise ImageError(f"heatmap {h.label} is not a 2-D map (shape {m.shape})")
     if not np.issubdtype(m.dtype, np.floating) or not np.all(np.isfinite(m)):
         raise ImageError(f"heatmap {h.label} must hold finite floats in 0..1")
+    size = f"{m.shape[0]}x{m.shape[1]}"
     if tuple(m.shape) != tuple(image_size):
-        raise ImageError(f"heatmap {h.label} is {m.shape[0]}x{m.shape[1]}, the image is {image_size[0]}x{image_size[1]}")
+        raise ImageError(f"heatmap {h.label} is {size}, the image is {image_size[0]}x{image_size[1]}")
+    # The sample's own size, when known; either orientation (EXIF rotation) is accepted.
     if meta is not None and meta.width and meta.height:
         if tuple(m.shape) not in ((meta.height, meta.width), (meta.width, meta.height)):
-            raise ImageError(f"heatmap {h.label} is {m.shape[0]}x{m.shape[1]}, the sample is {meta.height}x{meta.width}")
+            raise ImageError(f"heatmap {h.label} is {size}, the sample is {meta.height}x{meta.width}")
     return np.round(np.clip(m.astype(np.float64), 0.0, 1.0) * HEATMAP_RANGE[1]).astype(np.uint16)
 
 
@@ -358,9 +383,10 @@ def push_heatmaps(
             meaning = _meaning(result.model, h.method, h.layer, h.target.name)
             exists = _check_field(dataset, field, meaning)
             png = _validated_map(h, result.image_size, sample.metadata)
-            plan.append((field, meaning, exists, png, heatmap_path(dataset.name, field, sample_id, heatmap_dir), h))
+            path = heatmap_path(dataset.name, field, sample_id, heatmap_dir)
+            plan.append((field, meaning, exists, png, path, h))
 
-        created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        created_at = _now()
         versions = _versions()
         for _field, _m, _e, png, path, _h in plan:
             _write_png_atomic(path, png)
@@ -439,12 +465,14 @@ def _findings_field_ready(dataset: fo.Dataset) -> None:
     if existing is None:
         dataset.add_sample_field(
             FINDINGS_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classifications,
-            description="CAM Explorer findings: notes on what a heatmap shows", info={MARK: {"kind": "findings"}},
+            description="CAM Explorer findings: notes on what a heatmap shows",
+            info={MARK: {"kind": "findings"}},
         )
         return
     doc_type = getattr(existing, "document_type", None)
     if not (doc_type and issubclass(doc_type, fo.Classifications)) or MARK not in (existing.info or {}):
-        raise StoreError(f"field {FINDINGS_FIELD!r} of {dataset.name!r} exists and is not CAM Explorer's findings field")
+        raise StoreError(
+            f"field {FINDINGS_FIELD!r} of {dataset.name!r} exists and is not CAM Explorer's findings field")
 
 
 @_db_errors
@@ -457,23 +485,26 @@ def add_finding(
     sample_tag = finding_tag(tag)
     with _LOCK:
         sample = get_sample(dataset, sample_id)
+        sample.reload()  # another process may have added findings or tags since we loaded it
         if heatmap_field is not None and dataset.get_field(heatmap_field) is None:
             raise StoreError(f"no field {heatmap_field!r} in {dataset.name!r} to attach the finding to")
         _findings_field_ready(dataset)
-        created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-        finding = fo.Classification(label=tag, note=note, heatmap_field=heatmap_field, created_at=created_at)
+        finding = fo.Classification(label=tag, note=note, heatmap_field=heatmap_field, created_at=_now())
         current = sample[FINDINGS_FIELD]
         labels = list(current.classifications) if current is not None else []
         tags = list(sample.tags) + ([sample_tag] if sample_tag not in sample.tags else [])
-        # Two bulk updates keyed by id, so a stale in-memory sample is never saved over newer data.
-        dataset.set_values(FINDINGS_FIELD, {sample.id: fo.Classifications(classifications=labels + [finding])},
-                           key_field="id", dynamic=True)
+        # Bulk updates keyed by id (what set_values does fastest); no sample.save().
+        value = fo.Classifications(classifications=labels + [finding])
+        dataset.set_values(FINDINGS_FIELD, {sample.id: value}, key_field="id", dynamic=True)
         dataset.set_values("tags", {sample.id: tags}, key_field="id")
 
 
 @_db_errors
 def list_findings(dataset: fo.Dataset | fo.DatasetView) -> list[dict]:
-    """All findings, oldest first per sample: sample_id, filepath, tag, note, heatmap_field, created_at, id."""
+    """All findings, oldest first per sample.
+
+    Each: sample_id, filepath, tag, note, heatmap_field, created_at, id (of the label).
+    """
     coll = dataset
     if coll.get_field(FINDINGS_FIELD) is None:
         return []
@@ -544,7 +575,8 @@ def _retarget(session: fo.Session, dataset: fo.Dataset | fo.DatasetView, timeout
             return
         except RuntimeError as exc:
             if "not connected" not in str(exc) or time.monotonic() > deadline:
-                raise StoreError(f"the FiftyOne App on port {session.server_port} is not answering: {exc}") from exc
+                raise StoreError(
+                    f"the FiftyOne App on port {session.server_port} is not answering: {exc}") from exc
             time.sleep(0.25)
 
 

