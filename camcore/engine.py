@@ -226,9 +226,26 @@ def library_cam(
             return cam(x.to(model.device), [grad_target], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
         finally:
             # Not `with`: its __exit__ swallows IndexError. Release hooks ourselves.
-            holder = getattr(cam, "base_cam", cam)
-            holder.activations_and_grads.release()
+            _release(cam)
             model.module.zero_grad(set_to_none=True)
+
+
+def _release(cam) -> None:
+    """Remove a library CAM's hooks and drop what they recorded.
+
+    Not ActivationsAndGradients.release(): it detach_()es the recorded tensors before removing
+    the hooks, and detach_() raises on views (ShapleyCAM keeps undetached tensors; on DeiT its
+    gradients were views), which leaves every hook on the shared model and hides the real error.
+    """
+    holder = getattr(cam, "base_cam", cam)
+    recorder = getattr(holder, "activations_and_grads", None)
+    if recorder is None:
+        return
+    for handle in recorder.handles:
+        handle.remove()
+    recorder.handles.clear()
+    recorder.activations = []
+    recorder.gradients = []
 
 
 # ---------------------------------------------------------------- the explainer

@@ -59,7 +59,9 @@ def load_image(path: str | Path) -> LoadedImage:
     notes: list[str] = []
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns above 89.5 MP; our own MAX_PIXELS check below (before decoding) is the limit.
+            # (Turning that warning into an error made the real limit 89.5 MP and the check dead code.)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:

@@ -114,8 +114,10 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("fullgrad", "FullGrad", pgc.FullGrad, "other", False, layer_independent=True,
                    families=("cnn",), slow=True,
                    note="Uses every bias layer of the network, not the chosen layer."),
-        MethodSpec("shapleycam", "Shapley-CAM", pgc.ShapleyCAM, "other", False, slow=True,
-                   note="Needs a Hessian-vector product: a second backward pass."),
+        MethodSpec("shapleycam", "Shapley-CAM", pgc.ShapleyCAM, "other", False, slow=True, families=("cnn",),
+                   note="Needs a Hessian-vector product: a second backward pass. pytorch-grad-cam 1.5.7's "
+                   "ShapleyCAM does not reshape ViT tokens into a grid (and fused attention has no double "
+                   "backward), so CNNs only."),
         MethodSpec("finercam", "Finer-CAM", pgc.FinerCAM, "other", False, tasks=("classification",),
                    note="Contrasts the target with its most similar classes."),
         MethodSpec("randomcam", "Random-CAM (baseline)", pgc.RandomCAM, "gradient", False,

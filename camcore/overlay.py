@@ -1,11 +1,14 @@
-"""Colormaps, overlays, segmentation masks, the untrained-weights watermark and grids.
+"""Colormaps, overlays, segmentation masks, the untrained-weights watermark, colorbars, grids.
 
-Pure functions of numpy arrays (cv2 for drawing): RGB uint8 in, RGB uint8 out, inputs never
-modified. Heatmaps are float maps in 0..1 (values outside are clipped, NaN counts as 0).
+Pure functions of numpy arrays (cv2 for drawing, matplotlib only for `colorbar_figure`): RGB
+uint8 in, RGB uint8 out, inputs never modified. Colormap names are valid for both cv2 and
+matplotlib, so overlays and colorbars agree. Heatmaps are float maps in 0..1 (values outside
+are clipped, NaN counts as 0).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -99,12 +102,17 @@ def palette(n: int) -> np.ndarray:
 
 
 def segmentation_overlay(
-    rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.5, background: int | None = 0
+    rgb: np.ndarray,
+    mask: np.ndarray,
+    alpha: float = 0.5,
+    num_classes: int | None = None,
+    background: int | None = 0,
 ) -> np.ndarray:
-    """Color each class of an integer mask (VOC palette) over the image.
+    """Color each class of an integer mask (the `palette` colors) over the image.
 
-    Pixels of class `background` (None: no background class) keep the image as is. A mask of
-    another size is resized with nearest-neighbour first.
+    num_classes: the model's class count (colors are the same whatever it is; classes at or
+    above it are an error). Pixels of class `background` (None: none) keep the image as is.
+    A mask of another size is resized with nearest-neighbour first.
     """
     rgb = _check_rgb(rgb)
     alpha = _check_alpha(alpha)
@@ -113,9 +121,14 @@ def segmentation_overlay(
         raise ValueError(f"expected a 2-D integer class mask, got {mask.dtype} {mask.shape}")
     if mask.size and mask.min() < 0:
         raise ValueError("class mask has negative values")
+    top = int(mask.max()) + 1 if mask.size else 1
+    if num_classes is not None and top > num_classes:
+        raise ValueError(f"class mask holds class {top - 1}, but the model has {num_classes} classes")
     if mask.shape != rgb.shape[:2]:
-        mask = cv2.resize(mask.astype(np.int32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
-    colors = palette(int(mask.max()) + 1 if mask.size else 1)[mask].astype(np.float32)
+        mask = cv2.resize(
+            mask.astype(np.int32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST
+        )
+    colors = palette(max(top, num_classes or 0))[mask].astype(np.float32)
     blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colors
     out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     if background is not None:
@@ -144,6 +157,29 @@ def watermark_untrained(rgb: np.ndarray, text: str = UNTRAINED_TEXT) -> np.ndarr
     return out
 
 
+def colorbar_figure(raw: np.ndarray, colormap: str = DEFAULT_COLORMAP, title: str = ""):
+    """A matplotlib Figure of a raw (unnormalised) map with a colorbar in its own units.
+
+    Built on matplotlib.figure.Figure, not pyplot: no global state, safe from any thread.
+    """
+    from matplotlib.figure import Figure
+
+    if colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    m = np.asarray(raw, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D map, got shape {m.shape}")
+    fig = Figure(figsize=(4.0, 3.2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(np.nan_to_num(m), cmap=colormap, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return fig
+
+
 def grid(
     images: Sequence[np.ndarray], columns: int | None = None, pad: int = 4, fill: int = 255
 ) -> np.ndarray:
@@ -161,5 +197,5 @@ def grid(
         if tile.shape[:2] != (h, w):
             tile = cv2.resize(tile, (w, h), interpolation=cv2.INTER_AREA)
         r, c = divmod(i, columns)
-        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = tile
+        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = tile
     return out

@@ -1,0 +1,513 @@
+"""`python -m camcore`: the registries, the demo dataset, and CAMs from the command line.
+
+  python -m camcore models [--json]
+  python -m camcore methods [--json]
+  python -m camcore demo-data [--json]
+  python -m camcore cam  (--image PATH | --dataset NAME --sample ID_OR_FILENAME) [options] [--out DIR]
+  python -m camcore push --dataset NAME --sample ID_OR_FILENAME [options] [--out DIR]
+
+Every user error (unknown model, layer, method or class, a bad image, a missing dataset...)
+ends with exit status 2 and one line on stderr, never a traceback (--debug shows it).
+Progress goes to stderr, results to stdout (JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2  # user errors: bad arguments and every CamError
+EXIT_INTERNAL = 1  # a bug: anything else
+PROG = "python -m camcore"
+
+
+class UsageError(Exception):
+    """An argparse error, turned into one line by main()."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message and exits; we want one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+def _status(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"camcore: {message}", file=sys.stderr, flush=True)
+
+
+# Results go to the real stdout. While a command runs, sys.stdout points to stderr, so that what
+# libraries print (FiftyOne's progress bars, pytorch-grad-cam's warnings) never corrupts --json.
+_results = sys.stdout
+
+
+class _StdoutToStderr(io.TextIOBase):
+    """Stands in for sys.stdout while a command runs: forwards to the current sys.stderr.
+    A distinct object (not sys.stderr itself), so libraries that look for handlers writing to
+    sys.stdout (eta's stdout capture, used by FiftyOne) never grab logging's stderr handler."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stderr, "encoding", "utf-8")
+
+
+def _say(*parts, **kwargs) -> None:
+    print(*parts, file=_results, **kwargs)
+
+
+def _print_json(data) -> None:
+    json.dump(data, _results, indent=2, default=_json_default)
+    _results.write("\n")
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def file_stem(*parts: str) -> str:
+    """A safe, readable file name stem from model/method/layer/target: [A-Za-z0-9_-] only."""
+    cleaned = []
+    for part in parts:
+        text = str(part).replace("+", "plus")  # gradcam++ must not collide with gradcam
+        text = re.sub(r"[^A-Za-z0-9-]+", "_", text).strip("_")
+        cleaned.append(text or "x")
+    return "__".join(cleaned)[:180]
+
+
+# ---------------------------------------------------------------- registries
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from camcore.models import DEFAULT_MODEL, MODELS
+
+    if args.json:
+        _print_json({"default": DEFAULT_MODEL, "models": [spec.to_dict() for spec in MODELS.values()]})
+        return 0
+    for spec in MODELS.values():
+        mark = " (default)" if spec.key == DEFAULT_MODEL else ""
+        _say(f"{spec.key}{mark}: {spec.label}")
+        _say(f"  task: {spec.task}; weights: {spec.weights.describe()}")
+        _say(f"  layers: {', '.join(s.name for s in spec.layers)} (default {spec.default_layer})")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from camcore.methods import DEFAULT_METHOD, METHODS
+
+    if args.json:
+        _print_json({"default": DEFAULT_METHOD, "methods": [spec.to_dict() for spec in METHODS.values()]})
+        return 0
+    for spec in METHODS.values():
+        flags = [spec.kind] + (["slow"] if spec.slow else []) + (["in article"] if spec.in_article else [])
+        limits = []
+        if spec.tasks != ("classification", "segmentation"):
+            limits.append("/".join(spec.tasks) + " only")
+        if spec.families != ("cnn", "vit"):
+            limits.append("/".join(spec.families) + " only")
+        _say(
+            f"{spec.key}: {spec.label} [{', '.join(flags + limits)}]"
+            + (f" - {spec.note}" if spec.note else "")
+        )
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from camcore import demo_data
+
+    dataset = demo_data.ensure_demo_dataset()
+    if args.json:
+        _print_json({"dataset": dataset.name, "samples": len(dataset)})
+    else:
+        _say(dataset.name)
+    return 0
+
+
+# ---------------------------------------------------------------- cam and push
+
+
+def _validate_request(args: argparse.Namespace):
+    """Check every name before anything slow happens; return (spec, layers, methods)."""
+    from camcore import targets as targets_mod
+    from camcore.errors import MethodError
+    from camcore.methods import DEFAULT_METHOD, get_method
+    from camcore.models import DEFAULT_MODEL, get_spec
+
+    spec = get_spec(args.model or DEFAULT_MODEL)
+    layers = list(dict.fromkeys(spec.layer(name).name for name in (args.layer or [spec.default_layer])))
+    methods = list(dict.fromkeys(get_method(m).key for m in (args.method or [DEFAULT_METHOD])))
+    unsupported = [m for m in methods if get_method(m).unsupported_reason(spec.task, spec.family)]
+    if unsupported and len(unsupported) == len(methods):
+        raise MethodError(
+            get_method(unsupported[0]).unsupported_reason(spec.task, spec.family) + f" (model '{spec.key}')"
+        )
+    if args.target is not None and str(args.target).strip():
+        targets_mod.class_index(spec.class_names(), args.target)  # unknown class: fail now, with a hint
+    if args.input_size is not None and args.input_size < 8:
+        raise _usage(args, f"--input-size must be at least 8, got {args.input_size}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise _usage(args, f"--alpha must be in 0..1, got {args.alpha}")
+    return spec, layers, methods
+
+
+def _usage(args: argparse.Namespace, message: str) -> UsageError:
+    return UsageError(f"{PROG} {args.command}: {message}")
+
+
+def _resolve_image(args: argparse.Namespace):
+    """(LoadedImage, dataset or None, sample or None)."""
+    from camcore.images import load_image
+
+    if getattr(args, "image", None):
+        return load_image(args.image), None, None
+    from camcore import store
+
+    dataset = store.load_dataset(args.dataset)
+    sample = store.get_sample(dataset, args.sample)
+    return load_image(store.sample_image_path(sample)), dataset, sample
+
+
+def _compute(args: argparse.Namespace):
+    """Validate, load, explain: (CamResult, LoadedImage, dataset, sample, spec)."""
+    import torch
+
+    from camcore.engine import Explainer
+    from camcore.errors import CamError
+    from camcore.methods import METHODS
+    from camcore.models import load_model
+
+    spec, layers, methods = _validate_request(args)
+    image, dataset, sample = _resolve_image(args)
+    started = time.perf_counter()
+    model = load_model(spec.key, args.weights, args.device)
+    _status(
+        args,
+        f"model {spec.key}: {model.weights_label} on {model.device} ({time.perf_counter() - started:.1f} s)",
+    )
+    if not model.pretrained:
+        _status(args, "warning: UNTRAINED weights: these heatmaps say nothing about a trained model")
+
+    # explain(), spelled out pair by pair so that slow methods report their progress.
+    with torch.enable_grad():
+        explainer = Explainer(model, image, args.target, tuple(layers), args.aug_smooth, args.input_size)
+        pairs = [(m, layer) for m in methods for layer in layers]
+        heatmaps, errors, seen = [], [], set()
+        for i, (method, layer) in enumerate(pairs):
+            slow = METHODS[method].slow or args.aug_smooth
+            what = f"[{i + 1}/{len(pairs)}] {method} on {layer}"
+            if slow:
+                note = METHODS[method].note or (
+                    "6 passes (aug smooth)" if args.aug_smooth else "a slow method"
+                )
+                _status(args, f"{what}: slow, {note[0].lower() + note[1:]}")
+            start = time.perf_counter()
+            try:
+                h = explainer.heatmap(
+                    method, layer, args.eigen_smooth, _throttled(args, what) if slow else None
+                )
+            except CamError as exc:
+                errors.append(f"{method} on {layer}: {exc}")
+                _status(args, f"warning: {method} on {layer}: {_one_line(exc)}")
+                continue
+            if slow:
+                _status(args, f"{what}: done in {time.perf_counter() - start:.1f} s")
+            if (h.method, h.layer) not in seen:  # layer-independent methods appear once
+                seen.add((h.method, h.layer))
+                heatmaps.append(h)
+    if not heatmaps:
+        raise CamError(errors[0] if errors else "No heatmap was computed.")
+    result = explainer.result(heatmaps, errors)
+    for note in image.notes:
+        _status(args, f"note: image {note}")
+    return result, image, dataset, sample, spec
+
+
+def _throttled(args: argparse.Namespace, what: str, every: float = 2.0):
+    """A progress callback that prints at most every `every` seconds."""
+    last = [time.perf_counter()]
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every:
+            last[0] = now
+            _status(args, f"{what}: {message} ({fraction:.0%})")
+
+    return progress
+
+
+def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> list[dict]:
+    """Each heatmap as float32 .npy (image H x W, 0..1) and an overlay PNG; a segmentation model
+    also gets its predicted mask. Returns one record per heatmap."""
+    import cv2
+    import numpy as np
+
+    from camcore import overlay
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from camcore.errors import CamError
+
+        raise CamError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
+
+    def write_png(path: Path, rgb: np.ndarray) -> None:
+        from camcore.errors import CamError
+
+        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise CamError(f"Cannot write {path}")
+
+    def stamp(rgb: np.ndarray) -> np.ndarray:
+        return rgb if result.pretrained else overlay.watermark_untrained(rgb)
+
+    records, used = [], set()
+    for h in result.heatmaps:
+        suffix = ("_aug" if h.aug_smooth else "") + ("_eigen" if h.eigen_smooth else "")
+        stem = file_stem(result.model, h.method, h.layer, h.target.name) + suffix
+        base, n = stem, 2
+        while stem in used:
+            stem, n = f"{base}_{n}", n + 1
+        used.add(stem)
+        npy, png = out_dir / f"{stem}.npy", out_dir / f"{stem}.png"
+        try:
+            np.save(npy, np.asarray(h.map, dtype=np.float32))
+        except OSError as exc:
+            from camcore.errors import CamError
+
+            raise CamError(f"Cannot write {npy}: {exc.strerror or exc}") from exc
+        write_png(png, stamp(overlay.overlay(image.rgb, h.map, alpha, colormap)))
+        records.append(
+            {
+                "method": h.method,
+                "layer": h.layer,
+                "target": h.target.name,
+                "npy": str(npy.resolve()),
+                "png": str(png.resolve()),
+                "range": [h.raw_range[0], h.raw_range[1]],
+                "seconds": round(h.seconds, 4),
+                "aug_smooth": h.aug_smooth,
+                "eigen_smooth": h.eigen_smooth,
+            }
+        )
+    mask = result.prediction.mask
+    if mask is not None:
+        path = out_dir / f"{file_stem(result.model, 'segmentation')}.png"
+        write_png(path, stamp(overlay.segmentation_overlay(image.rgb, mask, alpha)))
+    return records
+
+
+def _result_json(result, records: list[dict], image) -> dict:
+    return {
+        "model": result.model,
+        "image": image.path,
+        "image_size": list(result.image_size),
+        "input_size": list(result.input_size),
+        "heatmaps": records,
+        "prediction": result.prediction.to_dict(),
+        "target": result.target.to_dict(),
+        "weights": result.weights,
+        "pretrained": result.pretrained,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "errors": list(result.errors),
+    }
+
+
+def _print_summary(result, records: list[dict]) -> None:
+    pred = result.prediction
+    noun = "pixels" if pred.task == "segmentation" else "probability"
+    _say(
+        f"model: {result.model} · weights: {result.weights}"
+        + ("" if result.pretrained else "  << UNTRAINED >>")
+    )
+    _say("prediction: " + ", ".join(f"{c.name} ({c.score:.1%})" for c in pred.classes[:5]) + f" [{noun}]")
+    t = result.target
+    _say(f"target: {t.name} ({t.rule})" + (f" - {t.note}" if t.note else ""))
+    for r in records:
+        _say(
+            f"{r['method']} on {r['layer']}: {r['png']}  "
+            f"(raw range {r['range'][0]:.3g}..{r['range'][1]:.3g}, {r['seconds']:.2f} s)"
+        )
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    result, image, _dataset, _sample, _spec = _compute(args)
+    records = write_outputs(result, image, Path(args.out), args.alpha, args.colormap)
+    if args.json:
+        _print_json(_result_json(result, records, image))
+    else:
+        _print_summary(result, records)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from camcore import store
+
+    result, image, dataset, sample, _spec = _compute(args)
+    records = write_outputs(result, image, Path(args.out), args.alpha, args.colormap) if args.out else []
+    fields = store.push_heatmaps(dataset, sample.id, result, heatmap_dir=args.heatmap_dir)
+    if args.json:
+        _print_json(
+            {
+                "dataset": dataset.name,
+                "sample_id": sample.id,
+                "fields": fields,
+                "heatmaps": records,
+                "errors": list(result.errors),
+            }
+        )
+    else:
+        for field in fields:
+            _say(field)
+    return 0
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
+    from camcore.methods import DEFAULT_METHOD, METHODS
+    from camcore.models import DEFAULT_MODEL, MODELS
+    from camcore.overlay import COLORMAPS, DEFAULT_COLORMAP
+
+    if push:
+        p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+        p.add_argument("--sample", required=True, help="sample id, file path or unique file name")
+    else:
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--image", help="an image file")
+        source.add_argument("--dataset", help="a FiftyOne dataset name (with --sample)")
+        p.add_argument("--sample", help="sample id, file path or unique file name (with --dataset)")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)} (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--layer", action="append", help="layer name, repeatable (default: the model's default layer)"
+    )
+    p.add_argument(
+        "--method",
+        action="append",
+        help=f"CAM method, repeatable (default {DEFAULT_METHOD}); one of {', '.join(METHODS)}",
+    )
+    p.add_argument("--target", help="class to explain, by name or index (default: the prediction)")
+    p.add_argument("--aug-smooth", action="store_true", help="test-time augmentation smoothing (6 passes)")
+    p.add_argument("--eigen-smooth", action="store_true", help="first principal component smoothing")
+    p.add_argument(
+        "--weights", default="auto", help="auto | untrained | PATH to a weights file (default auto)"
+    )
+    p.add_argument("--input-size", type=int, help="short side of the model input (segmentation models)")
+    p.add_argument(
+        "--device", help="torch device, e.g. cpu or cuda (default: CAM_EXPLORER_DEVICE or the GPU)"
+    )
+    p.add_argument(
+        "--out",
+        default=None if push else "cam-output",
+        help="folder for the .npy maps and overlay PNGs" + ("" if push else " (default ./cam-output)"),
+    )
+    if push:
+        p.add_argument("--heatmap-dir", help="where the pushed 16-bit PNGs go (default: the camcore home)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
+    p.add_argument("--colormap", default=DEFAULT_COLORMAP, choices=COLORMAPS, help="overlay colormap")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="CAM Explorer from the command line.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("models", help="the model registry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("methods", help="the CAM method registry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("demo-data", help="build (if needed) the embedded demo dataset; print its name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("cam", help="compute heatmaps for an image; write .npy maps and overlay PNGs")
+    _cam_options(p, push=False)
+    p.set_defaults(func=cmd_cam)
+
+    p = sub.add_parser("push", help="compute heatmaps for a dataset sample and save them to FiftyOne")
+    _cam_options(p, push=True)
+    p.set_defaults(func=cmd_push)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere, not only before the command
+    from camcore.errors import CamError, WeightsUnavailable
+
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "cam" and args.dataset and not args.sample:
+            raise _usage(args, "--dataset needs --sample (a sample id or file name)")
+        if args.command == "cam" and args.sample and not args.dataset:
+            raise _usage(args, "--sample needs --dataset")
+        global _results
+        _results = sys.stdout
+        with contextlib.redirect_stdout(_StdoutToStderr()):
+            code = args.func(args)
+        _results.flush()
+        return code
+    except UsageError as exc:
+        print(f"error: {_one_line(exc)} (see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    except CamError as exc:
+        if debug:
+            raise
+        hint = " Here: --weights untrained, or --weights PATH." if isinstance(exc, WeightsUnavailable) else ""
+        print(f"error: {_one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `... | head`: not an error of ours
+        return 0
+    except Exception as exc:  # a bug: say so in one line, the traceback with --debug
+        if debug:
+            raise
+        print(
+            f"error: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"(run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,263 @@
+"""Our heatmaps equal pytorch-grad-cam 1.5.7's own output for the same call.
+
+The engine computes every pure method from one shared pass (its own hooks, torch.autograd.grad)
+and replaces the library's full SVD by a first-component projection with a sign rule; these
+tests run the library's class the documented way (`with Cls(model, [layer], reshape_transform)`)
+on the same input tensor and target and compare the final 0..1 maps. The images are exactly the
+model's input size, so no resizing separates the two.
+
+Eigen projections (Eigen-CAM, EigenGrad-CAM, eigen_smooth) are equal up to the sign that SVD
+leaves arbitrary: ours must equal the library's map or the map of the negated projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from cam_support import chelsea_crop, chelsea_small, library_normalise, library_reference
+from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+from camcore import engine, projection
+from camcore.engine import Explainer
+from camcore.methods import METHODS
+from camcore.models import load_model
+
+TOL = 1e-4
+PURE = [key for key, spec in METHODS.items() if spec.pure]
+EIGEN = {key for key, spec in METHODS.items() if spec.projection == "pca"}  # sign is SVD's
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    weights: str
+    layers: tuple[str, str]
+    input_size: int | None
+    image: str  # "crop224" or "small64x96"
+
+
+CASES = {
+    "deeplabv3": Case("deeplabv3", "untrained", ("layer1", "layer4"), 64, "small64x96"),
+    "deit_tiny": Case("deit_tiny", "untrained", ("block5", "block11"), None, "crop224"),
+    "efficientnet_lite0": Case("efficientnet_lite0", "auto", ("stage3", "head"), None, "crop224"),
+}
+
+
+class Setup:
+    """One model, one image, one Explainer over both layers; the library gets the same x."""
+
+    def __init__(self, case: Case, **explainer_kwargs):
+        torch.manual_seed(0)
+        self.case = case
+        self.loaded = load_model(case.model, case.weights, "cpu")
+        self.image = chelsea_crop(224) if case.image == "crop224" else chelsea_small(64, 96)
+        self.explainer = Explainer(
+            self.loaded, self.image, None, case.layers, input_size=case.input_size, **explainer_kwargs
+        )
+        self.x = engine.preprocess(self.loaded.spec, self.image.rgb, case.input_size)
+        assert tuple(self.x.shape[-2:]) == self.image.size, "the test image must be the model's input size"
+        self.input_hw = self.image.size
+        self.reshape = engine.reshape_transform_for(self.loaded.spec, self.input_hw)
+        self.target = self.explainer.grad_target
+
+    def reference(self, method: str, layer: str, eigen_smooth=False, aug_smooth=False, seed=None, **kwargs):
+        return library_reference(
+            METHODS[method].cls,
+            self.loaded.module,
+            self.loaded.layer_module(layer),
+            self.x,
+            self.target,
+            self.reshape,
+            eigen_smooth,
+            aug_smooth,
+            seed,
+            **kwargs,
+        )
+
+
+_setups: dict[str, Setup] = {}
+
+
+def setup_for(model: str) -> Setup:
+    if model not in _setups:
+        _setups[model] = Setup(CASES[model])
+    return _setups[model]
+
+
+def _params():
+    out = []
+    for model, case in CASES.items():
+        for method in PURE:
+            for layer in case.layers:
+                # eigen_smooth: Grad-CAM on both layers, the other methods on the cheaper first layer
+                # (the library's full SVD of a 2048-channel layer costs seconds on 2 cores)
+                smooth = METHODS[method].supports_eigen_smooth and (
+                    method == "gradcam" or layer == case.layers[0]
+                )
+                for eigen in (False, True) if smooth else (False,):
+                    out.append(
+                        pytest.param(
+                            model,
+                            method,
+                            layer,
+                            eigen,
+                            id=f"{model}-{method}-{layer}{'-eigen' if eigen else ''}",
+                        )
+                    )
+    return out
+
+
+def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs the library's {ref.shape}"
+    diff = float(np.abs(ours - ref).max())
+    assert diff <= TOL, f"{what}: max abs diff {diff:.2e} from the library's map"
+
+
+@pytest.mark.parametrize("model, method, layer, eigen_smooth", _params())
+def test_pure_method_equals_library(model, method, layer, eigen_smooth):
+    s = setup_for(model)
+    seed = 1234 if method == "randomcam" else None  # RandomCAM draws its weights from np.random
+    if seed is not None:
+        np.random.seed(seed)
+    ours = s.explainer.heatmap(method, layer, eigen_smooth)
+    assert ours.map.shape == s.image.size and ours.map.dtype == np.float32
+    signed = method in EIGEN or eigen_smooth
+    ref, raw = s.reference(method, layer, eigen_smooth=eigen_smooth, seed=seed)
+    what = f"{method} on {model}.{layer}" + (" with eigen_smooth" if eigen_smooth else "")
+    if signed:
+        # Up to sign: the library's map, or the map it would give for the negated projection.
+        _assert_close(
+            library_normalise(raw, s.input_hw)[0], ref, "reference replay"
+        )  # our replay is faithful
+        flipped = library_normalise(-raw, s.input_hw)[0]
+        d_same, d_flip = float(np.abs(ours.map - ref).max()), float(np.abs(ours.map - flipped).max())
+        assert min(d_same, d_flip) <= TOL, (
+            f"{what}: differs from the library's map ({d_same:.2e}) "
+            f"and from its sign-flipped map ({d_flip:.2e})"
+        )
+    else:
+        _assert_close(ours.map, ref, what)
+    # The raw map we keep is the clipped map at the layer's resolution, before normalisation.
+    acts = s.explainer.fp.activations[layer]
+    assert ours.raw.shape == acts.shape[2:] and ours.raw.min() >= 0
+    assert ours.raw_range == (pytest.approx(float(ours.raw.min())), pytest.approx(float(ours.raw.max())))
+    if signed:  # and it is the library's raw map, clipped (up to the projection's sign)
+        lib = np.maximum(raw[0], 0), np.maximum(-raw[0], 0)
+        scale = max(float(np.abs(raw).max()), 1e-12)
+        assert min(np.abs(ours.raw - lib[0]).max(), np.abs(ours.raw - lib[1]).max()) <= 1e-3 * scale
+
+
+def test_eigen_methods_follow_the_sign_rule():
+    """Whatever SVD returns, our projection is oriented so that its larger extreme is positive."""
+    s = setup_for("efficientnet_lite0")
+    for method in ("eigencam", "eigengradcam"):
+        h = s.explainer.heatmap(method, "head")
+        # before clipping the projection had |max| >= |min|, so the clipped map keeps a real peak
+        assert h.raw_range[1] > 0
+
+
+# ---------------------------------------------------------------- perturbation methods
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_perturbation_method_equals_library_on_small_cnn_layer(method):
+    s = setup_for("efficientnet_lite0")
+    ex = Explainer(s.loaded, s.image, None, ("stage1",), batch_size=16)  # 24 channels: 2 batches
+    ours = ex.heatmap(method, "stage1")
+    if method == "scorecam":
+        cls = METHODS["scorecam"].cls
+        cam = cls(s.loaded.module, [s.loaded.layer_module("stage1")])
+        try:
+            cam.batch_size = 16
+            ref = cam(s.x, [s.target])[0]
+        finally:
+            cam.activations_and_grads.release()
+    else:
+        ref, _ = s.reference("ablationcam", "stage1", ablation_layer=AblationLayer(), batch_size=16)
+    _assert_close(ours.map, ref, f"{method} on efficientnet_lite0.stage1")
+    assert s.loaded.layer_module("stage1") is s.loaded.module.blocks[1]
+
+
+@pytest.mark.slow
+def test_ablationcam_on_a_vit_block_equals_library():
+    s = setup_for("deit_tiny")
+    ex = Explainer(s.loaded, s.image, None, ("block10",), batch_size=48)
+    ours = ex.heatmap("ablationcam", "block10")
+    ref, _ = s.reference("ablationcam", "block10", ablation_layer=AblationLayerVit(), batch_size=48)
+    _assert_close(ours.map, ref, "ablationcam on deit_tiny.block10")
+    assert s.loaded.layer_module("block10") is s.loaded.module.blocks[10].norm1
+
+
+# ---------------------------------------------------------------- aug_smooth
+
+
+@pytest.mark.parametrize("method, layer", [("gradcam", "head"), ("layercam", "stage3")])
+def test_aug_smooth_equals_library(method, layer):
+    s = setup_for("efficientnet_lite0")
+    ex = Explainer(s.loaded, s.image, None, (layer,), aug_smooth=True)
+    ours = ex.heatmap(method, layer)
+    assert ours.aug_smooth
+    ref, _ = s.reference(method, layer, aug_smooth=True)
+    _assert_close(ours.map, ref, f"aug_smooth {method} on efficientnet_lite0.{layer}")
+    plain = s.explainer.heatmap(method, layer).map
+    assert np.abs(plain - ours.map).max() > 1e-3, "aug_smooth changed nothing: was it applied?"
+
+
+# ---------------------------------------------------------------- the projection itself
+
+
+def _planted(rng, c, h, w, rank_strength=4.0):
+    """Activations with a dominant spatial pattern plus noise, like real feature maps."""
+    n = h * w
+    u = rng.standard_normal((n, 1))
+    v = rng.standard_normal((1, c))
+    x = rank_strength * (u @ v) / np.sqrt(c) + rng.standard_normal((n, c))
+    return x.T.reshape(1, c, h, w).astype(np.float32)
+
+
+SHAPES = [
+    (16, 20, 20),  # N = 400 > C = 16: exact path
+    (512, 6, 6),  # N = 36 < C = 512: exact path
+    (300, 20, 20),  # N = 400, C = 300: both > 256, Lanczos on C x C
+    (400, 17, 17),  # N = 289 < C = 400: both > 256, Lanczos on N x N
+]
+
+
+@pytest.mark.parametrize("c, h, w", SHAPES, ids=[f"C{c}-{h}x{w}" for c, h, w in SHAPES])
+@pytest.mark.parametrize("kind", ["planted", "gaussian"])
+def test_first_component_projection_matches_library_up_to_sign(c, h, w, kind, monkeypatch):
+    import scipy.sparse.linalg as spla
+
+    calls = []
+    real_eigsh = spla.eigsh
+    monkeypatch.setattr(spla, "eigsh", lambda *a, **k: calls.append(1) or real_eigsh(*a, **k))
+    rng = np.random.default_rng(c * 1000 + h)
+    batch = (
+        _planted(rng, c, h, w) if kind == "planted" else rng.standard_normal((2, c, h, w)).astype(np.float32)
+    )
+    ours = projection.first_component_projection(batch)
+    ref = get_2d_projection(batch)
+    assert ours.shape == ref.shape == (batch.shape[0], h, w) and ours.dtype == np.float32
+    lanczos = min(c, h * w) > projection.EXACT_LIMIT
+    assert bool(calls) == lanczos, "the large case must take the Lanczos path, the small one the exact SVD"
+    for i in range(batch.shape[0]):
+        scale = float(np.abs(ref[i]).max())
+        diff = min(np.abs(ours[i] - ref[i]).max(), np.abs(ours[i] + ref[i]).max())
+        assert diff <= 1e-4 * scale, (
+            f"projection {i} differs from the library's by {diff / scale:.2e} (relative)"
+        )
+        assert abs(ours[i].max()) >= abs(ours[i].min()), "sign rule: the larger extreme must be positive"
+
+
+def test_first_component_projection_handles_nan_like_library():
+    rng = np.random.default_rng(7)
+    batch = _planted(rng, 32, 8, 8)
+    batch[0, 3, 2, 2] = np.nan
+    ours, ref = projection.first_component_projection(batch), get_2d_projection(batch)
+    assert np.isfinite(ours).all()
+    assert min(np.abs(ours - ref).max(), np.abs(ours + ref).max()) <= 1e-4 * np.abs(ref).max()
