@@ -1,0 +1,77 @@
+"""Compare and Findings pages in-process (AppTest): grid wiring, the studies, scores, findings list."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ui import sidebar
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 240
+
+
+def _run(at: AppTest) -> AppTest:
+    at.run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [e.value for e in at.error if "Something went wrong" in e.value]
+    return at
+
+
+def _open(page: str) -> AppTest:
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at.switch_page(page)
+    return _run(at)
+
+
+def _grid_captions(at: AppTest) -> list[str]:
+    return [c.value for c in at.caption if "keep Δ" in c.value]
+
+
+def test_compare_grid_scores_every_cell_and_keeps_choices():
+    at = _open("pages/compare.py")
+    assert at.multiselect(key="cmp_methods").value == ["gradcam"]
+    assert at.multiselect(key="cmp_layers_efficientnet_lite0").value == ["head"]
+    assert len(_grid_captions(at)) == 1
+    at.multiselect(key="cmp_methods").select("gradcam++")
+    at.multiselect(key="cmp_layers_efficientnet_lite0").select("stage5")
+    _run(at)
+    assert len(_grid_captions(at)) == 4  # 2 layers x 2 methods, each with its faithfulness line
+    at.toggle(key="cmp_scores").set_value(False)
+    _run(at)
+    assert not _grid_captions(at)
+    assert at.multiselect(key="cmp_methods").value == ["gradcam", "gradcam++"]
+
+
+def test_layer_progression_study_sets_model_layers_and_target(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    at = _open("pages/compare.py")
+    at.button(key="study_layer_progression").click()
+    _run(at)
+    assert at.sidebar.selectbox(key="model").value == "deeplabv3"
+    # offline: no DeepLabV3 weights, a clear message and a way out
+    assert any("No pretrained weights" in e.value for e in at.error), [e.value for e in at.error]
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    at.sidebar.select_slider(key="input_size").set_value(256)
+    _run(at)
+    assert at.multiselect(key="cmp_layers_deeplabv3").value == ["layer1", "layer2", "layer3", "layer4"]
+    assert at.multiselect(key="cmp_methods").value == ["gradcam"]
+    assert any("UNTRAINED" in w.value for w in at.warning)
+    assert len(_grid_captions(at)) == 4
+
+
+def test_findings_page_lists_a_recorded_finding():
+    from camcore import demo_data, store
+
+    dataset = demo_data.ensure_demo_dataset()
+    sample = store.get_sample(dataset, "rocket.jpg")
+    store.add_finding(dataset, sample.id, "spurious edges", "looks at the launch tower")
+    at = _open("pages/findings.py")
+    assert any(m.value.startswith("#### Findings in cam-explorer-demo") for m in at.markdown)
+    assert any("rocket.jpg" in c.value and "spurious edges" in c.value for c in at.caption), \
+        [c.value for c in at.caption]
+    assert "spurious edges" in at.multiselect(key="findings_filter").value

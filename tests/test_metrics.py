@@ -1,0 +1,84 @@
+"""Faithfulness and bias scores: equal to pytorch_grad_cam.metrics on the same inputs, and the
+object-share helpers on masks and boxes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
+
+from cam_support import FACE_BOX, chelsea, chelsea_crop
+from camcore import engine, judge, metrics, models
+
+
+@pytest.fixture(scope="module")
+def explainer() -> engine.Explainer:
+    return engine.Explainer(models.load_model("efficientnet_lite0"), chelsea_crop(), None, ("head",))
+
+
+def test_faithfulness_equals_the_library_metric(explainer):
+    ex = explainer
+    h = ex.heatmap("gradcam", "head")
+    cams = metrics.input_map(h.map, ex.input_hw)[None]
+    module = ex.model.module
+    keep = CamMultImageConfidenceChange()(ex.x, cams, [ex.grad_target], module)[0]
+    remove = CamMultImageConfidenceChange()(ex.x, 1 - cams, [ex.grad_target], module)[0]
+    f = ex.faithfulness("gradcam", "head")
+    assert f.keep_change == pytest.approx(float(keep), abs=1e-5)
+    assert f.remove_change == pytest.approx(float(remove), abs=1e-5)
+    assert f.original_score == pytest.approx(float(ex.grad_target(module(ex.x)[0])), abs=1e-5)
+    assert ex.faithfulness("gradcam", "head") is f  # memoised: the grid never recomputes it
+
+
+def test_road_equals_the_library_metric(explainer):
+    ex = explainer
+    h = ex.heatmap("gradcam", "head")
+    cams = metrics.input_map(h.map, ex.input_hw)[None]
+    curve = metrics.road(ex.model, ex.x, h.map, ex.grad_target, percentiles=(50,))
+    morf = ROADMostRelevantFirst(50)(ex.x, cams, [ex.grad_target], ex.model.module)[0]
+    lerf = ROADLeastRelevantFirst(50)(ex.x, cams, [ex.grad_target], ex.model.module)[0]
+    # the imputer adds noise: the library's own two calls differ slightly too
+    assert curve.morf[0][1] == pytest.approx(float(morf), abs=0.5)
+    assert curve.lerf[0][1] == pytest.approx(float(lerf), abs=0.5)
+    assert curve.combined == pytest.approx((curve.lerf[0][1] - curve.morf[0][1]) / 2)
+
+
+def test_mass_inside_and_the_background_flag():
+    heat = np.zeros((10, 20), np.float32)
+    heat[:, :5] = 1.0  # all mass on the left quarter
+    mask = np.zeros((10, 20), bool)
+    mask[:, :10] = True
+    assert metrics.mass_inside(heat, mask) == pytest.approx(1.0)
+    assert metrics.mass_inside(heat, ~mask) == pytest.approx(0.0)
+    assert metrics.mass_inside(np.zeros_like(heat), mask) == 0.0
+    assert metrics.background_dominated(0.3, 0.5) and not metrics.background_dominated(0.7, 0.5)
+    # a mask at another resolution is resized to the heatmap's
+    assert metrics.mass_inside(heat, np.repeat(np.repeat(mask, 2, 0), 2, 1)) == pytest.approx(1.0)
+
+
+def test_boxes_mask_uses_fiftyone_relative_boxes():
+    m = metrics.boxes_mask((100, 200), [[0.25, 0.5, 0.5, 0.25]])
+    rows, cols = np.nonzero(m)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (50, 74, 50, 149)
+
+
+def test_ranking_puts_background_focused_samples_first():
+    model = models.load_model("efficientnet_lite0")
+    img = chelsea()
+    h, w = img.size
+    x0, y0, x1, y1 = FACE_BOX
+    face = (x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h)
+    corner = (0.0, 0.0, 0.2, 0.2)  # a box on background/fur: little of the heatmap falls there
+    items = [judge.SampleItem("face", img.path, (face,)), judge.SampleItem("corner", img.path, (corner,)),
+             judge.SampleItem("nobox", img.path, ()), judge.SampleItem("missing", "/nonexistent.png", ())]
+    seen = []
+    rows = judge.rank_by_share_inside(model, items, "gradcam", "head", "Egyptian cat",
+                                      progress=lambda f, m: seen.append(f))
+    assert [r.sample_id for r in rows][:2] == ["corner", "face"]
+    assert rows[0].background_dominated and not rows[1].background_dominated
+    assert rows[1].share_inside > 0.5
+    nobox = next(r for r in rows if r.sample_id == "nobox")
+    assert nobox.share_inside is None and nobox.mask_source == "no boxes for this class"
+    missing = next(r for r in rows if r.sample_id == "missing")
+    assert missing.heatmap is None and "not found" in missing.error
+    assert seen[-1] == 1.0
