@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from camcore import models
 from ui import router
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -34,8 +35,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1400, "height": 1500}
 DEMO = "cam-explorer-demo"
-EFFICIENTNET = "EfficientNet-Lite0 (ImageNet, works offline)"
-DEEPLAB = "DeepLabV3-ResNet50 (segmentation, VOC classes)"
+EFFICIENTNET = models.MODELS["efficientnet_lite0"].label  # what the Model selectbox shows
+DEEPLAB = models.MODELS["deeplabv3"].label
 RUN_TIMEOUT = 180_000  # ms: a first model load + pass on two CPU cores
 UI_TIMEOUT = 30_000
 
@@ -328,7 +329,8 @@ def test_record_a_finding_and_see_it_on_findings(server: Server, page: Page):
     expect(page.get_by_role("heading", name=f"Findings in {DEMO}")).to_be_visible(timeout=RUN_TIMEOUT)
     settle(page)
     expect(page).to_have_url(re.compile(r"/findings$"))
-    expect(page.get_by_test_id("stImageCaption").get_by_text("horse.png: misclassification")).to_be_visible()
+    expect(page.get_by_test_id("stCaptionContainer").filter(has_text="horse.png: misclassification").first
+           ).to_be_visible()
     expect(page.get_by_test_id("stDataFrame")).to_be_visible()
     screenshot(page, "findings")
     dataset = store.load_dataset(DEMO)
@@ -381,7 +383,7 @@ def test_deep_link_on_a_fresh_server(browser: Browser):
         expect(widget(page, "stSelectbox", "Dataset", sidebar).get_by_role("combobox")).to_have_value(DEMO)
         # the app's own navigation (Explore, ..., Findings), not the legacy listing of app + pages/*.py
         titles = [title for _file, title, _icon, _url in router.PAGES]
-        assert titles[0] == "Explore" and titles[-1] == "Findings", titles
+        assert titles[0] == "Explore" and "Findings" in titles, titles
         links = page.get_by_test_id("stSidebarNav").get_by_test_id("stSidebarNavLink")
         expect(links).to_have_count(len(titles))
         expect(links).to_have_text([re.compile(rf"{re.escape(t)}$") for t in titles])  # icon name, then title
@@ -389,3 +391,31 @@ def test_deep_link_on_a_fresh_server(browser: Browser):
     finally:
         context.close()
         fresh.stop()
+
+
+def test_compare_grid_scores_and_the_layer_progression_study(server: Server, page: Page):
+    sidebar = page.get_by_test_id("stSidebar")
+    open_app(page, server.url)
+    choose(page, "Model", EFFICIENTNET, sidebar)
+    choose(page, "Weights", "pretrained (auto)", sidebar)
+    settle(page)
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Compare").click()
+    expect(page.get_by_role("heading", name=re.compile("^Compare layers and methods"))).to_be_visible(
+        timeout=RUN_TIMEOUT)
+    settle(page)
+    add_to_multiselect(page, "Columns: methods", "Grad-CAM++")
+    settle(page)
+    scores = page.get_by_test_id("stCaptionContainer").filter(has_text="keep Δ")
+    expect(scores).to_have_count(2, timeout=RUN_TIMEOUT)  # one faithfulness line under each map
+
+    page.get_by_role("button", name=re.compile("^Layer progression")).click()
+    expect(page.get_by_test_id("stAlert").filter(has_text="No pretrained weights")).to_be_visible(
+        timeout=RUN_TIMEOUT)
+    settle(page)
+    choose(page, "Weights", "untrained (random weights)", sidebar)
+    settle(page)
+    expect(widget(page, "stSelectbox", "Model", sidebar).get_by_role("combobox")).to_have_value(DEEPLAB)
+    for layer in ("layer1", "layer2", "layer3", "layer4"):
+        expect(page.get_by_test_id("stMarkdownContainer").get_by_text(layer, exact=True)).to_have_count(1)
+    expect(scores).to_have_count(4, timeout=RUN_TIMEOUT)  # four rows x Grad-CAM
+    screenshot(page, "compare")
