@@ -13,6 +13,7 @@ from camcore.errors import CamError
 from camcore.models import LoadedModel
 from ui import cache
 
+MIN_GRID_COLUMNS = 3
 # The article's two studies, one click away: (model, layers, methods, target, aug, eigen).
 STUDIES = {
     "layer_progression": {
@@ -53,11 +54,12 @@ def grid(img, ex: Explainer, loaded: LoadedModel, layers, chosen, eigen: bool, a
          with_scores: bool, mask, threshold: float) -> list[dict]:
     """Rows = layers, columns = methods; returns the scores table."""
     table = []
-    header = st.columns([1] + [3] * len(chosen))
+    spec = [1] + [3] * max(len(chosen), MIN_GRID_COLUMNS)  # one method must not fill the page
+    header = st.columns(spec)
     for col, m in zip(header[1:], chosen):
         col.markdown(f"**{methods.METHODS[m].label}**")
     for layer in layers:
-        row = st.columns([1] + [3] * len(chosen))
+        row = st.columns(spec)
         row[0].markdown(f"**{layer}**")
         for col, m in zip(row[1:], chosen):
             try:
