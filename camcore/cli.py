@@ -5,6 +5,7 @@
   python -m camcore demo-data [--json]
   python -m camcore cam  (--image PATH | --dataset NAME --sample ID_OR_FILENAME) [options] [--out DIR]
   python -m camcore push --dataset NAME --sample ID_OR_FILENAME [options] [--out DIR]
+  python -m camcore batch --dataset NAME [--tag T ...] [--filename-contains S] --model M [options]
 
 Every user error (unknown model, layer, method or class, a bad image, a missing dataset...)
 ends with exit status 2 and one line on stderr, never a traceback (--debug shows it).
@@ -391,6 +392,41 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from camcore import batch, store
+
+    if args.chunk < 1:
+        raise _usage(args, f"--chunk must be at least 1, got {args.chunk}")
+    if args.input_size is not None and args.input_size < 8:
+        raise _usage(args, f"--input-size must be at least 8, got {args.input_size}")
+    dataset = store.load_dataset(args.dataset)
+    view = store.make_view(dataset, tags=args.tag, filename_contains=args.filename_contains)
+    last = [0.0]
+
+    def progress(done: int, total: int, rate: float, eta, message: str) -> None:
+        now = time.perf_counter()
+        if now - last[0] < 1.0 and message not in ("finished", "cancelled") and done:
+            return
+        last[0] = now
+        eta_text = f"{eta:.0f} s" if eta is not None else "?"
+        _status(args, f"batch {done}/{total} ({rate:.2f}/s, ETA {eta_text}): {message}")
+
+    report = batch.run_batch(
+        view, args.model, args.weights, args.method or ["gradcam"], args.layer, args.target,
+        args.eigen_smooth, args.input_size, args.chunk, progress, None, args.heatmap_dir, args.device,
+    )
+    for sid, message in report.failed:
+        _status(args, f"warning: sample {sid}: {_one_line(message)}")
+    if args.json:
+        _print_json({"dataset": dataset.name, **report.to_dict()})
+    else:
+        _say(f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed "
+             f"in {report.seconds:.1f} s")
+        for name in sorted(report.fields):
+            _say(name)
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
 
 
@@ -465,6 +501,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="compute heatmaps for a dataset sample and save them to FiftyOne")
     _cam_options(p, push=True)
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("batch", help="heatmaps for every sample of a view, resumable, saved to FiftyOne")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--tag", action="append", help="only samples with this tag, repeatable (any of them)")
+    p.add_argument("--filename-contains", help="only samples whose file name contains this")
+    p.add_argument("--model", required=True, help="model key (see `models`)")
+    p.add_argument("--method", action="append", help="CAM method, repeatable (default gradcam)")
+    p.add_argument("--layer", action="append", help="layer name, repeatable (default: the model's default)")
+    p.add_argument("--target", default="predicted", help="predicted (each sample's top class) or a class name")
+    p.add_argument("--weights", default="auto", help="auto | untrained | PATH (default auto)")
+    p.add_argument("--eigen-smooth", action="store_true", help="first principal component smoothing")
+    p.add_argument("--input-size", type=int, help="short side of the model input (segmentation models)")
+    p.add_argument("--chunk", type=int, default=8, help="samples per bulk write (default 8)")
+    p.add_argument("--device", help="torch device (default: CAM_EXPLORER_DEVICE or the GPU)")
+    p.add_argument("--heatmap-dir", help="where the 16-bit PNGs go (default: the camcore home)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_batch)
     return parser
 
 

@@ -1,0 +1,174 @@
+"""Benchmark: camcore.batch.run_batch vs the article's loop, in the same run, on N demo images.
+
+The article's loop: per sample, load the image, build a pytorch-grad-cam GradCAM object
+(`with`), call it (targets=None: the predicted class), resize the map to the image, set
+`sample["field"] = fo.Heatmap(map=...)` and `sample.save()`.
+Ours: run_batch (one pass per image, PNGs written atomically, one set_values per field per chunk).
+Floor: the model's batched forward + backward to the hooked layer alone, over the same tensors
+in batches of --chunk (also printed: with a full backward, parameter gradients included).
+
+    .venv/bin/python bench/batch.py --n 16        # EfficientNet-Lite0 (packaged weights), CPU
+
+Starts a private mongod (as tests/conftest.py does) unless FIFTYONE_DATABASE_URI is set.
+Last line: batch_vs_article=<speedup> batch_vs_floor=<ratio> n=<N>
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _private_mongod(tmp: Path) -> subprocess.Popen | None:
+    if os.environ.get("FIFTYONE_DATABASE_URI"):
+        return None
+    import importlib.util
+
+    import pymongo
+
+    spec = importlib.util.find_spec("fiftyone")
+    binary = Path(list(spec.submodule_search_locations)[0]) / "db" / "bin" / "mongod"
+    (tmp / "db").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(binary), "--dbpath", str(tmp / "db"), "--port", str(port), "--bind_ip",
+                             "127.0.0.1", "--nounixsocket", "--logpath", str(tmp / "mongod.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=500).admin.command("ping")
+            break
+        except pymongo.errors.PyMongoError:
+            time.sleep(0.2)
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    return proc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=16, help="samples (the 8 demo images, cycled)")
+    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--model", default="efficientnet_lite0")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    os.environ["CAM_EXPLORER_HOME"] = str(tmp / "home")
+    proc = _private_mongod(tmp)
+    try:
+        run(args, tmp)
+    finally:
+        if proc is not None:
+            import fiftyone.core.odm.database as fod
+
+            fod._disconnect()
+            proc.terminate()
+            proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, tmp: Path) -> None:
+    import cv2
+    import fiftyone as fo
+    import numpy as np
+    import torch
+    from pytorch_grad_cam import GradCAM
+
+    from camcore import batch, demo_data, engine, images, models
+
+    demo = demo_data.ensure_demo_dataset()
+    files = demo.values("filepath")
+    paths = [files[i % len(files)] for i in range(args.n)]
+    ours_ds = fo.Dataset("bench-batch-ours")
+    ours_ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    art_ds = fo.Dataset("bench-batch-article")
+    art_ds.add_samples([fo.Sample(filepath=p) for p in paths])
+
+    loaded = models.load_model(args.model, "auto")
+    spec = loaded.spec
+    layer = spec.default_layer
+    print(f"model {spec.key} ({loaded.weights_label}) on {loaded.device}, layer {layer}, "
+          f"{args.n} images, torch threads {torch.get_num_threads()}", file=sys.stderr)
+
+    # warm-up (first-call costs out of every timing)
+    x0 = engine.preprocess(spec, images.load_image(paths[0]).rgb)
+    with torch.enable_grad():
+        loaded.module(x0.to(loaded.device)).sum().backward()
+    loaded.module.zero_grad(set_to_none=True)
+
+    # floors on the same tensors, in batches of --chunk: forward + backward to the hooked layer
+    # (what a batched Grad-CAM needs), and forward + full backward (parameter gradients too,
+    # as pytorch-grad-cam does). Image decoding and preprocessing are outside both.
+    xs = [engine.preprocess(spec, images.load_image(p).rgb) for p in paths]
+    floors = {}
+    for full in (False, True):
+        start = time.perf_counter()
+        with torch.enable_grad():
+            for i in range(0, len(xs), args.chunk):
+                x = torch.cat(xs[i:i + args.chunk]).to(loaded.device)
+                got = {}
+                handle = loaded.layer_module(layer).register_forward_hook(lambda _m, _i, o: got.update(a=o))
+                try:
+                    out = loaded.module(x)
+                finally:
+                    handle.remove()
+                loss = out.gather(1, out.argmax(1, keepdim=True)).sum()
+                if full:
+                    loss.backward()
+                    loaded.module.zero_grad(set_to_none=True)
+                else:
+                    torch.autograd.grad(loss, [got["a"]])
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize()
+        floors[full] = time.perf_counter() - start
+    floor = floors[False]
+
+    # ours
+    start = time.perf_counter()
+    report = batch.run_batch(ours_ds, spec.key, "auto", ["gradcam"], [layer], chunk=args.chunk)
+    ours = time.perf_counter() - start
+    assert report.done == args.n and not report.failed, report
+
+    # the article's loop
+    start = time.perf_counter()
+    module = loaded.module
+    for sample in art_ds:
+        img = images.load_image(sample.filepath)
+        x = engine.preprocess(spec, img.rgb).to(loaded.device)
+        with GradCAM(model=module, target_layers=[loaded.layer_module(layer)]) as cam:
+            gray = cam(input_tensor=x, targets=None)[0]
+        gray = cv2.resize(gray, (img.size[1], img.size[0]))
+        sample["gradcam"] = fo.Heatmap(map=gray)
+        sample.save()
+    article = time.perf_counter() - start
+
+    # same maps? (ours is stored as a 16-bit PNG: compare at that precision)
+    ours_map = ours_ds.first()[next(iter(report.fields))].get_map().astype(np.float32) / 65535
+    art_map = art_ds.first()["gradcam"].map
+    diff = float(np.abs(ours_map - art_map).max())
+
+    print(f"floor, batched fwd + bwd to the layer: {floor:.2f} s ({args.n / floor:.1f} img/s)")
+    print(f"batched fwd + full bwd (params too):   {floors[True]:.2f} s ({args.n / floors[True]:.1f} img/s)")
+    print(f"ours (run_batch):                      {ours:.2f} s ({args.n / ours:.1f} img/s)"
+          f"  {ours / floor:.2f}x floor")
+    print(f"article's loop:                        {article:.2f} s ({args.n / article:.1f} img/s)")
+    print(f"max |ours - article| on sample 0: {diff:.1e}")
+    print(f"batch_vs_article={article / ours:.2f} batch_vs_floor={ours / floor:.2f} n={args.n}")
+    ours_ds.delete()
+    art_ds.delete()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""camcore.batch against a real mongod (conftest.py): bulk writes, resume, orphans, failures, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+
+from camcore import batch, store
+from fo_helpers import unique_name, write_images
+
+MODEL = "efficientnet_lite0"
+
+def _layer() -> str:
+    from camcore.models import get_spec
+
+    return get_spec(MODEL).default_layer
+
+
+FIELD = store.heatmap_field_name(MODEL, "gradcam", _layer(), "predicted")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    paths = write_images(tmp_path / "media", [f"img{i}.png" for i in range(5)], size=(40, 48))
+    ds = fo.Dataset(unique_name("batch"))
+    ds.add_samples([fo.Sample(filepath=p, tags=["good"]) for p in paths])
+    yield ds
+    ds.delete()
+
+
+def _files(ds: fo.Dataset, field: str) -> set[str]:
+    folder = store.heatmap_path(ds.name, field, "x").parent
+    return {str(p) for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def test_batch_writes_every_sample_then_skips_all(dataset):
+    calls = []
+    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2,
+                             progress=lambda *a: calls.append(a))
+    assert (report.done, report.skipped, report.failed) == (5, 0, [])
+    assert report.fields == {FIELD}
+    labels = dataset.values(FIELD)
+    assert all(isinstance(label, fo.Heatmap) for label in labels)
+    assert all(os.path.isfile(label.map_path) for label in labels)
+    first = labels[0]
+    assert first.target_request == "predicted" and first.method == "gradcam" and first.target  # a class name
+    assert _files(dataset, FIELD) == {label.map_path for label in labels}
+    # progress: total 5, done rises to 5, a rate once something is done
+    assert calls[0][:2] == (0, 5) and calls[-1][0] == 5 and calls[-1][2] > 0
+
+    again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2)
+    assert (again.done, again.skipped) == (0, 5)
+    assert dataset.values(f"{FIELD}.created_at") == [label.created_at for label in labels]
+
+    # other provenance (eigen smoothing): recomputed, same field
+    other = batch.run_batch(dataset.limit(2), MODEL, methods=["gradcam"], eigen_smooth=True)
+    assert (other.done, other.skipped) == (2, 0)
+
+
+def test_named_class_has_its_own_field(dataset):
+    report = batch.run_batch(dataset.limit(1), MODEL, methods=["gradcam"], target_rule="tabby")
+    assert report.fields == {store.heatmap_field_name(MODEL, "gradcam", _layer(), "tabby")}
+    assert dataset.first()[next(iter(report.fields))].target == "tabby"
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_without_recompute_and_leaves_no_orphans(dataset, monkeypatch):
+    def die_after_first_write(done, total, rate, eta, message):
+        if done >= 2:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2, progress=die_after_first_write)
+    done_ids = [sid for sid, label in zip(*dataset.values(["id", FIELD])) if label is not None]
+    assert len(done_ids) == 2
+    created = dataset.select(done_ids).values(f"{FIELD}.created_at")
+
+    # A crash between the files and the field: PNGs written, set_values never reached.
+    real = store.push_many
+
+    def crash(ds, items, **kw):
+        orig_set_values = fo.Dataset.set_values
+        monkeypatch.setattr(fo.Dataset, "set_values", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        try:
+            return real(ds, items, **kw)
+        finally:
+            monkeypatch.setattr(fo.Dataset, "set_values", orig_set_values)
+
+    monkeypatch.setattr(store, "push_many", crash)
+    with pytest.raises(Killed):
+        batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=1)
+    monkeypatch.setattr(store, "push_many", real)
+    orphans = _files(dataset, FIELD) - set(dataset.exists(FIELD).values(f"{FIELD}.map_path"))
+    assert len(orphans) == 1  # the file of a sample whose field was never written
+
+    computed = []
+    real_explainer = batch.Explainer
+    monkeypatch.setattr(batch, "Explainer",
+                        lambda m, img, *a: computed.append(img.path) or real_explainer(m, img, *a))
+    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2)
+    assert (report.done, report.skipped, report.removed_orphans) == (3, 2, 1)
+    assert len(computed) == 3
+    assert dataset.select(done_ids).values(f"{FIELD}.created_at") == created  # not recomputed
+    assert _files(dataset, FIELD) == set(dataset.values(f"{FIELD}.map_path"))
+
+
+def test_cancel_stops_between_samples_and_keeps_what_was_computed(dataset):
+    cancel = threading.Event()
+
+    def cancel_on_first_write(done, total, rate, eta, message):
+        if done >= 1:
+            cancel.set()
+
+    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=1, progress=cancel_on_first_write,
+                             cancel=cancel)
+    assert report.cancelled and report.done == 1
+    assert len(dataset.exists(FIELD)) == 1
+
+
+def test_unreadable_image_is_reported_and_the_rest_written(dataset, tmp_path):
+    bad = tmp_path / "media" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    sample = fo.Sample(filepath=str(bad))
+    dataset.add_sample(sample)
+    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=4)
+    assert report.done == 5
+    assert [sid for sid, _msg in report.failed] == [sample.id]
+    assert "broken.png" in report.failed[0][1] or "image" in report.failed[0][1].lower()
+    assert dataset[sample.id][FIELD] is None
+    assert not os.path.exists(store.heatmap_path(dataset.name, FIELD, sample.id))
+
+
+def test_unknown_class_fails_before_any_write(dataset):
+    from camcore.errors import TargetError
+
+    with pytest.raises(TargetError):
+        batch.run_batch(dataset, MODEL, methods=["gradcam"], target_rule="no such class xyz")
+    assert FIELD not in dataset.get_field_schema()
+
+
+def test_cli_batch_json(dataset):
+    dataset.persistent = True  # the subprocess loads it by name
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--tag", "good",
+         "--filename-contains", "img1", "--model", MODEL, "--method", "gradcam", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["done"], out["skipped"], out["failed"]) == (1, 0, [])
+    assert out["fields"] == [FIELD]
+    assert "/s" in proc.stderr and "ETA" in proc.stderr
+    dataset.reload()
+    assert len(dataset.exists(FIELD)) == 1
