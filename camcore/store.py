@@ -301,15 +301,20 @@ def _validated_map(h: Heatmap, image_size: tuple[int, int], meta: Any) -> np.nda
     size = f"{m.shape[0]}x{m.shape[1]}"
     if tuple(m.shape) != tuple(image_size):
         raise ImageError(f"heatmap {h.label} is {size}, the image is {image_size[0]}x{image_size[1]}")
-    # The sample's own size, when known; either orientation (EXIF rotation) is accepted.
+    # The sample's own size, when known. FiftyOne's metadata (like the App) is EXIF-upright, so
+    # a map in the stored orientation of a rotated JPEG would not line up: refused.
     if meta is not None and meta.width and meta.height:
-        if tuple(m.shape) not in ((meta.height, meta.width), (meta.width, meta.height)):
-            raise ImageError(f"heatmap {h.label} is {size}, the sample is {meta.height}x{meta.width}")
+        if tuple(m.shape) != (meta.height, meta.width):
+            raise ImageError(f"heatmap {h.label} is {size}, the sample is {meta.height}x{meta.width} "
+                             "(height x width, as the App shows it)")
     return np.round(np.clip(m.astype(np.float64), 0.0, 1.0) * HEATMAP_RANGE[1]).astype(np.uint16)
 
 
-def _label(result: CamResult, h: Heatmap, map_path: Path, created_at: str, versions: dict) -> fo.Heatmap:
+def _label(
+    result: CamResult, h: Heatmap, map_path: Path, created_at: str, versions: dict, extra: dict | None = None
+) -> fo.Heatmap:
     return fo.Heatmap(
+        **(extra or {}),
         map_path=str(map_path),
         range=list(HEATMAP_RANGE),
         model=result.model,
@@ -339,11 +344,19 @@ def _write_png_atomic(path: Path, image: np.ndarray) -> None:
         raise ImageError(f"cannot write heatmaps under {path.parent}: {exc.strerror or exc}") from exc
     try:
         try:
-            ok = cv2.imwrite(tmp, image)
+            ok, png = cv2.imencode(".png", image)
         except cv2.error as exc:
             raise ImageError(f"could not write heatmap PNG {path}: {_one_line(exc)}") from exc
         if not ok:
             raise ImageError(f"could not write heatmap PNG {path}")
+        # Not cv2.imwrite: on a full disk it returns True and leaves an empty file.
+        try:
+            with open(tmp, "wb") as f:
+                f.write(png.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise ImageError(f"could not write heatmap PNG {path}: {exc.strerror or exc}") from exc
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -414,6 +427,77 @@ def push_heatmaps(
         _show_in_app(dataset, [p[0] for p in plan])
         dataset.save()
     return [p[0] for p in plan]
+
+
+@_db_errors
+def push_many(
+    dataset: fo.Dataset,
+    items: Sequence[tuple[str, CamResult]],
+    target_label: str | None = None,
+    extra: dict | None = None,
+    heatmap_dir: str | Path | None = None,
+) -> list[str]:
+    """Write every heatmap of several samples' results with one ``set_values`` per field.
+
+    items: (sample_id, result) pairs. target_label: the target part of the field names
+    (e.g. ``"predicted"``: one field whatever class each sample was explained for; the class
+    is still each label's ``target`` attribute); None uses each heatmap's class name as
+    :func:`push_heatmaps` does. extra: more attributes for every label (provenance).
+    Everything is validated first, then every PNG is written (atomically), then the fields:
+    a crash in between leaves files no field points at, never a field without its file.
+    """
+    dataset = _root(dataset)
+    if not items:
+        return []
+    with _LOCK:
+        ids = [sid for sid, _r in items]
+        metas = dict(zip(*dataset.select(ids).values(["id", "metadata"])))
+        # field -> {"meaning", "exists", "description", "rows": [(sid, result, h, png, path)]}
+        per_field: dict[str, dict] = {}
+        for sid, result in items:
+            if sid not in metas:
+                raise StoreError(f"no sample {sid!r} in {dataset.name!r}")
+            for h in result.heatmaps:
+                target = h.target.name if target_label is None else target_label
+                field = heatmap_field_name(result.model, h.method, h.layer, target)
+                entry = per_field.get(field)
+                if entry is None:
+                    meaning = _meaning(result.model, h.method, h.layer, target)
+                    entry = per_field[field] = {
+                        "meaning": meaning, "exists": _check_field(dataset, field, meaning), "rows": [],
+                        "description": (
+                            f"CAM Explorer: {h.method} on {h.layer} of {result.model} for {target!r} "
+                            "(16-bit PNG, 0..65535 = 0..1 of the min-max scaled CAM)"),
+                    }
+                if any(r[0] == sid for r in entry["rows"]):
+                    raise StoreError(f"two heatmaps of sample {sid} map to the same field {field!r}")
+                png = _validated_map(h, result.image_size, metas[sid])
+                path = heatmap_path(dataset.name, field, sid, heatmap_dir)
+                entry["rows"].append((sid, result, h, png, path))
+        created_at = _now()
+        versions = _versions()
+        for entry in per_field.values():
+            for _sid, _r, _h, png, path in entry["rows"]:
+                _write_png_atomic(path, png)
+        info = dict(dataset.info or {})
+        ours = dict(info.get(MARK) or {})
+        registry = dict(ours.get("fields") or {})
+        for field, entry in per_field.items():
+            if not entry["exists"]:
+                dataset.add_sample_field(
+                    field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+                    description=entry["description"], info={MARK: entry["meaning"]},
+                )
+            values = {sid: _label(r, h, path, created_at, versions, extra)
+                      for sid, r, h, _p, path in entry["rows"]}
+            dataset.set_values(field, values, key_field="id", dynamic=True)
+            registry[field] = {**entry["meaning"], "description": entry["description"]}
+        ours["fields"] = registry
+        info[MARK] = ours
+        dataset.info = info
+        _show_in_app(dataset, list(per_field))
+        dataset.save()
+    return list(per_field)
 
 
 def _show_in_app(dataset: fo.Dataset, fields: list[str]) -> None:
