@@ -8,8 +8,7 @@ router.ensure_routed("batch")
 import streamlit as st  # noqa: E402
 
 from camcore import batch, methods, models, store  # noqa: E402
-from camcore.errors import CamError  # noqa: E402
-from ui import render, sidebar  # noqa: E402
+from ui import page, sidebar  # noqa: E402
 
 LAST = "batch_last_report"  # what the last (or interrupted) run reported, for the next rerun
 
@@ -100,9 +99,4 @@ def _show(report: dict) -> None:
         st.caption("Written to: " + ", ".join(f"`{f}`" for f in report["fields"]))
 
 
-try:
-    main()
-except CamError as exc:
-    st.error(str(exc))
-except Exception as exc:  # the UI edge: a message, never a traceback page
-    render.unexpected(exc)
+page.run(main)

@@ -10,8 +10,7 @@ import os  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from camcore import methods, metrics, overlay  # noqa: E402
-from camcore.errors import CamError, WeightsUnavailable  # noqa: E402
-from ui import cache, compare, render, sidebar  # noqa: E402
+from ui import cache, compare, page, render, sidebar  # noqa: E402
 
 
 def main() -> None:
@@ -24,15 +23,9 @@ def main() -> None:
     for col, key in zip((s1, s2), compare.STUDIES):
         col.button(compare.STUDIES[key]["label"], key=f"study_{key}", on_click=compare.apply_study, args=(key,),
                    width="stretch")
-    try:
-        with st.spinner("Loading the model…", show_time=True):
-            loaded = cache.model(sel.model, sel.weights)
-    except WeightsUnavailable as exc:
-        st.error(str(exc))
-        st.info("Choose **untrained (random weights)** under Weights in the sidebar to run the study anyway.")
+    loaded = page.model_or_message(sel)
+    if loaded is None:
         return
-    if not loaded.pretrained:
-        st.warning("**UNTRAINED weights**: these heatmaps explain a random network.", icon=":material/warning:")
     spec = loaded.spec
     img = cache.image(sel.filepath, os.path.getmtime(sel.filepath))
     image_key = (sel.dataset, sel.sample_id, os.path.getmtime(sel.filepath))
@@ -80,9 +73,4 @@ def main() -> None:
     compare.ranking_panel(sel, loaded, chosen, layers, ex.class_names, threshold, ex.target.index)
 
 
-try:
-    main()
-except CamError as exc:
-    st.error(str(exc))
-except Exception as exc:  # the UI edge: a message, never a traceback page
-    render.unexpected(exc)
+page.run(main)

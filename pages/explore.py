@@ -10,8 +10,7 @@ import os  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from camcore import methods, store  # noqa: E402
-from camcore.errors import CamError, WeightsUnavailable  # noqa: E402
-from ui import cache, render, sidebar  # noqa: E402
+from ui import cache, page, render, sidebar  # noqa: E402
 
 
 def main() -> None:
@@ -24,16 +23,9 @@ def main() -> None:
     with st.expander(f"Samples in this view ({len(sel.sample_ids)})", expanded=False):
         render.thumbnail_strip(sel)
 
-    try:
-        with st.spinner("Loading the model…", show_time=True):
-            loaded = cache.model(sel.model, sel.weights)
-    except WeightsUnavailable as exc:
-        st.error(str(exc))
-        st.info("To explore the mechanics anyway, choose **untrained (random weights)** under Weights in "
-                "the sidebar, or pick EfficientNet-Lite0, which works offline.")
+    loaded = page.model_or_message(sel)
+    if loaded is None:
         return
-    if not loaded.pretrained:
-        st.warning("**UNTRAINED weights**: these heatmaps explain a random network, not a trained model.", icon=":material/warning:")
 
     img = cache.image(store.sample_image_path(store.get_sample(store.load_dataset(sel.dataset), sel.sample_id)),
                       os.path.getmtime(sel.filepath))
@@ -79,9 +71,4 @@ def main() -> None:
     render.save_panel(sel, ex, pairs, eigen_smooth)
 
 
-try:
-    main()
-except CamError as exc:
-    st.error(str(exc))
-except Exception as exc:  # the UI edge: a message, never a traceback page
-    render.unexpected(exc)
+page.run(main)

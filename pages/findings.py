@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from camcore import overlay, store  # noqa: E402
 from camcore.errors import CamError  # noqa: E402
-from ui import cache, render, sidebar  # noqa: E402
+from ui import cache, page, sidebar  # noqa: E402
 
 
 def main() -> None:
@@ -65,9 +65,4 @@ def main() -> None:
         st.link_button("Open the FiftyOne App", store.app_url(sel.dataset, port=port))
 
 
-try:
-    main()
-except CamError as exc:
-    st.error(str(exc))
-except Exception as exc:  # the UI edge: a message, never a traceback page
-    render.unexpected(exc)
+page.run(main)

@@ -16,8 +16,8 @@ import streamlit as st
 PAGES = (  # (file, title, icon, url path)
     ("pages/explore.py", "Explore", ":material/search:", "explore"),
     ("pages/compare.py", "Compare", ":material/grid_view:", "compare"),
-    ("pages/findings.py", "Findings", ":material/flag:", "findings"),
     ("pages/batch.py", "Batch", ":material/dynamic_feed:", "batch"),
+    ("pages/findings.py", "Findings", ":material/flag:", "findings"),
 )
 _ROUTED = "_routed_run"
 
