@@ -105,31 +105,34 @@ def run_pass(
     outputs: dict[str, torch.Tensor] = {}
     handles = []
     start = time.perf_counter()
-    try:
-        for name in layers:
-            def hook(_module, _inputs, out, name=name):
-                outputs[name] = out
-            handles.append(model.layer_module(name).register_forward_hook(hook))
-        with model.lock, torch.enable_grad():  # grad mode is thread-local: Streamlit reruns on new threads
-            model.module.eval()
-            output = model.module(x.to(model.device))[0]
-            # Snapshot now: a later in-place op in the network must not change what we keep.
-            acts = {n: (reshape(t) if reshape else t).detach().float().cpu().numpy().copy()
-                    for n, t in outputs.items()}
-            grads: dict[str, np.ndarray] = {}
-            target = None
-            if make_target is not None:
-                target = make_target(output)
-                names = [n for n in layers if outputs[n].requires_grad]
-                if names:
-                    loss = target(output)
-                    got = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
-                    for n, g in zip(names, got):
-                        g = torch.zeros_like(outputs[n]) if g is None else g
-                        grads[n] = (reshape(g) if reshape else g).detach().float().cpu().numpy()
-    finally:
-        for h in handles:
-            h.remove()
+    # Hooks are registered under the model's lock (re-entrant) too: another session's forward
+    # must never fire them.
+    with model.lock:
+        try:
+            for name in layers:
+                def hook(_module, _inputs, out, name=name):
+                    outputs[name] = out
+                handles.append(model.layer_module(name).register_forward_hook(hook))
+            with torch.enable_grad():  # grad mode is thread-local: Streamlit reruns on new threads
+                model.module.eval()
+                output = model.module(x.to(model.device))[0]
+                # Snapshot now: a later in-place op in the network must not change what we keep.
+                acts = {n: (reshape(t) if reshape else t).detach().float().cpu().numpy().copy()
+                        for n, t in outputs.items()}
+                grads: dict[str, np.ndarray] = {}
+                target = None
+                if make_target is not None:
+                    target = make_target(output)
+                    names = [n for n in layers if outputs[n].requires_grad]
+                    if names:
+                        loss = target(output)
+                        got = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
+                        for n, g in zip(names, got):
+                            g = torch.zeros_like(outputs[n]) if g is None else g
+                            grads[n] = (reshape(g) if reshape else g).detach().float().cpu().numpy()
+        finally:
+            for h in handles:
+                h.remove()
     missing = [n for n in layers if n not in acts]
     if missing:
         raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")

@@ -1,0 +1,196 @@
+"""Hardening: sessions computing at once on one cached model, and hooks never outliving a call.
+
+Streamlit runs every session on its own thread and the app caches one model per process, so
+8 threads computing on the same LoadedModel must each get exactly what they would get alone,
+and no hook may stay on any module after success, an error raised mid-pass, or a cancel.
+"""
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from cam_support import chelsea_crop, chelsea_rgb, hook_count
+
+from camcore import targets
+from camcore.engine import Explainer
+from camcore.errors import Cancelled, CamError, ModelError
+from camcore.images import from_array
+from camcore.models import load_model
+
+LAYERS = ("stage0", "stage3")  # stage0: 16 channels, so Score-CAM is 16 small forwards
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    return load_model("efficientnet_lite0", "auto", "cpu")
+
+
+def _image(i: int):
+    """Eight different images: crops, flips and a colour swap of chelsea (real content, so
+    the predictions and heatmaps differ between jobs)."""
+    if i % 4 == 0:
+        return chelsea_crop(224)
+    rgb = chelsea_rgb()
+    h, w = rgb.shape[:2]
+    x0 = (i * 37) % (w - 260)
+    crop = rgb[20 : 20 + 260, x0 : x0 + 260]
+    if i % 2:
+        crop = crop[:, ::-1]
+    if i % 3 == 2:
+        crop = crop[..., ::-1]
+    crop = cv2.resize(np.ascontiguousarray(crop), (224, 224), interpolation=cv2.INTER_AREA)
+    return from_array(np.ascontiguousarray(crop), f"job-{i}")
+
+
+# (target request, methods): every job has its own image, target and method mix.
+JOBS = [
+    (None, ("gradcam", "layercam")),
+    ("tabby", ("eigencam", "scorecam")),
+    (285, ("gradcam",)),  # Egyptian cat
+    ("tiger cat", ("layercam", "eigencam")),
+    (967, ("gradcam", "eigencam")),  # espresso: a class that is not in the picture
+    (None, ("layercam",)),
+    (1, ("gradcam", "layercam", "eigencam")),
+    ("Persian cat", ("scorecam", "gradcam")),
+]
+
+def _run(model, i: int) -> dict:
+    target, methods = JOBS[i]
+    ex = Explainer(model, _image(i), target, LAYERS, batch_size=16)
+    layers = ("stage0",) if "scorecam" in methods else LAYERS  # Score-CAM on 16 channels only
+    maps, errors = ex.heatmaps(methods, layers)
+    assert not errors, errors
+    return {"target": ex.target, "top": ex.prediction, **{(h.method, h.layer): (h.map, h.raw) for h in maps}}
+
+
+def test_eight_threads_get_exactly_their_single_thread_heatmaps(effnet):
+    before = hook_count(effnet.module)
+    alone = [_run(effnet, i) for i in range(len(JOBS))]
+    # The jobs really differ (otherwise mixing them up could not be seen).
+    assert len({alone[i]["target"].index for i in range(len(JOBS))}) >= 6
+    assert hook_count(effnet.module) == before
+
+    together: list = [None] * len(JOBS)
+    failures: list = []
+    start = threading.Barrier(len(JOBS))
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            together[i] = _run(effnet, i)
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append((i, repr(exc)))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(JOBS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not any(t.is_alive() for t in threads), "a job hung"
+    assert not failures, failures
+    for i, (a, b) in enumerate(zip(alone, together)):
+        assert a.keys() == b.keys()
+        assert a["target"] == b["target"] and a["top"] == b["top"], f"job {i}: another prediction"
+        for key in a:
+            if key in ("target", "top"):
+                continue
+            np.testing.assert_allclose(b[key][0], a[key][0], rtol=0, atol=1e-6, err_msg=f"job {i} {key} map")
+            np.testing.assert_allclose(b[key][1], a[key][1], rtol=1e-6, atol=1e-6, err_msg=f"job {i} {key} raw")
+    assert hook_count(effnet.module) == before, "hooks left after concurrent runs"
+
+
+# ---------------------------------------------------------------- hooks after errors and cancels
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def test_no_hooks_after_a_target_that_raises_mid_pass(effnet, monkeypatch):
+    """The forward ran (hooks fired), then the target's __call__ raises before the backward."""
+    before = hook_count(effnet.module)
+
+    class Raising:
+        def __call__(self, output):
+            raise _Boom("target exploded")
+
+    monkeypatch.setattr(targets, "grad_cam_target", lambda *a, **k: Raising())
+    with pytest.raises(_Boom):
+        Explainer(effnet, chelsea_crop(224), None, LAYERS)
+    assert hook_count(effnet.module) == before
+
+
+def test_no_hooks_after_a_target_that_raises_inside_scorecam(effnet, monkeypatch):
+    """The shared pass succeeds; the target then raises on Score-CAM's third batch."""
+    before = hook_count(effnet.module)
+    ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",), batch_size=4)
+    calls = {"n": 0}
+    real = ex.grad_target
+
+    def flaky(output):
+        calls["n"] += 1
+        if calls["n"] > 8:
+            raise _Boom("target exploded in a batch")
+        return real(output)
+
+    ex.grad_target = flaky
+    with pytest.raises(_Boom):
+        ex.heatmap("scorecam", "stage0")
+    assert calls["n"] > 8
+    assert hook_count(effnet.module) == before
+    # The model is still usable, and the same Explainer still answers other methods.
+    assert ex.heatmap("gradcam", "stage0").map.shape == (224, 224)
+
+
+def test_unknown_layer_is_refused_before_any_hook(effnet):
+    before = hook_count(effnet.module)
+    with pytest.raises(ModelError, match="no_such_layer"):
+        Explainer(effnet, chelsea_crop(224), None, ("stage0", "no_such_layer"))
+    ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",))
+    with pytest.raises(CamError):
+        ex.heatmap("gradcam", "no_such_layer")
+    assert hook_count(effnet.module) == before
+
+
+def test_cancel_before_and_during_scorecam(effnet):
+    before = hook_count(effnet.module)
+    ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",), batch_size=8)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        ex.heatmaps(["scorecam"], ["stage0"], cancel=cancel)
+    assert hook_count(effnet.module) == before
+
+    # Cancelled mid-way: the progress callback sets the event after the first batch.
+    during = threading.Event()
+    seen = []
+
+    def progress(fraction, message):
+        seen.append(message)
+        during.set()
+
+    with pytest.raises(Cancelled):
+        ex.heatmap("scorecam", "stage0", progress=progress, cancel=during)
+    assert len(seen) == 1, seen
+    assert hook_count(effnet.module) == before
+    assert not ex.is_cached("scorecam", "stage0"), "a cancelled map must not be memoised"
+    # A later run without cancel completes.
+    assert ex.heatmap("scorecam", "stage0").map.shape == (224, 224)
+
+
+def test_hooks_registered_only_while_holding_the_model_lock(effnet):
+    """Hooks of one session must never fire on another session's forward: the engine registers
+    them under the model's lock. Seen from another thread that holds the lock, none appear."""
+    before = hook_count(effnet.module)
+    with effnet.lock:
+        t = threading.Thread(target=lambda: Explainer(effnet, chelsea_crop(224), None, LAYERS))
+        t.start()
+        t.join(timeout=2)  # it waits for the lock ...
+        assert t.is_alive()
+        assert hook_count(effnet.module) == before, "hooks registered before taking the model lock"
+    t.join(timeout=60)
+    assert not t.is_alive()
+    assert hook_count(effnet.module) == before
+

@@ -1,0 +1,209 @@
+"""Hardening, fault rows: disk full while writing heatmaps, GPU out of memory in Score-CAM,
+MongoDB stopped in the middle of a push."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+import torch
+
+from camcore import perturbation, store
+from camcore.errors import CamError
+from fo_helpers import make_heatmap, make_result, unique_name, write_images
+
+SIZE = (24, 32)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    files = write_images(tmp_path / "img", ["a.png"], size=SIZE)
+    ds = fo.Dataset(unique_name("faults"))
+    ds.add_samples([fo.Sample(filepath=p) for p in files])
+    ds.compute_metadata()
+    yield ds
+    ds.delete()
+
+
+# ---------------------------------------------------------------- disk full
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs, filled to the last byte (root only, as in CI's container)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "heatmaps").mkdir()
+        try:
+            with open(mnt / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:  # ENOSPC: full
+            pass
+        yield mnt / "heatmaps"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_disk_full_while_writing_heatmaps(dataset, full_disk):
+    sample = dataset.first()
+    result = make_result(SIZE, [make_heatmap(SIZE, "gradcam"), make_heatmap(SIZE, "layercam", seed=1)])
+    with pytest.raises(CamError) as err:
+        store.push_heatmaps(dataset, sample.id, result, heatmap_dir=full_disk)
+    message = str(err.value)
+    assert "\n" not in message and "heatmap" in message.lower(), message
+    dataset.reload()
+    assert not [f for f in dataset.get_field_schema() if f.startswith("cam_")], "a field was written"
+    assert not [p for p in full_disk.rglob("*") if p.is_file()], "a partial file was left"
+    # Room again: the same push works.
+    (full_disk.parent / "filler").unlink()
+    fields = store.push_heatmaps(dataset, sample.id, result, heatmap_dir=full_disk)
+    dataset.reload()
+    assert all(Path(dataset.first()[f].map_path).is_file() for f in fields)
+
+
+# ---------------------------------------------------------------- GPU out of memory in Score-CAM
+
+
+class OomAbove(torch.nn.Module):
+    """A tiny classifier that raises CUDA's OOM error for batches larger than `limit`."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+        self.limit, self.sizes = limit, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def test_scorecam_oom_halves_the_batch_with_a_message(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)  # no CUDA here
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((1, 3, 16, 16), dtype=np.float32))
+    acts = rng.random((1, 24, 4, 4), dtype=np.float32)
+
+    def target(o):
+        return o[2]
+
+    plain = perturbation.score_cam_weights(OomAbove(1000), x, acts, target, batch_size=24)
+    model, messages = OomAbove(5), []
+    got = perturbation.score_cam_weights(model, x, acts, target, batch_size=24,
+                                         progress=lambda f, m: messages.append(m))
+    np.testing.assert_allclose(got, plain, rtol=1e-6, atol=1e-7)
+    assert model.sizes[:3] == [24, 12, 6] and max(model.sizes[3:]) <= 5
+    assert any("out of GPU memory" in m and "batch size lowered to 3" in m for m in messages), messages
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # even one image does not fit: the error stays
+        perturbation.score_cam_weights(OomAbove(0), x, acts, target, batch_size=4)
+
+
+# ---------------------------------------------------------------- MongoDB stopped mid-push
+
+CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
+    import fiftyone as fo
+    from camcore import store
+    from camcore.errors import StoreError
+    from fo_helpers import make_heatmap, make_result, write_images
+    from pathlib import Path
+
+    tmp = Path(os.environ["WORK"])
+    phase = sys.argv[1]
+    size = (24, 32)
+    result = make_result(size, [make_heatmap(size, "gradcam"), make_heatmap(size, "layercam", seed=1)])
+    if phase == "push":
+        files = write_images(tmp / "img", ["a.png"], size=size)
+        ds = fo.Dataset("mid push", persistent=True)
+        ds.add_samples([fo.Sample(filepath=p) for p in files])
+        ds.compute_metadata()
+        real = fo.Dataset.set_values
+        calls = []
+
+        def set_values_then_die(self, *a, **k):
+            calls.append(1)
+            if len(calls) == 2:  # the first field is written; the database dies before the second
+                os.kill(int(os.environ["MONGOD_PID"]), signal.SIGKILL)
+            return real(self, *a, **k)
+
+        fo.Dataset.set_values = set_values_then_die
+        try:
+            store.push_heatmaps(ds, ds.first().id, result, heatmap_dir=tmp / "maps")
+        except StoreError as exc:
+            print(json.dumps({"error": str(exc)}))
+        else:
+            print(json.dumps({"error": None}))
+    else:
+        ds = fo.load_dataset("mid push")
+        sample = ds.first()
+        before = {f: sample[f] is not None and Path(sample[f].map_path).is_file()
+                  for f in ds.get_field_schema() if f.startswith("cam_") and sample[f] is not None}
+        fields = store.push_heatmaps(ds, sample.id, result, heatmap_dir=tmp / "maps")
+        ds.reload()
+        after = {f: Path(ds.first()[f].map_path).is_file() for f in fields}
+        print(json.dumps({"before": before, "after": after}))
+    """
+)
+
+
+def _start_private_mongod(tmp: Path, port: int) -> subprocess.Popen:
+    import conftest
+
+    (tmp / "db").mkdir(exist_ok=True)
+    log = tmp / "mongod.log"
+    proc = subprocess.Popen(
+        [str(conftest._mongod_binary()), "--dbpath", str(tmp / "db"), "--port", str(port),
+         "--bind_ip", "127.0.0.1", "--logpath", str(log), "--logappend", "--nounixsocket"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    conftest._wait_for_mongod(proc, port, log)
+    return proc
+
+
+def _child(tmp: Path, port: int, pid: int, phase: str) -> dict:
+    import json
+
+    env = {**os.environ, "FIFTYONE_DATABASE_URI": f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=3000", "ROOT": str(Path(__file__).parents[1]),
+           "WORK": str(tmp), "MONGOD_PID": str(pid), "FIFTYONE_DATABASE_NAME": "mid-push"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, phase], env=env, capture_output=True, text=True, timeout=240)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"child failed ({proc.returncode}): {proc.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.slow
+def test_mongod_killed_mid_push_then_restarted(tmp_path):
+    import conftest
+
+    port = conftest._free_port()
+    mongod = _start_private_mongod(tmp_path, port)
+    try:
+        out = _child(tmp_path, port, mongod.pid, "push")
+        mongod.wait(timeout=30)
+        error = out["error"]
+        assert error and "\n" not in error and "database" in error, error
+        mongod = _start_private_mongod(tmp_path, port)  # same dbpath, same port
+        out = _child(tmp_path, port, mongod.pid, "retry")
+        # Whatever survived is whole: a field is either absent or a complete, readable heatmap.
+        assert all(out["before"].values()), out  # a value that survived points at its whole PNG
+        assert all(out["after"].values()) and len(out["after"]) == 2, out
+        print(f"error: {error}; fields after restart: {out['before']}")
+    finally:
+        conftest._stop(mongod)
