@@ -103,6 +103,7 @@ def run_pass(
     so nothing leaks between sessions sharing the model.
     """
     outputs: dict[str, torch.Tensor] = {}
+    snapshots: dict[str, torch.Tensor] = {}
     handles = []
     start = time.perf_counter()
     # Hooks are registered under the model's lock (re-entrant) too: another session's forward
@@ -112,13 +113,17 @@ def run_pass(
             for name in layers:
                 def hook(_module, _inputs, out, name=name):
                     outputs[name] = out
+                    # Copy now: a later in-place op in the network must not change what we keep.
+                    snapshots[name] = out.detach().clone()
                 handles.append(model.layer_module(name).register_forward_hook(hook))
             with torch.enable_grad():  # grad mode is thread-local: Streamlit reruns on new threads
                 model.module.eval()
                 output = model.module(x.to(model.device))[0]
-                # Snapshot now: a later in-place op in the network must not change what we keep.
-                acts = {n: (reshape(t) if reshape else t).detach().float().cpu().numpy().copy()
-                        for n, t in outputs.items()}
+                missing = [n for n in layers if n not in outputs]
+                if missing:
+                    raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")
+                acts = {n: (reshape(t) if reshape else t).float().cpu().numpy() for n, t in snapshots.items()}
+                snapshots.clear()
                 grads: dict[str, np.ndarray] = {}
                 target = None
                 if make_target is not None:
@@ -133,9 +138,6 @@ def run_pass(
         finally:
             for h in handles:
                 h.remove()
-    missing = [n for n in layers if n not in acts]
-    if missing:
-        raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")
     return FeaturePass(output.detach(), acts, grads, time.perf_counter() - start), target
 
 
