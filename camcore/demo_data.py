@@ -24,7 +24,7 @@ DEMO_DATASET_NAME = "cam-explorer-demo"
 QUICKSTART_NAME = "quickstart"
 _QUICKSTART_HOST = ("drive.google.com", 443)  # where the zoo's quickstart archive comes from
 _INFO_KEY = "cam_explorer_demo"
-_FORMAT_VERSION = 1  # bump when the demo contents change, to force a rebuild
+_FORMAT_VERSION = 2  # bump when the demo contents change, to force a rebuild
 
 _LOCK = threading.RLock()  # Streamlit sessions may all ask for the demo at first load
 
@@ -36,17 +36,20 @@ class DemoImage:
     name: str  # file name in our media folder
     label: str  # ground_truth class
     tag: str
+    box: tuple[float, float, float, float]  # the object, [x, y, w, h] relative (hand-drawn): bias checks
 
 
 DEMO_IMAGES: tuple[DemoImage, ...] = (
-    DemoImage("skimage", "data/astronaut.png", "astronaut.png", "person", "people"),
-    DemoImage("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "grace_hopper.jpg", "person", "people"),
-    DemoImage("skimage", "data/camera.png", "cameraman.png", "person", "grayscale"),
-    DemoImage("skimage", "data/chelsea.png", "chelsea.png", "cat", "animals"),
-    DemoImage("skimage", "data/horse.png", "horse.png", "horse", "animals"),
-    DemoImage("skimage", "data/coffee.png", "coffee.png", "cup", "objects"),
-    DemoImage("skimage", "data/rocket.jpg", "rocket.jpg", "rocket", "vehicles"),
-    DemoImage("skimage", "data/motorcycle_left.png", "motorcycle.png", "motorcycle", "vehicles"),
+    DemoImage("skimage", "data/astronaut.png", "astronaut.png", "person", "people", (0.03, 0.02, 0.69, 0.98)),
+    DemoImage("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "grace_hopper.jpg", "person", "people",
+              (0.05, 0.03, 0.87, 0.97)),
+    DemoImage("skimage", "data/camera.png", "cameraman.png", "person", "grayscale", (0.0, 0.12, 0.63, 0.88)),
+    DemoImage("skimage", "data/chelsea.png", "chelsea.png", "cat", "animals", (0.27, 0.23, 0.55, 0.75)),
+    DemoImage("skimage", "data/horse.png", "horse.png", "horse", "animals", (0.04, 0.02, 0.94, 0.95)),
+    DemoImage("skimage", "data/coffee.png", "coffee.png", "cup", "objects", (0.28, 0.02, 0.42, 0.58)),
+    DemoImage("skimage", "data/rocket.jpg", "rocket.jpg", "rocket", "vehicles", (0.46, 0.30, 0.08, 0.65)),
+    DemoImage("skimage", "data/motorcycle_left.png", "motorcycle.png", "motorcycle", "vehicles",
+              (0.15, 0.28, 0.78, 0.64)),
 )
 
 
@@ -111,6 +114,7 @@ def _build(name: str, expected: dict[str, DemoImage]) -> fo.Dataset:
             filepath=path,
             tags=[item.tag],
             ground_truth=fo.Classification(label=item.label),
+            objects=fo.Detections(detections=[fo.Detection(label=item.label, bounding_box=list(item.box))]),
             source=f"{item.package}/{item.relpath}",
         )
         for path, item in expected.items()

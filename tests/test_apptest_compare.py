@@ -75,3 +75,14 @@ def test_findings_page_lists_a_recorded_finding():
     assert any("rocket.jpg" in c.value and "spurious edges" in c.value for c in at.caption), \
         [c.value for c in at.caption]
     assert "spurious edges" in at.multiselect(key="findings_filter").value
+
+
+def test_quickstart_button_offline_says_why_and_keeps_the_demo(monkeypatch):
+    from camcore import demo_data
+
+    monkeypatch.setattr(demo_data, "_reachable", lambda host, timeout=3.0: False)  # this process is the app
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at.sidebar.button(key="load_quickstart").click()
+    _run(at)
+    assert any("needs the internet" in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
+    assert at.sidebar.selectbox(key="dataset").value == "cam-explorer-demo"

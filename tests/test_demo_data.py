@@ -125,3 +125,16 @@ def test_heatmaps_pushed_onto_the_demo_survive_ensure(demo):
     [field] = store.push_heatmaps(demo, sample.id, make_result(size, [make_heatmap(size)]))
     again = demo_data.ensure_demo_dataset()
     assert again[sample.id][field] is not None and field in store.heatmap_fields(again)
+
+
+def test_demo_has_one_object_box_per_sample_for_bias_checks(demo):
+    from camcore import store
+
+    for sample in demo:
+        (det,) = sample.objects.detections
+        assert det.label == sample.ground_truth.label
+        x, y, w, h = det.bounding_box
+        assert 0 <= x < x + w <= 1 and 0 <= y < y + h <= 1 and w * h > 0.01
+    assert "objects" in store.label_fields(demo)
+    boxes = store.boxes_by_sample(demo, "objects", "person")
+    assert len(boxes) == 3  # astronaut, grace_hopper, cameraman

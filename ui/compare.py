@@ -107,10 +107,14 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
     if loaded.spec.task == "classification":
         fields = [f for f in store.label_fields(dataset)
                   if getattr(dataset.get_field(f), "document_type", None).__name__ == "Detections"]
-        field = c4.selectbox("Object boxes from", [None] + fields, key="rank_boxes",
+        field = c4.selectbox("Object boxes from", [None] + fields, key="rank_boxes", index=1 if fields else 0,
                              format_func=lambda f: "(no detections field)" if f is None else f)
         if field:
-            boxes = store.boxes_by_sample(dataset.select(list(sel.sample_ids)), field, cls)
+            # Label names of a user's boxes rarely match the model's classes ("cat" vs "tabby").
+            labels = store.label_values(dataset, field)
+            guess = next((i for i, v in enumerate(labels) if v.lower() in cls.lower() or cls.lower() in v.lower()), 0)
+            box_label = c4.selectbox("Object label", labels, index=guess, key=f"rank_box_label_{field}")
+            boxes = store.boxes_by_sample(dataset.select(list(sel.sample_ids)), field, box_label)
     else:
         c4.caption("Object = the predicted mask of the class.")
     if not st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go"):

@@ -174,7 +174,8 @@ def heatmaps_fragment(img, ex: Explainer, loaded: LoadedModel, pairs, walk, eige
         cols = st.columns(min(4, len(shown)))
         for i, x in enumerate(shown):
             cols[i % len(cols)].image(_overlay_image(img, x, alpha, cmap, loaded.pretrained),
-                                      caption=_caption(x), width="stretch")
+                                      caption=_caption(x, "pretrained" if loaded.pretrained else "UNTRAINED"),
+                                      width="stretch")
 
 
 def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:

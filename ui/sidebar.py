@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from camcore import models, store, weights
+from camcore import demo_data, models, store, weights
 from camcore.errors import CamError
 from ui import cache
 
@@ -43,6 +43,15 @@ def _weights_choices() -> dict[str, str]:
     return choices
 
 
+def _load_quickstart() -> None:
+    try:
+        with st.spinner("Downloading the quickstart dataset…", show_time=True):
+            dataset = demo_data.load_quickstart()
+        st.session_state["dataset"] = dataset.name
+    except CamError as exc:
+        st.session_state["quickstart_error"] = str(exc)
+
+
 def choose_sample(sample_id: str) -> None:
     """Callback for thumbnails: runs before the sidebar's selectbox is drawn again."""
     st.session_state["sample_id"] = sample_id
@@ -67,6 +76,11 @@ def draw() -> Selection | None:
         return None
     names = [demo] + [n for n in names if n != demo]
     name = sb.selectbox("Dataset", names, key="dataset", help="Any FiftyOne image dataset in your database.")
+    if demo_data.QUICKSTART_NAME not in names:
+        sb.button("Load FiftyOne's quickstart (needs internet)", key="load_quickstart", on_click=_load_quickstart,
+                  help="Downloads the FiftyOne zoo 'quickstart' dataset (200 images with ground truth boxes).")
+    if st.session_state.get("quickstart_error"):
+        sb.error(st.session_state.pop("quickstart_error"))
     try:
         dataset = store.load_dataset(name)
         store.require_image(dataset)
