@@ -47,7 +47,7 @@ def test_demo_is_persistent_and_reused(demo):
     ids = sorted(demo.values("id"))
     again = demo_data.ensure_demo_dataset()
     assert sorted(again.values("id")) == ids  # not rebuilt
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import fiftyone as fo
         from camcore import demo_data
         ds = demo_data.ensure_demo_dataset()

@@ -1,20 +1,22 @@
 """Renderers for the Explore page: they read widgets, call camcore, draw. No model math here."""
 from __future__ import annotations
 
+import os
 import traceback
 
 import pandas as pd
 import streamlit as st
 
 from camcore import methods, overlay, store
-from camcore.engine import ALL_LAYERS, Explainer
+from camcore.engine import Explainer
 from camcore.errors import CamError
 from camcore.images import LoadedImage
 from camcore.models import LoadedModel
 from camcore.results import Heatmap
-from ui import cache
+from ui import cache, sidebar
 
 AUTO_TARGET = "__auto__"
+STRIP = 8  # thumbnails shown around the current sample
 
 
 def _plural(n: int, noun: str) -> str:
@@ -28,15 +30,8 @@ def unexpected(exc: BaseException) -> None:
         st.code("".join(traceback.format_exception(exc)))
 
 
-STRIP = 8  # thumbnails shown around the current sample
-
-
 def thumbnail_strip(sel) -> None:
     """A strip of the samples around the current one; a click opens that sample."""
-    import os
-
-    from ui import sidebar
-
     i = sel.sample_ids.index(sel.sample_id)
     lo = max(0, min(i - STRIP // 2, len(sel.sample_ids) - STRIP))
     cols = st.columns(STRIP)
