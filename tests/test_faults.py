@@ -134,6 +134,10 @@ CHILD = textwrap.dedent(
         ds = fo.Dataset("mid push", persistent=True)
         ds.add_samples([fo.Sample(filepath=p) for p in files])
         ds.compute_metadata()
+        # Make the set-up durable: SIGKILL may drop writes not yet in the journal (~100 ms), and
+        # this test is about the push, not about the samples added just before it.
+        import fiftyone.core.odm.database as fodb
+        fodb.get_db_client().admin.command("fsync")
         real = fo.Dataset.set_values
         calls = []
 
