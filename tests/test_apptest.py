@@ -6,9 +6,9 @@ dataset in the test MongoDB (see conftest.py). Models run on the CPU, hence the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
+from app_support import APP, TIMEOUT, run
 from streamlit.testing.v1 import AppTest
 
 from ui import sidebar
@@ -16,16 +16,7 @@ from ui import sidebar
 # numpy overflow and friends in the page are bugs: make them fail the run (they surface as st.error)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TIMEOUT = 240  # seconds per run: a model's first load and pass on two CPU cores
-
-
-def _run(at: AppTest) -> AppTest:
-    at.run(timeout=TIMEOUT)
-    assert not at.exception, [e.value for e in at.exception]
-    # The pages turn unexpected errors into an st.error "Something went wrong" (render.unexpected)
-    assert not [e.value for e in at.error if "Something went wrong" in e.value]
-    return at
+_run = run
 
 
 def _sample_ids_by_name(at: AppTest) -> dict[str, str]:

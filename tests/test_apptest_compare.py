@@ -1,30 +1,15 @@
 """Compare and Findings pages in-process (AppTest): grid wiring, the studies, scores, findings list."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from app_support import APP, TIMEOUT, run, start
 from streamlit.testing.v1 import AppTest
 
 from ui import sidebar
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TIMEOUT = 240
-
-
-def _run(at: AppTest) -> AppTest:
-    at.run(timeout=TIMEOUT)
-    assert not at.exception, [e.value for e in at.exception]
-    assert not [e.value for e in at.error if "Something went wrong" in e.value]
-    return at
-
-
-def _open(page: str) -> AppTest:
-    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
-    at.switch_page(page)
-    return _run(at)
+_run, _open = run, start
 
 
 def _grid_captions(at: AppTest) -> list[str]:

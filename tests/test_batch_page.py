@@ -1,24 +1,18 @@
 """pages/batch.py in-process (AppTest): run over a one-sample view, then again (all skipped)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from app_support import APP, TIMEOUT, run
 from streamlit.testing.v1 import AppTest
 
 from camcore import demo_data, store
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TIMEOUT = 240
 
 
 def _run(at: AppTest) -> AppTest:
-    at.run(timeout=TIMEOUT)
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
+    return run(at, allow_errors=False)
 
 
 def test_batch_page_runs_then_skips():
