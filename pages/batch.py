@@ -58,7 +58,7 @@ def main() -> None:
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
                ". Samples already done with the same settings are skipped.")
 
-    b1, b2 = st.columns([1, 1])
+    b1, b2, _ = st.columns([1, 1, 4])  # Cancel beside Run, not across the page
     # Callbacks, not return values: a click survives the router's one rerun (router.ensure_routed).
     b1.button("Run batch", key="batch_start", type="primary", on_click=_request, args=(START,))
     # A click on Cancel reruns the script: Streamlit stops the running batch at its next progress
