@@ -11,7 +11,8 @@ field; a sample is reported done only after that. A crash between the two leaves
 no field points at: the next run deletes them before computing, so a sample has both its
 file and its field, or neither.
 
-Compute is one Explainer pass per image (one forward + backward feeds every method and layer).
+Compute: per chunk, images whose model inputs have the same shape share one batched forward +
+backward (engine.explain_many), which feeds every method and layer of each image.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +29,14 @@ import torch
 
 from camcore import store
 from camcore import targets as targets_mod
-from camcore.engine import Explainer
+from camcore.engine import explain_many
 from camcore.errors import CamError, MethodError
-from camcore.images import load_image
+from camcore.images import LoadedImage, load_image
 from camcore.methods import get_method
 from camcore.models import get_spec, load_model
 
 PREDICTED = "predicted"
+LOAD_THREADS = 4
 # progress(done, total, rate per second, eta seconds or None, message)
 BatchProgress = Callable[[int, int, float, "float | None", str], None]
 
@@ -94,6 +97,13 @@ def _remove_orphans(dataset: fo.Dataset, field_name: str, pointed: set[str], hea
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def _load_or_error(path: str) -> LoadedImage | CamError:
+    try:
+        return load_image(path)
+    except CamError as exc:
+        return exc
 
 
 def run_batch(
@@ -161,8 +171,7 @@ def run_batch(
     pending = [(sid, path) for sid, path in zip(ids, paths) if todo[sid]]
     report.skipped = len(ids) - len(pending)
     total = len(pending)
-    extra_by_job = {job.field: {"target_request": rule, "input_size_request": int(input_size or 0)}
-                    for job in jobs}
+    extra = {"target_request": rule, "input_size_request": int(input_size or 0)}
 
     def tell(message: str) -> None:
         if progress is None:
@@ -173,44 +182,76 @@ def run_batch(
         progress(report.done, total, rate, eta, message)
 
     tell(f"{report.skipped} already done, {total} to compute")
-    buffer: dict[tuple[str, ...], list[tuple[str, object]]] = {}  # job fields -> [(sid, result)]
 
-    def flush() -> None:
-        for fields_key, items in buffer.items():
-            # extra attributes are the same for every job of a run
-            written = store.push_many(dataset, items, target_label=rule, extra=extra_by_job[fields_key[0]],
-                                      heatmap_dir=heatmap_dir)
-            report.fields.update(written)
-            report.done += len(items)
-        buffer.clear()
+    def write(groups: list[list[tuple[str, object]]]) -> tuple[set[str], int]:
+        """One chunk's results (grouped by their fields): PNGs, then one set_values per field."""
+        fields: set[str] = set()
+        for items in groups:
+            fields.update(store.push_many(dataset, items, target_label=rule, extra=extra, heatmap_dir=heatmap_dir))
+        return fields, sum(len(items) for items in groups)
 
-    in_buffer = 0
-    with torch.enable_grad():
-        for sid, path in pending:
-            if cancel is not None and cancel.is_set():
-                report.cancelled = True
-                break
-            try:
-                image = load_image(path)
-                sample_jobs = todo[sid]
-                explainer = Explainer(model, image, target_request, tuple(j.layer for j in sample_jobs),
-                                      False, input_size)
-                heatmaps = [explainer.heatmap(j.method, j.layer, eigen_smooth) for j in sample_jobs]
-                result = explainer.result(heatmaps)
-            except CamError as exc:
-                text = str(exc).strip()
-                report.failed.append((sid, text.splitlines()[0] if text else type(exc).__name__))
-                tell(f"failed {os.path.basename(path)}")
-                continue
-            key = tuple(j.field for j in sample_jobs)
-            buffer.setdefault(key, []).append((sid, result))
-            in_buffer += 1
-            if in_buffer >= chunk:
-                flush()
-                in_buffer = 0
-                tell(f"wrote {report.done}/{total}")
-        if in_buffer:  # also after a cancel: what was computed is written
-            flush()
+    # A chunk is written in the background while the next one computes; at most one write is in
+    # flight, and samples are reported done only when their write has finished.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-batch-write")
+    writing: Future | None = None
+
+    def settle() -> None:
+        nonlocal writing
+        if writing is not None:
+            future, writing = writing, None
+            fields, count = future.result()
+            report.fields.update(fields)
+            report.done += count
+            tell(f"wrote {report.done}/{total}")
+
+    def fail(sid: str, path: str, exc: BaseException) -> None:
+        text = str(exc).strip()
+        report.failed.append((sid, text.splitlines()[0] if text else type(exc).__name__))
+        tell(f"failed {os.path.basename(path)}")
+
+    # Images of the next chunk are decoded in threads while this chunk computes.
+    loader = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="cam-batch-load")
+    chunks = [pending[k:k + chunk] for k in range(0, total, chunk)]
+
+    def load(items: list[tuple[str, str]]) -> list[Future]:
+        return [loader.submit(_load_or_error, path) for _sid, path in items]
+
+    next_loads = load(chunks[0]) if chunks else []
+    try:
+        with torch.enable_grad():
+            for n, items in enumerate(chunks):
+                if cancel is not None and cancel.is_set():
+                    report.cancelled = True
+                    break
+                loads, next_loads = next_loads, (load(chunks[n + 1]) if n + 1 < len(chunks) else [])
+                loaded, groups = [], {}
+                for (sid, path), future in zip(items, loads):
+                    image = future.result()
+                    if isinstance(image, CamError):
+                        fail(sid, path, image)
+                    else:
+                        loaded.append((sid, path, image))
+                chunk_layers = list(dict.fromkeys(j.layer for sid, _p, _i in loaded for j in todo[sid]))
+                explainers = explain_many(model, [img for _s, _p, img in loaded], target_request, chunk_layers,
+                                          input_size, max_batch=chunk)
+                for (sid, path, _img), explainer in zip(loaded, explainers):
+                    try:
+                        if isinstance(explainer, CamError):
+                            raise explainer
+                        sample_jobs = todo[sid]
+                        heatmaps = [explainer.heatmap(j.method, j.layer, eigen_smooth) for j in sample_jobs]
+                        result = explainer.result(heatmaps)
+                    except CamError as exc:
+                        fail(sid, path, exc)
+                        continue
+                    groups.setdefault(tuple(j.field for j in sample_jobs), []).append((sid, result))
+                settle()
+                if groups:
+                    writing = writer.submit(write, list(groups.values()))
+            settle()  # also after a cancel: what was computed is written
+    finally:
+        loader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
     report.seconds = time.perf_counter() - started
     tell("cancelled" if report.cancelled else "finished")
     return report

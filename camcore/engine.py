@@ -86,7 +86,7 @@ class FeaturePass:
     output: torch.Tensor  # the model's output for the one image, no batch dimension
     activations: dict[str, np.ndarray]
     gradients: dict[str, np.ndarray]
-    seconds: float
+    seconds: float  # a batched pass: its time divided by the batch size
 
 
 def run_pass(
@@ -96,7 +96,24 @@ def run_pass(
     make_target: Callable[[torch.Tensor], object] | None,
     reshape=None,
 ) -> tuple[FeaturePass, object]:
-    """One forward (+ one backward when make_target is given) with hooks on `layers`.
+    """One forward (+ one backward when make_target is given) with hooks on `layers`, one image."""
+    per_sample = None if make_target is None else (lambda _i, output: make_target(output))
+    passes, targets = run_pass_batch(model, x, layers, per_sample, reshape)
+    return passes[0], targets[0]
+
+
+def run_pass_batch(
+    model: LoadedModel,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    make_target: Callable[[int, torch.Tensor], object] | None,
+    reshape=None,
+) -> tuple[list[FeaturePass], list[object]]:
+    """One batched forward (+ one backward) for B stacked images with hooks on `layers`.
+
+    make_target(i, output_i) gives image i's target; the backward runs on the sum of the B
+    targets. Every model here is in eval mode (no batch statistics), so image i's gradients
+    depend on image i alone and equal those of a pass on it alone.
 
     Hooks live only inside this call, removed even on errors. Gradients are taken with
     torch.autograd.grad with respect to the layer outputs only: no parameter .grad is written,
@@ -118,19 +135,19 @@ def run_pass(
                 handles.append(model.layer_module(name).register_forward_hook(hook))
             with torch.enable_grad():  # grad mode is thread-local: Streamlit reruns on new threads
                 model.module.eval()
-                output = model.module(x.to(model.device))[0]
+                output = model.module(x.to(model.device))
                 missing = [n for n in layers if n not in outputs]
                 if missing:
                     raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")
                 acts = {n: (reshape(t) if reshape else t).float().cpu().numpy() for n, t in snapshots.items()}
                 snapshots.clear()
                 grads: dict[str, np.ndarray] = {}
-                target = None
+                targets: list[object] = [None] * len(output)
                 if make_target is not None:
-                    target = make_target(output)
+                    targets = [make_target(i, out) for i, out in enumerate(output)]
                     names = [n for n in layers if outputs[n].requires_grad]
                     if names:
-                        loss = target(output)
+                        loss = sum(t(out) for t, out in zip(targets, output))
                         got = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
                         for n, g in zip(names, got):
                             g = torch.zeros_like(outputs[n]) if g is None else g
@@ -138,7 +155,14 @@ def run_pass(
         finally:
             for h in handles:
                 h.remove()
-    return FeaturePass(output.detach(), acts, grads, time.perf_counter() - start), target
+    seconds = (time.perf_counter() - start) / len(output)
+    output = output.detach()
+    passes = [
+        FeaturePass(output[i], {n: a[i:i + 1] for n, a in acts.items()}, {n: g[i:i + 1] for n, g in grads.items()},
+                    seconds)
+        for i in range(len(output))
+    ]
+    return passes, targets
 
 
 # ---------------------------------------------------------------- maps from a pass
@@ -278,6 +302,7 @@ class Explainer:
     input_size: int | None = None
     batch_size: int = DEFAULT_PERTURBATION_BATCH
     timings: dict[str, float] = field(default_factory=dict)
+    defer_pass: bool = False  # explain_many() runs the pass for several explainers at once
 
     def __post_init__(self) -> None:
         spec = self.model.spec
@@ -290,18 +315,24 @@ class Explainer:
         self.x = preprocess(spec, self.image.rgb, self.input_size)
         self.input_hw = (int(self.x.shape[-2]), int(self.x.shape[-1]))
         self.reshape = reshape_transform_for(spec, self.input_hw)
-        names = spec.class_names()
-        self.class_names = names
-
-        def make_target(output: torch.Tensor):
-            self.prediction = targets_mod.predict(spec.task, output, names, self.image.size)
-            self.target = targets_mod.choose_target(self.prediction, names, self.target_request)
-            return targets_mod.grad_cam_target(spec.task, self.target, output)
-
+        self.class_names = spec.class_names()
         self.prediction: Prediction
         self.target: Target
-        self.fp, self.grad_target = run_pass(self.model, self.x, self.layers, make_target, self.reshape)
-        self.timings["pass"] = self.fp.seconds
+        if not self.defer_pass:
+            fp, grad_target = run_pass(self.model, self.x, self.layers, self._make_target, self.reshape)
+            self._set_pass(fp, grad_target)
+
+    def _make_target(self, output: torch.Tensor):
+        """Called inside the pass with this image's output: the prediction, the target, and
+        pytorch-grad-cam's target object."""
+        spec = self.model.spec
+        self.prediction = targets_mod.predict(spec.task, output, self.class_names, self.image.size)
+        self.target = targets_mod.choose_target(self.prediction, self.class_names, self.target_request)
+        return targets_mod.grad_cam_target(spec.task, self.target, output)
+
+    def _set_pass(self, fp: FeaturePass, grad_target: object) -> None:
+        self.fp, self.grad_target = fp, grad_target
+        self.timings["pass"] = fp.seconds
 
     # -- public
 
@@ -438,6 +469,55 @@ class Explainer:
             cam = transform.deaugment_mask(torch.from_numpy(cam[:, None]))[:, 0].numpy()
             maps.append(cam)
         return np.mean(np.float32(maps), axis=0)[0]
+
+
+def explain_many(
+    model: LoadedModel,
+    images: Sequence[LoadedImage],
+    target_request: str | int | None,
+    layers: Sequence[str],
+    input_size: int | None = None,
+    max_batch: int = 8,
+) -> list[Explainer | CamError]:
+    """Explainers for many images from batched passes: images whose model inputs have the same
+    shape are stacked, up to max_batch per forward. Each explainer equals Explainer(...) on its
+    image alone. A batch that fails is retried image by image, so one bad image (or a batch too
+    big for memory) costs only itself; its slot holds the CamError."""
+    explainers = [Explainer(model, img, target_request, tuple(layers), False, input_size, defer_pass=True)
+                  for img in images]
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, e in enumerate(explainers):
+        by_shape.setdefault(e.input_hw, []).append(i)
+    out: list[Explainer | CamError] = list(explainers)
+    max_batch = max(1, int(max_batch))
+    for indices in by_shape.values():
+        for k in range(0, len(indices), max_batch):
+            group = [explainers[i] for i in indices[k:k + max_batch]]
+            try:
+                _pass_together(model, group)
+            except (CamError, RuntimeError) as exc:
+                if len(group) == 1:
+                    out[indices[k]] = exc if isinstance(exc, CamError) else CamError(_first_line(exc))
+                    continue
+                for i in indices[k:k + max_batch]:  # one by one: find the culprit, keep the rest
+                    try:
+                        _pass_together(model, [explainers[i]])
+                    except (CamError, RuntimeError) as one:
+                        out[i] = one if isinstance(one, CamError) else CamError(_first_line(one))
+    return out
+
+
+def _pass_together(model: LoadedModel, group: Sequence[Explainer]) -> None:
+    x = torch.cat([e.x for e in group])
+    passes, targets = run_pass_batch(model, x, group[0].layers, lambda i, out: group[i]._make_target(out),
+                                     group[0].reshape)
+    for e, fp, t in zip(group, passes, targets):
+        e._set_pass(fp, t)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def explain(

@@ -38,6 +38,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ FINDING_TAG_PREFIX = "cam:"
 FINDING_TAGS = ("background bias", "misclassification", "good focus", "spurious edges")
 HEATMAP_RANGE = (0, 65535)
 DEFAULT_APP_PORT = 5151
+_WRITE_THREADS = 8
 
 # FiftyOne datasets and samples are process-wide singletons without locks, and Streamlit
 # runs every session on its own thread: serialise every write (re-entrant: helpers nest).
@@ -363,6 +365,20 @@ def _write_png_atomic(path: Path, image: np.ndarray) -> None:
             os.unlink(tmp)
 
 
+def _write_pngs(files: Sequence[tuple[Path, np.ndarray]]) -> None:
+    """Write many PNGs atomically, in threads: PNG encoding and fsync release the GIL, and on a
+    GPU machine they would otherwise take longer than computing the maps. Every write finishes
+    (or fails) before this returns; the first error is raised."""
+    if len(files) <= 1:
+        for path, png in files:
+            _write_png_atomic(path, png)
+        return
+    with ThreadPoolExecutor(max_workers=min(_WRITE_THREADS, len(files))) as pool:
+        futures = [pool.submit(_write_png_atomic, path, png) for path, png in files]
+    for future in futures:
+        future.result()
+
+
 @_db_errors
 def push_heatmaps(
     dataset: fo.Dataset,
@@ -401,8 +417,7 @@ def push_heatmaps(
 
         created_at = _now()
         versions = _versions()
-        for _field, _m, _e, png, path, _h in plan:
-            _write_png_atomic(path, png)
+        _write_pngs([(path, png) for _f, _m, _e, png, path, _h in plan])
         info = dict(dataset.info or {})
         ours = dict(info.get(MARK) or {})
         registry = dict(ours.get("fields") or {})
@@ -476,9 +491,7 @@ def push_many(
                 entry["rows"].append((sid, result, h, png, path))
         created_at = _now()
         versions = _versions()
-        for entry in per_field.values():
-            for _sid, _r, _h, png, path in entry["rows"]:
-                _write_png_atomic(path, png)
+        _write_pngs([(path, png) for entry in per_field.values() for _s, _r, _h, png, path in entry["rows"]])
         info = dict(dataset.info or {})
         ours = dict(info.get(MARK) or {})
         registry = dict(ours.get("fields") or {})
