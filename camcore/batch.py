@@ -37,6 +37,7 @@ from camcore.models import get_spec, load_model
 
 PREDICTED = "predicted"
 LOAD_THREADS = 4
+STALE_TEMP_SECONDS = 3600  # a temp PNG lives for one write; older ones were left by a crash
 # progress(done, total, rate per second, eta seconds or None, message)
 BatchProgress = Callable[[int, int, float, "float | None", str], None]
 
@@ -86,16 +87,28 @@ def _is_done(label, provenance: dict) -> bool:
     return all(_attr(label, k) == v for k, v in provenance.items())
 
 
-def _remove_orphans(dataset: fo.Dataset, field_name: str, pointed: set[str], heatmap_dir) -> int:
-    """Delete PNGs (and temp files) in the field's folder that no label of the field points at."""
+def _remove_orphans(dataset: fo.Dataset, field_name: str, ids: Sequence[str], pointed: set[str],
+                    heatmap_dir) -> int:
+    """Delete the PNGs of this run's samples that no label of the field points at, and temp files
+    older than STALE_TEMP_SECONDS. Files of other samples are left alone: another writer (a Ray
+    worker, another batch) may be between writing its PNGs and its set_values for them."""
     folder = store.heatmap_path(dataset.name, field_name, "x", heatmap_dir).parent
     if not folder.is_dir():
         return 0
     removed = 0
-    for path in folder.iterdir():
-        if path.is_file() and str(path) not in pointed and (path.suffix == ".png"):
+    now = time.time()
+    for sid in ids:
+        path = store.heatmap_path(dataset.name, field_name, sid, heatmap_dir)
+        if str(path) not in pointed and path.is_file():
             path.unlink(missing_ok=True)
             removed += 1
+    for path in folder.glob(".tmp-*"):
+        try:
+            if now - path.stat().st_mtime > STALE_TEMP_SECONDS:
+                path.unlink(missing_ok=True)
+                removed += 1
+        except FileNotFoundError:
+            pass
     return removed
 
 
@@ -156,22 +169,20 @@ def run_batch(
     # What is done already, and the clean-up of an interrupted run's files.
     ids, paths = dataset_or_view.values(["id", "filepath"])
     todo: dict[str, list[_Job]] = {sid: [] for sid in ids}
+    extra = {"target_request": rule, "input_size_request": int(input_size or 0)}
     for job in jobs:
-        if dataset.get_field(job.field) is None:
-            labels = [None] * len(ids)
-            all_pointed: set[str] = set()
-        else:
-            store._check_field(dataset, job.field, store._meaning(spec.key, job.method, job.layer, rule))
-            labels = dataset_or_view.values(job.field)
-            all_pointed = {p for p in dataset.values(f"{job.field}.map_path") if p}
-        report.removed_orphans += _remove_orphans(dataset, job.field, all_pointed, heatmap_dir)
+        # Declared before any compute: a field that is not ours fails here, and writers in
+        # other processes find the schema complete.
+        store.declare_heatmap_field(dataset, spec.key, job.method, job.layer, rule, extra)
+        labels = dataset_or_view.values(job.field)
+        pointed = {label.map_path for label in labels if isinstance(label, fo.Heatmap) and label.map_path}
+        report.removed_orphans += _remove_orphans(dataset, job.field, ids, pointed, heatmap_dir)
         for sid, label in zip(ids, labels):
             if not _is_done(label, job.provenance):
                 todo[sid].append(job)
     pending = [(sid, path) for sid, path in zip(ids, paths) if todo[sid]]
     report.skipped = len(ids) - len(pending)
     total = len(pending)
-    extra = {"target_request": rule, "input_size_request": int(input_size or 0)}
 
     def tell(message: str) -> None:
         if progress is None:

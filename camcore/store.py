@@ -26,6 +26,7 @@ Findings are ``fo.Classification`` labels in the ``fo.Classifications`` field
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -403,45 +404,62 @@ def push_heatmaps(
     with _LOCK:
         sample = get_sample(dataset, sample_id)
         require_image(sample)
-        sample_id = sample.id
-        plan = []  # (field, meaning, exists, png, path, heatmap)
-        for h in chosen:
-            field = heatmap_field_name(result.model, h.method, h.layer, h.target.name)
-            if any(p[0] == field for p in plan):
-                raise StoreError(f"two heatmaps in this push map to the same field {field!r}")
-            meaning = _meaning(result.model, h.method, h.layer, h.target.name)
-            exists = _check_field(dataset, field, meaning)
-            png = _validated_map(h, result.image_size, sample.metadata)
-            path = heatmap_path(dataset.name, field, sample_id, heatmap_dir)
-            plan.append((field, meaning, exists, png, path, h))
+        return push_many(dataset, [(sample.id, dataclasses.replace(result, heatmaps=tuple(chosen)))],
+                         heatmap_dir=heatmap_dir)
 
-        created_at = _now()
-        versions = _versions()
-        _write_pngs([(path, png) for _f, _m, _e, png, path, _h in plan])
+
+# The attributes every heatmap label carries (see _label). They are declared with the field, so
+# that writers in several processes never race to extend the field's schema.
+LABEL_ATTRIBUTES: dict[str, type[fo.Field]] = {
+    "model": fo.StringField, "weights": fo.StringField, "pretrained": fo.BooleanField,
+    "method": fo.StringField, "layer": fo.StringField, "target": fo.StringField,
+    "target_index": fo.IntField, "target_rule": fo.StringField, "aug_smooth": fo.BooleanField,
+    "eigen_smooth": fo.BooleanField, "raw_min": fo.FloatField, "raw_max": fo.FloatField,
+    "created_at": fo.StringField, "versions": fo.DictField,
+}
+
+
+def _field_type_of(value: Any) -> type[fo.Field]:
+    for py, ftype in ((bool, fo.BooleanField), (int, fo.IntField), (float, fo.FloatField), (str, fo.StringField)):
+        if isinstance(value, py):
+            return ftype
+    raise StoreError(f"cannot store a label attribute of type {type(value).__name__}")
+
+
+def _description(model: str, method: str, layer: str, target: str) -> str:
+    return (f"CAM Explorer: {method} on {layer} of {model} for {target!r} "
+            "(16-bit PNG, 0..65535 = 0..1 of the min-max scaled CAM)")
+
+
+def declare_heatmap_field(
+    dataset: fo.Dataset, model: str, method: str, layer: str, target: str, extra: dict | None = None
+) -> str:
+    """Create (or check) the Heatmap field for (model, method, layer, target) with every label
+    attribute declared, and list it in dataset.info; return its name. Raises StoreError for a
+    field that is not ours or means something else. Idempotent."""
+    dataset = _root(dataset)
+    field = heatmap_field_name(model, method, layer, target)
+    meaning = _meaning(model, method, layer, target)
+    description = _description(model, method, layer, target)
+    with _LOCK:
+        if not _check_field(dataset, field, meaning):
+            dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+                                     description=description, info={MARK: meaning})
+        declared = dataset.get_field(field).get_field_schema()
+        wanted = {**LABEL_ATTRIBUTES, **{k: _field_type_of(v) for k, v in (extra or {}).items()}}
+        for name, ftype in wanted.items():
+            if name not in declared:
+                dataset.add_sample_field(f"{field}.{name}", ftype)
         info = dict(dataset.info or {})
         ours = dict(info.get(MARK) or {})
         registry = dict(ours.get("fields") or {})
-        for field, meaning, exists, _png, path, h in plan:
-            description = (
-                f"CAM Explorer: {h.method} on {h.layer} of {result.model} for {h.target.name!r} "
-                "(16-bit PNG, 0..65535 = 0..1 of the min-max scaled CAM)"
-            )
-            if not exists:
-                dataset.add_sample_field(
-                    field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
-                    description=description, info={MARK: meaning},
-                )
-            label = _label(result, h, path, created_at, versions)
-            # One bulk update keyed by id, not sample.save(); dynamic=True declares the
-            # provenance attributes so the App can filter on them.
-            dataset.set_values(field, {sample_id: label}, key_field="id", dynamic=True)
+        if registry.get(field) != {**meaning, "description": description}:
             registry[field] = {**meaning, "description": description}
-        ours["fields"] = registry
-        info[MARK] = ours
-        dataset.info = info
-        _show_in_app(dataset, [p[0] for p in plan])
-        dataset.save()
-    return [p[0] for p in plan]
+            info[MARK] = {**ours, "fields": registry}
+            dataset.info = info
+            dataset.save()
+        _show_in_app(dataset, [field])
+    return field
 
 
 @_db_errors
@@ -465,51 +483,31 @@ def push_many(
     if not items:
         return []
     with _LOCK:
+        require_image(dataset)
         ids = [sid for sid, _r in items]
         metas = dict(zip(*dataset.select(ids).values(["id", "metadata"])))
-        # field -> {"meaning", "exists", "description", "rows": [(sid, result, h, png, path)]}
-        per_field: dict[str, dict] = {}
+        # field -> (model, method, layer, target), [(sid, result, h, png, path)]
+        per_field: dict[str, tuple[tuple[str, str, str, str], list]] = {}
         for sid, result in items:
             if sid not in metas:
                 raise StoreError(f"no sample {sid!r} in {dataset.name!r}")
             for h in result.heatmaps:
                 target = h.target.name if target_label is None else target_label
                 field = heatmap_field_name(result.model, h.method, h.layer, target)
-                entry = per_field.get(field)
-                if entry is None:
-                    meaning = _meaning(result.model, h.method, h.layer, target)
-                    entry = per_field[field] = {
-                        "meaning": meaning, "exists": _check_field(dataset, field, meaning), "rows": [],
-                        "description": (
-                            f"CAM Explorer: {h.method} on {h.layer} of {result.model} for {target!r} "
-                            "(16-bit PNG, 0..65535 = 0..1 of the min-max scaled CAM)"),
-                    }
-                if any(r[0] == sid for r in entry["rows"]):
+                key, rows = per_field.setdefault(field, ((result.model, h.method, h.layer, target), []))
+                _check_field(dataset, field, _meaning(*key))
+                if any(r[0] == sid for r in rows):
                     raise StoreError(f"two heatmaps of sample {sid} map to the same field {field!r}")
                 png = _validated_map(h, result.image_size, metas[sid])
-                path = heatmap_path(dataset.name, field, sid, heatmap_dir)
-                entry["rows"].append((sid, result, h, png, path))
+                rows.append((sid, result, h, png, heatmap_path(dataset.name, field, sid, heatmap_dir)))
         created_at = _now()
         versions = _versions()
-        _write_pngs([(path, png) for entry in per_field.values() for _s, _r, _h, png, path in entry["rows"]])
-        info = dict(dataset.info or {})
-        ours = dict(info.get(MARK) or {})
-        registry = dict(ours.get("fields") or {})
-        for field, entry in per_field.items():
-            if not entry["exists"]:
-                dataset.add_sample_field(
-                    field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
-                    description=entry["description"], info={MARK: entry["meaning"]},
-                )
-            values = {sid: _label(r, h, path, created_at, versions, extra)
-                      for sid, r, h, _p, path in entry["rows"]}
+        _write_pngs([(path, png) for _k, rows in per_field.values() for _s, _r, _h, png, path in rows])
+        for field, (key, rows) in per_field.items():
+            declare_heatmap_field(dataset, *key, extra=extra)
+            values = {sid: _label(r, h, path, created_at, versions, extra) for sid, r, h, _p, path in rows}
+            # One bulk update keyed by id, not sample.save(); every attribute is declared already.
             dataset.set_values(field, values, key_field="id", dynamic=True)
-            registry[field] = {**entry["meaning"], "description": entry["description"]}
-        ours["fields"] = registry
-        info[MARK] = ours
-        dataset.info = info
-        _show_in_app(dataset, list(per_field))
-        dataset.save()
     return list(per_field)
 
 
@@ -531,9 +529,14 @@ def _show_in_app(dataset: fo.Dataset, fields: list[str]) -> None:
         ]
         config.active_fields = ActiveFields(exclude=True, paths=dense)
     elif active.exclude:
+        if not any(p in fields for p in active.paths):
+            return
         active.paths = [p for p in active.paths if p not in fields]
     else:
+        if all(f in active.paths for f in fields):
+            return
         active.paths = list(active.paths) + [f for f in fields if f not in active.paths]
+    dataset.save()
 
 
 def heatmap_fields(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict]:

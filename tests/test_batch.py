@@ -165,3 +165,27 @@ def test_cli_batch_json(dataset):
     assert "/s" in proc.stderr and "ETA" in proc.stderr
     dataset.reload()
     assert len(dataset.exists(FIELD)) == 1
+
+
+def test_orphan_cleanup_touches_only_this_runs_samples(dataset):
+    """Two writers on one field: a run on some samples never deletes the file another writer has
+    just written for another sample (its set_values still to come), nor a fresh temp file."""
+    first, second = dataset.values("id")[:2]
+    folder = store.heatmap_path(dataset.name, FIELD, first).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    in_flight = store.heatmap_path(dataset.name, FIELD, first)
+    in_flight.write_bytes(b"another writer's PNG")
+    fresh_tmp, stale_tmp = folder / ".tmp-fresh.png", folder / ".tmp-stale.png"
+    fresh_tmp.write_bytes(b"x")
+    stale_tmp.write_bytes(b"x")
+    old = os.path.getmtime(stale_tmp) - batch.STALE_TEMP_SECONDS - 60
+    os.utime(stale_tmp, (old, old))
+
+    report = batch.run_batch(dataset.select(second), MODEL, methods=["gradcam"])
+    assert report.done == 1 and report.removed_orphans == 1
+    assert in_flight.read_bytes() == b"another writer's PNG" and fresh_tmp.exists()
+    assert not stale_tmp.exists()
+
+    report = batch.run_batch(dataset.select(first), MODEL, methods=["gradcam"])  # its own orphan now
+    assert report.done == 1 and report.removed_orphans == 1
+    assert dataset[first][FIELD].map_path == str(in_flight) and in_flight.read_bytes() != b"another writer's PNG"
