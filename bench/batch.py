@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,32 +25,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # mongod_support
 
 
-def _private_mongod(tmp: Path) -> subprocess.Popen | None:
+def _private_mongod(tmp: Path):
     if os.environ.get("FIFTYONE_DATABASE_URI"):
         return None
-    import importlib.util
+    from mongod_support import start_mongod
 
-    import pymongo
-
-    spec = importlib.util.find_spec("fiftyone")
-    binary = Path(list(spec.submodule_search_locations)[0]) / "db" / "bin" / "mongod"
-    (tmp / "db").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(binary), "--dbpath", str(tmp / "db"), "--port", str(port), "--bind_ip",
-                             "127.0.0.1", "--nounixsocket", "--logpath", str(tmp / "mongod.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=500).admin.command("ping")
-            break
-        except pymongo.errors.PyMongoError:
-            time.sleep(0.2)
-    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    proc, uri = start_mongod(tmp)
+    os.environ["FIFTYONE_DATABASE_URI"] = uri
     return proc
 
 
@@ -74,11 +56,9 @@ def main() -> None:
         run(args, tmp)
     finally:
         if proc is not None:
-            import fiftyone.core.odm.database as fod
+            from mongod_support import stop_mongod
 
-            fod._disconnect()
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_mongod(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

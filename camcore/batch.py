@@ -33,7 +33,7 @@ from camcore.engine import explain_many
 from camcore.errors import CamError, MethodError
 from camcore.images import LoadedImage, load_image
 from camcore.methods import get_method
-from camcore.models import get_spec, load_model
+from camcore.models import ModelSpec, get_spec, load_model
 
 PREDICTED = "predicted"
 LOAD_THREADS = 4
@@ -112,6 +112,49 @@ def _remove_orphans(dataset: fo.Dataset, field_name: str, ids: Sequence[str], po
     return removed
 
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """A checked batch request: names resolved, every method usable on the model."""
+
+    spec: ModelSpec
+    methods: tuple[str, ...]
+    layers: tuple[str, ...]
+    rule: str  # "predicted", or the class name
+    target_request: str | None  # what the explainer is asked for (None: each image's prediction)
+
+    def declare_fields(self, dataset: fo.Dataset, input_size: int | None) -> list[str]:
+        """Create (or check) every field of the request, all label attributes declared."""
+        extra = label_extra(self.rule, input_size)
+        return [store.declare_heatmap_field(dataset, self.spec.key, m, l, self.rule, extra)
+                for m in self.methods for l in self.layers]
+
+
+def label_extra(rule: str, input_size: int | None) -> dict:
+    """The batch's own attributes on every label, beside the engine's provenance."""
+    return {"target_request": rule, "input_size_request": int(input_size or 0)}
+
+
+def check_request(model_key: str, methods: Sequence[str], layers: Sequence[str] | None,
+                  target_rule: str) -> BatchRequest:
+    """Resolve and check the names of a batch before anything is loaded or written."""
+    spec = get_spec(model_key)
+    layer_names = tuple(dict.fromkeys(spec.layer(n).name for n in (layers or [spec.default_layer])))
+    method_keys = tuple(dict.fromkeys(get_method(m).key for m in methods))
+    if not method_keys:
+        raise MethodError("choose at least one method")
+    for m in method_keys:
+        reason = get_method(m).unsupported_reason(spec.task, spec.family)
+        if reason:
+            raise MethodError(f"{reason} (model '{spec.key}')")
+        if get_method(m).layer_independent:
+            raise MethodError(f"{m} is not offered in batches yet (it ignores layers)")
+    rule = str(target_rule or PREDICTED).strip()
+    if rule.lower() == PREDICTED:
+        return BatchRequest(spec, method_keys, layer_names, PREDICTED, None)
+    rule = spec.class_names()[targets_mod.class_index(spec.class_names(), rule)]
+    return BatchRequest(spec, method_keys, layer_names, rule, rule)
+
+
 def _load_or_error(path: str) -> LoadedImage | CamError:
     try:
         return load_image(path)
@@ -137,31 +180,16 @@ def run_batch(
     """Compute and store heatmaps for every sample of a view; see the module docstring."""
     started = time.perf_counter()
     report = BatchReport()
-    spec = get_spec(model_key)
-    layer_names = list(dict.fromkeys(spec.layer(n).name for n in (layers or [spec.default_layer])))
-    method_keys = list(dict.fromkeys(get_method(m).key for m in methods))
-    if not method_keys:
-        raise MethodError("choose at least one method")
-    for m in method_keys:
-        reason = get_method(m).unsupported_reason(spec.task, spec.family)
-        if reason:
-            raise MethodError(f"{reason} (model '{spec.key}')")
-        if get_method(m).layer_independent:
-            raise MethodError(f"{m} is not offered in batches yet (it ignores layers)")
-    rule = str(target_rule or PREDICTED).strip()
-    if rule.lower() == PREDICTED:
-        rule, target_request = PREDICTED, None
-    else:
-        rule = spec.class_names()[targets_mod.class_index(spec.class_names(), rule)]
-        target_request = rule
+    request = check_request(model_key, methods, layers, target_rule)
+    spec, rule, target_request = request.spec, request.rule, request.target_request
     chunk = max(1, int(chunk))
 
     dataset = store._root(dataset_or_view)
     store.require_image(dataset)
     model = load_model(spec.key, weights, device)
     jobs = []
-    for m in method_keys:
-        for layer in layer_names:
+    for m in request.methods:
+        for layer in request.layers:
             name = store.heatmap_field_name(spec.key, m, layer, rule)
             jobs.append(_Job(m, layer, name, _provenance(spec.key, model.weights_label, m, layer, rule,
                                                          eigen_smooth, input_size)))
@@ -169,11 +197,11 @@ def run_batch(
     # What is done already, and the clean-up of an interrupted run's files.
     ids, paths = dataset_or_view.values(["id", "filepath"])
     todo: dict[str, list[_Job]] = {sid: [] for sid in ids}
-    extra = {"target_request": rule, "input_size_request": int(input_size or 0)}
+    extra = label_extra(rule, input_size)
+    # Declared before any compute: a field that is not ours fails here, and writers in other
+    # processes find the schema complete.
+    request.declare_fields(dataset, input_size)
     for job in jobs:
-        # Declared before any compute: a field that is not ours fails here, and writers in
-        # other processes find the schema complete.
-        store.declare_heatmap_field(dataset, spec.key, job.method, job.layer, rule, extra)
         labels = dataset_or_view.values(job.field)
         pointed = {label.map_path for label in labels if isinstance(label, fo.Heatmap) and label.map_path}
         report.removed_orphans += _remove_orphans(dataset, job.field, ids, pointed, heatmap_dir)

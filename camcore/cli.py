@@ -6,6 +6,7 @@
   python -m camcore cam  (--image PATH | --dataset NAME --sample ID_OR_FILENAME) [options] [--out DIR]
   python -m camcore push --dataset NAME --sample ID_OR_FILENAME [options] [--out DIR]
   python -m camcore batch --dataset NAME [--tag T ...] [--filename-contains S] --model M [options]
+                          [--workers N [--ray-address auto|ray://HOST:10001]]
 
 Every user error (unknown model, layer, method or class, a bad image, a missing dataset...)
 ends with exit status 2 and one line on stderr, never a traceback (--debug shows it).
@@ -399,6 +400,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise _usage(args, f"--chunk must be at least 1, got {args.chunk}")
     if args.input_size is not None and args.input_size < 8:
         raise _usage(args, f"--input-size must be at least 8, got {args.input_size}")
+    if args.workers < 0:
+        raise _usage(args, f"--workers must be 0 (this process) or more, got {args.workers}")
+    if args.workers and args.device:
+        raise _usage(args, "--device is chosen per worker with --workers (a GPU each when the cluster has GPUs)")
     dataset = store.load_dataset(args.dataset)
     view = store.make_view(dataset, tags=args.tag, filename_contains=args.filename_contains)
     last = [0.0]
@@ -411,10 +416,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
         eta_text = f"{eta:.0f} s" if eta is not None else "?"
         _status(args, f"batch {done}/{total} ({rate:.2f}/s, ETA {eta_text}): {message}")
 
-    report = batch.run_batch(
-        view, args.model, args.weights, args.method or ["gradcam"], args.layer, args.target,
-        args.eigen_smooth, args.input_size, args.chunk, progress, None, args.heatmap_dir, args.device,
-    )
+    if args.workers:
+        from camcore import distributed
+
+        report = distributed.run_batch_distributed(
+            view, args.model, args.weights, args.method or ["gradcam"], args.layer, args.target,
+            args.eigen_smooth, args.input_size, args.chunk, args.workers, args.ray_address,
+            progress=progress, heatmap_dir=args.heatmap_dir,
+        )
+    else:
+        report = batch.run_batch(
+            view, args.model, args.weights, args.method or ["gradcam"], args.layer, args.target,
+            args.eigen_smooth, args.input_size, args.chunk, progress, None, args.heatmap_dir, args.device,
+        )
     for sid, message in report.failed:
         _status(args, f"warning: sample {sid}: {_one_line(message)}")
     if args.json:
@@ -513,9 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="auto", help="auto | untrained | PATH (default auto)")
     p.add_argument("--eigen-smooth", action="store_true", help="first principal component smoothing")
     p.add_argument("--input-size", type=int, help="short side of the model input (segmentation models)")
-    p.add_argument("--chunk", type=int, default=8, help="samples per bulk write (default 8)")
+    p.add_argument("--chunk", type=int, default=8, help="samples per batched pass and bulk write (default 8)")
     p.add_argument("--device", help="torch device (default: CAM_EXPLORER_DEVICE or the GPU)")
     p.add_argument("--heatmap-dir", help="where the 16-bit PNGs go (default: the camcore home)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Ray workers sharing the work (default 0: this process alone)")
+    p.add_argument("--ray-address", help="with --workers: a running Ray cluster ('auto' or ray://HOST:10001); "
+                   "default: start a local Ray on this machine")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_batch)

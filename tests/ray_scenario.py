@@ -1,0 +1,145 @@
+"""A real local Ray cluster with two workers and a real mongod, all on loopback.
+
+Run by tests/test_distributed.py inside a private network namespace that holds only loopback
+(`unshare -n`), so neither Ray nor MongoDB can reach or bind anything else. Prints one JSON
+object with what happened; the test asserts on it.
+
+    unshare -n sh -c 'ip link set lo up; exec .venv/bin/python tests/ray_scenario.py'
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+MODEL = "efficientnet_lite0"
+METHODS = ["gradcam", "eigencam"]
+
+
+def _photos(folder: Path, n: int) -> list[str]:
+    """n different photos (skimage's, cropped and flipped) as JPEG files."""
+    import cv2
+    import numpy as np
+    from cam_support import skimage_data
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    sources = []
+    for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"):
+        with Image.open(skimage_data(name)) as im:
+            sources.append(np.asarray(im.convert("RGB")))
+    out = []
+    for i in range(n):
+        img = sources[i % len(sources)][(i // 4) * 11:, :: -1 if (i // 4) % 2 else 1]
+        path = folder / f"photo{i:02d}.jpg"
+        assert cv2.imwrite(str(path), np.ascontiguousarray(img[..., ::-1]))
+        out.append(str(path))
+    return out
+
+
+def _worker_pids() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any("ray::_Worker" in part for part in (p.info["cmdline"] or []))]
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="cam-ray-"))
+    os.environ.update(FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false",
+                      CAM_EXPLORER_HOME=str(tmp / "home"), RAY_USAGE_STATS_ENABLED="0")
+    from mongod_support import start_mongod, stop_mongod
+
+    mongod, uri = start_mongod(tmp / "mongo")
+    os.environ["FIFTYONE_DATABASE_URI"] = uri
+    out: dict = {}
+    try:
+        import fiftyone as fo
+        import numpy as np
+
+        from camcore import batch, distributed, store
+        from camcore.engine import Explainer
+        from camcore.images import load_image
+        from camcore.models import load_model
+
+        ds = fo.Dataset("ray-scenario")
+        ds.add_samples([fo.Sample(filepath=p) for p in _photos(tmp / "media", 12)])
+        ids = ds.values("id")
+
+        # 1. One process does 3 samples first: the workers must skip them.
+        batch.run_batch(ds.select(ids[:3]), MODEL, methods=METHODS, chunk=2)
+
+        # 2. Two Ray workers do the rest, in shards of 2.
+        ticks = []
+        first = distributed.run_batch_distributed(
+            ds, MODEL, methods=METHODS, chunk=2, workers=2, shard_size=2,
+            progress=lambda *a: ticks.append(a[:2]))
+        out["first"] = first.to_dict()
+        out["ticks"] = ticks
+        ds.reload()
+        fields = sorted(first.fields)
+        out["labels_with_files"] = {
+            f: sum(1 for label in ds.values(f) if label is not None and os.path.isfile(label.map_path))
+            for f in fields}
+        folder = store.heatmap_path(ds.name, fields[0], "x").parent
+        out["files"] = len(list(folder.glob("*.png")))
+
+        # The workers' maps equal this process's, sample by sample (16-bit PNG precision).
+        model = load_model(MODEL, "auto")
+        field = store.heatmap_field_name(MODEL, "gradcam", model.spec.default_layer, "predicted")
+        diffs = []
+        for sid, path, label in zip(*ds.values(["id", "filepath", field])):
+            mine = Explainer(model, load_image(path), None, (model.spec.default_layer,))
+            h = mine.heatmap("gradcam", model.spec.default_layer)
+            stored = store.read_heatmap(ds, sid, field)
+            diffs.append(float(np.abs(stored - h.map).max()))
+            assert label.target == mine.target.name, (label.target, mine.target.name)
+        out["max_diff"] = max(diffs)
+        out["targets"] = sorted(set(ds.values(f"{field}.target")))
+
+        # 3. Everything done: a second run skips all.
+        out["second"] = distributed.run_batch_distributed(ds, MODEL, methods=METHODS, workers=2).to_dict()
+
+        # 4. A worker killed mid-run (SIGKILL): the other finishes, the lost shard is reported,
+        #    and a rerun completes it. Nothing reported done is lost; no label without its file.
+        redo = ds.clone("ray-scenario-redo")
+        killed = threading.Event()
+
+        def kill_one(done, total, *_):
+            if done >= 2 and not killed.is_set():
+                pids = _worker_pids()
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.set()
+
+        third = distributed.run_batch_distributed(
+            redo, MODEL, methods=["gradcam++"], chunk=2, workers=2, shard_size=2, progress=kill_one)
+        out["killed"] = killed.is_set()
+        out["third"] = third.to_dict()
+        pp_field = store.heatmap_field_name(MODEL, "gradcam++", model.spec.default_layer, "predicted")
+        redo.reload()
+        labels = redo.values(pp_field)
+        out["after_kill_with_label"] = sum(label is not None for label in labels)
+        out["after_kill_label_without_file"] = sum(
+            1 for label in labels if label is not None and not os.path.isfile(label.map_path))
+        fourth = distributed.run_batch_distributed(redo, MODEL, methods=["gradcam++"], chunk=2, workers=2)
+        out["fourth"] = fourth.to_dict()
+        redo.reload()
+        out["after_rerun_with_label"] = sum(
+            1 for label in redo.values(pp_field) if label is not None and os.path.isfile(label.map_path))
+    finally:
+        stop_mongod(mongod)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Batch on Ray: a real local Ray cluster with two workers sharing one real mongod, on loopback
+only (a private network namespace, see tests/ray_scenario.py), plus the driver's own checks."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+
+from camcore import distributed
+from camcore.distributed import DistributedError, run_batch_distributed
+from fo_helpers import unique_name, write_images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _namespace_available() -> str | None:
+    """Why a private network namespace cannot be made here, or None when it can."""
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        return "unshare/ip (util-linux, iproute2) are not installed"
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"cannot create a network namespace: {probe.stderr.strip()}"
+
+
+@pytest.fixture(scope="module")
+def scenario() -> dict:
+    why = _namespace_available()
+    if why:
+        pytest.skip(why)  # CI runs as root, where this works
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIFTYONE_DATABASE", "CAM_EXPLORER"))}
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {sys.executable} tests/ray_scenario.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_view_and_skip_what_is_done(scenario):
+    first = scenario["first"]
+    assert (first["done"], first["skipped"], first["failed"]) == (9, 3, [])
+    workers = first["workers"]
+    assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
+    assert all(w["samples_done"] > 0 for w in workers), "both workers took shards"
+    assert sum(w["samples_done"] for w in workers) == 9
+    # every sample has both fields, each with its file; no file without a label
+    assert set(scenario["labels_with_files"].values()) == {12}
+    assert scenario["files"] == 12
+    # progress rose to the total
+    assert scenario["ticks"][0] == [0, 12] and scenario["ticks"][-1] == [12, 12]
+    # the workers' maps equal a single process's, sample by sample
+    assert scenario["max_diff"] < 1e-4
+    assert len(scenario["targets"]) > 2  # each sample explained for its own predicted class
+    assert (scenario["second"]["done"], scenario["second"]["skipped"]) == (0, 12)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_nothing_reported_done(scenario):
+    assert scenario["killed"], "the scenario killed a worker mid-run"
+    third = scenario["third"]
+    lost = [f for f in third["failed"] if f["error"].startswith("worker lost")]
+    assert lost and len(lost) == len(third["failed"])
+    assert third["done"] + len(lost) == 12  # the surviving worker took every other shard
+    assert scenario["after_kill_with_label"] >= third["done"]
+    assert scenario["after_kill_label_without_file"] == 0
+    fourth = scenario["fourth"]
+    assert fourth["failed"] == [] and fourth["done"] == 12 - scenario["after_kill_with_label"]
+    assert scenario["after_rerun_with_label"] == 12
+
+
+def test_a_remote_cluster_with_a_loopback_database_is_refused(tmp_path, monkeypatch):
+    paths = write_images(tmp_path, ["a.png"], size=(32, 32))
+    ds = fo.Dataset(unique_name("dist"))
+    ds.add_sample(fo.Sample(filepath=paths[0]))
+    try:
+        assert distributed._is_loopback(distributed.database_uri())  # the test mongod
+        with pytest.raises(DistributedError, match="cannot reach MongoDB"):
+            run_batch_distributed(ds, "efficientnet_lite0", address="ray://10.1.2.3:10001")
+        assert not [f for f in ds.get_field_schema() if f.startswith("cam_")], "refused before any write"
+    finally:
+        ds.delete()
+
+
+@pytest.mark.parametrize("address, remote", [
+    (None, False), ("local", False), ("auto", False), ("ray://127.0.0.1:10001", False),
+    ("ray://head.example:10001", True), ("10.0.0.7:6379", True),
+])
+def test_which_addresses_are_remote(address, remote):
+    assert distributed._is_remote(address) is remote
+
+
+def test_cli_rejects_device_with_workers():
+    proc = subprocess.run(
+        [sys.executable, "-m", "camcore", "batch", "--dataset", "x", "--model", "efficientnet_lite0",
+         "--workers", "2", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--device is chosen per worker" in proc.stderr and "Traceback" not in proc.stderr
