@@ -19,8 +19,6 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
-from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.image import scale_cam_image
 
 from camcore import metrics, perturbation
@@ -201,22 +199,10 @@ def raw_cam(
         size = perturbation.default_batch_size(model.device, (int(x.shape[-2]), int(x.shape[-1])), batch_size)
         with model.lock:
             model.module.eval()
-            weights = spec.channel_weights(model.module, x, acts, target, size, progress, cancel)
+            weights = spec.channel_weights(model.module, model.layer_module(layer), x, acts, target, size,
+                                           progress, cancel, vit=model.spec.family == "vit")
         product = weights[:, :, None, None] * acts
         return first_component_projection(product) if eigen_smooth else product.sum(axis=1)
-    if spec.kind == "perturbation":
-        kwargs = {}
-        if spec.key == "ablationcam":
-            vit = model.spec.family == "vit"
-            kwargs = {"ablation_layer": AblationLayerVit() if vit else AblationLayer(), "batch_size": batch_size}
-        cam = _method_object(spec, model, **kwargs)
-        cam.batch_size = batch_size
-        module = model.layer_module(layer)
-        with model.lock, torch.no_grad():
-            try:
-                return cam.get_cam_image(x.to(model.device), module, [target], acts, grads, eigen_smooth)
-            finally:
-                _restore_layer(model, layer, module)
     cam = _method_object(spec, model)
     if spec.library_image:
         return cam.get_cam_image(x, None, [target], acts, grads, False)
@@ -224,14 +210,6 @@ def raw_cam(
     if spec.projection or eigen_smooth:
         return first_component_projection(product)
     return product.sum(axis=1)
-
-
-def _restore_layer(model: LoadedModel, layer: str, module: torch.nn.Module) -> None:
-    """AblationCAM swaps the layer for an ablation layer; put it back even after an error."""
-    path = model.spec.layer(layer).path
-    current = model.module.get_submodule(path)
-    if current is not module:
-        replace_layer_recursive(model.module, current, module)
 
 
 def library_cam(

@@ -47,8 +47,9 @@ class MethodSpec:
     families: tuple[str, ...] = ("cnn", "vit")
     slow: bool = False
     note: str = ""
-    # perturbation methods we batch ourselves: (model, x, activations, target, batch_size, progress,
-    # cancel) -> 1 x C channel weights, replacing the library's get_cam_weights
+    # perturbation methods we batch ourselves: (model, layer module, x, activations, target,
+    # batch_size, progress, cancel, vit=) -> 1 x C channel weights, replacing the library's
+    # get_cam_weights
     channel_weights: Callable | None = None
 
     @property
@@ -91,7 +92,8 @@ METHODS: dict[str, MethodSpec] = {
                    channel_weights=perturbation.score_cam_weights),
         MethodSpec("gradcam++", "Grad-CAM++", pgc.GradCAMPlusPlus, "gradient", True, _channel_weighted),
         MethodSpec("ablationcam", "Ablation-CAM", pgc.AblationCAM, "perturbation", True, slow=True,
-                   note="One forward pass per channel; ViTs use AblationLayerVit."),
+                   note="One forward pass per channel; ViTs use AblationLayerVit.",
+                   channel_weights=perturbation.ablation_cam_weights),
         MethodSpec("xgradcam", "XGrad-CAM", pgc.XGradCAM, "gradient", True, _channel_weighted),
         MethodSpec("eigencam", "Eigen-CAM", pgc.EigenCAM, "activation", True,
                    lambda cam, a, g: a, projection="pca", supports_eigen_smooth=False,

@@ -1,9 +1,12 @@
-"""Score-CAM's channel weights, batched: pytorch-grad-cam's math without its memory spike.
+"""Score-CAM's and Ablation-CAM's channel weights, batched: pytorch-grad-cam's math, faster.
 
-The library builds every masked input at once (C x 3 x H x W: 8.8 GB for DeepLabV3 layer4 at
-520x693) and moves each score to the host on its own. Here each batch of channels is upsampled,
-masked and scored on the device, scores stay there until the end, progress is reported and the
-user can cancel. Out of GPU memory, the batch is halved and the work goes on.
+Both need one forward per channel of the layer (2048 on DeepLabV3 layer4), so their limit is
+those forwards run in large batches. The library builds every Score-CAM masked input at once
+(C x 3 x H x W: 8.8 GB for DeepLabV3 layer4 at 520x693), and both of its loops move each
+channel's score to the host on its own. Here each batch of channels is built and scored on the
+device (the target evaluated for the whole batch at once), scores stay there until the end,
+progress is reported and the user can cancel. Out of GPU memory, the batch is halved and the
+work goes on.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 
 from camcore.errors import Cancelled
 
@@ -30,37 +35,31 @@ def default_batch_size(device: torch.device, input_hw: tuple[int, int], requeste
     return int(max(MIN_BATCH, min(1024, free // 4 // per_image)))
 
 
-def score_cam_weights(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    activations: np.ndarray,
-    target: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int = 64,
-    progress: Progress | None = None,
-    cancel: threading.Event | None = None,
-) -> np.ndarray:
-    """Softmax over channels of target(model(x * normalised upsampled channel)): 1 x C."""
-    device = x.device
-    acts = torch.from_numpy(np.ascontiguousarray(activations)).to(device)
-    channels = acts.shape[1]
-    size = x.shape[-2:]
+def batch_scorer(target: Callable, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """target(output) for a whole batch of outputs at once, on the device (B outputs -> B scores).
+    The library's two targets are vectorised (the segmentation mask moved to the device once);
+    any other target is called per output, as the library does."""
+    if isinstance(target, ClassifierOutputTarget):
+        return lambda outputs: outputs[:, target.category].float()
+    if isinstance(target, SemanticSegmentationTarget):
+        mask = torch.as_tensor(np.asarray(target.mask), dtype=torch.float32, device=device)
+        return lambda outputs: (outputs[:, target.category].float() * mask).sum(dim=(1, 2))
+    return lambda outputs: torch.stack([torch.as_tensor(target(o)) for o in outputs]).float()
+
+
+def _in_batches(channels: int, batch_size: int, score_batch: Callable[[int, int], torch.Tensor], name: str,
+                progress: Progress | None, cancel: threading.Event | None) -> torch.Tensor:
+    """score_batch(start, stop) for every batch of channels, with cancel, progress and the OOM
+    back-off; the C scores, still on the device."""
     scores: list[torch.Tensor] = []
     start, bs = 0, max(MIN_BATCH, int(batch_size))
     with torch.no_grad():
         while start < channels:
             if cancel is not None and cancel.is_set():
-                raise Cancelled("Score-CAM cancelled.")
+                raise Cancelled(f"{name} cancelled.")
+            stop = min(channels, start + bs)
             try:
-                stop = min(channels, start + bs)
-                # UpsamplingBilinear2d in the library is bilinear with align_corners=True.
-                up = F.interpolate(acts[:, start:stop], size=size, mode="bilinear", align_corners=True)[0]
-                flat = up.reshape(up.shape[0], -1)
-                mins = flat.min(dim=1).values[:, None, None]
-                maxs = flat.max(dim=1).values[:, None, None]
-                masks = (up - mins) / (maxs - mins + 1e-8)
-                outputs = model(x[0][None] * masks[:, None])
-                scores.append(torch.stack([target(o) for o in outputs]).float())
-                start = stop
+                scores.append(score_batch(start, stop))
             except torch.cuda.OutOfMemoryError:
                 if bs == MIN_BATCH:
                     raise
@@ -69,7 +68,102 @@ def score_cam_weights(
                 if progress:
                     progress(start / channels, f"out of GPU memory: batch size lowered to {bs}")
                 continue
+            start = stop
             if progress:
-                progress(start / channels, f"Score-CAM: {start}/{channels} channels")
-    all_scores = torch.cat(scores)[None]
-    return torch.softmax(all_scores, dim=-1).cpu().numpy()
+                progress(start / channels, f"{name}: {start}/{channels} channels")
+    return torch.cat(scores)
+
+
+def score_cam_weights(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    activations: np.ndarray,
+    target: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    vit: bool = False,
+) -> np.ndarray:
+    """Softmax over channels of target(model(x * normalised upsampled channel)): 1 x C."""
+    acts = torch.from_numpy(np.ascontiguousarray(activations)).to(x.device)
+    size = x.shape[-2:]
+    score = batch_scorer(target, x.device)
+
+    def score_batch(start: int, stop: int) -> torch.Tensor:
+        # UpsamplingBilinear2d in the library is bilinear with align_corners=True.
+        up = F.interpolate(acts[:, start:stop], size=size, mode="bilinear", align_corners=True)[0]
+        flat = up.reshape(up.shape[0], -1)
+        mins = flat.min(dim=1).values[:, None, None]
+        maxs = flat.max(dim=1).values[:, None, None]
+        masks = (up - mins) / (maxs - mins + 1e-8)
+        return score(model(x[0][None] * masks[:, None]))
+
+    scores = _in_batches(acts.shape[1], batch_size, score_batch, "Score-CAM", progress, cancel)
+    return torch.softmax(scores[None], dim=-1).cpu().numpy()
+
+
+ABLATION_VALUE = 1e7  # the library's: an ablated channel sits this far below the layer's minimum
+
+
+def ablated_copies(raw: torch.Tensor, channels: torch.Tensor, vit: bool) -> torch.Tensor:
+    """len(channels) copies of the layer output `raw` (1 x ...), copy i with channel channels[i]
+    ablated: set to 0 where the layer's minimum is 0 (after a ReLU), else to that minimum minus
+    ABLATION_VALUE. CNN outputs are 1 x C x H x W; ViT tokens 1 x N x C (channel last)."""
+    copies = raw.repeat(len(channels), *([1] * (raw.dim() - 1)))
+    floor = raw.min()
+    value = torch.zeros((), dtype=raw.dtype, device=raw.device) if floor == 0 else floor - ABLATION_VALUE
+    rows = torch.arange(len(channels), device=raw.device)
+    if vit:
+        copies[rows, :, channels] = value
+    else:
+        copies[rows, channels] = value
+    return copies
+
+
+def ablation_cam_weights(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    activations: np.ndarray,
+    target: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    vit: bool = False,
+) -> np.ndarray:
+    """(original score - score with channel c ablated) / original score: 1 x C.
+
+    As in the library, the layer's output is computed once and each batch repeats it with one
+    channel ablated per copy, put in place of the layer's output by a forward hook (the library
+    swaps the layer inside the model; a hook leaves the shared model untouched).
+
+    One deliberate difference: the library's AblationLayer lowers the value row by row inside a
+    batch (each row takes the minimum of a batch that already holds the previous rows' ablations,
+    so row i gets min - (i+1) * 1e7 on layers without a ReLU), which makes its weights depend on
+    the batch size. Every copy here gets min - 1e7: the library's output at batch size 1, for any
+    batch size. After a ReLU (minimum 0) both set 0 and agree at every batch size.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.update(out=out.detach().clone()))
+    try:
+        with torch.no_grad():
+            original = batch_scorer(target, x.device)(model(x))[0]
+    finally:
+        handle.remove()
+    raw = captured["out"]
+    score = batch_scorer(target, x.device)
+
+    def score_batch(start: int, stop: int) -> torch.Tensor:
+        copies = ablated_copies(raw, torch.arange(start, stop, device=raw.device), vit)
+        handle = layer.register_forward_hook(lambda _m, _i, _out: copies)
+        try:
+            return score(model(x[0][None].repeat(stop - start, *([1] * (x.dim() - 1)))))
+        finally:
+            handle.remove()
+
+    channels = int(activations.shape[1])
+    ablated = _in_batches(channels, batch_size, score_batch, "Ablation-CAM", progress, cancel)
+    # float32 as the library (np.float32 of the scores and of the original score)
+    original32 = np.float32(original.item())
+    return ((original32 - ablated.cpu().numpy().astype(np.float32)) / original32)[None]

@@ -5,16 +5,17 @@ and targets are chosen as documented."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
 import torch
 from cam_support import FACE_BOX, chelsea, chelsea_crop, chelsea_small, hook_count
-from pytorch_grad_cam import AblationCAM, ShapleyCAM
+from pytorch_grad_cam import ShapleyCAM
 
 from camcore import engine, targets
 from camcore.engine import ALL_LAYERS, Explainer, explain
-from camcore.errors import CamError, MethodError, TargetError
+from camcore.errors import Cancelled, CamError, MethodError, TargetError
 from camcore.methods import METHODS
 from camcore.models import MODELS, load_model
 from camcore.results import ClassScore, Prediction
@@ -214,13 +215,6 @@ class _ExplodingShapley(ShapleyCAM):
         raise IndexError("boom inside the library")
 
 
-class _ExplodingAblation(AblationCAM):
-    """Fails after AblationCAM has swapped the target layer for its ablation layer."""
-
-    def assemble_ablation_scores(self, *args, **kwargs):
-        raise RuntimeError("boom mid-ablation")
-
-
 def test_no_hooks_left_after_a_library_method_raises(effnet, monkeypatch, no_release_on_gc):
     monkeypatch.setitem(
         METHODS, "shapleycam", dataclasses.replace(METHODS["shapleycam"], cls=_ExplodingShapley)
@@ -235,22 +229,43 @@ def test_no_hooks_left_after_a_library_method_raises(effnet, monkeypatch, no_rel
     assert np.isfinite(ex.heatmap("gradcam", "head").map).all()
 
 
-def test_ablationcam_puts_the_layer_back_when_it_fails(effnet, monkeypatch, no_release_on_gc):
-    monkeypatch.setitem(
-        METHODS, "ablationcam", dataclasses.replace(METHODS["ablationcam"], cls=_ExplodingAblation)
-    )
-    ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",), batch_size=8)
+def test_ablationcam_leaves_no_hook_when_it_fails_or_is_cancelled(effnet, monkeypatch):
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+
+    ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",), batch_size=8)  # 16 channels: 2 batches
     layer = effnet.layer_module("stage0")
     before = hook_count(effnet.module)
+    calls = []
+    real_call = AblationLayer.__call__
+
+    def explode_on_second_batch(self, x):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom mid-ablation")
+        return real_call(self, x)
+
+    monkeypatch.setattr(AblationLayer, "__call__", explode_on_second_batch)
     with pytest.raises(RuntimeError, match="mid-ablation"):
         ex.heatmap("ablationcam", "stage0")
-    assert effnet.module.blocks[0] is layer, "the ablation layer was left in the model"
+    monkeypatch.undo()
     assert effnet.module.get_submodule("blocks.0") is layer
     assert hook_count(effnet.module) == before
-    # The model still computes what it computed before.
-    monkeypatch.undo()
+
+    cancel = threading.Event()
+    seen = []
+
+    def cancel_after_first(fraction, message):
+        seen.append(message)
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        ex.heatmap("ablationcam", "stage0", progress=cancel_after_first, cancel=cancel)
+    assert seen == ["Ablation-CAM: 8/16 channels"]
+    assert hook_count(effnet.module) == before
+    # The model still computes what it computed before, and the method works afterwards.
     again = Explainer(effnet, chelsea_crop(224), None, ("stage0",))
     assert again.prediction.top.index == ex.prediction.top.index
+    assert np.isfinite(ex.heatmap("ablationcam", "stage0").map).all()
 
 
 def test_heatmaps_reports_failing_pairs_and_keeps_the_others(effnet):

@@ -92,25 +92,33 @@ class OomAbove(torch.nn.Module):
         return self.conv(x).mean(dim=(2, 3))
 
 
-def test_scorecam_oom_halves_the_batch_with_a_message(monkeypatch):
+@pytest.mark.parametrize("weights_fn", [perturbation.score_cam_weights, perturbation.ablation_cam_weights],
+                         ids=["scorecam", "ablationcam"])
+def test_perturbation_oom_halves_the_batch_with_a_message(monkeypatch, weights_fn):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)  # no CUDA here
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((1, 3, 16, 16), dtype=np.float32))
-    acts = rng.random((1, 24, 4, 4), dtype=np.float32)
+    channels = 24 if weights_fn is perturbation.score_cam_weights else 5  # ablation: the conv's 5
+    acts = rng.random((1, channels, 4, 4), dtype=np.float32)
+    batch = 24 if channels == 24 else 5
 
     def target(o):
         return o[2]
 
-    plain = perturbation.score_cam_weights(OomAbove(1000), x, acts, target, batch_size=24)
-    model, messages = OomAbove(5), []
-    got = perturbation.score_cam_weights(model, x, acts, target, batch_size=24,
-                                         progress=lambda f, m: messages.append(m))
+    reference = OomAbove(1000)
+    plain = weights_fn(reference, reference.conv, x, acts, target, batch_size=batch)
+    model, messages = OomAbove(2 if channels == 5 else 5), []
+    model.load_state_dict(reference.state_dict())
+    got = weights_fn(model, model.conv, x, acts, target, batch_size=batch, progress=lambda f, m: messages.append(m))
     np.testing.assert_allclose(got, plain, rtol=1e-6, atol=1e-7)
-    assert model.sizes[:3] == [24, 12, 6] and max(model.sizes[3:]) <= 5
-    assert any("out of GPU memory" in m and "batch size lowered to 3" in m for m in messages), messages
+    # the first forward of Ablation-CAM is the one-image original score
+    sizes = [s for s in model.sizes if s != 1] if channels == 5 else model.sizes
+    assert sizes[:2] == [batch, batch // 2] and max(model.sizes[-2:]) <= model.limit
+    assert any("out of GPU memory" in m and "batch size lowered to" in m for m in messages), messages
 
     with pytest.raises(torch.cuda.OutOfMemoryError):  # even one image does not fit: the error stays
-        perturbation.score_cam_weights(OomAbove(0), x, acts, target, batch_size=4)
+        broken = OomAbove(0)
+        weights_fn(broken, broken.conv, x, acts, target, batch_size=4)
 
 
 # ---------------------------------------------------------------- MongoDB stopped mid-push

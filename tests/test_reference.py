@@ -177,10 +177,29 @@ def test_perturbation_method_equals_library_on_small_cnn_layer(method):
             ref = cam(s.x, [s.target])[0]
         finally:
             cam.activations_and_grads.release()
-    else:
-        ref, _ = s.reference("ablationcam", "stage1", ablation_layer=AblationLayer(), batch_size=16)
+    else:  # stage1 ends without a ReLU: the library agrees with us at its batch size 1 (perturbation.py)
+        ref, _ = s.reference("ablationcam", "stage1", ablation_layer=AblationLayer(), batch_size=1)
     _assert_close(ours.map, ref, f"{method} on efficientnet_lite0.stage1")
     assert s.loaded.layer_module("stage1") is s.loaded.module.blocks[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_perturbation_method_equals_library_on_segmentation(method):
+    """The segmentation target is scored for a whole batch at once (the mask moved once)."""
+    s = setup_for("deeplabv3")
+    ex = Explainer(s.loaded, s.image, None, ("layer1",), input_size=s.case.input_size, batch_size=128)
+    ours = ex.heatmap(method, "layer1")  # 256 channels: 2 batches
+    if method == "scorecam":
+        cam = METHODS["scorecam"].cls(s.loaded.module, [s.loaded.layer_module("layer1")])
+        try:
+            cam.batch_size = 128
+            ref = cam(s.x, [s.target])[0]
+        finally:
+            cam.activations_and_grads.release()
+    else:
+        ref, _ = s.reference("ablationcam", "layer1", ablation_layer=AblationLayer(), batch_size=128)
+    _assert_close(ours.map, ref, f"{method} on deeplabv3.layer1")
 
 
 @pytest.mark.slow
@@ -188,9 +207,48 @@ def test_ablationcam_on_a_vit_block_equals_library():
     s = setup_for("deit_tiny")
     ex = Explainer(s.loaded, s.image, None, ("block10",), batch_size=48)
     ours = ex.heatmap("ablationcam", "block10")
-    ref, _ = s.reference("ablationcam", "block10", ablation_layer=AblationLayerVit(), batch_size=48)
+    ref, _ = s.reference("ablationcam", "block10", ablation_layer=AblationLayerVit(), batch_size=1)
     _assert_close(ours.map, ref, "ablationcam on deit_tiny.block10")
     assert s.loaded.layer_module("block10") is s.loaded.module.blocks[10].norm1
+
+
+@pytest.mark.slow
+def test_ablationcam_does_not_depend_on_the_batch_size():
+    s = setup_for("deit_tiny")
+    maps = [Explainer(s.loaded, s.image, None, ("block10",), batch_size=b).heatmap("ablationcam", "block10").map
+            for b in (7, 64)]
+    assert np.abs(maps[0] - maps[1]).max() <= 1e-4
+
+
+def test_ablation_weights_equal_the_library_at_batch_size_1_where_its_batches_disagree():
+    """A layer without a ReLU, followed by a linear head: the ablation value reaches the score
+    unsquashed, so the library's row-by-row lowering (perturbation.py) changes its weights with
+    its batch size. Ours are its batch-size-1 weights, whatever our batch size."""
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from camcore import perturbation
+
+    torch.manual_seed(0)
+    toy = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(6 * 64, 4))
+    toy.eval()
+    x = torch.randn(1, 3, 8, 8)
+    target = ClassifierOutputTarget(2)
+    acts = toy[0](x).detach().numpy()
+    assert acts.min() < 0
+
+    def library(batch_size: int) -> np.ndarray:
+        cam = AblationCAM(toy, [toy[0]], ablation_layer=AblationLayer(), batch_size=batch_size)
+        try:
+            return cam.get_cam_weights(x, toy[0], [target], acts, None)
+        finally:
+            cam.activations_and_grads.release()
+
+    ours = [perturbation.ablation_cam_weights(toy, toy[0], x, acts, target, batch_size=b) for b in (1, 4, 6)]
+    lib1, lib6 = library(1), library(6)
+    for w in ours:
+        np.testing.assert_allclose(w, lib1, rtol=1e-5)
+    assert not np.allclose(lib1, lib6, rtol=1e-2), "the library quirk this difference is about is gone"
 
 
 # ---------------------------------------------------------------- aug_smooth
