@@ -3,6 +3,9 @@
 
     .venv/bin/python bench/grid.py --quick      # small sizes, CPU, under a minute or two
     .venv/bin/python bench/grid.py              # DeepLabV3 at 520 on the short side, DeiT-tiny
+    .venv/bin/python bench/grid.py --skip-grid --perturbation deeplabv3:layer4   # ScoreCAM/AblationCAM
+
+First, Score-CAM and Ablation-CAM on --perturbation against the same number of batched forwards.
 
 Untrained weights (speed does not depend on them). Last line:
 grid_vs_floor=<ratio> speedup_vs_reference=<ratio> maxdiff=<value>
@@ -87,13 +90,56 @@ def run(model_key: str, size: int | None, layers: list[str], repeats: int) -> tu
     return ours_t / floor_t, ref_time / ours_t, maxdiff
 
 
+def perturbation_vs_forwards(model_key: str, layer: str, batch: int) -> dict[str, float]:
+    """Score-CAM and Ablation-CAM (ours, one map each) against their limit: the same number of
+    forwards (one per channel of the layer), run in batches of the same size, nothing else."""
+    loaded = models.load_model(model_key, "untrained")
+    img = images.from_array(skimage.data.astronaut())
+    ex = engine.Explainer(loaded, img, None, (layer,), False, None, batch_size=batch)
+    channels = ex.fp.activations[layer].shape[1]
+    x = ex.x.to(loaded.device)
+    size = engine.perturbation.default_batch_size(loaded.device, ex.input_hw, batch)
+
+    def sync():
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.no_grad():
+        loaded.module(x.repeat(min(size, channels), 1, 1, 1))  # warm-up at the batch shape
+        sync()
+        start = time.perf_counter()
+        for i in range(0, channels, size):
+            loaded.module(x.repeat(min(size, channels - i), 1, 1, 1))
+        sync()
+    forwards = time.perf_counter() - start
+    ratios = {}
+    for m in ("scorecam", "ablationcam"):
+        start = time.perf_counter()
+        ex.heatmap(m, layer)
+        sync()
+        ours = time.perf_counter() - start
+        ratios[m] = ours / forwards
+        print(f"{m:11s} {model_key}.{layer} ({channels} channels, batch {size}): ours {ours:.2f}s, "
+              f"{channels} batched forwards {forwards:.2f}s -> {ours / forwards:.2f}x")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes that run on a CPU quickly")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--perturbation", default="deit_tiny:block11",
+                        help="MODEL:LAYER for Score-CAM / Ablation-CAM vs their batched forwards "
+                             "(deeplabv3:layer4 is the issue's case: 2048 forwards, for a GPU)")
+    parser.add_argument("--perturbation-batch", type=int, default=64)
+    parser.add_argument("--skip-grid", action="store_true", help="only the perturbation part")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"device {models.default_device()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    model_key, layer = args.perturbation.split(":")
+    perturbation_vs_forwards(model_key, layer, args.perturbation_batch)
+    if args.skip_grid:
+        return
     results = [
         run("deeplabv3", 160 if args.quick else 520, ["layer1", "layer2", "layer3", "layer4"], args.repeats),
         run("deit_tiny", None, ["block0", "block5", "block11"] if args.quick else [f"block{i}" for i in range(12)],
