@@ -1,8 +1,9 @@
 """Judging heatmaps across samples: where does the model look for one class, object or background?
 
-For each sample: one Explainer pass for the class, one heatmap, the object's mask (the predicted
-mask for segmentation; boxes from a label field for classification), the share of heatmap mass
-inside it. Ranked worst first, so background-biased samples come to the top.
+For each sample: a pass for the class (images stacked into batched passes), one heatmap, the
+object's mask (a ground-truth segmentation mask or boxes from a label field when given, else the
+predicted mask of a segmentation model), the share of heatmap mass inside it. Ranked worst first,
+so background-biased samples come to the top.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 
 from camcore import engine, images, metrics
@@ -23,6 +25,7 @@ class SampleItem:
     sample_id: str
     filepath: str
     boxes: tuple[tuple[float, float, float, float], ...] = ()  # relative [x, y, w, h] of the object
+    mask: np.ndarray | None = None  # the object's ground-truth mask (any resolution), or None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class RankRow:
 
 def object_mask(ex: engine.Explainer, item: SampleItem) -> tuple[np.ndarray | None, str]:
     """The object's mask at the image's resolution, and where it came from."""
+    if item.mask is not None:
+        h, w = ex.image.size
+        mask = cv2.resize(np.asarray(item.mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        return (mask, "label mask") if mask.any() else (None, "class not in the label mask")
     if ex.prediction.task == "segmentation":
         mask = ex.prediction.mask == ex.target.index
         return (mask, "predicted mask") if mask.any() else (None, "class not predicted")
@@ -56,24 +63,34 @@ def rank_by_share_inside(
     input_size: int | None = None,
     progress: Callable[[float, str], None] | None = None,
     cancel: threading.Event | None = None,
+    batch: int = 8,
 ) -> list[RankRow]:
     """Samples ranked by the share of heatmap mass inside the object, worst first."""
     rows = []
-    for i, item in enumerate(items):
+    for start in range(0, len(items), batch):
         if cancel is not None and cancel.is_set():
             raise Cancelled("Ranking cancelled.")
+        group = items[start:start + batch]
         if progress:
-            progress(i / max(1, len(items)), f"{i + 1}/{len(items)}: {item.filepath.rsplit('/', 1)[-1]}")
-        try:
-            img = images.load_image(item.filepath)
-            ex = engine.Explainer(model, img, target, (layer,), False, input_size)
-            h = ex.heatmap(method, layer)
-            mask, source = object_mask(ex, item)
-            share = metrics.mass_inside(h.map, mask) if mask is not None else None
-            flagged = share is not None and metrics.background_dominated(share, threshold)
-            rows.append(RankRow(item.sample_id, item.filepath, share, flagged, h, source))
-        except CamError as exc:  # one bad image must not stop the ranking
-            rows.append(RankRow(item.sample_id, item.filepath, None, False, None, "", str(exc)))
+            progress(start / max(1, len(items)), f"{start + len(group)}/{len(items)}")
+        loaded = []
+        for item in group:
+            try:
+                loaded.append((item, images.load_image(item.filepath)))
+            except CamError as exc:  # one bad image must not stop the ranking
+                rows.append(RankRow(item.sample_id, item.filepath, None, False, None, "", str(exc)))
+        explainers = engine.explain_many(model, [img for _i, img in loaded], target, (layer,), input_size, batch)
+        for (item, _img), ex in zip(loaded, explainers):
+            try:
+                if isinstance(ex, CamError):
+                    raise ex
+                h = ex.heatmap(method, layer)
+                mask, source = object_mask(ex, item)
+                share = metrics.mass_inside(h.map, mask) if mask is not None else None
+                flagged = share is not None and metrics.background_dominated(share, threshold)
+                rows.append(RankRow(item.sample_id, item.filepath, share, flagged, h, source))
+            except CamError as exc:
+                rows.append(RankRow(item.sample_id, item.filepath, None, False, None, "", str(exc)))
     if progress:
         progress(1.0, "done")
     return sorted(rows, key=lambda r: (r.share_inside is None, r.share_inside if r.share_inside is not None else 0))

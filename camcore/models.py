@@ -201,6 +201,8 @@ class LoadedModel:
     # pytorch-grad-cam style hooks are per module: two threads computing on one model at once
     # would mix each other's activations, so every pass holds this lock.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # pytorch-grad-cam method objects without target layers (engine._method_object), per method
+    method_objects: dict = field(default_factory=dict, repr=False)
 
     @property
     def pretrained(self) -> bool:

@@ -730,6 +730,70 @@ def boxes_by_sample(view: fo.Dataset | fo.DatasetView, field: str, label: str) -
     return out
 
 
+def segmentation_fields(dataset: fo.Dataset | fo.DatasetView) -> list[str]:
+    """fo.Segmentation fields (object masks), ours excluded (we write Heatmaps only)."""
+    return sorted(name for name, f in dataset.get_field_schema().items()
+                  if getattr(f, "document_type", None) is fo.Segmentation)
+
+
+def _mask_targets(dataset: fo.Dataset | fo.DatasetView, field: str) -> dict[int, str]:
+    root = _root(dataset)
+    targets = (root.mask_targets or {}).get(field) or root.default_mask_targets or {}
+    return {int(k): str(v) for k, v in targets.items() if str(k).isdigit()}
+
+
+@_db_errors
+def segmentation_labels(dataset: fo.Dataset | fo.DatasetView, field: str, scan: int = 50) -> list[str]:
+    """The class names of a Segmentation field: its mask targets, or else the values found in the
+    first `scan` masks (as strings)."""
+    if getattr(dataset.get_field(field), "document_type", None) is not fo.Segmentation:
+        raise StoreError(f"field {field!r} holds no segmentation masks")
+    targets = _mask_targets(dataset, field)
+    if targets:
+        return [targets[k] for k in sorted(targets)]
+    found: set[int] = set()
+    for seg in dataset.limit(scan).values(field):
+        mask = _read_mask(seg)
+        if mask is not None:
+            found.update(int(v) for v in np.unique(mask))
+    return [str(v) for v in sorted(found)]
+
+
+def _read_mask(seg: fo.Segmentation | None) -> np.ndarray | None:
+    """A 2-D integer mask from `mask` or `mask_path`; None when absent or unreadable (RGB masks,
+    whose classes are colours, are not read)."""
+    if seg is None:
+        return None
+    try:
+        mask = seg.get_mask()
+    except Exception:  # a missing or broken mask file: no mask for that sample, not a crash
+        return None
+    if mask is None or np.ndim(mask) != 2:
+        return None
+    return np.asarray(mask)
+
+
+@_db_errors
+def segmentation_masks_by_sample(view: fo.Dataset | fo.DatasetView, field: str, label: str) -> dict[str, np.ndarray]:
+    """Boolean masks of class `label` (a mask-target name, or a pixel value) per sample id, at each
+    mask's own resolution; samples without a readable mask are left out."""
+    if getattr(view.get_field(field), "document_type", None) is not fo.Segmentation:
+        raise StoreError(f"field {field!r} holds no segmentation masks")
+    by_name = {v: k for k, v in _mask_targets(view, field).items()}
+    if label in by_name:
+        value = by_name[label]
+    elif str(label).isdigit():
+        value = int(label)
+    else:
+        raise StoreError(f"no class {label!r} in the mask targets of {field!r}")
+    out = {}
+    for sid, seg in zip(*view.values(["id", field])):
+        mask = _read_mask(seg)
+        if mask is not None:
+            out[sid] = mask == value
+    return out
+
+
 @_db_errors
 def read_heatmap(dataset: fo.Dataset | fo.DatasetView, sample_id: str, field: str) -> np.ndarray | None:
     """A stored heatmap as float32 0..1 (its PNG scaled by its range), or None when absent."""

@@ -71,3 +71,38 @@ def test_quickstart_button_offline_says_why_and_keeps_the_demo(monkeypatch):
     _run(at)
     assert any("needs the internet" in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
     assert at.sidebar.selectbox(key="dataset").value == "cam-explorer-demo"
+
+
+def test_ranking_uses_a_ground_truth_segmentation_field():
+    import fiftyone as fo
+    import numpy as np
+
+    from camcore import demo_data
+    from fo_helpers import unique_name
+
+    demo = demo_data.ensure_demo_dataset()
+    chosen = [s for s in demo if s.filename in ("chelsea.png", "coffee.png")]
+    ds = fo.Dataset(unique_name("rank-gt"), persistent=True)
+    try:
+        samples = []
+        for s in chosen:
+            h, w = s.metadata.height, s.metadata.width
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1  # "cat" in the middle
+            samples.append(fo.Sample(filepath=s.filepath, gt=fo.Segmentation(mask=mask)))
+        ds.add_samples(samples)
+        ds.mask_targets = {"gt": {0: "background", 1: "cat"}}
+        ds.save()
+        at = _open("pages/compare.py")
+        at.sidebar.selectbox(key="dataset").set_value(ds.name)
+        _run(at)
+        source = at.selectbox(key="rank_object_efficientnet_lite0")
+        assert source.options == ["(no object labels)", "gt"] and source.value == "gt"
+        assert at.selectbox(key="rank_object_label_gt").value in ("background", "cat")
+        at.selectbox(key="rank_object_label_gt").set_value("cat")
+        at.button(key="rank_go").click()
+        _run(at)
+        ranked = [c.value for c in at.caption if "on the object" in c.value]
+        assert len(ranked) == 2 and all("(label mask)" in c for c in ranked), ranked
+    finally:
+        ds.delete()

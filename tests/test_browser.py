@@ -419,3 +419,65 @@ def test_compare_grid_scores_and_the_layer_progression_study(server: Server, pag
         expect(page.get_by_test_id("stMarkdownContainer").get_by_text(layer, exact=True)).to_have_count(1)
     expect(scores).to_have_count(4, timeout=RUN_TIMEOUT)  # four rows x Grad-CAM
     screenshot(page, "compare")
+
+
+def test_app_killed_mid_batch_loses_nothing(browser: Browser):
+    """SIGKILL the Streamlit server while the Batch page is writing: every heatmap it wrote has its
+    file, and running the same batch again computes only the rest."""
+    import signal
+
+    import fiftyone as fo
+
+    from camcore import batch, demo_data, store
+
+    files = demo_data.ensure_demo_dataset().values("filepath")
+    n = 32
+    ds = fo.Dataset(f"killed-{uuid.uuid4().hex[:8]}", persistent=True)  # the server loads it by name
+    ds.add_samples([fo.Sample(filepath=files[i % len(files)]) for i in range(n)])
+    field = store.heatmap_field_name("deeplabv3", "gradcam", "layer4", batch.PREDICTED)
+    ARTIFACTS.mkdir(exist_ok=True)
+    fresh = Server(ARTIFACTS / "streamlit-killed-server.log")
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        sidebar = page.get_by_test_id("stSidebar")
+        open_app(page, fresh.url)
+        choose(page, "Dataset", ds.name, sidebar)
+        settle(page)
+        choose(page, "Model", DEEPLAB, sidebar)
+        settle(page)
+        size = widget(page, "stSlider", "Input short side (px)", sidebar)
+        thumb = size.get_by_role("slider")
+        thumb.focus()
+        while size.get_by_test_id("stSliderThumbValue").inner_text() != "256":
+            before = size.get_by_test_id("stSliderThumbValue").inner_text()
+            thumb.press("ArrowLeft")
+            expect(size.get_by_test_id("stSliderThumbValue")).not_to_have_text(before)
+        settle(page)
+        choose(page, "Weights", "untrained (random weights)", sidebar)
+        settle(page)
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Batch").click()
+        run = page.get_by_role("button", name="Run batch")
+        expect(run).to_be_visible(timeout=RUN_TIMEOUT)
+        settle(page)
+        run.click()
+        # progress "done/total · rate · ETA": kill once a chunk is written and before the last one
+        expect(page.get_by_text(re.compile(rf"^(8|16|24)/{n} ·"))).to_be_visible(timeout=RUN_TIMEOUT)
+        os.kill(fresh.proc.pid, signal.SIGKILL)
+        fresh.proc.wait(timeout=30)
+    finally:
+        context.close()
+        fresh.stop()
+    try:
+        ds.reload()
+        labels = ds.values(field)
+        written = [label for label in labels if label is not None]
+        assert 8 <= len(written) < n, len(written)
+        assert all(os.path.isfile(label.map_path) for label in written), "a label without its file"
+        again = batch.run_batch(ds, "deeplabv3", "untrained", ["gradcam"], ["layer4"], batch.PREDICTED,
+                                input_size=256)
+        assert (again.skipped, again.done, again.failed) == (len(written), n - len(written), [])
+        ds.reload()
+        assert all(label is not None and os.path.isfile(label.map_path) for label in ds.values(field))
+    finally:
+        ds.delete()

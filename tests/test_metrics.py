@@ -82,3 +82,22 @@ def test_ranking_puts_background_focused_samples_first():
     missing = next(r for r in rows if r.sample_id == "missing")
     assert missing.heatmap is None and "not found" in missing.error
     assert seen[-1] == 1.0
+
+
+def test_ranking_with_ground_truth_masks_at_another_resolution():
+    model = models.load_model("efficientnet_lite0")
+    img = chelsea()
+    h, w = img.size
+    x0, y0, x1, y1 = FACE_BOX
+    face = np.zeros((h // 2, w // 2), bool)  # a label mask at half the image's resolution
+    face[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = True
+    corner = np.zeros((h // 2, w // 2), bool)
+    corner[: h // 10, : w // 10] = True
+    empty = np.zeros((10, 10), bool)
+    items = [judge.SampleItem("face", img.path, (), face), judge.SampleItem("corner", img.path, (), corner),
+             judge.SampleItem("empty", img.path, (), empty)]
+    rows = judge.rank_by_share_inside(model, items, "gradcam", "head", "Egyptian cat")
+    assert [r.sample_id for r in rows] == ["corner", "face", "empty"]
+    assert rows[1].mask_source == "label mask" and rows[1].share_inside > 0.5
+    assert rows[0].background_dominated
+    assert rows[2].share_inside is None and rows[2].mask_source == "class not in the label mask"

@@ -279,10 +279,11 @@ def _planted(rng, c, h, w, rank_strength=4.0):
 
 
 SHAPES = [
-    (16, 20, 20),  # N = 400 > C = 16: exact path
-    (512, 6, 6),  # N = 36 < C = 512: exact path
-    (300, 20, 20),  # N = 400, C = 300: both > 256, Lanczos on C x C
-    (400, 17, 17),  # N = 289 < C = 400: both > 256, Lanczos on N x N
+    (16, 20, 20),  # N = 400 > C = 16: dense eigensolver on C x C
+    (700, 6, 6),  # N = 36 < C = 700: dense eigensolver on N x N
+    (300, 20, 20),  # N = 400, C = 300: dense on C x C
+    (600, 30, 30),  # N = 900, C = 600: both > 512, Lanczos on C x C
+    (700, 24, 24),  # N = 576 < C = 700: both > 512, Lanczos on N x N
 ]
 
 
@@ -301,8 +302,8 @@ def test_first_component_projection_matches_library_up_to_sign(c, h, w, kind, mo
     ours = projection.first_component_projection(batch)
     ref = get_2d_projection(batch)
     assert ours.shape == ref.shape == (batch.shape[0], h, w) and ours.dtype == np.float32
-    lanczos = min(c, h * w) > projection.EXACT_LIMIT
-    assert bool(calls) == lanczos, "the large case must take the Lanczos path, the small one the exact SVD"
+    lanczos = min(c, h * w) > projection.GRAM_LIMIT
+    assert bool(calls) == lanczos, "the large case must take the Lanczos path, the small one the dense solver"
     for i in range(batch.shape[0]):
         scale = float(np.abs(ref[i]).max())
         diff = min(np.abs(ours[i] - ref[i]).max(), np.abs(ours[i] + ref[i]).max())

@@ -204,3 +204,45 @@ def test_database_down_is_one_clear_line():
     assert line, proc.stdout[-1000:] + proc.stderr[-2000:]
     assert "cannot reach the FiftyOne database" in line[0] and "FIFTYONE_DATABASE_URI" in line[0]
     assert "secret" not in proc.stdout
+
+
+def test_segmentation_masks_by_label_from_arrays_and_files(tmp_path):
+    import cv2
+    import numpy as np
+
+    paths = write_images(tmp_path / "img", ["a.png", "b.png", "c.png", "d.png", "e.png"], size=(8, 8))
+    mask_a = np.zeros((4, 4), np.uint8)
+    mask_a[1:3, 1:3] = 2
+    mask_file = tmp_path / "mask_b.png"
+    mask_b = np.full((6, 6), 2, np.uint8)
+    mask_b[0] = 1
+    assert cv2.imwrite(str(mask_file), mask_b)
+    rgb = np.zeros((4, 4, 3), np.uint8)  # an RGB mask: classes are colours, not read
+    ds = fo.Dataset(unique_name("masks"))
+    ds.add_samples([
+        fo.Sample(filepath=paths[0], gt=fo.Segmentation(mask=mask_a)),
+        fo.Sample(filepath=paths[1], gt=fo.Segmentation(mask_path=str(mask_file))),
+        fo.Sample(filepath=paths[2], gt=fo.Segmentation(mask=rgb)),
+        fo.Sample(filepath=paths[3], gt=fo.Segmentation(mask_path=str(tmp_path / "gone.png"))),
+        fo.Sample(filepath=paths[4]),
+    ])
+    try:
+        assert store.segmentation_fields(ds) == ["gt"]
+        assert store.segmentation_labels(ds, "gt") == ["0", "1", "2"]  # no mask targets: values found
+        ds.mask_targets = {"gt": {0: "background", 1: "sky", 2: "plane"}}
+        ds.save()
+        assert store.segmentation_labels(ds, "gt") == ["background", "sky", "plane"]
+        ids = ds.values("id")
+        masks = store.segmentation_masks_by_sample(ds, "gt", "plane")
+        assert set(masks) == {ids[0], ids[1]}  # RGB, missing file and no label are left out
+        np.testing.assert_array_equal(masks[ids[0]], mask_a == 2)
+        assert masks[ids[1]].shape == (6, 6) and masks[ids[1]].sum() == 30
+        by_value = store.segmentation_masks_by_sample(ds, "gt", "1")
+        assert by_value[ids[1]].sum() == 6
+        with pytest.raises(StoreError, match="no class 'tree'"):
+            store.segmentation_masks_by_sample(ds, "gt", "tree")
+        ds.add_sample_field("gt_label", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+        with pytest.raises(StoreError, match="no segmentation masks"):
+            store.segmentation_masks_by_sample(ds, "gt_label", "plane")
+    finally:
+        ds.delete()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import fiftyone as fo
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -103,24 +104,32 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
     method = c2.selectbox("Method", chosen, format_func=lambda k: methods.METHODS[k].label, key="rank_method")
     layer = c3.selectbox("Layer", layers, key="rank_layer")
     dataset = store.load_dataset(sel.dataset)
-    boxes = {}
+    view = dataset.select(list(sel.sample_ids))
+    boxes, masks = {}, {}
+    # Where the object is: ground-truth masks or boxes from the dataset, or (segmentation models)
+    # the model's own predicted mask.
+    sources = store.segmentation_fields(dataset)
     if loaded.spec.task == "classification":
-        fields = [f for f in store.label_fields(dataset)
-                  if getattr(dataset.get_field(f), "document_type", None).__name__ == "Detections"]
-        field = c4.selectbox("Object boxes from", [None] + fields, key="rank_boxes", index=1 if fields else 0,
-                             format_func=lambda f: "(no detections field)" if f is None else f)
-        if field:
-            # Label names of a user's boxes rarely match the model's classes ("cat" vs "tabby").
-            labels = store.label_values(dataset, field)
-            guess = next((i for i, v in enumerate(labels) if v.lower() in cls.lower() or cls.lower() in v.lower()), 0)
-            box_label = c4.selectbox("Object label", labels, index=guess, key=f"rank_box_label_{field}")
-            boxes = store.boxes_by_sample(dataset.select(list(sel.sample_ids)), field, box_label)
-    else:
-        c4.caption("Object = the predicted mask of the class.")
+        sources += [f for f in store.label_fields(dataset)
+                    if getattr(dataset.get_field(f), "document_type", None) is fo.Detections]
+    fallback = "the predicted mask" if loaded.spec.task == "segmentation" else None
+    field = c4.selectbox("Object from", [fallback] + sources, key=f"rank_object_{loaded.spec.key}",
+                         index=1 if sources and fallback is None else 0,
+                         format_func=lambda f: "(no object labels)" if f is None else f)
+    if field and field != fallback:
+        is_mask = field in store.segmentation_fields(dataset)
+        labels = store.segmentation_labels(dataset, field) if is_mask else store.label_values(dataset, field)
+        # Label names of a user's objects rarely match the model's classes ("cat" vs "tabby").
+        guess = next((i for i, v in enumerate(labels) if v.lower() in cls.lower() or cls.lower() in v.lower()), 0)
+        label = c4.selectbox("Object label", labels, index=guess, key=f"rank_object_label_{field}")
+        if label is not None and is_mask:
+            masks = store.segmentation_masks_by_sample(view, field, label)
+        elif label is not None:
+            boxes = store.boxes_by_sample(view, field, label)
     if not st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go"):
         rows = st.session_state.get("rank_rows")
     else:
-        items = [judge.SampleItem(i, p, tuple(tuple(b) for b in boxes.get(i, ())))
+        items = [judge.SampleItem(i, p, tuple(tuple(b) for b in boxes.get(i, ())), masks.get(i))
                  for i, p in zip(sel.sample_ids, sel.filepaths)]
         bar = st.progress(0.0)
         rows = judge.rank_by_share_inside(loaded, items, method, layer, cls, threshold, sel.input_size,
