@@ -66,7 +66,7 @@ def main() -> None:
         mask = mask if mask.any() else None
     st.caption(f"Target **{ex.target.name}** ({ex.target.rule}) · weights: {loaded.weights_label} · "
                + ("object = predicted mask of the target" if mask is not None else
-                  "no object mask here (classification: rank the view below with a detections field)"))
+                  "no object mask here (classification: rank the view below with a segmentation or detections field)"))
     table = compare.grid(img, ex, loaded, layers, chosen, eigen, alpha, cmap, with_scores, mask, threshold)
     compare.road_panel(ex, table, eigen)
     st.divider()

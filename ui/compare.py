@@ -97,6 +97,13 @@ def road_panel(ex: Explainer, table: list[dict], eigen: bool) -> None:
             st.caption(f"ROAD combined (LeRF − MoRF)/2 = {curve.combined:+.3f} — higher is more faithful.")
 
 
+RANK_REQUESTED = "rank_requested"
+
+
+def _request_ranking() -> None:
+    st.session_state[RANK_REQUESTED] = True
+
+
 def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: float, default_class: int) -> None:
     st.markdown("#### Across the view: where does the model look for one class?")
     c1, c2, c3, c4 = st.columns(4)
@@ -126,7 +133,9 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
             masks = store.segmentation_masks_by_sample(view, field, label)
         elif label is not None:
             boxes = store.boxes_by_sample(view, field, label)
-    if not st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go"):
+    # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
+    st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=_request_ranking)
+    if not st.session_state.pop(RANK_REQUESTED, False):
         rows = st.session_state.get("rank_rows")
     else:
         items = [judge.SampleItem(i, p, tuple(tuple(b) for b in boxes.get(i, ())), masks.get(i))
