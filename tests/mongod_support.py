@@ -23,7 +23,7 @@ def mongod_binary() -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -48,33 +48,37 @@ def _wait(proc: subprocess.Popen, port: int, log: Path, timeout: float) -> None:
     raise RuntimeError(f"mongod did not answer on port {port} within {timeout:.0f}s")
 
 
-def start_mongod(tmp: Path, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
-    """Start mongod with its data under tmp; return the process and its URI."""
+def start_mongod(tmp: Path, timeout: float = 60.0, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start mongod with its data under tmp (on `port`, or a free one); return it and its URI.
+    Restarting on the same tmp and port reopens the same data."""
     dbpath = tmp / "db"
     dbpath.mkdir(parents=True, exist_ok=True)
     log = tmp / "mongod.log"
     binary = mongod_binary()
-    for _attempt in range(3):  # a free port can be taken between probe and bind: retry
-        port = _free_port()
+    for _attempt in range(1 if port else 3):  # a free port can be taken between probe and bind: retry
+        chosen = port or free_port()
         proc = subprocess.Popen(
-            [str(binary), "--dbpath", str(dbpath), "--port", str(port), "--bind_ip", "127.0.0.1",
-             "--logpath", str(log), "--nounixsocket"],
+            [str(binary), "--dbpath", str(dbpath), "--port", str(chosen), "--bind_ip", "127.0.0.1",
+             "--logpath", str(log), "--logappend", "--nounixsocket"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         try:
-            _wait(proc, port, log, timeout)
+            _wait(proc, chosen, log, timeout)
         except RuntimeError:
-            stop_mongod(proc)
+            stop_mongod(proc, disconnect_fiftyone=False)
+            if port:
+                raise
             continue
-        return proc, f"mongodb://127.0.0.1:{port}"
+        return proc, f"mongodb://127.0.0.1:{chosen}"
     raise RuntimeError(f"could not start mongod; see {log}")
 
 
-def stop_mongod(proc: subprocess.Popen) -> None:
-    """Close this process's FiftyOne client (so mongod stops cleanly), then stop mongod."""
+def stop_mongod(proc: subprocess.Popen, disconnect_fiftyone: bool = True) -> None:
+    """Stop mongod; first close this process's FiftyOne client when it talks to that mongod (so
+    it stops cleanly)."""
     import sys
 
-    if "fiftyone" in sys.modules:
+    if disconnect_fiftyone and "fiftyone" in sys.modules:
         try:
             import fiftyone.core.odm.database as fod
 

@@ -183,6 +183,19 @@ def add_to_multiselect(page: Page, label: str, option: str) -> None:
                                                                           exact=True)).to_have_count(1)
 
 
+def set_input_size(page: Page, px: int) -> None:
+    """Move the sidebar's "Input short side (px)" slider down to `px` with the keyboard."""
+    size = widget(page, "stSlider", "Input short side (px)", page.get_by_test_id("stSidebar"))
+    thumb = size.get_by_role("slider")
+    thumb.focus()
+    while size.get_by_test_id("stSliderThumbValue").inner_text() != str(px):
+        before = size.get_by_test_id("stSliderThumbValue").inner_text()
+        assert int(before) > px, before
+        thumb.press("ArrowLeft")
+        expect(size.get_by_test_id("stSliderThumbValue")).not_to_have_text(before)
+    settle(page)
+
+
 def overlay(page: Page, caption_start: str) -> Locator:
     """The image whose caption starts with `caption_start` (e.g. 'Grad-CAM · head')."""
     return page.get_by_test_id("stImage").filter(
@@ -349,15 +362,7 @@ def test_deeplab_offline_then_untrained(server: Server, page: Page):
     expect(error).to_be_visible(timeout=RUN_TIMEOUT)
     expect(error).to_contain_text("To provide them")
     settle(page)
-    size = widget(page, "stSlider", "Input short side (px)", sidebar)
-    thumb = size.get_by_role("slider")
-    thumb.focus()
-    while size.get_by_test_id("stSliderThumbValue").inner_text() != "256":
-        before = size.get_by_test_id("stSliderThumbValue").inner_text()
-        assert int(before) > 256, before
-        thumb.press("ArrowLeft")
-        expect(size.get_by_test_id("stSliderThumbValue")).not_to_have_text(before)
-    settle(page)
+    set_input_size(page, 256)
     choose(page, "Weights", "untrained (random weights)", sidebar)
     expect(page.get_by_test_id("stAlert").filter(has_text="UNTRAINED weights")).to_be_visible(timeout=RUN_TIMEOUT)
     expect(overlay(page, "Grad-CAM · layer4")).to_be_visible(timeout=RUN_TIMEOUT)
@@ -446,14 +451,7 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
         settle(page)
         choose(page, "Model", DEEPLAB, sidebar)
         settle(page)
-        size = widget(page, "stSlider", "Input short side (px)", sidebar)
-        thumb = size.get_by_role("slider")
-        thumb.focus()
-        while size.get_by_test_id("stSliderThumbValue").inner_text() != "256":
-            before = size.get_by_test_id("stSliderThumbValue").inner_text()
-            thumb.press("ArrowLeft")
-            expect(size.get_by_test_id("stSliderThumbValue")).not_to_have_text(before)
-        settle(page)
+        set_input_size(page, 256)
         choose(page, "Weights", "untrained (random weights)", sidebar)
         settle(page)
         page.get_by_test_id("stSidebarNav").get_by_role("link", name="Batch").click()

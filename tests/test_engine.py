@@ -230,24 +230,25 @@ def test_no_hooks_left_after_a_library_method_raises(effnet, monkeypatch, no_rel
 
 
 def test_ablationcam_leaves_no_hook_when_it_fails_or_is_cancelled(effnet, monkeypatch):
-    from pytorch_grad_cam.ablation_layer import AblationLayer
+    from camcore import perturbation
 
     ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",), batch_size=8)  # 16 channels: 2 batches
     layer = effnet.layer_module("stage0")
     before = hook_count(effnet.module)
     calls = []
-    real_call = AblationLayer.__call__
+    real_copies = perturbation.ablated_copies
 
-    def explode_on_second_batch(self, x):
+    def explode_on_second_batch(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("boom mid-ablation")
-        return real_call(self, x)
+        return real_copies(*args, **kwargs)
 
-    monkeypatch.setattr(AblationLayer, "__call__", explode_on_second_batch)
+    monkeypatch.setattr(perturbation, "ablated_copies", explode_on_second_batch)
     with pytest.raises(RuntimeError, match="mid-ablation"):
         ex.heatmap("ablationcam", "stage0")
     monkeypatch.undo()
+    assert len(calls) == 2
     assert effnet.module.get_submodule("blocks.0") is layer
     assert hook_count(effnet.module) == before
 

@@ -176,17 +176,9 @@ CHILD = textwrap.dedent(
 
 
 def _start_private_mongod(tmp: Path, port: int) -> subprocess.Popen:
-    import conftest
+    from mongod_support import start_mongod
 
-    (tmp / "db").mkdir(exist_ok=True)
-    log = tmp / "mongod.log"
-    proc = subprocess.Popen(
-        [str(conftest._mongod_binary()), "--dbpath", str(tmp / "db"), "--port", str(port),
-         "--bind_ip", "127.0.0.1", "--logpath", str(log), "--logappend", "--nounixsocket"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    conftest._wait_for_mongod(proc, port, log)
-    return proc
+    return start_mongod(tmp, port=port)[0]
 
 
 def _child(tmp: Path, port: int, pid: int, phase: str) -> dict:
@@ -202,9 +194,9 @@ def _child(tmp: Path, port: int, pid: int, phase: str) -> dict:
 
 @pytest.mark.slow
 def test_mongod_killed_mid_push_then_restarted(tmp_path):
-    import conftest
+    from mongod_support import free_port, stop_mongod
 
-    port = conftest._free_port()
+    port = free_port()
     mongod = _start_private_mongod(tmp_path, port)
     try:
         out = _child(tmp_path, port, mongod.pid, "push")
@@ -218,4 +210,4 @@ def test_mongod_killed_mid_push_then_restarted(tmp_path):
         assert all(out["after"].values()) and len(out["after"]) == 2, out
         print(f"error: {error}; fields after restart: {out['before']}")
     finally:
-        conftest._stop(mongod)
+        stop_mongod(mongod, disconnect_fiftyone=False)  # this process talks to the session's mongod
