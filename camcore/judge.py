@@ -39,6 +39,21 @@ class RankRow:
     error: str = ""
 
 
+BACKGROUND_NAMES = {"background", "__background__", "bg", "0"}
+
+
+def guess_object_label(labels: Sequence[str], class_name: str) -> int:
+    """Index of the user's label most likely meant for the model's class: one whose name contains
+    or is contained in the class name ("cat" for "tabby cat"), else the first that is not a
+    background class, else 0. Label names rarely match the model's classes exactly."""
+    wanted = class_name.lower()
+    for i, label in enumerate(labels):
+        name = str(label).lower()
+        if name and (name in wanted or wanted in name) and name not in BACKGROUND_NAMES:
+            return i
+    return next((i for i, label in enumerate(labels) if str(label).lower() not in BACKGROUND_NAMES), 0)
+
+
 def object_mask(ex: engine.Explainer, item: SampleItem) -> tuple[np.ndarray | None, str]:
     """The object's mask at the image's resolution, and where it came from."""
     if item.mask is not None:

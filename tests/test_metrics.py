@@ -101,3 +101,15 @@ def test_ranking_with_ground_truth_masks_at_another_resolution():
     assert rows[1].mask_source == "label mask" and rows[1].share_inside > 0.5
     assert rows[0].background_dominated
     assert rows[2].share_inside is None and rows[2].mask_source == "class not in the label mask"
+
+
+@pytest.mark.parametrize("labels, cls, expected", [
+    (["background", "cat", "dog"], "tabby cat", 1),
+    (["background", "object"], "jersey", 1),  # no name matches: the first non-background label
+    (["0", "1", "2"], "jersey", 1),
+    (["Dog", "CAT"], "Egyptian cat", 1),
+    (["background"], "jersey", 0),
+    ([], "jersey", 0),
+])
+def test_guess_object_label(labels, cls, expected):
+    assert judge.guess_object_label(labels, cls) == expected

@@ -126,9 +126,8 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
     if field and field != fallback:
         is_mask = field in store.segmentation_fields(dataset)
         labels = store.segmentation_labels(dataset, field) if is_mask else store.label_values(dataset, field)
-        # Label names of a user's objects rarely match the model's classes ("cat" vs "tabby").
-        guess = next((i for i, v in enumerate(labels) if v.lower() in cls.lower() or cls.lower() in v.lower()), 0)
-        label = c4.selectbox("Object label", labels, index=guess, key=f"rank_object_label_{field}")
+        label = c4.selectbox("Object label", labels, index=judge.guess_object_label(labels, cls),
+                             key=f"rank_object_label_{field}")
         if label is not None and is_mask:
             masks = store.segmentation_masks_by_sample(view, field, label)
         elif label is not None:
