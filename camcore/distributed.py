@@ -181,12 +181,10 @@ def run_batch_distributed(
     started_ray = _connect(ray, None if address in (None, "local") else address, _worker_env(uri))
     actors = []
     try:
-        resources = ray.cluster_resources()
-        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-        cpus = max(1, int(resources.get("CPU", 1)) // workers) if not gpus else 1
+        gpus, cpus, count = _worker_shape(ray.cluster_resources(), workers)
         worker_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_concurrency=2)(_Worker)
         actors = [worker_cls.remote(request.spec.key, weights, "cuda" if gpus else "cpu", cpus)
-                  for _ in range(min(workers, len(shards)))]
+                  for _ in range(min(count, len(shards)))]
         _dispatch(ray, actors, dataset.name, shards, options, report, len(ids), started, progress, cancel)
         for actor in actors:
             try:
@@ -200,6 +198,18 @@ def run_batch_distributed(
             ray.shutdown()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _worker_shape(resources: dict, workers: int) -> tuple[int, int, int]:
+    """(GPUs per worker, CPUs per worker, number of workers) for the cluster's resources.
+
+    One GPU each when the cluster has GPUs, else an equal share of the CPUs. Never more workers
+    than the cluster can place: an actor that cannot be scheduled would hold its shard forever."""
+    total_gpus, total_cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if total_gpus >= 1:
+        return 1, 1, min(workers, total_gpus)
+    count = min(workers, total_cpus)
+    return 0, max(1, total_cpus // count), count
 
 
 def _dispatch(ray, actors, dataset_name: str, shards: list[list[str]], options: dict, report: DistributedReport,

@@ -103,3 +103,14 @@ def test_cli_rejects_device_with_workers():
     )
     assert proc.returncode == 2
     assert "--device is chosen per worker" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("resources, asked, shape", [
+    ({"CPU": 2.0}, 2, (0, 1, 2)),
+    ({"CPU": 2.0}, 8, (0, 1, 2)),  # never more actors than the CPUs can place
+    ({"CPU": 16.0}, 4, (0, 4, 4)),
+    ({"CPU": 16.0, "GPU": 2.0}, 8, (1, 1, 2)),  # one GPU each, as many as there are GPUs
+    ({"CPU": 16.0, "GPU": 4.0}, 2, (1, 1, 2)),
+])
+def test_worker_shape_fits_the_cluster(resources, asked, shape):
+    assert distributed._worker_shape(resources, asked) == shape
