@@ -26,6 +26,7 @@ from pathlib import Path
 import fiftyone as fo
 
 from camcore import paths, store
+from camcore import weights as weights_mod
 from camcore.batch import PREDICTED, BatchProgress, BatchReport, check_request, run_batch
 from camcore.errors import CamError
 
@@ -165,6 +166,8 @@ def run_batch_distributed(
         # A remote node would talk to its own loopback: refuse rather than write nowhere.
         raise DistributedError(f"the cluster at {address} cannot reach MongoDB at {uri}: set "
                                "FIFTYONE_DATABASE_URI to an address every node can reach")
+    if not _is_remote(address):  # the nodes share this machine's weights: fail here, not in each worker
+        weights_mod.check_available(request.spec.weights, weights)
     request.declare_fields(dataset, input_size)
     ids = dataset_or_view.values("id")
     size = shard_size or max(chunk, min(8 * chunk, math.ceil(len(ids) / (4 * workers)) or 1))

@@ -283,8 +283,29 @@ def resolve(source: WeightsSource, choice: str = AUTO) -> ResolvedWeights:
                 f"Downloading {source.describe()} failed ({exc}). To use it offline: {source.how_to}."
             ) from exc
         return ResolvedWeights(label, True, "download", None, state)
-    raise WeightsUnavailable(
+    raise _unavailable(source)
+
+
+def _unavailable(source: WeightsSource) -> WeightsUnavailable:
+    return WeightsUnavailable(
         f"No pretrained weights for {source.describe()} on this machine and no internet to download "
         f"them. To provide them: {source.how_to}. Or choose untrained weights explicitly "
         f"(heatmaps of an untrained model show nothing about a trained one)."
     )
+
+
+def check_available(source: WeightsSource, choice: str = AUTO) -> None:
+    """Raise what resolve() would raise for weights that cannot be had, without reading them
+    (a batch on Ray checks this before starting workers that would each fail the same way)."""
+    choice = (choice or AUTO).strip()
+    if choice == UNTRAINED:
+        return
+    if choice != AUTO:
+        if not Path(choice).expanduser().is_file():
+            raise ModelError(f"Weights file not found: {Path(choice).expanduser()}")
+        return
+    if source.find_local() is not None:
+        return
+    host = source.download_host()
+    if not (host and is_online(host)):
+        raise _unavailable(source)

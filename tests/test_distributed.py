@@ -114,3 +114,26 @@ def test_cli_rejects_device_with_workers():
 ])
 def test_worker_shape_fits_the_cluster(resources, asked, shape):
     assert distributed._worker_shape(resources, asked) == shape
+
+
+def test_missing_weights_fail_before_ray_starts(tmp_path, monkeypatch):
+    from camcore import weights
+    from camcore.errors import ModelError, WeightsUnavailable
+    from camcore.models import get_spec
+
+    monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached DeepLabV3 checkpoint
+    paths = write_images(tmp_path, ["a.png"], size=(32, 32))
+    ds = fo.Dataset(unique_name("dist-weights"))
+    ds.add_sample(fo.Sample(filepath=paths[0]))
+    started = []
+    monkeypatch.setattr(distributed, "_connect", lambda *a: started.append(1))
+    try:
+        with pytest.raises(WeightsUnavailable, match="No pretrained weights"):
+            run_batch_distributed(ds, "deeplabv3", "auto")
+        with pytest.raises(ModelError, match="not found"):
+            run_batch_distributed(ds, "deeplabv3", str(tmp_path / "nope.pth"))
+        assert not started
+        weights.check_available(get_spec("deeplabv3").weights, "untrained")  # an explicit choice: fine
+    finally:
+        ds.delete()
