@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pytorch_grad_cam.utils.image import scale_cam_image
 
-from camcore import metrics, perturbation
+from camcore import device_math, metrics, perturbation
 from camcore import targets as targets_mod
 from camcore.errors import Cancelled, CamError, MethodError
 from camcore.images import LoadedImage
@@ -82,9 +82,25 @@ class FeaturePass:
     """Activations and gradients of the chosen layers for one input, as numpy (B x C x h x w)."""
 
     output: torch.Tensor  # the model's output for the one image, no batch dimension
-    activations: dict[str, np.ndarray]
-    gradients: dict[str, np.ndarray]
+    activation_tensors: dict[str, torch.Tensor]  # on the model's device
+    gradient_tensors: dict[str, torch.Tensor]
     seconds: float  # a batched pass: its time divided by the batch size
+    _host: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    # Host (numpy) copies for the library's numpy math, made on first use: with device_math on a
+    # GPU most maps never need them. On the CPU they share the tensors' memory.
+    @property
+    def activations(self) -> dict[str, np.ndarray]:
+        return self._numpy("activations", self.activation_tensors)
+
+    @property
+    def gradients(self) -> dict[str, np.ndarray]:
+        return self._numpy("gradients", self.gradient_tensors)
+
+    def _numpy(self, kind: str, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        if kind not in self._host:
+            self._host[kind] = {n: t.cpu().numpy() for n, t in tensors.items()}
+        return self._host[kind]
 
 
 def run_pass(
@@ -137,9 +153,9 @@ def run_pass_batch(
                 missing = [n for n in layers if n not in outputs]
                 if missing:
                     raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")
-                acts = {n: (reshape(t) if reshape else t).float().cpu().numpy() for n, t in snapshots.items()}
+                acts = {n: (reshape(t) if reshape else t).float() for n, t in snapshots.items()}
                 snapshots.clear()
-                grads: dict[str, np.ndarray] = {}
+                grads: dict[str, torch.Tensor] = {}
                 targets: list[object] = [None] * len(output)
                 if make_target is not None:
                     targets = [make_target(i, out) for i, out in enumerate(output)]
@@ -149,7 +165,7 @@ def run_pass_batch(
                         got = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
                         for n, g in zip(names, got):
                             g = torch.zeros_like(outputs[n]) if g is None else g
-                            grads[n] = (reshape(g) if reshape else g).detach().float().cpu().numpy()
+                            grads[n] = (reshape(g) if reshape else g).detach().float()
         finally:
             for h in handles:
                 h.remove()
@@ -428,14 +444,38 @@ class Explainer:
         elif self.aug_smooth:
             input_map = self._augmented(spec, layer, eigen_smooth)
         else:
-            if layer not in self.fp.activations:
+            if layer not in self.fp.activation_tensors:
                 raise CamError(f"Layer {layer} was not in this pass; create the Explainer with it.")
+            if spec.torch_product is not None and device_math.enabled(self.model.device):
+                raw, full = self._on_device(spec, layer, eigen_smooth)
+                return self._heatmap(spec, layer, eigen_smooth, raw, full, start)
             raw = np.maximum(raw_cam(spec, self.model, self.fp, layer, self.x, self.grad_target,
                                      eigen_smooth, self.batch_size, progress, cancel), 0)
             input_map = normalise_like_library(raw, self.input_hw)[0]
         if raw is None:  # only the normalised map exists for library passes
             raw = input_map[None]
         full = cv2.resize(input_map, (self.image.size[1], self.image.size[0]), interpolation=cv2.INTER_LINEAR)
+        return self._heatmap(spec, layer, eigen_smooth, raw, full, start)
+
+    def _on_device(self, spec: MethodSpec, layer: str, eigen_smooth: bool) -> tuple[np.ndarray, np.ndarray]:
+        """A pure method's raw map (1 x h x w) and image-sized map, computed on the tensors' device."""
+        acts = self.fp.activation_tensors[layer]
+        grads = self.fp.gradient_tensors.get(layer)
+        if spec.needs_gradients and grads is None:
+            raise CamError(f"No gradients reached layer {layer}: it does not influence the target.")
+        with torch.no_grad():
+            product = spec.torch_product(acts, grads if grads is not None else torch.zeros_like(acts))
+            if spec.projection or eigen_smooth:
+                raw = device_math.first_component_projection(product)
+            else:
+                raw = product.sum(dim=1)
+            raw = raw.clamp(min=0)
+            input_map = device_math.normalise_like_library(raw, self.input_hw)
+            full = device_math.resize(input_map, self.image.size)
+            return raw.cpu().numpy(), full[0].cpu().numpy()
+
+    def _heatmap(self, spec: MethodSpec, layer: str, eigen_smooth: bool, raw: np.ndarray, full: np.ndarray,
+                 start: float) -> Heatmap:
         raw2d = np.float32(raw[0])
         return Heatmap(
             method=spec.key,

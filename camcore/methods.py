@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pytorch_grad_cam as pgc
 
+from camcore import device_math as dm
 from camcore import perturbation
 from camcore.errors import MethodError
 
@@ -47,6 +48,8 @@ class MethodSpec:
     families: tuple[str, ...] = ("cnn", "vit")
     slow: bool = False
     note: str = ""
+    # pure methods: the same product as torch ops, run on the device (device_math.py)
+    torch_product: dm.TorchProduct | None = None
     # perturbation methods we batch ourselves: (model, layer module, x, activations, target,
     # batch_size, progress, cancel, vit=) -> 1 x C channel weights, replacing the library's
     # get_cam_weights
@@ -86,28 +89,34 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {
     spec.key: spec
     for spec in (
-        MethodSpec("gradcam", "Grad-CAM", pgc.GradCAM, "gradient", True, _channel_weighted),
+        MethodSpec("gradcam", "Grad-CAM", pgc.GradCAM, "gradient", True, _channel_weighted, torch_product=dm.gradcam),
         MethodSpec("scorecam", "Score-CAM", pgc.ScoreCAM, "perturbation", True, slow=True,
                    note="One forward pass per channel of the layer.",
                    channel_weights=perturbation.score_cam_weights),
-        MethodSpec("gradcam++", "Grad-CAM++", pgc.GradCAMPlusPlus, "gradient", True, _channel_weighted),
+        MethodSpec("gradcam++", "Grad-CAM++", pgc.GradCAMPlusPlus, "gradient", True, _channel_weighted,
+                   torch_product=dm.gradcam_plusplus),
         MethodSpec("ablationcam", "Ablation-CAM", pgc.AblationCAM, "perturbation", True, slow=True,
                    note="One forward pass per channel; ViTs use AblationLayerVit.",
                    channel_weights=perturbation.ablation_cam_weights),
-        MethodSpec("xgradcam", "XGrad-CAM", pgc.XGradCAM, "gradient", True, _channel_weighted),
+        MethodSpec("xgradcam", "XGrad-CAM", pgc.XGradCAM, "gradient", True, _channel_weighted,
+                   torch_product=dm.xgradcam),
         MethodSpec("eigencam", "Eigen-CAM", pgc.EigenCAM, "activation", True,
                    lambda cam, a, g: a, projection="pca", supports_eigen_smooth=False,
-                   note="First principal component of the activations: class-agnostic."),
+                   note="First principal component of the activations: class-agnostic.",
+                   torch_product=dm.activations_only),
         MethodSpec("eigengradcam", "EigenGrad-CAM", pgc.EigenGradCAM, "gradient", True,
-                   lambda cam, a, g: g * a, projection="pca", supports_eigen_smooth=False),
+                   lambda cam, a, g: g * a, projection="pca", supports_eigen_smooth=False,
+                   torch_product=dm.hirescam),
         MethodSpec("layercam", "Layer-CAM", pgc.LayerCAM, "gradient", True,
-                   lambda cam, a, g: np.maximum(g, 0) * a),
-        MethodSpec("hirescam", "HiRes-CAM", pgc.HiResCAM, "gradient", False, lambda cam, a, g: g * a),
+                   lambda cam, a, g: np.maximum(g, 0) * a, torch_product=dm.layercam),
+        MethodSpec("hirescam", "HiRes-CAM", pgc.HiResCAM, "gradient", False, lambda cam, a, g: g * a,
+                   torch_product=dm.hirescam),
         MethodSpec("gradcamelementwise", "Grad-CAM element-wise", pgc.GradCAMElementWise, "gradient",
-                   False, lambda cam, a, g: np.maximum(g * a, 0)),
+                   False, lambda cam, a, g: np.maximum(g * a, 0), torch_product=dm.gradcam_elementwise),
         MethodSpec("segeigencam", "Seg-Eigen-CAM", pgc.SegEigenCAM, "gradient", False,
                    lambda cam, a, g: np.abs(g) * a, projection="pca_signed", supports_eigen_smooth=False,
-                   note="Eigen-CAM of |gradients| x activations with a sign correction."),
+                   note="Eigen-CAM of |gradients| x activations with a sign correction.",
+                   torch_product=dm.abs_gradients_times_activations),
         MethodSpec("kpcacam", "KPCA-CAM", pgc.KPCA_CAM, "activation", False, library_image=True,
                    supports_eigen_smooth=False, slow=True,
                    note="Kernel PCA over all positions: slow on large feature maps."),

@@ -79,13 +79,22 @@ class Setup:
         )
 
 
-_setups: dict[str, Setup] = {}
+_setups: dict[tuple[str, bool], Setup] = {}
 
 
-def setup_for(model: str) -> Setup:
-    if model not in _setups:
-        _setups[model] = Setup(CASES[model])
-    return _setups[model]
+def setup_for(model: str, device_math: bool = False) -> Setup:
+    """One Setup per model and math path (its Explainer memoises maps: the paths must not share)."""
+    if (model, device_math) not in _setups:
+        _setups[model, device_math] = Setup(CASES[model])
+    return _setups[model, device_math]
+
+
+@pytest.fixture(params=[False, True], ids=["host", "device"])
+def math_path(request, monkeypatch) -> bool:
+    """Pure methods run twice: the library's numpy math on the host, and device_math's torch ops
+    (what a GPU runs), forced here on the CPU."""
+    monkeypatch.setenv("CAM_EXPLORER_DEVICE_MATH", "1" if request.param else "0")
+    return request.param
 
 
 def _params():
@@ -118,8 +127,10 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
 
 
 @pytest.mark.parametrize("model, method, layer, eigen_smooth", _params())
-def test_pure_method_equals_library(model, method, layer, eigen_smooth):
-    s = setup_for(model)
+def test_pure_method_equals_library(model, method, layer, eigen_smooth, math_path):
+    if math_path and METHODS[method].torch_product is None:
+        pytest.skip(f"{method} has no device path (it runs the library's numpy math everywhere)")
+    s = setup_for(model, math_path)
     seed = 1234 if method == "randomcam" else None  # RandomCAM draws its weights from np.random
     if seed is not None:
         np.random.seed(seed)
@@ -148,7 +159,11 @@ def test_pure_method_equals_library(model, method, layer, eigen_smooth):
     if signed:  # and it is the library's raw map, clipped (up to the projection's sign)
         lib = np.maximum(raw[0], 0), np.maximum(-raw[0], 0)
         scale = max(float(np.abs(raw).max()), 1e-12)
-        assert min(np.abs(ours.raw - lib[0]).max(), np.abs(ours.raw - lib[1]).max()) <= 1e-3 * scale
+        # Grad-CAM++'s denominator (2 g^2 + sum(a) g^3) nearly cancels on some channels: float32
+        # weights then depend on the order of operations (numpy's and torch's are both ~1e-3 from
+        # float64 on efficientnet stage3), and the projection weighs them all.
+        rel = 5e-3 if (math_path and method == "gradcam++") else 1e-3
+        assert min(np.abs(ours.raw - lib[0]).max(), np.abs(ours.raw - lib[1]).max()) <= rel * scale
 
 
 def test_eigen_methods_follow_the_sign_rule():
