@@ -222,8 +222,9 @@ def raw_cam(
         size = perturbation.default_batch_size(model.device, (int(x.shape[-2]), int(x.shape[-1])), batch_size)
         with model.lock:
             model.module.eval()
-            weights = spec.channel_weights(model.module, model.layer_module(layer), x, acts, target, size,
-                                           progress, cancel, vit=model.spec.family == "vit")
+            weights = spec.channel_weights(model.module, model.layer_module(layer), x,
+                                           fp.activation_tensors[layer], target, size, progress, cancel,
+                                           vit=model.spec.family == "vit")
         product = weights[:, :, None, None] * acts
         return first_component_projection(product) if eigen_smooth else product.sum(axis=1)
     cam = _method_object(spec, model)

@@ -78,7 +78,7 @@ def score_cam_weights(
     model: torch.nn.Module,
     layer: torch.nn.Module,
     x: torch.Tensor,
-    activations: np.ndarray,
+    activations: np.ndarray | torch.Tensor,
     target: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int = 64,
     progress: Progress | None = None,
@@ -86,7 +86,7 @@ def score_cam_weights(
     vit: bool = False,
 ) -> np.ndarray:
     """Softmax over channels of target(model(x * normalised upsampled channel)): 1 x C."""
-    acts = torch.from_numpy(np.ascontiguousarray(activations)).to(x.device)
+    acts = torch.as_tensor(activations, device=x.device)  # the pass's tensor: no host round trip
     size = x.shape[-2:]
     score = batch_scorer(target, x.device)
 
@@ -125,7 +125,7 @@ def ablation_cam_weights(
     model: torch.nn.Module,
     layer: torch.nn.Module,
     x: torch.Tensor,
-    activations: np.ndarray,
+    activations: np.ndarray | torch.Tensor,
     target: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int = 64,
     progress: Progress | None = None,

@@ -35,12 +35,13 @@ def class_index(names: tuple[str, ...], requested: str | int) -> int:
 
 def predict(task: str, output: torch.Tensor, names: tuple[str, ...], image_size: tuple[int, int]) -> Prediction:
     """Prediction from the model's output for one image (output has no batch dimension)."""
-    out = output.detach().float().cpu()
+    out = output.detach()
     if task == "classification":
-        probs = torch.softmax(out, dim=-1)
+        probs = torch.softmax(out.float(), dim=-1).cpu()
         scores, idx = probs.topk(min(TOP_K, probs.numel()))
         return Prediction(task, tuple(ClassScore(int(i), names[int(i)], float(s)) for s, i in zip(scores, idx)))
-    labels = out.argmax(dim=0).numpy().astype(np.int32)
+    # argmax where the output is (a GPU): only the label map comes to the host
+    labels = out.argmax(dim=0).cpu().numpy().astype(np.int32)
     counts = np.bincount(labels.ravel(), minlength=len(names))
     order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     classes = tuple(ClassScore(i, names[i], float(counts[i] / labels.size)) for i in order)
