@@ -1,0 +1,165 @@
+"""The GPU checks in one run, for a session lent a GPU machine (see bench/gpu_check.sh).
+
+Needs only torch, torchvision, timm, numpy, scipy, opencv and scikit-image (the GPU image has
+them) plus grad-cam and ttach (carried as wheels); no FiftyOne, no MongoDB. Prints one line per
+check and ends with `gpu_check=<ok|FAILED> ...`:
+
+1. device_math on the GPU equals the host (numpy, the library's own math) path, every pure method
+   on DeepLabV3 (520 px) and DeiT-tiny layers (<= 1e-4 on the 0..1 map; Eigen maps up to sign);
+2. the grid of bench/grid.py (6 methods x layer1..4 at 520) against the floor, on the GPU;
+3. Score-CAM and Ablation-CAM on DeepLabV3 layer4 (2048 channels) against their batched forwards;
+4. GPU memory over 200 reruns (new Explainer + Grad-CAM each), after 20 warm-up runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import skimage.data  # noqa: E402
+import torch  # noqa: E402
+
+from camcore import engine, images, methods, models  # noqa: E402
+
+GRID = ("gradcam", "gradcam++", "xgradcam", "eigencam", "eigengradcam", "layercam")
+
+
+DEVICE = "cuda"
+SIZE = 520  # DeepLabV3's input short side; --quick: 160
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def explainer(loaded, img, layers, size, device_math: bool = True) -> engine.Explainer:
+    use_device_math(device_math)
+    return engine.Explainer(loaded, img, None, tuple(layers), input_size=size)
+
+
+def use_device_math(on: bool) -> None:
+    # read by the engine when a map is computed, not when the Explainer is made
+    os.environ["CAM_EXPLORER_DEVICE_MATH"] = "1" if on else "0"
+
+
+def equality(img) -> float:
+    worst = 0.0
+    for key, layers, size in (("deeplabv3", ["layer1", "layer4"], SIZE), ("deit_tiny", ["block5", "block11"], None)):
+        loaded = models.load_model(key, "untrained", DEVICE)
+        host, dev = explainer(loaded, img, layers, size, False), explainer(loaded, img, layers, size, True)
+        for m, spec in methods.METHODS.items():
+            if spec.torch_product is None:
+                continue
+            for layer in layers:
+                for eigen in (False, True) if spec.supports_eigen_smooth else (False,):
+                    use_device_math(False)
+                    a = host.heatmap(m, layer, eigen).map
+                    use_device_math(True)
+                    b = dev.heatmap(m, layer, eigen).map
+                    d = float(np.abs(a - b).max())  # both paths orient Eigen maps by the same rule
+                    worst = max(worst, d)
+                    if d > 1e-4:
+                        print(f"  MISMATCH {key}.{layer} {m} eigen={eigen}: {d:.2e}")
+    print(f"1. device_math vs host on {DEVICE}: max diff {worst:.2e}")
+    return worst
+
+
+def grid(img) -> float:
+    loaded = models.load_model("deeplabv3", "untrained", DEVICE)
+    layers = ["layer1", "layer2", "layer3", "layer4"]
+    ex = explainer(loaded, img, layers, SIZE, True)
+    ex.heatmaps(GRID, layers)  # warm-up
+    best_ours, best_floor = float("inf"), float("inf")
+    for _ in range(5):
+        sync()
+        start = time.perf_counter()
+        ex = explainer(loaded, img, layers, SIZE, True)
+        ex.heatmaps(GRID, layers)
+        sync()
+        best_ours = min(best_ours, time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.enable_grad():
+            x = ex.x.to(DEVICE).requires_grad_(True)
+            ex.grad_target(loaded.module(x)[0]).backward()
+        sync()
+        best_floor = min(best_floor, time.perf_counter() - start)
+        loaded.module.zero_grad(set_to_none=True)
+    switch_start = time.perf_counter()
+    ex.heatmap("gradcam++", "layer1", True)  # not memoised yet: eigen_smooth
+    switch = time.perf_counter() - switch_start
+    print(f"2. grid 6 methods x layer1..4 at {ex.input_hw}: ours {best_ours * 1000:.1f} ms, floor "
+          f"{best_floor * 1000:.1f} ms -> {best_ours / best_floor:.2f}x (goal <= 2x); a new map {switch * 1000:.1f} ms")
+    return best_ours / best_floor
+
+
+def perturbation(img) -> dict[str, float]:
+    loaded = models.load_model("deeplabv3", "untrained", DEVICE)
+    ex = explainer(loaded, img, ["layer4"], SIZE, True)
+    x = ex.x.to(DEVICE)
+    size = engine.perturbation.default_batch_size(loaded.device, ex.input_hw, 64)
+    if DEVICE == "cpu":  # the dry run: a layer of 512 channels, not 2048
+        ex, channels = explainer(loaded, img, ["layer2"], SIZE, True), 512
+    layer = "layer4" if DEVICE == "cuda" else "layer2"
+    channels = ex.fp.activation_tensors[layer].shape[1]
+    with torch.no_grad():
+        loaded.module(x.repeat(size, 1, 1, 1))
+        sync()
+        start = time.perf_counter()
+        for i in range(0, channels, size):
+            loaded.module(x.repeat(min(size, channels - i), 1, 1, 1))
+        sync()
+    forwards = time.perf_counter() - start
+    ratios = {}
+    for m in ("scorecam", "ablationcam"):
+        start = time.perf_counter()
+        ex.heatmap(m, layer)
+        sync()
+        ours = time.perf_counter() - start
+        ratios[m] = ours / forwards
+        print(f"3. {m} {layer} ({channels} channels, batch {size}): {ours:.2f} s, forwards {forwards:.2f} s "
+              f"-> {ours / forwards:.2f}x (goal <= 1.3x; pytorch-grad-cam: 82.7 s on an H200)")
+    return ratios
+
+
+def memory(img) -> float:
+    loaded = models.load_model("efficientnet_lite0", "untrained", DEVICE)
+    small = images.from_array(img.rgb[::8, ::8].copy())
+
+    def reruns(n: int) -> None:
+        for _ in range(n):
+            explainer(loaded, small, ["head"], None, True).heatmap("gradcam", "head")
+
+    allocated = torch.cuda.memory_allocated if DEVICE == "cuda" else (lambda: 0)
+    reruns(20)
+    sync()
+    before = allocated()
+    reruns(200 if DEVICE == "cuda" else 5)
+    sync()
+    grown = (allocated() - before) / 2**20
+    print(f"4. GPU memory over 200 reruns: {before / 2**20:.1f} MB after warm-up, {grown:+.2f} MB after (bound 16 MB)")
+    return grown
+
+
+def main() -> None:
+    global DEVICE, SIZE
+    if "--cpu" in sys.argv:  # a dry run of the script itself (small sizes) where there is no GPU
+        DEVICE, SIZE = "cpu", 160
+    else:
+        assert torch.cuda.is_available(), "no CUDA device"
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    img = images.from_array(skimage.data.astronaut())
+    worst = equality(img)
+    ratio = grid(img)
+    pert = perturbation(img)
+    grown = memory(img)
+    ok = worst <= 1e-4 and ratio <= 2 and max(pert.values()) <= 1.3 and grown < 16
+    print(f"gpu_check={'ok' if ok else 'FAILED'} maxdiff={worst:.2e} grid_vs_floor={ratio:.2f} "
+          f"scorecam={pert['scorecam']:.2f} ablationcam={pert['ablationcam']:.2f} memory_mb={grown:+.2f}")
+
+
+if __name__ == "__main__":
+    main()
