@@ -23,7 +23,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 
 from camcore import device_math, metrics, perturbation
 from camcore import targets as targets_mod
-from camcore.errors import Cancelled, CamError, MethodError
+from camcore.errors import CamError, Cancelled, MethodError
 from camcore.images import LoadedImage
 from camcore.methods import MethodSpec, get_method
 from camcore.models import LoadedModel, ModelSpec

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
+from fo_helpers import unique_name, write_images
 
 from camcore import distributed
 from camcore.distributed import DistributedError, run_batch_distributed
-from fo_helpers import unique_name, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
