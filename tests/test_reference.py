@@ -335,3 +335,22 @@ def test_first_component_projection_handles_nan_like_library():
     ours, ref = projection.first_component_projection(batch), get_2d_projection(batch)
     assert np.isfinite(ours).all()
     assert min(np.abs(ours - ref).max(), np.abs(ours + ref).max()) <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("m, kind", [(600, "planted"), (300, "planted"), (400, "flat")])
+def test_device_top_eigenvector_iteration_equals_eigh(m, kind, monkeypatch):
+    """The GPU's subspace iteration (run here on the CPU) gives eigh's top eigenvector up to sign
+    when one eigenvalue dominates, and hands a flat spectrum back to the dense eigh."""
+    from camcore import device_math
+
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((2 * m, m))
+    if kind == "planted":
+        x += 6 * np.outer(rng.standard_normal(2 * m), rng.standard_normal(m)) / np.sqrt(m)
+    gram = torch.from_numpy(x.T @ x)
+    ref = torch.linalg.eigh(gram)[1][:, -1]
+    real_eigh, full = torch.linalg.eigh, []
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a, *r, **k: full.append(a.shape[0] == m) or real_eigh(a, *r, **k))
+    ours = device_math.top_eigenvector(gram, iterative=True)
+    assert any(full) == (kind == "flat"), "planted: the iteration's answer; flat: the dense eigh's"
+    assert min((ours - ref).abs().max(), (ours + ref).abs().max()) < 1e-8
