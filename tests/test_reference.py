@@ -89,18 +89,14 @@ def setup_for(model: str, device_math: bool = False) -> Setup:
     return _setups[model, device_math]
 
 
-@pytest.fixture(params=[False, True], ids=["host", "device"])
-def math_path(request, monkeypatch) -> bool:
-    """Pure methods run twice: the library's numpy math on the host, and device_math's torch ops
-    (what a GPU runs), forced here on the CPU."""
-    monkeypatch.setenv("CAM_EXPLORER_DEVICE_MATH", "1" if request.param else "0")
-    return request.param
-
-
 def _params():
+    """Every pure method on both layers of each model (eigen_smooth where cheap), on the host path
+    (the library's numpy math) and, for methods that have one, the device path (device_math's
+    torch ops, what a GPU runs; forced here on the CPU)."""
     out = []
     for model, case in CASES.items():
         for method in PURE:
+            paths = (False, True) if METHODS[method].torch_product is not None else (False,)
             for layer in case.layers:
                 # eigen_smooth: Grad-CAM on both layers, the other methods on the cheaper first layer
                 # (the library's full SVD of a 2048-channel layer costs seconds on 2 cores)
@@ -108,15 +104,11 @@ def _params():
                     method == "gradcam" or layer == case.layers[0]
                 )
                 for eigen in (False, True) if smooth else (False,):
-                    out.append(
-                        pytest.param(
-                            model,
-                            method,
-                            layer,
-                            eigen,
-                            id=f"{model}-{method}-{layer}{'-eigen' if eigen else ''}",
-                        )
-                    )
+                    for device in paths:
+                        out.append(pytest.param(
+                            model, method, layer, eigen, device,
+                            id=f"{model}-{method}-{layer}{'-eigen' if eigen else ''}-{'device' if device else 'host'}",
+                        ))
     return out
 
 
@@ -126,10 +118,9 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     assert diff <= TOL, f"{what}: max abs diff {diff:.2e} from the library's map"
 
 
-@pytest.mark.parametrize("model, method, layer, eigen_smooth", _params())
-def test_pure_method_equals_library(model, method, layer, eigen_smooth, math_path):
-    if math_path and METHODS[method].torch_product is None:
-        pytest.skip(f"{method} has no device path (it runs the library's numpy math everywhere)")
+@pytest.mark.parametrize("model, method, layer, eigen_smooth, math_path", _params())
+def test_pure_method_equals_library(model, method, layer, eigen_smooth, math_path, monkeypatch):
+    monkeypatch.setenv("CAM_EXPLORER_DEVICE_MATH", "1" if math_path else "0")
     s = setup_for(model, math_path)
     seed = 1234 if method == "randomcam" else None  # RandomCAM draws its weights from np.random
     if seed is not None:
