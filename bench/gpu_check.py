@@ -8,7 +8,10 @@ check and ends with `gpu_check=<ok|FAILED> ...`:
    on DeepLabV3 (520 px) and DeiT-tiny layers (<= 1e-4 on the 0..1 map; Eigen maps up to sign);
 2. the grid of bench/grid.py (6 methods x layer1..4 at 520) against the floor, on the GPU;
 3. Score-CAM and Ablation-CAM on DeepLabV3 layer4 (2048 channels) against their batched forwards;
-4. GPU memory over 200 reruns (new Explainer + Grad-CAM each), after 20 warm-up runs.
+4. GPU memory over 200 reruns (new Explainer + Grad-CAM each), after 20 warm-up runs;
+5. a real CUDA out-of-memory: Score-CAM on DeepLabV3 layer4 asked for batches of 4096 masked
+   inputs at 520 px (far beyond the card): it must halve the batch, say so, and give the weights
+   of a run that fits.
 """
 from __future__ import annotations
 
@@ -144,6 +147,26 @@ def memory(img) -> float:
     return grown
 
 
+def real_oom(img) -> bool:
+    if DEVICE != "cuda":
+        print("5. real CUDA OOM: skipped on the CPU")
+        return True
+    loaded = models.load_model("deeplabv3", "untrained", DEVICE)
+    ex = explainer(loaded, img, ["layer4"], SIZE, True)
+    layer, acts = loaded.layer_module("layer4"), ex.fp.activation_tensors["layer4"]
+    x = ex.x.to(DEVICE)
+    messages: list[str] = []
+    with loaded.lock:
+        fits = engine.perturbation.score_cam_weights(loaded.module, layer, x, acts, ex.grad_target, 32)
+        huge = engine.perturbation.score_cam_weights(loaded.module, layer, x, acts, ex.grad_target, 4096,
+                                                     progress=lambda f, m: messages.append(m))
+    lowered = [m for m in messages if "out of GPU memory" in m]
+    same = float(np.abs(fits - huge).max())
+    print(f"5. real CUDA OOM: {len(lowered)} back-offs ({lowered[-1] if lowered else 'none'}), "
+          f"max weight diff {same:.1e}")
+    return bool(lowered) and same <= 1e-5
+
+
 def main() -> None:
     global DEVICE, SIZE
     if "--cpu" in sys.argv:  # a dry run of the script itself (small sizes) where there is no GPU
@@ -156,9 +179,11 @@ def main() -> None:
     ratio = grid(img)
     pert = perturbation(img)
     grown = memory(img)
-    ok = worst <= 1e-4 and ratio <= 2 and max(pert.values()) <= 1.3 and grown < 16
+    oom = real_oom(img)
+    ok = worst <= 1e-4 and ratio <= 2 and max(pert.values()) <= 1.3 and grown < 16 and oom
     print(f"gpu_check={'ok' if ok else 'FAILED'} maxdiff={worst:.2e} grid_vs_floor={ratio:.2f} "
-          f"scorecam={pert['scorecam']:.2f} ablationcam={pert['ablationcam']:.2f} memory_mb={grown:+.2f}")
+          f"scorecam={pert['scorecam']:.2f} ablationcam={pert['ablationcam']:.2f} memory_mb={grown:+.2f} "
+          f"real_oom={'ok' if oom else 'FAILED'}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 #   .venv/bin/python -m pip wheel --no-deps -w .whl grad-cam==1.5.7 ttach==0.0.3
 # Then one device call, carrying .whl, with a timeout that leaves room for one rerun:
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=420)
-# Its last line: gpu_check=<ok|FAILED> maxdiff=... grid_vs_floor=... scorecam=... ablationcam=... memory_mb=...
+# Its last line: gpu_check=<ok|FAILED> maxdiff=... grid_vs_floor=... scorecam=... ablationcam=... memory_mb=... real_oom=...
 # Without a GPU, `.venv/bin/python bench/gpu_check.py --cpu` dry-runs the same script at small sizes.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
