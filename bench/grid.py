@@ -90,12 +90,13 @@ def run(model_key: str, size: int | None, layers: list[str], repeats: int) -> tu
     return ours_t / floor_t, ref_time / ours_t, maxdiff
 
 
-def perturbation_vs_forwards(model_key: str, layer: str, batch: int) -> dict[str, float]:
+def perturbation_vs_forwards(model_key: str, layer: str, batch: int, input_size: int | None = None,
+                             device: str | None = None) -> dict[str, float]:
     """Score-CAM and Ablation-CAM (ours, one map each) against their limit: the same number of
     forwards (one per channel of the layer), run in batches of the same size, nothing else."""
-    loaded = models.load_model(model_key, "untrained")
+    loaded = models.load_model(model_key, "untrained", device)
     img = images.from_array(skimage.data.astronaut())
-    ex = engine.Explainer(loaded, img, None, (layer,), False, None, batch_size=batch)
+    ex = engine.Explainer(loaded, img, None, (layer,), False, input_size, batch_size=batch)
     channels = ex.fp.activations[layer].shape[1]
     x = ex.x.to(loaded.device)
     size = engine.perturbation.default_batch_size(loaded.device, ex.input_hw, batch)

@@ -154,13 +154,15 @@ def test_unknown_layer_is_refused_before_any_hook(effnet):
     assert hook_count(effnet.module) == before
 
 
-def test_cancel_before_and_during_scorecam(effnet):
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_cancel_before_and_during_a_perturbation_method(effnet, method):
     before = hook_count(effnet.module)
-    ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",), batch_size=8)
+    layer = effnet.layer_module("stage0")
+    ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",), batch_size=8)  # 16 channels: 2 batches
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        ex.heatmaps(["scorecam"], ["stage0"], cancel=cancel)
+        ex.heatmaps([method], ["stage0"], cancel=cancel)
     assert hook_count(effnet.module) == before
 
     # Cancelled mid-way: the progress callback sets the event after the first batch.
@@ -172,12 +174,13 @@ def test_cancel_before_and_during_scorecam(effnet):
         during.set()
 
     with pytest.raises(Cancelled):
-        ex.heatmap("scorecam", "stage0", progress=progress, cancel=during)
-    assert len(seen) == 1, seen
+        ex.heatmap(method, "stage0", progress=progress, cancel=during)
+    assert len(seen) == 1 and seen[0].endswith(": 8/16 channels"), seen
     assert hook_count(effnet.module) == before
-    assert not ex.is_cached("scorecam", "stage0"), "a cancelled map must not be memoised"
+    assert effnet.module.get_submodule("blocks.0") is layer
+    assert not ex.is_cached(method, "stage0"), "a cancelled map must not be memoised"
     # A later run without cancel completes.
-    assert ex.heatmap("scorecam", "stage0").map.shape == (224, 224)
+    assert ex.heatmap(method, "stage0").map.shape == (224, 224)
 
 
 def test_hooks_registered_only_while_holding_the_model_lock(effnet):

@@ -5,7 +5,6 @@ and targets are chosen as documented."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from pytorch_grad_cam import ShapleyCAM
 
 from camcore import engine, targets
 from camcore.engine import ALL_LAYERS, Explainer, explain
-from camcore.errors import Cancelled, CamError, MethodError, TargetError
+from camcore.errors import CamError, MethodError, TargetError
 from camcore.methods import METHODS
 from camcore.models import MODELS, load_model
 from camcore.results import ClassScore, Prediction
@@ -229,7 +228,7 @@ def test_no_hooks_left_after_a_library_method_raises(effnet, monkeypatch, no_rel
     assert np.isfinite(ex.heatmap("gradcam", "head").map).all()
 
 
-def test_ablationcam_leaves_no_hook_when_it_fails_or_is_cancelled(effnet, monkeypatch):
+def test_ablationcam_leaves_no_hook_when_it_fails(effnet, monkeypatch):
     from camcore import perturbation
 
     ex = Explainer(effnet, chelsea_crop(224), None, ("stage0",), batch_size=8)  # 16 channels: 2 batches
@@ -252,17 +251,6 @@ def test_ablationcam_leaves_no_hook_when_it_fails_or_is_cancelled(effnet, monkey
     assert effnet.module.get_submodule("blocks.0") is layer
     assert hook_count(effnet.module) == before
 
-    cancel = threading.Event()
-    seen = []
-
-    def cancel_after_first(fraction, message):
-        seen.append(message)
-        cancel.set()
-
-    with pytest.raises(Cancelled):
-        ex.heatmap("ablationcam", "stage0", progress=cancel_after_first, cancel=cancel)
-    assert seen == ["Ablation-CAM: 8/16 channels"]
-    assert hook_count(effnet.module) == before
     # The model still computes what it computed before, and the method works afterwards.
     again = Explainer(effnet, chelsea_crop(224), None, ("stage0",))
     assert again.prediction.top.index == ex.prediction.top.index
