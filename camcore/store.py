@@ -494,8 +494,11 @@ def push_many(
             for h in result.heatmaps:
                 target = h.target.name if target_label is None else target_label
                 field = heatmap_field_name(result.model, h.method, h.layer, target)
-                key, rows = per_field.setdefault(field, ((result.model, h.method, h.layer, target), []))
-                _check_field(dataset, field, _meaning(*key))
+                if field not in per_field:  # checked once per field, not per sample
+                    key = (result.model, h.method, h.layer, target)
+                    _check_field(dataset, field, _meaning(*key))
+                    per_field[field] = (key, [])
+                rows = per_field[field][1]
                 if any(r[0] == sid for r in rows):
                     raise StoreError(f"two heatmaps of sample {sid} map to the same field {field!r}")
                 png = _validated_map(h, result.image_size, metas[sid])

@@ -115,7 +115,8 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
     boxes, masks = {}, {}
     # Where the object is: ground-truth masks or boxes from the dataset, or (segmentation models)
     # the model's own predicted mask.
-    sources = store.segmentation_fields(dataset)
+    mask_fields = store.segmentation_fields(dataset)
+    sources = list(mask_fields)
     if loaded.spec.task == "classification":
         sources += [f for f in store.label_fields(dataset)
                     if getattr(dataset.get_field(f), "document_type", None) is fo.Detections]
@@ -124,7 +125,7 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
                          index=1 if sources and fallback is None else 0,
                          format_func=lambda f: "(no object labels)" if f is None else f)
     if field and field != fallback:
-        is_mask = field in store.segmentation_fields(dataset)
+        is_mask = field in mask_fields
         labels = store.segmentation_labels(dataset, field) if is_mask else store.label_values(dataset, field)
         label = c4.selectbox("Object label", labels, index=judge.guess_object_label(labels, cls),
                              key=f"rank_object_label_{field}")
