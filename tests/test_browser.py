@@ -420,8 +420,11 @@ def test_compare_grid_scores_and_the_layer_progression_study(server: Server, pag
     choose(page, "Weights", "untrained (random weights)", sidebar)
     settle(page)
     expect(widget(page, "stSelectbox", "Model", sidebar).get_by_role("combobox")).to_have_value(DEEPLAB)
+    # settle() can return before the rerun that the weights choice asked for has started: wait for
+    # the rows themselves (a DeepLabV3 pass over four layers takes seconds on two busy cores).
     for layer in ("layer1", "layer2", "layer3", "layer4"):
-        expect(page.get_by_test_id("stMarkdownContainer").get_by_text(layer, exact=True)).to_have_count(1)
+        expect(page.get_by_test_id("stMarkdownContainer").get_by_text(layer, exact=True)).to_have_count(
+            1, timeout=RUN_TIMEOUT)
     expect(scores).to_have_count(4, timeout=RUN_TIMEOUT)  # four rows x Grad-CAM
     screenshot(page, "compare")
 
