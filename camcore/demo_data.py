@@ -98,40 +98,75 @@ def _materialise(item: DemoImage, media_dir: Path) -> Path:
     return dest
 
 
+def _source(item: DemoImage) -> str:
+    return f"{item.package}/{item.relpath}"
+
+
+def _demo_sample(path: str, item: DemoImage) -> fo.Sample:
+    return fo.Sample(
+        filepath=path,
+        tags=[item.tag],
+        ground_truth=fo.Classification(label=item.label),
+        objects=fo.Detections(detections=[fo.Detection(label=item.label, bounding_box=list(item.box))]),
+        source=_source(item),
+    )
+
+
+def _ours(dataset: fo.Dataset) -> bool:
+    """Built by us: it carries our info key, or (a build that died before writing it) every
+    sample is a demo image."""
+    if _INFO_KEY in (dataset.info or {}):
+        return True
+    if not dataset.has_sample_field("source"):
+        return len(dataset) == 0
+    sources = {_source(item) for item in DEMO_IMAGES}
+    return all(src in sources for src in dataset.values("source"))
+
+
 def _healthy(dataset: fo.Dataset, expected: dict[str, DemoImage]) -> bool:
-    if dataset.media_type != "image" or len(dataset) != len(expected):
-        return False
     if (dataset.info or {}).get(_INFO_KEY, {}).get("version") != _FORMAT_VERSION:
         return False
-    filepaths = dataset.values("filepath")
-    return set(filepaths) == set(expected) and all(os.path.isfile(p) for p in filepaths)
+    filepaths = set(dataset.values("filepath"))
+    return all(path in filepaths for path in expected)  # the user's own extra samples are fine
 
 
-def _build(name: str, expected: dict[str, DemoImage]) -> fo.Dataset:
-    dataset = fo.Dataset(name, persistent=True)
-    dataset.add_samples([
-        fo.Sample(
-            filepath=path,
-            tags=[item.tag],
-            ground_truth=fo.Classification(label=item.label),
-            objects=fo.Detections(detections=[fo.Detection(label=item.label, bounding_box=list(item.box))]),
-            source=f"{item.package}/{item.relpath}",
-        )
-        for path, item in expected.items()
-    ])
+def _repair(dataset: fo.Dataset, expected: dict[str, DemoImage]) -> None:
+    """Bring the demo images back in place: re-point demo samples whose media moved (another
+    CAM_EXPLORER_HOME, a file changed by hand), add the missing ones. Sample ids, pushed
+    heatmaps, findings and the user's own samples all stay."""
+    by_source = {_source(item): path for path, item in expected.items()}
+    by_name = {Path(path).name: path for path in expected}
+    ids, filepaths = dataset.values(["id", "filepath"])
+    sources = dataset.values("source") if dataset.has_sample_field("source") else [None] * len(ids)
+    present: set[str] = set()
+    moves: dict[str, str] = {}
+    for sid, filepath, source in zip(ids, filepaths, sources):
+        # A sample is a demo image by its source; by name only when its own file is gone.
+        want = by_source.get(source) or (None if os.path.isfile(filepath) else by_name.get(Path(filepath).name))
+        if want is None or want in present:
+            continue
+        present.add(want)
+        if filepath != want:
+            moves[sid] = want
+    if moves:
+        dataset.set_values("filepath", moves, key_field="id")
+        dataset.select(list(moves)).compute_metadata(overwrite=True)
+    missing = [path for path in expected if path not in present]
+    if missing:
+        dataset.add_samples([_demo_sample(path, expected[path]) for path in missing])
     dataset.compute_metadata()  # width/height let the App and the store check sizes
-    # Written last: a build that died half-way has no version and is rebuilt next time.
-    dataset.info = {_INFO_KEY: {"version": _FORMAT_VERSION, "source": "images that installed packages ship"}}
+    # Written last: a repair that died half-way is redone next time.
+    dataset.info = {**(dataset.info or {}),
+                    _INFO_KEY: {"version": _FORMAT_VERSION, "source": "images that installed packages ship"}}
     dataset.save()
-    return dataset
 
 
 def ensure_demo_dataset(name: str = DEMO_DATASET_NAME) -> fo.Dataset:
-    """The persistent demo dataset, built on first use and rebuilt when broken.
+    """The persistent demo dataset, built on first use and repaired in place when broken.
 
-    Missing media files are rewritten from the packages first (so heatmaps and findings
-    pushed onto the demo survive); the dataset itself is rebuilt only when its samples
-    no longer match the demo images.
+    Missing media files are rewritten from the packages, missing demo samples are added and
+    moved ones re-pointed, so heatmaps and findings pushed onto the demo (and samples the user
+    added) survive. A dataset of that name that we did not build is never touched.
     """
     try:
         with _LOCK:
@@ -139,16 +174,21 @@ def ensure_demo_dataset(name: str = DEMO_DATASET_NAME) -> fo.Dataset:
             expected = {str(_materialise(item, media_dir)): item for item in DEMO_IMAGES}
             if fo.dataset_exists(name):
                 dataset = fo.load_dataset(name)
-                if _healthy(dataset, expected):
-                    return dataset
-                dataset.delete()
+                if not _ours(dataset) or dataset.media_type not in ("image", None):
+                    raise StoreError(
+                        f"a dataset named {name!r} exists that CAM Explorer did not build; it is left "
+                        "untouched. Pick it in the sidebar's dataset list, or rename it to get the demo back"
+                    )
+                if not _healthy(dataset, expected):
+                    _repair(dataset, expected)
+                return dataset
             try:
-                return _build(name, expected)
+                dataset = fo.Dataset(name, persistent=True)
             except ValueError:
-                # Another process created it between our check and our build: use theirs if sound.
-                if fo.dataset_exists(name) and _healthy(fo.load_dataset(name), expected):
-                    return fo.load_dataset(name)
-                raise
+                # Another process created it between our check and ours: use theirs, repaired.
+                dataset = fo.load_dataset(name)
+            _repair(dataset, expected)
+            return dataset
     except CamError:
         raise
     except Exception as exc:

@@ -70,24 +70,73 @@ def test_deleted_media_file_is_restored_keeping_the_samples(demo):
     assert sorted(again.values("id")) == ids
 
 
-def test_broken_dataset_is_rebuilt(demo):
-    old_ids = set(demo.values("id"))
-    demo.delete_samples(demo.first())
+def test_deleted_demo_sample_is_added_back_keeping_the_others(demo):
+    victim = demo.first()
+    kept = set(demo.values("id")) - {victim.id}
+    demo.delete_samples(victim)
     again = demo_data.ensure_demo_dataset()
     assert len(again) == len(demo_data.DEMO_IMAGES)
-    assert not old_ids & set(again.values("id"))  # a fresh build
+    assert kept < set(again.values("id"))  # repaired in place, not rebuilt
+    assert victim.filepath in again.values("filepath")
     assert all(os.path.isfile(p) for p in again.values("filepath"))
 
 
-def test_dataset_pointing_at_other_files_is_rebuilt(demo, tmp_path):
+def test_demo_sample_pointing_at_another_file_is_re_pointed(demo, tmp_path):
     moved = tmp_path / "elsewhere.png"
     Image.new("RGB", (4, 4)).save(moved)
     sample = demo.first()
+    expected_path, sid = sample.filepath, sample.id
     sample.filepath = str(moved)
     sample.save()
     again = demo_data.ensure_demo_dataset()
-    assert str(moved) not in again.values("filepath")
+    assert again[sid].filepath == expected_path and str(moved) not in again.values("filepath")
+    assert again[sid].metadata.width != 4  # metadata recomputed for the real image
     assert len(again) == len(demo_data.DEMO_IMAGES)
+
+
+def test_users_own_samples_and_fields_survive_demo_data(demo, tmp_path):
+    """`demo-data` once deleted the whole dataset when it held anything but the 8 stock
+    samples: a user's sample, heatmaps and findings were lost without a word."""
+    own = tmp_path / "mine.png"
+    Image.new("RGB", (32, 24), (9, 9, 9)).save(own)
+    mine = fo.Sample(filepath=str(own), note="keep me")
+    demo.add_sample(mine)
+    ids = set(demo.values("id"))
+    again = demo_data.ensure_demo_dataset()
+    assert set(again.values("id")) == ids and again[mine.id].note == "keep me"
+
+
+def test_another_home_re_points_the_demo_instead_of_rebuilding(demo, tmp_path, monkeypatch):
+    ids = set(demo.values("id"))
+    monkeypatch.setenv(paths.HOME_ENV, str(tmp_path / "other-home"))
+    again = demo_data.ensure_demo_dataset()
+    assert set(again.values("id")) == ids
+    assert all(p.startswith(str(tmp_path / "other-home")) and os.path.isfile(p) for p in again.values("filepath"))
+
+
+def test_a_foreign_dataset_with_the_demo_name_is_never_touched(tmp_path):
+    if fo.dataset_exists(demo_data.DEMO_DATASET_NAME):
+        fo.load_dataset(demo_data.DEMO_DATASET_NAME).delete()
+    theirs = fo.Dataset(demo_data.DEMO_DATASET_NAME, persistent=True)
+    own = tmp_path / "theirs.png"
+    Image.new("RGB", (16, 16)).save(own)
+    theirs.add_sample(fo.Sample(filepath=str(own)))
+    try:
+        with pytest.raises(StoreError, match="did not build"):
+            demo_data.ensure_demo_dataset()
+        assert fo.load_dataset(demo_data.DEMO_DATASET_NAME).values("filepath") == [str(own)]
+    finally:
+        fo.load_dataset(demo_data.DEMO_DATASET_NAME).delete()
+
+
+def test_a_build_that_died_before_its_info_is_finished(demo):
+    info = dict(demo.info)
+    info.pop("cam_explorer_demo")
+    demo.info = info
+    demo.save()
+    demo.delete_samples(demo.skip(4))
+    again = demo_data.ensure_demo_dataset()
+    assert len(again) == len(demo_data.DEMO_IMAGES) and "cam_explorer_demo" in again.info
 
 
 def test_quickstart_fails_fast_when_its_host_is_unreachable(monkeypatch):
