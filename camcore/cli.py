@@ -226,12 +226,17 @@ def _compute(args: argparse.Namespace):
         pairs = [(m, layer) for m in methods for layer in layers]
         heatmaps, errors, seen = [], [], set()
         for i, (method, layer) in enumerate(pairs):
-            slow = METHODS[method].slow or args.aug_smooth
             what = f"[{i + 1}/{len(pairs)}] {method} on {layer}"
+            unsupported = METHODS[method].unsupported_reason(spec.task, spec.family)
+            if unsupported:  # said once, before anything slow is announced
+                errors.append(f"{method} on {layer}: {unsupported}")
+                _status(args, f"warning: {method} on {layer}: {_one_line(unsupported)}")
+                continue
+            reasons = [METHODS[method].note or "a slow method"] if METHODS[method].slow else []
+            reasons += ["6 augmented passes (aug smooth)"] if args.aug_smooth else []
+            slow = bool(reasons)
             if slow:
-                note = METHODS[method].note or (
-                    "6 passes (aug smooth)" if args.aug_smooth else "a slow method"
-                )
+                note = "; ".join(reasons)
                 _status(args, f"{what}: slow, {note[0].lower() + note[1:]}")
             start = time.perf_counter()
             try:
@@ -292,6 +297,12 @@ def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> 
     def stamp(rgb: np.ndarray) -> np.ndarray:
         return rgb if result.pretrained else overlay.watermark_untrained(rgb)
 
+    def full_size(rgb: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        # A huge image was computed downscaled: its files come out at the image's own size.
+        height, width = result.full_size
+        return rgb if rgb.shape[:2] == (height, width) else cv2.resize(rgb, (width, height),
+                                                                       interpolation=interpolation)
+
     records, used = [], set()
     for h in result.heatmaps:
         suffix = ("_aug" if h.aug_smooth else "") + ("_eigen" if h.eigen_smooth else "")
@@ -302,12 +313,12 @@ def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> 
         used.add(stem)
         npy, png = out_dir / f"{stem}.npy", out_dir / f"{stem}.png"
         try:
-            np.save(npy, np.asarray(h.map, dtype=np.float32))
+            np.save(npy, np.asarray(result.full_map(h), dtype=np.float32))
         except OSError as exc:
             from camcore.errors import CamError
 
             raise CamError(f"Cannot write {npy}: {exc.strerror or exc}") from exc
-        write_png(png, stamp(overlay.overlay(image.rgb, h.map, alpha, colormap)))
+        write_png(png, full_size(stamp(overlay.overlay(image.rgb, h.map, alpha, colormap))))
         records.append(
             {
                 "method": h.method,
@@ -324,7 +335,7 @@ def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> 
     mask = result.prediction.mask
     if mask is not None:
         path = out_dir / f"{file_stem(result.model, 'segmentation')}.png"
-        write_png(path, stamp(overlay.segmentation_overlay(image.rgb, mask, alpha)))
+        write_png(path, full_size(stamp(overlay.segmentation_overlay(image.rgb, mask, alpha)), cv2.INTER_NEAREST))
     return records
 
 
@@ -332,7 +343,8 @@ def _result_json(result, records: list[dict], image) -> dict:
     return {
         "model": result.model,
         "image": image.path,
-        "image_size": list(result.image_size),
+        "image_size": list(result.full_size),
+        "working_size": list(result.image_size),  # smaller than image_size when it was downscaled
         "input_size": list(result.input_size),
         "heatmaps": records,
         "prediction": result.prediction.to_dict(),
@@ -341,6 +353,7 @@ def _result_json(result, records: list[dict], image) -> dict:
         "pretrained": result.pretrained,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "errors": list(result.errors),
+        "notes": list(result.notes),
     }
 
 
@@ -385,6 +398,7 @@ def cmd_push(args: argparse.Namespace) -> int:
                 "fields": fields,
                 "heatmaps": records,
                 "errors": list(result.errors),
+                "notes": list(result.notes),
             }
         )
     else:

@@ -417,7 +417,9 @@ class Explainer:
             target=self.target,
             heatmaps=tuple(heatmaps),
             timings=dict(self.timings),
-            errors=tuple(errors) + tuple(f"note: {n}" for n in self.image.notes),
+            errors=tuple(errors),
+            notes=tuple(self.image.notes),
+            original_size=None if self.image.original_size == self.image.size else self.image.original_size,
         )
 
     # -- internals

@@ -78,6 +78,24 @@ class CamResult:
     heatmaps: tuple[Heatmap, ...]
     timings: dict[str, float] = field(default_factory=dict)
     errors: tuple[str, ...] = ()  # per-(method, layer) failures that did not stop the others
+    notes: tuple[str, ...] = ()  # what was done to the image (EXIF rotation, downscaled, ...): not errors
+    original_size: tuple[int, int] | None = None  # the file's (height, width) when it was downscaled
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        """(height, width) of the image file: what stored and written heatmaps must have."""
+        return tuple(self.original_size or self.image_size)
+
+    def full_map(self, h: Heatmap) -> np.ndarray:
+        """h.map at the file's own resolution: images over MAX_WORKING_SIDE are computed
+        downscaled, and their maps are scaled back up here, for the store and the CLI."""
+        if self.full_size == tuple(h.map.shape):
+            return h.map
+        import cv2
+
+        height, width = self.full_size
+        up = cv2.resize(h.map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        return np.clip(up, 0.0, 1.0)
 
     def find(self, method: str, layer: str) -> Heatmap | None:
         for h in self.heatmaps:

@@ -200,8 +200,10 @@ def get_sample(dataset_or_view: fo.Dataset | fo.DatasetView, id_or_filename: str
 def require_image(sample_or_collection: fo.Sample | fo.Dataset | fo.DatasetView) -> None:
     """Raise StoreError unless this is an image sample / image dataset."""
     media_type = sample_or_collection.media_type
+    what = "sample" if isinstance(sample_or_collection, fo.Sample) else "dataset"
+    if media_type is None and what == "dataset":  # FiftyOne sets it with the first sample
+        raise StoreError("this dataset has no samples yet: add images to it, or pick another dataset")
     if media_type != "image":
-        what = "sample" if isinstance(sample_or_collection, fo.Sample) else "dataset"
         raise StoreError(f"CAM Explorer works on images, but this {what} holds {media_type!r} media")
 
 
@@ -210,7 +212,8 @@ def sample_image_path(sample: fo.Sample) -> str:
     require_image(sample)
     path = sample.filepath
     if not os.path.isfile(path):
-        raise ImageError(f"image file of sample {sample.id} is missing: {path}")
+        raise ImageError(f"image file of sample {sample.id} is missing: {path} "
+                         "(moved or deleted? fix the sample's filepath, or pick another sample)")
     return path
 
 
@@ -295,15 +298,18 @@ def _check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bo
     return True
 
 
-def _validated_map(h: Heatmap, image_size: tuple[int, int], meta: Any) -> np.ndarray:
+def _validated_map(h: Heatmap, result: CamResult, meta: Any) -> np.ndarray:
     m = np.asarray(h.map)
     if m.ndim != 2 or m.size == 0:
         raise ImageError(f"heatmap {h.label} is not a 2-D map (shape {m.shape})")
     if not np.issubdtype(m.dtype, np.floating) or not np.all(np.isfinite(m)):
         raise ImageError(f"heatmap {h.label} must hold finite floats in 0..1")
-    size = f"{m.shape[0]}x{m.shape[1]}"
+    image_size = result.image_size
     if tuple(m.shape) != tuple(image_size):
-        raise ImageError(f"heatmap {h.label} is {size}, the image is {image_size[0]}x{image_size[1]}")
+        raise ImageError(f"heatmap {h.label} is {m.shape[0]}x{m.shape[1]}, "
+                         f"the image is {image_size[0]}x{image_size[1]}")
+    m = result.full_map(h)  # a downscaled huge image's map, back at the file's size
+    size = f"{m.shape[0]}x{m.shape[1]}"
     # The sample's own size, when known. FiftyOne's metadata (like the App) is EXIF-upright, so
     # a map in the stored orientation of a rotated JPEG would not line up: refused.
     if meta is not None and meta.width and meta.height:
@@ -501,7 +507,7 @@ def push_many(
                 rows = per_field[field][1]
                 if any(r[0] == sid for r in rows):
                     raise StoreError(f"two heatmaps of sample {sid} map to the same field {field!r}")
-                png = _validated_map(h, result.image_size, metas[sid])
+                png = _validated_map(h, result, metas[sid])
                 rows.append((sid, result, h, png, heatmap_path(dataset.name, field, sid, heatmap_dir)))
         created_at = _now()
         versions = _versions()

@@ -339,3 +339,23 @@ def test_file_stems_are_safe_and_distinct():
     weird = cli.file_stem("m", "x", "blocks.3/../..", "crème brûlée: 🍮")
     assert "/" not in weird and ".." not in weird and " " not in weird
     assert all(c.isalnum() or c in "_-" for c in weird) and weird.isascii()
+
+
+def test_a_huge_image_gives_maps_at_its_own_size(capsys, tmp_path):
+    """Over MAX_WORKING_SIDE the image is computed downscaled; the files still come out at the
+    image's own size, and the downscale is a note, not an error."""
+    from camcore.images import MAX_WORKING_SIDE
+
+    full = (40, MAX_WORKING_SIDE + 500)
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (full[1], full[0]), (120, 80, 40)).save(path)
+    code, out, err = _main(capsys, "cam", "--image", str(path), "--out", str(tmp_path / "o"), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["image_size"] == list(full) and data["working_size"][1] == MAX_WORKING_SIDE
+    assert data["errors"] == [] and any("downscaled" in n for n in data["notes"])
+    [h] = data["heatmaps"]
+    m = np.load(h["npy"])
+    assert m.shape == full and m.dtype == np.float32 and 0.0 <= m.min() and m.max() <= 1.0
+    with Image.open(h["png"]) as im:
+        assert (im.height, im.width) == full

@@ -1,6 +1,7 @@
 """store.push_heatmaps: files + fields, replace on re-push, read back in a new process, collisions."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import cv2
 import fiftyone as fo
 import numpy as np
 import pytest
+from PIL import Image
 
 from camcore import paths, store
 from camcore.errors import ImageError, StoreError
@@ -220,3 +222,26 @@ def test_pushed_fields_are_switched_on_in_the_app(dataset, tmp_path):
                                    heatmap_dir=tmp_path / "hm")
     assert fo.load_dataset(dataset.name).app_config.active_fields.paths == ["ground_truth", field2]
     assert field != field2
+
+
+def test_a_huge_image_computed_downscaled_is_stored_at_its_own_size(tmp_path):
+    """Images over MAX_WORKING_SIDE are computed downscaled; the stored map must still have the
+    file's size (it was refused, so such a sample could never be pushed)."""
+    from camcore.images import MAX_WORKING_SIDE
+
+    full = (60, MAX_WORKING_SIDE + 400)
+    [path] = write_images(tmp_path / "big", ["wide.png"], size=full)
+    ds = fo.Dataset(unique_name("huge"))
+    ds.add_sample(fo.Sample(filepath=path))
+    ds.compute_metadata()
+    working = (59, MAX_WORKING_SIDE)
+    h = make_heatmap(working)
+    result = dataclasses.replace(make_result(working, [h]), original_size=full)
+    try:
+        [field] = store.push_heatmaps(ds, ds.first().id, result, heatmap_dir=tmp_path / "hm")
+        with Image.open(ds.first()[field].map_path) as im:
+            assert (im.height, im.width) == full
+            stored = np.asarray(im, dtype=np.float64) / 65535
+        assert abs(stored.max() - 1.0) < 1e-3 and stored.min() < 1e-3
+    finally:
+        ds.delete()
