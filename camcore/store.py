@@ -6,8 +6,10 @@ message is one line.
 
 Field naming convention
 -----------------------
-A heatmap lives in the sample field ``cam_<model>_<method>_<layer>_<target>``
-(:func:`heatmap_field_name`): each part is lowercased, ``+`` becomes ``p`` (gradcam++ ->
+A heatmap lives in the sample field ``cam_<model>_<method>_<layer>_<target>[_<variant>]``
+(:func:`heatmap_field_name`), where the variant (:func:`field_variant`) is ``aug``, ``eigen``
+and/or ``untrained`` for maps made with aug_smooth, eigen_smooth or untrained weights, so such a
+map never replaces the plain one of a trained model. Each part is lowercased, ``+`` becomes ``p`` (gradcam++ ->
 gradcampp, kept apart from gradcam), every other run of characters outside ``[a-z0-9]``
 becomes one ``_``; names longer than :data:`MAX_FIELD_LEN` are cut and end
 in ``_<8 hex of a hash>``. The field is an ``fo.Heatmap`` field whose map is a 16-bit
@@ -17,7 +19,7 @@ raw_min/raw_max, created_at, package versions...).
 
 Fields we create are marked in their FiftyOne field info,
 ``info={"cam_explorer": {"kind": "heatmap", "model": ..., "method": ..., "layer": ...,
-"target": ...}}``, and listed in ``dataset.info["cam_explorer"]["fields"]``. A push never
+"target": ..., ["variant": ...]}}``, and listed in ``dataset.info["cam_explorer"]["fields"]``. A push never
 touches a field that is not marked ours, is not a Heatmap field, or is ours but means
 something else (two names that sanitise alike): it raises and writes nothing.
 
@@ -231,9 +233,21 @@ def _sanitise(part: str) -> str:
     return text or "x" + hashlib.sha1(str(part).encode()).hexdigest()[:6]
 
 
-def heatmap_field_name(model: str, method: str, layer: str, target: str) -> str:
-    """``cam_<model>_<method>_<layer>_<target>``, sanitised to [a-z0-9_], at most MAX_FIELD_LEN."""
-    name = FIELD_PREFIX + "_".join(_sanitise(p) for p in (model, method, layer, target))
+def field_variant(*, aug_smooth: bool = False, eigen_smooth: bool = False, pretrained: bool = True) -> str:
+    """The field-name suffix of maps that are not a trained model's plain map ("" for those)."""
+    return "_".join(part for part, on in (("aug", aug_smooth), ("eigen", eigen_smooth),
+                                          ("untrained", not pretrained)) if on)
+
+
+def heatmap_variant(result: CamResult, h: Heatmap) -> str:
+    return field_variant(aug_smooth=h.aug_smooth, eigen_smooth=h.eigen_smooth, pretrained=result.pretrained)
+
+
+def heatmap_field_name(model: str, method: str, layer: str, target: str, variant: str = "") -> str:
+    """``cam_<model>_<method>_<layer>_<target>[_<variant>]``, sanitised to [a-z0-9_], at most
+    MAX_FIELD_LEN."""
+    parts = (model, method, layer, target) + ((variant,) if variant else ())
+    name = FIELD_PREFIX + "_".join(_sanitise(p) for p in parts)
     name = re.sub(r"_+", "_", name)
     if len(name) > MAX_FIELD_LEN:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -273,8 +287,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _meaning(model: str, method: str, layer: str, target: str) -> dict[str, str]:
-    return {"kind": "heatmap", "model": model, "method": method, "layer": layer, "target": target}
+def _meaning(model: str, method: str, layer: str, target: str, variant: str = "") -> dict[str, str]:
+    meaning = {"kind": "heatmap", "model": model, "method": method, "layer": layer, "target": target}
+    return {**meaning, "variant": variant} if variant else meaning  # fields made before variants match
 
 
 def _check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bool:
@@ -290,7 +305,7 @@ def _check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bo
     if not isinstance(mark, dict):
         raise StoreError(
             f"field {field!r} of {dataset.name!r} was not created by CAM Explorer; not overwriting it")
-    if any(mark.get(k) != v for k, v in meaning.items()):
+    if any(mark.get(k) != v for k, v in meaning.items()) or mark.get("variant", "") != meaning.get("variant", ""):
         raise StoreError(
             f"field {field!r} already holds {mark.get('method')} on {mark.get('layer')} of "
             f"{mark.get('model')} for {mark.get('target')!r}; names collide after sanitising"
@@ -397,7 +412,7 @@ def push_heatmaps(
     """Write heatmaps of `result` for one sample as PNGs + Heatmap fields; return the field names.
 
     The field of each heatmap is ``heatmap_field_name(result.model, h.method, h.layer,
-    h.target.name)``. Everything is validated before anything is written; pushing the same
+    h.target.name, heatmap_variant(result, h))``. Everything is validated before anything is written; pushing the same
     heatmap again replaces the field value and the file.
     """
     dataset = _root(dataset)
@@ -432,21 +447,23 @@ def _field_type_of(value: Any) -> type[fo.Field]:
     raise StoreError(f"cannot store a label attribute of type {type(value).__name__}")
 
 
-def _description(model: str, method: str, layer: str, target: str) -> str:
-    return (f"CAM Explorer: {method} on {layer} of {model} for {target!r} "
+def _description(model: str, method: str, layer: str, target: str, variant: str = "") -> str:
+    how = f" ({variant.replace('_', ', ')})" if variant else ""
+    return (f"CAM Explorer: {method} on {layer} of {model} for {target!r}{how} "
             "(16-bit PNG, 0..65535 = 0..1 of the min-max scaled CAM)")
 
 
 def declare_heatmap_field(
-    dataset: fo.Dataset, model: str, method: str, layer: str, target: str, extra: dict | None = None
+    dataset: fo.Dataset, model: str, method: str, layer: str, target: str, extra: dict | None = None,
+    variant: str = "",
 ) -> str:
     """Create (or check) the Heatmap field for (model, method, layer, target) with every label
     attribute declared, and list it in dataset.info; return its name. Raises StoreError for a
     field that is not ours or means something else. Idempotent."""
     dataset = _root(dataset)
-    field = heatmap_field_name(model, method, layer, target)
-    meaning = _meaning(model, method, layer, target)
-    description = _description(model, method, layer, target)
+    field = heatmap_field_name(model, method, layer, target, variant)
+    meaning = _meaning(model, method, layer, target, variant)
+    description = _description(model, method, layer, target, variant)
     with _LOCK:
         if not _check_field(dataset, field, meaning):
             dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
@@ -492,16 +509,17 @@ def push_many(
         require_image(dataset)
         ids = [sid for sid, _r in items]
         metas = dict(zip(*dataset.select(ids).values(["id", "metadata"])))
-        # field -> (model, method, layer, target), [(sid, result, h, png, path)]
-        per_field: dict[str, tuple[tuple[str, str, str, str], list]] = {}
+        # field -> (model, method, layer, target, variant), [(sid, result, h, png, path)]
+        per_field: dict[str, tuple[tuple[str, str, str, str, str], list]] = {}
         for sid, result in items:
             if sid not in metas:
                 raise StoreError(f"no sample {sid!r} in {dataset.name!r}")
             for h in result.heatmaps:
                 target = h.target.name if target_label is None else target_label
-                field = heatmap_field_name(result.model, h.method, h.layer, target)
+                variant = heatmap_variant(result, h)
+                field = heatmap_field_name(result.model, h.method, h.layer, target, variant)
                 if field not in per_field:  # checked once per field, not per sample
-                    key = (result.model, h.method, h.layer, target)
+                    key = (result.model, h.method, h.layer, target, variant)
                     _check_field(dataset, field, _meaning(*key))
                     per_field[field] = (key, [])
                 rows = per_field[field][1]
@@ -513,7 +531,7 @@ def push_many(
         versions = _versions()
         _write_pngs([(path, png) for _k, rows in per_field.values() for _s, _r, _h, png, path in rows])
         for field, (key, rows) in per_field.items():
-            declare_heatmap_field(dataset, *key, extra=extra)
+            declare_heatmap_field(dataset, *key[:4], extra=extra, variant=key[4])
             values = {sid: _label(r, h, path, created_at, versions, extra) for sid, r, h, _p, path in rows}
             # One bulk update keyed by id, not sample.save(); every attribute is declared already.
             dataset.set_values(field, values, key_field="id", dynamic=True)

@@ -40,7 +40,7 @@ def _files(root: Path) -> list[Path]:
 
 def test_push_writes_pngs_fields_and_registry(dataset, tmp_path):
     sample = dataset.first()
-    h1 = make_heatmap(SIZE, "gradcam", "layer4", seed=1)
+    h1 = make_heatmap(SIZE, "gradcam", "layer4", seed=0)
     h2 = make_heatmap(SIZE, "eigencam", "layer3.1", seed=2)
     fields = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h1, h2]), heatmap_dir=tmp_path / "hm")
 
@@ -94,7 +94,7 @@ def test_push_twice_replaces(dataset, tmp_path):
 def test_read_back_in_a_new_process(dataset, tmp_path):
     sample = dataset.first()
     target = Target(504, "coffee mug", "predicted top-1")
-    h = make_heatmap(SIZE, "gradcam++", "features.7", target=target, seed=3)
+    h = make_heatmap(SIZE, "gradcam++", "features.7", target=target, seed=3, eigen_smooth=True)
     [field] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h], model="efficientnet_lite0"))
     out = tmp_path / "map.npy"
     code = textwrap.dedent(f"""
@@ -245,3 +245,21 @@ def test_a_huge_image_computed_downscaled_is_stored_at_its_own_size(tmp_path):
         assert abs(stored.max() - 1.0) < 1e-3 and stored.min() < 1e-3
     finally:
         ds.delete()
+
+
+def test_untrained_and_smoothed_maps_never_replace_the_plain_trained_one(dataset, tmp_path):
+    """They once shared the plain field: pushing an untrained map silently replaced the trained one."""
+    sample = dataset.first()
+    plain = make_heatmap(SIZE, seed=0)
+    eigen = dataclasses.replace(make_heatmap(SIZE, seed=2), eigen_smooth=True)
+    aug = dataclasses.replace(make_heatmap(SIZE, seed=4), aug_smooth=True)
+    trained = make_result(SIZE, [plain, eigen, aug])
+    untrained = dataclasses.replace(make_result(SIZE, [plain]), pretrained=False, weights="UNTRAINED")
+    fields = store.push_heatmaps(dataset, sample.id, trained, heatmap_dir=tmp_path)
+    [field_untrained] = store.push_heatmaps(dataset, sample.id, untrained, heatmap_dir=tmp_path)
+    base = store.heatmap_field_name("resnet50", "gradcam", "layer4", "tabby cat")
+    assert fields == [base, base + "_eigen", base + "_aug"] and field_untrained == base + "_untrained"
+    sample.reload()
+    assert sample[base].pretrained is True and sample[field_untrained].pretrained is False
+    assert sample[base + "_eigen"].eigen_smooth and sample[base + "_aug"].aug_smooth
+    assert dataset.get_field(base + "_untrained").info["cam_explorer"]["variant"] == "untrained"
