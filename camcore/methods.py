@@ -11,6 +11,7 @@ gradients, so one pass with hooks on every chosen layer feeds all of them on all
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -140,11 +141,19 @@ ARTICLE_METHODS = tuple(k for k, m in METHODS.items() if m.in_article)
 DEFAULT_METHOD = "gradcam"
 
 
+def _spelling(name: str) -> str:
+    return re.sub(r"[^a-z0-9+]", "", str(name).lower())
+
+
 def get_method(key: str) -> MethodSpec:
-    try:
+    """By registry key, or as people write it: "Grad-CAM", "GradCAM++", "score_cam"."""
+    if key in METHODS:
         return METHODS[key]
-    except KeyError:
-        raise MethodError(f"Unknown method '{key}'. Available: {', '.join(METHODS)}.") from None
+    wanted = _spelling(key)
+    for spec in METHODS.values():
+        if wanted and wanted in (_spelling(spec.key), _spelling(spec.label)):
+            return spec
+    raise MethodError(f"Unknown method '{key}'. Available: {', '.join(METHODS)}.")
 
 
 def methods_for(task: str, family: str) -> list[MethodSpec]:

@@ -53,6 +53,9 @@ class ModelSpec:
         for spec in self.layers:
             if spec.name == name or spec.path == name:
                 return spec
+        for spec in self.layers:  # "Layer4", "HEAD": layer names never differ only in case
+            if str(name).strip().lower() in (spec.name.lower(), spec.path.lower()):
+                return spec
         names = ", ".join(s.name for s in self.layers)
         raise ModelError(f"Model '{self.key}' has no layer '{name}'. Its layers: {names}.")
 
@@ -182,11 +185,30 @@ def get_spec(key: str) -> ModelSpec:
         raise ModelError(f"Unknown model '{key}'. Available: {', '.join(MODELS)}.") from None
 
 
+def resolve_device(requested: str | torch.device) -> torch.device:
+    """A device the user named (--device, CAM_EXPLORER_DEVICE), checked: ModelError if it is not
+    a device name or not on this machine."""
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"Unknown device {str(requested)!r}: use cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"Device {str(requested)!r} asked for, but PyTorch sees no CUDA GPU on this "
+                             "machine: use cpu.")
+        if dev.index is not None and dev.index >= count:
+            raise ModelError(f"Device {str(requested)!r} asked for, but this machine has {count} CUDA GPU(s).")
+    elif dev.type != "cpu":
+        raise ModelError(f"Device {str(requested)!r} is not supported: use cpu, cuda or cuda:N.")
+    return dev
+
+
 def default_device() -> torch.device:
     """CAM_EXPLORER_DEVICE overrides; else the GPU when there is one."""
     requested = os.environ.get("CAM_EXPLORER_DEVICE")
     if requested:
-        return torch.device(requested)
+        return resolve_device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -229,7 +251,7 @@ def load_model(key: str, weights: str = "auto", device: str | torch.device | Non
     Raises WeightsUnavailable when "auto" finds no real weights.
     """
     spec = get_spec(key)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device) if device is not None else default_device()
     cache_key = (key, str(weights), str(dev))
     with _cache_lock:
         if cache_key in _cache:

@@ -359,3 +359,41 @@ def test_a_huge_image_gives_maps_at_its_own_size(capsys, tmp_path):
     assert m.shape == full and m.dtype == np.float32 and 0.0 <= m.min() and m.max() <= 1.0
     with Image.open(h["png"]) as im:
         assert (im.height, im.width) == full
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--device", "bogus"], "Unknown device 'bogus'"),
+        (["--device", "cuda:7" if __import__("torch").cuda.is_available() else "cuda"], "GPU"),
+        (["--target", "5:tabby"], "Class 5 is 'electric ray', not 'tabby'"),
+        (["--target", "CARDIGAN"], "ambiguous: 'Cardigan' (264) or 'cardigan' (474)"),
+    ],
+    ids=["device-name", "device-absent", "index-name-mismatch", "ambiguous-case"],
+)
+def test_bad_device_and_class_spellings_are_user_errors(capsys, tmp_path, argv, fragment):
+    code, out, err = _main(capsys, "cam", "--image", str(CHELSEA), *argv, "--out", str(tmp_path / "o"))
+    assert code == 2 and out == "", err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], err
+
+
+def test_names_as_people_write_them(capsys, tmp_path):
+    """Exact class names win over case-folding (Cardigan is a dog, cardigan a sweater); methods and
+    layers are found however they are spelled."""
+    from camcore import targets
+    from camcore.methods import get_method
+    from camcore.models import get_spec
+
+    names = get_spec(DEFAULT_MODEL).class_names()
+    assert targets.class_index(names, "cardigan") == 474 and targets.class_index(names, "Cardigan") == 264
+    assert targets.class_index(names, "  tabby ") == targets.class_index(names, "Tabby") == 281
+    assert targets.class_index(names, "281:tabby") == 281
+    assert get_method("Grad-CAM").key == "gradcam" and get_method("GradCAM++").key == "gradcam++"
+    assert get_method("score_cam").key == "scorecam" and get_method("Grad-CAM element-wise").key == "gradcamelementwise"
+    assert get_spec(DEFAULT_MODEL).layer("HEAD").name == "head"
+    code, out, err = _main(capsys, "cam", "--image", str(CHELSEA), "--method", "Grad-CAM", "--layer", "Head",
+                           "--out", str(tmp_path / "o"), "--json")
+    assert code == 0, err
+    [h] = json.loads(out)["heatmaps"]
+    assert (h["method"], h["layer"]) == ("gradcam", "head")
