@@ -249,6 +249,8 @@ def _compute(args: argparse.Namespace):
                 continue
             if slow:
                 _status(args, f"{what}: done in {time.perf_counter() - start:.1f} s")
+            if h.blank:
+                _status(args, f"warning: {method} on {layer}: {h.BLANK_NOTE}")
             if (h.method, h.layer) not in seen:  # layer-independent methods appear once
                 seen.add((h.method, h.layer))
                 heatmaps.append(h)
@@ -330,6 +332,7 @@ def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> 
                 "seconds": round(h.seconds, 4),
                 "aug_smooth": h.aug_smooth,
                 "eigen_smooth": h.eigen_smooth,
+                "blank": h.blank,
             }
         )
     mask = result.prediction.mask

@@ -63,6 +63,15 @@ class Heatmap:
     def label(self) -> str:
         return f"{self.method} · {self.layer} · {self.target.name}"
 
+    @property
+    def blank(self) -> bool:
+        """Nothing to show: the CAM was zero (or negative, then clipped) everywhere. Common with
+        untrained weights, tiny inputs, or a target with no positive evidence at that layer."""
+        return not float(np.max(self.map, initial=0.0)) > 0.0
+
+    BLANK_NOTE = ("blank map: the CAM is zero everywhere (no positive evidence for this target at "
+                  "this layer; try another layer, method or class)")
+
 
 @dataclass(frozen=True)
 class CamResult:

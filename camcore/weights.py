@@ -84,7 +84,11 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, pickled code, wrong format: all the user's to fix
-        raise ModelError(f"Cannot read weights file {path}: {exc}") from exc
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if len(detail) < 12:  # torch says things like "101" for a file that is not a checkpoint
+            detail = f"not a PyTorch checkpoint or safetensors file ({type(exc).__name__}: {detail})"
+        raise ModelError(f"Cannot read weights file {path}: {detail}. Expected a state dict saved with "
+                         "torch.save (.pth/.pt) or a .safetensors file.") from exc
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -397,3 +397,15 @@ def test_names_as_people_write_them(capsys, tmp_path):
     assert code == 0, err
     [h] = json.loads(out)["heatmaps"]
     assert (h["method"], h["layer"]) == ("gradcam", "head")
+
+
+def test_a_blank_map_is_flagged_not_silent(capsys, tmp_path):
+    """Untrained DeiT-tiny gives Grad-CAM zero everywhere: the user must be told, not handed a
+    silent empty overlay."""
+    code, out, err = _main(capsys, "cam", "--image", str(CHELSEA), "--model", "deit_tiny", "--weights",
+                           "untrained", "--method", "gradcam", "--method", "eigencam",
+                           "--out", str(tmp_path / "o"), "--json")
+    assert code == 0, err
+    blank = {h["method"]: h["blank"] for h in json.loads(out)["heatmaps"]}
+    assert blank == {"gradcam": np.load(json.loads(out)["heatmaps"][0]["npy"]).max() == 0, "eigencam": False}
+    assert blank["gradcam"] is True and "gradcam on block11: blank map" in err
