@@ -6,13 +6,21 @@ Never imports streamlit. One field per (model, method, layer, target rule): with
 
 Resuming: a sample is skipped for a field when its label there has the same provenance
 (model, weights label, method, layer, target rule, eigen smoothing, input size) and its PNG
-exists. Per chunk, every PNG is written first (atomically), then one ``set_values`` per
+exists. Per write, every PNG is written first (atomically), then one ``set_values`` per
 field; a sample is reported done only after that. A crash between the two leaves PNGs that
 no field points at: the next run deletes them before computing, so a sample has both its
 file and its field, or neither.
 
 Compute: per chunk, images whose model inputs have the same shape share one batched forward +
-backward (engine.explain_many), which feeds every method and layer of each image.
+backward (engine.explain_many), which feeds every method and layer of each image. The heatmaps
+are then computed one by one: progress is reported per heatmap (and inside slow ones, e.g.
+Score-CAM), and a cancel takes effect at the next heatmap or inside the current one. Computed
+samples are written once per chunk, or sooner when FLUSH_SECONDS have passed since the last
+write (slow methods: every sample is written, and counted done, soon after it is computed).
+
+Failures: a sample that cannot be read, computed or validated for writing (e.g. a heatmap whose
+size disagrees with the sample's metadata) is reported in ``BatchReport.failed`` and the others
+are written; a database error (StoreError) aborts the run.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ import torch
 from camcore import store
 from camcore import targets as targets_mod
 from camcore.engine import explain_many
-from camcore.errors import CamError, MethodError
+from camcore.errors import CamError, Cancelled, MethodError, StoreError
 from camcore.images import LoadedImage, load_image
 from camcore.methods import get_method
 from camcore.models import ModelSpec, get_spec, load_model
@@ -38,7 +46,10 @@ from camcore.models import ModelSpec, get_spec, load_model
 PREDICTED = "predicted"
 LOAD_THREADS = 4
 STALE_TEMP_SECONDS = 3600  # a temp PNG lives for one write; older ones were left by a crash
-# progress(done, total, rate per second, eta seconds or None, message)
+FLUSH_SECONDS = 2.0  # write computed samples at least this often, not only once per chunk
+PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writes always report)
+# progress(done, total, rate per second, eta seconds or None, message): done counts samples
+# written; rate and eta come from the heatmaps computed so far (in samples per second).
 BatchProgress = Callable[[int, int, float, "float | None", str], None]
 
 
@@ -47,7 +58,7 @@ class BatchReport:
     done: int = 0  # samples written in this run
     skipped: int = 0  # samples already done with the same provenance
     failed: list[tuple[str, str]] = field(default_factory=list)  # (sample id, one-line reason)
-    fields: set[str] = field(default_factory=set)
+    fields: set[str] = field(default_factory=set)  # every field the run covers, written to or not
     seconds: float = 0.0
     cancelled: bool = False
     removed_orphans: int = 0  # PNGs without a field, left by an interrupted run
@@ -210,43 +221,103 @@ def run_batch(
                 todo[sid].append(job)
     pending = [(sid, path) for sid, path in zip(ids, paths) if todo[sid]]
     report.skipped = len(ids) - len(pending)
+    report.fields = {job.field for job in jobs}  # also when everything is skipped: what the run covers
     total = len(pending)
+    # Rate and ETA come from the work computed (heatmaps, and fractions of the slow ones), so they
+    # exist before the first write and move within a chunk. Failed samples count as settled work.
+    work_total = sum(len(todo[sid]) for sid, _p in pending) or 1
+    work = {"settled": 0.0, "current": 0.0}
+    last_told = [0.0]
 
-    def tell(message: str) -> None:
+    def tell(message: str, force: bool = True) -> None:
         if progress is None:
             return
-        elapsed = time.perf_counter() - started
-        rate = report.done / elapsed if elapsed > 0 and report.done else 0.0
-        eta = (total - report.done - len(report.failed)) / rate if rate > 0 else None
+        now = time.perf_counter()
+        if not force and now - last_told[0] < PROGRESS_INTERVAL:
+            return
+        last_told[0] = now
+        elapsed = now - compute_started
+        worked = min(work_total, work["settled"] + work["current"])
+        per_second = worked / elapsed if elapsed > 0 else 0.0  # heatmaps per second
+        rate = per_second * total / work_total
+        eta = (work_total - worked) / per_second if per_second > 0 else None
         progress(report.done, total, rate, eta, message)
 
+    compute_started = time.perf_counter()
     tell(f"{report.skipped} already done, {total} to compute")
 
-    def write(groups: list[list[tuple[str, object]]]) -> tuple[set[str], int]:
-        """One chunk's results (grouped by their fields): PNGs, then one set_values per field."""
+    def write(groups: list[list[tuple[str, object]]]) -> tuple[set[str], int, list[tuple[str, str]]]:
+        """Computed results (grouped by their fields): PNGs, then one set_values per field.
+        A group that fails validation (say a heatmap whose size disagrees with a sample's metadata)
+        is written sample by sample, so only the bad samples fail; database errors abort."""
         fields: set[str] = set()
+        count, failures = 0, []
         for items in groups:
-            fields.update(store.push_many(dataset, items, target_label=rule, extra=extra, heatmap_dir=heatmap_dir))
-        return fields, sum(len(items) for items in groups)
+            try:
+                fields.update(store.push_many(dataset, items, target_label=rule, extra=extra,
+                                              heatmap_dir=heatmap_dir))
+                count += len(items)
+                continue
+            except StoreError:
+                raise
+            except CamError as exc:
+                if len(items) == 1:
+                    failures.append((items[0][0], _one_line(exc)))
+                    continue
+            for sid, result in items:  # some sample is invalid: find it, write the others
+                try:
+                    fields.update(store.push_many(dataset, [(sid, result)], target_label=rule, extra=extra,
+                                                  heatmap_dir=heatmap_dir))
+                    count += 1
+                except StoreError:
+                    raise
+                except CamError as exc:
+                    failures.append((sid, _one_line(exc)))
+        return fields, count, failures
 
-    # A chunk is written in the background while the next one computes; at most one write is in
-    # flight, and samples are reported done only when their write has finished.
+    # Writes run in the background while the next samples compute; at most one is in flight, and
+    # samples are reported done only when their write has finished.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-batch-write")
     writing: Future | None = None
+    buffered: dict[tuple[str, ...], list[tuple[str, object]]] = {}  # computed, not yet submitted
+    last_write = [time.perf_counter()]
 
     def settle() -> None:
         nonlocal writing
         if writing is not None:
             future, writing = writing, None
-            fields, count = future.result()
+            fields, count, failures = future.result()
             report.fields.update(fields)
             report.done += count
-            tell(f"wrote {report.done}/{total}")
+            for sid, reason in failures:
+                report.failed.append((sid, reason))
+            tell(f"wrote {report.done}/{total}" + (f", {len(failures)} failed" if failures else ""))
 
-    def fail(sid: str, path: str, exc: BaseException) -> None:
-        text = str(exc).strip()
-        report.failed.append((sid, text.splitlines()[0] if text else type(exc).__name__))
+    def submit() -> None:
+        """Write what is buffered (after the write in flight, if any, has finished)."""
+        nonlocal writing, buffered
+        settle()
+        if buffered:
+            writing = writer.submit(write, list(buffered.values()))
+            buffered = {}
+            last_write[0] = time.perf_counter()
+
+    def poll() -> None:
+        """Count a finished write; write early when the last write is FLUSH_SECONDS old."""
+        if writing is not None and writing.done():
+            settle()
+        if buffered and writing is None and time.perf_counter() - last_write[0] >= FLUSH_SECONDS:
+            submit()
+
+    def fail(sid: str, path: str, exc: BaseException, work_left: int) -> None:
+        report.failed.append((sid, _one_line(exc)))
+        work["settled"] += work_left
         tell(f"failed {os.path.basename(path)}")
+
+    def cancelled() -> bool:
+        if cancel is not None and cancel.is_set():
+            report.cancelled = True
+        return report.cancelled
 
     # Images of the next chunk are decoded in threads while this chunk computes.
     loader = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="cam-batch-load")
@@ -255,42 +326,81 @@ def run_batch(
     def load(items: list[tuple[str, str]]) -> list[Future]:
         return [loader.submit(_load_or_error, path) for _sid, path in items]
 
+    def compute(sid: str, path: str, explainer) -> list | CamError | None:
+        """The sample's heatmaps, one by one, with progress and cancel; None when cancelled, the
+        error when one fails. (Write errors from poll() are not the sample's: they propagate.)"""
+        sample_jobs = todo[sid]
+        name = os.path.basename(path)
+        heatmaps = []
+        for i, j in enumerate(sample_jobs):
+            if cancelled():
+                return None
+
+            def inside(fraction: float, message: str, j=j) -> None:
+                work["current"] = max(0.0, min(1.0, float(fraction)))
+                tell(f"{name}: {j.method} on {j.layer} {work['current']:.0%}", force=False)
+
+            try:
+                heatmaps.append(explainer.heatmap(j.method, j.layer, eigen_smooth, inside, cancel))
+            except Cancelled:
+                report.cancelled = True
+                return None
+            except CamError as exc:
+                work["current"] = 0.0
+                work["settled"] += len(sample_jobs) - i
+                return exc
+            work["current"] = 0.0
+            work["settled"] += 1
+            tell(f"{name}: {j.method} on {j.layer}", force=False)
+            poll()
+        return heatmaps
+
     next_loads = load(chunks[0]) if chunks else []
     try:
         with torch.enable_grad():
             for n, items in enumerate(chunks):
-                if cancel is not None and cancel.is_set():
-                    report.cancelled = True
+                if cancelled():
                     break
                 loads, next_loads = next_loads, (load(chunks[n + 1]) if n + 1 < len(chunks) else [])
-                loaded, groups = [], {}
+                loaded = []
                 for (sid, path), future in zip(items, loads):
                     image = future.result()
                     if isinstance(image, CamError):
-                        fail(sid, path, image)
+                        fail(sid, path, image, len(todo[sid]))
                     else:
                         loaded.append((sid, path, image))
                 chunk_layers = list(dict.fromkeys(j.layer for sid, _p, _i in loaded for j in todo[sid]))
                 explainers = explain_many(model, [img for _s, _p, img in loaded], target_request, chunk_layers,
                                           input_size, max_batch=chunk)
                 for (sid, path, _img), explainer in zip(loaded, explainers):
+                    if cancelled():
+                        break
+                    if isinstance(explainer, CamError):
+                        fail(sid, path, explainer, len(todo[sid]))
+                        continue
+                    heatmaps = compute(sid, path, explainer)
+                    if heatmaps is None:  # cancelled: this sample's heatmaps are dropped, not written
+                        break
                     try:
-                        if isinstance(explainer, CamError):
-                            raise explainer
-                        sample_jobs = todo[sid]
-                        heatmaps = [explainer.heatmap(j.method, j.layer, eigen_smooth) for j in sample_jobs]
+                        if isinstance(heatmaps, CamError):
+                            raise heatmaps
                         result = explainer.result(heatmaps)
                     except CamError as exc:
-                        fail(sid, path, exc)
+                        fail(sid, path, exc, 0)
                         continue
-                    groups.setdefault(tuple(j.field for j in sample_jobs), []).append((sid, result))
-                settle()
-                if groups:
-                    writing = writer.submit(write, list(groups.values()))
-            settle()  # also after a cancel: what was computed is written
+                    buffered.setdefault(tuple(j.field for j in todo[sid]), []).append((sid, result))
+                    poll()
+                submit()
+            submit()  # also after a cancel: what was computed is written
+            settle()
     finally:
         loader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
     report.seconds = time.perf_counter() - started
     tell("cancelled" if report.cancelled else "finished")
     return report
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

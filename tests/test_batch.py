@@ -189,3 +189,103 @@ def test_orphan_cleanup_touches_only_this_runs_samples(dataset):
     report = batch.run_batch(dataset.select(first), MODEL, methods=["gradcam"])  # its own orphan now
     assert report.done == 1 and report.removed_orphans == 1
     assert dataset[first][FIELD].map_path == str(in_flight) and in_flight.read_bytes() != b"another writer's PNG"
+
+
+# ---------------------------------------------------------------- progress, cancel and failures inside a chunk
+
+
+def test_progress_moves_per_sample_within_a_chunk(dataset, monkeypatch):
+    """A slow method (Score-CAM) took minutes per chunk: progress must not wait for the chunk."""
+    import time
+
+    from camcore import engine
+
+    monkeypatch.setattr(batch, "FLUSH_SECONDS", 0.05)
+    monkeypatch.setattr(batch, "PROGRESS_INTERVAL", 0.0)
+    real_heatmap, real_push = engine.Explainer.heatmap, store.push_many
+    writes = {"started": 0, "finished": 0}
+
+    def push_many(*a, **k):
+        writes["started"] += 1
+        try:
+            return real_push(*a, **k)
+        finally:
+            writes["finished"] += 1
+
+    def slow_heatmap(self, *a, **k):  # each heatmap outlasts the previous write, as Score-CAM's do
+        deadline = time.monotonic() + 30
+        while writes["finished"] < writes["started"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        return real_heatmap(self, *a, **k)
+
+    monkeypatch.setattr(store, "push_many", push_many)
+    monkeypatch.setattr(engine.Explainer, "heatmap", slow_heatmap)
+    calls = []
+    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8, progress=lambda *a: calls.append(a))
+    assert report.done == 5
+    assert {c[0] for c in calls} >= {1, 2, 3, 4, 5}  # written (and reported) sample by sample
+    # a rate and an ETA before anything is written: from the heatmaps computed so far
+    assert any(done == 0 and rate > 0 and eta is not None for done, _t, rate, eta, _m in calls), calls[:4]
+    assert len(dataset.exists(FIELD)) == 5
+
+
+def test_cancel_takes_effect_at_the_next_heatmap_and_counts_what_was_written(dataset, monkeypatch):
+    from camcore import engine
+    from camcore.errors import Cancelled
+
+    cancel = threading.Event()
+    seen = []
+    real = engine.Explainer.heatmap
+
+    def heatmap(self, method, layer, eigen_smooth=False, progress=None, cancel_event=None):
+        seen.append(cancel_event)
+        if len(seen) == 3:  # Cancel pressed while the third heatmap computes (a perturbation method's loop)
+            cancel.set()
+            raise Cancelled("Score-CAM cancelled.")
+        return real(self, method, layer, eigen_smooth, progress, cancel_event)
+
+    monkeypatch.setattr(engine.Explainer, "heatmap", heatmap)
+    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8, cancel=cancel)
+    assert seen[0] is cancel  # the engine gets the cancel: Score-CAM/Ablation-CAM stop inside
+    assert len(seen) == 3  # not the whole chunk of 5
+    assert report.cancelled and report.failed == []  # a cancel is no failure
+    assert report.done == 2 == len(dataset.exists(FIELD))  # the computed ones are written and counted
+    assert _files(dataset, FIELD) == set(dataset.exists(FIELD).values(f"{FIELD}.map_path"))
+
+    again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8)  # resumes
+    assert (again.done, again.skipped) == (3, 2)
+
+
+def test_a_sample_that_fails_validation_fails_alone(dataset):
+    """One bad sample (metadata that disagrees with its file) used to abort the batch, every rerun."""
+    bad = dataset.first()
+    bad.metadata = fo.ImageMetadata(width=999, height=77)
+    bad.save()
+    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8)
+    assert report.done == 4
+    assert [sid for sid, _m in report.failed] == [bad.id]
+    assert "77x999" in report.failed[0][1]
+    assert dataset[bad.id][FIELD] is None
+    assert not os.path.exists(store.heatmap_path(dataset.name, FIELD, bad.id))
+    assert len(dataset.exists(FIELD)) == 4
+    again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8)
+    assert (again.done, again.skipped, len(again.failed)) == (0, 4, 1)
+
+
+def test_a_database_error_still_aborts(dataset, monkeypatch):
+    from camcore.errors import StoreError
+
+    def down(*a, **k):
+        raise StoreError("cannot reach the FiftyOne database")
+
+    monkeypatch.setattr(store, "push_many", down)
+    with pytest.raises(StoreError):
+        batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2)
+
+
+def test_a_rerun_that_skips_everything_still_lists_its_fields(dataset):
+    batch.run_batch(dataset.limit(2), MODEL, methods=["gradcam"])
+    again = batch.run_batch(dataset.limit(2), MODEL, methods=["gradcam"])
+    assert (again.done, again.skipped) == (0, 2)
+    assert again.fields == {FIELD} and again.to_dict()["fields"] == [FIELD]
