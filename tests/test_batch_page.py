@@ -39,3 +39,86 @@ def test_batch_page_runs_then_skips():
     at.button(key="batch_start").click()
     _run(at)
     assert any("0 computed, 1 skipped" in s.value for s in at.success), [s.value for s in at.success]
+
+
+# ---------------------------------------------------------------- interruptions: a closed tab, Cancel
+
+
+def _batch_page_for(class_name: str) -> AppTest:
+    """The Batch page on the demo's 8 samples, Grad-CAM for a named class (a field of this test's own)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.switch_page("pages/batch.py")
+    _run(at)
+    at.radio(key="batch_rule").set_value("a named class")
+    _run(at)
+    at.selectbox(key="batch_class_efficientnet_lite0").set_value(class_name)
+    _run(at)
+    return at
+
+
+def _interrupt_at_heatmap(monkeypatch, n: int, interrupt) -> list:
+    """Count Explainer.heatmap calls; call interrupt(ctx) in the n-th, from the script thread."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from camcore import batch, engine
+
+    monkeypatch.setattr(batch, "PROGRESS_INTERVAL", 0.0, raising=False)  # progress after every heatmap
+    calls = []
+    real = engine.Explainer.heatmap
+
+    def heatmap(self, *a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            interrupt(get_script_run_ctx())
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(engine.Explainer, "heatmap", heatmap)
+    return calls
+
+
+def test_a_closed_tab_stops_the_batch_at_the_next_heatmap_and_a_reload_says_so(monkeypatch):
+    dataset = demo_data.ensure_demo_dataset()
+    total = len(dataset)
+    field = store.heatmap_field_name("efficientnet_lite0", "gradcam", "head", "goldfish")
+    at = _batch_page_for("goldfish")
+    # Streamlit requests a stop of the session's script when its websocket closes (tab closed or
+    # reloaded): here during the second heatmap of a chunk of 8.
+    calls = _interrupt_at_heatmap(monkeypatch, 2, lambda ctx: ctx.script_requests.request_stop())
+    at.button(key="batch_start").click()
+    _run(at)
+    assert len(calls) == 2  # stopped at the next heatmap, not after the chunk
+    dataset.reload()
+    assert len(dataset.exists(field)) == 2  # what was computed is written
+    monkeypatch.undo()
+
+    reloaded = _batch_page_for("goldfish")  # a reload is a new session
+    notes = [w.value for w in reloaded.warning]
+    assert any("interrupted" in w and f"2 of {total} samples written" in w for w in notes), notes
+    reloaded.button(key="batch_start").click()
+    _run(reloaded)
+    assert any(f"{total - 2} computed, 2 skipped" in s.value for s in reloaded.success), \
+        [s.value for s in reloaded.success]
+    assert not any("interrupted" in w.value for w in reloaded.warning)  # resumed: the note is gone
+
+
+def test_cancel_reports_what_was_written(monkeypatch):
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+
+    dataset = demo_data.ensure_demo_dataset()
+    total = len(dataset)
+    field = store.heatmap_field_name("efficientnet_lite0", "gradcam", "head", "tiger shark")
+    at = _batch_page_for("tiger shark")
+
+    def click_cancel(ctx):  # what a click on Cancel does: its on_click, then a rerun request
+        ctx.session_state["batch_cancel_requested"] = True
+        ctx.script_requests.request_rerun(RerunData(page_script_hash=ctx.page_script_hash))
+
+    calls = _interrupt_at_heatmap(monkeypatch, 3, click_cancel)
+    at.button(key="batch_start").click()
+    _run(at)
+    assert len(calls) == 3
+    dataset.reload()
+    written = len(dataset.exists(field))
+    assert written == 3
+    notes = [w.value for w in at.warning]
+    assert any(f"Cancelled: {written} of {total} samples written" in w for w in notes), notes
