@@ -137,21 +137,30 @@ def segmentation_overlay(
     return out
 
 
-def watermark_untrained(rgb: np.ndarray, text: str = UNTRAINED_TEXT) -> np.ndarray:
-    """Stamp a big red banner with white text across the top: heatmaps of random weights must
-    never pass for a trained model's."""
+def watermark_untrained(rgb: np.ndarray, text: str = UNTRAINED_TEXT, outside: bool = False) -> np.ndarray:
+    """Mark an image made with random weights: a red band with white text and a red frame, so it
+    never passes for a trained model's output.
+
+    outside=False: the band is painted over the top rows (the image keeps its size; files).
+    outside=True: the band is added above the image, which stays whole (H grows by the band).
+    """
     rgb = _check_rgb(rgb)
-    out = rgb.copy()
-    h, w = out.shape[:2]
-    band = max(12, min(h, round(h * 0.14)))
+    h, w = rgb.shape[:2]
+    band = max(16, round(h * 0.07))
+    if outside:
+        out = np.empty((h + band, w, 3), np.uint8)
+        out[band:] = rgb
+    else:
+        band = min(h, band)
+        out = rgb.copy()
     out[:band] = (200, 0, 0)
-    cv2.rectangle(out, (0, 0), (w - 1, h - 1), (200, 0, 0), max(2, round(min(h, w) * 0.015)))
+    H = out.shape[0]
+    cv2.rectangle(out, (0, 0), (w - 1, H - 1), (200, 0, 0), max(2, round(min(h, w) * 0.01)))
     font = cv2.FONT_HERSHEY_DUPLEX
-    thickness = max(1, round(band / 14))
-    (tw, th), _ = cv2.getTextSize(text, font, 1.0, thickness)
+    (tw, th), _ = cv2.getTextSize(text, font, 1.0, 1)
     scale = min(0.92 * w / tw, 0.62 * band / th)
-    thickness = max(1, round(scale * 1.6))
-    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+    thickness = max(1, round(scale * 1.4))
+    (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
     org = (max(0, (w - tw) // 2), min(band - 1, (band + th) // 2))
     cv2.putText(out, text, org, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return out
