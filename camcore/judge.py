@@ -7,6 +7,7 @@ so background-biased samples come to the top.
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -42,15 +43,30 @@ class RankRow:
 BACKGROUND_NAMES = {"background", "__background__", "bg", "0"}
 
 
-def guess_object_label(labels: Sequence[str], class_name: str) -> int:
-    """Index of the user's label most likely meant for the model's class: one whose name contains
-    or is contained in the class name ("cat" for "tabby cat"), else the first that is not a
-    background class, else 0. Label names rarely match the model's classes exactly."""
+def match_object_label(labels: Sequence[str], class_name: str) -> int | None:
+    """Index of the user's label that names the model's class, or None when none does.
+
+    Whole words, either way round: "cat" for "tabby cat", "tabby cat" for "cat"; never a
+    background class. Label names rarely equal the model's classes, and guessing an unrelated
+    label (ranking "jersey" heatmaps against "cat" boxes) is worse than asking."""
     wanted = class_name.lower()
+
+    def contains(text: str, part: str) -> bool:
+        return re.search(r"(?<![a-z0-9])" + re.escape(part) + r"(?![a-z0-9])", text) is not None
+
     for i, label in enumerate(labels):
-        name = str(label).lower()
-        if name and (name in wanted or wanted in name) and name not in BACKGROUND_NAMES:
+        name = str(label).lower().strip()
+        if name and name not in BACKGROUND_NAMES and (contains(wanted, name) or contains(name, wanted)):
             return i
+    return None
+
+
+def guess_object_label(labels: Sequence[str], class_name: str) -> int:
+    """`match_object_label`, else the first label that is not a background class, else 0.
+    (The UI asks instead of taking this fallback: see `match_object_label`.)"""
+    found = match_object_label(labels, class_name)
+    if found is not None:
+        return found
     return next((i for i, label in enumerate(labels) if str(label).lower() not in BACKGROUND_NAMES), 0)
 
 

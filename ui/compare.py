@@ -69,7 +69,7 @@ def grid(img, ex: Explainer, loaded: LoadedModel, layers, chosen, eigen: bool, a
                 col.warning(str(exc))
                 continue
             out = overlay.overlay(img.rgb, h.map, alpha, cmap)
-            col.image(out if loaded.pretrained else overlay.watermark_untrained(out), width="stretch")
+            col.image(out if loaded.pretrained else overlay.watermark_untrained(out, outside=True), width="stretch")
             f = ex.faithfulness(m, h.layer, eigen) if with_scores else None
             share = metrics.mass_inside(h.map, mask) if mask is not None else None
             col.caption(score_line(f, share, threshold) or f"{h.seconds:.2f} s")
@@ -107,7 +107,12 @@ def _request_ranking() -> None:
 def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: float, default_class: int) -> None:
     st.markdown("#### Across the view: where does the model look for one class?")
     c1, c2, c3, c4 = st.columns(4)
-    cls = c1.selectbox("Class", list(names), index=default_class, key=f"rank_class_{loaded.spec.key}")
+    # The class follows the sample's target until the user picks another one.
+    class_key, default_key = f"rank_class_{loaded.spec.key}", f"_default_rank_class_{loaded.spec.key}"
+    if st.session_state.get(class_key) in (None, st.session_state.get(default_key)):
+        st.session_state[class_key] = names[default_class]
+    st.session_state[default_key] = names[default_class]
+    cls = c1.selectbox("Class", list(names), key=class_key)
     method = c2.selectbox("Method", chosen, format_func=lambda k: methods.METHODS[k].label, key="rank_method")
     layer = c3.selectbox("Layer", layers, key="rank_layer")
     dataset = store.load_dataset(sel.dataset)
@@ -127,14 +132,27 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
     if field and field != fallback:
         is_mask = field in mask_fields
         labels = store.segmentation_labels(dataset, field) if is_mask else store.label_values(dataset, field)
-        label = c4.selectbox("Object label", labels, index=judge.guess_object_label(labels, cls),
-                             key=f"rank_object_label_{field}")
-        if label is not None and is_mask:
+        # Preselect only a label that names the class; else ask (an unrelated default would score
+        # the heatmaps against the wrong objects). The default follows the class.
+        label_key = f"rank_object_label_{field}"
+        guess = judge.match_object_label(labels, cls)
+        if st.session_state.get(f"_class_for_{label_key}") != cls:
+            st.session_state[label_key] = None if guess is None else labels[guess]
+            st.session_state[f"_class_for_{label_key}"] = cls
+        label = c4.selectbox("Object label", labels, index=None, key=label_key,
+                             placeholder="choose the object's label",
+                             help=f"The label in {field!r} that marks the {cls!r} objects.")
+        if label is None:
+            st.info(f"No label in {field!r} names {cls!r}: choose under 'Object label' which label marks "
+                    "its objects, then rank.")
+        elif is_mask:
             masks = store.segmentation_masks_by_sample(view, field, label)
-        elif label is not None:
+        else:
             boxes = store.boxes_by_sample(view, field, label)
+    waiting = bool(field and field != fallback and label is None)
     # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
-    st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=_request_ranking)
+    st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=_request_ranking, disabled=waiting,
+              help="Choose the object's label first." if waiting else None)
     if not st.session_state.pop(RANK_REQUESTED, False):
         rows = st.session_state.get("rank_rows")
     else:
@@ -156,7 +174,7 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
             continue
         img = cache.image(r.filepath, os.path.getmtime(r.filepath))
         out = overlay.overlay(img.rgb, r.heatmap.map, 0.5, "jet")
-        col.image(out if loaded.pretrained else overlay.watermark_untrained(out), width="stretch")
+        col.image(out if loaded.pretrained else overlay.watermark_untrained(out, outside=True), width="stretch")
         share = "n/a" if r.share_inside is None else f"{r.share_inside:.0%}"
         col.caption(f"{name}: {share} on the object ({r.mask_source})"
                     + (" · **background-dominated**" if r.background_dominated else ""))
