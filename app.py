@@ -12,5 +12,10 @@ from ui import router, sidebar  # noqa: E402
 
 st.set_page_config(page_title="CAM Explorer", page_icon=":material/local_fire_department:", layout="wide")
 page = router.navigation()
-sidebar.draw()
-page.run()
+if sidebar.draw() is not None:
+    page.run()
+else:  # an empty view, an empty or failing dataset: no page may act on the previous selection
+    router.page_not_run()
+    st.warning(f"{sidebar.problem() or 'Pick a dataset and a sample in the sidebar.'} "
+               "Nothing to explore, compare or run until the sidebar's view has samples.",
+               icon=":material/filter_alt_off:")

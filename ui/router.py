@@ -34,6 +34,12 @@ def navigation():
     return nav
 
 
+def page_not_run() -> None:
+    """app.py did not run the page this time (nothing to show): drop the flag that navigation()
+    left for it, so that a later run of a page outside app.py still hops through app.py."""
+    st.session_state.pop(_ROUTED, None)
+
+
 def ensure_routed(url_path: str) -> None:
     """Call first in every page: outside app.py's navigation, hop through app.py."""
     if st.session_state.pop(_ROUTED, False):
