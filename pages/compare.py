@@ -27,8 +27,10 @@ def main() -> None:
     if loaded is None:
         return
     spec = loaded.spec
-    img = cache.image(sel.filepath, os.path.getmtime(sel.filepath))
-    image_key = (sel.dataset, sel.sample_id, os.path.getmtime(sel.filepath))
+    shown = page.image_or_message(sel)
+    if shown is None:
+        return
+    img, image_key = shown
 
     offered = [m.key for m in methods.methods_for(spec.task, spec.family)]
     c1, c2, c3 = st.columns([3, 3, 2])

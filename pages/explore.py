@@ -9,7 +9,7 @@ import os  # noqa: E402
 
 import streamlit as st  # noqa: E402
 
-from camcore import methods, store  # noqa: E402
+from camcore import methods  # noqa: E402
 from ui import cache, page, render, sidebar  # noqa: E402
 
 
@@ -27,11 +27,12 @@ def main() -> None:
     if loaded is None:
         return
 
-    img = cache.image(store.sample_image_path(store.get_sample(store.load_dataset(sel.dataset), sel.sample_id)),
-                      os.path.getmtime(sel.filepath))
+    shown = page.image_or_message(sel)
+    if shown is None:
+        return
+    img, image_key = shown
     for note in img.notes:
         st.caption(f"Note: {note}")
-    image_key = (sel.dataset, sel.sample_id, os.path.getmtime(sel.filepath))
     spec = loaded.spec
 
     with st.spinner(f"Running {spec.key} on the image…", show_time=True):
@@ -41,13 +42,15 @@ def main() -> None:
     offered = methods.methods_for(spec.task, spec.family)
     c1, c2, c3 = st.columns([3, 3, 2])
     target = render.target_picker(c1, base.prediction, base.class_names)
-    chosen_methods = c2.multiselect(
-        "Methods", [m.key for m in offered], default=[methods.DEFAULT_METHOD], key="methods",
+    # Sticky: another model keeps the methods that apply to it, and the way back restores the rest.
+    chosen_methods = render.sticky_multiselect(
+        c2, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], "methods",
         format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""),
         help="(slow) marks methods that run the model once per channel (or more): seconds to minutes on a CPU.",
     )
     layer_names = [s.name for s in spec.layers]
-    chosen_layers = c1.multiselect("Layers", layer_names, default=[spec.default_layer], key=f"layers_{spec.key}")
+    chosen_layers = render.sticky_multiselect(c1, "Layers", layer_names, [spec.default_layer],
+                                              f"layers_{spec.key}")
     eigen_smooth = c3.toggle("eigen_smooth", key="eigen_smooth", help="Keep the first principal component.")
     aug_smooth = c3.toggle("aug_smooth (slow)", key="aug_smooth", help="Average over flips and brightness: 6 passes.")
     if not chosen_methods or not chosen_layers:

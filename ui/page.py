@@ -1,11 +1,14 @@
 """What every page does the same way: the error edge and loading the sidebar's model."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import streamlit as st
 
-from camcore.errors import CamError, WeightsUnavailable
+from camcore import store
+from camcore.errors import CamError, ImageError, WeightsUnavailable
+from camcore.images import LoadedImage
 from camcore.models import LoadedModel
 from ui import cache, render
 
@@ -35,3 +38,18 @@ def model_or_message(sel) -> LoadedModel | None:
         st.warning("**UNTRAINED weights**: these heatmaps explain a random network, not a trained model.",
                    icon=":material/warning:")
     return loaded
+
+
+def image_or_message(sel) -> tuple[LoadedImage, tuple] | None:
+    """The selected sample's image and its cache key, or None after saying what is wrong with the
+    file (missing, unreadable) and what to do about it."""
+    try:
+        path = store.sample_image_path(store.get_sample(store.load_dataset(sel.dataset), sel.sample_id))
+        mtime = os.path.getmtime(path)
+        img = cache.image(path, mtime)
+    except (ImageError, OSError) as exc:
+        reason = str(exc) if isinstance(exc, ImageError) else f"cannot read the image file {sel.filepath}: {exc}"
+        st.error(f"{reason.rstrip('.')}. Pick another sample, or fix the file path in the dataset.",
+                 icon=":material/broken_image:")
+        return None
+    return img, (sel.dataset, sel.sample_id, mtime)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import traceback
 
 import pandas as pd
@@ -45,8 +46,11 @@ def thumbnail_strip(sel) -> None:
         else:
             col.caption("(unreadable)")
         current = sid == sel.sample_id
-        col.button(os.path.basename(path)[:18], key=f"thumb_{sid}", on_click=sidebar.choose_sample, args=(sid,),
-                   type="primary" if current else "secondary", width="stretch", disabled=current)
+        name = os.path.basename(path)
+        # The current one is highlighted (primary), not disabled: a greyed button reads "unavailable".
+        col.button(("● " if current else "") + (name if len(name) <= 18 else name[:17] + "…"), key=f"thumb_{sid}",
+                   on_click=sidebar.choose_sample, args=(sid,), type="primary" if current else "secondary",
+                   width="stretch", help=name + (" (shown now)" if current else ""))
 
 
 def target_picker(container, prediction, names: tuple[str, ...], key: str | None = None,
@@ -68,8 +72,37 @@ def target_picker(container, prediction, names: tuple[str, ...], key: str | None
     if requested is not None:
         lowered = [n.lower() for n in names]
         st.session_state[key] = lowered.index(requested.lower()) if requested.lower() in lowered else AUTO_TARGET
-    choice = container.selectbox("Target class", options, format_func=fmt, key=key)
+    choice = fresh_label_selectbox(container, "Target class", options, fmt, key)
     return None if choice == AUTO_TARGET else str(choice)
+
+
+def fresh_label_selectbox(container, label: str, options: list, fmt, key: str, **kwargs):
+    """A keyed selectbox whose option labels depend on the data (the auto target names the top-1
+    class). Streamlit sends a selectbox's value to the browser as its label, and the browser keeps
+    showing the label it was last sent while the value stays the same: a new sample's
+    "auto (top-1: espresso)" would still read "auto (top-1: jersey)". When the label of the
+    current value changes, set the value again, which sends the new label."""
+    shown_key = f"_shown_label_{key}"
+    current = st.session_state.get(key)
+    if current in options and st.session_state.get(shown_key) not in (None, fmt(current)):
+        st.session_state[key] = current
+    choice = container.selectbox(label, options, format_func=fmt, key=key, **kwargs)
+    st.session_state[shown_key] = None if choice is None else fmt(choice)
+    return choice
+
+
+def sticky_multiselect(container, label: str, options: list, default: list, key: str, **kwargs) -> list:
+    """A keyed multiselect whose choice survives what Streamlit would drop: a run that did not draw
+    it (a model that failed to load: Streamlit forgets the state of undrawn widgets) and other
+    options (another model): choices that do not apply now are kept for when they apply again."""
+    kept_key, offered_key = f"_kept_{key}", f"_offered_{key}"
+    kept = st.session_state.get(kept_key, list(default))
+    if st.session_state.get(offered_key) != list(options) or key not in st.session_state:
+        st.session_state[key] = [o for o in kept if o in options]
+    st.session_state[offered_key] = list(options)
+    chosen = container.multiselect(label, options, key=key, **kwargs)
+    st.session_state[kept_key] = list(chosen) + [o for o in kept if o not in options and o not in chosen]
+    return chosen
 
 
 def compute(ex: Explainer, pairs: list[tuple[str, str]], eigen_smooth: bool) -> list[str]:
@@ -106,8 +139,9 @@ def prediction_panel(container, img: LoadedImage, ex: Explainer, loaded: LoadedM
     """The image with what the model predicts: the mask and its classes, or the top-5 chart."""
     pred = ex.prediction
     if pred.task == "segmentation":
-        container.image(overlay.segmentation_overlay(img.rgb, pred.mask, 0.55, len(ex.class_names)),
-                        caption="predicted mask", width="stretch")
+        mask_img = overlay.segmentation_overlay(img.rgb, pred.mask, 0.55, len(ex.class_names))
+        container.image(mask_img if loaded.pretrained else overlay.watermark_untrained(mask_img, outside=True),
+                        caption="predicted mask" + ("" if loaded.pretrained else " · UNTRAINED"), width="stretch")
         colors = overlay.palette(len(ex.class_names))
         chips = " ".join(
             f"<span style='background:rgb{tuple(int(v) for v in colors[c.index])};color:"
@@ -115,7 +149,10 @@ def prediction_panel(container, img: LoadedImage, ex: Explainer, loaded: LoadedM
             f"margin:2px;display:inline-block;font-size:0.85em'>{c.name} {c.score:.0%}</span>"
             for c in pred.classes if c.score >= 0.01  # specks under 1% are noise, not findings
         )
-        container.markdown("**Classes found** (share of pixels)<br>" + chips, unsafe_allow_html=True)
+        untrained = ("" if loaded.pretrained else
+                     " · <span style='color:#c80000;font-weight:700'>UNTRAINED weights: random output</span>")
+        container.markdown("**Classes found** (share of pixels)" + untrained + "<br>" + chips,
+                           unsafe_allow_html=True)
     else:
         container.image(img.rgb, caption="input image", width="stretch")
         df = pd.DataFrame({"class": [c.name for c in pred.classes], "probability": [c.score for c in pred.classes]})
@@ -136,7 +173,7 @@ def _caption(h: Heatmap, weights: str | None = None) -> str:
 
 def _overlay_image(img: LoadedImage, h: Heatmap, alpha: float, cmap: str, pretrained: bool):
     out = overlay.overlay(img.rgb, h.map, alpha, cmap)
-    return out if pretrained else overlay.watermark_untrained(out)
+    return out if pretrained else overlay.watermark_untrained(out, outside=True)
 
 
 def _cached(ex: Explainer, m: str, layer: str, eigen: bool) -> Heatmap | None:
@@ -173,6 +210,34 @@ def heatmaps_fragment(img, ex: Explainer, loaded: LoadedModel, pairs, walk, eige
                                       width="stretch")
 
 
+PUSH_REQUESTED, FINDING_REQUESTED = "push_requested", "finding_requested"
+
+
+def _request(flag: str) -> None:
+    st.session_state[flag] = True
+
+
+def _stored_fields(dataset, sample_id: str, fields: list[str]) -> set[str]:
+    """Which of these fields already hold a value on the sample (a push would replace them)."""
+    present = [f for f in dict.fromkeys(fields) if dataset.get_field(f) is not None]
+    if not present:
+        return set()
+    values = dataset.select(sample_id).values(present)
+    return {f for f, v in zip(present, values) if v and v[0] is not None}
+
+
+def pushed_message(fields: list[str], replaced: list[str], filename: str) -> str:
+    """"Saved fields: …" for new fields; "Replaced fields: …" for the ones that were already saved."""
+    def names(fs):
+        return ", ".join(f"`{f}`" for f in fs)
+
+    new = [f for f in fields if f not in replaced]
+    parts = [f"Saved fields: {names(new)} (on {filename})"] if new else []
+    if replaced:
+        parts.append(f"Replaced fields: {names(replaced)} (already saved on {filename}; overwritten)")
+    return "  \n".join(parts)
+
+
 def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
     """Push what is on screen, record a finding, open the FiftyOne App."""
     st.divider()
@@ -183,34 +248,53 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
             shown.append(h)
     c1, c2, c3 = st.columns([2, 3, 2])
     c1.markdown("**Save to FiftyOne**")
-    if c1.button(f"Push {_plural(len(shown), 'heatmap')} to FiftyOne", type="primary", key="push", disabled=not shown):
+    # The confirmation belongs to exactly this sample and these settings: shown only while they last.
+    context = (sel.dataset, sel.sample_id, sel.model, sel.weights, sel.input_size, ex.target.name,
+               ex.aug_smooth, eigen_smooth, tuple((h.method, h.layer) for h in shown))
+    # Callbacks, not return values: a click survives the router's one rerun (router.ensure_routed).
+    c1.button(f"Push {_plural(len(shown), 'heatmap')} to FiftyOne", type="primary", key="push", disabled=not shown,
+              on_click=_request, args=(PUSH_REQUESTED,))
+    if st.session_state.pop(PUSH_REQUESTED, False) and shown:
         try:
             with st.spinner("Writing heatmaps…", show_time=True):
-                fields = store.push_heatmaps(store.load_dataset(sel.dataset), sel.sample_id, ex.result(shown))
-            st.session_state["pushed"] = fields
+                dataset = store.load_dataset(sel.dataset)
+                result = ex.result(shown)
+                before = _stored_fields(dataset, sel.sample_id, [
+                    store.heatmap_field_name(result.model, h.method, h.layer, h.target.name) for h in shown])
+                fields = store.push_heatmaps(dataset, sel.sample_id, result)
+            st.session_state["pushed"] = {"context": context, "fields": fields,
+                                          "replaced": [f for f in fields if f in before]}
         except CamError as exc:
             c1.error(str(exc))
-    if st.session_state.get("pushed"):
-        c1.success("Saved fields: " + ", ".join(f"`{f}`" for f in st.session_state["pushed"]))
+    pushed = st.session_state.get("pushed")
+    if pushed is not None and (not isinstance(pushed, dict) or pushed.get("context") != context):
+        pushed = st.session_state.pop("pushed")  # another sample, model or settings: not about these
+    elif pushed is not None:
+        c1.success(pushed_message(pushed["fields"], pushed["replaced"], os.path.basename(sel.filepath)))
 
     with c2.form("finding", clear_on_submit=True):
         st.markdown("**Record a finding**")
         tag = st.selectbox("Finding", list(store.FINDING_TAGS) + ["other…"])
         custom = st.text_input("Other finding (when 'other…')", max_chars=60)
         note = st.text_area("Note", max_chars=2000, placeholder="e.g. the plane is recognised by the sky")
-        ref = st.selectbox("About heatmap", list(range(len(shown))), format_func=lambda i: _caption(shown[i]),
-                           disabled=not shown)
-        if st.form_submit_button("Save finding"):
+        ref = fresh_label_selectbox(st, "About heatmap", list(range(len(shown))), lambda i: _caption(shown[i]),
+                                    "finding_ref", disabled=not shown)
+        st.form_submit_button("Save finding", on_click=_request, args=(FINDING_REQUESTED,))
+        if st.session_state.pop(FINDING_REQUESTED, False):
             chosen = custom.strip() if tag == "other…" else tag
-            try:
-                dataset = store.load_dataset(sel.dataset)
-                field = None
-                if shown and ref is not None:  # the finding points at a stored heatmap: store it first
-                    field = store.push_heatmaps(dataset, sel.sample_id, ex.result([shown[ref]]))[0]
-                store.add_finding(dataset, sel.sample_id, chosen, note, field)
-                st.success(f"Saved finding '{chosen}' (tag {store.finding_tag(chosen)}).")
-            except CamError as exc:
-                st.error(str(exc))
+            if not re.search(r"[A-Za-z0-9]", chosen):
+                st.error("Type the finding's name in 'Other finding' (letters or digits), then save again."
+                         if tag == "other…" else f"Finding {chosen!r} needs letters or digits.")
+            else:
+                try:
+                    dataset = store.load_dataset(sel.dataset)
+                    field = None
+                    if shown and ref is not None:  # the finding points at a stored heatmap: store it first
+                        field = store.push_heatmaps(dataset, sel.sample_id, ex.result([shown[ref]]))[0]
+                    store.add_finding(dataset, sel.sample_id, chosen, note, field)
+                    st.success(f"Saved finding '{chosen}' (tag {store.finding_tag(chosen)}).")
+                except CamError as exc:
+                    st.error(str(exc))
 
     c3.markdown("**FiftyOne App**")
     port = c3.number_input("App port", 1024, 65535, store.DEFAULT_APP_PORT, key="fo_port")
