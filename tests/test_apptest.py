@@ -114,5 +114,157 @@ def test_deeplab_offline_explains_weights_then_untrained_works(app, monkeypatch,
     captions = _heatmap_captions(at)
     assert captions and captions[0].startswith("Grad-CAM · layer4 · "), captions
     assert "UNTRAINED" in captions[0]  # the weights label travels with every heatmap
+    # the predicted mask and its class chips are random output too, and say so
+    assert any("predicted mask · UNTRAINED" in c for img in at.image for c in img.captions)
+    assert any("Classes found" in m.value and "UNTRAINED weights: random output" in m.value for m in at.markdown)
     assert at.sidebar.select_slider(key="input_size").value == 256
     assert any("input 256×" in c.value or "×256" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+# -- QA pass: selection, labels and state that must follow what is on screen --------------------
+
+def _texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def test_empty_view_or_empty_dataset_leaves_nothing_to_act_on(app):
+    """An empty view must not leave the previous sample live: no page shows it or acts on it."""
+    import fiftyone as fo
+
+    from fo_helpers import unique_name
+
+    at = app
+    assert at.button(key="push")  # control: a sample is live
+    at.sidebar.text_input(key="view_filename").input("zzz_nomatch")
+    _run(at)
+    assert any("No samples in this view" in w for w in _texts(at.sidebar.warning)), _texts(at.sidebar.warning)
+    assert any("No samples in this view" in w for w in _texts(at.main.warning)), _texts(at.main.warning)
+    assert not [b for b in at.button if b.key in ("push", "batch_start", "rank_go")]
+    assert not at.image and not [m for m in at.main.markdown if m.value.startswith("####")]
+    for page in ("pages/batch.py", "pages/compare.py"):
+        at.switch_page(page)
+        _run(at)
+        assert not [b for b in at.button if b.key in ("push", "batch_start", "rank_go")], page
+        assert any("No samples in this view" in w for w in _texts(at.main.warning)), page
+
+    empty = fo.Dataset(unique_name("qa-empty"), persistent=True)
+    try:
+        at.sidebar.text_input(key="view_filename").input("")
+        _run(at)  # the sidebar lists the new dataset
+        at.sidebar.selectbox(key="dataset").set_value(empty.name)
+        _run(at)
+        message = "This dataset has no samples: add images or pick another dataset"
+        assert any(message in w for w in _texts(at.sidebar.warning)), _texts(at.sidebar.warning)
+        assert any(message in w for w in _texts(at.main.warning)), _texts(at.main.warning)
+        assert not [e for e in _texts(at.error) if "media" in e], _texts(at.error)
+        assert not [b for b in at.button if b.key in ("push", "batch_start", "rank_go")]
+        # the model and weights controls stay where they were
+        assert at.sidebar.selectbox(key="model").value == "efficientnet_lite0"
+        assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_AUTO
+    finally:
+        empty.delete()
+
+
+def test_target_label_names_the_current_samples_top1(app):
+    """The browser shows a selectbox's last-sent label: a new sample's top-1 must be sent again."""
+    at = app
+    names = _sample_ids_by_name(at)
+    for filename, words in (("chelsea.png", ("cat", "tabby")), ("coffee.png", ("espresso", "cup"))):
+        at.sidebar.selectbox(key="sample_id").set_value(names[filename])
+        _run(at)
+        box = at.selectbox(key="target_1000")
+        label = box.format_func(box.value)
+        assert label.startswith("auto (top-1: ") and any(w in label for w in words), label
+        assert box.proto.set_value and box.proto.raw_value == label, (box.proto.set_value, box.proto.raw_value)
+        target = [m.value for m in at.markdown if m.value.startswith("**Target:**")]
+        assert target and label[len("auto (top-1: "):-1] in target[0], (label, target)
+
+
+def test_saved_fields_note_belongs_to_its_sample_and_says_replaced(app):
+    at = app
+    names = _sample_ids_by_name(at)
+    at.sidebar.selectbox(key="sample_id").set_value(names["rocket.jpg"])
+    _run(at)
+    at.button(key="push").click()
+    _run(at)
+    first = [s for s in _texts(at.success) if "fields:" in s]
+    assert len(first) == 1 and "rocket.jpg" in first[0], first
+    at.button(key="push").click()  # the same heatmap again: it replaces what is stored
+    _run(at)
+    again = [s for s in _texts(at.success) if "fields:" in s]
+    assert len(again) == 1 and again[0].startswith("Replaced fields:") and "Saved fields" not in again[0], again
+    at.sidebar.button(key="next_sample").click()
+    _run(at)
+    assert not [s for s in _texts(at.success) if "fields:" in s], _texts(at.success)
+    at.sidebar.button(key="prev_sample").click()
+    _run(at)
+    assert not [s for s in _texts(at.success) if "fields:" in s], _texts(at.success)  # moved away: gone
+
+
+def test_model_switch_keeps_methods_layers_and_weights_per_model(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    at = app
+    at.multiselect(key="methods").select("hirescam").select("fullgrad")  # fullgrad: no ViT version
+    at.multiselect(key="layers_efficientnet_lite0").select("stage6")
+    _run(at)
+    at.sidebar.selectbox(key="model").set_value("deit_tiny")
+    _run(at)  # no DeiT weights offline: a message, and the page's widgets are not drawn
+    assert any("No pretrained weights" in e for e in _texts(at.error)), _texts(at.error)
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    _run(at)
+    assert at.multiselect(key="methods").value == ["gradcam", "hirescam"]  # those that apply to DeiT
+    at.sidebar.selectbox(key="model").set_value("efficientnet_lite0")
+    _run(at)
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_AUTO  # never chosen here
+    assert not [w for w in _texts(at.warning) if "UNTRAINED" in w]
+    assert sorted(at.multiselect(key="methods").value) == ["fullgrad", "gradcam", "hirescam"]
+    assert at.multiselect(key="layers_efficientnet_lite0").value == ["head", "stage6"]
+    at.sidebar.selectbox(key="model").set_value("deit_tiny")
+    _run(at)
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_UNTRAINED  # DeiT's own choice
+
+
+def test_finding_other_without_a_name_and_a_missing_image_say_what_to_do(app, tmp_path):
+    import shutil
+
+    import fiftyone as fo
+
+    from fo_helpers import unique_name
+
+    at = app
+    [finding] = [s for s in at.selectbox if s.label == "Finding"]
+    finding.set_value("other…")
+    [save] = [b for b in at.button if b.label == "Save finding"]
+    save.click()
+    _run(at)
+    assert any("Type the finding's name in 'Other finding'" in e for e in _texts(at.error)), _texts(at.error)
+    assert not [e for e in _texts(at.error) if "has no letters or digits" in e]
+
+    gone = tmp_path / "gone.png"
+    shutil.copy(fo.load_dataset("cam-explorer-demo").first().filepath, gone)
+    ds = fo.Dataset(unique_name("qa-missing"), persistent=True)
+    try:
+        ds.add_sample(fo.Sample(filepath=str(gone)))
+        gone.unlink()
+        _run(at)  # the sidebar lists the new dataset
+        at.sidebar.selectbox(key="dataset").set_value(ds.name)
+        _run(at)
+        assert any("Pick another sample, or fix the file path in the dataset" in e for e in _texts(at.error)), \
+            _texts(at.error)
+    finally:
+        ds.delete()
+
+
+def test_untrained_band_sits_above_the_image_in_the_app():
+    import numpy as np
+
+    from camcore import overlay
+
+    rgb = np.full((200, 300, 3), 77, np.uint8)
+    out = overlay.watermark_untrained(rgb, outside=True)
+    band = out.shape[0] - rgb.shape[0]
+    assert 0 < band <= 0.1 * rgb.shape[0]  # thin, and it hides nothing
+    inner = out[band + 4:-4, 4:-4]  # inside the red frame
+    assert (inner == 77).all()
+    assert (out[: band // 3, :, 0] > 150).mean() > 0.5

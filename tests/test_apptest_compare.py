@@ -106,3 +106,33 @@ def test_ranking_uses_a_ground_truth_segmentation_field():
         assert len(ranked) == 2 and all("(label mask)" in c for c in ranked), ranked
     finally:
         ds.delete()
+
+
+def test_ranking_asks_for_the_object_label_when_none_names_the_class():
+    """No label names the class: no unrelated default ("cat" boxes for a "jersey" target)."""
+    import fiftyone as fo
+
+    from camcore import demo_data
+    from fo_helpers import unique_name
+
+    demo = demo_data.ensure_demo_dataset()
+    chosen = [s for s in demo if s.filename in ("coffee.png", "rocket.jpg")]
+    ds = fo.Dataset(unique_name("rank-nomatch"), persistent=True)
+    try:
+        box = fo.Detections(detections=[fo.Detection(label="zebra", bounding_box=[0.1, 0.1, 0.5, 0.5]),
+                                        fo.Detection(label="kite", bounding_box=[0.2, 0.2, 0.3, 0.3])])
+        ds.add_samples([fo.Sample(filepath=s.filepath, gt=box) for s in chosen])
+        at = _open("pages/compare.py")
+        at.sidebar.selectbox(key="dataset").set_value(ds.name)
+        _run(at)
+        assert at.selectbox(key="rank_object_efficientnet_lite0").value == "gt"
+        label = at.selectbox(key="rank_object_label_gt")
+        assert label.value is None, label.value
+        assert at.button(key="rank_go").disabled
+        assert any("choose under 'Object label'" in i.value for i in at.info), [i.value for i in at.info]
+        label.set_value("kite")
+        _run(at)
+        assert at.selectbox(key="rank_object_label_gt").value == "kite"
+        assert not at.button(key="rank_go").disabled
+    finally:
+        ds.delete()
