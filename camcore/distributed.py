@@ -128,13 +128,21 @@ def _connect(ray, address: str | None, env: dict[str, str]) -> bool:
     """Start or join Ray; True when this call started it (and must shut it down)."""
     if ray.is_initialized():
         return False
+    client = bool(address) and address.startswith("ray://")
     try:
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
                  log_to_driver=False, logging_level="WARNING", configure_logging=True)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all mean "no cluster"
         where = address or "a local Ray"
-        raise DistributedError(f"could not start or reach {where}: {store._one_line(exc)}") from exc
+        hint = (" (is the head's Ray Client port open, and RAY_AUTH_TOKEN set to the head's "
+                "`ray get-auth-token`?)") if client else ""
+        raise DistributedError(f"could not start or reach {where}: {store._one_line(exc)}{hint}") from exc
     return True
+
+
+def _have_auth_token() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or Path("~/.ray/auth_token").expanduser().is_file())
 
 
 def run_batch_distributed(
@@ -181,6 +189,10 @@ def run_batch_distributed(
                "chunk": chunk,
                "heatmap_dir": str(Path(heatmap_dir).resolve()) if heatmap_dir else str(paths.heatmaps_dir())}
 
+    if (address or "").startswith("ray://") and _have_auth_token():
+        # Ray >= 2.59 clusters require their token; the Ray Client sends it only in token mode,
+        # which Ray reads when it is imported.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray = _ray()
     started_ray = _connect(ray, None if address in (None, "local") else address, _worker_env(uri))
     actors = []
