@@ -178,6 +178,9 @@ def _validate_request(args: argparse.Namespace):
         targets_mod.class_index(spec.class_names(), args.target)  # unknown class: fail now, with a hint
     if args.input_size is not None and args.input_size < 8:
         raise _usage(args, f"--input-size must be at least 8, got {args.input_size}")
+    if args.input_size is not None and spec.task != "segmentation":
+        _status(args, f"note: --input-size is for segmentation models; {spec.key} always sees its own "
+                      "input size")
     if not 0.0 <= args.alpha <= 1.0:
         raise _usage(args, f"--alpha must be in 0..1, got {args.alpha}")
     return spec, layers, methods
@@ -423,6 +426,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise _usage(args, "--device is chosen per worker with --workers (a GPU each when the cluster has GPUs)")
     dataset = store.load_dataset(args.dataset)
     view = store.make_view(dataset, tags=args.tag, filename_contains=args.filename_contains)
+    if len(dataset) and not len(view):
+        _status(args, f"warning: no sample of {dataset.name!r} matches --tag/--filename-contains: "
+                      "nothing to do")
     last = [0.0]
 
     def progress(done: int, total: int, rate: float, eta, message: str) -> None:
