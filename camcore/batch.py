@@ -15,8 +15,8 @@ Compute: per chunk, images whose model inputs have the same shape share one batc
 backward (engine.explain_many), which feeds every method and layer of each image. The heatmaps
 are then computed one by one: progress is reported per heatmap (and inside slow ones, e.g.
 Score-CAM), and a cancel takes effect at the next heatmap or inside the current one. Computed
-samples are written once per chunk, or sooner when FLUSH_SECONDS have passed since the last
-write (slow methods: every sample is written, and counted done, soon after it is computed).
+samples are written once per chunk, except a slow one (its heatmaps took FLUSH_SECONDS or more,
+e.g. Score-CAM): it is written, and counted done, as soon as it is computed.
 
 Failures: a sample that cannot be read, computed or validated for writing (e.g. a heatmap whose
 size disagrees with the sample's metadata) is reported in ``BatchReport.failed`` and the others
@@ -46,7 +46,7 @@ from camcore.models import ModelSpec, get_spec, load_model
 PREDICTED = "predicted"
 LOAD_THREADS = 4
 STALE_TEMP_SECONDS = 3600  # a temp PNG lives for one write; older ones were left by a crash
-FLUSH_SECONDS = 2.0  # write computed samples at least this often, not only once per chunk
+FLUSH_SECONDS = 2.0  # a sample whose heatmaps took this long is written at once, not with its chunk
 PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writes always report)
 # progress(done, total, rate per second, eta seconds or None, message): done counts samples
 # written; rate and eta come from the heatmaps computed so far (in samples per second).
@@ -280,7 +280,6 @@ def run_batch(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-batch-write")
     writing: Future | None = None
     buffered: dict[tuple[str, ...], list[tuple[str, object]]] = {}  # computed, not yet submitted
-    last_write = [time.perf_counter()]
 
     def settle() -> None:
         nonlocal writing
@@ -300,14 +299,11 @@ def run_batch(
         if buffered:
             writing = writer.submit(write, list(buffered.values()))
             buffered = {}
-            last_write[0] = time.perf_counter()
 
     def poll() -> None:
-        """Count a finished write; write early when the last write is FLUSH_SECONDS old."""
+        """Count a write that has finished (without waiting for one that has not)."""
         if writing is not None and writing.done():
             settle()
-        if buffered and writing is None and time.perf_counter() - last_write[0] >= FLUSH_SECONDS:
-            submit()
 
     def fail(sid: str, path: str, exc: BaseException, work_left: int) -> None:
         report.failed.append((sid, _one_line(exc)))
@@ -378,6 +374,7 @@ def run_batch(
                     if isinstance(explainer, CamError):
                         fail(sid, path, explainer, len(todo[sid]))
                         continue
+                    began = time.perf_counter()
                     heatmaps = compute(sid, path, explainer)
                     if heatmaps is None:  # cancelled: this sample's heatmaps are dropped, not written
                         break
@@ -389,7 +386,10 @@ def run_batch(
                         fail(sid, path, exc, 0)
                         continue
                     buffered.setdefault(tuple(j.field for j in todo[sid]), []).append((sid, result))
-                    poll()
+                    if time.perf_counter() - began >= FLUSH_SECONDS:
+                        submit()  # a slow sample: written (and counted) now, not with its chunk
+                    else:
+                        poll()
                 submit()
             submit()  # also after a cancel: what was computed is written
             settle()

@@ -154,7 +154,7 @@ def _run(sel, chosen_methods, chosen_layers, target, eigen_smooth, fields, token
             return  # no more st.* calls: each would raise again
         try:
             bar.progress(done / total if total else 1.0,
-                         text=f"{done}/{total} written · {rate:.2f} samples/s · ETA {_eta(eta)} · {message}")
+                         text=f"{done}/{total} · {rate:.2f} samples/s · ETA {_eta(eta)} · {message}")
         except BaseException as exc:  # Streamlit's rerun/stop request (Cancel, a closed tab), or an error
             interrupted.append(exc)
             cancel.set()
