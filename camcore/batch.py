@@ -133,10 +133,21 @@ class BatchRequest:
     rule: str  # "predicted", or the class name
     target_request: str | None  # what the explainer is asked for (None: each image's prediction)
 
-    def declare_fields(self, dataset: fo.Dataset, input_size: int | None) -> list[str]:
+    def variant(self, method: str, eigen_smooth: bool, pretrained: bool) -> str:
+        eigen = bool(eigen_smooth and get_method(method).supports_eigen_smooth)  # as the engine does
+        return store.field_variant(eigen_smooth=eigen, pretrained=pretrained)
+
+    def field_name(self, method: str, layer: str, eigen_smooth: bool = False, pretrained: bool = True) -> str:
+        """The field run_batch writes (method, layer) into: the same name push_many gives it."""
+        return store.heatmap_field_name(self.spec.key, method, layer, self.rule,
+                                        self.variant(method, eigen_smooth, pretrained))
+
+    def declare_fields(self, dataset: fo.Dataset, input_size: int | None, eigen_smooth: bool = False,
+                       pretrained: bool = True) -> list[str]:
         """Create (or check) every field of the request, all label attributes declared."""
         extra = label_extra(self.rule, input_size)
-        return [store.declare_heatmap_field(dataset, self.spec.key, m, l, self.rule, extra)
+        return [store.declare_heatmap_field(dataset, self.spec.key, m, l, self.rule, extra,
+                                            self.variant(m, eigen_smooth, pretrained))
                 for m in self.methods for l in self.layers]
 
 
@@ -201,9 +212,11 @@ def run_batch(
     jobs = []
     for m in request.methods:
         for layer in request.layers:
-            name = store.heatmap_field_name(spec.key, m, layer, rule)
+            name = request.field_name(m, layer, eigen_smooth, model.pretrained)
+            # The flag as the engine applies it (Eigen-CAM has no eigen_smooth), as its label stores it.
+            eigen = eigen_smooth and get_method(m).supports_eigen_smooth
             jobs.append(_Job(m, layer, name, _provenance(spec.key, model.weights_label, m, layer, rule,
-                                                         eigen_smooth, input_size)))
+                                                         eigen, input_size)))
 
     # What is done already, and the clean-up of an interrupted run's files.
     ids, paths = dataset_or_view.values(["id", "filepath"])
@@ -211,7 +224,7 @@ def run_batch(
     extra = label_extra(rule, input_size)
     # Declared before any compute: a field that is not ours fails here, and writers in other
     # processes find the schema complete.
-    request.declare_fields(dataset, input_size)
+    request.declare_fields(dataset, input_size, eigen_smooth, model.pretrained)
     for job in jobs:
         labels = dataset_or_view.values(job.field)
         pointed = {label.map_path for label in labels if isinstance(label, fo.Heatmap) and label.map_path}

@@ -11,7 +11,7 @@ import uuid  # noqa: E402
 
 import streamlit as st  # noqa: E402
 
-from camcore import batch, methods, models, store  # noqa: E402
+from camcore import batch, methods, models, store, weights  # noqa: E402
 from ui import page, sidebar  # noqa: E402
 
 LAST = "batch_last_report"  # what the last (or interrupted) run reported, for the next rerun
@@ -102,8 +102,9 @@ def main() -> None:
     if not chosen_methods or not chosen_layers:
         st.info("Choose at least one method and one layer.")
         return
-    fields = [store.heatmap_field_name(spec.key, m, layer, target)
-              for m in chosen_methods for layer in chosen_layers]
+    request = batch.check_request(spec.key, chosen_methods, chosen_layers, target)
+    pretrained = sel.weights != weights.UNTRAINED
+    fields = [request.field_name(m, layer, eigen_smooth, pretrained) for m in chosen_methods for layer in chosen_layers]
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
                ". Samples already done with the same settings are skipped. Runs in this app's process; "
                "for several workers or machines use `python -m camcore batch --workers N` (Ray, see README).")
