@@ -268,3 +268,16 @@ def test_untrained_band_sits_above_the_image_in_the_app():
     inner = out[band + 4:-4, 4:-4]  # inside the red frame
     assert (inner == 77).all()
     assert (out[: band // 3, :, 0] > 150).mean() > 0.5
+
+
+def test_a_blank_map_is_said_not_shown_as_an_empty_overlay(app):
+    """Untrained DeiT-tiny's Grad-CAM is zero everywhere: the overlay's caption and a warning say
+    so, instead of an empty picture that reads as 'the model looks nowhere'."""
+    at = app
+    at.sidebar.selectbox(key="model").set_value("deit_tiny")
+    _run(at)  # no DeiT weights offline: untrained is chosen next, explicitly
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    at.sidebar.selectbox(key="sample_id").set_value(_sample_ids_by_name(at)["chelsea.png"])
+    _run(at)
+    assert any("BLANK" in c for c in _heatmap_captions(at)), _heatmap_captions(at)
+    assert any("Blank map" in w for w in _texts(at.warning)), _texts(at.warning)

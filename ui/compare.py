@@ -72,7 +72,8 @@ def grid(img, ex: Explainer, loaded: LoadedModel, layers, chosen, eigen: bool, a
             col.image(out if loaded.pretrained else overlay.watermark_untrained(out, outside=True), width="stretch")
             f = ex.faithfulness(m, h.layer, eigen) if with_scores else None
             share = metrics.mass_inside(h.map, mask) if mask is not None else None
-            col.caption(score_line(f, share, threshold) or f"{h.seconds:.2f} s")
+            line = score_line(f, share, threshold) or f"{h.seconds:.2f} s"
+            col.caption(("**blank map** (zero everywhere) · " if h.blank else "") + line)
             table.append({"method": m, "layer": h.layer, "keep Δ": f.keep_change if f else np.nan,
                           "remove Δ": f.remove_change if f else np.nan,
                           "share on object": share if share is not None else np.nan})

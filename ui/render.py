@@ -168,7 +168,8 @@ def _caption(h: Heatmap, weights: str | None = None) -> str:
     """Method · layer · target (· smoothing) (· weights, for the main view; the grid omits them)."""
     m = methods.METHODS[h.method].label
     smooth = "".join([" · aug" if h.aug_smooth else "", " · eigen" if h.eigen_smooth else ""])
-    return f"{m} · {h.layer} · {h.target.name}{smooth}" + (f" · {weights}" if weights else "")
+    blank = " · BLANK (zero everywhere)" if h.blank else ""
+    return f"{m} · {h.layer} · {h.target.name}{smooth}{blank}" + (f" · {weights}" if weights else "")
 
 
 def _overlay_image(img: LoadedImage, h: Heatmap, alpha: float, cmap: str, pretrained: bool):
@@ -194,6 +195,8 @@ def heatmaps_fragment(img, ex: Explainer, loaded: LoadedModel, pairs, walk, eige
     if h is not None:
         main.image(_overlay_image(img, h, alpha, cmap, loaded.pretrained), caption=_caption(h, weights),
                    width="stretch")
+        if h.blank:  # an empty overlay must not read as "the model looks nowhere"
+            main.warning(h.BLANK_NOTE[0].upper() + h.BLANK_NOTE[1:] + ".")
     prediction_panel(side, img, ex, loaded)
     if h is not None and show_raw:
         side.pyplot(overlay.colorbar_figure(h.raw, cmap, f"raw {h.method} on {h.layer}: "
