@@ -52,7 +52,7 @@ def main() -> None:
     port = int(p1.number_input("App port", 1024, 65535, st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT,
                                key="findings_port"))
     n = df["sample_id"].nunique()
-    if p2.button(f"Open {'this sample' if n == 1 else f'these {n} samples'} in the FiftyOne App", key="findings_app"):
+    if p2.button(f"Launch the FiftyOne App on {'this sample' if n == 1 else f'these {n} samples'}", key="findings_app"):
         try:
             with st.spinner("Starting the FiftyOne App…", show_time=True):
                 store.launch_app(store.make_view(dataset, tags=tag_names), port=port)
@@ -62,7 +62,7 @@ def main() -> None:
         except Exception as exc:  # port taken, server failed: say so
             st.error(f"Could not start the FiftyOne App on port {port}: {exc}")
     if st.session_state.get("fo_launched") == port:
-        st.link_button("Open the FiftyOne App", store.app_url(sel.dataset, port=port))
+        st.link_button(f"Go to the FiftyOne App (port {port}) ↗", store.app_url(sel.dataset, port=port))
 
 
 page.run(main)

@@ -443,7 +443,7 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
     n = 32
     ds = fo.Dataset(f"killed-{uuid.uuid4().hex[:8]}", persistent=True)  # the server loads it by name
     ds.add_samples([fo.Sample(filepath=files[i % len(files)]) for i in range(n)])
-    field = store.heatmap_field_name("deeplabv3", "gradcam", "layer4", batch.PREDICTED)
+    field = store.heatmap_field_name("deeplabv3", "gradcam", "layer4", batch.PREDICTED, "untrained")
     ARTIFACTS.mkdir(exist_ok=True)
     fresh = Server(ARTIFACTS / "streamlit-killed-server.log")
     context = browser.new_context(viewport=VIEWPORT)

@@ -157,7 +157,11 @@ def prediction_panel(container, img: LoadedImage, ex: Explainer, loaded: LoadedM
         container.image(img.rgb, caption="input image", width="stretch")
         df = pd.DataFrame({"class": [c.name for c in pred.classes], "probability": [c.score for c in pred.classes]})
         container.markdown("**Top-5 prediction**")
-        container.bar_chart(df, x="class", y="probability", horizontal=True, sort="-probability", height=200)
+        # A table with in-cell bars: long ImageNet names and the percentages are never clipped.
+        container.dataframe(df, hide_index=True, width="stretch", column_config={
+            "class": st.column_config.TextColumn("class"),
+            "probability": st.column_config.ProgressColumn("probability", format="percent", min_value=0.0,
+                                                           max_value=1.0)})
     t = ex.target
     container.markdown(f"**Target:** {t.name} ({t.rule})" + (f" — _{t.note}_" if t.note else ""))
     container.caption(f"weights: {loaded.weights_label} · input {ex.input_hw[1]}×{ex.input_hw[0]} · "
