@@ -243,6 +243,11 @@ def heatmap_variant(result: CamResult, h: Heatmap) -> str:
     return field_variant(aug_smooth=h.aug_smooth, eigen_smooth=h.eigen_smooth, pretrained=result.pretrained)
 
 
+def field_of(result: CamResult, h: Heatmap) -> str:
+    """The field push_heatmaps writes this heatmap of this result into."""
+    return heatmap_field_name(result.model, h.method, h.layer, h.target.name, heatmap_variant(result, h))
+
+
 def heatmap_field_name(model: str, method: str, layer: str, target: str, variant: str = "") -> str:
     """``cam_<model>_<method>_<layer>_<target>[_<variant>]``, sanitised to [a-z0-9_], at most
     MAX_FIELD_LEN."""

@@ -259,6 +259,8 @@ def test_untrained_and_smoothed_maps_never_replace_the_plain_trained_one(dataset
     [field_untrained] = store.push_heatmaps(dataset, sample.id, untrained, heatmap_dir=tmp_path)
     base = store.heatmap_field_name("resnet50", "gradcam", "layer4", "tabby cat")
     assert fields == [base, base + "_eigen", base + "_aug"] and field_untrained == base + "_untrained"
+    assert [store.field_of(trained, h) for h in (plain, eigen, aug)] == fields  # what the UI checks first
+    assert store.field_of(untrained, plain) == field_untrained
     sample.reload()
     assert sample[base].pretrained is True and sample[field_untrained].pretrained is False
     assert sample[base + "_eigen"].eigen_smooth and sample[base + "_aug"].aug_smooth

@@ -266,8 +266,7 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
             with st.spinner("Writing heatmaps…", show_time=True):
                 dataset = store.load_dataset(sel.dataset)
                 result = ex.result(shown)
-                before = _stored_fields(dataset, sel.sample_id, [
-                    store.heatmap_field_name(result.model, h.method, h.layer, h.target.name) for h in shown])
+                before = _stored_fields(dataset, sel.sample_id, [store.field_of(result, h) for h in shown])
                 fields = store.push_heatmaps(dataset, sel.sample_id, result)
             st.session_state["pushed"] = {"context": context, "fields": fields,
                                           "replaced": [f for f in fields if f in before]}
