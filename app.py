@@ -12,7 +12,7 @@ from ui import router, sidebar  # noqa: E402
 
 st.set_page_config(page_title="CAM Explorer", page_icon=":material/local_fire_department:", layout="wide")
 page = router.navigation()
-if sidebar.draw() is not None:
+if sidebar.draw() is not None or page.url_path in router.DATASET_PAGES:
     page.run()
 else:  # an empty view, an empty or failing dataset: no page may act on the previous selection
     router.page_not_run()

@@ -16,12 +16,14 @@ from ui import cache, page, sidebar  # noqa: E402
 
 
 def main() -> None:
+    # Findings are the dataset's, whatever the sidebar's filter holds (an empty view included).
     sel = sidebar.current()
-    if sel is None:
+    name = sel.dataset if sel is not None else st.session_state.get("dataset")
+    if not name:
         st.info("Pick a dataset in the sidebar.")
         return
-    st.markdown(f"#### Findings in {sel.dataset}")
-    rows = store.list_findings(store.load_dataset(sel.dataset))
+    st.markdown(f"#### Findings in {name}")
+    rows = store.list_findings(store.load_dataset(name))
     if not rows:
         st.info("No findings yet: record one on the Explore page.")
         return
@@ -32,7 +34,7 @@ def main() -> None:
     df["file"] = df["filepath"].map(os.path.basename)
     st.dataframe(df[["file", "tag", "note", "heatmap_field", "created_at"]], hide_index=True, width="stretch",
                  column_config={"note": st.column_config.TextColumn(width="large")})
-    dataset = store.load_dataset(sel.dataset)
+    dataset = store.load_dataset(name)
     cols = st.columns(4)
     for i, row in enumerate(df.head(16).itertuples()):
         col = cols[i % 4]
@@ -62,7 +64,7 @@ def main() -> None:
         except Exception as exc:  # port taken, server failed: say so
             st.error(f"Could not start the FiftyOne App on port {port}: {exc}")
     if st.session_state.get("fo_launched") == port:
-        st.link_button(f"Go to the FiftyOne App (port {port}) ↗", store.app_url(sel.dataset, port=port))
+        st.link_button(f"Go to the FiftyOne App (port {port}) ↗", store.app_url(name, port=port))
 
 
 page.run(main)

@@ -146,6 +146,13 @@ def test_empty_view_or_empty_dataset_leaves_nothing_to_act_on(app):
         _run(at)
         assert not [b for b in at.button if b.key in ("push", "batch_start", "rank_go")], page
         assert any("No samples in this view" in w for w in _texts(at.main.warning)), page
+    at.switch_page("pages/findings.py")  # findings are the dataset's: listed whatever the filter
+    _run(at)
+    assert any(m.value.startswith("#### Findings in cam-explorer-demo") for m in at.main.markdown), \
+        [m.value for m in at.main.markdown]
+    assert not at.exception and not at.error, _texts(at.error)
+    at.switch_page("pages/explore.py")
+    _run(at)
 
     empty = fo.Dataset(unique_name("qa-empty"), persistent=True)
     try:

@@ -19,6 +19,7 @@ PAGES = (  # (file, title, icon, url path)
     ("pages/batch.py", "Batch", ":material/dynamic_feed:", "batch"),
     ("pages/findings.py", "Findings", ":material/flag:", "findings"),
 )
+DATASET_PAGES = {"findings"}  # about the whole dataset: they run even when the view is empty
 _ROUTED = "_routed_run"
 
 
