@@ -179,7 +179,8 @@ _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 
 @_db_errors
 def get_sample(dataset_or_view: fo.Dataset | fo.DatasetView, id_or_filename: str) -> fo.Sample:
-    """A sample by id, by full filepath or by basename (which must be unique)."""
+    """A sample by id, by full filepath, or by the end of its path (a file name, or
+    ``folder/name.jpg``), which must be unique."""
     coll = dataset_or_view
     key = str(id_or_filename).strip()
     if _OBJECT_ID.match(key):
@@ -187,10 +188,13 @@ def get_sample(dataset_or_view: fo.Dataset | fo.DatasetView, id_or_filename: str
             return coll[key]
         except KeyError:
             pass  # not an id here: it may still be a file name
-    if os.sep in key or "/" in key:
-        found = coll.match(F("filepath") == os.path.abspath(key))
-    else:
-        found = coll.match(F("filepath").ends_with("/" + key))
+    found = coll.match(F("filepath") == os.path.abspath(key)) if os.path.isabs(key) else None
+    if found is None or not len(found):
+        # A relative path names the end of the filepath (never the caller's working directory).
+        rel = key.replace(os.sep, "/")
+        while rel.startswith("./"):
+            rel = rel[2:]
+        found = coll.match(F("filepath").ends_with("/" + rel))
     count = len(found)
     if count == 1:
         return found.first()

@@ -68,6 +68,10 @@ def test_get_sample_by_id_basename_and_path(dataset):
     assert store.get_sample(dataset, first.id).id == first.id
     assert store.get_sample(dataset, "Cat_01.png").id == first.id
     assert store.get_sample(dataset, first.filepath).id == first.id
+    # a relative path names the end of the filepath, not the caller's working directory
+    tail = "/".join(first.filepath.split("/")[-2:])
+    assert store.get_sample(dataset, tail).id == first.id
+    assert store.get_sample(dataset, "./" + tail).id == first.id
     view = store.make_view(dataset, tags="val")
     assert store.get_sample(view, "cat_03.jpg").filepath.endswith("cat_03.jpg")
     with pytest.raises(StoreError, match="no sample 'Cat_01.png'"):  # exists, but not in this view
