@@ -515,6 +515,8 @@ def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from camcore.models import DEFAULT_MODEL, MODELS
+
     parser = _Parser(prog=PROG, description="CAM Explorer from the command line.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -543,10 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     p.add_argument("--tag", action="append", help="only samples with this tag, repeatable (any of them)")
     p.add_argument("--filename-contains", help="only samples whose file name contains this")
-    p.add_argument("--model", required=True, help="model key (see `models`)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)} (default {DEFAULT_MODEL})")
     p.add_argument("--method", action="append", help="CAM method, repeatable (default gradcam)")
     p.add_argument("--layer", action="append", help="layer name, repeatable (default: the model's default)")
-    p.add_argument("--target", default="predicted", help="predicted (each sample's top class) or a class name")
+    p.add_argument("--target", default="predicted",
+                   help="predicted (default: each sample's top class, one field) or a class name")
     p.add_argument("--weights", default="auto", help="auto | untrained | PATH (default auto)")
     p.add_argument("--eigen-smooth", action="store_true", help="first principal component smoothing")
     p.add_argument("--input-size", type=int, help="short side of the model input (segmentation models)")

@@ -362,6 +362,7 @@ def _label(
         eigen_smooth=bool(h.eigen_smooth),
         raw_min=float(h.raw_range[0]),
         raw_max=float(h.raw_range[1]),
+        blank=bool(h.blank),  # zero everywhere: the App draws nothing, and this says why
         created_at=created_at,
         versions=versions,
     )
@@ -444,7 +445,7 @@ LABEL_ATTRIBUTES: dict[str, type[fo.Field]] = {
     "model": fo.StringField, "weights": fo.StringField, "pretrained": fo.BooleanField,
     "method": fo.StringField, "layer": fo.StringField, "target": fo.StringField,
     "target_index": fo.IntField, "target_rule": fo.StringField, "aug_smooth": fo.BooleanField,
-    "eigen_smooth": fo.BooleanField, "raw_min": fo.FloatField, "raw_max": fo.FloatField,
+    "eigen_smooth": fo.BooleanField, "raw_min": fo.FloatField, "raw_max": fo.FloatField, "blank": fo.BooleanField,
     "created_at": fo.StringField, "versions": fo.DictField,
 }
 
@@ -548,31 +549,45 @@ def push_many(
 
 
 def _show_in_app(dataset: fo.Dataset, fields: list[str]) -> None:
-    """Make our heatmap fields active (checked) in the App by default.
+    """Make our heatmap fields active (checked) in the App by default, drawn with jet like the app.
 
-    The App leaves dense labels (heatmaps, masks) unchecked unless the dataset's
-    app_config lists them. We keep every other field's default: with no config yet we
-    store an *exclusion* list holding only the dense fields that are not ours.
+    The App leaves dense labels (heatmaps, masks) unchecked unless the dataset's app_config lists
+    them. With no config yet we store FiftyOne's own default (every non-dense label field, the
+    way the App shows a dataset) plus ours, so metadata and other fields stay off the grid. An
+    exclusion list that only excludes other dense fields (as earlier versions wrote) is turned
+    into that; any other list the user set is only extended with our fields.
     """
     config = dataset.app_config
     active = config.active_fields
-    if active is None:
-        ours = set(heatmap_fields(dataset)) | set(fields)
-        dense = [
-            name for name, f in dataset.get_field_schema().items()
-            if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
-            and issubclass(f.document_type, (fo.Heatmap, fo.Segmentation)) and name not in ours
-        ]
-        config.active_fields = ActiveFields(exclude=True, paths=dense)
+    changed = False
+    ours = list(dict.fromkeys([*heatmap_fields(dataset), *fields]))
+    dense_not_ours = {
+        name for name, f in dataset.get_field_schema().items()
+        if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
+        and issubclass(f.document_type, (fo.Heatmap, fo.Segmentation)) and name not in ours
+    }
+    if active is None or (active.exclude and set(active.paths) <= dense_not_ours):
+        default = fo.DatasetAppConfig.default_active_fields(dataset)
+        paths = [p for p in default.paths if p not in ours] + ours
+        config.active_fields = ActiveFields(exclude=False, paths=paths)
+        changed = True
     elif active.exclude:
-        if not any(p in fields for p in active.paths):
-            return
-        active.paths = [p for p in active.paths if p not in fields]
-    else:
-        if all(f in active.paths for f in fields):
-            return
+        if any(p in fields for p in active.paths):
+            active.paths = [p for p in active.paths if p not in fields]
+            changed = True
+    elif not all(f in active.paths for f in fields):
         active.paths = list(active.paths) + [f for f in fields if f not in active.paths]
-    dataset.save()
+        changed = True
+    scheme = config.color_scheme or fo.ColorScheme()
+    scales = list(scheme.colorscales or [])
+    styled = {c.get("path") for c in scales if isinstance(c, dict)}
+    missing = [f for f in fields if f not in styled]
+    if missing:  # the user's own colorscale for a field wins
+        scheme.colorscales = scales + [{"path": f, "name": "jet"} for f in missing]
+        config.color_scheme = scheme
+        changed = True
+    if changed:
+        dataset.save()
 
 
 def heatmap_fields(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict]:

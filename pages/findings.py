@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from camcore import overlay, store  # noqa: E402
 from camcore.errors import CamError  # noqa: E402
-from ui import cache, page, sidebar  # noqa: E402
+from ui import cache, page, render, sidebar  # noqa: E402
 
 
 def main() -> None:
@@ -51,19 +51,21 @@ def main() -> None:
     st.caption(f"In the FiftyOne App these samples carry the tags {', '.join(tag_names)} and a `cam_findings` "
                "field.")
     p1, p2, _ = st.columns([1, 2, 3])
-    port = int(p1.number_input("App port", 1024, 65535, st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT,
+    port = int(p1.number_input("App port", 1024, 65535, st.session_state.get(render.FINDINGS_APP)
+                               or st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT,
                                key="findings_port"))
     n = df["sample_id"].nunique()
     if p2.button(f"Launch the FiftyOne App on {'this sample' if n == 1 else f'these {n} samples'}", key="findings_app"):
         try:
             with st.spinner("Starting the FiftyOne App…", show_time=True):
                 store.launch_app(store.make_view(dataset, tags=tag_names), port=port)
-            st.session_state["fo_launched"] = port
+            st.session_state[render.FINDINGS_APP] = port
+            st.session_state.pop("fo_launched", None)  # the App no longer shows the whole dataset
         except CamError as exc:
             st.error(str(exc))
         except Exception as exc:  # port taken, server failed: say so
             st.error(f"Could not start the FiftyOne App on port {port}: {exc}")
-    if st.session_state.get("fo_launched") == port:
+    if st.session_state.get(render.FINDINGS_APP) == port:
         st.link_button(f"Go to the FiftyOne App (port {port}) ↗", store.app_url(name, port=port))
 
 

@@ -409,3 +409,10 @@ def test_a_blank_map_is_flagged_not_silent(capsys, tmp_path):
     blank = {h["method"]: h["blank"] for h in json.loads(out)["heatmaps"]}
     assert blank == {"gradcam": np.load(json.loads(out)["heatmaps"][0]["npy"]).max() == 0, "eigencam": False}
     assert blank["gradcam"] is True and "gradcam on block11: blank map" in err
+
+
+def test_batch_defaults_to_the_offline_model_like_cam_and_push():
+    """The README's `batch --dataset ... --method gradcam` once failed: --model was required."""
+    for command in ("cam", "push", "batch"):
+        extra = ["--image", "x.png"] if command == "cam" else ["--dataset", "d"] + (["--sample", "s"] if command == "push" else [])
+        assert cli.build_parser().parse_args([command, *extra]).model == DEFAULT_MODEL

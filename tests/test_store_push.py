@@ -208,11 +208,16 @@ def test_pushed_fields_are_switched_on_in_the_app(dataset, tmp_path):
     sample = dataset.first()
     other = "foreign_heatmap"
     dataset.set_values(other, {sample.id: fo.Heatmap(map=np.zeros(SIZE, np.float32))}, key_field="id")
+    dataset.set_values("gt", {sample.id: fo.Classification(label="cat")}, key_field="id")
+    dataset.set_values("score", {sample.id: 0.5}, key_field="id")
     assert dataset.app_config.active_fields is None  # FiftyOne's default: dense labels unchecked
     [field] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE)]),
                                   heatmap_dir=tmp_path / "hm")
-    active = fo.load_dataset(dataset.name).app_config.active_fields
-    assert active.exclude is True and active.paths == [other]  # everything else keeps its default
+    config = fo.load_dataset(dataset.name).app_config
+    # FiftyOne's default (label fields, not dense ones, not metadata or primitives) plus ours: an
+    # exclusion list once switched every metadata field on over each thumbnail in the App grid.
+    assert config.active_fields.exclude is False and config.active_fields.paths == ["gt", field]
+    assert {"path": field, "name": "jet"} in config.color_scheme.colorscales  # drawn like the app
 
     # a user's explicit include list gets our new field appended, nothing else changes
     dataset.app_config.active_fields.exclude = False
@@ -222,6 +227,16 @@ def test_pushed_fields_are_switched_on_in_the_app(dataset, tmp_path):
                                    heatmap_dir=tmp_path / "hm")
     assert fo.load_dataset(dataset.name).app_config.active_fields.paths == ["ground_truth", field2]
     assert field != field2
+
+    # the exclusion list earlier versions wrote (other dense fields only) becomes the default list
+    from fiftyone.core.odm.dataset import ActiveFields
+
+    dataset.app_config.active_fields = ActiveFields(exclude=True, paths=[other])
+    dataset.save()
+    [field3] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE, "xgradcam")]),
+                                   heatmap_dir=tmp_path / "hm")
+    active = fo.load_dataset(dataset.name).app_config.active_fields
+    assert active.exclude is False and set(active.paths) == {"gt", field, field2, field3}
 
 
 def test_a_huge_image_computed_downscaled_is_stored_at_its_own_size(tmp_path):
@@ -264,4 +279,12 @@ def test_untrained_and_smoothed_maps_never_replace_the_plain_trained_one(dataset
     sample.reload()
     assert sample[base].pretrained is True and sample[field_untrained].pretrained is False
     assert sample[base + "_eigen"].eigen_smooth and sample[base + "_aug"].aug_smooth
+    assert sample[base].blank is False  # a map that is zero everywhere says so on its label
     assert dataset.get_field(base + "_untrained").info["cam_explorer"]["variant"] == "untrained"
+
+
+def test_a_blank_map_is_marked_on_its_label(dataset, tmp_path):
+    h = dataclasses.replace(make_heatmap(SIZE), map=np.zeros(SIZE, np.float32), raw_range=(0.0, 0.0))
+    [field] = store.push_heatmaps(dataset, dataset.first().id, make_result(SIZE, [h]), heatmap_dir=tmp_path)
+    label = fo.load_dataset(dataset.name).first()[field]
+    assert label.blank is True and label.raw_max == 0.0

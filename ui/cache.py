@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import streamlit as st
 
-from camcore import demo_data, engine, images, models, store
+from camcore import demo_data, engine, images, models
 
 EXPLAINERS_PER_SESSION = 4  # each holds one image's activations and gradients
 
@@ -61,8 +61,4 @@ def explainer(
         cache.popitem(last=False)
     return ex
 
-
-@st.cache_resource(show_spinner=False)
-def fiftyone_app(dataset_name: str, port: int):
-    return store.launch_app(store.load_dataset(dataset_name), port=port)
 

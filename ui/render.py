@@ -218,6 +218,7 @@ def heatmaps_fragment(img, ex: Explainer, loaded: LoadedModel, pairs, walk, eige
 
 
 PUSH_REQUESTED, FINDING_REQUESTED = "push_requested", "finding_requested"
+FINDINGS_APP = "fo_launched_findings"  # the port where the Findings page pointed the App at its view
 
 
 def _request(flag: str) -> None:
@@ -307,8 +308,11 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
     if c3.button("Launch the FiftyOne App", key="launch_fo"):
         try:
             with st.spinner("Starting the FiftyOne App…", show_time=True):
-                cache.fiftyone_app(sel.dataset, int(port))
+                # Not cached: the Findings page may have pointed the App at its view since; this
+                # puts the whole dataset back (a running App on this port is only retargeted).
+                store.launch_app(store.load_dataset(sel.dataset), port=int(port))
             st.session_state["fo_launched"] = int(port)
+            st.session_state.pop(FINDINGS_APP, None)
         except CamError as exc:
             c3.error(str(exc))
         except Exception as exc:  # port taken, server failed: say so
