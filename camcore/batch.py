@@ -133,22 +133,23 @@ class BatchRequest:
     rule: str  # "predicted", or the class name
     target_request: str | None  # what the explainer is asked for (None: each image's prediction)
 
-    def variant(self, method: str, eigen_smooth: bool, pretrained: bool) -> str:
+    def variant(self, method: str, eigen_smooth: bool, pretrained: bool, weights_tag: str = "") -> str:
         eigen = bool(eigen_smooth and get_method(method).supports_eigen_smooth)  # as the engine does
-        return store.field_variant(eigen_smooth=eigen, pretrained=pretrained)
+        return store.field_variant(eigen_smooth=eigen, pretrained=pretrained, weights_tag=weights_tag)
 
-    def field_name(self, method: str, layer: str, eigen_smooth: bool = False, pretrained: bool = True) -> str:
+    def field_name(self, method: str, layer: str, eigen_smooth: bool = False, pretrained: bool = True,
+                   weights_tag: str = "") -> str:
         """The field run_batch writes (method, layer) into: the same name push_many gives it."""
         return store.heatmap_field_name(self.spec.key, method, layer, self.rule,
-                                        self.variant(method, eigen_smooth, pretrained))
+                                        self.variant(method, eigen_smooth, pretrained, weights_tag))
 
     def declare_fields(self, dataset: fo.Dataset, input_size: int | None, eigen_smooth: bool = False,
-                       pretrained: bool = True) -> list[str]:
+                       pretrained: bool = True, weights_tag: str = "") -> list[str]:
         """Create (or check) every field of the request, all label attributes declared."""
         extra = label_extra(self.rule, input_size)
-        return [store.declare_heatmap_field(dataset, self.spec.key, m, l, self.rule, extra,
-                                            self.variant(m, eigen_smooth, pretrained))
-                for m in self.methods for l in self.layers]
+        return [store.declare_heatmap_field(dataset, self.spec.key, m, layer, self.rule, extra,
+                                            self.variant(m, eigen_smooth, pretrained, weights_tag))
+                for m in self.methods for layer in self.layers]
 
 
 def label_extra(rule: str, input_size: int | None) -> dict:
@@ -212,7 +213,7 @@ def run_batch(
     jobs = []
     for m in request.methods:
         for layer in request.layers:
-            name = request.field_name(m, layer, eigen_smooth, model.pretrained)
+            name = request.field_name(m, layer, eigen_smooth, model.pretrained, model.weights_tag)
             # The flag as the engine applies it (Eigen-CAM has no eigen_smooth), as its label stores it.
             eigen = eigen_smooth and get_method(m).supports_eigen_smooth
             jobs.append(_Job(m, layer, name, _provenance(spec.key, model.weights_label, m, layer, rule,
@@ -224,7 +225,7 @@ def run_batch(
     extra = label_extra(rule, input_size)
     # Declared before any compute: a field that is not ours fails here, and writers in other
     # processes find the schema complete.
-    request.declare_fields(dataset, input_size, eigen_smooth, model.pretrained)
+    request.declare_fields(dataset, input_size, eigen_smooth, model.pretrained, model.weights_tag)
     for job in jobs:
         labels = dataset_or_view.values(job.field)
         pointed = {label.map_path for label in labels if isinstance(label, fo.Heatmap) and label.map_path}

@@ -177,7 +177,8 @@ def run_batch_distributed(
     if not _is_remote(address):  # the nodes share this machine's weights: fail here, not in each worker
         weights_mod.check_available(request.spec.weights, weights)
     request.declare_fields(dataset, input_size, eigen_smooth,
-                           pretrained=(weights or "").strip() != weights_mod.UNTRAINED)
+                           pretrained=(weights or "").strip() != weights_mod.UNTRAINED,
+                           weights_tag=weights_mod.choice_tag(weights))
     ids = dataset_or_view.values("id")
     size = shard_size or max(chunk, min(8 * chunk, math.ceil(len(ids) / (4 * workers)) or 1))
     shards = [ids[i:i + size] for i in range(0, len(ids), size)]

@@ -420,6 +420,7 @@ class Explainer:
             errors=tuple(errors),
             notes=tuple(self.image.notes),
             original_size=None if self.image.original_size == self.image.size else self.image.original_size,
+            weights_tag=self.model.weights_tag,
         )
 
     # -- internals

@@ -9,6 +9,7 @@ import functools
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -233,6 +234,11 @@ class LoadedModel:
     @property
     def weights_label(self) -> str:
         return self.weights.label
+
+    @property
+    def weights_tag(self) -> str:
+        """"" for the model's own weights; the file's stem for weights the user chose by path."""
+        return Path(self.weights.path).stem if self.weights.source == "chosen" and self.weights.path else ""
 
     def layer_module(self, name: str) -> torch.nn.Module:
         return self.module.get_submodule(self.spec.layer(name).path)

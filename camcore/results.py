@@ -89,6 +89,7 @@ class CamResult:
     errors: tuple[str, ...] = ()  # per-(method, layer) failures that did not stop the others
     notes: tuple[str, ...] = ()  # what was done to the image (EXIF rotation, downscaled, ...): not errors
     original_size: tuple[int, int] | None = None  # the file's (height, width) when it was downscaled
+    weights_tag: str = ""  # the stem of a weights file the user chose by path; "" for the model's own
 
     @property
     def full_size(self) -> tuple[int, int]:

@@ -7,9 +7,10 @@ message is one line.
 Field naming convention
 -----------------------
 A heatmap lives in the sample field ``cam_<model>_<method>_<layer>_<target>[_<variant>]``
-(:func:`heatmap_field_name`), where the variant (:func:`field_variant`) is ``aug``, ``eigen``
-and/or ``untrained`` for maps made with aug_smooth, eigen_smooth or untrained weights, so such a
-map never replaces the plain one of a trained model. Each part is lowercased, ``+`` becomes ``p`` (gradcam++ ->
+(:func:`heatmap_field_name`), where the variant (:func:`field_variant`) is ``aug``, ``eigen``,
+``untrained`` and/or a weights file's stem for maps made with aug_smooth, eigen_smooth, untrained
+weights or a checkpoint the user chose, so such a map never replaces the plain one of the model's
+own weights. Each part is lowercased, ``+`` becomes ``p`` (gradcam++ ->
 gradcampp, kept apart from gradcam), every other run of characters outside ``[a-z0-9]``
 becomes one ``_``; names longer than :data:`MAX_FIELD_LEN` are cut and end
 in ``_<8 hex of a hash>``. The field is an ``fo.Heatmap`` field whose map is a 16-bit
@@ -237,14 +238,17 @@ def _sanitise(part: str) -> str:
     return text or "x" + hashlib.sha1(str(part).encode()).hexdigest()[:6]
 
 
-def field_variant(*, aug_smooth: bool = False, eigen_smooth: bool = False, pretrained: bool = True) -> str:
-    """The field-name suffix of maps that are not a trained model's plain map ("" for those)."""
+def field_variant(*, aug_smooth: bool = False, eigen_smooth: bool = False, pretrained: bool = True,
+                  weights_tag: str = "") -> str:
+    """The field-name suffix of maps that are not the model's own weights' plain map ("" for
+    those): smoothing, untrained weights, or a weights file the user chose (its stem)."""
     return "_".join(part for part, on in (("aug", aug_smooth), ("eigen", eigen_smooth),
-                                          ("untrained", not pretrained)) if on)
+                                          ("untrained", not pretrained), (weights_tag, bool(weights_tag))) if on)
 
 
 def heatmap_variant(result: CamResult, h: Heatmap) -> str:
-    return field_variant(aug_smooth=h.aug_smooth, eigen_smooth=h.eigen_smooth, pretrained=result.pretrained)
+    return field_variant(aug_smooth=h.aug_smooth, eigen_smooth=h.eigen_smooth, pretrained=result.pretrained,
+                         weights_tag=result.weights_tag)
 
 
 def field_of(result: CamResult, h: Heatmap) -> str:

@@ -28,7 +28,7 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 class ResolvedWeights:
     label: str  # shown next to every heatmap: which weights made it
     pretrained: bool
-    source: str  # "file", "cache", "package", "download", "untrained"
+    source: str  # "file" (found), "chosen" (a path the user gave), "cache", "package", "download", "untrained"
     path: str | None = None
     state_dict: dict | None = None
 
@@ -272,7 +272,7 @@ def resolve(source: WeightsSource, choice: str = AUTO) -> ResolvedWeights:
         return ResolvedWeights("UNTRAINED (random weights)", False, "untrained")
     if choice != AUTO:
         path = Path(choice).expanduser()
-        return ResolvedWeights(f"file {path.name}", True, "file", str(path), read_state_dict(path))
+        return ResolvedWeights(f"file {path.name}", True, "chosen", str(path), read_state_dict(path))
     found = source.find_local()
     if found is not None:
         path, where = found
@@ -296,6 +296,13 @@ def _unavailable(source: WeightsSource) -> WeightsUnavailable:
         f"them. To provide them: {source.how_to}. Or choose untrained weights explicitly "
         f"(heatmaps of an untrained model show nothing about a trained one)."
     )
+
+
+def choice_tag(choice: str | None) -> str:
+    """The field-name tag of weights chosen by path (their file's stem), "" for auto or untrained:
+    heatmaps of a fine-tuned checkpoint never replace those of the model's own weights."""
+    choice = (choice or AUTO).strip()
+    return "" if choice in (AUTO, UNTRAINED) else Path(choice).expanduser().stem
 
 
 def check_available(source: WeightsSource, choice: str = AUTO) -> None:

@@ -104,7 +104,9 @@ def main() -> None:
         return
     request = batch.check_request(spec.key, chosen_methods, chosen_layers, target)
     pretrained = sel.weights != weights.UNTRAINED
-    fields = [request.field_name(m, layer, eigen_smooth, pretrained) for m in chosen_methods for layer in chosen_layers]
+    tag = weights.choice_tag(sel.weights)
+    fields = [request.field_name(m, layer, eigen_smooth, pretrained, tag)
+              for m in chosen_methods for layer in chosen_layers]
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
                ". Samples already done with the same settings are skipped. Runs in this app's process; "
                "for several workers or machines use `python -m camcore batch --workers N` (Ray, see README).")

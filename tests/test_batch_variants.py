@@ -40,3 +40,21 @@ def test_eigen_and_untrained_batches_keep_the_plain_field_and_resume(dataset):
     # the plain trained maps were never touched
     assert {f: dataset.values(f"{f}.created_at") for f in base.values()} == stamps
     assert all(label.pretrained for label in dataset.values(base["gradcam"]))
+
+
+def test_a_batch_with_a_chosen_weights_file_writes_its_own_fields(dataset, tmp_path):
+    import torch
+
+    from camcore import weights
+    from camcore.models import load_model
+
+    stock = load_model(MODEL)
+    path = tmp_path / "tuned.pth"
+    torch.save(stock.module.state_dict(), path)  # same numbers, a file the user chose
+    plain = batch.run_batch(dataset.limit(1), MODEL, methods=["gradcam"])
+    mine = batch.run_batch(dataset.limit(1), MODEL, weights=str(path), methods=["gradcam"])
+    [plain_field], [mine_field] = plain.fields, mine.fields
+    assert mine_field == plain_field + "_tuned" and weights.choice_tag(str(path)) == "tuned"
+    assert mine.done == 1 and dataset.first()[mine_field].weights == "file tuned.pth"
+    again = batch.run_batch(dataset.limit(1), MODEL, weights=str(path), methods=["gradcam"])
+    assert (again.done, again.skipped) == (0, 1)

@@ -288,3 +288,16 @@ def test_a_blank_map_is_marked_on_its_label(dataset, tmp_path):
     [field] = store.push_heatmaps(dataset, dataset.first().id, make_result(SIZE, [h]), heatmap_dir=tmp_path)
     label = fo.load_dataset(dataset.name).first()[field]
     assert label.blank is True and label.raw_max == 0.0
+
+
+def test_a_chosen_weights_file_gets_its_own_fields(dataset, tmp_path):
+    """A fine-tuned checkpoint's maps once replaced the stock model's: the file's stem now names
+    its fields, as it does the batch's."""
+    sample = dataset.first()
+    stock = make_result(SIZE, [make_heatmap(SIZE)])
+    tuned = dataclasses.replace(stock, weights="file finetuned-v2.pth", weights_tag="finetuned-v2")
+    [plain] = store.push_heatmaps(dataset, sample.id, stock, heatmap_dir=tmp_path)
+    [mine] = store.push_heatmaps(dataset, sample.id, tuned, heatmap_dir=tmp_path)
+    assert mine == plain + "_finetuned_v2" and store.field_of(tuned, tuned.heatmaps[0]) == mine
+    sample.reload()
+    assert sample[plain].weights == "ImageNet (torchvision)" and sample[mine].weights == "file finetuned-v2.pth"
