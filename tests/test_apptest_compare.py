@@ -102,8 +102,19 @@ def test_ranking_uses_a_ground_truth_segmentation_field():
         at.selectbox(key="rank_object_label_gt").set_value("cat")
         at.button(key="rank_go").click()
         _run(at)
-        ranked = [c.value for c in at.caption if "on the object" in c.value]
-        assert len(ranked) == 2 and all("(label mask)" in c for c in ranked), ranked
+        ranked = [c.value for c in at.caption if "on the object" in c.value and "(label mask)" in c.value]
+        assert len(ranked) == 2, ranked
+        assert any(c.value.startswith("Ranked for **") for c in at.caption)
+        # The flag follows the threshold slider, without ranking again.
+        at.slider(key="cmp_threshold").set_value(0.99)
+        _run(at)
+        flagged = [c.value for c in at.caption if "(label mask)" in c.value and "background-dominated" in c.value]
+        assert len(flagged) == 2, [c.value for c in at.caption]
+        # Another class: the rows of the old ranking are not shown as this one's.
+        at.selectbox(key="rank_class_efficientnet_lite0").set_value("jersey")
+        _run(at)
+        assert not [c.value for c in at.caption if "on the object" in c.value and "(label mask)" in c.value]
+        assert any("The last ranking was for" in i.value for i in at.info), [i.value for i in at.info]
     finally:
         ds.delete()
 

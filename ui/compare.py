@@ -154,18 +154,27 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
     # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
     st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=_request_ranking, disabled=waiting,
               help="Choose the object's label first." if waiting else None)
-    if not st.session_state.pop(RANK_REQUESTED, False):
-        rows = st.session_state.get("rank_rows")
-    else:
+    # What a ranking is about: rows ranked under other settings are never shown as this one's.
+    what = f"{cls} · {methods.METHODS[method].label} · {layer} · object from " + (
+        f"{field} = {label}" if field and field != fallback else (fallback or "no object labels"))
+    context = (sel.dataset, tuple(sel.sample_ids), loaded.spec.key, loaded.weights_label, sel.input_size, what)
+    if st.session_state.pop(RANK_REQUESTED, False):
         items = [judge.SampleItem(i, p, tuple(tuple(b) for b in boxes.get(i, ())), masks.get(i))
                  for i, p in zip(sel.sample_ids, sel.filepaths)]
         bar = st.progress(0.0)
         rows = judge.rank_by_share_inside(loaded, items, method, layer, cls, threshold, sel.input_size,
                                           progress=lambda f, msg: bar.progress(f, text=msg))
         bar.empty()
-        st.session_state["rank_rows"] = rows
-    if not rows:
+        st.session_state["rank_rows"] = {"context": context, "what": what, "rows": rows}
+    ranked = st.session_state.get("rank_rows")
+    if not ranked:
         return
+    if ranked["context"] != context:
+        st.info(f"The last ranking was for {ranked['what']}; the settings above have changed since. "
+                "Press Rank to rank for them.")
+        return
+    rows = ranked["rows"]
+    st.caption(f"Ranked for **{what}**, worst first; flagged below {threshold:.0%} on the object.")
     cols = st.columns(4)
     for i, r in enumerate(rows):
         col = cols[i % 4]
@@ -177,6 +186,8 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
         out = overlay.overlay(img.rgb, r.heatmap.map, 0.5, "jet")
         col.image(out if loaded.pretrained else overlay.watermark_untrained(out, outside=True), width="stretch")
         share = "n/a" if r.share_inside is None else f"{r.share_inside:.0%}"
+        # The flag follows the threshold slider; the share itself does not depend on it.
+        flagged = r.share_inside is not None and metrics.background_dominated(r.share_inside, threshold)
         col.caption(f"{name}: {share} on the object ({r.mask_source})"
-                    + (" · **background-dominated**" if r.background_dominated else ""))
+                    + (" · **background-dominated**" if flagged else ""))
 
