@@ -35,13 +35,14 @@ def main() -> None:
     offered = [m.key for m in methods.methods_for(spec.task, spec.family)]
     c1, c2, c3 = st.columns([3, 3, 2])
     layer_names = [s.name for s in spec.layers]
-    st.session_state.setdefault(f"cmp_layers_{spec.key}", [spec.default_layer])
-    layers = c1.multiselect("Rows: layers", layer_names, key=f"cmp_layers_{spec.key}")
-    st.session_state["cmp_methods"] = [m for m in st.session_state.get("cmp_methods", ["gradcam"]) if m in offered]
-    chosen = c2.multiselect("Columns: methods", offered, key="cmp_methods",
-                            format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""))
-    eigen = c3.toggle("eigen_smooth", key="cmp_eigen")
-    aug = c3.toggle("aug_smooth (slow)", key="cmp_aug")
+    # Sticky: the choices survive a visit to another page and a run that could not draw them.
+    layers = render.sticky_multiselect(c1, "Rows: layers", layer_names, [spec.default_layer],
+                                       key=f"cmp_layers_{spec.key}")
+    chosen = render.sticky_multiselect(
+        c2, "Columns: methods", offered, [methods.DEFAULT_METHOD], key="cmp_methods",
+        format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""))
+    eigen = render.sticky(c3.toggle, "eigen_smooth", "cmp_eigen", False)
+    aug = render.sticky(c3.toggle, "aug_smooth (slow)", "cmp_aug", False)
     if not layers or not chosen:
         st.info("Choose at least one layer and one method.")
         return
@@ -60,8 +61,9 @@ def main() -> None:
     with_scores = o3.toggle("Faithfulness scores", value=True, key="cmp_scores",
                             help="Target score change when only the highlight is kept (keep Δ) and when it is "
                                  "removed (remove Δ): pytorch_grad_cam.metrics.CamMultImageConfidenceChange.")
-    threshold = o4.slider("Background-dominated below", 0.0, 1.0, metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.05,
-                          key="cmp_threshold", help="Share of heatmap mass on the object.")
+    threshold = render.sticky(o4.slider, "Background-dominated below", "cmp_threshold",
+                              metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
+                              help="Share of heatmap mass on the object.")
     mask = None
     if ex.prediction.task == "segmentation":
         mask = ex.prediction.mask == ex.target.index

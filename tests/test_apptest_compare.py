@@ -31,6 +31,24 @@ def test_compare_grid_scores_every_cell_and_keeps_choices():
     assert at.multiselect(key="cmp_methods").value == ["gradcam", "gradcam++"]
 
 
+def test_compare_choices_survive_a_visit_to_another_page():
+    """Streamlit forgets the state of widgets a run did not draw: a visit to Explore (or a study
+    whose model had no weights yet) reset Compare's rows, columns, smoothing and threshold."""
+    at = _open("pages/compare.py")
+    at.multiselect(key="cmp_methods").select("gradcam++")
+    at.multiselect(key="cmp_layers_efficientnet_lite0").select("stage5")
+    at.toggle(key="cmp_eigen").set_value(True)
+    at.slider(key="cmp_threshold").set_value(0.9)
+    _run(at)
+    at.switch_page("pages/explore.py")
+    _run(at)
+    at.switch_page("pages/compare.py")
+    _run(at)
+    assert at.multiselect(key="cmp_methods").value == ["gradcam", "gradcam++"]
+    assert at.multiselect(key="cmp_layers_efficientnet_lite0").value == ["head", "stage5"]
+    assert at.toggle(key="cmp_eigen").value is True and at.slider(key="cmp_threshold").value == 0.9
+
+
 def test_layer_progression_study_sets_model_layers_and_target(monkeypatch, tmp_path):
     monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -34,11 +34,14 @@ def apply_study(key: str) -> None:
     """Callback: set the widgets (the sidebar's model included) before the next run draws them."""
     study = STUDIES[key]
     st.session_state["model"] = study["model"]
-    st.session_state[f"cmp_layers_{study['model']}"] = study["layers"]
-    st.session_state["cmp_methods"] = study["methods"]
     st.session_state["cmp_target_request"] = study["target"]
-    st.session_state["cmp_aug"] = study["aug"]
-    st.session_state["cmp_eigen"] = study["eigen"]
+    # Both the widget's state and the copy the page restores it from (render.sticky*): a run that
+    # cannot draw them (no weights yet for the study's model) must not lose the study's choice.
+    for widget_key, value in ((f"cmp_layers_{study['model']}", study["layers"]), ("cmp_methods", study["methods"]),
+                              ("cmp_aug", study["aug"]), ("cmp_eigen", study["eigen"])):
+        st.session_state[widget_key] = value
+        st.session_state[f"_kept_{widget_key}"] = value
+        st.session_state.pop(f"_offered_{widget_key}", None)
 
 
 def score_line(f: metrics.Faithfulness | None, share: float | None, threshold: float) -> str:

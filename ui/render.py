@@ -105,6 +105,17 @@ def sticky_multiselect(container, label: str, options: list, default: list, key:
     return chosen
 
 
+def sticky(widget, label: str, key: str, default, *args, **kwargs):
+    """A keyed widget (toggle, slider, ...) whose value survives a run or a page that did not draw
+    it: Streamlit forgets the state of undrawn widgets, and a page visit would reset it."""
+    kept_key = f"_kept_{key}"
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(kept_key, default)
+    value = widget(label, *args, key=key, **kwargs)
+    st.session_state[kept_key] = value
+    return value
+
+
 def compute(ex: Explainer, pairs: list[tuple[str, str]], eigen_smooth: bool) -> list[str]:
     """Compute what is not cached yet, with progress; return per-pair error messages."""
     todo = list(dict.fromkeys(p for p in pairs if not ex.is_cached(*p, eigen_smooth)))
