@@ -165,3 +165,19 @@ def test_ranking_asks_for_the_object_label_when_none_names_the_class():
         assert not at.button(key="rank_go").disabled
     finally:
         ds.delete()
+
+
+def test_road_curve_stays_while_other_widgets_rerun_the_page():
+    at = _open("pages/compare.py")
+    at.button(key="road_go").click()
+    _run(at)
+    combined = [c.value for c in at.caption if c.value.startswith("ROAD combined")]
+    assert len(combined) == 1, [c.value for c in at.caption]
+    at.slider(key="cmp_alpha").set_value(0.8)  # any other widget reruns the page
+    _run(at)
+    assert [c.value for c in at.caption if c.value.startswith("ROAD combined")] == combined
+    at.multiselect(key="cmp_methods").select("gradcam++")
+    _run(at)
+    at.selectbox(key="road_choice").set_value(("gradcam++", "head"))
+    _run(at)  # another heatmap: the old curve is not shown as its own
+    assert not [c.value for c in at.caption if c.value.startswith("ROAD combined")]

@@ -90,22 +90,31 @@ def road_panel(ex: Explainer, table: list[dict], eigen: bool) -> None:
         options = [(r["method"], r["layer"]) for r in table]
         choice = st.selectbox("Heatmap", options, format_func=lambda o: f"{methods.METHODS[o[0]].label} · {o[1]}",
                               key="road_choice")
-        if st.button("Compute ROAD", key="road_go"):
+        # The curve stays on screen (other widgets rerun the page) while it is about this heatmap.
+        about = (ex.model.spec.key, ex.model.weights_label, ex.image.path, ex.target.index, ex.aug_smooth,
+                 ex.input_hw, choice, eigen)
+        # A callback, not the return value: a click survives the router's one rerun.
+        st.button("Compute ROAD", key="road_go", on_click=_request, args=(ROAD_REQUESTED,))
+        if st.session_state.pop(ROAD_REQUESTED, False):
             with st.spinner("ROAD: removing pixels most / least relevant first…", show_time=True):
                 h = ex.heatmap(choice[0], choice[1], eigen)
-                curve = metrics.road(ex.model, ex.x, h.map, ex.grad_target)
+                st.session_state["road_curve"] = (about, metrics.road(ex.model, ex.x, h.map, ex.grad_target))
+        kept = st.session_state.get("road_curve")
+        if kept is not None and kept[0] == about:
+            curve = kept[1]
             df = pd.DataFrame({"percentile": [p for p, _ in curve.morf],
                                "most relevant first": [v for _, v in curve.morf],
                                "least relevant first": [v for _, v in curve.lerf]}).set_index("percentile")
-            st.line_chart(df, height=220)
+            st.line_chart(df, height=220, x_label="pixels removed (percentile)", y_label="target score change",
+                          color=["#d62728", "#1f77b4"])
             st.caption(f"ROAD combined (LeRF − MoRF)/2 = {curve.combined:+.3f} — higher is more faithful.")
 
 
-RANK_REQUESTED = "rank_requested"
+RANK_REQUESTED, ROAD_REQUESTED = "rank_requested", "road_requested"
 
 
-def _request_ranking() -> None:
-    st.session_state[RANK_REQUESTED] = True
+def _request(flag: str) -> None:
+    st.session_state[flag] = True
 
 
 def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: float, default_class: int) -> None:
@@ -155,7 +164,7 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
             boxes = store.boxes_by_sample(view, field, label)
     waiting = bool(field and field != fallback and label is None)
     # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
-    st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=_request_ranking, disabled=waiting,
+    st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=_request, args=(RANK_REQUESTED,), disabled=waiting,
               help="Choose the object's label first." if waiting else None)
     # What a ranking is about: rows ranked under other settings are never shown as this one's.
     what = f"{cls} · {methods.METHODS[method].label} · {layer} · object from " + (
