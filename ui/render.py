@@ -130,9 +130,12 @@ def compute(ex: Explainer, pairs: list[tuple[str, str]], eigen_smooth: bool) -> 
             status.update(label=f"Computing {label} ({i + 1}/{len(todo)})…")
             inner = st.empty()
 
-            def on_progress(fraction: float, message: str, inner=inner) -> None:
+            def on_progress(fraction: float, message: str, inner=inner, label=label, i=i) -> None:
                 # Each call is also where Streamlit can stop this run: any click cancels a slow method.
-                inner.progress(min(1.0, max(0.0, fraction)), text=message)
+                fraction = min(1.0, max(0.0, fraction))
+                inner.progress(fraction, text=message)
+                # Also in the header: the browser may keep the box collapsed (it remembers the last one).
+                status.update(label=f"Computing {label} ({i + 1}/{len(todo)}) · {fraction:.0%}…")
 
             try:
                 h = ex.heatmap(m, layer, eigen_smooth, on_progress)
