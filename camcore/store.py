@@ -489,9 +489,11 @@ def declare_heatmap_field(
                 dataset.add_sample_field(f"{field}.{name}", ftype)
         info = dict(dataset.info or {})
         ours = dict(info.get(MARK) or {})
-        registry = dict(ours.get("fields") or {})
-        if registry.get(field) != {**meaning, "description": description}:
-            registry[field] = {**meaning, "description": description}
+        before = dict(ours.get("fields") or {})
+        # Fields deleted or renamed outside CAM Explorer leave the registry; ours (marked) stay.
+        registry = {name: entry for name, entry in before.items() if name in heatmap_fields(dataset)}
+        registry[field] = {**meaning, "description": description}
+        if registry != before:
             info[MARK] = {**ours, "fields": registry}
             dataset.info = info
             dataset.save()

@@ -301,3 +301,12 @@ def test_a_chosen_weights_file_gets_its_own_fields(dataset, tmp_path):
     assert mine == plain + "_finetuned_v2" and store.field_of(tuned, tuned.heatmaps[0]) == mine
     sample.reload()
     assert sample[plain].weights == "ImageNet (torchvision)" and sample[mine].weights == "file finetuned-v2.pth"
+
+
+def test_the_info_registry_forgets_fields_deleted_outside_cam_explorer(dataset, tmp_path):
+    sample = dataset.first()
+    [gone] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE)]), heatmap_dir=tmp_path)
+    dataset.delete_sample_field(gone)
+    [kept] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE, "layercam")]),
+                                 heatmap_dir=tmp_path)
+    assert list(fo.load_dataset(dataset.name).info[store.MARK]["fields"]) == [kept]
