@@ -38,7 +38,7 @@ import torch
 from camcore import store
 from camcore import targets as targets_mod
 from camcore.engine import explain_many
-from camcore.errors import CamError, Cancelled, MethodError, StoreError
+from camcore.errors import CamError, Cancelled, MethodError, StoreError, first_line
 from camcore.images import LoadedImage, load_image
 from camcore.methods import get_method
 from camcore.models import ModelSpec, get_spec, load_model
@@ -134,8 +134,8 @@ class BatchRequest:
     target_request: str | None  # what the explainer is asked for (None: each image's prediction)
 
     def variant(self, method: str, eigen_smooth: bool, pretrained: bool, weights_tag: str = "") -> str:
-        eigen = bool(eigen_smooth and get_method(method).supports_eigen_smooth)  # as the engine does
-        return store.field_variant(eigen_smooth=eigen, pretrained=pretrained, weights_tag=weights_tag)
+        return store.field_variant(eigen_smooth=_eigen(method, eigen_smooth), pretrained=pretrained,
+                                   weights_tag=weights_tag)
 
     def field_name(self, method: str, layer: str, eigen_smooth: bool = False, pretrained: bool = True,
                    weights_tag: str = "") -> str:
@@ -150,6 +150,11 @@ class BatchRequest:
         return [store.declare_heatmap_field(dataset, self.spec.key, m, layer, self.rule, extra,
                                             self.variant(m, eigen_smooth, pretrained, weights_tag))
                 for m in self.methods for layer in self.layers]
+
+
+def _eigen(method: str, eigen_smooth: bool) -> bool:
+    """eigen_smooth as the engine applies it, and as the label stores it (Eigen-CAM has none)."""
+    return bool(eigen_smooth and get_method(method).supports_eigen_smooth)
 
 
 def label_extra(rule: str, input_size: int | None) -> dict:
@@ -214,10 +219,8 @@ def run_batch(
     for m in request.methods:
         for layer in request.layers:
             name = request.field_name(m, layer, eigen_smooth, model.pretrained, model.weights_tag)
-            # The flag as the engine applies it (Eigen-CAM has no eigen_smooth), as its label stores it.
-            eigen = eigen_smooth and get_method(m).supports_eigen_smooth
             jobs.append(_Job(m, layer, name, _provenance(spec.key, model.weights_label, m, layer, rule,
-                                                         eigen, input_size)))
+                                                         _eigen(m, eigen_smooth), input_size)))
 
     # What is done already, and the clean-up of an interrupted run's files.
     ids, paths = dataset_or_view.values(["id", "filepath"])
@@ -274,10 +277,8 @@ def run_batch(
                 continue
             except StoreError:
                 raise
-            except CamError as exc:
-                if len(items) == 1:
-                    failures.append((items[0][0], _one_line(exc)))
-                    continue
+            except CamError:
+                pass
             for sid, result in items:  # some sample is invalid: find it, write the others
                 try:
                     fields.update(store.push_many(dataset, [(sid, result)], target_label=rule, extra=extra,
@@ -286,7 +287,7 @@ def run_batch(
                 except StoreError:
                     raise
                 except CamError as exc:
-                    failures.append((sid, _one_line(exc)))
+                    failures.append((sid, first_line(exc)))
         return fields, count, failures
 
     # Writes run in the background while the next samples compute; at most one is in flight, and
@@ -320,7 +321,7 @@ def run_batch(
             settle()
 
     def fail(sid: str, path: str, exc: BaseException, work_left: int) -> None:
-        report.failed.append((sid, _one_line(exc)))
+        report.failed.append((sid, first_line(exc)))
         work["settled"] += work_left
         tell(f"failed {os.path.basename(path)}")
 
@@ -413,8 +414,3 @@ def run_batch(
     report.seconds = time.perf_counter() - started
     tell("cancelled" if report.cancelled else "finished")
     return report
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

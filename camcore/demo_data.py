@@ -18,7 +18,7 @@ import fiftyone as fo
 from PIL import Image
 
 from camcore import paths
-from camcore.errors import CamError, StoreError
+from camcore.errors import CamError, StoreError, first_line
 
 DEMO_DATASET_NAME = "cam-explorer-demo"
 QUICKSTART_NAME = "quickstart"
@@ -51,11 +51,6 @@ DEMO_IMAGES: tuple[DemoImage, ...] = (
     DemoImage("skimage", "data/motorcycle_left.png", "motorcycle.png", "motorcycle", "vehicles",
               (0.15, 0.28, 0.78, 0.64)),
 )
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _source_path(item: DemoImage) -> Path:
@@ -192,7 +187,7 @@ def ensure_demo_dataset(name: str = DEMO_DATASET_NAME) -> fo.Dataset:
     except CamError:
         raise
     except Exception as exc:
-        raise StoreError(f"could not build the demo dataset {name!r}: {_one_line(exc)}") from exc
+        raise StoreError(f"could not build the demo dataset {name!r}: {first_line(exc)}") from exc
 
 
 def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
@@ -235,4 +230,4 @@ def load_quickstart() -> fo.Dataset:
     except CamError:
         raise
     except Exception as exc:
-        raise StoreError(f"could not load the quickstart dataset: {_one_line(exc)}") from exc
+        raise StoreError(f"could not load the quickstart dataset: {first_line(exc)}") from exc

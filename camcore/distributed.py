@@ -28,7 +28,7 @@ import fiftyone as fo
 from camcore import paths, store
 from camcore import weights as weights_mod
 from camcore.batch import PREDICTED, BatchProgress, BatchReport, check_request, run_batch
-from camcore.errors import CamError
+from camcore.errors import CamError, first_line
 
 ROOT = Path(__file__).resolve().parents[1]
 # Environment the workers need to see what the driver sees (a remote node has its own).
@@ -136,7 +136,7 @@ def _connect(ray, address: str | None, env: dict[str, str]) -> bool:
         where = address or "a local Ray"
         hint = (" (is the head's Ray Client port open, and RAY_AUTH_TOKEN set to the head's "
                 "`ray get-auth-token`?)") if client else ""
-        raise DistributedError(f"could not start or reach {where}: {store._one_line(exc)}{hint}") from exc
+        raise DistributedError(f"could not start or reach {where}: {first_line(exc)}{hint}") from exc
     return True
 
 
@@ -207,7 +207,7 @@ def run_batch_distributed(
             try:
                 report.workers.append(ray.get(actor.describe.remote(), timeout=60))
             except Exception as exc:  # a dead worker: its shards are in report.failed already
-                report.workers.append({"error": store._one_line(exc)})
+                report.workers.append({"error": first_line(exc)})
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -267,7 +267,7 @@ def _dispatch(ray, actors, dataset_name: str, shards: list[list[str]], options: 
         try:
             part = ray.get(ref)
         except Exception as exc:  # the actor died (killed, out of memory): its shard is not done
-            reason = f"worker lost: {store._one_line(exc)}"
+            reason = f"worker lost: {first_line(exc)}"
             report.failed.extend((sid, reason) for sid in shard)
             alive.remove(actor)
             if not alive:

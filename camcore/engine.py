@@ -23,7 +23,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 
 from camcore import device_math, metrics, perturbation
 from camcore import targets as targets_mod
-from camcore.errors import CamError, Cancelled, MethodError
+from camcore.errors import CamError, Cancelled, MethodError, first_line
 from camcore.images import LoadedImage
 from camcore.methods import MethodSpec, get_method
 from camcore.models import LoadedModel, ModelSpec
@@ -542,13 +542,13 @@ def explain_many(
                 _pass_together(model, group)
             except (CamError, RuntimeError) as exc:
                 if len(group) == 1:
-                    out[indices[k]] = exc if isinstance(exc, CamError) else CamError(_first_line(exc))
+                    out[indices[k]] = exc if isinstance(exc, CamError) else CamError(first_line(exc))
                     continue
                 for i in indices[k:k + max_batch]:  # one by one: find the culprit, keep the rest
                     try:
                         _pass_together(model, [explainers[i]])
                     except (CamError, RuntimeError) as one:
-                        out[i] = one if isinstance(one, CamError) else CamError(_first_line(one))
+                        out[i] = one if isinstance(one, CamError) else CamError(first_line(one))
     return out
 
 
@@ -558,11 +558,6 @@ def _pass_together(model: LoadedModel, group: Sequence[Explainer]) -> None:
                                      group[0].reshape)
     for e, fp, t in zip(group, passes, targets):
         e._set_pass(fp, t)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def explain(

@@ -32,3 +32,10 @@ class StoreError(CamError):
 
 class Cancelled(CamError):
     """The user cancelled a long computation."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): what a user
+    sees of a failure that is not ours, in the UI, the CLI or a report."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -54,7 +54,7 @@ from fiftyone import ViewField as F
 from fiftyone.core.odm.dataset import ActiveFields  # not re-exported at the top level in 1.22
 
 from camcore import paths
-from camcore.errors import CamError, ImageError, StoreError
+from camcore.errors import CamError, ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
 
 FIELD_PREFIX = "cam_"
@@ -71,11 +71,6 @@ _WRITE_THREADS = 8
 # runs every session on its own thread: serialise every write (re-entrant: helpers nest).
 _LOCK = threading.RLock()
 _SESSION: Any = None  # the one FiftyOne App session this process serves
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _database_where() -> str:
@@ -97,14 +92,14 @@ def _db_errors(fn):
             root = type(exc).__module__.split(".")[0]
             unreachable = isinstance(exc, pymongo.errors.ConnectionFailure) or "Could not connect" in str(exc)
             if unreachable:
-                reason = re.split(r" \(configured|, Timeout:", _one_line(exc))[0]
+                reason = re.split(r" \(configured|, Timeout:", first_line(exc))[0]
                 raise StoreError(
                     f"cannot reach the FiftyOne database ({_database_where()}): {reason}; "
                     "is MongoDB running, is FIFTYONE_DATABASE_URI right?") from exc
             if root in ("pymongo", "mongoengine", "fiftyone", "motor") or isinstance(
                 exc, (ConnectionError, TimeoutError)
             ):
-                raise StoreError(f"FiftyOne database error in {fn.__name__}: {_one_line(exc)}") from exc
+                raise StoreError(f"FiftyOne database error in {fn.__name__}: {first_line(exc)}") from exc
             raise
 
     return wrapper
@@ -384,7 +379,7 @@ def _write_png_atomic(path: Path, image: np.ndarray) -> None:
         try:
             ok, png = cv2.imencode(".png", image)
         except cv2.error as exc:
-            raise ImageError(f"could not write heatmap PNG {path}: {_one_line(exc)}") from exc
+            raise ImageError(f"could not write heatmap PNG {path}: {first_line(exc)}") from exc
         if not ok:
             raise ImageError(f"could not write heatmap PNG {path}")
         # Not cv2.imwrite: on a full disk it returns True and leaves an empty file.

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from camcore.errors import ModelError, WeightsUnavailable
+from camcore.errors import ModelError, WeightsUnavailable, first_line
 
 UNTRAINED = "untrained"
 AUTO = "auto"
@@ -84,7 +84,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, pickled code, wrong format: all the user's to fix
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc)
         if len(detail) < 12:  # torch says things like "101" for a file that is not a checkpoint
             detail = f"not a PyTorch checkpoint or safetensors file ({type(exc).__name__}: {detail})"
         raise ModelError(f"Cannot read weights file {path}: {detail}. Expected a state dict saved with "
