@@ -485,8 +485,9 @@ def declare_heatmap_field(
         info = dict(dataset.info or {})
         ours = dict(info.get(MARK) or {})
         before = dict(ours.get("fields") or {})
-        # Fields deleted or renamed outside CAM Explorer leave the registry; ours (marked) stay.
-        registry = {name: entry for name, entry in before.items() if name in heatmap_fields(dataset)}
+        # Fields deleted or renamed outside CAM Explorer leave the registry.
+        schema = dataset.get_field_schema()
+        registry = {name: entry for name, entry in before.items() if name in schema}
         registry[field] = {**meaning, "description": description}
         if registry != before:
             info[MARK] = {**ours, "fields": registry}
@@ -561,13 +562,8 @@ def _show_in_app(dataset: fo.Dataset, fields: list[str]) -> None:
     config = dataset.app_config
     active = config.active_fields
     changed = False
-    ours = list(dict.fromkeys([*heatmap_fields(dataset), *fields]))
-    dense_not_ours = {
-        name for name, f in dataset.get_field_schema().items()
-        if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
-        and issubclass(f.document_type, (fo.Heatmap, fo.Segmentation)) and name not in ours
-    }
-    if active is None or (active.exclude and set(active.paths) <= dense_not_ours):
+    ours = list(dict.fromkeys([*heatmap_fields(dataset), *fields])) if active is None or active.exclude else []
+    if active is None or (active.exclude and set(active.paths) <= _dense_fields(dataset) - set(ours)):
         default = fo.DatasetAppConfig.default_active_fields(dataset)
         paths = [p for p in default.paths if p not in ours] + ours
         config.active_fields = ActiveFields(exclude=False, paths=paths)
@@ -589,6 +585,13 @@ def _show_in_app(dataset: fo.Dataset, fields: list[str]) -> None:
         changed = True
     if changed:
         dataset.save()
+
+
+def _dense_fields(dataset: fo.Dataset) -> set[str]:
+    """Heatmap and Segmentation fields: the ones the App leaves unchecked by default."""
+    return {name for name, f in dataset.get_field_schema().items()
+            if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
+            and issubclass(f.document_type, (fo.Heatmap, fo.Segmentation))}
 
 
 def heatmap_fields(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict]:
