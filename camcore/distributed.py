@@ -128,7 +128,7 @@ def _connect(ray, address: str | None, env: dict[str, str]) -> bool:
     """Start or join Ray; True when this call started it (and must shut it down)."""
     if ray.is_initialized():
         return False
-    client = bool(address) and address.startswith("ray://")
+    client = _is_client(address)
     try:
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
                  log_to_driver=False, logging_level="WARNING", configure_logging=True)
@@ -138,6 +138,10 @@ def _connect(ray, address: str | None, env: dict[str, str]) -> bool:
                 "`ray get-auth-token`?)") if client else ""
         raise DistributedError(f"could not start or reach {where}: {first_line(exc)}{hint}") from exc
     return True
+
+
+def _is_client(address: str | None) -> bool:
+    return (address or "").startswith("ray://")  # a cluster reached through its Ray Client port
 
 
 def _have_auth_token() -> bool:
@@ -190,7 +194,7 @@ def run_batch_distributed(
                "chunk": chunk,
                "heatmap_dir": str(Path(heatmap_dir).resolve()) if heatmap_dir else str(paths.heatmaps_dir())}
 
-    if (address or "").startswith("ray://") and _have_auth_token():
+    if _is_client(address) and _have_auth_token():
         # Ray >= 2.59 clusters require their token; the Ray Client sends it only in token mode,
         # which Ray reads when it is imported.
         os.environ.setdefault("RAY_AUTH_MODE", "token")

@@ -12,7 +12,7 @@ import uuid  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from camcore import batch, methods, models, store, weights  # noqa: E402
-from ui import page, sidebar  # noqa: E402
+from ui import page, render, sidebar  # noqa: E402
 
 LAST = "batch_last_report"  # what the last (or interrupted) run reported, for the next rerun
 TOKEN = "batch_session_token"  # this session's mark on the runs it starts (a reload is a new session)
@@ -65,10 +65,6 @@ def _other_runs(dataset: str, starting: bool) -> None:
                     "Reload this page in a moment, then run again to resume.", icon=":material/sync:")
 
 
-def _request(flag: str) -> None:
-    st.session_state[flag] = True
-
-
 def _eta(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -113,10 +109,10 @@ def main() -> None:
 
     b1, b2, _ = st.columns([1, 1, 4])  # Cancel beside Run, not across the page
     # Callbacks, not return values: a click survives the router's one rerun (router.ensure_routed).
-    b1.button("Run batch", key="batch_start", type="primary", on_click=_request, args=(START,))
+    b1.button("Run batch", key="batch_start", type="primary", on_click=render.request, args=(START,))
     # A click on Cancel reruns the script: the running batch stops at its next heatmap (see _run).
     # Everything reported done is written; running again resumes.
-    b2.button("Cancel", key="batch_cancel", on_click=_request, args=(CANCEL,))
+    b2.button("Cancel", key="batch_cancel", on_click=render.request, args=(CANCEL,))
     token = st.session_state.setdefault(TOKEN, uuid.uuid4().hex)
     _other_runs(sel.dataset, start)
     if not start:

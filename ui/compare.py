@@ -12,7 +12,7 @@ from camcore import judge, methods, metrics, overlay, store
 from camcore.engine import Explainer
 from camcore.errors import CamError
 from camcore.models import LoadedModel
-from ui import cache
+from ui import cache, render
 
 MIN_GRID_COLUMNS = 3
 # The article's two studies, one click away: (model, layers, methods, target, aug, eigen).
@@ -94,7 +94,7 @@ def road_panel(ex: Explainer, table: list[dict], eigen: bool) -> None:
         about = (ex.model.spec.key, ex.model.weights_label, ex.image.path, ex.target.index, ex.aug_smooth,
                  ex.input_hw, choice, eigen)
         # A callback, not the return value: a click survives the router's one rerun.
-        st.button("Compute ROAD", key="road_go", on_click=_request, args=(ROAD_REQUESTED,))
+        st.button("Compute ROAD", key="road_go", on_click=render.request, args=(ROAD_REQUESTED,))
         if st.session_state.pop(ROAD_REQUESTED, False):
             with st.spinner("ROAD: removing pixels most / least relevant first…", show_time=True):
                 h = ex.heatmap(choice[0], choice[1], eigen)
@@ -112,9 +112,6 @@ def road_panel(ex: Explainer, table: list[dict], eigen: bool) -> None:
 
 RANK_REQUESTED, ROAD_REQUESTED = "rank_requested", "road_requested"
 
-
-def _request(flag: str) -> None:
-    st.session_state[flag] = True
 
 
 def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: float, default_class: int) -> None:
@@ -164,7 +161,7 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
             boxes = store.boxes_by_sample(view, field, label)
     waiting = bool(field and field != fallback and label is None)
     # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
-    st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=_request, args=(RANK_REQUESTED,), disabled=waiting,
+    st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=render.request, args=(RANK_REQUESTED,), disabled=waiting,
               help="Choose the object's label first." if waiting else None)
     # What a ranking is about: rows ranked under other settings are never shown as this one's.
     what = f"{cls} · {methods.METHODS[method].label} · {layer} · object from " + (

@@ -235,7 +235,9 @@ PUSH_REQUESTED, FINDING_REQUESTED = "push_requested", "finding_requested"
 FINDINGS_APP = "fo_launched_findings"  # the port where the Findings page pointed the App at its view
 
 
-def _request(flag: str) -> None:
+def request(flag: str) -> None:
+    """A button's on_click: a click survives the router's one rerun (router.ensure_routed), a
+    return value would not. The page pops the flag."""
     st.session_state[flag] = True
 
 
@@ -275,7 +277,7 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
                ex.aug_smooth, eigen_smooth, tuple((h.method, h.layer) for h in shown))
     # Callbacks, not return values: a click survives the router's one rerun (router.ensure_routed).
     c1.button(f"Push {_plural(len(shown), 'heatmap')} to FiftyOne", type="primary", key="push", disabled=not shown,
-              on_click=_request, args=(PUSH_REQUESTED,))
+              on_click=request, args=(PUSH_REQUESTED,))
     if st.session_state.pop(PUSH_REQUESTED, False) and shown:
         try:
             with st.spinner("Writing heatmaps…", show_time=True):
@@ -300,12 +302,11 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
         note = st.text_area("Note", max_chars=2000, placeholder="e.g. the plane is recognised by the sky")
         ref = fresh_label_selectbox(st, "About heatmap", list(range(len(shown))), lambda i: _caption(shown[i]),
                                     "finding_ref", disabled=not shown)
-        st.form_submit_button("Save finding", on_click=_request, args=(FINDING_REQUESTED,))
+        st.form_submit_button("Save finding", on_click=request, args=(FINDING_REQUESTED,))
         if st.session_state.pop(FINDING_REQUESTED, False):
             chosen = custom.strip() if tag == "other…" else tag
-            if not re.search(r"[A-Za-z0-9]", chosen):
-                st.error("Type the finding's name in 'Other finding' (letters or digits), then save again."
-                         if tag == "other…" else f"Finding {chosen!r} needs letters or digits.")
+            if tag == "other…" and not re.search(r"[A-Za-z0-9]", chosen):  # the store's rule, said for the form
+                st.error("Type the finding's name in 'Other finding' (letters or digits), then save again.")
             else:
                 try:
                     dataset = store.load_dataset(sel.dataset)
