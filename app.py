@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 import streamlit as st  # noqa: E402
 
-from ui import router, sidebar  # noqa: E402
+from ui import router, sidebar, urlstate  # noqa: E402
 
-st.set_page_config(page_title="CAM Explorer", page_icon=":material/local_fire_department:", layout="wide")
+# A shipped icon: a :material/…: or emoji page icon makes the browser fetch it from a font/CDN host.
+st.set_page_config(page_title="CAM Explorer", page_icon=str(Path(__file__).parent / "ui" / "icon.png"),
+                   layout="wide")
 page = router.navigation()
 if sidebar.draw() is not None or page.url_path in router.DATASET_PAGES:
     page.run()
@@ -19,3 +22,5 @@ else:  # an empty view, an empty or failing dataset: no page may act on the prev
     st.warning(f"{sidebar.problem() or 'Pick a dataset and a sample in the sidebar.'} "
                "Nothing to explore, compare or run until the sidebar's view has samples.",
                icon=":material/filter_alt_off:")
+# After the page: the URL then names what this run put on screen (see ui/urlstate.py).
+urlstate.write(page.url_path)

@@ -735,6 +735,12 @@ def _retarget(session: fo.Session, dataset: fo.Dataset | fo.DatasetView, timeout
             time.sleep(0.25)
 
 
+def app_session() -> fo.Session | None:
+    """The App session this process serves (launch_app), or None: its view and selection are
+    views the explorer offers."""
+    return _SESSION
+
+
 def close_app() -> None:
     """Stop the App server this process started, if any."""
     global _SESSION

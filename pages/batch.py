@@ -24,8 +24,8 @@ def main() -> None:
         return
     spec = models.get_spec(sel.model)
     st.markdown("#### Batch")
-    st.caption(f"dataset **{sel.dataset}** · {len(sel.sample_ids)} samples in the sidebar's view · "
-               f"model **{spec.label}**")
+    st.text(f"dataset {sel.dataset} · {sel.count:,} samples in the sidebar's view "
+            f"({sel.view_spec.describe()}) · model {spec.label}")
 
     offered = [m for m in methods.methods_for(spec.task, spec.family) if not m.layer_independent]
     c1, c2, c3 = st.columns([3, 3, 2])

@@ -5,12 +5,10 @@ from ui import router
 
 router.ensure_routed("compare")
 
-import os  # noqa: E402
-
 import streamlit as st  # noqa: E402
 
 from camcore import methods, metrics, overlay  # noqa: E402
-from ui import cache, compare, page, render, sidebar  # noqa: E402
+from ui import cache, compare, page, render, sidebar, text, urlstate  # noqa: E402
 
 
 def main() -> None:
@@ -18,7 +16,7 @@ def main() -> None:
     if sel is None:
         st.info("Pick a dataset and a sample in the sidebar.")
         return
-    st.markdown(f"#### Compare layers and methods · {os.path.basename(sel.filepath)}")
+    st.markdown(f"#### Compare layers and methods · {text.escape(sel.label)}")
     s1, s2 = st.columns(2)
     for col, key in zip((s1, s2), compare.STUDIES):
         col.button(compare.STUDIES[key]["label"], key=f"study_{key}", on_click=compare.apply_study, args=(key,),
@@ -35,6 +33,9 @@ def main() -> None:
     offered = [m.key for m in methods.methods_for(spec.task, spec.family)]
     c1, c2, c3 = st.columns([3, 3, 2])
     layer_names = [s.name for s in spec.layers]
+    linked_target = urlstate.apply_page(spec, layer_names, offered, f"cmp_layers_{spec.key}", "cmp_methods")
+    if linked_target is not None:
+        st.session_state["cmp_target_request"] = linked_target
     # Sticky: the choices survive a visit to another page and a run that could not draw them.
     layers = render.sticky_multiselect(c1, "Rows: layers", layer_names, [spec.default_layer],
                                        key=f"cmp_layers_{spec.key}")
@@ -50,6 +51,7 @@ def main() -> None:
         base = cache.explainer(loaded, image_key, img, None, False, sel.input_size)
     target = render.target_picker(c1, base.prediction, base.class_names, key="cmp_target",
                                   requested=st.session_state.pop("cmp_target_request", None))
+    urlstate.remember_page(layers, chosen, base.class_names[int(target)] if target is not None else None)
     with st.spinner("Running the model…", show_time=True):
         ex = cache.explainer(loaded, image_key, img, target, aug, sel.input_size)
     for e in render.compute(ex, [(m, layer) for layer in layers for m in chosen], eigen):

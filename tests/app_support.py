@@ -27,3 +27,24 @@ def start(page: str | None = None) -> AppTest:
         at.switch_page(page)
         run(at)
     return at
+
+
+def open_sample(at: AppTest, sample_id: str, search: str | None = None) -> AppTest:
+    """Open a sample as a user does: search its path in the sidebar, pick the match (does not run).
+    `search` defaults to the sample's file name."""
+    import os
+
+    import fiftyone as fo
+
+    if search is None:
+        dataset = fo.load_dataset(at.sidebar.selectbox(key="dataset").value)
+        search = os.path.basename(dataset[sample_id].filepath)
+    at.sidebar.text_input(key="nav_search").input(search)
+    run(at)
+    at.sidebar.selectbox(key="nav_search_pick").set_value(sample_id)
+    return at
+
+
+def current_sample(at: AppTest) -> str:
+    """The id of the sample the pages act on."""
+    return at.session_state["selection"].sample_id

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from app_support import APP, TIMEOUT, run
+from app_support import APP, TIMEOUT, current_sample, open_sample, run
 from streamlit.testing.v1 import AppTest
 
 from ui import sidebar
@@ -40,8 +40,8 @@ def app() -> AppTest:
 def test_default_run_shows_the_demo_sample_with_an_overlay(app):
     at = app
     assert at.sidebar.selectbox(key="dataset").value == "cam-explorer-demo"
-    sample = at.sidebar.selectbox(key="sample_id")
-    assert sample.value in _sample_ids_by_name(at).values()
+    sample = current_sample(at)
+    assert sample in _sample_ids_by_name(at).values()
     assert at.sidebar.selectbox(key="model").value == "efficientnet_lite0"
     assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_AUTO
     assert at.multiselect(key="methods").value == ["gradcam"]
@@ -52,7 +52,8 @@ def test_default_run_shows_the_demo_sample_with_an_overlay(app):
     assert at.button(key="push").label.startswith("Push 1 heatmap")
     # the page header names the chosen sample's file
     names = {v: k for k, v in _sample_ids_by_name(at).items()}
-    assert any(names[sample.value] in m.value for m in at.markdown)
+    assert any(names[sample] in m.value for m in at.markdown)
+    assert any(sample in t.value for t in at.main.text)  # the id, as text
 
 
 def test_sample_and_method_changes_rerun_and_keep_state(app):
@@ -66,25 +67,26 @@ def test_sample_and_method_changes_rerun_and_keep_state(app):
     assert any(c.startswith("Eigen-CAM · head") for c in captions), captions
     assert at.button(key="push").label.startswith("Push 2 heatmap")
 
-    at.sidebar.selectbox(key="sample_id").set_value(names["chelsea.png"])
+    open_sample(at, names["chelsea.png"])
     _run(at)
-    assert at.sidebar.selectbox(key="sample_id").value == names["chelsea.png"]
+    assert current_sample(at) == names["chelsea.png"]
     assert at.multiselect(key="methods").value == ["gradcam", "eigencam"]  # survived the sample change
     assert any("chelsea.png" in m.value for m in at.markdown)
     # a pretrained model calls this photo a cat; the auto target names the top-1 class
     assert any(w in _heatmap_captions(at)[0] for w in ("cat", "tabby")), _heatmap_captions(at)
 
-    order = list(at.sidebar.selectbox(key="sample_id").options)
+    import fiftyone as fo
+
+    order = fo.load_dataset(at.sidebar.selectbox(key="dataset").value).values("id")
     at.sidebar.button(key="next_sample").click()
     _run(at)
-    now = at.sidebar.selectbox(key="sample_id")
-    assert now.format_func(now.value) == order[order.index("chelsea.png") + 1]
+    assert current_sample(at) == order[order.index(names["chelsea.png"]) + 1]
     assert at.multiselect(key="methods").value == ["gradcam", "eigencam"]
     assert len({c.split(" · ")[0] for c in _heatmap_captions(at)}) == 2
 
     at.button(key=f"thumb_{names['coffee.png']}").click()  # the thumbnail strip opens a sample too
     _run(at)
-    assert at.sidebar.selectbox(key="sample_id").value == names["coffee.png"]
+    assert current_sample(at) == names["coffee.png"]
     assert at.multiselect(key="methods").value == ["gradcam", "eigencam"]
 
 
@@ -94,7 +96,7 @@ def test_deeplab_offline_explains_weights_then_untrained_works(app, monkeypatch,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     at = app
     names = _sample_ids_by_name(at)
-    at.sidebar.selectbox(key="sample_id").set_value(names["astronaut.png"])
+    open_sample(at, names["astronaut.png"])
     at.sidebar.selectbox(key="model").set_value("deeplabv3")
     _run(at)
     at.sidebar.select_slider(key="input_size").set_value(256)
@@ -177,7 +179,7 @@ def test_target_label_names_the_current_samples_top1(app):
     at = app
     names = _sample_ids_by_name(at)
     for filename, words in (("chelsea.png", ("cat", "tabby")), ("coffee.png", ("espresso", "cup"))):
-        at.sidebar.selectbox(key="sample_id").set_value(names[filename])
+        open_sample(at, names[filename])
         _run(at)
         box = at.selectbox(key="target_1000")
         label = box.format_func(box.value)
@@ -190,7 +192,7 @@ def test_target_label_names_the_current_samples_top1(app):
 def test_saved_fields_note_belongs_to_its_sample_and_says_replaced(app):
     at = app
     names = _sample_ids_by_name(at)
-    at.sidebar.selectbox(key="sample_id").set_value(names["rocket.jpg"])
+    open_sample(at, names["rocket.jpg"])
     _run(at)
     at.button(key="push").click()
     _run(at)
@@ -284,7 +286,7 @@ def test_a_blank_map_is_said_not_shown_as_an_empty_overlay(app):
     at.sidebar.selectbox(key="model").set_value("deit_tiny")
     _run(at)  # no DeiT weights offline: untrained is chosen next, explicitly
     at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
-    at.sidebar.selectbox(key="sample_id").set_value(_sample_ids_by_name(at)["chelsea.png"])
+    open_sample(at, _sample_ids_by_name(at)["chelsea.png"])
     _run(at)
     assert any("BLANK" in c for c in _heatmap_captions(at)), _heatmap_captions(at)
     assert any("Blank map" in w for w in _texts(at.warning)), _texts(at.warning)

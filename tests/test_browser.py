@@ -172,6 +172,22 @@ def choose(page: Page, label: str, option: str, scope: Page | Locator | None = N
     expect(box.get_by_role("combobox")).to_have_value(option)
 
 
+def open_sample(page: Page, name: str) -> None:
+    """Open a sample as a user does: search its path in the sidebar, pick the one match."""
+    sidebar = page.get_by_test_id("stSidebar")
+    box = widget(page, "stTextInput", "Find by file path", sidebar).get_by_role("textbox")
+    box.fill(name)
+    box.press("Enter")
+    matches = sidebar.get_by_test_id("stSelectbox").filter(
+        has=page.get_by_test_id("stWidgetLabel").get_by_text(re.compile(r"^Matches \(")))
+    expect(matches).to_have_count(1, timeout=RUN_TIMEOUT)
+    matches.get_by_role("button", name="Open").click()
+    page.get_by_role("option", name=re.compile(rf"(^|/){re.escape(name)}$")).first.click()
+    expect(sidebar.get_by_test_id("stText").filter(has_text=re.compile(rf"(^|/){re.escape(name)}$"))
+           ).to_have_count(1, timeout=RUN_TIMEOUT)
+    settle(page)
+
+
 def add_to_multiselect(page: Page, label: str, option: str) -> None:
     box = widget(page, "stMultiSelect", label)
     expect(box).to_have_count(1, timeout=RUN_TIMEOUT)
@@ -245,7 +261,7 @@ def test_explore_overlay_opacity_and_push(server: Server, page: Page):
     sent: list[bytes] = []
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     open_app(page, server.url)
-    choose(page, "Sample", "chelsea.png", page.get_by_test_id("stSidebar"))
+    open_sample(page, "chelsea.png")
     choose(page, "Model", EFFICIENTNET, page.get_by_test_id("stSidebar"))
     settle(page)
     expect(page.get_by_role("heading", name="chelsea.png")).to_be_visible()
@@ -328,7 +344,7 @@ def test_record_a_finding_and_see_it_on_findings(server: Server, page: Page):
 
     note = f"the silhouette is read as a dog (test {uuid.uuid4().hex[:6]})"
     open_app(page, server.url)
-    choose(page, "Sample", "horse.png", page.get_by_test_id("stSidebar"))
+    open_sample(page, "horse.png")
     settle(page)
     expect(overlay(page, "Grad-CAM · head")).to_be_visible(timeout=RUN_TIMEOUT)
     form = page.get_by_test_id("stForm")
@@ -356,7 +372,7 @@ def test_record_a_finding_and_see_it_on_findings(server: Server, page: Page):
 def test_deeplab_offline_then_untrained(server: Server, page: Page):
     sidebar = page.get_by_test_id("stSidebar")
     open_app(page, server.url)
-    choose(page, "Sample", "astronaut.png", sidebar)
+    open_sample(page, "astronaut.png")
     settle(page)
     choose(page, "Model", DEEPLAB, sidebar)
     error = page.get_by_test_id("stAlert").filter(has_text="No pretrained weights")
@@ -483,3 +499,81 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
         assert all(label is not None and os.path.isfile(label.map_path) for label in ds.values(field))
     finally:
         ds.delete()
+
+
+# -- real datasets: repeated names, positions, the URL as state ---------------------------------
+
+@pytest.fixture
+def repeated_names():
+    """a/frame.jpg, a/other.jpg, b/frame.jpg (copies of demo images) in a persistent dataset that
+    the server process loads by name."""
+    import shutil
+
+    import fiftyone as fo
+
+    from camcore import demo_data
+
+    src = demo_data.ensure_demo_dataset().values("filepath")[:3]
+    root = Path(tempfile.mkdtemp(prefix="cam-explorer-repeated-"))
+    paths = []
+    for path, rel in zip(src, ("a/frame.jpg", "a/other.jpg", "b/frame.jpg")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / rel)
+        paths.append(str(root / rel))
+    ds = fo.Dataset(f"repeated-{uuid.uuid4().hex[:8]}", persistent=True)
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    yield ds
+    ds.delete()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _sidebar_path(page: Page) -> Locator:
+    return page.get_by_test_id("stSidebar").get_by_test_id("stText").first
+
+
+def test_next_reaches_every_sample_with_repeated_names_and_the_url_follows(server: Server, page: Page,
+                                                                            repeated_names):
+    ids = repeated_names.values("id")
+    open_app(page, f"{server.url}/findings?dataset={repeated_names.name}")
+    expect(page.get_by_role("heading", name=f"Findings in {repeated_names.name}")).to_be_visible(
+        timeout=RUN_TIMEOUT)
+    sidebar = page.get_by_test_id("stSidebar")
+    seen = []
+    for k in range(4):
+        expect(page).to_have_url(re.compile(rf"sample={ids[k % 3]}"), timeout=UI_TIMEOUT)  # no lag of one step
+        seen.append(_sidebar_path(page).inner_text())
+        if k < 3:
+            sidebar.get_by_role("button", name="▶").click()
+            settle(page)
+    assert seen == ["a/frame.jpg", "a/other.jpg", "b/frame.jpg", "a/frame.jpg"], seen
+    sidebar.get_by_role("button", name="◀").click()
+    settle(page)
+    expect(_sidebar_path(page)).to_have_text("b/frame.jpg")
+    expect(page).to_have_url(re.compile(rf"sample={ids[2]}"))
+
+
+def test_a_link_restores_sample_model_and_methods_on_a_fresh_server(browser: Browser, repeated_names):
+    ids = repeated_names.values("id")
+    ARTIFACTS.mkdir(exist_ok=True)
+    fresh = Server(ARTIFACTS / "streamlit-link-server.log")
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(f"{fresh.url}/explore?dataset={repeated_names.name}&sample={ids[2]}"
+                  "&model=efficientnet_lite0&methods=gradcam,eigencam&layers=head")
+        expect(page.get_by_test_id("stApp")).to_be_visible(timeout=UI_TIMEOUT)
+        expect(overlay(page, "Eigen-CAM · head")).to_have_count(1, timeout=RUN_TIMEOUT)
+        settle(page)
+        expect(_sidebar_path(page)).to_have_text("b/frame.jpg")
+        expect(page.get_by_test_id("stText").filter(has_text=f"id {ids[2]}")).to_have_count(1)
+        expect(page).to_have_url(re.compile(rf"/(explore)?\?.*sample={ids[2]}"))  # Explore is the default page: /
+        expect(page).to_have_url(re.compile(r"methods=gradcam%2Ceigencam|methods=gradcam,eigencam"))
+        page.get_by_test_id("stSidebar").get_by_role("button", name="◀").click()
+        expect(_sidebar_path(page)).to_have_text("a/other.jpg", timeout=RUN_TIMEOUT)
+        settle(page)
+        expect(page.get_by_test_id("stText").filter(has_text=f"id {ids[1]}")).to_have_count(1)
+        expect(page).to_have_url(re.compile(rf"sample={ids[1]}"))  # the same run wrote it: no lag
+        expect(page).to_have_url(re.compile(r"methods=gradcam(%2C|,)eigencam"))
+    finally:
+        context.close()
+        fresh.stop()

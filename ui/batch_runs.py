@@ -8,7 +8,7 @@ import uuid
 
 import streamlit as st
 
-from camcore import batch, store
+from camcore import batch
 
 LAST = "batch_last_report"  # what the last (or interrupted) run reported, for the next rerun
 TOKEN = "batch_session_token"  # this session's mark on the runs it starts (a reload is a new session)
@@ -78,7 +78,7 @@ def run(sel, chosen_methods, chosen_layers, target, eigen_smooth, fields, token)
     lock, runs = _runs()
     run_id = uuid.uuid4().hex
     entry = {"dataset": sel.dataset, "token": token, "session": ctx.session_id if ctx else None,
-             "state": "running", "done": 0, "total": len(sel.sample_ids), "fields": list(fields),
+             "state": "running", "done": 0, "total": sel.count, "fields": list(fields),
              "started": time.time()}
     with lock:  # a new run on this dataset resumes what an interrupted one left
         for key in [k for k, r in runs.items() if r["dataset"] == sel.dataset and r["state"] != "running"]:
@@ -102,8 +102,7 @@ def run(sel, chosen_methods, chosen_layers, target, eigen_smooth, fields, token)
 
     outcome = "failed"
     try:
-        dataset = store.load_dataset(sel.dataset)
-        view = dataset.select(list(sel.sample_ids), ordered=True)
+        view = sel.view()  # the sidebar's view itself (stages), read a page at a time by the batch
         report = batch.run_batch(view, sel.model, sel.weights, chosen_methods, chosen_layers, target,
                                  eigen_smooth, sel.input_size, progress=progress, cancel=cancel)
         if not report.cancelled:

@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import streamlit as st
 
-from camcore import demo_data, engine, images, models
+from camcore import demo_data, engine, images, models, store, views
 
 EXPLAINERS_PER_SESSION = 4  # each holds one image's activations and gradients
 
@@ -62,3 +62,29 @@ def explainer(
     return ex
 
 
+
+
+# Per-dataset facts that cost one server-side pass over the dataset (distinct values) or a few
+# index lookups: computed once a minute at most, never on every click.
+DATASET_FACTS_TTL = 60
+
+
+@st.cache_data(ttl=DATASET_FACTS_TTL, max_entries=64, show_spinner=False)
+def distinct_tags(dataset_name: str) -> list[str]:
+    return sorted(str(t) for t in store.load_dataset(dataset_name).distinct("tags"))
+
+
+@st.cache_data(ttl=DATASET_FACTS_TTL, max_entries=64, show_spinner=False)
+def label_values(dataset_name: str, field: str) -> list[str]:
+    return store.label_values(store.load_dataset(dataset_name), field)
+
+
+@st.cache_data(ttl=DATASET_FACTS_TTL, max_entries=64, show_spinner=False)
+def common_folder(dataset_name: str) -> str:
+    return views.common_folder(store.load_dataset(dataset_name))
+
+
+@st.cache_data(ttl=DATASET_FACTS_TTL, max_entries=256, show_spinner=False)
+def view_count(dataset_name: str, spec: views.ViewSpec) -> int:
+    """Samples in a view: one server-side count a minute at most (the position label's '/ N')."""
+    return views.count(views.build_view(store.load_dataset(dataset_name), spec))

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from camcore import judge, methods, metrics, overlay, store
+from camcore import judge, methods, metrics, overlay, store, views
 from camcore.engine import Explainer
 from camcore.errors import CamError
 from camcore.models import LoadedModel
-from ui import cache, render
+from ui import cache, render, text
 
 MIN_GRID_COLUMNS = 3
 # The article's two studies, one click away: (model, layers, methods, target, aug, eigen).
@@ -111,6 +111,8 @@ def road_panel(ex: Explainer, table: list[dict], eigen: bool) -> None:
 
 
 RANK_REQUESTED, ROAD_REQUESTED = "rank_requested", "road_requested"
+RANK_DEFAULT = 50  # samples ranked unless the user asks for more (each one is a model pass)
+RANK_PAGE = 16  # ranked samples shown per page
 
 
 
@@ -126,7 +128,11 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
     method = c2.selectbox("Method", chosen, format_func=lambda k: methods.METHODS[k].label, key="rank_method")
     layer = c3.selectbox("Layer", layers, key="rank_layer")
     dataset = store.load_dataset(sel.dataset)
-    view = dataset.select(list(sel.sample_ids))
+    # The sidebar's view itself (stages), its first N samples: each one costs a model pass.
+    limit = int(c4.number_input("Samples to rank", 1, max(1, sel.count), min(sel.count, RANK_DEFAULT),
+                                key="rank_limit", help=f"The first N of the {sel.count:,} samples in the "
+                                                       "sidebar's view (its order: sort it to choose which)."))
+    view = sel.view().limit(limit)
     boxes, masks = {}, {}
     # Where the object is: ground-truth masks or boxes from the dataset, or (segmentation models)
     # the model's own predicted mask.
@@ -161,15 +167,15 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
             boxes = store.boxes_by_sample(view, field, label)
     waiting = bool(field and field != fallback and label is None)
     # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
-    st.button(f"Rank {len(sel.sample_ids)} samples", key="rank_go", on_click=render.request, args=(RANK_REQUESTED,), disabled=waiting,
+    st.button(f"Rank {limit:,} samples", key="rank_go", on_click=render.request, args=(RANK_REQUESTED,), disabled=waiting,
               help="Choose the object's label first." if waiting else None)
     # What a ranking is about: rows ranked under other settings are never shown as this one's.
     what = f"{cls} · {methods.METHODS[method].label} · {layer} · object from " + (
         f"{field} = {label}" if field and field != fallback else (fallback or "no object labels"))
-    context = (sel.dataset, tuple(sel.sample_ids), loaded.spec.key, loaded.weights_label, sel.input_size, what)
+    context = (sel.dataset, sel.view_spec, limit, loaded.spec.key, loaded.weights_label, sel.input_size, what)
     if st.session_state.pop(RANK_REQUESTED, False):
         items = [judge.SampleItem(i, p, tuple(tuple(b) for b in boxes.get(i, ())), masks.get(i))
-                 for i, p in zip(sel.sample_ids, sel.filepaths)]
+                 for i, p in zip(*view.values(["id", "filepath"]))]
         bar = st.progress(0.0)
         rows = judge.rank_by_share_inside(loaded, items, method, layer, cls, threshold, sel.input_size,
                                           progress=lambda f, msg: bar.progress(f, text=msg))
@@ -184,12 +190,15 @@ def ranking_panel(sel, loaded: LoadedModel, chosen, layers, names, threshold: fl
         return
     rows = ranked["rows"]
     st.caption(f"Ranked for **{what}**, worst first; flagged below {threshold:.0%} on the object.")
+    pages = max(1, -(-len(rows) // RANK_PAGE))
+    shown = st.number_input(f"Page (of {pages}, {RANK_PAGE} a page)", 1, pages, 1, key="rank_page") if pages > 1 else 1
+    folder = cache.common_folder(sel.dataset)
     cols = st.columns(4)
-    for i, r in enumerate(rows):
+    for i, r in enumerate(rows[(shown - 1) * RANK_PAGE:shown * RANK_PAGE]):
         col = cols[i % 4]
-        name = os.path.basename(r.filepath)
+        name = text.escape(views.relative_label(r.filepath, folder))
         if r.heatmap is None:
-            col.caption(f"{name}: {r.error}")
+            col.caption(f"{name}: {text.escape(r.error)}")
             continue
         img = cache.image(r.filepath, os.path.getmtime(r.filepath))
         out = overlay.overlay(img.rgb, r.heatmap.map, 0.5, "jet")

@@ -8,13 +8,13 @@ import traceback
 import pandas as pd
 import streamlit as st
 
-from camcore import methods, overlay, store
+from camcore import methods, overlay, store, views
 from camcore.engine import Explainer
 from camcore.errors import CamError
 from camcore.images import LoadedImage
 from camcore.models import LoadedModel
 from camcore.results import Heatmap
-from ui import cache, sidebar
+from ui import cache, sidebar, text
 
 AUTO_TARGET = "__auto__"
 STRIP = 8  # thumbnails shown around the current sample
@@ -32,11 +32,10 @@ def unexpected(exc: BaseException) -> None:
 
 
 def thumbnail_strip(sel) -> None:
-    """A strip of the samples around the current one; a click opens that sample."""
-    i = sel.sample_ids.index(sel.sample_id)
-    lo = max(0, min(i - STRIP // 2, len(sel.sample_ids) - STRIP))
+    """A strip of the samples around the current one (one page read); a click opens that sample."""
     cols = st.columns(STRIP)
-    for col, sid, path in zip(cols, sel.sample_ids[lo:lo + STRIP], sel.filepaths[lo:lo + STRIP]):
+    folder = cache.common_folder(sel.dataset)
+    for col, (pos, sid, path) in zip(cols, sel.neighbours(STRIP)):
         try:
             thumb = cache.thumbnail(path, os.path.getmtime(path))
         except OSError:
@@ -46,11 +45,13 @@ def thumbnail_strip(sel) -> None:
         else:
             col.caption("(unreadable)")
         current = sid == sel.sample_id
-        name = os.path.basename(path)
+        name = views.relative_label(path, folder)
+        short = name if len(name) <= 18 else "…" + name[-17:]  # the end names the file
         # The current one is highlighted (primary), not disabled: a greyed button reads "unavailable".
-        col.button(("● " if current else "") + (name if len(name) <= 18 else name[:17] + "…"), key=f"thumb_{sid}",
-                   on_click=sidebar.choose_sample, args=(sid,), type="primary" if current else "secondary",
-                   width="stretch", help=name + (" (shown now)" if current else ""))
+        # Button labels render markdown: the name goes through text.escape.
+        col.button(("● " if current else "") + text.escape(short), key=f"thumb_{sid}",
+                   on_click=sidebar.choose_sample, args=(sid, pos), type="primary" if current else "secondary",
+                   width="stretch", help=text.escape(name) + (" (shown now)" if current else ""))
 
 
 def target_picker(container, prediction, names: tuple[str, ...], key: str | None = None,

@@ -1,31 +1,54 @@
 """The sidebar every page shares: what to look at (dataset, view, sample) and with what (model,
-weights). app.py draws it on every run and leaves a `Selection` in session_state for the pages."""
+weights). app.py draws it on every run and leaves a `Selection` in session_state for the pages.
+
+Cost per run does not grow with the view: the view is FiftyOne stages (`camcore.views`), the
+sample is a position in it, read with one server-side skip/limit per page of neighbours; counts
+and distinct values are cached for a minute. Samples are keyed by id everywhere and shown by
+their path relative to the dataset's common folder (repeated file names stay apart).
+"""
 from __future__ import annotations
 
-import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import streamlit as st
 
-from camcore import demo_data, models, store, weights
+from camcore import demo_data, models, store, views, weights
 from camcore.errors import CamError
-from ui import cache
+from ui import cache, urlstate
 
 WEIGHTS_AUTO = "pretrained (auto)"
 WEIGHTS_UNTRAINED = "untrained (random weights)"
 CPU_SEGMENTATION_SIZE = 320  # 520 takes ~15 s a pass on a laptop CPU; offered, not imposed
 
+VIEW_ALL, VIEW_APP, VIEW_APP_SELECTED = "all", "app:view", "app:selected"
+SAVED_PREFIX = "saved:"
+POSITION, GOTO, JUMP = "nav_position", "nav_goto", "_nav_jump_to"  # session-state keys
+PAGES_KEPT = 8  # pages of (id, path) kept per session
+
 
 @dataclass(frozen=True)
 class Selection:
     dataset: str
+    view_spec: views.ViewSpec
     sample_id: str
-    sample_ids: tuple[str, ...]  # the current view, for previous/next and the strip
-    filepaths: tuple[str, ...]  # same order as sample_ids
     filepath: str
+    label: str  # the path relative to the dataset's common folder
+    position: int  # 0-based, in the view
+    count: int  # samples in the view
     model: str
     weights: str  # "auto", "untrained" or a file in the weights folder
     input_size: int | None
+
+    def view(self):
+        """The FiftyOne view (stages, never a list of ids) the pages act on."""
+        return views.build_view(store.load_dataset(self.dataset), self.view_spec)
+
+    def neighbours(self, n: int) -> list[tuple[int, str, str]]:
+        """(position, sample id, filepath) of up to n samples around the current one."""
+        lo = max(0, min(self.position - n // 2, self.count - n))
+        return [(lo + k, sid, path) for k, (sid, path) in
+                enumerate(_page_rows(self.dataset, self.view_spec, lo, n))]
 
 
 def current() -> Selection | None:
@@ -52,18 +75,68 @@ def _load_quickstart() -> None:
         st.session_state["quickstart_error"] = str(exc)
 
 
-def choose_sample(sample_id: str) -> None:
-    """Callback for thumbnails: runs before the sidebar's selectbox is drawn again."""
-    st.session_state["sample_id"] = sample_id
+# ---------------------------------------------------------------- moving through the view (callbacks)
 
 
-def _step(delta: int, ids: tuple[str, ...]) -> None:
-    cur = st.session_state.get("sample_id")
-    i = ids.index(cur) if cur in ids else 0
-    st.session_state["sample_id"] = ids[(i + delta) % len(ids)]
+def choose_sample(sample_id: str, position: int | None = None) -> None:
+    """Open a sample: at a known position (thumbnails), or found by id (search, links, the App)."""
+    if position is None:
+        st.session_state[JUMP] = sample_id
+    else:
+        _set_position(position)
 
 
-NO_MATCH = "No samples in this view: clear or change the filter under 'Filter the view', or pick another dataset."
+def _set_position(position: int) -> None:
+    st.session_state[POSITION] = int(position)
+    st.session_state[GOTO] = int(position) + 1
+    st.session_state.pop(JUMP, None)
+
+
+def _step(delta: int, total: int) -> None:
+    _set_position((st.session_state.get(POSITION, 0) + delta) % max(1, total))
+
+
+def _goto() -> None:
+    _set_position(int(st.session_state[GOTO]) - 1)
+
+
+def _random(total: int) -> None:
+    _set_position(views.random_position(total))
+
+
+def _search_pick() -> None:
+    picked = st.session_state.get("nav_search_pick")
+    if picked:
+        st.session_state[JUMP] = picked
+        st.session_state["nav_search_pick"] = None  # picking the same match again opens it again
+
+
+# ---------------------------------------------------------------- reading pages of the view
+
+
+def _page_rows(dataset: str, spec: views.ViewSpec, start: int, n: int) -> list[tuple[str, str]]:
+    """(id, path) at positions start..start+n-1, from whole pages kept in the session."""
+    kept: OrderedDict = st.session_state.setdefault("_nav_pages", OrderedDict())
+    size = views.PAGE_SIZE
+    rows: list[tuple[str, str]] = []
+    first, last = start // size, (start + n - 1) // size
+    for p in range(first, last + 1):
+        key = (dataset, spec, p)
+        if key not in kept:
+            kept[key] = views.page(views.build_view(store.load_dataset(dataset), spec), p * size, size)
+            while len(kept) > PAGES_KEPT:
+                kept.popitem(last=False)
+        kept.move_to_end(key)
+        rows += kept[key]
+    offset = start - first * size
+    return rows[offset:offset + n]
+
+
+def _forget_pages() -> None:
+    st.session_state.pop("_nav_pages", None)
+
+
+NO_MATCH = "No samples in this view: clear or change the filter under 'Filter and sort', or pick another view."
 EMPTY_DATASET = "This dataset has no samples: add images or pick another dataset."
 PROBLEM = "selection_problem"  # why there is no selection (a message), for the pages
 
@@ -93,62 +166,172 @@ def draw() -> Selection | None:
         _no_selection(f"FiftyOne is not available: {exc}")
         return None
     names = [demo] + [n for n in names if n != demo]
+    urlstate.read_once(names)
+    if st.session_state.get("dataset") not in names:
+        st.session_state["dataset"] = demo
     name = sb.selectbox("Dataset", names, key="dataset", help="Any FiftyOne image dataset in your database.")
     if demo_data.QUICKSTART_NAME not in names:
         sb.button("Load FiftyOne's quickstart (needs internet)", key="load_quickstart", on_click=_load_quickstart,
                   help="Downloads the FiftyOne zoo 'quickstart' dataset (200 images with ground truth boxes).")
     if st.session_state.get("quickstart_error"):
         sb.error(st.session_state.pop("quickstart_error"))
-    ids, paths, trouble = _view(sb, name)
-    if trouble is None and not ids:
-        trouble = NO_MATCH
-    if trouble is None:
-        by_id = dict(zip(ids, paths))
-        if st.session_state.get("sample_id") not in by_id:
-            st.session_state["sample_id"] = ids[0]
-        sb.selectbox("Sample", ids, key="sample_id", format_func=lambda i: os.path.basename(by_id[i]),
-                     help=f"{len(ids)} samples in this view.")
-        prev_col, pos_col, next_col = sb.columns([1, 2, 1])
-        prev_col.button("◀", key="prev_sample", on_click=_step, args=(-1, ids), help="Previous sample")
-        pos_col.caption(f"{ids.index(st.session_state['sample_id']) + 1} / {len(ids)}")
-        next_col.button("▶", key="next_sample", on_click=_step, args=(1, ids), help="Next sample")
-    else:
-        sb.warning(trouble)
-
-    # The model and weights stay on screen (and keep their values) whatever the dataset holds.
-    model_key, weights_value, input_size = _how_to_look(sb)
+    found, trouble = _where(sb, name)
+    urlstate.show_messages(sb)
+    model_key, weights_value, input_size = _how_to_look(sb)  # stays drawn, whatever the dataset holds
     if trouble is not None:
+        sb.warning(trouble)
         _no_selection(trouble)
         return None
+    spec, position, total, sample_id, path, label = found
     st.session_state.pop(PROBLEM, None)
-    sel = Selection(name, st.session_state["sample_id"], ids, paths, by_id[st.session_state["sample_id"]],
-                    model_key, weights_value, input_size)
+    sel = Selection(name, spec, sample_id, path, label, position, total, model_key, weights_value, input_size)
     st.session_state["selection"] = sel
     return sel
 
 
-def _view(sb, name: str) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
-    """The filtered view's sample ids and file paths, or a message saying why there are none."""
+def _where(sb, name: str):
+    """The view and the current sample in it, or (None, a message saying why there is none)."""
     try:
         dataset = store.load_dataset(name)
-        if len(dataset) == 0:  # before require_image: an empty dataset has no media type yet
-            return (), (), EMPTY_DATASET
+        if views.count(dataset) == 0:  # before require_image: an empty dataset has no media type yet
+            return None, EMPTY_DATASET
         store.require_image(dataset)
-        tags = sorted(dataset.distinct("tags"))
-        with sb.expander("Filter the view", expanded=False):
-            chosen_tags = st.multiselect("Samples tagged", tags, key="view_tags")
-            contains = st.text_input("File name contains", key="view_filename")
-            fields = store.label_fields(dataset)
-            field = st.selectbox("Label field", [None] + fields, key="view_label_field",
-                                 format_func=lambda f: "(any)" if f is None else f)
-            label = (st.selectbox("Label", [None] + store.label_values(dataset, field), key="view_label",
-                                  format_func=lambda v: "(any)" if v is None else v) if field else None)
-        view = store.make_view(dataset, tags=chosen_tags or None, label_field=field, label=label,
-                               filename_contains=contains or None)
-        ids, paths = view.values(["id", "filepath"])
+        spec = _view_spec(sb, dataset)
+        total = cache.view_count(name, spec)
+        if total == 0:
+            return None, NO_MATCH
+        view_key = (name, spec)
+        if st.session_state.get("_nav_view") != view_key:
+            _enter_view(view_key)
+        position = _resolve_jump(sb, dataset, spec)
+        position = min(max(0, st.session_state.get(POSITION, 0) if position is None else position), total - 1)
+        _set_position(position)
+        rows = _page_rows(name, spec, position, 1)
+        if not rows:  # the view shrank since it was counted: count again, start over
+            cache.view_count.clear()
+            _forget_pages()
+            _set_position(0)
+            return _where(sb, name) if cache.view_count(name, spec) else (None, NO_MATCH)
+        sample_id, path = rows[0]
+        label = views.relative_label(path, cache.common_folder(name))
+        _navigator(sb, name, spec, total, label)
     except CamError as exc:
-        return (), (), f"{exc}. Pick another dataset."
-    return tuple(ids), tuple(paths), None
+        return None, f"{exc}. Pick another dataset or view."
+    return (spec, position, total, sample_id, path, label), None
+
+
+def _enter_view(view_key) -> None:
+    """Another dataset or view: keep the current sample when it is in the new view (found by id),
+    else start at its first sample."""
+    previous = st.session_state.get("selection")
+    st.session_state["_nav_view"] = view_key
+    _forget_pages()
+    if JUMP not in st.session_state:
+        if previous is not None and previous.dataset == view_key[0]:
+            st.session_state[JUMP] = previous.sample_id
+            st.session_state["_nav_jump_quiet"] = True  # not finding it here is no news
+        else:
+            _set_position(0)
+
+
+def _resolve_jump(sb, dataset, spec: views.ViewSpec) -> int | None:
+    """A pending jump to a sample id (a link, a search result, the App): its position, or None
+    after saying that it is not in this view."""
+    sample_id = st.session_state.pop(JUMP, None)
+    quiet = st.session_state.pop("_nav_jump_quiet", False)
+    if not sample_id:
+        return None
+    position = views.position_of(views.build_view(dataset, spec), spec, sample_id)
+    if position is None and not quiet:
+        urlstate.say(f"Sample {sample_id!r} is not in this view; showing the view's first sample.")
+    return 0 if position is None else position
+
+
+def _navigator(sb, name: str, spec: views.ViewSpec, total: int, label: str) -> None:
+    """◀ position / N ▶, a position to jump to, a random sample, a search on the file path."""
+    sb.text(label)  # the sample's path relative to the dataset's folder: text, never markup
+    prev_col, pos_col, next_col = sb.columns([1, 2, 1], vertical_alignment="center")
+    prev_col.button("◀", key="prev_sample", on_click=_step, args=(-1, total), help="Previous sample")
+    pos_col.number_input("Position", 1, total, key=GOTO, on_change=_goto, label_visibility="collapsed",
+                         help=f"Position in the view (1 to {total}); type one to jump there.")
+    next_col.button("▶", key="next_sample", on_click=_step, args=(1, total), help="Next sample")
+    r1, r2 = sb.columns([2, 3], vertical_alignment="center")
+    r1.caption(f"of {total:,}")
+    r2.button("Random sample", key="random_sample", on_click=_random, args=(total,), width="stretch")
+    query = sb.text_input("Find by file path", key="nav_search", placeholder="part of a path, e.g. val/frame_01",
+                          help=f"Searched on the server; the first {views.SEARCH_LIMIT} matches are listed.")
+    if query.strip():
+        found = views.search(views.build_view(store.load_dataset(name), spec), query)
+        if not found:
+            sb.caption("No file path in this view contains that text.")
+        else:
+            folder = cache.common_folder(name)
+            labels = {sid: views.relative_label(path, folder) for sid, path in found}
+            sb.selectbox(f"Matches ({len(found)}{'+' if len(found) == views.SEARCH_LIMIT else ''})",
+                         list(labels), index=None, key="nav_search_pick", format_func=labels.get,
+                         placeholder="open a match", on_change=_search_pick)
+
+
+# ---------------------------------------------------------------- the view: saved, the App's, filters, sort
+
+
+def _view_choices(dataset) -> dict[str, str]:
+    choices = {VIEW_ALL: "All samples"}
+    for saved in dataset.list_saved_views():
+        choices[SAVED_PREFIX + saved] = f"Saved view: {saved}"
+    session = store.app_session()
+    if session is not None and session.dataset is not None and session.dataset.name == dataset.name:
+        choices[VIEW_APP] = "The FiftyOne App's current view"
+        choices[VIEW_APP_SELECTED] = f"Selected in the FiftyOne App ({len(session.selected or [])})"
+    return choices
+
+
+def _view_spec(sb, dataset) -> views.ViewSpec:
+    choices = _view_choices(dataset)
+    urlstate.check_view(choices)
+    if st.session_state.get("view_choice") not in choices:
+        st.session_state["view_choice"] = VIEW_ALL
+    choice = sb.selectbox("View", list(choices), key="view_choice", format_func=choices.get,
+                          help="The dataset's saved views, and the FiftyOne App's view and selection when the App "
+                               "was launched from here.")
+    base: dict = {}
+    if choice.startswith(SAVED_PREFIX):
+        base["saved_view"] = choice[len(SAVED_PREFIX):]
+    elif choice in (VIEW_APP, VIEW_APP_SELECTED):
+        session = store.app_session()
+        if choice == VIEW_APP:
+            base["app_stages"] = views.app_view_spec(session.view)
+        else:
+            selected = tuple(session.selected or ())
+            if not selected:
+                sb.caption("Nothing is selected in the App: showing all samples.")
+            base["selected"] = selected
+    with sb.expander("Filter and sort", expanded=False):
+        tags = cache.distinct_tags(dataset.name)
+        chosen_tags = st.multiselect("Samples tagged", tags, key="view_tags")
+        contains = st.text_input("File name contains", key="view_filename")
+        fields = store.label_fields(dataset)
+        field = st.selectbox("Label field", [None] + fields, key="view_label_field",
+                             format_func=lambda f: "(any)" if f is None else f)
+        label, confidence = None, None
+        if field:
+            label = st.selectbox("Class", [None] + cache.label_values(dataset.name, field), key="view_label",
+                                 format_func=lambda v: "(any)" if v is None else v)
+            if views.has_confidence(dataset, field):
+                lo, hi = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key="view_confidence")
+                confidence = None if (lo, hi) == (0.0, 1.0) else (lo, hi)
+        sortable = views.sortable_fields(dataset)
+        sort_field = st.selectbox("Sort by", [None] + sortable, key="view_sort",
+                                  format_func=lambda f: "(the view's own order)" if f is None else f,
+                                  help="Any scalar field: a Brain uniqueness or mistakenness, a prediction's "
+                                       "confidence, a date…")
+        reverse = st.toggle("Descending", key="view_sort_desc", disabled=sort_field is None)
+    return views.ViewSpec(tags=tuple(chosen_tags), label_field=field or "", label=label or "",
+                          confidence=confidence, filename_contains=contains.strip(),
+                          sort_field=sort_field or "", sort_reverse=bool(reverse and sort_field), **base)
+
+
+# ---------------------------------------------------------------- how to look: model, weights, size
 
 
 def _remember(per_model_key: str, widget_key: str, model_key: str, default):
@@ -164,12 +347,14 @@ def _remember(per_model_key: str, widget_key: str, model_key: str, default):
 def _how_to_look(sb) -> tuple[str, str, int | None]:
     sb.markdown("### How to look")
     keys = list(models.MODELS)
-    st.session_state.setdefault("model", models.DEFAULT_MODEL)  # no index=: study buttons set it too
+    if st.session_state.get("model") not in keys:  # no index=: study buttons and links set it too
+        st.session_state["model"] = models.DEFAULT_MODEL
     model_key = sb.selectbox("Model", keys, key="model", format_func=lambda k: models.MODELS[k].label,
                              help="\n\n".join(f"**{m.label}**: {m.description}" for m in models.MODELS.values()))
     choices = _weights_choices()
     # Weights are chosen per model: "untrained" for DeiT must not follow the user to EfficientNet.
     memory = _remember("_weights_by_model", "weights_choice", model_key, WEIGHTS_AUTO)
+    urlstate.apply_weights(choices)
     if st.session_state["weights_choice"] not in choices:  # a weights file that was removed
         st.session_state["weights_choice"] = WEIGHTS_AUTO
     label = sb.selectbox("Weights", list(choices), key="weights_choice",

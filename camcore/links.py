@@ -1,0 +1,82 @@
+"""The explorer's URL is its state: one format, written by the app, the Findings page and the
+FiftyOne plugin, read back by the app on a fresh session.
+
+    /explore?dataset=NAME&view=SAVED_VIEW&sample=ID&model=KEY&weights=W&layers=a,b&methods=x,y&target=CLASS
+
+Every value is optional; unknown ones are reported by the reader, never raised.
+"""
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_BASE_URL = "http://localhost:8501"
+BASE_URL_ENV = "CAM_EXPLORER_URL"  # where the explorer is served, for links made outside it
+LIST_KEYS = ("layers", "methods")
+SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target")
+PAGES = ("explore", "compare", "batch", "findings")
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What a URL asks for. Empty strings and tuples mean "not given"."""
+
+    dataset: str = ""
+    view: str = ""  # a saved view's name
+    sample: str = ""  # a sample id
+    model: str = ""
+    weights: str = ""
+    target: str = ""
+    layers: tuple[str, ...] = field(default_factory=tuple)
+    methods: tuple[str, ...] = field(default_factory=tuple)
+
+    def params(self) -> dict[str, str]:
+        """Query parameters, in a stable order, without the empty ones."""
+        out: dict[str, str] = {}
+        for key in SCALAR_KEYS:
+            if getattr(self, key):
+                out[key] = str(getattr(self, key))
+        for key in LIST_KEYS:
+            if getattr(self, key):
+                out[key] = ",".join(getattr(self, key))
+        return out
+
+
+def base_url() -> str:
+    return os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL).rstrip("/")
+
+
+def explorer_url(state: LinkState, page: str = "explore", base: str | None = None) -> str:
+    """The explorer's URL for that state, e.g. for a finding or the FiftyOne plugin."""
+    if page not in PAGES:
+        raise ValueError(f"unknown page {page!r}; one of {', '.join(PAGES)}")
+    query = urllib.parse.urlencode(state.params(), quote_via=urllib.parse.quote)
+    return f"{(base or base_url()).rstrip('/')}/{page}" + (f"?{query}" if query else "")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+
+
+def parse(params: Mapping[str, str | Sequence[str]]) -> LinkState:
+    """A LinkState from query parameters (st.query_params, or parse_qs output). Repeated keys:
+    the last value wins, as in Streamlit."""
+    values: dict[str, str] = {}
+    for key in SCALAR_KEYS + LIST_KEYS:
+        raw = params.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, str):
+            raw = list(raw)[-1] if list(raw) else ""
+        values[key] = raw.strip()
+    lists = {k: _split(values.pop(k)) for k in LIST_KEYS if k in values}
+    return LinkState(**values, **lists)
+
+
+def parse_url(url: str) -> tuple[str, LinkState]:
+    """(page, state) of an explorer URL."""
+    parts = urllib.parse.urlsplit(url)
+    page = parts.path.rstrip("/").rsplit("/", 1)[-1] or "explore"
+    return page, parse(urllib.parse.parse_qs(parts.query))

@@ -1,0 +1,181 @@
+"""The sidebar on real-world datasets (AppTest, real MongoDB): repeated file names, positions,
+search, saved views, sorting, the App's selection, and the URL as state."""
+from __future__ import annotations
+
+import socket
+
+import fiftyone as fo
+import pytest
+from app_support import APP, TIMEOUT, current_sample, open_sample, run
+from fo_helpers import unique_name, write_images
+from streamlit.testing.v1 import AppTest
+
+from camcore import store
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture
+def repeated(tmp_path):
+    """Repeated file names across folders, plus a field to sort by and a saved view."""
+    paths = write_images(tmp_path / "a", ["frame.jpg", "other.jpg"]) + write_images(tmp_path / "b", ["frame.jpg"])
+    dataset = fo.Dataset(unique_name("repeated"), persistent=True)
+    dataset.add_samples([fo.Sample(filepath=p, uniqueness=u, tags=["val"] if i else ["train"])
+                         for i, (p, u) in enumerate(zip(paths, [0.2, 0.9, 0.5]))])
+    dataset.save_view("val-only", dataset.match_tags("val"))
+    yield dataset
+    dataset.delete()
+
+
+def _at_findings(dataset_name: str | None = None, **params) -> AppTest:
+    """The app on the Findings page (no model pass: the sidebar is what is tested)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in params.items():
+        at.query_params[key] = value
+    run(at)
+    at.switch_page("pages/findings.py")
+    run(at)
+    if dataset_name:
+        at.sidebar.selectbox(key="dataset").set_value(dataset_name)
+        run(at)
+    return at
+
+
+def _sidebar_texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.sidebar.text]
+
+
+def test_next_and_previous_reach_every_sample_by_id_with_repeated_names(repeated):
+    ids = repeated.values("id")
+    at = _at_findings(repeated.name)
+    assert current_sample(at) == ids[0]
+    assert "a/frame.jpg" in _sidebar_texts(at)  # relative to the common folder: told apart
+    seen = [current_sample(at)]
+    for _ in range(3):
+        at.sidebar.button(key="next_sample").click()
+        run(at)
+        seen.append(current_sample(at))
+    assert seen == [ids[0], ids[1], ids[2], ids[0]]  # every one once, then around
+    assert at.sidebar.number_input(key="nav_goto").value == 1
+    for expected in (ids[2], ids[1], ids[0]):
+        at.sidebar.button(key="prev_sample").click()
+        run(at)
+        assert current_sample(at) == expected
+    at.sidebar.number_input(key="nav_goto").set_value(3)
+    run(at)
+    assert current_sample(at) == ids[2] and "b/frame.jpg" in _sidebar_texts(at)
+    # the search lists both frame.jpg files, each by its own relative path, and opens the one picked
+    open_sample(at, ids[0], search="frame")
+    pick = at.sidebar.selectbox(key="nav_search_pick")
+    assert sorted(pick.options) == ["a/frame.jpg", "b/frame.jpg"]
+    run(at)
+    assert current_sample(at) == ids[0]
+    at.sidebar.button(key="random_sample").click()
+    run(at)
+    assert current_sample(at) in ids
+
+
+def test_saved_views_and_sorting_in_the_sidebar(repeated):
+    ids = repeated.values("id")
+    at = _at_findings(repeated.name)
+    view = at.sidebar.selectbox(key="view_choice")
+    assert "Saved view: val-only" in view.options
+    view.set_value("saved:val-only")
+    run(at)
+    assert at.session_state["selection"].count == 2
+    assert current_sample(at) == ids[1]
+    at.sidebar.selectbox(key="view_choice").set_value("all")
+    run(at)
+    at.sidebar.selectbox(key="view_sort").set_value("uniqueness")
+    run(at)
+    at.sidebar.toggle(key="view_sort_desc").set_value(True)
+    run(at)
+    # the current sample is kept (found by id in the sorted view), at its new position
+    assert current_sample(at) == ids[1] and at.sidebar.number_input(key="nav_goto").value == 1
+    at.sidebar.button(key="next_sample").click()
+    run(at)
+    assert current_sample(at) == ids[2]  # 0.9, then 0.5, then 0.2
+    assert "view" not in at.query_params  # a sort is not a saved view: the link names none
+
+
+def test_a_link_opens_its_dataset_sample_model_and_methods(repeated):
+    ids = repeated.values("id")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"dataset": repeated.name, "sample": ids[2], "methods": "gradcam,eigencam",
+                            "layers": "head", "view": "val-only"})
+    run(at, allow_errors=False)
+    assert current_sample(at) == ids[2]
+    assert at.sidebar.selectbox(key="view_choice").value == "saved:val-only"
+    assert at.multiselect(key="methods").value == ["gradcam", "eigencam"]
+    assert at.multiselect(key="layers_efficientnet_lite0").value == ["head"]
+    params = {k: at.query_params[k] for k in at.query_params}
+    assert params["sample"] == [ids[2]] or params["sample"] == ids[2]
+    flat = {k: (v[0] if isinstance(v, list) else v) for k, v in params.items()}
+    assert flat["dataset"] == repeated.name and flat["methods"] == "gradcam,eigencam"
+    assert flat["view"] == "val-only" and flat["model"] == "efficientnet_lite0"
+    # the URL follows the next change in the same run
+    at.sidebar.button(key="prev_sample").click()
+    run(at)
+    flat = {k: (v[0] if isinstance(v, list) else v) for k, v in ((k, at.query_params[k]) for k in at.query_params)}
+    assert flat["sample"] == ids[1] == current_sample(at)
+
+
+def test_a_link_to_what_does_not_exist_says_so_and_falls_back():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"dataset": "no-such-dataset", "sample": "0123456789abcdef01234567",
+                            "model": "nope", "methods": "gradcam,bogus", "layers": "nolayer"})
+    run(at)
+    warnings = " ".join(w.value for w in at.warning)
+    assert "No dataset named 'no-such-dataset'" in warnings
+    assert "No model 'nope'" in warnings
+    assert "not in this view" in warnings
+    assert "method 'bogus'" in warnings and "layer 'nolayer'" in warnings
+    assert at.sidebar.selectbox(key="dataset").value == "cam-explorer-demo"
+    assert at.multiselect(key="methods").value == ["gradcam"]
+    assert not at.exception
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _when_connected(action, timeout: float = 30.0) -> None:
+    """The session's client connects in the background: retry until it has."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except RuntimeError as exc:
+            if "not connected" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
+@pytest.mark.browser
+def test_the_apps_view_and_selection_are_one_click_views(repeated):
+    ids = repeated.values("id")
+    session = store.launch_app(repeated, port=_free_port())
+    try:
+        # the view first: changing it clears the App's selection
+        _when_connected(lambda: setattr(session, "view", repeated.match_tags("val")))
+        _when_connected(lambda: session.select_samples([ids[2], ids[0]]))
+        at = _at_findings(repeated.name)
+        choices = at.sidebar.selectbox(key="view_choice").options
+        assert "The FiftyOne App's current view" in choices and "Selected in the FiftyOne App (2)" in choices
+        at.sidebar.selectbox(key="view_choice").set_value("app:selected")
+        run(at)
+        assert at.session_state["selection"].count == 2
+        seen = {current_sample(at)}
+        at.sidebar.button(key="next_sample").click()
+        run(at)
+        seen.add(current_sample(at))
+        assert seen == {ids[0], ids[2]}
+        at.sidebar.selectbox(key="view_choice").set_value("app:view")
+        run(at)
+        assert at.session_state["selection"].count == 2  # tagged val: ids[1], ids[2]
+    finally:
+        store.close_app()

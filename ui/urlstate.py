@@ -1,0 +1,160 @@
+"""The URL is the state: read once when a session starts, written at the end of every run.
+
+Format (camcore.links): ?dataset=&view=&sample=&model=&weights=&layers=a,b&methods=x,y&target=
+The sidebar and the pages apply what a link asks for before drawing their widgets; what does not
+exist gets a message and the default. app.py writes the URL after the page has run, so the URL
+names what is on screen after the same run (written earlier, in the sidebar or before the page's
+widgets, Chromium showed the previous state).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import streamlit as st
+
+from camcore import links, methods, models, weights
+
+_READ = "_url_read"
+_PENDING = "_url_pending"  # the LinkState of the first run, for the pages to apply
+_MESSAGES = "_url_messages"
+PAGE_STATE = "_url_page_state"  # what the page put on screen: layers, methods, target
+
+
+def say(message: str) -> None:
+    """A message for the sidebar (a link that asked for something that does not exist)."""
+    st.session_state.setdefault(_MESSAGES, []).append(message)
+
+
+def show_messages(container) -> None:
+    for message in st.session_state.pop(_MESSAGES, []):
+        container.warning(message)  # st.warning renders markdown: the message quotes user text with !r
+
+
+def pending() -> links.LinkState:
+    return st.session_state.get(_PENDING) or links.LinkState()
+
+
+def read_once(dataset_names: Sequence[str]) -> None:
+    """On a session's first run: put the link's dataset, view, sample and model where the sidebar
+    reads them; keep the rest for the page."""
+    if st.session_state.get(_READ):
+        return
+    st.session_state[_READ] = True
+    state = links.parse(st.query_params.to_dict())
+    st.session_state[_PENDING] = state
+    if state.dataset:
+        if state.dataset in dataset_names:
+            st.session_state["dataset"] = state.dataset
+        else:
+            say(f"No dataset named {state.dataset!r}: showing the demo dataset.")
+    if state.view:
+        st.session_state["view_choice"] = "saved:" + state.view
+        st.session_state["_url_view_wanted"] = state.view
+    if state.sample:
+        st.session_state["_nav_jump_to"] = state.sample
+    if state.model:
+        if state.model in models.MODELS:
+            st.session_state["model"] = state.model
+        else:
+            say(f"No model {state.model!r}; one of {', '.join(models.MODELS)}. Showing the default model.")
+
+
+def check_view(choices: dict[str, str]) -> None:
+    """A link's saved view that the dataset does not have: say so (the sidebar falls back)."""
+    wanted = st.session_state.pop("_url_view_wanted", None)
+    if wanted is not None and "saved:" + wanted not in choices:
+        say(f"No saved view named {wanted!r} in this dataset: showing all samples.")
+
+
+def apply_weights(choices: dict[str, str]) -> None:
+    """The link's weights (auto, untrained, or a file's name in the weights folder), once."""
+    state = pending()
+    if not state.weights or st.session_state.get("_url_weights_done"):
+        return
+    st.session_state["_url_weights_done"] = True
+    by_value = {v: k for k, v in choices.items()}
+    by_file = {k.removeprefix("file: "): k for k in choices if k.startswith("file: ")}
+    wanted = state.weights
+    label = by_value.get(wanted) or by_file.get(wanted)
+    if label is None:
+        say(f"No weights {wanted!r} for this model (auto, untrained or a file in {weights.weights_dir()}): "
+            "using the pretrained weights.")
+        return
+    st.session_state["weights_choice"] = label
+
+
+def apply_page(spec: models.ModelSpec, layer_keys: Sequence[str], method_keys: Sequence[str],
+               layers_key: str, methods_key: str, container=None) -> str | None:
+    """Once per session, on the first page that draws layers and methods: put the link's layers and
+    methods into those widgets (render.sticky_multiselect's kept values) and return its target
+    class name (or None). Unknown names are reported and left out."""
+    state = pending()
+    if st.session_state.get("_url_page_done") or not (state.layers or state.methods or state.target):
+        return None
+    st.session_state["_url_page_done"] = True
+    problems = []
+    if state.methods:
+        by_name = {m: _method_key(m) for m in state.methods}
+        good = [k for k in by_name.values() if k in method_keys]
+        problems += [f"method {m!r}" for m, k in by_name.items() if k not in method_keys]
+        if good:
+            st.session_state[f"_kept_{methods_key}"] = good
+            st.session_state.pop(methods_key, None)
+    if state.layers:
+        lowered = {name.lower(): name for name in layer_keys}
+        good = [lowered[name.lower()] for name in state.layers if name.lower() in lowered]
+        problems += [f"layer {name!r}" for name in state.layers if name.lower() not in lowered]
+        if good:
+            st.session_state[f"_kept_{layers_key}"] = good
+            st.session_state.pop(layers_key, None)
+    target = state.target or None
+    if target is not None and target.lower() not in {n.lower() for n in spec.class_names()}:
+        problems.append(f"target class {target!r}")
+        target = None
+    if problems:
+        (container or st).warning(f"This link asks for what {spec.label} does not have: {', '.join(problems)}. "
+                                  "Showing the defaults for those.")
+    return target
+
+
+def _method_key(name: str) -> str:
+    try:
+        return methods.get_method(name).key
+    except Exception:  # an unknown name: reported by the caller
+        return name
+
+
+def remember_page(layers: Sequence[str] = (), method_keys: Sequence[str] = (), target: str | None = None) -> None:
+    """What the page shows, for the URL written at the end of the run."""
+    st.session_state[PAGE_STATE] = {"layers": tuple(layers), "methods": tuple(method_keys),
+                                     "target": target or ""}
+
+
+def write(page_path: str) -> None:
+    """Set the URL to what this run put on screen (called by app.py after the page ran)."""
+    page_path = page_path or "explore"  # the default page's url path is empty
+    sel = st.session_state.get("selection")
+    page_state = st.session_state.pop(PAGE_STATE, None) or {}
+    if sel is None:
+        state = links.LinkState(dataset=st.session_state.get("dataset") or "")
+    else:
+        choice = st.session_state.get("view_choice") or ""
+        state = links.LinkState(
+            dataset=sel.dataset, sample=sel.sample_id,
+            view=choice.removeprefix("saved:") if choice.startswith("saved:") else "",
+            model=sel.model if page_path in ("explore", "compare") else "",
+            weights=_weights_param(sel.weights) if page_path in ("explore", "compare") else "",
+            layers=page_state.get("layers", ()), methods=page_state.get("methods", ()),
+            target=page_state.get("target", ""))
+    params = state.params()
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+
+
+def _weights_param(value: str) -> str:
+    """auto / untrained / a file's name (the folder is the weights folder)."""
+    if value == weights.AUTO:
+        return ""  # the default: a shorter link
+    if value == weights.UNTRAINED:
+        return value
+    return value.rsplit("/", 1)[-1]
