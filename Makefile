@@ -38,6 +38,9 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.setup-*
 	@touch $@
 
+# The FiftyOne App served from the explorer finds the CAM Explorer plugin (plugins/cam-explorer);
+# a plugins folder of your own wins (install the plugin there, see the README).
+run: export FIFTYONE_PLUGINS_DIR ?= $(CURDIR)/plugins
 run: setup
 	$(PY) -m streamlit run app.py
 

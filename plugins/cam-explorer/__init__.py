@@ -1,0 +1,587 @@
+"""CAM Explorer inside the FiftyOne App (plugin ``@cam-explorer/cam``), built on camcore.
+
+Operators
+  compute_cams          heatmaps for the selected samples, or the current view when nothing is
+                        selected: camcore.batch.run_batch, so the fields, labels, provenance and
+                        resume are exactly those of ``python -m camcore push`` / ``batch``.
+                        Delegated (``fiftyone delegated launch``) by default for big targets.
+  open_in_cam_explorer  the Streamlit explorer's URL for the current (or first selected) sample,
+                        with the model, methods and layers of the view's heatmap fields.
+  record_finding        tag samples ``cam:<finding>`` with a note: camcore.store.add_finding.
+Panel
+  cam_heatmaps          the current sample's heatmap fields: method/layer pickers, provenance,
+                        a button that prompts compute_cams for that sample.
+
+camcore is imported lazily (torch takes seconds; FiftyOne re-imports plugins when they change),
+from the repository this file lives in (symlinks resolved), or $CAM_EXPLORER_ROOT, or wherever
+it is installed.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+PLUGIN = "@cam-explorer/cam"
+COMPUTE_URI = f"{PLUGIN}/compute_cams"
+OPEN_URL_URI = f"{PLUGIN}/open_url"  # the plugin's JS operator (dist/index.umd.js)
+DELEGATE_OVER_ENV = "CAM_EXPLORER_DELEGATE_OVER"
+DEFAULT_DELEGATE_OVER = 50  # samples: more than this run delegated unless the form says otherwise
+PROGRESS_SECONDS = 1.0  # at most one progress write per second (delegated progress is a DB write)
+CHUNK = 8
+ERROR_KEY = "problem"  # the invalid property that carries a request's error to the form
+
+
+def _camcore():
+    """Make ``camcore`` importable, then import the parts the plugin uses."""
+    try:
+        import camcore  # noqa: F401
+    except ImportError:
+        roots = [os.environ.get("CAM_EXPLORER_ROOT", ""), str(Path(os.path.realpath(__file__)).parents[2])]
+        for root in roots:
+            if root and (Path(root) / "camcore" / "__init__.py").is_file():
+                sys.path.insert(0, root)
+                break
+        else:
+            raise ImportError(
+                "the CAM Explorer plugin needs the camcore package: set CAM_EXPLORER_ROOT to the "
+                "cam-explorer checkout, or symlink the plugin from it instead of copying it")
+    from camcore import batch, links, methods, models, store, weights
+
+    return batch, links, methods, models, store, weights
+
+
+def _delegate_over() -> int:
+    try:
+        return int(os.environ.get(DELEGATE_OVER_ENV, DEFAULT_DELEGATE_OVER))
+    except ValueError:
+        return DEFAULT_DELEGATE_OVER
+
+
+# ---------------------------------------------------------------- which samples
+
+
+def _target(ctx) -> tuple[Any, str]:
+    """(the samples to work on, a sentence saying which): explicit ``sample_ids`` (the panel's
+    button), else the App's selection, else the current view."""
+    view = ctx.view
+    if view is None:
+        raise ValueError("open a dataset first")
+    ids = [str(i) for i in (ctx.params.get("sample_ids") or [])]
+    if ids:
+        return view._root_dataset.select(ids, ordered=True), f"{len(ids)} chosen sample(s)"
+    if ctx.selected:
+        return view.select(ctx.selected, ordered=True), f"the {len(ctx.selected)} selected sample(s)"
+    return view, f"the current view ({len(view)} samples)"
+
+
+def _one_sample(ctx) -> str | None:
+    """The sample an action on "this sample" means: the one open in the modal, else the first
+    selected one."""
+    if ctx.current_sample:
+        return str(ctx.current_sample)
+    return str(ctx.selected[0]) if ctx.selected else None
+
+
+# ---------------------------------------------------------------- compute_cams
+
+
+def _weights_choices() -> dict[str, str]:
+    """value -> label: auto, every weights file in the weights folder, untrained (as the explorer
+    offers them; a typed path is never read, so the App cannot make the server open any file)."""
+    *_, weights = _camcore()
+    choices = {weights.AUTO: "pretrained (auto)"}
+    folder = weights.weights_dir()
+    if folder.is_dir():
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and f.suffix in weights.WEIGHT_SUFFIXES:
+                choices[str(f)] = f"file: {f.name}"
+    choices[weights.UNTRAINED] = "untrained (random weights)"
+    return choices
+
+
+def _resolve_weights(choice: str) -> str:
+    """A weights choice as run_batch takes it; a bare file name means that file in the folder."""
+    choices = _weights_choices()
+    choice = str(choice or "auto").strip()
+    if choice in choices:
+        return choice
+    by_name = {Path(v).name: v for v in choices if os.sep in v}
+    if choice in by_name:
+        return by_name[choice]
+    offered = ", ".join(["auto", "untrained", *by_name]) or "auto, untrained"
+    raise ValueError(f"weights {choice!r} are not offered: choose one of {offered} "
+                     f"(weights files go in {_camcore()[5].weights_dir()})")
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _request(params: dict) -> dict:
+    """The params, defaulted, as run_batch's keyword arguments (names not yet checked)."""
+    batch, _links, methods, models, _store, _weights = _camcore()
+    model = str(params.get("model") or models.DEFAULT_MODEL).strip()
+    spec = models.MODELS.get(model)
+    return {
+        "model_key": model,
+        "weights": params.get("weights") or "auto",
+        "methods": _as_list(params.get("methods")) or [methods.DEFAULT_METHOD],
+        "layers": _as_list(params.get("layers")) or ([spec.default_layer] if spec else []),
+        "target_rule": str(params.get("target") or batch.PREDICTED).strip(),
+        "eigen_smooth": bool(params.get("eigen_smooth", False)),
+    }
+
+
+def check(params: dict) -> dict:
+    """run_batch's arguments for these params, every name checked the way batch checks them and
+    the weights available: raises a CamError / ValueError with a one-line reason otherwise."""
+    batch, _links, _methods, models, _store, weights = _camcore()
+    args = _request(params)
+    request = batch.check_request(args["model_key"], args["methods"], args["layers"], args["target_rule"])
+    args["weights"] = _resolve_weights(args["weights"])
+    weights.check_available(request.spec.weights, args["weights"])
+    args["methods"], args["layers"] = list(request.methods), list(request.layers)
+    return args
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class ComputeCams(foo.Operator):
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="compute_cams",
+            label="CAM Explorer: compute heatmaps",
+            description="Grad-CAM style heatmaps on the selected samples (or the current view), "
+                        "stored as the same fields `camcore batch` writes",
+            dynamic=True,  # layers and methods depend on the chosen model
+            execute_as_generator=True,  # progress while it runs in the App
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            icon="local_fire_department",
+        )
+
+    def resolve_delegation(self, ctx) -> bool | None:
+        # The form's "delegate" box, which defaults to on for targets over the threshold.
+        if "delegate" in ctx.params:
+            return bool(ctx.params["delegate"])
+        try:
+            samples, _what = _target(ctx)
+            return len(samples) > _delegate_over()
+        except Exception:  # no dataset: let execution report it
+            return None
+
+    def resolve_input(self, ctx) -> types.Property:
+        inputs = types.Object()
+        try:
+            samples, what = _target(ctx)
+            count = len(samples)
+        except Exception as exc:
+            inputs.view(ERROR_KEY, types.Error(label="Nothing to compute on", description=_first_line(exc)))
+            return types.Property(inputs)
+        batch, _links, methods, models, store, _weights = _camcore()
+        args = _request(ctx.params)
+        spec = models.MODELS.get(args["model_key"]) or models.get_spec(models.DEFAULT_MODEL)
+
+        inputs.view("about", types.Notice(label=f"Computes heatmaps on {what}. Samples already done "
+                                                f"with the same settings are skipped."))
+        inputs.list("sample_ids", types.String(), view=types.HiddenView())
+        model_view = types.Dropdown(label="Model")
+        for key, m in models.MODELS.items():
+            model_view.add_choice(key, label=m.label, description=m.description)
+        # Strings, not enums: a wrong name gets camcore's own message (which names the right ones).
+        # Nothing is `required`: FiftyOne does not apply defaults to SDK calls; _request does.
+        inputs.str("model", default=models.DEFAULT_MODEL, view=model_view)
+
+        weights_view = types.Dropdown(label="Weights")
+        for value, label in _weights_choices().items():
+            weights_view.add_choice(value, label=label)
+        inputs.str("weights", default="auto", view=weights_view)
+
+        method_view = types.Dropdown(label="Methods", multiple=True,
+                                     description=f"The methods that work on {spec.label} in a batch")
+        for m in methods.methods_for(spec.task, spec.family):
+            if not m.layer_independent:  # batch's own restriction (check_request)
+                method_view.add_choice(m.key, label=m.label + (" (slow)" if m.slow else ""))
+        inputs.list("methods", types.String(), default=[methods.DEFAULT_METHOD], view=method_view)
+
+        layer_view = types.Dropdown(label="Layers", multiple=True, description=f"Layers of {spec.label}")
+        for layer in spec.layers:
+            layer_view.add_choice(layer.name, label=layer.name, description=layer.path)
+        inputs.list("layers", types.String(), default=[spec.default_layer], view=layer_view)
+
+        target_view = types.AutocompleteView(label="Target", allow_user_input=True,
+                                             description="'predicted' explains each sample's top class")
+        for name in (batch.PREDICTED, *spec.class_names()):
+            target_view.add_choice(name, label=name)
+        inputs.str("target", default=batch.PREDICTED, view=target_view)
+        inputs.bool("eigen_smooth", default=False, label="eigen_smooth",
+                    description="First principal component of the weighted activations")
+        over = _delegate_over()
+        inputs.bool("delegate", default=count > over, label="Run delegated",
+                    description=f"Queue it for `fiftyone delegated launch` (default for more than {over} "
+                                "samples) instead of running in the App's server now")
+
+        # Checked here as batch checks them: the App shows the reason and refuses to run, and a
+        # bad request through the SDK fails validation before anything is loaded or written.
+        problem = None
+        if count == 0:
+            problem = "no samples to compute on"
+        else:
+            try:
+                check(ctx.params)
+                store.require_image(samples._root_dataset)
+            except Exception as exc:
+                problem = _first_line(exc)
+        if problem:
+            inputs.view(ERROR_KEY, types.Error(label="Cannot compute", description=problem),
+                        invalid=True, error_message=problem)
+        return types.Property(inputs, view=types.View(label="Compute CAM heatmaps"))
+
+    def execute(self, ctx):
+        batch, *_ = _camcore()
+        args = check(ctx.params)  # again: a queued run may meet another weights folder
+        samples, _what = _target(ctx)
+        cancel = threading.Event()
+        updates: queue.Queue = queue.Queue()
+        last = [0.0]
+
+        def progress(done: int, total: int, rate: float, eta: float | None, message: str) -> None:
+            now = time.monotonic()
+            if now - last[0] < PROGRESS_SECONDS and message not in ("finished", "cancelled"):
+                return
+            last[0] = now
+            eta_text = f", ETA {eta:.0f} s" if eta is not None else ""
+            label = f"{done}/{total} samples ({rate:.2f}/s{eta_text}): {message}"
+            fraction = done / total if total else 1.0
+            if ctx.delegated:
+                ctx.set_progress(progress=fraction, label=label)  # written to the run's record
+            else:
+                updates.put((fraction, label))
+
+        def run() -> Any:
+            return batch.run_batch(samples, progress=progress, cancel=cancel, chunk=CHUNK, **args)
+
+        if ctx.delegated:
+            report = run()
+        else:
+            # The App streams what this generator yields; the batch runs beside it.
+            outcome: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    outcome["report"] = run()
+                except BaseException as exc:  # re-raised below, in the operator's thread
+                    outcome["error"] = exc
+
+            worker = threading.Thread(target=work, name="cam-explorer-compute", daemon=True)
+            worker.start()
+            try:
+                while worker.is_alive() or not updates.empty():
+                    try:
+                        fraction, label = updates.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
+                    yield ctx.trigger("set_progress", {"progress": fraction, "label": label})
+            finally:
+                if worker.is_alive():  # the App went away (GeneratorExit): stop at the next heatmap
+                    cancel.set()
+                worker.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            report = outcome["report"]
+        summary = f"CAM heatmaps: {report.done} computed, {report.skipped} already done"
+        if report.failed:
+            summary += f", {len(report.failed)} failed (first: {report.failed[0][1]})"
+        yield ctx.trigger("reload_dataset")
+        yield ctx.ops.notify(summary, variant="warning" if report.failed else "success")
+
+
+# ---------------------------------------------------------------- open_in_cam_explorer
+
+
+def _fields_in_view(ctx, store) -> dict[str, dict]:
+    """Our heatmap fields (name -> meaning) that the current view has."""
+    fields = store.heatmap_fields(ctx.dataset)
+    schema = ctx.view.get_field_schema() if ctx.view is not None else {}
+    return {name: meaning for name, meaning in fields.items() if name in schema}
+
+
+def link_state(ctx, sample_id: str):
+    """The explorer's state for this sample: the model, methods and layers of the heatmap fields
+    this sample has in the view (the App's active ones first), else those of the view."""
+    _batch, links, _methods, _models, store, _weights = _camcore()
+    fields = _fields_in_view(ctx, store)
+    if fields:
+        sample = ctx.dataset.select([sample_id]).select_fields(list(fields)).first()
+        present = {n: m for n, m in fields.items() if sample[n] is not None}
+        active = {n: m for n, m in present.items() if n in (ctx.active_fields or [])}
+        fields = active or present or fields
+    model = Counter(m.get("model", "") for m in fields.values()).most_common(1)[0][0] if fields else ""
+    chosen = [m for m in fields.values() if m.get("model") == model]
+    targets = {m.get("target") for m in chosen}
+    target = targets.pop() if len(targets) == 1 else ""
+    untrained = bool(chosen) and all("untrained" in str(m.get("variant", "")).split("_") for m in chosen)
+    return links.LinkState(
+        dataset=ctx.dataset.name,
+        view=str(ctx.request_params.get("view_name") or ""),
+        sample=sample_id,
+        model=model,
+        weights="untrained" if untrained else "",
+        target="" if target in ("", "predicted") else str(target),
+        methods=tuple(dict.fromkeys(m["method"] for m in chosen if m.get("method"))),
+        layers=tuple(dict.fromkeys(m["layer"] for m in chosen if m.get("layer"))),
+    )
+
+
+class OpenInCamExplorer(foo.Operator):
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="open_in_cam_explorer",
+            label="CAM Explorer: open this sample in the explorer",
+            description="Opens the Streamlit explorer on the current (or first selected) sample",
+            dynamic=True,
+            icon="open_in_new",
+        )
+
+    def resolve_input(self, ctx) -> types.Property:
+        inputs = types.Object()
+        _batch, links, *_ = _camcore()
+        sample_id = _one_sample(ctx) if ctx.dataset is not None else None
+        if sample_id is None:
+            message = "open a sample (or select one) first"
+            inputs.view(ERROR_KEY, types.Error(label="No sample", description=message),
+                        invalid=True, error_message=message)
+            return types.Property(inputs)
+        inputs.str("explorer", default=links.base_url(), label="Explorer address",
+                    description=f"Where CAM Explorer runs (${links.BASE_URL_ENV} sets the default)")
+        url = links.explorer_url(link_state(ctx, sample_id), base=ctx.params.get("explorer") or None)
+        inputs.view("preview", types.Notice(label=url))
+        return types.Property(inputs, view=types.View(label="Open in CAM Explorer"))
+
+    def execute(self, ctx) -> dict:
+        _batch, links, *_ = _camcore()
+        sample_id = _one_sample(ctx)
+        if sample_id is None:
+            raise ValueError("open a sample (or select one) first")
+        base = str(ctx.params.get("explorer") or links.base_url())
+        if not base.startswith(("http://", "https://")):
+            raise ValueError(f"the explorer address must start with http:// or https://, not {base!r}")
+        url = links.explorer_url(link_state(ctx, sample_id), base=base)
+        ctx.trigger(OPEN_URL_URI, {"url": url})  # the browser opens it in a new tab
+        return {"url": url}
+
+    def resolve_output(self, ctx) -> types.Property:
+        outputs = types.Object()
+        url = (ctx.results or {}).get("url", "")
+        # Also a link: a popup blocker may stop the new tab.
+        outputs.view("url", types.LinkView(label=f"Open {url}", href=url, new_window=True))
+        return types.Property(outputs, view=types.View(label="CAM Explorer"))
+
+
+# ---------------------------------------------------------------- record_finding
+
+
+def _finding_targets(ctx) -> list[str]:
+    if ctx.selected:
+        return [str(s) for s in ctx.selected]
+    return [str(ctx.current_sample)] if ctx.current_sample else []
+
+
+class RecordFinding(foo.Operator):
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="record_finding",
+            label="CAM Explorer: record a finding",
+            description="Tags the selected samples cam:<finding> and notes why, as the explorer does",
+            dynamic=True,
+            icon="flag",
+        )
+
+    def resolve_input(self, ctx) -> types.Property:
+        inputs = types.Object()
+        _batch, _links, _methods, _models, store, _weights = _camcore()
+        ids = _finding_targets(ctx) if ctx.dataset is not None else []
+        if not ids:
+            message = "select samples (or open one) to record a finding on"
+            inputs.view(ERROR_KEY, types.Error(label="No samples", description=message),
+                        invalid=True, error_message=message)
+            return types.Property(inputs)
+        inputs.view("about", types.Notice(label=f"Records the finding on {len(ids)} sample(s)."))
+        tag_view = types.AutocompleteView(label="Finding", allow_user_input=True,
+                                          description="One of these, or type your own")
+        for tag in store.FINDING_TAGS:
+            tag_view.add_choice(tag, label=tag)
+        inputs.str("tag", required=True, view=tag_view)
+        inputs.str("note", default="", allow_empty=True, label="Note",
+                   view=types.TextFieldView(multiline=True))
+        field_view = types.Dropdown(label="About the heatmap (optional)")
+        for name, meaning in _fields_in_view(ctx, store).items():
+            field_view.add_choice(name, label=name, description=f"{meaning.get('method')} on "
+                                  f"{meaning.get('layer')} of {meaning.get('model')}")
+        inputs.str("heatmap_field", required=False, view=field_view)
+        tag = str(ctx.params.get("tag") or "").strip()
+        if tag:
+            try:
+                store.finding_tag(tag)
+            except Exception as exc:
+                inputs.view(ERROR_KEY, types.Error(label="Bad finding", description=_first_line(exc)),
+                            invalid=True, error_message=_first_line(exc))
+        return types.Property(inputs, view=types.View(label="Record a finding"))
+
+    def execute(self, ctx) -> dict:
+        _batch, links, _methods, _models, store, _weights = _camcore()
+        ids = _finding_targets(ctx)
+        if not ids:
+            raise ValueError("select samples (or open one) to record a finding on")
+        tag = str(ctx.params.get("tag") or "").strip()
+        note = str(ctx.params.get("note") or "")
+        field = ctx.params.get("heatmap_field") or None
+        sample_tag = store.finding_tag(tag)  # a bad tag fails before any sample is touched
+        takes_url = "url" in inspect.signature(store.add_finding).parameters
+        meaning = store.heatmap_fields(ctx.dataset).get(field or "", {})
+        for sid in ids:
+            extra = {}
+            if takes_url:  # the explorer's link to what the finding is about
+                state = links.LinkState(dataset=ctx.dataset.name, sample=sid, model=meaning.get("model", ""),
+                                        methods=tuple(filter(None, [meaning.get("method")])),
+                                        layers=tuple(filter(None, [meaning.get("layer")])))
+                extra["url"] = links.explorer_url(state)
+            store.add_finding(ctx.dataset, sid, tag, note, field, **extra)
+        ctx.trigger("reload_dataset")
+        return {"tag": sample_tag, "samples": len(ids)}
+
+
+# ---------------------------------------------------------------- the panel
+
+
+PROVENANCE = ("model", "weights", "method", "layer", "target", "target_rule", "target_request",
+              "eigen_smooth", "aug_smooth", "raw_min", "raw_max", "blank", "created_at")
+
+
+def _label_attr(label: Any, name: str) -> Any:
+    try:
+        return label[name]
+    except (KeyError, AttributeError):  # labels made before an attribute existed
+        return None
+
+
+class CamHeatmapsPanel(foo.Panel):
+    @property
+    def config(self) -> foo.PanelConfig:
+        return foo.PanelConfig(
+            name="cam_heatmaps",
+            label="CAM heatmaps",
+            surfaces="grid modal",
+            help_markdown="The current sample's CAM Explorer heatmap fields: pick a method and a "
+                          "layer to see which fields hold them and how each was made.",
+            icon="local_fire_department",
+        )
+
+    def on_load(self, ctx) -> None:
+        self._refresh(ctx)
+
+    def on_change_current_sample(self, ctx) -> None:
+        self._refresh(ctx)
+
+    def on_change_selected(self, ctx) -> None:
+        self._refresh(ctx)
+
+    def on_pick(self, ctx) -> None:
+        self._refresh(ctx)
+
+    def _fields(self, ctx) -> tuple[str | None, dict[str, dict]]:
+        """(sample id, {field: meaning} of the heatmap fields that sample has set)."""
+        _batch, _links, _methods, _models, store, _weights = _camcore()
+        sample_id = _one_sample(ctx) if ctx.dataset is not None else None
+        if sample_id is None:
+            return None, {}
+        fields = _fields_in_view(ctx, store)
+        if not fields:
+            return sample_id, {}
+        sample = ctx.dataset.select([sample_id]).select_fields(list(fields)).first()
+        return sample_id, {n: m for n, m in fields.items() if sample[n] is not None}
+
+    def _refresh(self, ctx) -> None:
+        """Pickers' choices and the provenance of the fields that match them, as panel data."""
+        sample_id, fields = self._fields(ctx)
+        methods = sorted({m.get("method", "") for m in fields.values()} - {""})
+        picked = ctx.panel.state.method
+        method = picked if picked in methods else (methods[0] if methods else None)
+        layers = sorted({m.get("layer", "") for m in fields.values() if m.get("method") == method} - {""})
+        layer = ctx.panel.state.layer if ctx.panel.state.layer in layers else (layers[0] if layers else None)
+        chosen = sorted(n for n, m in fields.items() if m.get("method") == method and m.get("layer") == layer)
+        ctx.panel.state.set({"sample_id": sample_id, "methods": methods, "layers": layers,
+                             "method": method, "layer": layer, "fields": chosen})
+        # One row per provenance attribute, one column per field (a method on a layer may exist
+        # for several targets, weights or smoothings). Values travel as text: the table shows
+        # them as they are.
+        rows = []
+        if chosen:
+            sample = ctx.dataset.select([sample_id]).select_fields(chosen).first()
+            labels = [sample[name] for name in chosen]
+            for key in PROVENANCE:
+                values = [_label_attr(label, key) for label in labels]
+                if any(v is not None for v in values):
+                    rows.append({"attribute": key, **{f"f{i}": "" if v is None else str(v)
+                                                      for i, v in enumerate(values)}})
+        ctx.panel.data.set("provenance", rows)
+
+    def compute(self, ctx) -> None:
+        state = ctx.panel.state
+        if not state.sample_id:
+            return
+        params = {"sample_ids": [state.sample_id], "delegate": False}
+        ctx.prompt(COMPUTE_URI, params=params, on_success=self.on_pick)
+
+    def render(self, ctx) -> types.Property:
+        panel = types.Object()
+        state = ctx.panel.state
+        if not state.sample_id:
+            panel.md("Open a sample (or select one) to see its CAM heatmaps.", name="hint")
+        elif not state.methods:
+            panel.md("This sample has no CAM Explorer heatmaps in this view yet.", name="hint")
+        else:
+            method_view = types.Dropdown(label="Method")
+            for m in state.methods:
+                method_view.add_choice(m, label=m)
+            panel.str("method", view=method_view, default=state.method, on_change=self.on_pick)
+            layer_view = types.Dropdown(label="Layer")
+            for layer in state.layers or []:
+                layer_view.add_choice(layer, label=layer)
+            panel.str("layer", view=layer_view, default=state.layer, on_change=self.on_pick)
+            table = types.TableView()
+            table.add_column("attribute", label="Provenance")
+            for i, name in enumerate(state.fields or []):
+                table.add_column(f"f{i}", label=name)
+            panel.list("provenance", types.Object(), view=table)
+        if state.sample_id:
+            panel.btn("compute", label="Compute CAMs for this sample", icon="local_fire_department",
+                      on_click=self.compute, variant="contained")
+        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+
+
+def register(p) -> None:
+    p.register(ComputeCams)
+    p.register(OpenInCamExplorer)
+    p.register(RecordFinding)
+    p.register(CamHeatmapsPanel)
