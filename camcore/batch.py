@@ -5,11 +5,18 @@ Never imports streamlit. One field per (model, method, layer, target rule): with
 ``cam_<model>_<method>_<layer>_predicted`` and the class lives in each label's ``target``.
 
 Resuming: a sample is skipped for a field when its label there has the same provenance
-(model, weights label, method, layer, target rule, eigen smoothing, input size) and its PNG
-exists. Per write, every PNG is written first (atomically), then one ``set_values`` per
-field; a sample is reported done only after that. A crash between the two leaves PNGs that
-no field points at: the next run deletes them before computing, so a sample has both its
-file and its field, or neither.
+(model, weights label and the weights file's content hash, method, layer, target rule, eigen
+smoothing, the input size the model runs at) and its PNG exists. What is done is found page
+by page (PAGE_SIZE samples: ids, paths and the run's labels, keyset-paged on _id) as the run
+reaches it, never for the whole view up front: the first chunk starts at once and memory stays
+flat on any size of view. Samples are computed in _id order, whatever the view's sort.
+
+Writes (store.push_many with the run's store.HeatmapWriter): each map goes to a new file
+(``<sample id>-<write id>.png``), then one ``set_values`` per field, then the files the labels
+pointed at before are deleted (in groups, each only if no label of any dataset references it); a
+sample is reported done only after its set_values. A crash at any step leaves every label with the
+file it was written with, and the run's journal: the next run's store.clean_orphans deletes what
+no label references (never a file of a writer still running).
 
 Compute: per chunk, images whose model inputs have the same shape share one batched forward +
 backward (engine.explain_many), which feeds every method and layer of each image. The heatmaps
@@ -27,7 +34,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +48,12 @@ from camcore.engine import explain_many
 from camcore.errors import CamError, Cancelled, MethodError, StoreError, first_line
 from camcore.images import LoadedImage, load_image
 from camcore.methods import get_method
-from camcore.models import ModelSpec, get_spec, load_model
+from camcore.models import LoadedModel, ModelSpec, get_spec, load_model
 
 PREDICTED = "predicted"
 LOAD_THREADS = 4
-STALE_TEMP_SECONDS = 3600  # a temp PNG lives for one write; older ones were left by a crash
+STALE_TEMP_SECONDS = store.STALE_TEMP_SECONDS  # a temp PNG older than this was left by a crash
+PAGE_SIZE = 1000  # samples read at a time (ids, paths and the run's labels): memory stays flat
 FLUSH_SECONDS = 2.0  # a sample whose heatmaps took this long is written at once, not with its chunk
 PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writes always report)
 # progress(done, total, rate per second, eta seconds or None, message): done counts samples
@@ -78,11 +86,14 @@ class _Job:
     provenance: dict
 
 
-def _provenance(model: str, weights: str, method: str, layer: str, target_rule: str,
-                eigen_smooth: bool, input_size: int | None) -> dict:
-    return {"model": model, "weights": weights, "method": method, "layer": layer,
+def _provenance(model: LoadedModel, method: str, layer: str, target_rule: str, eigen_smooth: bool,
+                input_size: int | None) -> dict:
+    """What a label must say for its map to count as done: beside the names, the weights file's
+    content hash (two files called model.pth in two folders, or one file replaced, are different
+    weights) and the size the model runs at (a map made at another size is made again)."""
+    return {"model": model.spec.key, "weights": model.weights_label, "method": method, "layer": layer,
             "target_request": target_rule, "eigen_smooth": bool(eigen_smooth),
-            "input_size_request": int(input_size or 0)}
+            "weights_sha256": model.weights.sha256, "input_size": model.spec.input_size(input_size)}
 
 
 def _attr(label, name):
@@ -98,29 +109,64 @@ def _is_done(label, provenance: dict) -> bool:
     return all(_attr(label, k) == v for k, v in provenance.items())
 
 
-def _remove_orphans(dataset: fo.Dataset, field_name: str, ids: Sequence[str], pointed: set[str],
-                    heatmap_dir) -> int:
-    """Delete the PNGs of this run's samples that no label of the field points at, and temp files
-    older than STALE_TEMP_SECONDS. Files of other samples are left alone: another writer (a Ray
-    worker, another batch) may be between writing its PNGs and its set_values for them."""
-    folder = store.heatmap_path(dataset.name, field_name, "x", heatmap_dir).parent
-    if not folder.is_dir():
-        return 0
-    removed = 0
-    now = time.time()
-    for sid in ids:
-        path = store.heatmap_path(dataset.name, field_name, sid, heatmap_dir)
-        if str(path) not in pointed and path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
-    for path in folder.glob(".tmp-*"):
-        try:
-            if now - path.stat().st_mtime > STALE_TEMP_SECONDS:
-                path.unlink(missing_ok=True)
-                removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
+def _stored_done(doc, provenance: dict) -> bool:
+    """_is_done on a label as stored (the dict values(_raw=True) gives): the same test, without
+    building the label object, which takes FiftyOne milliseconds per label (hours over a
+    million samples on a resume). tests/test_batch_paging.py checks that the two agree."""
+    if not isinstance(doc, dict) or doc.get("_cls") != "Heatmap":
+        return False
+    if any(doc.get(k) != v for k, v in provenance.items()):
+        return False
+    path = doc.get("map_path")
+    return bool(path) and os.path.isfile(path)
+
+
+def _not_done_filter(jobs: Sequence[_Job]) -> dict:
+    """A MongoDB filter for samples whose label, for some job, does not look done (what
+    _stored_done checks, but the file): absent, not a Heatmap, no map_path, other provenance."""
+    ors: list[dict] = []
+    for job in jobs:
+        f = job.field
+        ors += [{f: None}, {f"{f}._cls": {"$ne": "Heatmap"}}, {f"{f}.map_path": {"$in": [None, ""]}}]
+        ors += [{f"{f}.{k}": {"$ne": v}} for k, v in job.provenance.items()]
+    return {"$or": ors}
+
+
+def _first_pending(view: fo.Dataset | fo.DatasetView, jobs: Sequence[_Job]):
+    """The _id of the first sample (in _id order) that does not look done, found by the server;
+    None when every sample looks done. A run killed half-way resumes there at once instead of
+    checking every done sample before its first chunk; the samples before it are checked (their
+    files) after the others."""
+    found = view.match(_not_done_filter(jobs)).sort_by("_id", create_index=False).limit(1).values("_id")
+    return found[0] if found else None
+
+
+def _pages(view: fo.Dataset | fo.DatasetView, dataset: fo.Dataset, fields: Sequence[str],
+           size: int, bounds: dict | None = None) -> Iterator[list[tuple[str, str, list]]]:
+    """The view's samples, a page at a time, as (id, filepath, [stored label of each field]), in
+    _id order; a stored label is the document as a dict (see _stored_done), or None.
+
+    Keyset paging (``_id > last``, sorted by _id, limited) on the view's own stages: each page costs
+    the same however far the run is (no skip), and samples this run writes meanwhile are neither
+    repeated nor missed, even in a view that filters on the fields being written. The labels come
+    from the dataset by id (our fields are top-level): a view may exclude or filter them.
+    bounds: an _id range to stay in ({"$gte": id}, {"$lt": id})."""
+    last = None
+    while True:
+        keys = {**(bounds or {}), **({"$gt": last} if last is not None else {})}
+        page = view.match({"_id": keys}) if keys else view
+        oids, paths = page.sort_by("_id", create_index=False).limit(size).values(["_id", "filepath"])
+        if not oids:
+            return
+        ids = [str(oid) for oid in oids]
+        labels: dict[str, list] = {}
+        if fields:  # one indexed find on the sample collection: several times faster than select()
+            docs = dataset._sample_collection.find({"_id": {"$in": oids}}, {f: 1 for f in fields})
+            labels = {str(d["_id"]): [d.get(f) for f in fields] for d in docs}
+        yield [(sid, path, labels.get(sid, [None] * len(fields))) for sid, path in zip(ids, paths)]
+        if len(oids) < size:
+            return
+        last = oids[-1]
 
 
 @dataclass(frozen=True)
@@ -219,30 +265,61 @@ def run_batch(
     for m in request.methods:
         for layer in request.layers:
             name = request.field_name(m, layer, eigen_smooth, model.pretrained, model.weights_tag)
-            jobs.append(_Job(m, layer, name, _provenance(spec.key, model.weights_label, m, layer, rule,
-                                                         _eigen(m, eigen_smooth), input_size)))
+            jobs.append(_Job(m, layer, name, _provenance(model, m, layer, rule, _eigen(m, eigen_smooth),
+                                                         input_size)))
 
-    # What is done already, and the clean-up of an interrupted run's files.
-    ids, paths = dataset_or_view.values(["id", "filepath"])
-    todo: dict[str, list[_Job]] = {sid: [] for sid in ids}
-    extra = label_extra(rule, input_size)
     # Declared before any compute: a field that is not ours fails here, and writers in other
     # processes find the schema complete.
+    extra = label_extra(rule, input_size)
     request.declare_fields(dataset, input_size, eigen_smooth, model.pretrained, model.weights_tag)
-    for job in jobs:
-        labels = dataset_or_view.values(job.field)
-        pointed = {label.map_path for label in labels if isinstance(label, fo.Heatmap) and label.map_path}
-        report.removed_orphans += _remove_orphans(dataset, job.field, ids, pointed, heatmap_dir)
-        for sid, label in zip(ids, labels):
-            if not _is_done(label, job.provenance):
-                todo[sid].append(job)
-    pending = [(sid, path) for sid, path in zip(ids, paths) if todo[sid]]
-    report.skipped = len(ids) - len(pending)
     report.fields = {job.field for job in jobs}  # also when everything is skipped: what the run covers
-    total = len(pending)
+    # What interrupted writers left (never a file a label references or a live writer holds).
+    report.removed_orphans += store.clean_orphans(dataset, heatmap_dir)
+    # What is done already is found page by page as the run reaches it, never for the whole view
+    # up front: the first chunk starts at once and memory stays flat on any size of view.
+    view_total = dataset_or_view.count()  # one server-side count, for progress
+    todo: dict[str, list[_Job]] = {}  # samples found to compute and not settled yet -> their jobs
+    # Where a resumed run starts: the first sample whose label does not look done. Those before it
+    # (done by the killed run) are presumed done, and checked (their files) after the others.
+    first = _first_pending(dataset_or_view, jobs)
+    head = dataset_or_view.match({"_id": {"$lt": first}}).count() if first is not None else view_total
+    # samples paged so far; heatmaps found to compute among them; presumed done, not checked yet
+    seen = {"samples": 0, "work": 0, "presumed": head}
+
+    def total() -> int:
+        """Samples to compute: the view less those found or presumed done (exact at the end)."""
+        return max(0, view_total - report.skipped - seen["presumed"])
+
+    def work_total() -> int:
+        """Heatmaps to compute: those found, plus every job of the samples not paged or presumed."""
+        return max(1, seen["work"] + max(0, view_total - seen["samples"] - seen["presumed"]) * len(jobs))
+
+    def pending_chunks() -> Iterator[list[tuple[str, str]]]:
+        items: list[tuple[str, str]] = []
+        fields = [job.field for job in jobs]
+        segments = [] if first is None else [({"$gte": first}, False)]
+        segments.append(({"$lt": first} if first is not None else None, True))  # the presumed ones
+        for page, presumed in ((page, presumed) for bounds, presumed in segments
+                               for page in _pages(dataset_or_view, dataset, fields, PAGE_SIZE, bounds)):
+            for sid, path, labels in page:
+                seen["samples"] += 1
+                if presumed:
+                    seen["presumed"] -= 1
+                left = [job for job, doc in zip(jobs, labels) if not _stored_done(doc, job.provenance)]
+                if not left:
+                    report.skipped += 1
+                    continue
+                todo[sid] = left
+                seen["work"] += len(left)
+                items.append((sid, path))
+                if len(items) == chunk:
+                    yield items
+                    items = []
+        if items:
+            yield items
+
     # Rate and ETA come from the work computed (heatmaps, and fractions of the slow ones), so they
     # exist before the first write and move within a chunk. Failed samples count as settled work.
-    work_total = sum(len(todo[sid]) for sid, _p in pending) or 1
     work = {"settled": 0.0, "current": 0.0}
     last_told = [0.0]
 
@@ -254,14 +331,15 @@ def run_batch(
             return
         last_told[0] = now
         elapsed = now - compute_started
-        worked = min(work_total, work["settled"] + work["current"])
+        planned = work_total()
+        worked = min(planned, work["settled"] + work["current"])
         per_second = worked / elapsed if elapsed > 0 else 0.0  # heatmaps per second
-        rate = per_second * total / work_total
-        eta = (work_total - worked) / per_second if per_second > 0 else None
-        progress(report.done, total, rate, eta, message)
+        rate = per_second * total() / planned
+        eta = (planned - worked) / per_second if per_second > 0 else None
+        progress(report.done, total(), rate, eta, message)
 
     compute_started = time.perf_counter()
-    tell(f"{report.skipped} already done, {total} to compute")
+    tell(f"{view_total} samples in the view; those already done are skipped as the run reaches them")
 
     def write(groups: list[list[tuple[str, object]]]) -> tuple[set[str], int, list[tuple[str, str]]]:
         """Computed results (grouped by their fields): PNGs, then one set_values per field.
@@ -272,7 +350,7 @@ def run_batch(
         for items in groups:
             try:
                 fields.update(store.push_many(dataset, items, target_label=rule, extra=extra,
-                                              heatmap_dir=heatmap_dir))
+                                              heatmap_dir=heatmap_dir, writer=journal))
                 count += len(items)
                 continue
             except StoreError:
@@ -282,7 +360,7 @@ def run_batch(
             for sid, result in items:  # some sample is invalid: find it, write the others
                 try:
                     fields.update(store.push_many(dataset, [(sid, result)], target_label=rule, extra=extra,
-                                                  heatmap_dir=heatmap_dir))
+                                                  heatmap_dir=heatmap_dir, writer=journal))
                     count += 1
                 except StoreError:
                     raise
@@ -305,7 +383,7 @@ def run_batch(
             report.done += count
             for sid, reason in failures:
                 report.failed.append((sid, reason))
-            tell(f"wrote {report.done}/{total}" + (f", {len(failures)} failed" if failures else ""))
+            tell(f"wrote {report.done}/{total()}" + (f", {len(failures)} failed" if failures else ""))
 
     def submit() -> None:
         """Write what is buffered (after the write in flight, if any, has finished)."""
@@ -322,6 +400,7 @@ def run_batch(
 
     def fail(sid: str, path: str, exc: BaseException, work_left: int) -> None:
         report.failed.append((sid, first_line(exc)))
+        todo.pop(sid, None)  # settled: only samples in flight stay in memory
         work["settled"] += work_left
         tell(f"failed {os.path.basename(path)}")
 
@@ -332,7 +411,7 @@ def run_batch(
 
     # Images of the next chunk are decoded in threads while this chunk computes.
     loader = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="cam-batch-load")
-    chunks = [pending[k:k + chunk] for k in range(0, total, chunk)]
+    chunks = pending_chunks()  # a page is read when the loop reaches it (milliseconds)
 
     def load(items: list[tuple[str, str]]) -> list[Future]:
         return [loader.submit(_load_or_error, path) for _sid, path in items]
@@ -366,13 +445,19 @@ def run_batch(
             poll()
         return heatmaps
 
-    next_loads = load(chunks[0]) if chunks else []
+    # The run's journal of the files it writes and replaces (store.HeatmapWriter): replaced files
+    # are deleted in groups, and a crash leaves the journal for the next run's clean-up.
+    journal = store.HeatmapWriter(dataset.name, heatmap_dir)
+    coming = next(chunks, None)
+    next_loads = load(coming) if coming else []
+    failed_run = True
     try:
         with torch.enable_grad():
-            for n, items in enumerate(chunks):
+            while coming is not None:
                 if cancelled():
                     break
-                loads, next_loads = next_loads, (load(chunks[n + 1]) if n + 1 < len(chunks) else [])
+                items, coming = coming, next(chunks, None)
+                loads, next_loads = next_loads, (load(coming) if coming else [])
                 loaded = []
                 for (sid, path), future in zip(items, loads):
                     image = future.result()
@@ -400,7 +485,7 @@ def run_batch(
                     except CamError as exc:
                         fail(sid, path, exc, 0)
                         continue
-                    buffered.setdefault(tuple(j.field for j in todo[sid]), []).append((sid, result))
+                    buffered.setdefault(tuple(j.field for j in todo.pop(sid)), []).append((sid, result))
                     if time.perf_counter() - began >= FLUSH_SECONDS:
                         submit()  # a slow sample: written (and counted) now, not with its chunk
                     else:
@@ -408,9 +493,11 @@ def run_batch(
                 submit()
             submit()  # also after a cancel: what was computed is written
             settle()
+        failed_run = False
     finally:
         loader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
+        journal.close(ok=not failed_run)
     report.seconds = time.perf_counter() - started
     tell("cancelled" if report.cancelled else "finished")
     return report

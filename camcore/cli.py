@@ -112,16 +112,26 @@ def file_stem(*parts: str) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from camcore.models import DEFAULT_MODEL, MODELS
+    from camcore.model_file import models_file_path
+    from camcore.models import DEFAULT_MODEL, list_models, skipped_models
 
+    specs, skipped = list_models(), skipped_models()
     if args.json:
-        _print_json({"default": DEFAULT_MODEL, "models": [spec.to_dict() for spec in MODELS.values()]})
+        path = models_file_path()
+        _print_json({"default": DEFAULT_MODEL, "models_file": str(path) if path else None,
+                     "models": [spec.to_dict() for spec in specs],
+                     "skipped": [entry.to_dict() for entry in skipped]})
         return 0
-    for spec in MODELS.values():
+    for spec in specs:
         mark = " (default)" if spec.key == DEFAULT_MODEL else ""
         _say(f"{spec.key}{mark}: {spec.label}")
         _say(f"  task: {spec.task}; weights: {spec.weights.describe()}")
+        if spec.source != "built-in":
+            _say(f"  arch: {spec.arch}; classes: {len(spec.class_names())} ({spec.classes_file}); "
+                 f"from {spec.source}")
         _say(f"  layers: {', '.join(s.name for s in spec.layers)} (default {spec.default_layer})")
+    for entry in skipped:  # bad entries of the models file: said, never fatal
+        print(f"warning: {entry}", file=sys.stderr)
     return 0
 
 
@@ -281,6 +291,8 @@ def _throttled(args: argparse.Namespace, what: str, every: float = 2.0):
 def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> list[dict]:
     """Each heatmap as float32 .npy (image H x W, 0..1) and an overlay PNG; a segmentation model
     also gets its predicted mask. Returns one record per heatmap."""
+    import threading
+
     import cv2
     import numpy as np
 
@@ -293,11 +305,36 @@ def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> 
 
         raise CamError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
 
+    def write_atomic(path: Path, data: bytes) -> None:
+        # Beside the target, then a rename: a full disk or a kill never leaves a 0-byte or
+        # half-written file under the final name (cv2.imwrite returns True on a full disk).
+        from camcore.errors import CamError
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise CamError(f"Cannot write {path}: {exc.strerror or exc}") from exc
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
     def write_png(path: Path, rgb: np.ndarray) -> None:
         from camcore.errors import CamError
 
-        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise CamError(f"Cannot write {path}")
+        ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise CamError(f"Cannot write {path}: PNG encoding failed")
+        write_atomic(path, png.tobytes())
+
+    def write_npy(path: Path, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        write_atomic(path, buffer.getvalue())
 
     def stamp(rgb: np.ndarray) -> np.ndarray:
         return rgb if result.pretrained else overlay.watermark_untrained(rgb)
@@ -317,12 +354,7 @@ def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> 
             stem, n = f"{base}_{n}", n + 1
         used.add(stem)
         npy, png = out_dir / f"{stem}.npy", out_dir / f"{stem}.png"
-        try:
-            np.save(npy, np.asarray(result.full_map(h), dtype=np.float32))
-        except OSError as exc:
-            from camcore.errors import CamError
-
-            raise CamError(f"Cannot write {npy}: {exc.strerror or exc}") from exc
+        write_npy(npy, np.asarray(result.full_map(h), dtype=np.float32))
         write_png(png, full_size(stamp(overlay.overlay(image.rgb, h.map, alpha, colormap))))
         records.append(
             {
@@ -469,7 +501,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
     from camcore.methods import DEFAULT_METHOD, METHODS
-    from camcore.models import DEFAULT_MODEL, MODELS
+    from camcore.models import DEFAULT_MODEL
     from camcore.overlay import COLORMAPS, DEFAULT_COLORMAP
 
     if push:
@@ -480,9 +512,7 @@ def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
         source.add_argument("--image", help="an image file")
         source.add_argument("--dataset", help="a FiftyOne dataset name (with --sample)")
         p.add_argument("--sample", help="sample id, file path or unique file name (with --dataset)")
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)} (default {DEFAULT_MODEL})"
-    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=_MODEL_HELP)
     p.add_argument(
         "--layer", action="append", help="layer name, repeatable (default: the model's default layer)"
     )
@@ -514,8 +544,14 @@ def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
+# Built-in keys only: listing the models file's entries here would read (and check) it for every
+# command, even `methods`. `models` lists them all.
+_MODEL_HELP = ("a key that `models` lists: the built-in efficientnet_lite0 (default), deeplabv3, deit_tiny, "
+               "or an entry of your models file")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from camcore.models import DEFAULT_MODEL, MODELS
+    from camcore.models import DEFAULT_MODEL
 
     parser = _Parser(prog=PROG, description="CAM Explorer from the command line.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -545,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     p.add_argument("--tag", action="append", help="only samples with this tag, repeatable (any of them)")
     p.add_argument("--filename-contains", help="only samples whose file name contains this")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)} (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=_MODEL_HELP)
     p.add_argument("--method", action="append", help="CAM method, repeatable (default gradcam)")
     p.add_argument("--layer", action="append", help="layer name, repeatable (default: the model's default)")
     p.add_argument("--target", default="predicted",

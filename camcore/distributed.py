@@ -1,11 +1,12 @@
 """Batch past one process: Ray workers sharing one MongoDB and one heatmap storage.
 
 The driver checks the request, declares the fields (so that no two writers ever extend a schema
-at once), splits the view's samples into shards and hands them to a pool of Ray actors. Each
+at once), cuts the view into shards (ranges of sample ids, found one boundary at a time as shards
+are handed out) and hands them to a pool of Ray actors with the view's own stages. Each
 actor holds its model (on its own GPU when the cluster has GPUs) and runs
 :func:`camcore.batch.run_batch` on one shard at a time, so resuming, bulk writes and the
 file-then-field order are exactly those of one process; shards are disjoint, and orphan
-clean-up only touches a run's own samples.
+clean-up only touches files of writers that are gone, that no label of any dataset references.
 
 Ray is imported only here, and only when used. ``address=None`` starts a local Ray on this
 machine; ``"auto"`` or ``"ray://head:10001"`` joins a running cluster, whose nodes need this
@@ -14,8 +15,10 @@ project at the same path and its Python environment, and must reach the MongoDB
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -33,7 +36,8 @@ from camcore.errors import CamError, first_line
 ROOT = Path(__file__).resolve().parents[1]
 # Environment the workers need to see what the driver sees (a remote node has its own).
 FORWARDED_ENV = ("FIFTYONE_DATABASE_NAME", "FIFTYONE_DO_NOT_TRACK", "FIFTYONE_DATABASE_VALIDATION",
-                 "CAM_EXPLORER_HOME", "CAM_EXPLORER_WEIGHTS_DIR", "CAM_EXPLORER_OFFLINE")
+                 "CAM_EXPLORER_HOME", "CAM_EXPLORER_WEIGHTS_DIR", "CAM_EXPLORER_OFFLINE",
+                 "CAM_EXPLORER_MODELS")  # your own models: workers resolve the same keys
 
 
 class DistributedError(CamError):
@@ -100,12 +104,15 @@ class _Worker:
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
                 "weights": self.model.weights_label, "samples_done": self.done}
 
-    def run(self, dataset_name: str, ids: list[str], options: dict) -> dict:
+    def run(self, dataset_name: str, stages: list[dict], bounds: tuple[str | None, str | None],
+            options: dict) -> dict:
+        """run_batch on one shard: the driver's view rebuilt from its stages, cut to an _id range."""
         if self.cancel_event.is_set():
             return BatchReport(cancelled=True).to_dict()
         dataset = fo.load_dataset(dataset_name)
         dataset.reload()  # the driver declared fields after this process may have cached the dataset
-        report = run_batch(dataset.select(ids, ordered=True), self.model.spec.key, options["weights"],
+        view = shard_view(fo.DatasetView._build(dataset, stages), *bounds)
+        report = run_batch(view, self.model.spec.key, options["weights"],
                            options["methods"], options["layers"], options["target_rule"],
                            options["eigen_smooth"], options["input_size"], options["chunk"],
                            cancel=self.cancel_event, heatmap_dir=options["heatmap_dir"], device=self.device)
@@ -124,19 +131,78 @@ def _ray():
     return ray
 
 
+LOOPBACK = "127.0.0.1"
+DASHBOARD_ENV = "CAM_EXPLORER_RAY_DASHBOARD"  # "1": the local Ray also serves its dashboard (on loopback)
+
+
+def mask_uri(uri: str) -> str:
+    """A database URI fit to print: its password replaced, ``mongodb://user:***@host/...``."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    at = rest.split("?", 1)[0].rfind("@")  # the last "@" before the options ends the user info
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        rest = f"{user}:***@{rest[at + 1:]}" if colon else rest
+    where, q, options = rest.partition("?")
+    # Secrets some drivers take as options (tlsCertificateKeyFilePassword, AWS_SESSION_TOKEN:...).
+    options = re.sub(r"((?:password|token|secret)[^=:&]*[=:])[^&,]*", r"\1***", options, flags=re.IGNORECASE)
+    return f"{scheme}://{where}{q}{options}"
+
+
+def _scrub(text: str, uri: str) -> str:
+    """Text (an error from Ray may quote the runtime env) without the URI's password."""
+    text = text.replace(uri, mask_uri(uri)) if uri else text
+    return re.sub(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^@\s]*@", r"\1:***@", text, flags=re.IGNORECASE)
+
+
+def _init_kwargs(address: str | None, env: dict[str, str]) -> dict:
+    """ray.init's arguments: a local Ray started here binds loopback only, with no dashboard
+    unless CAM_EXPLORER_RAY_DASHBOARD=1 asks for one (then on loopback too)."""
+    uri = env.get("FIFTYONE_DATABASE_URI", "")
+    if address is None and mask_uri(uri) != uri and os.environ.get("FIFTYONE_DATABASE_URI") == uri:
+        # Ray writes the runtime env in full to its logs (runtime_env_agent.log); a local Ray's
+        # workers inherit this process's environment, so a URI with a password need not be in it.
+        env = {k: v for k, v in env.items() if k != "FIFTYONE_DATABASE_URI"}
+    kwargs = {"address": address, "runtime_env": {"env_vars": env},
+              "include_dashboard": os.environ.get(DASHBOARD_ENV, "") == "1",
+              "log_to_driver": False, "logging_level": "WARNING", "configure_logging": True}
+    if address is None:
+        kwargs.update(_node_ip_address=LOOPBACK, dashboard_host=LOOPBACK)
+    return kwargs
+
+
+@contextlib.contextmanager
+def _loopback_node(ray, address: str | None):
+    """While a local Ray starts: on Linux Ray turns 127.0.0.1 into the address of the network
+    interface (found by probing a public address) and its servers bind that, unless clusters
+    are off as on macOS/Windows (ray_constants.ENABLE_RAY_CLUSTER, read at call time; 2.60)."""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if address is not None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        yield
+        return
+    saved = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
+
+
 def _connect(ray, address: str | None, env: dict[str, str]) -> bool:
     """Start or join Ray; True when this call started it (and must shut it down)."""
     if ray.is_initialized():
         return False
     client = _is_client(address)
     try:
-        ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
-                 log_to_driver=False, logging_level="WARNING", configure_logging=True)
+        with _loopback_node(ray, address):
+            ray.init(**_init_kwargs(address, env))
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all mean "no cluster"
         where = address or "a local Ray"
         hint = (" (is the head's Ray Client port open, and RAY_AUTH_TOKEN set to the head's "
                 "`ray get-auth-token`?)") if client else ""
-        raise DistributedError(f"could not start or reach {where}: {first_line(exc)}{hint}") from exc
+        reason = _scrub(first_line(exc), env.get("FIFTYONE_DATABASE_URI", ""))
+        raise DistributedError(f"could not start or reach {where}: {reason}{hint}") from exc
     return True
 
 
@@ -176,19 +242,23 @@ def run_batch_distributed(
     uri = database_uri()
     if _is_remote(address) and _is_loopback(uri):
         # A remote node would talk to its own loopback: refuse rather than write nowhere.
-        raise DistributedError(f"the cluster at {address} cannot reach MongoDB at {uri}: set "
+        raise DistributedError(f"the cluster at {address} cannot reach MongoDB at {mask_uri(uri)}: set "
                                "FIFTYONE_DATABASE_URI to an address every node can reach")
     if not _is_remote(address):  # the nodes share this machine's weights: fail here, not in each worker
         weights_mod.check_available(request.spec.weights, weights)
     request.declare_fields(dataset, input_size, eigen_smooth,
                            pretrained=(weights or "").strip() != weights_mod.UNTRAINED,
                            weights_tag=weights_mod.choice_tag(weights))
-    ids = dataset_or_view.values("id")
-    size = shard_size or max(chunk, min(8 * chunk, math.ceil(len(ids) / (4 * workers)) or 1))
-    shards = [ids[i:i + size] for i in range(0, len(ids), size)]
+    # Workers get the view itself (its stages) and an _id range each, never lists of ids: the
+    # driver reads one boundary id per shard, as shards are handed out.
+    view = dataset_or_view if isinstance(dataset_or_view, fo.DatasetView) else dataset_or_view.view()
+    stages = view._serialize(include_uuids=False)
+    total = view.count()  # one server-side count, for progress and the shard size
+    size = shard_size or max(chunk, min(8 * chunk, math.ceil(total / (4 * workers)) or 1))
     report = DistributedReport()
-    if not shards:
+    if not total:
         return report
+    shards = Shards(view, size)
     options = {"weights": weights, "methods": list(request.methods), "layers": list(request.layers),
                "target_rule": request.rule, "eigen_smooth": bool(eigen_smooth), "input_size": input_size,
                "chunk": chunk,
@@ -205,8 +275,9 @@ def run_batch_distributed(
         gpus, cpus, count = _worker_shape(ray.cluster_resources(), workers)
         worker_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_concurrency=2)(_Worker)
         actors = [worker_cls.remote(request.spec.key, weights, "cuda" if gpus else "cpu", cpus)
-                  for _ in range(min(count, len(shards)))]
-        _dispatch(ray, actors, dataset.name, shards, options, report, len(ids), started, progress, cancel)
+                  for _ in range(min(count, math.ceil(total / size)))]
+        _dispatch(ray, actors, dataset.name, stages, shards, options, report, total, started, progress,
+                  cancel)
         for actor in actors:
             try:
                 report.workers.append(ray.get(actor.describe.remote(), timeout=60))
@@ -233,17 +304,58 @@ def _worker_shape(resources: dict, workers: int) -> tuple[int, int, int]:
     return 0, max(1, total_cpus // count), count
 
 
-def _dispatch(ray, actors, dataset_name: str, shards: list[list[str]], options: dict, report: DistributedReport,
-              total: int, started: float, progress: BatchProgress | None, cancel: threading.Event | None) -> None:
+def shard_view(view: fo.DatasetView, lo: str | None, hi: str | None) -> fo.DatasetView:
+    """The samples of the view with lo < _id <= hi (None: no bound)."""
+    from bson import ObjectId
+
+    bounds = {**({"$gt": ObjectId(lo)} if lo else {}), **({"$lte": ObjectId(hi)} if hi else {})}
+    return view.match({"_id": bounds}) if bounds else view
+
+
+class Shards:
+    """The view cut into _id ranges of `size` samples, each boundary found when the shard is handed
+    out (one indexed query that returns one id): (lo, hi] with None for an open end."""
+
+    def __init__(self, view: fo.DatasetView, size: int) -> None:
+        self.view, self.size = view, max(1, int(size))
+        self.lo: str | None = None
+        self.finished = False
+
+    def next(self) -> tuple[str | None, str | None] | None:
+        if self.finished:
+            return None
+        rest = shard_view(self.view, self.lo, None).sort_by("_id", create_index=False)
+        ends = rest.skip(self.size - 1).limit(1).values("id")
+        if not ends:  # fewer than `size` left: the last shard runs to the end, if anything is left
+            self.finished = True
+            return (self.lo, None) if rest.limit(1).values("id") else None
+        shard = (self.lo, ends[0])
+        self.lo = ends[0]
+        return shard
+
+    def ids(self, shard: tuple[str | None, str | None]) -> list[str]:
+        """The ids of one shard (at most `size`; for reporting a lost shard)."""
+        return shard_view(self.view, *shard).values("id")
+
+    def rest_ids(self) -> list[str]:
+        """The ids of the samples not handed out yet (reported when no worker is left)."""
+        self.finished = True
+        return shard_view(self.view, self.lo, None).values("id")
+
+
+def _dispatch(ray, actors, dataset_name: str, stages: list[dict], shards: Shards, options: dict,
+              report: DistributedReport, total: int, started: float, progress: BatchProgress | None,
+              cancel: threading.Event | None) -> None:
     """Keep every actor busy with one shard until none is left; fold each shard's report in."""
-    queue = list(reversed(shards))
     running: dict = {}  # object ref -> (actor, shard)
     alive = list(actors)
 
     def give(actor) -> None:
-        if queue and not (cancel is not None and cancel.is_set()):
-            shard = queue.pop()
-            running[actor.run.remote(dataset_name, shard, options)] = (actor, shard)
+        if cancel is not None and cancel.is_set():
+            return
+        shard = shards.next()
+        if shard is not None:
+            running[actor.run.remote(dataset_name, stages, shard, options)] = (actor, shard)
 
     def tell(message: str) -> None:
         if progress is not None:
@@ -255,7 +367,8 @@ def _dispatch(ray, actors, dataset_name: str, shards: list[list[str]], options: 
 
     for actor in alive:
         give(actor)
-    tell(f"{len(shards)} shards of up to {len(shards[0])} samples on {len(actors)} workers")
+    count = math.ceil(total / shards.size)
+    tell(f"{count} shards of up to {shards.size} samples on {len(actors)} workers")
     cancelled_sent = False
     while running:
         ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
@@ -272,11 +385,10 @@ def _dispatch(ray, actors, dataset_name: str, shards: list[list[str]], options: 
             part = ray.get(ref)
         except Exception as exc:  # the actor died (killed, out of memory): its shard is not done
             reason = f"worker lost: {first_line(exc)}"
-            report.failed.extend((sid, reason) for sid in shard)
+            report.failed.extend((sid, reason) for sid in shards.ids(shard))
             alive.remove(actor)
             if not alive:
-                report.failed.extend((sid, "no worker left") for s in queue for sid in s)
-                queue.clear()
+                report.failed.extend((sid, "no worker left") for sid in shards.rest_ids())
             tell(reason)
             continue
         report.done += part["done"]

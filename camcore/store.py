@@ -14,7 +14,7 @@ own weights. Each part is lowercased, ``+`` becomes ``p`` (gradcam++ ->
 gradcampp, kept apart from gradcam), every other run of characters outside ``[a-z0-9]``
 becomes one ``_``; names longer than :data:`MAX_FIELD_LEN` are cut and end
 in ``_<8 hex of a hash>``. The field is an ``fo.Heatmap`` field whose map is a 16-bit
-grayscale PNG (``range=[0, 65535]``) under ``<heatmaps dir>/<dataset>/<field>/<id>.png``;
+grayscale PNG (``range=[0, 65535]``) under ``<heatmaps dir>/<dataset>/<field>/<id>-<write id>.png``;
 the label carries provenance attributes (model, weights, method, layer, target,
 raw_min/raw_max, created_at, package versions...).
 
@@ -29,18 +29,22 @@ Findings are ``fo.Classification`` labels in the ``fo.Classifications`` field
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
 import hashlib
 import importlib.metadata
+import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -269,12 +273,19 @@ def _dataset_dirname(name: str) -> str:
     return clean if clean == name else f"{clean}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
+def _heatmap_base(heatmap_dir: str | Path | None) -> Path:
+    return Path(heatmap_dir).expanduser().resolve() if heatmap_dir else paths.heatmaps_dir()
+
+
 def heatmap_path(
-    dataset_name: str, field: str, sample_id: str, heatmap_dir: str | Path | None = None
+    dataset_name: str, field: str, sample_id: str, heatmap_dir: str | Path | None = None, write_id: str = ""
 ) -> Path:
-    """Absolute path of the PNG for one sample's heatmap in one field."""
-    base = Path(heatmap_dir).expanduser().resolve() if heatmap_dir else paths.heatmaps_dir()
-    return base / _dataset_dirname(dataset_name) / field / f"{sample_id}.png"
+    """Absolute path of the PNG for one sample's heatmap in one field, written by one write:
+    ``<sample id>-<write id>.png``. Every write gets a new name, so a map is never replaced in
+    place under a label that still describes the old one. Without a write id: the name earlier
+    versions wrote (``<sample id>.png``); ``.parent`` is the field's folder either way."""
+    name = f"{sample_id}-{write_id}.png" if write_id else f"{sample_id}.png"
+    return _heatmap_base(heatmap_dir) / _dataset_dirname(dataset_name) / field / name
 
 
 # ---------------------------------------------------------------- pushing heatmaps
@@ -364,14 +375,29 @@ def _label(
         blank=bool(h.blank),  # zero everywhere: the App draws nothing, and this says why
         created_at=created_at,
         versions=versions,
+        **model_provenance(result),
     )
 
 
-def _write_png_atomic(path: Path, image: np.ndarray) -> None:
-    # Write beside the target then rename: a crash never leaves a half-written PNG.
+def model_provenance(result: CamResult) -> dict[str, Any]:
+    """The label attributes that say exactly what made a map, beside the weights label: the
+    architecture, the weights file's content hash, the classes file, and the size the model ran
+    at (the short side, or the square's side: min of the tensor's height and width). A batch
+    resumes only where these match, so maps of another checkpoint or size are made again."""
+    given = result.model_provenance or {}
+    return {"arch": str(given.get("arch") or ""), "weights_sha256": str(given.get("weights_sha256") or ""),
+            "classes_file": str(given.get("classes_file") or ""),
+            "input_size": int(min(result.input_size)) if result.input_size else 0}
+
+
+def _write_png_atomic(path: Path, image: np.ndarray, tmp_dir: Path | None = None) -> None:
+    # Write a temp file then rename: a crash never leaves a half-written PNG. The temp file may live
+    # in another folder of the same file system (the journal's), where clean-up finds it cheaply.
+    tmp_dir = tmp_dir or path.parent
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".tmp-", suffix=".png")
         os.close(fd)
     except OSError as exc:
         raise ImageError(f"cannot write heatmaps under {path.parent}: {exc.strerror or exc}") from exc
@@ -396,18 +422,276 @@ def _write_png_atomic(path: Path, image: np.ndarray) -> None:
             os.unlink(tmp)
 
 
-def _write_pngs(files: Sequence[tuple[Path, np.ndarray]]) -> None:
+def _write_pngs(files: Sequence[tuple[Path, np.ndarray]], tmp_dir: Path | None = None) -> None:
     """Write many PNGs atomically, in threads: PNG encoding and fsync release the GIL, and on a
     GPU machine they would otherwise take longer than computing the maps. Every write finishes
     (or fails) before this returns; the first error is raised."""
     if len(files) <= 1:
         for path, png in files:
-            _write_png_atomic(path, png)
+            _write_png_atomic(path, png, tmp_dir)
         return
     with ThreadPoolExecutor(max_workers=min(_WRITE_THREADS, len(files))) as pool:
-        futures = [pool.submit(_write_png_atomic, path, png) for path, png in files]
+        futures = [pool.submit(_write_png_atomic, path, png, tmp_dir) for path, png in files]
     for future in futures:
         future.result()
+
+
+# ---------------------------------------------------------------- heatmap files: journal and clean-up
+#
+# A label always points at a whole file that was written for it:
+#   1. the writer's journal lists the new files and the files the labels point at now (fsync'd);
+#   2. the new PNGs are written under new names (<sample id>-<write id>.png), atomically;
+#   3. one set_values per field points the labels at them;
+#   4. the old files are deleted, each only if no label of any dataset points at it (clones keep
+#      sample ids and absolute map_paths); then the journal is emptied.
+# A process that dies between two steps leaves its journal. Clean-up (clean_orphans) takes a
+# journal only when its writer is gone: the writer holds an exclusive flock on it while it lives,
+# and the kernel drops that lock when the process dies, however it dies. Clean-up then deletes the
+# listed files that no label references at that moment, so it never touches a file of a writer
+# still running (its journal is locked) nor one any dataset uses.
+
+PENDING_DIR = ".pending"  # under <heatmaps dir>/<dataset>/: journals and temp PNGs
+JOURNAL_SUFFIX = ".journal"
+STALE_TEMP_SECONDS = 3600  # a temp PNG lives for one write; older ones were left by a crash
+# A journal written on another machine: its flock may not reach this one (NFS mounted without
+# locks), so it counts as abandoned only when unlocked here AND untouched for this long.
+FOREIGN_JOURNAL_GRACE = 3600.0
+DELETE_BATCH = 2048  # old files collected before one cross-dataset reference check
+_REF_QUERY_PATHS = 5000  # paths per $in query
+_MAP_NAME = re.compile(r"^[0-9a-fA-F]{24}(-[0-9a-f]+)?\.png$")
+_HEATMAP_DOC = "fiftyone.core.labels.Heatmap"
+
+
+def _pending_dir(dataset_name: str, heatmap_dir: str | Path | None) -> Path:
+    return _heatmap_base(heatmap_dir) / _dataset_dirname(dataset_name) / PENDING_DIR
+
+
+def _heatmap_paths_in_schema(fields: list[dict], prefix: str = "") -> list[str]:
+    """Dotted paths of the Heatmap fields in a dataset document's field list, nested ones too."""
+    out = []
+    for f in fields or []:
+        name = f"{prefix}{f.get('name')}"
+        if f.get("embedded_doc_type") == _HEATMAP_DOC:
+            out.append(name)
+        elif f.get("fields"):
+            out.extend(_heatmap_paths_in_schema(f["fields"], name + "."))
+    return out
+
+
+@_db_errors
+def referenced_paths(paths_: Iterable[str]) -> set[str]:
+    """Which of these files a label of any dataset in the database points at now: one server-side
+    query per dataset that has Heatmap fields (samples and frames), whatever their names."""
+    wanted = sorted({str(p) for p in paths_})
+    if not wanted:
+        return set()
+    import fiftyone.core.odm as foo
+
+    conn = foo.get_db_conn()
+    found: set[str] = set()
+    projection = {"sample_collection_name": 1, "frame_collection_name": 1, "sample_fields": 1,
+                  "frame_fields": 1}
+    for doc in conn["datasets"].find({}, projection):
+        for coll_key, fields_key in (("sample_collection_name", "sample_fields"),
+                                     ("frame_collection_name", "frame_fields")):
+            fields = _heatmap_paths_in_schema(doc.get(fields_key) or [])
+            if not fields or not doc.get(coll_key):
+                continue
+            coll = conn[doc[coll_key]]
+            for k in range(0, len(wanted), _REF_QUERY_PATHS):
+                part = wanted[k:k + _REF_QUERY_PATHS]
+                query = {"$or": [{f"{f}.map_path": {"$in": part}} for f in fields]}
+                for hit in coll.find(query, {f"{f}.map_path": 1 for f in fields}):
+                    for f in fields:
+                        value: Any = hit
+                        for key in f.split("."):
+                            value = value.get(key) if isinstance(value, dict) else None
+                        values = value if isinstance(value, list) else [value]
+                        for v in values:
+                            mp = v.get("map_path") if isinstance(v, dict) else None
+                            if mp in part:
+                                found.add(mp)
+    return found
+
+
+def _delete_unreferenced(candidates: Iterable[str]) -> int:
+    """Delete those of the files that exist and that no label of any dataset points at now."""
+    existing = {p for p in set(candidates) if p and os.path.isfile(p)}
+    if not existing:
+        return 0
+    removed = 0
+    for path in sorted(existing - referenced_paths(existing)):
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class HeatmapWriter:
+    """One writer's journal of the heatmap files it is changing (see the comment above).
+
+    push_many uses one per call unless given one; a batch passes one for the whole run, so the
+    old files it replaces are checked and deleted in groups of DELETE_BATCH (one reference query
+    per group, not per chunk). Use it as a context manager: on a clean exit the old files are
+    deleted and the journal removed; on an exception the journal stays for clean_orphans."""
+
+    def __init__(self, dataset_name: str, heatmap_dir: str | Path | None = None) -> None:
+        self.folder = _pending_dir(dataset_name, heatmap_dir)
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._doomed: list[str] = []  # old files whose labels point at new files now
+        self._lock = threading.Lock()
+        self.removed = 0
+
+    def _header(self) -> bytes:
+        return (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+                + "\n").encode()
+
+    def _write(self, data: bytes) -> None:
+        os.write(self._fd, data)
+        os.fsync(self._fd)
+
+    def _open(self) -> None:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        tmp = self.folder / f".new-{name}"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: clean-up leaves this journal alone
+            self._fd = fd
+            self._write(self._header())
+            final = self.folder / f"{name}{JOURNAL_SUFFIX}"
+            os.replace(tmp, final)  # visible under its journal name only once locked
+        except BaseException:
+            self._fd = None
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        self.path = final
+
+    def record(self, new: Sequence[str], old: Sequence[str]) -> None:
+        """Before any PNG is written: the files this write creates and those it will replace."""
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self._open()
+                self._write((json.dumps({"new": list(new), "old": list(old)}) + "\n").encode())
+            except OSError as exc:
+                raise ImageError(f"cannot write heatmaps under {self.folder.parent}: "
+                                 f"{exc.strerror or exc}") from exc
+
+    def committed(self, old: Sequence[str]) -> None:
+        """The labels point at the new files now: the old ones go (checked) in the next flush."""
+        with self._lock:
+            self._doomed.extend(old)
+            due = len(self._doomed) >= DELETE_BATCH
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Delete the replaced files no label references; every recorded write is settled then,
+        so the journal is emptied (a crash mid-way leaves it whole or empty: both are safe)."""
+        with self._lock:
+            doomed, self._doomed = self._doomed, []
+            if doomed:
+                self.removed += _delete_unreferenced(doomed)
+            if self._fd is not None:
+                os.ftruncate(self._fd, 0)
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                self._write(self._header())
+
+    def close(self, ok: bool = True) -> None:
+        """ok: settle and remove the journal; else (or when settling fails: database down, disk
+        full) keep it for clean_orphans. Either way the lock is released."""
+        settled = False
+        try:
+            if ok:
+                self.flush()
+                settled = True
+        except Exception:  # the labels are written; only the old files' deletion waits
+            pass
+        finally:
+            with self._lock:
+                if self._fd is not None:
+                    if settled and self.path is not None:
+                        self.path.unlink(missing_ok=True)  # before the lock goes: nobody takes it half-done
+                    os.close(self._fd)  # releases the flock
+                    self._fd = None
+
+    def forget(self, new: Sequence[str]) -> None:
+        """A write that failed before any label was written: its files are nobody's, delete them."""
+        for path in new:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def __enter__(self) -> HeatmapWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+@_db_errors
+def clean_orphans(dataset: fo.Dataset | fo.DatasetView, heatmap_dir: str | Path | None = None) -> int:
+    """Settle what writers that died left under this dataset's heatmap folder: for each journal no
+    live writer holds, delete the files it lists that no label of any dataset references now, then
+    the journal; and temp PNGs older than STALE_TEMP_SECONDS. Returns the number of files deleted.
+    Cost: one listing of the journal folder, plus one reference query per dataset with heatmaps
+    when something was abandoned; never proportional to the dataset's size."""
+    import fcntl
+
+    folder = _pending_dir(_root(dataset).name, heatmap_dir)
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    candidates: list[str] = []
+    held: list[tuple[int, Path]] = []  # abandoned journals, locked by us until their files are settled
+    removed = 0
+    try:
+        for path in sorted(folder.iterdir()):
+            name = path.name
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime > STALE_TEMP_SECONDS:
+                        path.unlink()
+                        removed += 1
+                continue
+            if not (name.endswith(JOURNAL_SUFFIX) or name.startswith(".new-")):
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # its writer is alive
+                os.close(fd)
+                continue
+            with open(path, "rb") as f:
+                lines = f.read().decode(errors="replace").splitlines()
+            records = []
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
+            header = records[0] if records and "host" in records[0] else {}
+            if header.get("host", socket.gethostname()) != socket.gethostname() and \
+                    now - os.fstat(fd).st_mtime < FOREIGN_JOURNAL_GRACE:
+                os.close(fd)
+                continue
+            for rec in records:
+                candidates.extend(str(p) for p in (rec.get("new") or []) + (rec.get("old") or []))
+            held.append((fd, path))
+        removed += _delete_unreferenced(candidates)
+        for _fd, path in held:
+            path.unlink(missing_ok=True)
+    finally:
+        for fd, _path in held:
+            os.close(fd)
+    return removed
 
 
 @_db_errors
@@ -446,6 +730,9 @@ LABEL_ATTRIBUTES: dict[str, type[fo.Field]] = {
     "target_index": fo.IntField, "target_rule": fo.StringField, "aug_smooth": fo.BooleanField,
     "eigen_smooth": fo.BooleanField, "raw_min": fo.FloatField, "raw_max": fo.FloatField, "blank": fo.BooleanField,
     "created_at": fo.StringField, "versions": fo.DictField,
+    # model_provenance(): what made the map, compared by a batch's resume
+    "arch": fo.StringField, "weights_sha256": fo.StringField, "classes_file": fo.StringField,
+    "input_size": fo.IntField,
 }
 
 
@@ -504,6 +791,7 @@ def push_many(
     target_label: str | None = None,
     extra: dict | None = None,
     heatmap_dir: str | Path | None = None,
+    writer: HeatmapWriter | None = None,
 ) -> list[str]:
     """Write every heatmap of several samples' results with one ``set_values`` per field.
 
@@ -511,12 +799,16 @@ def push_many(
     (e.g. ``"predicted"``: one field whatever class each sample was explained for; the class
     is still each label's ``target`` attribute); None uses each heatmap's class name as
     :func:`push_heatmaps` does. extra: more attributes for every label (provenance).
-    Everything is validated first, then every PNG is written (atomically), then the fields:
-    a crash in between leaves files no field points at, never a field without its file.
+    Everything is validated first; then the writer's journal lists the new files and the ones
+    the labels point at now, every PNG is written under a new name (atomically), the fields are
+    set, and the replaced files are deleted once no label of any dataset references them (at
+    once, or in the writer's next flush when a batch passes its writer). A crash at any point
+    leaves each label with the file it was written with; clean_orphans settles the rest.
     """
     dataset = _root(dataset)
     if not items:
         return []
+    write_id = uuid.uuid4().hex[:16]  # this write's files get new names: nothing is replaced in place
     with _LOCK:
         require_image(dataset)
         ids = [sid for sid, _r in items]
@@ -538,53 +830,132 @@ def push_many(
                 if any(r[0] == sid for r in rows):
                     raise StoreError(f"two heatmaps of sample {sid} map to the same field {field!r}")
                 png = _validated_map(h, result, metas[sid])
-                rows.append((sid, result, h, png, heatmap_path(dataset.name, field, sid, heatmap_dir)))
+                path = heatmap_path(dataset.name, field, sid, heatmap_dir, write_id)
+                rows.append((sid, result, h, png, path))
         created_at = _now()
         versions = _versions()
-        _write_pngs([(path, png) for _k, rows in per_field.values() for _s, _r, _h, png, path in rows])
-        for field, (key, rows) in per_field.items():
-            declare_heatmap_field(dataset, *key[:4], extra=extra, variant=key[4])
-            values = {sid: _label(r, h, path, created_at, versions, extra) for sid, r, h, _p, path in rows}
-            # One bulk update keyed by id, not sample.save(); every attribute is declared already.
-            dataset.set_values(field, values, key_field="id", dynamic=True)
+        new = [str(path) for _k, rows in per_field.values() for *_x, path in rows]
+        old = _current_files(dataset, {f: [r[0] for r in rows] for f, (_k, rows) in per_field.items()})
+        own = writer is None
+        writer = writer or HeatmapWriter(dataset.name, heatmap_dir)
+        labelled = False
+        try:
+            writer.record(new, old)
+            try:
+                files = [(path, png) for _k, rows in per_field.values() for _s, _r, _h, png, path in rows]
+                _write_pngs(files, tmp_dir=writer.folder)
+            except BaseException:
+                writer.forget(new)  # no label was written: these files are nobody's
+                raise
+            for field, (key, rows) in per_field.items():
+                declare_heatmap_field(dataset, *key[:4], extra=extra, variant=key[4])
+                values = {sid: _label(r, h, path, created_at, versions, extra) for sid, r, h, _p, path in rows}
+                labelled = True
+                # One bulk update keyed by id, not sample.save(); every attribute is declared already.
+                dataset.set_values(field, values, key_field="id", dynamic=True)
+            writer.committed(old)
+        except BaseException:
+            if own:
+                writer.close(ok=not labelled)  # a label may have been written: leave it to clean-up
+            raise
+        if own:
+            writer.close()
     return list(per_field)
 
 
-def _show_in_app(dataset: fo.Dataset, fields: list[str]) -> None:
-    """Make our heatmap fields active (checked) in the App by default, drawn with jet like the app.
+def _current_files(dataset: fo.Dataset, ids_by_field: dict[str, list[str]]) -> list[str]:
+    """The files our labels of these samples point at now (those a write will replace): only
+    files named as we name them, in the field's own folder, so a path set by hand is never
+    deleted."""
+    schema = dataset.get_field_schema()
+    fields = [f for f in ids_by_field if f in schema]
+    if not fields:
+        return []
+    wanted = {f: set(ids_by_field[f]) for f in fields}
+    ids = sorted(set().union(*wanted.values()))
+    columns = dataset.select(ids).values(["id"] + [f"{f}.map_path" for f in fields])
+    out = []
+    for i, sid in enumerate(columns[0]):
+        for f, col in zip(fields, columns[1:]):
+            path = col[i]
+            if path and sid in wanted[f]:
+                p = Path(path)
+                if p.parent.name == f and _MAP_NAME.match(p.name) and p.name.startswith(sid):
+                    out.append(str(path))
+    return out
 
-    The App leaves dense labels (heatmaps, masks) unchecked unless the dataset's app_config lists
-    them. With no config yet we store FiftyOne's own default (every non-dense label field, the
-    way the App shows a dataset) plus ours, so metadata and other fields stay off the grid. An
-    exclusion list that only excludes other dense fields (as earlier versions wrote) is turned
-    into that; any other list the user set is only extended with our fields.
+
+_SHOWN: dict[str, tuple[float, list[str], object]] = {}  # dataset -> (when, fields, which push) of the latest
+_SHOWN_GROUP_SECONDS = 60.0  # the calls of one push come back to back
+HEATMAP_COLORSCALE = "jet"  # the app's default colormap: the App draws our maps like the explorer does
+
+
+def _show_in_app(dataset: fo.Dataset, fields: list[str]) -> None:
+    """Show the heatmap fields just pushed in the App, drawn with a heatmap colour scale.
+
+    - Active (checked) fields: FiftyOne's own default (every non-dense label field, the way the
+      App shows a dataset) plus only the fields of the latest push (the calls of one push_many,
+      known by its write id, or of one batch declaring its fields, add up); our older heatmap
+      fields are unchecked, so a sample is not a stack of tints. A list the user set keeps its other paths (an exclusion list also
+      excludes our older fields).
+    - Each field of ours gets a colour scale (jet, like the explorer), unless the user set one.
+    - An App this process serves on this dataset takes the new scheme and refreshes at once (a
+      session keeps the scheme it was launched with).
+    Each field keeps its full description (what made the map) in its description and info.
     """
+    now = time.monotonic()
+    # One push: push_many's write id; else (a batch declaring its fields) the calling frame.
+    push: object = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") != __name__:
+            push = ("frame", id(frame), frame.f_code)
+            break
+        if frame.f_code.co_name == "push_many" and "write_id" in frame.f_locals:
+            push = ("push", frame.f_locals["write_id"])
+            break
+        frame = frame.f_back
+    last = _SHOWN.get(dataset.name)
+    same = last is not None and last[2] == push and now - last[0] < _SHOWN_GROUP_SECONDS
+    group = list(dict.fromkeys(([*last[1]] if same else []) + list(fields)))
+    _SHOWN[dataset.name] = (now, group, push)
     config = dataset.app_config
     active = config.active_fields
+    ours = set(heatmap_fields(dataset)) | set(group)
+    older = sorted(ours - set(group))
     changed = False
-    ours = list(dict.fromkeys([*heatmap_fields(dataset), *fields])) if active is None or active.exclude else []
-    if active is None or (active.exclude and set(active.paths) <= _dense_fields(dataset) - set(ours)):
+    if active is None or (active.exclude and set(active.paths) <= _dense_fields(dataset) | ours):
         default = fo.DatasetAppConfig.default_active_fields(dataset)
-        paths = [p for p in default.paths if p not in ours] + ours
-        config.active_fields = ActiveFields(exclude=False, paths=paths)
-        changed = True
-    elif active.exclude:
-        if any(p in fields for p in active.paths):
-            active.paths = [p for p in active.paths if p not in fields]
-            changed = True
-    elif not all(f in active.paths for f in fields):
-        active.paths = list(active.paths) + [f for f in fields if f not in active.paths]
+        paths = [p for p in default.paths if p not in ours] + group
+        new_active = ActiveFields(exclude=False, paths=paths)
+    elif active.exclude:  # the user's own exclusion list: keep it, and exclude our older maps too
+        paths = [p for p in active.paths if p not in ours] + older
+        new_active = ActiveFields(exclude=True, paths=paths)
+    else:
+        paths = [p for p in active.paths if p not in ours] + group
+        new_active = ActiveFields(exclude=False, paths=paths)
+    if active is None or active.exclude != new_active.exclude or list(active.paths) != list(new_active.paths):
+        config.active_fields = new_active
         changed = True
     scheme = config.color_scheme or fo.ColorScheme()
     scales = list(scheme.colorscales or [])
     styled = {c.get("path") for c in scales if isinstance(c, dict)}
     missing = [f for f in fields if f not in styled]
     if missing:  # the user's own colorscale for a field wins
-        scheme.colorscales = scales + [{"path": f, "name": "jet"} for f in missing]
+        scheme.colorscales = scales + [{"path": f, "name": HEATMAP_COLORSCALE} for f in missing]
         config.color_scheme = scheme
         changed = True
     if changed:
         dataset.save()
+    session = _SESSION
+    if session is not None:
+        try:
+            shown = session.dataset
+            if shown is not None and shown.name == dataset.name:
+                session.color_scheme = None  # rebuilt from the dataset's app config, sent to the App
+                session.refresh()
+        except Exception:  # an App that is not connected (yet): it reads the config when it loads
+            pass
 
 
 def _dense_fields(dataset: fo.Dataset) -> set[str]:
@@ -615,6 +986,10 @@ def finding_tag(tag: str) -> str:
     return FINDING_TAG_PREFIX + clean
 
 
+# String attributes of a finding label, declared in the schema so that the App lists them.
+_FINDING_ATTRS = ("note", "heatmap_field", "created_at", "url")
+
+
 def _findings_field_ready(dataset: fo.Dataset) -> None:
     existing = dataset.get_field(FINDINGS_FIELD)
     if existing is None:
@@ -623,63 +998,118 @@ def _findings_field_ready(dataset: fo.Dataset) -> None:
             description="CAM Explorer findings: notes on what a heatmap shows",
             info={MARK: {"kind": "findings"}},
         )
-        return
-    doc_type = getattr(existing, "document_type", None)
-    if not (doc_type and issubclass(doc_type, fo.Classifications)) or MARK not in (existing.info or {}):
-        raise StoreError(
-            f"field {FINDINGS_FIELD!r} of {dataset.name!r} exists and is not CAM Explorer's findings field")
+    else:
+        doc_type = getattr(existing, "document_type", None)
+        if not (doc_type and issubclass(doc_type, fo.Classifications)) or MARK not in (existing.info or {}):
+            raise StoreError(
+                f"field {FINDINGS_FIELD!r} of {dataset.name!r} exists and is not CAM Explorer's findings field")
+    for attr in _FINDING_ATTRS:  # findings made before `url` existed lack only that one
+        path = f"{FINDINGS_FIELD}.classifications.{attr}"
+        if dataset.get_field(path) is None:
+            dataset.add_sample_field(path, fo.StringField)
 
 
 @_db_errors
 def add_finding(
-    dataset: fo.Dataset, sample_id: str, tag: str, note: str = "", heatmap_field: str | None = None
+    dataset: fo.Dataset, sample_id: str, tag: str, note: str = "", heatmap_field: str | None = None,
+    url: str | None = None,
 ) -> None:
-    """Tag the sample ``cam:<tag>`` and append a Classification(label=tag, note, ...) to cam_findings."""
+    """Tag the sample ``cam:<tag>`` and append a Classification(label=tag, note, heatmap_field,
+    created_at, url) to cam_findings; `url` is the explorer state the finding was made in.
+
+    Atomic updates of the one sample document ($addToSet the tag, $push the finding), never a
+    read-modify-write: a tag or finding that the App or another process adds meanwhile is kept."""
     dataset = _root(dataset)
     tag = str(tag).strip()
     sample_tag = finding_tag(tag)
-    with _LOCK:
+    if url is not None and urllib.parse.urlsplit(str(url)).scheme.lower() not in ("http", "https"):
+        # It becomes a link on the Findings page: never javascript:, data: or file:.
+        raise StoreError(f"a finding's URL must be an http(s) address, got {str(url)[:80]!r}")
+    with _LOCK:  # in this process: schema changes of one dataset one at a time
         sample = get_sample(dataset, sample_id)
-        sample.reload()  # another process may have added findings or tags since we loaded it
         if heatmap_field is not None and dataset.get_field(heatmap_field) is None:
             raise StoreError(f"no field {heatmap_field!r} in {dataset.name!r} to attach the finding to")
         _findings_field_ready(dataset)
-        finding = fo.Classification(label=tag, note=note, heatmap_field=heatmap_field, created_at=_now())
-        current = sample[FINDINGS_FIELD]
-        labels = list(current.classifications) if current is not None else []
-        tags = list(sample.tags) + ([sample_tag] if sample_tag not in sample.tags else [])
-        # Bulk updates keyed by id (what set_values does fastest); no sample.save().
-        value = fo.Classifications(classifications=labels + [finding])
-        dataset.set_values(FINDINGS_FIELD, {sample.id: value}, key_field="id", dynamic=True)
-        dataset.set_values("tags", {sample.id: tags}, key_field="id")
+        finding = fo.Classification(label=tag, note=note, heatmap_field=heatmap_field, created_at=_now(),
+                                    url=None if url is None else str(url))
+        docs, key, items = dataset._sample_collection, {"_id": sample._id}, FINDINGS_FIELD + ".classifications"
+        # A sample with no findings yet gets an empty list; each filter+update is atomic, so two
+        # writers doing this at once create it once and both pushes land in it.
+        docs.update_one({**key, FINDINGS_FIELD: None},
+                        {"$set": {FINDINGS_FIELD: {"_cls": "Classifications", "classifications": []}}})
+        docs.update_one({**key, FINDINGS_FIELD: {"$ne": None}, items: None}, {"$set": {items: []}})
+        done = docs.update_one(key, {
+            "$push": {items: finding.to_mongo()},
+            "$addToSet": {"tags": sample_tag},
+            "$set": {"last_modified_at": _dt.datetime.now(_dt.UTC).replace(tzinfo=None)},
+        })
+        if not done.matched_count:
+            raise StoreError(f"sample {sample.id} was deleted from {dataset.name!r} meanwhile")
+        sample.reload(hard=True)  # FiftyOne's in-process singleton must not keep a stale copy
+
+
+def _findings_pipeline(skip: int, limit: int | None) -> list[dict]:
+    items = f"${FINDINGS_FIELD}.classifications"
+    stages: list[dict] = [
+        {"$match": {FINDINGS_FIELD + ".classifications.0": {"$exists": True}}},
+        {"$project": {"filepath": True, "finding": items}},
+        {"$unwind": "$finding"},  # keeps each sample's list order: oldest first
+    ]
+    if skip:
+        stages.append({"$skip": skip})
+    if limit is not None:
+        stages.append({"$limit": limit})
+    return stages
 
 
 @_db_errors
-def list_findings(dataset: fo.Dataset | fo.DatasetView) -> list[dict]:
-    """All findings, oldest first per sample.
+def list_findings(
+    collection: fo.Dataset | fo.DatasetView, skip: int = 0, limit: int | None = None
+) -> list[dict]:
+    """Findings in the collection's sample order, oldest first per sample; `skip` and `limit`
+    page through them on the server (a page never reads the other findings).
 
-    Each: sample_id, filepath, tag, note, heatmap_field, created_at, id (of the label).
+    Each: sample_id, filepath, tag, note, heatmap_field, created_at, url, id (of the label).
     """
-    coll = dataset
-    if coll.get_field(FINDINGS_FIELD) is None:
+    skip = int(skip)
+    if skip < 0 or (limit is not None and int(limit) < 0):
+        raise StoreError(f"findings page: skip and limit must be >= 0, got skip={skip}, limit={limit}")
+    if (limit is not None and int(limit) == 0) or collection.get_field(FINDINGS_FIELD) is None:
         return []
-    ids, paths_, lists = coll.values(["id", "filepath", FINDINGS_FIELD + ".classifications"])
+    rows = collection._aggregate(post_pipeline=_findings_pipeline(skip, None if limit is None else int(limit)))
     out = []
-    for sid, path, labels in zip(ids, paths_, lists):
-        for c in labels or []:
-            out.append({
-                "sample_id": sid, "filepath": path, "tag": c.label, "note": _attr(c, "note", ""),
-                "heatmap_field": _attr(c, "heatmap_field"), "created_at": _attr(c, "created_at"), "id": c.id,
-            })
+    for row in rows:
+        c = row["finding"]
+        out.append({
+            "sample_id": str(row["_id"]), "filepath": row.get("filepath"), "tag": c.get("label"),
+            "note": c.get("note") or "", "heatmap_field": c.get("heatmap_field"),
+            "created_at": c.get("created_at"), "url": c.get("url"), "id": str(c.get("_id")),
+        })
     return out
 
 
-def _attr(label: fo.Label, name: str, default: Any = None) -> Any:
-    try:
-        value = label[name]
-    except (KeyError, AttributeError):
-        return default
-    return default if value is None else value
+@_db_errors
+def finding_labels(collection: fo.Dataset | fo.DatasetView) -> list[str]:
+    """The distinct findings (labels) recorded in the collection (one server-side pass)."""
+    if collection.get_field(FINDINGS_FIELD) is None:
+        return []
+    return sorted(str(v) for v in collection.distinct(FINDINGS_FIELD + ".classifications.label"))
+
+
+@_db_errors
+def findings_view(dataset: fo.Dataset | fo.DatasetView, labels: Sequence[str]) -> fo.DatasetView:
+    """The samples holding findings with these labels, only those findings kept (stages, no ids)."""
+    if dataset.get_field(FINDINGS_FIELD) is None:
+        return dataset.limit(0)
+    return dataset.filter_labels(FINDINGS_FIELD, F("label").is_in(list(labels)))
+
+
+@_db_errors
+def count_findings(collection: fo.Dataset | fo.DatasetView) -> int:
+    """How many findings the collection holds, counted on the server."""
+    if collection.get_field(FINDINGS_FIELD) is None:
+        return 0
+    return int(collection.count(FINDINGS_FIELD + ".classifications"))
 
 
 # ---------------------------------------------------------------- the FiftyOne App
@@ -711,6 +1141,9 @@ def launch_app(
             _retarget(_SESSION, dataset)
             return _SESSION
         close_app()
+        # The App's server (a child process) loads the CAM Explorer plugin from the repo's plugins/,
+        # unless the user points FiftyOne at their own plugins folder.
+        os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(Path(__file__).resolve().parents[1] / "plugins"))
         _SESSION = fo.launch_app(
             dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
         )

@@ -135,6 +135,36 @@ def main() -> None:
         redo.reload()
         out["after_rerun_with_label"] = sum(
             1 for label in redo.values(pp_field) if label is not None and os.path.isfile(label.map_path))
+
+        # 5. Re-batch (labels no longer match, so every map is replaced) with a worker killed
+        #    mid-run: each label keeps the file it was written with (old or new), never another's;
+        #    a rerun finishes and leaves only files that labels reference.
+        import re
+
+        before = dict(zip(*redo.values(["id", f"{pp_field}.map_path"])))
+        out["worker_names_ok"] = all(re.fullmatch(rf"{sid}-[0-9a-f]+\.png", os.path.basename(p))
+                                     for sid, p in before.items())
+        redo.set_values(f"{pp_field}.eigen_smooth", [True] * len(redo))
+        killed.clear()
+        fifth = distributed.run_batch_distributed(
+            redo, MODEL, methods=["gradcam++"], chunk=2, workers=2, shard_size=2, progress=kill_one)
+        out["rekilled"] = killed.is_set()
+        out["fifth"] = fifth.to_dict()
+        redo.reload()
+        mixed = []
+        for sid, label in zip(*redo.values(["id", pp_field])):
+            same = label.map_path == before[sid]
+            mixed.append({"file": os.path.isfile(label.map_path), "old": same,
+                          "consistent": label.eigen_smooth if same else not label.eigen_smooth})
+        out["after_rekill"] = mixed
+        # One process finishes (no second Ray start): it settles the dead worker's journal first.
+        sixth = batch.run_batch(redo, MODEL, methods=["gradcam++"], chunk=2)
+        out["sixth"] = sixth.to_dict()
+        redo.reload()
+        referenced = set(redo.values(f"{pp_field}.map_path"))
+        pp_folder = store.heatmap_path(redo.name, pp_field, "x").parent
+        out["after_rebatch_files_match"] = {str(p) for p in pp_folder.glob("*.png")} == referenced and all(
+            os.path.isfile(p) for p in referenced)
     finally:
         stop_mongod(mongod)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
+from fo_helpers import unique_name, write_images
 
 from camcore import batch, store
-from fo_helpers import unique_name, write_images
 
 MODEL = "efficientnet_lite0"
 
@@ -139,7 +139,7 @@ def test_unreadable_image_is_reported_and_the_rest_written(dataset, tmp_path):
     assert [sid for sid, _msg in report.failed] == [sample.id]
     assert "broken.png" in report.failed[0][1] or "image" in report.failed[0][1].lower()
     assert dataset[sample.id][FIELD] is None
-    assert not os.path.exists(store.heatmap_path(dataset.name, FIELD, sample.id))
+    assert not [f for f in _files(dataset, FIELD) if Path(f).name.startswith(sample.id)]  # no file of it
 
 
 def test_unknown_class_fails_before_any_write(dataset):
@@ -167,28 +167,32 @@ def test_cli_batch_json(dataset):
     assert len(dataset.exists(FIELD)) == 1
 
 
-def test_orphan_cleanup_touches_only_this_runs_samples(dataset):
-    """Two writers on one field: a run on some samples never deletes the file another writer has
-    just written for another sample (its set_values still to come), nor a fresh temp file."""
+def test_orphan_cleanup_never_touches_a_live_writers_file(dataset):
+    """Two writers on one field: a run never deletes the file another writer has just written (its
+    set_values still to come: its journal is locked), nor a fresh temp file; once that writer is
+    gone without writing its label, the next run's clean-up deletes its file."""
     first, second = dataset.values("id")[:2]
-    folder = store.heatmap_path(dataset.name, FIELD, first).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    in_flight = store.heatmap_path(dataset.name, FIELD, first)
+    live = store.HeatmapWriter(dataset.name)
+    in_flight = store.heatmap_path(dataset.name, FIELD, first, write_id="0ther0")
+    live.record([str(in_flight)], [])
+    in_flight.parent.mkdir(parents=True, exist_ok=True)
     in_flight.write_bytes(b"another writer's PNG")
-    fresh_tmp, stale_tmp = folder / ".tmp-fresh.png", folder / ".tmp-stale.png"
+    fresh_tmp, stale_tmp = live.folder / ".tmp-fresh.png", live.folder / ".tmp-stale.png"
     fresh_tmp.write_bytes(b"x")
     stale_tmp.write_bytes(b"x")
     old = os.path.getmtime(stale_tmp) - batch.STALE_TEMP_SECONDS - 60
     os.utime(stale_tmp, (old, old))
 
     report = batch.run_batch(dataset.select(second), MODEL, methods=["gradcam"])
-    assert report.done == 1 and report.removed_orphans == 1
+    assert report.done == 1 and report.removed_orphans == 1  # the stale temp file only
     assert in_flight.read_bytes() == b"another writer's PNG" and fresh_tmp.exists()
     assert not stale_tmp.exists()
 
-    report = batch.run_batch(dataset.select(first), MODEL, methods=["gradcam"])  # its own orphan now
+    live.close(ok=False)  # that writer stops before its set_values: its journal stays, unlocked
+    report = batch.run_batch(dataset.select(first), MODEL, methods=["gradcam"])
     assert report.done == 1 and report.removed_orphans == 1
-    assert dataset[first][FIELD].map_path == str(in_flight) and in_flight.read_bytes() != b"another writer's PNG"
+    assert not in_flight.exists() and os.path.isfile(dataset[first][FIELD].map_path)
+    assert _files(dataset, FIELD) == set(dataset.exists(FIELD).values(f"{FIELD}.map_path"))
 
 
 # ---------------------------------------------------------------- progress, cancel and failures inside a chunk
@@ -265,7 +269,7 @@ def test_a_sample_that_fails_validation_fails_alone(dataset):
     assert [sid for sid, _m in report.failed] == [bad.id]
     assert "77x999" in report.failed[0][1]
     assert dataset[bad.id][FIELD] is None
-    assert not os.path.exists(store.heatmap_path(dataset.name, FIELD, bad.id))
+    assert not [f for f in _files(dataset, FIELD) if Path(f).name.startswith(bad.id)]  # no file of it
     assert len(dataset.exists(FIELD)) == 4
     again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8)
     assert (again.done, again.skipped, len(again.failed)) == (0, 4, 1)

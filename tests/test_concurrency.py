@@ -11,6 +11,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
+import torch
 from cam_support import chelsea_crop, chelsea_rgb, hook_count
 
 from camcore import targets
@@ -183,17 +184,71 @@ def test_cancel_before_and_during_a_perturbation_method(effnet, method):
     assert ex.heatmap(method, "stage0").map.shape == (224, 224)
 
 
-def test_hooks_registered_only_while_holding_the_model_lock(effnet):
+class _WatchedLock:
+    """The model's lock, watched: which thread holds it, and an event set when a thread other
+    than the test's starts asking for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._test_thread = threading.get_ident()
+        self.owner: int | None = None
+        self.depth = 0
+        self.asked = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if threading.get_ident() != self._test_thread:
+            self.asked.set()
+        ok = self._lock.acquire(blocking, timeout)
+        if ok:
+            self.owner, self.depth = threading.get_ident(), self.depth + 1
+        return ok
+
+    def release(self) -> None:
+        self.depth -= 1
+        if not self.depth:
+            self.owner = None
+        self._lock.release()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def held_here(self) -> bool:
+        return self.owner == threading.get_ident()
+
+
+def test_hooks_registered_only_while_holding_the_model_lock(effnet, monkeypatch):
     """Hooks of one session must never fire on another session's forward: the engine registers
-    them under the model's lock. Seen from another thread that holds the lock, none appear."""
+    them under the model's lock. No sleeps: the thread says when it asks for the lock and when
+    it has registered its hooks, and every registration records whether it held the lock."""
     before = hook_count(effnet.module)
-    with effnet.lock:
-        t = threading.Thread(target=lambda: Explainer(effnet, chelsea_crop(224), None, LAYERS))
-        t.start()
-        t.join(timeout=2)  # it waits for the lock ...
-        assert t.is_alive()
-        assert hook_count(effnet.module) == before, "hooks registered before taking the model lock"
-    t.join(timeout=60)
-    assert not t.is_alive()
+    lock = _WatchedLock()
+    monkeypatch.setattr(effnet, "lock", lock)
+    worker = threading.Thread(target=lambda: Explainer(effnet, chelsea_crop(224), None, LAYERS))
+    held_at_registration: list[bool] = []
+    hooked = threading.Event()  # set by the thread once it has registered a hook
+    real_register = torch.nn.Module.register_forward_hook
+
+    def watched_register(module, *args, **kwargs):
+        handle = real_register(module, *args, **kwargs)
+        if threading.current_thread() is worker:
+            held_at_registration.append(lock.held_here())
+            hooked.set()
+        return handle
+
+    monkeypatch.setattr(torch.nn.Module, "register_forward_hook", watched_register)
+    with lock:
+        worker.start()
+        assert lock.asked.wait(120), "the thread never asked for the model's lock"
+        # It now waits for the lock this thread holds: whatever it registered before asking is visible.
+        assert not hooked.is_set(), "hooks registered before taking the model lock"
+        assert hook_count(effnet.module) == before
+    assert hooked.wait(120), "the thread never registered its hooks"
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert held_at_registration and all(held_at_registration), held_at_registration
     assert hook_count(effnet.module) == before
 

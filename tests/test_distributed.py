@@ -35,7 +35,7 @@ def scenario() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIFTYONE_DATABASE", "CAM_EXPLORER"))}
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {sys.executable} tests/ray_scenario.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,  # ~1 min on an idle machine
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -72,6 +72,18 @@ def test_a_killed_worker_loses_nothing_reported_done(scenario):
     fourth = scenario["fourth"]
     assert fourth["failed"] == [] and fourth["done"] == 12 - scenario["after_kill_with_label"]
     assert scenario["after_rerun_with_label"] == 12
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_replacing_maps_leaves_each_label_with_its_own_file(scenario):
+    """Issue 13.1 on Ray: workers write new files (never in place), so a SIGKILL mid-re-batch
+    leaves each label with the file it was written with; the rerun leaves no stray file."""
+    assert scenario["worker_names_ok"]
+    assert scenario["rekilled"], "the scenario killed a worker mid-run"
+    rows = scenario["after_rekill"]
+    assert len(rows) == 12 and all(r["file"] and r["consistent"] for r in rows), rows
+    assert scenario["sixth"]["failed"] == []
+    assert scenario["after_rebatch_files_match"]
 
 
 def test_a_remote_cluster_with_a_loopback_database_is_refused(tmp_path, monkeypatch):

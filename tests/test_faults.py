@@ -149,27 +149,44 @@ CHILD = textwrap.dedent(
         real = fo.Dataset.set_values
         calls = []
 
-        def set_values_then_die(self, *a, **k):
-            calls.append(1)
+        def set_values_then_die(self, field, *a, **k):
+            calls.append(field)
             if len(calls) == 2:  # the first field is written; the database dies before the second
                 os.kill(int(os.environ["MONGOD_PID"]), signal.SIGKILL)
-            return real(self, *a, **k)
+            return real(self, field, *a, **k)
 
         fo.Dataset.set_values = set_values_then_die
         try:
             store.push_heatmaps(ds, ds.first().id, result, heatmap_dir=tmp / "maps")
         except StoreError as exc:
-            print(json.dumps({"error": str(exc)}))
+            print(json.dumps({"error": str(exc), "fields": calls}))
         else:
-            print(json.dumps({"error": None}))
+            print(json.dumps({"error": None, "fields": calls}))
     else:
+        import cv2
+        import numpy as np
+
         ds = fo.load_dataset("mid push")
-        sample = ds.first()
-        before = {f: sample[f] is not None and Path(sample[f].map_path).is_file()
-                  for f in ds.get_field_schema() if f.startswith("cam_") and sample[f] is not None}
-        fields = store.push_heatmaps(ds, sample.id, result, heatmap_dir=tmp / "maps")
+        maps = {store.field_of(result, h): h.map for h in result.heatmaps}
+
+        def state(field):
+            # absent | whole (the file of the map pushed) | dangling (no file) | partial (another)
+            sample = ds.first()
+            value = sample[field] if ds.get_field(field) is not None else None
+            if value is None:
+                return "absent"
+            if not value.map_path or not Path(value.map_path).is_file():
+                return "dangling"
+            png = cv2.imread(value.map_path, cv2.IMREAD_UNCHANGED)
+            if png is None or png.shape != size or png.dtype != np.uint16:
+                return "partial"
+            same = np.abs(png / 65535.0 - maps[field]).max() <= 1 / 65535 + 1e-6
+            return "whole" if same else "partial"
+
+        before = {"samples": len(ds), **{f: state(f) for f in maps}}
+        fields = store.push_heatmaps(ds, ds.first().id, result, heatmap_dir=tmp / "maps")
         ds.reload()
-        after = {f: Path(ds.first()[f].map_path).is_file() for f in fields}
+        after = {"fields": sorted(fields), **{f: state(f) for f in maps}}
         print(json.dumps({"before": before, "after": after}))
     """
 )
@@ -201,13 +218,20 @@ def test_mongod_killed_mid_push_then_restarted(tmp_path):
     try:
         out = _child(tmp_path, port, mongod.pid, "push")
         mongod.wait(timeout=30)
-        error = out["error"]
+        error, written = out["error"], out["fields"]
         assert error and "\n" not in error and "database" in error, error
+        assert len(written) == 2, written  # set_values was entered for both fields; mongod died in the 2nd
         mongod = _start_private_mongod(tmp_path, port)  # same dbpath, same port
         out = _child(tmp_path, port, mongod.pid, "retry")
-        # Whatever survived is whole: a field is either absent or a complete, readable heatmap.
-        assert all(out["before"].values()), out  # a value that survived points at its whole PNG
-        assert all(out["after"].values()) and len(out["after"]) == 2, out
+        before, after = out["before"], out["after"]
+        assert before["samples"] == 1, out  # the (fsync'd) sample survived: the states below are real
+        # The field written before the kill: absent (not journalled yet) or the whole map pushed,
+        # never a label without its file or with another map.
+        assert before[written[0]] in ("absent", "whole"), out
+        # The field whose write the kill interrupted was never sent: nothing of it exists.
+        assert before[written[1]] == "absent", out
+        # The retry writes both, each pointing at the whole map it was pushed with.
+        assert after["fields"] == sorted(written) and after[written[0]] == after[written[1]] == "whole", out
         print(f"error: {error}; fields after restart: {out['before']}")
     finally:
         stop_mongod(mongod, disconnect_fiftyone=False)  # this process talks to the session's mongod

@@ -3,16 +3,18 @@ names. (Video datasets: test_store.py::test_video_dataset_is_refused; field coll
 test_store_push.py::test_foreign_field_* and test_names_that_sanitise_alike_*.)"""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import fiftyone as fo
 import numpy as np
 import pytest
+from fo_helpers import make_heatmap, make_result, unique_name, write_images
 from PIL import Image
 
 from camcore import store
 from camcore.errors import ImageError
 from camcore.images import load_image
-from fo_helpers import make_heatmap, make_result, unique_name, write_images
 
 
 def test_exif_rotated_jpeg_heatmap_has_the_upright_shape(tmp_path):
@@ -46,21 +48,46 @@ def test_exif_rotated_jpeg_heatmap_has_the_upright_shape(tmp_path):
         ds.delete()
 
 
-@pytest.mark.parametrize("name", ["with spaces  and  tabs\t", "ünïcödé 猫 データ", "a/b\\c..d", "../../etc", "dots.and-dashes"])
-def test_odd_dataset_names_push_inside_the_heatmap_dir(tmp_path, name):
+# "{u}" is a unique part (dataset names are unique); where it sits, the name starts as written.
+ODD_NAMES = ["{u} with spaces  and  tabs\t", "{u} ünïcödé 猫 データ", "{u} a/b\\c..d", "{u} ../../etc",
+             "{u} dots.and-dashes", "../{u}", "../../../../etc/{u}", "/{u}", "/etc/{u}", "/..{u}/../..",
+             "..\\..\\{u}", "~/{u}", "..{u}"]
+
+
+@pytest.mark.parametrize("template", ODD_NAMES)
+def test_odd_dataset_names_push_inside_the_heatmap_dir(tmp_path, template):
+    name = template.format(u=unique_name())
+    root = tmp_path / "maps"
+    # Checked before pushing: a regression must fail here, not write outside the root.
+    planned = store.heatmap_path(name, "cam_x", "0" * 24, heatmap_dir=root)
+    assert planned.resolve().is_relative_to(root.resolve()), planned
     files = write_images(tmp_path / "img", ["a.png"], size=(24, 32))
-    ds = fo.Dataset(f"{unique_name()} {name}")
+    ds = fo.Dataset(name)
     try:
         ds.add_sample(fo.Sample(filepath=files[0]))
         ds.compute_metadata()
-        root = tmp_path / "maps"
         [field] = store.push_heatmaps(ds, ds.first().id, make_result((24, 32), [make_heatmap((24, 32))]),
                                       heatmap_dir=root)
         ds.reload()
-        written = (tmp_path / "maps").resolve()
-        path = ds.first()[field].map_path
-        assert str(path).startswith(str(written)), f"{path} escapes {written}"
-        assert [p for p in root.rglob("*.png")] and all(p.resolve().is_relative_to(written) for p in root.rglob("*"))
+        written = root.resolve()
+        path = Path(ds.first()[field].map_path)
+        assert path.resolve().is_relative_to(written), f"{path} escapes {written}"
+        assert [p for p in root.rglob("*.png")]
+        assert all(p.resolve().is_relative_to(written) for p in root.rglob("*"))
+        images = (tmp_path / "img").resolve()
+        assert not [p for p in tmp_path.rglob("*.png") if not p.resolve().is_relative_to(written)
+                    and not p.resolve().is_relative_to(images)], "a PNG outside the root"
         assert store.read_heatmap(ds, ds.first().id, field).shape == (24, 32)
     finally:
         ds.delete()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "/", "../..", "", " ", "~", "../x", "/etc/passwd", "..\\..",
+                                  "a/../../b", "\x00", "-rf"])
+def test_dataset_folder_names_stay_one_folder_inside_the_root(tmp_path, name):
+    """Names FiftyOne itself refuses ("..", "/") too: the folder is one plain path component."""
+    part = store._dataset_dirname(name)
+    assert part not in ("", ".", "..") and "/" not in part and "\\" not in part and "\x00" not in part, part
+    path = store.heatmap_path(name, "cam_f", "0" * 24, heatmap_dir=tmp_path)
+    assert path.resolve().is_relative_to(tmp_path.resolve())
+    assert path.parent.parent.parent == tmp_path.resolve()

@@ -1,11 +1,9 @@
 """Hardening, security rows: localhost by default, no pickled code in weights, no typed paths."""
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 
-import pytest
 import torch
 
 from camcore import weights
@@ -19,21 +17,51 @@ def test_app_listens_on_localhost_by_default():
     assert config["server"]["address"] == "localhost"
 
 
-class NotAllowlisted:
-    """Unpickling this runs code (__reduce__); weights_only=True must refuse it."""
+class CreatesAFile:
+    """Unpickling this runs code (__reduce__) that creates a file; weights_only=True must refuse it.
+
+    (A monkeypatch of os.system could never see it: pickle stores posix.system, looked up anew.)"""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
 
     def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-def test_weights_with_pickled_code_are_refused(tmp_path, monkeypatch):
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": NotAllowlisted()}, path)
-    ran = []
-    monkeypatch.setattr(os, "system", lambda *a: ran.append(a) or 0)
-    with pytest.raises(ModelError, match="Cannot read weights file"):
+def test_weights_with_pickled_code_are_refused(tmp_path):
+    path, marker = tmp_path / "evil.pth", tmp_path / "pwned"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": CreatesAFile(marker)}, path)
+    assert not marker.exists()
+    try:
         weights.read_state_dict(path)
-    assert not ran, "unpickling ran code"
+    except ModelError as exc:
+        error = str(exc)
+    else:
+        error = None
+    assert not marker.exists(), "unpickling the weights file ran its code"
+    assert error and "Cannot read weights file" in error, error
+
+
+def test_deeplabv3_download_checks_the_hash_and_unpickles_no_code(monkeypatch):
+    """torchvision's builders pass check_hash=True; weights_only=True is ours (torch's default
+    is still False here). The download must ask for both, explicitly."""
+    from camcore.models import get_spec
+
+    calls = []
+
+    def fake_download(url, *args, **kwargs):
+        calls.append((url, args, kwargs))
+        return {"w": torch.zeros(1)}
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    source = get_spec("deeplabv3").weights
+    state, _ = source.download()
+    assert list(state) == ["w"]
+    [(url, args, kwargs)] = calls
+    assert url == source.url and not args, (url, args)
+    assert kwargs.get("check_hash") is True and kwargs.get("weights_only") is True, kwargs
+    assert kwargs.get("map_location") == "cpu", kwargs
 
 
 def test_plain_state_dict_still_loads(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -50,7 +51,8 @@ def test_push_writes_pngs_fields_and_registry(dataset, tmp_path):
         assert isinstance(label, fo.Heatmap) and list(label.range) == [0, 65535]
         path = Path(label.map_path)
         assert path.is_absolute() and path.is_file()
-        assert path.parent.name == field and path.name == f"{sample.id}.png"
+        # <sample id>-<write id>.png: a new name per write, never replaced in place
+        assert path.parent.name == field and re.fullmatch(rf"{sample.id}-[0-9a-f]+\.png", path.name)
         assert path.is_relative_to(tmp_path / "hm") and " " not in path.parent.parent.name
         png = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert png.dtype == np.uint16 and png.shape == SIZE
@@ -84,8 +86,9 @@ def test_push_twice_replaces(dataset, tmp_path):
 
     fresh = fo.load_dataset(dataset.name)
     label = fresh[sample.id][field]
-    assert label.map_path == first_path and label.raw_max == 9.0
-    assert len(_files(hm_dir)) == 1
+    # A new file for the new label; the old one is gone once the database took the new label.
+    assert label.map_path != first_path and label.raw_max == 9.0
+    assert _files(hm_dir) == [Path(label.map_path)] and not Path(first_path).exists()
     assert [f for f in fresh.get_field_schema() if f.startswith("cam_")] == [field]
     assert list(fresh.info[store.MARK]["fields"]) == [field]
     np.testing.assert_allclose(label.get_map() / 65535.0, second.map, atol=QUANT)
@@ -236,7 +239,8 @@ def test_pushed_fields_are_switched_on_in_the_app(dataset, tmp_path):
     [field3] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE, "xgradcam")]),
                                    heatmap_dir=tmp_path / "hm")
     active = fo.load_dataset(dataset.name).app_config.active_fields
-    assert active.exclude is False and set(active.paths) == {"gt", field, field2, field3}
+    # FiftyOne's defaults plus only the field just pushed: earlier maps no longer cover each thumbnail
+    assert active.exclude is False and set(active.paths) == {"gt", field3}
 
 
 def test_a_huge_image_computed_downscaled_is_stored_at_its_own_size(tmp_path):

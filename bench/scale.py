@@ -1,0 +1,508 @@
+"""Benchmark: does the cost of a step depend on the dataset's size? (issue 12, part 5)
+
+Builds FiftyOne datasets of each size in --sizes (a few hundred image files, cycled) and runs
+each measure on each, printing every number beside its ratio against the first (smallest) size,
+measured in the same run:
+
+- ``batch``: `run_batch` on the whole dataset (EfficientNet-Lite0, Grad-CAM, chunk 8, on the CPU),
+  in a fresh subprocess: the time from the call to its first chunk being written, and the peak
+  memory (RSS) of the process, over the first --batch-chunks chunks (then it is cancelled).
+- ``scan``: the resume checks alone: `batch._pages` over the whole view (ids, paths and the run's
+  label for every sample, a page at a time), in a fresh subprocess: seconds, and RSS growth.
+- ``resume``: as ``batch``, on a view whose first 90% (--resume-done) is done already (labels that
+  match the request, files that exist): the resume checks over 9x10^5 samples come first.
+- ``batch_head``: as ``batch`` with camcore/batch.py as committed at git HEAD (a before/after).
+- ``interaction``, ``click``, ``sessions`` (bench/scale_ui.py): the server time of one ▶ click
+  (sidebar + Explore's header and thumbnails, no model pass), a ▶ click in Chromium, and the
+  server's memory per browser session.
+- ``build``: how the dataset was built, and how fast (documents inserted in bulk; --build-compare N
+  also times `add_samples` in batches on N samples, the way FiftyOne users add them).
+
+    .venv/bin/python bench/scale.py --sizes 1000,1000000
+    .venv/bin/python bench/scale.py --sizes 1000,100000 --measures batch --db-dir /tmp/scale-db
+
+Starts a private mongod (data under --db-dir, kept between runs so the big datasets are built
+once; a temp folder by default) unless FIFTYONE_DATABASE_URI is set. To add a measure: write
+``measure_<name>(dataset, args) -> dict[str, float]`` (lower is better for every value) and list it
+in MEASURES; main() runs it on every size and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # camcore; mongod_support
+
+import scale_ui  # noqa: E402  (beside this file)
+
+MODEL = "efficientnet_lite0"
+IMAGES = 300  # distinct image files, cycled over the samples
+INSERT_BATCH = 10_000
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def _private_mongod(db_dir: Path):
+    if os.environ.get("FIFTYONE_DATABASE_URI"):
+        return None
+    from mongod_support import start_mongod
+
+    proc, uri = start_mongod(db_dir)
+    os.environ["FIFTYONE_DATABASE_URI"] = uri
+    return proc
+
+
+def make_images(image_dir: Path, count: int = IMAGES) -> list[str]:
+    """`count` different JPEGs (224-320 px crops of the photos scikit-image ships), made once."""
+    import cv2
+    import numpy as np
+    import skimage
+
+    image_dir.mkdir(parents=True, exist_ok=True)
+    existing = sorted(str(p) for p in image_dir.glob("img*.jpg"))
+    if len(existing) >= count:
+        return existing[:count]
+    data = Path(skimage.__file__).parent / "data"
+    sources = []
+    for name in (
+        "astronaut.png",
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "horse.png",
+    ):
+        img = cv2.imread(str(data / name), cv2.IMREAD_COLOR)
+        if img is not None and min(img.shape[:2]) >= 224:
+            sources.append(img)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(count):
+        src = sources[i % len(sources)]
+        side = int(rng.integers(224, min(320, min(src.shape[:2])) + 1))
+        y = int(rng.integers(0, src.shape[0] - side + 1))
+        x = int(rng.integers(0, src.shape[1] - side + 1))
+        crop = src[y : y + side, x : x + side]
+        path = image_dir / f"img{i:04d}.jpg"
+        cv2.imwrite(str(path), crop[:, ::-1] if i % 2 else crop)
+        out.append(str(path))
+    return out
+
+
+def build_dataset(name: str, n: int, image_dir: Path) -> fo.Dataset:  # noqa: F821 (fiftyone imported late)
+    """A persistent image dataset of n samples over a few hundred files (cycled), built once.
+
+    One sample goes in through add_samples (FiftyOne writes its document as it wants it); the
+    rest are copies of that document inserted in bulk, 10^4 at a time (about 20x faster than
+    add_samples at 10^6: see --build-compare). Reused when it exists with n samples."""
+    import fiftyone as fo
+    from bson import ObjectId
+
+    if fo.dataset_exists(name):
+        ds = fo.load_dataset(name)
+        if ds.count() == n:
+            return ds
+        ds.delete()
+    images = make_images(image_dir)
+    ds = fo.Dataset(name, persistent=True)
+    ds.add_sample(fo.Sample(filepath=images[0]))
+    coll = ds._sample_collection
+    template = coll.find_one()
+    rng = random.Random(0)
+    for start in range(1, n, INSERT_BATCH):
+        now = datetime.now(UTC).replace(tzinfo=None)
+        docs = [
+            {
+                **template,
+                "_id": ObjectId(),
+                "filepath": images[i % len(images)],
+                "_rand": rng.random(),
+                "created_at": now,
+                "last_modified_at": now,
+            }
+            for i in range(start, min(n, start + INSERT_BATCH))
+        ]
+        coll.insert_many(docs, ordered=False)
+    ds.reload()
+    return ds
+
+
+def build_with_add_samples(name: str, n: int, image_dir: Path) -> fo.Dataset:  # noqa: F821
+    """The same dataset built the way users build one: add_samples, in batches of 10^4."""
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    images = make_images(image_dir)
+    ds = fo.Dataset(name)
+    for start in range(0, n, INSERT_BATCH):
+        ds.add_samples(
+            [fo.Sample(filepath=images[i % len(images)]) for i in range(start, min(n, start + INSERT_BATCH))],
+            progress=False,
+        )
+    return ds
+
+
+# ---------------------------------------------------------------- measures (each in a fresh process)
+
+
+def _probe(kind: str, dataset_name: str, args: argparse.Namespace) -> dict:
+    """Run one probe in a fresh Python process (same database and home); its JSON last line."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--probe",
+        kind,
+        "--probe-dataset",
+        dataset_name,
+        "--batch-chunks",
+        str(args.batch_chunks),
+        "--chunk",
+        str(args.chunk),
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=args.probe_timeout,
+        env={**os.environ, "CAM_EXPLORER_DEVICE": "cpu"},
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(
+            f"probe {kind} on {dataset_name} failed ({proc.returncode}): {proc.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1])
+
+
+def measure_batch(dataset, args) -> dict[str, float]:
+    return _probe("batch", dataset.name, args)
+
+
+def measure_scan(dataset, args) -> dict[str, float]:
+    """Every sample given a heatmap label first (in bulk, pointing at no file), so the scan reads
+    labels of real size, as a rerun over a finished dataset does."""
+    from bson import ObjectId
+
+    from camcore import store
+
+    field = store.declare_heatmap_field(dataset, MODEL, "gradcam", "head", "predicted")
+    label = {
+        "_id": ObjectId(),
+        "_cls": "Heatmap",
+        "tags": [],
+        "map_path": "/nonexistent/heatmap.png",
+        "range": [0, 65535],
+        "model": MODEL,
+        "weights": "packaged",
+        "method": "gradcam",
+        "layer": "head",
+        "target": "tabby",
+        "target_index": 281,
+        "target_rule": "predicted",
+        "aug_smooth": False,
+        "eigen_smooth": False,
+        "raw_min": 0.0,
+        "raw_max": 1.0,
+        "blank": False,
+        "created_at": "2026-11-30T00:00:00Z",
+        "versions": {"camcore": "bench"},
+    }
+    dataset._sample_collection.update_many({}, {"$set": {field: label}})
+    return _probe("scan", dataset.name, args)
+
+
+def measure_resume(dataset, args) -> dict[str, float]:
+    """batch on a view whose first --resume-done share (in _id order, the order a batch goes in)
+    is done already, as after a run killed there: its labels match the request and their file
+    exists. Time to the first chunk = the resume checks over those samples, then one chunk."""
+    import cv2
+    import numpy as np
+    from bson import ObjectId
+
+    from camcore import batch, store
+    from camcore.models import load_model
+
+    model = load_model(MODEL, "auto", "cpu")
+    layer = model.spec.default_layer
+    field = store.declare_heatmap_field(
+        dataset, MODEL, "gradcam", layer, "predicted", batch.label_extra("predicted", None)
+    )
+    png = Path(os.environ["CAM_EXPLORER_HOME"]) / "done.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(png), np.zeros((8, 8), np.uint16))
+    label = {
+        "_id": ObjectId(),
+        "_cls": "Heatmap",
+        "tags": [],
+        "map_path": str(png),
+        "range": [0, 65535],
+        **batch._provenance(model, "gradcam", layer, "predicted", False, None),
+    }
+    done = int(dataset.count() * args.resume_done)
+    coll = dataset._sample_collection
+    if done:
+        cutoff = dataset.sort_by("_id", create_index=False).skip(done - 1).limit(1).values("_id")[0]
+        coll.update_many({"_id": {"$lte": cutoff}}, {"$set": {field: label}})
+        coll.update_many({"_id": {"$gt": cutoff}}, {"$unset": {field: ""}})
+    out = _probe("batch", dataset.name, args)
+    out["skipped_before_first_chunk"] = done
+    return out
+
+
+def measure_batch_head(dataset, args) -> dict[str, float]:
+    """The same as batch, with camcore/batch.py as committed at git HEAD (before: for comparison)."""
+    return _probe("batch_head", dataset.name, args)
+
+
+MEASURES: dict[str, Callable] = {
+    "batch": measure_batch,
+    "scan": measure_scan,
+    "resume": measure_resume,
+    "batch_head": measure_batch_head,
+    **scale_ui.MEASURES,  # the explorer: a click's server time, a click in Chromium, memory per session
+}
+
+
+def _head_batch_module():
+    import importlib.util
+
+    source = subprocess.run(
+        ["git", "show", "HEAD:camcore/batch.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    path = Path(tempfile.mkdtemp(prefix="bench-head-")) / "batch_head.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("camcore._batch_head", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _hwm_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _reset_hwm() -> None:
+    # Writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0).
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def probe_batch(dataset_name: str, args: argparse.Namespace, head: bool = False) -> dict:
+    """Time from run_batch's call to its first chunk written; peak RSS while it runs."""
+    import threading
+
+    import fiftyone as fo
+
+    from camcore import batch
+
+    if head:
+        batch = _head_batch_module()  # noqa: F811
+    from camcore.models import load_model
+
+    ds = fo.load_dataset(dataset_name)
+    load_model(MODEL, "auto", "cpu")  # loaded before timing: the model's cost does not scale
+    cancel = threading.Event()
+    first, told, computed = [], [], []
+    wanted = args.batch_chunks * args.chunk
+
+    def progress(done, total, rate, eta, message):
+        now = time.perf_counter()
+        if not told:
+            told.append(now)  # set-up done: fields declared, clean-up, counts (the old code: all read)
+        if ": gradcam on" in message and not computed:
+            computed.append(now)  # the first heatmap: first page read, first chunk decoded and passed
+        if done and not first:
+            first.append(now)
+        if done >= wanted:
+            cancel.set()
+
+    rss_before = _rss_mib()
+    _reset_hwm()
+    t0 = time.perf_counter()
+    report = batch.run_batch(
+        ds, MODEL, methods=["gradcam"], chunk=args.chunk, progress=progress, cancel=cancel, device="cpu"
+    )
+    seconds = time.perf_counter() - t0
+    return {
+        "setup_s": round(told[0] - t0, 3) if told else float("nan"),
+        "first_heatmap_s": round(computed[0] - t0, 3) if computed else float("nan"),
+        "first_chunk_s": round(first[0] - t0, 3) if first else float("nan"),
+        "peak_rss_mib": round(_hwm_mib(), 1),
+        "rss_growth_mib": round(_hwm_mib() - rss_before, 1),
+        "run_s": round(seconds, 2),
+        "written": report.done,
+    }
+
+
+def probe_scan(dataset_name: str, args: argparse.Namespace) -> dict:
+    """The resume checks alone over the whole view: every page of ids, paths and labels."""
+    import fiftyone as fo
+
+    from camcore import batch, store
+
+    ds = fo.load_dataset(dataset_name)
+    field = store.heatmap_field_name(MODEL, "gradcam", "head", "predicted")
+    fields = [field] if ds.has_field(field) else []
+    rss_before = _rss_mib()
+    _reset_hwm()
+    t0 = time.perf_counter()
+    count = 0
+    first = None
+    done = 0
+    for page in batch._pages(ds, ds, fields, batch.PAGE_SIZE):
+        count += len(page)
+        done += sum(batch._stored_done(labels[0], {"model": MODEL}) for _sid, _path, labels in page if labels)
+        if first is None:
+            first = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return {
+        "first_page_s": round(first or 0.0, 4),
+        "scan_s": round(seconds, 2),
+        "us_per_sample": round(1e6 * seconds / max(1, count), 1),
+        "rss_growth_mib": round(_hwm_mib() - rss_before, 1),
+        "samples": count,
+    }
+
+
+# ---------------------------------------------------------------- main
+
+
+def _ratio(value: float, base: float) -> str:
+    if (
+        not isinstance(value, (int, float))
+        or not isinstance(base, (int, float))
+        or not base
+        or value != value
+    ):
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--sizes", default="1000,1000000", help="comma-separated sample counts (first = baseline)"
+    )
+    ap.add_argument("--measures", default="batch,scan", help=f"comma-separated, of: {', '.join(MEASURES)}")
+    ap.add_argument(
+        "--db-dir", default=None, help="private mongod data folder, kept (default: a temp folder)"
+    )
+    ap.add_argument("--build-compare", type=int, default=0, help="also time add_samples on this many samples")
+    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument(
+        "--batch-chunks", type=int, default=3, help="chunks written before the batch is cancelled"
+    )
+    ap.add_argument("--probe-timeout", type=int, default=1800)
+    ap.add_argument("--clicks", type=int, default=10, help="▶ clicks timed (interaction, click)")
+    ap.add_argument("--sessions", type=int, default=3, help="browser sessions opened (sessions)")
+    ap.add_argument("--resume-done", type=float, default=0.9, help="resume: share of the view done already")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-dataset", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
+    if args.probe:  # a child: the database and home are set by the parent
+        probes = {
+            "batch": probe_batch,
+            "scan": probe_scan,
+            "batch_head": lambda name, a: probe_batch(name, a, head=True),
+        }
+        out = probes[args.probe](args.probe_dataset, args)
+        print(json.dumps(out))
+        return
+
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    measures = [m for m in args.measures.split(",") if m.strip()]
+    temp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    db_dir = Path(args.db_dir) if args.db_dir else temp / "db"
+    db_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["CAM_EXPLORER_HOME"] = str(temp / "home")  # heatmaps of this run only
+    mongod = _private_mongod(db_dir)
+    try:
+        import fiftyone as fo
+
+        image_dir = db_dir / "images"
+        results: dict[int, dict[str, dict]] = {}
+        if args.build_compare:
+            t0 = time.perf_counter()
+            build_with_add_samples("cam-scale-add-samples", args.build_compare, image_dir)
+            slow = time.perf_counter() - t0
+            fo.delete_dataset("cam-scale-add-samples")
+            t0 = time.perf_counter()
+            build_dataset("cam-scale-bulk", args.build_compare, image_dir)
+            fast = time.perf_counter() - t0
+            fo.delete_dataset("cam-scale-bulk")
+            print(
+                f"build {args.build_compare} samples: add_samples {slow:.1f} s "
+                f"({args.build_compare / slow:.0f}/s), bulk insert {fast:.1f} s "
+                f"({args.build_compare / fast:.0f}/s): {slow / fast:.1f}x",
+                flush=True,
+            )
+        for n in sizes:
+            t0 = time.perf_counter()
+            ds = build_dataset(f"cam-scale-{n}", n, image_dir)
+            print(
+                f"dataset {ds.name}: {ds.count()} samples ready in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
+            results[n] = {}
+            for m in measures:
+                results[n][m] = MEASURES[m](ds, args)
+                print(f"  {m} @ {n}: {results[n][m]}", flush=True)
+            for field in [f for f in ds.get_field_schema() if f.startswith("cam_")]:
+                ds.delete_sample_field(field)  # the next run starts from nothing done again
+        base = sizes[0]
+        print(f"\nratios against {base} samples (same run)")
+        for m in measures:
+            for key, value in results[base][m].items():
+                row = "  ".join(
+                    f"{n}: {results[n][m].get(key)} ({_ratio(results[n][m].get(key), value)})" for n in sizes
+                )
+                print(f"{m}.{key}: {row}")
+        last = {
+            f"{m}.{k}": _ratio(results[sizes[-1]][m][k], results[base][m][k])
+            for m in measures
+            for k in results[base][m]
+        }
+        print("RESULT " + json.dumps({"sizes": sizes, "ratios": last, "results": results}))
+    finally:
+        if mongod is not None:
+            from mongod_support import stop_mongod
+
+            stop_mongod(mongod)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Nobody else on the wire: the local Ray that `batch --workers` starts binds loopback only, with
+no dashboard unless asked, and no database password is ever printed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+from fo_helpers import unique_name, write_images
+
+from camcore import distributed
+from camcore.distributed import DistributedError, mask_uri, run_batch_distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "hunter2-s3cret"
+
+
+@pytest.mark.parametrize("uri, shown", [
+    (f"mongodb://alice:{SECRET}@db.example:27017/fo?authSource=admin",
+     "mongodb://alice:***@db.example:27017/fo?authSource=admin"),
+    (f"mongodb+srv://bob:{SECRET}@cluster0.example.net/?retryWrites=true",
+     "mongodb+srv://bob:***@cluster0.example.net/?retryWrites=true"),
+    (f"mongodb://carol:a%40b{SECRET}@h1:1,h2:2/db", "mongodb://carol:***@h1:1,h2:2/db"),
+    (f"mongodb://h:1/?tls=true&tlsCertificateKeyFilePassword={SECRET}",
+     "mongodb://h:1/?tls=true&tlsCertificateKeyFilePassword=***"),
+    ("mongodb://127.0.0.1:27017", "mongodb://127.0.0.1:27017"),  # nothing to hide
+    ("mongodb://dave@h:1/", "mongodb://dave@h:1/"),  # a user and no password (X.509)
+])
+def test_mask_uri_hides_the_password(uri, shown):
+    assert mask_uri(uri) == shown
+    assert SECRET not in mask_uri(uri)
+
+
+def test_a_refused_cluster_names_the_database_without_its_password(tmp_path, monkeypatch):
+    paths = write_images(tmp_path, ["a.png"], size=(32, 32))
+    ds = fo.Dataset(unique_name("dist-mask"))
+    ds.add_sample(fo.Sample(filepath=paths[0]))
+    monkeypatch.setattr(distributed, "database_uri", lambda: f"mongodb://alice:{SECRET}@127.0.0.1:27017/fo")
+    try:
+        with pytest.raises(DistributedError, match="cannot reach MongoDB") as err:
+            run_batch_distributed(ds, "efficientnet_lite0", address="ray://10.1.2.3:10001")
+        assert SECRET not in str(err.value) and "alice:***@127.0.0.1:27017" in str(err.value), str(err.value)
+    finally:
+        ds.delete()
+
+
+class _Recorder:
+    """Stands in for ray.init: records its kwargs and what Ray would take 127.0.0.1 to mean."""
+
+    def __init__(self, ray, fail: str | None = None):
+        self.ray, self.fail, self.calls = ray, fail, []
+
+    def __call__(self, **kwargs):
+        self.calls.append((kwargs, self.ray._private.ray_constants.ENABLE_RAY_CLUSTER))
+        if self.fail:
+            raise RuntimeError(self.fail)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv(distributed.DASHBOARD_ENV, raising=False)
+    return ray
+
+
+def test_a_local_ray_is_started_on_loopback_without_a_dashboard(fake_ray, monkeypatch):
+    init = _Recorder(fake_ray)
+    monkeypatch.setattr(fake_ray, "init", init)
+    before = fake_ray._private.ray_constants.ENABLE_RAY_CLUSTER
+    assert distributed._connect(fake_ray, None, {"FIFTYONE_DATABASE_URI": "mongodb://127.0.0.1:1"}) is True
+    [(kwargs, cluster_mode)] = init.calls
+    assert kwargs["address"] is None
+    assert kwargs["_node_ip_address"] == "127.0.0.1"
+    assert kwargs["include_dashboard"] is False and kwargs["dashboard_host"] == "127.0.0.1"
+    # Ray 2.60 on Linux turns 127.0.0.1 into the interface's address unless cluster mode is off.
+    assert cluster_mode is False
+    assert fake_ray._private.ray_constants.ENABLE_RAY_CLUSTER == before, "Ray's setting not restored"
+
+
+def test_the_dashboard_only_when_asked_and_on_loopback(fake_ray, monkeypatch):
+    init = _Recorder(fake_ray)
+    monkeypatch.setattr(fake_ray, "init", init)
+    monkeypatch.setenv(distributed.DASHBOARD_ENV, "1")
+    distributed._connect(fake_ray, None, {})
+    [(kwargs, _)] = init.calls
+    assert kwargs["include_dashboard"] is True and kwargs["dashboard_host"] == "127.0.0.1"
+
+
+def test_joining_a_cluster_keeps_its_addresses(fake_ray, monkeypatch):
+    init = _Recorder(fake_ray)
+    monkeypatch.setattr(fake_ray, "init", init)
+    before = fake_ray._private.ray_constants.ENABLE_RAY_CLUSTER
+    distributed._connect(fake_ray, "auto", {})
+    [(kwargs, cluster_mode)] = init.calls
+    assert kwargs["address"] == "auto" and "_node_ip_address" not in kwargs
+    assert cluster_mode == before and kwargs["include_dashboard"] is False
+
+
+def test_a_ray_error_quoting_the_runtime_env_is_masked(fake_ray, monkeypatch):
+    uri = f"mongodb://alice:{SECRET}@db.example:27017/fo"
+    quoting = f"bad runtime_env {{'FIFTYONE_DATABASE_URI': '{uri}'}}"
+    monkeypatch.setattr(fake_ray, "init", _Recorder(fake_ray, fail=quoting))
+    with pytest.raises(DistributedError) as err:
+        distributed._connect(fake_ray, None, {"FIFTYONE_DATABASE_URI": uri})
+    assert SECRET not in str(err.value) and "alice:***@db.example" in str(err.value), str(err.value)
+
+
+def test_a_password_stays_out_of_the_runtime_env_ray_logs(fake_ray, monkeypatch):
+    """Ray writes the runtime env to its logs in full. A local Ray's workers inherit this
+    process's environment, so a URI with a password that is there is not put in it."""
+    uri = f"mongodb://alice:{SECRET}@127.0.0.1:27017/fo"
+    init = _Recorder(fake_ray)
+    monkeypatch.setattr(fake_ray, "init", init)
+    monkeypatch.setenv("FIFTYONE_DATABASE_URI", uri)
+    distributed._connect(fake_ray, None, {"FIFTYONE_DATABASE_URI": uri, "PYTHONPATH": "/x"})
+    distributed._connect(fake_ray, "auto", {"FIFTYONE_DATABASE_URI": uri})  # a cluster's nodes need it
+    monkeypatch.delenv("FIFTYONE_DATABASE_URI")
+    distributed._connect(fake_ray, None, {"FIFTYONE_DATABASE_URI": uri})  # not inherited: needed
+    local, joined, not_inherited = (kwargs["runtime_env"]["env_vars"] for kwargs, _ in init.calls)
+    assert local == {"PYTHONPATH": "/x"}
+    assert joined["FIFTYONE_DATABASE_URI"] == uri and not_inherited["FIFTYONE_DATABASE_URI"] == uri
+
+
+# ---------------------------------------------------------------- a real local Ray
+
+SCENARIO = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    sys.path[:0] = [os.environ["ROOT"]]
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    from camcore import distributed
+    ray = distributed._ray()
+    distributed._connect(ray, None, distributed._worker_env(os.environ["FIFTYONE_DATABASE_URI"]))
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def node(self):
+            return ray.util.get_node_ip_address(), os.environ.get("FIFTYONE_DATABASE_URI")
+
+    node, uri = ray.get(Probe.remote().node.remote(), timeout=120)
+    listening = subprocess.run(["ss", "-ltnuH"], capture_output=True, text=True).stdout.split("\\n")
+    session = ray._private.worker.global_worker.node.get_session_dir_path()
+    ray.shutdown()
+    logged = subprocess.run(["grep", "-rl", os.environ["SECRET"], session], capture_output=True, text=True)
+    print(json.dumps({"node": node, "worker_uri": uri,
+                      "listening": [ln.split()[4] for ln in listening if ln.strip()],
+                      "files_with_the_password": logged.stdout.split()}))
+    """
+)
+
+
+def _netns_with_an_interface() -> str | None:
+    if not shutil.which("unshare") or not shutil.which("ip") or not shutil.which("ss"):
+        return "unshare/ip/ss (util-linux, iproute2) are not installed"
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", _NETNS + "true"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"no private network namespace: {probe.stderr.strip()}"
+
+
+# A private namespace with loopback and one veth pair whose peer stays inside, plus a default
+# route: Ray finds an "interface address" to bind, but no packet can leave the namespace.
+_NETNS = ("ip link set lo up && ip link add cam0 type veth peer name cam1 && "
+          "ip addr add 10.213.0.2/24 dev cam0 && ip link set cam0 up && ip link set cam1 up && "
+          "ip route add default via 10.213.0.1 && ")
+
+
+@pytest.mark.slow
+def test_a_real_local_ray_listens_on_loopback_only(tmp_path):
+    reason = _netns_with_an_interface()
+    if reason:
+        pytest.skip(reason)
+    uri = f"mongodb://alice:{SECRET}@127.0.0.1:1/fo"  # never connected to: the workers only carry it
+    script = tmp_path / "ray_loopback.py"
+    script.write_text(SCENARIO)
+    proc = subprocess.run(["unshare", "-n", "sh", "-c", _NETNS + f"exec {sys.executable} {script}"],
+                          env={**os.environ, "ROOT": str(ROOT), "SECRET": SECRET,
+                               "FIFTYONE_DATABASE_URI": uri},
+                          capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"scenario failed ({proc.returncode}): {proc.stderr[-3000:]}"
+    out = json.loads(lines[-1])
+    assert out["node"] == "127.0.0.1", out
+    assert out["listening"], out
+    loopback = ("127.", "[::ffff:127.", "[::1]")
+    assert all(addr.startswith(loopback) for addr in out["listening"]), out["listening"]
+    assert out["worker_uri"] == uri, out  # the workers reach the same database ...
+    assert out["files_with_the_password"] == [], out  # ... and Ray's logs never hold its password
