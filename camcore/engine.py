@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pytorch_grad_cam.utils.image import scale_cam_image
 
-from camcore import device_math, metrics, perturbation
+from camcore import device_math, metrics, modellock, perturbation
 from camcore import targets as targets_mod
 from camcore.errors import CamError, Cancelled, MethodError, first_line
 from camcore.images import LoadedImage
@@ -33,6 +33,30 @@ from camcore.results import CamResult, Heatmap, Prediction, Target
 Progress = Callable[[float, str], None]
 ALL_LAYERS = "all"  # the layer name shown for layer-independent methods (FullGrad)
 DEFAULT_PERTURBATION_BATCH = 64
+# Before any Score-CAM/Ablation-CAM has run on a model: one batched forward per channel costs
+# about this share of the shared pass (a forward + backward of one image, hooks on every layer).
+FORWARD_SHARE_OF_PASS = 0.5
+
+
+class Deferred(CamError):
+    """A heatmap that must not be computed implicitly (awaiting the user's go, or cancelled):
+    heatmap() raises this until Explainer.allow() is called for it."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long a one-forward-per-channel method will take on a layer."""
+
+    channels: int
+    seconds: float
+    measured: bool  # from an earlier run of the method on this model and input size (else: one timed forward)
+
+
+# Seconds per channel of the perturbation methods, measured per (model, input size, device):
+# the next estimate on that model uses it. Process-wide, like the models.
+_PER_CHANNEL: dict[tuple, float] = {}
+_TIMED_FORWARD: dict[tuple, float] = {}  # before any run: one small batched forward, timed
+_PER_CHANNEL_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -109,10 +133,12 @@ def run_pass(
     layers: Sequence[str],
     make_target: Callable[[torch.Tensor], object] | None,
     reshape=None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[FeaturePass, object]:
     """One forward (+ one backward when make_target is given) with hooks on `layers`, one image."""
     per_sample = None if make_target is None else (lambda _i, output: make_target(output))
-    passes, targets = run_pass_batch(model, x, layers, per_sample, reshape)
+    passes, targets = run_pass_batch(model, x, layers, per_sample, reshape, progress, cancel)
     return passes[0], targets[0]
 
 
@@ -122,6 +148,8 @@ def run_pass_batch(
     layers: Sequence[str],
     make_target: Callable[[int, torch.Tensor], object] | None,
     reshape=None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[list[FeaturePass], list[object]]:
     """One batched forward (+ one backward) for B stacked images with hooks on `layers`.
 
@@ -132,6 +160,9 @@ def run_pass_batch(
     Hooks live only inside this call, removed even on errors. Gradients are taken with
     torch.autograd.grad with respect to the layer outputs only: no parameter .grad is written,
     so nothing leaks between sessions sharing the model.
+
+    Waiting for the model (another session's pass or Score-CAM batch) is reported through
+    progress and ends with Cancelled when `cancel` is set (modellock.hold).
     """
     outputs: dict[str, torch.Tensor] = {}
     snapshots: dict[str, torch.Tensor] = {}
@@ -139,7 +170,7 @@ def run_pass_batch(
     start = time.perf_counter()
     # Hooks are registered under the model's lock (re-entrant) too: another session's forward
     # must never fire them.
-    with model.lock:
+    with modellock.hold(model.lock, model.spec.key, "a model pass", progress, cancel):
         try:
             for name in layers:
                 def hook(_module, _inputs, out, name=name):
@@ -220,11 +251,20 @@ def raw_cam(
     if spec.channel_weights is not None:
         x = x.to(model.device)
         size = perturbation.default_batch_size(model.device, (int(x.shape[-2]), int(x.shape[-1])), batch_size)
-        with model.lock:
+
+        started = time.time()
+
+        def guard():
+            # The model is held per batch of forwards, not for the whole method: another
+            # session's pass waits one batch at most (and is told whom it waits for).
+            return modellock.hold(model.lock, model.spec.key, f"{spec.label} on {layer}", progress, cancel,
+                                  since=started)
+
+        with guard():
             model.module.eval()
-            weights = spec.channel_weights(model.module, model.layer_module(layer), x,
-                                           fp.activation_tensors[layer], target, size, progress, cancel,
-                                           vit=model.spec.family == "vit")
+        weights = spec.channel_weights(model.module, model.layer_module(layer), x,
+                                       fp.activation_tensors[layer], target, size, progress, cancel,
+                                       vit=model.spec.family == "vit", guard=guard)
         product = weights[:, :, None, None] * acts
         return first_component_projection(product) if eigen_smooth else product.sum(axis=1)
     cam = _method_object(spec, model)
@@ -246,10 +286,13 @@ def library_cam(
     reshape,
     aug_smooth: bool,
     eigen_smooth: bool,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> np.ndarray:
     """Methods that need a pass of their own shape: run pytorch-grad-cam's class as is."""
     layers = [] if spec.layer_independent else [model.layer_module(layer)]
-    with model.lock, torch.enable_grad():
+    with modellock.hold(model.lock, model.spec.key, f"{spec.label} on {layer}", progress, cancel), \
+            torch.enable_grad():
         cam = spec.cls(model.module, layers, reshape_transform=None if spec.layer_independent else reshape)
         try:
             if spec.key == "finercam":
@@ -305,6 +348,10 @@ class Explainer:
     batch_size: int = DEFAULT_PERTURBATION_BATCH
     timings: dict[str, float] = field(default_factory=dict)
     defer_pass: bool = False  # explain_many() runs the pass for several explainers at once
+    # The shared pass's progress (it reports waiting for a model another session holds) and its
+    # cancel; used by the constructor only, then dropped.
+    progress: Progress | None = field(default=None, repr=False, compare=False)
+    cancel: threading.Event | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = self.model.spec
@@ -314,6 +361,8 @@ class Explainer:
         self._memo: dict[tuple[str, str, bool], Heatmap] = {}
         self._faith: dict[tuple[str, str, bool], metrics.Faithfulness] = {}
         self._aug_passes: dict[str, list] = {}
+        self._deferred: dict[tuple[str, str, bool], str] = {}  # key -> why it is not computed
+        self._allowed: set[tuple[str, str, bool]] = set()  # keys the user said go for
         self._lock = threading.RLock()
         self.x = preprocess(spec, self.image.rgb, self.input_size)
         self.input_hw = (int(self.x.shape[-2]), int(self.x.shape[-1]))
@@ -321,8 +370,10 @@ class Explainer:
         self.class_names = spec.class_names()
         self.prediction: Prediction
         self.target: Target
+        progress, cancel, self.progress, self.cancel = self.progress, self.cancel, None, None
         if not self.defer_pass:
-            fp, grad_target = run_pass(self.model, self.x, self.layers, self._make_target, self.reshape)
+            fp, grad_target = run_pass(self.model, self.x, self.layers, self._make_target, self.reshape,
+                                       progress, cancel)
             self._set_pass(fp, grad_target)
 
     def _make_target(self, output: torch.Tensor):
@@ -341,9 +392,76 @@ class Explainer:
 
     def is_cached(self, method: str, layer: str, eigen_smooth: bool = False) -> bool:
         """Whether heatmap(method, layer, eigen_smooth) would return at once."""
+        return self._key(method, layer, eigen_smooth) in self._memo
+
+    def _key(self, method: str, layer: str, eigen_smooth: bool) -> tuple[str, str, bool]:
         spec = get_method(method)
         layer = ALL_LAYERS if spec.layer_independent else layer
-        return (spec.key, layer, bool(eigen_smooth and spec.supports_eigen_smooth)) in self._memo
+        return spec.key, layer, bool(eigen_smooth and spec.supports_eigen_smooth)
+
+    # -- what may compute implicitly: a UI defers slow heatmaps until the user says go
+
+    def defer(self, method: str, layer: str, eigen_smooth: bool, reason: str) -> None:
+        """heatmap() raises Deferred(reason) for this heatmap until allow() (cached ones stay)."""
+        key = self._key(method, layer, eigen_smooth)
+        self._deferred[key] = reason
+        self._allowed.discard(key)
+
+    def allow(self, method: str, layer: str, eigen_smooth: bool) -> None:
+        key = self._key(method, layer, eigen_smooth)
+        self._deferred.pop(key, None)
+        self._allowed.add(key)
+
+    def deferred(self, method: str, layer: str, eigen_smooth: bool = False) -> str | None:
+        """Why this heatmap is held back, or None."""
+        return self._deferred.get(self._key(method, layer, eigen_smooth))
+
+    def allowed(self, method: str, layer: str, eigen_smooth: bool = False) -> bool:
+        """Whether allow() was called for it (the user said go)."""
+        return self._key(method, layer, eigen_smooth) in self._allowed
+
+    def estimate(self, method: str, layer: str) -> Estimate | None:
+        """How long a one-forward-per-channel method (Score-CAM, Ablation-CAM) will take on this
+        layer: channels x seconds per channel, measured on this model and input size by an
+        earlier run, else by timing one small batched forward. None for other methods."""
+        spec = get_method(method)
+        if spec.channel_weights is None:
+            return None
+        acts = self.fp.activation_tensors.get(self.model.spec.layer(layer).name)
+        if acts is None:
+            return None
+        channels = int(acts.shape[1])
+        with _PER_CHANNEL_LOCK:
+            per = _PER_CHANNEL.get(self._rate_key())
+        measured = per is not None
+        if per is None:
+            with _PER_CHANNEL_LOCK:
+                per = _TIMED_FORWARD.get(self._rate_key())
+            per = per if per is not None else self._time_forward()
+        return Estimate(channels, channels * per, measured)
+
+    def _time_forward(self, batch: int = 2) -> float:
+        """Seconds per image of a forward in a small batch (hooks off), measured once per model,
+        input size and device; the shared pass's time stands in when the forward fails."""
+        try:
+            x = self.x.to(self.model.device).repeat(batch, *([1] * (self.x.dim() - 1)))
+            with modellock.hold(self.model.lock, self.model.spec.key, "timing a forward"), torch.no_grad():
+                self.model.module.eval()
+                started = time.perf_counter()
+                self.model.module(x)
+                per = (time.perf_counter() - started) / batch
+        except (RuntimeError, CamError):
+            return self.timings.get("pass", 0.0) * FORWARD_SHARE_OF_PASS
+        with _PER_CHANNEL_LOCK:
+            _TIMED_FORWARD[self._rate_key()] = per
+        return per
+
+    def _record_rate(self, start: float, channels_done: float) -> None:
+        with _PER_CHANNEL_LOCK:
+            _PER_CHANNEL[self._rate_key()] = (time.perf_counter() - start) / max(1.0, channels_done)
+
+    def _rate_key(self) -> tuple:
+        return (self.model.identity, self.input_hw, str(self.model.device))
 
     def faithfulness(self, method: str, layer: str, eigen_smooth: bool = False) -> metrics.Faithfulness:
         """Keep/remove confidence change of one heatmap for this target (memoised)."""
@@ -373,6 +491,8 @@ class Explainer:
         layer = ALL_LAYERS if spec.layer_independent else self.model.spec.layer(layer).name
         eigen_smooth = bool(eigen_smooth and spec.supports_eigen_smooth)
         key = (spec.key, layer, eigen_smooth)
+        if key not in self._memo and key in self._deferred:
+            raise Deferred(f"{spec.label} on {layer}: {self._deferred[key]}.")
         with self._lock:
             if key not in self._memo:
                 self._memo[key] = self._compute(spec, layer, eigen_smooth, progress, cancel)
@@ -421,6 +541,7 @@ class Explainer:
             notes=tuple(self.image.notes),
             original_size=None if self.image.original_size == self.image.size else self.image.original_size,
             weights_tag=self.model.weights_tag,
+            model_provenance=self.model.provenance,
         )
 
     # -- internals
@@ -444,7 +565,7 @@ class Explainer:
         raw = None
         if spec.kind == "other":
             input_map = library_cam(spec, self.model, self.x, layer, self.target, self.grad_target,
-                                    self.reshape, self.aug_smooth, eigen_smooth)[0]
+                                    self.reshape, self.aug_smooth, eigen_smooth, progress, cancel)[0]
         elif self.aug_smooth:
             input_map = self._augmented(spec, layer, eigen_smooth)
         else:
@@ -453,8 +574,24 @@ class Explainer:
             if spec.torch_product is not None and device_math.enabled(self.model.device):
                 raw, full = self._on_device(spec, layer, eigen_smooth)
                 return self._heatmap(spec, layer, eigen_smooth, raw, full, start)
-            raw = np.maximum(raw_cam(spec, self.model, self.fp, layer, self.x, self.grad_target,
-                                     eigen_smooth, self.batch_size, progress, cancel), 0)
+            channels = int(self.fp.activation_tensors[layer].shape[1])
+            seen = {"fraction": 0.0}
+
+            def tracked(fraction: float, message: str) -> None:
+                if not message.startswith("Waiting"):
+                    seen["fraction"] = fraction
+                if progress is not None:
+                    progress(fraction, message)
+
+            try:
+                raw = np.maximum(raw_cam(spec, self.model, self.fp, layer, self.x, self.grad_target,
+                                         eigen_smooth, self.batch_size, tracked, cancel), 0)
+            except Cancelled:
+                if spec.channel_weights is not None and seen["fraction"] > 0:  # a cancelled run measured too
+                    self._record_rate(start, seen["fraction"] * channels)
+                raise
+            if spec.channel_weights is not None:  # the next estimate on this model uses it
+                self._record_rate(start, channels)
             input_map = normalise_like_library(raw, self.input_hw)[0]
         if raw is None:  # only the normalised map exists for library passes
             raw = input_map[None]

@@ -11,6 +11,8 @@ The bias helper measures the share of heatmap mass inside the object's mask.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -38,6 +40,28 @@ class Faithfulness:
         """Removing the highlight hurts more than keeping only it."""
         return self.remove_change < self.keep_change
 
+    @property
+    def keep_relative(self) -> float | None:
+        """keep_change as a fraction of the original score (see relative_change)."""
+        return relative_change(self.keep_change, self.original_score)
+
+    @property
+    def remove_relative(self) -> float | None:
+        """remove_change as a fraction of the original score (see relative_change)."""
+        return relative_change(self.remove_change, self.original_score)
+
+
+def relative_change(change: float, original: float, eps: float = 1e-6) -> float | None:
+    """A score change on a scale that compares across models and targets: the fraction of the
+    original score's magnitude (-0.12: the score fell by 12% of what it was). A classifier's
+    score is a logit, a segmentation target's is a sum over its mask (thousands): the raw
+    changes are not comparable, the relative ones are. None where the original score is (about)
+    zero or a value is not finite: no scale to compare with."""
+    change, original = float(change), float(original)
+    if not (math.isfinite(change) and math.isfinite(original)) or abs(original) < eps:
+        return None
+    return change / abs(original)
+
 
 @dataclass(frozen=True)
 class RoadCurve:
@@ -46,6 +70,11 @@ class RoadCurve:
     morf: tuple[tuple[int, float], ...]  # (percentile, score change), most relevant removed first
     lerf: tuple[tuple[int, float], ...]  # least relevant removed first
     combined: float  # mean of (LeRF - MoRF) / 2: higher is more faithful
+    original_score: float = math.nan  # the target's score on the unchanged input (for relative_change)
+
+    def relative(self, points: tuple[tuple[int, float], ...]) -> list[tuple[int, float | None]]:
+        """(percentile, change as a fraction of the original score) for morf or lerf."""
+        return [(p, relative_change(v, self.original_score)) for p, v in points]
 
 
 def input_map(heatmap: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
@@ -70,16 +99,28 @@ def faithfulness(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, targe
     return Faithfulness(original, keep, remove)
 
 
-def road(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, target, percentiles=ROAD_PERCENTILES) -> RoadCurve:
-    """ROAD most- and least-relevant-first curves and their combined score."""
+def road(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, target, percentiles=ROAD_PERCENTILES,
+         progress: Callable[[float, str], None] | None = None) -> RoadCurve:
+    """ROAD most- and least-relevant-first curves and their combined score.
+    progress(fraction done, message) is called before each point (a sparse solve each)."""
     x = x.to(model.device)
     cams = _cams(x, heatmap)
+    points = [(kind, p) for kind in ("MoRF", "LeRF") for p in percentiles]
+    values: dict[tuple[str, int], float] = {}
     with model.lock, torch.no_grad():
         model.module.eval()
-        morf = [(p, float(ROADMostRelevantFirst(p)(x, cams, [target], model.module)[0])) for p in percentiles]
-        lerf = [(p, float(ROADLeastRelevantFirst(p)(x, cams, [target], model.module)[0])) for p in percentiles]
+        original = float(target(model.module(x)[0]).detach().float().cpu())
+        for i, (kind, p) in enumerate(points):
+            if progress is not None:
+                progress(i / len(points), f"{kind}: {p}% of the pixels removed ({i + 1}/{len(points)})")
+            metric = ROADMostRelevantFirst(p) if kind == "MoRF" else ROADLeastRelevantFirst(p)
+            values[kind, p] = float(metric(x, cams, [target], model.module)[0])
+    if progress is not None:
+        progress(1.0, "done")
+    morf = [(p, values["MoRF", p]) for p in percentiles]
+    lerf = [(p, values["LeRF", p]) for p in percentiles]
     combined = float(np.mean([(le - mo) / 2 for (_, le), (_, mo) in zip(lerf, morf)]))
-    return RoadCurve(tuple(morf), tuple(lerf), combined)
+    return RoadCurve(tuple(morf), tuple(lerf), combined, original)
 
 
 def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:

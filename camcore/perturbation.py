@@ -10,7 +10,9 @@ work goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
+from contextlib import AbstractContextManager
 from typing import Callable
 
 import numpy as np
@@ -21,6 +23,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Semanti
 from camcore.errors import Cancelled
 
 Progress = Callable[[float, str], None]
+Guard = Callable[[], AbstractContextManager]  # held around each batch of forwards (the model's lock)
 MIN_BATCH = 1
 
 
@@ -47,18 +50,22 @@ def batch_scorer(target: Callable, device: torch.device) -> Callable[[torch.Tens
 
 
 def _in_batches(channels: int, batch_size: int, score_batch: Callable[[int, int], torch.Tensor], name: str,
-                progress: Progress | None, cancel: threading.Event | None) -> torch.Tensor:
+                progress: Progress | None, cancel: threading.Event | None,
+                guard: Guard | None = None) -> torch.Tensor:
     """score_batch(start, stop) for every batch of channels, with cancel, progress and the OOM
-    back-off; the C scores, still on the device."""
+    back-off; the C scores, still on the device. guard() is held around each batch (the model's
+    lock): between batches other sessions' passes can run, and cancel is checked."""
     scores: list[torch.Tensor] = []
     start, bs = 0, max(MIN_BATCH, int(batch_size))
+    guard = guard or contextlib.nullcontext
     with torch.no_grad():
         while start < channels:
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"{name} cancelled.")
             stop = min(channels, start + bs)
             try:
-                scores.append(score_batch(start, stop))
+                with guard():
+                    scores.append(score_batch(start, stop))
             except torch.cuda.OutOfMemoryError:
                 if bs == MIN_BATCH:
                     raise
@@ -83,6 +90,7 @@ def score_cam_weights(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     vit: bool = False,
+    guard: Guard | None = None,
 ) -> np.ndarray:
     """Softmax over channels of target(model(x * normalised upsampled channel)): 1 x C."""
     acts = torch.as_tensor(activations, device=x.device)  # the pass's tensor: no host round trip
@@ -98,7 +106,7 @@ def score_cam_weights(
         masks = (up - mins) / (maxs - mins + 1e-8)
         return score(model(x[0][None] * masks[:, None]))
 
-    scores = _in_batches(acts.shape[1], batch_size, score_batch, "Score-CAM", progress, cancel)
+    scores = _in_batches(acts.shape[1], batch_size, score_batch, "Score-CAM", progress, cancel, guard)
     return torch.softmax(scores[None], dim=-1).cpu().numpy()
 
 
@@ -130,6 +138,7 @@ def ablation_cam_weights(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     vit: bool = False,
+    guard: Guard | None = None,
 ) -> np.ndarray:
     """(original score - score with channel c ablated) / original score: 1 x C.
 
@@ -144,12 +153,13 @@ def ablation_cam_weights(
     batch size. After a ReLU (minimum 0) both set 0 and agree at every batch size.
     """
     captured: dict[str, torch.Tensor] = {}
-    handle = layer.register_forward_hook(lambda _m, _i, out: captured.update(out=out.detach().clone()))
-    try:
-        with torch.no_grad():
-            original = batch_scorer(target, x.device)(model(x))[0]
-    finally:
-        handle.remove()
+    with (guard or contextlib.nullcontext)():
+        handle = layer.register_forward_hook(lambda _m, _i, out: captured.update(out=out.detach().clone()))
+        try:
+            with torch.no_grad():
+                original = batch_scorer(target, x.device)(model(x))[0]
+        finally:
+            handle.remove()
     raw = captured["out"]
     score = batch_scorer(target, x.device)
 
@@ -162,7 +172,7 @@ def ablation_cam_weights(
             handle.remove()
 
     channels = int(activations.shape[1])
-    ablated = _in_batches(channels, batch_size, score_batch, "Ablation-CAM", progress, cancel)
+    ablated = _in_batches(channels, batch_size, score_batch, "Ablation-CAM", progress, cancel, guard)
     # float32 as the library (np.float32 of the scores and of the original score)
     original32 = np.float32(original.item())
     return ((original32 - ablated.cpu().numpy().astype(np.float32)) / original32)[None]

@@ -13,6 +13,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
+
 import fiftyone as fo
 from bson import ObjectId
 from fiftyone import ViewField as F
@@ -127,7 +128,7 @@ def page(view: fo.Dataset | fo.DatasetView, start: int, size: int = PAGE_SIZE) -
     start = max(0, int(start))
     sliced = view.skip(start).limit(int(size)) if start else view.limit(int(size))
     ids, paths = sliced.values(["id", "filepath"])
-    return list(zip(ids, paths))
+    return list(zip(ids, paths, strict=True))
 
 
 def _orders_by_id(view: fo.Dataset | fo.DatasetView) -> bool:
@@ -194,7 +195,7 @@ def search(view: fo.Dataset | fo.DatasetView, text: str, limit: int = SEARCH_LIM
         return []
     found = view.match(F("filepath").contains_str(text, case_sensitive=False)).limit(int(limit))
     ids, paths = found.values(["id", "filepath"])
-    return list(zip(ids, paths))
+    return list(zip(ids, paths, strict=True))
 
 
 def random_position(total: int, rng: random.Random | None = None) -> int:

@@ -29,8 +29,10 @@ def main() -> None:
 
     offered = [m for m in methods.methods_for(spec.task, spec.family) if not m.layer_independent]
     c1, c2, c3 = st.columns([3, 3, 2])
-    chosen_methods = render.sticky_multiselect(c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD],
-                                               "batch_methods", format_func=lambda k: methods.METHODS[k].label)
+    chosen_methods = render.sticky_multiselect(
+        c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], "batch_methods",
+        format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""),
+        help="(slow): one forward per channel of the layer, or a kernel PCA, for every sample.")
     chosen_layers = render.sticky_multiselect(c2, "Layers", [s.name for s in spec.layers], [spec.default_layer],
                                               f"batch_layers_{spec.key}")
     rule = c3.radio("Target", ["predicted", "a named class"], key="batch_rule",
@@ -58,6 +60,7 @@ def main() -> None:
     # Everything reported done is written; running again resumes.
     b2.button("Cancel", key="batch_cancel", on_click=render.request, args=(CANCEL,))
     token = st.session_state.setdefault(batch_runs.TOKEN, uuid.uuid4().hex)
+    batch_runs.pick_up(token)  # this session's batch that the click stopped: its report, once written
     batch_runs.other_runs(sel.dataset, start)
     if not start:
         last = st.session_state.get(batch_runs.LAST)

@@ -21,8 +21,10 @@ def main() -> None:
     for col, key in zip((s1, s2), compare.STUDIES):
         col.button(compare.STUDIES[key]["label"], key=f"study_{key}", on_click=compare.apply_study, args=(key,),
                    width="stretch")
+    compare.show_study_note()
     loaded = page.model_or_message(sel)
-    if loaded is None:
+    if loaded is None:  # no weights for this model here: one click to untrained ones
+        compare.untrained_offer(sel)
         return
     spec = loaded.spec
     shown = page.image_or_message(sel)
@@ -42,8 +44,8 @@ def main() -> None:
     chosen = render.sticky_multiselect(
         c2, "Columns: methods", offered, [methods.DEFAULT_METHOD], key="cmp_methods",
         format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""))
-    eigen = render.sticky(c3.toggle, "eigen_smooth", "cmp_eigen", False)
-    aug = render.sticky(c3.toggle, "aug_smooth (slow)", "cmp_aug", False)
+    eigen = compare.shown_toggle(c3, "eigen_smooth", "cmp_eigen", False)
+    aug = compare.shown_toggle(c3, "aug_smooth (slow)", "cmp_aug", False)
     if not layers or not chosen:
         st.info("Choose at least one layer and one method.")
         return
@@ -60,9 +62,7 @@ def main() -> None:
     o1, o2, o3, o4 = st.columns(4)
     alpha = o1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="cmp_alpha")
     cmap = o2.selectbox("Colormap", overlay.COLORMAPS, key="cmp_cmap")
-    with_scores = o3.toggle("Faithfulness scores", value=True, key="cmp_scores",
-                            help="Target score change when only the highlight is kept (keep Δ) and when it is "
-                                 "removed (remove Δ): pytorch_grad_cam.metrics.CamMultImageConfidenceChange.")
+    with_scores = o3.toggle("Faithfulness scores", value=True, key="cmp_scores", help=compare.SCORES_HELP)
     threshold = render.sticky(o4.slider, "Background-dominated below", "cmp_threshold",
                               metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
                               help="Share of heatmap mass on the object.")
@@ -70,7 +70,9 @@ def main() -> None:
     if ex.prediction.task == "segmentation":
         mask = ex.prediction.mask == ex.target.index
         mask = mask if mask.any() else None
-    st.caption(f"Target **{ex.target.name}** ({ex.target.rule}) · weights: {loaded.weights_label} · "
+    smoothing = " + ".join(n for n, on in (("aug", aug), ("eigen", eigen)) if on) or "none"
+    st.caption(f"Every map: target **{text.escape(ex.target.name)}** ({text.escape(ex.target.rule)}) · weights: "
+               f"{text.escape(loaded.weights_label)} · smoothing: {smoothing} (eigen only where the method has it) · "
                + ("object = predicted mask of the target" if mask is not None else
                   "no object mask here (classification: rank the view below with a segmentation or detections field)"))
     table = compare.grid(img, ex, loaded, layers, chosen, eigen, alpha, cmap, with_scores, mask, threshold)

@@ -1,4 +1,5 @@
-"""Findings: what users concluded, across the dataset, with a way back to the FiftyOne App."""
+"""Findings: what users concluded, across the dataset, a page at a time, each with a link back to
+the state it was made in and a way to the FiftyOne App."""
 from __future__ import annotations
 
 from ui import router
@@ -10,9 +11,12 @@ import os  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from camcore import overlay, store  # noqa: E402
+from camcore import overlay, store, views  # noqa: E402
 from camcore.errors import CamError  # noqa: E402
-from ui import cache, page, render, sidebar  # noqa: E402
+from ui import cache, page, render, sidebar, text  # noqa: E402
+
+PAGE_ROWS = 20  # findings per page
+THUMBS = 8  # of them shown with their heatmap
 
 
 def main() -> None:
@@ -22,51 +26,72 @@ def main() -> None:
     if not name:
         st.info("Pick a dataset in the sidebar.")
         return
-    st.markdown(f"#### Findings in {name}")
-    rows = store.list_findings(store.load_dataset(name))
-    if not rows:
+    st.markdown(f"#### Findings in {text.escape(name)}")
+    dataset = store.load_dataset(name)
+    tags = cache.finding_labels(name)
+    if not tags:
         st.info("No findings yet: record one on the Explore page.")
         return
-    df = pd.DataFrame(rows)
-    tags = sorted(df["tag"].unique())
     chosen = st.multiselect("Finding", tags, default=tags, key="findings_filter")
-    df = df[df["tag"].isin(chosen)]
-    df["file"] = df["filepath"].map(os.path.basename)
-    st.dataframe(df[["file", "tag", "note", "heatmap_field", "created_at"]], hide_index=True, width="stretch",
-                 column_config={"note": st.column_config.TextColumn(width="large")})
-    dataset = store.load_dataset(name)
+    found = store.findings_view(dataset, chosen)
+    total = store.count_findings(found)
+    pages = max(1, -(-total // PAGE_ROWS))
+    c1, c2 = st.columns([1, 4], vertical_alignment="bottom")
+    number = int(c1.number_input(f"Page (of {pages})", 1, pages, 1, key="findings_page")) if pages > 1 else 1
+    c2.caption(f"{total:,} findings; newest samples last. Each link reopens the explorer as it was when the "
+               "finding was made.")
+    rows = store.list_findings(found, skip=(number - 1) * PAGE_ROWS, limit=PAGE_ROWS)
+    folder = cache.common_folder(name)
+    df = pd.DataFrame(rows, columns=["sample_id", "filepath", "tag", "note", "heatmap_field", "created_at", "url"])
+    df["file"] = df["filepath"].map(lambda p: views.relative_label(p or "", folder))
+    # Cells are text (never markup); the link column opens the state the finding was made in.
+    st.dataframe(df[["file", "tag", "note", "heatmap_field", "created_at", "url"]], hide_index=True,
+                 width="stretch", column_config={
+                     "note": st.column_config.TextColumn(width="large"),
+                     "url": st.column_config.LinkColumn("open", display_text="open in CAM Explorer",
+                                                        help="The explorer as it was when the finding was made"),
+                 })
+    _thumbnails(dataset, rows[:THUMBS], folder)
+    _app_panel(dataset, chosen, found)
+
+
+def _thumbnails(dataset, rows: list[dict], folder: str) -> None:
     cols = st.columns(4)
-    for i, row in enumerate(df.head(16).itertuples()):
+    for i, row in enumerate(rows):
         col = cols[i % 4]
-        if not os.path.exists(row.filepath):
-            col.caption(f"{row.file}: image missing")
+        path = row["filepath"] or ""
+        label = text.escape(views.relative_label(path, folder))
+        if not os.path.exists(path):
+            col.caption(f"{label}: image missing")
             continue
-        img = cache.image(row.filepath, os.path.getmtime(row.filepath))
-        heat = store.read_heatmap(dataset, row.sample_id, row.heatmap_field) if row.heatmap_field else None
-        shown = overlay.overlay(img.rgb, heat, 0.5, "jet") if heat is not None else img.rgb
-        col.image(shown, width="stretch")
-        col.caption(f"**{row.file}**: {row.tag}" + (f" — {row.note}" if row.note else "")
-                    + (f" · `{row.heatmap_field}`" if row.heatmap_field else ""))
+        img = cache.image(path, os.path.getmtime(path))
+        field = row["heatmap_field"]
+        heat = store.read_heatmap(dataset, row["sample_id"], field) if field else None
+        col.image(overlay.overlay(img.rgb, heat, 0.5, "jet") if heat is not None else img.rgb, width="stretch")
+        col.caption(f"**{label}**: {text.escape(row['tag'])}" + (f" — {text.escape(row['note'])}" if row["note"] else "")
+                    + (f" · `{field}`" if field else ""))
+
+
+def _app_panel(dataset, chosen: list[str], found) -> None:
     tag_names = [store.finding_tag(t) for t in chosen]
-    st.caption(f"In the FiftyOne App these samples carry the tags {', '.join(tag_names)} and a `cam_findings` "
-               "field.")
+    st.caption(text.escape(f"In the FiftyOne App these samples carry the tags {', '.join(tag_names)} and a "
+                           f"{store.FINDINGS_FIELD} field."))
     p1, p2, _ = st.columns([1, 2, 3])
     port = int(p1.number_input("App port", 1024, 65535, st.session_state.get(render.FINDINGS_APP)
                                or st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT,
                                key="findings_port"))
-    n = df["sample_id"].nunique()
-    if p2.button(f"Launch the FiftyOne App on {'this sample' if n == 1 else f'these {n} samples'}", key="findings_app"):
+    if p2.button("Launch the FiftyOne App on these samples", key="findings_app"):
         try:
             with st.spinner("Starting the FiftyOne App…", show_time=True):
-                store.launch_app(store.make_view(dataset, tags=tag_names), port=port)
+                store.launch_app(found, port=port)
             st.session_state[render.FINDINGS_APP] = port
             st.session_state.pop("fo_launched", None)  # the App no longer shows the whole dataset
         except CamError as exc:
-            st.error(str(exc))
+            st.error(text.escape(exc))
         except Exception as exc:  # port taken, server failed: say so
-            st.error(f"Could not start the FiftyOne App on port {port}: {exc}")
+            st.error(f"Could not start the FiftyOne App on port {port}: {text.escape(exc)}")
     if st.session_state.get(render.FINDINGS_APP) == port:
-        st.link_button(f"Go to the FiftyOne App (port {port}) ↗", store.app_url(name, port=port))
+        st.link_button(f"Go to the FiftyOne App (port {port}) ↗", store.app_url(dataset.name, port=port))
 
 
 page.run(main)

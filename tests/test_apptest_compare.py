@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from app_support import APP, TIMEOUT, run, start
+from fiftyone import ViewField as F
 from streamlit.testing.v1 import AppTest
 
 from ui import sidebar
@@ -49,22 +50,155 @@ def test_compare_choices_survive_a_visit_to_another_page():
     assert at.toggle(key="cmp_eigen").value is True and at.slider(key="cmp_threshold").value == 0.9
 
 
-def test_layer_progression_study_sets_model_layers_and_target(monkeypatch, tmp_path):
+def _image_captions(at: AppTest) -> list[str]:
+    """The captions of the images on the page (AppTest has no image element: read the protos)."""
+    out = []
+
+    def walk(node):
+        if type(node).__name__ == "Image" or getattr(node, "type", None) == "imgs":
+            out.extend(img.caption for img in node.proto.imgs if img.caption)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)  # every root block: a dialog is in one of its own
+    return out
+
+
+def test_layer_progression_study_opens_a_person_and_offers_untrained_weights(monkeypatch, tmp_path):
+    """#17 item 3: the study looks for a sample whose labels name 'person' in the sidebar's view
+    (not the cat that is open), and where DeepLabV3 has no weights, one button switches to
+    untrained ones."""
+    from app_support import current_sample, open_sample
+
+    from camcore import demo_data
+
     monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    dataset = demo_data.ensure_demo_dataset()
+    cat = dataset.match(F("filepath").ends_with("chelsea.png")).first().id
     at = _open("pages/compare.py")
+    open_sample(at, cat)
+    _run(at)
+    assert current_sample(at) == cat
     at.button(key="study_layer_progression").click()
     _run(at)
     assert at.sidebar.selectbox(key="model").value == "deeplabv3"
-    # offline: no DeepLabV3 weights, a clear message and a way out
+    opened = current_sample(at)
+    assert opened != cat and dataset[opened].ground_truth.label == "person", dataset[opened].filepath
+    assert any("Opened a sample whose labels name 'person'" in i.value for i in at.info), [i.value for i in at.info]
+    # offline: no DeepLabV3 weights, a clear message and one button out
     assert any("No pretrained weights" in e.value for e in at.error), [e.value for e in at.error]
-    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    at.button(key="use_untrained").click()
+    _run(at)
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_UNTRAINED
     at.sidebar.select_slider(key="input_size").set_value(256)
     _run(at)
+    assert not at.error, [e.value for e in at.error]
     assert at.multiselect(key="cmp_layers_deeplabv3").value == ["layer1", "layer2", "layer3", "layer4"]
     assert at.multiselect(key="cmp_methods").value == ["gradcam"]
     assert any("UNTRAINED" in w.value for w in at.warning)
     assert len(_grid_captions(at)) == 4
+    made = [c for c in _image_captions(at) if c.startswith("Grad-CAM ·")]
+    assert len(made) == 4, _image_captions(at)
+    for layer, caption in zip(("layer1", "layer2", "layer3", "layer4"), made):
+        assert f"· {layer} · no smoothing · UNTRAINED weights · target person" in caption, caption
+
+    # Again, the person open now: the study stays on it and says so.
+    at.button(key="study_layer_progression").click()
+    _run(at)
+    assert current_sample(at) == opened
+    assert any("The open sample's labels name 'person'" in i.value for i in at.info), [i.value for i in at.info]
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_UNTRAINED  # kept
+
+
+def test_a_study_where_no_sample_names_its_class_says_so_and_stays(monkeypatch, tmp_path):
+    from app_support import current_sample
+
+    from camcore import demo_data
+
+    monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    dataset = demo_data.ensure_demo_dataset()
+    cat = dataset.match(F("filepath").ends_with("chelsea.png")).first().id
+    at = _open("pages/compare.py")
+    at.sidebar.text_input(key="view_filename").input("chelsea")  # a view without any person
+    _run(at)
+    assert current_sample(at) == cat
+    at.button(key="study_layer_progression").click()
+    _run(at)
+    assert current_sample(at) == cat
+    assert any("No sample in the sidebar's view has a label naming 'person'" in w.value for w in at.warning), \
+        [w.value for w in at.warning]
+
+
+def test_all_methods_study_keeps_untrained_weights_and_shows_the_smoothing_it_computed(monkeypatch, tmp_path):
+    """#17 items 1 and 3: an explicit untrained choice survives the study (no offline failure); the
+    eigen_smooth and aug_smooth switches show what the grid computed, and every map says so."""
+    from ui import compare
+
+    monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # Two fast methods instead of the article's eight (Score-CAM and Ablation-CAM with aug_smooth take
+    # minutes on a small CPU): the wiring is the same.
+    monkeypatch.setitem(compare.STUDIES["all_methods"], "methods", ["gradcam", "gradcam++"])
+    at = _open("pages/compare.py")
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    _run(at)
+    assert at.toggle(key="cmp_eigen").value is False and at.toggle(key="cmp_aug").value is False
+    at.button(key="study_all_methods").click()
+    _run(at)
+    assert at.sidebar.selectbox(key="model").value == "deit_tiny"
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_UNTRAINED
+    assert not at.error, [e.value for e in at.error]
+    assert at.toggle(key="cmp_eigen").value is True and at.toggle(key="cmp_aug").value is True
+    assert at.multiselect(key="cmp_methods").value == ["gradcam", "gradcam++"]
+    made = [c for c in _image_captions(at) if "block11" in c]
+    assert len(made) == 2, _image_captions(at)
+    assert all("aug + eigen smoothing · UNTRAINED weights · target" in c for c in made), made
+    assert any("smoothing: aug + eigen" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+def test_scores_are_relative_to_the_original_score_and_explained():
+    """#17 item 9: "keep Δ -12% of the score", comparable across models, with a tooltip."""
+    import re
+
+    at = _open("pages/compare.py")
+    captions = [c for c in at.caption if "keep Δ" in c.value]
+    assert len(captions) == 1
+    assert re.fullmatch(r"keep Δ [+-]\d+% · remove Δ [+-]\d+% of the score", captions[0].value), captions[0].value
+    assert "share of the score on the unchanged image" in captions[0].proto.help
+
+
+def test_relative_change_helper():
+    from camcore import metrics
+
+    assert metrics.relative_change(-265.774, 2215.0) == pytest.approx(-0.12, abs=1e-3)
+    assert metrics.relative_change(1.0, -4.0) == pytest.approx(0.25)  # the original's magnitude
+    assert metrics.relative_change(1.0, 0.0) is None
+    assert metrics.relative_change(float("nan"), 1.0) is None
+    f = metrics.Faithfulness(original_score=10.0, keep_change=-1.2, remove_change=-8.5)
+    assert (f.keep_relative, f.remove_relative) == (pytest.approx(-0.12), pytest.approx(-0.85))
+
+
+def test_grid_rows_wrap_and_a_map_opens_full_size():
+    """#17 item 9: at most CELLS_PER_LINE maps side by side (more wrap to the next line), one map
+    alone does not fill the page, and an Enlarge button per map opens it full size in a dialog."""
+    from ui import compare
+
+    assert compare._lines(list("abcdefgh")) == ([list("abcd"), list("efgh")], 4)
+    assert compare._lines(list("abcde")) == ([list("abcd"), list("e")], 4)
+    assert compare._lines(["a"]) == ([["a"]], 2)
+    at = _open("pages/compare.py")
+    for m in ("gradcam++", "xgradcam", "layercam", "eigencam"):
+        at.multiselect(key="cmp_methods").select(m)
+    _run(at)
+    assert len(_grid_captions(at)) == 5
+    assert len([b for b in at.button if b.key and b.key.startswith("enlarge_")]) == 5
+    assert not [c for c in _image_captions(at) if "weights\\:" in c]  # no dialog yet
+    at.button(key="enlarge_eigencam_head").click()
+    _run(at)
+    big = [c for c in _image_captions(at) if "weights\\:" in c]  # the full weights label (escaped)
+    assert len(big) == 1 and big[0].startswith("Eigen-CAM · head"), _image_captions(at)
 
 
 def test_findings_page_lists_a_recorded_finding():
@@ -94,9 +228,9 @@ def test_quickstart_button_offline_says_why_and_keeps_the_demo(monkeypatch):
 def test_ranking_uses_a_ground_truth_segmentation_field():
     import fiftyone as fo
     import numpy as np
+    from fo_helpers import unique_name
 
     from camcore import demo_data
-    from fo_helpers import unique_name
 
     demo = demo_data.ensure_demo_dataset()
     chosen = [s for s in demo if s.filename in ("chelsea.png", "coffee.png")]
@@ -140,9 +274,9 @@ def test_ranking_uses_a_ground_truth_segmentation_field():
 def test_ranking_asks_for_the_object_label_when_none_names_the_class():
     """No label names the class: no unrelated default ("cat" boxes for a "jersey" target)."""
     import fiftyone as fo
+    from fo_helpers import unique_name
 
     from camcore import demo_data
-    from fo_helpers import unique_name
 
     demo = demo_data.ensure_demo_dataset()
     chosen = [s for s in demo if s.filename in ("coffee.png", "rocket.jpg")]
@@ -176,6 +310,7 @@ def test_road_curve_stays_while_other_widgets_rerun_the_page():
     at.slider(key="cmp_alpha").set_value(0.8)  # any other widget reruns the page
     _run(at)
     assert [c.value for c in at.caption if c.value.startswith("ROAD combined")] == combined
+    assert at.session_state["road_open"] is True  # the expander stays open with its curve
     at.multiselect(key="cmp_methods").select("gradcam++")
     _run(at)
     at.selectbox(key="road_choice").set_value(("gradcam++", "head"))

@@ -179,3 +179,74 @@ def test_the_apps_view_and_selection_are_one_click_views(repeated):
         assert at.session_state["selection"].count == 2  # tagged val: ids[1], ids[2]
     finally:
         store.close_app()
+
+
+def test_a_finding_stores_the_url_it_was_made_in_and_findings_page_through(repeated):
+    """The note is markup-looking data: it must come back as text (a dataframe cell)."""
+    from camcore import links
+
+    ids = repeated.values("id")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"dataset": repeated.name, "sample": ids[1], "methods": "gradcam"})
+    run(at)
+    note = "![x](http://127.0.0.1:9/leak.png) **bold** $x$"
+    [finding] = [s for s in at.selectbox if s.label == "Finding"]
+    finding.set_value("background bias")
+    [area] = [t for t in at.text_area if t.label == "Note"]
+    area.input(note)
+    [save] = [b for b in at.button if b.label == "Save finding"]
+    save.click()
+    run(at)
+    assert any("Saved finding" in s.value for s in at.success), [s.value for s in at.success]
+    for k in range(25):  # more than a page of findings (20 a page)
+        store.add_finding(repeated, ids[k % 3], "good focus", f"n{k}")
+    at.switch_page("pages/findings.py")
+    run(at)
+    assert any("26 findings" in c.value for c in at.caption), [c.value for c in at.caption]
+    table = at.dataframe[0].value
+    assert len(table) == 20
+    mine = table[table["note"] == note]
+    assert len(mine) == 1
+    page, state = links.parse_url(mine["url"].iloc[0])
+    assert page == "explore" and state.dataset == repeated.name and state.sample == ids[1]
+    assert state.methods == ("gradcam",) and state.model == "efficientnet_lite0"
+    assert not [m for m in at.markdown if "leak.png" in m.value and "\\!" not in m.value]
+    at.number_input(key="findings_page").set_value(2)
+    run(at)
+    assert len(at.dataframe[0].value) == 6
+
+
+def test_your_own_model_in_the_picker_with_skipped_entries_and_reload(tmp_path, monkeypatch):
+    """A models file's entry is a model like the others in the app; a bad entry is said, and the
+    file is read again on "Reload models file" (no restart)."""
+    import timm
+    import torch
+
+    from camcore import models
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), tmp_path / "cnn.pth")
+    toml = tmp_path / "models.toml"
+    good = '[models.mine]\narch = "timm:test_resnet"\nweights = "cnn.pth"\nclasses = ["ant", "bee", "cow"]\n'
+    toml.write_text(good + '\n[models.broken]\narch = "timm:no_such_net"\nweights = "cnn.pth"\nclasses = ["a"]\n')
+    monkeypatch.setenv("CAM_EXPLORER_MODELS", str(toml))
+    models.reload_model_file()
+    try:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.query_params.update({"model": "mine", "methods": "gradcam"})
+        run(at)
+        assert at.sidebar.selectbox(key="model").value == "mine"
+        skipped = [w.value for w in at.sidebar.warning if "Skipped from the models file" in w.value]
+        assert len(skipped) == 1 and "broken" in skipped[0] and "no\\_such\\_net" in skipped[0], skipped
+        captions = [c for img in at.image for c in img.captions if " · " in c]
+        assert captions and captions[0].startswith("Grad-CAM"), captions
+        toml.write_text(good + '\n[models.mine2]\narch = "timm:test_resnet"\nweights = "cnn.pth"\n'
+                        'classes = ["x", "y", "z"]\nlabel = "Second"\n')
+        at.sidebar.button(key="reload_models").click()
+        run(at)
+        assert "mine2" in at.sidebar.selectbox(key="model").options or "Second" in at.sidebar.selectbox(
+            key="model").options
+        assert not [w for w in at.sidebar.warning if "Skipped from the models file" in w.value]
+    finally:
+        monkeypatch.delenv("CAM_EXPLORER_MODELS")
+        models.reload_model_file()

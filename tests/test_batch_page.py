@@ -39,6 +39,31 @@ def test_batch_page_runs_then_skips():
     at.button(key="batch_start").click()
     _run(at)
     assert any("0 computed, 1 skipped" in s.value for s in at.success), [s.value for s in at.success]
+    # #17 item 7: the last progress line says that nothing was left, never "0/0 · 0.00 samples/s · ETA ?"
+    lines = [b.proto.text for b in at.get("progress")]
+    assert lines == ["Nothing to compute: all 1 samples of the view were done already (skipped)."], lines
+
+
+def test_batch_marks_slow_methods():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.switch_page("pages/batch.py")
+    _run(at)
+    options = at.multiselect(key="batch_methods").options
+    assert "Score-CAM  (slow)" in options and "Grad-CAM" in options, options
+
+
+def test_progress_line_estimates_after_the_first_sample_and_says_what_is_skipped():
+    from ui.batch_runs import progress_line
+
+    first = progress_line(0, 100, 100, 2.5, 23.0, "a.jpg: gradcam on head")
+    assert "ETA: estimating" in first and "23 s" not in first, first
+    later = progress_line(8, 100, 100, 0.5, 600.0, "b.jpg")
+    assert later.startswith("8/100 · 0.50 samples/s · ETA 10.0 min"), later
+    resumed = progress_line(2, 5, 8, 0.5, 6.0, "c.jpg")
+    assert resumed.startswith("2/5 · 3 skipped (already done) ·"), resumed
+    assert progress_line(0, 0, 8, 0.0, None, "finished", finished=True) == \
+        "Nothing to compute: all 8 samples of the view were done already (skipped)."
+    assert "0/0" not in progress_line(0, 0, 8, 0.0, None, "checking")
 
 
 # ---------------------------------------------------------------- interruptions: a closed tab, Cancel
@@ -121,4 +146,12 @@ def test_cancel_reports_what_was_written(monkeypatch):
     written = len(dataset.exists(field))
     assert written == 3
     notes = [w.value for w in at.warning]
-    assert any(f"Cancelled: {written} of {total} samples written" in w for w in notes), notes
+    assert any(f"Cancelled: {written} of {total} saved, run again to resume" in w for w in notes), notes
+
+    # #17 item 7: the rerun says how many it skips, and resumes
+    at.button(key="batch_start").click()
+    _run(at)
+    lines = [b.proto.text for b in at.get("progress")]
+    assert lines and lines[-1].startswith(f"{total - written}/{total - written} · {written} skipped"), lines
+    assert any(f"{total - written} computed, {written} skipped" in s.value for s in at.success), \
+        [s.value for s in at.success]

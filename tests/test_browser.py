@@ -182,8 +182,8 @@ def open_sample(page: Page, name: str) -> None:
         has=page.get_by_test_id("stWidgetLabel").get_by_text(re.compile(r"^Matches \(")))
     expect(matches).to_have_count(1, timeout=RUN_TIMEOUT)
     matches.get_by_role("button", name="Open").click()
-    page.get_by_role("option", name=re.compile(rf"(^|/){re.escape(name)}$")).first.click()
-    expect(sidebar.get_by_test_id("stText").filter(has_text=re.compile(rf"(^|/){re.escape(name)}$"))
+    page.get_by_role("option", name=re.compile(rf"(^|\/){re.escape(name)}$")).first.click()
+    expect(sidebar.get_by_test_id("stText").filter(has_text=re.compile(rf"(^|\/){re.escape(name)}$"))
            ).to_have_count(1, timeout=RUN_TIMEOUT)
     settle(page)
 

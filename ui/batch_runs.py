@@ -1,5 +1,12 @@
 """The Batch page's runs: one batch in the script thread with per-heatmap progress, stopped by
-Cancel or a closed tab, and a process-wide record so a reloaded page can say what happened."""
+Cancel or a closed tab, and a process-wide record so a reloaded page can say what happened.
+
+A click during a batch (Cancel, or any widget) reaches the running script in one of two ways. With
+Streamlit's default fast reruns, the running script is told to stop and a new run of the same
+session starts at once, beside it: the old run sets the batch's cancel, writes what it computed and
+leaves its report in the process-wide record (its session_state is out of reach by then), and the new
+run waits for that report (`pick_up`) and shows it. Without fast reruns (and in AppTest), the old
+run gets a rerun request, keeps its report in session_state and the rerun shows it."""
 from __future__ import annotations
 
 import threading
@@ -9,6 +16,7 @@ import uuid
 import streamlit as st
 
 from camcore import batch
+from ui import text
 
 LAST = "batch_last_report"  # what the last (or interrupted) run reported, for the next rerun
 TOKEN = "batch_session_token"  # this session's mark on the runs it starts (a reload is a new session)
@@ -31,6 +39,18 @@ def _session_alive(session_id: str | None) -> bool:
         return True
 
 
+def _known_alive(session_id: str | None) -> bool:
+    """Whether that session is known to have a browser connected (False where unknown, e.g. AppTest)."""
+    try:
+        from streamlit import runtime
+
+        # `is True`: AppTest's runtime is a mock, whose answers are not booleans
+        return (bool(session_id) and runtime.exists()
+                and runtime.get_instance().is_active_session(session_id) is True)
+    except Exception:
+        return False
+
+
 def _is_stop(exc: BaseException) -> bool:
     """Streamlit stops a script when its session goes away (tab closed or reloaded) or on Stop;
     a rerun (Cancel, any widget) raises RerunException instead."""
@@ -43,7 +63,8 @@ def other_runs(dataset: str, starting: bool) -> None:
     lock, runs = _runs()
     mine = st.session_state.get(TOKEN)
     with lock:
-        others = [dict(r) for r in runs.values() if r["dataset"] == dataset and r["token"] != mine]
+        others = [dict(r) for r in runs.values()
+                  if r["dataset"] == dataset and r["token"] != mine and r["state"] != "done"]
     for r in sorted(others, key=lambda r: r["started"]):
         counts = f"{r['done']} of {r['total']} samples written"
         if r["state"] == "interrupted":
@@ -53,7 +74,7 @@ def other_runs(dataset: str, starting: bool) -> None:
                        "run again to resume: samples already done are skipped.", icon=":material/history:")
         elif _session_alive(r["session"]):
             st.info(f"A batch on this dataset is running in another tab or session: {counts} so far "
-                    f"(fields {', '.join(r['fields'])}).", icon=":material/sync:")
+                    f"(fields {text.escape(', '.join(r['fields']))}).", icon=":material/sync:")
         else:
             st.info(f"A batch on this dataset from a closed or reloaded page is stopping: {counts} so far. "
                     "Reload this page in a moment, then run again to resume.", icon=":material/sync:")
@@ -65,76 +86,159 @@ def _eta(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def progress_line(done: int, total: int, view_total: int, rate: float, eta: float | None, message: str,
+                  finished: bool = False) -> str:
+    """The progress bar's text: "done/total · skipped · rate · ETA · message". total: samples left
+    to compute (the view less those found done so far, as camcore.batch reports it); view_total:
+    samples in the view.
+
+    The ETA is shown once a first sample is written: before that, the only measure is the first
+    heatmaps of the first sample (a fast method can come before a slow one), which says little about
+    the whole job. Never "0/0 · 0.00 samples/s · ETA ?": a run with nothing left to compute says so."""
+    skipped = max(0, view_total - total)
+    if total == 0:
+        return (f"Nothing to compute: all {view_total:,} samples of the view were done already (skipped)."
+                if finished else f"Checking which of the {view_total:,} samples are done already…")
+    skip = f" · {skipped:,} skipped (already done)" if skipped else ""
+    message = text.escape(message)  # progress text renders markdown; messages name files
+    if finished:
+        return f"{done:,}/{total:,}{skip} · {message}"
+    eta_text = (f"ETA {_eta(eta)}" if done > 0 and eta is not None
+                else "ETA: estimating (after the first sample)")
+    return f"{done:,}/{total:,}{skip} · {rate:.2f} samples/s · {eta_text} · {message}"
+
+
+WAIT_SECONDS = 600  # how long a new run waits for this session's stopping batch to hand over its report
+
+
+def pick_up(token: str) -> None:
+    """This session's batch that a click stopped (see the module docstring): wait until it has written
+    what it computed, then keep its report for `show`. Nothing to do when there is none."""
+    lock, runs = _runs()
+    note = None
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        with lock:
+            mine = [(k, r) for k, r in runs.items()
+                    if r["token"] == token and r["state"] in ("running", "done")]
+            if not mine:
+                break
+            done = [(k, r) for k, r in mine if r["state"] == "done"]
+            for key, r in done:
+                st.session_state[LAST] = r["result"]
+                del runs[key]
+            running = [r for _k, r in mine if r["state"] == "running"]
+        if not running or time.monotonic() > deadline:
+            break
+        r = running[0]
+        if note is None:
+            note = st.empty()
+        note.info(f"Cancelling: {r['done']} of {r['total']} written so far; the batch stops at its next "
+                  "heatmap and writes what it computed…", icon=":material/hourglass_top:")
+        time.sleep(0.25)
+    if note is not None:
+        note.empty()
+
+
 def run(sel, chosen_methods, chosen_layers, target, eigen_smooth, fields, token) -> None:
     """Run the batch here, in the script thread, with a progress bar that reports per heatmap.
 
-    Streamlit interrupts a script at its next st.* call: Cancel (a rerun) or a closed/reloaded tab
-    (a stop). The progress callback catches that at the bar, sets the batch's cancel instead, so
-    the batch stops at the next heatmap and writes what it computed; its report (the true counts)
-    is kept, and the interruption is raised again afterwards for Streamlit to finish."""
+    Streamlit interrupts a script at its next st.* call: Cancel or any click (a stop with fast
+    reruns, else a rerun), a closed/reloaded tab (a stop). The progress callback catches that at the
+    bar and sets the batch's cancel instead, so the batch stops at the next heatmap and writes what it
+    computed; its report (the true counts) is kept, in session_state when it still can be, else in
+    the process-wide record for the next run of this session (`pick_up`), and the interruption is
+    raised again afterwards for Streamlit to finish."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx()
     lock, runs = _runs()
     run_id = uuid.uuid4().hex
-    entry = {"dataset": sel.dataset, "token": token, "session": ctx.session_id if ctx else None,
+    session = ctx.session_id if ctx else None
+    entry = {"dataset": sel.dataset, "token": token, "session": session,
              "state": "running", "done": 0, "total": sel.count, "fields": list(fields),
-             "started": time.time()}
+             "started": time.time(), "result": None}
     with lock:  # a new run on this dataset resumes what an interrupted one left
-        for key in [k for k, r in runs.items() if r["dataset"] == sel.dataset and r["state"] != "running"]:
+        for key in [k for k, r in runs.items()
+                    if r["dataset"] == sel.dataset and r["state"] == "interrupted"]:
             del runs[key]
         runs[run_id] = entry
     st.session_state[LAST] = {"running": True}
-    bar = st.progress(0.0, text="Starting…")
+    bar = st.progress(0.0, text=f"Starting: {sel.count:,} samples in the view; "
+                                "those done already are skipped…")
     cancel = threading.Event()
     interrupted: list[BaseException] = []
+    told = {"total": sel.count}
 
     def progress(done: int, total: int, rate: float, eta: float | None, message: str) -> None:
         entry.update(done=done, total=total)
+        told["total"] = total
         if interrupted:
             return  # no more st.* calls: each would raise again
         try:
-            bar.progress(done / total if total else 1.0,
-                         text=f"{done}/{total} · {rate:.2f} samples/s · ETA {_eta(eta)} · {message}")
-        except BaseException as exc:  # Streamlit's rerun/stop request (Cancel, a closed tab), or an error
+            bar.progress(min(1.0, done / total) if total else 0.0,
+                         text=progress_line(done, total, sel.count, rate, eta, message))
+        except BaseException as exc:  # Streamlit's rerun/stop request (a click, a closed tab), or an error
             interrupted.append(exc)
             cancel.set()
 
-    outcome = "failed"
+    outcome, state = "failed", None
     try:
         view = sel.view()  # the sidebar's view itself (stages), read a page at a time by the batch
         report = batch.run_batch(view, sel.model, sel.weights, chosen_methods, chosen_layers, target,
                                  eigen_smooth, sel.input_size, progress=progress, cancel=cancel)
         if not report.cancelled:
             outcome = "finished"
-        else:  # a stop: the session went away (or Stop); a rerun: Cancel (or another widget) here
-            outcome = "stopped" if interrupted and _is_stop(interrupted[0]) else "cancelled"
-        st.session_state[LAST] = {"running": False, "report": report.to_dict(), "total": entry["total"],
-                                  "outcome": outcome}
-        entry.update(done=report.done)
+        elif interrupted and _is_stop(interrupted[0]) and not _known_alive(session):
+            outcome = "stopped"  # the session went away (tab closed or reloaded)
+        else:  # Cancel, or another click: this session goes on
+            outcome = "cancelled"
+        entry.update(done=report.done, result={"running": False, "report": report.to_dict(),
+                                               "total": entry["total"], "view_total": sel.count,
+                                               "outcome": outcome})
+        state = "interrupted" if outcome == "stopped" else "done"
+        if not interrupted:
+            st.session_state[LAST] = entry["result"]
+        elif outcome == "cancelled":
+            try:  # a rerun (no fast reruns): this session's state is still here
+                st.session_state[LAST] = entry["result"]
+                state = None
+            except BaseException:  # a stop (fast rerun): the next run of this session picks it up
+                pass
     finally:
         with lock:
-            if outcome == "stopped":
-                entry["state"] = "interrupted"  # for the page that comes next (a reload, another tab)
-            else:
+            if state is None or (state == "done" and not interrupted) or outcome == "failed":
                 runs.pop(run_id, None)
+            else:  # for the run that comes next: this session's (pick_up), or a reload's (other_runs)
+                entry["state"] = state
     if interrupted:
         raise interrupted[0]
+    if outcome == "finished":  # the bar's last line: what happened, never "0/0 · … · ETA ?"
+        total = told["total"]
+        bar.progress(1.0, text=progress_line(report.done, total, sel.count, 0.0, None,
+                                             f"finished in {report.seconds:.1f} s", finished=True))
     show(st.session_state[LAST])
 
 
 def show(last: dict) -> None:
     report = last["report"]
     outcome = last.get("outcome", "finished")
+    view_total = last.get("view_total", last["total"])
+    failed = len(report["failed"])
     if outcome in ("cancelled", "stopped"):
-        left = last["total"] - report["done"] - len(report["failed"])
-        st.warning(f"{'Cancelled' if outcome == 'cancelled' else 'Stopped'}: {report['done']} of "
-                   f"{last['total']} samples written, {len(report['failed'])} failed, {left} left "
-                   f"({report['skipped']} were done already); run again to resume.")
+        saved = report["skipped"] + report["done"]  # of the view: done before, and in this run
+        left = max(0, view_total - saved - failed)
+        st.warning(f"{'Cancelled' if outcome == 'cancelled' else 'Stopped'}: {saved} of {view_total} saved, "
+                   f"run again to resume. ({report['done']} written in this run, {report['skipped']} done "
+                   f"already, {failed} failed, {left} left: the next run skips what is saved.)",
+                   icon=":material/cancel:")
+    elif report["done"] == 0 and not failed:
+        st.success(f"Nothing to compute: 0 computed, {report['skipped']} skipped (already done with these "
+                   "settings).")
     else:
         st.success(f"{report['done']} computed, {report['skipped']} skipped (already done), "
-                   f"{len(report['failed'])} failed in {report['seconds']:.1f} s.")
+                   f"{failed} failed in {report['seconds']:.1f} s.")
     for f in report["failed"]:
-        st.warning(f"Sample `{f['sample_id']}`: {f['error']}")
+        st.warning(f"Sample {text.escape(f['sample_id'])}: {text.escape(f['error'])}")
     if report["fields"]:
         st.caption("Fields: " + ", ".join(f"`{f}`" for f in report["fields"]))

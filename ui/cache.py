@@ -11,7 +11,9 @@ EXPLAINERS_PER_SESSION = 4  # each holds one image's activations and gradients
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
-def model(key: str, weights: str) -> models.LoadedModel:
+def model(key: str, weights: str, identity: tuple = ()) -> models.LoadedModel:
+    """`identity` (models.weights_identity) is only part of the key: a models-file entry or a
+    weights file replaced at the same path is loaded again, never served from the cache."""
     # camcore caches per process too; this keeps Streamlit's cache page honest and bounded.
     return models.load_model(key, weights)
 
@@ -47,15 +49,19 @@ def explainer(
     target: str | None,
     aug_smooth: bool,
     input_size: int | None,
+    progress: engine.Progress | None = None,
+    cancel=None,
 ) -> engine.Explainer:
     """The shared pass for (image, model, target, smoothing, size), kept in the session so that
-    walking layers and methods never runs the model again."""
-    key = (image_key, loaded.spec.key, loaded.weights_label, target, aug_smooth, input_size)
+    walking layers and methods never runs the model again. progress/cancel: while another
+    session holds the model, whom the pass waits for, and a way to stop waiting."""
+    key = (image_key, loaded.spec.key, loaded.identity, target, aug_smooth, input_size)
     cache: OrderedDict = st.session_state.setdefault("_explainers", OrderedDict())
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    ex = engine.Explainer(loaded, img, target_request=target, aug_smooth=aug_smooth, input_size=input_size)
+    ex = engine.Explainer(loaded, img, target_request=target, aug_smooth=aug_smooth, input_size=input_size,
+                          progress=progress, cancel=cancel)
     cache[key] = ex
     while len(cache) > EXPLAINERS_PER_SESSION:
         cache.popitem(last=False)
@@ -88,3 +94,9 @@ def common_folder(dataset_name: str) -> str:
 def view_count(dataset_name: str, spec: views.ViewSpec) -> int:
     """Samples in a view: one server-side count a minute at most (the position label's '/ N')."""
     return views.count(views.build_view(store.load_dataset(dataset_name), spec))
+
+
+@st.cache_data(ttl=DATASET_FACTS_TTL, max_entries=64, show_spinner=False)
+def finding_labels(dataset_name: str) -> list[str]:
+    """Distinct findings of a dataset; cleared by this session's own new finding (render.save_panel)."""
+    return store.finding_labels(store.load_dataset(dataset_name))

@@ -6,11 +6,11 @@ from typing import Callable
 
 import streamlit as st
 
-from camcore import store
+from camcore import models, store
 from camcore.errors import CamError, ImageError, WeightsUnavailable
 from camcore.images import LoadedImage
 from camcore.models import LoadedModel
-from ui import cache, render
+from ui import cache, render, text
 
 
 def run(main: Callable[[], None]) -> None:
@@ -19,7 +19,7 @@ def run(main: Callable[[], None]) -> None:
     try:
         main()
     except CamError as exc:
-        st.error(str(exc))
+        st.error(text.escape(exc))
     except Exception as exc:
         render.unexpected(exc)
 
@@ -28,9 +28,9 @@ def model_or_message(sel) -> LoadedModel | None:
     """The sidebar's model, or None after saying why not and what to do (no weights offline)."""
     try:
         with st.spinner("Loading the model…", show_time=True):
-            loaded = cache.model(sel.model, sel.weights)
+            loaded = cache.model(sel.model, sel.weights, models.weights_identity(sel.model, sel.weights))
     except WeightsUnavailable as exc:
-        st.error(str(exc))
+        st.error(text.escape(exc))
         st.info("To explore the mechanics anyway, choose **untrained (random weights)** under Weights in "
                 "the sidebar, or pick EfficientNet-Lite0, which works offline.")
         return None
@@ -49,7 +49,7 @@ def image_or_message(sel) -> tuple[LoadedImage, tuple] | None:
         img = cache.image(path, mtime)
     except (ImageError, OSError) as exc:
         reason = str(exc) if isinstance(exc, ImageError) else f"cannot read the image file {sel.filepath}: {exc}"
-        st.error(f"{reason.rstrip('.')}. Pick another sample, or fix the file path in the dataset.",
+        st.error(f"{text.escape(reason.rstrip('.'))}. Pick another sample, or fix the file path in the dataset.",
                  icon=":material/broken_image:")
         return None
     return img, (sel.dataset, sel.sample_id, mtime)

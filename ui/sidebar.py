@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from camcore import demo_data, models, store, views, weights
+from camcore import demo_data, model_file, models, store, views, weights
 from camcore.errors import CamError
-from ui import cache, urlstate
+from ui import cache, text, urlstate
 
 WEIGHTS_AUTO = "pretrained (auto)"
 WEIGHTS_UNTRAINED = "untrained (random weights)"
@@ -162,7 +162,7 @@ def draw() -> Selection | None:
             demo = cache.demo_dataset_name()
         names = store.list_datasets()
     except CamError as exc:
-        sb.error(f"FiftyOne is not available: {exc}")
+        sb.error(f"FiftyOne is not available: {text.escape(exc)}")
         _no_selection(f"FiftyOne is not available: {exc}")
         return None
     names = [demo] + [n for n in names if n != demo]
@@ -170,16 +170,17 @@ def draw() -> Selection | None:
     if st.session_state.get("dataset") not in names:
         st.session_state["dataset"] = demo
     name = sb.selectbox("Dataset", names, key="dataset", help="Any FiftyOne image dataset in your database.")
+    nav_box = sb.container()  # the sample, right under the dataset: drawn once the view is known
+    found, trouble = _where(sb, nav_box, name)
+    urlstate.show_messages(nav_box)
     if demo_data.QUICKSTART_NAME not in names:
         sb.button("Load FiftyOne's quickstart (needs internet)", key="load_quickstart", on_click=_load_quickstart,
                   help="Downloads the FiftyOne zoo 'quickstart' dataset (200 images with ground truth boxes).")
     if st.session_state.get("quickstart_error"):
-        sb.error(st.session_state.pop("quickstart_error"))
-    found, trouble = _where(sb, name)
-    urlstate.show_messages(sb)
+        sb.error(text.escape(st.session_state.pop("quickstart_error")))
     model_key, weights_value, input_size = _how_to_look(sb)  # stays drawn, whatever the dataset holds
     if trouble is not None:
-        sb.warning(trouble)
+        nav_box.warning(trouble)
         _no_selection(trouble)
         return None
     spec, position, total, sample_id, path, label = found
@@ -189,8 +190,9 @@ def draw() -> Selection | None:
     return sel
 
 
-def _where(sb, name: str):
-    """The view and the current sample in it, or (None, a message saying why there is none)."""
+def _where(sb, nav_box, name: str):
+    """The view (its widgets in `sb`) and the current sample in it (its navigator in `nav_box`), or
+    (None, a message saying why there is none)."""
     try:
         dataset = store.load_dataset(name)
         if views.count(dataset) == 0:  # before require_image: an empty dataset has no media type yet
@@ -210,13 +212,16 @@ def _where(sb, name: str):
         if not rows:  # the view shrank since it was counted: count again, start over
             cache.view_count.clear()
             _forget_pages()
+            total, position = cache.view_count(name, spec), 0
             _set_position(0)
-            return _where(sb, name) if cache.view_count(name, spec) else (None, NO_MATCH)
+            rows = _page_rows(name, spec, 0, 1) if total else []
+            if not rows:
+                return None, NO_MATCH
         sample_id, path = rows[0]
         label = views.relative_label(path, cache.common_folder(name))
-        _navigator(sb, name, spec, total, label)
+        _navigator(nav_box, name, spec, total, label)
     except CamError as exc:
-        return None, f"{exc}. Pick another dataset or view."
+        return None, f"{text.escape(exc)}. Pick another dataset or view."
     return (spec, position, total, sample_id, path, label), None
 
 
@@ -344,13 +349,30 @@ def _remember(per_model_key: str, widget_key: str, model_key: str, default):
     return memory
 
 
+def _reload_models() -> None:
+    models.reload_model_file()  # what it skipped is listed below the button on this run
+
+
+def _models_file(sb) -> None:
+    """Your own models (a TOML file): reload it without a restart; say which entries were skipped."""
+    path = model_file.models_file_path()
+    if path is None:
+        return
+    sb.button("Reload models file", key="reload_models", on_click=_reload_models,
+              help=text.escape(f"Reads {path} again: new, changed and removed entries."))
+    for entry in models.skipped_models():
+        sb.warning(f"Skipped from the models file: {text.escape(entry)}", icon=":material/block:")
+
+
 def _how_to_look(sb) -> tuple[str, str, int | None]:
     sb.markdown("### How to look")
+    _models_file(sb)
     keys = list(models.MODELS)
     if st.session_state.get("model") not in keys:  # no index=: study buttons and links set it too
         st.session_state["model"] = models.DEFAULT_MODEL
     model_key = sb.selectbox("Model", keys, key="model", format_func=lambda k: models.MODELS[k].label,
-                             help="\n\n".join(f"**{m.label}**: {m.description}" for m in models.MODELS.values()))
+                             help="\n\n".join(f"**{text.escape(m.label)}**: {text.escape(m.description)}"
+                                                for m in models.MODELS.values()))
     choices = _weights_choices()
     # Weights are chosen per model: "untrained" for DeiT must not follow the user to EfficientNet.
     memory = _remember("_weights_by_model", "weights_choice", model_key, WEIGHTS_AUTO)

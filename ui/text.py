@@ -12,16 +12,19 @@ import re
 
 # Every ASCII punctuation character can be backslash-escaped in CommonMark; Streamlit adds
 # :colour[...] directives, :material/...: icons and $...$ LaTeX, all made of these characters.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#!|:$~&^=@])")  # @: e-mail autolinks
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#!|:$~&^=])")
 _LIST_START = re.compile(r"^(\s*)([-+]|\d+)(\.?\s)")  # "- x", "1. x" would open a list
-_WWW = re.compile(r"(www)\.", re.IGNORECASE)  # "www.host" autolinks
+# GFM turns URLs, "www." hosts and e-mail addresses in the rendered text into links, escapes or not:
+# a word joiner (U+2060, invisible) inside each of those breaks the pattern, not the reading.
+_AUTOLINK = re.compile(r"(?i)(https?|ftp)(:)(?=//)|(www)(?=\.)|(?<=\w)(@)")
+_JOINER = "\u2060"
 
 
 def escape(value: object) -> str:
     """The string shown literally inside markdown: no link, image, LaTeX, directive or HTML."""
     text = str(value).replace("\r", " ").replace("\n", " ")
+    text = _AUTOLINK.sub(lambda m: _JOINER.join(g for g in m.groups() if g) + _JOINER, text)
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-    text = _WWW.sub(r"\1\\.", text)
     return _LIST_START.sub(_literal_list_marker, text)
 
 

@@ -8,11 +8,13 @@ widgets, Chromium showed the previous state).
 """
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 
 import streamlit as st
 
 from camcore import links, methods, models, weights
+from ui import text
 
 _READ = "_url_read"
 _PENDING = "_url_pending"  # the LinkState of the first run, for the pages to apply
@@ -21,13 +23,14 @@ PAGE_STATE = "_url_page_state"  # what the page put on screen: layers, methods, 
 
 
 def say(message: str) -> None:
-    """A message for the sidebar (a link that asked for something that does not exist)."""
-    st.session_state.setdefault(_MESSAGES, []).append(message)
+    """A message for the sidebar (a link that asked for something that does not exist). Shown as
+    markdown-escaped text: it quotes what the link said."""
+    st.session_state.setdefault(_MESSAGES, []).append(text.escape(message))
 
 
 def show_messages(container) -> None:
     for message in st.session_state.pop(_MESSAGES, []):
-        container.warning(message)  # st.warning renders markdown: the message quotes user text with !r
+        container.warning(message)
 
 
 def pending() -> links.LinkState:
@@ -112,7 +115,8 @@ def apply_page(spec: models.ModelSpec, layer_keys: Sequence[str], method_keys: S
         problems.append(f"target class {target!r}")
         target = None
     if problems:
-        (container or st).warning(f"This link asks for what {spec.label} does not have: {', '.join(problems)}. "
+        (container or st).warning(f"This link asks for what {text.escape(spec.label)} does not have: "
+                                  f"{text.escape(', '.join(problems))}. "
                                   "Showing the defaults for those.")
     return target
 
@@ -132,9 +136,29 @@ def remember_page(layers: Sequence[str] = (), method_keys: Sequence[str] = (), t
 
 def write(page_path: str) -> None:
     """Set the URL to what this run put on screen (called by app.py after the page ran)."""
+    params = _state(page_path).params()
+    st.session_state.pop(PAGE_STATE, None)
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+
+
+def current_url(page_path: str = "explore") -> str:
+    """The absolute URL of what is on screen now (for a finding), on the host the browser used."""
+    origin = links.base_url()
+    try:
+        here = st.context.url
+    except AttributeError:  # an older Streamlit: the configured base
+        here = None
+    if here:
+        parts = urllib.parse.urlsplit(here)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    return links.explorer_url(_state(page_path), page_path or "explore", base=origin)
+
+
+def _state(page_path: str) -> links.LinkState:
     page_path = page_path or "explore"  # the default page's url path is empty
     sel = st.session_state.get("selection")
-    page_state = st.session_state.pop(PAGE_STATE, None) or {}
+    page_state = st.session_state.get(PAGE_STATE) or {}
     if sel is None:
         state = links.LinkState(dataset=st.session_state.get("dataset") or "")
     else:
@@ -146,9 +170,7 @@ def write(page_path: str) -> None:
             weights=_weights_param(sel.weights) if page_path in ("explore", "compare") else "",
             layers=page_state.get("layers", ()), methods=page_state.get("methods", ()),
             target=page_state.get("target", ""))
-    params = state.params()
-    if st.query_params.to_dict() != params:
-        st.query_params.from_dict(params)
+    return state
 
 
 def _weights_param(value: str) -> str:

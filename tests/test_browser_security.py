@@ -1,0 +1,93 @@
+"""Nobody else on the wire, data never markup: a dataset whose name, file names, tags and finding
+notes are markdown images, links and LaTeX, visited on every page in a real Chromium. The page
+must request nothing from any host but the app's own, and show those strings literally."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, RUN_TIMEOUT, VIEWPORT, Server, open_app, settle
+
+from camcore import demo_data, store
+from ui import router
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+from playwright.sync_api import Browser, expect, sync_playwright  # noqa: E402
+
+# Loopback, port 9 (discard): nothing answers, and a request there is still seen by the test.
+BAIT = "http://127.0.0.2:9"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    """A dataset whose every string is markup pointing elsewhere."""
+    import fiftyone as fo
+
+    src = demo_data.ensure_demo_dataset().values("filepath")[:2]
+    root = Path(tempfile.mkdtemp(prefix="cam-explorer-hostile-"))
+    # A file name cannot hold "/": browsers read "\\" in a URL as "/", so these still point away.
+    names = ["![f](http:\\\\127.0.0.2:9\\file.png) $x^2$.png", "[link](http:\\\\127.0.0.2:9\\l) :red[red].png"]
+    paths = []
+    for path, name in zip(src, names):
+        shutil.copy(path, root / name)
+        paths.append(str(root / name))
+    ds = fo.Dataset(f"{uuid.uuid4().hex[:6]} ![d]({BAIT}/dataset.png)", persistent=True)
+    ds.add_samples([fo.Sample(filepath=p, tags=[f"![t]({BAIT}/tag.png)"]) for p in paths])
+    store.add_finding(ds, ds.first().id, f"![n]({BAIT}/finding.png)", f"note ![i]({BAIT}/note.png) $$x$$")
+    yield ds
+    ds.delete()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_every_page_requests_only_its_own_host_and_shows_data_as_text(browser: Browser, hostile):
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = Server(ARTIFACTS / "streamlit-security-server.log")
+    context = browser.new_context(viewport=VIEWPORT)
+    requested: list[str] = []
+    context.on("request", lambda r: requested.append(r.url))
+    try:
+        page = context.new_page()
+        link = f"{server.url}/?dataset={urllib.parse.quote(hostile.name)}"
+        open_app(page, link)
+        expect(page.get_by_test_id("stSidebar").get_by_test_id("stText").first).to_contain_text(
+            "![f](", timeout=RUN_TIMEOUT)
+        for _file, title, _icon, url_path in router.PAGES:
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+            settle(page)
+            page.screenshot(path=str(ARTIFACTS / f"hostile-{url_path}.png"))
+            _assert_no_foreign_links(page, server.url)
+        # Findings: the finding's label, the note and the dataset's name, literally
+        shown = page.evaluate("() => document.querySelector('[data-testid=stMain]').innerText").replace("\u2060", "")
+        assert f"Findings in {hostile.name}" in shown, shown  # (the invisible joiner breaks autolinks)
+        assert f"note ![i]({BAIT}/note.png) $$x$$" in shown, shown
+    finally:
+        context.close()
+        server.stop()
+    own = urllib.parse.urlsplit(server.url).netloc
+    elsewhere = [u for u in requested
+                 if not u.startswith(("data:", "blob:")) and urllib.parse.urlsplit(u).netloc != own]
+    assert not elsewhere, elsewhere
+    assert len(requested) > 10  # control: the listener saw the app's own traffic
+
+
+def _assert_no_foreign_links(page, own: str) -> None:
+    """No element the data made: every link and image on the page points at the app itself."""
+    found = page.evaluate("""() => [...document.querySelectorAll('a[href], img[src]')]
+        .map(e => e.href || e.src)""")
+    # The app's own links: its pages, and the FiftyOne App it serves on a localhost port.
+    foreign = [u for u in found if not u.startswith((own, "data:", "blob:", "about:", "http://localhost:"))]
+    assert not foreign, foreign
