@@ -36,10 +36,11 @@ def main() -> None:
     found = store.findings_view(dataset, chosen)
     total = store.count_findings(found)
     pages = max(1, -(-total // PAGE_ROWS))
-    c1, c2 = st.columns([1, 4], vertical_alignment="bottom")
-    number = int(c1.number_input(f"Page (of {pages})", 1, pages, 1, key="findings_page")) if pages > 1 else 1
-    c2.caption(f"{total:,} findings; newest samples last. Each link reopens the explorer as it was when the "
-               "finding was made.")
+    st.caption(f"{total:,} finding{'' if total == 1 else 's'}, {PAGE_ROWS} a page, in the dataset's sample order. "
+               "Each link reopens the explorer as it was when the finding was made.")
+    number = 1
+    if pages > 1:
+        number = int(st.columns([1, 4])[0].number_input(f"Page (of {pages})", 1, pages, 1, key="findings_page"))
     rows = store.list_findings(found, skip=(number - 1) * PAGE_ROWS, limit=PAGE_ROWS)
     folder = cache.common_folder(name)
     df = pd.DataFrame(rows, columns=["sample_id", "filepath", "tag", "note", "heatmap_field", "created_at", "url"])

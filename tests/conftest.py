@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -59,3 +60,54 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     tmp = _state.pop("tmp", None)
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a 64 KiB tmpfs filled to the last byte (root only, as in CI); `.parent / "filler"`
+    is the file to delete for space again."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "out").mkdir()
+        try:
+            with open(mnt / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:  # ENOSPC: full
+            pass
+        yield mnt / "out"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+# -- the browser tests' shared parts: module-scoped, so that no Playwright event loop outlives its
+# module (FiftyOne's execute_operator, in later modules, would take it for its own and return a Task).
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    """`streamlit run app.py` on a free port, for one test module (log in test-artifacts/)."""
+    from test_browser import ARTIFACTS, Server
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    srv = Server(ARTIFACTS / f"streamlit-{request.module.__name__}.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright (no browser download), for one test module."""
+    from playwright.sync_api import sync_playwright
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

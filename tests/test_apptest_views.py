@@ -202,7 +202,7 @@ def test_a_finding_stores_the_url_it_was_made_in_and_findings_page_through(repea
         store.add_finding(repeated, ids[k % 3], "good focus", f"n{k}")
     at.switch_page("pages/findings.py")
     run(at)
-    assert any("26 findings" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert any("26 findings, 20 a page" in c.value for c in at.caption), [c.value for c in at.caption]
     table = at.dataframe[0].value
     assert len(table) == 20
     mine = table[table["note"] == note]

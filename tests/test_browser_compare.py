@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 from test_browser import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     DOCS,
     RUN_TIMEOUT,
     UI_TIMEOUT,
@@ -33,29 +31,13 @@ from test_browser import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 SMALL = {"width": 1280, "height": 800}
 LARGE = {"width": 1600, "height": 1000}
 # Eight methods that one pass feeds (no Score-CAM: minutes on a small CPU), on two layers.
 EIGHT = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam", "hirescam",
          "gradcamelementwise")
-
-
-@pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    srv = Server(ARTIFACTS / "streamlit-compare-server.log")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -11,13 +11,10 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from test_browser import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     DOCS,
     RUN_TIMEOUT,
     UI_TIMEOUT,
@@ -33,23 +30,7 @@ from test_browser import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def explore_server() -> Iterator[Server]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    srv = Server(ARTIFACTS / "streamlit-explore-server.log")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="session")
-def explore_browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 
 def _sample_url(server: Server, name: str, page: str = "") -> str:
@@ -82,10 +63,10 @@ def _main_map(page: Page):
 
 # -- results in view ---------------------------------------------------------------------------
 
-def test_first_map_is_above_the_fold_and_chips_wrap(explore_server: Server, explore_browser: Browser):
-    page = _page(explore_browser, 1280, 800)
+def test_first_map_is_above_the_fold_and_chips_wrap(server: Server, browser: Browser):
+    page = _page(browser, 1280, 800)
     try:
-        open_app(page, _sample_url(explore_server, "astronaut.png"))  # square: the tallest demo map
+        open_app(page, _sample_url(server, "astronaut.png"))  # square: the tallest demo map
         expect(_main_map(page)).to_be_visible(timeout=RUN_TIMEOUT)
         settle(page)
         box = _main_map(page).bounding_box()
@@ -115,9 +96,9 @@ def test_first_map_is_above_the_fold_and_chips_wrap(explore_server: Server, expl
         screenshot(page, "explore")
     finally:
         page.context.close()
-    page = _page(explore_browser, 1600, 1000)
+    page = _page(browser, 1600, 1000)
     try:
-        open_app(page, _sample_url(explore_server, "chelsea.png"))
+        open_app(page, _sample_url(server, "chelsea.png"))
         expect(_main_map(page)).to_be_visible(timeout=RUN_TIMEOUT)
         settle(page)
         box = _main_map(page).bounding_box()
@@ -133,10 +114,10 @@ def _progress(page: Page):
     return page.get_by_test_id("stProgress")
 
 
-def test_scorecam_asks_first_then_cancel_keeps_the_maps(explore_server: Server, explore_browser: Browser):
-    page = _page(explore_browser, 1280, 800)
+def test_scorecam_asks_first_then_cancel_keeps_the_maps(server: Server, browser: Browser):
+    page = _page(browser, 1280, 800)
     try:
-        open_app(page, _sample_url(explore_server, "coffee.png"))
+        open_app(page, _sample_url(server, "coffee.png"))
         expect(_main_map(page)).to_be_visible(timeout=RUN_TIMEOUT)
         settle(page)
         add_to_multiselect(page, "Methods", "Score-CAM  (slow)")
@@ -210,7 +191,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_open_in_app_is_enabled_after_a_findings_launch(explore_server: Server, explore_browser: Browser):
+def test_open_in_app_is_enabled_after_a_findings_launch(server: Server, browser: Browser):
     import uuid
 
     import fiftyone as fo
@@ -222,9 +203,9 @@ def test_open_in_app_is_enabled_after_a_findings_launch(explore_server: Server, 
     ds.add_sample(fo.Sample(filepath=demo_data.ensure_demo_dataset().first().filepath))
     store.add_finding(ds, ds.first().id, "background-bias", "the App button test", None)
     port = _free_port()
-    page = _page(explore_browser, 1400, 1000)
+    page = _page(browser, 1400, 1000)
     try:
-        open_app(page, f"{explore_server.url}/findings?dataset={ds.name}")
+        open_app(page, f"{server.url}/findings?dataset={ds.name}")
         expect(page.get_by_role("heading", name=f"Findings in {ds.name}")).to_be_visible(timeout=RUN_TIMEOUT)
         settle(page)
         field = widget(page, "stNumberInput", "App port").get_by_role("spinbutton")

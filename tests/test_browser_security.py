@@ -7,29 +7,20 @@ import shutil
 import tempfile
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, RUN_TIMEOUT, VIEWPORT, Server, open_app, settle
+from test_browser import ARTIFACTS, RUN_TIMEOUT, VIEWPORT, Server, open_app, settle
 
 from camcore import demo_data, store
 from ui import router
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-from playwright.sync_api import Browser, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, expect  # noqa: E402
 
 # Loopback, port 9 (discard): nothing answers, and a request there is still seen by the test.
 BAIT = "http://127.0.0.2:9"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +62,8 @@ def test_every_page_requests_only_its_own_host_and_shows_data_as_text(browser: B
             page.screenshot(path=str(ARTIFACTS / f"hostile-{url_path}.png"))
             _assert_no_foreign_links(page, server.url)
         # Findings: the finding's label, the note and the dataset's name, literally
+        expect(page.get_by_test_id("stCaptionContainer").filter(has_text="note ![i](")).to_have_count(
+            1, timeout=RUN_TIMEOUT)  # the thumbnails' captions come after the table
         shown = page.evaluate("() => document.querySelector('[data-testid=stMain]').innerText").replace("\u2060", "")
         assert f"Findings in {hostile.name}" in shown, shown  # (the invisible joiner breaks autolinks)
         assert f"note ![i]({BAIT}/note.png) $$x$$" in shown, shown

@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -81,29 +80,6 @@ def test_a_write_that_fails_midway_leaves_no_partial_file(tmp_path, monkeypatch)
         cli.write_outputs(result, image, out, 0.5, "jet")
     assert "No space left on device" in str(err.value) and "\n" not in str(err.value)
     assert _files(out) == {}, f"partial or empty files left: {_files(out)}"
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs, filled to the last byte (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (mnt / "out").mkdir()
-        try:
-            with open(mnt / "filler", "wb") as f:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-        except OSError:  # ENOSPC: full
-            pass
-        yield mnt / "out"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def test_a_real_full_disk_leaves_no_empty_file(full_disk):

@@ -33,29 +33,6 @@ def dataset(tmp_path):
 # ---------------------------------------------------------------- disk full
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs, filled to the last byte (root only, as in CI's container)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (mnt / "heatmaps").mkdir()
-        try:
-            with open(mnt / "filler", "wb") as f:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-        except OSError:  # ENOSPC: full
-            pass
-        yield mnt / "heatmaps"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
-
-
 def test_disk_full_while_writing_heatmaps(dataset, full_disk):
     sample = dataset.first()
     result = make_result(SIZE, [make_heatmap(SIZE, "gradcam"), make_heatmap(SIZE, "layercam", seed=1)])

@@ -139,6 +139,7 @@ STYLE = """<style>
 [data-testid="stMultiSelectTagsContainer"] > [role="group"] { flex-wrap: wrap; overflow: visible; height: auto;
   max-height: none; }
 [data-testid="stMultiSelectTagsContainer"] [data-tag] { flex-shrink: 0; max-width: 100%; }
+[data-testid="stMultiSelectTagsContainer"] { min-width: 0; flex: 1 1 0%; }
 .st-key-cam_main [data-testid="stImage"] img { max-height: max(240px, calc(100vh - 300px)); width: auto; max-width: 100%;
   object-fit: contain; }
 [data-testid="stMainBlockContainer"] { padding-top: 3.5rem; }
