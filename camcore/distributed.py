@@ -99,16 +99,18 @@ class _Worker:
         self.model = load_model(model_key, weights, device)  # run_batch finds it in the cache
         self.cancel_event = threading.Event()
         self.done = 0
+        self.shards = 0
 
     def describe(self) -> dict:
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
-                "weights": self.model.weights_label, "samples_done": self.done}
+                "weights": self.model.weights_label, "samples_done": self.done, "shards": self.shards}
 
     def run(self, dataset_name: str, stages: list[dict], bounds: tuple[str | None, str | None],
             options: dict) -> dict:
         """run_batch on one shard: the driver's view rebuilt from its stages, cut to an _id range."""
         if self.cancel_event.is_set():
             return BatchReport(cancelled=True).to_dict()
+        self.shards += 1
         dataset = fo.load_dataset(dataset_name)
         dataset.reload()  # the driver declared fields after this process may have cached the dataset
         view = shard_view(fo.DatasetView._build(dataset, stages), *bounds)

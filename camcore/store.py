@@ -1088,12 +1088,21 @@ def list_findings(
     return out
 
 
+_FINDINGS_INDEXED: set[str] = set()  # datasets whose finding labels are indexed (this process)
+
+
 @_db_errors
 def finding_labels(collection: fo.Dataset | fo.DatasetView) -> list[str]:
-    """The distinct findings (labels) recorded in the collection (one server-side pass)."""
+    """The distinct findings (labels) recorded in the collection, read from an index on them (made
+    on first use), so that the Findings page never scans the samples and never shows a stale list."""
     if collection.get_field(FINDINGS_FIELD) is None:
         return []
-    return sorted(str(v) for v in collection.distinct(FINDINGS_FIELD + ".classifications.label"))
+    path = FINDINGS_FIELD + ".classifications.label"
+    root = _root(collection)
+    if root.name not in _FINDINGS_INDEXED:
+        root.create_index(path)  # idempotent; a distinct on an indexed path reads the index
+        _FINDINGS_INDEXED.add(root.name)
+    return sorted(str(v) for v in collection.distinct(path))
 
 
 @_db_errors

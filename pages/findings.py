@@ -28,7 +28,7 @@ def main() -> None:
         return
     st.markdown(f"#### Findings in {text.escape(name)}")
     dataset = store.load_dataset(name)
-    tags = cache.finding_labels(name)
+    tags = store.finding_labels(dataset)  # indexed: cheap, and never stale
     if not tags:
         st.info("No findings yet: record one on the Explore page.")
         return

@@ -47,7 +47,10 @@ def test_two_workers_share_the_view_and_skip_what_is_done(scenario):
     assert (first["done"], first["skipped"], first["failed"]) == (9, 3, [])
     workers = first["workers"]
     assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
-    assert all(w["samples_done"] > 0 for w in workers), "both workers took shards"
+    # Each worker is handed a shard at once; which samples it then computes depends on timing (a
+    # shard may hold only samples done already, the other worker may take the rest).
+    assert all(w["shards"] > 0 for w in workers), "both workers took shards"
+    assert sum(w["samples_done"] for w in workers) == 9
     assert sum(w["samples_done"] for w in workers) == 9
     # every sample has both fields, each with its file; no file without a label
     assert set(scenario["labels_with_files"].values()) == {12}

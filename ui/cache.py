@@ -94,9 +94,3 @@ def common_folder(dataset_name: str) -> str:
 def view_count(dataset_name: str, spec: views.ViewSpec) -> int:
     """Samples in a view: one server-side count a minute at most (the position label's '/ N')."""
     return views.count(views.build_view(store.load_dataset(dataset_name), spec))
-
-
-@st.cache_data(ttl=DATASET_FACTS_TTL, max_entries=64, show_spinner=False)
-def finding_labels(dataset_name: str) -> list[str]:
-    """Distinct findings of a dataset; cleared by this session's own new finding (render.save_panel)."""
-    return store.finding_labels(store.load_dataset(dataset_name))

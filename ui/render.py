@@ -611,7 +611,6 @@ def save_panel(sel, ex: Explainer, pairs, eigen_smooth: bool) -> None:
                     if shown and ref is not None:  # the finding points at a stored heatmap: store it first
                         field = store.push_heatmaps(dataset, sel.sample_id, ex.result([shown[ref]]))[0]
                     store.add_finding(dataset, sel.sample_id, chosen, note, field, url=urlstate.current_url())
-                    cache.finding_labels.clear()  # the Findings page lists it at once
                     st.success(f"Saved finding '{text.escape(chosen)}' (tag {text.escape(store.finding_tag(chosen))}).")
                 except CamError as exc:
                     st.error(text.escape(exc))
