@@ -69,7 +69,7 @@ def run(args, tmp: Path) -> None:
     import torch
     from pytorch_grad_cam import GradCAM
 
-    from camcore import batch, demo_data, engine, images, models, targets
+    from camcore import batch, demo_data, images, models, preprocessing, targets
 
     demo = demo_data.ensure_demo_dataset()
     files = demo.values("filepath")
@@ -86,7 +86,7 @@ def run(args, tmp: Path) -> None:
           f"{args.n} images, torch threads {torch.get_num_threads()}", file=sys.stderr)
 
     # warm-up (first-call costs out of every timing)
-    x0 = engine.preprocess(spec, images.load_image(paths[0]).rgb, args.size)
+    x0 = preprocessing.preprocess(spec, images.load_image(paths[0]).rgb, args.size)
     with torch.enable_grad():
         loaded.module(x0.to(loaded.device)).sum().backward()
     loaded.module.zero_grad(set_to_none=True)
@@ -95,7 +95,7 @@ def run(args, tmp: Path) -> None:
     # (what a batched Grad-CAM needs), and forward + full backward (parameter gradients too,
     # as pytorch-grad-cam does). Image decoding and preprocessing are outside both.
     # Images are grouped by input shape (as run_batch does) so that they can be stacked.
-    xs = [engine.preprocess(spec, images.load_image(p).rgb, args.size) for p in paths]
+    xs = [preprocessing.preprocess(spec, images.load_image(p).rgb, args.size) for p in paths]
     groups: dict = {}
     for x in xs:
         groups.setdefault(tuple(x.shape), []).append(x)
@@ -127,8 +127,8 @@ def run(args, tmp: Path) -> None:
 
     # ours
     start = time.perf_counter()
-    report = batch.run_batch(ours_ds, spec.key, args.weights, ["gradcam"], [layer], chunk=args.chunk,
-                             input_size=args.size)
+    options = batch.BatchOptions(spec.key, args.weights, ["gradcam"], [layer], chunk=args.chunk, input_size=args.size)
+    report = batch.run_batch(ours_ds, options)
     ours = time.perf_counter() - start
     assert report.done == args.n and not report.failed, report
 
@@ -137,7 +137,7 @@ def run(args, tmp: Path) -> None:
     module = loaded.module
     for sample in art_ds:
         img = images.load_image(sample.filepath)
-        x = engine.preprocess(spec, img.rgb, args.size).to(loaded.device)
+        x = preprocessing.preprocess(spec, img.rgb, args.size).to(loaded.device)
         cam_targets = None  # classifiers: the library's own top-1
         if spec.task == "segmentation":  # the article's segmentation loop: a forward for the mask first
             with torch.no_grad():

@@ -27,6 +27,7 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 
 from camcore import engine, images, methods, models  # noqa: E402
+from camcore import perturbation as perturbation_mod  # noqa: E402
 
 GRID = ("gradcam", "gradcam++", "xgradcam", "eigencam", "eigengradcam", "layercam")
 
@@ -138,8 +139,8 @@ def real_oom(img) -> bool:
     x = ex.x.to(DEVICE)
     messages: list[str] = []
     with loaded.lock:
-        fits = engine.perturbation.score_cam_weights(loaded.module, layer, x, acts, ex.grad_target, 32)
-        huge = engine.perturbation.score_cam_weights(loaded.module, layer, x, acts, ex.grad_target, 4096,
+        fits = perturbation_mod.score_cam_weights(loaded.module, layer, x, acts, ex.grad_target, 32)
+        huge = perturbation_mod.score_cam_weights(loaded.module, layer, x, acts, ex.grad_target, 4096,
                                                      progress=lambda f, m: messages.append(m))
     lowered = [m for m in messages if "out of GPU memory" in m]
     same = float(np.abs(fits - huge).max())

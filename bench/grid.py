@@ -24,7 +24,7 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
 
-from camcore import engine, images, methods, models  # noqa: E402
+from camcore import engine, images, methods, models, perturbation  # noqa: E402
 
 GRID_METHODS = ("gradcam", "gradcam++", "xgradcam", "eigencam", "eigengradcam", "layercam")
 
@@ -99,7 +99,7 @@ def perturbation_vs_forwards(model_key: str, layer: str, batch: int, input_size:
     ex = engine.Explainer(loaded, img, None, (layer,), False, input_size, batch_size=batch)
     channels = ex.fp.activations[layer].shape[1]
     x = ex.x.to(loaded.device)
-    size = engine.perturbation.default_batch_size(loaded.device, ex.input_hw, batch)
+    size = perturbation.default_batch_size(loaded.device, ex.input_hw, batch)
 
     def sync():
         if loaded.device.type == "cuda":

@@ -198,8 +198,10 @@ def measure_scan(dataset, args) -> dict[str, float]:
     from bson import ObjectId
 
     from camcore import store
+    from camcore.identity import HeatmapIdentity
 
-    field = store.declare_heatmap_field(dataset, MODEL, "gradcam", "head", "predicted")
+    identity = HeatmapIdentity(model=MODEL, method="gradcam", layer="head", target="predicted", weights="packaged")
+    field = store.declare_heatmap_field(dataset, identity)
     label = {
         "_id": ObjectId(),
         "_cls": "Heatmap",
@@ -238,9 +240,9 @@ def measure_resume(dataset, args) -> dict[str, float]:
 
     model = load_model(MODEL, "auto", "cpu")
     layer = model.spec.default_layer
-    field = store.declare_heatmap_field(
-        dataset, MODEL, "gradcam", layer, "predicted", batch.label_extra("predicted", None)
-    )
+    options = batch.BatchOptions(MODEL, methods=("gradcam",), device="cpu").checked()
+    identity = options.identity("gradcam", layer, model)  # the field and labels the batch writes
+    field = store.declare_heatmap_field(dataset, identity, options.label_extra)
     png = Path(os.environ["CAM_EXPLORER_HOME"]) / "done.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(png), np.zeros((8, 8), np.uint16))
@@ -250,7 +252,9 @@ def measure_resume(dataset, args) -> dict[str, float]:
         "tags": [],
         "map_path": str(png),
         "range": [0, 65535],
-        **batch._provenance(model, "gradcam", layer, "predicted", False, None),
+        **identity.provenance,
+        **options.label_extra,
+        **batch.resume_provenance(identity),
     }
     done = int(dataset.count() * args.resume_done)
     coll = dataset._sample_collection
@@ -349,9 +353,8 @@ def probe_batch(dataset_name: str, args: argparse.Namespace, head: bool = False)
     rss_before = _rss_mib()
     _reset_hwm()
     t0 = time.perf_counter()
-    report = batch.run_batch(
-        ds, MODEL, methods=["gradcam"], chunk=args.chunk, progress=progress, cancel=cancel, device="cpu"
-    )
+    options = batch.BatchOptions(MODEL, methods=("gradcam",), chunk=args.chunk, device="cpu")
+    report = batch.run_batch(ds, options, progress=progress, cancel=cancel)
     seconds = time.perf_counter() - t0
     return {
         "setup_s": round(told[0] - t0, 3) if told else float("nan"),
@@ -368,10 +371,11 @@ def probe_scan(dataset_name: str, args: argparse.Namespace) -> dict:
     """The resume checks alone over the whole view: every page of ids, paths and labels."""
     import fiftyone as fo
 
-    from camcore import batch, store
+    from camcore import batch
+    from camcore.identity import HeatmapIdentity
 
     ds = fo.load_dataset(dataset_name)
-    field = store.heatmap_field_name(MODEL, "gradcam", "head", "predicted")
+    field = HeatmapIdentity(model=MODEL, method="gradcam", layer="head", target="predicted").field_name
     fields = [field] if ds.has_field(field) else []
     rss_before = _rss_mib()
     _reset_hwm()

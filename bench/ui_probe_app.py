@@ -7,11 +7,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import streamlit as st  # noqa: E402
 
-from ui import render, sidebar, text, urlstate  # noqa: E402
+from ui import sidebar, text, thumbnails, urlstate  # noqa: E402
 
 sel = sidebar.draw()
 if sel is not None:
     st.markdown(f"#### {text.escape(sel.label)}")
     st.text(f"dataset {sel.dataset} · sample {sel.position + 1:,} of {sel.count:,} · id {sel.sample_id}")
-    render.thumbnail_strip(sel)
+    thumbnails.thumbnail_strip(sel)
 urlstate.write("explore")

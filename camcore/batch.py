@@ -1,8 +1,13 @@
 """Heatmaps for a whole view: resumable, written in bulk, with progress and cancel.
 
-Never imports streamlit. One field per (model, method, layer, target rule): with the rule
-"predicted" every sample is explained for its own predicted class, the field is
-``cam_<model>_<method>_<layer>_predicted`` and the class lives in each label's ``target``.
+Never imports streamlit. What to compute is one :class:`BatchOptions` (model, weights, methods,
+layers, target rule, smoothing, input size, chunk, device, heatmap folder), shared by
+:func:`run_batch`, the Ray driver and its workers (camcore.distributed), the CLI's ``batch`` and
+the Batch page. One field per (model, method, layer, target rule), named by its
+:class:`~camcore.identity.HeatmapIdentity`, built once per run: with the rule
+``predicted`` every sample is explained for its own predicted class, the field is
+``cam_<method>_<layer>_predicted_<model>[_variant]`` and the class lives in each label's
+``target``; the rule itself is each label's ``target_request``.
 
 Resuming: a sample is skipped for a field when its label there has the same provenance
 (model, weights label and the weights file's content hash, method, layer, target rule, eigen
@@ -20,10 +25,10 @@ no label references (never a file of a writer still running).
 
 Compute: per chunk, images whose model inputs have the same shape share one batched forward +
 backward (engine.explain_many), which feeds every method and layer of each image. The heatmaps
-are then computed one by one: progress is reported per heatmap (and inside slow ones, e.g.
-Score-CAM), and a cancel takes effect at the next heatmap or inside the current one. Computed
-samples are written once per chunk, except a slow one (its heatmaps took FLUSH_SECONDS or more,
-e.g. Score-CAM): it is written, and counted done, as soon as it is computed.
+are then computed one by one (engine.iter_heatmaps): progress is reported per heatmap (and inside
+slow ones, e.g. Score-CAM), and a cancel takes effect at the next heatmap or inside the current
+one. Computed samples are written once per chunk, except a slow one (its heatmaps took
+FLUSH_SECONDS or more, e.g. Score-CAM): it is written, and counted done, as soon as it is computed.
 
 Failures: a sample that cannot be read, computed or validated for writing (e.g. a heatmap whose
 size disagrees with the sample's metadata) is reported in ``BatchReport.failed`` and the others
@@ -31,34 +36,136 @@ are written; a database error (StoreError) aborts the run.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import fiftyone as fo
 import torch
 
 from camcore import store
 from camcore import targets as targets_mod
-from camcore.engine import explain_many
+from camcore import weights as weights_mod
+from camcore.engine import Explainer, explain_many, iter_heatmaps
 from camcore.errors import CamError, Cancelled, MethodError, StoreError, first_line
+from camcore.identity import HeatmapIdentity
 from camcore.images import LoadedImage, load_image
 from camcore.methods import get_method
 from camcore.models import LoadedModel, ModelSpec, get_spec, load_model
+from camcore.progress import Meter, Progress
+from camcore.results import CamResult, Heatmap
+from camcore.targets import PREDICTED, TargetRule
 
-PREDICTED = "predicted"
 LOAD_THREADS = 4
 STALE_TEMP_SECONDS = store.STALE_TEMP_SECONDS  # a temp PNG older than this was left by a crash
 PAGE_SIZE = 1000  # samples read at a time (ids, paths and the run's labels): memory stays flat
 FLUSH_SECONDS = 2.0  # a sample whose heatmaps took this long is written at once, not with its chunk
 PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writes always report)
-# progress(done, total, rate per second, eta seconds or None, message): done counts samples
-# written; rate and eta come from the heatmaps computed so far (in samples per second).
-BatchProgress = Callable[[int, int, float, "float | None", str], None]
+# The label attributes (of HeatmapIdentity.provenance) a resume compares, beside target_request.
+RESUME_KEYS = ("model", "weights", "method", "layer", "eigen_smooth", "weights_sha256", "input_size")
+
+__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchRun", "Progress", "TargetRule", "declare_fields",
+           "label_extra", "resume_provenance", "run_batch"]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a batch computes, and how. :meth:`checked` resolves and checks the names."""
+
+    model: str  # registry key
+    weights: str = weights_mod.AUTO  # auto | untrained | a weights file
+    methods: tuple[str, ...] = ("gradcam",)
+    layers: tuple[str, ...] = ()  # none: the model's default layer
+    target_rule: TargetRule = PREDICTED
+    eigen_smooth: bool = False
+    input_size: int | None = None  # short side of the model input (segmentation); None: the model's
+    chunk: int = 8  # samples per batched pass and bulk write
+    device: str | None = None  # None: CAM_EXPLORER_DEVICE or the GPU
+    heatmap_dir: str | None = None  # None: the camcore home's folder
+
+    def __post_init__(self) -> None:
+        # Lists and paths are accepted; kept as tuples and strings, so options hash and pickle (Ray).
+        object.__setattr__(self, "methods", tuple(self.methods or ()))
+        object.__setattr__(self, "layers", tuple(self.layers or ()))
+        object.__setattr__(self, "weights", str(self.weights or weights_mod.AUTO))
+        object.__setattr__(self, "eigen_smooth", bool(self.eigen_smooth))
+        if self.heatmap_dir is not None:
+            object.__setattr__(self, "heatmap_dir", str(self.heatmap_dir))
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_spec(self.model)
+
+    def checked(self) -> BatchOptions:
+        """These options with every name resolved (model key, method keys, layer names, the target
+        rule as PREDICTED or a class's exact name) and chunk at least 1. Raises a CamError for an
+        unknown name or a method the batch cannot run, before anything is loaded or written."""
+        spec = self.spec
+        layers = tuple(dict.fromkeys(spec.layer(n).name for n in (self.layers or [spec.default_layer])))
+        methods = tuple(dict.fromkeys(get_method(m).key for m in self.methods))
+        if not methods:
+            raise MethodError("choose at least one method")
+        for m in methods:
+            reason = get_method(m).unsupported_reason(spec.task, spec.family)
+            if reason:
+                raise MethodError(f"{reason} (model '{spec.key}')")
+            if get_method(m).layer_independent:
+                raise MethodError(f"{m} is not offered in batches yet (it ignores layers)")
+        rule = targets_mod.target_rule(spec.class_names(), self.target_rule)
+        return dataclasses.replace(self, model=spec.key, methods=methods, layers=layers, target_rule=rule,
+                                   chunk=max(1, int(self.chunk)))
+
+    @property
+    def class_request(self) -> str | None:
+        """What the explainer is asked for: None (each image's prediction) or the rule's class."""
+        return targets_mod.class_request(self.target_rule)
+
+    def eigen_for(self, method: str) -> bool:
+        """eigen_smooth as the engine applies it, and as the label stores it (Eigen-CAM has none)."""
+        return bool(self.eigen_smooth and get_method(method).supports_eigen_smooth)
+
+    @property
+    def label_extra(self) -> dict:
+        return label_extra(self.target_rule, self.input_size)
+
+    def identity(self, method: str, layer: str, model: LoadedModel | None = None) -> HeatmapIdentity:
+        """The identity of the field (method, layer) goes to. From the loaded model (weights label,
+        content hash, architecture); before any model is loaded (the Ray driver, the page), from the
+        weights choice alone: the same field name and meaning."""
+        eigen = self.eigen_for(method)
+        if model is not None:
+            return HeatmapIdentity.of(model, method, layer, self.target_rule,
+                                      input_size=model.spec.input_size(self.input_size), eigen_smooth=eigen)
+        return HeatmapIdentity(model=self.model, method=method, layer=layer, target=self.target_rule,
+                               pretrained=self.weights.strip() != weights_mod.UNTRAINED,
+                               weights_tag=weights_mod.choice_tag(self.weights),
+                               input_size=self.spec.input_size(self.input_size), eigen_smooth=eigen)
+
+    def identities(self, model: LoadedModel | None = None) -> list[HeatmapIdentity]:
+        """Every field's identity (methods outer, layers inner), of checked options."""
+        return [self.identity(m, layer, model) for m in self.methods for layer in self.layers]
+
+    def field_names(self) -> list[str]:
+        """The fields a run of these (checked) options writes, before any model is loaded."""
+        return [identity.field_name for identity in self.identities()]
+
+
+def label_extra(target_rule: TargetRule, input_size: int | None) -> dict:
+    """The batch's own attributes on every label, beside the identity's provenance."""
+    return {"target_request": target_rule, "input_size_request": int(input_size or 0)}
+
+
+def declare_fields(dataset: fo.Dataset | fo.DatasetView, options: BatchOptions,
+                   model: LoadedModel | None = None) -> list[str]:
+    """Create (or check) every field of checked options, every label attribute declared: before
+    any compute, so that a field that is not ours fails at once, and writers in other processes
+    find the schema complete."""
+    return [store.declare_heatmap_field(dataset, identity, extra=options.label_extra)
+            for identity in options.identities(model)]
 
 
 @dataclass
@@ -78,22 +185,40 @@ class BatchReport:
                 "cancelled": self.cancelled, "removed_orphans": self.removed_orphans}
 
 
+def resume_provenance(identity: HeatmapIdentity) -> dict:
+    """What a label must say for its map to count as done: beside the names, the weights file's
+    content hash (two files called model.pth in two folders, or one file replaced, are different
+    weights), the size the model runs at (a map made at another size is made again) and the
+    target rule (a batch field's identity names the rule as its target)."""
+    given = identity.provenance
+    return {**{k: given[k] for k in RESUME_KEYS}, "target_request": identity.target}
+
+
 @dataclass(frozen=True)
 class _Job:
-    method: str
-    layer: str
+    """One field of the run: its identity, and what a label there says when it is done."""
+
+    identity: HeatmapIdentity
     field: str
     provenance: dict
 
+    @classmethod
+    def of(cls, identity: HeatmapIdentity) -> _Job:
+        return cls(identity, identity.field_name, resume_provenance(identity))
 
-def _provenance(model: LoadedModel, method: str, layer: str, target_rule: str, eigen_smooth: bool,
-                input_size: int | None) -> dict:
-    """What a label must say for its map to count as done: beside the names, the weights file's
-    content hash (two files called model.pth in two folders, or one file replaced, are different
-    weights) and the size the model runs at (a map made at another size is made again)."""
-    return {"model": model.spec.key, "weights": model.weights_label, "method": method, "layer": layer,
-            "target_request": target_rule, "eigen_smooth": bool(eigen_smooth),
-            "weights_sha256": model.weights.sha256, "input_size": model.spec.input_size(input_size)}
+    @property
+    def method(self) -> str:
+        return self.identity.method
+
+    @property
+    def layer(self) -> str:
+        return self.identity.layer
+
+    def stamp(self, h: Heatmap) -> Heatmap:
+        """h with this field's identity (the target rule, not the class; the planned input size)."""
+        if (h.method, h.layer) != (self.method, self.layer):
+            raise CamError(f"computed {h.method} on {h.layer} for the field of {self.method} on {self.layer}")
+        return dataclasses.replace(h, identity=self.identity)
 
 
 def _attr(label, name):
@@ -118,7 +243,7 @@ def _stored_done(doc, provenance: dict) -> bool:
     if any(doc.get(k) != v for k, v in provenance.items()):
         return False
     path = doc.get("map_path")
-    return bool(path) and os.path.isfile(path)
+    return isinstance(path, str) and bool(path) and os.path.isfile(path)
 
 
 def _not_done_filter(jobs: Sequence[_Job]) -> dict:
@@ -163,70 +288,10 @@ def _pages(view: fo.Dataset | fo.DatasetView, dataset: fo.Dataset, fields: Seque
         if fields:  # one indexed find on the sample collection: several times faster than select()
             docs = dataset._sample_collection.find({"_id": {"$in": oids}}, {f: 1 for f in fields})
             labels = {str(d["_id"]): [d.get(f) for f in fields] for d in docs}
-        yield [(sid, path, labels.get(sid, [None] * len(fields))) for sid, path in zip(ids, paths)]
+        yield [(sid, path, labels.get(sid, [None] * len(fields))) for sid, path in zip(ids, paths, strict=True)]
         if len(oids) < size:
             return
         last = oids[-1]
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    """A checked batch request: names resolved, every method usable on the model."""
-
-    spec: ModelSpec
-    methods: tuple[str, ...]
-    layers: tuple[str, ...]
-    rule: str  # "predicted", or the class name
-    target_request: str | None  # what the explainer is asked for (None: each image's prediction)
-
-    def variant(self, method: str, eigen_smooth: bool, pretrained: bool, weights_tag: str = "") -> str:
-        return store.field_variant(eigen_smooth=_eigen(method, eigen_smooth), pretrained=pretrained,
-                                   weights_tag=weights_tag)
-
-    def field_name(self, method: str, layer: str, eigen_smooth: bool = False, pretrained: bool = True,
-                   weights_tag: str = "") -> str:
-        """The field run_batch writes (method, layer) into: the same name push_many gives it."""
-        return store.heatmap_field_name(self.spec.key, method, layer, self.rule,
-                                        self.variant(method, eigen_smooth, pretrained, weights_tag))
-
-    def declare_fields(self, dataset: fo.Dataset, input_size: int | None, eigen_smooth: bool = False,
-                       pretrained: bool = True, weights_tag: str = "") -> list[str]:
-        """Create (or check) every field of the request, all label attributes declared."""
-        extra = label_extra(self.rule, input_size)
-        return [store.declare_heatmap_field(dataset, self.spec.key, m, layer, self.rule, extra,
-                                            self.variant(m, eigen_smooth, pretrained, weights_tag))
-                for m in self.methods for layer in self.layers]
-
-
-def _eigen(method: str, eigen_smooth: bool) -> bool:
-    """eigen_smooth as the engine applies it, and as the label stores it (Eigen-CAM has none)."""
-    return bool(eigen_smooth and get_method(method).supports_eigen_smooth)
-
-
-def label_extra(rule: str, input_size: int | None) -> dict:
-    """The batch's own attributes on every label, beside the engine's provenance."""
-    return {"target_request": rule, "input_size_request": int(input_size or 0)}
-
-
-def check_request(model_key: str, methods: Sequence[str], layers: Sequence[str] | None,
-                  target_rule: str) -> BatchRequest:
-    """Resolve and check the names of a batch before anything is loaded or written."""
-    spec = get_spec(model_key)
-    layer_names = tuple(dict.fromkeys(spec.layer(n).name for n in (layers or [spec.default_layer])))
-    method_keys = tuple(dict.fromkeys(get_method(m).key for m in methods))
-    if not method_keys:
-        raise MethodError("choose at least one method")
-    for m in method_keys:
-        reason = get_method(m).unsupported_reason(spec.task, spec.family)
-        if reason:
-            raise MethodError(f"{reason} (model '{spec.key}')")
-        if get_method(m).layer_independent:
-            raise MethodError(f"{m} is not offered in batches yet (it ignores layers)")
-    rule = str(target_rule or PREDICTED).strip()
-    if rule.lower() == PREDICTED:
-        return BatchRequest(spec, method_keys, layer_names, PREDICTED, None)
-    rule = spec.class_names()[targets_mod.class_index(spec.class_names(), rule)]
-    return BatchRequest(spec, method_keys, layer_names, rule, rule)
 
 
 def _load_or_error(path: str) -> LoadedImage | CamError:
@@ -236,112 +301,202 @@ def _load_or_error(path: str) -> LoadedImage | CamError:
         return exc
 
 
-def run_batch(
-    dataset_or_view: fo.Dataset | fo.DatasetView,
-    model_key: str,
-    weights: str = "auto",
-    methods: Sequence[str] = ("gradcam",),
-    layers: Sequence[str] | None = None,
-    target_rule: str = PREDICTED,
-    eigen_smooth: bool = False,
-    input_size: int | None = None,
-    chunk: int = 8,
-    progress: BatchProgress | None = None,
-    cancel: threading.Event | None = None,
-    heatmap_dir: str | Path | None = None,
-    device: str | None = None,
-) -> BatchReport:
-    """Compute and store heatmaps for every sample of a view; see the module docstring."""
-    started = time.perf_counter()
-    report = BatchReport()
-    request = check_request(model_key, methods, layers, target_rule)
-    spec, rule, target_request = request.spec, request.rule, request.target_request
-    chunk = max(1, int(chunk))
+Written = tuple[set[str], int, list[tuple[str, str]]]  # fields, samples written, (sample id, reason)
 
-    dataset = store._root(dataset_or_view)
-    store.require_image(dataset)
-    model = load_model(spec.key, weights, device)
-    jobs = []
-    for m in request.methods:
-        for layer in request.layers:
-            name = request.field_name(m, layer, eigen_smooth, model.pretrained, model.weights_tag)
-            jobs.append(_Job(m, layer, name, _provenance(model, m, layer, rule, _eigen(m, eigen_smooth),
-                                                         input_size)))
 
-    # Declared before any compute: a field that is not ours fails here, and writers in other
-    # processes find the schema complete.
-    extra = label_extra(rule, input_size)
-    request.declare_fields(dataset, input_size, eigen_smooth, model.pretrained, model.weights_tag)
-    report.fields = {job.field for job in jobs}  # also when everything is skipped: what the run covers
-    # What interrupted writers left (never a file a label references or a live writer holds).
-    report.removed_orphans += store.clean_orphans(dataset, heatmap_dir)
-    # What is done already is found page by page as the run reaches it, never for the whole view
-    # up front: the first chunk starts at once and memory stays flat on any size of view.
-    view_total = dataset_or_view.count()  # one server-side count, for progress
-    todo: dict[str, list[_Job]] = {}  # samples found to compute and not settled yet -> their jobs
-    # Where a resumed run starts: the first sample whose label does not look done. Those before it
-    # (done by the killed run) are presumed done, and checked (their files) after the others.
-    first = _first_pending(dataset_or_view, jobs)
-    head = dataset_or_view.match({"_id": {"$lt": first}}).count() if first is not None else view_total
-    # samples paged so far; heatmaps found to compute among them; presumed done, not checked yet
-    seen = {"samples": 0, "work": 0, "presumed": head}
+class BatchRun:
+    """One run over a view: plan (what is done, to do, orphans), compute, write, progress."""
 
-    def total() -> int:
-        """Samples to compute: the view less those found or presumed done (exact at the end)."""
-        return max(0, view_total - report.skipped - seen["presumed"])
+    def __init__(self, view: fo.Dataset | fo.DatasetView, options: BatchOptions,
+                 progress: Progress | None = None, cancel: threading.Event | None = None) -> None:
+        self.started = time.perf_counter()
+        self.view = view
+        self.options = options.checked()
+        self.cancel = cancel
+        self.report = BatchReport()
+        self.meter = Meter(progress, PROGRESS_INTERVAL)
+        self.dataset = store.root_dataset(view)
+        self.model: LoadedModel  # loaded by plan()
+        self.jobs: list[_Job] = []
+        self.todo: dict[str, list[_Job]] = {}  # samples found to compute and not settled yet -> their jobs
+        self.view_total = 0
+        self.first = None  # _id of the first sample that did not look done; None: all did
+        self.paged = 0  # samples paged so far
+        self.presumed = 0  # samples before `first`: presumed done, not checked yet
+        self.found_work = 0  # heatmaps found to compute among the paged samples
+        self.settled = 0.0  # heatmaps computed (or given up with their failed sample)
+        self.current = 0.0  # the fraction done of the heatmap being computed
+        self.journal: store.HeatmapWriter  # opened by run(), with the writer thread
+        self.writer: ThreadPoolExecutor
+        self.writing: Future | None = None  # at most one write in flight
+        self.buffered: dict[tuple[str, ...], list[tuple[str, CamResult]]] = {}  # computed, not yet submitted
 
-    def work_total() -> int:
-        """Heatmaps to compute: those found, plus every job of the samples not paged or presumed."""
-        return max(1, seen["work"] + max(0, view_total - seen["samples"] - seen["presumed"]) * len(jobs))
+    def run(self) -> BatchReport:
+        self.plan()
+        self.meter.start()
+        self.tell(f"{self.view_total} samples in the view; those already done are skipped as the run reaches them")
+        # The run's journal of the files it writes and replaces (store.HeatmapWriter): replaced files
+        # are deleted in groups, and a crash leaves the journal for the next run's clean-up.
+        self.journal = store.HeatmapWriter(self.dataset.name, self.options.heatmap_dir)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-batch-write")
+        loader = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="cam-batch-load")
+        ok = False
+        try:
+            with torch.enable_grad():
+                self.compute(loader)
+            ok = True
+        finally:
+            loader.shutdown(wait=True, cancel_futures=True)
+            self.writer.shutdown(wait=True)
+            self.journal.close(ok=ok)
+        self.report.seconds = time.perf_counter() - self.started
+        self.tell("cancelled" if self.report.cancelled else "finished")
+        return self.report
 
-    def pending_chunks() -> Iterator[list[tuple[str, str]]]:
+    # -- plan: what is done, what to do, what interrupted runs left
+
+    def plan(self) -> None:
+        """Load the model, declare the fields, clean up orphans and find where to start. What is
+        done is found page by page as the run reaches it (`chunks`), never for the whole view up
+        front: the first chunk starts at once and memory stays flat on any size of view."""
+        options = self.options
+        store.require_image(self.dataset)
+        self.model = load_model(options.model, options.weights, options.device)
+        self.jobs = [_Job.of(identity) for identity in options.identities(self.model)]
+        declare_fields(self.dataset, options, self.model)
+        self.report.fields = {job.field for job in self.jobs}  # also when all is skipped: what the run covers
+        # What interrupted writers left (never a file a label references or a live writer holds).
+        self.report.removed_orphans += store.clean_orphans(self.dataset, options.heatmap_dir)
+        self.view_total = self.view.count()  # one server-side count, for progress
+        # Where a resumed run starts: the first sample whose label does not look done. Those before
+        # it (done by the killed run) are presumed done, and checked (their files) after the others.
+        self.first = _first_pending(self.view, self.jobs)
+        self.presumed = (self.view.match({"_id": {"$lt": self.first}}).count() if self.first is not None
+                         else self.view_total)
+
+    def rows(self) -> Iterator[tuple[str, str, list]]:
+        """The view's samples as (id, path, their stored labels), a page at a time: from the first
+        pending sample on, then those before it (presumed done: their files are checked now)."""
+        fields = [job.field for job in self.jobs]
+        segments = [] if self.first is None else [({"$gte": self.first}, False)]
+        segments.append(({"$lt": self.first} if self.first is not None else None, True))
+        for bounds, presumed in segments:
+            for page in _pages(self.view, self.dataset, fields, PAGE_SIZE, bounds):
+                for row in page:
+                    self.paged += 1
+                    if presumed:
+                        self.presumed -= 1
+                    yield row
+
+    def chunks(self) -> Iterator[list[tuple[str, str]]]:
+        """(sample id, path) of the samples to compute, `chunk` at a time; the others are skipped."""
         items: list[tuple[str, str]] = []
-        fields = [job.field for job in jobs]
-        segments = [] if first is None else [({"$gte": first}, False)]
-        segments.append(({"$lt": first} if first is not None else None, True))  # the presumed ones
-        for page, presumed in ((page, presumed) for bounds, presumed in segments
-                               for page in _pages(dataset_or_view, dataset, fields, PAGE_SIZE, bounds)):
-            for sid, path, labels in page:
-                seen["samples"] += 1
-                if presumed:
-                    seen["presumed"] -= 1
-                left = [job for job, doc in zip(jobs, labels) if not _stored_done(doc, job.provenance)]
-                if not left:
-                    report.skipped += 1
-                    continue
-                todo[sid] = left
-                seen["work"] += len(left)
-                items.append((sid, path))
-                if len(items) == chunk:
-                    yield items
-                    items = []
+        for sid, path, labels in self.rows():
+            left = [job for job, doc in zip(self.jobs, labels, strict=True) if not _stored_done(doc, job.provenance)]
+            if not left:
+                self.report.skipped += 1
+                continue
+            self.todo[sid] = left
+            self.found_work += len(left)
+            items.append((sid, path))
+            if len(items) == self.options.chunk:
+                yield items
+                items = []
         if items:
             yield items
 
-    # Rate and ETA come from the work computed (heatmaps, and fractions of the slow ones), so they
-    # exist before the first write and move within a chunk. Failed samples count as settled work.
-    work = {"settled": 0.0, "current": 0.0}
-    last_told = [0.0]
+    # -- compute
 
-    def tell(message: str, force: bool = True) -> None:
-        if progress is None:
-            return
-        now = time.perf_counter()
-        if not force and now - last_told[0] < PROGRESS_INTERVAL:
-            return
-        last_told[0] = now
-        elapsed = now - compute_started
-        planned = work_total()
-        worked = min(planned, work["settled"] + work["current"])
-        per_second = worked / elapsed if elapsed > 0 else 0.0  # heatmaps per second
-        rate = per_second * total() / planned
-        eta = (planned - worked) / per_second if per_second > 0 else None
-        progress(report.done, total(), rate, eta, message)
+    def compute(self, loader: ThreadPoolExecutor) -> None:
+        """Every chunk in turn; the next chunk's images decode in threads while one computes."""
+        def load(items: list[tuple[str, str]] | None) -> list[Future]:
+            return [loader.submit(_load_or_error, path) for _sid, path in items or []]
 
-    compute_started = time.perf_counter()
-    tell(f"{view_total} samples in the view; those already done are skipped as the run reaches them")
+        chunks = self.chunks()  # a page is read when the loop reaches it (milliseconds)
+        coming = next(chunks, None)
+        next_loads = load(coming)
+        while coming is not None and not self.cancelled():
+            items, coming = coming, next(chunks, None)
+            loads, next_loads = next_loads, load(coming)
+            self.compute_chunk(items, loads)
+            self.submit()
+        self.submit()  # also after a cancel: what was computed is written
+        self.settle()
 
-    def write(groups: list[list[tuple[str, object]]]) -> tuple[set[str], int, list[tuple[str, str]]]:
+    def compute_chunk(self, items: list[tuple[str, str]], loads: list[Future]) -> None:
+        loaded = []
+        for (sid, path), future in zip(items, loads, strict=True):
+            image = future.result()
+            if isinstance(image, CamError):
+                self.fail(sid, path, image, len(self.todo[sid]))
+            else:
+                loaded.append((sid, path, image))
+        layers = list(dict.fromkeys(j.layer for sid, _p, _i in loaded for j in self.todo[sid]))
+        explainers = explain_many(self.model, [img for _s, _p, img in loaded], self.options.class_request,
+                                  layers, self.options.input_size, max_batch=self.options.chunk)
+        for (sid, path, _img), explainer in zip(loaded, explainers, strict=True):
+            if self.cancelled():
+                return
+            if isinstance(explainer, CamError):
+                self.fail(sid, path, explainer, len(self.todo[sid]))
+                continue
+            began = time.perf_counter()
+            heatmaps = self.compute_sample(sid, path, explainer)
+            if heatmaps is None:  # cancelled: this sample's heatmaps are dropped, not written
+                return
+            jobs = self.todo[sid]
+            try:
+                if isinstance(heatmaps, CamError):
+                    raise heatmaps
+                result = explainer.result([job.stamp(h) for job, h in zip(jobs, heatmaps, strict=True)])
+            except CamError as exc:
+                self.fail(sid, path, exc, 0)
+                continue
+            del self.todo[sid]  # settled: only samples in flight stay in memory
+            self.buffered.setdefault(tuple(j.field for j in jobs), []).append((sid, result))
+            if time.perf_counter() - began >= FLUSH_SECONDS:
+                self.submit()  # a slow sample: written (and counted) now, not with its chunk
+            else:
+                self.poll()
+
+    def compute_sample(self, sid: str, path: str, explainer: Explainer) -> list[Heatmap] | CamError | None:
+        """The sample's heatmaps, one by one, with progress and cancel; None when cancelled, the
+        error when one fails. (Write errors from poll() are not the sample's: they propagate.)"""
+        jobs = self.todo[sid]
+        name = os.path.basename(path)
+        heatmaps: list[Heatmap] = []
+        steps = iter_heatmaps(explainer, [(j.method, j.layer) for j in jobs], self.options.eigen_smooth,
+                              progress_for=lambda _i, method, layer: self.inside(name, method, layer),
+                              cancel=self.cancel)
+        try:
+            for step in steps:
+                self.current = 0.0
+                if step.heatmap is None:
+                    self.settled += len(jobs) - step.index
+                    return step.exception or CamError(f"{step.method} on {step.layer}: no heatmap")
+                heatmaps.append(step.heatmap)
+                self.settled += 1
+                self.tell(f"{name}: {step.method} on {step.layer}", force=False)
+                self.poll()
+        except Cancelled:
+            self.report.cancelled = True
+            return None
+        return heatmaps
+
+    def cancelled(self) -> bool:
+        if self.cancel is not None and self.cancel.is_set():
+            self.report.cancelled = True
+        return self.report.cancelled
+
+    def fail(self, sid: str, path: str, exc: BaseException, work_left: int) -> None:
+        self.report.failed.append((sid, first_line(exc)))
+        self.todo.pop(sid, None)  # settled: only samples in flight stay in memory
+        self.settled += work_left  # failed samples count as settled work
+        self.tell(f"failed {os.path.basename(path)}")
+
+    # -- write: in the background while the next samples compute
+
+    def write(self, groups: list[list[tuple[str, CamResult]]]) -> Written:
         """Computed results (grouped by their fields): PNGs, then one set_values per field.
         A group that fails validation (say a heatmap whose size disagrees with a sample's metadata)
         is written sample by sample, so only the bad samples fail; database errors abort."""
@@ -349,8 +504,7 @@ def run_batch(
         count, failures = 0, []
         for items in groups:
             try:
-                fields.update(store.push_many(dataset, items, target_label=rule, extra=extra,
-                                              heatmap_dir=heatmap_dir, writer=journal))
+                fields.update(self.push(items))
                 count += len(items)
                 continue
             except StoreError:
@@ -359,8 +513,7 @@ def run_batch(
                 pass
             for sid, result in items:  # some sample is invalid: find it, write the others
                 try:
-                    fields.update(store.push_many(dataset, [(sid, result)], target_label=rule, extra=extra,
-                                                  heatmap_dir=heatmap_dir, writer=journal))
+                    fields.update(self.push([(sid, result)]))
                     count += 1
                 except StoreError:
                     raise
@@ -368,136 +521,62 @@ def run_batch(
                     failures.append((sid, first_line(exc)))
         return fields, count, failures
 
-    # Writes run in the background while the next samples compute; at most one is in flight, and
-    # samples are reported done only when their write has finished.
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-batch-write")
-    writing: Future | None = None
-    buffered: dict[tuple[str, ...], list[tuple[str, object]]] = {}  # computed, not yet submitted
+    def push(self, items: list[tuple[str, CamResult]]) -> list[str]:
+        return store.push_many(self.dataset, items, extra=self.options.label_extra,
+                               heatmap_dir=self.options.heatmap_dir, writer=self.journal)
 
-    def settle() -> None:
-        nonlocal writing
-        if writing is not None:
-            future, writing = writing, None
-            fields, count, failures = future.result()
-            report.fields.update(fields)
-            report.done += count
-            for sid, reason in failures:
-                report.failed.append((sid, reason))
-            tell(f"wrote {report.done}/{total()}" + (f", {len(failures)} failed" if failures else ""))
-
-    def submit() -> None:
+    def submit(self) -> None:
         """Write what is buffered (after the write in flight, if any, has finished)."""
-        nonlocal writing, buffered
-        settle()
-        if buffered:
-            writing = writer.submit(write, list(buffered.values()))
-            buffered = {}
+        self.settle()
+        if self.buffered:
+            self.writing = self.writer.submit(self.write, list(self.buffered.values()))
+            self.buffered = {}
 
-    def poll() -> None:
+    def settle(self) -> None:
+        """Wait for the write in flight, if any, and count its samples done."""
+        if self.writing is None:
+            return
+        future, self.writing = self.writing, None
+        fields, count, failures = future.result()
+        self.report.fields.update(fields)
+        self.report.done += count
+        self.report.failed.extend(failures)
+        self.tell(f"wrote {self.report.done}/{self.total()}" + (f", {len(failures)} failed" if failures else ""))
+
+    def poll(self) -> None:
         """Count a write that has finished (without waiting for one that has not)."""
-        if writing is not None and writing.done():
-            settle()
+        if self.writing is not None and self.writing.done():
+            self.settle()
 
-    def fail(sid: str, path: str, exc: BaseException, work_left: int) -> None:
-        report.failed.append((sid, first_line(exc)))
-        todo.pop(sid, None)  # settled: only samples in flight stay in memory
-        work["settled"] += work_left
-        tell(f"failed {os.path.basename(path)}")
+    # -- progress: rate and ETA from the heatmaps computed (and fractions of slow ones), so they
+    # exist before the first write and move within a chunk
 
-    def cancelled() -> bool:
-        if cancel is not None and cancel.is_set():
-            report.cancelled = True
-        return report.cancelled
+    def total(self) -> int:
+        """Samples to compute: the view less those found or presumed done (exact at the end)."""
+        return max(0, self.view_total - self.report.skipped - self.presumed)
 
-    # Images of the next chunk are decoded in threads while this chunk computes.
-    loader = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="cam-batch-load")
-    chunks = pending_chunks()  # a page is read when the loop reaches it (milliseconds)
+    def work_total(self) -> int:
+        """Heatmaps to compute: those found, plus every job of the samples not paged or presumed."""
+        unpaged = max(0, self.view_total - self.paged - self.presumed)
+        return max(1, self.found_work + unpaged * len(self.jobs))
 
-    def load(items: list[tuple[str, str]]) -> list[Future]:
-        return [loader.submit(_load_or_error, path) for _sid, path in items]
+    def tell(self, message: str, force: bool = True) -> None:
+        planned = self.work_total()
+        worked = min(planned, self.settled + self.current)
+        total = self.total()
+        self.meter.tell(self.report.done, total, message, worked=worked, left=planned - worked,
+                        unit=total / planned, force=force)
 
-    def compute(sid: str, path: str, explainer) -> list | CamError | None:
-        """The sample's heatmaps, one by one, with progress and cancel; None when cancelled, the
-        error when one fails. (Write errors from poll() are not the sample's: they propagate.)"""
-        sample_jobs = todo[sid]
-        name = os.path.basename(path)
-        heatmaps = []
-        for i, j in enumerate(sample_jobs):
-            if cancelled():
-                return None
+    def inside(self, name: str, method: str, layer: str) -> Callable[[float, str], None]:
+        """Progress inside one heatmap (slow methods report fractions of it)."""
+        def progress(fraction: float, _message: str) -> None:
+            self.current = max(0.0, min(1.0, float(fraction)))
+            self.tell(f"{name}: {method} on {layer} {self.current:.0%}", force=False)
 
-            def inside(fraction: float, message: str, j=j) -> None:
-                work["current"] = max(0.0, min(1.0, float(fraction)))
-                tell(f"{name}: {j.method} on {j.layer} {work['current']:.0%}", force=False)
+        return progress
 
-            try:
-                heatmaps.append(explainer.heatmap(j.method, j.layer, eigen_smooth, inside, cancel))
-            except Cancelled:
-                report.cancelled = True
-                return None
-            except CamError as exc:
-                work["current"] = 0.0
-                work["settled"] += len(sample_jobs) - i
-                return exc
-            work["current"] = 0.0
-            work["settled"] += 1
-            tell(f"{name}: {j.method} on {j.layer}", force=False)
-            poll()
-        return heatmaps
 
-    # The run's journal of the files it writes and replaces (store.HeatmapWriter): replaced files
-    # are deleted in groups, and a crash leaves the journal for the next run's clean-up.
-    journal = store.HeatmapWriter(dataset.name, heatmap_dir)
-    coming = next(chunks, None)
-    next_loads = load(coming) if coming else []
-    failed_run = True
-    try:
-        with torch.enable_grad():
-            while coming is not None:
-                if cancelled():
-                    break
-                items, coming = coming, next(chunks, None)
-                loads, next_loads = next_loads, (load(coming) if coming else [])
-                loaded = []
-                for (sid, path), future in zip(items, loads):
-                    image = future.result()
-                    if isinstance(image, CamError):
-                        fail(sid, path, image, len(todo[sid]))
-                    else:
-                        loaded.append((sid, path, image))
-                chunk_layers = list(dict.fromkeys(j.layer for sid, _p, _i in loaded for j in todo[sid]))
-                explainers = explain_many(model, [img for _s, _p, img in loaded], target_request, chunk_layers,
-                                          input_size, max_batch=chunk)
-                for (sid, path, _img), explainer in zip(loaded, explainers):
-                    if cancelled():
-                        break
-                    if isinstance(explainer, CamError):
-                        fail(sid, path, explainer, len(todo[sid]))
-                        continue
-                    began = time.perf_counter()
-                    heatmaps = compute(sid, path, explainer)
-                    if heatmaps is None:  # cancelled: this sample's heatmaps are dropped, not written
-                        break
-                    try:
-                        if isinstance(heatmaps, CamError):
-                            raise heatmaps
-                        result = explainer.result(heatmaps)
-                    except CamError as exc:
-                        fail(sid, path, exc, 0)
-                        continue
-                    buffered.setdefault(tuple(j.field for j in todo.pop(sid)), []).append((sid, result))
-                    if time.perf_counter() - began >= FLUSH_SECONDS:
-                        submit()  # a slow sample: written (and counted) now, not with its chunk
-                    else:
-                        poll()
-                submit()
-            submit()  # also after a cancel: what was computed is written
-            settle()
-        failed_run = False
-    finally:
-        loader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True)
-        journal.close(ok=not failed_run)
-    report.seconds = time.perf_counter() - started
-    tell("cancelled" if report.cancelled else "finished")
-    return report
+def run_batch(view: fo.Dataset | fo.DatasetView, options: BatchOptions, *, progress: Progress | None = None,
+              cancel: threading.Event | None = None) -> BatchReport:
+    """Compute and store heatmaps for every sample of a view; see the module docstring."""
+    return BatchRun(view, options, progress, cancel).run()

@@ -25,6 +25,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from camcore.batch import BatchOptions
 
 EXIT_USAGE = 2  # user errors: bad arguments and every CamError
 EXIT_INTERNAL = 1  # a bug: anything else
@@ -43,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- helpers
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
 
@@ -75,7 +79,7 @@ class _StdoutToStderr(io.TextIOBase):
         return sys.stderr.fileno()
 
     @property
-    def encoding(self) -> str:
+    def encoding(self) -> str:  # type: ignore[override]  # read-only here: it is sys.stderr's
         return getattr(sys.stderr, "encoding", "utf-8")
 
 
@@ -181,9 +185,8 @@ def _validate_request(args: argparse.Namespace):
     methods = list(dict.fromkeys(get_method(m).key for m in (args.method or [DEFAULT_METHOD])))
     unsupported = [m for m in methods if get_method(m).unsupported_reason(spec.task, spec.family)]
     if unsupported and len(unsupported) == len(methods):
-        raise MethodError(
-            get_method(unsupported[0]).unsupported_reason(spec.task, spec.family) + f" (model '{spec.key}')"
-        )
+        reason = get_method(unsupported[0]).unsupported_reason(spec.task, spec.family) or ""
+        raise MethodError(f"{reason} (model '{spec.key}')")
     if args.target is not None and str(args.target).strip():
         targets_mod.class_index(spec.class_names(), args.target)  # unknown class: fail now, with a hint
     if args.input_size is not None and args.input_size < 8:
@@ -217,10 +220,11 @@ def _compute(args: argparse.Namespace):
     """Validate, load, explain: (CamResult, LoadedImage, dataset, sample, spec)."""
     import torch
 
-    from camcore.engine import Explainer
+    from camcore.engine import Explainer, Progress, grid_pairs, iter_heatmaps
     from camcore.errors import CamError
     from camcore.methods import METHODS
     from camcore.models import load_model
+    from camcore.results import Heatmap
 
     spec, layers, methods = _validate_request(args)
     image, dataset, sample = _resolve_image(args)
@@ -233,39 +237,33 @@ def _compute(args: argparse.Namespace):
     if not model.pretrained:
         _status(args, "warning: UNTRAINED weights: these heatmaps say nothing about a trained model")
 
-    # explain(), spelled out pair by pair so that slow methods report their progress.
+    def announce(i: int, method: str, layer: str) -> Progress | None:
+        """Slow pairs are said before they start and report their progress, throttled."""
+        what = f"[{i + 1}/{len(pairs)}] {method} on {layer}"
+        reasons = [METHODS[method].note or "a slow method"] if METHODS[method].slow else []
+        reasons += ["6 augmented passes (aug smooth)"] if args.aug_smooth else []
+        if not reasons:
+            return None
+        note = "; ".join(reasons)
+        _status(args, f"{what}: slow, {note[0].lower() + note[1:]}")
+        return _throttled(args, what)
+
+    heatmaps: list[Heatmap] = []
+    errors: list[str] = []
     with torch.enable_grad():
         explainer = Explainer(model, image, args.target, tuple(layers), args.aug_smooth, args.input_size)
-        pairs = [(m, layer) for m in methods for layer in layers]
-        heatmaps, errors, seen = [], [], set()
-        for i, (method, layer) in enumerate(pairs):
-            what = f"[{i + 1}/{len(pairs)}] {method} on {layer}"
-            unsupported = METHODS[method].unsupported_reason(spec.task, spec.family)
-            if unsupported:  # said once, before anything slow is announced
-                errors.append(f"{method} on {layer}: {unsupported}")
-                _status(args, f"warning: {method} on {layer}: {_one_line(unsupported)}")
+        pairs = grid_pairs(methods, layers)
+        for step in iter_heatmaps(explainer, pairs, args.eigen_smooth, announce):
+            method, layer, h = step.method, step.layer, step.heatmap
+            if h is None:
+                errors.append(f"{method} on {layer}: {step.exception}")
+                _status(args, f"warning: {method} on {layer}: {_one_line(step.exception)}")
                 continue
-            reasons = [METHODS[method].note or "a slow method"] if METHODS[method].slow else []
-            reasons += ["6 augmented passes (aug smooth)"] if args.aug_smooth else []
-            slow = bool(reasons)
-            if slow:
-                note = "; ".join(reasons)
-                _status(args, f"{what}: slow, {note[0].lower() + note[1:]}")
-            start = time.perf_counter()
-            try:
-                h = explainer.heatmap(
-                    method, layer, args.eigen_smooth, _throttled(args, what) if slow else None
-                )
-            except CamError as exc:
-                errors.append(f"{method} on {layer}: {exc}")
-                _status(args, f"warning: {method} on {layer}: {_one_line(exc)}")
-                continue
-            if slow:
-                _status(args, f"{what}: done in {time.perf_counter() - start:.1f} s")
+            if METHODS[method].slow or args.aug_smooth:
+                _status(args, f"[{step.index + 1}/{len(pairs)}] {method} on {layer}: done in {step.seconds:.1f} s")
             if h.blank:
                 _status(args, f"warning: {method} on {layer}: {h.BLANK_NOTE}")
-            if (h.method, h.layer) not in seen:  # layer-independent methods appear once
-                seen.add((h.method, h.layer))
+            if not step.repeat:  # layer-independent methods appear once
                 heatmaps.append(h)
     if not heatmaps:
         raise CamError(errors[0] if errors else "No heatmap was computed.")
@@ -276,13 +274,14 @@ def _compute(args: argparse.Namespace):
 
 
 def _throttled(args: argparse.Namespace, what: str, every: float = 2.0):
-    """A progress callback that prints at most every `every` seconds."""
-    last = [time.perf_counter()]
+    """A progress callback that prints at most every `every` seconds (the first after `every`)."""
+    from camcore.progress import Throttle
+
+    throttle = Throttle(every)
+    throttle.due(force=True)  # the clock starts now
 
     def progress(fraction: float, message: str) -> None:
-        now = time.perf_counter()
-        if now - last[0] >= every:
-            last[0] = now
+        if throttle.due():
             _status(args, f"{what}: {message} ({fraction:.0%})")
 
     return progress
@@ -445,8 +444,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_batch(args: argparse.Namespace) -> int:
-    from camcore import batch, store
+def _batch_options(args: argparse.Namespace) -> BatchOptions:
+    """The batch's options from its arguments (names checked by the batch itself)."""
+    from camcore.batch import BatchOptions
 
     if args.chunk < 1:
         raise _usage(args, f"--chunk must be at least 1, got {args.chunk}")
@@ -456,34 +456,29 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise _usage(args, f"--workers must be 0 (this process) or more, got {args.workers}")
     if args.workers and args.device:
         raise _usage(args, "--device is chosen per worker with --workers (a GPU each when the cluster has GPUs)")
+    return BatchOptions(model=args.model, weights=args.weights, methods=tuple(args.method or ["gradcam"]),
+                        layers=tuple(args.layer or ()), target_rule=args.target, eigen_smooth=args.eigen_smooth,
+                        input_size=args.input_size, chunk=args.chunk, device=args.device,
+                        heatmap_dir=args.heatmap_dir)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from camcore import batch, progress, store
+
+    options = _batch_options(args)
     dataset = store.load_dataset(args.dataset)
     view = store.make_view(dataset, tags=args.tag, filename_contains=args.filename_contains)
     if len(dataset) and not len(view):
         _status(args, f"warning: no sample of {dataset.name!r} matches --tag/--filename-contains: "
                       "nothing to do")
-    last = [0.0]
-
-    def progress(done: int, total: int, rate: float, eta, message: str) -> None:
-        now = time.perf_counter()
-        if now - last[0] < 1.0 and message not in ("finished", "cancelled") and done:
-            return
-        last[0] = now
-        eta_text = f"{eta:.0f} s" if eta is not None else "?"
-        _status(args, f"batch {done}/{total} ({rate:.2f}/s, ETA {eta_text}): {message}")
-
+    told = progress.printer(lambda line: _status(args, f"batch {line}"), interval=1.0)
+    report: batch.BatchReport
     if args.workers:
         from camcore import distributed
 
-        report = distributed.run_batch_distributed(
-            view, args.model, args.weights, args.method or ["gradcam"], args.layer, args.target,
-            args.eigen_smooth, args.input_size, args.chunk, args.workers, args.ray_address,
-            progress=progress, heatmap_dir=args.heatmap_dir,
-        )
+        report = distributed.run_batch_distributed(view, options, args.workers, args.ray_address, progress=told)
     else:
-        report = batch.run_batch(
-            view, args.model, args.weights, args.method or ["gradcam"], args.layer, args.target,
-            args.eigen_smooth, args.input_size, args.chunk, progress, None, args.heatmap_dir, args.device,
-        )
+        report = batch.run_batch(view, options, progress=told)
     for sid, message in report.failed:
         _status(args, f"warning: sample {sid}: {_one_line(message)}")
     if args.json:

@@ -135,7 +135,7 @@ def _repair(dataset: fo.Dataset, expected: dict[str, DemoImage]) -> None:
     sources = dataset.values("source") if dataset.has_sample_field("source") else [None] * len(ids)
     present: set[str] = set()
     moves: dict[str, str] = {}
-    for sid, filepath, source in zip(ids, filepaths, sources):
+    for sid, filepath, source in zip(ids, filepaths, sources, strict=True):
         # A sample is a demo image by its source; by name only when its own file is gone.
         want = by_source.get(source) or (None if os.path.isfile(filepath) else by_name.get(Path(filepath).name))
         if want is None or want in present:

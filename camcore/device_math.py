@@ -13,7 +13,7 @@ compare it there with the library), =0 turns it off.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -1,11 +1,11 @@
 """Batch past one process: Ray workers sharing one MongoDB and one heatmap storage.
 
-The driver checks the request, declares the fields (so that no two writers ever extend a schema
-at once), cuts the view into shards (ranges of sample ids, found one boundary at a time as shards
-are handed out) and hands them to a pool of Ray actors with the view's own stages. Each
-actor holds its model (on its own GPU when the cluster has GPUs) and runs
-:func:`camcore.batch.run_batch` on one shard at a time, so resuming, bulk writes and the
-file-then-field order are exactly those of one process; shards are disjoint, and orphan
+The driver checks the options (camcore.batch.BatchOptions), declares the fields (so that no
+two writers ever extend a schema at once), cuts the view into shards (ranges of sample ids, found
+one boundary at a time as shards are handed out) and hands them to a pool of Ray actors with the
+view's own stages and the same options. Each actor holds its model (on its own GPU when the
+cluster has GPUs) and runs :func:`camcore.batch.run_batch` on one shard at a time, so resuming,
+bulk writes and the file-then-field order are exactly those of one process; shards are disjoint, and orphan
 clean-up only touches files of writers that are gone, that no label of any dataset references.
 
 Ray is imported only here, and only when used. ``address=None`` starts a local Ray on this
@@ -16,22 +16,24 @@ project at the same path and its Python environment, and must reach the MongoDB
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import fiftyone as fo
 
 from camcore import paths, store
 from camcore import weights as weights_mod
-from camcore.batch import PREDICTED, BatchProgress, BatchReport, check_request, run_batch
+from camcore.batch import BatchOptions, BatchReport, declare_fields, run_batch
 from camcore.errors import CamError, first_line
+from camcore.progress import Meter, Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 # Environment the workers need to see what the driver sees (a remote node has its own).
@@ -74,7 +76,9 @@ def _is_loopback(address: str) -> bool:
 
 def _is_remote(address: str | None) -> bool:
     """A cluster address on another machine ("auto" and "local" are this machine's)."""
-    return bool(address) and address not in ("auto", "local") and not _is_loopback(address)
+    if not address or address in ("auto", "local"):
+        return False
+    return not _is_loopback(address)
 
 
 def _worker_env(uri: str) -> dict[str, str]:
@@ -88,7 +92,7 @@ def _worker_env(uri: str) -> dict[str, str]:
 class _Worker:
     """One Ray actor: a model on its device, running run_batch on the shards it is given."""
 
-    def __init__(self, model_key: str, weights: str, device: str, threads: int) -> None:
+    def __init__(self, options: BatchOptions, device: str, threads: int) -> None:
         import torch
 
         from camcore.models import load_model
@@ -96,7 +100,7 @@ class _Worker:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = device
-        self.model = load_model(model_key, weights, device)  # run_batch finds it in the cache
+        self.model = load_model(options.model, options.weights, device)  # run_batch finds it in the cache
         self.cancel_event = threading.Event()
         self.done = 0
         self.shards = 0
@@ -106,7 +110,7 @@ class _Worker:
                 "weights": self.model.weights_label, "samples_done": self.done, "shards": self.shards}
 
     def run(self, dataset_name: str, stages: list[dict], bounds: tuple[str | None, str | None],
-            options: dict) -> dict:
+            options: BatchOptions) -> dict:
         """run_batch on one shard: the driver's view rebuilt from its stages, cut to an _id range."""
         if self.cancel_event.is_set():
             return BatchReport(cancelled=True).to_dict()
@@ -114,10 +118,7 @@ class _Worker:
         dataset = fo.load_dataset(dataset_name)
         dataset.reload()  # the driver declared fields after this process may have cached the dataset
         view = shard_view(fo.DatasetView._build(dataset, stages), *bounds)
-        report = run_batch(view, self.model.spec.key, options["weights"],
-                           options["methods"], options["layers"], options["target_rule"],
-                           options["eigen_smooth"], options["input_size"], options["chunk"],
-                           cancel=self.cancel_event, heatmap_dir=options["heatmap_dir"], device=self.device)
+        report = run_batch(view, dataclasses.replace(options, device=self.device), cancel=self.cancel_event)
         self.done += report.done
         return report.to_dict()
 
@@ -179,7 +180,7 @@ def _loopback_node(ray, address: str | None):
     """While a local Ray starts: on Linux Ray turns 127.0.0.1 into the address of the network
     interface (found by probing a public address) and its servers bind that, unless clusters
     are off as on macOS/Windows (ray_constants.ENABLE_RAY_CLUSTER, read at call time; 2.60)."""
-    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    constants: Any = getattr(getattr(ray, "_private", None), "ray_constants", None)
     if address is not None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
         yield
         return
@@ -219,52 +220,42 @@ def _have_auth_token() -> bool:
 
 def run_batch_distributed(
     dataset_or_view: fo.Dataset | fo.DatasetView,
-    model_key: str,
-    weights: str = "auto",
-    methods: Sequence[str] = ("gradcam",),
-    layers: Sequence[str] | None = None,
-    target_rule: str = PREDICTED,
-    eigen_smooth: bool = False,
-    input_size: int | None = None,
-    chunk: int = 8,
+    options: BatchOptions,
     workers: int = 2,
     address: str | None = None,
     shard_size: int | None = None,
-    progress: BatchProgress | None = None,
+    progress: Progress | None = None,
     cancel: threading.Event | None = None,
-    heatmap_dir: str | Path | None = None,
 ) -> DistributedReport:
-    """run_batch over a view with `workers` Ray actors; see the module docstring."""
+    """run_batch over a view with `workers` Ray actors; see the module docstring. The options'
+    device is ignored: each worker gets a GPU when the cluster has GPUs, else the CPU."""
     started = time.perf_counter()
-    request = check_request(model_key, methods, layers, target_rule)
-    dataset = store._root(dataset_or_view)
+    options = options.checked()
+    dataset = store.root_dataset(dataset_or_view)
     store.require_image(dataset)
     workers = max(1, int(workers))
-    chunk = max(1, int(chunk))
     uri = database_uri()
     if _is_remote(address) and _is_loopback(uri):
         # A remote node would talk to its own loopback: refuse rather than write nowhere.
         raise DistributedError(f"the cluster at {address} cannot reach MongoDB at {mask_uri(uri)}: set "
                                "FIFTYONE_DATABASE_URI to an address every node can reach")
     if not _is_remote(address):  # the nodes share this machine's weights: fail here, not in each worker
-        weights_mod.check_available(request.spec.weights, weights)
-    request.declare_fields(dataset, input_size, eigen_smooth,
-                           pretrained=(weights or "").strip() != weights_mod.UNTRAINED,
-                           weights_tag=weights_mod.choice_tag(weights))
+        weights_mod.check_available(options.spec.weights, options.weights)
+    declare_fields(dataset, options)
+    # Every worker writes to the same folder, named absolutely.
+    folder = Path(options.heatmap_dir).resolve() if options.heatmap_dir else paths.heatmaps_dir()
+    options = dataclasses.replace(options, device=None, heatmap_dir=str(folder))
     # Workers get the view itself (its stages) and an _id range each, never lists of ids: the
     # driver reads one boundary id per shard, as shards are handed out.
     view = dataset_or_view if isinstance(dataset_or_view, fo.DatasetView) else dataset_or_view.view()
     stages = view._serialize(include_uuids=False)
     total = view.count()  # one server-side count, for progress and the shard size
+    chunk = options.chunk
     size = shard_size or max(chunk, min(8 * chunk, math.ceil(total / (4 * workers)) or 1))
     report = DistributedReport()
     if not total:
         return report
     shards = Shards(view, size)
-    options = {"weights": weights, "methods": list(request.methods), "layers": list(request.layers),
-               "target_rule": request.rule, "eigen_smooth": bool(eigen_smooth), "input_size": input_size,
-               "chunk": chunk,
-               "heatmap_dir": str(Path(heatmap_dir).resolve()) if heatmap_dir else str(paths.heatmaps_dir())}
 
     if _is_client(address) and _have_auth_token():
         # Ray >= 2.59 clusters require their token; the Ray Client sends it only in token mode,
@@ -276,9 +267,9 @@ def run_batch_distributed(
     try:
         gpus, cpus, count = _worker_shape(ray.cluster_resources(), workers)
         worker_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_concurrency=2)(_Worker)
-        actors = [worker_cls.remote(request.spec.key, weights, "cuda" if gpus else "cpu", cpus)
+        actors = [worker_cls.remote(options, "cuda" if gpus else "cpu", cpus)
                   for _ in range(min(count, math.ceil(total / size)))]
-        _dispatch(ray, actors, dataset.name, stages, shards, options, report, total, started, progress,
+        _dispatch(ray, actors, dataset.name, stages, shards, options, report, total, Meter(progress, started=started),
                   cancel)
         for actor in actors:
             try:
@@ -345,9 +336,8 @@ class Shards:
         return shard_view(self.view, self.lo, None).values("id")
 
 
-def _dispatch(ray, actors, dataset_name: str, stages: list[dict], shards: Shards, options: dict,
-              report: DistributedReport, total: int, started: float, progress: BatchProgress | None,
-              cancel: threading.Event | None) -> None:
+def _dispatch(ray, actors, dataset_name: str, stages: list[dict], shards: Shards, options: BatchOptions,
+              report: DistributedReport, total: int, meter: Meter, cancel: threading.Event | None) -> None:
     """Keep every actor busy with one shard until none is left; fold each shard's report in."""
     running: dict = {}  # object ref -> (actor, shard)
     alive = list(actors)
@@ -360,12 +350,8 @@ def _dispatch(ray, actors, dataset_name: str, stages: list[dict], shards: Shards
             running[actor.run.remote(dataset_name, stages, shard, options)] = (actor, shard)
 
     def tell(message: str) -> None:
-        if progress is not None:
-            elapsed = time.perf_counter() - started
-            finished = report.done + report.skipped
-            rate = report.done / elapsed if report.done and elapsed > 0 else 0.0
-            left = total - finished - len(report.failed)
-            progress(finished, total, rate, left / rate if rate > 0 else None, message)
+        finished = report.done + report.skipped  # rate and ETA from the samples written
+        meter.tell(finished, total, message, worked=report.done, left=total - finished - len(report.failed))
 
     for actor in alive:
         give(actor)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -77,8 +77,8 @@ def object_mask(ex: engine.Explainer, item: SampleItem) -> tuple[np.ndarray | No
         mask = cv2.resize(np.asarray(item.mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
         return (mask, "label mask") if mask.any() else (None, "class not in the label mask")
     if ex.prediction.task == "segmentation":
-        mask = ex.prediction.mask == ex.target.index
-        return (mask, "predicted mask") if mask.any() else (None, "class not predicted")
+        predicted = np.asarray(ex.prediction.mask) == ex.target.index
+        return (predicted, "predicted mask") if predicted.any() else (None, "class not predicted")
     if item.boxes:
         return metrics.boxes_mask(ex.image.size, [list(b) for b in item.boxes]), "label boxes"
     return None, "no boxes for this class"
@@ -111,7 +111,7 @@ def rank_by_share_inside(
             except CamError as exc:  # one bad image must not stop the ranking
                 rows.append(RankRow(item.sample_id, item.filepath, None, False, None, "", str(exc)))
         explainers = engine.explain_many(model, [img for _i, img in loaded], target, (layer,), input_size, batch)
-        for (item, _img), ex in zip(loaded, explainers):
+        for (item, _img), ex in zip(loaded, explainers, strict=True):
             try:
                 if isinstance(ex, CamError):
                     raise ex

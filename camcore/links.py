@@ -11,6 +11,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_BASE_URL = "http://localhost:8501"
 BASE_URL_ENV = "CAM_EXPLORER_URL"  # where the explorer is served, for links made outside it
@@ -71,8 +72,8 @@ def parse(params: Mapping[str, str | Sequence[str]]) -> LinkState:
         if not isinstance(raw, str):
             raw = list(raw)[-1] if list(raw) else ""
         values[key] = raw.strip()
-    lists = {k: _split(values.pop(k)) for k in LIST_KEYS if k in values}
-    return LinkState(**values, **lists)
+    lists: dict[str, Any] = {k: _split(values.pop(k)) for k in LIST_KEYS if k in values}
+    return LinkState(**{**values, **lists})
 
 
 def parse_url(url: str) -> tuple[str, LinkState]:

@@ -1,10 +1,11 @@
 """The CAM method registry (plain data). pytorch-grad-cam is the engine and the reference.
 
-kind:
+kind (the engine computes each kind with its own strategy, camcore/engine/kinds.py):
   gradient    - from one shared forward + backward (activations and gradients of the layer)
   activation  - from the same shared forward alone (no gradients needed)
   perturbation- needs its own forward passes, one per channel (ScoreCAM, AblationCAM)
-  other       - needs its own pass of another shape (FullGrad, ShapleyCAM, FinerCAM)
+  other       - needs its own pass of another shape (FullGrad, ShapleyCAM, FinerCAM):
+                pytorch-grad-cam runs it, called through `own_pass_call`
 
 "gradient" and "activation" methods are `pure`: a function of the layer's activations and
 gradients, so one pass with hooks on every chosen layer feeds all of them on all layers.
@@ -12,25 +13,44 @@ gradients, so one pass with hooks on every chosen layer feeds all of them on all
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import pytorch_grad_cam as pgc
+import torch
 
 from camcore import device_math as dm
 from camcore import perturbation
 from camcore.errors import MethodError
+from camcore.results import Target
 
 # (cam_object, activations, grads) -> the B x C x H x W array that is summed over channels
 # (or projected on its first principal direction with eigen smoothing).
 Product = Callable[[object, np.ndarray, np.ndarray], np.ndarray]
 
 
-def _channel_weighted(cam: object, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+# (cam object with its hooks, input, the library target, our Target, aug_smooth, eigen_smooth)
+# -> the library's 1 x H x W map: how a method with a pass of its own is called.
+OwnPassCall = Callable[[object, torch.Tensor, object, Target, bool, bool], np.ndarray]
+
+
+def _channel_weighted(cam: Any, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     # The library's own per-channel weights (GradCAM, GradCAM++, XGradCAM, RandomCAM).
     weights = cam.get_cam_weights(None, None, None, activations, grads)
     return weights[:, :, None, None] * activations
+
+
+def _library_call(cam, x: torch.Tensor, grad_target: object, target: Target, aug_smooth: bool,
+                  eigen_smooth: bool) -> np.ndarray:
+    return cam(x, [grad_target], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+
+
+def _finer_cam_call(cam, x: torch.Tensor, grad_target: object, target: Target, aug_smooth: bool,
+                    eigen_smooth: bool) -> np.ndarray:
+    # FinerCAM builds its own contrast targets around a class index and has no aug_smooth.
+    return cam(x, targets=None, eigen_smooth=eigen_smooth, target_idx=target.index)
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,8 @@ class MethodSpec:
     # batch_size, progress, cancel, vit=) -> 1 x C channel weights, replacing the library's
     # get_cam_weights
     channel_weights: Callable | None = None
+    # methods with a pass of their own ("other"): how the library's object is called
+    own_pass_call: OwnPassCall = _library_call
 
     @property
     def pure(self) -> bool:
@@ -131,7 +153,7 @@ METHODS: dict[str, MethodSpec] = {
                    "ShapleyCAM does not reshape ViT tokens into a grid (and fused attention has no double "
                    "backward), so CNNs only."),
         MethodSpec("finercam", "Finer-CAM", pgc.FinerCAM, "other", False, tasks=("classification",),
-                   note="Contrasts the target with its most similar classes."),
+                   note="Contrasts the target with its most similar classes.", own_pass_call=_finer_cam_call),
         MethodSpec("randomcam", "Random-CAM (baseline)", pgc.RandomCAM, "gradient", False,
                    _channel_weighted, note="Random channel weights: a sanity baseline."),
     )

@@ -119,7 +119,7 @@ def road(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, target, perce
         progress(1.0, "done")
     morf = [(p, values["MoRF", p]) for p in percentiles]
     lerf = [(p, values["LeRF", p]) for p in percentiles]
-    combined = float(np.mean([(le - mo) / 2 for (_, le), (_, mo) in zip(lerf, morf)]))
+    combined = float(np.mean([(le - mo) / 2 for (_, le), (_, mo) in zip(lerf, morf, strict=True)]))
     return RoadCurve(tuple(morf), tuple(lerf), combined, original)
 
 

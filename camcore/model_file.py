@@ -36,14 +36,8 @@ import torch
 from camcore import paths
 from camcore import weights as weights_mod
 from camcore.errors import CamError, first_line
-from camcore.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LayerSpec,
-    ModelSpec,
-    Preprocess,
-    SegmentationOutput,
-)
+from camcore.models import LayerSpec, ModelSpec, SegmentationOutput
+from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 ENV = "CAM_EXPLORER_MODELS"
 FILE_NAME = "models.toml"
@@ -162,8 +156,8 @@ def _build_raw(arch: _Arch, num_classes: int, img_size: int | None = None) -> to
     if arch.library == "timm":
         import timm
 
-        kwargs = {"img_size": img_size} if img_size else {}
-        return timm.create_model(arch.name, pretrained=False, num_classes=num_classes, **kwargs)
+        sized: dict[str, Any] = {"img_size": img_size} if img_size else {}
+        return timm.create_model(arch.name, pretrained=False, num_classes=num_classes, **sized)
     from torchvision.models import get_model_builder
 
     builder = get_model_builder(arch.name)
@@ -285,7 +279,7 @@ def _auto_layers(arch: _Arch, raw: torch.nn.Module) -> tuple[list[str], str | No
         raise EntryError(f"timm does not list the stages of {arch.text} (no feature_info): "
                          "list module paths under layers = [...]")
     if arch.task == "segmentation":
-        backbone = raw.backbone
+        backbone: Any = raw.backbone
         children = list(backbone.named_children())
         if all(name.isdigit() for name, _m in children):  # MobileNetV3 features: torchvision's stages
             cuts = [i for i, (_n, m) in enumerate(children) if getattr(m, "_is_cn", False)]
@@ -400,7 +394,8 @@ def entry_spec(key: str, entry: Any, folder: Path, source: str, reserved: tuple[
     raw = _build_meta(arch, len(classes), img_size) if img_size else probe
     patch = 16
     if vit:
-        ps = raw.patch_embed.patch_size
+        embed: Any = raw.patch_embed
+        ps = embed.patch_size
         patch = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
         if isinstance(ps, (tuple, list)) and len(set(ps)) != 1:
             raise EntryError(f"{arch.text} has non-square patches {tuple(ps)}: not supported")

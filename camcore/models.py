@@ -8,35 +8,25 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from camcore import weights as weights_mod
 from camcore.errors import ModelError
+from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 if TYPE_CHECKING:
     from camcore.model_file import SkippedEntry
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class LayerSpec:
     name: str  # what the user sees, e.g. "layer4"
     path: str  # dotted module path inside the model, e.g. "backbone.layer4"
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    mode: str  # "short_side": keep aspect, short side = size; "square": size x size
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -328,7 +318,7 @@ class LoadedModel:
     # pytorch-grad-cam style hooks are per module: two threads computing on one model at once
     # would mix each other's activations, so every pass holds this lock.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    # pytorch-grad-cam method objects without target layers (engine._method_object), per method
+    # pytorch-grad-cam method objects without target layers (the engine's pure methods), per method
     method_objects: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -410,7 +400,3 @@ def load_model(key: str, weights: str = "auto", device: str | torch.device | Non
             _cache[cache_key] = (ident, loaded)  # replaces (and frees) a stale model under this key
         return loaded
 
-
-def clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()

@@ -1,4 +1,4 @@
-"""Colormaps, overlays, segmentation masks, the untrained-weights watermark, colorbars, grids.
+"""Colormaps, overlays, segmentation masks, the untrained-weights watermark, colorbars.
 
 Pure functions of numpy arrays (cv2 for drawing, matplotlib only for `colorbar_figure`): RGB
 uint8 in, RGB uint8 out, inputs never modified. Colormap names are valid for both cv2 and
@@ -7,8 +7,6 @@ are clipped, NaN counts as 0).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -187,24 +185,3 @@ def colorbar_figure(raw: np.ndarray, colormap: str = DEFAULT_COLORMAP, title: st
     if title:
         ax.set_title(title, fontsize=8)
     return fig
-
-
-def grid(
-    images: Sequence[np.ndarray], columns: int | None = None, pad: int = 4, fill: int = 255
-) -> np.ndarray:
-    """Tile RGB images (resized to the first one's size) into one image, row by row."""
-    if not images:
-        raise ValueError("grid needs at least one image")
-    first = _check_rgb(images[0])
-    h, w = first.shape[:2]
-    n = len(images)
-    columns = max(1, min(n, columns or int(np.ceil(np.sqrt(n)))))
-    rows = int(np.ceil(n / columns))
-    out = np.full((rows * h + (rows - 1) * pad, columns * w + (columns - 1) * pad, 3), fill, np.uint8)
-    for i, image in enumerate(images):
-        tile = _check_rgb(image)
-        if tile.shape[:2] != (h, w):
-            tile = cv2.resize(tile, (w, h), interpolation=cv2.INTER_AREA)
-        r, c = divmod(i, columns)
-        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = tile
-    return out

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Callable
 
 import numpy as np
 import torch

@@ -62,4 +62,4 @@ def first_component_projection(batch: np.ndarray) -> np.ndarray:
         if abs(projection.min()) > abs(projection.max()):
             projection = -projection
         out.append(projection.reshape(activations.shape[1:]))
-    return np.float32(out)
+    return np.asarray(out, dtype=np.float32)

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from camcore.identity import HeatmapIdentity
+
 
 @dataclass(frozen=True)
 class ClassScore:
@@ -47,17 +49,35 @@ class Target:
 
 @dataclass(frozen=True)
 class Heatmap:
-    """One CAM: a method on a layer for a target."""
+    """One CAM: a method on a layer for a target, made by what its identity says."""
 
-    method: str  # registry key, e.g. "gradcam"
-    layer: str  # registry layer name, e.g. "layer4"
+    identity: HeatmapIdentity  # model, weights, method, layer, target, smoothing: its field name too
     target: Target
     map: np.ndarray  # float32 HxW at the image's own resolution, 0..1
     raw: np.ndarray  # float32 map at the layer's resolution, clipped at 0, before normalisation
     raw_range: tuple[float, float]  # (min, max) of `raw`
     seconds: float  # time spent on this map alone (after the shared pass)
-    aug_smooth: bool = False
-    eigen_smooth: bool = False
+
+    @property
+    def method(self) -> str:
+        return self.identity.method
+
+    @property
+    def layer(self) -> str:
+        return self.identity.layer
+
+    @property
+    def aug_smooth(self) -> bool:
+        return self.identity.aug_smooth
+
+    @property
+    def eigen_smooth(self) -> bool:
+        return self.identity.eigen_smooth
+
+    @property
+    def field(self) -> str:
+        """The FiftyOne field a push writes this map into."""
+        return self.identity.field_name
 
     @property
     def label(self) -> str:
@@ -89,14 +109,12 @@ class CamResult:
     errors: tuple[str, ...] = ()  # per-(method, layer) failures that did not stop the others
     notes: tuple[str, ...] = ()  # what was done to the image (EXIF rotation, downscaled, ...): not errors
     original_size: tuple[int, int] | None = None  # the file's (height, width) when it was downscaled
-    weights_tag: str = ""  # the stem of a weights file the user chose by path; "" for the model's own
-    # What made it, for the label: arch, weights_sha256 (the file's content), classes_file
-    model_provenance: dict = field(default_factory=dict)
 
     @property
     def full_size(self) -> tuple[int, int]:
         """(height, width) of the image file: what stored and written heatmaps must have."""
-        return tuple(self.original_size or self.image_size)
+        height, width = self.original_size or self.image_size
+        return (height, width)
 
     def full_map(self, h: Heatmap) -> np.ndarray:
         """h.map at the file's own resolution: images over MAX_WORKING_SIDE are computed

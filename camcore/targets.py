@@ -14,6 +14,12 @@ from camcore.results import ClassScore, Prediction, Target
 TOP_K = 5
 PREFERRED_SEGMENTATION_CLASS = "person"  # the article's default when it is in the image
 
+# A batch's target rule: what every sample is explained for. PREDICTED: each sample's own
+# prediction (one field; each label stores its class); else one class, by its exact name. It is
+# the target part of the batch's field names and each label's `target_request` attribute.
+TargetRule = str
+PREDICTED: TargetRule = "predicted"
+
 
 def class_index(names: tuple[str, ...], requested: str | int) -> int:
     """A class by index, by name (exact, else case-insensitive when that is unambiguous) or as
@@ -43,13 +49,28 @@ def class_index(names: tuple[str, ...], requested: str | int) -> int:
     raise TargetError(f"Unknown class '{text}' for this model ({len(names)} classes).{hint}")
 
 
+def target_rule(names: tuple[str, ...], requested: str | int | None) -> TargetRule:
+    """The target rule for what a user gave: PREDICTED (also for nothing, in any case), else the
+    class's exact name (see class_index; an unknown class raises TargetError)."""
+    text = str(requested or PREDICTED).strip()
+    if not text or text.lower() == PREDICTED:
+        return PREDICTED
+    return names[class_index(names, text)]
+
+
+def class_request(rule: TargetRule) -> str | None:
+    """What the explainer is asked for under a rule: None (each image's prediction) or the class."""
+    return None if rule == PREDICTED else rule
+
+
 def predict(task: str, output: torch.Tensor, names: tuple[str, ...], image_size: tuple[int, int]) -> Prediction:
     """Prediction from the model's output for one image (output has no batch dimension)."""
     out = output.detach()
     if task == "classification":
         probs = torch.softmax(out.float(), dim=-1).cpu()
         scores, idx = probs.topk(min(TOP_K, probs.numel()))
-        return Prediction(task, tuple(ClassScore(int(i), names[int(i)], float(s)) for s, i in zip(scores, idx)))
+        top = zip(scores, idx, strict=True)
+        return Prediction(task, tuple(ClassScore(int(i), names[int(i)], float(s)) for s, i in top))
     # argmax where the output is (a GPU): only the label map comes to the host
     labels = out.argmax(dim=0).cpu().numpy().astype(np.int32)
     counts = np.bincount(labels.ravel(), minlength=len(names))

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -34,7 +35,7 @@ class ResolvedWeights:
     state_dict: dict | None = None
     sha256: str = ""  # the weights file's content hash; "" for untrained or a download not on disk
 
-    def without_state(self) -> "ResolvedWeights":
+    def without_state(self) -> ResolvedWeights:
         return replace(self, state_dict=None)
 
 
@@ -103,6 +104,7 @@ def read_state_dict(path: str | os.PathLike, mmap: bool = False) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelError(f"Weights file not found: {path}")
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -160,7 +162,10 @@ def _load_checked(module: torch.nn.Module, state: dict, optional_prefixes: tuple
 class WeightsSource:
     """Base: subclasses say where their real weights live and how they load."""
 
-    how_to = ""
+    @property
+    def how_to(self) -> str:
+        """What the user can do to get the real weights."""
+        return ""
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -312,7 +317,7 @@ class PackagedEfficientNetLite0(WeightsSource):
         if len(state) != len(target):
             raise ModelError(f"EfficientNet-Lite0 weights have {len(state)} tensors, expected {len(target)}.")
         mapped = {}
-        for (name, ours), theirs in zip(target.items(), state.values()):
+        for (name, ours), theirs in zip(target.items(), state.values(), strict=True):
             if tuple(ours.shape) != tuple(theirs.shape):
                 raise ModelError(f"EfficientNet-Lite0 weights do not line up at {name}.")
             mapped[name] = theirs

@@ -1,27 +1,22 @@
 """Batch: heatmaps for every sample of the sidebar's view, saved to FiftyOne, resumable."""
 from __future__ import annotations
 
-from ui import router
+import uuid
 
-router.ensure_routed("batch")
+import streamlit as st
 
-import uuid  # noqa: E402
+from camcore import batch, methods, models
+from ui import batch_runs, page, widgets
+from ui.sidebar import Selection
+from ui.state import Batch
 
-import streamlit as st  # noqa: E402
-
-from camcore import batch, methods, models, weights  # noqa: E402
-from ui import batch_runs, page, render, sidebar  # noqa: E402
-
-START, CANCEL = "batch_start_requested", "batch_cancel_requested"
+START, CANCEL = Batch.START, Batch.CANCEL
+NO_SELECTION = "Pick a dataset in the sidebar: the batch runs over its view (tags, file name, labels)."
 
 
-def main() -> None:
+def main(sel: Selection) -> None:
     start = st.session_state.pop(START, False)
     st.session_state.pop(CANCEL, None)  # the click's rerun is what stops a running batch (see ui/batch_runs.run)
-    sel = sidebar.current()
-    if sel is None:
-        st.info("Pick a dataset in the sidebar: the batch runs over its view (tags, file name, labels).")
-        return
     spec = models.get_spec(sel.model)
     st.markdown("#### Batch")
     st.text(f"dataset {sel.dataset} · {sel.count:,} samples in the sidebar's view "
@@ -29,36 +24,35 @@ def main() -> None:
 
     offered = [m for m in methods.methods_for(spec.task, spec.family) if not m.layer_independent]
     c1, c2, c3 = st.columns([3, 3, 2])
-    chosen_methods = render.sticky_multiselect(
+    chosen_methods = widgets.sticky_multiselect(
         c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], "batch_methods",
         format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""),
         help="(slow): one forward per channel of the layer, or a kernel PCA, for every sample.")
-    chosen_layers = render.sticky_multiselect(c2, "Layers", [s.name for s in spec.layers], [spec.default_layer],
-                                              f"batch_layers_{spec.key}")
-    rule = c3.radio("Target", ["predicted", "a named class"], key="batch_rule",
-                    help="predicted: each sample's own top class (one field; each label stores its class).")
-    target = batch.PREDICTED
-    if rule != "predicted":
-        target = c3.selectbox("Class", list(spec.class_names()), key=f"batch_class_{spec.key}")
+    chosen_layers = widgets.sticky_multiselect(c2, "Layers", [s.name for s in spec.layers], [spec.default_layer],
+                                               f"batch_layers_{spec.key}")
+    named = c3.radio("Target", [batch.PREDICTED, "a named class"], key="batch_rule",
+                     help="predicted: each sample's own top class (one field; each label stores its class).")
+    target_rule = batch.PREDICTED
+    if named != batch.PREDICTED:
+        target_rule = c3.selectbox("Class", list(spec.class_names()), key=f"batch_class_{spec.key}")
     eigen_smooth = c3.toggle("eigen_smooth", key="batch_eigen_smooth")
     if not chosen_methods or not chosen_layers:
         st.info("Choose at least one method and one layer.")
         return
-    request = batch.check_request(spec.key, chosen_methods, chosen_layers, target)
-    pretrained = sel.weights != weights.UNTRAINED
-    tag = weights.choice_tag(sel.weights)
-    fields = [request.field_name(m, layer, eigen_smooth, pretrained, tag)
-              for m in chosen_methods for layer in chosen_layers]
+    options = batch.BatchOptions(model=spec.key, weights=sel.weights, methods=tuple(chosen_methods),
+                                 layers=tuple(chosen_layers), target_rule=target_rule, eigen_smooth=eigen_smooth,
+                                 input_size=sel.input_size).checked()
+    fields = options.field_names()
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
                ". Samples already done with the same settings are skipped. Runs in this app's process; "
                "for several workers or machines use `python -m camcore batch --workers N` (Ray, see README).")
 
     b1, b2, _ = st.columns([1, 1, 4])  # Cancel beside Run, not across the page
     # Callbacks, not return values: a click survives the router's one rerun (router.ensure_routed).
-    b1.button("Run batch", key="batch_start", type="primary", on_click=render.request, args=(START,))
+    b1.button("Run batch", key="batch_start", type="primary", on_click=widgets.request, args=(START,))
     # A click on Cancel reruns the script: the running batch stops at its next heatmap (see ui/batch_runs.run).
     # Everything reported done is written; running again resumes.
-    b2.button("Cancel", key="batch_cancel", on_click=render.request, args=(CANCEL,))
+    b2.button("Cancel", key="batch_cancel", on_click=widgets.request, args=(CANCEL,))
     token = st.session_state.setdefault(batch_runs.TOKEN, uuid.uuid4().hex)
     batch_runs.pick_up(token)  # this session's batch that the click stopped: its report, once written
     batch_runs.other_runs(sel.dataset, start)
@@ -67,7 +61,7 @@ def main() -> None:
         if last and "report" in last:
             batch_runs.show(last)
         return
-    batch_runs.run(sel, chosen_methods, chosen_layers, target, eigen_smooth, fields, token)
+    batch_runs.run(sel, options, fields, token)
 
 
-page.run(main)
+page.serve("batch", main, NO_SELECTION)

@@ -1,25 +1,19 @@
 """Compare: a layer x method grid for one sample from one pass, with faithfulness and bias scores."""
 from __future__ import annotations
 
-from ui import router
+import streamlit as st
 
-router.ensure_routed("compare")
-
-import streamlit as st  # noqa: E402
-
-from camcore import methods, metrics, overlay  # noqa: E402
-from ui import cache, compare, page, render, sidebar, text, urlstate  # noqa: E402
+from camcore import methods, metrics, overlay
+from ui import compare, compute, page, text, urlstate, widgets
+from ui.sidebar import Selection
+from ui.state import Compare
 
 
-def main() -> None:
-    sel = sidebar.current()
-    if sel is None:
-        st.info("Pick a dataset and a sample in the sidebar.")
-        return
+def main(sel: Selection) -> None:
     st.markdown(f"#### Compare layers and methods · {text.escape(sel.label)}")
     s1, s2 = st.columns(2)
-    for col, key in zip((s1, s2), compare.STUDIES):
-        col.button(compare.STUDIES[key]["label"], key=f"study_{key}", on_click=compare.apply_study, args=(key,),
+    for col, key in zip((s1, s2), compare.STUDIES, strict=True):
+        col.button(compare.STUDIES[key]["label"], key=Compare.study(key), on_click=compare.apply_study, args=(key,),
                    width="stretch")
     compare.show_study_note()
     loaded = page.model_or_message(sel)
@@ -35,50 +29,65 @@ def main() -> None:
     offered = [m.key for m in methods.methods_for(spec.task, spec.family)]
     c1, c2, c3 = st.columns([3, 3, 2])
     layer_names = [s.name for s in spec.layers]
-    linked_target = urlstate.apply_page(spec, layer_names, offered, f"cmp_layers_{spec.key}", "cmp_methods")
+    linked_target = urlstate.apply_page(spec, layer_names, offered, Compare.layers(spec.key), Compare.METHODS)
     if linked_target is not None:
-        st.session_state["cmp_target_request"] = linked_target
+        st.session_state[Compare.TARGET_REQUEST] = linked_target
     # Sticky: the choices survive a visit to another page and a run that could not draw them.
-    layers = render.sticky_multiselect(c1, "Rows: layers", layer_names, [spec.default_layer],
-                                       key=f"cmp_layers_{spec.key}")
-    chosen = render.sticky_multiselect(
-        c2, "Columns: methods", offered, [methods.DEFAULT_METHOD], key="cmp_methods",
+    layers = widgets.sticky_multiselect(c1, "Rows: layers", layer_names, [spec.default_layer],
+                                        key=Compare.layers(spec.key))
+    chosen = widgets.sticky_multiselect(
+        c2, "Columns: methods", offered, [methods.DEFAULT_METHOD], key=Compare.METHODS,
         format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""))
-    eigen = compare.shown_toggle(c3, "eigen_smooth", "cmp_eigen", False)
-    aug = compare.shown_toggle(c3, "aug_smooth (slow)", "cmp_aug", False)
+    eigen = widgets.shown_toggle(c3, "eigen_smooth", Compare.EIGEN, False)
+    aug = widgets.shown_toggle(c3, "aug_smooth (slow)", Compare.AUG, False)
     if not layers or not chosen:
         st.info("Choose at least one layer and one method.")
         return
     with st.spinner("Running the model once for the whole grid…", show_time=True):
-        base = cache.explainer(loaded, image_key, img, None, False, sel.input_size)
-    target = render.target_picker(c1, base.prediction, base.class_names, key="cmp_target",
-                                  requested=st.session_state.pop("cmp_target_request", None))
+        base = compute.explainer(loaded, image_key, img, None, False, sel.input_size)
+    target = widgets.target_picker(c1, base.prediction, base.class_names, key=Compare.TARGET,
+                                   requested=st.session_state.pop(Compare.TARGET_REQUEST, None))
     urlstate.remember_page(layers, chosen, base.class_names[int(target)] if target is not None else None)
     with st.spinner("Running the model…", show_time=True):
-        ex = cache.explainer(loaded, image_key, img, target, aug, sel.input_size)
-    for e in render.compute(ex, [(m, layer) for layer in layers for m in chosen], eigen):
+        ex = compute.explainer(loaded, image_key, img, target, aug, sel.input_size)
+    pairs = [(m, layer) for layer in layers for m in chosen]
+    for e in compute.compute(ex, pairs, eigen):
         st.warning(e)
 
     o1, o2, o3, o4 = st.columns(4)
-    alpha = o1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="cmp_alpha")
-    cmap = o2.selectbox("Colormap", overlay.COLORMAPS, key="cmp_cmap")
-    with_scores = o3.toggle("Faithfulness scores", value=True, key="cmp_scores", help=compare.SCORES_HELP)
-    threshold = render.sticky(o4.slider, "Background-dominated below", "cmp_threshold",
-                              metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
-                              help="Share of heatmap mass on the object.")
-    mask = None
-    if ex.prediction.task == "segmentation":
-        mask = ex.prediction.mask == ex.target.index
-        mask = mask if mask.any() else None
+    alpha = o1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key=Compare.ALPHA)
+    cmap = o2.selectbox("Colormap", overlay.COLORMAPS, key=Compare.CMAP)
+    with_scores = o3.toggle("Faithfulness scores", value=True, key=Compare.SCORES, help=compare.SCORES_HELP)
+    threshold = widgets.sticky(o4.slider, "Background-dominated below", Compare.THRESHOLD,
+                               metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
+                               help="Share of heatmap mass on the object.")
+    maps = compute.grid(ex, pairs, eigen, with_scores)
+    target_now = maps.result.target
     smoothing = " + ".join(n for n, on in (("aug", aug), ("eigen", eigen)) if on) or "none"
-    st.caption(f"Every map: target **{text.escape(ex.target.name)}** ({text.escape(ex.target.rule)}) · weights: "
+    st.caption(f"Every map: target **{text.escape(target_now.name)}** ({text.escape(target_now.rule)}) · weights: "
                f"{text.escape(loaded.weights_label)} · smoothing: {smoothing} (eigen only where the method has it) · "
-               + ("object = predicted mask of the target" if mask is not None else
+               + ("object = predicted mask of the target" if maps.mask is not None else
                   "no object mask here (classification: rank the view below with a segmentation or detections field)"))
-    table = compare.grid(img, ex, loaded, layers, chosen, eigen, alpha, cmap, with_scores, mask, threshold)
-    compare.road_panel(ex, table, eigen)
+    table = compare.grid(img, maps, loaded, layers, chosen, alpha, cmap, threshold)
+    road = compare.road_controls(maps, table, eigen)
+    if road is not None:
+        if road.go:
+            compare.keep_road(road, compute.road(ex, maps.find(*road.choice), compare.road_progress(road)))
+        compare.road_chart(road)
     st.divider()
-    compare.ranking_panel(sel, loaded, chosen, layers, ex.class_names, threshold, ex.target.index)
+    _ranking(sel, loaded, chosen, layers, ex.class_names, threshold, maps.result.target.index)
 
 
-page.run(main)
+def _ranking(sel: Selection, loaded, chosen, layers, names, threshold: float, default_class: int) -> None:
+    """Across the view: the controls, the ranking when asked for, the last ranking."""
+    ask = compare.ranking_controls(sel, loaded, chosen, layers, names, default_class)
+    if ask.go:
+        bar, progress = compare.progress_bar()
+        rows = compute.rank(loaded, compare.rank_items(ask), ask.method, ask.layer, ask.cls, threshold,
+                            sel.input_size, progress)
+        bar.empty()
+        compare.keep_ranking(ask, rows)
+    compare.ranking_results(sel, loaded, ask, threshold)
+
+
+page.serve("compare", main)

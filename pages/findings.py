@@ -2,49 +2,46 @@
 the state it was made in and a way to the FiftyOne App."""
 from __future__ import annotations
 
-from ui import router
+import os
 
-router.ensure_routed("findings")
+import pandas as pd
+import streamlit as st
 
-import os  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from camcore import overlay, store, views  # noqa: E402
-from camcore.errors import CamError  # noqa: E402
-from ui import cache, page, render, sidebar, text  # noqa: E402
+from camcore import overlay
+from camcore.errors import CamError
+from ui import cache, data, page, text
+from ui.sidebar import Selection
+from ui.state import App, Findings, Sidebar
 
 PAGE_ROWS = 20  # findings per page
 THUMBS = 8  # of them shown with their heatmap
 
 
-def main() -> None:
+def main(sel: Selection | None) -> None:
     # Findings are the dataset's, whatever the sidebar's filter holds (an empty view included).
-    sel = sidebar.current()
-    name = sel.dataset if sel is not None else st.session_state.get("dataset")
+    name = sel.dataset if sel is not None else st.session_state.get(Sidebar.DATASET)
     if not name:
         st.info("Pick a dataset in the sidebar.")
         return
     st.markdown(f"#### Findings in {text.escape(name)}")
-    dataset = store.load_dataset(name)
-    tags = store.finding_labels(dataset)  # indexed: cheap, and never stale
+    dataset = data.load_dataset(name)
+    tags = data.finding_labels(dataset)  # indexed: cheap, and never stale
     if not tags:
         st.info("No findings yet: record one on the Explore page.")
         return
-    chosen = st.multiselect("Finding", tags, default=tags, key="findings_filter")
-    found = store.findings_view(dataset, chosen)
-    total = store.count_findings(found)
+    chosen = st.multiselect("Finding", tags, default=tags, key=Findings.FILTER)
+    found = data.findings_view(dataset, chosen)
+    total = data.count_findings(found)
     pages = max(1, -(-total // PAGE_ROWS))
     st.caption(f"{total:,} finding{'' if total == 1 else 's'}, {PAGE_ROWS} a page, in the dataset's sample order. "
                "Each link reopens the explorer as it was when the finding was made.")
     number = 1
     if pages > 1:
-        number = int(st.columns([1, 4])[0].number_input(f"Page (of {pages})", 1, pages, 1, key="findings_page"))
-    rows = store.list_findings(found, skip=(number - 1) * PAGE_ROWS, limit=PAGE_ROWS)
+        number = int(st.columns([1, 4])[0].number_input(f"Page (of {pages})", 1, pages, 1, key=Findings.PAGE))
+    rows = data.list_findings(found, skip=(number - 1) * PAGE_ROWS, limit=PAGE_ROWS)
     folder = cache.common_folder(name)
     df = pd.DataFrame(rows, columns=["sample_id", "filepath", "tag", "note", "heatmap_field", "created_at", "url"])
-    df["file"] = df["filepath"].map(lambda p: views.relative_label(p or "", folder))
+    df["file"] = df["filepath"].map(lambda p: data.relative_label(p or "", folder))
     # Cells are text (never markup); the link column opens the state the finding was made in.
     st.dataframe(df[["file", "tag", "note", "heatmap_field", "created_at", "url"]], hide_index=True,
                  width="stretch", column_config={
@@ -61,38 +58,38 @@ def _thumbnails(dataset, rows: list[dict], folder: str) -> None:
     for i, row in enumerate(rows):
         col = cols[i % 4]
         path = row["filepath"] or ""
-        label = text.escape(views.relative_label(path, folder))
+        label = text.escape(data.relative_label(path, folder))
         if not os.path.exists(path):
             col.caption(f"{label}: image missing")
             continue
         img = cache.image(path, os.path.getmtime(path))
         field = row["heatmap_field"]
-        heat = store.read_heatmap(dataset, row["sample_id"], field) if field else None
+        heat = data.read_heatmap(dataset, row["sample_id"], field) if field else None
         col.image(overlay.overlay(img.rgb, heat, 0.5, "jet") if heat is not None else img.rgb, width="stretch")
-        col.caption(f"**{label}**: {text.escape(row['tag'])}" + (f" — {text.escape(row['note'])}" if row["note"] else "")
-                    + (f" · `{field}`" if field else ""))
+        note = f" — {text.escape(row['note'])}" if row["note"] else ""
+        col.caption(f"**{label}**: {text.escape(row['tag'])}{note}" + (f" · `{field}`" if field else ""))
 
 
 def _app_panel(dataset, chosen: list[str], found) -> None:
-    tag_names = [store.finding_tag(t) for t in chosen]
+    tag_names = [data.finding_tag(t) for t in chosen]
     st.caption(text.escape(f"In the FiftyOne App these samples carry the tags {', '.join(tag_names)} and a "
-                           f"{store.FINDINGS_FIELD} field."))
+                           f"{data.FINDINGS_FIELD} field."))
     p1, p2, _ = st.columns([1, 2, 3])
-    port = int(p1.number_input("App port", 1024, 65535, st.session_state.get(render.FINDINGS_APP)
-                               or st.session_state.get("fo_launched") or store.DEFAULT_APP_PORT,
-                               key="findings_port"))
-    if p2.button("Launch the FiftyOne App on these samples", key="findings_app"):
+    port = int(p1.number_input("App port", 1024, 65535, st.session_state.get(App.FINDINGS_LAUNCHED)
+                               or st.session_state.get(App.LAUNCHED) or data.DEFAULT_APP_PORT,
+                               key=Findings.PORT))
+    if p2.button("Launch the FiftyOne App on these samples", key=Findings.LAUNCH):
         try:
             with st.spinner("Starting the FiftyOne App…", show_time=True):
-                store.launch_app(found, port=port)
-            st.session_state[render.FINDINGS_APP] = port
-            st.session_state.pop("fo_launched", None)  # the App no longer shows the whole dataset
+                data.launch_app(found, port=port)
+            st.session_state[App.FINDINGS_LAUNCHED] = port
+            st.session_state.pop(App.LAUNCHED, None)  # the App no longer shows the whole dataset
         except CamError as exc:
             st.error(text.escape(exc))
         except Exception as exc:  # port taken, server failed: say so
             st.error(f"Could not start the FiftyOne App on port {port}: {text.escape(exc)}")
-    if st.session_state.get(render.FINDINGS_APP) == port:
-        st.link_button(f"Go to the FiftyOne App (port {port}) ↗", store.app_url(dataset.name, port=port))
+    if st.session_state.get(App.FINDINGS_LAUNCHED) == port:
+        st.link_button(f"Go to the FiftyOne App (port {port}) ↗", data.app_url(dataset.name, port=port))
 
 
-page.run(main)
+page.serve("findings", main, missing=None)

@@ -13,7 +13,7 @@ def run(at: AppTest, allow_errors: bool = True) -> AppTest:
     """Run once; no exception, and no unexpected-error message (any st.error unless allowed)."""
     at.run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
-    # The pages turn unexpected errors into an st.error "Something went wrong" (render.unexpected)
+    # The pages turn unexpected errors into an st.error "Something went wrong" (page.unexpected)
     assert not [e.value for e in at.error if "Something went wrong" in e.value]
     if not allow_errors:
         assert not at.error, [e.value for e in at.error]

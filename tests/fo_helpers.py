@@ -1,12 +1,14 @@
 """Shared builders for the FiftyOne tests: tiny image datasets and synthetic CamResults."""
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from camcore.identity import HeatmapIdentity
 from camcore.results import CamResult, ClassScore, Heatmap, Prediction, Target
 
 
@@ -34,12 +36,27 @@ def synthetic_map(size: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 
 def make_heatmap(
-    size, method="gradcam", layer="layer4", target=None, seed=0, raw_range=(0.0, 3.5), eigen_smooth=False
+    size, method="gradcam", layer="layer4", target=None, seed=0, raw_range=(0.0, 3.5), eigen_smooth=False,
+    model="resnet50", weights="ImageNet (torchvision)",
 ) -> Heatmap:
+    """A synthetic heatmap; its identity names `model` (make_result's default model too)."""
     target = target or Target(281, "tabby cat", "chosen")
     m = synthetic_map(size, seed)
-    return Heatmap(method=method, layer=layer, target=target, map=m, raw=m[::4, ::4].copy(),
-                   raw_range=raw_range, seconds=0.01, eigen_smooth=eigen_smooth)
+    identity = HeatmapIdentity(model=model, method=method, layer=layer, target=target.name, weights=weights,
+                               input_size=224, eigen_smooth=eigen_smooth)
+    return Heatmap(identity=identity, target=target, map=m, raw=m[::4, ::4].copy(),
+                   raw_range=raw_range, seconds=0.01)
+
+
+def with_identity(h: Heatmap, **changes) -> Heatmap:
+    """`h` with its identity changed (weights, pretrained, smoothing, weights tag...): what
+    another model, weights file or option would have made."""
+    return dataclasses.replace(h, identity=dataclasses.replace(h.identity, **changes))
+
+
+def field_name(model: str, method: str, layer: str, target: str, **identity) -> str:
+    """The field a map of this (model, method, layer, target) lives in (HeatmapIdentity's name)."""
+    return HeatmapIdentity(model=model, method=method, layer=layer, target=target, **identity).field_name
 
 
 def make_result(size, heatmaps, model="resnet50", weights="ImageNet (torchvision)") -> CamResult:

@@ -66,6 +66,7 @@ def main() -> None:
         import numpy as np
 
         from camcore import batch, distributed, store
+        from camcore.batch import BatchOptions
         from camcore.engine import Explainer
         from camcore.images import load_image
         from camcore.models import load_model
@@ -75,12 +76,12 @@ def main() -> None:
         ids = ds.values("id")
 
         # 1. One process does 3 samples first: the workers must skip them.
-        batch.run_batch(ds.select(ids[:3]), MODEL, methods=METHODS, chunk=2)
+        batch.run_batch(ds.select(ids[:3]), BatchOptions(MODEL, methods=METHODS, chunk=2))
 
         # 2. Two Ray workers do the rest, in shards of 2.
         ticks = []
         first = distributed.run_batch_distributed(
-            ds, MODEL, methods=METHODS, chunk=2, workers=2, shard_size=2,
+            ds, BatchOptions(MODEL, methods=METHODS, chunk=2), workers=2, shard_size=2,
             progress=lambda *a: ticks.append(a[:2]))
         out["first"] = first.to_dict()
         out["ticks"] = ticks
@@ -94,7 +95,7 @@ def main() -> None:
 
         # The workers' maps equal this process's, sample by sample (16-bit PNG precision).
         model = load_model(MODEL, "auto")
-        field = store.heatmap_field_name(MODEL, "gradcam", model.spec.default_layer, "predicted")
+        field = BatchOptions(MODEL).checked().identity("gradcam", model.spec.default_layer).field_name
         diffs = []
         for sid, path, label in zip(*ds.values(["id", "filepath", field])):
             mine = Explainer(model, load_image(path), None, (model.spec.default_layer,))
@@ -106,7 +107,7 @@ def main() -> None:
         out["targets"] = sorted(set(ds.values(f"{field}.target")))
 
         # 3. Everything done: a second run skips all.
-        out["second"] = distributed.run_batch_distributed(ds, MODEL, methods=METHODS, workers=2).to_dict()
+        out["second"] = distributed.run_batch_distributed(ds, BatchOptions(MODEL, methods=METHODS), workers=2).to_dict()
 
         # 4. A worker killed mid-run (SIGKILL): the other finishes, the lost shard is reported,
         #    and a rerun completes it. Nothing reported done is lost; no label without its file.
@@ -121,16 +122,16 @@ def main() -> None:
                     killed.set()
 
         third = distributed.run_batch_distributed(
-            redo, MODEL, methods=["gradcam++"], chunk=2, workers=2, shard_size=2, progress=kill_one)
+            redo, BatchOptions(MODEL, methods=["gradcam++"], chunk=2), workers=2, shard_size=2, progress=kill_one)
         out["killed"] = killed.is_set()
         out["third"] = third.to_dict()
-        pp_field = store.heatmap_field_name(MODEL, "gradcam++", model.spec.default_layer, "predicted")
+        pp_field = BatchOptions(MODEL).checked().identity("gradcam++", model.spec.default_layer).field_name
         redo.reload()
         labels = redo.values(pp_field)
         out["after_kill_with_label"] = sum(label is not None for label in labels)
         out["after_kill_label_without_file"] = sum(
             1 for label in labels if label is not None and not os.path.isfile(label.map_path))
-        fourth = distributed.run_batch_distributed(redo, MODEL, methods=["gradcam++"], chunk=2, workers=2)
+        fourth = distributed.run_batch_distributed(redo, BatchOptions(MODEL, methods=["gradcam++"], chunk=2), workers=2)
         out["fourth"] = fourth.to_dict()
         redo.reload()
         out["after_rerun_with_label"] = sum(
@@ -147,7 +148,7 @@ def main() -> None:
         redo.set_values(f"{pp_field}.eigen_smooth", [True] * len(redo))
         killed.clear()
         fifth = distributed.run_batch_distributed(
-            redo, MODEL, methods=["gradcam++"], chunk=2, workers=2, shard_size=2, progress=kill_one)
+            redo, BatchOptions(MODEL, methods=["gradcam++"], chunk=2), workers=2, shard_size=2, progress=kill_one)
         out["rekilled"] = killed.is_set()
         out["fifth"] = fifth.to_dict()
         redo.reload()
@@ -158,7 +159,7 @@ def main() -> None:
                           "consistent": label.eigen_smooth if same else not label.eigen_smooth})
         out["after_rekill"] = mixed
         # One process finishes (no second Ray start): it settles the dead worker's journal first.
-        sixth = batch.run_batch(redo, MODEL, methods=["gradcam++"], chunk=2)
+        sixth = batch.run_batch(redo, BatchOptions(MODEL, methods=["gradcam++"], chunk=2))
         out["sixth"] = sixth.to_dict()
         redo.reload()
         referenced = set(redo.values(f"{pp_field}.map_path"))

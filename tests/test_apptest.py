@@ -299,9 +299,9 @@ def _link_buttons(at: AppTest) -> list:
 
 
 def test_scorecam_on_a_large_layer_waits_for_a_go_and_the_maps_stay(app, monkeypatch):
-    from ui import render
+    from ui import compute
 
-    monkeypatch.setattr(render, "CONFIRM_SECONDS", 1.0)  # 1,280 forwards take longer, on any device
+    monkeypatch.setattr(compute, "CONFIRM_SECONDS", 1.0)  # 1,280 forwards take longer, on any device
     at = app
     at.multiselect(key="methods").select("scorecam")
     _run(at)
@@ -348,9 +348,9 @@ def test_open_in_app_follows_the_app_this_process_serves(app, monkeypatch):
 
 
 def test_the_go_button_runs_the_held_back_method(app, monkeypatch):
-    from ui import render
+    from ui import compute
 
-    monkeypatch.setattr(render, "CONFIRM_SECONDS", 0.0)  # every one-forward-per-channel method asks
+    monkeypatch.setattr(compute, "CONFIRM_SECONDS", 0.0)  # every one-forward-per-channel method asks
     at = app
     at.multiselect(key="layers_efficientnet_lite0").set_value(["stage0"])  # 16 channels: seconds
     at.multiselect(key="methods").select("scorecam")

@@ -13,6 +13,8 @@ import pytest
 from fo_helpers import unique_name, write_images
 
 from camcore import batch, store
+from camcore.batch import BatchOptions
+from camcore.identity import HeatmapIdentity
 
 MODEL = "efficientnet_lite0"
 
@@ -22,7 +24,11 @@ def _layer() -> str:
     return get_spec(MODEL).default_layer
 
 
-FIELD = store.heatmap_field_name(MODEL, "gradcam", _layer(), "predicted")
+def _field(method: str = "gradcam", target: str = batch.PREDICTED) -> str:
+    return HeatmapIdentity(model=MODEL, method=method, layer=_layer(), target=target).field_name
+
+
+FIELD = _field()
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,8 +48,7 @@ def _files(ds: fo.Dataset, field: str) -> set[str]:
 
 def test_batch_writes_every_sample_then_skips_all(dataset):
     calls = []
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2,
-                             progress=lambda *a: calls.append(a))
+    report = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=2), progress=lambda *a: calls.append(a))
     assert (report.done, report.skipped, report.failed) == (5, 0, [])
     assert report.fields == {FIELD}
     labels = dataset.values(FIELD)
@@ -55,18 +60,18 @@ def test_batch_writes_every_sample_then_skips_all(dataset):
     # progress: total 5, done rises to 5, a rate once something is done
     assert calls[0][:2] == (0, 5) and calls[-1][0] == 5 and calls[-1][2] > 0
 
-    again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2)
+    again = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=2))
     assert (again.done, again.skipped) == (0, 5)
     assert dataset.values(f"{FIELD}.created_at") == [label.created_at for label in labels]
 
     # other provenance (eigen smoothing): recomputed, same field
-    other = batch.run_batch(dataset.limit(2), MODEL, methods=["gradcam"], eigen_smooth=True)
+    other = batch.run_batch(dataset.limit(2), BatchOptions(MODEL, methods=["gradcam"], eigen_smooth=True))
     assert (other.done, other.skipped) == (2, 0)
 
 
 def test_named_class_has_its_own_field(dataset):
-    report = batch.run_batch(dataset.limit(1), MODEL, methods=["gradcam"], target_rule="tabby")
-    assert report.fields == {store.heatmap_field_name(MODEL, "gradcam", _layer(), "tabby")}
+    report = batch.run_batch(dataset.limit(1), BatchOptions(MODEL, methods=["gradcam"], target_rule="tabby"))
+    assert report.fields == {_field(target="tabby")}
     assert dataset.first()[next(iter(report.fields))].target == "tabby"
 
 
@@ -80,7 +85,7 @@ def test_killed_run_resumes_without_recompute_and_leaves_no_orphans(dataset, mon
             raise Killed()
 
     with pytest.raises(Killed):
-        batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2, progress=die_after_first_write)
+        batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=2), progress=die_after_first_write)
     done_ids = [sid for sid, label in zip(*dataset.values(["id", FIELD])) if label is not None]
     assert len(done_ids) == 2
     created = dataset.select(done_ids).values(f"{FIELD}.created_at")
@@ -98,7 +103,7 @@ def test_killed_run_resumes_without_recompute_and_leaves_no_orphans(dataset, mon
 
     monkeypatch.setattr(store, "push_many", crash)
     with pytest.raises(Killed):
-        batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=1)
+        batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=1))
     monkeypatch.setattr(store, "push_many", real)
     orphans = _files(dataset, FIELD) - set(dataset.exists(FIELD).values(f"{FIELD}.map_path"))
     assert len(orphans) == 1  # the file of a sample whose field was never written
@@ -107,7 +112,7 @@ def test_killed_run_resumes_without_recompute_and_leaves_no_orphans(dataset, mon
     real_explain_many = batch.explain_many
     monkeypatch.setattr(batch, "explain_many",
                         lambda m, imgs, *a, **k: computed.extend(i.path for i in imgs) or real_explain_many(m, imgs, *a, **k))
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2)
+    report = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=2))
     assert (report.done, report.skipped, report.removed_orphans) == (3, 2, 1)
     assert len(computed) == 3
     assert dataset.select(done_ids).values(f"{FIELD}.created_at") == created  # not recomputed
@@ -121,8 +126,7 @@ def test_cancel_stops_between_chunks_and_keeps_what_was_computed(dataset):
         if done >= 1:
             cancel.set()
 
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=1, progress=cancel_on_first_write,
-                             cancel=cancel)
+    report = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=1), progress=cancel_on_first_write, cancel=cancel)
     # A chunk's write finishes while the next chunk computes: that one is written too, no more.
     assert report.cancelled and 1 <= report.done <= 2
     assert len(dataset.exists(FIELD)) == report.done
@@ -134,7 +138,7 @@ def test_unreadable_image_is_reported_and_the_rest_written(dataset, tmp_path):
     bad.write_bytes(b"not a png at all")
     sample = fo.Sample(filepath=str(bad))
     dataset.add_sample(sample)
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=4)
+    report = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=4))
     assert report.done == 5
     assert [sid for sid, _msg in report.failed] == [sample.id]
     assert "broken.png" in report.failed[0][1] or "image" in report.failed[0][1].lower()
@@ -146,7 +150,7 @@ def test_unknown_class_fails_before_any_write(dataset):
     from camcore.errors import TargetError
 
     with pytest.raises(TargetError):
-        batch.run_batch(dataset, MODEL, methods=["gradcam"], target_rule="no such class xyz")
+        batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], target_rule="no such class xyz"))
     assert FIELD not in dataset.get_field_schema()
 
 
@@ -183,13 +187,13 @@ def test_orphan_cleanup_never_touches_a_live_writers_file(dataset):
     old = os.path.getmtime(stale_tmp) - batch.STALE_TEMP_SECONDS - 60
     os.utime(stale_tmp, (old, old))
 
-    report = batch.run_batch(dataset.select(second), MODEL, methods=["gradcam"])
+    report = batch.run_batch(dataset.select(second), BatchOptions(MODEL, methods=["gradcam"]))
     assert report.done == 1 and report.removed_orphans == 1  # the stale temp file only
     assert in_flight.read_bytes() == b"another writer's PNG" and fresh_tmp.exists()
     assert not stale_tmp.exists()
 
     live.close(ok=False)  # that writer stops before its set_values: its journal stays, unlocked
-    report = batch.run_batch(dataset.select(first), MODEL, methods=["gradcam"])
+    report = batch.run_batch(dataset.select(first), BatchOptions(MODEL, methods=["gradcam"]))
     assert report.done == 1 and report.removed_orphans == 1
     assert not in_flight.exists() and os.path.isfile(dataset[first][FIELD].map_path)
     assert _files(dataset, FIELD) == set(dataset.exists(FIELD).values(f"{FIELD}.map_path"))
@@ -216,7 +220,7 @@ def test_progress_moves_per_sample_within_a_chunk(dataset, monkeypatch):
 
     monkeypatch.setattr(engine.Explainer, "heatmap", slow_heatmap)
     calls = []
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8, progress=lambda *a: calls.append(a))
+    report = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=8), progress=lambda *a: calls.append(a))
     assert report.done == 5
     assert {c[0] for c in calls} >= {1, 2, 3, 4, 5}  # written (and reported) sample by sample
     # a rate and an ETA before anything is written: from the heatmaps computed so far
@@ -228,7 +232,7 @@ def test_fast_samples_are_still_written_once_per_chunk(dataset, monkeypatch):
     real_push = store.push_many
     writes = []
     monkeypatch.setattr(store, "push_many", lambda ds, items, **k: writes.append(len(items)) or real_push(ds, items, **k))
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=3)
+    report = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=3))
     assert report.done == 5 and writes == [3, 2]  # one bulk write per chunk
 
 
@@ -248,14 +252,14 @@ def test_cancel_takes_effect_at_the_next_heatmap_and_counts_what_was_written(dat
         return real(self, method, layer, eigen_smooth, progress, cancel_event)
 
     monkeypatch.setattr(engine.Explainer, "heatmap", heatmap)
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8, cancel=cancel)
+    report = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=8), cancel=cancel)
     assert seen[0] is cancel  # the engine gets the cancel: Score-CAM/Ablation-CAM stop inside
     assert len(seen) == 3  # not the whole chunk of 5
     assert report.cancelled and report.failed == []  # a cancel is no failure
     assert report.done == 2 == len(dataset.exists(FIELD))  # the computed ones are written and counted
     assert _files(dataset, FIELD) == set(dataset.exists(FIELD).values(f"{FIELD}.map_path"))
 
-    again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8)  # resumes
+    again = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=8))  # resumes
     assert (again.done, again.skipped) == (3, 2)
 
 
@@ -264,14 +268,14 @@ def test_a_sample_that_fails_validation_fails_alone(dataset):
     bad = dataset.first()
     bad.metadata = fo.ImageMetadata(width=999, height=77)
     bad.save()
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8)
+    report = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=8))
     assert report.done == 4
     assert [sid for sid, _m in report.failed] == [bad.id]
     assert "77x999" in report.failed[0][1]
     assert dataset[bad.id][FIELD] is None
     assert not [f for f in _files(dataset, FIELD) if Path(f).name.startswith(bad.id)]  # no file of it
     assert len(dataset.exists(FIELD)) == 4
-    again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=8)
+    again = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=8))
     assert (again.done, again.skipped, len(again.failed)) == (0, 4, 1)
 
 
@@ -283,11 +287,11 @@ def test_a_database_error_still_aborts(dataset, monkeypatch):
 
     monkeypatch.setattr(store, "push_many", down)
     with pytest.raises(StoreError):
-        batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=2)
+        batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=2))
 
 
 def test_a_rerun_that_skips_everything_still_lists_its_fields(dataset):
-    batch.run_batch(dataset.limit(2), MODEL, methods=["gradcam"])
-    again = batch.run_batch(dataset.limit(2), MODEL, methods=["gradcam"])
+    batch.run_batch(dataset.limit(2), BatchOptions(MODEL, methods=["gradcam"]))
+    again = batch.run_batch(dataset.limit(2), BatchOptions(MODEL, methods=["gradcam"]))
     assert (again.done, again.skipped) == (0, 2)
     assert again.fields == {FIELD} and again.to_dict()["fields"] == [FIELD]

@@ -5,7 +5,8 @@ import pytest
 from app_support import APP, TIMEOUT, run
 from streamlit.testing.v1 import AppTest
 
-from camcore import demo_data, store
+from camcore import demo_data
+from camcore.identity import HeatmapIdentity
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
 
@@ -31,7 +32,7 @@ def test_batch_page_runs_then_skips():
     at.button(key="batch_start").click()
     _run(at)
     assert any("1 computed, 0 skipped" in s.value for s in at.success), [s.value for s in at.success]
-    field = store.heatmap_field_name("efficientnet_lite0", "xgradcam", "head", "tabby")
+    field = HeatmapIdentity(model="efficientnet_lite0", method="xgradcam", layer="head", target="tabby").field_name
     dataset.reload()
     assert len(dataset.exists(field)) == 1
     assert dataset.exists(field).first()[field].target == "tabby"
@@ -104,7 +105,7 @@ def _interrupt_at_heatmap(monkeypatch, n: int, interrupt) -> list:
 def test_a_closed_tab_stops_the_batch_at_the_next_heatmap_and_a_reload_says_so(monkeypatch):
     dataset = demo_data.ensure_demo_dataset()
     total = len(dataset)
-    field = store.heatmap_field_name("efficientnet_lite0", "gradcam", "head", "goldfish")
+    field = HeatmapIdentity(model="efficientnet_lite0", method="gradcam", layer="head", target="goldfish").field_name
     at = _batch_page_for("goldfish")
     # Streamlit requests a stop of the session's script when its websocket closes (tab closed or
     # reloaded): here during the second heatmap of a chunk of 8.
@@ -131,7 +132,7 @@ def test_cancel_reports_what_was_written(monkeypatch):
 
     dataset = demo_data.ensure_demo_dataset()
     total = len(dataset)
-    field = store.heatmap_field_name("efficientnet_lite0", "gradcam", "head", "tiger shark")
+    field = HeatmapIdentity(model="efficientnet_lite0", method="gradcam", layer="head", target="tiger shark").field_name
     at = _batch_page_for("tiger shark")
 
     def click_cancel(ctx):  # what a click on Cancel does: its on_click, then a rerun request

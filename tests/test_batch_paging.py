@@ -10,7 +10,10 @@ import fiftyone.core.collections as foc
 import pytest
 from fo_helpers import unique_name, write_images
 
-from camcore import batch, distributed, store
+from camcore import batch, distributed
+from camcore.batch import BatchOptions
+from camcore.identity import HeatmapIdentity
+from camcore.progress import Meter
 
 MODEL = "efficientnet_lite0"
 N = 7
@@ -19,7 +22,8 @@ N = 7
 def _field() -> str:
     from camcore.models import get_spec
 
-    return store.heatmap_field_name(MODEL, "gradcam", get_spec(MODEL).default_layer, "predicted")
+    return HeatmapIdentity(model=MODEL, method="gradcam", layer=get_spec(MODEL).default_layer,
+                           target=batch.PREDICTED).field_name
 
 
 @pytest.fixture
@@ -61,7 +65,7 @@ def test_batch_reads_the_view_in_pages(dataset, monkeypatch, reads):
     monkeypatch.setattr(batch, "PAGE_SIZE", 2, raising=False)
     calls = []
     report = batch.run_batch(
-        dataset, MODEL, methods=["gradcam"], chunk=3, progress=lambda *a: calls.append(a)
+        dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=3), progress=lambda *a: calls.append(a)
     )
     assert (report.done, report.skipped, report.failed) == (N, 0, [])
     assert max(reads) <= 3, reads  # pages of 2, writes of a chunk (3): never the whole view
@@ -70,16 +74,16 @@ def test_batch_reads_the_view_in_pages(dataset, monkeypatch, reads):
     assert len(dataset.exists(field)) == N
 
     reads.clear()
-    again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=3)  # resume checks, paged too
+    again = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=3))  # resume checks, paged too
     assert (again.done, again.skipped) == (0, N) and max(reads) <= 2
 
 
 def test_progress_total_shrinks_as_done_samples_are_found(dataset, monkeypatch):
     monkeypatch.setattr(batch, "PAGE_SIZE", 2, raising=False)
-    batch.run_batch(dataset.match_tags("even"), MODEL, methods=["gradcam"])  # 4 of 7 done
+    batch.run_batch(dataset.match_tags("even"), BatchOptions(MODEL, methods=["gradcam"]))  # 4 of 7 done
     calls = []
     report = batch.run_batch(
-        dataset, MODEL, methods=["gradcam"], chunk=2, progress=lambda *a: calls.append(a)
+        dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=2), progress=lambda *a: calls.append(a)
     )
     assert (report.done, report.skipped) == (3, 4)
     assert calls[0][:2] == (0, N - 1)  # the view's count less the done samples before the first pending one
@@ -93,7 +97,7 @@ def test_a_resumed_run_starts_where_the_killed_one_stopped(dataset, monkeypatch)
     after the others, and a lost one is computed then."""
     monkeypatch.setattr(batch, "PAGE_SIZE", 2, raising=False)
     ids, paths = dataset.values(["id", "filepath"])  # _id order
-    batch.run_batch(dataset.select(ids[:4]), MODEL, methods=["gradcam"])
+    batch.run_batch(dataset.select(ids[:4]), BatchOptions(MODEL, methods=["gradcam"]))
     field = _field()
     os.unlink(dataset[ids[1]][field].map_path)  # a done sample whose file is gone: to compute again
     computed, calls = [], []
@@ -104,7 +108,7 @@ def test_a_resumed_run_starts_where_the_killed_one_stopped(dataset, monkeypatch)
         lambda m, imgs, *a, **k: computed.extend(i.path for i in imgs) or real(m, imgs, *a, **k),
     )
     report = batch.run_batch(
-        dataset, MODEL, methods=["gradcam"], chunk=1, progress=lambda *a: calls.append(a)
+        dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=1), progress=lambda *a: calls.append(a)
     )
     assert computed == paths[4:] + [paths[1]]
     assert (report.done, report.skipped) == (4, 3)
@@ -117,7 +121,7 @@ def test_a_view_that_filters_on_the_field_being_written_is_done_once(dataset, mo
     shifting the pages, so none is skipped or computed twice (skip/limit paging would miss some)."""
     monkeypatch.setattr(batch, "PAGE_SIZE", 2, raising=False)
     field = _field()
-    batch.run_batch(dataset.limit(1), MODEL, methods=["gradcam"])  # declares the field
+    batch.run_batch(dataset.limit(1), BatchOptions(MODEL, methods=["gradcam"]))  # declares the field
     computed = []
     real = batch.explain_many
     monkeypatch.setattr(
@@ -125,7 +129,9 @@ def test_a_view_that_filters_on_the_field_being_written_is_done_once(dataset, mo
         "explain_many",
         lambda m, imgs, *a, **k: computed.extend(i.path for i in imgs) or real(m, imgs, *a, **k),
     )
-    report = batch.run_batch(dataset.exists(field, False), MODEL, methods=["gradcam"], chunk=1)
+    report = batch.run_batch(
+        dataset.exists(field, False), BatchOptions(MODEL, methods=["gradcam"], chunk=1)
+    )
     assert report.done == N - 1 and len(computed) == N - 1 == len(set(computed))
     assert len(dataset.exists(field)) == N
 
@@ -134,7 +140,7 @@ def test_views_with_their_own_stages_keep_their_meaning(dataset, monkeypatch):
     monkeypatch.setattr(batch, "PAGE_SIZE", 2, raising=False)
     view = dataset.sort_by("filepath", reverse=True).limit(3)  # the last three files by name
     expected = set(view.values("id"))
-    report = batch.run_batch(view, MODEL, methods=["gradcam"], chunk=2)
+    report = batch.run_batch(view, BatchOptions(MODEL, methods=["gradcam"], chunk=2))
     assert report.done == 3
     assert set(dataset.exists(_field()).values("id")) == expected
 
@@ -218,8 +224,7 @@ def test_dispatch_sends_stages_and_ranges_never_ids(dataset):
         {},
         report,
         view.count(),
-        0.0,
-        None,
+        Meter(None),
         None,
     )
     sent = [c for a in actors for c in a.calls]
@@ -234,10 +239,11 @@ def test_the_stored_label_check_agrees_with_is_done(dataset, tmp_path):
     must be _is_done's, whatever _is_done and the provenance hold."""
     from camcore.models import load_model
 
-    batch.run_batch(dataset.limit(2), MODEL, methods=["gradcam"])
+    batch.run_batch(dataset.limit(2), BatchOptions(MODEL, methods=["gradcam"]))
     field = _field()
     model = load_model(MODEL, "auto")
-    job_provenance = batch._provenance(model, "gradcam", model.spec.default_layer, "predicted", False, None)
+    identity = BatchOptions(MODEL).checked().identity("gradcam", model.spec.default_layer, model)
+    job_provenance = batch.resume_provenance(identity)
     first, second, third = dataset.limit(3).values("id")
     dataset.set_values(f"{field}.layer", {second: "another layer"}, key_field="id")  # other provenance
     Path = type(tmp_path)

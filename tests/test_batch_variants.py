@@ -5,7 +5,9 @@ from __future__ import annotations
 import fiftyone as fo
 import pytest
 
-from camcore import batch, store
+from camcore import batch
+from camcore.batch import BatchOptions
+from camcore.identity import HeatmapIdentity
 from fo_helpers import unique_name, write_images
 
 MODEL = "efficientnet_lite0"
@@ -21,22 +23,27 @@ def dataset(tmp_path):
 
 
 def test_eigen_and_untrained_batches_keep_the_plain_field_and_resume(dataset):
-    plain = batch.run_batch(dataset, MODEL, methods=["gradcam", "eigencam"], chunk=3)
-    base = {m: store.heatmap_field_name(MODEL, m, "head", batch.PREDICTED) for m in ("gradcam", "eigencam")}
+    plain = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam", "eigencam"], chunk=3))
+    def field(method: str, **variant) -> str:
+        return HeatmapIdentity(model=MODEL, method=method, layer="head", target=batch.PREDICTED, **variant).field_name
+
+    base = {m: field(m) for m in ("gradcam", "eigencam")}
+    eigen_field, untrained_field = field("gradcam", eigen_smooth=True), field("gradcam", pretrained=False)
     assert plain.fields == set(base.values())
     stamps = {f: dataset.values(f"{f}.created_at") for f in base.values()}
 
     # Eigen-CAM has no eigen_smooth: its plain maps already answer, and are skipped.
-    eigen = batch.run_batch(dataset, MODEL, methods=["gradcam", "eigencam"], eigen_smooth=True, chunk=3)
-    assert eigen.fields == {base["gradcam"] + "_eigen", base["eigencam"]} and eigen.done == 3
+    eigen_options = BatchOptions(MODEL, methods=["gradcam", "eigencam"], eigen_smooth=True, chunk=3)
+    eigen = batch.run_batch(dataset, eigen_options)
+    assert eigen.fields == {eigen_field, base["eigencam"]} and eigen.done == 3
     assert dataset.values(f"{base['eigencam']}.created_at") == stamps[base["eigencam"]]
-    assert all(label.eigen_smooth for label in dataset.values(base["gradcam"] + "_eigen"))
-    again = batch.run_batch(dataset, MODEL, methods=["gradcam", "eigencam"], eigen_smooth=True, chunk=3)
+    assert all(label.eigen_smooth for label in dataset.values(eigen_field))
+    again = batch.run_batch(dataset, eigen_options)
     assert (again.done, again.skipped) == (0, 3)
 
-    untrained = batch.run_batch(dataset.limit(1), MODEL, weights="untrained", methods=["gradcam"])
-    assert untrained.fields == {base["gradcam"] + "_untrained"}
-    assert dataset.first()[base["gradcam"] + "_untrained"].pretrained is False
+    untrained = batch.run_batch(dataset.limit(1), BatchOptions(MODEL, weights="untrained", methods=["gradcam"]))
+    assert untrained.fields == {untrained_field}
+    assert dataset.first()[untrained_field].pretrained is False
     # the plain trained maps were never touched
     assert {f: dataset.values(f"{f}.created_at") for f in base.values()} == stamps
     assert all(label.pretrained for label in dataset.values(base["gradcam"]))
@@ -51,10 +58,14 @@ def test_a_batch_with_a_chosen_weights_file_writes_its_own_fields(dataset, tmp_p
     stock = load_model(MODEL)
     path = tmp_path / "tuned.pth"
     torch.save(stock.module.state_dict(), path)  # same numbers, a file the user chose
-    plain = batch.run_batch(dataset.limit(1), MODEL, methods=["gradcam"])
-    mine = batch.run_batch(dataset.limit(1), MODEL, weights=str(path), methods=["gradcam"])
+    plain = batch.run_batch(dataset.limit(1), BatchOptions(MODEL, methods=["gradcam"]))
+    mine = batch.run_batch(dataset.limit(1), BatchOptions(MODEL, weights=str(path), methods=["gradcam"]))
     [plain_field], [mine_field] = plain.fields, mine.fields
-    assert mine_field == plain_field + "_tuned" and weights.choice_tag(str(path)) == "tuned"
+    assert weights.choice_tag(str(path)) == "tuned"
+    layer = stock.spec.default_layer
+    assert plain_field == HeatmapIdentity(model=MODEL, method="gradcam", layer=layer, target=batch.PREDICTED).field_name
+    assert mine_field == HeatmapIdentity(model=MODEL, method="gradcam", layer=layer, target=batch.PREDICTED,
+                                         weights_tag="tuned").field_name
     assert mine.done == 1 and dataset.first()[mine_field].weights == "file tuned.pth"
-    again = batch.run_batch(dataset.limit(1), MODEL, weights=str(path), methods=["gradcam"])
+    again = batch.run_batch(dataset.limit(1), BatchOptions(MODEL, weights=str(path), methods=["gradcam"]))
     assert (again.done, again.skipped) == (0, 1)

@@ -9,11 +9,12 @@ import pytest
 import torch
 from cam_support import chelsea_crop, chelsea_rgb, chelsea_small, hook_count, skimage_data
 
-from camcore import engine
 from camcore.engine import Explainer, explain_many
+from camcore.engine import explainer as explainer_mod
 from camcore.errors import CamError
 from camcore.images import from_array
 from camcore.models import load_model
+from camcore.preprocessing import preprocess
 
 PURE = ("gradcam", "gradcam++", "xgradcam", "eigencam", "layercam", "hirescam")
 
@@ -79,17 +80,17 @@ def test_a_failing_batch_is_retried_one_by_one(monkeypatch):
     loaded = load_model("efficientnet_lite0", "auto", "cpu")
     images = _variety(4, 64, 64)
     poisoned = images[2].path
-    real = engine.run_pass_batch
+    real = explainer_mod.run_pass_batch
     sizes = []
 
     def flaky(model, x, *a, **k):
         sizes.append(len(x))
         # the poisoned image breaks any pass it is in (as a NaN or an OOM would)
-        if any(torch.equal(x[i], engine.preprocess(loaded.spec, images[2].rgb)[0]) for i in range(len(x))):
+        if any(torch.equal(x[i], preprocess(loaded.spec, images[2].rgb)[0]) for i in range(len(x))):
             raise RuntimeError(f"boom in {poisoned}\nsecond line")
         return real(model, x, *a, **k)
 
-    monkeypatch.setattr(engine, "run_pass_batch", flaky)
+    monkeypatch.setattr(explainer_mod, "run_pass_batch", flaky)
     out = explain_many(loaded, images, None, ("head",), max_batch=4)
     assert sizes[0] == 4 and sizes[1:] == [1, 1, 1, 1]
     assert isinstance(out[2], CamError) and str(out[2]) == f"boom in {poisoned}"

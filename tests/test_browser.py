@@ -437,13 +437,15 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
 
     import fiftyone as fo
 
-    from camcore import batch, demo_data, store
+    from camcore import batch, demo_data
+    from camcore.identity import HeatmapIdentity
 
     files = demo_data.ensure_demo_dataset().values("filepath")
     n = 32
     ds = fo.Dataset(f"killed-{uuid.uuid4().hex[:8]}", persistent=True)  # the server loads it by name
     ds.add_samples([fo.Sample(filepath=files[i % len(files)]) for i in range(n)])
-    field = store.heatmap_field_name("deeplabv3", "gradcam", "layer4", batch.PREDICTED, "untrained")
+    field = HeatmapIdentity(model="deeplabv3", method="gradcam", layer="layer4", target=batch.PREDICTED,
+                            pretrained=False).field_name
     ARTIFACTS.mkdir(exist_ok=True)
     fresh = Server(ARTIFACTS / "streamlit-killed-server.log")
     context = browser.new_context(viewport=VIEWPORT)
@@ -476,8 +478,8 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
         written = [label for label in labels if label is not None]
         assert 8 <= len(written) < n, len(written)
         assert all(os.path.isfile(label.map_path) for label in written), "a label without its file"
-        again = batch.run_batch(ds, "deeplabv3", "untrained", ["gradcam"], ["layer4"], batch.PREDICTED,
-                                input_size=256)
+        again = batch.run_batch(ds, batch.BatchOptions("deeplabv3", "untrained", ["gradcam"], ["layer4"],
+                                                       batch.PREDICTED, input_size=256))
         assert (again.skipped, again.done, again.failed) == (len(written), n - len(written), [])
         ds.reload()
         assert all(label is not None and os.path.isfile(label.map_path) for label in ds.values(field))

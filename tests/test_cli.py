@@ -190,15 +190,12 @@ def test_push_to_the_demo_dataset(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     fields = data["fields"]
-    assert (
-        len(fields) == 2
-        and len(set(fields)) == 2
-        and all(f.startswith("cam_efficientnet_lite0_") for f in fields)
-    )
+    assert len(fields) == 2 and len(set(fields)) == 2 and all(f.startswith("cam_") for f in fields)
 
     import fiftyone as fo
 
     from camcore import store
+    from camcore.identity import HeatmapIdentity
 
     dataset = store.load_dataset(name)
     dataset.reload()
@@ -207,6 +204,9 @@ def test_push_to_the_demo_dataset(tmp_path, capsys):
     for field, method in zip(fields, ("gradcam", "gradcam++"), strict=True):
         label = sample[field]
         assert isinstance(label, fo.Heatmap) and label.method == method and label.layer == "head"
+        # the field of this model's map of this method, layer and class
+        assert field == HeatmapIdentity(model="efficientnet_lite0", method=method, layer="head",
+                                        target=label.target).field_name
         assert Path(label.map_path).is_file() and Path(label.map_path).is_relative_to(hm_dir)
         with Image.open(label.map_path) as im:
             assert im.size == (sample.metadata.width, sample.metadata.height)

@@ -14,6 +14,7 @@ import pytest
 from fo_helpers import unique_name, write_images
 
 from camcore import distributed
+from camcore.batch import BatchOptions
 from camcore.distributed import DistributedError, run_batch_distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_a_remote_cluster_with_a_loopback_database_is_refused(tmp_path, monkeypa
     try:
         assert distributed._is_loopback(distributed.database_uri())  # the test mongod
         with pytest.raises(DistributedError, match="cannot reach MongoDB"):
-            run_batch_distributed(ds, "efficientnet_lite0", address="ray://10.1.2.3:10001")
+            run_batch_distributed(ds, BatchOptions("efficientnet_lite0"), address="ray://10.1.2.3:10001")
         assert not [f for f in ds.get_field_schema() if f.startswith("cam_")], "refused before any write"
     finally:
         ds.delete()
@@ -145,9 +146,9 @@ def test_missing_weights_fail_before_ray_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "_connect", lambda *a: started.append(1))
     try:
         with pytest.raises(WeightsUnavailable, match="No pretrained weights"):
-            run_batch_distributed(ds, "deeplabv3", "auto")
+            run_batch_distributed(ds, BatchOptions("deeplabv3", "auto"))
         with pytest.raises(ModelError, match="not found"):
-            run_batch_distributed(ds, "deeplabv3", str(tmp_path / "nope.pth"))
+            run_batch_distributed(ds, BatchOptions("deeplabv3", str(tmp_path / "nope.pth")))
         assert not started
         weights.check_available(get_spec("deeplabv3").weights, "untrained")  # an explicit choice: fine
     finally:

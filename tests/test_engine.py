@@ -12,14 +12,22 @@ import torch
 from cam_support import FACE_BOX, chelsea, chelsea_crop, chelsea_small, hook_count
 from pytorch_grad_cam import ShapleyCAM
 
-from camcore import engine, targets
-from camcore.engine import ALL_LAYERS, Explainer, explain
+from camcore import targets
+from camcore.engine import ALL_LAYERS, Explainer, grid_pairs, iter_heatmaps
+from camcore.engine import explainer as explainer_mod
 from camcore.errors import CamError, MethodError, TargetError
 from camcore.methods import METHODS
 from camcore.models import MODELS, load_model
 from camcore.results import ClassScore, Prediction
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+def explain(loaded, image, methods, layers, target=None, aug_smooth=False, eigen_smooth=False,
+            input_size=None):
+    """Every method on every layer from one shared pass, as the CLI asks for them."""
+    ex = Explainer(loaded, image, target, tuple(layers), aug_smooth, input_size)
+    return ex.result(*ex.heatmaps(methods, layers, eigen_smooth))
 
 
 def _weights(model: str) -> str:
@@ -192,17 +200,17 @@ def test_no_hooks_left_after_a_target_error(effnet):
 def test_no_hooks_left_when_the_forward_fails(effnet):
     before = hook_count(effnet.module)
     bad = chelsea_crop(224)
-    original = engine.preprocess
+    original = explainer_mod.preprocess
 
     def wrong_channels(spec, rgb, size=None):
         return original(spec, rgb, size)[:, :2]  # a 2-channel tensor: the stem conv raises
 
-    engine.preprocess = wrong_channels
+    explainer_mod.preprocess = wrong_channels
     try:
         with pytest.raises(RuntimeError):
             Explainer(effnet, bad, None, ("head", "stage3"))
     finally:
-        engine.preprocess = original
+        explainer_mod.preprocess = original
     assert hook_count(effnet.module) == before
 
 
@@ -264,11 +272,55 @@ def test_heatmaps_reports_failing_pairs_and_keeps_the_others(effnet):
     assert len(errors) == 2 and all("no-such-layer" in e for e in errors)
 
 
-def test_explain_rejects_unknown_names_before_computing(effnet):
-    with pytest.raises(MethodError, match="Unknown method"):
-        explain(effnet, chelsea_crop(224), ["gradcamm"], ["head"])
+def test_unknown_names_are_rejected_before_computing(effnet):
     with pytest.raises(CamError, match="no layer"):
-        explain(effnet, chelsea_crop(224), ["gradcam"], ["layer4"])
+        Explainer(effnet, chelsea_crop(224), None, ("layer4",))
+    ex = Explainer(effnet, chelsea_crop(224), None, ("head",))
+    with pytest.raises(MethodError, match="Unknown method"):
+        ex.heatmap("gradcamm", "head")
+    asked = []
+    [step] = iter_heatmaps(ex, [("gradcamm", "head")], progress_for=lambda *a: asked.append(a))
+    assert isinstance(step.exception, MethodError) and "Unknown method" in step.error
+    assert step.heatmap is None and not asked, "nothing is started for an unknown method"
+
+
+def test_iter_heatmaps_one_step_per_pair_in_order(effnet):
+    ex = Explainer(effnet, chelsea_crop(224), None, ("head", "stage0"))
+    pairs = grid_pairs(["gradcam", "fullgrad", "eigencam"], ["head", "stage0"])
+    asked = []
+    steps = list(iter_heatmaps(ex, pairs, progress_for=lambda i, m, layer: asked.append((i, m, layer))))
+    assert [(s.index, s.method, s.layer) for s in steps] == [(i, m, layer) for i, (m, layer) in enumerate(pairs)]
+    assert asked == [(i, m, layer) for i, (m, layer) in enumerate(pairs)]
+    assert all(s.exception is None and s.heatmap is not None for s in steps)
+    # FullGrad's one map serves every layer: yielded again, flagged as a repeat
+    assert [s.repeat for s in steps] == [False, False, False, True, False, False]
+    assert steps[3].heatmap is steps[2].heatmap and steps[2].heatmap.layer == ALL_LAYERS
+
+
+def test_iter_heatmaps_stops_on_cancel(effnet):
+    import threading
+
+    from camcore.errors import Cancelled
+
+    ex = Explainer(effnet, chelsea_crop(224), None, ("head",))
+    cancel = threading.Event()
+    steps = iter_heatmaps(ex, [("gradcam", "head"), ("eigencam", "head")], cancel=cancel)
+    assert next(steps).heatmap is not None
+    cancel.set()
+    with pytest.raises(Cancelled):
+        next(steps)
+    assert not ex.is_cached("eigencam", "head")
+
+
+def test_iter_heatmaps_refuses_an_unsupported_method_without_starting_it(effnet, monkeypatch):
+    monkeypatch.setitem(METHODS, "xgradcam", dataclasses.replace(METHODS["xgradcam"], families=("vit",)))
+    ex = Explainer(effnet, chelsea_crop(224), None, ("head",))
+    asked = []
+    refused, ok = iter_heatmaps(ex, [("xgradcam", "head"), ("gradcam", "head")],
+                                progress_for=lambda *a: asked.append(a))
+    reason = METHODS["xgradcam"].unsupported_reason("classification", "cnn")
+    assert isinstance(refused.exception, MethodError) and refused.error == f"xgradcam on head: {reason}"
+    assert ok.heatmap is not None and asked == [(1, "gradcam", "head")]
 
 
 # ---------------------------------------------------------------- targets

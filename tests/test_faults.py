@@ -144,7 +144,7 @@ CHILD = textwrap.dedent(
         import numpy as np
 
         ds = fo.load_dataset("mid push")
-        maps = {store.field_of(result, h): h.map for h in result.heatmaps}
+        maps = {h.field: h.map for h in result.heatmaps}
 
         def state(field):
             # absent | whole (the file of the map pushed) | dangling (no file) | partial (another)

@@ -15,6 +15,7 @@ from fo_helpers import unique_name, write_images
 
 from camcore import store
 from camcore.errors import StoreError
+from camcore.store import findings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def test_a_tag_and_a_finding_added_meanwhile_are_kept(dataset, monkeypatch):
     update, as the App or another process makes) adds a tag and a finding."""
     sample = dataset.first()
     store.add_finding(dataset, sample.id, "good focus")  # the findings list exists already
-    real_ready = store._findings_field_ready
+    real_ready = findings._findings_field_ready
 
     def ready_then_someone_else_writes(ds):
         real_ready(ds)
@@ -47,7 +48,7 @@ def test_a_tag_and_a_finding_added_meanwhile_are_kept(dataset, monkeypatch):
             {"$addToSet": {"tags": "app:reviewed"},
              "$push": {store.FINDINGS_FIELD + ".classifications": _foreign_finding("theirs")}})
 
-    monkeypatch.setattr(store, "_findings_field_ready", ready_then_someone_else_writes)
+    monkeypatch.setattr(findings, "_findings_field_ready", ready_then_someone_else_writes)
     store.add_finding(dataset, sample.id, "background bias", note="ours")
 
     doc = dataset._sample_collection.find_one({"_id": sample._id})
@@ -61,13 +62,13 @@ def test_a_tag_and_a_finding_added_meanwhile_are_kept(dataset, monkeypatch):
 
 def test_the_first_finding_of_a_sample_keeps_a_tag_added_meanwhile(dataset, monkeypatch):
     sample = dataset.first()
-    real_ready = store._findings_field_ready
+    real_ready = findings._findings_field_ready
 
     def ready_then_tag(ds):
         real_ready(ds)
         dataset._sample_collection.update_one({"_id": sample._id}, {"$addToSet": {"tags": "app:new"}})
 
-    monkeypatch.setattr(store, "_findings_field_ready", ready_then_tag)
+    monkeypatch.setattr(findings, "_findings_field_ready", ready_then_tag)
     store.add_finding(dataset, sample.id, "spurious edges")
     dataset.reload()
     assert {"train", "app:new", "cam:spurious-edges"} <= set(dataset[sample.id].tags)

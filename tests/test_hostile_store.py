@@ -15,6 +15,7 @@ from PIL import Image
 from camcore import store
 from camcore.errors import ImageError
 from camcore.images import load_image
+from camcore.store import heatmaps
 
 
 def test_exif_rotated_jpeg_heatmap_has_the_upright_shape(tmp_path):
@@ -86,7 +87,7 @@ def test_odd_dataset_names_push_inside_the_heatmap_dir(tmp_path, template):
                                   "a/../../b", "\x00", "-rf"])
 def test_dataset_folder_names_stay_one_folder_inside_the_root(tmp_path, name):
     """Names FiftyOne itself refuses ("..", "/") too: the folder is one plain path component."""
-    part = store._dataset_dirname(name)
+    part = heatmaps._dataset_dirname(name)
     assert part not in ("", ".", "..") and "/" not in part and "\\" not in part and "\x00" not in part, part
     path = store.heatmap_path(name, "cam_f", "0" * 24, heatmap_dir=tmp_path)
     assert path.resolve().is_relative_to(tmp_path.resolve())

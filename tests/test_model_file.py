@@ -23,6 +23,7 @@ from fo_helpers import unique_name
 from camcore import batch, cli, model_file, models, store, weights
 from camcore.engine import Explainer
 from camcore.errors import ModelError
+from camcore.identity import HeatmapIdentity
 from camcore.images import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,6 @@ def models_file(tmp_path_factory):
         models.reload_model_file()
         yield path
     models.reload_model_file()  # the environment no longer names it: built-in models only
-    models.clear_cache()
 
 
 @pytest.fixture(scope="module")
@@ -234,20 +234,20 @@ def test_own_model_explains_by_class_name_pushes_and_batches(models_file, key, i
 
     sid = dataset.first().id
     [field] = store.push_heatmaps(dataset, sid, ex.result([maps[-1]]), heatmap_dir=tmp_path / "hm")
-    assert field == store.heatmap_field_name(key, "gradcam", spec.default_layer, class_name)
+    assert field == HeatmapIdentity(model=key, method="gradcam", layer=spec.default_layer, target=class_name).field_name
     label = dataset[sid][field]
     assert label.model == key and label.target == class_name and label.arch == spec.arch
     assert label.weights_sha256 == weights.file_sha256(spec.weights.path)
     assert label.classes_file == spec.classes_file and label.input_size == spec.input_size()
 
-    report = batch.run_batch(dataset, key, methods=["gradcam"], layers=[spec.layers[0].name],
-                             target_rule=class_name, heatmap_dir=tmp_path / "hm", device="cpu")
+    options = batch.BatchOptions(key, methods=["gradcam"], layers=[spec.layers[0].name],
+                                 target_rule=class_name, heatmap_dir=tmp_path / "hm", device="cpu")
+    report = batch.run_batch(dataset, options)
     assert report.done == 2 and not report.failed
     [bfield] = report.fields
     labels = dataset.values(bfield)
     assert all(lb.target == class_name and lb.weights_sha256 == label.weights_sha256 for lb in labels)
-    again = batch.run_batch(dataset, key, methods=["gradcam"], layers=[spec.layers[0].name],
-                            target_rule=class_name, heatmap_dir=tmp_path / "hm", device="cpu")
+    again = batch.run_batch(dataset, options)
     assert (again.done, again.skipped) == (0, 2)
 
 

@@ -13,7 +13,7 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 from cam_support import CHELSEA
-from fo_helpers import unique_name, write_images
+from fo_helpers import field_name, unique_name, write_images
 
 from camcore import batch, engine, links, store
 from camcore.images import load_image
@@ -28,7 +28,7 @@ FINDING = f"{PLUGIN}/record_finding"
 PANEL = f"{PLUGIN}/cam_heatmaps"
 MODEL = "efficientnet_lite0"  # real weights that ship with a package: no download, fast on a CPU
 PARAMS = {"model": MODEL, "methods": ["gradcam"], "layers": ["head"], "target": "predicted"}
-FIELD = store.heatmap_field_name(MODEL, "gradcam", "head", "predicted")
+FIELD = field_name(MODEL, "gradcam", "head", "predicted")
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -141,7 +141,8 @@ def test_fields_equal_what_push_writes(tmp_path):
         import torch
 
         with torch.enable_grad():
-            result = engine.explain(model, load_image(path), methods, layers, target=target)
+            explainer = engine.Explainer(model, load_image(path), target, tuple(layers))
+            result = explainer.result(*explainer.heatmaps(methods, layers))
         pushed = store.push_heatmaps(via_push, via_push.first().id, result)
 
         assert sorted(_ours(via_plugin)) == sorted(pushed) and len(pushed) == 4
@@ -262,7 +263,7 @@ def test_panel_lists_the_current_samples_fields_and_their_provenance(dataset):
     assert prompt["operator_uri"] == COMPUTE and prompt["params"]["sample_ids"] == [sid]
     # and compute_cams with those params writes that sample only
     _run(COMPUTE, dataset=dataset, params={**PARAMS, "methods": ["xgradcam"], **prompt["params"]})
-    xfield = store.heatmap_field_name(MODEL, "xgradcam", "head", "predicted")
+    xfield = field_name(MODEL, "xgradcam", "head", "predicted")
     assert [label is not None for label in dataset.values(xfield)] == [True, False, False, False]
 
 

@@ -15,6 +15,7 @@ import pytest
 from fo_helpers import unique_name, write_images
 
 from camcore import distributed
+from camcore.batch import BatchOptions
 from camcore.distributed import DistributedError, mask_uri, run_batch_distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_a_refused_cluster_names_the_database_without_its_password(tmp_path, mon
     monkeypatch.setattr(distributed, "database_uri", lambda: f"mongodb://alice:{SECRET}@127.0.0.1:27017/fo")
     try:
         with pytest.raises(DistributedError, match="cannot reach MongoDB") as err:
-            run_batch_distributed(ds, "efficientnet_lite0", address="ray://10.1.2.3:10001")
+            run_batch_distributed(ds, BatchOptions("efficientnet_lite0"), address="ray://10.1.2.3:10001")
         assert SECRET not in str(err.value) and "alice:***@127.0.0.1:27017" in str(err.value), str(err.value)
     finally:
         ds.delete()

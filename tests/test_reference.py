@@ -21,7 +21,7 @@ from cam_support import chelsea_crop, chelsea_small, library_normalise, library_
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-from camcore import engine, projection
+from camcore import preprocessing, projection
 from camcore.engine import Explainer
 from camcore.methods import METHODS
 from camcore.models import load_model
@@ -58,10 +58,10 @@ class Setup:
         self.explainer = Explainer(
             self.loaded, self.image, None, case.layers, input_size=case.input_size, **explainer_kwargs
         )
-        self.x = engine.preprocess(self.loaded.spec, self.image.rgb, case.input_size)
+        self.x = preprocessing.preprocess(self.loaded.spec, self.image.rgb, case.input_size)
         assert tuple(self.x.shape[-2:]) == self.image.size, "the test image must be the model's input size"
         self.input_hw = self.image.size
-        self.reshape = engine.reshape_transform_for(self.loaded.spec, self.input_hw)
+        self.reshape = preprocessing.reshape_transform_for(self.loaded.spec, self.input_hw)
         self.target = self.explainer.grad_target
 
     def reference(self, method: str, layer: str, eigen_smooth=False, aug_smooth=False, seed=None, **kwargs):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import pytest
 
 from camcore import store
 from camcore.errors import ImageError, StoreError
+from camcore.identity import MAX_FIELD_LEN, HeatmapIdentity
 from fo_helpers import unique_name, write_images
 
 
@@ -108,35 +110,41 @@ def test_video_dataset_is_refused(tmp_path):
         ds.delete()
 
 
+def _name(model: str, method: str, layer: str, target: str) -> str:
+    return HeatmapIdentity(model=model, method=method, layer=layer, target=target).field_name
+
+
 @pytest.mark.parametrize(
     ("parts", "expected"),
     [
-        (("resnet50", "gradcam", "layer4", "tabby cat"), "cam_resnet50_gradcam_layer4_tabby_cat"),
+        (("resnet50", "gradcam", "layer4", "tabby cat"), ("resnet50", "gradcam", "layer4", "tabby_cat")),
         (("DeiT-Tiny", "GradCAM++", "blocks.11.norm1", "potter's wheel"),
-         "cam_deit_tiny_gradcampp_blocks_11_norm1_potter_s_wheel"),
-        (("m", "eigen__cam", " layer  4 ", "__x__"), "cam_m_eigen_cam_layer_4_x"),
+         ("deit_tiny", "gradcampp", "blocks_11_norm1", "potter_s_wheel")),
+        (("m", "eigen__cam", " layer  4 ", "__x__"), ("m", "eigen_cam", "layer_4", "x")),
     ],
 )
 def test_heatmap_field_name_is_sanitised(parts, expected):
-    assert store.heatmap_field_name(*parts) == expected
+    name = _name(*parts)
+    assert name.startswith(store.FIELD_PREFIX) and re.fullmatch(r"[a-z0-9_]+", name) and "__" not in name
+    assert all(f"_{part}_" in f"{name}_" for part in expected), name
 
 
 def test_gradcam_and_gradcam_plusplus_get_their_own_fields():
-    assert store.heatmap_field_name("m", "gradcam", "l", "t") != store.heatmap_field_name("m", "gradcam++", "l", "t")
+    assert _name("m", "gradcam", "l", "t") != _name("m", "gradcam++", "l", "t")
 
 
 def test_heatmap_field_name_long_names_are_capped_and_distinct():
-    a = store.heatmap_field_name("model", "gradcam", "layer", "a" * 200)
-    b = store.heatmap_field_name("model", "gradcam", "layer", "a" * 199 + "b")
-    assert len(a) <= store.MAX_FIELD_LEN and len(b) <= store.MAX_FIELD_LEN
-    assert a != b and a.startswith("cam_model_gradcam_layer_aaa")
+    a = _name("model", "gradcam", "layer", "a" * 200)
+    b = _name("model", "gradcam", "layer", "a" * 199 + "b")
+    assert len(a) <= MAX_FIELD_LEN and len(b) <= MAX_FIELD_LEN
+    assert a != b and a.startswith("cam_gradcam_layer_aaa")
     assert all(c.isalnum() or c == "_" for c in a) and a == a.lower()
 
 
 def test_heatmap_field_name_non_ascii_part_is_stable():
-    a = store.heatmap_field_name("m", "gradcam", "l", "猫")
-    assert a == store.heatmap_field_name("m", "gradcam", "l", "猫")
-    assert a != store.heatmap_field_name("m", "gradcam", "l", "犬")
+    a = _name("m", "gradcam", "l", "猫")
+    assert a == _name("m", "gradcam", "l", "猫")
+    assert a != _name("m", "gradcam", "l", "犬")
     assert a.isascii()
 
 

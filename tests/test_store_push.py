@@ -19,7 +19,7 @@ from PIL import Image
 from camcore import paths, store
 from camcore.errors import ImageError, StoreError
 from camcore.results import Target
-from fo_helpers import make_heatmap, make_result, unique_name, write_images
+from fo_helpers import field_name, make_heatmap, make_result, unique_name, with_identity, write_images
 
 SIZE = (24, 32)
 QUANT = 0.5 / 65535 + 1e-7  # 16-bit rounding error bound
@@ -45,8 +45,10 @@ def test_push_writes_pngs_fields_and_registry(dataset, tmp_path):
     h2 = make_heatmap(SIZE, "eigencam", "layer3.1", seed=2)
     fields = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h1, h2]), heatmap_dir=tmp_path / "hm")
 
-    assert fields == ["cam_resnet50_gradcam_layer4_tabby_cat", "cam_resnet50_eigencam_layer3_1_tabby_cat"]
-    for field, h in zip(fields, (h1, h2)):
+    assert fields == [field_name("resnet50", "gradcam", "layer4", "tabby cat"),
+                      field_name("resnet50", "eigencam", "layer3.1", "tabby cat")]
+    assert "_layer3_1_" in fields[1]  # sanitised: "." is not a field-name character
+    for field, h in zip(fields, (h1, h2), strict=True):
         label = dataset[sample.id][field]
         assert isinstance(label, fo.Heatmap) and list(label.range) == [0, 65535]
         path = Path(label.map_path)
@@ -97,7 +99,8 @@ def test_push_twice_replaces(dataset, tmp_path):
 def test_read_back_in_a_new_process(dataset, tmp_path):
     sample = dataset.first()
     target = Target(504, "coffee mug", "predicted top-1")
-    h = make_heatmap(SIZE, "gradcam++", "features.7", target=target, seed=3, eigen_smooth=True)
+    h = make_heatmap(SIZE, "gradcam++", "features.7", target=target, seed=3, eigen_smooth=True,
+                     model="efficientnet_lite0")
     [field] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h], model="efficientnet_lite0"))
     out = tmp_path / "map.npy"
     code = textwrap.dedent(f"""
@@ -134,7 +137,7 @@ def _assert_nothing_written(dataset, hm_dir, fields_before):
 def test_foreign_field_of_another_type_is_not_touched(dataset, tmp_path):
     ok = make_heatmap(SIZE, "gradcam", "layer4", seed=1)
     clash = make_heatmap(SIZE, "scorecam", "layer4", seed=2)
-    foreign = store.heatmap_field_name("resnet50", "scorecam", "layer4", "tabby cat")
+    foreign = clash.field
     dataset.add_sample_field(foreign, fo.StringField)
     dataset.set_values(foreign, ["keep me", "keep me too"])
     before = list(dataset.get_field_schema())
@@ -147,7 +150,7 @@ def test_foreign_field_of_another_type_is_not_touched(dataset, tmp_path):
 
 def test_foreign_heatmap_field_not_marked_ours_is_not_touched(dataset, tmp_path):
     h = make_heatmap(SIZE)
-    field = store.heatmap_field_name("resnet50", h.method, h.layer, h.target.name)
+    field = h.field
     sample = dataset.first()
     dataset.set_values(field, {sample.id: fo.Heatmap(map=np.zeros(SIZE, np.float32))}, key_field="id")
     before = list(dataset.get_field_schema())
@@ -164,7 +167,7 @@ def test_names_that_sanitise_alike_do_not_share_a_field(dataset, tmp_path):
     with pytest.raises(StoreError, match="collide"):
         again = make_result(SIZE, [make_heatmap(SIZE, layer="layer4_0", seed=5)])
         store.push_heatmaps(dataset, sample.id, again, heatmap_dir=tmp_path / "hm")
-    label = dataset[sample.id]["cam_resnet50_gradcam_layer4_0_tabby_cat"]
+    label = dataset[sample.id][field_name("resnet50", "gradcam", "layer4.0", "tabby cat")]
     assert label.layer == "layer4.0"
 
 
@@ -201,7 +204,7 @@ def test_push_a_subset_and_attach_a_finding(dataset, tmp_path):
     h1, h2 = make_heatmap(SIZE, "gradcam"), make_heatmap(SIZE, "hirescam", seed=2)
     [field] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h1, h2]), heatmaps=[h2],
                                   heatmap_dir=tmp_path / "hm")
-    assert field == "cam_resnet50_hirescam_layer4_tabby_cat"
+    assert field == field_name("resnet50", "hirescam", "layer4", "tabby cat") == h2.field
     store.add_finding(dataset, sample.id, "background bias", "edges of the frame", heatmap_field=field)
     [finding] = store.list_findings(dataset)
     assert finding["heatmap_field"] == field and finding["note"] == "edges of the frame"
@@ -270,16 +273,17 @@ def test_untrained_and_smoothed_maps_never_replace_the_plain_trained_one(dataset
     """They once shared the plain field: pushing an untrained map silently replaced the trained one."""
     sample = dataset.first()
     plain = make_heatmap(SIZE, seed=0)
-    eigen = dataclasses.replace(make_heatmap(SIZE, seed=2), eigen_smooth=True)
-    aug = dataclasses.replace(make_heatmap(SIZE, seed=4), aug_smooth=True)
+    eigen = with_identity(make_heatmap(SIZE, seed=2), eigen_smooth=True)
+    aug = with_identity(make_heatmap(SIZE, seed=4), aug_smooth=True)
     trained = make_result(SIZE, [plain, eigen, aug])
-    untrained = dataclasses.replace(make_result(SIZE, [plain]), pretrained=False, weights="UNTRAINED")
+    plain_untrained = with_identity(plain, pretrained=False, weights="UNTRAINED")
+    untrained = dataclasses.replace(make_result(SIZE, [plain_untrained]), pretrained=False, weights="UNTRAINED")
     fields = store.push_heatmaps(dataset, sample.id, trained, heatmap_dir=tmp_path)
     [field_untrained] = store.push_heatmaps(dataset, sample.id, untrained, heatmap_dir=tmp_path)
-    base = store.heatmap_field_name("resnet50", "gradcam", "layer4", "tabby cat")
+    base = field_name("resnet50", "gradcam", "layer4", "tabby cat")
     assert fields == [base, base + "_eigen", base + "_aug"] and field_untrained == base + "_untrained"
-    assert [store.field_of(trained, h) for h in (plain, eigen, aug)] == fields  # what the UI checks first
-    assert store.field_of(untrained, plain) == field_untrained
+    assert [h.field for h in (plain, eigen, aug)] == fields  # what the UI checks first
+    assert plain_untrained.field == field_untrained
     sample.reload()
     assert sample[base].pretrained is True and sample[field_untrained].pretrained is False
     assert sample[base + "_eigen"].eigen_smooth and sample[base + "_aug"].aug_smooth
@@ -299,10 +303,11 @@ def test_a_chosen_weights_file_gets_its_own_fields(dataset, tmp_path):
     its fields, as it does the batch's."""
     sample = dataset.first()
     stock = make_result(SIZE, [make_heatmap(SIZE)])
-    tuned = dataclasses.replace(stock, weights="file finetuned-v2.pth", weights_tag="finetuned-v2")
+    tuned_map = with_identity(make_heatmap(SIZE), weights="file finetuned-v2.pth", weights_tag="finetuned-v2")
+    tuned = make_result(SIZE, [tuned_map], weights="file finetuned-v2.pth")
     [plain] = store.push_heatmaps(dataset, sample.id, stock, heatmap_dir=tmp_path)
     [mine] = store.push_heatmaps(dataset, sample.id, tuned, heatmap_dir=tmp_path)
-    assert mine == plain + "_finetuned_v2" and store.field_of(tuned, tuned.heatmaps[0]) == mine
+    assert mine == plain + "_finetuned_v2" and tuned.heatmaps[0].field == mine
     sample.reload()
     assert sample[plain].weights == "ImageNet (torchvision)" and sample[mine].weights == "file finetuned-v2.pth"
 

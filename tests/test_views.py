@@ -1,4 +1,4 @@
-"""camcore.views on a real MongoDB: views as stages, read a page at a time, jumps by id."""
+"""camcore.store.views on a real MongoDB: views as stages, read a page at a time, jumps by id."""
 from __future__ import annotations
 
 import random
@@ -7,8 +7,8 @@ import fiftyone as fo
 import pytest
 from fo_helpers import unique_name, write_images
 
-from camcore import views
 from camcore.errors import StoreError
+from camcore.store import views
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def repeated(tmp_path):
     dataset.add_samples([
         fo.Sample(filepath=p, uniqueness=s, tags=["val"] if i % 2 else ["train"],
                   predictions=fo.Classification(label="cat" if i < 2 else "dog", confidence=s))
-        for i, (p, s) in enumerate(zip(paths, scores))])
+        for i, (p, s) in enumerate(zip(paths, scores, strict=True))])
     yield dataset, paths, str(tmp_path / "data")
     dataset.delete()
 

@@ -53,29 +53,29 @@ def test_the_content_hash_follows_the_content_and_is_cached_by_path_size_and_mti
 def test_two_files_with_one_name_never_count_as_done_for_each_other(dataset, tmp_path):
     a = _save_variant(tmp_path / "a" / "model.pth", 1.0)
     b = _save_variant(tmp_path / "b" / "model.pth", -1.0)
-    run_a = batch.run_batch(dataset, MODEL, weights=str(a), methods=["gradcam"], device="cpu")
+    run_a = batch.run_batch(dataset, batch.BatchOptions(MODEL, weights=str(a), methods=["gradcam"], device="cpu"))
     [field] = run_a.fields
     assert run_a.done == 2 and dataset.values(f"{field}.weights_sha256") == [weights.file_sha256(a)] * 2
 
-    run_b = batch.run_batch(dataset, MODEL, weights=str(b), methods=["gradcam"], device="cpu")
+    run_b = batch.run_batch(dataset, batch.BatchOptions(MODEL, weights=str(b), methods=["gradcam"], device="cpu"))
     assert run_b.fields == {field}  # one name, one field (README: the second replaces the first)
     assert (run_b.done, run_b.skipped) == (2, 0)
     assert dataset.values(f"{field}.weights_sha256") == [weights.file_sha256(b)] * 2
-    assert (batch.run_batch(dataset, MODEL, weights=str(b), methods=["gradcam"], device="cpu").skipped) == 2
-    assert batch.run_batch(dataset, MODEL, weights=str(a), methods=["gradcam"], device="cpu").done == 2
+    assert (batch.run_batch(dataset, batch.BatchOptions(MODEL, weights=str(b), methods=["gradcam"], device="cpu")).skipped) == 2
+    assert batch.run_batch(dataset, batch.BatchOptions(MODEL, weights=str(a), methods=["gradcam"], device="cpu")).done == 2
 
 
 def test_a_file_replaced_at_the_same_path_is_loaded_again_and_recomputed(dataset, tmp_path):
     path = _save_variant(tmp_path / "tuned.pth", 1.0)
     first = models.load_model(MODEL, str(path), device="cpu")
     assert models.load_model(MODEL, str(path), device="cpu") is first  # unchanged: cached
-    assert batch.run_batch(dataset, MODEL, weights=str(path), methods=["gradcam"], device="cpu").done == 2
+    assert batch.run_batch(dataset, batch.BatchOptions(MODEL, weights=str(path), methods=["gradcam"], device="cpu")).done == 2
 
     _save_variant(path, 3.0)  # retrained, saved over the old file
     second = models.load_model(MODEL, str(path), device="cpu")
     assert second is not first and second.weights.sha256 == weights.file_sha256(path) != first.weights.sha256
     assert torch.allclose(second.module.classifier.weight, first.module.classifier.weight * 3.0)
-    again = batch.run_batch(dataset, MODEL, weights=str(path), methods=["gradcam"], device="cpu")
+    again = batch.run_batch(dataset, batch.BatchOptions(MODEL, weights=str(path), methods=["gradcam"], device="cpu"))
     assert (again.done, again.skipped) == (2, 0)
 
 
@@ -95,14 +95,14 @@ def test_a_map_made_at_another_input_size_is_recomputed(dataset, tmp_path, monke
     monkeypatch.setenv(model_file.ENV, str(path))
     try:
         entry(64)
-        first = batch.run_batch(dataset, "sized", methods=["gradcam"], device="cpu")
+        first = batch.run_batch(dataset, batch.BatchOptions("sized", methods=["gradcam"], device="cpu"))
         [field] = first.fields
         assert first.done == 2 and dataset.values(f"{field}.input_size") == [64, 64]
         # a classifier ignores a requested size: same maps, still done
-        bigger = batch.run_batch(dataset, "sized", methods=["gradcam"], input_size=200, device="cpu")
+        bigger = batch.run_batch(dataset, batch.BatchOptions("sized", methods=["gradcam"], input_size=200, device="cpu"))
         assert bigger.skipped == 2
         entry(96)  # the model's own size changed: nothing was made at 96
-        second = batch.run_batch(dataset, "sized", methods=["gradcam"], device="cpu")
+        second = batch.run_batch(dataset, batch.BatchOptions("sized", methods=["gradcam"], device="cpu"))
         assert (second.done, second.skipped) == (2, 0) and dataset.values(f"{field}.input_size") == [96, 96]
     finally:
         monkeypatch.delenv(model_file.ENV)
@@ -111,9 +111,9 @@ def test_a_map_made_at_another_input_size_is_recomputed(dataset, tmp_path, monke
 
 def test_a_segmentation_map_at_another_short_side_is_recomputed(dataset):
     kwargs = dict(weights="untrained", methods=["gradcam"], layers=["layer1"], device="cpu")
-    first = batch.run_batch(dataset, "deeplabv3", input_size=64, **kwargs)
+    first = batch.run_batch(dataset, batch.BatchOptions("deeplabv3", input_size=64, **kwargs))
     [field] = first.fields
     assert first.done == 2 and dataset.values(f"{field}.input_size") == [64, 64]
-    assert batch.run_batch(dataset, "deeplabv3", input_size=64, **kwargs).skipped == 2
-    second = batch.run_batch(dataset, "deeplabv3", input_size=80, **kwargs)
+    assert batch.run_batch(dataset, batch.BatchOptions("deeplabv3", input_size=64, **kwargs)).skipped == 2
+    second = batch.run_batch(dataset, batch.BatchOptions("deeplabv3", input_size=80, **kwargs))
     assert (second.done, second.skipped) == (2, 0) and dataset.values(f"{field}.input_size") == [80, 80]

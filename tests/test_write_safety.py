@@ -19,10 +19,11 @@ from pathlib import Path
 import fiftyone as fo
 import numpy as np
 import pytest
-from fo_helpers import make_heatmap, make_result, unique_name, write_images
+from fo_helpers import field_name, make_heatmap, make_result, unique_name, write_images
 from PIL import Image
 
 from camcore import batch, store
+from camcore.store import heatmaps
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (24, 32)
@@ -88,6 +89,7 @@ CHILD = textwrap.dedent(
     sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
     import fiftyone as fo
     from camcore import store
+    from camcore.store import heatmaps
     from fo_helpers import make_heatmap, make_result
 
     step = sys.argv[1]
@@ -99,12 +101,12 @@ CHILD = textwrap.dedent(
     def die():
         os._exit(9)  # no finally, no atexit: as a SIGKILL would
 
-    real_write, real_set, real_delete = store._write_pngs, fo.Dataset.set_values, store._delete_unreferenced
+    real_write, real_set, real_delete = heatmaps._write_pngs, fo.Dataset.set_values, heatmaps._delete_unreferenced
     calls = []
     if step == "after_journal":
-        store._write_pngs = lambda *a, **k: die()
+        heatmaps._write_pngs = lambda *a, **k: die()
     elif step == "after_pngs":
-        store._write_pngs = lambda *a, **k: (real_write(*a, **k), die())
+        heatmaps._write_pngs = lambda *a, **k: (real_write(*a, **k), die())
     elif step == "between_fields":
         def set_values(self, *a, **k):
             calls.append(1)
@@ -113,7 +115,7 @@ CHILD = textwrap.dedent(
             return real_set(self, *a, **k)
         fo.Dataset.set_values = set_values
     elif step == "after_labels":
-        store._delete_unreferenced = lambda paths: die()
+        heatmaps._delete_unreferenced = lambda paths: die()
     elif step == "after_delete":
         store.HeatmapWriter.close = lambda self, ok=True: (self.flush(), die())
     store.push_heatmaps(ds, ds.first().id, make_result(size, new), heatmap_dir=os.environ["HM"])
@@ -191,7 +193,7 @@ MODEL = "efficientnet_lite0"
 def _batch_field() -> str:
     from camcore.models import get_spec
 
-    return store.heatmap_field_name(MODEL, "gradcam", get_spec(MODEL).default_layer, "predicted")
+    return field_name(MODEL, "gradcam", get_spec(MODEL).default_layer, "predicted")
 
 
 class Died(BaseException):
@@ -207,7 +209,7 @@ def test_a_rebatch_that_dies_at_any_step_keeps_labels_and_files_together(
     dataset, tmp_path, monkeypatch, step
 ):
     field = _batch_field()
-    report = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=4)
+    report = batch.run_batch(dataset, batch.BatchOptions(MODEL, methods=("gradcam",), chunk=4))
     assert report.done == 2
     before = {
         sid: (label.map_path, label.created_at, Path(label.map_path).read_bytes())
@@ -224,13 +226,13 @@ def test_a_rebatch_that_dies_at_any_step_keeps_labels_and_files_together(
     time.sleep(1.1)  # created_at has a one-second resolution: tell the new labels from the old
 
     where = {
-        "pngs": (store, "_write_pngs"),
+        "pngs": (heatmaps, "_write_pngs"),
         "labels": (fo.Dataset, "set_values"),
         "delete": (store.HeatmapWriter, "flush"),
     }[step]  # flush: deletes the replaced files
     monkeypatch.setattr(*where, _die)
     with pytest.raises(Died):
-        batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=4)
+        batch.run_batch(dataset, batch.BatchOptions(MODEL, methods=("gradcam",), chunk=4))
     monkeypatch.undo()
 
     dataset.reload()
@@ -243,7 +245,7 @@ def test_a_rebatch_that_dies_at_any_step_keeps_labels_and_files_together(
         else:  # the new label, with its new file
             assert label.created_at != old_created and not label.eigen_smooth and old_path != label.map_path
     # The rerun settles what the dead run left and finishes; no file is left that no label uses.
-    again = batch.run_batch(dataset, MODEL, methods=["gradcam"], chunk=4)
+    again = batch.run_batch(dataset, batch.BatchOptions(MODEL, methods=("gradcam",), chunk=4))
     assert again.done + again.skipped == 2 and again.failed == []
     dataset.reload()
     referenced = set(dataset.values(f"{field}.map_path"))
@@ -333,7 +335,7 @@ def test_cleanup_leaves_a_live_writers_file_in_another_process(dataset, tmp_path
         os.utime(path, (old, old))
         assert store.clean_orphans(dataset, hm) == 0
         assert path.read_bytes() == b"a map whose label is still to come"
-        report = batch.run_batch(dataset, MODEL, methods=["gradcam"], heatmap_dir=hm)
+        report = batch.run_batch(dataset, batch.BatchOptions(MODEL, methods=("gradcam",), heatmap_dir=hm))
         assert report.done == 2 and report.removed_orphans == 0 and path.exists()
     finally:
         child.send_signal(signal.SIGKILL)
@@ -352,7 +354,7 @@ def test_a_journal_from_another_machine_waits_out_its_grace_period(dataset, tmp_
     path = store.heatmap_path(dataset.name, "cam_f", dataset.first().id, hm, write_id="def456")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"png")
-    folder = store._pending_dir(dataset.name, hm)
+    folder = heatmaps._pending_dir(dataset.name, hm)
     folder.mkdir(parents=True)
     journal = folder / f"x{store.JOURNAL_SUFFIX}"
     journal.write_text(

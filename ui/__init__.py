@@ -1,4 +1,17 @@
-"""Streamlit glue shared by the pages: cached loaders, the shared sidebar, small renderers.
+"""Streamlit glue shared by the pages. Data flows one way: widgets, then compute, then frozen
+results, then renderers.
 
-Only this package and the pages import streamlit; all computing happens in camcore.
+- page.py: the preamble every page shares (routing, the selection check, the error edge);
+  router.py: st.navigation and deep links; sidebar.py: the shared selection; urlstate.py: the URL;
+- state.py: every session_state key, namespaced per page;
+- widgets.py: widgets whose value outlives a run that did not draw them;
+- compute.py: the one module that computes (imports camcore.engine): explainers, heatmaps with
+  progress and Cancel, scores, rankings; it returns frozen results (Shown, Grid, CamResult);
+- explore_view.py, compare.py, chips.py, thumbnails.py, save_panel.py, batch_runs.py: renderers
+  and panels that draw from those results;
+- cache.py: st.cache_* around camcore's loaders; data.py: what pages need from the store;
+  style.py, text.py: CSS and escaping.
+
+Only this package and the pages import streamlit; the model math happens in camcore. Nothing here
+imports fiftyone: the database is reached through camcore.store.
 """

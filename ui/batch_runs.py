@@ -17,9 +17,9 @@ import streamlit as st
 
 from camcore import batch
 from ui import text
+from ui.state import Batch
 
-LAST = "batch_last_report"  # what the last (or interrupted) run reported, for the next rerun
-TOKEN = "batch_session_token"  # this session's mark on the runs it starts (a reload is a new session)
+LAST, TOKEN = Batch.LAST, Batch.TOKEN
 
 
 @st.cache_resource(show_spinner=False)
@@ -140,7 +140,7 @@ def pick_up(token: str) -> None:
         note.empty()
 
 
-def run(sel, chosen_methods, chosen_layers, target, eigen_smooth, fields, token) -> None:
+def run(sel, options: batch.BatchOptions, fields: list[str], token: str) -> None:
     """Run the batch here, in the script thread, with a progress bar that reports per heatmap.
 
     Streamlit interrupts a script at its next st.* call: Cancel or any click (a stop with fast
@@ -185,8 +185,7 @@ def run(sel, chosen_methods, chosen_layers, target, eigen_smooth, fields, token)
     outcome, state = "failed", None
     try:
         view = sel.view()  # the sidebar's view itself (stages), read a page at a time by the batch
-        report = batch.run_batch(view, sel.model, sel.weights, chosen_methods, chosen_layers, target,
-                                 eigen_smooth, sel.input_size, progress=progress, cancel=cancel)
+        report = batch.run_batch(view, options, progress=progress, cancel=cancel)
         if not report.cancelled:
             outcome = "finished"
         elif interrupted and _is_stop(interrupted[0]) and not _known_alive(session):

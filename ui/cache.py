@@ -1,13 +1,11 @@
-"""Process-wide caches (st.cache_resource) and per-session state around camcore's loaders."""
+"""Process-wide caches (st.cache_resource, st.cache_data) around camcore's loaders. The
+explainers (the shared pass) are per session, in ui/compute.py."""
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import streamlit as st
 
-from camcore import demo_data, engine, images, models, store, views
-
-EXPLAINERS_PER_SESSION = 4  # each holds one image's activations and gradients
+from camcore import demo_data, images, models, store
+from camcore.store import views
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
@@ -42,34 +40,6 @@ def thumbnail(path: str, mtime: float, side: int = 160):
                       interpolation=cv2.INTER_AREA)
 
 
-def explainer(
-    loaded: models.LoadedModel,
-    image_key: tuple,
-    img: images.LoadedImage,
-    target: str | None,
-    aug_smooth: bool,
-    input_size: int | None,
-    progress: engine.Progress | None = None,
-    cancel=None,
-) -> engine.Explainer:
-    """The shared pass for (image, model, target, smoothing, size), kept in the session so that
-    walking layers and methods never runs the model again. progress/cancel: while another
-    session holds the model, whom the pass waits for, and a way to stop waiting."""
-    key = (image_key, loaded.spec.key, loaded.identity, target, aug_smooth, input_size)
-    cache: OrderedDict = st.session_state.setdefault("_explainers", OrderedDict())
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    ex = engine.Explainer(loaded, img, target_request=target, aug_smooth=aug_smooth, input_size=input_size,
-                          progress=progress, cancel=cancel)
-    cache[key] = ex
-    while len(cache) > EXPLAINERS_PER_SESSION:
-        cache.popitem(last=False)
-    return ex
-
-
-
-
 # Per-dataset facts that cost one server-side pass over the dataset (distinct values) or a few
 # index lookups: computed once a minute at most, never on every click.
 DATASET_FACTS_TTL = 60
@@ -77,7 +47,7 @@ DATASET_FACTS_TTL = 60
 
 @st.cache_data(ttl=DATASET_FACTS_TTL, max_entries=64, show_spinner=False)
 def distinct_tags(dataset_name: str) -> list[str]:
-    return sorted(str(t) for t in store.load_dataset(dataset_name).distinct("tags"))
+    return store.distinct_tags(store.load_dataset(dataset_name))
 
 
 @st.cache_data(ttl=DATASET_FACTS_TTL, max_entries=64, show_spinner=False)

@@ -3,15 +3,18 @@
 While a folder named pages/ exists, Streamlit runs a process's scripts in its legacy pages/ mode
 (`PagesManager.uses_pages_directory`) until the first `st.navigation` call switches it off. So the
 first request a fresh server gets at a deep link (/findings) runs pages/findings.py without app.py:
-no shared sidebar, a nav listing every file. (AppTest starts every run in that mode.) Each page
-calls `ensure_routed()` first; run outside app.py, it turns the legacy mode off, as st.navigation
-would, and reruns: the same URL now runs app.py, whose navigation resolves the same page (v1 and v2
-pages hash their url path alike). A plain rerun keeps the page, so the user's widget values
-survive; `st.switch_page("app.py")` would be a page change, which drops them.
+no shared sidebar, a nav listing every file. (AppTest starts every run in that mode.) Each page's
+preamble (ui/page.py `serve`) calls `ensure_routed()` first; run outside app.py, it turns the
+legacy mode off, as st.navigation would, and reruns: the same URL now runs app.py, whose
+navigation resolves the same page (v1 and v2 pages hash their url path alike). A plain rerun
+keeps the page, so the user's widget values survive; `st.switch_page("app.py")` would be a
+page change, which drops them.
 """
 from __future__ import annotations
 
 import streamlit as st
+
+from ui.state import Router
 
 PAGES = (  # (file, title, icon, url path)
     ("pages/explore.py", "Explore", ":material/search:", "explore"),
@@ -20,12 +23,12 @@ PAGES = (  # (file, title, icon, url path)
     ("pages/findings.py", "Findings", ":material/flag:", "findings"),
 )
 DATASET_PAGES = {"findings"}  # about the whole dataset: they run even when the view is empty
-_ROUTED = "_routed_run"
+_ROUTED = Router.ROUTED
 
 
 def navigation():
     pages = [st.Page(f, title=t, icon=i, url_path=u, default=(n == 0)) for n, (f, t, i, u) in enumerate(PAGES)]
-    pending = st.session_state.pop("_deep_link", None)
+    pending = st.session_state.pop(Router.DEEP_LINK, None)
     nav = st.navigation(pages)
     st.session_state[_ROUTED] = True
     if pending:
@@ -45,7 +48,7 @@ def ensure_routed(url_path: str) -> None:
     """Call first in every page: outside app.py's navigation, hop through app.py."""
     if st.session_state.pop(_ROUTED, False):
         return
-    st.session_state["_deep_link"] = url_path  # if the rerun lands elsewhere, navigation() goes on
+    st.session_state[Router.DEEP_LINK] = url_path  # if the rerun lands elsewhere, navigation() goes on
     if _leave_legacy_pages_mode():
         st.rerun()
     st.switch_page("app.py")  # not the legacy mode: hop through app.py (drops widget values)

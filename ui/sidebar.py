@@ -1,7 +1,7 @@
 """The sidebar every page shares: what to look at (dataset, view, sample) and with what (model,
 weights). app.py draws it on every run and leaves a `Selection` in session_state for the pages.
 
-Cost per run does not grow with the view: the view is FiftyOne stages (`camcore.views`), the
+Cost per run does not grow with the view: the view is FiftyOne stages (`camcore.store.views`), the
 sample is a position in it, read with one server-side skip/limit per page of neighbours; counts
 and distinct values are cached for a minute. Samples are keyed by id everywhere and shown by
 their path relative to the dataset's common folder (repeated file names stay apart).
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from camcore import demo_data, model_file, models, store, views, weights
+from camcore import demo_data, model_file, models, store, weights
 from camcore.errors import CamError
+from camcore.store import views
 from ui import cache, text, urlstate
+from ui.state import Sidebar
 
 WEIGHTS_AUTO = "pretrained (auto)"
 WEIGHTS_UNTRAINED = "untrained (random weights)"
@@ -23,7 +25,7 @@ CPU_SEGMENTATION_SIZE = 320  # 520 takes ~15 s a pass on a laptop CPU; offered, 
 
 VIEW_ALL, VIEW_APP, VIEW_APP_SELECTED = "all", "app:view", "app:selected"
 SAVED_PREFIX = "saved:"
-POSITION, GOTO, JUMP = "nav_position", "nav_goto", "_nav_jump_to"  # session-state keys
+POSITION, GOTO, JUMP = Sidebar.POSITION, Sidebar.GOTO, Sidebar.JUMP
 PAGES_KEPT = 8  # pages of (id, path) kept per session
 
 
@@ -52,7 +54,7 @@ class Selection:
 
 
 def current() -> Selection | None:
-    return st.session_state.get("selection")
+    return st.session_state.get(Sidebar.SELECTION)
 
 
 def _weights_choices() -> dict[str, str]:
@@ -70,9 +72,9 @@ def _load_quickstart() -> None:
     try:
         with st.spinner("Downloading the quickstart dataset…", show_time=True):
             dataset = demo_data.load_quickstart()
-        st.session_state["dataset"] = dataset.name
+        st.session_state[Sidebar.DATASET] = dataset.name
     except CamError as exc:
-        st.session_state["quickstart_error"] = str(exc)
+        st.session_state[Sidebar.QUICKSTART_ERROR] = str(exc)
 
 
 # ---------------------------------------------------------------- moving through the view (callbacks)
@@ -105,10 +107,10 @@ def _random(total: int) -> None:
 
 
 def _search_pick() -> None:
-    picked = st.session_state.get("nav_search_pick")
+    picked = st.session_state.get(Sidebar.SEARCH_PICK)
     if picked:
         st.session_state[JUMP] = picked
-        st.session_state["nav_search_pick"] = None  # picking the same match again opens it again
+        st.session_state[Sidebar.SEARCH_PICK] = None  # picking the same match again opens it again
 
 
 # ---------------------------------------------------------------- reading pages of the view
@@ -116,7 +118,7 @@ def _search_pick() -> None:
 
 def _page_rows(dataset: str, spec: views.ViewSpec, start: int, n: int) -> list[tuple[str, str]]:
     """(id, path) at positions start..start+n-1, from whole pages kept in the session."""
-    kept: OrderedDict = st.session_state.setdefault("_nav_pages", OrderedDict())
+    kept: OrderedDict = st.session_state.setdefault(Sidebar.PAGES, OrderedDict())
     size = views.PAGE_SIZE
     rows: list[tuple[str, str]] = []
     first, last = start // size, (start + n - 1) // size
@@ -133,12 +135,12 @@ def _page_rows(dataset: str, spec: views.ViewSpec, start: int, n: int) -> list[t
 
 
 def _forget_pages() -> None:
-    st.session_state.pop("_nav_pages", None)
+    st.session_state.pop(Sidebar.PAGES, None)
 
 
 NO_MATCH = "No samples in this view: clear or change the filter under 'Filter and sort', or pick another view."
 EMPTY_DATASET = "This dataset has no samples: add images or pick another dataset."
-PROBLEM = "selection_problem"  # why there is no selection (a message), for the pages
+PROBLEM = Sidebar.PROBLEM
 
 
 def problem() -> str | None:
@@ -148,7 +150,7 @@ def problem() -> str | None:
 
 def _no_selection(message: str) -> None:
     """Nothing to act on: drop the stored selection, so no page acts on the previous sample."""
-    st.session_state.pop("selection", None)
+    st.session_state.pop(Sidebar.SELECTION, None)
     st.session_state[PROBLEM] = message
 
 
@@ -167,17 +169,17 @@ def draw() -> Selection | None:
         return None
     names = [demo] + [n for n in names if n != demo]
     urlstate.read_once(names)
-    if st.session_state.get("dataset") not in names:
-        st.session_state["dataset"] = demo
-    name = sb.selectbox("Dataset", names, key="dataset", help="Any FiftyOne image dataset in your database.")
+    if st.session_state.get(Sidebar.DATASET) not in names:
+        st.session_state[Sidebar.DATASET] = demo
+    name = sb.selectbox("Dataset", names, key=Sidebar.DATASET, help="Any FiftyOne image dataset in your database.")
     nav_box = sb.container()  # the sample, right under the dataset: drawn once the view is known
     found, trouble = _where(sb, nav_box, name)
     urlstate.show_messages(nav_box)
     if demo_data.QUICKSTART_NAME not in names:
-        sb.button("Load FiftyOne's quickstart (needs internet)", key="load_quickstart", on_click=_load_quickstart,
+        sb.button("Load FiftyOne's quickstart (needs internet)", key=Sidebar.LOAD_QUICKSTART, on_click=_load_quickstart,
                   help="Downloads the FiftyOne zoo 'quickstart' dataset (200 images with ground truth boxes).")
-    if st.session_state.get("quickstart_error"):
-        sb.error(text.escape(st.session_state.pop("quickstart_error")))
+    if st.session_state.get(Sidebar.QUICKSTART_ERROR):
+        sb.error(text.escape(st.session_state.pop(Sidebar.QUICKSTART_ERROR)))
     model_key, weights_value, input_size = _how_to_look(sb)  # stays drawn, whatever the dataset holds
     if trouble is not None:
         nav_box.warning(trouble)
@@ -186,7 +188,7 @@ def draw() -> Selection | None:
     spec, position, total, sample_id, path, label = found
     st.session_state.pop(PROBLEM, None)
     sel = Selection(name, spec, sample_id, path, label, position, total, model_key, weights_value, input_size)
-    st.session_state["selection"] = sel
+    st.session_state[Sidebar.SELECTION] = sel
     return sel
 
 
@@ -203,7 +205,7 @@ def _where(sb, nav_box, name: str):
         if total == 0:
             return None, NO_MATCH
         view_key = (name, spec)
-        if st.session_state.get("_nav_view") != view_key:
+        if st.session_state.get(Sidebar.VIEW_KEY) != view_key:
             _enter_view(view_key)
         position = _resolve_jump(sb, dataset, spec)
         position = min(max(0, st.session_state.get(POSITION, 0) if position is None else position), total - 1)
@@ -228,13 +230,13 @@ def _where(sb, nav_box, name: str):
 def _enter_view(view_key) -> None:
     """Another dataset or view: keep the current sample when it is in the new view (found by id),
     else start at its first sample."""
-    previous = st.session_state.get("selection")
-    st.session_state["_nav_view"] = view_key
+    previous = st.session_state.get(Sidebar.SELECTION)
+    st.session_state[Sidebar.VIEW_KEY] = view_key
     _forget_pages()
     if JUMP not in st.session_state:
         if previous is not None and previous.dataset == view_key[0]:
             st.session_state[JUMP] = previous.sample_id
-            st.session_state["_nav_jump_quiet"] = True  # not finding it here is no news
+            st.session_state[Sidebar.JUMP_QUIET] = True  # not finding it here is no news
         else:
             _set_position(0)
 
@@ -243,7 +245,7 @@ def _resolve_jump(sb, dataset, spec: views.ViewSpec) -> int | None:
     """A pending jump to a sample id (a link, a search result, the App): its position, or None
     after saying that it is not in this view."""
     sample_id = st.session_state.pop(JUMP, None)
-    quiet = st.session_state.pop("_nav_jump_quiet", False)
+    quiet = st.session_state.pop(Sidebar.JUMP_QUIET, False)
     if not sample_id:
         return None
     position = views.position_of(views.build_view(dataset, spec), spec, sample_id)
@@ -256,14 +258,14 @@ def _navigator(sb, name: str, spec: views.ViewSpec, total: int, label: str) -> N
     """◀ position / N ▶, a position to jump to, a random sample, a search on the file path."""
     sb.text(label)  # the sample's path relative to the dataset's folder: text, never markup
     prev_col, pos_col, next_col = sb.columns([1, 2, 1], vertical_alignment="center")
-    prev_col.button("◀", key="prev_sample", on_click=_step, args=(-1, total), help="Previous sample")
+    prev_col.button("◀", key=Sidebar.PREV, on_click=_step, args=(-1, total), help="Previous sample")
     pos_col.number_input("Position", 1, total, key=GOTO, on_change=_goto, label_visibility="collapsed",
                          help=f"Position in the view (1 to {total}); type one to jump there.")
-    next_col.button("▶", key="next_sample", on_click=_step, args=(1, total), help="Next sample")
+    next_col.button("▶", key=Sidebar.NEXT, on_click=_step, args=(1, total), help="Next sample")
     r1, r2 = sb.columns([2, 3], vertical_alignment="center")
     r1.caption(f"of {total:,}")
-    r2.button("Random sample", key="random_sample", on_click=_random, args=(total,), width="stretch")
-    query = sb.text_input("Find by file path", key="nav_search", placeholder="part of a path, e.g. val/frame_01",
+    r2.button("Random sample", key=Sidebar.RANDOM, on_click=_random, args=(total,), width="stretch")
+    query = sb.text_input("Find by file path", key=Sidebar.SEARCH, placeholder="part of a path, e.g. val/frame_01",
                           help=f"Searched on the server; the first {views.SEARCH_LIMIT} matches are listed.")
     if query.strip():
         found = views.search(views.build_view(store.load_dataset(name), spec), query)
@@ -273,7 +275,7 @@ def _navigator(sb, name: str, spec: views.ViewSpec, total: int, label: str) -> N
             folder = cache.common_folder(name)
             labels = {sid: views.relative_label(path, folder) for sid, path in found}
             sb.selectbox(f"Matches ({len(found)}{'+' if len(found) == views.SEARCH_LIMIT else ''})",
-                         list(labels), index=None, key="nav_search_pick", format_func=labels.get,
+                         list(labels), index=None, key=Sidebar.SEARCH_PICK, format_func=labels.get,
                          placeholder="open a match", on_change=_search_pick)
 
 
@@ -294,9 +296,9 @@ def _view_choices(dataset) -> dict[str, str]:
 def _view_spec(sb, dataset) -> views.ViewSpec:
     choices = _view_choices(dataset)
     urlstate.check_view(choices)
-    if st.session_state.get("view_choice") not in choices:
-        st.session_state["view_choice"] = VIEW_ALL
-    choice = sb.selectbox("View", list(choices), key="view_choice", format_func=choices.get,
+    if st.session_state.get(Sidebar.VIEW) not in choices:
+        st.session_state[Sidebar.VIEW] = VIEW_ALL
+    choice = sb.selectbox("View", list(choices), key=Sidebar.VIEW, format_func=choices.get,
                           help="The dataset's saved views, and the FiftyOne App's view and selection when the App "
                                "was launched from here.")
     base: dict = {}
@@ -313,24 +315,24 @@ def _view_spec(sb, dataset) -> views.ViewSpec:
             base["selected"] = selected
     with sb.expander("Filter and sort", expanded=False):
         tags = cache.distinct_tags(dataset.name)
-        chosen_tags = st.multiselect("Samples tagged", tags, key="view_tags")
-        contains = st.text_input("File name contains", key="view_filename")
+        chosen_tags = st.multiselect("Samples tagged", tags, key=Sidebar.VIEW_TAGS)
+        contains = st.text_input("File name contains", key=Sidebar.VIEW_FILENAME)
         fields = store.label_fields(dataset)
-        field = st.selectbox("Label field", [None] + fields, key="view_label_field",
+        field = st.selectbox("Label field", [None] + fields, key=Sidebar.VIEW_LABEL_FIELD,
                              format_func=lambda f: "(any)" if f is None else f)
         label, confidence = None, None
         if field:
-            label = st.selectbox("Class", [None] + cache.label_values(dataset.name, field), key="view_label",
+            label = st.selectbox("Class", [None] + cache.label_values(dataset.name, field), key=Sidebar.VIEW_LABEL,
                                  format_func=lambda v: "(any)" if v is None else v)
             if views.has_confidence(dataset, field):
-                lo, hi = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key="view_confidence")
+                lo, hi = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key=Sidebar.VIEW_CONFIDENCE)
                 confidence = None if (lo, hi) == (0.0, 1.0) else (lo, hi)
         sortable = views.sortable_fields(dataset)
-        sort_field = st.selectbox("Sort by", [None] + sortable, key="view_sort",
+        sort_field = st.selectbox("Sort by", [None] + sortable, key=Sidebar.VIEW_SORT,
                                   format_func=lambda f: "(the view's own order)" if f is None else f,
                                   help="Any scalar field: a Brain uniqueness or mistakenness, a prediction's "
                                        "confidence, a date…")
-        reverse = st.toggle("Descending", key="view_sort_desc", disabled=sort_field is None)
+        reverse = st.toggle("Descending", key=Sidebar.VIEW_SORT_DESC, disabled=sort_field is None)
     return views.ViewSpec(tags=tuple(chosen_tags), label_field=field or "", label=label or "",
                           confidence=confidence, filename_contains=contains.strip(),
                           sort_field=sort_field or "", sort_reverse=bool(reverse and sort_field), **base)
@@ -343,9 +345,9 @@ def _remember(per_model_key: str, widget_key: str, model_key: str, default):
     """Per-model memory of a widget's value: restore it when the model changes (or when the widget
     was not drawn on the last run, which drops its state); `default` where never chosen."""
     memory = st.session_state.setdefault(per_model_key, {})
-    if st.session_state.get(f"_{widget_key}_model") != model_key or widget_key not in st.session_state:
+    if st.session_state.get(Sidebar.model_of(widget_key)) != model_key or widget_key not in st.session_state:
         st.session_state[widget_key] = memory.get(model_key, default)
-        st.session_state[f"_{widget_key}_model"] = model_key
+        st.session_state[Sidebar.model_of(widget_key)] = model_key
     return memory
 
 
@@ -358,7 +360,7 @@ def _models_file(sb) -> None:
     path = model_file.models_file_path()
     if path is None:
         return
-    sb.button("Reload models file", key="reload_models", on_click=_reload_models,
+    sb.button("Reload models file", key=Sidebar.RELOAD_MODELS, on_click=_reload_models,
               help=text.escape(f"Reads {path} again: new, changed and removed entries."))
     for entry in models.skipped_models():
         sb.warning(f"Skipped from the models file: {text.escape(entry)}", icon=":material/block:")
@@ -368,18 +370,18 @@ def _how_to_look(sb) -> tuple[str, str, int | None]:
     sb.markdown("### How to look")
     _models_file(sb)
     keys = list(models.MODELS)
-    if st.session_state.get("model") not in keys:  # no index=: study buttons and links set it too
-        st.session_state["model"] = models.DEFAULT_MODEL
-    model_key = sb.selectbox("Model", keys, key="model", format_func=lambda k: models.MODELS[k].label,
+    if st.session_state.get(Sidebar.MODEL) not in keys:  # no index=: study buttons and links set it too
+        st.session_state[Sidebar.MODEL] = models.DEFAULT_MODEL
+    model_key = sb.selectbox("Model", keys, key=Sidebar.MODEL, format_func=lambda k: models.MODELS[k].label,
                              help="\n\n".join(f"**{text.escape(m.label)}**: {text.escape(m.description)}"
                                                 for m in models.MODELS.values()))
     choices = _weights_choices()
     # Weights are chosen per model: "untrained" for DeiT must not follow the user to EfficientNet.
-    memory = _remember("_weights_by_model", "weights_choice", model_key, WEIGHTS_AUTO)
+    memory = _remember(Sidebar.WEIGHTS_BY_MODEL, Sidebar.WEIGHTS, model_key, WEIGHTS_AUTO)
     urlstate.apply_weights(choices)
-    if st.session_state["weights_choice"] not in choices:  # a weights file that was removed
-        st.session_state["weights_choice"] = WEIGHTS_AUTO
-    label = sb.selectbox("Weights", list(choices), key="weights_choice",
+    if st.session_state[Sidebar.WEIGHTS] not in choices:  # a weights file that was removed
+        st.session_state[Sidebar.WEIGHTS] = WEIGHTS_AUTO
+    label = sb.selectbox("Weights", list(choices), key=Sidebar.WEIGHTS,
                          help=f"Pretrained weights come from {weights.weights_dir()}, the torch/timm caches, "
                               "the package, or a download when online.")
     memory[model_key] = label
@@ -389,7 +391,8 @@ def _how_to_look(sb) -> tuple[str, str, int | None]:
         on_gpu = models.default_device().type == "cuda"
         default = spec.preprocess.size if on_gpu else CPU_SEGMENTATION_SIZE
         sizes = sorted({256, CPU_SEGMENTATION_SIZE, 400, spec.preprocess.size})
-        input_size = sb.select_slider("Input short side (px)", sizes, value=st.session_state.get("input_size", default),
-                                      key="input_size",
-                                      help=f"{spec.preprocess.size} is the model's own size; smaller is faster on a CPU.")
+        input_size = sb.select_slider("Input short side (px)", sizes,
+                                      value=st.session_state.get(Sidebar.INPUT_SIZE, default), key=Sidebar.INPUT_SIZE,
+                                      help=f"{spec.preprocess.size} is the model's own size; smaller is faster "
+                                           "on a CPU.")
     return model_key, choices[label], input_size

@@ -15,11 +15,9 @@ import streamlit as st
 
 from camcore import links, methods, models, weights
 from ui import text
+from ui.state import Sidebar, Url, Widgets
 
-_READ = "_url_read"
-_PENDING = "_url_pending"  # the LinkState of the first run, for the pages to apply
-_MESSAGES = "_url_messages"
-PAGE_STATE = "_url_page_state"  # what the page put on screen: layers, methods, target
+_READ, _PENDING, _MESSAGES, PAGE_STATE = Url.READ, Url.PENDING, Url.MESSAGES, Url.PAGE_STATE
 
 
 def say(message: str) -> None:
@@ -47,24 +45,24 @@ def read_once(dataset_names: Sequence[str]) -> None:
     st.session_state[_PENDING] = state
     if state.dataset:
         if state.dataset in dataset_names:
-            st.session_state["dataset"] = state.dataset
+            st.session_state[Sidebar.DATASET] = state.dataset
         else:
             say(f"No dataset named {state.dataset!r}: showing the demo dataset.")
     if state.view:
-        st.session_state["view_choice"] = "saved:" + state.view
-        st.session_state["_url_view_wanted"] = state.view
+        st.session_state[Sidebar.VIEW] = "saved:" + state.view
+        st.session_state[Url.VIEW_WANTED] = state.view
     if state.sample:
-        st.session_state["_nav_jump_to"] = state.sample
+        st.session_state[Sidebar.JUMP] = state.sample
     if state.model:
         if state.model in models.MODELS:
-            st.session_state["model"] = state.model
+            st.session_state[Sidebar.MODEL] = state.model
         else:
             say(f"No model {state.model!r}; one of {', '.join(models.MODELS)}. Showing the default model.")
 
 
 def check_view(choices: dict[str, str]) -> None:
     """A link's saved view that the dataset does not have: say so (the sidebar falls back)."""
-    wanted = st.session_state.pop("_url_view_wanted", None)
+    wanted = st.session_state.pop(Url.VIEW_WANTED, None)
     if wanted is not None and "saved:" + wanted not in choices:
         say(f"No saved view named {wanted!r} in this dataset: showing all samples.")
 
@@ -72,9 +70,9 @@ def check_view(choices: dict[str, str]) -> None:
 def apply_weights(choices: dict[str, str]) -> None:
     """The link's weights (auto, untrained, or a file's name in the weights folder), once."""
     state = pending()
-    if not state.weights or st.session_state.get("_url_weights_done"):
+    if not state.weights or st.session_state.get(Url.WEIGHTS_DONE):
         return
-    st.session_state["_url_weights_done"] = True
+    st.session_state[Url.WEIGHTS_DONE] = True
     by_value = {v: k for k, v in choices.items()}
     by_file = {k.removeprefix("file: "): k for k in choices if k.startswith("file: ")}
     wanted = state.weights
@@ -83,32 +81,32 @@ def apply_weights(choices: dict[str, str]) -> None:
         say(f"No weights {wanted!r} for this model (auto, untrained or a file in {weights.weights_dir()}): "
             "using the pretrained weights.")
         return
-    st.session_state["weights_choice"] = label
+    st.session_state[Sidebar.WEIGHTS] = label
 
 
 def apply_page(spec: models.ModelSpec, layer_keys: Sequence[str], method_keys: Sequence[str],
                layers_key: str, methods_key: str, container=None) -> str | None:
     """Once per session, on the first page that draws layers and methods: put the link's layers and
-    methods into those widgets (render.sticky_multiselect's kept values) and return its target
+    methods into those widgets (widgets.sticky_multiselect's kept values) and return its target
     class name (or None). Unknown names are reported and left out."""
     state = pending()
-    if st.session_state.get("_url_page_done") or not (state.layers or state.methods or state.target):
+    if st.session_state.get(Url.PAGE_DONE) or not (state.layers or state.methods or state.target):
         return None
-    st.session_state["_url_page_done"] = True
+    st.session_state[Url.PAGE_DONE] = True
     problems = []
     if state.methods:
         by_name = {m: _method_key(m) for m in state.methods}
         good = [k for k in by_name.values() if k in method_keys]
         problems += [f"method {m!r}" for m, k in by_name.items() if k not in method_keys]
         if good:
-            st.session_state[f"_kept_{methods_key}"] = good
+            st.session_state[Widgets.kept(methods_key)] = good
             st.session_state.pop(methods_key, None)
     if state.layers:
         lowered = {name.lower(): name for name in layer_keys}
         good = [lowered[name.lower()] for name in state.layers if name.lower() in lowered]
         problems += [f"layer {name!r}" for name in state.layers if name.lower() not in lowered]
         if good:
-            st.session_state[f"_kept_{layers_key}"] = good
+            st.session_state[Widgets.kept(layers_key)] = good
             st.session_state.pop(layers_key, None)
     target = state.target or None
     if target is not None and target.lower() not in {n.lower() for n in spec.class_names()}:
@@ -157,12 +155,12 @@ def current_url(page_path: str = "explore") -> str:
 
 def _state(page_path: str) -> links.LinkState:
     page_path = page_path or "explore"  # the default page's url path is empty
-    sel = st.session_state.get("selection")
+    sel = st.session_state.get(Sidebar.SELECTION)
     page_state = st.session_state.get(PAGE_STATE) or {}
     if sel is None:
-        state = links.LinkState(dataset=st.session_state.get("dataset") or "")
+        state = links.LinkState(dataset=st.session_state.get(Sidebar.DATASET) or "")
     else:
-        choice = st.session_state.get("view_choice") or ""
+        choice = st.session_state.get(Sidebar.VIEW) or ""
         state = links.LinkState(
             dataset=sel.dataset, sample=sel.sample_id,
             view=choice.removeprefix("saved:") if choice.startswith("saved:") else "",

@@ -132,12 +132,12 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _request(params: dict) -> dict:
-    """The params, defaulted, as run_batch's keyword arguments (names not yet checked)."""
+    """The params, defaulted, as batch.BatchOptions' fields (names not yet checked)."""
     batch, _links, methods, models, _store, _weights = _camcore()
     model = str(params.get("model") or models.DEFAULT_MODEL).strip()
     spec = models.MODELS.get(model)
     return {
-        "model_key": model,
+        "model": model,
         "weights": params.get("weights") or "auto",
         "methods": _as_list(params.get("methods")) or [methods.DEFAULT_METHOD],
         "layers": _as_list(params.get("layers")) or ([spec.default_layer] if spec else []),
@@ -147,11 +147,11 @@ def _request(params: dict) -> dict:
 
 
 def check(params: dict) -> dict:
-    """run_batch's arguments for these params, every name checked the way batch checks them and
+    """BatchOptions' fields for these params, every name checked the way batch checks them and
     the weights available: raises a CamError / ValueError with a one-line reason otherwise."""
     batch, _links, _methods, models, _store, weights = _camcore()
     args = _request(params)
-    request = batch.check_request(args["model_key"], args["methods"], args["layers"], args["target_rule"])
+    request = batch.BatchOptions(**args).checked()
     args["weights"] = _resolve_weights(args["weights"])
     weights.check_available(request.spec.weights, args["weights"])
     args["methods"], args["layers"] = list(request.methods), list(request.layers)
@@ -198,7 +198,7 @@ class ComputeCams(foo.Operator):
             return types.Property(inputs)
         batch, _links, methods, models, store, _weights = _camcore()
         args = _request(ctx.params)
-        spec = models.MODELS.get(args["model_key"]) or models.get_spec(models.DEFAULT_MODEL)
+        spec = models.MODELS.get(args["model"]) or models.get_spec(models.DEFAULT_MODEL)
 
         inputs.view("about", types.Notice(label=f"Computes heatmaps on {what}. Samples already done "
                                                 f"with the same settings are skipped."))
@@ -218,7 +218,7 @@ class ComputeCams(foo.Operator):
         method_view = types.Dropdown(label="Methods", multiple=True,
                                      description=f"The methods that work on {spec.label} in a batch")
         for m in methods.methods_for(spec.task, spec.family):
-            if not m.layer_independent:  # batch's own restriction (check_request)
+            if not m.layer_independent:  # batch's own restriction (BatchOptions.checked)
                 method_view.add_choice(m.key, label=m.label + (" (slow)" if m.slow else ""))
         inputs.list("methods", types.String(), default=[methods.DEFAULT_METHOD], view=method_view)
 
@@ -247,7 +247,7 @@ class ComputeCams(foo.Operator):
         else:
             try:
                 check(ctx.params)
-                store.require_image(samples._root_dataset)
+                store.require_image(store.root_dataset(samples))
             except Exception as exc:
                 problem = _first_line(exc)
         if problem:
@@ -277,7 +277,7 @@ class ComputeCams(foo.Operator):
                 updates.put((fraction, label))
 
         def run() -> Any:
-            return batch.run_batch(samples, progress=progress, cancel=cancel, chunk=CHUNK, **args)
+            return batch.run_batch(samples, batch.BatchOptions(chunk=CHUNK, **args), progress=progress, cancel=cancel)
 
         if ctx.delegated:
             report = run()

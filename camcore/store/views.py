@@ -18,8 +18,9 @@ import fiftyone as fo
 from bson import ObjectId
 from fiftyone import ViewField as F
 
-from camcore import store
 from camcore.errors import StoreError
+from camcore.identity import FIELD_PREFIX
+from camcore.store.datasets import db_errors, make_view, root_dataset
 
 PAGE_SIZE = 24  # samples read per server round trip: the strip around the current sample, and ◀ ▶
 SEARCH_LIMIT = 20
@@ -65,7 +66,7 @@ class ViewSpec:
         return ", ".join(parts) or "all samples"
 
 
-@store._db_errors
+@db_errors
 def build_view(dataset: fo.Dataset, spec: ViewSpec) -> fo.DatasetView:
     """The FiftyOne view a spec describes; StoreError for a saved view or field that is gone."""
     if spec.saved_view:
@@ -78,7 +79,7 @@ def build_view(dataset: fo.Dataset, spec: ViewSpec) -> fo.DatasetView:
         view = dataset.view()
     if spec.selected:
         view = view.select(list(spec.selected), ordered=True)
-    view = store.make_view(view, tags=list(spec.tags) or None, label_field=spec.label_field or None,
+    view = make_view(view, tags=list(spec.tags) or None, label_field=spec.label_field or None,
                            label=spec.label or None, filename_contains=spec.filename_contains or None)
     if spec.confidence is not None:
         view = _confidence_filter(view, spec)
@@ -112,17 +113,17 @@ def is_plain(view: fo.Dataset | fo.DatasetView) -> bool:
     return isinstance(view, fo.Dataset) or not view._stages
 
 
-@store._db_errors
+@db_errors
 def count(view: fo.Dataset | fo.DatasetView) -> int:
     """Samples in the view; O(1) for a whole dataset (collection metadata), one server-side count
     otherwise."""
     if is_plain(view):
-        root = store._root(view)
+        root = root_dataset(view)
         return int(root._sample_collection.estimated_document_count())
     return int(view.count())
 
 
-@store._db_errors
+@db_errors
 def page(view: fo.Dataset | fo.DatasetView, start: int, size: int = PAGE_SIZE) -> list[tuple[str, str]]:
     """(id, filepath) of the samples at positions start .. start+size-1 (fewer at the end)."""
     start = max(0, int(start))
@@ -137,7 +138,7 @@ def _orders_by_id(view: fo.Dataset | fo.DatasetView) -> bool:
     return is_plain(view) or not any(isinstance(s, _ORDERING_STAGES) for s in view._stages)
 
 
-@store._db_errors
+@db_errors
 def position_of(view: fo.Dataset | fo.DatasetView, spec: ViewSpec, sample_id: str) -> int | None:
     """The position of a sample in the view, or None when it is not in the view.
 
@@ -187,7 +188,7 @@ def _scanned_position(view: fo.DatasetView, sample_id: str) -> int | None:
         start += SCAN_PAGE
 
 
-@store._db_errors
+@db_errors
 def search(view: fo.Dataset | fo.DatasetView, text: str, limit: int = SEARCH_LIMIT) -> list[tuple[str, str]]:
     """Up to `limit` (id, filepath) whose path contains `text` (case-insensitive), on the server."""
     text = str(text).strip()
@@ -205,7 +206,7 @@ def random_position(total: int, rng: random.Random | None = None) -> int:
 # ---------------------------------------------------------------- names and fields
 
 
-@store._db_errors
+@db_errors
 def common_folder(dataset: fo.Dataset) -> str:
     """The deepest folder that holds every sample's file. The common prefix of the smallest and the
     largest path is every path's common prefix; both come from the filepath index."""
@@ -229,7 +230,7 @@ def relative_label(path: str, folder: str) -> str:
     return path
 
 
-@store._db_errors
+@db_errors
 def sortable_fields(dataset: fo.Dataset) -> list[str]:
     """Fields a view can be sorted by: scalar fields at the top level or in an embedded label (a
     prediction's confidence), not inside lists; CAM Explorer's own fields left out."""
@@ -237,7 +238,7 @@ def sortable_fields(dataset: fo.Dataset) -> list[str]:
     for path, f in dataset.get_field_schema(flat=True).items():
         if not isinstance(f, _SORTABLE_TYPES) or path in ("id", "_id", "filepath") or path.startswith("_"):
             continue
-        if path.split(".")[0].startswith(store.FIELD_PREFIX) or any(p.startswith("_") for p in path.split(".")):
+        if path.split(".")[0].startswith(FIELD_PREFIX) or any(p.startswith("_") for p in path.split(".")):
             continue
         if _under_list(dataset, path):
             continue
@@ -253,7 +254,7 @@ def _under_list(dataset: fo.Dataset, path: str) -> bool:
     return False
 
 
-@store._db_errors
+@db_errors
 def has_confidence(dataset: fo.Dataset, label_field: str) -> bool:
     """Whether the label field's labels carry a confidence (then a range filter is offered)."""
     doc_type = getattr(dataset.get_field(label_field), "document_type", None)

@@ -1,0 +1,79 @@
+"""Progress of long runs: samples done of a total, a rate, an ETA, and messages at most so often.
+
+A batch (one process or Ray workers) reports through a :data:`Progress` callback; a
+:class:`Meter` computes what it passes, and :func:`printer` turns the calls into the CLI's
+throttled lines. Never imports torch, FiftyOne or Streamlit.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+# progress(done, total, rate in samples per second, eta in seconds or None, message)
+Progress = Callable[[int, int, float, "float | None", str], None]
+
+FINAL_MESSAGES = ("finished", "cancelled")  # a printer never holds these back
+
+
+class Throttle:
+    """Says yes at most once per `interval` seconds; a forced call always passes (and counts)."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.interval = float(interval)
+        self.clock = clock
+        self.last = float("-inf")
+
+    def due(self, force: bool = False) -> bool:
+        now = self.clock()
+        if not force and now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
+
+
+class Meter:
+    """Rate and ETA from the work done since :meth:`start`, passed on to a Progress callback.
+
+    Work is counted in units that come before whole samples (a batch counts heatmaps, and
+    fractions of slow ones), so a rate and an ETA exist before the first sample is written;
+    ``unit`` converts units to samples for the rate."""
+
+    def __init__(self, report: Progress | None, interval: float = 0.0, started: float | None = None) -> None:
+        self.report = report
+        self.throttle = Throttle(interval)
+        self.started = time.perf_counter() if started is None else started  # a time.perf_counter()
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def tell(self, done: int, total: int, message: str, *, worked: float | None = None,
+             left: float | None = None, unit: float = 1.0, force: bool = True) -> None:
+        """Report `done` of `total` samples. worked / left: units of work done and still to do
+        (default: samples, done and total - done); unit: samples per unit of work."""
+        if self.report is None or not self.throttle.due(force):
+            return
+        worked = float(done if worked is None else worked)
+        left = float(total - done if left is None else left)
+        elapsed = time.perf_counter() - self.started
+        per_second = worked / elapsed if worked and elapsed > 0 else 0.0  # units per second
+        rate = per_second * unit
+        eta = left / per_second if per_second > 0 else None
+        self.report(done, total, rate, eta, message)
+
+
+def line(done: int, total: int, rate: float, eta: float | None, message: str) -> str:
+    """``done/total (rate/s, ETA n s): message``, the CLI's progress line."""
+    eta_text = f"{eta:.0f} s" if eta is not None else "?"
+    return f"{done}/{total} ({rate:.2f}/s, ETA {eta_text}): {message}"
+
+
+def printer(write: Callable[[str], None], interval: float = 1.0) -> Progress:
+    """A Progress callback that writes :func:`line` at most every `interval` seconds; calls with
+    nothing done yet and the final ones ("finished", "cancelled") are always written."""
+    throttle = Throttle(interval)
+
+    def progress(done: int, total: int, rate: float, eta: float | None, message: str) -> None:
+        if throttle.due(force=not done or message in FINAL_MESSAGES):
+            write(line(done, total, rate, eta, message))
+
+    return progress

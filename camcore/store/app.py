@@ -1,0 +1,101 @@
+"""The FiftyOne App: its URLs, and the one App session this process serves."""
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import fiftyone as fo
+
+from camcore.errors import StoreError
+from camcore.store.datasets import LOCK, db_errors
+
+DEFAULT_APP_PORT = 5151
+_PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"  # the repo's plugins/
+
+_SESSION: Any = None  # the one FiftyOne App session this process serves
+
+
+def app_url(dataset_name: str, sample_id: str | None = None, port: int = DEFAULT_APP_PORT) -> str:
+    """URL of the dataset in the FiftyOne App; with sample_id it opens that sample's modal.
+
+    The App (1.22) routes ``/datasets/:name`` and keeps the open sample in ``?id=``.
+    """
+    url = f"http://localhost:{int(port)}/datasets/{urllib.parse.quote(dataset_name, safe='')}"
+    if sample_id:
+        url += "?" + urllib.parse.urlencode({"id": sample_id})
+    return url
+
+
+@db_errors
+def launch_app(
+    dataset: fo.Dataset | fo.DatasetView, port: int = DEFAULT_APP_PORT, sample_id: str | None = None
+) -> fo.Session:
+    """Serve the FiftyOne App on localhost:port showing `dataset`; open it at :func:`app_url`.
+
+    One App per process: a second call on the same port retargets the running session
+    (cheap, no new server); another port closes the old one first.
+    """
+    global _SESSION
+    with LOCK:
+        if _SESSION is not None and _SESSION.server_port == port:
+            _retarget(_SESSION, dataset)
+            return _SESSION
+        close_app()
+        # The App's server (a child process) loads the CAM Explorer plugin from the repo's plugins/,
+        # unless the user points FiftyOne at their own plugins folder.
+        os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(_PLUGINS_DIR))
+        _SESSION = fo.launch_app(
+            dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
+        )
+        return _SESSION
+
+
+def _retarget(session: fo.Session, dataset: fo.Dataset | fo.DatasetView, timeout: float = 25.0) -> None:
+    # The session's event client connects in the background and, after a miss, retries
+    # every 10 s; changing the dataset before it is connected raises RuntimeError.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if isinstance(dataset, fo.DatasetView):
+                session.view = dataset
+            else:
+                session.dataset = dataset
+            return
+        except RuntimeError as exc:
+            if "not connected" not in str(exc) or time.monotonic() > deadline:
+                raise StoreError(
+                    f"the FiftyOne App on port {session.server_port} is not answering: {exc}") from exc
+            time.sleep(0.25)
+
+
+def app_session() -> fo.Session | None:
+    """The App session this process serves (launch_app), or None: its view and selection are
+    views the explorer offers."""
+    return _SESSION
+
+
+def close_app() -> None:
+    """Stop the App server this process started, if any."""
+    global _SESSION
+    with LOCK:
+        session, _SESSION = _SESSION, None
+        if session is not None:
+            session.close()
+
+
+def refresh_app(dataset_name: str) -> None:
+    """Make an App this process serves on this dataset take the dataset's App config (colour
+    scheme, active fields) now: a session keeps the scheme it was launched with."""
+    session = _SESSION
+    if session is None:
+        return
+    try:
+        shown = session.dataset
+        if shown is not None and shown.name == dataset_name:
+            session.color_scheme = None  # rebuilt from the dataset's app config, sent to the App
+            session.refresh()
+    except Exception:  # an App that is not connected (yet): it reads the config when it loads
+        pass

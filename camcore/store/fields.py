@@ -1,0 +1,197 @@
+"""Heatmap fields: declared from a HeatmapIdentity, checked before any write, listed in the
+dataset's info, and styled for the FiftyOne App.
+
+The name of the field (``cam_<method>_<layer>_<target>_<model>[_<variant>]``), its meaning and
+its description all come from the heatmap's :class:`~camcore.identity.HeatmapIdentity`. A field
+we create is an ``fo.Heatmap`` field marked in its FiftyOne field info,
+``info={"cam_explorer": {"kind": "heatmap", "model": ..., "method": ..., "layer": ...,
+"target": ..., ["variant": ...,] "description": ...}}``, and listed in
+``dataset.info["cam_explorer"]["fields"]``. A write never touches a field that is not marked ours,
+is not a Heatmap field, or is ours but means something else (two names that sanitise alike): it
+raises and writes nothing.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import fiftyone as fo
+from fiftyone.core.odm.dataset import ActiveFields  # not re-exported at the top level in 1.22
+
+from camcore.errors import StoreError
+from camcore.identity import FIELD_PREFIX, HeatmapIdentity
+from camcore.store import app
+from camcore.store.datasets import LOCK, MARK, db_errors, root_dataset
+
+__all__ = ["FIELD_PREFIX", "HEATMAP_COLORSCALE", "LABEL_ATTRIBUTES", "check_field", "declare_heatmap_field",
+           "heatmap_fields"]
+
+# The attributes every heatmap label carries (see heatmaps.py). They are declared with the field,
+# so that writers in several processes never race to extend the field's schema.
+LABEL_ATTRIBUTES: dict[str, type[fo.Field]] = {
+    "model": fo.StringField, "weights": fo.StringField, "pretrained": fo.BooleanField,
+    "method": fo.StringField, "layer": fo.StringField, "target": fo.StringField,
+    "target_index": fo.IntField, "target_rule": fo.StringField, "aug_smooth": fo.BooleanField,
+    "eigen_smooth": fo.BooleanField, "raw_min": fo.FloatField, "raw_max": fo.FloatField, "blank": fo.BooleanField,
+    "created_at": fo.StringField, "versions": fo.DictField,
+    # the rest of HeatmapIdentity.provenance: what made the map, compared by a batch's resume
+    "arch": fo.StringField, "weights_sha256": fo.StringField, "classes_file": fo.StringField,
+    "input_size": fo.IntField,
+}
+
+HEATMAP_COLORSCALE = "jet"  # the app's default colormap: the App draws our maps like the explorer does
+
+
+def check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bool:
+    """True if the field exists and is ours with this meaning, False if absent; else raise."""
+    existing = dataset.get_field(field)
+    if existing is None:
+        return False
+    doc_type = getattr(existing, "document_type", None)
+    if not (isinstance(existing, fo.EmbeddedDocumentField) and doc_type and issubclass(doc_type, fo.Heatmap)):
+        raise StoreError(
+            f"field {field!r} of {dataset.name!r} exists and is not a Heatmap field; not overwriting it")
+    mark = (existing.info or {}).get(MARK)
+    if not isinstance(mark, dict):
+        raise StoreError(
+            f"field {field!r} of {dataset.name!r} was not created by CAM Explorer; not overwriting it")
+    # A field made before variants existed has none: it matches the plain map.
+    if any(mark.get(k) != v for k, v in meaning.items()) or mark.get("variant", "") != meaning.get("variant", ""):
+        raise StoreError(
+            f"field {field!r} already holds {mark.get('method')} on {mark.get('layer')} of "
+            f"{mark.get('model')} for {mark.get('target')!r}; names collide after sanitising"
+        )
+    return True
+
+
+def _field_type_of(value: Any) -> type[fo.Field]:
+    for py, ftype in ((bool, fo.BooleanField), (int, fo.IntField), (float, fo.FloatField), (str, fo.StringField)):
+        if isinstance(value, py):
+            return ftype
+    raise StoreError(f"cannot store a label attribute of type {type(value).__name__}")
+
+
+def declare_heatmap_field(
+    dataset: fo.Dataset | fo.DatasetView, identity: HeatmapIdentity, extra: dict | None = None,
+    shown_with: str | None = None,
+) -> str:
+    """Create (or check) the Heatmap field of this identity with every label attribute declared
+    (LABEL_ATTRIBUTES plus `extra`'s keys), and list it in dataset.info; return its name. Raises
+    StoreError for a field that is not ours or means something else. Idempotent.
+
+    shown_with: the write or run this field belongs to (a push's write id, a batch's run id): the
+    App switches on the fields declared with the same value together; None: this field alone."""
+    dataset = root_dataset(dataset)
+    field = identity.field_name
+    meaning = identity.meaning
+    description = identity.description
+    with LOCK:
+        if not check_field(dataset, field, meaning):
+            dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+                                     description=description, info={MARK: {**meaning, "description": description}})
+        declared = dataset.get_field(field).get_field_schema()
+        wanted = {**LABEL_ATTRIBUTES, **{k: _field_type_of(v) for k, v in (extra or {}).items()}}
+        for name, ftype in wanted.items():
+            if name not in declared:
+                dataset.add_sample_field(f"{field}.{name}", ftype)
+        info = dict(dataset.info or {})
+        ours = dict(info.get(MARK) or {})
+        before = dict(ours.get("fields") or {})
+        # Fields deleted or renamed outside CAM Explorer leave the registry.
+        schema = dataset.get_field_schema()
+        registry = {name: entry for name, entry in before.items() if name in schema}
+        registry[field] = {**meaning, "description": description}
+        if registry != before:
+            info[MARK] = {**ours, "fields": registry}
+            dataset.info = info
+            dataset.save()
+        _show_in_app(dataset, [field], shown_with)
+    return field
+
+
+def heatmap_fields(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict]:
+    """Our heatmap fields on this dataset: field name -> its meaning (model, method, ...)."""
+    out = {}
+    for name, field in root_dataset(dataset).get_field_schema().items():
+        mark = (getattr(field, "info", None) or {}).get(MARK)
+        if isinstance(mark, dict) and mark.get("kind") == "heatmap":
+            out[name] = dict(mark)
+    return out
+
+
+@db_errors
+def stored_fields(dataset: fo.Dataset | fo.DatasetView, sample_id: str, fields: list[str]) -> set[str]:
+    """Which of these fields already hold a value on the sample (a push would replace them)."""
+    root = root_dataset(dataset)
+    present = [f for f in dict.fromkeys(fields) if root.get_field(f) is not None]
+    if not present:
+        return set()
+    values = root.select(sample_id).values(present)
+    return {f for f, v in zip(present, values, strict=True) if v and v[0] is not None}
+
+
+# ---------------------------------------------------------------- App styling
+
+_SHOWN: dict[str, tuple[float, list[str], object]] = {}  # dataset -> (when, fields, group) of the latest
+_SHOWN_GROUP_SECONDS = 60.0  # the calls of one push come back to back
+
+
+def _show_in_app(dataset: fo.Dataset, fields: list[str], group: str | None = None) -> None:
+    """Show the heatmap fields just declared in the App, drawn with a heatmap colour scale.
+
+    - Active (checked) fields: FiftyOne's own default (every non-dense label field, the way the
+      App shows a dataset) plus only the fields of the latest group (the declarations of one
+      push or one batch run, known by `group`, add up); our older heatmap fields are unchecked, so
+      a sample is not a stack of tints. A list the user set keeps its other paths (an exclusion
+      list also excludes our older fields).
+    - Each field of ours gets a colour scale (jet, like the explorer), unless the user set one.
+    - An App this process serves on this dataset takes the new scheme and refreshes at once.
+    Each field keeps its full description (what made the map) in its description and info.
+    """
+    now = time.monotonic()
+    key: object = group if group is not None else object()  # no group: a group of its own
+    last = _SHOWN.get(dataset.name)
+    same = last is not None and last[2] == key and now - last[0] < _SHOWN_GROUP_SECONDS
+    shown = list(dict.fromkeys(([*last[1]] if same and last else []) + list(fields)))
+    _SHOWN[dataset.name] = (now, shown, key)
+    config = dataset.app_config
+    changed = _activate(dataset, config, shown)
+    scheme = config.color_scheme or fo.ColorScheme()
+    scales = list(scheme.colorscales or [])
+    styled = {c.get("path") for c in scales if isinstance(c, dict)}
+    missing = [f for f in fields if f not in styled]
+    if missing:  # the user's own colorscale for a field wins
+        scheme.colorscales = scales + [{"path": f, "name": HEATMAP_COLORSCALE} for f in missing]
+        config.color_scheme = scheme
+        changed = True
+    if changed:
+        dataset.save()
+    app.refresh_app(dataset.name)
+
+
+def _activate(dataset: fo.Dataset, config: Any, shown: list[str]) -> bool:
+    """Switch on `shown` and off our other heatmap fields in the App config; True if it changed."""
+    active = config.active_fields
+    ours = set(heatmap_fields(dataset)) | set(shown)
+    older = sorted(ours - set(shown))
+    if active is None or (active.exclude and set(active.paths) <= _dense_fields(dataset) | ours):
+        default = fo.DatasetAppConfig.default_active_fields(dataset)
+        paths = [p for p in default.paths if p not in ours] + shown
+        new_active = ActiveFields(exclude=False, paths=paths)
+    elif active.exclude:  # the user's own exclusion list: keep it, and exclude our older maps too
+        paths = [p for p in active.paths if p not in ours] + older
+        new_active = ActiveFields(exclude=True, paths=paths)
+    else:
+        paths = [p for p in active.paths if p not in ours] + shown
+        new_active = ActiveFields(exclude=False, paths=paths)
+    if active is None or active.exclude != new_active.exclude or list(active.paths) != list(new_active.paths):
+        config.active_fields = new_active
+        return True
+    return False
+
+
+def _dense_fields(dataset: fo.Dataset) -> set[str]:
+    """Heatmap and Segmentation fields: the ones the App leaves unchecked by default."""
+    return {name for name, f in dataset.get_field_schema().items()
+            if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
+            and issubclass(f.document_type, (fo.Heatmap, fo.Segmentation))}

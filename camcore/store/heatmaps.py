@@ -1,0 +1,568 @@
+"""Heatmaps: pushing maps as 16-bit PNGs + Heatmap labels, reading them back, and the journal that
+keeps every label pointing at a whole file written for it.
+
+A heatmap lives in the field its identity names (:attr:`~camcore.identity.HeatmapIdentity.field_name`,
+``cam_<method>_<layer>_<target>_<model>[_<variant>]``, declared by :mod:`camcore.store.fields`).
+Its map is a 16-bit grayscale PNG (``range=[0, 65535]``) under
+``<heatmaps dir>/<dataset>/<field>/<sample id>-<write id>.png``; the label carries the identity's
+provenance (model, weights, method, layer, smoothing, arch, weights hash, classes file, input size)
+plus the target actually explained, raw_min/raw_max, blank, created_at and package versions.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import fiftyone as fo
+import numpy as np
+
+from camcore import paths
+from camcore.errors import ImageError, StoreError, first_line
+from camcore.results import CamResult, Heatmap
+from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
+from camcore.store.fields import check_field, declare_heatmap_field
+
+HEATMAP_RANGE = (0, 65535)
+_WRITE_THREADS = 8
+
+
+def _dataset_dirname(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "dataset"
+    # Different names may sanitise alike; a hash keeps their folders apart.
+    return clean if clean == name else f"{clean}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def _heatmap_base(heatmap_dir: str | Path | None) -> Path:
+    return Path(heatmap_dir).expanduser().resolve() if heatmap_dir else paths.heatmaps_dir()
+
+
+def heatmap_path(
+    dataset_name: str, field: str, sample_id: str, heatmap_dir: str | Path | None = None, write_id: str = ""
+) -> Path:
+    """Absolute path of the PNG for one sample's heatmap in one field, written by one write:
+    ``<sample id>-<write id>.png``. Every write gets a new name, so a map is never replaced in
+    place under a label that still describes the old one. Without a write id: ``<sample id>.png``;
+    ``.parent`` is the field's folder either way."""
+    name = f"{sample_id}-{write_id}.png" if write_id else f"{sample_id}.png"
+    return _heatmap_base(heatmap_dir) / _dataset_dirname(dataset_name) / field / name
+
+
+def _versions() -> dict[str, str]:
+    out = {"camcore": str(getattr(sys.modules.get("camcore"), "__version__", "unknown"))}
+    for key, dist in (("torch", "torch"), ("torchvision", "torchvision"),
+                      ("pytorch_grad_cam", "grad-cam"), ("timm", "timm")):
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = "not installed"
+    return out
+
+
+def _validated_map(h: Heatmap, result: CamResult, meta: Any) -> np.ndarray:
+    m = np.asarray(h.map)
+    if m.ndim != 2 or m.size == 0:
+        raise ImageError(f"heatmap {h.label} is not a 2-D map (shape {m.shape})")
+    if not np.issubdtype(m.dtype, np.floating) or not np.all(np.isfinite(m)):
+        raise ImageError(f"heatmap {h.label} must hold finite floats in 0..1")
+    image_size = result.image_size
+    if tuple(m.shape) != tuple(image_size):
+        raise ImageError(f"heatmap {h.label} is {m.shape[0]}x{m.shape[1]}, "
+                         f"the image is {image_size[0]}x{image_size[1]}")
+    m = result.full_map(h)  # a downscaled huge image's map, back at the file's size
+    size = f"{m.shape[0]}x{m.shape[1]}"
+    # The sample's own size, when known. FiftyOne's metadata (like the App) is EXIF-upright, so
+    # a map in the stored orientation of a rotated JPEG would not line up: refused.
+    if meta is not None and meta.width and meta.height:
+        if tuple(m.shape) != (meta.height, meta.width):
+            raise ImageError(f"heatmap {h.label} is {size}, the sample is {meta.height}x{meta.width} "
+                             "(height x width, as the App shows it)")
+    return np.round(np.clip(m.astype(np.float64), 0.0, 1.0) * HEATMAP_RANGE[1]).astype(np.uint16)
+
+
+def _write_png_atomic(path: Path, image: np.ndarray, tmp_dir: Path | None = None) -> None:
+    # Write a temp file then rename: a crash never leaves a half-written PNG. The temp file may live
+    # in another folder of the same file system (the journal's), where clean-up finds it cheaply.
+    tmp_dir = tmp_dir or path.parent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".tmp-", suffix=".png")
+        os.close(fd)
+    except OSError as exc:
+        raise ImageError(f"cannot write heatmaps under {path.parent}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            ok, png = cv2.imencode(".png", image)
+        except cv2.error as exc:
+            raise ImageError(f"could not write heatmap PNG {path}: {first_line(exc)}") from exc
+        if not ok:
+            raise ImageError(f"could not write heatmap PNG {path}")
+        # Not cv2.imwrite: on a full disk it returns True and leaves an empty file.
+        try:
+            with open(tmp, "wb") as f:
+                f.write(png.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise ImageError(f"could not write heatmap PNG {path}: {exc.strerror or exc}") from exc
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_pngs(files: Sequence[tuple[Path, np.ndarray]], tmp_dir: Path | None = None) -> None:
+    """Write many PNGs atomically, in threads: PNG encoding and fsync release the GIL, and on a
+    GPU machine they would otherwise take longer than computing the maps. Every write finishes
+    (or fails) before this returns; the first error is raised."""
+    if len(files) <= 1:
+        for path, png in files:
+            _write_png_atomic(path, png, tmp_dir)
+        return
+    with ThreadPoolExecutor(max_workers=min(_WRITE_THREADS, len(files))) as pool:
+        futures = [pool.submit(_write_png_atomic, path, png, tmp_dir) for path, png in files]
+    for future in futures:
+        future.result()
+
+
+# ---------------------------------------------------------------- heatmap files: journal and clean-up
+#
+# A label always points at a whole file that was written for it:
+#   1. the writer's journal lists the new files and the files the labels point at now (fsync'd);
+#   2. the new PNGs are written under new names (<sample id>-<write id>.png), atomically;
+#   3. one set_values per field points the labels at them;
+#   4. the old files are deleted, each only if no label of any dataset points at it (clones keep
+#      sample ids and absolute map_paths); then the journal is emptied.
+# A process that dies between two steps leaves its journal. Clean-up (clean_orphans) takes a
+# journal only when its writer is gone: the writer holds an exclusive flock on it while it lives,
+# and the kernel drops that lock when the process dies, however it dies. Clean-up then deletes the
+# listed files that no label references at that moment, so it never touches a file of a writer
+# still running (its journal is locked) nor one any dataset uses.
+
+PENDING_DIR = ".pending"  # under <heatmaps dir>/<dataset>/: journals and temp PNGs
+JOURNAL_SUFFIX = ".journal"
+STALE_TEMP_SECONDS = 3600  # a temp PNG lives for one write; older ones were left by a crash
+# A journal written on another machine: its flock may not reach this one (NFS mounted without
+# locks), so it counts as abandoned only when unlocked here AND untouched for this long.
+FOREIGN_JOURNAL_GRACE = 3600.0
+DELETE_BATCH = 2048  # old files collected before one cross-dataset reference check
+_REF_QUERY_PATHS = 5000  # paths per $in query
+_MAP_NAME = re.compile(r"^[0-9a-fA-F]{24}(-[0-9a-f]+)?\.png$")
+_HEATMAP_DOC = "fiftyone.core.labels.Heatmap"
+
+
+def _pending_dir(dataset_name: str, heatmap_dir: str | Path | None) -> Path:
+    return _heatmap_base(heatmap_dir) / _dataset_dirname(dataset_name) / PENDING_DIR
+
+
+def _heatmap_paths_in_schema(fields: list[dict], prefix: str = "") -> list[str]:
+    """Dotted paths of the Heatmap fields in a dataset document's field list, nested ones too."""
+    out = []
+    for f in fields or []:
+        name = f"{prefix}{f.get('name')}"
+        if f.get("embedded_doc_type") == _HEATMAP_DOC:
+            out.append(name)
+        elif f.get("fields"):
+            out.extend(_heatmap_paths_in_schema(f["fields"], name + "."))
+    return out
+
+
+@db_errors
+def referenced_paths(paths_: Iterable[str]) -> set[str]:
+    """Which of these files a label of any dataset in the database points at now: one server-side
+    query per dataset that has Heatmap fields (samples and frames), whatever their names."""
+    wanted = sorted({str(p) for p in paths_})
+    if not wanted:
+        return set()
+    import fiftyone.core.odm as foo
+
+    conn = foo.get_db_conn()
+    found: set[str] = set()
+    projection = {"sample_collection_name": 1, "frame_collection_name": 1, "sample_fields": 1,
+                  "frame_fields": 1}
+    for doc in conn["datasets"].find({}, projection):
+        for coll_key, fields_key in (("sample_collection_name", "sample_fields"),
+                                     ("frame_collection_name", "frame_fields")):
+            fields = _heatmap_paths_in_schema(doc.get(fields_key) or [])
+            if not fields or not doc.get(coll_key):
+                continue
+            coll = conn[doc[coll_key]]
+            for k in range(0, len(wanted), _REF_QUERY_PATHS):
+                part = wanted[k:k + _REF_QUERY_PATHS]
+                query = {"$or": [{f"{f}.map_path": {"$in": part}} for f in fields]}
+                for hit in coll.find(query, {f"{f}.map_path": 1 for f in fields}):
+                    for f in fields:
+                        value: Any = hit
+                        for key in f.split("."):
+                            value = value.get(key) if isinstance(value, dict) else None
+                        values = value if isinstance(value, list) else [value]
+                        for v in values:
+                            mp = v.get("map_path") if isinstance(v, dict) else None
+                            if mp in part:
+                                found.add(mp)
+    return found
+
+
+def _delete_unreferenced(candidates: Iterable[str]) -> int:
+    """Delete those of the files that exist and that no label of any dataset points at now."""
+    existing = {p for p in set(candidates) if p and os.path.isfile(p)}
+    if not existing:
+        return 0
+    removed = 0
+    for path in sorted(existing - referenced_paths(existing)):
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class HeatmapWriter:
+    """One writer's journal of the heatmap files it is changing (see the comment above).
+
+    push_many uses one per call unless given one; a batch passes one for the whole run, so the
+    old files it replaces are checked and deleted in groups of DELETE_BATCH (one reference query
+    per group, not per chunk). Use it as a context manager: on a clean exit the old files are
+    deleted and the journal removed; on an exception the journal stays for clean_orphans."""
+
+    def __init__(self, dataset_name: str, heatmap_dir: str | Path | None = None) -> None:
+        self.folder = _pending_dir(dataset_name, heatmap_dir)
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._doomed: list[str] = []  # old files whose labels point at new files now
+        self._lock = threading.Lock()
+        self.removed = 0
+
+    def _header(self) -> bytes:
+        return (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+                + "\n").encode()
+
+    def _write(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None:  # only _open and flush write, both with the journal open
+            raise RuntimeError("the heatmap journal is not open")
+        os.write(fd, data)
+        os.fsync(fd)
+
+    def _open(self) -> None:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        tmp = self.folder / f".new-{name}"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: clean-up leaves this journal alone
+            self._fd = fd
+            self._write(self._header())
+            final = self.folder / f"{name}{JOURNAL_SUFFIX}"
+            os.replace(tmp, final)  # visible under its journal name only once locked
+        except BaseException:
+            self._fd = None
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        self.path = final
+
+    def record(self, new: Sequence[str], old: Sequence[str]) -> None:
+        """Before any PNG is written: the files this write creates and those it will replace."""
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self._open()
+                self._write((json.dumps({"new": list(new), "old": list(old)}) + "\n").encode())
+            except OSError as exc:
+                raise ImageError(f"cannot write heatmaps under {self.folder.parent}: "
+                                 f"{exc.strerror or exc}") from exc
+
+    def committed(self, old: Sequence[str]) -> None:
+        """The labels point at the new files now: the old ones go (checked) in the next flush."""
+        with self._lock:
+            self._doomed.extend(old)
+            due = len(self._doomed) >= DELETE_BATCH
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Delete the replaced files no label references; every recorded write is settled then,
+        so the journal is emptied (a crash mid-way leaves it whole or empty: both are safe)."""
+        with self._lock:
+            doomed, self._doomed = self._doomed, []
+            if doomed:
+                self.removed += _delete_unreferenced(doomed)
+            if self._fd is not None:
+                os.ftruncate(self._fd, 0)
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                self._write(self._header())
+
+    def close(self, ok: bool = True) -> None:
+        """ok: settle and remove the journal; else (or when settling fails: database down, disk
+        full) keep it for clean_orphans. Either way the lock is released."""
+        settled = False
+        try:
+            if ok:
+                self.flush()
+                settled = True
+        except Exception:  # the labels are written; only the old files' deletion waits
+            pass
+        finally:
+            with self._lock:
+                if self._fd is not None:
+                    if settled and self.path is not None:
+                        self.path.unlink(missing_ok=True)  # before the lock goes: nobody takes it half-done
+                    os.close(self._fd)  # releases the flock
+                    self._fd = None
+
+    def forget(self, new: Sequence[str]) -> None:
+        """A write that failed before any label was written: its files are nobody's, delete them."""
+        for path in new:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def __enter__(self) -> HeatmapWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+@db_errors
+def clean_orphans(dataset: fo.Dataset | fo.DatasetView, heatmap_dir: str | Path | None = None) -> int:
+    """Settle what writers that died left under this dataset's heatmap folder: for each journal no
+    live writer holds, delete the files it lists that no label of any dataset references now, then
+    the journal; and temp PNGs older than STALE_TEMP_SECONDS. Returns the number of files deleted.
+    Cost: one listing of the journal folder, plus one reference query per dataset with heatmaps
+    when something was abandoned; never proportional to the dataset's size."""
+    import fcntl
+
+    folder = _pending_dir(root_dataset(dataset).name, heatmap_dir)
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    candidates: list[str] = []
+    held: list[tuple[int, Path]] = []  # abandoned journals, locked by us until their files are settled
+    removed = 0
+    try:
+        for path in sorted(folder.iterdir()):
+            name = path.name
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime > STALE_TEMP_SECONDS:
+                        path.unlink()
+                        removed += 1
+                continue
+            if not (name.endswith(JOURNAL_SUFFIX) or name.startswith(".new-")):
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # its writer is alive
+                os.close(fd)
+                continue
+            with open(path, "rb") as f:
+                lines = f.read().decode(errors="replace").splitlines()
+            records = []
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
+            header = records[0] if records and "host" in records[0] else {}
+            if header.get("host", socket.gethostname()) != socket.gethostname() and \
+                    now - os.fstat(fd).st_mtime < FOREIGN_JOURNAL_GRACE:
+                os.close(fd)
+                continue
+            for rec in records:
+                candidates.extend(str(p) for p in (rec.get("new") or []) + (rec.get("old") or []))
+            held.append((fd, path))
+        removed += _delete_unreferenced(candidates)
+        for _fd, path in held:
+            path.unlink(missing_ok=True)
+    finally:
+        for fd, _path in held:
+            os.close(fd)
+    return removed
+
+
+def _label(h: Heatmap, map_path: Path, created_at: str, versions: dict, extra: dict | None = None) -> fo.Heatmap:
+    """The label of one map: `extra`, the identity's provenance, then what this map was for."""
+    attributes = {
+        **(extra or {}),
+        **h.identity.provenance,
+        "target": h.target.name,
+        "target_index": int(h.target.index),
+        "target_rule": h.target.rule,
+        "raw_min": float(h.raw_range[0]),
+        "raw_max": float(h.raw_range[1]),
+        "blank": bool(h.blank),  # zero everywhere: the App draws nothing, and this says why
+        "created_at": created_at,
+        "versions": versions,
+    }
+    return fo.Heatmap(map_path=str(map_path), range=list(HEATMAP_RANGE), **attributes)
+
+
+@db_errors
+def push_heatmaps(
+    dataset: fo.Dataset,
+    sample_id: str,
+    result: CamResult,
+    heatmaps: Sequence[Heatmap] | None = None,
+    heatmap_dir: str | Path | None = None,
+) -> list[str]:
+    """Write heatmaps of `result` for one sample as PNGs + Heatmap fields; return the field names.
+
+    The field of each heatmap is ``h.field`` (its identity's field name). Everything is validated
+    before anything is written; pushing the same heatmap again replaces the field value and the file.
+    """
+    dataset = root_dataset(dataset)
+    chosen = list(result.heatmaps if heatmaps is None else heatmaps)
+    if not chosen:
+        raise StoreError("nothing to push: the result holds no heatmaps")
+    for h in chosen:
+        if not any(h is r for r in result.heatmaps):
+            raise StoreError(f"heatmap {h.label} is not part of this result; push it with its own result")
+    with LOCK:
+        sample = get_sample(dataset, sample_id)
+        require_image(sample)
+        return push_many(dataset, [(sample.id, dataclasses.replace(result, heatmaps=tuple(chosen)))],
+                         heatmap_dir=heatmap_dir)
+
+
+# One map to write: (sample id, result, heatmap, 16-bit PNG, its path)
+_Row = tuple[str, CamResult, Heatmap, np.ndarray, Path]
+
+
+def _plan(
+    dataset: fo.Dataset, items: Sequence[tuple[str, CamResult]], heatmap_dir: str | Path | None, write_id: str,
+) -> dict[str, tuple[Heatmap, list[_Row]]]:
+    """Validate every map and check every field before anything is written: field -> (its first
+    heatmap, whose identity declares it; the rows to write into it)."""
+    ids = [sid for sid, _r in items]
+    metas = dict(zip(*dataset.select(ids).values(["id", "metadata"]), strict=True))
+    per_field: dict[str, tuple[Heatmap, list[_Row]]] = {}
+    for sid, result in items:
+        if sid not in metas:
+            raise StoreError(f"no sample {sid!r} in {dataset.name!r}")
+        for h in result.heatmaps:
+            field = h.field
+            if field not in per_field:  # checked once per field, not per sample
+                check_field(dataset, field, h.identity.meaning)
+                per_field[field] = (h, [])
+            rows = per_field[field][1]
+            if any(r[0] == sid for r in rows):
+                raise StoreError(f"two heatmaps of sample {sid} map to the same field {field!r}")
+            png = _validated_map(h, result, metas[sid])
+            rows.append((sid, result, h, png, heatmap_path(dataset.name, field, sid, heatmap_dir, write_id)))
+    return per_field
+
+
+@db_errors
+def push_many(
+    dataset: fo.Dataset,
+    items: Sequence[tuple[str, CamResult]],
+    extra: dict | None = None,
+    heatmap_dir: str | Path | None = None,
+    writer: HeatmapWriter | None = None,
+) -> list[str]:
+    """Write every heatmap of several samples' results with one ``set_values`` per field.
+
+    items: (sample_id, result) pairs; each heatmap goes into the field its identity names (a batch
+    gives its heatmaps an identity whose target is its rule, e.g. ``"predicted"``: one field
+    whatever class each sample was explained for; the class is still each label's ``target``
+    attribute). extra: more attributes for every label (provenance).
+    Everything is validated first; then the writer's journal lists the new files and the ones
+    the labels point at now, every PNG is written under a new name (atomically), the fields are
+    set, and the replaced files are deleted once no label of any dataset references them (at
+    once, or in the writer's next flush when a batch passes its writer). A crash at any point
+    leaves each label with the file it was written with; clean_orphans settles the rest.
+    """
+    dataset = root_dataset(dataset)
+    if not items:
+        return []
+    write_id = uuid.uuid4().hex[:16]  # this write's files get new names: nothing is replaced in place
+    with LOCK:
+        require_image(dataset)
+        per_field = _plan(dataset, items, heatmap_dir, write_id)
+        created_at = utc_now()
+        versions = _versions()
+        new = [str(row[4]) for _h, rows in per_field.values() for row in rows]
+        old = _current_files(dataset, {f: [row[0] for row in rows] for f, (_h, rows) in per_field.items()})
+        own = writer is None
+        writer = writer or HeatmapWriter(dataset.name, heatmap_dir)
+        labelled = False
+        try:
+            writer.record(new, old)
+            try:
+                _write_pngs([(path, png) for _h, rows in per_field.values() for *_x, png, path in rows],
+                            tmp_dir=writer.folder)
+            except BaseException:
+                writer.forget(new)  # no label was written: these files are nobody's
+                raise
+            for field, (first, rows) in per_field.items():
+                declare_heatmap_field(dataset, first.identity, extra=extra, shown_with=write_id)
+                values = {sid: _label(h, path, created_at, versions, extra) for sid, _r, h, _p, path in rows}
+                labelled = True
+                # One bulk update keyed by id, not sample.save(); every attribute is declared already.
+                dataset.set_values(field, values, key_field="id", dynamic=True)
+            writer.committed(old)
+        except BaseException:
+            if own:
+                writer.close(ok=not labelled)  # a label may have been written: leave it to clean-up
+            raise
+        if own:
+            writer.close()
+    return list(per_field)
+
+
+def _current_files(dataset: fo.Dataset, ids_by_field: dict[str, list[str]]) -> list[str]:
+    """The files our labels of these samples point at now (those a write will replace): only
+    files named as we name them, in the field's own folder, so a path set by hand is never
+    deleted."""
+    schema = dataset.get_field_schema()
+    fields = [f for f in ids_by_field if f in schema]
+    if not fields:
+        return []
+    wanted = {f: set(ids_by_field[f]) for f in fields}
+    ids = sorted(set().union(*wanted.values()))
+    columns = dataset.select(ids).values(["id"] + [f"{f}.map_path" for f in fields])
+    out = []
+    for i, sid in enumerate(columns[0]):
+        for f, col in zip(fields, columns[1:], strict=True):
+            path = col[i]
+            if path and sid in wanted[f]:
+                p = Path(path)
+                if p.parent.name == f and _MAP_NAME.match(p.name) and p.name.startswith(sid):
+                    out.append(str(path))
+    return out
+
+
+@db_errors
+def read_heatmap(dataset: fo.Dataset | fo.DatasetView, sample_id: str, field: str) -> np.ndarray | None:
+    """A stored heatmap as float32 0..1 (its PNG scaled by its range), or None when absent."""
+    sample = get_sample(dataset, sample_id)
+    label = sample[field] if sample.has_field(field) else None
+    if not isinstance(label, fo.Heatmap) or not label.has_map:
+        return None
+    raw = label.get_map()
+    if raw is None:
+        return None
+    lo, hi = label.range if label.range else (0, 65535 if raw.dtype == np.uint16 else 255)
+    return np.clip((raw.astype(np.float32) - lo) / max(1e-12, hi - lo), 0, 1)

@@ -1,0 +1,65 @@
+"""What the pages read from and write to FiftyOne, through the store: pages never import it."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from camcore import store
+from camcore.store import views
+
+FINDINGS_FIELD = store.FINDINGS_FIELD
+DEFAULT_APP_PORT = store.DEFAULT_APP_PORT
+
+
+def relative_label(path: str, folder: str) -> str:
+    """A sample's path relative to the dataset's common folder (how samples are named on screen)."""
+    return views.relative_label(path, folder)
+
+
+def stored_fields(dataset: Any, sample_id: str, fields: list[str]) -> set[str]:
+    """Which of these fields already hold a value on the sample (a push would replace them)."""
+    return store.stored_fields(dataset, sample_id, fields)
+
+
+# -- findings: what users concluded, across a dataset
+
+
+def load_dataset(name: str) -> Any:
+    return store.load_dataset(name)
+
+
+def finding_labels(dataset: Any) -> list[str]:
+    return store.finding_labels(dataset)
+
+
+def finding_tag(label: str) -> str:
+    """The sample tag a finding's label becomes in the FiftyOne App."""
+    return store.finding_tag(label)
+
+
+def findings_view(dataset: Any, labels: list[str]) -> Any:
+    return store.findings_view(dataset, labels)
+
+
+def count_findings(view: Any) -> int:
+    return store.count_findings(view)
+
+
+def list_findings(view: Any, skip: int, limit: int) -> list[dict]:
+    return store.list_findings(view, skip=skip, limit=limit)
+
+
+def read_heatmap(dataset: Any, sample_id: str, field: str) -> np.ndarray | None:
+    return store.read_heatmap(dataset, sample_id, field)
+
+
+# -- the FiftyOne App
+
+
+def launch_app(dataset_or_view: Any, port: int) -> None:
+    store.launch_app(dataset_or_view, port=port)
+
+
+def app_url(dataset_name: str, sample_id: str | None = None, port: int = DEFAULT_APP_PORT) -> str:
+    return store.app_url(dataset_name, sample_id, port)

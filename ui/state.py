@@ -1,0 +1,246 @@
+"""Every session_state key the app uses, namespaced per page (and for what the pages share).
+
+The strings are part of the app's contract: tests read them (AppTest's session_state, widget
+keys) and the page's CSS selects containers by them (`.st-key-<key>`). Keys that depend on a
+model or an option are functions. Keys starting with "_" are bookkeeping, never widgets.
+"""
+from __future__ import annotations
+
+
+class Router:
+    """ui/router.py: the one hop of a deep link through app.py."""
+
+    ROUTED = "_routed_run"
+    DEEP_LINK = "_deep_link"
+
+
+class Url:
+    """ui/urlstate.py: the link a session starts from, and what the page put on screen."""
+
+    READ = "_url_read"
+    PENDING = "_url_pending"  # the LinkState of the first run, for the pages to apply
+    MESSAGES = "_url_messages"
+    PAGE_STATE = "_url_page_state"  # what the page put on screen: layers, methods, target
+    VIEW_WANTED = "_url_view_wanted"
+    WEIGHTS_DONE = "_url_weights_done"
+    PAGE_DONE = "_url_page_done"
+
+
+class Sidebar:
+    """ui/sidebar.py: what to look at (dataset, view, sample) and with what (model, weights)."""
+
+    SELECTION = "selection"  # the Selection every page acts on
+    PROBLEM = "selection_problem"  # why there is no selection (a message)
+    DATASET = "dataset"
+    VIEW = "view_choice"
+    VIEW_TAGS = "view_tags"
+    VIEW_FILENAME = "view_filename"
+    VIEW_LABEL_FIELD = "view_label_field"
+    VIEW_LABEL = "view_label"
+    VIEW_CONFIDENCE = "view_confidence"
+    VIEW_SORT = "view_sort"
+    VIEW_SORT_DESC = "view_sort_desc"
+    POSITION = "nav_position"
+    GOTO = "nav_goto"
+    JUMP = "_nav_jump_to"
+    JUMP_QUIET = "_nav_jump_quiet"  # not finding the jump's sample in a new view is no news
+    SEARCH = "nav_search"
+    SEARCH_PICK = "nav_search_pick"
+    PAGES = "_nav_pages"  # pages of (id, path) read from the view
+    VIEW_KEY = "_nav_view"  # (dataset, view spec) the position belongs to
+    QUICKSTART_ERROR = "quickstart_error"
+    MODEL = "model"
+    WEIGHTS = "weights_choice"
+    WEIGHTS_BY_MODEL = "_weights_by_model"
+    INPUT_SIZE = "input_size"
+    PREV = "prev_sample"
+    NEXT = "next_sample"
+    RANDOM = "random_sample"
+    LOAD_QUICKSTART = "load_quickstart"
+    RELOAD_MODELS = "reload_models"
+
+    @staticmethod
+    def model_of(widget_key: str) -> str:
+        """The model a per-model widget's value was restored for."""
+        return f"_{widget_key}_model"
+
+
+class Widgets:
+    """ui/widgets.py: the copies that let a widget's value outlive a run that did not draw it."""
+
+    @staticmethod
+    def kept(key: str) -> str:
+        return f"_kept_{key}"
+
+    @staticmethod
+    def offered(key: str) -> str:
+        return f"_offered_{key}"
+
+    @staticmethod
+    def shown_label(key: str) -> str:
+        return f"_shown_label_{key}"
+
+    @staticmethod
+    def pending(key: str) -> str:
+        """A value set for a toggle by a callback, to win over the browser's (shown_toggle)."""
+        return f"_set_{key}"
+
+
+class Compute:
+    """ui/compute.py: the explainers of this session and its slow computation."""
+
+    EXPLAINERS = "_explainers"
+    CANCEL_REQUESTED = "compute_cancel_requested"
+    CANCEL_BUTTON = "compute_cancel"
+    NOTES = "_compute_notes"  # what a slow run said before the page reran to show its maps
+    WAIT_CANCELLED = "wait_cancel_requested"
+    WAIT_BOX = "cam_wait"
+    WAIT_CANCEL_BUTTON = "wait_cancel"
+    WAIT_AGAIN = "wait_again"
+    BUSY = "cam_busy"  # container of the progress (CSS hides it once the script stopped)
+    STOPPED = "cam_stopped"  # container of the note shown when Stop ended the script
+    GO_ALL = "go_all"
+
+    @staticmethod
+    def go(method: str, layer: str) -> str:
+        return f"go_{method}_{layer}"
+
+
+class Explore:
+    """pages/explore.py and what it draws (ui/explore_view.py, ui/save_panel.py)."""
+
+    METHODS = "methods"
+    WALK_METHOD = "walk_method"
+    ALPHA = "alpha"
+    COLORMAP = "colormap"
+    SHOW_RAW = "show_raw"
+    EIGEN = "eigen_smooth"
+    AUG = "aug_smooth"
+    MAIN = "cam_main"  # the main map's container (CSS caps its height)
+    PUSH = "push"
+    PUSH_REQUESTED = "push_requested"
+    PUSHED = "pushed"  # what the last push wrote, with the context it is about
+    FINDING_REQUESTED = "finding_requested"
+    FINDING_REF = "finding_ref"
+
+    @staticmethod
+    def layers(model: str) -> str:
+        return f"layers_{model}"
+
+    @staticmethod
+    def walk_layer(model: str) -> str:
+        return f"walk_layer_{model}"
+
+    @staticmethod
+    def target(class_count: int) -> str:
+        return f"target_{class_count}"
+
+    @staticmethod
+    def thumb(sample_id: str) -> str:
+        return f"thumb_{sample_id}"
+
+
+class App:
+    """The FiftyOne App, which Explore and Findings both launch (one per process)."""
+
+    PORT = "fo_port"  # Explore's port field
+    LAUNCH = "launch_fo"
+    LAUNCHED = "fo_launched"  # the port where Explore launched the App on the whole dataset
+    FINDINGS_LAUNCHED = "fo_launched_findings"  # the port where Findings pointed the App at its view
+
+
+class Compare:
+    """pages/compare.py and ui/compare.py."""
+
+    METHODS = "cmp_methods"
+    EIGEN = "cmp_eigen"
+    AUG = "cmp_aug"
+    TARGET = "cmp_target"
+    TARGET_REQUEST = "cmp_target_request"  # a class asked for by a study or a link, for the picker
+    ALPHA = "cmp_alpha"
+    CMAP = "cmp_cmap"
+    SCORES = "cmp_scores"
+    THRESHOLD = "cmp_threshold"
+    STUDY_NOTE = "cmp_study_note"  # what the last study did about the sample (shown once)
+    ENLARGE = "cmp_enlarge"  # the (method, layer) to show full size
+    USE_UNTRAINED = "use_untrained"
+    ROAD_OPEN = "road_open"  # the ROAD expander's open state
+    ROAD_CHOICE = "road_choice"
+    ROAD_GO = "road_go"
+    ROAD_REQUESTED = "road_requested"
+    ROAD_CURVE = "road_curve"
+    RANK_REQUESTED = "rank_requested"
+    RANK_GO = "rank_go"
+    RANK_METHOD = "rank_method"
+    RANK_LAYER = "rank_layer"
+    RANK_LIMIT = "rank_limit"
+    RANK_PAGE = "rank_page"
+    RANK_ROWS = "rank_rows"
+
+    @staticmethod
+    def layers(model: str) -> str:
+        return f"cmp_layers_{model}"
+
+    @staticmethod
+    def study(key: str) -> str:
+        return f"study_{key}"
+
+    @staticmethod
+    def row(label: str) -> str:
+        return f"cmp_row_{label}"
+
+    @staticmethod
+    def enlarge(method: str, layer: str) -> str:
+        return f"enlarge_{method}_{layer}"
+
+    @staticmethod
+    def rank_class(model: str) -> str:
+        return f"rank_class_{model}"
+
+    @staticmethod
+    def rank_class_default(model: str) -> str:
+        return f"_default_rank_class_{model}"
+
+    @staticmethod
+    def rank_object(model: str) -> str:
+        return f"rank_object_{model}"
+
+    @staticmethod
+    def rank_object_label(field: str) -> str:
+        return f"rank_object_label_{field}"
+
+    @staticmethod
+    def rank_object_label_class(field: str) -> str:
+        """The class the object label's default was chosen for."""
+        return f"_class_for_rank_object_label_{field}"
+
+
+class Batch:
+    """pages/batch.py and ui/batch_runs.py."""
+
+    START = "batch_start_requested"
+    CANCEL = "batch_cancel_requested"
+    LAST = "batch_last_report"  # what the last (or interrupted) run reported, for the next rerun
+    TOKEN = "batch_session_token"  # this session's mark on the runs it starts (a reload is a new session)
+    METHODS = "batch_methods"
+    RULE = "batch_rule"
+    EIGEN = "batch_eigen_smooth"
+    START_BUTTON = "batch_start"
+    CANCEL_BUTTON = "batch_cancel"
+
+    @staticmethod
+    def layers(model: str) -> str:
+        return f"batch_layers_{model}"
+
+    @staticmethod
+    def target_class(model: str) -> str:
+        return f"batch_class_{model}"
+
+
+class Findings:
+    """pages/findings.py."""
+
+    FILTER = "findings_filter"
+    PAGE = "findings_page"
+    PORT = "findings_port"
+    LAUNCH = "findings_app"
