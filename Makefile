@@ -1,4 +1,4 @@
-# CAM Explorer. Targets: setup, run, test, chromium, clean, distclean.
+# CAM Explorer. Targets: setup, run, lint, test, chromium, clean, distclean.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -17,12 +17,13 @@ export FIFTYONE_DATABASE_VALIDATION := false
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup run test chromium clean distclean
+.PHONY: help setup run lint test chromium clean distclean
 
 help:
 	@echo "make setup     create $(VENV) and install requirements.txt (fast when nothing changed)"
 	@echo "make run       start the app: streamlit run app.py"
-	@echo "make test      setup + chromium, then the test suite"
+	@echo "make lint      ruff on camcore, ui and pages; mypy on camcore"
+	@echo "make test      setup + chromium + lint, then the test suite"
 	@echo "make chromium  install Debian's chromium for the browser tests, if missing"
 	@echo "make clean     remove caches and test outputs (distclean: also $(VENV))"
 
@@ -44,7 +45,13 @@ run: export FIFTYONE_PLUGINS_DIR ?= $(CURDIR)/plugins
 run: setup
 	$(PY) -m streamlit run app.py
 
-test: setup chromium
+LINTED := camcore ui pages app.py
+
+lint: setup
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/mypy camcore
+
+test: setup chromium lint
 	$(PY) -m pytest
 
 chromium:
@@ -55,7 +62,7 @@ chromium:
 
 clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
-	rm -rf .pytest_cache .ruff_cache out test-artifacts
+	rm -rf .pytest_cache .ruff_cache .mypy_cache out test-artifacts
 
 distclean: clean
 	rm -rf $(VENV)
