@@ -141,7 +141,7 @@ class BatchOptions:
             return HeatmapIdentity.of(model, method, layer, self.target_rule,
                                       input_size=model.spec.input_size(self.input_size), eigen_smooth=eigen)
         return HeatmapIdentity(model=self.model, method=method, layer=layer, target=self.target_rule,
-                               pretrained=self.weights.strip() != weights_mod.UNTRAINED,
+                               pretrained=weights_mod.choice_pretrained(self.weights),
                                weights_tag=weights_mod.choice_tag(self.weights),
                                input_size=self.spec.input_size(self.input_size), eigen_smooth=eigen)
 

@@ -332,7 +332,7 @@ class LoadedModel:
     @property
     def weights_tag(self) -> str:
         """"" for the model's own weights; the file's stem for weights the user chose by path."""
-        return Path(self.weights.path).stem if self.weights.source == "chosen" and self.weights.path else ""
+        return weights_mod.choice_tag(self.weights.path) if self.weights.source == "chosen" else ""
 
     @property
     def provenance(self) -> dict[str, str]:

@@ -409,9 +409,16 @@ def _unavailable(source: WeightsSource) -> WeightsUnavailable:
 
 def choice_tag(choice: str | None) -> str:
     """The field-name tag of weights chosen by path (their file's stem), "" for auto or untrained:
-    heatmaps of a fine-tuned checkpoint never replace those of the model's own weights."""
+    heatmaps of a fine-tuned checkpoint never replace those of the model's own weights. The one
+    source of the tag: a loaded model's weights_tag and a batch planned before loading use it."""
     choice = (choice or AUTO).strip()
     return "" if choice in (AUTO, UNTRAINED) else Path(choice).expanduser().stem
+
+
+def choice_pretrained(choice: str | None) -> bool:
+    """Whether a weights choice gives trained weights: everything but "untrained" (auto without
+    real weights raises instead of falling back)."""
+    return (choice or AUTO).strip() != UNTRAINED
 
 
 def check_available(source: WeightsSource, choice: str = AUTO) -> None:

@@ -69,3 +69,21 @@ def test_a_batch_with_a_chosen_weights_file_writes_its_own_fields(dataset, tmp_p
     assert mine.done == 1 and dataset.first()[mine_field].weights == "file tuned.pth"
     again = batch.run_batch(dataset.limit(1), BatchOptions(MODEL, weights=str(path), methods=["gradcam"]))
     assert (again.done, again.skipped) == (0, 1)
+
+
+def test_a_batch_planned_before_loading_names_its_fields_as_the_loaded_model_does(tmp_path):
+    """The Ray driver and the Batch page name fields before any model is loaded; the workers name
+    them from the loaded model. For every kind of weights choice the two must agree."""
+    import torch
+
+    from camcore.models import load_model
+
+    path = tmp_path / "My Tuned.v2.pth"
+    torch.save(load_model(MODEL).module.state_dict(), path)
+    for choice in ("auto", "untrained", str(path)):
+        options = BatchOptions(MODEL, weights=choice, methods=["gradcam", "eigencam"], eigen_smooth=True).checked()
+        loaded = load_model(MODEL, choice)
+        planned, computed = options.identities(), options.identities(loaded)
+        assert [i.field_name for i in planned] == [i.field_name for i in computed], choice
+        assert [i.meaning for i in planned] == [i.meaning for i in computed], choice
+        assert [i.input_size for i in planned] == [i.input_size for i in computed], choice
