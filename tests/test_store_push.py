@@ -64,6 +64,14 @@ def test_push_writes_pngs_fields_and_registry(dataset, tmp_path):
         assert info["layer"] == h.layer and info["model"] == "resnet50"
         assert dataset.info[store.MARK]["fields"][field]["method"] == h.method
     assert store.heatmap_fields(dataset).keys() == set(fields)
+    # A short name the App's sidebar shows whole; the full description is the field's own.
+    assert fields[0] == "cam_gradcam_layer4_tabby_cat_resnet50"
+    for field, h in zip(fields, (h1, h2), strict=True):
+        described = dataset.get_field(field)
+        assert described.description == h.identity.description
+        assert f"{h.method} on {h.layer} of resnet50" in described.description
+        assert "'tabby cat'" in described.description
+        assert described.info[store.MARK]["description"] == h.identity.description
     # the other sample is untouched
     assert dataset.skip(1).first()[fields[0]] is None
     assert not [p for p in _files(tmp_path / "hm") if p.name.startswith(".tmp-")]
