@@ -23,7 +23,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -259,15 +258,15 @@ class ComputeCams(foo.Operator):
         batch, *_ = _camcore()
         args = check(ctx.params)  # again: a queued run may meet another weights folder
         samples, _what = _target(ctx)
+        from camcore import progress as meter  # the batch's and the CLI's throttle
+
         cancel = threading.Event()
         updates: queue.Queue = queue.Queue()
-        last = [0.0]
+        throttle = meter.Throttle(PROGRESS_SECONDS)
 
         def progress(done: int, total: int, rate: float, eta: float | None, message: str) -> None:
-            now = time.monotonic()
-            if now - last[0] < PROGRESS_SECONDS and message not in ("finished", "cancelled"):
+            if not throttle.due(force=message in meter.FINAL_MESSAGES):
                 return
-            last[0] = now
             eta_text = f", ETA {eta:.0f} s" if eta is not None else ""
             label = f"{done}/{total} samples ({rate:.2f}/s{eta_text}): {message}"
             fraction = done / total if total else 1.0
