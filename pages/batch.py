@@ -25,17 +25,17 @@ def main(sel: Selection) -> None:
     offered = [m for m in methods.methods_for(spec.task, spec.family) if not m.layer_independent]
     c1, c2, c3 = st.columns([3, 3, 2])
     chosen_methods = widgets.sticky_multiselect(
-        c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], "batch_methods",
+        c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], Batch.METHODS,
         format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""),
         help="(slow): one forward per channel of the layer, or a kernel PCA, for every sample.")
     chosen_layers = widgets.sticky_multiselect(c2, "Layers", [s.name for s in spec.layers], [spec.default_layer],
-                                               f"batch_layers_{spec.key}")
-    named = c3.radio("Target", [batch.PREDICTED, "a named class"], key="batch_rule",
+                                               Batch.layers(spec.key))
+    named = c3.radio("Target", [batch.PREDICTED, "a named class"], key=Batch.RULE,
                      help="predicted: each sample's own top class (one field; each label stores its class).")
     target_rule = batch.PREDICTED
     if named != batch.PREDICTED:
-        target_rule = c3.selectbox("Class", list(spec.class_names()), key=f"batch_class_{spec.key}")
-    eigen_smooth = c3.toggle("eigen_smooth", key="batch_eigen_smooth")
+        target_rule = c3.selectbox("Class", list(spec.class_names()), key=Batch.target_class(spec.key))
+    eigen_smooth = c3.toggle("eigen_smooth", key=Batch.EIGEN)
     if not chosen_methods or not chosen_layers:
         st.info("Choose at least one method and one layer.")
         return
@@ -49,10 +49,10 @@ def main(sel: Selection) -> None:
 
     b1, b2, _ = st.columns([1, 1, 4])  # Cancel beside Run, not across the page
     # Callbacks, not return values: a click survives the router's one rerun (router.ensure_routed).
-    b1.button("Run batch", key="batch_start", type="primary", on_click=widgets.request, args=(START,))
+    b1.button("Run batch", key=Batch.START_BUTTON, type="primary", on_click=widgets.request, args=(START,))
     # A click on Cancel reruns the script: the running batch stops at its next heatmap (see ui/batch_runs.run).
     # Everything reported done is written; running again resumes.
-    b2.button("Cancel", key="batch_cancel", on_click=widgets.request, args=(CANCEL,))
+    b2.button("Cancel", key=Batch.CANCEL_BUTTON, on_click=widgets.request, args=(CANCEL,))
     token = st.session_state.setdefault(batch_runs.TOKEN, uuid.uuid4().hex)
     batch_runs.pick_up(token)  # this session's batch that the click stopped: its report, once written
     batch_runs.other_runs(sel.dataset, start)
