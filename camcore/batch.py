@@ -40,6 +40,7 @@ import dataclasses
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from camcore.identity import HeatmapIdentity
 from camcore.images import LoadedImage, load_image
 from camcore.methods import get_method
 from camcore.models import LoadedModel, ModelSpec, get_spec, load_model
-from camcore.progress import Meter, Progress
+from camcore.progress import BatchProgress, Meter
 from camcore.results import CamResult, Heatmap
 from camcore.targets import PREDICTED, TargetRule
 
@@ -68,7 +69,7 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writ
 # The label attributes (of HeatmapIdentity.provenance) a resume compares, beside target_request.
 RESUME_KEYS = ("model", "weights", "method", "layer", "eigen_smooth", "weights_sha256", "input_size")
 
-__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchRun", "Progress", "TargetRule", "declare_fields",
+__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "declare_fields",
            "label_extra", "resume_provenance", "run_batch"]
 
 
@@ -163,8 +164,9 @@ def declare_fields(dataset: fo.Dataset | fo.DatasetView, options: BatchOptions,
                    model: LoadedModel | None = None) -> list[str]:
     """Create (or check) every field of checked options, every label attribute declared: before
     any compute, so that a field that is not ours fails at once, and writers in other processes
-    find the schema complete."""
-    return [store.declare_heatmap_field(dataset, identity, extra=options.label_extra)
+    find the schema complete. The App switches the run's fields on together (one group)."""
+    run = uuid.uuid4().hex
+    return [store.declare_heatmap_field(dataset, identity, extra=options.label_extra, shown_with=run)
             for identity in options.identities(model)]
 
 
@@ -308,7 +310,7 @@ class BatchRun:
     """One run over a view: plan (what is done, to do, orphans), compute, write, progress."""
 
     def __init__(self, view: fo.Dataset | fo.DatasetView, options: BatchOptions,
-                 progress: Progress | None = None, cancel: threading.Event | None = None) -> None:
+                 progress: BatchProgress | None = None, cancel: threading.Event | None = None) -> None:
         self.started = time.perf_counter()
         self.view = view
         self.options = options.checked()
@@ -576,7 +578,7 @@ class BatchRun:
         return progress
 
 
-def run_batch(view: fo.Dataset | fo.DatasetView, options: BatchOptions, *, progress: Progress | None = None,
+def run_batch(view: fo.Dataset | fo.DatasetView, options: BatchOptions, *, progress: BatchProgress | None = None,
               cancel: threading.Event | None = None) -> BatchReport:
     """Compute and store heatmaps for every sample of a view; see the module docstring."""
     return BatchRun(view, options, progress, cancel).run()

@@ -33,7 +33,7 @@ from camcore import paths, store
 from camcore import weights as weights_mod
 from camcore.batch import BatchOptions, BatchReport, declare_fields, run_batch
 from camcore.errors import CamError, first_line
-from camcore.progress import Meter, Progress
+from camcore.progress import BatchProgress, Meter
 
 ROOT = Path(__file__).resolve().parents[1]
 # Environment the workers need to see what the driver sees (a remote node has its own).
@@ -224,7 +224,7 @@ def run_batch_distributed(
     workers: int = 2,
     address: str | None = None,
     shard_size: int | None = None,
-    progress: Progress | None = None,
+    progress: BatchProgress | None = None,
     cancel: threading.Event | None = None,
 ) -> DistributedReport:
     """run_batch over a view with `workers` Ray actors; see the module docstring. The options'

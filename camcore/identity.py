@@ -1,8 +1,8 @@
 """One identity per heatmap field: what made a map, and so the field it lives in.
 
 A :class:`HeatmapIdentity` is built once (by the engine for a computed map, by a batch for the
-fields it fills) from the loaded model and the request, and carried by the request, the result,
-the push and the batch. It alone gives the field name, the description and the label's
+fields it fills) from the loaded model and the request, and carried by the result's heatmaps
+into the push and the batch. It alone gives the field name, the description and the label's
 provenance, so no two routes can disagree on them.
 
 Field names are short, so that the FiftyOne App's sidebar shows them whole:

@@ -1,6 +1,6 @@
 """Progress of long runs: samples done of a total, a rate, an ETA, and messages at most so often.
 
-A batch (one process or Ray workers) reports through a :data:`Progress` callback; a
+A batch (one process or Ray workers) reports through a :data:`BatchProgress` callback; a
 :class:`Meter` computes what it passes, and :func:`printer` turns the calls into the CLI's
 throttled lines. Never imports torch, FiftyOne or Streamlit.
 """
@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 # progress(done, total, rate in samples per second, eta in seconds or None, message)
-Progress = Callable[[int, int, float, "float | None", str], None]
+BatchProgress = Callable[[int, int, float, "float | None", str], None]
 
 FINAL_MESSAGES = ("finished", "cancelled")  # a printer never holds these back
 
@@ -32,13 +32,13 @@ class Throttle:
 
 
 class Meter:
-    """Rate and ETA from the work done since :meth:`start`, passed on to a Progress callback.
+    """Rate and ETA from the work done since :meth:`start`, passed on to a BatchProgress callback.
 
     Work is counted in units that come before whole samples (a batch counts heatmaps, and
     fractions of slow ones), so a rate and an ETA exist before the first sample is written;
     ``unit`` converts units to samples for the rate."""
 
-    def __init__(self, report: Progress | None, interval: float = 0.0, started: float | None = None) -> None:
+    def __init__(self, report: BatchProgress | None, interval: float = 0.0, started: float | None = None) -> None:
         self.report = report
         self.throttle = Throttle(interval)
         self.started = time.perf_counter() if started is None else started  # a time.perf_counter()
@@ -67,8 +67,8 @@ def line(done: int, total: int, rate: float, eta: float | None, message: str) ->
     return f"{done}/{total} ({rate:.2f}/s, ETA {eta_text}): {message}"
 
 
-def printer(write: Callable[[str], None], interval: float = 1.0) -> Progress:
-    """A Progress callback that writes :func:`line` at most every `interval` seconds; calls with
+def printer(write: Callable[[str], None], interval: float = 1.0) -> BatchProgress:
+    """A BatchProgress callback that writes :func:`line` at most every `interval` seconds; calls with
     nothing done yet and the final ones ("finished", "cancelled") are always written."""
     throttle = Throttle(interval)
 

@@ -50,10 +50,10 @@ def class_index(names: tuple[str, ...], requested: str | int) -> int:
 
 
 def target_rule(names: tuple[str, ...], requested: str | int | None) -> TargetRule:
-    """The target rule for what a user gave: PREDICTED (also for nothing, in any case), else the
+    """The target rule for what a user gave: PREDICTED (also for None or "", in any case), else the
     class's exact name (see class_index; an unknown class raises TargetError)."""
     text = str(requested or PREDICTED).strip()
-    if not text or text.lower() == PREDICTED:
+    if text.lower() == PREDICTED:
         return PREDICTED
     return names[class_index(names, text)]
 

@@ -123,7 +123,7 @@ def _name(model: str, method: str, layer: str, target: str) -> str:
         (("m", "eigen__cam", " layer  4 ", "__x__"), ("m", "eigen_cam", "layer_4", "x")),
     ],
 )
-def test_heatmap_field_name_is_sanitised(parts, expected):
+def test_field_names_are_sanitised(parts, expected):
     name = _name(*parts)
     assert name.startswith(store.FIELD_PREFIX) and re.fullmatch(r"[a-z0-9_]+", name) and "__" not in name
     assert all(f"_{part}_" in f"{name}_" for part in expected), name
@@ -133,7 +133,7 @@ def test_gradcam_and_gradcam_plusplus_get_their_own_fields():
     assert _name("m", "gradcam", "l", "t") != _name("m", "gradcam++", "l", "t")
 
 
-def test_heatmap_field_name_long_names_are_capped_and_distinct():
+def test_long_field_names_are_capped_and_distinct():
     a = _name("model", "gradcam", "layer", "a" * 200)
     b = _name("model", "gradcam", "layer", "a" * 199 + "b")
     assert len(a) <= MAX_FIELD_LEN and len(b) <= MAX_FIELD_LEN
@@ -141,7 +141,7 @@ def test_heatmap_field_name_long_names_are_capped_and_distinct():
     assert all(c.isalnum() or c == "_" for c in a) and a == a.lower()
 
 
-def test_heatmap_field_name_non_ascii_part_is_stable():
+def test_a_non_ascii_field_name_part_is_stable():
     a = _name("m", "gradcam", "l", "猫")
     assert a == _name("m", "gradcam", "l", "猫")
     assert a != _name("m", "gradcam", "l", "犬")

@@ -194,7 +194,7 @@ def _cell(col, header: str, img, cell: Cell, loaded: LoadedModel, m: str, layer:
     line = score_line(f, cell.share, threshold) or f"{h.seconds:.2f} s"
     col.caption(("**blank map** (zero everywhere) · " if h.blank else "") + line,
                 help=SCORES_HELP if f is not None else None)
-    col.button("Enlarge", key=Compare.enlarge(m, h.layer), icon=":material/open_in_full:", type="tertiary",
+    col.button("Enlarge", key=Compare.enlarge(m, layer), icon=":material/open_in_full:", type="tertiary",
                on_click=_enlarge, args=(m, layer), help="Show this map full size")
     keep, remove = (f.keep_relative, f.remove_relative) if f else (None, None)
     return {"method": m, "layer": h.layer,

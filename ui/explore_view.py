@@ -2,6 +2,8 @@
 They draw from frozen results (compute.Shown, Heatmap) and never compute."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import streamlit as st
 
@@ -80,10 +82,14 @@ def _walk_controls(side, chosen_layers: list[str], chosen_methods: list[str], la
 
 
 @st.fragment
-def heatmaps_fragment(img: LoadedImage, shown: Shown, loaded: LoadedModel, pairs: list[tuple[str, str]],
-                      chosen_layers: list[str], chosen_methods: list[str], layers_key: str) -> None:
+def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown], loaded: LoadedModel,
+                      pairs: list[tuple[str, str]], chosen_layers: list[str], chosen_methods: list[str],
+                      layers_key: str) -> None:
     """The main map with the fine controls beside it (walk, opacity, colormap, raw map), then the
-    grid. Everything here redraws alone: the model never reruns for it."""
+    grid. Everything here redraws alone: the model never reruns for it. `snapshot` reads the maps
+    computed so far (never computes): a fragment rerun replays its arguments from the last full
+    run, and must show what exists now, e.g. the maps a stopped slow run finished."""
+    shown = snapshot()
     main, side = st.columns([3, 2])
     walk_layer, walk_method, alpha, cmap, show_raw = _walk_controls(side, chosen_layers, chosen_methods, layers_key)
     h = shown.heatmap(walk_method, walk_layer)

@@ -45,7 +45,7 @@ def page_not_run() -> None:
 
 
 def ensure_routed(url_path: str) -> None:
-    """Call first in every page: outside app.py's navigation, hop through app.py."""
+    """Called first by ui/page.serve: outside app.py's navigation, hop through app.py."""
     if st.session_state.pop(_ROUTED, False):
         return
     st.session_state[Router.DEEP_LINK] = url_path  # if the rerun lands elsewhere, navigation() goes on

@@ -89,7 +89,7 @@ def shown_toggle(container, label: str, key: str, default: bool, **kwargs) -> bo
     for the study's model yet). The browser keeps the switch's old value meanwhile and sends it
     back with the next click (on "use untrained weights", say), which would silently undo the
     study; and Streamlit only tells the browser a value set in the same run that draws the widget.
-    So a value set for the widget (`set_toggle`) waits until a run draws it and then wins over
+    So a value set for the widget (`preset(key, value, toggle=True)`) waits until a run draws it and then wins over
     what the browser sent; and the value is set again on every run, before the widget, so the
     browser always shows it."""
     kept_key, pending_key = Widgets.kept(key), Widgets.pending(key)

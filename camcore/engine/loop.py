@@ -88,7 +88,7 @@ def collect(steps: Iterable[HeatmapStep]) -> tuple[list[Heatmap], list[str]]:
     errors: list[str] = []
     for step in steps:
         if step.heatmap is None:
-            errors.append(f"{step.method} on {step.layer}: {step.exception}")
+            errors.append(str(step.error))
         elif not step.repeat:
             heatmaps.append(step.heatmap)
     return heatmaps, errors
