@@ -70,7 +70,7 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writ
 RESUME_KEYS = ("model", "weights", "method", "layer", "eigen_smooth", "weights_sha256", "input_size")
 
 __all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "declare_fields",
-           "label_extra", "resume_provenance", "run_batch"]
+           "resume_provenance", "run_batch"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,8 @@ class BatchOptions:
 
     @property
     def label_extra(self) -> dict:
-        return label_extra(self.target_rule, self.input_size)
+        """The batch's own attributes on every label, beside the identity's provenance."""
+        return {"target_request": self.target_rule, "input_size_request": int(self.input_size or 0)}
 
     def identity(self, method: str, layer: str, model: LoadedModel | None = None) -> HeatmapIdentity:
         """The identity of the field (method, layer) goes to. From the loaded model (weights label,
@@ -153,11 +154,6 @@ class BatchOptions:
     def field_names(self) -> list[str]:
         """The fields a run of these (checked) options writes, before any model is loaded."""
         return [identity.field_name for identity in self.identities()]
-
-
-def label_extra(target_rule: TargetRule, input_size: int | None) -> dict:
-    """The batch's own attributes on every label, beside the identity's provenance."""
-    return {"target_request": target_rule, "input_size_request": int(input_size or 0)}
 
 
 def declare_fields(dataset: fo.Dataset | fo.DatasetView, options: BatchOptions,

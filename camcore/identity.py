@@ -20,6 +20,7 @@ Never imports torch, FiftyOne or Streamlit.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -111,9 +112,10 @@ class HeatmapIdentity:
                  ("untrained", not self.pretrained), (self.weights_tag, bool(self.weights_tag)))
         return "_".join(part for part, on in parts if on)
 
-    @property
+    @functools.cached_property
     def field_name(self) -> str:
-        """The sample field this map lives in (see the module's docstring)."""
+        """The sample field this map lives in (see the module's docstring). Cached: a batch asks
+        for it once per heatmap written."""
         parts = [sanitise(self.method), sanitise(self.layer), sanitise(_first_name(self.target), _TARGET_CHARS),
                  sanitise(self.model, _MODEL_CHARS)]
         parts += ["aug"] * self.aug_smooth + ["eigen"] * self.eigen_smooth + ["untrained"] * (not self.pretrained)

@@ -59,6 +59,11 @@ def _camcore():
     return batch, links, methods, models, store, weights
 
 
+def _refuse(inputs: Any, label: str, message: str) -> None:
+    """An error in the operator's form that keeps it from running, saying why."""
+    inputs.view(ERROR_KEY, types.Error(label=label, description=message), invalid=True, error_message=message)
+
+
 def _delegate_over() -> int:
     try:
         return int(os.environ.get(DELEGATE_OVER_ENV, DEFAULT_DELEGATE_OVER))
@@ -250,8 +255,7 @@ class ComputeCams(foo.Operator):
             except Exception as exc:
                 problem = _first_line(exc)
         if problem:
-            inputs.view(ERROR_KEY, types.Error(label="Cannot compute", description=problem),
-                        invalid=True, error_message=problem)
+            _refuse(inputs, "Cannot compute", problem)
         return types.Property(inputs, view=types.View(label="Compute CAM heatmaps"))
 
     def execute(self, ctx):
@@ -367,8 +371,7 @@ class OpenInCamExplorer(foo.Operator):
         sample_id = _one_sample(ctx) if ctx.dataset is not None else None
         if sample_id is None:
             message = "open a sample (or select one) first"
-            inputs.view(ERROR_KEY, types.Error(label="No sample", description=message),
-                        invalid=True, error_message=message)
+            _refuse(inputs, "No sample", message)
             return types.Property(inputs)
         inputs.str("explorer", default=links.base_url(), label="Explorer address",
                     description=f"Where CAM Explorer runs (${links.BASE_URL_ENV} sets the default)")
@@ -422,8 +425,7 @@ class RecordFinding(foo.Operator):
         ids = _finding_targets(ctx) if ctx.dataset is not None else []
         if not ids:
             message = "select samples (or open one) to record a finding on"
-            inputs.view(ERROR_KEY, types.Error(label="No samples", description=message),
-                        invalid=True, error_message=message)
+            _refuse(inputs, "No samples", message)
             return types.Property(inputs)
         inputs.view("about", types.Notice(label=f"Records the finding on {len(ids)} sample(s)."))
         tag_view = types.AutocompleteView(label="Finding", allow_user_input=True,
@@ -443,8 +445,7 @@ class RecordFinding(foo.Operator):
             try:
                 store.finding_tag(tag)
             except Exception as exc:
-                inputs.view(ERROR_KEY, types.Error(label="Bad finding", description=_first_line(exc)),
-                            invalid=True, error_message=_first_line(exc))
+                _refuse(inputs, "Bad finding", _first_line(exc))
         return types.Property(inputs, view=types.View(label="Record a finding"))
 
     def execute(self, ctx) -> dict:
