@@ -44,9 +44,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["CAM_EXPLORER_HOME"] = str(home)
     # Keep zoo downloads (and "is quickstart already downloaded?") away from the user's ~/fiftyone.
     os.environ["FIFTYONE_DATASET_ZOO_DIR"] = str(tmp / "zoo")
+    worker = getattr(config, "workerinput", {}).get("workerid")  # pytest-xdist: gw0, gw1, ...
+    if worker is None and getattr(config.option, "numprocesses", None):
+        return  # the xdist controller runs no test: each worker starts its own database below
     if os.environ.get("FIFTYONE_DATABASE_URI"):
-        # The user's own MongoDB: keep tests out of their real database.
-        os.environ.setdefault("FIFTYONE_DATABASE_NAME", "cam-explorer-tests")
+        # The user's own MongoDB: keep tests out of their real database (one database per xdist worker).
+        os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"cam-explorer-tests{'-' + worker if worker else ''}")
     else:
         _start_mongod(tmp)
 
