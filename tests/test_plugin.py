@@ -339,7 +339,9 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
             _page, state = links.parse_url(tab.url)
             assert tab.url.startswith(f"{explorer}/explore?"), tab.url
             assert (state.model, state.methods, state.layers) == (MODEL, ("gradcam",), ("head",))
-            expect(page.get_by_text(f"Open {tab.url}")).to_be_visible(timeout=30_000)  # the fallback link
+            fallback = page.get_by_role("link", name="Open the sample in CAM Explorer")  # short: fits
+            expect(fallback).to_be_visible(timeout=30_000)
+            assert fallback.get_attribute("href") == tab.url
             page.screenshot(path=str(ARTIFACTS / "fiftyone_open_in_explorer.png"))
         finally:
             browser.close()
