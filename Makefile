@@ -1,4 +1,4 @@
-# CAM Explorer. Targets: setup, run, lint, test, chromium, clean, distclean.
+# CAM Explorer. Targets: setup, run, worker, lint, test, chromium, clean, distclean.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -17,11 +17,12 @@ export FIFTYONE_DATABASE_VALIDATION := false
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup run lint test chromium clean distclean
+.PHONY: help setup run worker lint test chromium clean distclean
 
 help:
 	@echo "make setup     create $(VENV) and install requirements.txt (fast when nothing changed)"
 	@echo "make run       start the app: streamlit run app.py"
+	@echo "make worker    run queued FiftyOne App runs (fiftyone delegated launch; README: Big runs)"
 	@echo "make lint      ruff on camcore, ui and pages; mypy on camcore"
 	@echo "make test      setup + chromium + lint, then the test suite"
 	@echo "make chromium  install Debian's chromium for the browser tests, if missing"
@@ -44,6 +45,12 @@ $(STAMP): requirements.txt
 run: export FIFTYONE_PLUGINS_DIR ?= $(CURDIR)/plugins
 run: setup
 	$(PY) -m streamlit run app.py
+
+# Queued compute_cams runs from the App (README "Big runs"): FiftyOne's own executor, seeing the plugin.
+worker: export FIFTYONE_PLUGINS_DIR ?= $(CURDIR)/plugins
+worker: export FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS := true
+worker: setup
+	$(VENV)/bin/fiftyone delegated launch
 
 LINTED := camcore ui pages app.py
 

@@ -172,6 +172,8 @@ def test_big_views_are_delegated_and_run_by_the_delegated_service(dataset, monke
     from fiftyone.operators.delegated import DelegatedOperationService
 
     monkeypatch.setenv("CAM_EXPLORER_DELEGATE_OVER", "2")
+    # queued runs need FiftyOne's legacy orchestrators (what `make worker`'s README setup sets)
+    monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", True)
     assert _run(COMPUTE, dataset=dataset, selected=dataset.values("id")[:2], params=PARAMS).delegated is False
     assert len(dataset.exists(FIELD)) == 2
 
@@ -250,7 +252,7 @@ def test_panel_lists_the_current_samples_fields_and_their_provenance(dataset):
     assert state["methods"] == ["gradcam", "layercam"]
     assert (state["method"], state["layer"]) == ("gradcam", "head")
     assert state["fields"] == [FIELD]
-    rows = next(p["data"]["provenance"] for uri, p in asked if uri == "patch_panel_data")
+    rows = next(p["data"][state["table"]] for uri, p in asked if uri == "patch_panel_data")
     values = {r["attribute"]: r["f0"] for r in rows}
     assert (values["method"], values["model"], values["target_request"]) == ("gradcam", MODEL, "predicted")
     assert values["eigen_smooth"] == "False" and float(values["raw_max"]) > float(values["raw_min"])
@@ -337,7 +339,9 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
             _page, state = links.parse_url(tab.url)
             assert tab.url.startswith(f"{explorer}/explore?"), tab.url
             assert (state.model, state.methods, state.layers) == (MODEL, ("gradcam",), ("head",))
-            expect(page.get_by_text(f"Open {tab.url}")).to_be_visible(timeout=30_000)  # the fallback link
+            fallback = page.get_by_role("link", name="Open the sample in CAM Explorer")  # short: fits
+            expect(fallback).to_be_visible(timeout=30_000)
+            assert fallback.get_attribute("href") == tab.url
             page.screenshot(path=str(ARTIFACTS / "fiftyone_open_in_explorer.png"))
         finally:
             browser.close()

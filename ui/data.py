@@ -58,7 +58,16 @@ def read_heatmap(dataset: Any, sample_id: str, field: str) -> np.ndarray | None:
 
 
 def launch_app(dataset_or_view: Any, port: int) -> None:
-    store.launch_app(dataset_or_view, port=port)
+    store.launch_app(dataset_or_view, port=port, explorer_url=explorer_address())
+
+
+def explorer_address() -> str:
+    """This explorer's own address, for the App it launches (the plugin's links point back here)."""
+    import streamlit as st  # lazily: this module is otherwise the store's side
+
+    port = st.get_option("server.port")
+    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"http://localhost:{port}" + (f"/{base}" if base else "")
 
 
 def app_url(dataset_name: str, sample_id: str | None = None, port: int = DEFAULT_APP_PORT) -> str:

@@ -11,7 +11,7 @@ from camcore.errors import CamError
 from camcore.results import Heatmap
 from ui import sidebar, text, urlstate
 from ui.compute import Shown, plural
-from ui.data import stored_fields
+from ui.data import explorer_address, stored_fields
 from ui.explore_view import caption
 from ui.state import App, Explore
 from ui.widgets import fresh_label_selectbox, request
@@ -106,7 +106,8 @@ def _app_column(c3, sel: sidebar.Selection) -> None:
             with st.spinner("Starting the FiftyOne App…", show_time=True):
                 # Not cached: the Findings page may have pointed the App at its view since; this
                 # puts the whole dataset back (a running App on this port is only retargeted).
-                store.launch_app(store.load_dataset(sel.dataset), port=int(port))
+                store.launch_app(store.load_dataset(sel.dataset), port=int(port),
+                                 explorer_url=explorer_address())
             st.session_state[App.LAUNCHED] = int(port)
             st.session_state.pop(App.FINDINGS_LAUNCHED, None)
             running = store.app_session()

@@ -351,24 +351,35 @@ def _remember(per_model_key: str, widget_key: str, model_key: str, default):
     return memory
 
 
+_RELOADED = Sidebar.RELOAD_MODELS + "_done"  # the confirmation of the last reload, shown once
+
+
 def _reload_models() -> None:
-    models.reload_model_file()  # what it skipped is listed below the button on this run
+    skipped = models.reload_model_file()  # what it skipped is listed below the button on this run
+    path = model_file.models_file_path()
+    mine = [m for m in models.list_models() if m.source != "built-in"]
+    st.session_state[_RELOADED] = f"Read {path} again: {len(mine)} of your models, {len(skipped)} skipped."
 
 
 def _models_file(sb) -> None:
-    """Your own models (a TOML file): reload it without a restart; say which entries were skipped."""
+    """Your own models (a TOML file): reload it without a restart (confirmed); its skipped entries
+    in one warning under the pickers, so that they never push the Model picker down."""
     path = model_file.models_file_path()
     if path is None:
         return
     sb.button("Reload models file", key=Sidebar.RELOAD_MODELS, on_click=_reload_models,
               help=text.escape(f"Reads {path} again: new, changed and removed entries."))
-    for entry in models.skipped_models():
-        sb.warning(f"Skipped from the models file: {text.escape(entry)}", icon=":material/block:")
+    done = st.session_state.pop(_RELOADED, None)
+    if done:
+        sb.success(text.escape(done), icon=":material/check:")
+    skipped = models.skipped_models()
+    if skipped:
+        lines = "  \n".join(text.escape(f"{e.key}: {e.reason}") for e in skipped)
+        sb.warning(f"Skipped from the models file ({len(skipped)}):  \n{lines}", icon=":material/block:")
 
 
 def _how_to_look(sb) -> tuple[str, str, int | None]:
     sb.markdown("### How to look")
-    _models_file(sb)
     keys = list(models.MODELS)
     if st.session_state.get(Sidebar.MODEL) not in keys:  # no index=: study buttons and links set it too
         st.session_state[Sidebar.MODEL] = models.DEFAULT_MODEL
@@ -385,6 +396,7 @@ def _how_to_look(sb) -> tuple[str, str, int | None]:
                          help=f"Pretrained weights come from {weights.weights_dir()}, the torch/timm caches, "
                               "the package, or a download when online.")
     memory[model_key] = label
+    _models_file(sb)
     spec = models.MODELS[model_key]
     input_size = None
     if spec.preprocess.mode == "short_side":

@@ -10,6 +10,7 @@ from typing import Any
 import fiftyone as fo
 
 from camcore.errors import StoreError
+from camcore.links import BASE_URL_ENV
 from camcore.store.datasets import LOCK, db_errors
 
 DEFAULT_APP_PORT = 5151
@@ -31,12 +32,16 @@ def app_url(dataset_name: str, sample_id: str | None = None, port: int = DEFAULT
 
 @db_errors
 def launch_app(
-    dataset: fo.Dataset | fo.DatasetView, port: int = DEFAULT_APP_PORT, sample_id: str | None = None
+    dataset: fo.Dataset | fo.DatasetView, port: int = DEFAULT_APP_PORT, sample_id: str | None = None,
+    explorer_url: str | None = None,
 ) -> fo.Session:
     """Serve the FiftyOne App on localhost:port showing `dataset`; open it at :func:`app_url`.
 
     One App per process: a second call on the same port retargets the running session
-    (cheap, no new server); another port closes the old one first.
+    (cheap, no new server); another port closes the old one first. explorer_url: where the
+    explorer that launches the App is served: the App's server (and the plugin in it) gets it as
+    $CAM_EXPLORER_URL, so its links and findings point back at this explorer (a value the user set
+    in the environment wins).
     """
     global _SESSION
     with LOCK:
@@ -47,6 +52,8 @@ def launch_app(
         # The App's server (a child process) loads the CAM Explorer plugin from the repo's plugins/,
         # unless the user points FiftyOne at their own plugins folder.
         os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(_PLUGINS_DIR))
+        if explorer_url:
+            os.environ.setdefault(BASE_URL_ENV, explorer_url.rstrip("/"))
         _SESSION = fo.launch_app(
             dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
         )

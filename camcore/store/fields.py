@@ -12,15 +12,14 @@ raises and writes nothing.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import fiftyone as fo
-from fiftyone.core.odm.dataset import ActiveFields  # not re-exported at the top level in 1.22
 
 from camcore.errors import StoreError
 from camcore.identity import FIELD_PREFIX, HeatmapIdentity
-from camcore.store import app
+from camcore.store import appstyle
+from camcore.store.appstyle import HEATMAP_COLORSCALE, _show_in_app
 from camcore.store.datasets import LOCK, MARK, db_errors, root_dataset
 
 __all__ = ["FIELD_PREFIX", "HEATMAP_COLORSCALE", "LABEL_ATTRIBUTES", "check_field", "declare_heatmap_field",
@@ -38,8 +37,6 @@ LABEL_ATTRIBUTES: dict[str, type[fo.Field]] = {
     "arch": fo.StringField, "weights_sha256": fo.StringField, "classes_file": fo.StringField,
     "input_size": fo.IntField,
 }
-
-HEATMAP_COLORSCALE = "jet"  # the app's default colormap: the App draws our maps like the explorer does
 
 
 def check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bool:
@@ -131,67 +128,5 @@ def stored_fields(dataset: fo.Dataset | fo.DatasetView, sample_id: str, fields: 
 
 
 # ---------------------------------------------------------------- App styling
-
-_SHOWN: dict[str, tuple[float, list[str], object]] = {}  # dataset -> (when, fields, group) of the latest
-_SHOWN_GROUP_SECONDS = 60.0  # the calls of one push come back to back
-
-
-def _show_in_app(dataset: fo.Dataset, fields: list[str], group: str | None = None) -> None:
-    """Show the heatmap fields just declared in the App, drawn with a heatmap colour scale.
-
-    - Active (checked) fields: FiftyOne's own default (every non-dense label field, the way the
-      App shows a dataset) plus only the fields of the latest group (the declarations of one
-      push or one batch run, known by `group`, add up); our older heatmap fields are unchecked, so
-      a sample is not a stack of tints. A list the user set keeps its other paths (an exclusion
-      list also excludes our older fields).
-    - Each field of ours gets a colour scale (jet, like the explorer), unless the user set one.
-    - An App this process serves on this dataset takes the new scheme and refreshes at once.
-    Each field keeps its full description (what made the map) in its description and info.
-    """
-    now = time.monotonic()
-    key: object = group if group is not None else object()  # no group: a group of its own
-    last = _SHOWN.get(dataset.name)
-    same = last is not None and last[2] == key and now - last[0] < _SHOWN_GROUP_SECONDS
-    shown = list(dict.fromkeys(([*last[1]] if same and last else []) + list(fields)))
-    _SHOWN[dataset.name] = (now, shown, key)
-    config = dataset.app_config
-    changed = _activate(dataset, config, shown)
-    scheme = config.color_scheme or fo.ColorScheme()
-    scales = list(scheme.colorscales or [])
-    styled = {c.get("path") for c in scales if isinstance(c, dict)}
-    missing = [f for f in fields if f not in styled]
-    if missing:  # the user's own colorscale for a field wins
-        scheme.colorscales = scales + [{"path": f, "name": HEATMAP_COLORSCALE} for f in missing]
-        config.color_scheme = scheme
-        changed = True
-    if changed:
-        dataset.save()
-    app.refresh_app(dataset.name)
-
-
-def _activate(dataset: fo.Dataset, config: Any, shown: list[str]) -> bool:
-    """Switch on `shown` and off our other heatmap fields in the App config; True if it changed."""
-    active = config.active_fields
-    ours = set(heatmap_fields(dataset)) | set(shown)
-    older = sorted(ours - set(shown))
-    if active is None or (active.exclude and set(active.paths) <= _dense_fields(dataset) | ours):
-        default = fo.DatasetAppConfig.default_active_fields(dataset)
-        paths = [p for p in default.paths if p not in ours] + shown
-        new_active = ActiveFields(exclude=False, paths=paths)
-    elif active.exclude:  # the user's own exclusion list: keep it, and exclude our older maps too
-        paths = [p for p in active.paths if p not in ours] + older
-        new_active = ActiveFields(exclude=True, paths=paths)
-    else:
-        paths = [p for p in active.paths if p not in ours] + shown
-        new_active = ActiveFields(exclude=False, paths=paths)
-    if active is None or active.exclude != new_active.exclude or list(active.paths) != list(new_active.paths):
-        config.active_fields = new_active
-        return True
-    return False
-
-
-def _dense_fields(dataset: fo.Dataset) -> set[str]:
-    """Heatmap and Segmentation fields: the ones the App leaves unchecked by default."""
-    return {name for name, f in dataset.get_field_schema().items()
-            if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
-            and issubclass(f.document_type, (fo.Heatmap, fo.Segmentation))}
+# In camcore.store.appstyle (colour scale, switched-on field, sidebar group); the names stay here.
+_activate, _dense_fields = appstyle._activate, appstyle._dense_fields

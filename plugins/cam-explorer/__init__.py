@@ -18,6 +18,7 @@ it is installed.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import queue
@@ -33,6 +34,9 @@ import fiftyone.operators.types as types
 PLUGIN = "@cam-explorer/cam"
 COMPUTE_URI = f"{PLUGIN}/compute_cams"
 OPEN_URL_URI = f"{PLUGIN}/open_url"  # the plugin's JS operator (dist/index.umd.js)
+RELOAD_MODELS_URI = f"{PLUGIN}/reload_models"
+SETTINGS_STORE = "cam_explorer_settings"  # FiftyOne's execution store: settings the user sets once
+EXPLORER_KEY = "explorer_url"
 DELEGATE_OVER_ENV = "CAM_EXPLORER_DELEGATE_OVER"
 DEFAULT_DELEGATE_OVER = 50  # samples: more than this run delegated unless the form says otherwise
 PROGRESS_SECONDS = 1.0  # at most one progress write per second (delegated progress is a DB write)
@@ -62,6 +66,16 @@ def _camcore():
 def _refuse(inputs: Any, label: str, message: str) -> None:
     """An error in the operator's form that keeps it from running, saying why."""
     inputs.view(ERROR_KEY, types.Error(label=label, description=message), invalid=True, error_message=message)
+
+
+def _can_queue() -> bool:
+    """Whether a delegated run can be queued here. Open-source FiftyOne queues one only with
+    FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true (and runs it only in a `fiftyone delegated launch`
+    worker); otherwise the App offers "Background compute is not yet configured" and nothing runs,
+    so every run executes now, in the App's server, with progress."""
+    import fiftyone as fo
+
+    return bool(fo.config.allow_legacy_orchestrators)
 
 
 def _delegate_over() -> int:
@@ -182,8 +196,17 @@ class ComputeCams(foo.Operator):
             icon="local_fire_department",
         )
 
+    def resolve_execution_options(self, ctx):
+        if not _can_queue():  # no orchestrator: never offer a queue nothing would run
+            from fiftyone.operators.executor import ExecutionOptions
+
+            return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=False)
+        return super().resolve_execution_options(ctx)
+
     def resolve_delegation(self, ctx) -> bool | None:
         # The form's "delegate" box, which defaults to on for targets over the threshold.
+        if not _can_queue():
+            return False
         if "delegate" in ctx.params:
             return bool(ctx.params["delegate"])
         try:
@@ -213,6 +236,7 @@ class ComputeCams(foo.Operator):
         # Strings, not enums: a wrong name gets camcore's own message (which names the right ones).
         # Nothing is `required`: FiftyOne does not apply defaults to SDK calls; _request does.
         inputs.str("model", default=models.DEFAULT_MODEL, view=model_view)
+        _models_file_views(inputs)
 
         weights_view = types.Dropdown(label="Weights")
         for value, label in _weights_choices().items():
@@ -238,10 +262,7 @@ class ComputeCams(foo.Operator):
         inputs.str("target", default=batch.PREDICTED, view=target_view)
         inputs.bool("eigen_smooth", default=False, label="eigen_smooth",
                     description="First principal component of the weighted activations")
-        over = _delegate_over()
-        inputs.bool("delegate", default=count > over, label="Run delegated",
-                    description=f"Queue it for `fiftyone delegated launch` (default for more than {over} "
-                                "samples) instead of running in the App's server now")
+        _delegation_views(inputs, count)
 
         # Checked here as batch checks them: the App shows the reason and refuses to run, and a
         # bad request through the SDK fails validation before anything is loaded or written.
@@ -314,7 +335,69 @@ class ComputeCams(foo.Operator):
         if report.failed:
             summary += f", {len(report.failed)} failed (first: {report.failed[0][1]})"
         yield ctx.trigger("reload_dataset")
+        from camcore.store import appstyle
+
+        # An App that is already open keeps the colours and switched-on fields it loaded: send
+        # it the dataset's saved ones (a colour scale per map, the newest map on).
+        for uri, params in appstyle.app_updates(_camcore()[4].root_dataset(samples)):
+            yield ctx.trigger(uri, params)
         yield ctx.ops.notify(summary, variant="warning" if report.failed else "success")
+
+
+def _delegation_views(inputs: Any, count: int) -> None:
+    """The form's word on where the run happens: queued (with a worker) or now, with progress."""
+    over = _delegate_over()
+    if _can_queue():
+        inputs.bool("delegate", default=count > over, label="Run delegated",
+                    description=f"Queue it (default for more than {over} samples) for the "
+                                "`fiftyone delegated launch` worker (`make worker`); "
+                                "`fiftyone delegated list` shows its progress. Reload the App when it ends.")
+    elif count > over:
+        inputs.view("runs_now", types.Notice(
+            label=f"{count} samples: this runs now in the App's server, its progress shown here",
+            description="Queued background runs need a worker: see the README's 'Background runs'"))
+
+
+def _models_file_views(inputs: Any) -> None:
+    """Which models file the form offers (the explorer's, same default location), a button that
+    reads it again, and its skipped entries in one warning, each with its one-line reason."""
+    from camcore import model_file, models
+
+    path = model_file.models_file_path()
+    if path is None:
+        return
+    inputs.view("reload_models", types.Button(
+        label="Reload models file", operator=RELOAD_MODELS_URI,
+        description=f"Your own models come from {path}"))
+    skipped = models.skipped_models()
+    if skipped:
+        inputs.view("skipped_models", types.Warning(
+            label=f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of the models file skipped",
+            description="; ".join(f"{e.key}: {e.reason}" for e in skipped)))
+
+
+class ReloadModels(foo.Operator):
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="reload_models",
+            label="CAM Explorer: reload the models file",
+            description="Reads your models file again (new, changed and removed entries) without a restart",
+            icon="refresh",
+        )
+
+    def execute(self, ctx) -> dict:
+        from camcore import model_file, models
+
+        path = model_file.models_file_path()
+        skipped = models.reload_model_file()
+        mine = [spec.key for spec in models.list_models() if spec.source != "built-in"]
+        message = (f"Models file {path} read: {len(mine)} model(s) from it, {len(skipped)} skipped"
+                   if path else "No models file (set $CAM_EXPLORER_MODELS or add models.toml to the home)")
+        if skipped:
+            message += " (" + "; ".join(f"{e.key}: {e.reason}" for e in skipped) + ")"
+        ctx.ops.notify(message, variant="warning" if skipped or not path else "success")
+        return {"path": str(path or ""), "models": mine, "skipped": [e.to_dict() for e in skipped]}
 
 
 # ---------------------------------------------------------------- open_in_cam_explorer
@@ -354,6 +437,37 @@ def link_state(ctx, sample_id: str):
     )
 
 
+def _settings():
+    """Settings the user sets once, kept in FiftyOne's database (global, not per dataset)."""
+    from fiftyone.operators.store import ExecutionStore
+
+    return ExecutionStore.create(SETTINGS_STORE)
+
+
+def explorer_address() -> tuple[str, str]:
+    """(the explorer's address, where it comes from): the explorer that launched this App (it
+    passes $CAM_EXPLORER_URL to the App's server; a value the user exported also lands there),
+    else the address the user gave once in open_in_cam_explorer, else the default."""
+    _batch, links, *_ = _camcore()
+    env = os.environ.get(links.BASE_URL_ENV, "").strip()
+    if env:
+        return env.rstrip("/"), "from the explorer that launched this App"
+    try:
+        saved = str(_settings().get(EXPLORER_KEY) or "").strip()
+    except Exception:  # no settings store reachable: the default still works
+        saved = ""
+    if saved:
+        return saved, "saved the last time you set it here"
+    return links.DEFAULT_BASE_URL, "the default: change it once here, it is remembered"
+
+
+def _checked_address(address: str) -> str:
+    address = address.strip().rstrip("/")
+    if not address.startswith(("http://", "https://")) or any(c.isspace() for c in address):
+        raise ValueError(f"the explorer address must be a URL starting with http:// or https://, not {address!r}")
+    return address
+
+
 class OpenInCamExplorer(foo.Operator):
     @property
     def config(self) -> foo.OperatorConfig:
@@ -373,10 +487,15 @@ class OpenInCamExplorer(foo.Operator):
             message = "open a sample (or select one) first"
             _refuse(inputs, "No sample", message)
             return types.Property(inputs)
-        inputs.str("explorer", default=links.base_url(), label="Explorer address",
-                    description=f"Where CAM Explorer runs (${links.BASE_URL_ENV} sets the default)")
-        url = links.explorer_url(link_state(ctx, sample_id), base=ctx.params.get("explorer") or None)
-        inputs.view("preview", types.Notice(label=url))
+        known, where = explorer_address()
+        inputs.str("explorer", default=known, label="Explorer address",
+                   description=f"Where CAM Explorer runs ({where})")
+        try:
+            base = _checked_address(str(ctx.params.get("explorer") or known))
+        except ValueError as exc:
+            _refuse(inputs, "Bad address", _first_line(exc))
+            return types.Property(inputs)
+        inputs.view("preview", types.Notice(label="Opens the sample in CAM Explorer at " + base))
         return types.Property(inputs, view=types.View(label="Open in CAM Explorer"))
 
     def execute(self, ctx) -> dict:
@@ -384,9 +503,10 @@ class OpenInCamExplorer(foo.Operator):
         sample_id = _one_sample(ctx)
         if sample_id is None:
             raise ValueError("open a sample (or select one) first")
-        base = str(ctx.params.get("explorer") or links.base_url())
-        if not base.startswith(("http://", "https://")):
-            raise ValueError(f"the explorer address must start with http:// or https://, not {base!r}")
+        known, _where = explorer_address()
+        base = _checked_address(str(ctx.params.get("explorer") or known))
+        if base != known:  # the user set it: remembered for the next time (and for findings)
+            _settings().set(EXPLORER_KEY, base)
         url = links.explorer_url(link_state(ctx, sample_id), base=base)
         ctx.trigger(OPEN_URL_URI, {"url": url})  # the browser opens it in a new tab
         return {"url": url}
@@ -395,17 +515,29 @@ class OpenInCamExplorer(foo.Operator):
         outputs = types.Object()
         url = (ctx.results or {}).get("url", "")
         # Also a link: a popup blocker may stop the new tab.
-        outputs.view("url", types.LinkView(label=f"Open {url}", href=url, new_window=True))
+        # Its label short (a long URL overflowed the dialog); the whole URL stays in the link.
+        outputs.view("url", types.LinkView(label="Open the sample in CAM Explorer", href=url, new_window=True,
+                                           description="Opened in a new tab; this link is for a blocked popup"))
         return types.Property(outputs, view=types.View(label="CAM Explorer"))
 
 
 # ---------------------------------------------------------------- record_finding
 
 
-def _finding_targets(ctx) -> list[str]:
-    if ctx.selected:
-        return [str(s) for s in ctx.selected]
-    return [str(ctx.current_sample)] if ctx.current_sample else []
+def _finding_targets(ctx) -> tuple[list[str], str]:
+    """(the samples a finding is recorded on, a sentence saying which): the sample open in the
+    App's modal, else the selection."""
+    if ctx.current_sample:
+        return [str(ctx.current_sample)], "the open sample"
+    ids = [str(s) for s in (ctx.selected or [])]
+    return ids, f"the {len(ids)} selected sample(s)" if ids else ""
+
+
+def _names(dataset: Any, ids: list[str], most: int = 5) -> str:
+    """The file names of these samples (the first `most`), for a sentence."""
+    paths = dataset.select(ids[:most], ordered=True).values("filepath")
+    more = f" and {len(ids) - most} more" if len(ids) > most else ""
+    return ", ".join(os.path.basename(p) for p in paths) + more
 
 
 class RecordFinding(foo.Operator):
@@ -422,12 +554,12 @@ class RecordFinding(foo.Operator):
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
         _batch, _links, _methods, _models, store, _weights = _camcore()
-        ids = _finding_targets(ctx) if ctx.dataset is not None else []
+        ids, which = _finding_targets(ctx) if ctx.dataset is not None else ([], "")
         if not ids:
             message = "select samples (or open one) to record a finding on"
             _refuse(inputs, "No samples", message)
             return types.Property(inputs)
-        inputs.view("about", types.Notice(label=f"Records the finding on {len(ids)} sample(s)."))
+        inputs.view("about", types.Notice(label=f"Records the finding on {which}: {_names(ctx.dataset, ids)}"))
         tag_view = types.AutocompleteView(label="Finding", allow_user_input=True,
                                           description="One of these, or type your own")
         for tag in store.FINDING_TAGS:
@@ -450,9 +582,10 @@ class RecordFinding(foo.Operator):
 
     def execute(self, ctx) -> dict:
         _batch, links, _methods, _models, store, _weights = _camcore()
-        ids = _finding_targets(ctx)
+        ids, which = _finding_targets(ctx)
         if not ids:
             raise ValueError("select samples (or open one) to record a finding on")
+        base = _checked_address(explorer_address()[0])  # the explorer the findings link back to
         tag = str(ctx.params.get("tag") or "").strip()
         note = str(ctx.params.get("note") or "")
         field = ctx.params.get("heatmap_field") or None
@@ -465,17 +598,67 @@ class RecordFinding(foo.Operator):
                 state = links.LinkState(dataset=ctx.dataset.name, sample=sid, model=meaning.get("model", ""),
                                         methods=tuple(filter(None, [meaning.get("method")])),
                                         layers=tuple(filter(None, [meaning.get("layer")])))
-                extra["url"] = links.explorer_url(state)
+                extra["url"] = links.explorer_url(state, base=base)
             store.add_finding(ctx.dataset, sid, tag, note, field, **extra)
-        ctx.trigger("reload_dataset")
+        ctx.trigger("reload_samples")  # the open sample's tags, and the grid's
+        ctx.trigger("reload_dataset")  # the tags' counts in the sidebar
+        ctx.ops.notify(f"Recorded '{tag}' (tag {sample_tag}) on {which}", variant="success")
         return {"tag": sample_tag, "samples": len(ids)}
 
 
 # ---------------------------------------------------------------- the panel
 
 
-PROVENANCE = ("model", "weights", "method", "layer", "target", "target_rule", "target_request",
-              "eigen_smooth", "aug_smooth", "raw_min", "raw_max", "blank", "created_at")
+# The label's own storage, not its provenance: never rows of the table.
+NOT_PROVENANCE = frozenset({"_id", "_cls", "id", "map", "map_path", "range", "tags"})
+THUMB_WIDTH = 192  # px: the panel's small map
+
+
+def provenance_keys(labels: list[Any]) -> list[str]:
+    """Every provenance attribute these labels carry: the declared ones (store.LABEL_ATTRIBUTES)
+    in their order, then any other (a batch's own, say target_request), sorted."""
+    store = _camcore()[4]
+    present: set[str] = set()
+    for label in labels:
+        if label is not None:
+            present |= {k for k, v in label.to_dict().items() if v is not None} - NOT_PROVENANCE
+    declared = [k for k in store.LABEL_ATTRIBUTES if k in present]
+    return declared + sorted(present - set(declared))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):  # versions: one line
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
+def map_thumbnail(heatmap: Any, raw_min: Any = None, raw_max: Any = None) -> str:
+    """A PNG data URI: the map small, in the colour scale the App and the explorer use, over a
+    colour bar labelled with the map's raw range (low -> high)."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from camcore import overlay
+
+    h, w = heatmap.shape
+    height = max(1, round(h * THUMB_WIDTH / w))
+    small = cv2.resize(heatmap.astype(np.float32), (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
+    ramp = np.tile(np.linspace(0, 1, THUMB_WIDTH, dtype=np.float32), (12, 1))
+    strip = np.full((20, THUMB_WIDTH, 3), 255, np.uint8)
+    lo = f"{float(raw_min):.3g}" if raw_min is not None else "low"
+    hi = f"{float(raw_max):.3g}" if raw_max is not None else "high"
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(strip, lo, (2, 14), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    (tw, _th), _base = cv2.getTextSize(hi, font, 0.4, 1)
+    cv2.putText(strip, hi, (THUMB_WIDTH - tw - 2, 14), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    gap = np.full((4, THUMB_WIDTH, 3), 255, np.uint8)
+    image = np.vstack([overlay.colorize(small), gap, overlay.colorize(ramp), strip])
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise ValueError("could not encode the heatmap thumbnail")
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
 def _label_attr(label: Any, name: str) -> Any:
@@ -530,21 +713,26 @@ class CamHeatmapsPanel(foo.Panel):
         layers = sorted({m.get("layer", "") for m in fields.values() if m.get("method") == method} - {""})
         layer = ctx.panel.state.layer if ctx.panel.state.layer in layers else (layers[0] if layers else None)
         chosen = sorted(n for n, m in fields.items() if m.get("method") == method and m.get("layer") == layer)
-        ctx.panel.state.set({"sample_id": sample_id, "methods": methods, "layers": layers,
-                             "method": method, "layer": layer, "fields": chosen})
         # One row per provenance attribute, one column per field (a method on a layer may exist
         # for several targets, weights or smoothings). Values travel as text: the table shows
-        # them as they are.
-        rows = []
+        # them as they are. The table's data is keyed by the fields shown and the old data is
+        # cleared first: rows of the field chosen before can never stay under another's columns.
+        rows: list[dict] = []
+        image = ""
         if chosen:
             sample = ctx.dataset.select([sample_id]).select_fields(chosen).first()
             labels = [sample[name] for name in chosen]
-            for key in PROVENANCE:
+            for key in provenance_keys(labels):
                 values = [_label_attr(label, key) for label in labels]
-                if any(v is not None for v in values):
-                    rows.append({"attribute": key, **{f"f{i}": "" if v is None else str(v)
-                                                      for i, v in enumerate(values)}})
-        ctx.panel.data.set("provenance", rows)
+                rows.append({"attribute": key, **{f"f{i}": _text(v) for i, v in enumerate(values)}})
+            heatmap = _camcore()[4].read_heatmap(ctx.dataset, sample_id, chosen[0])
+            if heatmap is not None:
+                image = map_thumbnail(heatmap, _label_attr(labels[0], "raw_min"), _label_attr(labels[0], "raw_max"))
+        table = "provenance_" + hashlib.sha1("|".join(chosen).encode()).hexdigest()[:12]
+        ctx.panel.state.set({"sample_id": sample_id, "methods": methods, "layers": layers,
+                             "method": method, "layer": layer, "fields": chosen, "table": table})
+        ctx.panel.data.clear()
+        ctx.panel.data.set({table: rows, "map_image": image})
 
     def compute(self, ctx) -> None:
         state = ctx.panel.state
@@ -569,11 +757,14 @@ class CamHeatmapsPanel(foo.Panel):
             for layer in state.layers or []:
                 layer_view.add_choice(layer, label=layer)
             panel.str("layer", view=layer_view, default=state.layer, on_change=self.on_pick)
+            if state.fields:
+                panel.str("map_image", view=types.ImageView(width=f"{THUMB_WIDTH}px", alt=f"{state.fields[0]}: "
+                          "the map in the jet colour scale, over its colour bar (raw range low to high)"))
             table = types.TableView()
             table.add_column("attribute", label="Provenance")
             for i, name in enumerate(state.fields or []):
                 table.add_column(f"f{i}", label=name)
-            panel.list("provenance", types.Object(), view=table)
+            panel.list(state.table or "provenance", types.Object(), view=table)
         if state.sample_id:
             panel.btn("compute", label="Compute CAMs for this sample", icon="local_fire_department",
                       on_click=self.compute, variant="contained")
@@ -584,4 +775,5 @@ def register(p) -> None:
     p.register(ComputeCams)
     p.register(OpenInCamExplorer)
     p.register(RecordFinding)
+    p.register(ReloadModels)
     p.register(CamHeatmapsPanel)

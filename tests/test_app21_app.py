@@ -1,0 +1,129 @@
+"""Issue #21 item 1 in the real FiftyOne App (its server, Chromium): an App opened BEFORE the
+heatmaps exist computes them on a selection and, without a reload, draws the opened sample's map
+with a colour scale (many hues), not a one-colour tint; the map's field is in the CAM group."""
+from __future__ import annotations
+
+import colorsys
+import io
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from cam_support import CHELSEA
+from fo_helpers import field_name, unique_name
+from PIL import Image
+
+from camcore import store
+from camcore.store import appstyle
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+MODEL = "efficientnet_lite0"
+FIELD = field_name(MODEL, "gradcam", "head", "predicted")  # the form's defaults
+
+
+def hue_bins(png: bytes, min_share: float = 0.02) -> tuple[int, float]:
+    """(how many 30-degree hue bins hold at least min_share of the saturated pixels, the share of
+    saturated pixels). The image under the map is grey: every saturated pixel is the map's."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255
+    flat = rgb.reshape(-1, 3)[::7]  # a sample of the pixels is plenty
+    hsv = np.array([colorsys.rgb_to_hsv(*p) for p in flat])
+    saturated = hsv[(hsv[:, 1] > 0.35) & (hsv[:, 2] > 0.2)]
+    if len(saturated) == 0:
+        return 0, 0.0
+    counts = np.bincount((saturated[:, 0] * 12).astype(int) % 12, minlength=12)
+    return int((counts >= min_share * len(saturated)).sum()), len(saturated) / len(flat)
+
+
+@pytest.fixture
+def grey_dataset(tmp_path):
+    """One sample: the cat in grey (the model still sees a cat; any colour on it is the map's)."""
+    path = tmp_path / "grey_chelsea.png"
+    Image.open(CHELSEA).convert("L").convert("RGB").save(path)
+    ds = fo.Dataset(unique_name("app21-browser"))
+    ds.add_sample(fo.Sample(filepath=str(path)))
+    ds.compute_metadata()
+    yield ds
+    ds.delete()
+
+
+def _drive(url: str, modal_url: str, select) -> dict:
+    from playwright.sync_api import expect, sync_playwright
+
+    out: dict = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
+            select()  # the App's selection, set while the page is open
+            page.locator("body").click(position={"x": 640, "y": 20})
+            page.keyboard.press("Backquote")
+            operators = page.locator("[data-cy=operators-browser]")
+            expect(operators).to_be_visible(timeout=30_000)
+            page.keyboard.type("compute heatmaps")
+            operators.get_by_text("CAM Explorer: compute heatmaps").click()
+            expect(page.get_by_text("Computes heatmaps on the 1 selected sample(s)")).to_be_visible(timeout=60_000)
+            page.get_by_role("button", name="Execute").click()
+            expect(page.get_by_text("CAM heatmaps: 1 computed, 0 already done")).to_be_visible(timeout=180_000)
+            page.keyboard.press("Escape")
+            # open the sample from the grid: same page, never reloaded since before the push
+            page.locator("[data-cy=fo-grid] canvas").first.click()
+            modal = page.locator("#modal")
+            canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
+            expect(canvas).to_be_visible(timeout=60_000)
+            expect(modal.locator(f"[data-cy=checkbox-{FIELD}] input")).to_be_checked(timeout=30_000)
+            page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
+            out["canvas"] = canvas.screenshot()
+            page.screenshot(path=str(ARTIFACTS / "app21_open_app_heatmap.png"))
+            label = modal.locator(f"[data-cy=sidebar-field-{FIELD}]")
+            out["label_fits"] = label.evaluate(
+                "e => [...e.querySelectorAll('*')].every(c => c.scrollWidth <= c.clientWidth + 1)")
+            # the sidebar's CAM group: read when the App loads the dataset (a new page)
+            page.goto(modal_url)
+            group = page.locator("#modal").get_by_text(re.compile(f"^{appstyle.SIDEBAR_GROUP}$", re.I))
+            expect(group.first).to_be_visible(timeout=90_000)
+            page.screenshot(path=str(ARTIFACTS / "app21_sidebar_group.png"))
+        finally:
+            browser.close()
+    return out
+
+
+def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_dataset, monkeypatch):
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no {CHROMIUM}: run `make chromium`")
+    pytest.importorskip("playwright.sync_api")
+    from mongod_support import free_port
+
+    monkeypatch.setenv("FIFTYONE_PLUGINS_DIR", str(ROOT / "plugins"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    sid = grey_dataset.first().id
+    assert grey_dataset.app_config.color_scheme is None  # nothing styled before the App opens
+    try:
+        session = store.launch_app(grey_dataset, port=port)
+
+        def select() -> None:
+            session.selected = [sid]
+
+        with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
+            urls = (store.app_url(grey_dataset.name, port=port), store.app_url(grey_dataset.name, sid, port=port))
+            got = pool.submit(_drive, *urls, select).result(timeout=500)
+    finally:
+        store.close_app()
+    bins, share = hue_bins(got["canvas"])
+    Image.open(io.BytesIO(got["canvas"])).save(ARTIFACTS / "app21_open_app_canvas.png")
+    assert share > 0.05, f"almost nothing coloured on the sample ({share:.3f}): the map is not drawn"
+    assert bins >= 3, f"the map is drawn in {bins} hue(s): a one-colour tint, not a colour scale"
+    grey_dataset.reload()  # saved by the App's server, another process
+    scheme = grey_dataset.app_config.color_scheme
+    assert scheme.color_by == "value" and {"path": FIELD, "name": "jet"} in scheme.colorscales

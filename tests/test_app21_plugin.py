@@ -1,0 +1,286 @@
+"""Issue #21, the plugin's side: runs without an orchestrator, your own models in the App's form,
+the panel's whole provenance and map, record_finding on the open sample, the explorer's address
+known or set once, and the App's saved style (colour scale by value, one map on, one sidebar group).
+All through FiftyOne's own operator machinery against the suite's real mongod."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import cv2
+import fiftyone as fo
+import fiftyone.operators as foo
+import numpy as np
+import pytest
+import torch
+from fo_helpers import field_name, make_heatmap, make_result, unique_name, write_images
+
+from camcore import links, store
+from camcore.store import appstyle
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = "@cam-explorer/cam"
+COMPUTE = f"{PLUGIN}/compute_cams"
+OPEN = f"{PLUGIN}/open_in_cam_explorer"
+FINDING = f"{PLUGIN}/record_finding"
+RELOAD = f"{PLUGIN}/reload_models"
+PANEL = f"{PLUGIN}/cam_heatmaps"
+MODEL = "efficientnet_lite0"
+PARAMS = {"model": MODEL, "methods": ["gradcam"], "layers": ["head"], "target": "predicted"}
+FIELD = field_name(MODEL, "gradcam", "head", "predicted")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugins_dir():
+    old_dir, old_env = fo.config.plugins_dir, os.environ.get("FIFTYONE_PLUGINS_DIR")
+    fo.config.plugins_dir = str(ROOT / "plugins")
+    os.environ["FIFTYONE_PLUGINS_DIR"] = str(ROOT / "plugins")
+    yield
+    fo.config.plugins_dir = old_dir
+    if old_env is None:
+        os.environ.pop("FIFTYONE_PLUGINS_DIR", None)
+    else:
+        os.environ["FIFTYONE_PLUGINS_DIR"] = old_env
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    paths = write_images(tmp_path / "media", [f"img{i}.png" for i in range(4)], size=(40, 48))
+    ds = fo.Dataset(unique_name("app21"))
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    ds.compute_metadata()
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture
+def no_saved_address():
+    """No explorer address from the environment or saved by an earlier test."""
+    from fiftyone.operators.store import ExecutionStore
+
+    settings = ExecutionStore.create("cam_explorer_settings")
+    settings.delete("explorer_url")
+    old = os.environ.pop(links.BASE_URL_ENV, None)
+    yield settings
+    settings.delete("explorer_url")
+    if old is not None:
+        os.environ[links.BASE_URL_ENV] = old
+
+
+def _run(uri: str, **ctx):
+    return foo.execute_operator(uri, ctx=ctx)
+
+
+def _requests(result) -> list[tuple[str, dict]]:
+    return [(r.operator_uri, r.params or {}) for r in result.executor._requests]
+
+
+def _form(uri: str, ds: fo.Dataset, **request) -> str:
+    """The operator's resolved form, as the App receives it (JSON text)."""
+    ctx = foo.ExecutionContext(request_params={"dataset_name": ds.name, **request})
+    return json.dumps(foo.get_operator(uri).resolve_input(ctx).to_json())
+
+
+# ---------------------------------------------------------------- item 1: the App's saved style
+
+
+def test_a_push_of_four_maps_switches_on_one_colours_all_by_value_and_groups_them(dataset, tmp_path):
+    sid = dataset.first().id
+    dataset.set_values("gt", {sid: fo.Classification(label="cat")}, key_field="id")
+    size = (40, 48)
+    four = make_result(size, [make_heatmap(size, m, seed=i) for i, m in
+                              enumerate(["gradcam", "layercam", "xgradcam", "hirescam"])])
+    fields = store.push_heatmaps(dataset, sid, four, heatmap_dir=tmp_path / "hm")
+    assert len(fields) == 4
+    config = fo.load_dataset(dataset.name).app_config
+    # one map at a time: the newest only, besides FiftyOne's own default
+    assert config.active_fields.exclude is False and config.active_fields.paths == ["gt", fields[-1]]
+    # drawn with a colour scale: per-field jet AND colour by value (by field, the App tints)
+    assert config.color_scheme.color_by == "value"
+    assert {c["path"]: c["name"] for c in config.color_scheme.colorscales} == {f: "jet" for f in fields}
+    # one sidebar group, after the labels, holding exactly our fields
+    names = [g.name for g in config.sidebar_groups]
+    assert names.index(appstyle.SIDEBAR_GROUP) == names.index("labels") + 1
+    groups = {g.name: list(g.paths) for g in config.sidebar_groups}
+    assert groups[appstyle.SIDEBAR_GROUP] == fields
+    assert not set(fields) & {p for n, ps in groups.items() if n != appstyle.SIDEBAR_GROUP for p in ps}
+
+    # a user's own colour mode and scale win
+    dataset.app_config.color_scheme.color_by = "instance"
+    dataset.app_config.color_scheme.colorscales = [{"path": fields[0], "name": "viridis"}]
+    dataset.save()
+    more = store.push_heatmaps(dataset, sid, make_result(size, [make_heatmap(size, "eigencam")]),
+                               heatmap_dir=tmp_path / "hm")
+    scheme = fo.load_dataset(dataset.name).app_config.color_scheme
+    assert scheme.color_by == "instance"
+    scales = {c["path"]: c["name"] for c in scheme.colorscales}
+    assert scales[fields[0]] == "viridis" and scales[more[0]] == "jet"
+
+
+def test_compute_in_the_app_sends_the_open_app_its_colour_scale_and_the_new_field(dataset):
+    """An App already open keeps the scheme it loaded: compute_cams tells it the saved one."""
+    result = _run(COMPUTE, dataset=dataset, selected=dataset.values("id")[:1], params=PARAMS)
+    asked = dict(_requests(result))
+    scheme = asked["set_color_scheme"]
+    assert scheme["color_by"] == "value" and {"path": FIELD, "name": "jet"} in scheme["colorscales"]
+    assert asked["set_active_fields"]["fields"][-1] == FIELD
+
+
+# ---------------------------------------------------------------- item 3: runs without an orchestrator
+
+
+def test_a_big_run_without_an_orchestrator_runs_now_with_progress(dataset, monkeypatch):
+    """Open-source FiftyOne as `make run` starts it (no legacy orchestrators): a run over the
+    threshold is not queued for a worker that does not exist; it runs, and the field is there."""
+    monkeypatch.setenv("CAM_EXPLORER_DELEGATE_OVER", "2")
+    monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", False)
+    ctx = foo.ExecutionContext(request_params={"dataset_name": dataset.name, "params": PARAMS})
+    options = foo.get_operator(COMPUTE).resolve_execution_options(ctx)
+    assert options.allow_immediate_execution and not options.allow_delegated_execution
+    assert '"delegate"' not in _form(COMPUTE, dataset, params=PARAMS)  # no dead-end checkbox
+    assert "runs now in the App" in _form(COMPUTE, dataset, params=PARAMS)
+
+    result = _run(COMPUTE, dataset=dataset, params={**PARAMS, "delegate": True})
+    assert result.delegated is False
+    assert len(dataset.exists(FIELD)) == 4
+    asked = [uri for uri, _p in _requests(result)]
+    assert "set_progress" in asked and "reload_dataset" in asked
+
+
+# ---------------------------------------------------------------- item 6: your own models
+
+
+def _models_file(folder: Path, bad: list[str]) -> Path:
+    import timm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), folder / "r.pth")
+    text = '[models.my_cnn]\narch = "timm:test_resnet"\nweights = "r.pth"\nclasses = ["a", "b", "c"]\n'
+    for key in bad:
+        text += f'\n[models.{key}]\narch = "timm:no_such_net"\nweights = "r.pth"\nclasses = ["a"]\n'
+    path = folder / "models.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_form_offers_your_models_lists_skipped_ones_and_reloads_on_request(dataset, tmp_path, monkeypatch):
+    path = _models_file(tmp_path / "mine", ["bad_one"])
+    monkeypatch.setenv("CAM_EXPLORER_MODELS", str(path))
+    form = _form(COMPUTE, dataset, params=PARAMS)
+    assert '"my_cnn"' in form  # the explorer's models file, in the App's Model picker
+    assert "bad_one: unknown architecture 'timm:no_such_net'" in form
+    assert RELOAD in form  # the button that reads it again
+
+    _models_file(tmp_path / "mine", ["bad_one", "bad_two"])  # edited while the App runs
+    assert "bad_two" not in _form(COMPUTE, dataset, params=PARAMS)
+    result = _run(RELOAD, dataset=dataset)
+    assert result.result["models"] == ["my_cnn"]
+    assert [s["key"] for s in result.result["skipped"]] == ["bad_one", "bad_two"]
+    note = next(p for uri, p in _requests(result) if uri == "notify")
+    assert "1 model(s) from it, 2 skipped" in note["message"]  # the confirmation
+    assert "bad_two: unknown architecture" in _form(COMPUTE, dataset, params=PARAMS)
+
+
+# ---------------------------------------------------------------- item 7: the panel
+
+
+def _panel(ds, sid, method: str, state: dict | None = None):
+    result = _run(PANEL, dataset=ds, current_sample=sid,
+                  params={"panel_id": "p1", "__method__": method, "panel_state": state or {}})
+    asked = _requests(result)
+    state = {}
+    for uri, p in asked:
+        if uri == "patch_panel_state":
+            state.update(p["state"])
+    data: dict = {}
+    for uri, p in asked:  # the App's order: a clear empties, a patch sets keys
+        if uri == "clear_panel_data":
+            data = {}
+        elif uri == "patch_panel_data":
+            data.update(p["data"])
+    return state, data
+
+
+def test_the_panel_shows_the_whole_provenance_and_the_map_and_resets_on_a_new_field(dataset):
+    sid = dataset.first().id
+    _run(COMPUTE, dataset=dataset, selected=[sid], params={**PARAMS, "methods": ["gradcam", "layercam"]})
+    state, data = _panel(dataset, sid, "on_load")
+    rows = {r["attribute"]: r["f0"] for r in data[state["table"]]}
+    for key in ("arch", "weights_sha256", "classes_file", "input_size", "model", "method", "raw_max"):
+        assert key in rows, key
+    assert rows["arch"] and len(rows["weights_sha256"]) == 64
+    # the map, small, over its colour bar: a real PNG of more than one colour
+    png = base64.b64decode(data["map_image"].split(",", 1)[1])
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[1] == 192 and len(np.unique(image.reshape(-1, 3), axis=0)) > 20
+
+    # another method: the table holds that field's rows only, under a key of its own
+    layercam = field_name(MODEL, "layercam", "head", "predicted")
+    state2, data2 = _panel(dataset, sid, "on_pick", {**state, "method": "layercam"})
+    assert state2["fields"] == [layercam] and state2["table"] != state["table"]
+    assert state["table"] not in data2
+    assert {r["attribute"]: r["f0"] for r in data2[state2["table"]]}["method"] == "layercam"
+
+
+# ---------------------------------------------------------------- item 8: record_finding
+
+
+def test_record_finding_acts_on_the_open_sample_confirms_and_refreshes_its_tags(dataset, no_saved_address):
+    ids = dataset.values("id")
+    form = _form(FINDING, dataset, current_sample=ids[3], selected=ids[:2])
+    assert "the open sample: img3.png" in form
+    result = _run(FINDING, dataset=dataset, current_sample=ids[3], selected=ids[:2],
+                  params={"tag": "background bias", "note": "sky"})
+    tags = dict(zip(*dataset.values(["id", "tags"]), strict=True))
+    assert [sid for sid in ids if tags[sid]] == [ids[3]]  # the open one, not the selection
+    asked = _requests(result)
+    assert "reload_samples" in [uri for uri, _p in asked]
+    note = next(p for uri, p in asked if uri == "notify")
+    assert "background bias" in note["message"] and "open sample" in note["message"]
+    # nothing open: it says which selected samples it will tag
+    assert "the 2 selected sample(s): img0.png, img1.png" in _form(FINDING, dataset, selected=ids[:2])
+
+
+# ---------------------------------------------------------------- item 9: the explorer's address
+
+
+def test_the_explorers_address_is_set_once_and_used_by_links_and_findings(dataset, no_saved_address):
+    ids = dataset.values("id")
+    assert '"default": "http://localhost:8501"' in _form(OPEN, dataset, current_sample=ids[0])
+    url = _run(OPEN, dataset=dataset, current_sample=ids[0],
+               params={"explorer": "http://explorer.test:8600/"}).result["url"]
+    assert url.startswith("http://explorer.test:8600/")
+    # set once: the next form offers it, the next open uses it without asking, findings link to it
+    assert '"default": "http://explorer.test:8600"' in _form(OPEN, dataset, current_sample=ids[1])
+    again = _run(OPEN, dataset=dataset, current_sample=ids[1]).result["url"]
+    assert again.startswith("http://explorer.test:8600/")
+    _run(FINDING, dataset=dataset, current_sample=ids[1], params={"tag": "good focus"})
+    [finding] = store.list_findings(dataset)
+    assert finding["url"].startswith("http://explorer.test:8600/")
+    # a bad address is refused in the form, with the reason
+    assert "must be a URL" in _form(OPEN, dataset, current_sample=ids[0], params={"explorer": "localhost:1"})
+
+
+def test_an_app_launched_by_the_explorer_knows_its_address(dataset, no_saved_address):
+    """launch_app(explorer_url=...) (the explorer's "Launch the FiftyOne App") hands the App's
+    server the explorer's address; the plugin there links to it without asking."""
+    from mongod_support import free_port
+
+    try:
+        store.launch_app(dataset, port=free_port(), explorer_url="http://localhost:8777")
+        assert os.environ[links.BASE_URL_ENV] == "http://localhost:8777"  # what the server inherits
+        ids = dataset.values("id")
+        assert '"default": "http://localhost:8777"' in _form(OPEN, dataset, current_sample=ids[0])
+    finally:
+        store.close_app()
+        os.environ.pop(links.BASE_URL_ENV, None)
+
+
+def test_the_open_in_result_is_a_short_link(dataset, no_saved_address):
+    result = _run(OPEN, dataset=dataset, current_sample=dataset.first().id)
+    ctx = foo.ExecutionContext(request_params={"dataset_name": dataset.name, "results": result.result})
+    out = json.dumps(foo.get_operator(OPEN).resolve_output(ctx).to_json())
+    assert '"label": "Open the sample in CAM Explorer"' in out and result.result["url"] in out
