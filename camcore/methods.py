@@ -12,6 +12,7 @@ gradients, so one pass with hooks on every chosen layer feeds all of them on all
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class MethodSpec:
     library_image: bool = False  # pure, but use the library's own get_cam_image (FEM, KPCA)
     supports_eigen_smooth: bool = True
     layer_independent: bool = False  # FullGrad uses every bias layer, not the chosen ones
-    tasks: tuple[str, ...] = ("classification", "segmentation")
+    tasks: tuple[str, ...] = ("classification", "segmentation")  # DETECTION_OK adds "detection"
     families: tuple[str, ...] = ("cnn", "vit")
     slow: bool = False
     note: str = ""
@@ -158,6 +159,21 @@ METHODS: dict[str, MethodSpec] = {
                    _channel_weighted, note="Random channel weights: a sanity baseline."),
     )
 }
+
+# Methods whose math fits a detector's box target (one pass: gradients and activations of the
+# hooked layers, FPN levels fused). Score-CAM and Ablation-CAM (pytorch-grad-cam's
+# AblationLayerFasterRCNN) need per-channel passes through the FPN's dict, not built yet.
+DETECTION_OK = ("gradcam", "gradcam++", "xgradcam", "eigencam", "eigengradcam", "layercam", "hirescam",
+                "gradcamelementwise", "randomcam")
+_NOT_FOR_DETECTION = {
+    "scorecam": "Score-CAM on a detector needs one pass per FPN channel: not built yet.",
+    "ablationcam": "Ablation-CAM on a detector (AblationLayerFasterRCNN) is not built yet.",
+}
+for _key in DETECTION_OK:
+    _spec = METHODS[_key]
+    METHODS[_key] = dataclasses.replace(_spec, tasks=(*_spec.tasks, "detection"))
+for _key, _why in _NOT_FOR_DETECTION.items():
+    METHODS[_key] = dataclasses.replace(METHODS[_key], note=f"{METHODS[_key].note} {_why}".strip())
 
 ARTICLE_METHODS = tuple(k for k, m in METHODS.items() if m.in_article)
 DEFAULT_METHOD = "gradcam"

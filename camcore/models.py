@@ -27,13 +27,14 @@ if TYPE_CHECKING:
 class LayerSpec:
     name: str  # what the user sees, e.g. "layer4"
     path: str  # dotted module path inside the model, e.g. "backbone.layer4"
+    key: str = ""  # a module whose output is a dict (a detector's FPN): the entry this layer is
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     key: str
     label: str
-    task: str  # "classification" | "segmentation"
+    task: str  # "classification" | "segmentation" | "detection"
     family: str  # "cnn" | "vit": decides reshape transform and ablation layer
     build: Callable[[], torch.nn.Module]  # the architecture with random weights, no download
     weights: weights_mod.WeightsSource
@@ -189,6 +190,49 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+def _fpn_layers(stages: tuple[tuple[str, str], ...], levels: tuple[str, ...]) -> tuple[LayerSpec, ...]:
+    """A detector's layers: backbone stages, the FPN's levels fused ("fpn", pytorch-grad-cam's
+    tutorial's choice) and each level alone ("fpn_<key>")."""
+    return (tuple(LayerSpec(name, path) for name, path in stages) + (LayerSpec("fpn", "backbone"),)
+            + tuple(LayerSpec(f"fpn_{k}", "backbone", key=k) for k in levels))
+
+
+def _detector(key: str, label: str, builder: str, enum: str, stages: tuple[tuple[str, str], ...],
+              levels: tuple[str, ...], size: int, note: str) -> ModelSpec:
+    from camcore import detection
+
+    return ModelSpec(
+        key=key, label=label, task="detection", family="cnn", build=detection.builder(builder),
+        weights=weights_mod.TorchvisionWeights(enum, "COCO_V1", local_name=key),
+        # torchvision's detectors normalise and resize inside (model.transform): they take 0..1 pixels
+        preprocess=Preprocess("short_side", size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+        class_names=detection.coco_class_names,
+        layers=_fpn_layers(stages, levels), default_layer="fpn",
+        description=f"torchvision {builder}, {enum}.COCO_V1 (COCO, 91 labels). {note}".strip(),
+        arch=f"torchvision:{builder}",
+        classes_file=f"torchvision {enum}.COCO_V1 categories",
+    )
+
+
+_RESNET_STAGES = tuple((f"layer{i}", f"backbone.body.layer{i}") for i in range(1, 5))
+_MOBILENET_STAGES = tuple((f"stage{i}", f"backbone.body.{i}") for i in (3, 6, 12, 16))
+DETECTION_MODELS: tuple[ModelSpec, ...] = (
+    _detector("fasterrcnn_resnet50_fpn_v2", "Faster R-CNN ResNet-50 FPN v2", "fasterrcnn_resnet50_fpn_v2",
+              "FasterRCNN_ResNet50_FPN_V2_Weights", _RESNET_STAGES, ("0", "1", "2", "3", "pool"), 800, ""),
+    _detector("fasterrcnn_mobilenet_v3_large_fpn", "Faster R-CNN MobileNetV3-Large FPN",
+              "fasterrcnn_mobilenet_v3_large_fpn", "FasterRCNN_MobileNet_V3_Large_FPN_Weights",
+              _MOBILENET_STAGES, ("0", "1", "pool"), 800, ""),
+    _detector("retinanet_resnet50_fpn_v2", "RetinaNet ResNet-50 FPN v2", "retinanet_resnet50_fpn_v2",
+              "RetinaNet_ResNet50_FPN_V2_Weights", _RESNET_STAGES[1:], ("0", "1", "2", "p6", "p7"), 800, ""),
+    _detector("fcos_resnet50_fpn", "FCOS ResNet-50 FPN", "fcos_resnet50_fpn", "FCOS_ResNet50_FPN_Weights",
+              _RESNET_STAGES[1:], ("0", "1", "2", "p6", "p7"), 800, ""),
+    _detector("ssdlite320_mobilenet_v3_large", "SSDlite320 MobileNetV3-Large", "ssdlite320_mobilenet_v3_large",
+              "SSDLite320_MobileNet_V3_Large_Weights", (("features0", "backbone.features.0"),
+                                                         ("features1", "backbone.features.1")),
+              ("0", "1", "2", "3", "4", "5"), 320, "Its backbone's six feature maps stand for the FPN."),
+)
+BUILTIN_MODELS.update({spec.key: spec for spec in DETECTION_MODELS})
 
 DEFAULT_MODEL = "efficientnet_lite0"
 UNTRAINED_SEED = 0

@@ -51,8 +51,14 @@ def preprocess(spec: ModelSpec, rgb: np.ndarray, size: int | None = None) -> tor
     return torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
 
 
-def reshape_transform_for(spec: ModelSpec, input_hw: tuple[int, int]) -> ReshapeTransform | None:
-    """ViT tokens -> B x C x gh x gw (prefix tokens such as the class token dropped)."""
+def reshape_transform_for(spec: ModelSpec, input_hw: tuple[int, int],
+                          module: torch.nn.Module | None = None) -> ReshapeTransform | None:
+    """ViT tokens -> B x C x gh x gw (prefix tokens such as the class token dropped); a detector's
+    feature maps: FPN levels fused (camcore.detection.fuse_levels), the padding cropped away."""
+    if spec.task == "detection" and module is not None:
+        from camcore.detection import reshape_for
+
+        return reshape_for(module, input_hw)
     if spec.family != "vit":
         return None
     gh, gw = input_hw[0] // spec.patch_size, input_hw[1] // spec.patch_size

@@ -22,6 +22,7 @@ class Prediction:
     task: str  # "classification" | "segmentation"
     classes: tuple[ClassScore, ...]  # top-k, best first; segmentation: classes found, largest first
     mask: np.ndarray | None = None  # segmentation: HxW int32 class index at the image's resolution
+    boxes: tuple = ()  # detection: every camcore.detection.Detection of the output, best first
 
     @property
     def top(self) -> ClassScore | None:
@@ -31,6 +32,7 @@ class Prediction:
         return {
             "task": self.task,
             "classes": [{"index": c.index, "name": c.name, "score": c.score} for c in self.classes],
+            **({"boxes": [d.to_dict() for d in self.boxes]} if self.task == "detection" else {}),
         }
 
 
@@ -42,9 +44,23 @@ class Target:
     name: str
     rule: str  # how it was chosen: "chosen", "default: predicted top-1", ...
     note: str = ""  # e.g. "class not predicted anywhere: explained over the whole image"
+    # detection: the explained box(es) in image pixels (x1, y1, x2, y2), which box ("det0",
+    # "class:dog", "ground_truth/<id>"), the matched detection's score and IoU
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    box_ref: str = ""
+    score: float | None = None
+    iou: float | None = None
+
+    @property
+    def identity_name(self) -> str:
+        """The target part of a heatmap's identity (its field name): the class, and for a box which box."""
+        return f"{self.name} {self.box_ref}" if self.box_ref else self.name
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "rule": self.rule, "note": self.note}
+        base = {"index": self.index, "name": self.name, "rule": self.rule, "note": self.note}
+        if self.box_ref:
+            base.update(box_ref=self.box_ref, boxes=[list(b) for b in self.boxes], score=self.score, iou=self.iou)
+        return base
 
 
 @dataclass(frozen=True)

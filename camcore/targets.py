@@ -63,8 +63,16 @@ def class_request(rule: TargetRule) -> str | None:
     return None if rule == PREDICTED else rule
 
 
-def predict(task: str, output: torch.Tensor, names: tuple[str, ...], image_size: tuple[int, int]) -> Prediction:
-    """Prediction from the model's output for one image (output has no batch dimension)."""
+def predict(task: str, output, names: tuple[str, ...], image_size: tuple[int, int],
+            input_hw: tuple[int, int] | None = None) -> Prediction:
+    """Prediction from the model's output for one image (output has no batch dimension; a
+    detector's: torchvision's dict, its boxes in the input tensor's pixels, input_hw)."""
+    if task == "detection":
+        from camcore import detection
+
+        hw = input_hw or image_size
+        found = detection.detections(output, names, (image_size[1] / hw[1], image_size[0] / hw[0]))
+        return Prediction(task, tuple(ClassScore(d.label, d.name, d.score) for d in found), boxes=found)
     out = output.detach()
     if task == "classification":
         probs = torch.softmax(out.float(), dim=-1).cpu()
@@ -94,8 +102,15 @@ def default_target(prediction: Prediction, names: tuple[str, ...]) -> tuple[int,
 
 
 def choose_target(
-    prediction: Prediction, names: tuple[str, ...], requested: str | int | None
+    prediction: Prediction, names: tuple[str, ...], requested: str | int | None,
+    image_size: tuple[int, int] | None = None,
 ) -> Target:
+    if prediction.task == "detection":
+        return _box_target(prediction, names, requested, image_size)
+    if requested is not None and not isinstance(requested, int):
+        rule = str(requested).strip()
+        if rule.lower() in ("top", "all") or rule.lower().startswith(("box:", "det:")):
+            raise TargetError(f"This is a {prediction.task} model: it has no boxes to explain; ask for a class.")
     if requested is None or (isinstance(requested, str) and not requested.strip()):
         index, rule = default_target(prediction, names)
     else:
@@ -106,11 +121,41 @@ def choose_target(
     return Target(index=index, name=names[index], rule=rule, note=note)
 
 
-def grad_cam_target(task: str, target: Target, output: torch.Tensor):
-    """pytorch-grad-cam's target object for one image's output (no batch dimension)."""
+def _box_target(prediction: Prediction, names: tuple[str, ...], requested: str | int | None,
+                image_size: tuple[int, int] | None) -> Target:
+    from camcore import detection
+
+    if isinstance(requested, (int, np.integer)) or (
+            requested is not None and str(requested).strip() and not detection.is_box_rule(requested)):
+        raise TargetError(f"'{requested}' is a class target; a detection model explains a box: top, det:<i>, "
+                          "class:<name>, all or box:<label>:<x>,<y>,<w>,<h>.")
+    rule = detection.parse_rule(requested)
+    chosen = detection.choose(rule, prediction.boxes, names, image_size or (1, 1))
+    return Target(index=chosen.label, name=chosen.name, rule=chosen.rule, boxes=chosen.boxes,
+                  box_ref=chosen.ref, score=chosen.score, iou=chosen.iou)
+
+
+def grad_cam_target(task: str, target: Target, output, scale: tuple[float, float] = (1.0, 1.0)):
+    """pytorch-grad-cam's target object for one image's output (no batch dimension). A detector's
+    boxes are given in the image's pixels: scale (sx, sy) takes them to the input tensor's."""
+    if task == "detection":
+        from camcore.detection import BoxScoreTarget
+
+        boxes = [(b[0] / scale[0], b[1] / scale[1], b[2] / scale[0], b[3] / scale[1]) for b in target.boxes]
+        return BoxScoreTarget(_box_labels(target, output, boxes), boxes)
     if task == "classification":
         return ClassifierOutputTarget(target.index)
     mask = (output.detach().argmax(dim=0) == target.index).float().cpu().numpy()
     if not mask.any():  # an empty mask would give zero gradients and a blank heatmap
         mask = np.ones_like(mask)
     return SemanticSegmentationTarget(target.index, mask)
+
+
+def _box_labels(target: Target, output, boxes) -> list[int]:
+    """Each explained box's label: the target's class, except under 'all' (each box's own)."""
+    if target.box_ref != "all":
+        return [target.index] * len(boxes)
+    import torchvision
+
+    ious = torchvision.ops.box_iou(torch.tensor(boxes, dtype=output["boxes"].dtype), output["boxes"].detach().cpu())
+    return [int(output["labels"][int(i)]) for i in ious.argmax(dim=1)]

@@ -193,13 +193,15 @@ class WeightsSource:
 
 
 class TorchvisionWeights(WeightsSource):
-    def __init__(self, enum_name: str, member: str, prefix: str = ""):
-        self.enum_name, self.member, self.prefix = enum_name, member, prefix
+    def __init__(self, enum_name: str, member: str, prefix: str = "", local_name: str = "deeplabv3"):
+        self.enum_name, self.member, self.prefix, self.local_name = enum_name, member, prefix, local_name
 
     def _weights(self):
+        import torchvision.models.detection as det
         import torchvision.models.segmentation as seg
 
-        return getattr(getattr(seg, self.enum_name), self.member)
+        module = seg if hasattr(seg, self.enum_name) else det
+        return getattr(getattr(module, self.enum_name), self.member)
 
     @property
     def url(self) -> str:
@@ -221,7 +223,7 @@ class TorchvisionWeights(WeightsSource):
 
     def find_local(self) -> tuple[Path, str] | None:
         stem = Path(self.filename).stem
-        for path in [weights_dir() / self.filename, *self.local_candidates((stem, "deeplabv3"))]:
+        for path in [weights_dir() / self.filename, *self.local_candidates((stem, self.local_name))]:
             if path.is_file():
                 return path, "file"
         cached = Path(torch.hub.get_dir()) / "checkpoints" / self.filename

@@ -96,7 +96,7 @@ class Explainer:
         self._lock = threading.RLock()
         self.x = preprocess(spec, self.image.rgb, self.input_size)
         self.input_hw = (int(self.x.shape[-2]), int(self.x.shape[-1]))
-        self.reshape = reshape_transform_for(spec, self.input_hw)
+        self.reshape = reshape_transform_for(spec, self.input_hw, self.model.module)
         self.class_names = spec.class_names()
         self.prediction: Prediction
         self.target: Target
@@ -110,9 +110,11 @@ class Explainer:
         """Called inside the pass with this image's output: the prediction, the target, and
         pytorch-grad-cam's target object."""
         spec = self.model.spec
-        self.prediction = targets_mod.predict(spec.task, output, self.class_names, self.image.size)
-        self.target = targets_mod.choose_target(self.prediction, self.class_names, self.target_request)
-        return targets_mod.grad_cam_target(spec.task, self.target, output)
+        self.prediction = targets_mod.predict(spec.task, output, self.class_names, self.image.size, self.input_hw)
+        self.target = targets_mod.choose_target(self.prediction, self.class_names, self.target_request,
+                                                self.image.size)
+        scale = (self.image.size[1] / self.input_hw[1], self.image.size[0] / self.input_hw[0])
+        return targets_mod.grad_cam_target(spec.task, self.target, output, scale)
 
     def _set_pass(self, fp: FeaturePass, grad_target: object) -> None:
         self.fp, self.grad_target = fp, grad_target
@@ -297,8 +299,9 @@ class Explainer:
     def _heatmap(self, spec: MethodSpec, layer: str, eigen_smooth: bool, raw: np.ndarray, full: np.ndarray,
                  start: float) -> Heatmap:
         raw2d = np.array(raw[0], dtype=np.float32)
-        identity = HeatmapIdentity.of(self.model, spec.key, layer, self.target.name, input_size=min(self.input_hw),
-                                      aug_smooth=self.aug_smooth, eigen_smooth=eigen_smooth)
+        identity = HeatmapIdentity.of(self.model, spec.key, layer, self.target.identity_name,
+                                      input_size=min(self.input_hw), aug_smooth=self.aug_smooth,
+                                      eigen_smooth=eigen_smooth)
         return Heatmap(
             identity=identity,
             target=self.target,

@@ -94,10 +94,13 @@ def run_pass_batch(
     with modellock.hold(model.lock, model.spec.key, "a model pass", progress, cancel):
         try:
             for name in layers:
-                def hook(_module, _inputs, out, name=name):
+                key = model.spec.layer(name).key  # a detector's FPN level: one entry of its dict output
+
+                def hook(_module, _inputs, out, name=name, key=key):
+                    out = out[key] if key else out
                     outputs[name] = out
                     # Copy now: a later in-place op in the network must not change what we keep.
-                    snapshots[name] = out.detach().clone()
+                    snapshots[name] = _map(out, lambda t: t.detach().clone())
                 handles.append(model.layer_module(name).register_forward_hook(hook))
             with torch.enable_grad():  # grad mode is thread-local: Streamlit reruns on new threads
                 model.module.eval()
@@ -105,27 +108,51 @@ def run_pass_batch(
                 missing = [n for n in layers if n not in outputs]
                 if missing:
                     raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")
-                acts = {n: (reshape(t) if reshape else t).float() for n, t in snapshots.items()}
+                acts = {n: _reshaped(t, reshape) for n, t in snapshots.items()}
                 snapshots.clear()
                 grads: dict[str, torch.Tensor] = {}
                 targets: list[Any] = [None] * len(output)
                 if make_target is not None:
                     targets = [make_target(i, out) for i, out in enumerate(output)]
-                    names = [n for n in layers if outputs[n].requires_grad]
+                    names = [n for n in layers if any(t.requires_grad for t in _tensors(outputs[n]))]
                     if names:
                         loss = cast(torch.Tensor, sum(t(out) for t, out in zip(targets, output, strict=True)))
-                        got = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
-                        for n, g in zip(names, got, strict=True):
-                            g = torch.zeros_like(outputs[n]) if g is None else g
-                            grads[n] = (reshape(g) if reshape else g).detach().float()
+                        flat = [t for n in names for t in _tensors(outputs[n])]
+                        got = list(torch.autograd.grad(loss, flat, allow_unused=True)) if loss.requires_grad \
+                            else [None] * len(flat)
+                        for n in names:
+                            tensors = _tensors(outputs[n])
+                            mine = [torch.zeros_like(t) if g is None else g
+                                    for t, g in zip(tensors, got[:len(tensors)], strict=True)]
+                            got = got[len(tensors):]
+                            g = dict(zip(outputs[n], mine, strict=True)) if isinstance(outputs[n], dict) else mine[0]
+                            grads[n] = _reshaped(g, reshape).detach()
         finally:
             for h in handles:
                 h.remove()
     seconds = (time.perf_counter() - start) / len(output)
-    output = output.detach()
+    output = [_map(o, torch.Tensor.detach) for o in output] if isinstance(output, list) else output.detach()
     passes = [
         FeaturePass(output[i], {n: a[i:i + 1] for n, a in acts.items()}, {n: g[i:i + 1] for n, g in grads.items()},
                     seconds)
         for i in range(len(output))
     ]
     return passes, targets
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """A layer's output as a list of tensors: a detector's FPN gives a dict of levels."""
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        return type(value)((k, fn(v) if isinstance(v, torch.Tensor) else v) for k, v in value.items())
+    return fn(value)
+
+
+def _reshaped(value: Any, reshape: ReshapeTransform | None) -> torch.Tensor:
+    out = reshape(value) if reshape else value
+    if not isinstance(out, torch.Tensor):
+        raise CamError("This layer gives several feature maps: the model needs a reshape transform for it.")
+    return out.float()
