@@ -187,7 +187,14 @@ def _validate_request(args: argparse.Namespace):
     if unsupported and len(unsupported) == len(methods):
         reason = get_method(unsupported[0]).unsupported_reason(spec.task, spec.family) or ""
         raise MethodError(f"{reason} (model '{spec.key}')")
-    if args.target is not None and str(args.target).strip():
+    box = getattr(args, "box", None)
+    if spec.task == "detection":
+        if args.target is not None and str(args.target).strip():
+            raise _usage(args, f"{spec.key} is a detection model: it explains a box (--box top, det:<i>, "
+                               "class:<name>, all, field:<field>[:<i>], id:<detection id>), not --target")
+    elif box:
+        raise _usage(args, f"--box is for detection models; {spec.key} is a {spec.task} model: use --target")
+    elif args.target is not None and str(args.target).strip():
         targets_mod.class_index(spec.class_names(), args.target)  # unknown class: fail now, with a hint
     if args.input_size is not None and args.input_size < 8:
         raise _usage(args, f"--input-size must be at least 8, got {args.input_size}")
@@ -250,8 +257,13 @@ def _compute(args: argparse.Namespace):
 
     heatmaps: list[Heatmap] = []
     errors: list[str] = []
+    request = args.target
+    if spec.task == "detection":
+        from camcore import store
+
+        request = store.box_rule(sample, getattr(args, "box", None))
     with torch.enable_grad():
-        explainer = Explainer(model, image, args.target, tuple(layers), args.aug_smooth, args.input_size)
+        explainer = Explainer(model, image, request, tuple(layers), args.aug_smooth, args.input_size)
         pairs = grid_pairs(methods, layers)
         for step in iter_heatmaps(explainer, pairs, args.eigen_smooth, announce):
             method, layer, h = step.method, step.layer, step.heatmap
@@ -347,7 +359,7 @@ def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> 
     records, used = [], set()
     for h in result.heatmaps:
         suffix = ("_aug" if h.aug_smooth else "") + ("_eigen" if h.eigen_smooth else "")
-        stem = file_stem(result.model, h.method, h.layer, h.target.name) + suffix
+        stem = file_stem(result.model, h.method, h.layer, h.target.identity_name) + suffix
         base, n = stem, 2
         while stem in used:
             stem, n = f"{base}_{n}", n + 1
@@ -396,7 +408,7 @@ def _result_json(result, records: list[dict], image) -> dict:
 
 def _print_summary(result, records: list[dict]) -> None:
     pred = result.prediction
-    noun = "pixels" if pred.task == "segmentation" else "probability"
+    noun = {"segmentation": "pixels", "detection": "score"}.get(pred.task, "probability")
     _say(
         f"model: {result.model} · weights: {result.weights}"
         + ("" if result.pretrained else "  << UNTRAINED >>")
@@ -404,6 +416,11 @@ def _print_summary(result, records: list[dict]) -> None:
     _say("prediction: " + ", ".join(f"{c.name} ({c.score:.1%})" for c in pred.classes[:5]) + f" [{noun}]")
     t = result.target
     _say(f"target: {t.name} ({t.rule})" + (f" - {t.note}" if t.note else ""))
+    if t.box_ref:
+        shown = "; ".join(f"[{b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f}, {b[3]:.0f}]" for b in t.boxes[:5])
+        score = "" if t.score is None else f", score {t.score:.2f}"
+        iou = "" if t.iou is None else f", IoU {t.iou:.2f}"
+        _say(f"box explained: {t.box_ref} {t.name}{score}{iou} at (x1, y1, x2, y2) {shown}")
     for r in records:
         _say(
             f"{r['method']} on {r['layer']}: {r['png']}  "
@@ -517,6 +534,9 @@ def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
         help=f"CAM method, repeatable (default {DEFAULT_METHOD}); one of {', '.join(METHODS)}",
     )
     p.add_argument("--target", help="class to explain, by name or index (default: the prediction)")
+    p.add_argument("--box", help="detection models: the box to explain: top (default), det:<i>, class:<name>, "
+                                 "all, field:<field>[:<i>] or id:<detection id>; a model rule may end in "
+                                 "@<score threshold> (default 0.5)")
     p.add_argument("--aug-smooth", action="store_true", help="test-time augmentation smoothing (6 passes)")
     p.add_argument("--eigen-smooth", action="store_true", help="first principal component smoothing")
     p.add_argument(

@@ -129,3 +129,138 @@ def test_no_detection_at_the_threshold_is_one_line():
     loaded = load_model(LIGHT[0], "untrained", "cpu")
     with pytest.raises(TargetError, match="No detection at score >= 1"):
         Explainer(loaded, _image(), "top@1", ("fpn",), input_size=96)
+
+
+# ---------------------------------------------------------------- a trained detector points at the box
+
+POINTING_SEEDS = range(12)
+
+
+@pytest.fixture(scope="module")
+def toy_detector():
+    from detector_support import loaded_detector
+
+    return loaded_detector()  # trained once (~1 min on 2 cores), then cached under /tmp
+
+
+def _mass_inside(m: np.ndarray, box) -> float:
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    inside = np.zeros(m.shape, bool)
+    inside[max(0, y0):y1, max(0, x0):x1] = True
+    return float(m[inside].sum() / max(m.sum(), 1e-9)), float(inside.mean())
+
+
+def _pointing(toy_detector, rule_for, method: str) -> tuple[int, int]:
+    from detector_support import CLASSES, image
+
+    hits = tried = 0
+    for seed in POINTING_SEEDS:
+        img, box, label = image(seed)
+        try:
+            ex = Explainer(toy_detector, img, rule_for(box, label, CLASSES), ("conv2",))
+        except TargetError:
+            continue  # the model did not find (or mislabelled) this shape: nothing to explain
+        h = ex.heatmap(method, "conv2")  # stride 4: the shapes span 4-6 cells
+        mass, area = _mass_inside(h.map, ex.target.boxes[0])
+        peak = np.unravel_index(np.argmax(h.map), h.map.shape)
+        x0, y0, x1, y1 = ex.target.boxes[0]
+        tried += 1
+        hits += int(mass > max(0.5, 3 * area) and x0 - 2 <= peak[1] <= x1 + 2 and y0 - 2 <= peak[0] <= y1 + 2)
+    return hits, tried
+
+
+def _ground_truth_rule(box, label, classes):
+    x0, y0, x1, y1 = box
+    return f"box:{classes[label]}:{x0 / 64},{y0 / 64},{(x1 - x0) / 64},{(y1 - y0) / 64}:ground_truth/g{label}"
+
+
+GRADCAM_FINDING = pytest.mark.xfail(strict=False, reason=(
+    "Finding: on this toy detector Grad-CAM's channel-weighted sum is negative over the box on about half "
+    "the images (all-zero map after the clip), for ground-truth and own boxes, with or without the IoU "
+    "term; Eigen-CAM points at the box"))
+
+
+@pytest.mark.parametrize("method", [pytest.param("gradcam", marks=GRADCAM_FINDING), "eigencam"])
+@pytest.mark.parametrize("rule_for", [_ground_truth_rule, lambda box, label, classes: "top"],
+                         ids=["matched-ground-truth", "own-detection"])
+def test_pointing_game_on_a_trained_detector(toy_detector, method, rule_for):
+    hits, tried = _pointing(toy_detector, rule_for, method)
+    assert tried >= 6, f"the toy detector matched only {tried} of {len(POINTING_SEEDS)} shapes"
+    assert hits >= 0.8 * tried, f"{method}: mass inside the box on {hits} of {tried} images"
+
+
+def test_a_ground_truth_box_the_model_does_not_find_is_one_line_with_the_best_iou(toy_detector):
+    from detector_support import image
+
+    img, box, label = image(2)
+    with pytest.raises(TargetError) as err:
+        Explainer(toy_detector, img, "box:square:0,0,0.2,0.2:ground_truth/x", ("body",))
+    assert "best IoU" in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- CLI and push: the box is named
+
+SSD = "ssdlite320_mobilenet_v3_large"
+
+
+def _write_image(path):
+    from PIL import Image
+
+    Image.fromarray(_image().rgb).save(path)
+    return str(path)
+
+
+def test_cli_cam_prints_the_box_it_explained_and_refuses_mismatched_targets(tmp_path, capsys):
+    from camcore import cli
+
+    img = _write_image(tmp_path / "shape.png")
+    code = cli.main(["cam", "--image", img, "--model", SSD, "--weights", "untrained", "--box", "top@0",
+                     "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "box explained: det0" in out and "score" in out
+    assert list((tmp_path / "out").glob("*det0*.png"))
+    for argv, fragment in ((["--model", SSD, "--weights", "untrained", "--target", "person"], "not --target"),
+                           (["--box", "top"], "--box is for detection models")):
+        code = cli.main(["cam", "--image", img, *argv, "--out", str(tmp_path / "o2")])
+        _, err = capsys.readouterr()
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_push_names_the_field_box_in_its_provenance(tmp_path):
+    """A box of the sample's ground_truth, matched to the toy detector's output, pushed: the label
+    names the detection id, field, label, score and IoU; a --box id:<id> reads the same box."""
+    import fiftyone as fo
+    from detector_support import CLASSES, image
+    from fo_helpers import unique_name
+
+    from camcore import store
+
+    img, box, label = image(3)
+    from PIL import Image
+
+    path = str(tmp_path / "s.png")
+    Image.fromarray(img.rgb).save(path)
+    ds = fo.Dataset(unique_name("det"))
+    x0, y0, x1, y1 = box
+    det = fo.Detection(label=CLASSES[label], bounding_box=[x0 / 64, y0 / 64, (x1 - x0) / 64, (y1 - y0) / 64])
+    sample = fo.Sample(filepath=path, ground_truth=fo.Detections(detections=[det]))
+    ds.add_sample(sample)
+    try:
+        sample = ds.first()
+        det_id = sample.ground_truth.detections[0].id
+        rule = store.box_rule(sample, "field:ground_truth")
+        assert rule == store.box_rule(sample, f"id:{det_id}") and rule.endswith(f"ground_truth/{det_id}")
+        with pytest.raises(Exception, match="no detection with id"):
+            store.box_rule(sample, "id:nope")
+        from detector_support import loaded_detector
+
+        ex = Explainer(loaded_detector(), img, rule, ("conv2",))
+        h = ex.heatmap("eigencam", "conv2")
+        fields = store.push_heatmaps(ds, sample.id, ex.result([h]), heatmap_dir=str(tmp_path / "hm"))
+        stored = ds.first()[fields[0]]
+        assert stored.box_detection_id == det_id and stored.box_field == "ground_truth"
+        assert stored.box_label == CLASSES[label] and stored.box_iou > 0.5 and stored.box_score > 0
+        assert stored.box == pytest.approx(det.bounding_box, abs=0.05)
+    finally:
+        ds.delete()

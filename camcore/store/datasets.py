@@ -269,6 +269,49 @@ def boxes_by_sample(view: fo.Dataset | fo.DatasetView, field: str, label: str) -
     return out
 
 
+def sample_boxes(sample: fo.Sample, field: str | None = None) -> list[tuple[str, str, str, list[float]]]:
+    """(field, detection id, label, relative [x, y, w, h]) of every box of the sample's Detections
+    fields (or of one field), in field order."""
+    fields = [field] if field else detection_fields(sample._dataset)
+    out = []
+    for name in fields:
+        if name not in sample.field_names:
+            raise StoreError(f"no field {name!r} on this sample")
+        value = sample[name]
+        if value is not None and not isinstance(value, fo.Detections):
+            raise StoreError(f"field {name!r} holds no detections (boxes)")
+        for d in (value.detections if value is not None else []):
+            if d.bounding_box:
+                out.append((name, str(d.id), str(d.label), [float(v) for v in d.bounding_box]))
+    return out
+
+
+def box_rule(sample: fo.Sample | None, text: str | None) -> str:
+    """A --box request as the engine's box rule (camcore.detection): "top", "det:<i>", "class:<name>"
+    and "all" as they are; "field:<name>[:<i>]" (the field's i-th box, default the first) and
+    "id:<detection id>" read the sample's Detections. StoreError (one line) when there is no such box."""
+    text = (text or "top").strip()
+    kind, _, rest = text.partition(":")
+    if kind not in ("field", "id"):
+        return text
+    if sample is None:
+        raise StoreError(f"--box {text} reads a sample's Detections: give --dataset and --sample")
+    if kind == "id":
+        found = [b for b in sample_boxes(sample) if b[1] == rest.strip()]
+        if not found:
+            raise StoreError(f"no detection with id {rest.strip()!r} on this sample")
+        box = found[0]
+    else:
+        name, _, index = rest.partition(":")
+        boxes = sample_boxes(sample, name.strip())
+        i = int(index) if index.strip().isdigit() else 0
+        if i >= len(boxes):
+            raise StoreError(f"field {name.strip()!r} has {len(boxes)} box(es) on this sample: no box {i}")
+        box = boxes[i]
+    field, det_id, label, (x, y, w, h) = box
+    return f"box:{label}:{x:.6g},{y:.6g},{w:.6g},{h:.6g}:{field}/{det_id}"
+
+
 def segmentation_fields(dataset: fo.Dataset | fo.DatasetView) -> list[str]:
     """fo.Segmentation fields (object masks), ours excluded (we write Heatmaps only)."""
     return sorted(name for name, f in dataset.get_field_schema().items()

@@ -402,6 +402,25 @@ def clean_orphans(dataset: fo.Dataset | fo.DatasetView, heatmap_dir: str | Path 
     return removed
 
 
+def _box_provenance(h: Heatmap) -> dict:
+    """A detection's heatmap names its box: which one (detection id and field, or the model's
+    detection index), its label, the matched detection's score and IoU, the box (relative x, y, w, h)."""
+    t = h.target
+    if not t.box_ref:
+        return {}
+    field, _, det_id = t.box_ref.partition("/")
+    out = {"box_ref": t.box_ref, "box_label": t.name,
+           "box_score": None if t.score is None else float(t.score),
+           "box_iou": None if t.iou is None else float(t.iou)}
+    if det_id:
+        out.update(box_field=field, box_detection_id=det_id)
+    height, width = h.map.shape[:2]
+    if len(t.boxes) == 1:
+        x1, y1, x2, y2 = t.boxes[0]
+        out["box"] = [x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height]
+    return out
+
+
 def _label(h: Heatmap, map_path: Path, created_at: str, versions: dict, extra: dict | None = None) -> fo.Heatmap:
     """The label of one map: `extra`, the identity's provenance, then what this map was for."""
     attributes = {
@@ -410,6 +429,7 @@ def _label(h: Heatmap, map_path: Path, created_at: str, versions: dict, extra: d
         "target": h.target.name,
         "target_index": int(h.target.index),
         "target_rule": h.target.rule,
+        **_box_provenance(h),
         "raw_min": float(h.raw_range[0]),
         "raw_max": float(h.raw_range[1]),
         "blank": bool(h.blank),  # zero everywhere: the App draws nothing, and this says why
