@@ -409,9 +409,9 @@ def _box_provenance(h: Heatmap) -> dict:
     if not t.box_ref:
         return {}
     field, _, det_id = t.box_ref.partition("/")
-    out = {"box_ref": t.box_ref, "box_label": t.name,
-           "box_score": None if t.score is None else float(t.score),
-           "box_iou": None if t.iou is None else float(t.iou)}
+    out: dict[str, object] = {"box_ref": t.box_ref, "box_label": t.name,
+                              "box_score": None if t.score is None else float(t.score),
+                              "box_iou": None if t.iou is None else float(t.iou)}
     if det_id:
         out.update(box_field=field, box_detection_id=det_id)
     height, width = h.map.shape[:2]
