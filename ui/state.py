@@ -225,6 +225,10 @@ class Batch:
     METHODS = "batch_methods"
     RULE = "batch_rule"
     EIGEN = "batch_eigen_smooth"
+    MEASURES = "batch_measures"
+    OBJECT_FIELD = "batch_object_field"
+    THRESHOLD = "batch_threshold"
+    FAITHFULNESS = "batch_faithfulness"
     START_BUTTON = "batch_start"
     CANCEL_BUTTON = "batch_cancel"
 
