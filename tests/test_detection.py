@@ -2,6 +2,8 @@
 offered method on a box; box rules; bad input is one clear line."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from cam_support import chelsea_small
@@ -264,3 +266,80 @@ def test_push_names_the_field_box_in_its_provenance(tmp_path):
         assert stored.box == pytest.approx(det.bounding_box, abs=0.05)
     finally:
         ds.delete()
+
+
+# ---------------------------------------------------------------- the models file's detection entries
+
+MODELS_TOML = """
+[models.shapes5]
+arch = "torchvision:ssdlite320_mobilenet_v3_large"
+weights = "ssd5.pth"
+classes = ["a", "b", "c", "d", "e"]
+task = "detection"
+input_size = 128
+
+[models.shapes3]
+arch = "torchvision:ssdlite320_mobilenet_v3_large"
+weights = "ssd5.pth"
+classes = ["a", "b", "c"]
+
+[models.normalised]
+arch = "torchvision:ssdlite320_mobilenet_v3_large"
+weights = "ssd5.pth"
+classes = ["a", "b", "c", "d", "e"]
+mean = [0.5, 0.5, 0.5]
+
+[models.masks]
+arch = "torchvision:maskrcnn_resnet50_fpn"
+weights = "ssd5.pth"
+classes = ["a"]
+
+[models.wrongtask]
+arch = "torchvision:ssdlite320_mobilenet_v3_large"
+weights = "ssd5.pth"
+classes = ["a", "b", "c", "d", "e"]
+task = "classification"
+"""
+
+
+def test_models_file_takes_a_five_class_detector_and_checks_its_head(tmp_path, capsys, monkeypatch):
+    """A task = "detection" entry: a torchvision builder with the user's checkpoint and 5 classes
+    (background added as class 0), its layers the FPN's; a head for other classes, mean/std, a
+    mask model or a wrong task are each one line and hide no good entry."""
+    import torch
+    import torchvision.models.detection as tvdet
+
+    from camcore import cli, model_file
+
+    torch.manual_seed(0)
+    module = tvdet.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=6)
+    torch.save(module.state_dict(), tmp_path / "ssd5.pth")
+    (tmp_path / "models.toml").write_text(MODELS_TOML)
+    specs, skipped = model_file.load(tmp_path / "models.toml")
+    assert set(specs) == {"shapes5"}
+    spec = specs["shapes5"]
+    assert spec.task == "detection" and spec.class_names() == ("__background__", "a", "b", "c", "d", "e")
+    assert spec.default_layer == "fpn" and spec.preprocess.size == 128
+    reasons = {s.key: s.reason for s in skipped}
+    assert reasons["shapes3"] == "checkpoint's head has 5 classes + background, the entry names 3 (+ background)"
+    assert "normalises inside" in reasons["normalised"]
+    assert "mask or keypoint" in reasons["masks"]
+    assert "disagrees" in reasons["wrongtask"]
+    assert all("\n" not in r for r in reasons.values())
+
+    from camcore import models
+
+    monkeypatch.setenv(model_file.ENV, str(tmp_path / "models.toml"))
+    models.reload_model_file()
+    try:
+        assert cli.main(["models", "--json"]) == 0
+        listed = {m["key"]: m for m in json.loads(capsys.readouterr()[0])["models"]}
+        assert listed["shapes5"]["task"] == listed[SSD]["task"] == "detection"
+        loaded = _low_threshold(models.load_model("shapes5", "auto", "cpu"))
+        assert loaded.pretrained  # the checkpoint's weights, not untrained ones
+        ex = Explainer(loaded, _image(), "top@0", ("fpn",))
+        assert ex.target.name in ("a", "b", "c", "d", "e")
+        assert ex.heatmap("eigencam", "fpn").map.shape == (96, 128)
+    finally:
+        monkeypatch.delenv(model_file.ENV)
+        models.reload_model_file()
