@@ -464,6 +464,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 def _batch_options(args: argparse.Namespace) -> BatchOptions:
     """The batch's options from its arguments (names checked by the batch itself)."""
     from camcore.batch import BatchOptions
+    from camcore.measures import MeasureOptions
 
     if args.chunk < 1:
         raise _usage(args, f"--chunk must be at least 1, got {args.chunk}")
@@ -473,10 +474,16 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
         raise _usage(args, f"--workers must be 0 (this process) or more, got {args.workers}")
     if args.workers and args.device:
         raise _usage(args, "--device is chosen per worker with --workers (a GPU each when the cluster has GPUs)")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise _usage(args, f"--threshold is a share of the heatmap's mass, 0..1, got {args.threshold}")
+    if not args.measures and (args.object_field or args.no_faithfulness):
+        raise _usage(args, "--object-field and --no-faithfulness go with --measures")
+    measures = (MeasureOptions(object_field=args.object_field, threshold=args.threshold,
+                               faithfulness=not args.no_faithfulness) if args.measures else None)
     return BatchOptions(model=args.model, weights=args.weights, methods=tuple(args.method or ["gradcam"]),
                         layers=tuple(args.layer or ()), target_rule=args.target, eigen_smooth=args.eigen_smooth,
                         input_size=args.input_size, chunk=args.chunk, device=args.device,
-                        heatmap_dir=args.heatmap_dir)
+                        heatmap_dir=args.heatmap_dir, measures=measures)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -607,6 +614,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=8, help="samples per batched pass and bulk write (default 8)")
     p.add_argument("--device", help="torch device (default: CAM_EXPLORER_DEVICE or the GPU)")
     p.add_argument("--heatmap-dir", help="where the 16-bit PNGs go (default: the camcore home)")
+    p.add_argument("--measures", action="store_true",
+                   help="also store each heatmap's measures as fields (score, conf, share on the object, "
+                        "keep/remove faithfulness, bg flag): the Audit page reads them")
+    p.add_argument("--object-field", help="with --measures: a Segmentation or Detections field holding the objects "
+                   "(default: a segmentation model's own predicted mask; none for classifiers)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="with --measures: background-dominated below this share on the object (default 0.5)")
+    p.add_argument("--no-faithfulness", action="store_true",
+                   help="with --measures: skip the faithfulness scores (3 forwards per heatmap)")
     p.add_argument("--workers", type=int, default=0,
                    help="Ray workers sharing the work (default 0: this process alone)")
     p.add_argument("--ray-address", help="with --workers: a running Ray cluster ('auto' or ray://HOST:10001); "

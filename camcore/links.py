@@ -18,8 +18,8 @@ from typing import Any
 DEFAULT_BASE_URL = "http://localhost:8501"
 BASE_URL_ENV = "CAM_EXPLORER_URL"  # where the explorer is served, for links made outside it
 LIST_KEYS = ("layers", "methods")
-SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target", "box")
-PAGES = ("explore", "compare", "batch", "findings")
+SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target", "box", "narrow", "run", "reviewed")
+PAGES = ("explore", "compare", "batch", "findings", "audit", "review", "runs")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class LinkState:
     box: str = ""  # a detector's box rule
     layers: tuple[str, ...] = field(default_factory=tuple)
     methods: tuple[str, ...] = field(default_factory=tuple)
+    narrow: str = ""  # the Audit page's narrowing of the view (camcore.store.audit)
+    run: str = ""  # the heatmap field audited or reviewed
+    reviewed: str = ""  # the review queue's position, 1-based ("37": the 37th of the narrowed view)
 
     def params(self) -> dict[str, str]:
         """Query parameters, in a stable order, without the empty ones."""

@@ -374,3 +374,22 @@ def test_app_operator_browser_offers_compute_cams(dataset, monkeypatch):
     finally:
         store.close_app()
     assert len(dataset.exists(FIELD)) == 4
+
+
+def test_compute_cams_measures_switch_stores_the_measure_fields(dataset):
+    from camcore.identity import HeatmapIdentity
+    from camcore.store import measures as measure_store
+
+    _run(COMPUTE, dataset=dataset, params={**PARAMS, "measures": True, "faithfulness": False, "threshold": 0.4})
+    fields = measure_store.measure_runs(dataset)[FIELD]
+    assert fields == HeatmapIdentity(model=MODEL, method="gradcam", layer="head", target="predicted").measure_fields()
+    assert set(dataset.values(fields["about"])) == {"t=0.4;obj=model;f=0"}
+    assert None not in dataset.values(fields["conf"])
+    # Off by default: a plain compute writes no measure field.
+    other = fo.Dataset(unique_name("plugin-plain"))
+    other.add_samples([fo.Sample(filepath=p) for p in dataset.values("filepath")[:1]])
+    try:
+        _run(COMPUTE, dataset=other, params=PARAMS)
+        assert measure_store.measure_runs(other) == {}
+    finally:
+        other.delete()

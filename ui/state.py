@@ -59,6 +59,8 @@ class Sidebar:
     RANDOM = "random_sample"
     LOAD_QUICKSTART = "load_quickstart"
     RELOAD_MODELS = "reload_models"
+    NARROW = "view_narrow"  # the Audit page's narrowing (camcore.store.audit), in the URL as narrow=
+    NARROW_CLEAR = "view_narrow_clear"
 
     @staticmethod
     def model_of(widget_key: str) -> str:
@@ -221,6 +223,30 @@ class Compare:
         return f"_class_for_rank_object_label_{field}"
 
 
+class Audit:
+    """pages/audit.py, pages/review.py, pages/runs.py (ui/audit.py)."""
+
+    RUN = "audit_run"  # the heatmap field audited (URL run=)
+    APPLIED = "_audit_applied"  # the chart selection last turned into a narrowing
+    HIST = "audit_hist"
+    CLASSES = "audit_classes"
+    SCATTER = "audit_scatter"
+    SAVE_NAME = "audit_save_name"
+    SAVE = "audit_save"
+    OPEN_APP = "audit_open_app"
+    REVIEWED = "review_position"  # 0-based position in the queue (URL reviewed=, 1-based)
+    NEXT = "review_next"
+    PREV = "review_prev"
+    TAG = "review_tag"
+    NOTE = "review_note"
+    RECORD = "review_record"
+    COMPUTE = "review_compute"
+    RUN_A = "runs_a"
+    RUN_B = "runs_b"
+    RUNS_CLASSES = "runs_classes"
+    RUNS_PAGE = "runs_page"
+
+
 class Batch:
     """pages/batch.py and ui/batch_runs.py."""
 
@@ -231,6 +257,10 @@ class Batch:
     METHODS = "batch_methods"
     RULE = "batch_rule"
     EIGEN = "batch_eigen_smooth"
+    MEASURES = "batch_measures"
+    OBJECT_FIELD = "batch_object_field"
+    THRESHOLD = "batch_threshold"
+    FAITHFULNESS = "batch_faithfulness"
     START_BUTTON = "batch_start"
     CANCEL_BUTTON = "batch_cancel"
 

@@ -51,6 +51,8 @@ def read_once(dataset_names: Sequence[str]) -> None:
     if state.view:
         st.session_state[Sidebar.VIEW] = "saved:" + state.view
         st.session_state[Url.VIEW_WANTED] = state.view
+    if state.narrow:
+        st.session_state[Sidebar.NARROW] = state.narrow
     if state.sample:
         st.session_state[Sidebar.JUMP] = state.sample
     if state.model:
@@ -141,6 +143,12 @@ def linked_box() -> str | None:
     return pending().box or None
 
 
+def remember_audit(run: str, reviewed: int | None = None) -> None:
+    """The Audit / review page's run and queue position, for the URL written at the end of the run."""
+    st.session_state[PAGE_STATE] = {**(st.session_state.get(PAGE_STATE) or {}), "run": run,
+                                     "reviewed": "" if reviewed is None else str(reviewed)}
+
+
 def write(page_path: str) -> None:
     """Set the URL to what this run put on screen (called by app.py after the page ran)."""
     params = _state(page_path).params()
@@ -176,7 +184,8 @@ def _state(page_path: str) -> links.LinkState:
             model=sel.model if page_path in ("explore", "compare") else "",
             weights=_weights_param(sel.weights) if page_path in ("explore", "compare") else "",
             layers=page_state.get("layers", ()), methods=page_state.get("methods", ()),
-            target=page_state.get("target", ""), box=page_state.get("box", ""))
+            target=page_state.get("target", ""), box=page_state.get("box", ""), narrow=sel.view_spec.narrow,
+            run=page_state.get("run", ""), reviewed=page_state.get("reviewed", ""))
     return state
 
 

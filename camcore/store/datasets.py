@@ -374,3 +374,13 @@ def segmentation_masks_by_sample(view: fo.Dataset | fo.DatasetView, field: str, 
         if mask is not None:
             out[sid] = mask == value
     return out
+
+
+def mask_targets(dataset: fo.Dataset | fo.DatasetView, field: str) -> dict[int, str]:
+    """A Segmentation field's mask targets (pixel value -> class name); {} when it has none."""
+    return _mask_targets(dataset, field)
+
+
+def read_mask(seg: fo.Segmentation | None) -> np.ndarray | None:
+    """A 2-D integer mask of a Segmentation label; None when absent, unreadable or RGB."""
+    return _read_mask(seg)
