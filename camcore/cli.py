@@ -497,7 +497,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
                       "nothing to do")
     told = progress.printer(lambda line: _status(args, f"batch {line}"), interval=1.0)
     report: batch.BatchReport
-    if args.workers:
+    runs = batch.box_batches(view, options, args.box)  # a detector: one run per box rule
+    if len(runs) > 1 or args.box:
+        if args.workers:
+            raise _usage(args, "--workers does not take --box yet: run the box rules one at a time")
+        _status(args, "box rules: " + ", ".join(str(r.target_rule) for r in runs))
+        report = batch.run_batches(view, runs, progress=told)
+    elif args.workers:
         from camcore import distributed
 
         report = distributed.run_batch_distributed(view, options, args.workers, args.ray_address, progress=told)
@@ -508,7 +514,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"dataset": dataset.name, **report.to_dict()})
     else:
-        _say(f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed "
+        no_box = f" ({report.no_box} without the box)" if report.no_box else ""
+        _say(f"{report.done} done, {report.skipped} skipped{no_box}, {len(report.failed)} failed "
              f"in {report.seconds:.1f} s")
         for name in sorted(report.fields):
             _say(name)
@@ -608,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", action="append", help="layer name, repeatable (default: the model's default)")
     p.add_argument("--target", default="predicted",
                    help="predicted (default: each sample's top class, one field) or a class name")
+    p.add_argument("--box", help="detection models: top (default), top:<k> (the k best detections, a field each), "
+                   "det:<i>, class:<name>, all, optionally @<score threshold>; field:<name>[:<class>] (every box "
+                   "of a Detections field, a field per box index); samples without the box are skipped")
     p.add_argument("--weights", default="auto", help="auto | untrained | PATH (default auto)")
     p.add_argument("--eigen-smooth", action="store_true", help="first principal component smoothing")
     p.add_argument("--input-size", type=int, help="short side of the model input (segmentation models)")
