@@ -60,6 +60,7 @@ from camcore.methods import get_method
 from camcore.models import LoadedModel, ModelSpec, get_spec, load_model
 from camcore.progress import BatchProgress, Meter
 from camcore.results import CamResult, Heatmap
+from camcore.store import audit as audit_store
 from camcore.store import measures as measure_store
 from camcore.targets import PREDICTED, TargetRule
 
@@ -357,6 +358,9 @@ class BatchRun:
             loader.shutdown(wait=True, cancel_futures=True)
             self.writer.shutdown(wait=True)
             self.journal.close(ok=ok)
+        if self.measuring and self.report.done:  # the Audit page's first draw over all samples reads it
+            for job in self.jobs:
+                audit_store.store_summary(self.dataset, audit_store.AuditRun(job.field, self.measuring[job.field]))
         self.report.seconds = time.perf_counter() - self.started
         self.tell("cancelled" if self.report.cancelled else "finished")
         return self.report

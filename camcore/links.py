@@ -2,6 +2,8 @@
 FiftyOne plugin, read back by the app on a fresh session.
 
     /?dataset=NAME&view=SAVED_VIEW&sample=ID&model=KEY&weights=W&layers=a,b&methods=x,y&target=CLASS
+    &box=RULE   (a detection model's box: top, det:<i>, class:<name>, all or id:<detection id>,
+                 optionally @<score threshold>; see camcore.detection)
 
 Explore is the default page, served at ``/``: its links are ``/?...``; the other pages' are
 ``/compare?...``, ``/batch?...``, ``/findings?...``. Links stored by older versions name Explore
@@ -19,8 +21,8 @@ from typing import Any
 DEFAULT_BASE_URL = "http://localhost:8501"
 BASE_URL_ENV = "CAM_EXPLORER_URL"  # where the explorer is served, for links made outside it
 LIST_KEYS = ("layers", "methods")
-SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target")
-PAGES = ("explore", "compare", "batch", "findings")
+SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target", "box", "narrow", "run", "reviewed")
+PAGES = ("explore", "compare", "batch", "findings", "audit", "review", "runs")
 DEFAULT_PAGE = PAGES[0]  # served at the app's root: its links are /?...
 
 
@@ -34,8 +36,12 @@ class LinkState:
     model: str = ""
     weights: str = ""
     target: str = ""
+    box: str = ""  # a detector's box rule
     layers: tuple[str, ...] = field(default_factory=tuple)
     methods: tuple[str, ...] = field(default_factory=tuple)
+    narrow: str = ""  # the Audit page's narrowing of the view (camcore.store.audit)
+    run: str = ""  # the heatmap field audited or reviewed
+    reviewed: str = ""  # the review queue's position, 1-based ("37": the 37th of the narrowed view)
 
     def params(self) -> dict[str, str]:
         """Query parameters, in a stable order, without the empty ones."""

@@ -333,9 +333,27 @@ def _view_spec(sb, dataset) -> views.ViewSpec:
                                   help="Any scalar field: a Brain uniqueness or mistakenness, a prediction's "
                                        "confidence, a date…")
         reverse = st.toggle("Descending", key=Sidebar.VIEW_SORT_DESC, disabled=sort_field is None)
+    narrow = _narrowing(sb)
     return views.ViewSpec(tags=tuple(chosen_tags), label_field=field or "", label=label or "",
                           confidence=confidence, filename_contains=contains.strip(),
-                          sort_field=sort_field or "", sort_reverse=bool(reverse and sort_field), **base)
+                          sort_field=sort_field or "", sort_reverse=bool(reverse and sort_field), narrow=narrow,
+                          **base)
+
+
+def _clear_narrowing() -> None:
+    st.session_state[Sidebar.NARROW] = ""
+
+
+def _narrowing(sb) -> str:
+    """The Audit page's narrowing of the view (a click on a chart), shown with a way to drop it."""
+    narrow = str(st.session_state.get(Sidebar.NARROW) or "")
+    if narrow:
+        from camcore.store import audit
+
+        row = sb.columns([4, 1])
+        row[0].caption("Narrowed by the Audit page: " + text.escape(audit.describe_narrow(narrow)))
+        row[1].button("✕", key=Sidebar.NARROW_CLEAR, on_click=_clear_narrowing, help="Show the whole view again")
+    return narrow
 
 
 # ---------------------------------------------------------------- how to look: model, weights, size
