@@ -22,6 +22,7 @@ PAGES = (  # (file, title, icon, url path)
     ("pages/batch.py", "Batch", ":material/dynamic_feed:", "batch"),
     ("pages/findings.py", "Findings", ":material/flag:", "findings"),
     ("pages/audit.py", "Audit", ":material/monitoring:", "audit"),
+    ("pages/review.py", "Review", ":material/checklist:", "review"),
 )
 DATASET_PAGES = {"findings"}  # about the whole dataset: they run even when the view is empty
 _ROUTED = Router.ROUTED
