@@ -277,3 +277,26 @@ def reshape_for(module: torch.nn.Module, input_hw: tuple[int, int]) -> Callable[
         return tensor[..., : max(1, round(h * fh)), : max(1, round(w * fw))]
 
     return reshape
+
+
+def renormalise_in_boxes(heatmap, boxes: Sequence[Sequence[float]]):
+    """The map min-max scaled inside each box and zero outside (pytorch-grad-cam's
+    renormalize_cam_in_bounding_boxes): each explained box shows its own peak. Boxes in the map's
+    pixels (x1, y1, x2, y2), clipped to the map; a map without boxes inside it is returned as it is."""
+    import numpy as np
+
+    m = np.asarray(heatmap, dtype=np.float32)
+    out = np.zeros_like(m)
+    height, width = m.shape[:2]
+    inside = False
+    for box in boxes:
+        x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
+        x2, y2 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
+        if x2 <= x1 or y2 <= y1:
+            continue
+        inside = True
+        part = m[y1:y2, x1:x2]
+        lo, hi = float(part.min()), float(part.max())
+        scaled = (part - lo) / (hi - lo) if hi > lo else np.zeros_like(part)
+        out[y1:y2, x1:x2] = np.maximum(out[y1:y2, x1:x2], scaled)
+    return out if inside else m

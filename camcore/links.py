@@ -2,6 +2,8 @@
 FiftyOne plugin, read back by the app on a fresh session.
 
     /explore?dataset=NAME&view=SAVED_VIEW&sample=ID&model=KEY&weights=W&layers=a,b&methods=x,y&target=CLASS
+    &box=RULE   (a detection model's box: top, det:<i>, class:<name>, all or id:<detection id>,
+                 optionally @<score threshold>; see camcore.detection)
 
 Every value is optional; unknown ones are reported by the reader, never raised.
 """
@@ -16,7 +18,7 @@ from typing import Any
 DEFAULT_BASE_URL = "http://localhost:8501"
 BASE_URL_ENV = "CAM_EXPLORER_URL"  # where the explorer is served, for links made outside it
 LIST_KEYS = ("layers", "methods")
-SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target", "narrow", "run", "reviewed")
+SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target", "box", "narrow", "run", "reviewed")
 PAGES = ("explore", "compare", "batch", "findings", "audit", "review", "runs")
 
 
@@ -30,6 +32,7 @@ class LinkState:
     model: str = ""
     weights: str = ""
     target: str = ""
+    box: str = ""  # a detector's box rule
     layers: tuple[str, ...] = field(default_factory=tuple)
     methods: tuple[str, ...] = field(default_factory=tuple)
     narrow: str = ""  # the Audit page's narrowing of the view (camcore.store.audit)

@@ -343,3 +343,19 @@ def test_models_file_takes_a_five_class_detector_and_checks_its_head(tmp_path, c
     finally:
         monkeypatch.delenv(model_file.ENV)
         models.reload_model_file()
+
+
+def test_renormalise_inside_boxes_and_the_link_carries_the_box():
+    from camcore import links, overlay
+
+    m = np.zeros((40, 60), np.float32)
+    m[5:15, 5:15] = 0.2  # a weak peak inside the box, a strong one outside it
+    m[10, 10] = 0.3
+    m[30, 50] = 1.0
+    r = detection.renormalise_in_boxes(m, [(5, 5, 15, 15)])
+    assert r[10, 10] == 1.0 and r[30, 50] == 0.0 and r.max() == 1.0
+    assert detection.renormalise_in_boxes(m, [(100, 100, 120, 120)]) is not None  # outside: unchanged
+    state = links.LinkState(dataset="d", sample="s", model="m", box="id:abc@0.3")
+    assert links.parse_url(links.explorer_url(state))[1].box == "id:abc@0.3"
+    drawn = overlay.draw_boxes(np.zeros((40, 60, 3), np.uint8), [((5, 5, 15, 15), "#0 cat 0.9", True)])
+    assert (drawn == np.array(overlay.EXPLAINED_COLOR, np.uint8)).all(axis=-1).sum() > 20

@@ -24,6 +24,7 @@ class Url:
     VIEW_WANTED = "_url_view_wanted"
     WEIGHTS_DONE = "_url_weights_done"
     PAGE_DONE = "_url_page_done"
+    BOX_DONE = "_url_box_done"  # a link's box rule was applied
 
 
 class Sidebar:
@@ -124,6 +125,9 @@ class Explore:
     PUSHED = "pushed"  # what the last push wrote, with the context it is about
     FINDING_REQUESTED = "finding_requested"
     FINDING_REF = "finding_ref"
+    BOX = "box"  # a detector's box: the picker's choice (a short box rule)
+    BOX_THRESHOLD = "box_threshold"
+    BOX_RENORM = "box_renormalise"  # the map renormalised inside the explained boxes
 
     @staticmethod
     def layers(model: str) -> str:
@@ -158,6 +162,8 @@ class Compare:
     EIGEN = "cmp_eigen"
     AUG = "cmp_aug"
     TARGET = "cmp_target"
+    BOX = "cmp_box"  # a detector's box (ui/boxes.py)
+    BOX_THRESHOLD = "cmp_box_threshold"
     TARGET_REQUEST = "cmp_target_request"  # a class asked for by a study or a link, for the picker
     ALPHA = "cmp_alpha"
     CMAP = "cmp_cmap"
