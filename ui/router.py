@@ -27,6 +27,7 @@ PAGES = (  # (file, title, icon, url path); the first is the default page, serve
     ("pages/batch.py", "Batch", ":material/dynamic_feed:", "batch"),
     ("pages/findings.py", "Findings", ":material/flag:", "findings"),
     ("pages/audit.py", "Audit", ":material/monitoring:", "audit"),
+    ("pages/review.py", "Review", ":material/checklist:", "review"),
 )
 LEGACY_PATHS = ("explore",)  # paths of old stored links to the default page (Explore)
 DATASET_PAGES = {"findings"}  # about the whole dataset: they run even when the view is empty

@@ -241,6 +241,7 @@ class Audit:
     NOTE = "review_note"
     RECORD = "review_record"
     COMPUTE = "review_compute"
+    COMPUTE_REQUESTED = "_review_compute_requested"
     RUN_A = "runs_a"
     RUN_B = "runs_b"
     RUNS_CLASSES = "runs_classes"
