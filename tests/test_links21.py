@@ -1,6 +1,12 @@
 """Issue #21, without a browser: links at /? (item 4), one computation one field (item 2)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import fiftyone as fo
 import pytest
 from cam_support import CHELSEA, skimage_data
@@ -12,6 +18,7 @@ from camcore.images import load_image
 from camcore.models import load_model
 
 MODEL = "efficientnet_lite0"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- item 4: the links the project writes --------------------------------------------------------
@@ -70,3 +77,49 @@ def test_a_named_class_keeps_its_own_field_and_pushes_into_it_again(two_images, 
     again = _push(two_images, effnet, cat, "tabby", tmp_path)
     assert again == first and store.heatmap_fields(two_images).keys() == set(first)
     assert two_images[cat.id][first[0]].target_rule == "chosen"
+
+
+# -- item 5: findings recorded elsewhere show on the next visit ----------------------------------
+
+@pytest.fixture
+def persistent_pair(tmp_path):
+    from fo_helpers import write_images
+
+    ds = fo.Dataset(unique_name("links21-findings"), persistent=True)  # another process loads it
+    ds.add_samples([fo.Sample(filepath=p) for p in write_images(tmp_path / "img", ["a.png", "b.png"])])
+    yield ds
+    ds.delete()
+
+
+def _record_in_another_process(dataset_name: str, sample_id: str, tag: str, note: str) -> None:
+    code = textwrap.dedent(f"""
+        from camcore import store
+        ds = store.load_dataset({dataset_name!r})
+        store.add_finding(ds, {sample_id!r}, {tag!r}, note={note!r}, url="http://localhost:8501/?sample=x")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                          env=os.environ.copy(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_findings_page_shows_findings_recorded_by_another_process(persistent_pair):
+    from app_support import APP, TIMEOUT, run
+    from streamlit.testing.v1 import AppTest
+
+    sid = persistent_pair.first().id
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"dataset": persistent_pair.name})
+    run(at)
+    at.switch_page("pages/findings.py")
+    run(at)
+    assert any("No findings yet" in i.value for i in at.info), [i.value for i in at.info]
+    # the first finding ever: it also creates the findings field, in the other process
+    _record_in_another_process(persistent_pair.name, sid, "bias", "made in the App")
+    run(at)  # the next visit, same explorer process
+    table = at.dataframe[0].value
+    assert list(table["note"]) == ["made in the App"] and list(table["tag"]) == ["bias"]
+    _record_in_another_process(persistent_pair.name, sid, "focus", "made by the CLI")
+    run(at)
+    assert sorted(at.dataframe[0].value["note"]) == ["made by the CLI", "made in the App"]
+    assert at.multiselect(key="findings_filter").options == ["bias", "focus"]
+    assert not [w.value for w in at.warning if "default value" in w.value], [w.value for w in at.warning]
