@@ -40,6 +40,14 @@ class MeasureOptions:
         """The settings as one short string, stored per sample (``about`` measure)."""
         return f"t={self.threshold:g};obj={self.object_field or 'model'};f={int(self.faithfulness)}"
 
+    @classmethod
+    def parse(cls, about: str) -> MeasureOptions:
+        """The options an ``about`` string was made with (the inverse of :attr:`about`)."""
+        parts = dict(p.split("=", 1) for p in str(about).split(";") if "=" in p)
+        obj = parts.get("obj", "model")
+        return cls(object_field=None if obj == "model" else obj, threshold=float(parts.get("t", 0.5)),
+                   faithfulness=parts.get("f", "1") == "1")
+
 
 @dataclass(frozen=True)
 class ObjectLabel:

@@ -24,6 +24,9 @@ CONF_AXIS = "model probability of the explained class (0–1)"
 COUNT_AXIS = "samples (count)"
 CHART_HEIGHT = 300  # three charts and the table fit 1280x800 with the sidebar
 APP_PORT = store.DEFAULT_APP_PORT
+FINDING_TAGS = store.FINDING_TAGS
+count_measured = audit.count_measured
+worst_first = audit.worst_first
 
 
 def base_spec(sel: Selection) -> views.ViewSpec:
@@ -176,3 +179,10 @@ def ways_out(sel: Selection, port: int) -> None:
     said = st.session_state.pop("_audit_saved", None)
     if said:
         getattr(st, said[0])(text.escape(said[1]))
+
+
+def sample_measures(sel: Selection, sample_id: str, run: audit.AuditRun) -> dict:
+    """One sample's stored measures (measure -> value), read from the database by id."""
+    names = sorted(run.fields)
+    values = store.load_dataset(sel.dataset).select(sample_id).values([run.fields[m] for m in names])
+    return {m: (v[0] if v else None) for m, v in zip(names, values, strict=True)}

@@ -241,6 +241,7 @@ class Audit:
     NOTE = "review_note"
     RECORD = "review_record"
     COMPUTE = "review_compute"
+    COMPUTE_REQUESTED = "_review_compute_requested"
     RUN_A = "runs_a"
     RUN_B = "runs_b"
     RUNS_CLASSES = "runs_classes"
@@ -277,6 +278,7 @@ class Findings:
     """pages/findings.py."""
 
     FILTER = "findings_filter"
+    SEEN = "findings_seen"  # the finding labels the filter has offered: a new one starts chosen
     PAGE = "findings_page"
     PORT = "findings_port"
     LAUNCH = "findings_app"

@@ -252,12 +252,24 @@ def box_narrow(run: AuditRun, conf: tuple[float, float], share: tuple[float, flo
 
 @db_errors
 def worst_first(view: fo.Dataset | fo.DatasetView, run: AuditRun, skip: int, limit: int) -> list[tuple[str, str]]:
-    """(sample id, filepath) of a page of the view, lowest share on the object first (the index on
-    the share field), samples without a share last."""
-    page = view.match({run.share: {"$type": "number"}}).sort_by(run.share).skip(skip).limit(limit)
-    return list(zip(*page.values(["id", "filepath"]), strict=True)) if limit else []
+    """(sample id, filepath) of a page of the queue: the view's measured samples, lowest share on
+    the object first (through the index on the share field), then those measured without an object
+    (no share), in id order."""
+    scored = view.match({run.share: {"$type": "number"}})
+    n_scored = scored.count() if skip + limit > 0 else 0
+    out: list[tuple[str, str]] = []
+    if skip < n_scored:
+        page = scored.sort_by(run.share).skip(skip).limit(limit)
+        out = list(zip(*page.values(["id", "filepath"]), strict=True))
+    left = limit - len(out)
+    if left > 0:
+        rest = view.match({run.share: {"$not": {"$type": "number"}}, run.fields["about"]: {"$ne": None}})
+        page = rest.sort_by("_id", create_index=False).skip(max(0, skip - n_scored)).limit(left)
+        out += list(zip(*page.values(["id", "filepath"]), strict=True))
+    return out
 
 
 @db_errors
 def count_measured(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> int:
-    return view.match({run.share: {"$type": "number"}}).count()
+    """Samples of the view whose measures are stored (the queue's length)."""
+    return view.match({run.fields["about"]: {"$ne": None}}).count()
