@@ -23,6 +23,7 @@ PAGES = (  # (file, title, icon, url path)
     ("pages/findings.py", "Findings", ":material/flag:", "findings"),
     ("pages/audit.py", "Audit", ":material/monitoring:", "audit"),
     ("pages/review.py", "Review", ":material/checklist:", "review"),
+    ("pages/runs.py", "Two runs", ":material/compare:", "runs"),
 )
 DATASET_PAGES = {"findings"}  # about the whole dataset: they run even when the view is empty
 _ROUTED = Router.ROUTED
