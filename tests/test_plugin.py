@@ -203,7 +203,7 @@ def test_open_in_cam_explorer_links_the_sample_with_the_views_cams(dataset, monk
          params={**PARAMS, "methods": ["gradcam", "layercam"], "layers": ["head", "stage6"]})
     result = _run(OPEN, dataset=dataset, current_sample=ids[2])
     url = result.result["url"]
-    assert url.startswith("http://explorer.test:8600/explore?")
+    assert url.startswith("http://explorer.test:8600/?")
     page, state = links.parse_url(url)
     assert (page, state.dataset, state.sample, state.model) == ("explore", dataset.name, ids[2], MODEL)
     assert set(state.methods) == {"gradcam", "layercam"} and set(state.layers) == {"head", "stage6"}
@@ -337,7 +337,7 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
             tab = opened.value
             tab.wait_for_load_state()
             _page, state = links.parse_url(tab.url)
-            assert tab.url.startswith(f"{explorer}/explore?"), tab.url
+            assert tab.url.startswith(f"{explorer}/?"), tab.url
             assert (state.model, state.methods, state.layers) == (MODEL, ("gradcam",), ("head",))
             fallback = page.get_by_role("link", name="Open the sample in CAM Explorer")  # short: fits
             expect(fallback).to_be_visible(timeout=30_000)

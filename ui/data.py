@@ -25,8 +25,10 @@ def stored_fields(dataset: Any, sample_id: str, fields: list[str]) -> set[str]:
 # -- findings: what users concluded, across a dataset
 
 
-def load_dataset(name: str) -> Any:
-    return store.load_dataset(name)
+def fresh_dataset(name: str) -> Any:
+    """The dataset with what other processes recorded since this one loaded it (findings made in
+    the App, the CLI, another explorer): re-read per page visit, one document, no samples."""
+    return store.fresh_dataset(name)
 
 
 def finding_labels(dataset: Any) -> list[str]:

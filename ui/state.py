@@ -279,6 +279,7 @@ class Findings:
     """pages/findings.py."""
 
     FILTER = "findings_filter"
+    SEEN = "findings_seen"  # the finding labels the filter has offered: a new one starts chosen
     PAGE = "findings_page"
     PORT = "findings_port"
     LAUNCH = "findings_app"

@@ -299,7 +299,7 @@ class Explainer:
     def _heatmap(self, spec: MethodSpec, layer: str, eigen_smooth: bool, raw: np.ndarray, full: np.ndarray,
                  start: float) -> Heatmap:
         raw2d = np.array(raw[0], dtype=np.float32)
-        identity = HeatmapIdentity.of(self.model, spec.key, layer, self.target.identity_name,
+        identity = HeatmapIdentity.of(self.model, spec.key, layer, self._identity_target(),
                                       input_size=min(self.input_hw), aug_smooth=self.aug_smooth,
                                       eigen_smooth=eigen_smooth)
         return Heatmap(
@@ -310,6 +310,14 @@ class Explainer:
             raw_range=(float(raw2d.min()), float(raw2d.max())),
             seconds=time.perf_counter() - start,
         )
+
+    def _identity_target(self) -> str:
+        """The target part of the maps' identity: a class left on auto (the default target, not a
+        box) is the rule PREDICTED, as in a batch, so one computation has one field wherever it was
+        made; the class explained stays on each label (its ``target`` attribute)."""
+        if self.target.rule.startswith("default") and not self.target.box_ref:
+            return targets_mod.PREDICTED
+        return self.target.identity_name
 
 
 def _augmented_target(grad_target: Any, transform: Any) -> Any:

@@ -95,6 +95,19 @@ def load_dataset(name: str) -> fo.Dataset:
     return fo.load_dataset(name)
 
 
+@db_errors
+def fresh_dataset(name: str) -> fo.Dataset:
+    """The dataset as the database holds it now: :func:`load_dataset`, then its document (fields,
+    info, app config) read again. FiftyOne keeps one in-process copy per dataset, loaded once: a
+    field or info that another process (the App's plugin, the CLI, another explorer) added since
+    is unknown to it (a findings field made elsewhere reads as "no findings"). One document read;
+    no sample is read, so the cost does not grow with the dataset."""
+    dataset = load_dataset(name)
+    with LOCK:  # not while this process declares a field on the same copy
+        dataset._reload(hard=True)
+    return dataset
+
+
 def _as_list(value: str | Iterable[str] | None) -> list[str]:
     if value is None:
         return []
