@@ -553,7 +553,7 @@ class BatchRun:
             return
         item = None
         if self.object_kind:
-            item = sample_item(sid, path, self.objects.pop(sid, None), explainer.target.name)
+            item = sample_item(sid, path, self.objects.pop(sid, None), explainer.target.name, options.object_label)
         values: dict[str, object] = {}
         for job, h in zip(jobs, heatmaps, strict=True):
             for name, value in measure(explainer, h, item, options).items():

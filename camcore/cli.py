@@ -476,10 +476,13 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
         raise _usage(args, "--device is chosen per worker with --workers (a GPU each when the cluster has GPUs)")
     if not 0.0 <= args.threshold <= 1.0:
         raise _usage(args, f"--threshold is a share of the heatmap's mass, 0..1, got {args.threshold}")
-    if not args.measures and (args.object_field or args.no_faithfulness):
-        raise _usage(args, "--object-field and --no-faithfulness go with --measures")
+    if not args.measures and (args.object_field or args.no_faithfulness or args.object_label):
+        raise _usage(args, "--object-field, --object-label and --no-faithfulness go with --measures")
+    if args.object_label and not args.object_field:
+        raise _usage(args, "--object-label names a label of --object-field: give --object-field too")
     measures = (MeasureOptions(object_field=args.object_field, threshold=args.threshold,
-                               faithfulness=not args.no_faithfulness) if args.measures else None)
+                               faithfulness=not args.no_faithfulness, object_label=(args.object_label or "").strip())
+                if args.measures else None)
     return BatchOptions(model=args.model, weights=args.weights, methods=tuple(args.method or ["gradcam"]),
                         layers=tuple(args.layer or ()), target_rule=args.target, eigen_smooth=args.eigen_smooth,
                         input_size=args.input_size, chunk=args.chunk, device=args.device,
@@ -629,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "keep/remove faithfulness, bg flag): the Audit page reads them")
     p.add_argument("--object-field", help="with --measures: a Segmentation or Detections field holding the objects "
                    "(default: a segmentation model's own predicted mask; none for classifiers)")
+    p.add_argument("--object-label", help="with --object-field: the objects' label (default: the label that names "
+                   "the explained class); '*' every object of the field (an untrained model, another taxonomy)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="with --measures: background-dominated below this share on the object (default 0.5)")
     p.add_argument("--no-faithfulness", action="store_true",
