@@ -476,10 +476,13 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
         raise _usage(args, "--device is chosen per worker with --workers (a GPU each when the cluster has GPUs)")
     if not 0.0 <= args.threshold <= 1.0:
         raise _usage(args, f"--threshold is a share of the heatmap's mass, 0..1, got {args.threshold}")
-    if not args.measures and (args.object_field or args.no_faithfulness):
-        raise _usage(args, "--object-field and --no-faithfulness go with --measures")
+    if not args.measures and (args.object_field or args.no_faithfulness or args.object_label):
+        raise _usage(args, "--object-field, --object-label and --no-faithfulness go with --measures")
+    if args.object_label and not args.object_field:
+        raise _usage(args, "--object-label names a label of --object-field: give --object-field too")
     measures = (MeasureOptions(object_field=args.object_field, threshold=args.threshold,
-                               faithfulness=not args.no_faithfulness) if args.measures else None)
+                               faithfulness=not args.no_faithfulness, object_label=(args.object_label or "").strip())
+                if args.measures else None)
     return BatchOptions(model=args.model, weights=args.weights, methods=tuple(args.method or ["gradcam"]),
                         layers=tuple(args.layer or ()), target_rule=args.target, eigen_smooth=args.eigen_smooth,
                         input_size=args.input_size, chunk=args.chunk, device=args.device,
@@ -497,7 +500,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
                       "nothing to do")
     told = progress.printer(lambda line: _status(args, f"batch {line}"), interval=1.0)
     report: batch.BatchReport
-    if args.workers:
+    runs = batch.box_batches(view, options, args.box)  # a detector: one run per box rule
+    if len(runs) > 1 or args.box:
+        if args.workers:
+            raise _usage(args, "--workers does not take --box yet: run the box rules one at a time")
+        _status(args, "box rules: " + ", ".join(str(r.target_rule) for r in runs))
+        report = batch.run_batches(view, runs, progress=told)
+    elif args.workers:
         from camcore import distributed
 
         report = distributed.run_batch_distributed(view, options, args.workers, args.ray_address, progress=told)
@@ -508,7 +517,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"dataset": dataset.name, **report.to_dict()})
     else:
-        _say(f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed "
+        no_box = f" ({report.no_box} without the box)" if report.no_box else ""
+        _say(f"{report.done} done, {report.skipped} skipped{no_box}, {len(report.failed)} failed "
              f"in {report.seconds:.1f} s")
         for name in sorted(report.fields):
             _say(name)
@@ -608,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", action="append", help="layer name, repeatable (default: the model's default)")
     p.add_argument("--target", default="predicted",
                    help="predicted (default: each sample's top class, one field) or a class name")
+    p.add_argument("--box", help="detection models: top (default), top:<k> (the k best detections, a field each), "
+                   "det:<i>, class:<name>, all, optionally @<score threshold>; field:<name>[:<class>] (every box "
+                   "of a Detections field, a field per box index); samples without the box are skipped")
     p.add_argument("--weights", default="auto", help="auto | untrained | PATH (default auto)")
     p.add_argument("--eigen-smooth", action="store_true", help="first principal component smoothing")
     p.add_argument("--input-size", type=int, help="short side of the model input (segmentation models)")
@@ -619,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "keep/remove faithfulness, bg flag): the Audit page reads them")
     p.add_argument("--object-field", help="with --measures: a Segmentation or Detections field holding the objects "
                    "(default: a segmentation model's own predicted mask; none for classifiers)")
+    p.add_argument("--object-label", help="with --object-field: the objects' label (default: the label that names "
+                   "the explained class); '*' every object of the field (an untrained model, another taxonomy)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="with --measures: background-dominated below this share on the object (default 0.5)")
     p.add_argument("--no-faithfulness", action="store_true",

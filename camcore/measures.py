@@ -34,19 +34,21 @@ class MeasureOptions:
     object_field: str | None = None  # a Segmentation or Detections field; None: the model's own mask
     threshold: float = metrics.DEFAULT_BACKGROUND_THRESHOLD
     faithfulness: bool = True  # two more forwards per heatmap (keep, remove) and one for the score
+    object_label: str = ""  # "": the field's label that names the explained class; ANY_OBJECT: every object
 
     @property
     def about(self) -> str:
         """The settings as one short string, stored per sample (``about`` measure)."""
-        return f"t={self.threshold:g};obj={self.object_field or 'model'};f={int(self.faithfulness)}"
+        obj = (self.object_field or "model") + (f"[{self.object_label}]" if self.object_label else "")
+        return f"t={self.threshold:g};obj={obj};f={int(self.faithfulness)}"
 
     @classmethod
     def parse(cls, about: str) -> MeasureOptions:
         """The options an ``about`` string was made with (the inverse of :attr:`about`)."""
         parts = dict(p.split("=", 1) for p in str(about).split(";") if "=" in p)
-        obj = parts.get("obj", "model")
+        obj, _, label = parts.get("obj", "model").partition("[")
         return cls(object_field=None if obj == "model" else obj, threshold=float(parts.get("t", 0.5)),
-                   faithfulness=parts.get("f", "1") == "1")
+                   faithfulness=parts.get("f", "1") == "1", object_label=label.rstrip("]"))
 
 
 @dataclass(frozen=True)
@@ -89,19 +91,32 @@ def object_label(kind: str, doc: dict | None, names: dict[int, str]) -> ObjectLa
     return None if mask is None else ObjectLabel(kind, mask=mask, names=names)
 
 
-def sample_item(sample_id: str, path: str, obj: ObjectLabel | None, class_name: str) -> judge.SampleItem | str:
-    """The object of class `class_name` on one sample as judge.SampleItem; a reason (str) when the
-    object field has none of that class."""
+ANY_OBJECT = "*"
+
+
+def sample_item(sample_id: str, path: str, obj: ObjectLabel | None, class_name: str,
+                object_label: str = "") -> judge.SampleItem | str:
+    """The object on one sample as judge.SampleItem: the field's label that names `class_name`
+    (object_label ""), a named label, or every object (ANY_OBJECT: an untrained model's or another
+    taxonomy's classes name none); a reason (str) when there is none."""
     if obj is None:
         return "no object label on this sample"
+    wanted = object_label or class_name
     if obj.kind == "detections":
         labels = sorted({label for label, _ in obj.boxes})
-        found = judge.match_object_label(labels, class_name)
-        if found is None:
-            return f"no box names {class_name!r}"
-        boxes = tuple((b[0], b[1], b[2], b[3]) for label, b in obj.boxes if label == labels[found] and len(b) == 4)
+        if object_label == ANY_OBJECT:
+            keep = set(labels)
+        else:
+            found = judge.match_object_label(labels, wanted)
+            if found is None:
+                return f"no box names {wanted!r}"
+            keep = {labels[found]}
+        boxes = tuple((b[0], b[1], b[2], b[3]) for label, b in obj.boxes if label in keep and len(b) == 4)
         return judge.SampleItem(sample_id, path, boxes)
     mask = np.asarray(obj.mask)
+    if object_label == ANY_OBJECT:
+        return judge.SampleItem(sample_id, path, mask=mask > 0)
+    class_name = wanted
     names = obj.names or {int(v): str(v) for v in np.unique(mask)}
     values = sorted(names)
     found = judge.match_object_label([names[v] for v in values], class_name)

@@ -27,10 +27,17 @@ def audited_dataset(folder: Path, n: int = 60, seed: int = 0, about: str = ABOUT
     rng = np.random.default_rng(seed)
     ds = fo.Dataset(unique_name("audit"))
     ds.add_samples([fo.Sample(filepath=str(image)) for _ in range(n)])
-    fields = measure_store.declare_measure_fields(ds, IDENTITY)
+    return ds, add_run(ds, IDENTITY, seed, about)
+
+
+def add_run(ds: fo.Dataset, identity: HeatmapIdentity, seed: int = 0, about: str = ABOUT) -> dict:
+    """Synthetic heatmap labels and measures of one more run; {measure: field}."""
+    rng = np.random.default_rng(seed)
+    n = len(ds)
+    fields = measure_store.declare_measure_fields(ds, identity)
     ids = ds.values("id")
     classes = [CLASSES[i % len(CLASSES)] for i in range(n)]
-    ds.set_values(IDENTITY.field_name, [fo.Heatmap(map=np.zeros((4, 4), np.uint8), target=c) for c in classes])
+    ds.set_values(identity.field_name, [fo.Heatmap(map=np.zeros((4, 4), np.uint8), target=c) for c in classes])
     share = rng.random(n).round(4)
     values = {
         "share": share.tolist(), "bg": (share < 0.5).tolist(), "conf": rng.random(n).round(4).tolist(),
@@ -38,4 +45,4 @@ def audited_dataset(folder: Path, n: int = 60, seed: int = 0, about: str = ABOUT
         "remove": rng.normal(size=n).tolist(), "about": [about] * n,
     }
     measure_store.write_measures(ds, {fields[m]: dict(zip(ids, v, strict=True)) for m, v in values.items()})
-    return ds, fields
+    return fields

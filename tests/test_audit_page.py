@@ -79,3 +79,37 @@ def test_mixed_settings_are_refused_in_one_line(audited):
     (line,) = [w.value for w in at.warning]
     assert "different settings are mixed" in line
     assert not at.get("plotly_chart")
+
+
+def test_two_runs_page_lists_the_most_changed_and_the_classes(audited):
+    import dataclasses
+
+    from audit_support import IDENTITY, add_run
+
+    ds, _fields = audited
+    add_run(ds, dataclasses.replace(IDENTITY, pretrained=False), seed=5)
+    at = _audit_page(ds)
+    at.switch_page("pages/runs.py")
+    run(at, allow_errors=False)
+    (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
+    assert chart["yaxis"]["title"]["text"] == "mean change of on-object share, B − A (−1…1)"
+    classes, changed = at.dataframe
+    assert sorted(classes.value["class"]) == ["cat", "cup", "person"]
+    sizes = [abs(v) for v in changed.value["change"]]
+    assert len(sizes) == 30 and sizes == sorted(sizes, reverse=True)
+    captions = _image_captions(at)  # both maps of the most changed sample, side by side
+    assert len(captions) == 2 and captions[0].startswith("A\\: ") and captions[1].startswith("B\\: ")
+
+
+def _image_captions(at: AppTest) -> list[str]:
+    """The captions of the images on the page (AppTest has no image element: read the protos)."""
+    out: list[str] = []
+
+    def walk(node):
+        if type(node).__name__ == "Image" or getattr(node, "type", None) == "imgs":
+            out.extend(img.caption for img in node.proto.imgs if img.caption)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return out

@@ -9,13 +9,14 @@ and the URL follow it.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from camcore import store
+from camcore import overlay, store
 from camcore.store import audit, views
-from ui import text
+from ui import cache, text
 from ui.sidebar import Selection
 from ui.state import Audit, Sidebar
 
@@ -186,3 +187,56 @@ def sample_measures(sel: Selection, sample_id: str, run: audit.AuditRun) -> dict
     names = sorted(run.fields)
     values = store.load_dataset(sel.dataset).select(sample_id).values([run.fields[m] for m in names])
     return {m: (v[0] if v else None) for m, v in zip(names, values, strict=True)}
+
+
+# ---------------------------------------------------------------- two runs side by side
+
+CHANGE_AXIS = "mean change of on-object share, B − A (−1…1)"
+most_changed = audit.most_changed
+class_changes = audit.class_changes
+count_both = audit.count_both
+
+
+def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:
+    """Runs A and B (two heatmap fields with measures), or None after saying what is missing."""
+    found = audit.runs(store.load_dataset(sel.dataset))
+    if len(found) < 2:
+        st.info("Two heatmap runs with stored measures are needed (two weights of one model, or two models): "
+                + text.escape(audit.HOW_TO_MEASURE.format(dataset=sel.dataset)) + ", once per run.")
+        return None
+    names = [r.heatmap for r in found]
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Run A (before)", names, index=0, key=Audit.RUN_A)
+    b = c2.selectbox("Run B (after)", names, index=1, key=Audit.RUN_B)
+    if a == b:
+        st.warning("Choose two different runs.")
+        return None
+    by_name = {r.heatmap: r for r in found}
+    return by_name[a], by_name[b]
+
+
+def class_change_figure(rows: list[tuple[str, int, float, int, int]]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[2] for r in rows],
+                           marker_color=["#2ca02c" if r[2] > 0 else "#d62728" for r in rows],
+                           customdata=[[r[1], r[3], r[4]] for r in rows],
+                           hovertemplate="%{x}: %{y:+.3f} (%{customdata[0]} samples, %{customdata[1]} better, "
+                                         "%{customdata[2]} worse)<extra></extra>"))
+    fig.update_layout(title="Which classes got better (green) or worse (red) at looking at the object")
+    return _layout(fig, "class (explained by run A)", CHANGE_AXIS)
+
+
+def side_by_side(sel: Selection, change: audit.Change, run_a: audit.AuditRun, run_b: audit.AuditRun) -> None:
+    """Both stored maps of one sample over its image, with their shares."""
+    dataset = store.load_dataset(sel.dataset)
+    try:
+        img = cache.image(change.filepath, os.path.getmtime(change.filepath))
+    except Exception as exc:  # a missing or unreadable file: one line
+        st.error(f"Cannot read the image: {text.escape(exc)}")
+        return
+    cols = st.columns(2)
+    for col, run, share, name in ((cols[0], run_a, change.share_a, "A"), (cols[1], run_b, change.share_b, "B")):
+        heatmap = store.read_heatmap(dataset, change.sample_id, run.heatmap)
+        shown = overlay.overlay(img.rgb, heatmap) if heatmap is not None else img.rgb
+        col.image(shown, width="stretch",
+                  caption=text.escape(f"{name}: {run.heatmap} · share on the object {share:.3f}"
+                                      + ("" if heatmap is not None else " · no stored map")))

@@ -47,7 +47,11 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
                                 help="share of the heatmap's mass on the object, 0..1")
     faith = m3.toggle("Faithfulness scores", value=True, key=Batch.FAITHFULNESS,
                       help="keep/remove confidence change: three forwards per heatmap (the costliest measure)")
-    return MeasureOptions(object_field=field, threshold=float(threshold), faithfulness=bool(faith))
+    any_object = bool(field) and m1.toggle("Any object of the field", key=Batch.ANY_OBJECT,
+                                           help="Off: the label that names the explained class. On: every object "
+                                                "(an untrained model, or classes named otherwise than the labels).")
+    return MeasureOptions(object_field=field, threshold=float(threshold), faithfulness=bool(faith),
+                          object_label="*" if any_object else "")
 
 
 def _session_alive(session_id: str | None) -> bool:

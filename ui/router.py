@@ -28,6 +28,7 @@ PAGES = (  # (file, title, icon, url path); the first is the default page, serve
     ("pages/findings.py", "Findings", ":material/flag:", "findings"),
     ("pages/audit.py", "Audit", ":material/monitoring:", "audit"),
     ("pages/review.py", "Review", ":material/checklist:", "review"),
+    ("pages/runs.py", "Two runs", ":material/compare:", "runs"),
 )
 LEGACY_PATHS = ("explore",)  # paths of old stored links to the default page (Explore)
 DATASET_PAGES = {"findings"}  # about the whole dataset: they run even when the view is empty

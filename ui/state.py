@@ -262,6 +262,7 @@ class Batch:
     OBJECT_FIELD = "batch_object_field"
     THRESHOLD = "batch_threshold"
     FAITHFULNESS = "batch_faithfulness"
+    ANY_OBJECT = "batch_any_object"
     START_BUTTON = "batch_start"
     CANCEL_BUTTON = "batch_cancel"
 

@@ -273,3 +273,60 @@ def worst_first(view: fo.Dataset | fo.DatasetView, run: AuditRun, skip: int, lim
 def count_measured(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> int:
     """Samples of the view whose measures are stored (the queue's length)."""
     return view.match({run.fields["about"]: {"$ne": None}}).count()
+
+
+# ---------------------------------------------------------------- two runs side by side
+
+CHANGE_EPS = 0.02  # a change in share smaller than this is "the same"
+
+
+@dataclass(frozen=True)
+class Change:
+    sample_id: str
+    filepath: str
+    cls: str  # the class run A explained
+    share_a: float
+    share_b: float
+
+    @property
+    def change(self) -> float:
+        return self.share_b - self.share_a
+
+
+def _both(run_a: AuditRun, run_b: AuditRun) -> dict:
+    return {run_a.share: {"$type": "number"}, run_b.share: {"$type": "number"}}
+
+
+@db_errors
+def most_changed(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun, limit: int = 200,
+                 skip: int = 0) -> list[Change]:
+    """The view's samples measured by both runs, the largest change of on-object share first
+    (B - A, by size): one aggregation, a top-k sort on the server."""
+    if run_a.heatmap == run_b.heatmap:
+        raise StoreError("choose two different heatmap runs to compare")
+    pipeline = [{"$match": _both(run_a, run_b)},
+                {"$project": {"filepath": 1, "t": f"${run_a.target}", "a": f"${run_a.share}", "b": f"${run_b.share}",
+                              "d": {"$abs": {"$subtract": [f"${run_b.share}", f"${run_a.share}"]}}}},
+                {"$sort": {"d": -1, "_id": 1}}, {"$skip": int(skip)}, {"$limit": int(limit)}]
+    return [Change(str(r["_id"]), str(r.get("filepath") or ""), str(r.get("t") or ""), float(r["a"]), float(r["b"]))
+            for r in view._aggregate(pipeline=pipeline)]
+
+
+@db_errors
+def class_changes(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun,
+                  eps: float = CHANGE_EPS) -> list[tuple[str, int, float, int, int]]:
+    """Per class (run A's explained class): (class, samples, mean change of share B - A, better,
+    worse), better first; one aggregation on the server."""
+    d = {"$subtract": [f"${run_b.share}", f"${run_a.share}"]}
+    pipeline = [{"$match": _both(run_a, run_b)},
+                {"$group": {"_id": f"${run_a.target}", "n": {"$sum": 1}, "mean": {"$avg": d},
+                            "better": {"$sum": {"$cond": [{"$gt": [d, eps]}, 1, 0]}},
+                            "worse": {"$sum": {"$cond": [{"$lt": [d, -eps]}, 1, 0]}}}}]
+    rows = [(str(r["_id"]), int(r["n"]), float(r["mean"]), int(r["better"]), int(r["worse"]))
+            for r in view._aggregate(pipeline=pipeline)]
+    return sorted(rows, key=lambda r: (-r[2], r[0]))
+
+
+@db_errors
+def count_both(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun) -> int:
+    return view.match(_both(run_a, run_b)).count()
