@@ -1,6 +1,7 @@
 """Issue #21, without a browser: links at /? (item 4), one computation one field (item 2)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -118,7 +119,12 @@ def test_the_findings_page_shows_findings_recorded_by_another_process(persistent
     run(at)  # the next visit, same explorer process
     table = at.dataframe[0].value
     assert list(table["note"]) == ["made in the App"] and list(table["tag"]) == ["bias"]
-    _record_in_another_process(persistent_pair.name, sid, "focus", "made by the CLI")
+    proc = subprocess.run([sys.executable, "-m", "camcore", "finding", "--dataset", persistent_pair.name,
+                           "--sample", sid, "--tag", "focus", "--note", "made by the CLI", "--json"],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT,
+                          env=dict(os.environ, CAM_EXPLORER_URL="http://explorer.test:8600"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["url"].startswith("http://explorer.test:8600/?dataset=")  # item 4: /?
     run(at)
     assert sorted(at.dataframe[0].value["note"]) == ["made by the CLI", "made in the App"]
     assert at.multiselect(key="findings_filter").options == ["bias", "focus"]
