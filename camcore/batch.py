@@ -48,11 +48,11 @@ from dataclasses import dataclass, field
 import fiftyone as fo
 import torch
 
-from camcore import store
+from camcore import detection, store
 from camcore import targets as targets_mod
 from camcore import weights as weights_mod
 from camcore.engine import Explainer, explain_many, iter_heatmaps
-from camcore.errors import CamError, Cancelled, MethodError, StoreError, first_line
+from camcore.errors import CamError, Cancelled, MethodError, StoreError, TargetError, first_line
 from camcore.identity import HeatmapIdentity
 from camcore.images import LoadedImage, load_image
 from camcore.measures import MeasureOptions, ObjectLabel, measure, object_kind, object_label, sample_item
@@ -72,8 +72,9 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writ
 # The label attributes (of HeatmapIdentity.provenance) a resume compares, beside target_request.
 RESUME_KEYS = ("model", "weights", "method", "layer", "eigen_smooth", "weights_sha256", "input_size")
 
-__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "declare_fields",
-           "resume_provenance", "run_batch"]
+__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "box_batches",
+           "declare_fields",
+           "resume_provenance", "run_batch", "run_batches"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,10 @@ class BatchOptions:
                 raise MethodError(f"{reason} (model '{spec.key}')")
             if get_method(m).layer_independent:
                 raise MethodError(f"{m} is not offered in batches yet (it ignores layers)")
-        rule = targets_mod.target_rule(spec.class_names(), self.target_rule)
+        if spec.task == "detection":  # a box rule (camcore.detection.batch_rule)
+            rule = detection.batch_rule(self.target_rule)
+        else:
+            rule = targets_mod.target_rule(spec.class_names(), self.target_rule)
         return dataclasses.replace(self, model=spec.key, methods=methods, layers=layers, target_rule=rule,
                                    chunk=max(1, int(self.chunk)))
 
@@ -179,12 +183,14 @@ class BatchReport:
     seconds: float = 0.0
     cancelled: bool = False
     removed_orphans: int = 0  # PNGs without a field, left by an interrupted run
+    no_box: int = 0  # of the skipped: samples without the box a detector's field is for
 
     def to_dict(self) -> dict:
         return {"done": self.done, "skipped": self.skipped,
                 "failed": [{"sample_id": s, "error": m} for s, m in self.failed],
                 "fields": sorted(self.fields), "seconds": round(self.seconds, 3),
-                "cancelled": self.cancelled, "removed_orphans": self.removed_orphans}
+                "cancelled": self.cancelled, "removed_orphans": self.removed_orphans,
+                **({"no_box": self.no_box} if self.no_box else {})}
 
 
 def resume_provenance(identity: HeatmapIdentity) -> dict:
@@ -478,12 +484,18 @@ class BatchRun:
                 self.fail(sid, path, image, len(self.todo[sid]))
             else:
                 loaded.append((sid, path, image))
+        requests = self.requests(loaded)
+        loaded = [item for item in loaded if requests.get(item[0], "") is not None]
         layers = list(dict.fromkeys(j.layer for sid, _p, _i in loaded for j in self.todo[sid]))
-        explainers = explain_many(self.model, [img for _s, _p, img in loaded], self.options.class_request,
+        explainers = explain_many(self.model, [img for _s, _p, img in loaded],
+                                  [requests.get(sid, self.options.class_request) for sid, _p, _i in loaded],
                                   layers, self.options.input_size, max_batch=self.options.chunk)
         for (sid, path, _img), explainer in zip(loaded, explainers, strict=True):
             if self.cancelled():
                 return
+            if isinstance(explainer, CamError) and detection.is_missing_box(explainer):
+                self.no_box(sid)
+                continue
             if isinstance(explainer, CamError):
                 self.fail(sid, path, explainer, len(self.todo[sid]))
                 continue
@@ -506,6 +518,32 @@ class BatchRun:
                 self.submit()  # a slow sample: written (and counted) now, not with its chunk
             else:
                 self.poll()
+
+    def requests(self, loaded: list[tuple[str, str, LoadedImage]]) -> dict[str, str | None]:
+        """A detector's field rule (field:<f>:<i>[:<class>]) as each sample's own box rule (None:
+        the sample has no such box, skipped now); empty for every other rule (one request for all)."""
+        rule = str(self.options.target_rule)
+        if not rule.startswith("field:"):
+            return {}
+        field = rule.split(":")[1]
+        out: dict[str, str | None] = {}
+        for sid, path, _img in loaded:
+            try:
+                out[sid] = detection.field_box_rule(rule, store.sample_boxes(self.dataset[sid], field))
+            except CamError as exc:
+                self.fail(sid, path, exc, len(self.todo[sid]))
+                out[sid] = None
+                continue
+            if out[sid] is None:
+                self.no_box(sid)
+        return out
+
+    def no_box(self, sid: str) -> None:
+        """The sample has not the box this run's field is for: skipped (not failed), nothing written."""
+        if sid in self.todo:
+            self.settled += len(self.todo.pop(sid))
+            self.report.skipped += 1
+            self.report.no_box += 1
 
     def measure_sample(self, sid: str, path: str, explainer: Explainer, jobs: list[_Job],
                        heatmaps: list[Heatmap]) -> None:
@@ -655,3 +693,41 @@ def run_batch(view: fo.Dataset | fo.DatasetView, options: BatchOptions, *, progr
               cancel: threading.Event | None = None) -> BatchReport:
     """Compute and store heatmaps for every sample of a view; see the module docstring."""
     return BatchRun(view, options, progress, cancel).run()
+
+
+def box_batches(view: fo.Dataset | fo.DatasetView, options: BatchOptions, box: str | None) -> list[BatchOptions]:
+    """A detector's batch as one run per box rule (camcore.detection.expand_batch_rule: top:<k>
+    is k fields, field:<f>[:<class>] one field per box index); any other model's: [options].
+    TargetError (one line) for a box rule on a classifier or a segmenter."""
+    spec = options.spec
+    if spec.task != "detection":
+        if box:
+            raise TargetError(f"A box rule is for detection models; {spec.key} is a {spec.task} model: "
+                              "give a target class.")
+        return [options]
+    if box and str(options.target_rule or PREDICTED) != PREDICTED:
+        raise TargetError(f"{spec.key} is a detection model: give its box rule alone, not a target class.")
+    rule = box or (options.target_rule if str(options.target_rule or PREDICTED) != PREDICTED else detection.TOP)
+    rules = detection.expand_batch_rule(rule, lambda f, label: store.most_boxes(view, f, label))
+    return [dataclasses.replace(options, target_rule=r) for r in rules]
+
+
+def run_batches(view: fo.Dataset | fo.DatasetView, runs: Sequence[BatchOptions], *,
+                progress: BatchProgress | None = None, cancel: threading.Event | None = None) -> BatchReport:
+    """run_batch for each options in turn (a detector's box rules), one report: done and skipped
+    count a sample once per run; each run resumes on its own fields."""
+    total = BatchReport()
+    for options in runs:
+        if cancel is not None and cancel.is_set():
+            total.cancelled = True
+            break
+        report = run_batch(view, options, progress=progress, cancel=cancel)
+        total.done += report.done
+        total.skipped += report.skipped
+        total.no_box += report.no_box
+        total.failed += report.failed
+        total.fields |= report.fields
+        total.seconds += report.seconds
+        total.cancelled = total.cancelled or report.cancelled
+        total.removed_orphans += report.removed_orphans
+    return total

@@ -359,3 +359,100 @@ def test_renormalise_inside_boxes_and_the_link_carries_the_box():
     assert links.parse_url(links.explorer_url(state))[1].box == "id:abc@0.3"
     drawn = overlay.draw_boxes(np.zeros((40, 60, 3), np.uint8), [((5, 5, 15, 15), "#0 cat 0.9", True)])
     assert (drawn == np.array(overlay.EXPLAINED_COLOR, np.uint8)).all(axis=-1).sum() > 20
+
+
+# ---------------------------------------------------------------- batch: box rules, resume
+
+def test_batch_rules_expand_and_resolve_per_sample():
+    most = {("ground_truth", ""): 3, ("ground_truth", "kite"): 1}
+    expand = lambda rule: detection.expand_batch_rule(rule, lambda f, label: most.get((f, label), 0))  # noqa: E731
+    assert expand("top:3@0.2") == ["det:0@0.2", "det:1@0.2", "det:2@0.2"]
+    assert expand("field:ground_truth") == ["field:ground_truth:0", "field:ground_truth:1", "field:ground_truth:2"]
+    assert expand("field:ground_truth:kite") == ["field:ground_truth:0:kite"]
+    assert expand("predicted") == ["top"] and expand("class:dog@0.3") == ["class:dog@0.3"]
+    for bad, fragment in (("field:ground_truth:zebra", "No sample of the view has 'zebra'"),
+                          ("top:0", "k from 1 to 100"), ("box:cat:0.1,0.1,0.2,0.2", "not one fixed box")):
+        with pytest.raises(TargetError, match=fragment):
+            expand(bad)
+    boxes = [("ground_truth", "a1", "kite", [0.1, 0.2, 0.3, 0.4]), ("ground_truth", "b2", "dog", [0.5, 0.5, 0.2, 0.2])]
+    assert detection.field_box_rule("field:ground_truth:1", boxes) == "box:dog:0.5,0.5,0.2,0.2:ground_truth/b2"
+    assert detection.field_box_rule("field:ground_truth:0:dog", boxes).endswith("ground_truth/b2")
+    assert detection.field_box_rule("field:ground_truth:1:dog", boxes) is None  # no second dog: skipped
+
+
+def _json(out: str) -> dict:
+    return json.loads(out[out.index("{\n"):])  # FiftyOne's own progress bars may come first
+
+
+def test_cli_batch_takes_a_box_rule_a_field_per_box_resumes_and_skips_samples_without_the_box(tmp_path, capsys):
+    import fiftyone as fo
+    from fo_helpers import unique_name
+    from PIL import Image
+
+    from camcore import cli, store
+
+    paths = []
+    for i in range(2):
+        rgb = _image().rgb.copy()
+        rgb[:, : 10 * (i + 1)] = 0
+        paths.append(str(tmp_path / f"s{i}.png"))
+        Image.fromarray(rgb).save(paths[-1])
+    ds = fo.Dataset(unique_name("det-batch"))
+    box = fo.Detection(label="kite", bounding_box=[0.2, 0.2, 0.4, 0.4])
+    ds.add_samples([fo.Sample(filepath=paths[0], ground_truth=fo.Detections(detections=[box, box.copy()])),
+                    fo.Sample(filepath=paths[1], ground_truth=fo.Detections(detections=[]))])
+    base = ["batch", "--dataset", ds.name, "--model", SSD, "--weights", "untrained", "--method", "eigencam",
+            "--heatmap-dir", str(tmp_path / "hm"), "--json", "-q"]
+    try:
+        assert store.most_boxes(ds, "ground_truth") == 2 and store.most_boxes(ds, "ground_truth", "dog") == 0
+        assert cli.main([*base, "--box", "top:2@0"]) == 0
+        report = _json(capsys.readouterr()[0])
+        assert report["done"] == 4 and report["skipped"] == 0 and not report["failed"], report
+        fields = report["fields"]
+        assert len(fields) == 2 and any("det_0" in f for f in fields) and any("det_1" in f for f in fields), fields
+        stored = ds.first()[sorted(f for f in fields if "det_1" in f)[0]]
+        assert stored.box_ref == "det1" and stored.target_request == "det:1@0"
+        # again: everything resumes as done; a box the samples do not have is skipped, not failed
+        assert cli.main([*base, "--box", "top:2@0"]) == 0
+        again = _json(capsys.readouterr()[0])
+        assert again["done"] == 0 and again["skipped"] == 4, again
+        assert cli.main([*base, "--box", "det:400@0"]) == 0
+        missing = _json(capsys.readouterr()[0])
+        assert missing["done"] == 0 and missing["no_box"] == 2 and not missing["failed"], missing
+        # a field rule: one field per box index; the sample without boxes is skipped
+        assert cli.main([*base, "--box", "field:ground_truth"]) == 0
+        by_field = _json(capsys.readouterr()[0])
+        assert len(by_field["fields"]) == 2 and by_field["no_box"] == 2, by_field  # sample 2, for each index
+        code = cli.main([*base[:-2], "--model", "efficientnet_lite0", "--weights", "auto", "--box", "top"])
+        _, err = capsys.readouterr()
+        assert code != 0 and "box rule is for detection models" in err and len(err.strip().splitlines()) == 1
+    finally:
+        ds.delete()
+
+
+def test_plugin_compute_cams_takes_a_box_rule_and_resumes(tmp_path, monkeypatch):
+    import fiftyone as fo
+    import fiftyone.operators as foo
+    from fo_helpers import unique_name
+    from PIL import Image
+
+    from camcore import store
+
+    plugins = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "plugins")
+    monkeypatch.setattr(fo.config, "plugins_dir", plugins)
+    monkeypatch.setenv("FIFTYONE_PLUGINS_DIR", plugins)
+    Image.fromarray(_image().rgb).save(tmp_path / "a.png")
+    ds = fo.Dataset(unique_name("det-plugin"))
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "a.png")))
+    params = {"model": SSD, "weights": "untrained", "methods": ["eigencam"], "layers": ["fpn"], "box": "top:2@0"}
+    try:
+        foo.execute_operator("@cam-explorer/cam/compute_cams", ctx={"dataset": ds, "params": params})
+        ours = sorted(f for f in ds.get_field_schema() if f.startswith(store.FIELD_PREFIX))
+        assert len(ours) == 2 and "det_0" in ours[0] and "det_1" in ours[1], ours
+        assert ds.first()[ours[1]].box_ref == "det1"
+        before = [ds.first()[f].map_path for f in ours]
+        foo.execute_operator("@cam-explorer/cam/compute_cams", ctx={"dataset": ds, "params": params})
+        ds.reload()
+        assert [ds.first()[f].map_path for f in ours] == before  # resumed: nothing computed again
+    finally:
+        ds.delete()

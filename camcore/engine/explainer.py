@@ -331,7 +331,7 @@ def _augmented_target(grad_target: Any, transform: Any) -> Any:
 def explain_many(
     model: LoadedModel,
     images: Sequence[LoadedImage],
-    target_request: str | int | None,
+    target_request: str | int | None | list[str | int | None],  # a list: one per image
     layers: Sequence[str],
     input_size: int | None = None,
     max_batch: int = 8,
@@ -340,8 +340,9 @@ def explain_many(
     shape are stacked, up to max_batch per forward. Each explainer equals Explainer(...) on its
     image alone. A batch that fails is retried image by image, so one bad image (or a batch too
     big for memory) costs only itself; its slot holds the CamError."""
-    explainers = [Explainer(model, img, target_request, tuple(layers), False, input_size, defer_pass=True)
-                  for img in images]
+    requests = list(target_request) if isinstance(target_request, list) else [target_request] * len(images)
+    explainers = [Explainer(model, img, request, tuple(layers), False, input_size, defer_pass=True)
+                  for img, request in zip(images, requests, strict=True)]
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, e in enumerate(explainers):
         by_shape.setdefault(e.input_hw, []).append(i)

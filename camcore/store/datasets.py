@@ -299,6 +299,19 @@ def sample_boxes(sample: fo.Sample, field: str | None = None) -> list[tuple[str,
     return out
 
 
+@db_errors
+def most_boxes(view: fo.Dataset | fo.DatasetView, field: str, label: str = "") -> int:
+    """The most boxes (of one label, "" for any) one sample of the view holds in a Detections field."""
+    if field not in detection_fields(view):
+        raise StoreError(f"no Detections field {field!r} in this dataset (it has: "
+                         f"{', '.join(detection_fields(view)) or 'none'})")
+    expr = F(f"{field}.detections")
+    if label:
+        expr = expr.filter(F("label") == label)
+    counts = view.exists(field).values(expr.length())
+    return max((int(c or 0) for c in counts), default=0)
+
+
 def box_rule(sample: fo.Sample | None, text: str | None) -> str:
     """A --box request as the engine's box rule (camcore.detection): "top", "det:<i>", "class:<name>"
     and "all" as they are; "field:<name>[:<i>]" (the field's i-th box, default the first) and

@@ -270,11 +270,22 @@ class ComputeCams(foo.Operator):
             layer_view.add_choice(layer.name, label=layer.name, description=layer.path)
         inputs.list("layers", types.String(), default=[spec.default_layer], view=layer_view)
 
-        target_view = types.AutocompleteView(label="Target", allow_user_input=True,
-                                             description="'predicted' explains each sample's top class")
-        for name in (batch.PREDICTED, *spec.class_names()):
-            target_view.add_choice(name, label=name)
-        inputs.str("target", default=batch.PREDICTED, view=target_view)
+        if spec.task == "detection":  # a detector explains boxes: the box rule instead of a class
+            box_view = types.AutocompleteView(
+                label="Boxes", allow_user_input=True,
+                description="top, top:<k> (the k best detections, a field each), class:<name>, all (optionally "
+                            "@<score threshold>), or field:<Detections field>[:<class>] (every box of a field, a "
+                            "field per box index); samples without the box are skipped")
+            for rule in ("top", "top:3", "all", *(f"field:{f}" for f in (store.detection_fields(samples)
+                                                                           if count else []))):
+                box_view.add_choice(rule, label=rule)
+            inputs.str("box", default="top", view=box_view)
+        else:
+            target_view = types.AutocompleteView(label="Target", allow_user_input=True,
+                                                 description="'predicted' explains each sample's top class")
+            for name in (batch.PREDICTED, *spec.class_names()):
+                target_view.add_choice(name, label=name)
+            inputs.str("target", default=batch.PREDICTED, view=target_view)
         inputs.bool("eigen_smooth", default=False, label="eigen_smooth",
                     description="First principal component of the weighted activations")
         _measure_views(inputs, ctx.params, store.root_dataset(samples) if count else None, store)
@@ -316,8 +327,11 @@ class ComputeCams(foo.Operator):
             else:
                 updates.put((fraction, label))
 
+        # a detector: one run per box rule (top:<k>, a field's boxes), each resuming on its own fields
+        runs = batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **args), ctx.params.get("box") or None)
+
         def run() -> Any:
-            return batch.run_batch(samples, batch.BatchOptions(chunk=CHUNK, **args), progress=progress, cancel=cancel)
+            return batch.run_batches(samples, runs, progress=progress, cancel=cancel)
 
         if ctx.delegated:
             report = run()
