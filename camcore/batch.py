@@ -55,7 +55,15 @@ from camcore.engine import Explainer, explain_many, iter_heatmaps
 from camcore.errors import CamError, Cancelled, MethodError, StoreError, TargetError, first_line
 from camcore.identity import HeatmapIdentity
 from camcore.images import LoadedImage, load_image
-from camcore.measures import MeasureOptions, ObjectLabel, measure, object_kind, object_label, sample_item
+from camcore.measures import (
+    MeasureOptions,
+    ObjectLabel,
+    batched_faithfulness,
+    measure,
+    object_kind,
+    object_label,
+    sample_item,
+)
 from camcore.methods import get_method
 from camcore.models import LoadedModel, ModelSpec, get_spec, load_model
 from camcore.progress import BatchProgress, Meter
@@ -555,8 +563,9 @@ class BatchRun:
         if self.object_kind:
             item = sample_item(sid, path, self.objects.pop(sid, None), explainer.target.name, options.object_label)
         values: dict[str, object] = {}
-        for job, h in zip(jobs, heatmaps, strict=True):
-            for name, value in measure(explainer, h, item, options).items():
+        faiths = batched_faithfulness(explainer, heatmaps) if options.faithfulness else [None] * len(heatmaps)
+        for job, h, faith in zip(jobs, heatmaps, faiths, strict=True):
+            for name, value in measure(explainer, h, item, options, faith).items():
                 values[self.measuring[job.field][name]] = value
         self.measured[sid] = values
 

@@ -461,6 +461,29 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finding(args: argparse.Namespace) -> int:
+    """Record a finding on a sample, as the explorer and the App's record_finding do: the sample's
+    cam:<tag> tag and a cam_findings entry with a link back to the explorer (/?...)."""
+    from camcore import links, store
+
+    tag = str(args.tag or "").strip()
+    if not tag:
+        raise _usage(args, "--tag must name the finding, e.g. --tag 'background bias'")
+    dataset = store.load_dataset(args.dataset)
+    sample = store.get_sample(dataset, args.sample)
+    meaning = store.heatmap_fields(dataset).get(args.field, {}) if args.field else {}
+    state = links.LinkState(dataset=dataset.name, sample=sample.id, model=str(meaning.get("model") or ""),
+                            layers=(str(meaning["layer"]),) if meaning.get("layer") else (),
+                            methods=(str(meaning["method"]),) if meaning.get("method") else ())
+    url = links.explorer_url(state)
+    store.add_finding(dataset, sample.id, tag, note=args.note or "", heatmap_field=args.field or None, url=url)
+    if args.json:
+        _print_json({"dataset": dataset.name, "sample_id": sample.id, "tag": tag, "url": url})
+    else:
+        _say(f"{tag}: {url}")
+    return 0
+
+
 def _batch_options(args: argparse.Namespace) -> BatchOptions:
     """The batch's options from its arguments (names checked by the batch itself)."""
     from camcore.batch import BatchOptions
@@ -608,6 +631,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="compute heatmaps for a dataset sample and save them to FiftyOne")
     _cam_options(p, push=True)
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("finding", help="record a finding on a dataset sample (a tag, a note, a link back)")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--sample", required=True, help="a sample id or file name")
+    p.add_argument("--tag", required=True, help="the finding, e.g. 'background bias'")
+    p.add_argument("--note", default="", help="what you saw")
+    p.add_argument("--field", help="the heatmap field the finding is about")
+    p.add_argument("--json", action="store_true", help="print the finding as JSON")
+    p.set_defaults(func=cmd_finding)
 
     p = sub.add_parser("batch", help="heatmaps for every sample of a view, resumable, saved to FiftyOne")
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")

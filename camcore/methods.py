@@ -25,6 +25,7 @@ import torch
 from camcore import device_math as dm
 from camcore import perturbation
 from camcore.errors import MethodError
+from camcore.identity import sanitise
 from camcore.results import Target
 
 # (cam_object, activations, grads) -> the B x C x H x W array that is summed over channels
@@ -182,12 +183,17 @@ def _spelling(name: str) -> str:
 
 
 def get_method(key: str) -> MethodSpec:
-    """By registry key, or as people write it: "Grad-CAM", "GradCAM++", "score_cam"."""
+    """By registry key, or as people write it: "Grad-CAM", "GradCAM++", "score_cam", or as a field
+    name writes it ("gradcampp": identity.sanitise of the key), so a name read off a field works."""
     if key in METHODS:
         return METHODS[key]
     wanted = _spelling(key)
     for spec in METHODS.values():
         if wanted and wanted in (_spelling(spec.key), _spelling(spec.label)):
+            return spec
+    token = str(key).strip().lower()
+    for spec in METHODS.values():
+        if token and token == sanitise(spec.key):
             return spec
     raise MethodError(f"Unknown method '{key}'. Available: {', '.join(METHODS)}.")
 

@@ -28,7 +28,7 @@ def main(sel: Selection) -> None:
     st.markdown(f"**Reviewed {pos + 1} of {total:,}** · lowest share on the object first (no object: last) · keys: "
                 + " · ".join(f"`{k}` {what}" for k, what in review.SHORTCUTS))
     b1, b2, b3, b4, b5 = st.columns([1, 1, 2, 3, 1])
-    b1.button("◀ Previous", key=Audit.PREV, shortcut="k", on_click=review.step, args=(-1, total),
+    b1.button("◀ Prev", key=Audit.PREV, shortcut="k", on_click=review.step, args=(-1, total),
               disabled=pos == 0)
     b2.button("Next ▶", key=Audit.NEXT, shortcut="j", on_click=review.step, args=(1, total),
               disabled=pos >= total - 1)

@@ -95,3 +95,22 @@ def test_aggregations_on_a_hundred_thousand_samples(tmp_path):
         assert view.count() == s.counts[0]
     finally:
         ds.delete()
+
+
+def test_measure_fields_are_sortable_and_one_deleted_in_the_app_is_handled(audited):
+    ds, fields = audited
+    assert {fields["share"], fields["conf"]} <= set(views.sortable_fields(ds))  # the sidebar's Sort by
+    ds.delete_sample_field(fields["bg"])  # as the App's field deletion does
+    s = audit.summarise(ds, _run(ds))
+    assert s.with_share == 60 and all(bg == 0 for *_x, bg in s.classes)
+    ds.rename_sample_field(fields["share"], "my_share")  # renamed: no longer a measure of this map
+    assert audit.runs(ds) == []
+
+
+def test_class_names_reach_plotly_as_text_not_markup():
+    from ui.audit import class_change_figure, plain
+
+    hostile = "<a href='http://example.invalid'>cat</a>"
+    assert "<" not in plain(hostile) and plain(hostile).startswith("&lt;a href")
+    fig = class_change_figure([(hostile, 3, 0.1, 2, 1)])
+    assert "<a" not in str(fig.data[0].x[0])

@@ -1,6 +1,7 @@
 """Issue #21, without a browser: links at /? (item 4), one computation one field (item 2)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -118,8 +119,61 @@ def test_the_findings_page_shows_findings_recorded_by_another_process(persistent
     run(at)  # the next visit, same explorer process
     table = at.dataframe[0].value
     assert list(table["note"]) == ["made in the App"] and list(table["tag"]) == ["bias"]
-    _record_in_another_process(persistent_pair.name, sid, "focus", "made by the CLI")
+    proc = subprocess.run([sys.executable, "-m", "camcore", "finding", "--dataset", persistent_pair.name,
+                           "--sample", sid, "--tag", "focus", "--note", "made by the CLI", "--json"],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT,
+                          env=dict(os.environ, CAM_EXPLORER_URL="http://explorer.test:8600"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["url"].startswith("http://explorer.test:8600/?dataset=")  # item 4: /?
     run(at)
     assert sorted(at.dataframe[0].value["note"]) == ["made by the CLI", "made in the App"]
     assert at.multiselect(key="findings_filter").options == ["bias", "focus"]
     assert not [w.value for w in at.warning if "default value" in w.value], [w.value for w in at.warning]
+
+
+# -- item 10: every method's field token is a method name ----------------------------------------
+
+def test_a_methods_field_token_is_accepted_wherever_a_method_is_named(tmp_path, capsys):
+    from camcore import cli, methods
+    from camcore.identity import sanitise
+    from ui import urlstate
+
+    for key in methods.METHODS:  # the token field names use: gradcam++ -> gradcampp
+        assert methods.get_method(sanitise(key)).key == key
+        assert urlstate._method_key(sanitise(key)) == key  # a link's methods=
+    options = batch.BatchOptions(model=MODEL, methods=("gradcampp",), layers=("head",)).checked()
+    assert options.methods == ("gradcam++",)  # the batch, the plugin's compute_cams
+    code = cli.main(["cam", "--image", str(CHELSEA), "--method", "gradcampp", "--layer", "head",
+                     "--out", str(tmp_path / "out"), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "gradcam++" in out.out and "Unknown method" not in out.err
+
+
+def test_a_models_file_checkpoint_is_labelled_by_its_file_in_the_weights_picker(tmp_path, monkeypatch):
+    import timm
+    import torch
+    from app_support import APP, TIMEOUT, run
+    from streamlit.testing.v1 import AppTest
+
+    from camcore import models
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), tmp_path / "ants.pth")
+    toml = tmp_path / "models.toml"
+    toml.write_text('[models.mine]\narch = "timm:test_resnet"\nweights = "ants.pth"\nclasses = ["ant", "bee", "cow"]\n')
+    monkeypatch.setenv("CAM_EXPLORER_MODELS", str(toml))
+    models.reload_model_file()
+    try:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.query_params.update({"model": "mine", "methods": "gradcam"})
+        run(at)
+        picker = at.sidebar.selectbox(key="weights_choice")
+        assert picker.options[0] == "checkpoint ants.pth (models file)", picker.options
+        assert "pretrained (auto)" not in picker.options
+        at.sidebar.selectbox(key="model").set_value(MODEL)  # a built-in: its pretrained weights
+        run(at)
+        assert at.sidebar.selectbox(key="weights_choice").options[0] == "pretrained (auto)"
+    finally:
+        monkeypatch.delenv("CAM_EXPLORER_MODELS")
+        models.reload_model_file()

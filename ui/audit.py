@@ -73,6 +73,12 @@ def summary_of(sel: Selection, run: audit.AuditRun) -> audit.Summary:
 # ---------------------------------------------------------------- figures (pure)
 
 
+def plain(value: object) -> str:
+    """Data (a class name) as Plotly text: Plotly reads <b>, <a href> ... in labels and hover
+    text as markup; entities keep it text."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _layout(fig: go.Figure, x: str, y: str) -> go.Figure:
     fig.update_layout(height=CHART_HEIGHT, margin={"l": 60, "r": 10, "t": 30, "b": 50}, showlegend=False,
                       xaxis_title=x, yaxis_title=y, dragmode="select", clickmode="event+select")
@@ -91,7 +97,7 @@ def histogram_figure(s: audit.Summary, threshold: float | None = None) -> go.Fig
 
 def scatter_figure(s: audit.Summary) -> go.Figure:
     fig = go.Figure(go.Scattergl(x=[p[1] for p in s.points], y=[p[2] for p in s.points], mode="markers",
-                                 customdata=[p[0] for p in s.points], text=[p[3] for p in s.points],
+                                 customdata=[p[0] for p in s.points], text=[plain(p[3]) for p in s.points],
                                  marker={"size": 5, "opacity": 0.6},
                                  hovertemplate="%{text}: confidence %{x:.2f}, share %{y:.2f}<extra></extra>"))
     fig.update_layout(title=f"Confidence against on-object share ({len(s.points):,} samples drawn)")
@@ -216,7 +222,7 @@ def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:
 
 
 def class_change_figure(rows: list[tuple[str, int, float, int, int]]) -> go.Figure:
-    fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[2] for r in rows],
+    fig = go.Figure(go.Bar(x=[plain(r[0]) for r in rows], y=[r[2] for r in rows],
                            marker_color=["#2ca02c" if r[2] > 0 else "#d62728" for r in rows],
                            customdata=[[r[1], r[3], r[4]] for r in rows],
                            hovertemplate="%{x}: %{y:+.3f} (%{customdata[0]} samples, %{customdata[1]} better, "

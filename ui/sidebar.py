@@ -68,6 +68,15 @@ def _weights_choices() -> dict[str, str]:
     return choices
 
 
+def _auto_label(spec: models.ModelSpec) -> str:
+    """What "auto" loads, as the Weights picker says it: a models-file entry's own checkpoint by
+    its file name (never "pretrained", which it may not be); the built-ins' pretrained weights."""
+    source = spec.weights
+    if isinstance(source, weights.CheckpointWeights):
+        return f"checkpoint {source.path.name} (models file)"
+    return WEIGHTS_AUTO
+
+
 def _load_quickstart() -> None:
     try:
         with st.spinner("Downloading the quickstart dataset…", show_time=True):
@@ -410,7 +419,9 @@ def _how_to_look(sb) -> tuple[str, str, int | None]:
     urlstate.apply_weights(choices)
     if st.session_state[Sidebar.WEIGHTS] not in choices:  # a weights file that was removed
         st.session_state[Sidebar.WEIGHTS] = WEIGHTS_AUTO
+    auto = _auto_label(models.MODELS[model_key])
     label = sb.selectbox("Weights", list(choices), key=Sidebar.WEIGHTS,
+                         format_func=lambda c: auto if c == WEIGHTS_AUTO else c,
                          help=f"Pretrained weights come from {weights.weights_dir()}, the torch/timm caches, "
                               "the package, or a download when online.")
     memory[model_key] = label

@@ -157,7 +157,9 @@ def store_summary(dataset: fo.Dataset | fo.DatasetView, run: AuditRun) -> Summar
 def stored_summary(dataset: fo.Dataset, run: AuditRun) -> Summary | None:
     """The whole dataset's summary a batch left, if the dataset still has that many samples."""
     entry = ((dataset.info or {}).get(MARK) or {}).get("audit", {}).get(run.heatmap)
-    if not isinstance(entry, dict) or entry.get("count") != dataset.count():
+    # The collection's own count (O(1), its metadata): a whole-dataset summary is stale once samples
+    # were added or deleted.
+    if not isinstance(entry, dict) or entry.get("count") != dataset._sample_collection.estimated_document_count():
         return None
     try:
         return Summary.from_dict(entry["summary"])
