@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--weights", default="auto", help="auto, untrained, or a file (deeplabv3/deit_tiny: untrained offline)")
     ap.add_argument("--size", type=int, default=None, help="DeepLabV3 input short side (default: the model's)")
+    ap.add_argument("--measures-cost", action="store_true",
+                    help="instead: run_batch without measures vs with measures (share only, then with faithfulness)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
@@ -53,13 +55,49 @@ def main() -> None:
     os.environ["CAM_EXPLORER_HOME"] = str(tmp / "home")
     proc = _private_mongod(tmp)
     try:
-        run(args, tmp)
+        (measures_cost if args.measures_cost else run)(args, tmp)
     finally:
         if proc is not None:
             from mongod_support import stop_mongod
 
             stop_mongod(proc)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measures_cost(args, tmp: Path) -> None:
+    """run_batch on the same N demo samples (with their `objects` boxes): no measures, measures
+    without faithfulness (score/conf/share/bg: the share is a mask sum), then with faithfulness
+    (keep/remove: two forwards per heatmap, and one for the score). Interleaved, best of two.
+    Last line: measures_ratio=<with faithfulness / none> share_only_ratio=<...> n=<N>"""
+    import fiftyone as fo
+
+    from camcore import batch, demo_data
+    from camcore.measures import MeasureOptions
+
+    demo = demo_data.ensure_demo_dataset()
+    docs = list(zip(*demo.values(["filepath", "objects"]), strict=True))
+    variants = {"none": None, "share only": MeasureOptions(object_field="objects", faithfulness=False),
+                "with faithfulness": MeasureOptions(object_field="objects")}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    batch.run_batch(demo.limit(2), batch.BatchOptions(args.model, weights=args.weights, chunk=args.chunk))  # warm-up
+    for round_ in range(2):
+        for name, measures in variants.items():
+            ds = fo.Dataset(f"bench-measures-{round_}-{name.replace(' ', '-')}")
+            ds.add_samples([fo.Sample(filepath=docs[i % len(docs)][0], objects=docs[i % len(docs)][1])
+                            for i in range(args.n)])
+            started = time.perf_counter()
+            report = batch.run_batch(ds, batch.BatchOptions(args.model, weights=args.weights, chunk=args.chunk,
+                                                            input_size=args.size, measures=measures))
+            times[name].append(time.perf_counter() - started)
+            assert report.done == args.n and not report.failed, report.to_dict()
+            ds.delete()
+    best = {k: min(v) for k, v in times.items()}
+    for name, seconds in best.items():
+        print(f"{name:>18}: {seconds:6.2f} s for {args.n} samples ({seconds / args.n * 1000:.0f} ms a sample)")
+    print(f"faithfulness costs {(best['with faithfulness'] - best['share only']) / args.n * 1000:.0f} ms a heatmap; "
+          f"score/conf/share/bg {(best['share only'] - best['none']) / args.n * 1000:.0f} ms")
+    print(f"measures_ratio={best['with faithfulness'] / best['none']:.2f} "
+          f"share_only_ratio={best['share only'] / best['none']:.2f} n={args.n}")
 
 
 def run(args, tmp: Path) -> None:

@@ -48,17 +48,28 @@ from dataclasses import dataclass, field
 import fiftyone as fo
 import torch
 
-from camcore import store
+from camcore import detection, store
 from camcore import targets as targets_mod
 from camcore import weights as weights_mod
 from camcore.engine import Explainer, explain_many, iter_heatmaps
-from camcore.errors import CamError, Cancelled, MethodError, StoreError, first_line
+from camcore.errors import CamError, Cancelled, MethodError, StoreError, TargetError, first_line
 from camcore.identity import HeatmapIdentity
 from camcore.images import LoadedImage, load_image
+from camcore.measures import (
+    MeasureOptions,
+    ObjectLabel,
+    batched_faithfulness,
+    measure,
+    object_kind,
+    object_label,
+    sample_item,
+)
 from camcore.methods import get_method
 from camcore.models import LoadedModel, ModelSpec, get_spec, load_model
 from camcore.progress import BatchProgress, Meter
 from camcore.results import CamResult, Heatmap
+from camcore.store import audit as audit_store
+from camcore.store import measures as measure_store
 from camcore.targets import PREDICTED, TargetRule
 
 LOAD_THREADS = 4
@@ -69,8 +80,9 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writ
 # The label attributes (of HeatmapIdentity.provenance) a resume compares, beside target_request.
 RESUME_KEYS = ("model", "weights", "method", "layer", "eigen_smooth", "weights_sha256", "input_size")
 
-__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "declare_fields",
-           "resume_provenance", "run_batch"]
+__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "box_batches",
+           "declare_fields",
+           "resume_provenance", "run_batch", "run_batches"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,7 @@ class BatchOptions:
     chunk: int = 8  # samples per batched pass and bulk write
     device: str | None = None  # None: CAM_EXPLORER_DEVICE or the GPU
     heatmap_dir: str | None = None  # None: the camcore home's folder
+    measures: MeasureOptions | None = None  # also store each heatmap's measures (camcore.measures)
 
     def __post_init__(self) -> None:
         # Lists and paths are accepted; kept as tuples and strings, so options hash and pickle (Ray).
@@ -116,7 +129,10 @@ class BatchOptions:
                 raise MethodError(f"{reason} (model '{spec.key}')")
             if get_method(m).layer_independent:
                 raise MethodError(f"{m} is not offered in batches yet (it ignores layers)")
-        rule = targets_mod.target_rule(spec.class_names(), self.target_rule)
+        if spec.task == "detection":  # a box rule (camcore.detection.batch_rule)
+            rule = detection.batch_rule(self.target_rule)
+        else:
+            rule = targets_mod.target_rule(spec.class_names(), self.target_rule)
         return dataclasses.replace(self, model=spec.key, methods=methods, layers=layers, target_rule=rule,
                                    chunk=max(1, int(self.chunk)))
 
@@ -175,12 +191,14 @@ class BatchReport:
     seconds: float = 0.0
     cancelled: bool = False
     removed_orphans: int = 0  # PNGs without a field, left by an interrupted run
+    no_box: int = 0  # of the skipped: samples without the box a detector's field is for
 
     def to_dict(self) -> dict:
         return {"done": self.done, "skipped": self.skipped,
                 "failed": [{"sample_id": s, "error": m} for s, m in self.failed],
                 "fields": sorted(self.fields), "seconds": round(self.seconds, 3),
-                "cancelled": self.cancelled, "removed_orphans": self.removed_orphans}
+                "cancelled": self.cancelled, "removed_orphans": self.removed_orphans,
+                **({"no_box": self.no_box} if self.no_box else {})}
 
 
 def resume_provenance(identity: HeatmapIdentity) -> dict:
@@ -255,12 +273,14 @@ def _not_done_filter(jobs: Sequence[_Job]) -> dict:
     return {"$or": ors}
 
 
-def _first_pending(view: fo.Dataset | fo.DatasetView, jobs: Sequence[_Job]):
+def _first_pending(view: fo.Dataset | fo.DatasetView, jobs: Sequence[_Job], more: Sequence[dict] = ()):
     """The _id of the first sample (in _id order) that does not look done, found by the server;
     None when every sample looks done. A run killed half-way resumes there at once instead of
     checking every done sample before its first chunk; the samples before it are checked (their
     files) after the others."""
-    found = view.match(_not_done_filter(jobs)).sort_by("_id", create_index=False).limit(1).values("_id")
+    pending = _not_done_filter(jobs)
+    pending["$or"] += list(more)
+    found = view.match(pending).sort_by("_id", create_index=False).limit(1).values("_id")
     return found[0] if found else None
 
 
@@ -308,6 +328,11 @@ class BatchRun:
     def __init__(self, view: fo.Dataset | fo.DatasetView, options: BatchOptions,
                  progress: BatchProgress | None = None, cancel: threading.Event | None = None) -> None:
         self.started = time.perf_counter()
+        self.measuring: dict[str, dict[str, str]] = {}  # heatmap field -> {measure: field} when measuring
+        self.object_kind = ""  # "detections" | "segmentation" of the measures' object field
+        self.object_names: dict[int, str] = {}  # its mask targets
+        self.objects: dict[str, ObjectLabel | None] = {}  # sample id -> its object label, while in flight
+        self.measured: dict[str, dict[str, object]] = {}  # sample id -> {measure field: value}, not yet written
         self.view = view
         self.options = options.checked()
         self.cancel = cancel
@@ -347,6 +372,9 @@ class BatchRun:
             loader.shutdown(wait=True, cancel_futures=True)
             self.writer.shutdown(wait=True)
             self.journal.close(ok=ok)
+        if self.measuring and self.report.done:  # the Audit page's first draw over all samples reads it
+            for job in self.jobs:
+                audit_store.store_summary(self.dataset, audit_store.AuditRun(job.field, self.measuring[job.field]))
         self.report.seconds = time.perf_counter() - self.started
         self.tell("cancelled" if self.report.cancelled else "finished")
         return self.report
@@ -359,23 +387,52 @@ class BatchRun:
         front: the first chunk starts at once and memory stays flat on any size of view."""
         options = self.options
         store.require_image(self.dataset)
+        self.check_measures()
         self.model = load_model(options.model, options.weights, options.device)
         self.jobs = [_Job.of(identity) for identity in options.identities(self.model)]
         declare_fields(self.dataset, options, self.model)
+        if options.measures is not None:
+            self.measuring = {job.field: measure_store.declare_measure_fields(self.dataset, job.identity)
+                              for job in self.jobs}
         self.report.fields = {job.field for job in self.jobs}  # also when all is skipped: what the run covers
         # What interrupted writers left (never a file a label references or a live writer holds).
         self.report.removed_orphans += store.clean_orphans(self.dataset, options.heatmap_dir)
         self.view_total = self.view.count()  # one server-side count, for progress
         # Where a resumed run starts: the first sample whose label does not look done. Those before
         # it (done by the killed run) are presumed done, and checked (their files) after the others.
-        self.first = _first_pending(self.view, self.jobs)
+        self.first = _first_pending(self.view, self.jobs, self.about_filter())
         self.presumed = (self.view.match({"_id": {"$lt": self.first}}).count() if self.first is not None
                          else self.view_total)
 
+    def check_measures(self) -> None:
+        """The measures' object field, checked before anything is loaded or written."""
+        field = self.options.measures.object_field if self.options.measures is not None else None
+        if not field:
+            return
+        found = self.dataset.get_field(field)
+        if found is None:
+            raise StoreError(f"no field {field!r} in {self.dataset.name!r} to take the objects from")
+        self.object_kind = object_kind(getattr(found, "document_type", None))
+        if self.object_kind == "segmentation":
+            self.object_names = store.datasets.mask_targets(self.dataset, field)
+
+    def about_fields(self) -> list[str]:
+        return [self.measuring[job.field]["about"] for job in self.jobs] if self.measuring else []
+
+    def about_filter(self) -> list[dict]:
+        """Mongo conditions of samples whose measures are missing or made with other settings."""
+        if not self.measuring or self.options.measures is None:
+            return []
+        return [{f: {"$ne": self.options.measures.about}} for f in self.about_fields()]
+
     def rows(self) -> Iterator[tuple[str, str, list]]:
         """The view's samples as (id, path, their stored labels), a page at a time: from the first
-        pending sample on, then those before it (presumed done: their files are checked now)."""
-        fields = [job.field for job in self.jobs]
+        pending sample on, then those before it (presumed done: their files are checked now).
+        When measuring, each row's labels continue with the jobs' ``about`` measures and the
+        object field's label."""
+        fields = [job.field for job in self.jobs] + self.about_fields()
+        if self.object_kind and self.options.measures is not None:
+            fields.append(str(self.options.measures.object_field))
         segments = [] if self.first is None else [({"$gte": self.first}, False)]
         segments.append(({"$lt": self.first} if self.first is not None else None, True))
         for bounds, presumed in segments:
@@ -389,12 +446,18 @@ class BatchRun:
     def chunks(self) -> Iterator[list[tuple[str, str]]]:
         """(sample id, path) of the samples to compute, `chunk` at a time; the others are skipped."""
         items: list[tuple[str, str]] = []
-        for sid, path, labels in self.rows():
-            left = [job for job, doc in zip(self.jobs, labels, strict=True) if not _stored_done(doc, job.provenance)]
+        about = self.options.measures.about if self.options.measures is not None else None
+        n = len(self.jobs)
+        for sid, path, docs in self.rows():
+            labels, abouts = docs[:n], (docs[n:2 * n] if self.measuring else [about] * n)
+            left = [job for job, doc, said in zip(self.jobs, labels, abouts, strict=True)
+                    if not _stored_done(doc, job.provenance) or said != about]
             if not left:
                 self.report.skipped += 1
                 continue
             self.todo[sid] = left
+            if self.object_kind:
+                self.objects[sid] = object_label(self.object_kind, docs[-1], self.object_names)
             self.found_work += len(left)
             items.append((sid, path))
             if len(items) == self.options.chunk:
@@ -429,12 +492,18 @@ class BatchRun:
                 self.fail(sid, path, image, len(self.todo[sid]))
             else:
                 loaded.append((sid, path, image))
+        requests = self.requests(loaded)
+        loaded = [item for item in loaded if requests.get(item[0], "") is not None]
         layers = list(dict.fromkeys(j.layer for sid, _p, _i in loaded for j in self.todo[sid]))
-        explainers = explain_many(self.model, [img for _s, _p, img in loaded], self.options.class_request,
+        explainers = explain_many(self.model, [img for _s, _p, img in loaded],
+                                  [requests.get(sid, self.options.class_request) for sid, _p, _i in loaded],
                                   layers, self.options.input_size, max_batch=self.options.chunk)
         for (sid, path, _img), explainer in zip(loaded, explainers, strict=True):
             if self.cancelled():
                 return
+            if isinstance(explainer, CamError) and detection.is_missing_box(explainer):
+                self.no_box(sid)
+                continue
             if isinstance(explainer, CamError):
                 self.fail(sid, path, explainer, len(self.todo[sid]))
                 continue
@@ -447,6 +516,7 @@ class BatchRun:
                 if isinstance(heatmaps, CamError):
                     raise heatmaps
                 result = explainer.result([job.stamp(h) for job, h in zip(jobs, heatmaps, strict=True)])
+                self.measure_sample(sid, path, explainer, jobs, heatmaps)
             except CamError as exc:
                 self.fail(sid, path, exc, 0)
                 continue
@@ -456,6 +526,48 @@ class BatchRun:
                 self.submit()  # a slow sample: written (and counted) now, not with its chunk
             else:
                 self.poll()
+
+    def requests(self, loaded: list[tuple[str, str, LoadedImage]]) -> dict[str, str | None]:
+        """A detector's field rule (field:<f>:<i>[:<class>]) as each sample's own box rule (None:
+        the sample has no such box, skipped now); empty for every other rule (one request for all)."""
+        rule = str(self.options.target_rule)
+        if not rule.startswith("field:"):
+            return {}
+        field = rule.split(":")[1]
+        out: dict[str, str | None] = {}
+        for sid, path, _img in loaded:
+            try:
+                out[sid] = detection.field_box_rule(rule, store.sample_boxes(self.dataset[sid], field))
+            except CamError as exc:
+                self.fail(sid, path, exc, len(self.todo[sid]))
+                out[sid] = None
+                continue
+            if out[sid] is None:
+                self.no_box(sid)
+        return out
+
+    def no_box(self, sid: str) -> None:
+        """The sample has not the box this run's field is for: skipped (not failed), nothing written."""
+        if sid in self.todo:
+            self.settled += len(self.todo.pop(sid))
+            self.report.skipped += 1
+            self.report.no_box += 1
+
+    def measure_sample(self, sid: str, path: str, explainer: Explainer, jobs: list[_Job],
+                       heatmaps: list[Heatmap]) -> None:
+        """The measures of the sample's heatmaps, kept until its heatmaps are written."""
+        options = self.options.measures
+        if options is None:
+            return
+        item = None
+        if self.object_kind:
+            item = sample_item(sid, path, self.objects.pop(sid, None), explainer.target.name, options.object_label)
+        values: dict[str, object] = {}
+        faiths = batched_faithfulness(explainer, heatmaps) if options.faithfulness else [None] * len(heatmaps)
+        for job, h, faith in zip(jobs, heatmaps, faiths, strict=True):
+            for name, value in measure(explainer, h, item, options, faith).items():
+                values[self.measuring[job.field][name]] = value
+        self.measured[sid] = values
 
     def compute_sample(self, sid: str, path: str, explainer: Explainer) -> list[Heatmap] | CamError | None:
         """The sample's heatmaps, one by one, with progress and cancel; None when cancelled, the
@@ -488,13 +600,15 @@ class BatchRun:
 
     def fail(self, sid: str, path: str, exc: BaseException, work_left: int) -> None:
         self.report.failed.append((sid, first_line(exc)))
+        self.objects.pop(sid, None)
+        self.measured.pop(sid, None)
         self.todo.pop(sid, None)  # settled: only samples in flight stay in memory
         self.settled += work_left  # failed samples count as settled work
         self.tell(f"failed {os.path.basename(path)}")
 
     # -- write: in the background while the next samples compute
 
-    def write(self, groups: list[list[tuple[str, CamResult]]]) -> Written:
+    def write(self, groups: list[list[tuple[str, CamResult]]], measured: dict | None = None) -> Written:
         """Computed results (grouped by their fields): PNGs, then one set_values per field.
         A group that fails validation (say a heatmap whose size disagrees with a sample's metadata)
         is written sample by sample, so only the bad samples fail; database errors abort."""
@@ -517,6 +631,14 @@ class BatchRun:
                     raise
                 except CamError as exc:
                     failures.append((sid, first_line(exc)))
+        if measured:  # after the maps: a crash in between leaves measures missing, and a resume fills them
+            failed = {sid for sid, _ in failures}
+            by_field: dict[str, dict[str, object]] = {}
+            for sid, values in measured.items():
+                if sid not in failed:
+                    for name, value in values.items():
+                        by_field.setdefault(name, {})[sid] = value
+            measure_store.write_measures(self.dataset, by_field)
         return fields, count, failures
 
     def push(self, items: list[tuple[str, CamResult]]) -> list[str]:
@@ -527,7 +649,9 @@ class BatchRun:
         """Write what is buffered (after the write in flight, if any, has finished)."""
         self.settle()
         if self.buffered:
-            self.writing = self.writer.submit(self.write, list(self.buffered.values()))
+            groups = list(self.buffered.values())
+            measured = {sid: self.measured.pop(sid) for items in groups for sid, _ in items if sid in self.measured}
+            self.writing = self.writer.submit(self.write, groups, measured)
             self.buffered = {}
 
     def settle(self) -> None:
@@ -578,3 +702,41 @@ def run_batch(view: fo.Dataset | fo.DatasetView, options: BatchOptions, *, progr
               cancel: threading.Event | None = None) -> BatchReport:
     """Compute and store heatmaps for every sample of a view; see the module docstring."""
     return BatchRun(view, options, progress, cancel).run()
+
+
+def box_batches(view: fo.Dataset | fo.DatasetView, options: BatchOptions, box: str | None) -> list[BatchOptions]:
+    """A detector's batch as one run per box rule (camcore.detection.expand_batch_rule: top:<k>
+    is k fields, field:<f>[:<class>] one field per box index); any other model's: [options].
+    TargetError (one line) for a box rule on a classifier or a segmenter."""
+    spec = options.spec
+    if spec.task != "detection":
+        if box:
+            raise TargetError(f"A box rule is for detection models; {spec.key} is a {spec.task} model: "
+                              "give a target class.")
+        return [options]
+    if box and str(options.target_rule or PREDICTED) != PREDICTED:
+        raise TargetError(f"{spec.key} is a detection model: give its box rule alone, not a target class.")
+    rule = box or (options.target_rule if str(options.target_rule or PREDICTED) != PREDICTED else detection.TOP)
+    rules = detection.expand_batch_rule(rule, lambda f, label: store.most_boxes(view, f, label))
+    return [dataclasses.replace(options, target_rule=r) for r in rules]
+
+
+def run_batches(view: fo.Dataset | fo.DatasetView, runs: Sequence[BatchOptions], *,
+                progress: BatchProgress | None = None, cancel: threading.Event | None = None) -> BatchReport:
+    """run_batch for each options in turn (a detector's box rules), one report: done and skipped
+    count a sample once per run; each run resumes on its own fields."""
+    total = BatchReport()
+    for options in runs:
+        if cancel is not None and cancel.is_set():
+            total.cancelled = True
+            break
+        report = run_batch(view, options, progress=progress, cancel=cancel)
+        total.done += report.done
+        total.skipped += report.skipped
+        total.no_box += report.no_box
+        total.failed += report.failed
+        total.fields |= report.fields
+        total.seconds += report.seconds
+        total.cancelled = total.cancelled or report.cancelled
+        total.removed_orphans += report.removed_orphans
+    return total

@@ -461,9 +461,33 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finding(args: argparse.Namespace) -> int:
+    """Record a finding on a sample, as the explorer and the App's record_finding do: the sample's
+    cam:<tag> tag and a cam_findings entry with a link back to the explorer (/?...)."""
+    from camcore import links, store
+
+    tag = str(args.tag or "").strip()
+    if not tag:
+        raise _usage(args, "--tag must name the finding, e.g. --tag 'background bias'")
+    dataset = store.load_dataset(args.dataset)
+    sample = store.get_sample(dataset, args.sample)
+    meaning = store.heatmap_fields(dataset).get(args.field, {}) if args.field else {}
+    state = links.LinkState(dataset=dataset.name, sample=sample.id, model=str(meaning.get("model") or ""),
+                            layers=(str(meaning["layer"]),) if meaning.get("layer") else (),
+                            methods=(str(meaning["method"]),) if meaning.get("method") else ())
+    url = links.explorer_url(state)
+    store.add_finding(dataset, sample.id, tag, note=args.note or "", heatmap_field=args.field or None, url=url)
+    if args.json:
+        _print_json({"dataset": dataset.name, "sample_id": sample.id, "tag": tag, "url": url})
+    else:
+        _say(f"{tag}: {url}")
+    return 0
+
+
 def _batch_options(args: argparse.Namespace) -> BatchOptions:
     """The batch's options from its arguments (names checked by the batch itself)."""
     from camcore.batch import BatchOptions
+    from camcore.measures import MeasureOptions
 
     if args.chunk < 1:
         raise _usage(args, f"--chunk must be at least 1, got {args.chunk}")
@@ -473,10 +497,19 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
         raise _usage(args, f"--workers must be 0 (this process) or more, got {args.workers}")
     if args.workers and args.device:
         raise _usage(args, "--device is chosen per worker with --workers (a GPU each when the cluster has GPUs)")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise _usage(args, f"--threshold is a share of the heatmap's mass, 0..1, got {args.threshold}")
+    if not args.measures and (args.object_field or args.no_faithfulness or args.object_label):
+        raise _usage(args, "--object-field, --object-label and --no-faithfulness go with --measures")
+    if args.object_label and not args.object_field:
+        raise _usage(args, "--object-label names a label of --object-field: give --object-field too")
+    measures = (MeasureOptions(object_field=args.object_field, threshold=args.threshold,
+                               faithfulness=not args.no_faithfulness, object_label=(args.object_label or "").strip())
+                if args.measures else None)
     return BatchOptions(model=args.model, weights=args.weights, methods=tuple(args.method or ["gradcam"]),
                         layers=tuple(args.layer or ()), target_rule=args.target, eigen_smooth=args.eigen_smooth,
                         input_size=args.input_size, chunk=args.chunk, device=args.device,
-                        heatmap_dir=args.heatmap_dir)
+                        heatmap_dir=args.heatmap_dir, measures=measures)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -490,7 +523,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
                       "nothing to do")
     told = progress.printer(lambda line: _status(args, f"batch {line}"), interval=1.0)
     report: batch.BatchReport
-    if args.workers:
+    runs = batch.box_batches(view, options, args.box)  # a detector: one run per box rule
+    if len(runs) > 1 or args.box:
+        if args.workers:
+            raise _usage(args, "--workers does not take --box yet: run the box rules one at a time")
+        _status(args, "box rules: " + ", ".join(str(r.target_rule) for r in runs))
+        report = batch.run_batches(view, runs, progress=told)
+    elif args.workers:
         from camcore import distributed
 
         report = distributed.run_batch_distributed(view, options, args.workers, args.ray_address, progress=told)
@@ -501,7 +540,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"dataset": dataset.name, **report.to_dict()})
     else:
-        _say(f"{report.done} done, {report.skipped} skipped, {len(report.failed)} failed "
+        no_box = f" ({report.no_box} without the box)" if report.no_box else ""
+        _say(f"{report.done} done, {report.skipped} skipped{no_box}, {len(report.failed)} failed "
              f"in {report.seconds:.1f} s")
         for name in sorted(report.fields):
             _say(name)
@@ -592,6 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
     _cam_options(p, push=True)
     p.set_defaults(func=cmd_push)
 
+    p = sub.add_parser("finding", help="record a finding on a dataset sample (a tag, a note, a link back)")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--sample", required=True, help="a sample id or file name")
+    p.add_argument("--tag", required=True, help="the finding, e.g. 'background bias'")
+    p.add_argument("--note", default="", help="what you saw")
+    p.add_argument("--field", help="the heatmap field the finding is about")
+    p.add_argument("--json", action="store_true", help="print the finding as JSON")
+    p.set_defaults(func=cmd_finding)
+
     p = sub.add_parser("batch", help="heatmaps for every sample of a view, resumable, saved to FiftyOne")
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     p.add_argument("--tag", action="append", help="only samples with this tag, repeatable (any of them)")
@@ -601,12 +650,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", action="append", help="layer name, repeatable (default: the model's default)")
     p.add_argument("--target", default="predicted",
                    help="predicted (default: each sample's top class, one field) or a class name")
+    p.add_argument("--box", help="detection models: top (default), top:<k> (the k best detections, a field each), "
+                   "det:<i>, class:<name>, all, optionally @<score threshold>; field:<name>[:<class>] (every box "
+                   "of a Detections field, a field per box index); samples without the box are skipped")
     p.add_argument("--weights", default="auto", help="auto | untrained | PATH (default auto)")
     p.add_argument("--eigen-smooth", action="store_true", help="first principal component smoothing")
     p.add_argument("--input-size", type=int, help="short side of the model input (segmentation models)")
     p.add_argument("--chunk", type=int, default=8, help="samples per batched pass and bulk write (default 8)")
     p.add_argument("--device", help="torch device (default: CAM_EXPLORER_DEVICE or the GPU)")
     p.add_argument("--heatmap-dir", help="where the 16-bit PNGs go (default: the camcore home)")
+    p.add_argument("--measures", action="store_true",
+                   help="also store each heatmap's measures as fields (score, conf, share on the object, "
+                        "keep/remove faithfulness, bg flag): the Audit page reads them")
+    p.add_argument("--object-field", help="with --measures: a Segmentation or Detections field holding the objects "
+                   "(default: a segmentation model's own predicted mask; none for classifiers)")
+    p.add_argument("--object-label", help="with --object-field: the objects' label (default: the label that names "
+                   "the explained class); '*' every object of the field (an untrained model, another taxonomy)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="with --measures: background-dominated below this share on the object (default 0.5)")
+    p.add_argument("--no-faithfulness", action="store_true",
+                   help="with --measures: skip the faithfulness scores (3 forwards per heatmap)")
     p.add_argument("--workers", type=int, default=0,
                    help="Ray workers sharing the work (default 0: this process alone)")
     p.add_argument("--ray-address", help="with --workers: a running Ray cluster ('auto' or ray://HOST:10001); "

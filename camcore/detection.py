@@ -277,3 +277,106 @@ def reshape_for(module: torch.nn.Module, input_hw: tuple[int, int]) -> Callable[
         return tensor[..., : max(1, round(h * fh)), : max(1, round(w * fw))]
 
     return reshape
+
+
+def renormalise_in_boxes(heatmap, boxes: Sequence[Sequence[float]]):
+    """The map min-max scaled inside each box and zero outside (pytorch-grad-cam's
+    renormalize_cam_in_bounding_boxes): each explained box shows its own peak. Boxes in the map's
+    pixels (x1, y1, x2, y2), clipped to the map; a map without boxes inside it is returned as it is."""
+    import numpy as np
+
+    m = np.asarray(heatmap, dtype=np.float32)
+    out = np.zeros_like(m)
+    height, width = m.shape[:2]
+    inside = False
+    for box in boxes:
+        x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
+        x2, y2 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
+        if x2 <= x1 or y2 <= y1:
+            continue
+        inside = True
+        part = m[y1:y2, x1:x2]
+        lo, hi = float(part.min()), float(part.max())
+        scaled = (part - lo) / (hi - lo) if hi > lo else np.zeros_like(part)
+        out[y1:y2, x1:x2] = np.maximum(out[y1:y2, x1:x2], scaled)
+    return out if inside else m
+
+
+# ---------------------------------------------------------------- box rules of a batch
+# A batch writes one field per (method, layer, box rule); a user's rule may stand for several:
+#   top:<k>[@t]           the model's k best detections above t: det:0@t ... det:<k-1>@t
+#   field:<f>[:<class>]   every box of the sample's Detections field f (optionally one class):
+#                         field:<f>:0[:<class>] ... up to the most boxes a sample of the view has
+# A sample without the box a field is for (fewer detections, fewer boxes) is skipped, not failed.
+
+
+def _field_rule(body: str) -> tuple[str, int | None, str]:
+    """(field, index or None, class) of 'field:<f>[:<i>][:<class>]'."""
+    parts = [p.strip() for p in body.split(":")[1:]]
+    if not parts or not parts[0]:
+        raise TargetError(f"Box rule '{body}': write field:<Detections field>[:<class>].")
+    field, rest = parts[0], parts[1:]
+    index = int(rest.pop(0)) if rest and rest[0].isdigit() else None
+    label = ":".join(rest)
+    return field, index, label
+
+
+def batch_rule(text: object) -> str:
+    """The one box rule a batch field is made for, normalised (TargetError for anything else):
+    top, det:<i>, class:<name>, all (with @<threshold>) or field:<f>:<i>[:<class>]."""
+    raw = str(text or "").strip()
+    if raw.lower() in ("", "predicted"):
+        return TOP
+    if raw.startswith("field:"):
+        field, index, label = _field_rule(raw.partition("@")[0])
+        if index is None:
+            raise TargetError(f"Box rule '{raw}' stands for several boxes: expand it first (expand_batch_rule).")
+        return f"field:{field}:{index}" + (f":{label}" if label else "")
+    if raw.startswith("top:"):
+        raise TargetError(f"Box rule '{raw}' stands for several boxes: expand it first (expand_batch_rule).")
+    rule = parse_rule(raw)
+    if rule.kind == "box":
+        raise TargetError("A batch explains the model's boxes (top, top:<k>, det:<i>, class:<name>, all) or a "
+                          "field's (field:<name>[:<class>]), not one fixed box.")
+    return rule.text
+
+
+def expand_batch_rule(text: object, most_boxes: Callable[[str, str], int]) -> list[str]:
+    """A user's batch box rule as the rules of its fields. most_boxes(field, class): the most boxes
+    (of that class, "" for any) one sample of the view holds in that field."""
+    raw = str(text or "").strip()
+    body, _, thr = raw.partition("@")
+    if body.startswith("top:"):
+        k = body[4:].strip()
+        if not k.isdigit() or not 1 <= int(k) <= 100:
+            raise TargetError(f"Box rule '{raw}': top:<k> takes k from 1 to 100.")
+        return [batch_rule(f"det:{i}" + (f"@{thr}" if thr else "")) for i in range(int(k))]
+    if body.startswith("field:"):
+        field, index, label = _field_rule(body)
+        if index is not None:
+            return [batch_rule(body)]
+        count = most_boxes(field, label)
+        if count == 0:
+            what = f"'{label}' boxes" if label else "boxes"
+            raise TargetError(f"No sample of the view has {what} in the field '{field}': nothing to explain.")
+        return [f"field:{field}:{i}" + (f":{label}" if label else "") for i in range(count)]
+    return [batch_rule(raw)]
+
+
+def field_box_rule(rule: str, boxes: Sequence[tuple[str, str, str, Sequence[float]]]) -> str | None:
+    """A 'field:<f>:<i>[:<class>]' rule for one sample, given its boxes (field, detection id,
+    label, relative [x, y, w, h]): the engine's box rule, or None when it has no such box."""
+    field, index, label = _field_rule(rule)
+    mine = [b for b in boxes if b[0] == field and (not label or b[2] == label)]
+    if index is None or index >= len(mine):
+        return None
+    _f, det_id, name, (x, y, w, h) = mine[index]
+    return f"box:{name}:{x:.6g},{y:.6g},{w:.6g},{h:.6g}:{field}/{det_id}"
+
+
+def is_missing_box(exc: BaseException) -> bool:
+    """Whether a batch's error means 'this sample has no such box' (skipped, not failed)."""
+    text = str(exc)
+    return isinstance(exc, TargetError) and (text.startswith("No detection at score")
+                                             or text.startswith("Detection ") and "does not exist" in text
+                                             or "detection at score" in text and text.startswith("No '"))

@@ -31,6 +31,12 @@ MAX_FIELD_LEN = 64
 _TARGET_CHARS = 20
 _MODEL_CHARS = 20
 _TAG_CHARS = 12
+# The measures stored beside a heatmap (camcore.measures): name -> value type. Their fields are
+# ``camm_<measure>_<the heatmap field's name without cam_>``: a heatmap field always starts with
+# ``cam_``, so a measure field never collides with one (and no "__": mongoengine reads it as an operator).
+MEASURES: dict[str, type] = {"score": float, "conf": float, "share": float, "keep": float, "remove": float,
+                             "bg": bool, "about": str}
+MEASURE_PREFIX = "camm_"
 
 
 def _digest(text: str, n: int) -> str:
@@ -52,6 +58,14 @@ def sanitise(part: str, limit: int | None = None) -> str:
 def _first_name(target: str) -> str:
     # ImageNet names list synonyms ("tabby, tabby cat"): the first one says it.
     return str(target).split(",")[0].strip() or str(target)
+
+
+def measure_of(field: str) -> tuple[str, str] | None:
+    """(measure, heatmap field) of a measure field's name; None for any other name."""
+    if not field.startswith(MEASURE_PREFIX):
+        return None
+    measure, _, rest = field[len(MEASURE_PREFIX):].partition("_")
+    return (measure, FIELD_PREFIX + rest) if measure in MEASURES and rest else None
 
 
 class _Loaded(Protocol):
@@ -126,6 +140,17 @@ class HeatmapIdentity:
             whole = "|".join((self.model, self.method, self.layer, self.target, self.variant))
             name = name[: MAX_FIELD_LEN - 7].rstrip("_") + "_" + _digest(whole, 6)
         return name
+
+    def measure_field(self, measure: str) -> str:
+        """The field of one measure (see MEASURES) of this heatmap: built from the same name, so a
+        map and its measures never disagree about which map they describe."""
+        if measure not in MEASURES:
+            raise ValueError(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
+        return f"{MEASURE_PREFIX}{measure}_{self.field_name[len(FIELD_PREFIX):]}"
+
+    def measure_fields(self) -> dict[str, str]:
+        """measure -> its field, for every measure."""
+        return {m: self.measure_field(m) for m in MEASURES}
 
     @property
     def meaning(self) -> dict[str, str]:

@@ -1,8 +1,13 @@
 """The explorer's URL is its state: one format, written by the app, the Findings page and the
 FiftyOne plugin, read back by the app on a fresh session.
 
-    /explore?dataset=NAME&view=SAVED_VIEW&sample=ID&model=KEY&weights=W&layers=a,b&methods=x,y&target=CLASS
+    /?dataset=NAME&view=SAVED_VIEW&sample=ID&model=KEY&weights=W&layers=a,b&methods=x,y&target=CLASS
+    &box=RULE   (a detection model's box: top, det:<i>, class:<name>, all or id:<detection id>,
+                 optionally @<score threshold>; see camcore.detection)
 
+Explore is the default page, served at ``/``: its links are ``/?...``; the other pages' are
+``/compare?...``, ``/batch?...``, ``/findings?...``. Links stored by older versions name Explore
+``/explore?...``: the app still opens them (ui/router.py) and :func:`parse_url` reads them.
 Every value is optional; unknown ones are reported by the reader, never raised.
 """
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Any
 DEFAULT_BASE_URL = "http://localhost:8501"
 BASE_URL_ENV = "CAM_EXPLORER_URL"  # where the explorer is served, for links made outside it
 LIST_KEYS = ("layers", "methods")
-SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target")
-PAGES = ("explore", "compare", "batch", "findings")
+SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target", "box", "narrow", "run", "reviewed")
+PAGES = ("explore", "compare", "batch", "findings", "audit", "review", "runs")
+DEFAULT_PAGE = PAGES[0]  # served at the app's root: its links are /?...
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,12 @@ class LinkState:
     model: str = ""
     weights: str = ""
     target: str = ""
+    box: str = ""  # a detector's box rule
     layers: tuple[str, ...] = field(default_factory=tuple)
     methods: tuple[str, ...] = field(default_factory=tuple)
+    narrow: str = ""  # the Audit page's narrowing of the view (camcore.store.audit)
+    run: str = ""  # the heatmap field audited or reviewed
+    reviewed: str = ""  # the review queue's position, 1-based ("37": the 37th of the narrowed view)
 
     def params(self) -> dict[str, str]:
         """Query parameters, in a stable order, without the empty ones."""
@@ -54,7 +64,8 @@ def explorer_url(state: LinkState, page: str = "explore", base: str | None = Non
     if page not in PAGES:
         raise ValueError(f"unknown page {page!r}; one of {', '.join(PAGES)}")
     query = urllib.parse.urlencode(state.params(), quote_via=urllib.parse.quote)
-    return f"{(base or base_url()).rstrip('/')}/{page}" + (f"?{query}" if query else "")
+    path = "" if page == DEFAULT_PAGE else page
+    return f"{(base or base_url()).rstrip('/')}/{path}" + (f"?{query}" if query else "")
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -77,7 +88,7 @@ def parse(params: Mapping[str, str | Sequence[str]]) -> LinkState:
 
 
 def parse_url(url: str) -> tuple[str, LinkState]:
-    """(page, state) of an explorer URL."""
+    """(page, state) of an explorer URL: ``/?...`` and an old ``/explore?...`` are both Explore."""
     parts = urllib.parse.urlsplit(url)
-    page = parts.path.rstrip("/").rsplit("/", 1)[-1] or "explore"
+    page = parts.path.rstrip("/").rsplit("/", 1)[-1] or DEFAULT_PAGE
     return page, parse(urllib.parse.parse_qs(parts.query))

@@ -25,6 +25,7 @@ import torch
 from camcore import device_math as dm
 from camcore import perturbation
 from camcore.errors import MethodError
+from camcore.identity import sanitise
 from camcore.results import Target
 
 # (cam_object, activations, grads) -> the B x C x H x W array that is summed over channels
@@ -160,15 +161,13 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 
-# Methods whose math fits a detector's box target (one pass: gradients and activations of the
-# hooked layers, FPN levels fused). Score-CAM and Ablation-CAM (pytorch-grad-cam's
-# AblationLayerFasterRCNN) need per-channel passes through the FPN's dict, not built yet.
+# Methods whose math fits a detector's box target: the one pass (gradients and activations of the
+# hooked layers, FPN levels fused), and the per-channel forwards of the two below.
 DETECTION_OK = ("gradcam", "gradcam++", "xgradcam", "eigencam", "eigengradcam", "layercam", "hirescam",
-                "gradcamelementwise", "randomcam")
-_NOT_FOR_DETECTION = {
-    "scorecam": "Score-CAM on a detector needs one pass per FPN channel: not built yet.",
-    "ablationcam": "Ablation-CAM on a detector (AblationLayerFasterRCNN) is not built yet.",
-}
+                "gradcamelementwise", "randomcam", "scorecam", "ablationcam")
+# Score-CAM masks the image by each channel (of the FPN's levels fused: 5 x 256 on Faster R-CNN);
+# Ablation-CAM ablates each channel of a level as pytorch-grad-cam's AblationLayerFasterRCNN.
+_NOT_FOR_DETECTION: dict[str, str] = {}
 for _key in DETECTION_OK:
     _spec = METHODS[_key]
     METHODS[_key] = dataclasses.replace(_spec, tasks=(*_spec.tasks, "detection"))
@@ -184,12 +183,17 @@ def _spelling(name: str) -> str:
 
 
 def get_method(key: str) -> MethodSpec:
-    """By registry key, or as people write it: "Grad-CAM", "GradCAM++", "score_cam"."""
+    """By registry key, or as people write it: "Grad-CAM", "GradCAM++", "score_cam", or as a field
+    name writes it ("gradcampp": identity.sanitise of the key), so a name read off a field works."""
     if key in METHODS:
         return METHODS[key]
     wanted = _spelling(key)
     for spec in METHODS.values():
         if wanted and wanted in (_spelling(spec.key), _spelling(spec.label)):
+            return spec
+    token = str(key).strip().lower()
+    for spec in METHODS.values():
+        if token and token == sanitise(spec.key):
             return spec
     raise MethodError(f"Unknown method '{key}'. Available: {', '.join(METHODS)}.")
 

@@ -36,14 +36,15 @@ import torch
 from camcore import paths
 from camcore import weights as weights_mod
 from camcore.errors import CamError, first_line
-from camcore.models import LayerSpec, ModelSpec, SegmentationOutput
+from camcore.models import DETECTOR_LAYOUTS, LayerSpec, ModelSpec, SegmentationOutput, detector_layers
 from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 ENV = "CAM_EXPLORER_MODELS"
 FILE_NAME = "models.toml"
 SETTINGS = ("arch", "weights", "classes", "label", "task", "input_size", "mean", "std", "layers",
             "default_layer", "description")
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
+BACKGROUND = "__background__"  # a torchvision detector's class 0
 
 
 class EntryError(CamError):
@@ -140,11 +141,16 @@ def _parse_arch(value: Any) -> _Arch:
 
         if name in list_models(module=tvm.segmentation):
             return _Arch("torchvision", name, "segmentation")
+        if name in list_models(module=tvm.detection):
+            if name.startswith(("maskrcnn", "keypointrcnn")):
+                raise EntryError(f"architecture '{value}' is a mask or keypoint model: only box detectors "
+                                 "(Faster R-CNN, RetinaNet, FCOS, SSD) are supported")
+            return _Arch("torchvision", name, "detection")
         if name in list_models(module=tvm):
             return _Arch("torchvision", name, "classification")
         if name in list_models():
-            raise EntryError(f"architecture '{value}' is a detection, video or optical-flow model: only "
-                             "classification and segmentation models are supported")
+            raise EntryError(f"architecture '{value}' is a video or optical-flow model: only "
+                             "classification, segmentation and detection models are supported")
         close = difflib.get_close_matches(name, list_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise EntryError(f"unknown architecture '{value}': torchvision has no builder '{name}'{hint}")
@@ -261,7 +267,13 @@ def _class_count_problem(arch: _Arch, num_classes: int, img_size: int | None, mo
         axes = [i for i, (a, b) in enumerate(zip(ours.shape, theirs_alt.shape, strict=False)) if a != b]
         shape = list(state[key].shape)
         if axes and len(shape) == len(ours.shape) and shape[axes[0]] != ours.shape[axes[0]]:
-            return f"checkpoint has {shape[axes[0]]} classes, the entry names {num_classes}"
+            # a head may hold k values per class (a detector's 4 box deltas, SSD's anchors)
+            per = abs(theirs_alt.shape[axes[0]] - ours.shape[axes[0]]) or 1
+            found = shape[axes[0]] // per if shape[axes[0]] % per == 0 else shape[axes[0]]
+            if arch.task == "detection":
+                return (f"checkpoint's head has {found - 1} classes + background, the entry names "
+                        f"{num_classes - 1} (+ background)")
+            return f"checkpoint has {found} classes, the entry names {num_classes}"
     return None
 
 
@@ -278,6 +290,8 @@ def _auto_layers(arch: _Arch, raw: torch.nn.Module) -> tuple[list[str], str | No
             return modules, modules[-1]
         raise EntryError(f"timm does not list the stages of {arch.text} (no feature_info): "
                          "list module paths under layers = [...]")
+    if arch.task == "detection":
+        raise EntryError(f"no layers known for {arch.text}: list module paths under layers = [...]")
     if arch.task == "segmentation":
         backbone: Any = raw.backbone
         children = list(backbone.named_children())
@@ -305,6 +319,12 @@ def _auto_layers(arch: _Arch, raw: torch.nn.Module) -> tuple[list[str], str | No
 
 def _layers(arch: _Arch, raw: torch.nn.Module, value: Any, default: Any) -> tuple[tuple[LayerSpec, ...], str]:
     prefix = "model." if arch.task == "segmentation" else ""  # ours wraps theirs (SegmentationOutput)
+    if value is None and arch.task == "detection" and arch.name in DETECTOR_LAYOUTS:
+        known = detector_layers(arch.name)  # backbone stages, the FPN fused ("fpn") and its levels
+        names = [layer.name for layer in known]
+        if default is not None and (not isinstance(default, str) or default.strip() not in names):
+            raise EntryError(f"default_layer {default!r} is not one of its layers ({', '.join(names)})")
+        return known, (default.strip() if isinstance(default, str) else "fpn")
     if value is None:
         names, auto_default = _auto_layers(arch, raw)
     else:
@@ -331,6 +351,13 @@ def _layers(arch: _Arch, raw: torch.nn.Module, value: Any, default: Any) -> tupl
 def _preprocess(arch: _Arch, raw: torch.nn.Module, size: int | None, mean, std) -> Preprocess:
     """timm's pretrained config, or torchvision's documented transforms, unless overridden."""
     own_size, own_mean, own_std = 224, IMAGENET_MEAN, IMAGENET_STD
+    if arch.task == "detection":
+        if mean or std:
+            raise EntryError(f"{arch.text} normalises inside (its model.transform): remove mean and std")
+        # the detector resizes inside too: its own shorter side unless input_size says otherwise
+        transform: Any = raw.transform
+        own_size = int(transform.min_size[0])
+        return Preprocess("short_side", int(size or own_size), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     if arch.library == "timm":
         cfg = getattr(raw, "pretrained_cfg", None) or {}
         if cfg.get("input_size"):
@@ -384,6 +411,8 @@ def entry_spec(key: str, entry: Any, folder: Path, source: str, reserved: tuple[
         raise EntryError(f"input_size must be a whole number of pixels between 16 and 4096, not {size!r}")
     mean, std = _triple(entry.get("mean"), "mean"), _triple(entry.get("std"), "std")
     classes, classes_where = _classes(folder, entry.get("classes"))
+    if arch.task == "detection" and classes[0].lower() not in (BACKGROUND, "background"):
+        classes = (BACKGROUND, *classes)  # torchvision counts the background as class 0
     if "weights" not in entry:
         raise EntryError("no weights: give weights = \"<checkpoint file>\" (.pth/.pt/.safetensors)")
     checkpoint = _file(folder, entry.get("weights"), "weights")

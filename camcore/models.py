@@ -198,39 +198,54 @@ def _fpn_layers(stages: tuple[tuple[str, str], ...], levels: tuple[str, ...]) ->
             + tuple(LayerSpec(f"fpn_{k}", "backbone", key=k) for k in levels))
 
 
-def _detector(key: str, label: str, builder: str, enum: str, stages: tuple[tuple[str, str], ...],
-              levels: tuple[str, ...], size: int, note: str) -> ModelSpec:
+_RESNET_STAGES = tuple((f"layer{i}", f"backbone.body.layer{i}") for i in range(1, 5))
+_MOBILENET_STAGES = tuple((f"stage{i}", f"backbone.body.{i}") for i in (3, 6, 12, 16))
+_RCNN_LEVELS, _RETINA_LEVELS = ("0", "1", "2", "3", "pool"), ("0", "1", "2", "p6", "p7")
+# torchvision detection builder -> (backbone stages (name, module path), the FPN's level keys).
+# The built-in models and the models file's detection entries both read it.
+DETECTOR_LAYOUTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    "fasterrcnn_resnet50_fpn": (_RESNET_STAGES, _RCNN_LEVELS),
+    "fasterrcnn_resnet50_fpn_v2": (_RESNET_STAGES, _RCNN_LEVELS),
+    "fasterrcnn_mobilenet_v3_large_fpn": (_MOBILENET_STAGES, ("0", "1", "pool")),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": (_MOBILENET_STAGES, ("0", "1", "pool")),
+    "retinanet_resnet50_fpn": (_RESNET_STAGES[1:], _RETINA_LEVELS),
+    "retinanet_resnet50_fpn_v2": (_RESNET_STAGES[1:], _RETINA_LEVELS),
+    "fcos_resnet50_fpn": (_RESNET_STAGES[1:], _RETINA_LEVELS),
+    "ssdlite320_mobilenet_v3_large": ((("features0", "backbone.features.0"), ("features1", "backbone.features.1")),
+                                      ("0", "1", "2", "3", "4", "5")),
+}
+
+
+def detector_layers(builder: str) -> tuple[LayerSpec, ...]:
+    """The layers of a torchvision detection builder (DETECTOR_LAYOUTS); KeyError for others."""
+    return _fpn_layers(*DETECTOR_LAYOUTS[builder])
+
+
+def _detector(key: str, label: str, enum: str, size: int, note: str) -> ModelSpec:
     from camcore import detection
 
     return ModelSpec(
-        key=key, label=label, task="detection", family="cnn", build=detection.builder(builder),
+        key=key, label=label, task="detection", family="cnn", build=detection.builder(key),
         weights=weights_mod.TorchvisionWeights(enum, "COCO_V1", local_name=key),
         # torchvision's detectors normalise and resize inside (model.transform): they take 0..1 pixels
         preprocess=Preprocess("short_side", size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
         class_names=detection.coco_class_names,
-        layers=_fpn_layers(stages, levels), default_layer="fpn",
-        description=f"torchvision {builder}, {enum}.COCO_V1 (COCO, 91 labels). {note}".strip(),
-        arch=f"torchvision:{builder}",
+        layers=detector_layers(key), default_layer="fpn",
+        description=f"torchvision {key}, {enum}.COCO_V1 (COCO, 91 labels). {note}".strip(),
+        arch=f"torchvision:{key}",
         classes_file=f"torchvision {enum}.COCO_V1 categories",
     )
 
 
-_RESNET_STAGES = tuple((f"layer{i}", f"backbone.body.layer{i}") for i in range(1, 5))
-_MOBILENET_STAGES = tuple((f"stage{i}", f"backbone.body.{i}") for i in (3, 6, 12, 16))
 DETECTION_MODELS: tuple[ModelSpec, ...] = (
-    _detector("fasterrcnn_resnet50_fpn_v2", "Faster R-CNN ResNet-50 FPN v2", "fasterrcnn_resnet50_fpn_v2",
-              "FasterRCNN_ResNet50_FPN_V2_Weights", _RESNET_STAGES, ("0", "1", "2", "3", "pool"), 800, ""),
+    _detector("fasterrcnn_resnet50_fpn_v2", "Faster R-CNN ResNet-50 FPN v2", "FasterRCNN_ResNet50_FPN_V2_Weights",
+              800, ""),
     _detector("fasterrcnn_mobilenet_v3_large_fpn", "Faster R-CNN MobileNetV3-Large FPN",
-              "fasterrcnn_mobilenet_v3_large_fpn", "FasterRCNN_MobileNet_V3_Large_FPN_Weights",
-              _MOBILENET_STAGES, ("0", "1", "pool"), 800, ""),
-    _detector("retinanet_resnet50_fpn_v2", "RetinaNet ResNet-50 FPN v2", "retinanet_resnet50_fpn_v2",
-              "RetinaNet_ResNet50_FPN_V2_Weights", _RESNET_STAGES[1:], ("0", "1", "2", "p6", "p7"), 800, ""),
-    _detector("fcos_resnet50_fpn", "FCOS ResNet-50 FPN", "fcos_resnet50_fpn", "FCOS_ResNet50_FPN_Weights",
-              _RESNET_STAGES[1:], ("0", "1", "2", "p6", "p7"), 800, ""),
-    _detector("ssdlite320_mobilenet_v3_large", "SSDlite320 MobileNetV3-Large", "ssdlite320_mobilenet_v3_large",
-              "SSDLite320_MobileNet_V3_Large_Weights", (("features0", "backbone.features.0"),
-                                                         ("features1", "backbone.features.1")),
-              ("0", "1", "2", "3", "4", "5"), 320, "Its backbone's six feature maps stand for the FPN."),
+              "FasterRCNN_MobileNet_V3_Large_FPN_Weights", 800, ""),
+    _detector("retinanet_resnet50_fpn_v2", "RetinaNet ResNet-50 FPN v2", "RetinaNet_ResNet50_FPN_V2_Weights", 800, ""),
+    _detector("fcos_resnet50_fpn", "FCOS ResNet-50 FPN", "FCOS_ResNet50_FPN_Weights", 800, ""),
+    _detector("ssdlite320_mobilenet_v3_large", "SSDlite320 MobileNetV3-Large", "SSDLite320_MobileNet_V3_Large_Weights",
+              320, "Its backbone's six feature maps stand for the FPN."),
 )
 BUILTIN_MODELS.update({spec.key: spec for spec in DETECTION_MODELS})
 

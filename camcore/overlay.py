@@ -185,3 +185,28 @@ def colorbar_figure(raw: np.ndarray, colormap: str = DEFAULT_COLORMAP, title: st
     if title:
         ax.set_title(title, fontsize=8)
     return fig
+
+
+BOX_COLOR = (200, 200, 200)  # every detection: light grey
+EXPLAINED_COLOR = (255, 230, 0)  # the explained box(es): yellow, thicker
+
+
+def draw_boxes(rgb: np.ndarray, boxes: list[tuple[tuple[float, float, float, float], str, bool]]) -> np.ndarray:
+    """The image with boxes drawn: (x1, y1, x2, y2 in the image's pixels, caption, explained).
+    Explained boxes are thick and yellow, drawn last (on top); the caption (label and score) sits
+    on a dark strip above the box, so it reads on any image. Drawn into pixels: never markup."""
+    out = np.ascontiguousarray(_check_rgb(rgb).copy())
+    height, width = out.shape[:2]
+    thick = max(1, round(min(height, width) / 250))
+    scale = max(0.35, min(height, width) / 900)
+    for box, caption, explained in sorted(boxes, key=lambda b: b[2]):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        color = EXPLAINED_COLOR if explained else BOX_COLOR
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick * (3 if explained else 1))
+        if caption:
+            (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(height - 1, y1 + th + base + 2)
+            cv2.rectangle(out, (x1, ty - th - base), (min(width - 1, x1 + tw + 2), ty + 1), (0, 0, 0), -1)
+            cv2.putText(out, caption, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1,
+                        cv2.LINE_AA)
+    return out

@@ -36,14 +36,16 @@ def main(sel: Selection) -> None:
     if named != batch.PREDICTED:
         target_rule = c3.selectbox("Class", list(spec.class_names()), key=Batch.target_class(spec.key))
     eigen_smooth = c3.toggle("eigen_smooth", key=Batch.EIGEN)
+    measures = batch_runs.measure_controls(sel.dataset)
     if not chosen_methods or not chosen_layers:
         st.info("Choose at least one method and one layer.")
         return
     options = batch.BatchOptions(model=spec.key, weights=sel.weights, methods=tuple(chosen_methods),
                                  layers=tuple(chosen_layers), target_rule=target_rule, eigen_smooth=eigen_smooth,
-                                 input_size=sel.input_size).checked()
+                                 input_size=sel.input_size, measures=measures).checked()
     fields = options.field_names()
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
+               (" with their measures (`camm_<measure>_…`)" if measures else "") +
                ". Samples already done with the same settings are skipped. Runs in this app's process; "
                "for several workers or machines use `python -m camcore batch --workers N` (Ray, see README).")
 

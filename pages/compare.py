@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from camcore import methods, metrics, overlay
-from ui import compare, compute, page, text, urlstate, widgets
+from ui import boxes, compare, compute, page, text, urlstate, widgets
 from ui.sidebar import Selection
 from ui.state import Compare
 
@@ -27,6 +27,7 @@ def main(sel: Selection) -> None:
     img, image_key = shown
 
     offered = [m.key for m in methods.methods_for(spec.task, spec.family)]
+    detector = spec.task == "detection"
     c1, c2, c3 = st.columns([3, 3, 2])
     layer_names = [s.name for s in spec.layers]
     linked_target = urlstate.apply_page(spec, layer_names, offered, Compare.layers(spec.key), Compare.METHODS)
@@ -44,10 +45,16 @@ def main(sel: Selection) -> None:
         st.info("Choose at least one layer and one method.")
         return
     with st.spinner("Running the model once for the whole grid…", show_time=True):
-        base = compute.explainer(loaded, image_key, img, None, False, sel.input_size)
-    target = widgets.target_picker(c1, base.prediction, base.class_names, key=Compare.TARGET,
-                                   requested=st.session_state.pop(Compare.TARGET_REQUEST, None))
-    urlstate.remember_page(layers, chosen, base.class_names[int(target)] if target is not None else None)
+        base = compute.explainer(loaded, image_key, img, "top@0" if detector else None, False, sel.input_size)
+    box = None
+    if detector:  # a detector explains a box (the same picker and URL key as Explore's)
+        box, target = boxes.box_picker(c1, base.prediction, sel.dataset, sel.sample_id, urlstate.linked_box(),
+                                       key=Compare.BOX, threshold_key=Compare.BOX_THRESHOLD)
+    else:
+        target = widgets.target_picker(c1, base.prediction, base.class_names, key=Compare.TARGET,
+                                       requested=st.session_state.pop(Compare.TARGET_REQUEST, None))
+    urlstate.remember_page(layers, chosen, base.class_names[int(target)] if target is not None and not detector
+                           else None, box)
     with st.spinner("Running the model…", show_time=True):
         ex = compute.explainer(loaded, image_key, img, target, aug, sel.input_size)
     pairs = [(m, layer) for layer in layers for m in chosen]
@@ -57,14 +64,17 @@ def main(sel: Selection) -> None:
     o1, o2, o3, o4 = st.columns(4)
     alpha = o1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key=Compare.ALPHA)
     cmap = o2.selectbox("Colormap", overlay.COLORMAPS, key=Compare.CMAP)
-    with_scores = o3.toggle("Faithfulness scores", value=True, key=Compare.SCORES, help=compare.SCORES_HELP)
+    # the scores and the view's ranking measure a class's score: not defined for a box (yet)
+    with_scores = not detector and o3.toggle("Faithfulness scores", value=True, key=Compare.SCORES,
+                                             help=compare.SCORES_HELP)
     threshold = widgets.sticky(o4.slider, "Background-dominated below", Compare.THRESHOLD,
                                metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
                                help="Share of heatmap mass on the object.")
     maps = compute.grid(ex, pairs, eigen, with_scores)
     target_now = maps.result.target
     smoothing = " + ".join(n for n, on in (("aug", aug), ("eigen", eigen)) if on) or "none"
-    st.caption(f"Every map: target **{text.escape(target_now.name)}** ({text.escape(target_now.rule)}) · weights: "
+    named = text.escape(target_now.identity_name)
+    st.caption(f"Every map: target **{named}** ({text.escape(target_now.rule)}) · weights: "
                f"{text.escape(loaded.weights_label)} · smoothing: {smoothing} (eigen only where the method has it) · "
                + ("object = predicted mask of the target" if maps.mask is not None else
                   "no object mask here (classification: rank the view below with a segmentation or detections field)"))
@@ -75,6 +85,9 @@ def main(sel: Selection) -> None:
             compare.keep_road(road, compute.road(ex, maps.find(*road.choice), compare.road_progress(road)))
         compare.road_chart(road)
     st.divider()
+    if detector:
+        st.caption("Faithfulness scores and the view's ranking are for class targets: a detector's box has none yet.")
+        return
     _ranking(sel, loaded, chosen, layers, ex.class_names, threshold, maps.result.target.index)
 
 

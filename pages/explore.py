@@ -6,7 +6,7 @@ import functools
 import streamlit as st
 
 from camcore import methods
-from ui import compute, explore_view, page, save_panel, style, text, thumbnails, urlstate, widgets
+from ui import boxes, compute, explore_view, page, save_panel, style, text, thumbnails, urlstate, widgets
 from ui.sidebar import Selection
 from ui.state import Explore
 
@@ -29,7 +29,9 @@ def main(sel: Selection) -> None:
         st.caption(f"Note: {text.escape(note)}")
     spec = loaded.spec
 
-    base = compute.shared_pass(loaded, image_key, img, None, False, sel.input_size,
+    detector = spec.task == "detection"
+    # A detector's first pass lists every box it finds (any score): the box picker reads it.
+    base = compute.shared_pass(loaded, image_key, img, "top@0" if detector else None, False, sel.input_size,
                                f"Running {spec.key} on the image…")
     if base is None:
         return
@@ -50,7 +52,11 @@ def main(sel: Selection) -> None:
     )
     chosen_layers = widgets.sticky_multiselect(c2, "Layers", layer_names, [spec.default_layer],
                                                Explore.layers(spec.key))
-    target = widgets.target_picker(c3, base.prediction, base.class_names, requested=linked_target)
+    box = None
+    if detector:
+        box, target = boxes.box_picker(c3, base.prediction, sel.dataset, sel.sample_id, urlstate.linked_box())
+    else:
+        target = widgets.target_picker(c3, base.prediction, base.class_names, requested=linked_target)
     eigen_smooth = c4.toggle("eigen_smooth", key=Explore.EIGEN, help="Keep the first principal component.")
     aug_smooth = c4.toggle("aug_smooth (slow)", key=Explore.AUG, help="Average over flips and brightness: 6 passes.")
     if not chosen_methods or not chosen_layers:
@@ -62,7 +68,7 @@ def main(sel: Selection) -> None:
     if ex is None:
         return
     urlstate.remember_page(chosen_layers, chosen_methods,
-                           base.class_names[int(target)] if target is not None else None)
+                           base.class_names[int(target)] if target is not None and not detector else None, box)
     pairs = [(m, layer) for m in chosen_methods for layer in chosen_layers]
     # What is cached or fast shows at once; slow heatmaps compute below it, then the page reruns.
     slot = st.container()

@@ -24,11 +24,12 @@ def main(sel: Selection | None) -> None:
         st.info("Pick a dataset in the sidebar.")
         return
     st.markdown(f"#### Findings in {text.escape(name)}")
-    dataset = data.load_dataset(name)
+    dataset = data.fresh_dataset(name)  # findings recorded elsewhere show on this visit
     tags = data.finding_labels(dataset)  # indexed: cheap, and never stale
     if not tags:
         st.info("No findings yet: record one on the Explore page.")
         return
+    _choose_new_labels(tags)
     chosen = st.multiselect("Finding", tags, default=tags, key=Findings.FILTER)
     found = data.findings_view(dataset, chosen)
     total = data.count_findings(found)
@@ -51,6 +52,16 @@ def main(sel: Selection | None) -> None:
                  })
     _thumbnails(dataset, rows[:THUMBS], folder)
     _app_panel(dataset, chosen, found)
+
+
+def _choose_new_labels(tags: list[str]) -> None:
+    """A finding label recorded since the last visit (here or elsewhere) starts chosen; labels the
+    user left out stay out, and labels no longer recorded leave the filter."""
+    seen = set(st.session_state.get(Findings.SEEN) or ())
+    if Findings.FILTER in st.session_state:
+        kept = [t for t in st.session_state[Findings.FILTER] if t in tags]
+        st.session_state[Findings.FILTER] = kept + [t for t in tags if t not in seen and t not in kept]
+    st.session_state[Findings.SEEN] = list(tags)
 
 
 def _thumbnails(dataset, rows: list[dict], folder: str) -> None:

@@ -7,6 +7,7 @@ import colorsys
 import io
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,6 +42,22 @@ def hue_bins(png: bytes, min_share: float = 0.02) -> tuple[int, float]:
         return 0, 0.0
     counts = np.bincount((saturated[:, 0] * 12).astype(int) % 12, minlength=12)
     return int((counts >= min_share * len(saturated)).sum()), len(saturated) / len(flat)
+
+
+def _when_connected(action, timeout: float = 120.0) -> None:
+    """Run action once the FiftyOne session's client has connected to the App's server (it does
+    so in the background, slowly on a loaded machine: "Client is not connected" until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except RuntimeError as exc:
+            if "not connected" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                pytest.fail(f"the FiftyOne session's client did not connect to the App's server within "
+                            f"{timeout:.0f}s: {exc}")
+            time.sleep(0.25)  # polling a socket's state, not waiting on the UI
 
 
 @pytest.fixture
@@ -113,7 +130,7 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
         session = store.launch_app(grey_dataset, port=port)
 
         def select() -> None:
-            session.selected = [sid]
+            _when_connected(lambda: setattr(session, "selected", [sid]))
 
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             urls = (store.app_url(grey_dataset.name, port=port), store.app_url(grey_dataset.name, sid, port=port))

@@ -156,3 +156,26 @@ def test_cancel_reports_what_was_written(monkeypatch):
     assert lines and lines[-1].startswith(f"{total - written}/{total - written} · {written} skipped"), lines
     assert any(f"{total - written} computed, {written} skipped" in s.value for s in at.success), \
         [s.value for s in at.success]
+
+
+def test_batch_page_measures_switch_stores_the_measures():
+    from camcore.store import measures as measure_store
+
+    dataset = demo_data.ensure_demo_dataset()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.switch_page("pages/batch.py")
+    _run(at)
+    at.sidebar.text_input(key="view_filename").input("coffee")
+    _run(at)
+    at.toggle(key="batch_measures").set_value(True)
+    _run(at)
+    at.toggle(key="batch_faithfulness").set_value(False)
+    at.number_input(key="batch_threshold").set_value(0.3)
+    _run(at)
+    at.button(key="batch_start").click()
+    _run(at)
+    assert any("1 computed" in s.value for s in at.success), [s.value for s in at.success]
+    field = HeatmapIdentity(model="efficientnet_lite0", method="gradcam", layer="head", target="predicted").field_name
+    dataset.reload()
+    about = measure_store.measure_runs(dataset)[field]["about"]
+    assert dataset.exists(about).values(about) == ["t=0.3;obj=model;f=0"]

@@ -204,9 +204,11 @@ def test_push_to_the_demo_dataset(tmp_path, capsys):
     for field, method in zip(fields, ("gradcam", "gradcam++"), strict=True):
         label = sample[field]
         assert isinstance(label, fo.Heatmap) and label.method == method and label.layer == "head"
-        # the field of this model's map of this method, layer and class
+        # the field of this model's map of this method and layer for the target left on auto:
+        # the batch's "predicted" field (one computation, one field); the class is on the label
         assert field == HeatmapIdentity(model="efficientnet_lite0", method=method, layer="head",
-                                        target=label.target).field_name
+                                        target="predicted").field_name
+        assert "cat" in label.target and label.target_rule.startswith("default")
         assert Path(label.map_path).is_file() and Path(label.map_path).is_relative_to(hm_dir)
         with Image.open(label.map_path) as im:
             assert im.size == (sample.metadata.width, sample.metadata.height)

@@ -203,7 +203,7 @@ def test_open_in_cam_explorer_links_the_sample_with_the_views_cams(dataset, monk
          params={**PARAMS, "methods": ["gradcam", "layercam"], "layers": ["head", "stage6"]})
     result = _run(OPEN, dataset=dataset, current_sample=ids[2])
     url = result.result["url"]
-    assert url.startswith("http://explorer.test:8600/explore?")
+    assert url.startswith("http://explorer.test:8600/?")
     page, state = links.parse_url(url)
     assert (page, state.dataset, state.sample, state.model) == ("explore", dataset.name, ids[2], MODEL)
     assert set(state.methods) == {"gradcam", "layercam"} and set(state.layers) == {"head", "stage6"}
@@ -337,7 +337,7 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
             tab = opened.value
             tab.wait_for_load_state()
             _page, state = links.parse_url(tab.url)
-            assert tab.url.startswith(f"{explorer}/explore?"), tab.url
+            assert tab.url.startswith(f"{explorer}/?"), tab.url
             assert (state.model, state.methods, state.layers) == (MODEL, ("gradcam",), ("head",))
             fallback = page.get_by_role("link", name="Open the sample in CAM Explorer")  # short: fits
             expect(fallback).to_be_visible(timeout=30_000)
@@ -374,3 +374,22 @@ def test_app_operator_browser_offers_compute_cams(dataset, monkeypatch):
     finally:
         store.close_app()
     assert len(dataset.exists(FIELD)) == 4
+
+
+def test_compute_cams_measures_switch_stores_the_measure_fields(dataset):
+    from camcore.identity import HeatmapIdentity
+    from camcore.store import measures as measure_store
+
+    _run(COMPUTE, dataset=dataset, params={**PARAMS, "measures": True, "faithfulness": False, "threshold": 0.4})
+    fields = measure_store.measure_runs(dataset)[FIELD]
+    assert fields == HeatmapIdentity(model=MODEL, method="gradcam", layer="head", target="predicted").measure_fields()
+    assert set(dataset.values(fields["about"])) == {"t=0.4;obj=model;f=0"}
+    assert None not in dataset.values(fields["conf"])
+    # Off by default: a plain compute writes no measure field.
+    other = fo.Dataset(unique_name("plugin-plain"))
+    other.add_samples([fo.Sample(filepath=p) for p in dataset.values("filepath")[:1]])
+    try:
+        _run(COMPUTE, dataset=other, params=PARAMS)
+        assert measure_store.measure_runs(other) == {}
+    finally:
+        other.delete()

@@ -15,7 +15,8 @@ import uuid
 
 import streamlit as st
 
-from camcore import batch
+from camcore import batch, store
+from camcore.measures import MeasureOptions
 from ui import text
 from ui.state import Batch
 
@@ -27,6 +28,30 @@ def _runs() -> tuple[threading.Lock, dict[str, dict]]:
     """Process-wide: the batches this server runs or ran from the page (run id -> entry), so that a
     reloaded page (a new session, fresh session_state) can tell one is running or was interrupted."""
     return threading.Lock(), {}
+
+
+def measure_controls(dataset_name: str) -> MeasureOptions | None:
+    """The Batch page's measures switch: None when off, else where the object is, the background
+    threshold and whether to score faithfulness (read by the Audit page)."""
+    if not st.toggle("Store measures", key=Batch.MEASURES,
+                     help="Also store per heatmap, as fields: the target's score and probability, the share of "
+                          "heatmap mass on the object, the faithfulness scores and the background-dominated "
+                          "flag. The Audit page and the FiftyOne App's filters read them."):
+        return None
+    dataset = store.load_dataset(dataset_name)
+    sources = [None, *store.segmentation_fields(dataset), *store.detection_fields(dataset)]
+    m1, m2, m3 = st.columns([3, 2, 2])
+    field = m1.selectbox("Object from", sources, key=Batch.OBJECT_FIELD,
+                         format_func=lambda f: "(the model's own mask; none for classifiers)" if f is None else f)
+    threshold = m2.number_input("Background-dominated below", 0.0, 1.0, 0.5, 0.05, key=Batch.THRESHOLD,
+                                help="share of the heatmap's mass on the object, 0..1")
+    faith = m3.toggle("Faithfulness scores", value=True, key=Batch.FAITHFULNESS,
+                      help="keep/remove confidence change: three forwards per heatmap (the costliest measure)")
+    any_object = bool(field) and m1.toggle("Any object of the field", key=Batch.ANY_OBJECT,
+                                           help="Off: the label that names the explained class. On: every object "
+                                                "(an untrained model, or classes named otherwise than the labels).")
+    return MeasureOptions(object_field=field, threshold=float(threshold), faithfulness=bool(faith),
+                          object_label="*" if any_object else "")
 
 
 def _session_alive(session_id: str | None) -> bool:

@@ -25,8 +25,10 @@ def stored_fields(dataset: Any, sample_id: str, fields: list[str]) -> set[str]:
 # -- findings: what users concluded, across a dataset
 
 
-def load_dataset(name: str) -> Any:
-    return store.load_dataset(name)
+def fresh_dataset(name: str) -> Any:
+    """The dataset with what other processes recorded since this one loaded it (findings made in
+    the App, the CLI, another explorer): re-read per page visit, one document, no samples."""
+    return store.fresh_dataset(name)
 
 
 def finding_labels(dataset: Any) -> list[str]:
@@ -72,3 +74,26 @@ def explorer_address() -> str:
 
 def app_url(dataset_name: str, sample_id: str | None = None, port: int = DEFAULT_APP_PORT) -> str:
     return store.app_url(dataset_name, sample_id, port)
+
+
+# -- a detector's boxes: the sample's own Detections
+
+
+def sample_boxes(dataset_name: str, sample_id: str) -> list[tuple[str, str, str, list[float]]]:
+    """(field, detection id, label, relative [x, y, w, h]) of the sample's Detections boxes; none
+    when the dataset has no Detections field."""
+    dataset = store.load_dataset(dataset_name)
+    if not store.detection_fields(dataset):
+        return []
+    return store.sample_boxes(store.get_sample(dataset, sample_id))
+
+
+def box_rule(dataset_name: str, sample_id: str, text: str) -> str:
+    """A box request (top, det:<i>, class:<name>, all, id:<detection id>, field:<f>[:<i>]) as the
+    engine's box rule; StoreError (one line) when the sample has no such box."""
+    kind = text.partition(":")[0]
+    if kind not in ("id", "field"):
+        return text
+    rule, _, threshold = text.partition("@")
+    resolved = store.box_rule(store.get_sample(store.load_dataset(dataset_name), sample_id), rule)
+    return resolved + (f"@{threshold}" if threshold else "")

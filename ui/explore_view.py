@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
-from camcore import methods, overlay
+from camcore import detection, methods, overlay
 from camcore.images import LoadedImage
 from camcore.models import LoadedModel
 from camcore.results import Heatmap
@@ -16,6 +16,7 @@ from ui.compute import Shown, pair_label
 from ui.state import Explore
 
 GRID_COLUMNS = 4
+MAX_DRAWN, MAX_CAPTIONED = 30, 12  # a detector's other boxes drawn, and written on
 
 
 def caption(h: Heatmap, weights: str | None = None) -> str:
@@ -23,12 +24,46 @@ def caption(h: Heatmap, weights: str | None = None) -> str:
     m = methods.METHODS[h.method].label
     smooth = "".join([" · aug" if h.aug_smooth else "", " · eigen" if h.eigen_smooth else ""])
     blank = " · BLANK (zero everywhere)" if h.blank else ""
-    return f"{m} · {h.layer} · {h.target.name}{smooth}{blank}" + (f" · {weights}" if weights else "")
+    box = f" [{h.target.box_ref}]" if h.target.box_ref else ""
+    return f"{m} · {h.layer} · {h.target.name}{box}{smooth}{blank}" + (f" · {weights}" if weights else "")
 
 
-def overlay_image(img: LoadedImage, h: Heatmap, alpha: float, cmap: str, pretrained: bool):
-    out = overlay.overlay(img.rgb, h.map, alpha, cmap)
+def overlay_image(img: LoadedImage, h: Heatmap, alpha: float, cmap: str, pretrained: bool,
+                  boxes: list | None = None, renormalise: bool = False):
+    """The map over the image; a detector's boxes drawn on top (overlay.draw_boxes), the map
+    renormalised inside the explained boxes when asked."""
+    m = detection.renormalise_in_boxes(h.map, h.target.boxes) if renormalise and h.target.boxes else h.map
+    out = overlay.overlay(img.rgb, m, alpha, cmap)
+    if boxes:
+        out = overlay.draw_boxes(out, boxes)
     return out if pretrained else overlay.watermark_untrained(out, outside=True)
+
+
+def drawn_boxes(shown: Shown) -> list:
+    """A detector's boxes to draw: its detections at the picker's threshold (the best MAX_DRAWN;
+    label and score written when few), the explained one(s) highlighted with their label; a
+    field's box that was explained, named by its field."""
+    result = shown.result
+    if result.prediction.task != "detection":
+        return []
+    threshold = float(st.session_state.get(Explore.BOX_THRESHOLD, detection.DEFAULT_THRESHOLD))
+    t = result.target
+    explained_boxes = set(t.boxes)
+
+    def explained(d) -> bool:
+        if t.box_ref.startswith("det"):
+            return t.box_ref == f"det{d.index}"
+        return d.box in explained_boxes and (t.box_ref == "all" or d.label == t.index)
+
+    field_box = "/" in t.box_ref  # a box of the sample's own Detections field
+    chosen = [d for d in result.prediction.boxes if not field_box and explained(d)]
+    others = [d for d in result.prediction.boxes if d.score >= threshold and d not in chosen][:MAX_DRAWN]
+    out = [(d.box, f"#{d.index} {d.name} {d.score:.2f}" if len(others) <= MAX_CAPTIONED else "", False)
+           for d in others]
+    out += [(d.box, f"#{d.index} {d.name} {d.score:.2f}", True) for d in chosen]
+    if field_box:
+        out += [(b, f"{t.box_ref.split('/')[0]}: {t.name}", True) for b in t.boxes]
+    return out
 
 
 def blank_warning(h: Heatmap) -> str:
@@ -46,7 +81,7 @@ def prediction_panel(container, img: LoadedImage, shown: Shown, loaded: LoadedMo
         found = chips.class_chips(pred.classes, overlay.palette(len(shown.class_names)))
         container.markdown("**Classes found** (share of pixels)" + chips.untrained_chip(loaded.pretrained)
                            + "<br>" + found, unsafe_allow_html=True)
-    else:
+    elif pred.task == "classification":
         container.image(img.rgb, caption="input image", width="stretch")
         df = pd.DataFrame({"class": [c.name for c in pred.classes], "probability": [c.score for c in pred.classes]})
         container.markdown("**Top-5 prediction**")
@@ -56,8 +91,22 @@ def prediction_panel(container, img: LoadedImage, shown: Shown, loaded: LoadedMo
             "probability": st.column_config.ProgressColumn("probability", format="percent", min_value=0.0,
                                                            max_value=1.0)})
     t = result.target
+    if pred.task == "detection":
+        threshold = float(st.session_state.get(Explore.BOX_THRESHOLD, detection.DEFAULT_THRESHOLD))
+        listed = [d for d in pred.boxes if d.score >= threshold]
+        df = pd.DataFrame({"#": [d.index for d in listed], "label": [d.name for d in listed],
+                           "score": [round(d.score, 3) for d in listed],
+                           "box (x1, y1, x2, y2)": [", ".join(f"{v:.0f}" for v in d.box) for d in listed]})
+        container.markdown(f"**Detections** at score ≥ {threshold:g}: {len(listed)} of {len(pred.boxes)}")
+        container.dataframe(df, hide_index=True, width="stretch", column_config={
+            "label": st.column_config.TextColumn("label")})
+        extra = f" · score {t.score:.2f}" if t.score is not None else ""
+        extra += f" · IoU {t.iou:.2f}" if t.iou is not None and t.iou < 1 else ""
+        container.markdown(f"**Box:** {text.escape(t.name)} · {text.escape(t.box_ref)}{extra} "
+                           f"({text.escape(t.rule)})")
     note = f" — _{text.escape(t.note)}_" if t.note else ""
-    container.markdown(f"**Target:** {text.escape(t.name)} ({t.rule}){note}")
+    if pred.task != "detection":
+        container.markdown(f"**Target:** {text.escape(t.name)} ({t.rule}){note}")
     height, width = result.input_size
     container.caption(f"weights: {text.escape(loaded.weights_label)} · input {width}×{height} · "
                       f"shared pass {result.timings.get('pass', 0):.2f} s")
@@ -93,9 +142,13 @@ def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown], loaded: L
     main, side = st.columns([3, 2])
     walk_layer, walk_method, alpha, cmap, show_raw = _walk_controls(side, chosen_layers, chosen_methods, layers_key)
     h = shown.heatmap(walk_method, walk_layer)
+    boxes = drawn_boxes(shown)
+    renorm = bool(boxes) and side.toggle("Renormalise inside the box", key=Explore.BOX_RENORM,
+                                         help="Scale the map to 0..1 inside each explained box, zero outside.")
     with main.container(key=Explore.MAIN):
         if h is not None:
-            st.image(overlay_image(img, h, alpha, cmap, loaded.pretrained), caption=caption(h, loaded.weights_label),
+            st.image(overlay_image(img, h, alpha, cmap, loaded.pretrained, boxes, renorm),
+                     caption=caption(h, loaded.weights_label),
                      width="stretch")
             if h.blank:  # an empty overlay must not read as "the model looks nowhere"
                 st.warning(blank_warning(h))
@@ -115,6 +168,6 @@ def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown], loaded: L
         st.markdown(f"**Grid** · {len(maps)} heatmaps")
         cols = st.columns(min(GRID_COLUMNS, len(maps)))
         for i, x in enumerate(maps):
-            cols[i % len(cols)].image(overlay_image(img, x, alpha, cmap, loaded.pretrained),
+            cols[i % len(cols)].image(overlay_image(img, x, alpha, cmap, loaded.pretrained, boxes, renorm),
                                       caption=caption(x, "pretrained" if loaded.pretrained else "UNTRAINED"),
                                       width="stretch")

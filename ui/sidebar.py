@@ -68,6 +68,15 @@ def _weights_choices() -> dict[str, str]:
     return choices
 
 
+def _auto_label(spec: models.ModelSpec) -> str:
+    """What "auto" loads, as the Weights picker says it: a models-file entry's own checkpoint by
+    its file name (never "pretrained", which it may not be); the built-ins' pretrained weights."""
+    source = spec.weights
+    if isinstance(source, weights.CheckpointWeights):
+        return f"checkpoint {source.path.name} (models file)"
+    return WEIGHTS_AUTO
+
+
 def _load_quickstart() -> None:
     try:
         with st.spinner("Downloading the quickstart dataset…", show_time=True):
@@ -333,9 +342,27 @@ def _view_spec(sb, dataset) -> views.ViewSpec:
                                   help="Any scalar field: a Brain uniqueness or mistakenness, a prediction's "
                                        "confidence, a date…")
         reverse = st.toggle("Descending", key=Sidebar.VIEW_SORT_DESC, disabled=sort_field is None)
+    narrow = _narrowing(sb)
     return views.ViewSpec(tags=tuple(chosen_tags), label_field=field or "", label=label or "",
                           confidence=confidence, filename_contains=contains.strip(),
-                          sort_field=sort_field or "", sort_reverse=bool(reverse and sort_field), **base)
+                          sort_field=sort_field or "", sort_reverse=bool(reverse and sort_field), narrow=narrow,
+                          **base)
+
+
+def _clear_narrowing() -> None:
+    st.session_state[Sidebar.NARROW] = ""
+
+
+def _narrowing(sb) -> str:
+    """The Audit page's narrowing of the view (a click on a chart), shown with a way to drop it."""
+    narrow = str(st.session_state.get(Sidebar.NARROW) or "")
+    if narrow:
+        from camcore.store import audit
+
+        row = sb.columns([4, 1])
+        row[0].caption("Narrowed by the Audit page: " + text.escape(audit.describe_narrow(narrow)))
+        row[1].button("✕", key=Sidebar.NARROW_CLEAR, on_click=_clear_narrowing, help="Show the whole view again")
+    return narrow
 
 
 # ---------------------------------------------------------------- how to look: model, weights, size
@@ -392,7 +419,9 @@ def _how_to_look(sb) -> tuple[str, str, int | None]:
     urlstate.apply_weights(choices)
     if st.session_state[Sidebar.WEIGHTS] not in choices:  # a weights file that was removed
         st.session_state[Sidebar.WEIGHTS] = WEIGHTS_AUTO
+    auto = _auto_label(models.MODELS[model_key])
     label = sb.selectbox("Weights", list(choices), key=Sidebar.WEIGHTS,
+                         format_func=lambda c: auto if c == WEIGHTS_AUTO else c,
                          help=f"Pretrained weights come from {weights.weights_dir()}, the torch/timm caches, "
                               "the package, or a download when online.")
     memory[model_key] = label

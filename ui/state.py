@@ -24,6 +24,7 @@ class Url:
     VIEW_WANTED = "_url_view_wanted"
     WEIGHTS_DONE = "_url_weights_done"
     PAGE_DONE = "_url_page_done"
+    BOX_DONE = "_url_box_done"  # a link's box rule was applied
 
 
 class Sidebar:
@@ -58,6 +59,8 @@ class Sidebar:
     RANDOM = "random_sample"
     LOAD_QUICKSTART = "load_quickstart"
     RELOAD_MODELS = "reload_models"
+    NARROW = "view_narrow"  # the Audit page's narrowing (camcore.store.audit), in the URL as narrow=
+    NARROW_CLEAR = "view_narrow_clear"
 
     @staticmethod
     def model_of(widget_key: str) -> str:
@@ -122,6 +125,9 @@ class Explore:
     PUSHED = "pushed"  # what the last push wrote, with the context it is about
     FINDING_REQUESTED = "finding_requested"
     FINDING_REF = "finding_ref"
+    BOX = "box"  # a detector's box: the picker's choice (a short box rule)
+    BOX_THRESHOLD = "box_threshold"
+    BOX_RENORM = "box_renormalise"  # the map renormalised inside the explained boxes
 
     @staticmethod
     def layers(model: str) -> str:
@@ -156,6 +162,8 @@ class Compare:
     EIGEN = "cmp_eigen"
     AUG = "cmp_aug"
     TARGET = "cmp_target"
+    BOX = "cmp_box"  # a detector's box (ui/boxes.py)
+    BOX_THRESHOLD = "cmp_box_threshold"
     TARGET_REQUEST = "cmp_target_request"  # a class asked for by a study or a link, for the picker
     ALPHA = "cmp_alpha"
     CMAP = "cmp_cmap"
@@ -215,6 +223,31 @@ class Compare:
         return f"_class_for_rank_object_label_{field}"
 
 
+class Audit:
+    """pages/audit.py, pages/review.py, pages/runs.py (ui/audit.py)."""
+
+    RUN = "audit_run"  # the heatmap field audited (URL run=)
+    APPLIED = "_audit_applied"  # the chart selection last turned into a narrowing
+    HIST = "audit_hist"
+    CLASSES = "audit_classes"
+    SCATTER = "audit_scatter"
+    SAVE_NAME = "audit_save_name"
+    SAVE = "audit_save"
+    OPEN_APP = "audit_open_app"
+    REVIEWED = "review_position"  # 0-based position in the queue (URL reviewed=, 1-based)
+    NEXT = "review_next"
+    PREV = "review_prev"
+    TAG = "review_tag"
+    NOTE = "review_note"
+    RECORD = "review_record"
+    COMPUTE = "review_compute"
+    COMPUTE_REQUESTED = "_review_compute_requested"
+    RUN_A = "runs_a"
+    RUN_B = "runs_b"
+    RUNS_CLASSES = "runs_classes"
+    RUNS_PAGE = "runs_page"
+
+
 class Batch:
     """pages/batch.py and ui/batch_runs.py."""
 
@@ -225,6 +258,11 @@ class Batch:
     METHODS = "batch_methods"
     RULE = "batch_rule"
     EIGEN = "batch_eigen_smooth"
+    MEASURES = "batch_measures"
+    OBJECT_FIELD = "batch_object_field"
+    THRESHOLD = "batch_threshold"
+    FAITHFULNESS = "batch_faithfulness"
+    ANY_OBJECT = "batch_any_object"
     START_BUTTON = "batch_start"
     CANCEL_BUTTON = "batch_cancel"
 
@@ -241,6 +279,7 @@ class Findings:
     """pages/findings.py."""
 
     FILTER = "findings_filter"
+    SEEN = "findings_seen"  # the finding labels the filter has offered: a new one starts chosen
     PAGE = "findings_page"
     PORT = "findings_port"
     LAUNCH = "findings_app"

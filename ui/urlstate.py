@@ -1,6 +1,6 @@
 """The URL is the state: read once when a session starts, written at the end of every run.
 
-Format (camcore.links): ?dataset=&view=&sample=&model=&weights=&layers=a,b&methods=x,y&target=
+Format (camcore.links): ?dataset=&view=&sample=&model=&weights=&layers=a,b&methods=x,y&target=&box=
 The sidebar and the pages apply what a link asks for before drawing their widgets; what does not
 exist gets a message and the default. app.py writes the URL after the page has run, so the URL
 names what is on screen after the same run (written earlier, in the sidebar or before the page's
@@ -51,6 +51,8 @@ def read_once(dataset_names: Sequence[str]) -> None:
     if state.view:
         st.session_state[Sidebar.VIEW] = "saved:" + state.view
         st.session_state[Url.VIEW_WANTED] = state.view
+    if state.narrow:
+        st.session_state[Sidebar.NARROW] = state.narrow
     if state.sample:
         st.session_state[Sidebar.JUMP] = state.sample
     if state.model:
@@ -126,10 +128,25 @@ def _method_key(name: str) -> str:
         return name
 
 
-def remember_page(layers: Sequence[str] = (), method_keys: Sequence[str] = (), target: str | None = None) -> None:
-    """What the page shows, for the URL written at the end of the run."""
+def remember_page(layers: Sequence[str] = (), method_keys: Sequence[str] = (), target: str | None = None,
+                  box: str | None = None) -> None:
+    """What the page shows, for the URL written at the end of the run (box: a detector's box rule)."""
     st.session_state[PAGE_STATE] = {"layers": tuple(layers), "methods": tuple(method_keys),
-                                     "target": target or ""}
+                                     "target": target or "", "box": box or ""}
+
+
+def linked_box() -> str | None:
+    """A link's box rule (a detection model's box), once per session; None when it names none."""
+    if st.session_state.get(Url.BOX_DONE):
+        return None
+    st.session_state[Url.BOX_DONE] = True
+    return pending().box or None
+
+
+def remember_audit(run: str, reviewed: int | None = None) -> None:
+    """The Audit / review page's run and queue position, for the URL written at the end of the run."""
+    st.session_state[PAGE_STATE] = {**(st.session_state.get(PAGE_STATE) or {}), "run": run,
+                                     "reviewed": "" if reviewed is None else str(reviewed)}
 
 
 def write(page_path: str) -> None:
@@ -167,7 +184,8 @@ def _state(page_path: str) -> links.LinkState:
             model=sel.model if page_path in ("explore", "compare") else "",
             weights=_weights_param(sel.weights) if page_path in ("explore", "compare") else "",
             layers=page_state.get("layers", ()), methods=page_state.get("methods", ()),
-            target=page_state.get("target", ""))
+            target=page_state.get("target", ""), box=page_state.get("box", ""), narrow=sel.view_spec.narrow,
+            run=page_state.get("run", ""), reviewed=page_state.get("reviewed", ""))
     return state
 
 

@@ -299,7 +299,7 @@ class Explainer:
     def _heatmap(self, spec: MethodSpec, layer: str, eigen_smooth: bool, raw: np.ndarray, full: np.ndarray,
                  start: float) -> Heatmap:
         raw2d = np.array(raw[0], dtype=np.float32)
-        identity = HeatmapIdentity.of(self.model, spec.key, layer, self.target.identity_name,
+        identity = HeatmapIdentity.of(self.model, spec.key, layer, self._identity_target(),
                                       input_size=min(self.input_hw), aug_smooth=self.aug_smooth,
                                       eigen_smooth=eigen_smooth)
         return Heatmap(
@@ -310,6 +310,14 @@ class Explainer:
             raw_range=(float(raw2d.min()), float(raw2d.max())),
             seconds=time.perf_counter() - start,
         )
+
+    def _identity_target(self) -> str:
+        """The target part of the maps' identity: a class left on auto (the default target, not a
+        box) is the rule PREDICTED, as in a batch, so one computation has one field wherever it was
+        made; the class explained stays on each label (its ``target`` attribute)."""
+        if self.target.rule.startswith("default") and not self.target.box_ref:
+            return targets_mod.PREDICTED
+        return self.target.identity_name
 
 
 def _augmented_target(grad_target: Any, transform: Any) -> Any:
@@ -323,7 +331,7 @@ def _augmented_target(grad_target: Any, transform: Any) -> Any:
 def explain_many(
     model: LoadedModel,
     images: Sequence[LoadedImage],
-    target_request: str | int | None,
+    target_request: str | int | None | list[str | int | None],  # a list: one per image
     layers: Sequence[str],
     input_size: int | None = None,
     max_batch: int = 8,
@@ -332,8 +340,9 @@ def explain_many(
     shape are stacked, up to max_batch per forward. Each explainer equals Explainer(...) on its
     image alone. A batch that fails is retried image by image, so one bad image (or a batch too
     big for memory) costs only itself; its slot holds the CamError."""
-    explainers = [Explainer(model, img, target_request, tuple(layers), False, input_size, defer_pass=True)
-                  for img in images]
+    requests = list(target_request) if isinstance(target_request, list) else [target_request] * len(images)
+    explainers = [Explainer(model, img, request, tuple(layers), False, input_size, defer_pass=True)
+                  for img, request in zip(images, requests, strict=True)]
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, e in enumerate(explainers):
         by_shape.setdefault(e.input_hw, []).append(i)

@@ -95,6 +95,19 @@ def load_dataset(name: str) -> fo.Dataset:
     return fo.load_dataset(name)
 
 
+@db_errors
+def fresh_dataset(name: str) -> fo.Dataset:
+    """The dataset as the database holds it now: :func:`load_dataset`, then its document (fields,
+    info, app config) read again. FiftyOne keeps one in-process copy per dataset, loaded once: a
+    field or info that another process (the App's plugin, the CLI, another explorer) added since
+    is unknown to it (a findings field made elsewhere reads as "no findings"). One document read;
+    no sample is read, so the cost does not grow with the dataset."""
+    dataset = load_dataset(name)
+    with LOCK:  # not while this process declares a field on the same copy
+        dataset._reload(hard=True)
+    return dataset
+
+
 def _as_list(value: str | Iterable[str] | None) -> list[str]:
     if value is None:
         return []
@@ -286,6 +299,19 @@ def sample_boxes(sample: fo.Sample, field: str | None = None) -> list[tuple[str,
     return out
 
 
+@db_errors
+def most_boxes(view: fo.Dataset | fo.DatasetView, field: str, label: str = "") -> int:
+    """The most boxes (of one label, "" for any) one sample of the view holds in a Detections field."""
+    if field not in detection_fields(view):
+        raise StoreError(f"no Detections field {field!r} in this dataset (it has: "
+                         f"{', '.join(detection_fields(view)) or 'none'})")
+    expr = F(f"{field}.detections")
+    if label:
+        expr = expr.filter(F("label") == label)
+    counts = view.exists(field).values(expr.length())
+    return max((int(c or 0) for c in counts), default=0)
+
+
 def box_rule(sample: fo.Sample | None, text: str | None) -> str:
     """A --box request as the engine's box rule (camcore.detection): "top", "det:<i>", "class:<name>"
     and "all" as they are; "field:<name>[:<i>]" (the field's i-th box, default the first) and
@@ -374,3 +400,13 @@ def segmentation_masks_by_sample(view: fo.Dataset | fo.DatasetView, field: str, 
         if mask is not None:
             out[sid] = mask == value
     return out
+
+
+def mask_targets(dataset: fo.Dataset | fo.DatasetView, field: str) -> dict[int, str]:
+    """A Segmentation field's mask targets (pixel value -> class name); {} when it has none."""
+    return _mask_targets(dataset, field)
+
+
+def read_mask(seg: fo.Segmentation | None) -> np.ndarray | None:
+    """A 2-D integer mask of a Segmentation label; None when absent, unreadable or RGB."""
+    return _read_mask(seg)

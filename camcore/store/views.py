@@ -20,6 +20,7 @@ from fiftyone import ViewField as F
 
 from camcore.errors import StoreError
 from camcore.identity import FIELD_PREFIX
+from camcore.store import audit
 from camcore.store.datasets import db_errors, make_view, root_dataset
 
 PAGE_SIZE = 24  # samples read per server round trip: the strip around the current sample, and ◀ ▶
@@ -43,6 +44,7 @@ class ViewSpec:
     filename_contains: str = ""
     sort_field: str = ""
     sort_reverse: bool = False
+    narrow: str = ""  # the Audit page's narrowing (camcore.store.audit: measure ranges, a class)
 
     def describe(self) -> str:
         """One line for the UI: what this view is (plain text)."""
@@ -61,6 +63,8 @@ class ViewSpec:
             parts.append(f"confidence {self.confidence[0]:.2f}–{self.confidence[1]:.2f}")
         if self.filename_contains:
             parts.append(f"file name contains '{self.filename_contains}'")
+        if self.narrow:
+            parts.append("narrowed to " + audit.describe_narrow(self.narrow))
         if self.sort_field:
             parts.append(f"sorted by {self.sort_field} {'descending' if self.sort_reverse else 'ascending'}")
         return ", ".join(parts) or "all samples"
@@ -83,6 +87,8 @@ def build_view(dataset: fo.Dataset, spec: ViewSpec) -> fo.DatasetView:
                            label=spec.label or None, filename_contains=spec.filename_contains or None)
     if spec.confidence is not None:
         view = _confidence_filter(view, spec)
+    if spec.narrow:
+        view = view.match(audit.narrow_filter(spec.narrow, dataset))
     if spec.sort_field:
         if spec.sort_field not in sortable_fields(dataset):
             raise StoreError(f"cannot sort {dataset.name!r} by {spec.sort_field!r}: not a sortable field")

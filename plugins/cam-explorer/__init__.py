@@ -161,7 +161,22 @@ def _request(params: dict) -> dict:
         "layers": _as_list(params.get("layers")) or ([spec.default_layer] if spec else []),
         "target_rule": str(params.get("target") or batch.PREDICTED).strip(),
         "eigen_smooth": bool(params.get("eigen_smooth", False)),
+        "measures": _measure_options(params),
     }
+
+
+def _measure_options(params: dict) -> Any:
+    """The measures switch of the form (camcore.measures.MeasureOptions), or None when off."""
+    if not params.get("measures"):
+        return None
+    from camcore.measures import MeasureOptions
+
+    threshold = float(params.get("threshold", 0.5) if params.get("threshold") is not None else 0.5)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the background threshold is a share of the heatmap's mass, 0..1, got {threshold}")
+    return MeasureOptions(object_field=str(params.get("object_field") or "").strip() or None, threshold=threshold,
+                          faithfulness=bool(params.get("faithfulness", True)),
+                          object_label="*" if params.get("any_object") else "")
 
 
 def check(params: dict) -> dict:
@@ -255,13 +270,25 @@ class ComputeCams(foo.Operator):
             layer_view.add_choice(layer.name, label=layer.name, description=layer.path)
         inputs.list("layers", types.String(), default=[spec.default_layer], view=layer_view)
 
-        target_view = types.AutocompleteView(label="Target", allow_user_input=True,
-                                             description="'predicted' explains each sample's top class")
-        for name in (batch.PREDICTED, *spec.class_names()):
-            target_view.add_choice(name, label=name)
-        inputs.str("target", default=batch.PREDICTED, view=target_view)
+        if spec.task == "detection":  # a detector explains boxes: the box rule instead of a class
+            box_view = types.AutocompleteView(
+                label="Boxes", allow_user_input=True,
+                description="top, top:<k> (the k best detections, a field each), class:<name>, all (optionally "
+                            "@<score threshold>), or field:<Detections field>[:<class>] (every box of a field, a "
+                            "field per box index); samples without the box are skipped")
+            for rule in ("top", "top:3", "all", *(f"field:{f}" for f in (store.detection_fields(samples)
+                                                                           if count else []))):
+                box_view.add_choice(rule, label=rule)
+            inputs.str("box", default="top", view=box_view)
+        else:
+            target_view = types.AutocompleteView(label="Target", allow_user_input=True,
+                                                 description="'predicted' explains each sample's top class")
+            for name in (batch.PREDICTED, *spec.class_names()):
+                target_view.add_choice(name, label=name)
+            inputs.str("target", default=batch.PREDICTED, view=target_view)
         inputs.bool("eigen_smooth", default=False, label="eigen_smooth",
                     description="First principal component of the weighted activations")
+        _measure_views(inputs, ctx.params, store.root_dataset(samples) if count else None, store)
         _delegation_views(inputs, count)
 
         # Checked here as batch checks them: the App shows the reason and refuses to run, and a
@@ -300,8 +327,11 @@ class ComputeCams(foo.Operator):
             else:
                 updates.put((fraction, label))
 
+        # a detector: one run per box rule (top:<k>, a field's boxes), each resuming on its own fields
+        runs = batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **args), ctx.params.get("box") or None)
+
         def run() -> Any:
-            return batch.run_batch(samples, batch.BatchOptions(chunk=CHUNK, **args), progress=progress, cancel=cancel)
+            return batch.run_batches(samples, runs, progress=progress, cancel=cancel)
 
         if ctx.delegated:
             report = run()
@@ -342,6 +372,25 @@ class ComputeCams(foo.Operator):
         for uri, params in appstyle.app_updates(_camcore()[4].root_dataset(samples)):
             yield ctx.trigger(uri, params)
         yield ctx.ops.notify(summary, variant="warning" if report.failed else "success")
+
+
+def _measure_views(inputs: Any, params: dict, dataset: Any, store: Any) -> None:
+    """The measures switch: score, on-object share, faithfulness and the background flag stored as
+    fields beside each heatmap (the CAM Explorer Audit page and the App's filters read them)."""
+    inputs.bool("measures", default=False, label="Store measures",
+                description="Also store per heatmap: target score, share on the object, faithfulness, "
+                            "background-dominated flag (fields camm_<measure>_...)")
+    if not params.get("measures"):
+        return
+    objects = types.Dropdown(label="Object from", description="a Segmentation or Detections field; "
+                             "none: a segmentation model's own mask")
+    for name in ([*store.segmentation_fields(dataset), *store.detection_fields(dataset)] if dataset else []):
+        objects.add_choice(name, label=name)
+    inputs.str("object_field", view=objects)
+    inputs.bool("any_object", default=False, label="Any object of the field",
+                description="Off: the label that names the explained class; on: every object")
+    inputs.float("threshold", default=0.5, label="Background-dominated below this share (0..1)")
+    inputs.bool("faithfulness", default=True, label="Faithfulness scores (3 forwards per heatmap)")
 
 
 def _delegation_views(inputs: Any, count: int) -> None:

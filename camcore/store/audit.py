@@ -1,0 +1,334 @@
+"""Auditing a view from its stored measures (camcore.store.measures), on the database.
+
+Nothing here reads every sample in Python. A view's summary (the on-object share histogram, the
+per-class table, the counts of samples with and without measures, the settings found, and a sample
+of (confidence, share) points) is one MongoDB ``$facet`` aggregation over the view's own pipeline:
+one scan on the server, a few hundred numbers back. A batch that stores measures leaves the whole
+dataset's summary in ``dataset.info["cam_explorer"]["audit"][<heatmap field>]`` (stamped with the
+sample count), so the first draw over all samples reads it instead of scanning.
+
+Narrowing (a click on a bar, a row or a box of points) is text, kept in the URL and the sidebar's
+view (``ViewSpec.narrow``): conditions joined by ``;``, each ``<measure field>:<lo>:<hi>`` (lo <= v
+< hi; hi == 1 includes 1) or ``<heatmap field>.target=<class>`` or ``<measure field>=true|false``.
+Its count and first page use the index on the share field.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import fiftyone as fo
+
+from camcore.errors import StoreError
+from camcore.identity import FIELD_PREFIX, measure_of
+from camcore.store.datasets import LOCK, MARK, db_errors, root_dataset
+from camcore.store.measures import measure_runs
+
+BINS = 20
+SCATTER_POINTS = 1500  # (confidence, share) points drawn: a random sample of the view's
+HOW_TO_MEASURE = ("run a batch with measures: the Batch page's 'Store measures', or "
+                  "`python -m camcore batch --dataset {dataset} --measures [--object-field ground_truth]`")
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    """A heatmap field with its measure fields (measure -> field)."""
+
+    heatmap: str
+    fields: dict[str, str]
+
+    @property
+    def share(self) -> str:
+        return self.fields["share"]
+
+    @property
+    def target(self) -> str:
+        return f"{self.heatmap}.target"
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int  # samples in the view
+    with_measures: int  # samples whose measures were stored (about set)
+    with_share: int  # of them, with an object to measure the share on
+    edges: tuple[float, ...]  # histogram bin edges, 0..1
+    counts: tuple[int, ...]  # samples per bin
+    classes: tuple[tuple[str, int, float | None, int], ...]  # (class, samples, mean share, background-dominated)
+    settings: tuple[tuple[str, int], ...]  # (about, samples): more than one = mixed settings
+    points: tuple[tuple[str, float, float, str], ...] = field(default=())  # (id, conf, share, class)
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "with_measures": self.with_measures, "with_share": self.with_share,
+                "edges": list(self.edges), "counts": list(self.counts), "classes": [list(c) for c in self.classes],
+                "settings": [list(s) for s in self.settings], "points": [list(p) for p in self.points]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Summary:
+        return cls(int(d["total"]), int(d["with_measures"]), int(d["with_share"]), tuple(d["edges"]),
+                   tuple(d["counts"]), tuple(tuple(c) for c in d["classes"]),
+                   tuple(tuple(s) for s in d["settings"]), tuple(tuple(p) for p in d["points"]))
+
+
+def runs(dataset: fo.Dataset | fo.DatasetView) -> list[AuditRun]:
+    """The heatmap fields of the dataset whose measures can be audited (a share field and an about
+    field), by name."""
+    found = measure_runs(dataset)
+    return [AuditRun(h, f) for h, f in sorted(found.items()) if "share" in f and "about" in f]
+
+
+def _edges(bins: int) -> list[float]:
+    return [round(i / bins, 6) for i in range(bins + 1)]
+
+
+def _facets(run: AuditRun, bins: int) -> dict:
+    f = run.fields
+    share, about = f"${run.share}", f"${f['about']}"
+    edges = _edges(bins)
+    bucket_edges = edges[:-1] + [1.0 + 1e-9]  # the last bin includes 1
+    conf = f.get("conf")
+    points: list[dict] = [{"$match": {run.share: {"$type": "number"}, **({conf: {"$type": "number"}} if conf else {})}},
+                          {"$sample": {"size": SCATTER_POINTS}},
+                          {"$project": {"c": f"${conf}" if conf else None, "s": share, "t": f"${run.target}"}}]
+    return {
+        "hist": [{"$match": {run.share: {"$type": "number"}}},
+                 {"$bucket": {"groupBy": share, "boundaries": bucket_edges, "default": "other",
+                              "output": {"n": {"$sum": 1}}}}],
+        "classes": [{"$match": {f["about"]: {"$ne": None}}},
+                    {"$group": {"_id": f"${run.target}", "n": {"$sum": 1}, "share": {"$avg": share},
+                                "bg": {"$sum": {"$cond": [{"$eq": [f"${f['bg']}", True]}, 1, 0]}} if "bg" in f
+                                else {"$sum": 0}}}],
+        "settings": [{"$group": {"_id": about, "n": {"$sum": 1}}}],
+        "points": points,
+    }
+
+
+@db_errors
+def summarise(view: fo.Dataset | fo.DatasetView, run: AuditRun, bins: int = BINS) -> Summary:
+    """The view's summary for one run: one $facet aggregation on the server (see the module)."""
+    result = next(iter(view._aggregate(pipeline=[{"$facet": _facets(run, bins)}])))
+    return _summary(result, bins)
+
+
+def _summary(result: dict, bins: int) -> Summary:
+    edges = _edges(bins)
+    index = {round(e, 6): i for i, e in enumerate(edges[:-1])}
+    counts = [0] * bins
+    for row in result["hist"]:
+        if row["_id"] != "other":
+            counts[index.get(round(float(row["_id"]), 6), 0)] += int(row["n"])
+    settings = sorted(((str(r["_id"]) if r["_id"] is not None else "", int(r["n"])) for r in result["settings"]),
+                      key=lambda s: -s[1])
+    total = sum(n for _a, n in settings)
+    with_measures = sum(n for a, n in settings if a)
+    classes = sorted(((str(r["_id"]), int(r["n"]), _num(r.get("share")), int(r.get("bg") or 0))
+                      for r in result["classes"]), key=lambda c: (-c[1], c[0]))
+    points = tuple((str(p["_id"]), float(p["c"]), float(p["s"]), str(p.get("t") or ""))
+                   for p in result["points"] if _num(p.get("c")) is not None and _num(p.get("s")) is not None)
+    return Summary(total, with_measures, sum(counts), tuple(edges), tuple(counts), tuple(classes),
+                   tuple((a, n) for a, n in settings if a), points)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(float(value)) else None
+
+
+# ---------------------------------------------------------------- the stored whole-dataset summary
+
+
+@db_errors
+def store_summary(dataset: fo.Dataset | fo.DatasetView, run: AuditRun) -> Summary:
+    """Summarise the whole dataset for one run and keep it in the dataset's info (a batch calls this
+    at its end), stamped with the sample count."""
+    dataset = root_dataset(dataset)
+    summary = summarise(dataset, run)
+    with LOCK:
+        dataset.reload()
+        info = dict(dataset.info or {})
+        ours = dict(info.get(MARK) or {})
+        audit = dict(ours.get("audit") or {})
+        audit[run.heatmap] = {"count": summary.total, "summary": summary.to_dict()}
+        info[MARK] = {**ours, "audit": audit}
+        dataset.info = info
+        dataset.save()
+    return summary
+
+
+def stored_summary(dataset: fo.Dataset, run: AuditRun) -> Summary | None:
+    """The whole dataset's summary a batch left, if the dataset still has that many samples."""
+    entry = ((dataset.info or {}).get(MARK) or {}).get("audit", {}).get(run.heatmap)
+    # The collection's own count (O(1), its metadata): a whole-dataset summary is stale once samples
+    # were added or deleted.
+    if not isinstance(entry, dict) or entry.get("count") != dataset._sample_collection.estimated_document_count():
+        return None
+    try:
+        return Summary.from_dict(entry["summary"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def audit_summary(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> Summary:
+    """The summary of the view: the stored one for a whole dataset when fresh, else aggregated."""
+    if isinstance(view, fo.Dataset) or not view._stages:
+        stored = stored_summary(root_dataset(view), run)
+        if stored is not None:
+            return stored
+    return summarise(view, run)
+
+
+# ---------------------------------------------------------------- bad input, in one line
+
+
+def check(summary: Summary, dataset_name: str, run: AuditRun) -> str | None:
+    """What stops an audit, in one line; None when the view can be audited."""
+    if summary.with_measures == 0:
+        return (f"No stored measures for {run.heatmap} in this view: " + HOW_TO_MEASURE.format(dataset=dataset_name)
+                + ".")
+    if len(summary.settings) > 1:
+        made = "; ".join(f"{n:,} samples with {about}" for about, n in summary.settings[:3])
+        return (f"Measures made with different settings are mixed in this view ({made}): run the batch with "
+                "measures again with one setting (it re-measures the others), or narrow the view.")
+    return None
+
+
+# ---------------------------------------------------------------- narrowing
+
+
+def narrow_filter(text: str, dataset: fo.Dataset | fo.DatasetView) -> dict:
+    """The MongoDB filter a narrowing text asks for; StoreError (one line) when it names a field
+    that is not a measure field or a heatmap's target, or is malformed."""
+    conds: list[dict[str, Any]] = []
+    schema = root_dataset(dataset).get_field_schema()
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        if "=" in part:
+            name, _, value = part.partition("=")
+            name = name.strip()
+            base = name.removesuffix(".target")
+            if name.endswith(".target") and base.startswith(FIELD_PREFIX) and base in schema:
+                conds.append({name: value})
+            elif measure_of(name) is not None and name in schema and value in ("true", "false"):
+                conds.append({name: value == "true"})
+            else:
+                raise StoreError(f"cannot narrow by {part!r}: not a measure field or a heatmap's class")
+            continue
+        name, lo, hi = (list(part.split(":")) + ["", ""])[:3]
+        if measure_of(name) is None or name not in schema:
+            raise StoreError(f"cannot narrow by {part!r}: {name!r} is not a measure field of this dataset")
+        try:
+            low, high = float(lo), float(hi)
+        except ValueError:
+            raise StoreError(f"cannot narrow by {part!r}: expected <field>:<low>:<high>") from None
+        conds.append({name: {"$gte": low, ("$lte" if high >= 1.0 else "$lt"): high}})
+    return {"$and": conds} if len(conds) > 1 else (conds[0] if conds else {})
+
+
+def describe_narrow(text: str) -> str:
+    """One plain line for the sidebar: what the narrowing keeps."""
+    out = []
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        if "=" in part:
+            name, _, value = part.partition("=")
+            what = "class" if name.endswith(".target") else (measure_of(name) or ("", ""))[0]
+            out.append(f"{what} = {value}")
+        else:
+            name, lo, hi = (list(part.split(":")) + ["", ""])[:3]
+            out.append(f"{(measure_of(name) or (name, ''))[0]} {lo}–{hi}")
+    return ", ".join(out)
+
+
+def bin_narrow(run: AuditRun, lo: float, hi: float) -> str:
+    return f"{run.share}:{lo:g}:{hi:g}"
+
+
+def class_narrow(run: AuditRun, cls: str) -> str:
+    return f"{run.target}={cls}"
+
+
+def box_narrow(run: AuditRun, conf: tuple[float, float], share: tuple[float, float]) -> str:
+    fields = run.fields
+    return (f"{fields['conf']}:{conf[0]:.4g}:{min(1.0, conf[1] + 1e-9):.6g};"
+            f"{run.share}:{share[0]:.4g}:{min(1.0, share[1] + 1e-9):.6g}")
+
+
+@db_errors
+def worst_first(view: fo.Dataset | fo.DatasetView, run: AuditRun, skip: int, limit: int) -> list[tuple[str, str]]:
+    """(sample id, filepath) of a page of the queue: the view's measured samples, lowest share on
+    the object first (through the index on the share field), then those measured without an object
+    (no share), in id order."""
+    scored = view.match({run.share: {"$type": "number"}})
+    n_scored = scored.count() if skip + limit > 0 else 0
+    out: list[tuple[str, str]] = []
+    if skip < n_scored:
+        page = scored.sort_by(run.share).skip(skip).limit(limit)
+        out = list(zip(*page.values(["id", "filepath"]), strict=True))
+    left = limit - len(out)
+    if left > 0:
+        rest = view.match({run.share: {"$not": {"$type": "number"}}, run.fields["about"]: {"$ne": None}})
+        page = rest.sort_by("_id", create_index=False).skip(max(0, skip - n_scored)).limit(left)
+        out += list(zip(*page.values(["id", "filepath"]), strict=True))
+    return out
+
+
+@db_errors
+def count_measured(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> int:
+    """Samples of the view whose measures are stored (the queue's length)."""
+    return view.match({run.fields["about"]: {"$ne": None}}).count()
+
+
+# ---------------------------------------------------------------- two runs side by side
+
+CHANGE_EPS = 0.02  # a change in share smaller than this is "the same"
+
+
+@dataclass(frozen=True)
+class Change:
+    sample_id: str
+    filepath: str
+    cls: str  # the class run A explained
+    share_a: float
+    share_b: float
+
+    @property
+    def change(self) -> float:
+        return self.share_b - self.share_a
+
+
+def _both(run_a: AuditRun, run_b: AuditRun) -> dict:
+    return {run_a.share: {"$type": "number"}, run_b.share: {"$type": "number"}}
+
+
+@db_errors
+def most_changed(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun, limit: int = 200,
+                 skip: int = 0) -> list[Change]:
+    """The view's samples measured by both runs, the largest change of on-object share first
+    (B - A, by size): one aggregation, a top-k sort on the server."""
+    if run_a.heatmap == run_b.heatmap:
+        raise StoreError("choose two different heatmap runs to compare")
+    pipeline = [{"$match": _both(run_a, run_b)},
+                {"$project": {"filepath": 1, "t": f"${run_a.target}", "a": f"${run_a.share}", "b": f"${run_b.share}",
+                              "d": {"$abs": {"$subtract": [f"${run_b.share}", f"${run_a.share}"]}}}},
+                {"$sort": {"d": -1, "_id": 1}}, {"$skip": int(skip)}, {"$limit": int(limit)}]
+    return [Change(str(r["_id"]), str(r.get("filepath") or ""), str(r.get("t") or ""), float(r["a"]), float(r["b"]))
+            for r in view._aggregate(pipeline=pipeline)]
+
+
+@db_errors
+def class_changes(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun,
+                  eps: float = CHANGE_EPS) -> list[tuple[str, int, float, int, int]]:
+    """Per class (run A's explained class): (class, samples, mean change of share B - A, better,
+    worse), better first; one aggregation on the server."""
+    d = {"$subtract": [f"${run_b.share}", f"${run_a.share}"]}
+    pipeline = [{"$match": _both(run_a, run_b)},
+                {"$group": {"_id": f"${run_a.target}", "n": {"$sum": 1}, "mean": {"$avg": d},
+                            "better": {"$sum": {"$cond": [{"$gt": [d, eps]}, 1, 0]}},
+                            "worse": {"$sum": {"$cond": [{"$lt": [d, -eps]}, 1, 0]}}}}]
+    rows = [(str(r["_id"]), int(r["n"]), float(r["mean"]), int(r["better"]), int(r["worse"]))
+            for r in view._aggregate(pipeline=pipeline)]
+    return sorted(rows, key=lambda r: (-r[2], r[0]))
+
+
+@db_errors
+def count_both(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun) -> int:
+    return view.match(_both(run_a, run_b)).count()

@@ -1,0 +1,54 @@
+"""Audit: the sidebar's view drawn from its stored measures (on-object share, per class, confidence
+against share); a click narrows the view, which the sidebar, the URL and the other pages follow."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import audit, page, text, urlstate
+from ui.sidebar import Selection
+from ui.state import Audit
+
+NO_SELECTION = "Pick a dataset in the sidebar: the audit covers its view."
+
+
+def main(sel: Selection) -> None:
+    st.markdown("#### Audit")
+    run = audit.pick_run(sel)
+    if run is None:
+        return
+    urlstate.remember_audit(run.heatmap)
+    s = audit.summary_of(sel, run)
+    problem = audit.problem(s, sel, run)
+    if problem:
+        st.warning(text.escape(problem))
+        return
+    threshold = audit.threshold_of(s)
+    st.caption(f"{s.total:,} samples in the sidebar's view · {s.with_measures:,} measured · {s.with_share:,} with "
+               f"an object to measure on · settings {text.escape(s.settings[0][0])}. Click a bar, a class or select "
+               "points to narrow the view; the sidebar, the URL and the Review page follow.")
+    left, right = st.columns(2)
+    with left:
+        event = st.plotly_chart(audit.histogram_figure(s, threshold), key=Audit.HIST, on_select="rerun",
+                                selection_mode=("points", "box"))
+        picked = audit.from_histogram(event, s, run)
+        if picked:
+            audit.narrow_to(picked, "hist")
+    with right:
+        event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
+                                selection_mode=("points", "box", "lasso"))
+        picked = audit.from_scatter(event, run)
+        if picked:
+            audit.narrow_to(picked, "scatter")
+    rows = audit.class_rows(s)
+    event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
+                         hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))
+    picked = audit.from_table(event, rows, run)
+    if picked:
+        audit.narrow_to(picked, "classes")
+    narrowed = sel.view_spec.narrow
+    st.markdown(f"**{sel.count:,} samples** in the view" + (" (narrowed)" if narrowed else "")
+                + ": review them worst first on the Review page, save them, or open them in the App.")
+    audit.ways_out(sel, audit.APP_PORT)
+
+
+page.serve("audit", main, NO_SELECTION)

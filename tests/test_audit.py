@@ -1,0 +1,116 @@
+"""The Audit page's numbers (camcore.store.audit) against a real mongod: aggregations on the
+server equal what Python counts, bad input in one line, narrowing, and 10^5 samples."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from audit_support import CLASSES, IDENTITY, audited_dataset
+
+from camcore.errors import StoreError
+from camcore.store import audit, views
+
+
+@pytest.fixture
+def audited(tmp_path):
+    ds, fields = audited_dataset(tmp_path, n=60)
+    yield ds, fields
+    ds.delete()
+
+
+def _run(ds) -> audit.AuditRun:
+    (run,) = audit.runs(ds)
+    assert run.heatmap == IDENTITY.field_name
+    return run
+
+
+def test_summary_equals_what_python_counts(audited):
+    ds, fields = audited
+    s = audit.summarise(ds, _run(ds))
+    shares = np.array(ds.values(fields["share"]))
+    classes = [h.target for h in ds.values(IDENTITY.field_name)]
+    assert (s.total, s.with_measures, s.with_share) == (60, 60, 60)
+    expected, _ = np.histogram(shares, bins=20, range=(0, 1))
+    assert list(s.counts) == expected.tolist()
+    by_class = {c: (n, m, bg) for c, n, m, bg in s.classes}
+    for cls in CLASSES:
+        mine = shares[[c == cls for c in classes]]
+        n, mean, bg = by_class[cls]
+        assert n == len(mine) and mean == pytest.approx(mine.mean()) and bg == int((mine < 0.5).sum())
+    assert s.settings == (("t=0.5;obj=objects;f=1", 60),)
+    assert len(s.points) == 60 and all(0 <= p[1] <= 1 and 0 <= p[2] <= 1 for p in s.points)
+
+
+def test_no_measures_and_mixed_settings_are_one_line_each(audited, tmp_path):
+    ds, fields = audited
+    run = _run(ds)
+    empty = ds.match({fields["share"]: {"$gt": 2}})  # a view where nothing was measured
+    line = audit.check(audit.summarise(empty, run), ds.name, run)
+    assert "No stored measures" in line and "--measures" in line and "\n" not in line
+    ds.take(5, seed=1).set_field(fields["about"], "t=0.3;obj=model;f=0").save()
+    line = audit.check(audit.summarise(ds, run), ds.name, run)
+    assert line.startswith("Measures made with different settings are mixed") and "\n" not in line
+    assert "55 samples with t=0.5;obj=objects;f=1" in line
+
+
+def test_narrowing_by_bin_class_and_box(audited):
+    ds, fields = audited
+    run = _run(ds)
+    shares = np.array(ds.values(fields["share"]))
+    spec = views.ViewSpec(narrow=audit.bin_narrow(run, 0.0, 0.25))
+    assert views.build_view(ds, spec).count() == int((shares < 0.25).sum())
+    assert "share 0–0.25" in spec.describe()
+    assert views.build_view(ds, views.ViewSpec(narrow=audit.class_narrow(run, "cup"))).count() == 20
+    top = audit.bin_narrow(run, 0.95, 1.0)
+    assert views.build_view(ds, views.ViewSpec(narrow=top)).count() == int((shares >= 0.95).sum())
+    worst = audit.worst_first(ds, run, 0, 3)
+    assert [ds[sid][fields["share"]] for sid, _ in worst] == sorted(shares)[:3]
+    with pytest.raises(StoreError, match="cannot narrow by 'filepath:0:1'"):
+        views.build_view(ds, views.ViewSpec(narrow="filepath:0:1"))
+
+
+def test_the_whole_datasets_summary_is_stored_and_dropped_when_samples_change(audited):
+    ds, _fields = audited
+    run = _run(ds)
+    stored = audit.store_summary(ds, run)
+    assert audit.stored_summary(ds, run) == stored
+    ds.delete_samples(ds.limit(1))
+    assert audit.stored_summary(ds, run) is None
+    assert audit.audit_summary(ds, run).total == 59
+
+
+@pytest.mark.slow
+def test_aggregations_on_a_hundred_thousand_samples(tmp_path):
+    ds, fields = audited_dataset(tmp_path, n=10)
+    try:
+        template = ds._sample_collection.find_one({}, {"_id": 0})
+        rng = np.random.default_rng(3)
+        shares = rng.random(100_000)
+        docs = [{**template, fields["share"]: float(v), fields["bg"]: bool(v < 0.5)} for v in shares]
+        ds._sample_collection.insert_many(docs, ordered=False)
+        run = _run(ds)
+        s = audit.summarise(ds, run)
+        assert s.total == 100_010 and s.with_share == 100_010
+        assert sum(s.counts) == 100_010 and len(s.points) == audit.SCATTER_POINTS
+        view = views.build_view(ds, views.ViewSpec(narrow=audit.bin_narrow(run, 0.0, 0.05)))
+        assert view.count() == s.counts[0]
+    finally:
+        ds.delete()
+
+
+def test_measure_fields_are_sortable_and_one_deleted_in_the_app_is_handled(audited):
+    ds, fields = audited
+    assert {fields["share"], fields["conf"]} <= set(views.sortable_fields(ds))  # the sidebar's Sort by
+    ds.delete_sample_field(fields["bg"])  # as the App's field deletion does
+    s = audit.summarise(ds, _run(ds))
+    assert s.with_share == 60 and all(bg == 0 for *_x, bg in s.classes)
+    ds.rename_sample_field(fields["share"], "my_share")  # renamed: no longer a measure of this map
+    assert audit.runs(ds) == []
+
+
+def test_class_names_reach_plotly_as_text_not_markup():
+    from ui.audit import class_change_figure, plain
+
+    hostile = "<a href='http://example.invalid'>cat</a>"
+    assert "<" not in plain(hostile) and plain(hostile).startswith("&lt;a href")
+    fig = class_change_figure([(hostile, 3, 0.1, 2, 1)])
+    assert "<a" not in str(fig.data[0].x[0])

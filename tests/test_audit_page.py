@@ -1,0 +1,115 @@
+"""pages/audit.py in-process (AppTest): charts drawn from stored measures, a link's narrowing
+followed by the sidebar and the URL, and the one-line messages for bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from app_support import APP, TIMEOUT, run
+from audit_support import audited_dataset
+from streamlit.testing.v1 import AppTest
+
+from camcore.store import audit
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture
+def audited(tmp_path):
+    ds, fields = audited_dataset(tmp_path, n=30)
+    ds.persistent = True  # the app lists persistent datasets
+    yield ds, fields
+    ds.delete()
+
+
+def _audit_page(ds, **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["dataset"] = ds.name
+    for k, v in params.items():
+        at.query_params[k] = v
+    run(at)
+    at.switch_page("pages/audit.py")
+    return run(at, allow_errors=False)
+
+
+def test_audit_page_draws_the_charts_and_the_class_table(audited):
+    ds, _fields = audited
+    at = _audit_page(ds)
+    charts = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
+    assert len(charts) == 2
+    assert charts[0]["xaxis"]["title"]["text"] == "share of heatmap mass on the object (0–1)"
+    assert charts[0]["yaxis"]["title"]["text"] == "samples (count)"
+    assert charts[1]["xaxis"]["title"]["text"] == "model probability of the explained class (0–1)"
+    assert len(at.dataframe) == 1 and list(at.dataframe[0].value["class"]) == ["cat", "cup", "person"]
+    assert any("30 samples in the sidebar's view" in c.value for c in at.caption)
+
+
+def test_a_links_narrowing_narrows_the_sidebar_and_stays_in_the_url(audited):
+    ds, fields = audited
+    (run_,) = audit.runs(ds)
+    narrow = audit.class_narrow(run_, "cup")
+    at = _audit_page(ds, narrow=narrow)
+    assert any("Narrowed by the Audit page: class" in c.value and c.value.endswith("cup") for c in at.sidebar.caption)
+    assert any("**10 samples** in the view (narrowed)" in m.value for m in at.markdown)
+    assert at.query_params["narrow"] == narrow and at.query_params["run"] == run_.heatmap
+
+
+def test_no_measures_says_how_to_make_them(tmp_path):
+    import shutil
+
+    import fiftyone as fo
+    from cam_support import skimage_data
+    from fo_helpers import unique_name
+
+    shutil.copy(skimage_data("coffee.png"), tmp_path / "coffee.png")
+    ds = fo.Dataset(unique_name("plain"), persistent=True)
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "coffee.png")))
+    try:
+        at = _audit_page(ds)
+        (line,) = [i.value for i in at.info]
+        assert "No stored measures in this dataset yet" in line and "--measures" in line
+    finally:
+        ds.delete()
+
+
+def test_mixed_settings_are_refused_in_one_line(audited):
+    ds, fields = audited
+    ds.take(3, seed=0).set_field(fields["about"], "t=0.3;obj=model;f=0").save()
+    at = _audit_page(ds)
+    (line,) = [w.value for w in at.warning]
+    assert "different settings are mixed" in line
+    assert not at.get("plotly_chart")
+
+
+def test_two_runs_page_lists_the_most_changed_and_the_classes(audited):
+    import dataclasses
+
+    from audit_support import IDENTITY, add_run
+
+    ds, _fields = audited
+    add_run(ds, dataclasses.replace(IDENTITY, pretrained=False), seed=5)
+    at = _audit_page(ds)
+    at.switch_page("pages/runs.py")
+    run(at, allow_errors=False)
+    (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
+    assert chart["yaxis"]["title"]["text"] == "mean change of on-object share, B − A (−1…1)"
+    classes, changed = at.dataframe
+    assert sorted(classes.value["class"]) == ["cat", "cup", "person"]
+    sizes = [abs(v) for v in changed.value["change"]]
+    assert len(sizes) == 30 and sizes == sorted(sizes, reverse=True)
+    captions = _image_captions(at)  # both maps of the most changed sample, side by side
+    assert len(captions) == 2 and captions[0].startswith("A\\: ") and captions[1].startswith("B\\: ")
+
+
+def _image_captions(at: AppTest) -> list[str]:
+    """The captions of the images on the page (AppTest has no image element: read the protos)."""
+    out: list[str] = []
+
+    def walk(node):
+        if type(node).__name__ == "Image" or getattr(node, "type", None) == "imgs":
+            out.extend(img.caption for img in node.proto.imgs if img.caption)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return out

@@ -1,0 +1,117 @@
+"""Measures stored as fields beside a batch's heatmaps (camcore.measures, camcore.store.measures),
+against a real mongod: equal to the app's one-sample values, resumable, bad input refused."""
+from __future__ import annotations
+
+import shutil
+
+import fiftyone as fo
+import pytest
+from cam_support import skimage_data
+from fo_helpers import unique_name
+
+from camcore import batch, judge
+from camcore.batch import BatchOptions
+from camcore.engine import Explainer
+from camcore.errors import StoreError
+from camcore.identity import HeatmapIdentity, measure_of
+from camcore.images import load_image
+from camcore.measures import MeasureOptions
+from camcore.models import get_spec, load_model
+from camcore.store import measures as measure_store
+
+MODEL = "efficientnet_lite0"
+CAT_BOX = [0.25, 0.05, 0.5, 0.9]  # chelsea.png: the cat's head and body
+
+
+def _identity() -> HeatmapIdentity:
+    return HeatmapIdentity(model=MODEL, method="gradcam", layer=get_spec(MODEL).default_layer, target=batch.PREDICTED)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    samples = []
+    for i, name in enumerate(["chelsea.png", "coffee.png", "astronaut.png", "horse.png"]):
+        path = tmp_path / f"{i}-{name}"
+        shutil.copy(skimage_data(name), path)
+        s = fo.Sample(filepath=str(path))
+        s["ground_truth"] = fo.Detections(detections=[fo.Detection(label="cat", bounding_box=CAT_BOX)])
+        s["note"] = "a string"
+        samples.append(s)
+    ds = fo.Dataset(unique_name("measures"))
+    ds.add_samples(samples)
+    yield ds
+    ds.delete()
+
+
+def _options(**kw) -> BatchOptions:
+    return BatchOptions(MODEL, methods=["gradcam"], chunk=2,
+                        measures=MeasureOptions(object_field="ground_truth", **kw))
+
+
+def test_identity_names_measure_fields_from_the_heatmap_name():
+    ident = _identity()
+    fields = ident.measure_fields()
+    assert fields["share"] == "camm_share_" + ident.field_name[len("cam_"):]
+    assert all(measure_of(f) == (m, ident.field_name) for m, f in fields.items())
+    assert measure_of(ident.field_name) is None  # a heatmap field is never read as a measure
+
+
+def test_stored_measures_equal_the_apps_one_sample_values(dataset):
+    report = batch.run_batch(dataset, _options())
+    assert (report.done, report.failed) == (4, [])
+    fields = measure_store.measure_runs(dataset)[_identity().field_name]
+    chelsea = dataset.match(fo.ViewField("filepath").ends_with("chelsea.png")).first()
+    stored = {m: chelsea[f] for m, f in fields.items()}
+    assert stored["about"] == "t=0.5;obj=ground_truth;f=1"
+    # The app: Compare's ranking (share on the label boxes) and Compare's faithfulness, one sample.
+    model = load_model(MODEL)
+    layer = get_spec(MODEL).default_layer
+    item = judge.SampleItem(chelsea.id, chelsea.filepath, (tuple(CAT_BOX),))
+    ex = Explainer(model, load_image(chelsea.filepath), None, (layer,))
+    row = judge.rank_by_share_inside(model, [item], "gradcam", layer, ex.target.name)[0]
+    faith = ex.faithfulness("gradcam", layer)
+    assert stored["share"] == pytest.approx(row.share_inside, abs=1e-3)
+    assert stored["bg"] == row.background_dominated
+    assert stored["keep"] == pytest.approx(faith.keep_relative, abs=1e-3)
+    assert stored["remove"] == pytest.approx(faith.remove_relative, abs=1e-3)
+    assert stored["score"] == pytest.approx(faith.original_score, rel=1e-3)
+    assert stored["conf"] == pytest.approx(ex.prediction.top.score, rel=1e-3)
+    # No box names the coffee's class: no share, no flag, but the scores are there.
+    coffee = dataset.match(fo.ViewField("filepath").ends_with("coffee.png")).first()
+    assert coffee[fields["share"]] is None and coffee[fields["bg"]] is None
+    assert coffee[fields["keep"]] is not None
+
+
+def test_resume_fills_only_the_missing_measures(dataset):
+    batch.run_batch(dataset, _options(faithfulness=False))
+    fields = measure_store.measure_runs(dataset)[_identity().field_name]
+    before = dict(zip(*dataset.values(["id", fields["share"]]), strict=True))
+    ids = dataset.values("id")[:2]
+    dataset.select(ids).set_field(fields["about"], None).save()  # as if the run had died before its measures
+    dataset.select(ids).set_field(fields["share"], None).save()
+    report = batch.run_batch(dataset, _options(faithfulness=False))
+    assert (report.done, report.skipped) == (2, 2)
+    assert dict(zip(*dataset.values(["id", fields["share"]]), strict=True)) == pytest.approx(before)
+    # Other settings (a threshold): every sample is measured again, nothing mixed.
+    report = batch.run_batch(dataset, _options(faithfulness=False, threshold=0.9))
+    assert report.done == 4
+    assert set(dataset.values(fields["about"])) == {"t=0.9;obj=ground_truth;f=0"}
+
+
+def test_a_measure_field_deleted_in_the_app_is_declared_and_filled_again(dataset):
+    batch.run_batch(dataset, _options(faithfulness=False))
+    fields = measure_store.measure_runs(dataset)[_identity().field_name]
+    dataset.delete_sample_field(fields["about"])
+    assert "about" not in measure_store.measure_runs(dataset)[_identity().field_name]
+    report = batch.run_batch(dataset, _options(faithfulness=False))
+    assert report.done == 4
+    assert None not in dataset.values(fields["about"])
+
+
+def test_an_object_field_of_the_wrong_type_fails_in_one_line_before_anything_is_written(dataset):
+    with pytest.raises(StoreError, match="Segmentation masks or Detections boxes") as err:
+        batch.run_batch(dataset, BatchOptions(MODEL, measures=MeasureOptions(object_field="note")))
+    assert "\n" not in str(err.value)
+    assert dataset.get_field(_identity().field_name) is None
+    with pytest.raises(StoreError, match="no field 'nope'"):
+        batch.run_batch(dataset, BatchOptions(MODEL, measures=MeasureOptions(object_field="nope")))

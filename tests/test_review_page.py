@@ -1,0 +1,97 @@
+"""pages/review.py in-process (AppTest): the queue worst first, next/previous and the position in
+the URL, a finding recorded, a missing map and a stale one (other weights) offered to compute."""
+from __future__ import annotations
+
+import shutil
+
+import fiftyone as fo
+import pytest
+from app_support import APP, TIMEOUT, run
+from audit_support import IDENTITY, audited_dataset
+from cam_support import skimage_data
+from fo_helpers import unique_name
+from streamlit.testing.v1 import AppTest
+
+from camcore import batch
+from camcore.batch import BatchOptions
+from camcore.measures import MeasureOptions
+from camcore.store import audit
+
+pytestmark = [pytest.mark.slow]
+
+
+def _review(ds, **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["dataset"] = ds.name
+    for k, v in params.items():
+        at.query_params[k] = v
+    run(at)
+    at.switch_page("pages/review.py")
+    return run(at, allow_errors=False)
+
+
+def _headline(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("**Reviewed"))
+
+
+@pytest.fixture
+def audited(tmp_path):
+    ds, fields = audited_dataset(tmp_path, n=12)
+    ds.persistent = True
+    yield ds, fields
+    ds.delete()
+
+
+def test_queue_worst_first_steps_records_and_keeps_its_place_in_the_url(audited):
+    ds, fields = audited
+    at = _review(ds, reviewed="2")
+    assert _headline(at).startswith("**Reviewed 2 of 12**")
+    assert "`j` next sample" in _headline(at) and "`f` record the finding" in _headline(at)
+    assert at.query_params["reviewed"] == "2"
+    at.button(key="review_next").click()
+    run(at, allow_errors=False)
+    assert _headline(at).startswith("**Reviewed 3 of 12**") and at.query_params["reviewed"] == "3"
+    (run_,) = audit.runs(ds)
+    third, _path = audit.worst_first(ds, run_, 2, 1)[0]
+    shares = sorted(ds.values(fields["share"]))
+    assert any(f"share: {shares[2]:.3f}" in t.value for t in at.text)
+    at.selectbox(key="review_tag").set_value("background bias")
+    at.text_input(key="review_note").input("looks at the sofa")
+    at.button(key="review_record").click()
+    run(at, allow_errors=False)
+    ds.reload()
+    assert "cam:background-bias" in ds[third].tags
+    assert ds[third]["cam_findings"].classifications[-1].note == "looks at the sofa"
+
+
+def test_a_missing_map_says_so_and_offers_to_compute(audited):
+    ds, fields = audited
+    (run_,) = audit.runs(ds)
+    worst, _ = audit.worst_first(ds, run_, 0, 1)[0]
+    ds.select(worst).set_field(IDENTITY.field_name, None).save()
+    at = _review(ds)
+    assert any(w.value.startswith("No stored heatmap for this sample") for w in at.warning)
+    assert at.button(key="review_compute")
+
+
+def test_a_stale_map_says_which_weights_made_it_and_computing_it_clears_that(tmp_path):
+    for name in ("chelsea.png", "coffee.png"):
+        shutil.copy(skimage_data(name), tmp_path / name)
+    ds = fo.Dataset(unique_name("stale"), persistent=True)
+    ds.add_samples([fo.Sample(filepath=str(tmp_path / n)) for n in ("chelsea.png", "coffee.png")])
+    try:
+        batch.run_batch(ds, BatchOptions("efficientnet_lite0", methods=["gradcam"], layers=["head"],
+                                         measures=MeasureOptions(faithfulness=False)))
+        field = IDENTITY.field_name
+        ds.set_field(f"{field}.weights", "an older checkpoint").save()
+        ds.set_field(f"{field}.weights_sha256", "0" * 64).save()
+        at = _review(ds)
+        (line,) = [w.value for w in at.warning]
+        assert line.startswith("The stored heatmap is stale\\: made with an older checkpoint")
+        at.button(key="review_compute").click()
+        run(at, allow_errors=False)
+        assert any("Computed the map and its measures again" in i.value for i in at.info), [i.value for i in [*at.info, *at.warning, *at.error, *at.success]]
+        assert not at.warning
+        assert set(ds.values(f"{field}.weights")) != {"an older checkpoint"}
+    finally:
+        ds.delete()

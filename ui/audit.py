@@ -1,0 +1,248 @@
+"""The Audit, Review and Runs pages' parts: the run picker, the summary (cached), Plotly figures
+(pure functions), chart selections turned into the sidebar's narrowing, and the narrowed view's
+ways out (a saved view, the FiftyOne App).
+
+Plots are Plotly (`st.plotly_chart(on_select="rerun")`): a click on a bar, a box or lasso of
+points, or a row of the class table narrows the sidebar's view (`ViewSpec.narrow`), so every page
+and the URL follow it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from camcore import overlay, store
+from camcore.store import audit, views
+from ui import cache, text
+from ui.sidebar import Selection
+from ui.state import Audit, Sidebar
+
+SHARE_AXIS = "share of heatmap mass on the object (0–1)"
+CONF_AXIS = "model probability of the explained class (0–1)"
+COUNT_AXIS = "samples (count)"
+CHART_HEIGHT = 300  # three charts and the table fit 1280x800 with the sidebar
+APP_PORT = store.DEFAULT_APP_PORT
+FINDING_TAGS = store.FINDING_TAGS
+count_measured = audit.count_measured
+worst_first = audit.worst_first
+
+
+def base_spec(sel: Selection) -> views.ViewSpec:
+    """The sidebar's view without the Audit page's narrowing: what the charts describe."""
+    return dataclasses.replace(sel.view_spec, narrow="")
+
+
+def pick_run(sel: Selection, key: str = Audit.RUN, label: str = "Heatmap run") -> audit.AuditRun | None:
+    """The heatmap field (with measures) to audit; None after saying how to make one."""
+    dataset = store.load_dataset(sel.dataset)
+    found = audit.runs(dataset)
+    if not found:
+        st.info("No stored measures in this dataset yet: " + text.escape(audit.HOW_TO_MEASURE.format(
+            dataset=sel.dataset)) + ".")
+        return None
+    names = [r.heatmap for r in found]
+    wanted = st.session_state.get(key)
+    if wanted not in names:
+        link = st.session_state.get(Audit.RUN)
+        st.session_state[key] = link if link in names else names[0]
+    name = st.selectbox(label, names, key=key, help="A heatmap field whose measures a batch stored (camm_* fields).")
+    return next(r for r in found if r.heatmap == name)
+
+
+@st.cache_data(ttl=30, show_spinner=False, max_entries=64)
+def summary(dataset_name: str, spec: views.ViewSpec, heatmap: str, fields: tuple[tuple[str, str], ...],
+            stamp: int) -> audit.Summary:
+    """The view's summary (one aggregation on the server, or the stored one), cached per view."""
+    view = views.build_view(store.load_dataset(dataset_name), spec)
+    return audit.audit_summary(view, audit.AuditRun(heatmap, dict(fields)))
+
+
+def problem(s: audit.Summary, sel: Selection, run: audit.AuditRun) -> str | None:
+    """What stops the audit of this view, in one line (no measures, mixed settings)."""
+    return audit.check(s, sel.dataset, run)
+
+
+def summary_of(sel: Selection, run: audit.AuditRun) -> audit.Summary:
+    return summary(sel.dataset, base_spec(sel), run.heatmap, tuple(sorted(run.fields.items())),
+                   views.count(store.load_dataset(sel.dataset)))
+
+
+# ---------------------------------------------------------------- figures (pure)
+
+
+def plain(value: object) -> str:
+    """Data (a class name) as Plotly text: Plotly reads <b>, <a href> ... in labels and hover
+    text as markup; entities keep it text."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _layout(fig: go.Figure, x: str, y: str) -> go.Figure:
+    fig.update_layout(height=CHART_HEIGHT, margin={"l": 60, "r": 10, "t": 30, "b": 50}, showlegend=False,
+                      xaxis_title=x, yaxis_title=y, dragmode="select", clickmode="event+select")
+    return fig
+
+
+def histogram_figure(s: audit.Summary, threshold: float | None = None) -> go.Figure:
+    centers = [(a + b) / 2 for a, b in zip(s.edges[:-1], s.edges[1:], strict=True)]
+    width = s.edges[1] - s.edges[0] if len(s.edges) > 1 else 0.05
+    colours = ["#d62728" if threshold is not None and c < threshold else "#1f77b4" for c in centers]
+    fig = go.Figure(go.Bar(x=centers, y=list(s.counts), width=width * 0.95, marker_color=colours,
+                           hovertemplate="share %{x:.2f}: %{y} samples<extra></extra>"))
+    fig.update_layout(title="On-object share (red: background-dominated)")
+    return _layout(fig, SHARE_AXIS, COUNT_AXIS)
+
+
+def scatter_figure(s: audit.Summary) -> go.Figure:
+    fig = go.Figure(go.Scattergl(x=[p[1] for p in s.points], y=[p[2] for p in s.points], mode="markers",
+                                 customdata=[p[0] for p in s.points], text=[plain(p[3]) for p in s.points],
+                                 marker={"size": 5, "opacity": 0.6},
+                                 hovertemplate="%{text}: confidence %{x:.2f}, share %{y:.2f}<extra></extra>"))
+    fig.update_layout(title=f"Confidence against on-object share ({len(s.points):,} samples drawn)")
+    fig.update_xaxes(range=[0, 1.02])
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, CONF_AXIS, SHARE_AXIS)
+
+
+def threshold_of(s: audit.Summary) -> float | None:
+    """The background threshold the measures were made with (from their settings)."""
+    for part in (s.settings[0][0] if s.settings else "").split(";"):
+        if part.startswith("t="):
+            try:
+                return float(part[2:])
+            except ValueError:
+                return None
+    return None
+
+
+def class_rows(s: audit.Summary) -> list[dict]:
+    return [{"class": c, "samples": n, "mean share (0–1)": None if m is None else round(m, 3),
+             "background-dominated": bg} for c, n, m, bg in s.classes]
+
+
+# ---------------------------------------------------------------- selections -> the sidebar's narrowing
+
+
+def narrow_to(narrow: str, source: str) -> None:
+    """Narrow the sidebar's view (a new selection only: a kept chart selection reapplies nothing)."""
+    if st.session_state.get(Audit.APPLIED) == (source, narrow):
+        return
+    st.session_state[Audit.APPLIED] = (source, narrow)
+    if st.session_state.get(Sidebar.NARROW) != narrow:
+        st.session_state[Sidebar.NARROW] = narrow
+        st.rerun()  # the sidebar draws the narrowed view, and the URL follows
+
+
+def from_histogram(event, s: audit.Summary, run: audit.AuditRun) -> str | None:
+    points = list(getattr(getattr(event, "selection", None), "points", None) or [])
+    if not points:
+        return None
+    half = (s.edges[1] - s.edges[0]) / 2
+    xs = [float(p["x"]) for p in points if "x" in p]
+    return audit.bin_narrow(run, round(max(0.0, min(xs) - half), 6), round(min(1.0, max(xs) + half), 6)) if xs \
+        else None
+
+
+def from_scatter(event, run: audit.AuditRun) -> str | None:
+    points = list(getattr(getattr(event, "selection", None), "points", None) or [])
+    xs = [float(p["x"]) for p in points if "x" in p]
+    ys = [float(p["y"]) for p in points if "y" in p]
+    if not xs or "conf" not in run.fields:
+        return None
+    return audit.box_narrow(run, (min(xs), max(xs)), (min(ys), max(ys)))
+
+
+def from_table(event, rows: list[dict], run: audit.AuditRun) -> str | None:
+    chosen = list(getattr(getattr(event, "selection", None), "rows", None) or [])
+    return audit.class_narrow(run, rows[chosen[0]]["class"]) if chosen else None
+
+
+# ---------------------------------------------------------------- the narrowed view's ways out
+
+
+def save_view(sel: Selection) -> None:
+    name = str(st.session_state.get(Audit.SAVE_NAME) or "").strip()
+    if not name:
+        st.session_state["_audit_saved"] = ("warning", "Name the saved view first.")
+        return
+    try:
+        store.load_dataset(sel.dataset).save_view(name, sel.view(), overwrite=True)
+        st.session_state["_audit_saved"] = ("success", f"Saved as the FiftyOne view {name!r}.")
+    except Exception as exc:  # a bad name or a database error: one line
+        st.session_state["_audit_saved"] = ("error", f"Could not save the view {name!r}: {exc}")
+
+
+def ways_out(sel: Selection, port: int) -> None:
+    """Save the narrowed view as a FiftyOne saved view; open it in the FiftyOne App."""
+    c1, c2, c3 = st.columns([3, 1, 2])
+    c1.text_input("Saved view name", key=Audit.SAVE_NAME, placeholder="e.g. background-dominated cats",
+                  label_visibility="collapsed")
+    c2.button("Save view", key=Audit.SAVE, on_click=save_view, args=(sel,))
+    if c3.button("Open in the FiftyOne App", key=Audit.OPEN_APP):
+        store.launch_app(sel.view(), port)
+        c3.markdown(f"[Open the App]({store.app_url(sel.dataset, None, port)})")
+    said = st.session_state.pop("_audit_saved", None)
+    if said:
+        getattr(st, said[0])(text.escape(said[1]))
+
+
+def sample_measures(sel: Selection, sample_id: str, run: audit.AuditRun) -> dict:
+    """One sample's stored measures (measure -> value), read from the database by id."""
+    names = sorted(run.fields)
+    values = store.load_dataset(sel.dataset).select(sample_id).values([run.fields[m] for m in names])
+    return {m: (v[0] if v else None) for m, v in zip(names, values, strict=True)}
+
+
+# ---------------------------------------------------------------- two runs side by side
+
+CHANGE_AXIS = "mean change of on-object share, B − A (−1…1)"
+most_changed = audit.most_changed
+class_changes = audit.class_changes
+count_both = audit.count_both
+
+
+def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:
+    """Runs A and B (two heatmap fields with measures), or None after saying what is missing."""
+    found = audit.runs(store.load_dataset(sel.dataset))
+    if len(found) < 2:
+        st.info("Two heatmap runs with stored measures are needed (two weights of one model, or two models): "
+                + text.escape(audit.HOW_TO_MEASURE.format(dataset=sel.dataset)) + ", once per run.")
+        return None
+    names = [r.heatmap for r in found]
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Run A (before)", names, index=0, key=Audit.RUN_A)
+    b = c2.selectbox("Run B (after)", names, index=1, key=Audit.RUN_B)
+    if a == b:
+        st.warning("Choose two different runs.")
+        return None
+    by_name = {r.heatmap: r for r in found}
+    return by_name[a], by_name[b]
+
+
+def class_change_figure(rows: list[tuple[str, int, float, int, int]]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=[plain(r[0]) for r in rows], y=[r[2] for r in rows],
+                           marker_color=["#2ca02c" if r[2] > 0 else "#d62728" for r in rows],
+                           customdata=[[r[1], r[3], r[4]] for r in rows],
+                           hovertemplate="%{x}: %{y:+.3f} (%{customdata[0]} samples, %{customdata[1]} better, "
+                                         "%{customdata[2]} worse)<extra></extra>"))
+    fig.update_layout(title="Which classes got better (green) or worse (red) at looking at the object")
+    return _layout(fig, "class (explained by run A)", CHANGE_AXIS)
+
+
+def side_by_side(sel: Selection, change: audit.Change, run_a: audit.AuditRun, run_b: audit.AuditRun) -> None:
+    """Both stored maps of one sample over its image, with their shares."""
+    dataset = store.load_dataset(sel.dataset)
+    try:
+        img = cache.image(change.filepath, os.path.getmtime(change.filepath))
+    except Exception as exc:  # a missing or unreadable file: one line
+        st.error(f"Cannot read the image: {text.escape(exc)}")
+        return
+    cols = st.columns(2)
+    for col, run, share, name in ((cols[0], run_a, change.share_a, "A"), (cols[1], run_b, change.share_b, "B")):
+        heatmap = store.read_heatmap(dataset, change.sample_id, run.heatmap)
+        shown = overlay.overlay(img.rgb, heatmap) if heatmap is not None else img.rgb
+        col.image(shown, width="stretch",
+                  caption=text.escape(f"{name}: {run.heatmap} · share on the object {share:.3f}"
+                                      + ("" if heatmap is not None else " · no stored map")))

@@ -1,0 +1,68 @@
+"""A detection model's box picker: which box to explain (the model's detections above a score
+threshold, every box of a class, all of them, or a box of the sample's own Detections fields).
+Its value is a short box rule (camcore.detection; `id:<detection id>` for a field's box) that the
+URL carries as `box=`; the engine gets the rule with the field's box resolved."""
+from __future__ import annotations
+
+import streamlit as st
+
+from camcore import detection
+from camcore.errors import CamError
+from camcore.results import Prediction
+from ui import data, text
+from ui.state import Explore
+from ui.widgets import fresh_label_selectbox
+
+
+def _split(rule: str) -> tuple[str, float | None]:
+    body, _, thr = rule.partition("@")
+    try:
+        return body.strip(), (float(thr) if thr else None)
+    except ValueError:
+        return body.strip(), None
+
+
+def _options(prediction: Prediction, threshold: float,
+             field_boxes: list[tuple[str, str, str, list[float]]]) -> dict[str, str]:
+    """value -> label, labels unique (the browser tells options apart by label)."""
+    above = [d for d in prediction.boxes if d.score >= threshold]
+    options = {detection.TOP: (f"top-scoring box ({above[0].name} {above[0].score:.2f})" if above
+                               else "top-scoring box (none at this threshold)")}
+    for d in above:
+        options[f"det:{d.index}"] = f"#{d.index} {d.name} {d.score:.2f}"
+    for name in dict.fromkeys(d.name for d in above):
+        options[f"class:{name}"] = f"every '{name}' box"
+    options["all"] = f"all detections ({len(above)})"
+    for field, det_id, label, _box in field_boxes:
+        options[f"id:{det_id}"] = f"{field}: {label} ({det_id[-6:]})"
+    return options
+
+
+def box_picker(container, prediction: Prediction, dataset: str, sample_id: str, requested: str | None = None,
+               key: str = Explore.BOX, threshold_key: str = Explore.BOX_THRESHOLD) -> tuple[str, str]:
+    """(the short box rule, for the URL; the engine's box rule). `requested`: a link's box rule."""
+    try:
+        field_boxes = data.sample_boxes(dataset, sample_id)
+    except CamError as exc:
+        field_boxes = []
+        container.caption(f"The sample's boxes cannot be read: {text.escape(str(exc))}")
+    if requested:
+        body, thr = _split(requested)
+        if thr is not None and 0 <= thr <= 1:
+            st.session_state[threshold_key] = thr
+        st.session_state[key] = body
+    st.session_state.setdefault(threshold_key, detection.DEFAULT_THRESHOLD)
+    threshold = container.slider("Box score threshold", 0.0, 1.0, step=0.05, key=threshold_key,
+                                 help="The model's detections at or above this score are listed and drawn.")
+    options = _options(prediction, threshold, field_boxes)
+    if st.session_state.get(key) not in options:
+        if requested:
+            container.warning(text.escape(f"No box {requested!r} on this sample at score >= {threshold:g}: "
+                                          "showing the top-scoring box."))
+        st.session_state[key] = detection.TOP
+    choice = fresh_label_selectbox(container, "Box to explain", list(options), lambda o: options[o], key,
+                                   help="The model's own detections (best first), every box of a class, all of "
+                                        "them, or a box of the sample's Detections fields (matched to the model's "
+                                        "output by IoU and label).")
+    short = choice if threshold == detection.DEFAULT_THRESHOLD else f"{choice}@{threshold:g}"
+    return short, data.box_rule(dataset, sample_id, short)

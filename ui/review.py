@@ -1,0 +1,127 @@
+"""The Review page's parts: the queue (the sidebar's narrowed view, lowest on-object share first),
+the stored heatmap of one sample over its image (no model pass), whether that map is missing or
+stale (made with other weights than the model loads now), and computing it on request."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from camcore import batch, models, overlay, store
+from camcore.errors import CamError
+from camcore.measures import MeasureOptions
+from camcore.store import audit
+from ui import cache, text, urlstate
+from ui.sidebar import Selection
+from ui.state import Audit
+
+SHORTCUTS = (("j", "next sample"), ("k", "previous sample"), ("f", "record the finding (tag and note above)"))
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A queue sample's stored map: the map (0..1) or None, and what is wrong with it, if anything."""
+
+    heatmap: np.ndarray | None
+    problem: str = ""  # "" | "missing" | "stale: ..."
+    made_with: str = ""
+
+
+def position(total: int) -> int:
+    """The queue position: the link's `reviewed` (1-based) once, then the session's; kept in range."""
+    if Audit.REVIEWED not in st.session_state:
+        wanted = urlstate.pending().reviewed
+        st.session_state[Audit.REVIEWED] = int(wanted) - 1 if wanted.isdigit() and int(wanted) > 0 else 0
+    pos = max(0, min(int(st.session_state[Audit.REVIEWED]), max(0, total - 1)))
+    st.session_state[Audit.REVIEWED] = pos
+    return pos
+
+
+def step(delta: int, total: int) -> None:
+    st.session_state[Audit.REVIEWED] = max(0, min(int(st.session_state.get(Audit.REVIEWED, 0)) + delta, total - 1))
+
+
+def _weights_for(sel: Selection, meaning: dict) -> str:
+    """The weights a map of this field is made with now: untrained for an untrained field, the
+    sidebar's choice when the sidebar shows the field's model, else the model's own."""
+    if "untrained" in str(meaning.get("variant", "")).split("_"):
+        return "untrained"
+    return sel.weights if sel.model == meaning.get("model") else "auto"
+
+
+def stored(sel: Selection, sample_id: str, run: audit.AuditRun) -> Stored:
+    """The sample's stored map and whether it is missing or stale (compared with the weights the
+    field's model loads now; loading the model is cached, no pass is run)."""
+    dataset = store.load_dataset(sel.dataset)
+    label = store.get_sample(dataset, sample_id)[run.heatmap] if dataset.get_field(run.heatmap) else None
+    heatmap = store.read_heatmap(dataset, sample_id, run.heatmap) if label is not None else None
+    if heatmap is None:
+        return Stored(None, "missing")
+    made_with = f"{_attr(label, 'model')} ({_attr(label, 'weights')})" if _attr(label, "weights") else ""
+    meaning = store.heatmap_fields(dataset).get(run.heatmap, {})
+    key, weights = str(meaning.get("model") or _attr(label, "model") or ""), _weights_for(sel, meaning)
+    if key not in models.MODELS:
+        return Stored(heatmap, "", made_with)  # a map of a model this app does not know: shown as stored
+    try:
+        loaded = cache.model(key, weights, models.weights_identity(key, weights))
+    except CamError:
+        return Stored(heatmap, "", made_with)  # no weights to compare with here: shown as stored
+    now_sha = str((loaded.provenance or {}).get("weights_sha256") or "")
+    then_sha, then_label = str(_attr(label, "weights_sha256") or ""), str(_attr(label, "weights") or "")
+    if (now_sha and then_sha and now_sha != then_sha) or (then_label and then_label != loaded.weights_label):
+        return Stored(heatmap, f"stale: made with {then_label or then_sha[:12]}, the model now loads "
+                               f"{loaded.weights_label}", made_with)
+    return Stored(heatmap, "", made_with)
+
+
+def _attr(label, name: str):
+    try:
+        return label[name]
+    except (KeyError, AttributeError):
+        return None
+
+
+def draw_sample(sel: Selection, sample_id: str, path: str, s: Stored, measures: dict) -> None:
+    """The image with its stored map over it, and the sample's measures, as text."""
+    try:
+        img = cache.image(path, os.path.getmtime(path))
+    except (CamError, OSError) as exc:
+        st.error(f"Cannot read the image: {text.escape(exc)}")
+        return
+    left, right = st.columns([3, 2])
+    shown = overlay.overlay(img.rgb, s.heatmap) if s.heatmap is not None else img.rgb
+    left.image(shown, caption=text.escape(store.views.relative_label(path, cache.common_folder(sel.dataset))),
+               width="stretch")
+    lines = [f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}"
+             for name, value in measures.items() if value is not None]
+    right.text("\n".join(lines + ([f"map made by {s.made_with}"] if s.made_with else [])))
+
+
+def compute(sel: Selection, sample_id: str, run: audit.AuditRun, about: str) -> str:
+    """Compute (or recompute) the sample's map and measures with the field's settings; a line saying
+    what happened."""
+    dataset = store.load_dataset(sel.dataset)
+    meaning = store.heatmap_fields(dataset).get(run.heatmap)
+    if not meaning:
+        return f"{run.heatmap} is not a CAM Explorer heatmap field any more: nothing to compute."
+    options = batch.BatchOptions(model=meaning["model"], weights=_weights_for(sel, meaning),
+                                 methods=(meaning["method"],), layers=(meaning["layer"],),
+                                 target_rule=meaning["target"], eigen_smooth="eigen" in meaning.get("variant", ""),
+                                 measures=MeasureOptions.parse(about) if about else MeasureOptions(), chunk=1)
+    if options.checked().field_names() != [run.heatmap]:
+        return (f"The sidebar's weights would write another field than {run.heatmap}: choose the weights the "
+                "field was made with in the sidebar.")
+    report = batch.run_batch(dataset.select([sample_id]), options)
+    if report.failed:
+        return f"Could not compute it: {report.failed[0][1]}"
+    return "Computed the map and its measures again." if report.done else "Already up to date."
+
+
+def record(sel: Selection, sample_id: str, run: audit.AuditRun) -> None:
+    tag = st.session_state.get(Audit.TAG) or store.FINDING_TAGS[0]
+    note = str(st.session_state.get(Audit.NOTE) or "")
+    store.add_finding(store.load_dataset(sel.dataset), sample_id, tag, note, run.heatmap,
+                      url=urlstate.current_url("review"))
+    st.session_state["_review_said"] = f"Recorded '{tag}' on this sample."
