@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -25,6 +26,18 @@ from camcore.errors import Cancelled
 Progress = Callable[[float, str], None]
 Guard = Callable[[], AbstractContextManager]  # held around each batch of forwards (the model's lock)
 MIN_BATCH = 1
+# One batch of forwards takes about this long: Cancel (and Streamlit's Stop) are seen between
+# batches, so they take effect within about this time (issue 22 item 7: within 2 s).
+BATCH_SECONDS = 0.8
+Clock = Callable[[], float]
+
+
+def time_sized_batch(seconds_per_channel: float, cap: int, budget: float = BATCH_SECONDS) -> int:
+    """The batch that takes about `budget` seconds at the rate just measured, from 1 to `cap`
+    (the memory bound: the requested size on a CPU, what the free GPU memory holds on a GPU)."""
+    if seconds_per_channel <= 0:
+        return max(MIN_BATCH, cap)
+    return int(max(MIN_BATCH, min(cap, budget / seconds_per_channel + 1e-9)))
 
 
 def default_batch_size(device: torch.device, input_hw: tuple[int, int], requested: int) -> int:
@@ -51,12 +64,17 @@ def batch_scorer(target: Callable, device: torch.device) -> Callable[[torch.Tens
 
 def _in_batches(channels: int, batch_size: int, score_batch: Callable[[int, int], torch.Tensor], name: str,
                 progress: Progress | None, cancel: threading.Event | None,
-                guard: Guard | None = None) -> torch.Tensor:
+                guard: Guard | None = None, clock: Clock = time.perf_counter) -> torch.Tensor:
     """score_batch(start, stop) for every batch of channels, with cancel, progress and the OOM
     back-off; the C scores, still on the device. guard() is held around each batch (the model's
-    lock): between batches other sessions' passes can run, and cancel is checked."""
+    lock): between batches other sessions' passes can run, and cancel is checked.
+
+    Batches are sized by time: the first is one channel, each next one takes about
+    BATCH_SECONDS at the rate the last one measured (time_sized_batch), never above
+    `batch_size`, the memory bound. So cancel is seen within about a batch's time."""
     scores: list[torch.Tensor] = []
-    start, bs = 0, max(MIN_BATCH, int(batch_size))
+    cap = max(MIN_BATCH, int(batch_size))
+    start, bs = 0, MIN_BATCH
     guard = guard or contextlib.nullcontext
     with torch.no_grad():
         while start < channels:
@@ -65,15 +83,21 @@ def _in_batches(channels: int, batch_size: int, score_batch: Callable[[int, int]
             stop = min(channels, start + bs)
             try:
                 with guard():
+                    began = clock()
                     scores.append(score_batch(start, stop))
+                    if scores[-1].is_cuda:
+                        torch.cuda.synchronize(scores[-1].device)  # the time of the work, not its launch
+                    took = clock() - began
             except torch.cuda.OutOfMemoryError:
                 if bs == MIN_BATCH:
                     raise
                 bs = max(MIN_BATCH, bs // 2)  # retry this batch smaller
+                cap = bs
                 torch.cuda.empty_cache()
                 if progress:
                     progress(start / channels, f"out of GPU memory: batch size lowered to {bs}")
                 continue
+            bs = time_sized_batch(took / (stop - start), cap)
             start = stop
             if progress:
                 progress(start / channels, f"{name}: {start}/{channels} channels")

@@ -110,7 +110,7 @@ def test_the_guard_wraps_every_batch_of_forwards():
 
     weights = perturbation.score_cam_weights(model, model[0], x, acts, ClassifierOutputTarget(1), batch_size=2,
                                              guard=Guard)
-    assert weights.shape == (1, 6) and len(entered) == 3  # 6 channels in batches of 2
+    assert weights.shape == (1, 6) and len(entered) == 4  # 6 channels: one timed, then batches of 2, 2 and 1
 
 
 # -- deferred heatmaps and estimates ---------------------------------------------------------------

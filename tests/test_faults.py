@@ -88,9 +88,10 @@ def test_perturbation_oom_halves_the_batch_with_a_message(monkeypatch, weights_f
     model.load_state_dict(reference.state_dict())
     got = weights_fn(model, model.conv, x, acts, target, batch_size=batch, progress=lambda f, m: messages.append(m))
     np.testing.assert_allclose(got, plain, rtol=1e-6, atol=1e-7)
-    # the first forward of Ablation-CAM is the one-image original score
-    sizes = [s for s in model.sizes if s != 1] if channels == 5 else model.sizes
-    assert sizes[:2] == [batch, batch // 2] and max(model.sizes[-2:]) <= model.limit
+    # the one-image forwards: Ablation-CAM's original score, and the one-channel batch that times a forward
+    sizes = [s for s in model.sizes if s != 1]
+    # after the one-channel batch, the full batch (the channels left), then half of it
+    assert sizes[:2] == [batch - 1, batch // 2] and max(model.sizes[-2:]) <= model.limit
     assert any("out of GPU memory" in m and "batch size lowered to" in m for m in messages), messages
 
     with pytest.raises(torch.cuda.OutOfMemoryError):  # even one image does not fit: the error stays
