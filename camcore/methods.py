@@ -161,15 +161,13 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 
-# Methods whose math fits a detector's box target (one pass: gradients and activations of the
-# hooked layers, FPN levels fused). Score-CAM and Ablation-CAM (pytorch-grad-cam's
-# AblationLayerFasterRCNN) need per-channel passes through the FPN's dict, not built yet.
+# Methods whose math fits a detector's box target: the one pass (gradients and activations of the
+# hooked layers, FPN levels fused), and the per-channel forwards of the two below.
 DETECTION_OK = ("gradcam", "gradcam++", "xgradcam", "eigencam", "eigengradcam", "layercam", "hirescam",
-                "gradcamelementwise", "randomcam")
-_NOT_FOR_DETECTION = {
-    "scorecam": "Score-CAM on a detector needs one pass per FPN channel: not built yet.",
-    "ablationcam": "Ablation-CAM on a detector (AblationLayerFasterRCNN) is not built yet.",
-}
+                "gradcamelementwise", "randomcam", "scorecam", "ablationcam")
+# Score-CAM masks the image by each channel (of the FPN's levels fused: 5 x 256 on Faster R-CNN);
+# Ablation-CAM ablates each channel of a level as pytorch-grad-cam's AblationLayerFasterRCNN.
+_NOT_FOR_DETECTION: dict[str, str] = {}
 for _key in DETECTION_OK:
     _spec = METHODS[_key]
     METHODS[_key] = dataclasses.replace(_spec, tasks=(*_spec.tasks, "detection"))

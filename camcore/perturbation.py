@@ -110,6 +110,13 @@ def score_cam_weights(
     return torch.softmax(scores[None], dim=-1).cpu().numpy()
 
 
+def _detached(out):
+    """A layer's output, detached and copied (an FPN's dict level by level)."""
+    if isinstance(out, dict):
+        return type(out)((k, v.detach().clone()) for k, v in out.items())
+    return out.detach().clone()
+
+
 ABLATION_VALUE = 1e7  # the library's: an ablated channel sits this far below the layer's minimum
 
 
@@ -128,6 +135,21 @@ def ablated_copies(raw: torch.Tensor, channels: torch.Tensor, vit: bool) -> torc
     return copies
 
 
+def ablated_level_copies(raw: dict, channels: torch.Tensor, level: str | None) -> dict:
+    """A detector's FPN output (an ordered dict of levels, 1 x C x H x W each) as len(channels)
+    copies, copy i with one channel ablated, as pytorch-grad-cam's AblationLayerFasterRCNN does:
+    on one level (`level`), or on the levels fused (channel c: level c // C, channel c % C)."""
+    keys = list(raw)
+    per = int(raw[keys[0]].shape[1])
+    copies = type(raw)((k, v.repeat(len(channels), 1, 1, 1)) for k, v in raw.items())
+    for row, c in enumerate(channels.tolist()):
+        key = level if level is not None else keys[c // per]
+        tensor = copies[key]
+        floor = raw[key].min()
+        tensor[row, c % per if level is None else c] = 0 if floor == 0 else floor - ABLATION_VALUE
+    return copies
+
+
 def ablation_cam_weights(
     model: torch.nn.Module,
     layer: torch.nn.Module,
@@ -139,8 +161,12 @@ def ablation_cam_weights(
     cancel: threading.Event | None = None,
     vit: bool = False,
     guard: Guard | None = None,
+    level: str | None = None,
 ) -> np.ndarray:
     """(original score - score with channel c ablated) / original score: 1 x C.
+
+    A layer whose output is a dict (a detector's FPN) is ablated per level (ablated_level_copies):
+    `level` names the one level the activations are of, None for the levels fused.
 
     As in the library, the layer's output is computed once and each batch repeats it with one
     channel ablated per copy, put in place of the layer's output by a forward hook (the library
@@ -154,7 +180,7 @@ def ablation_cam_weights(
     """
     captured: dict[str, torch.Tensor] = {}
     with (guard or contextlib.nullcontext)():
-        handle = layer.register_forward_hook(lambda _m, _i, out: captured.update(out=out.detach().clone()))
+        handle = layer.register_forward_hook(lambda _m, _i, out: captured.update(out=_detached(out)))
         try:
             with torch.no_grad():
                 original = batch_scorer(target, x.device)(model(x))[0]
@@ -164,7 +190,9 @@ def ablation_cam_weights(
     score = batch_scorer(target, x.device)
 
     def score_batch(start: int, stop: int) -> torch.Tensor:
-        copies = ablated_copies(raw, torch.arange(start, stop, device=raw.device), vit)
+        channels = torch.arange(start, stop)
+        copies = (ablated_level_copies(raw, channels, level) if isinstance(raw, dict)
+                  else ablated_copies(raw, channels.to(raw.device), vit))
         handle = layer.register_forward_hook(lambda _m, _i, _out: copies)
         try:
             return score(model(x[0][None].repeat(stop - start, *([1] * (x.dim() - 1)))))

@@ -411,5 +411,5 @@ def ranking_results(sel: sidebar.Selection, loaded: LoadedModel, ask: RankAsk, t
         share = "n/a" if r.share_inside is None else f"{r.share_inside:.0%}"
         # The flag follows the threshold slider; the share itself does not depend on it.
         flagged = r.share_inside is not None and metrics.background_dominated(r.share_inside, threshold)
-        col.caption(f"{name}: {share} on the object ({r.mask_source})"
+        col.caption(f"{name}: {share} on the object ({text.escape(r.mask_source)})"
                     + (" · **background-dominated**" if flagged else ""))

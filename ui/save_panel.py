@@ -20,9 +20,10 @@ from ui.widgets import fresh_label_selectbox, request
 def pushed_message(fields: list[str], replaced: list[str], filename: str) -> str:
     """"Saved fields: …" for new fields; "Replaced fields: …" for the ones that were already saved."""
     def names(fs):
-        return ", ".join(f"`{f}`" for f in fs)
+        return ", ".join(f"`{f.replace('`', '')}`" for f in fs)
 
     new = [f for f in fields if f not in replaced]
+    filename = text.escape(filename)  # a data string: "![f](http://…) x.png" must stay a name
     parts = [f"Saved fields: {names(new)} (on {filename})"] if new else []
     if replaced:
         parts.append(f"Replaced fields: {names(replaced)} (already saved on {filename}; overwritten)")

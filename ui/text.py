@@ -7,7 +7,6 @@ st.code or a dataframe cell, which never render markup.
 """
 from __future__ import annotations
 
-import html
 import re
 
 # Every ASCII punctuation character can be backslash-escaped in CommonMark; Streamlit adds
@@ -36,5 +35,7 @@ def _literal_list_marker(m: re.Match) -> str:
 
 
 def html_text(value: object) -> str:
-    """The string inside HTML we build ourselves (the class chips)."""
-    return html.escape(str(value), quote=True)
+    """The string inside HTML we build ourselves (the class chips), which Streamlit still reads as
+    markdown: every character but letters, digits and spaces becomes a numeric entity, so neither
+    HTML nor markdown (images, links, LaTeX, directives, autolinks) can form from it."""
+    return "".join(c if c.isalnum() or c == " " else f"&#{ord(c)};" for c in str(value))

@@ -187,9 +187,11 @@ class Perturbation:
         assert spec.channel_weights is not None, f"{spec.key}: a perturbation method needs channel_weights"
         with guard():
             model.module.eval()
+        level = model.spec.layer(layer).key or None  # a detector's single FPN level (Ablation-CAM)
         weights = spec.channel_weights(model.module, model.layer_module(layer), x,
                                        fp.activation_tensors[layer], target, size, progress, cancel,
-                                       vit=model.spec.family == "vit", guard=guard)
+                                       vit=model.spec.family == "vit", guard=guard,
+                                       **({"level": level} if level and spec.key == "ablationcam" else {}))
         return _combine(weights[:, :, None, None] * acts, eigen_smooth)
 
 
