@@ -412,7 +412,7 @@ class BatchRun:
         found = self.dataset.get_field(field)
         if found is None:
             raise StoreError(f"no field {field!r} in {self.dataset.name!r} to take the objects from")
-        self.object_kind = object_kind(getattr(found, "document_type", None))
+        self.object_kind = object_kind(getattr(found, "document_type", None) or type(found))
         if self.object_kind == "segmentation":
             self.object_names = store.datasets.mask_targets(self.dataset, field)
 

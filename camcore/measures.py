@@ -71,7 +71,7 @@ def object_kind(doc_type: Any) -> str:
         return "detections"
     if doc_type is fo.Segmentation:
         return "segmentation"
-    name = getattr(doc_type, "__name__", None) or "not a label"
+    name = getattr(doc_type, "__name__", None) or "something else"
     raise StoreError(f"the object field must hold Segmentation masks or Detections boxes, not {name}")
 
 

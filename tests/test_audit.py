@@ -114,3 +114,21 @@ def test_class_names_reach_plotly_as_text_not_markup():
     assert "<" not in plain(hostile) and plain(hostile).startswith("&lt;a href")
     fig = class_change_figure([(hostile, 3, 0.1, 2, 1)])
     assert "<a" not in str(fig.data[0].x[0])
+
+
+def test_chart_selections_become_narrowings(audited):
+    from types import SimpleNamespace
+
+    from ui.audit import from_histogram, from_scatter, from_table
+
+    ds, fields = audited
+    run = _run(ds)
+    s = audit.summarise(ds, run)
+    bar = SimpleNamespace(selection=SimpleNamespace(points=[{"x": 0.025, "y": 3}]))
+    assert from_histogram(bar, s, run) == f"{fields['share']}:0:0.05"
+    box = SimpleNamespace(selection=SimpleNamespace(points=[{"x": 0.2, "y": 0.1}, {"x": 0.6, "y": 0.4}]))
+    narrow = from_scatter(box, run)
+    assert narrow.startswith(f"{fields['conf']}:0.2:0.6") and f";{fields['share']}:0.1:0.4" in narrow
+    row = SimpleNamespace(selection=SimpleNamespace(rows=[1]))
+    assert from_table(row, [{"class": "cat"}, {"class": "cup"}], run) == f"{IDENTITY.field_name}.target=cup"
+    assert from_histogram(SimpleNamespace(selection=SimpleNamespace(points=[])), s, run) is None

@@ -61,7 +61,10 @@ def test_every_page_requests_only_its_own_host_and_shows_data_as_text(browser: B
             settle(page)
             page.screenshot(path=str(ARTIFACTS / f"hostile-{url_path}.png"))
             _assert_no_foreign_links(page, server.url)
-        # Findings: the finding's label, the note and the dataset's name, literally
+        # Findings: the finding's label, the note and the dataset's name, literally (back on that page:
+        # the loop ends on the last page of the router)
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Findings").click()
+        settle(page)
         expect(page.get_by_test_id("stCaptionContainer").filter(has_text="note ![i](")).to_have_count(
             1, timeout=RUN_TIMEOUT)  # the thumbnails' captions come after the table
         shown = page.evaluate("() => document.querySelector('[data-testid=stMain]').innerText").replace("\u2060", "")

@@ -115,3 +115,21 @@ def test_an_object_field_of_the_wrong_type_fails_in_one_line_before_anything_is_
     assert dataset.get_field(_identity().field_name) is None
     with pytest.raises(StoreError, match="no field 'nope'"):
         batch.run_batch(dataset, BatchOptions(MODEL, measures=MeasureOptions(object_field="nope")))
+
+
+def test_cli_batch_measures_bad_object_field_is_one_line_and_writes_nothing(dataset):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--measures",
+                           "--object-field", "note"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert lines == ["error: the object field must hold Segmentation masks or Detections boxes, not StringField"]
+    dataset.reload()
+    assert dataset.get_field(_identity().field_name) is None
+    usage = subprocess.run([sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--object-field",
+                            "ground_truth"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert usage.returncode == 2 and "go with --measures" in usage.stderr

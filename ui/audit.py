@@ -80,7 +80,7 @@ def plain(value: object) -> str:
 
 
 def _layout(fig: go.Figure, x: str, y: str) -> go.Figure:
-    fig.update_layout(height=CHART_HEIGHT, margin={"l": 60, "r": 10, "t": 30, "b": 50}, showlegend=False,
+    fig.update_layout(height=CHART_HEIGHT, margin={"l": 70, "r": 10, "t": 40, "b": 50}, showlegend=False,
                       xaxis_title=x, yaxis_title=y, dragmode="select", clickmode="event+select")
     return fig
 
@@ -103,7 +103,7 @@ def scatter_figure(s: audit.Summary) -> go.Figure:
     fig.update_layout(title=f"Confidence against on-object share ({len(s.points):,} samples drawn)")
     fig.update_xaxes(range=[0, 1.02])
     fig.update_yaxes(range=[0, 1.02])
-    return _layout(fig, CONF_AXIS, SHARE_AXIS)
+    return _layout(fig, CONF_AXIS, "on-object share (0–1)")
 
 
 def threshold_of(s: audit.Summary) -> float | None:

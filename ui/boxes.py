@@ -63,6 +63,8 @@ def box_picker(container, prediction: Prediction, dataset: str, sample_id: str, 
     choice = fresh_label_selectbox(container, "Box to explain", list(options), lambda o: options[o], key,
                                    help="The model's own detections (best first), every box of a class, all of "
                                         "them, or a box of the sample's Detections fields (matched to the model's "
-                                        "output by IoU and label).")
+                                        "output by IoU and label). Another method or layer of the same box "
+                                        "reuses its pass; another box runs the model again (forward and "
+                                        "backward: the box's score is what the gradients are of).")
     short = choice if threshold == detection.DEFAULT_THRESHOLD else f"{choice}@{threshold:g}"
     return short, data.box_rule(dataset, sample_id, short)
