@@ -154,7 +154,7 @@ METHODS: dict[str, MethodSpec] = {
                    note="Needs a Hessian-vector product: a second backward pass. pytorch-grad-cam 1.5.7's "
                    "ShapleyCAM does not reshape ViT tokens into a grid (and fused attention has no double "
                    "backward), so CNNs only."),
-        MethodSpec("finercam", "Finer-CAM", pgc.FinerCAM, "other", False, tasks=("classification",),
+        MethodSpec("finercam", "Finer-CAM", pgc.FinerCAM, "other", False, tasks=("classification",), slow=True,
                    note="Contrasts the target with its most similar classes.", own_pass_call=_finer_cam_call),
         MethodSpec("randomcam", "Random-CAM (baseline)", pgc.RandomCAM, "gradient", False,
                    _channel_weighted, note="Random channel weights: a sanity baseline."),

@@ -301,7 +301,7 @@ def _link_buttons(at: AppTest) -> list:
 def test_scorecam_on_a_large_layer_waits_for_a_go_and_the_maps_stay(app, monkeypatch):
     from ui import compute
 
-    monkeypatch.setattr(compute, "CONFIRM_SECONDS", 1.0)  # 1,280 forwards take longer, on any device
+    monkeypatch.setattr(compute, "AUTO_SECONDS", 1.0)  # 1,280 forwards take longer, on any device
     at = app
     at.multiselect(key="methods").select("scorecam")
     _run(at)
@@ -314,6 +314,37 @@ def test_scorecam_on_a_large_layer_waits_for_a_go_and_the_maps_stay(app, monkeyp
     assert not any(c.startswith("Score-CAM") for c in captions), captions
     assert at.button(key="push").label.startswith("Push 1 heatmap")  # what is on screen
     assert not at.exception
+
+
+SLOW = ("scorecam", "ablationcam", "kpcacam", "fullgrad", "shapleycam", "finercam")
+
+
+def test_a_link_with_slow_methods_over_every_layer_computes_nothing_slow_before_a_click(monkeypatch):
+    """Issue 22 item 6: every slow method has an estimate, and the page's automatic compute is a
+    total budget (AUTO_SECONDS; 0 here: nothing slow at all), the rest behind its buttons and one
+    "Run all N (~T)"."""
+    from camcore import methods
+    from ui import compute
+
+    monkeypatch.setattr(compute, "AUTO_SECONDS", 0.0)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    layers = [layer.key for layer in methods_layers()]
+    at.query_params.update({"methods": ",".join(("gradcam",) + SLOW), "layers": ",".join(layers)})
+    _run(at)
+    slow_labels = tuple(methods.METHODS[m].label for m in SLOW)
+    assert not [c for c in _heatmap_captions(at) if c.startswith(slow_labels)], _heatmap_captions(at)
+    assert any(c.startswith("Grad-CAM") for c in _heatmap_captions(at))  # the fast ones are on screen
+    go = [b for b in at.button if (b.key or "").startswith("go_") and b.key != "go_all"]
+    assert go and all(" (~" in b.label for b in go), [b.label for b in go]  # an estimate for every one
+    assert {b.key.split("_")[1] for b in go} == set(SLOW), [b.key for b in go]
+    assert [b for b in at.button if b.label.startswith(f"Run all {len(go)} (~")], [b.label for b in at.button]
+    assert not at.exception
+
+
+def methods_layers():
+    from camcore.models import get_spec
+
+    return get_spec("efficientnet_lite0").layers
 
 
 def test_a_small_scorecam_runs_at_once_and_the_page_shows_it(app):
@@ -350,7 +381,7 @@ def test_open_in_app_follows_the_app_this_process_serves(app, monkeypatch):
 def test_the_go_button_runs_the_held_back_method(app, monkeypatch):
     from ui import compute
 
-    monkeypatch.setattr(compute, "CONFIRM_SECONDS", 0.0)  # every one-forward-per-channel method asks
+    monkeypatch.setattr(compute, "AUTO_SECONDS", 0.0)  # every slow method asks
     at = app
     at.multiselect(key="layers_efficientnet_lite0").set_value(["stage0"])  # 16 channels: seconds
     at.multiselect(key="methods").select("scorecam")

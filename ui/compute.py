@@ -26,7 +26,9 @@ from ui.state import Compute
 from ui.widgets import request
 
 EXPLAINERS_PER_SESSION = 4  # each holds one image's activations and gradients
-CONFIRM_SECONDS = 10.0  # a one-forward-per-channel method estimated slower than this waits for a go
+# A page (opened from a URL or a finding's link too) computes slow heatmaps automatically for
+# about this long in all, estimates added up in order; the rest waits for a click (issue 22 item 6).
+AUTO_SECONDS = 5.0
 AWAITING, CANCELLED = "awaiting your go", "cancelled"
 
 Pair = tuple[str, str]  # (method, layer) as the user chose them
@@ -221,8 +223,8 @@ def compute(ex: Explainer, pairs: list[Pair], eigen_smooth: bool, which: str = "
 
     which: "fast" (the pure methods: milliseconds from the shared pass), "slow" (one forward per
     channel, aug_smooth, a pass of their own) or "all". Slow ones run with progress, an ETA and a
-    Cancel button; a one-forward-per-channel method estimated over CONFIRM_SECONDS waits for
-    the user's go (a "Run Score-CAM on layer4 (~4 min)" button). rerun: once new slow maps are
+    Cancel button; slow heatmaps past AUTO_SECONDS of estimates in all wait for the
+    user's go (a "Run Score-CAM on layer4 (~4 min)" button). rerun: once new slow maps are
     computed, rerun the page to show them (a page that drew the cached maps first)."""
     todo = list(dict.fromkeys(p for p in pairs if not ex.is_cached(*p, eigen_smooth)))
     errors: list[str] = []
@@ -296,14 +298,18 @@ def _compute_slow(ex: Explainer, todo: list[Pair], eigen_smooth: bool, rerun: bo
     if said:
         st.warning(said, icon=":material/cancel:")
     ask, run = [], []
+    budget = AUTO_SECONDS  # for this explainer: what runs now is cached, what waits stays deferred
     for m, layer in todo:
         reason = ex.deferred(m, layer, eigen_smooth)
         if reason is None and not ex.allowed(m, layer, eigen_smooth):
             with st.spinner("Timing a forward pass to say how long this takes…"):
                 est = ex.estimate(m, layer)
-            if est is not None and est.seconds > CONFIRM_SECONDS:
+            seconds = est.seconds if est is not None else float("inf")
+            if seconds > budget:
                 ex.defer(m, layer, eigen_smooth, AWAITING)
                 reason = AWAITING
+            else:
+                budget -= seconds
         (ask if reason else run).append((m, layer))
     if ask:
         _confirm(ex, ask, eigen_smooth)
@@ -322,7 +328,12 @@ def _confirm(ex: Explainer, ask: list[Pair], eigen_smooth: bool) -> None:
         est = ex.estimate(m, layer)
         label = pair_label(m, layer)
         prefix = "Cancelled. " if ex.deferred(m, layer, eigen_smooth) == CANCELLED else "Not started: "
-        if est is not None:
+        if est is not None and not est.channels:
+            total += est.seconds
+            basis = "measured on this model" if est.measured else "estimated from the shared pass's time"
+            how = f"{label} needs work of its own: about {duration(est.seconds)} ({basis})."
+            button = f"Run {label} (~{duration(est.seconds)})"
+        elif est is not None:
             total += est.seconds
             basis = "measured on this model" if est.measured else "channels x one timed forward"
             how = (f"{label} runs the model once per channel: {est.channels:,} forwards, about "

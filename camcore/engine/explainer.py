@@ -32,7 +32,12 @@ DEFAULT_PERTURBATION_BATCH = 64
 # Before any Score-CAM/Ablation-CAM has run on a model: one batched forward per channel costs
 # about this share of the shared pass (a forward + backward of one image, hooks on every layer).
 FORWARD_SHARE_OF_PASS = 0.5
-
+# Methods with a pass of their own (or heavy work on the shared one), before they have run on a
+# model: their cost in shared passes (a table, replaced by the time measured once they ran).
+OWN_PASS_COST = {"fullgrad": 3.0, "shapleycam": 4.0, "finercam": 2.0}
+KPCA_SECONDS_PER_POSITION_SQUARED = 2e-8  # kernel PCA over all positions: 3.1 s at 112x112 here
+AUG_SMOOTH_PASSES = 6  # aug_smooth runs the method over 6 augmented copies
+_OWN_SECONDS: dict[tuple, float] = {}  # (rate key, method, layer, eigen) -> seconds measured
 
 class Deferred(CamError):
     """A heatmap that must not be computed implicitly (awaiting the user's go, or cancelled):
@@ -155,10 +160,11 @@ class Explainer:
     def estimate(self, method: str, layer: str) -> Estimate | None:
         """How long a one-forward-per-channel method (Score-CAM, Ablation-CAM) will take on this
         layer: channels x seconds per channel, measured on this model and input size by an
-        earlier run, else by timing one small batched forward. None for other methods."""
+        earlier run, else by timing one small batched forward. Every other slow method (or any
+        with aug_smooth): _estimate_own. None for the fast ones."""
         spec = get_method(method)
         if spec.channel_weights is None:
-            return None
+            return self._estimate_own(spec, layer) if spec.slow or self.aug_smooth else None
         acts = self.fp.activation_tensors.get(self.model.spec.layer(layer).name)
         if acts is None:
             return None
@@ -171,6 +177,28 @@ class Explainer:
                 per = _TIMED_FORWARD.get(self._rate_key())
             per = per if per is not None else self._time_forward()
         return Estimate(channels, channels * per, measured)
+
+    def _estimate_own(self, spec: MethodSpec, layer: str) -> Estimate | None:
+        """Every other method the page holds back (KPCA, FullGrad, Shapley, Finer-CAM, anything
+        with aug_smooth): the time measured when it last ran on this model, layer and input size,
+        else a table of its cost in shared passes (KPCA: by the layer's positions). channels=0."""
+        name = ALL_LAYERS if spec.layer_independent else self.model.spec.layer(layer).name
+        with _PER_CHANNEL_LOCK:
+            seen = _OWN_SECONDS.get((self._rate_key(), spec.key, name, self.aug_smooth))
+        if seen is not None:
+            return Estimate(0, seen, True)
+        pass_s = self.timings.get("pass", 0.0)
+        seconds = pass_s * OWN_PASS_COST.get(spec.key, 0.1)
+        acts = self.fp.activation_tensors.get(name)
+        if spec.key == "kpcacam" and acts is not None and acts.dim() == 4:
+            seconds += KPCA_SECONDS_PER_POSITION_SQUARED * float(acts.shape[-1] * acts.shape[-2]) ** 2
+        if self.aug_smooth:
+            seconds = AUG_SMOOTH_PASSES * (seconds + pass_s)
+        return Estimate(0, seconds, False)
+
+    def _record_own(self, spec: MethodSpec, layer: str, seconds: float) -> None:
+        with _PER_CHANNEL_LOCK:
+            _OWN_SECONDS[(self._rate_key(), spec.key, layer, self.aug_smooth)] = seconds
 
     def _time_forward(self, batch: int = 2) -> float:
         """Seconds per image of a forward in a small batch (hooks off), measured once per model,
@@ -229,7 +257,10 @@ class Explainer:
             raise Deferred(f"{spec.label} on {layer}: {self._deferred[key]}.")
         with self._lock:
             if key not in self._memo:
+                started = time.perf_counter()
                 self._memo[key] = self._compute(spec, layer, eigen_smooth, progress, cancel)
+                if spec.channel_weights is None:
+                    self._record_own(spec, layer, time.perf_counter() - started)
             return self._memo[key]
 
     def heatmaps(
