@@ -398,6 +398,164 @@ def probe_scan(dataset_name: str, args: argparse.Namespace) -> dict:
     }
 
 
+# ---------------------------------------------------------------- --fields: cost vs CAM field count (issue 22, item 1)
+
+FIELDS_SAMPLES = 12  # the dataset's size does not matter here: its number of CAM fields does
+FIELDS_NEW = 3  # new fields per push / per batch (each a new layer)
+FIELDS_LAYERS = ("blocks.4", "blocks.5", "blocks.6")  # EfficientNet-Lite0 layers of the batch
+
+
+def fill_fields(ds, count: int) -> None:
+    """Give `ds` `count` CAM heatmap fields as a month of exploring would: declared like ours (every
+    label attribute), listed in the registry and the App config, one label in each. Built by copying
+    one declared field's schema entry in the database (seconds), not by `count` declarations."""
+    import copy
+
+    from fo_helpers import make_heatmap, make_result
+
+    from camcore import store
+    from camcore.store.datasets import MARK
+
+    size = (224, 224)
+    h = make_heatmap(size, "gradcam", layer="seed")
+    store.push_heatmaps(ds, ds.first().id, make_result(size, [h]))
+    ds.reload()
+    conn = ds._doc._get_collection()
+    doc = conn.find_one({"_id": ds._doc.id})
+    seed = next(f for f in doc["sample_fields"] if f["name"] == h.field)
+    info = doc.get("info") or {}
+    registry = dict(info.get(MARK, {}).get("fields") or {})
+    fields, scales, group = [], [], []
+    for i in range(count - 1):
+        name = f"{h.field}_{i:04d}"
+        f = copy.deepcopy(seed)
+        f["name"] = f["db_field"] = name
+        f["info"][MARK]["layer"] = f"seed{i}"
+        fields.append(f)
+        registry[name] = dict(f["info"][MARK])
+        scales.append({"path": name, "name": "jet"})
+        group.append(name)
+    conn.update_one({"_id": ds._doc.id}, {"$push": {"sample_fields": {"$each": fields}},
+                                          "$set": {f"info.{MARK}.fields": registry}})
+    app = doc.get("app_config") or {}
+    scheme = app.get("color_scheme") or {}
+    scheme["colorscales"] = list(scheme.get("colorscales") or []) + scales
+    for g in app.get("sidebar_groups") or []:
+        if g.get("name") == "CAM heatmaps":
+            g["paths"] = list(g.get("paths") or []) + group
+    conn.update_one({"_id": ds._doc.id}, {"$set": {"app_config.color_scheme": scheme,
+                                                   "app_config.sidebar_groups": app.get("sidebar_groups")}})
+    label = ds._sample_collection.find_one({"_id": ds.first()._id})[h.field]
+    ds._sample_collection.update_one({"_id": ds.first()._id}, {"$set": {f["name"]: label for f in fields}})
+    ds.reload()
+
+
+def _drop_new(ds, before: set[str]) -> None:
+    """Remove the fields a measured step added (untimed), so every repeat starts alike."""
+    from camcore import store
+
+    new = [f for f in ds.get_field_schema() if f not in before]
+    if new:
+        ds.delete_sample_fields(new)
+    store.clean_orphans(ds)
+
+
+def time_push(ds, rep: int) -> float:
+    """One sample's push of FIELDS_NEW maps into new fields: seconds."""
+    from fo_helpers import make_heatmap, make_result
+
+    from camcore import store
+
+    size = (224, 224)
+    maps = [make_heatmap(size, "gradcam", layer=f"push{rep}x{k}", seed=k) for k in range(FIELDS_NEW)]
+    sample = ds.skip(1 + rep % (FIELDS_SAMPLES - 1)).first()
+    t0 = time.perf_counter()
+    store.push_heatmaps(ds, sample.id, make_result(size, maps))
+    return time.perf_counter() - t0
+
+
+def time_batch_setup(ds, rep: int) -> float:
+    """A batch's set-up with FIELDS_NEW new fields (its layers): from the call to the first progress
+    report (fields declared, clean-up, counts, where to start), the model loaded beforehand."""
+    import threading
+
+    from camcore import batch
+
+    told: list[float] = []
+    cancel = threading.Event()
+
+    def progress(done, total, rate, eta, message):
+        if not told:
+            told.append(time.perf_counter())
+        cancel.set()
+
+    # A new target rule each repeat: new fields, as a batch over new layers would declare.
+    options = batch.BatchOptions(MODEL, methods=("gradcam",), layers=FIELDS_LAYERS, chunk=1, device="cpu",
+                                 target_rule=str(rep + 1))
+    t0 = time.perf_counter()
+    batch.run_batch(ds.limit(1), options, progress=progress, cancel=cancel)
+    return told[0] - t0
+
+
+def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | None = None) -> dict:
+    """Median seconds of a push and of a batch's set-up at each CAM field count; ratios against
+    the first count, measured in this run (interleaved, so drift hits every count alike)."""
+    import statistics
+
+    import fiftyone as fo
+
+    from camcore.models import load_model
+
+    load_model(MODEL, "auto", "cpu")
+    sets = {}
+    for n in counts:
+        name = f"cam-fields-{n}"
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+        from fo_helpers import write_images
+
+        files = write_images(image_dir / "fields", [f"f{i}.png" for i in range(FIELDS_SAMPLES)], size=(224, 224))
+        ds = fo.Dataset(name, persistent=True)
+        ds.add_samples([fo.Sample(filepath=p) for p in files])
+        ds.compute_metadata()
+        t0 = time.perf_counter()
+        fill_fields(ds, n)
+        cams = [f for f in ds.get_field_schema() if f.startswith("cam_")]
+        print(f"dataset {name}: {len(cams)} CAM fields in {time.perf_counter() - t0:.1f} s", flush=True)
+        sets[n] = (ds, set(ds.get_field_schema()))
+    times: dict[int, dict[str, list[float]]] = {n: {"push_s": [], "batch_setup_s": []} for n in counts}
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+    for rep in range(repeats):
+        for n in counts:
+            ds, before = sets[n]
+            profiling = prof is not None and n == counts[-1]
+            if profiling:
+                prof.enable()
+            times[n]["push_s"].append(time_push(ds, rep))
+            times[n]["batch_setup_s"].append(time_batch_setup(ds, rep))
+            if profiling:
+                prof.disable()
+            _drop_new(ds, before)
+        print(f"  repeat {rep + 1}: " + "  ".join(
+            f"{n}: push {times[n]['push_s'][-1]:.2f} s, set-up {times[n]['batch_setup_s'][-1]:.2f} s"
+            for n in counts), flush=True)
+    if prof is not None and profile:
+        prof.dump_stats(profile)
+    out = {n: {k: round(statistics.median(v), 3) for k, v in t.items()} for n, t in times.items()}
+    base = counts[0]
+    print(f"\nmedians of {repeats} repeats; ratios against {base} CAM fields (same run)")
+    for key in ("push_s", "batch_setup_s"):
+        print(f"{key}: " + "  ".join(f"{n} fields: {out[n][key]} s ({_ratio(out[n][key], out[base][key])})"
+                                      for n in counts))
+    ratios = {key: _ratio(out[counts[-1]][key], out[base][key]) for key in ("push_s", "batch_setup_s")}
+    print("RESULT " + json.dumps({"fields": counts, "repeats": repeats, "ratios": ratios, "medians": out}))
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -430,6 +588,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clicks", type=int, default=10, help="▶ clicks timed (interaction, click)")
     ap.add_argument("--sessions", type=int, default=3, help="browser sessions opened (sessions)")
     ap.add_argument("--resume-done", type=float, default=0.9, help="resume: share of the view done already")
+    ap.add_argument("--fields", help="CAM field counts, e.g. 5,500: push and batch set-up at each (issue 22)")
+    ap.add_argument("--repeats", type=int, default=5, help="--fields: repeats (medians are reported)")
+    ap.add_argument("--profile", help="--fields: write a cProfile of the largest count here")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--probe-dataset", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -473,6 +634,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"({args.build_compare / fast:.0f}/s): {slow / fast:.1f}x",
                 flush=True,
             )
+        if args.fields:
+            run_fields([int(c) for c in args.fields.split(",") if c.strip()], args.repeats, image_dir, args.profile)
+            return
         for n in sizes:
             t0 = time.perf_counter()
             ds = build_dataset(f"cam-scale-{n}", n, image_dir)

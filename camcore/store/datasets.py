@@ -69,6 +69,14 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def datasets_collection():
+    """FiftyOne's collection of dataset documents, for atomic updates of one entry of a dataset's
+    info (FiftyOne's own save rewrites the whole dict from this process's copy)."""
+    import fiftyone.core.odm as foo
+
+    return foo.get_db_conn().datasets
+
+
 def root_dataset(dataset_or_view: fo.Dataset | fo.DatasetView) -> fo.Dataset:
     """The dataset itself, for a dataset or any view of it."""
     if isinstance(dataset_or_view, fo.Dataset):

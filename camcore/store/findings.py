@@ -16,6 +16,7 @@ from fiftyone import ViewField as F
 
 from camcore.errors import StoreError
 from camcore.store.datasets import FINDINGS_FIELD, LOCK, MARK, db_errors, get_sample, root_dataset, utc_now
+from camcore.store.leases import schema_lease
 
 __all__ = ["FINDINGS_FIELD", "FINDING_TAGS", "FINDING_TAG_PREFIX", "add_finding", "count_findings",
            "finding_labels", "finding_tag", "findings_view", "list_findings"]
@@ -75,7 +76,8 @@ def add_finding(
         sample = get_sample(dataset, sample_id)
         if heatmap_field is not None and dataset.get_field(heatmap_field) is None:
             raise StoreError(f"no field {heatmap_field!r} in {dataset.name!r} to attach the finding to")
-        _findings_field_ready(dataset)
+        with schema_lease(dataset):  # other processes may be declaring fields too
+            _findings_field_ready(dataset)
         finding = fo.Classification(label=tag, note=note, heatmap_field=heatmap_field, created_at=utc_now(),
                                     url=None if url is None else str(url))
         docs, key, items = dataset._sample_collection, {"_id": sample._id}, FINDINGS_FIELD + ".classifications"

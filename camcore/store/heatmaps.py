@@ -37,6 +37,7 @@ from camcore.errors import ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
 from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
 from camcore.store.fields import check_field, declare_heatmap_field
+from camcore.store.leases import lease
 
 HEATMAP_RANGE = (0, 65535)
 _WRITE_THREADS = 8
@@ -234,6 +235,12 @@ def _delete_unreferenced(candidates: Iterable[str]) -> int:
     return removed
 
 
+# Journals this process's writers hold open (any thread): clean-up never takes them, even where
+# flock cannot tell one of our file descriptors from another.
+_LIVE_JOURNALS: set[str] = set()
+_LIVE_LOCK = threading.Lock()
+
+
 class HeatmapWriter:
     """One writer's journal of the heatmap files it is changing (see the comment above).
 
@@ -280,6 +287,8 @@ class HeatmapWriter:
             tmp.unlink(missing_ok=True)
             raise
         self.path = final
+        with _LIVE_LOCK:
+            _LIVE_JOURNALS.add(str(final))
 
     def record(self, new: Sequence[str], old: Sequence[str]) -> None:
         """Before any PNG is written: the files this write creates and those it will replace."""
@@ -329,6 +338,8 @@ class HeatmapWriter:
                         self.path.unlink(missing_ok=True)  # before the lock goes: nobody takes it half-done
                     os.close(self._fd)  # releases the flock
                     self._fd = None
+                    with _LIVE_LOCK:
+                        _LIVE_JOURNALS.discard(str(self.path))
 
     def forget(self, new: Sequence[str]) -> None:
         """A write that failed before any label was written: its files are nobody's, delete them."""
@@ -370,6 +381,10 @@ def clean_orphans(dataset: fo.Dataset | fo.DatasetView, heatmap_dir: str | Path 
                 continue
             if not (name.endswith(JOURNAL_SUFFIX) or name.startswith(".new-")):
                 continue
+            with _LIVE_LOCK:
+                # flock is per process where it is emulated (NFS): our own live journals by name
+                if str(path) in _LIVE_JOURNALS:
+                    continue
             try:
                 fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
@@ -536,12 +551,22 @@ def push_many(
             except BaseException:
                 writer.forget(new)  # no label was written: these files are nobody's
                 raise
-            for field, (first, rows) in per_field.items():
+            for _field, (first, _rows) in per_field.items():
                 declare_heatmap_field(dataset, first.identity, extra=extra, shown_with=write_id)
-                values = {sid: _label(h, path, created_at, versions, extra) for sid, _r, h, _p, path in rows}
-                labelled = True
-                # One bulk update keyed by id, not sample.save(); every attribute is declared already.
-                dataset.set_values(field, values, key_field="id", dynamic=True)
+            # Two writers of one sample and field: each must replace the file the label points at
+            # when it writes, not when it looked, or the loser's file is nobody's and nobody's to
+            # delete. One writer at a time (any process or host) between reading and setting.
+            with lease(f"labels:{dataset._doc.id}"):
+                now = _current_files(dataset, {f: [row[0] for row in rows] for f, (_h, rows) in per_field.items()})
+                replaced = [p for p in now if p not in set(old)]
+                if replaced:
+                    writer.record([], replaced)
+                    old = old + replaced
+                for field, (_first, rows) in per_field.items():
+                    values = {sid: _label(h, path, created_at, versions, extra) for sid, _r, h, _p, path in rows}
+                    labelled = True
+                    # One bulk update keyed by id, not sample.save(); every attribute is declared already.
+                    dataset.set_values(field, values, key_field="id", dynamic=True)
             writer.committed(old)
         except BaseException:
             if own:
@@ -549,6 +574,9 @@ def push_many(
             raise
         if own:
             writer.close()
+            # what writers that died left behind goes with the next write, not only the next batch
+            with contextlib.suppress(StoreError, OSError):
+                clean_orphans(dataset, heatmap_dir)
     return list(per_field)
 
 

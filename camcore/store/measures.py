@@ -14,7 +14,8 @@ import fiftyone as fo
 
 from camcore.errors import StoreError
 from camcore.identity import MEASURES, HeatmapIdentity, measure_of
-from camcore.store.datasets import LOCK, MARK, db_errors, root_dataset
+from camcore.store.datasets import MARK, db_errors, root_dataset
+from camcore.store.leases import schema_lease
 
 _TYPES: dict[type, type[fo.Field]] = {float: fo.FloatField, bool: fo.BooleanField, str: fo.StringField}
 INDEXED = ("share",)
@@ -26,7 +27,7 @@ def declare_measure_fields(dataset: fo.Dataset | fo.DatasetView, identity: Heatm
     StoreError for an existing field of that name that is not ours or of another type."""
     dataset = root_dataset(dataset)
     names = identity.measure_fields()
-    with LOCK:
+    with schema_lease(dataset):  # one writer of the field list at a time, across processes
         schema = dataset.get_field_schema()
         for measure, name in names.items():
             ftype = _TYPES[MEASURES[measure]]

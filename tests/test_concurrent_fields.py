@@ -1,0 +1,143 @@
+"""Issue 22, items 1 and 3: several processes declaring CAM fields on one dataset at once all
+succeed, the schema holds every field and the registry in dataset.info loses no entry; a field is
+declared with every label attribute in one schema write.
+
+Writers are real processes started together (a shared start time), each pushing its own new
+fields (its own layer names) into the same dataset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import fiftyone as fo
+import pytest
+from fo_helpers import make_heatmap, make_result, unique_name, write_images
+
+from camcore import store
+from camcore.store.datasets import MARK
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (24, 32)
+WRITERS = 6
+FIELDS_EACH = 3
+
+PUSHER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
+    import fiftyone as fo
+    from fo_helpers import make_heatmap, make_result
+    from camcore import store
+
+    me = int(sys.argv[1])
+    ds = fo.load_dataset(os.environ["DATASET"])
+    sample_id = ds.first().id
+    size = (24, 32)
+    maps = [make_heatmap(size, "gradcam", layer=f"w{me}l{k}", seed=k) for k in range(int(os.environ["EACH"]))]
+    while time.time() < float(os.environ["START"]):  # all writers declare at the same moment
+        time.sleep(0.005)
+    fields = store.push_heatmaps(ds, sample_id, make_result(size, maps), heatmap_dir=os.environ["HM"])
+    print("pushed", " ".join(fields), flush=True)
+    """
+)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    files = write_images(tmp_path / "img", ["a.png", "b.png"], size=SIZE)
+    ds = fo.Dataset(unique_name("concurrent-fields"), persistent=True)  # children load it by name
+    ds.add_samples([fo.Sample(filepath=p) for p in files])
+    ds.compute_metadata()
+    yield ds
+    fo.delete_dataset(ds.name)
+
+
+def test_processes_declaring_fields_at_once_all_succeed_and_the_registry_keeps_every_entry(dataset, tmp_path):
+    # one field declared first, so the registry exists before the race
+    store.push_heatmaps(dataset, dataset.first().id, make_result(SIZE, [make_heatmap(SIZE, "gradcam", layer="seed")]),
+                        heatmap_dir=tmp_path / "hm")
+    env = {**os.environ, "ROOT": str(ROOT), "DATASET": dataset.name, "HM": str(tmp_path / "hm"),
+           "EACH": str(FIELDS_EACH), "START": str(time.time() + 20)}
+    procs = [subprocess.Popen([sys.executable, "-c", PUSHER, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(WRITERS)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    failed = [err[-1500:] for p, (_, err) in zip(procs, outs, strict=True) if p.returncode != 0]
+    assert not failed, failed
+    pushed = {f for out, _ in outs for f in out.split()[1:]}
+    assert len(pushed) == WRITERS * FIELDS_EACH
+
+    dataset.reload()
+    schema = dataset.get_field_schema()
+    assert pushed <= set(schema), sorted(pushed - set(schema))
+    registry = dataset.info[MARK]["fields"]
+    assert pushed <= set(registry), sorted(pushed - set(registry))
+    sample = dataset.first()
+    for field in pushed:  # every label readable, with its file
+        assert Path(sample[field].map_path).is_file()
+
+
+def test_a_new_field_is_declared_with_all_its_attributes_in_one_schema_write(dataset, tmp_path):
+    reloads = []
+    original = fo.Dataset._reload
+
+    def counting(self, *args, **kwargs):
+        reloads.append(1)
+        return original(self, *args, **kwargs)
+
+    fo.Dataset._reload = counting
+    try:
+        maps = [make_heatmap(SIZE, "gradcam", layer=f"l{k}", seed=k) for k in range(3)]
+        fields = store.push_heatmaps(dataset, dataset.first().id, make_result(SIZE, maps),
+                                     heatmap_dir=tmp_path / "hm")
+    finally:
+        fo.Dataset._reload = original
+    # FiftyOne reloads the whole dataset document (every field of the schema) after each schema
+    # write: one per new field, not one per label attribute
+    assert len(reloads) <= len(fields), len(reloads)
+    declared = dataset.get_field(fields[0]).get_field_schema()
+    assert set(store.LABEL_ATTRIBUTES) <= set(declared)
+
+
+SAME_FIELD = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
+    import fiftyone as fo
+    from fo_helpers import make_heatmap, make_result
+    from camcore import store
+
+    me = int(sys.argv[1])
+    ds = fo.load_dataset(os.environ["DATASET"])
+    sample_id = ds.first().id
+    size = (24, 32)
+    while time.time() < float(os.environ["START"]):
+        time.sleep(0.005)
+    for k in range(int(os.environ["ROUNDS"])):  # same sample, same field, every writer at once
+        store.push_heatmaps(ds, sample_id, make_result(size, [make_heatmap(size, "gradcam", seed=me * 100 + k)]),
+                            heatmap_dir=os.environ["HM"])
+    print("done", flush=True)
+    """
+)
+
+
+def test_writers_of_one_sample_and_field_leave_only_the_file_its_label_points_at(dataset, tmp_path):
+    hm = tmp_path / "hm"
+    sample_id = dataset.first().id
+    (field,) = store.push_heatmaps(dataset, sample_id, make_result(SIZE, [make_heatmap(SIZE, "gradcam")]),
+                                   heatmap_dir=hm)
+    env = {**os.environ, "ROOT": str(ROOT), "DATASET": dataset.name, "HM": str(hm), "ROUNDS": "6",
+           "START": str(time.time() + 20)}
+    procs = [subprocess.Popen([sys.executable, "-c", SAME_FIELD, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+    dataset.reload()
+    label = dataset[sample_id][field]
+    folder = Path(label.map_path).parent
+    assert sorted(str(p) for p in folder.glob("*.png")) == [label.map_path]
+    assert not list(hm.glob("*/.pending/*.journal"))
