@@ -116,7 +116,7 @@ class _Worker:
             return BatchReport(cancelled=True).to_dict()
         self.shards += 1
         dataset = fo.load_dataset(dataset_name)
-        dataset.reload()  # the driver declared fields after this process may have cached the dataset
+        store.refresh_schema(dataset)  # the driver declared fields after this process may have cached the dataset
         view = shard_view(fo.DatasetView._build(dataset, stages), *bounds)
         report = run_batch(view, dataclasses.replace(options, device=self.device), cancel=self.cancel_event)
         self.done += report.done

@@ -81,6 +81,7 @@ from camcore.store.heatmaps import (
     read_heatmap,
     referenced_paths,
 )
+from camcore.store.schema import refresh_schema
 
 __all__ = [
     "DEFAULT_APP_PORT", "DELETE_BATCH", "FIELD_PREFIX", "FINDING_TAG_PREFIX", "FINDING_TAGS", "FINDINGS_FIELD",
@@ -91,7 +92,7 @@ __all__ = [
     "distinct_tags", "finding_labels", "fresh_dataset", "finding_tag", "findings_view", "get_sample", "heatmap_fields",
     "heatmap_path", "HeatmapWriter", "ids_and_paths", "label_fields", "label_values", "launch_app",
     "list_datasets", "list_findings", "load_dataset", "make_view", "push_heatmaps", "push_many",
-    "read_heatmap", "referenced_paths", "require_image", "root_dataset", "sample_boxes", "sample_ids",
+    "read_heatmap", "referenced_paths", "refresh_schema", "require_image", "root_dataset", "sample_boxes", "sample_ids",
     "sample_image_path",
     "sample_with_label", "segmentation_fields", "segmentation_labels", "segmentation_masks_by_sample",
     "stored_fields", "views",

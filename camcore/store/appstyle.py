@@ -21,7 +21,7 @@ from typing import Any
 import fiftyone as fo
 from fiftyone.core.odm.dataset import ActiveFields, SidebarGroupDocument
 
-from camcore.store import app
+from camcore.store import app, schema
 from camcore.store.datasets import MARK
 
 HEATMAP_COLORSCALE = "jet"  # the app's default colormap: the App draws our maps like the explorer does
@@ -50,7 +50,7 @@ def _show_in_app(dataset: fo.Dataset, fields: list[str], group: str | None = Non
     changed = _color(config, mine) or changed
     changed = _group(dataset, config, mine) or changed
     if changed:
-        dataset.save()
+        schema.save_app_config(dataset)  # not dataset.save(): its cost grows with the field count
     app.refresh_app(dataset.name)
 
 

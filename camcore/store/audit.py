@@ -22,6 +22,7 @@ import fiftyone as fo
 
 from camcore.errors import StoreError
 from camcore.identity import FIELD_PREFIX, measure_of
+from camcore.store import schema
 from camcore.store.datasets import LOCK, MARK, db_errors, root_dataset
 from camcore.store.measures import measure_runs
 
@@ -142,15 +143,8 @@ def store_summary(dataset: fo.Dataset | fo.DatasetView, run: AuditRun) -> Summar
     at its end), stamped with the sample count."""
     dataset = root_dataset(dataset)
     summary = summarise(dataset, run)
-    with LOCK:
-        dataset.reload()
-        info = dict(dataset.info or {})
-        ours = dict(info.get(MARK) or {})
-        audit = dict(ours.get("audit") or {})
-        audit[run.heatmap] = {"count": summary.total, "summary": summary.to_dict()}
-        info[MARK] = {**ours, "audit": audit}
-        dataset.info = info
-        dataset.save()
+    with LOCK:  # one entry, atomically: a reload and a save of the whole dataset cost O(fields)
+        schema.set_info(dataset, (MARK, "audit", run.heatmap), {"count": summary.total, "summary": summary.to_dict()})
     return summary
 
 

@@ -18,9 +18,9 @@ import fiftyone as fo
 
 from camcore.errors import StoreError
 from camcore.identity import FIELD_PREFIX, HeatmapIdentity
-from camcore.store import appstyle
+from camcore.store import appstyle, schema
 from camcore.store.appstyle import HEATMAP_COLORSCALE, _show_in_app
-from camcore.store.datasets import MARK, datasets_collection, db_errors, root_dataset
+from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
 
 __all__ = ["FIELD_PREFIX", "HEATMAP_COLORSCALE", "LABEL_ATTRIBUTES", "check_field", "declare_heatmap_field",
@@ -86,11 +86,12 @@ def declare_heatmap_field(
     wanted = {**LABEL_ATTRIBUTES, **{k: _field_type_of(v) for k, v in (extra or {}).items()}}
     with schema_lease(dataset):  # one writer of the field list at a time, across processes
         if not check_field(dataset, field, meaning):
-            # One schema write with every attribute: FiftyOne reloads the whole dataset document
-            # after each add_sample_field, so a call per attribute cost grows with the field count.
-            dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
-                                     fields=[_named(ftype, name) for name, ftype in wanted.items()],
-                                     description=description, info={MARK: {**meaning, "description": description}})
+            # One atomic $push of the field's entry: FiftyOne's add_sample_field reloads and
+            # rewrites the whole field list, a cost that grows with the number of fields.
+            schema.add_field(dataset, field, dataset._sample_doc_cls._create_field(
+                field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+                fields=[_named(ftype, name) for name, ftype in wanted.items()],
+                description=description, info={MARK: {**meaning, "description": description}}))
         declared = dataset.get_field(field).get_field_schema()
         for name, ftype in wanted.items():
             if name not in declared:  # a field made by an older version, or new extra attributes
@@ -107,27 +108,13 @@ def _named(ftype: type[fo.Field], name: str) -> fo.Field:
 
 
 def _register(dataset: fo.Dataset, field: str, entry: dict) -> None:
-    """List the field in ``dataset.info[MARK]["fields"]`` with one atomic $set of its own entry:
-    rewriting the whole info dict lost other processes' entries and grew with the field count."""
+    """List the field in ``dataset.info[MARK]["fields"]`` (its own entry, atomically); entries of
+    fields deleted or renamed outside CAM Explorer leave the registry."""
     registry = ((dataset.info or {}).get(MARK) or {}).get("fields") or {}
-    # Fields deleted or renamed outside CAM Explorer leave the registry.
-    schema = dataset.get_field_schema()
-    stale = [name for name in registry if name not in schema]
-    if registry.get(field) == entry and not stale:
-        return
-    update: dict = {"$set": {f"info.{MARK}.fields.{field}": entry}}
-    if stale:
-        update["$unset"] = {f"info.{MARK}.fields.{name}": "" for name in stale}
-    datasets_collection().update_one({"_id": dataset._doc.id}, update)
-    # the in-memory copy follows, without a reload (whose cost grows with the schema)
-    info = dict(dataset.info or {})
-    ours = dict(info.get(MARK) or {})
-    fields = {k: v for k, v in (ours.get("fields") or {}).items() if k not in stale}
-    ours["fields"] = {**fields, field: entry}
-    info[MARK] = ours
-    dataset._doc.info = info
-    # ... and FiftyOne's next save must not write this process's whole copy of info over others'
-    dataset._doc._changed_fields = [f for f in dataset._doc._changed_fields if not f.startswith("info")]
+    names = set(dataset.get_field_schema())
+    stale = tuple((MARK, "fields", name) for name in registry if name not in names)
+    if registry.get(field) != entry or stale:
+        schema.set_info(dataset, (MARK, "fields", field), entry, unset=stale)
 
 
 def heatmap_fields(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict]:

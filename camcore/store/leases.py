@@ -9,7 +9,7 @@ expires after ``ttl`` seconds.
 
 FiftyOne writes a dataset's field list whole from each process's copy, so two processes adding
 fields at once lose one another's fields: :func:`schema_lease` serialises those writes, and
-:func:`sync_schema` brings this process's copy up to date inside it.
+:func:`camcore.store.schema.sync_schema` brings this process's copy up to date inside it.
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ import pymongo.errors
 
 from camcore.errors import StoreError
 from camcore.store.datasets import LOCK, datasets_collection
+from camcore.store.schema import sync_schema
 
-__all__ = ["lease", "schema_lease", "sync_schema"]
+__all__ = ["lease", "schema_lease"]
 
 COLLECTION = "camexplorer_leases"
 _PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -105,17 +106,3 @@ def schema_lease(dataset: fo.Dataset) -> Iterator[None]:
     with LOCK, lease(f"schema:{dataset._doc.id}"):
         sync_schema(dataset)
         yield
-
-
-def sync_schema(dataset: fo.Dataset) -> bool:
-    """Reload the dataset if another writer changed its field list since this copy was read
-    (one small query of field names; the reload, whose cost grows with the schema, only then).
-    True if it reloaded."""
-    doc = datasets_collection().find_one({"_id": dataset._doc.id}, {"sample_fields.name": 1})
-    if doc is None:
-        raise StoreError(f"dataset {dataset.name!r} was deleted")
-    stored = [f.get("name") for f in doc.get("sample_fields") or []]
-    if stored == [f.name for f in dataset._doc.sample_fields]:
-        return False
-    dataset.reload()
-    return True

@@ -16,6 +16,7 @@ from camcore.errors import StoreError
 from camcore.identity import MEASURES, HeatmapIdentity, measure_of
 from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
+from camcore.store.schema import add_field
 
 _TYPES: dict[type, type[fo.Field]] = {float: fo.FloatField, bool: fo.BooleanField, str: fo.StringField}
 INDEXED = ("share",)
@@ -38,9 +39,9 @@ def declare_measure_fields(dataset: fo.Dataset | fo.DatasetView, identity: Heatm
                     raise StoreError(f"field {name!r} of {dataset.name!r} exists and is not a CAM Explorer "
                                      f"{measure} measure; not overwriting it")
                 continue
-            dataset.add_sample_field(name, ftype, description=f"CAM Explorer {measure} of {identity.field_name}",
-                                     info={MARK: {"kind": "measure", "measure": measure,
-                                                  "heatmap": identity.field_name}})
+            add_field(dataset, name, dataset._sample_doc_cls._create_field(
+                name, ftype, description=f"CAM Explorer {measure} of {identity.field_name}",
+                info={MARK: {"kind": "measure", "measure": measure, "heatmap": identity.field_name}}))
         for measure in INDEXED:
             dataset.create_index(names[measure])
     return names

@@ -1,0 +1,131 @@
+"""The dataset's field list and App config, changed one entry at a time.
+
+FiftyOne's ``add_sample_field`` reloads the whole dataset document, converts every field's schema
+entry and saves the whole list back, and ``dataset.save()`` walks every entry for changes: with
+500 CAM fields one new field cost about 15 s (bench/scale.py --fields), and two processes saving
+their own copies of the list lose each other's fields. Here:
+
+- a new top-level field is one atomic ``$push`` of its entry (``add_field``);
+- this process's copy of the schema catches up by declaring only the entries it lacks
+  (``sync_schema``; a full reload only when another writer deleted or renamed a field);
+- the App config is written as one ``$set`` of ``app_config`` (``save_app_config``).
+
+The caller holds :func:`camcore.store.leases.schema_lease` so that one writer at a time changes a
+dataset's fields and App config, across processes and hosts.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import fiftyone as fo
+from fiftyone.core.odm.dataset import DatasetAppConfig, SampleFieldDocument
+from fiftyone.core.odm.utils import validate_field_name
+
+from camcore.errors import StoreError
+from camcore.store.datasets import LOCK, datasets_collection
+
+__all__ = ["add_field", "refresh_schema", "save_app_config", "set_info", "sync_schema"]
+
+
+def _forget_changes(dataset: fo.Dataset, *roots: str) -> None:
+    """What is written here already: FiftyOne's next save must not write this copy over others'."""
+    doc = dataset._doc
+    doc._changed_fields = [f for f in doc._changed_fields if f.split(".")[0] not in roots]
+
+
+def add_field(dataset: fo.Dataset, path: str, field: fo.Field) -> None:
+    """Declare a new top-level sample field (built like FiftyOne's ``_create_field`` does) in this
+    process and in the database, with one atomic ``$push``: nothing else is read or written."""
+    if "." in path:
+        raise StoreError(f"{path!r}: only top-level fields are added here")
+    validate_field_name(path, media_type=dataset.media_type)
+    cls = dataset._sample_doc_cls
+    cls._add_field_schema(path, field, created_at=datetime.utcnow())
+    entry = next(d for d in dataset._doc.sample_fields if d.name == path)
+    datasets_collection().update_one(
+        {"_id": dataset._doc.id, "sample_fields.name": {"$ne": path}},
+        {"$push": {"sample_fields": entry.to_mongo()}})
+    _forget_changes(dataset, "sample_fields")
+
+
+def sync_schema(dataset: fo.Dataset) -> bool:
+    """Bring this process's copy of the field list and App config up to date with the database
+    (one query); True if it changed. Fields another writer added are declared one by one; only a
+    field deleted or renamed elsewhere costs a full reload."""
+    doc = datasets_collection().find_one({"_id": dataset._doc.id}, {"sample_fields.name": 1, "app_config": 1})
+    if doc is None:
+        raise StoreError(f"dataset {dataset.name!r} was deleted")
+    stored = [f.get("name") for f in doc.get("sample_fields") or []]
+    mine = [f.name for f in dataset._doc.sample_fields]
+    _refresh_app_config(dataset, doc.get("app_config"))
+    if stored == mine:
+        return False
+    if not set(mine) <= set(stored):
+        dataset.reload()
+        return True
+    missing = [name for name in stored if name not in set(mine)]
+    _declare_stored(dataset, missing)
+    return True
+
+
+def refresh_schema(dataset: fo.Dataset) -> None:
+    """sync_schema for a reader: fields other processes declared become known here."""
+    with LOCK:
+        sync_schema(dataset)
+
+
+def _declare_stored(dataset: fo.Dataset, names: list[str]) -> None:
+    """Declare in this process the stored entries of these fields (written by another writer)."""
+    rows = list(datasets_collection().aggregate([
+        {"$match": {"_id": dataset._doc.id}},
+        {"$project": {"fields": {"$filter": {"input": "$sample_fields", "cond": {"$in": ["$$this.name", names]}}}}},
+    ]))
+    cls = dataset._sample_doc_cls
+    for son in rows[0]["fields"] if rows else []:
+        entry = SampleFieldDocument._from_son(son)
+        cls._declare_field(dataset, entry.name, entry)
+        dataset._doc.sample_fields.append(entry)
+    _forget_changes(dataset, "sample_fields")
+
+
+def _refresh_app_config(dataset: fo.Dataset, stored: dict | None) -> None:
+    """Another writer may have styled its fields since this copy was read: start from the stored config."""
+    if stored is None:
+        return
+    dataset._doc.app_config = DatasetAppConfig._from_son(stored)
+    _forget_changes(dataset, "app_config")
+
+
+def save_app_config(dataset: fo.Dataset) -> None:
+    """Write this process's App config as one ``$set`` (not ``dataset.save()``, which walks every
+    field entry for changes)."""
+    datasets_collection().update_one({"_id": dataset._doc.id},
+                                     {"$set": {"app_config": dataset._doc.app_config.to_mongo()}})
+    _forget_changes(dataset, "app_config")
+
+
+def set_info(dataset: fo.Dataset, path: tuple[str, ...], value: object,
+             unset: tuple[tuple[str, ...], ...] = ()) -> None:
+    """Set one entry of ``dataset.info`` (a path of keys) and remove others, in one atomic update
+    of those entries only: rewriting the whole info dict lost other processes' entries and grew
+    with the number of fields. This process's copy follows without a reload."""
+    update: dict = {"$set": {"info." + ".".join(path): value}}
+    if unset:
+        update["$unset"] = {"info." + ".".join(p): "" for p in unset}
+    datasets_collection().update_one({"_id": dataset._doc.id}, update)
+    info = dict(dataset._doc.info or {})
+    for keys in unset:
+        _nested(info, keys[:-1]).pop(keys[-1], None)
+    _nested(info, path[:-1])[path[-1]] = value
+    dataset._doc.info = info
+    _forget_changes(dataset, "info")
+
+
+def _nested(info: dict, keys: tuple[str, ...]) -> dict:
+    """The dict at `keys` inside `info`, copied on the way down (never mutate the caller's copy)."""
+    node = info
+    for key in keys:
+        child = dict(node.get(key) or {})
+        node[key] = child
+        node = child
+    return node
