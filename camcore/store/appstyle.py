@@ -16,6 +16,7 @@ an App this process serves is refreshed through :func:`camcore.store.app.refresh
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import fiftyone as fo
@@ -30,10 +31,12 @@ SIDEBAR_GROUP = "CAM heatmaps"
 
 
 def ours(dataset: fo.Dataset) -> list[str]:
-    """Our heatmap fields (marked in their field info), in schema order."""
+    """Our heatmap fields (marked in their field info), in schema order. Read from the sample
+    class's declared fields: the schema API builds a filtered copy of every field per call."""
+    fields = dataset._sample_doc_cls._fields
     out = []
-    for name, field in dataset.get_field_schema().items():
-        mark = (getattr(field, "info", None) or {}).get(MARK)
+    for name in dataset._sample_doc_cls._fields_ordered:
+        mark = (getattr(fields.get(name), "info", None) or {}).get(MARK)
         if isinstance(mark, dict) and mark.get("kind") == "heatmap":
             out.append(name)
     return out
@@ -42,81 +45,88 @@ def ours(dataset: fo.Dataset) -> list[str]:
 def _show_in_app(dataset: fo.Dataset, fields: list[str], group: str | None = None) -> None:
     """Style the heatmap fields just declared for the App (see the module's docstring) and refresh
     an App this process serves. `group` (a push's or a run's id) is accepted for the callers'
-    sake: the newest field alone is switched on either way."""
-    config = dataset.app_config
+    sake: the newest field alone is switched on either way.
+
+    Works on the stored config as plain documents (one $set when it changes): FiftyOne's config
+    objects convert and compare every colour scale and sidebar path on each change."""
+    config = copy.deepcopy(schema.stored_app_config(dataset))
     mine = list(dict.fromkeys(ours(dataset) + list(fields)))
-    newest = list(fields)[-1:]
-    changed = _activate(dataset, config, newest, mine)
+    changed = _activate(dataset, config, list(fields)[-1:], mine)
     changed = _color(config, mine) or changed
     changed = _group(dataset, config, mine) or changed
     if changed:
-        schema.save_app_config(dataset)  # not dataset.save(): its cost grows with the field count
+        schema.save_app_config(dataset, config)
     app.refresh_app(dataset.name)
 
 
-def _color(config: Any, fields: list[str]) -> bool:
+def _color(config: dict, fields: list[str]) -> bool:
     """A colour scale for each of our fields (a user's own scale for a field wins) and colour by
     value (unless the user chose a mode); True if the scheme changed."""
-    scheme = config.color_scheme or fo.ColorScheme()
-    scales = list(scheme.colorscales or [])
+    scheme = config.get("color_scheme")
+    if scheme is None:
+        scheme = config["color_scheme"] = fo.ColorScheme().to_mongo().to_dict()
+    scales = list(scheme.get("colorscales") or [])
     styled = {c.get("path") for c in scales if isinstance(c, dict)}
     missing = [f for f in fields if f not in styled]
-    if not missing and scheme.color_by:
+    if not missing and scheme.get("color_by"):
         return False
-    scheme.colorscales = scales + [{"path": f, "name": HEATMAP_COLORSCALE} for f in missing]
-    if not scheme.color_by:
-        scheme.color_by = COLOR_BY
-    config.color_scheme = scheme
+    scheme["colorscales"] = scales + [{"path": f, "name": HEATMAP_COLORSCALE} for f in missing]
+    if not scheme.get("color_by"):
+        scheme["color_by"] = COLOR_BY
     return True
 
 
-def _group(dataset: fo.Dataset, config: Any, fields: list[str]) -> bool:
+def _group(dataset: fo.Dataset, config: dict, fields: list[str]) -> bool:
     """Our fields in one sidebar group after the labels (the App puts any field a group list
     leaves out in its default group); True if the groups changed."""
-    groups = list(config.sidebar_groups or fo.DatasetAppConfig.default_sidebar_groups(dataset))
-    before = [(g.name, list(g.paths or [])) for g in groups]
+    stored = config.get("sidebar_groups")
+    if stored is None:  # the first time only: FiftyOne's default groups for this schema
+        stored = [g.to_mongo().to_dict() for g in fo.DatasetAppConfig.default_sidebar_groups(dataset)]
+    groups = copy.deepcopy(stored)
     mine = set(fields)
     for g in groups:
-        if g.name != SIDEBAR_GROUP:
-            g.paths = [p for p in (g.paths or []) if p not in mine]
-    cam = next((g for g in groups if g.name == SIDEBAR_GROUP), None)
+        if g.get("name") != SIDEBAR_GROUP:
+            g["paths"] = [p for p in (g.get("paths") or []) if p not in mine]
+    cam = next((g for g in groups if g.get("name") == SIDEBAR_GROUP), None)
     if cam is None:
-        cam = SidebarGroupDocument(name=SIDEBAR_GROUP, paths=[], expanded=True)
-        names = [g.name for g in groups]
+        cam = SidebarGroupDocument(name=SIDEBAR_GROUP, paths=[], expanded=True).to_mongo().to_dict()
+        names = [g.get("name") for g in groups]
         groups.insert(names.index("labels") + 1 if "labels" in names else len(groups), cam)
-    cam.paths = list(dict.fromkeys([p for p in (cam.paths or []) if p in mine] + list(fields)))
-    if config.sidebar_groups is not None and [(g.name, list(g.paths or [])) for g in groups] == before:
+    cam["paths"] = list(dict.fromkeys([p for p in (cam.get("paths") or []) if p in mine] + list(fields)))
+    if config.get("sidebar_groups") is not None and groups == stored:
         return False
-    config.sidebar_groups = groups
+    config["sidebar_groups"] = groups
     return True
 
 
-def _activate(dataset: fo.Dataset, config: Any, shown: list[str], mine: list[str] | None = None) -> bool:
+def _activate(dataset: fo.Dataset, config: dict, shown: list[str], mine: list[str] | None = None) -> bool:
     """Switch on `shown` and off our other heatmap fields in the App config; True if it changed."""
-    active = config.active_fields
+    active = config.get("active_fields")
     our = set(ours(dataset) if mine is None else mine) | set(shown)
     older = sorted(our - set(shown))
-    if active is None or (active.exclude and set(active.paths) <= _dense_fields(dataset) | our):
+    paths_now = list((active or {}).get("paths") or [])
+    exclude = bool((active or {}).get("exclude"))
+    if active is None or (exclude and set(paths_now) <= _dense_fields(dataset) | our):
         default = fo.DatasetAppConfig.default_active_fields(dataset)
-        paths = [p for p in default.paths if p not in our] + shown
-        new_active = ActiveFields(exclude=False, paths=paths)
-    elif active.exclude:  # the user's own exclusion list: keep it, and exclude our older maps too
-        paths = [p for p in active.paths if p not in our] + older
-        new_active = ActiveFields(exclude=True, paths=paths)
+        new = {"exclude": False, "paths": [p for p in default.paths if p not in our] + shown}
+    elif exclude:  # the user's own exclusion list: keep it, and exclude our older maps too
+        new = {"exclude": True, "paths": [p for p in paths_now if p not in our] + older}
     else:
-        paths = [p for p in active.paths if p not in our] + shown
-        new_active = ActiveFields(exclude=False, paths=paths)
-    if active is None or active.exclude != new_active.exclude or list(active.paths) != list(new_active.paths):
-        config.active_fields = new_active
+        new = {"exclude": False, "paths": [p for p in paths_now if p not in our] + shown}
+    if active is None or exclude != new["exclude"] or paths_now != new["paths"]:
+        config["active_fields"] = ActiveFields(**new).to_mongo().to_dict()
         return True
     return False
 
 
 def _dense_fields(dataset: fo.Dataset) -> set[str]:
     """Heatmap and Segmentation fields: the ones the App leaves unchecked by default."""
-    return {name for name, f in dataset.get_field_schema().items()
-            if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
-            and issubclass(f.document_type, (fo.Heatmap, fo.Segmentation))}
+    out = set()
+    for name, f in dataset._sample_doc_cls._fields.items():
+        doc_type = getattr(f, "document_type", None)
+        if isinstance(f, fo.EmbeddedDocumentField) and doc_type and issubclass(doc_type, (fo.Heatmap, fo.Segmentation)):
+            out.add(name)
+    return out
 
 
 def app_updates(dataset: fo.Dataset) -> list[tuple[str, dict]]:

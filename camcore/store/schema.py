@@ -24,7 +24,7 @@ from fiftyone.core.odm.utils import validate_field_name
 from camcore.errors import StoreError
 from camcore.store.datasets import LOCK, datasets_collection
 
-__all__ = ["add_field", "refresh_schema", "save_app_config", "set_info", "sync_schema"]
+__all__ = ["add_field", "refresh_schema", "save_app_config", "set_info", "stored_app_config", "sync_schema"]
 
 
 def _forget_changes(dataset: fo.Dataset, *roots: str) -> None:
@@ -39,9 +39,14 @@ def add_field(dataset: fo.Dataset, path: str, field: fo.Field) -> None:
     if "." in path:
         raise StoreError(f"{path!r}: only top-level fields are added here")
     validate_field_name(path, media_type=dataset.media_type)
-    cls = dataset._sample_doc_cls
-    cls._add_field_schema(path, field, created_at=datetime.utcnow())
-    entry = next(d for d in dataset._doc.sample_fields if d.name == path)
+    # As FiftyOne's _add_field_schema, without reading the field list through its attribute
+    # (which walks every entry)
+    field = field.copy()
+    field.name = field.db_field = path
+    field._set_created_at(datetime.utcnow())
+    dataset._sample_doc_cls._declare_field(dataset, path, field)
+    entry = SampleFieldDocument.from_field(field)
+    dataset._doc._data["sample_fields"].append(entry)
     datasets_collection().update_one(
         {"_id": dataset._doc.id, "sample_fields.name": {"$ne": path}},
         {"$push": {"sample_fields": entry.to_mongo()}})
@@ -56,7 +61,7 @@ def sync_schema(dataset: fo.Dataset) -> bool:
     if doc is None:
         raise StoreError(f"dataset {dataset.name!r} was deleted")
     stored = [f.get("name") for f in doc.get("sample_fields") or []]
-    mine = [f.name for f in dataset._doc.sample_fields]
+    mine = _field_names(dataset)
     _refresh_app_config(dataset, doc.get("app_config"))
     if stored == mine:
         return False
@@ -84,23 +89,46 @@ def _declare_stored(dataset: fo.Dataset, names: list[str]) -> None:
     for son in rows[0]["fields"] if rows else []:
         entry = SampleFieldDocument._from_son(son)
         cls._declare_field(dataset, entry.name, entry)
-        dataset._doc.sample_fields.append(entry)
+        dataset._doc._data["sample_fields"].append(entry)
     _forget_changes(dataset, "sample_fields")
+
+
+def _field_names(dataset: fo.Dataset) -> list[str]:
+    """This process's field names, read from the raw list: the attribute walks every entry."""
+    entries = dataset._doc._data.get("sample_fields") or []
+    return [e.name for e in entries]
+
+
+# The App config each dataset had in the database when this process last read or wrote it: a
+# config that has not changed since is not converted again (its size grows with the fields).
+_APP_CONFIG_SEEN: dict[object, object] = {}
 
 
 def _refresh_app_config(dataset: fo.Dataset, stored: dict | None) -> None:
     """Another writer may have styled its fields since this copy was read: start from the stored config."""
-    if stored is None:
+    if stored is None or _APP_CONFIG_SEEN.get(dataset._doc.id) == stored:
         return
-    dataset._doc.app_config = DatasetAppConfig._from_son(stored)
+    dataset._doc._data["app_config"] = DatasetAppConfig._from_son(stored)
+    _APP_CONFIG_SEEN[dataset._doc.id] = stored
     _forget_changes(dataset, "app_config")
 
 
-def save_app_config(dataset: fo.Dataset) -> None:
-    """Write this process's App config as one ``$set`` (not ``dataset.save()``, which walks every
-    field entry for changes)."""
-    datasets_collection().update_one({"_id": dataset._doc.id},
-                                     {"$set": {"app_config": dataset._doc.app_config.to_mongo()}})
+def stored_app_config(dataset: fo.Dataset) -> dict:
+    """The dataset's App config as stored, a plain document (read once if this process has not
+    seen it: sync_schema keeps it current). Do not change it in place."""
+    key = dataset._doc.id
+    if key not in _APP_CONFIG_SEEN:
+        doc = datasets_collection().find_one({"_id": key}, {"app_config": 1}) or {}
+        _APP_CONFIG_SEEN[key] = doc.get("app_config") or {}
+    return _APP_CONFIG_SEEN[key]  # type: ignore[return-value]
+
+
+def save_app_config(dataset: fo.Dataset, config: dict) -> None:
+    """Write the App config (a plain document) as one ``$set``, not ``dataset.save()``, which
+    walks every field entry for changes; this process's copy follows."""
+    datasets_collection().update_one({"_id": dataset._doc.id}, {"$set": {"app_config": config}})
+    _APP_CONFIG_SEEN[dataset._doc.id] = config
+    dataset._doc._data["app_config"] = DatasetAppConfig._from_son(config)
     _forget_changes(dataset, "app_config")
 
 
