@@ -178,8 +178,7 @@ def declare_fields(dataset: fo.Dataset | fo.DatasetView, options: BatchOptions,
     any compute, so that a field that is not ours fails at once, and writers in other processes
     find the schema complete. The App switches the run's fields on together (one group)."""
     run = uuid.uuid4().hex
-    return [store.declare_heatmap_field(dataset, identity, extra=options.label_extra, shown_with=run)
-            for identity in options.identities(model)]
+    return store.declare_heatmap_fields(dataset, options.identities(model), extra=options.label_extra, shown_with=run)
 
 
 @dataclass

@@ -53,6 +53,7 @@ from camcore.store.fields import (
     HEATMAP_COLORSCALE,
     LABEL_ATTRIBUTES,
     declare_heatmap_field,
+    declare_heatmap_fields,
     heatmap_fields,
     stored_fields,
 )
@@ -88,7 +89,8 @@ __all__ = [
     "FOREIGN_JOURNAL_GRACE", "HEATMAP_COLORSCALE", "HEATMAP_RANGE", "JOURNAL_SUFFIX", "LABEL_ATTRIBUTES",
     "MARK", "PENDING_DIR", "STALE_TEMP_SECONDS", "add_finding", "app_session", "app_url", "box_rule", "boxes_by_sample",
     "most_boxes",
-    "clean_orphans", "close_app", "count_findings", "db_errors", "declare_heatmap_field", "detection_fields",
+    "clean_orphans", "close_app", "count_findings", "db_errors", "declare_heatmap_field", "declare_heatmap_fields",
+    "detection_fields",
     "distinct_tags", "finding_labels", "fresh_dataset", "finding_tag", "findings_view", "get_sample", "heatmap_fields",
     "heatmap_path", "HeatmapWriter", "ids_and_paths", "label_fields", "label_values", "launch_app",
     "list_datasets", "list_findings", "load_dataset", "make_view", "push_heatmaps", "push_many",

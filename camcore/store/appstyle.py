@@ -42,20 +42,27 @@ def ours(dataset: fo.Dataset) -> list[str]:
     return out
 
 
-def _show_in_app(dataset: fo.Dataset, fields: list[str], group: str | None = None) -> None:
-    """Style the heatmap fields just declared for the App (see the module's docstring) and refresh
-    an App this process serves. `group` (a push's or a run's id) is accepted for the callers'
-    sake: the newest field alone is switched on either way.
+def _show_in_app(dataset: fo.Dataset, fields: list[str], group: str | None = None,
+                 update: schema.DatasetUpdate | None = None) -> None:
+    """Style the heatmap fields just declared for the App (see the module's docstring): as part of
+    `update`, or written (and an App this process serves refreshed) now. `group` (a push's or a
+    run's id) is accepted for the callers' sake: the newest field alone is switched on.
 
-    Works on the stored config as plain documents (one $set when it changes): FiftyOne's config
-    objects convert and compare every colour scale and sidebar path on each change."""
+    Works on the stored config as plain documents: FiftyOne's config objects convert and compare
+    every colour scale and sidebar path on each change."""
     config = copy.deepcopy(schema.stored_app_config(dataset))
     mine = list(dict.fromkeys(ours(dataset) + list(fields)))
     changed = _activate(dataset, config, list(fields)[-1:], mine)
     changed = _color(config, mine) or changed
     changed = _group(dataset, config, mine) or changed
+    if update is not None:
+        if changed:
+            update.set_app_config(config)
+        return
     if changed:
-        schema.save_app_config(dataset, config)
+        own = schema.DatasetUpdate(dataset)
+        own.set_app_config(config)
+        own.commit()
     app.refresh_app(dataset.name)
 
 

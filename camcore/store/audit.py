@@ -144,7 +144,9 @@ def store_summary(dataset: fo.Dataset | fo.DatasetView, run: AuditRun) -> Summar
     dataset = root_dataset(dataset)
     summary = summarise(dataset, run)
     with LOCK:  # one entry, atomically: a reload and a save of the whole dataset cost O(fields)
-        schema.set_info(dataset, (MARK, "audit", run.heatmap), {"count": summary.total, "summary": summary.to_dict()})
+        update = schema.DatasetUpdate(dataset)
+        update.set_info((MARK, "audit", run.heatmap), {"count": summary.total, "summary": summary.to_dict()})
+        update.commit()
     return summary
 
 

@@ -12,6 +12,7 @@ raises and writes nothing.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import fiftyone as fo
@@ -24,6 +25,7 @@ from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
 
 __all__ = ["FIELD_PREFIX", "HEATMAP_COLORSCALE", "LABEL_ATTRIBUTES", "check_field", "declare_heatmap_field",
+           "declare_heatmap_fields",
            "heatmap_fields"]
 
 # The attributes every heatmap label carries (see heatmaps.py). They are declared with the field,
@@ -73,32 +75,52 @@ def declare_heatmap_field(
     dataset: fo.Dataset | fo.DatasetView, identity: HeatmapIdentity, extra: dict | None = None,
     shown_with: str | None = None,
 ) -> str:
-    """Create (or check) the Heatmap field of this identity with every label attribute declared
-    (LABEL_ATTRIBUTES plus `extra`'s keys), and list it in dataset.info; return its name. Raises
-    StoreError for a field that is not ours or means something else. Idempotent.
+    """declare_heatmap_fields for one identity."""
+    return declare_heatmap_fields(dataset, [identity], extra, shown_with)[0]
 
-    shown_with: the write or run this field belongs to (a push's write id, a batch's run id): the
-    App switches on the fields declared with the same value together; None: this field alone."""
+
+def declare_heatmap_fields(
+    dataset: fo.Dataset | fo.DatasetView, identities: Sequence[HeatmapIdentity], extra: dict | None = None,
+    shown_with: str | None = None,
+) -> list[str]:
+    """Create (or check) the Heatmap field of each identity with every label attribute declared
+    (LABEL_ATTRIBUTES plus `extra`'s keys), list them in dataset.info and style them for the App;
+    return their names. Raises StoreError for a field that is not ours or means something else,
+    before anything is written. Idempotent.
+
+    One update of the dataset document for them all, under the schema lease: the server rewrites
+    that whole document (every field's entry) on each update, and FiftyOne's add_sample_field
+    reloads and saves it whole, costs that grow with the number of fields.
+
+    shown_with: the write or run these fields belong to (a push's write id, a batch's run id);
+    the App switches on the newest field."""
     dataset = root_dataset(dataset)
-    field = identity.field_name
-    meaning = identity.meaning
-    description = identity.description
     wanted = {**LABEL_ATTRIBUTES, **{k: _field_type_of(v) for k, v in (extra or {}).items()}}
+    names = list(dict.fromkeys(identity.field_name for identity in identities))
     with schema_lease(dataset):  # one writer of the field list at a time, across processes
-        if not check_field(dataset, field, meaning):
-            # One atomic $push of the field's entry: FiftyOne's add_sample_field reloads and
-            # rewrites the whole field list, a cost that grows with the number of fields.
-            schema.add_field(dataset, field, dataset._sample_doc_cls._create_field(
-                field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
-                fields=[_named(ftype, name) for name, ftype in wanted.items()],
-                description=description, info={MARK: {**meaning, "description": description}}))
-        declared = dataset.get_field(field).get_field_schema()
-        for name, ftype in wanted.items():
-            if name not in declared:  # a field made by an older version, or new extra attributes
-                dataset.add_sample_field(f"{field}.{name}", ftype)
-        _register(dataset, field, {**meaning, "description": description})
-        _show_in_app(dataset, [field], shown_with)
-    return field
+        new = [identity for identity in identities if not check_field(dataset, identity.field_name, identity.meaning)]
+        for field in names:
+            if field not in {identity.field_name for identity in new}:
+                _complete_attributes(dataset, field, wanted)
+        update = schema.DatasetUpdate(dataset)
+        for identity in {identity.field_name: identity for identity in new}.values():
+            update.add_field(identity.field_name, dataset._sample_doc_cls._create_field(
+                identity.field_name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+                fields=[_named(ftype, name) for name, ftype in wanted.items()], description=identity.description,
+                info={MARK: {**identity.meaning, "description": identity.description}}))
+        _register(dataset, update, {i.field_name: {**i.meaning, "description": i.description} for i in identities})
+        _show_in_app(dataset, names, shown_with, update)
+        update.commit()
+    appstyle.app.refresh_app(dataset.name)
+    return names
+
+
+def _complete_attributes(dataset: fo.Dataset, field: str, wanted: dict[str, type[fo.Field]]) -> None:
+    """A field made by an older version, or new extra attributes: FiftyOne's own (slow) path."""
+    declared = dataset.get_field(field).get_field_schema()
+    for name, ftype in wanted.items():
+        if name not in declared:
+            dataset.add_sample_field(f"{field}.{name}", ftype)
 
 
 def _named(ftype: type[fo.Field], name: str) -> fo.Field:
@@ -107,14 +129,15 @@ def _named(ftype: type[fo.Field], name: str) -> fo.Field:
     return field
 
 
-def _register(dataset: fo.Dataset, field: str, entry: dict) -> None:
-    """List the field in ``dataset.info[MARK]["fields"]`` (its own entry, atomically); entries of
-    fields deleted or renamed outside CAM Explorer leave the registry."""
-    registry = ((dataset.info or {}).get(MARK) or {}).get("fields") or {}
-    names = set(dataset.get_field_schema())
-    stale = tuple((MARK, "fields", name) for name in registry if name not in names)
-    if registry.get(field) != entry or stale:
-        schema.set_info(dataset, (MARK, "fields", field), entry, unset=stale)
+def _register(dataset: fo.Dataset, update: schema.DatasetUpdate, entries: dict[str, dict]) -> None:
+    """List the fields in ``dataset.info[MARK]["fields"]`` (their own entries); entries of fields
+    deleted or renamed outside CAM Explorer leave the registry."""
+    registry = (schema.raw_info(dataset).get(MARK) or {}).get("fields") or {}
+    declared = dataset._sample_doc_cls._fields
+    stale = tuple((MARK, "fields", name) for name in registry if name not in declared and name not in entries)
+    for i, (field, entry) in enumerate(entries.items()):
+        if registry.get(field) != entry or (stale and i == 0):
+            update.set_info((MARK, "fields", field), entry, unset=stale if i == 0 else ())
 
 
 def heatmap_fields(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict]:

@@ -36,7 +36,7 @@ from camcore import paths
 from camcore.errors import ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
 from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
-from camcore.store.fields import check_field, declare_heatmap_field
+from camcore.store.fields import check_field, declare_heatmap_fields
 from camcore.store.leases import lease
 
 HEATMAP_RANGE = (0, 65535)
@@ -551,8 +551,8 @@ def push_many(
             except BaseException:
                 writer.forget(new)  # no label was written: these files are nobody's
                 raise
-            for _field, (first, _rows) in per_field.items():
-                declare_heatmap_field(dataset, first.identity, extra=extra, shown_with=write_id)
+            declare_heatmap_fields(dataset, [first.identity for first, _rows in per_field.values()], extra=extra,
+                                   shown_with=write_id)
             # Two writers of one sample and field: each must replace the file the label points at
             # when it writes, not when it looked, or the loser's file is nobody's and nobody's to
             # delete. One writer at a time (any process or host) between reading and setting.

@@ -16,7 +16,7 @@ from camcore.errors import StoreError
 from camcore.identity import MEASURES, HeatmapIdentity, measure_of
 from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
-from camcore.store.schema import add_field
+from camcore.store.schema import DatasetUpdate
 
 _TYPES: dict[type, type[fo.Field]] = {float: fo.FloatField, bool: fo.BooleanField, str: fo.StringField}
 INDEXED = ("share",)
@@ -30,6 +30,7 @@ def declare_measure_fields(dataset: fo.Dataset | fo.DatasetView, identity: Heatm
     names = identity.measure_fields()
     with schema_lease(dataset):  # one writer of the field list at a time, across processes
         schema = dataset.get_field_schema()
+        update = DatasetUpdate(dataset)  # one write of the dataset document for them all
         for measure, name in names.items():
             ftype = _TYPES[MEASURES[measure]]
             existing = schema.get(name)
@@ -39,9 +40,10 @@ def declare_measure_fields(dataset: fo.Dataset | fo.DatasetView, identity: Heatm
                     raise StoreError(f"field {name!r} of {dataset.name!r} exists and is not a CAM Explorer "
                                      f"{measure} measure; not overwriting it")
                 continue
-            add_field(dataset, name, dataset._sample_doc_cls._create_field(
+            update.add_field(name, dataset._sample_doc_cls._create_field(
                 name, ftype, description=f"CAM Explorer {measure} of {identity.field_name}",
                 info={MARK: {"kind": "measure", "measure": measure, "heatmap": identity.field_name}}))
+        update.commit()
         for measure in INDEXED:
             dataset.create_index(names[measure])
     return names

@@ -24,7 +24,7 @@ from fiftyone.core.odm.utils import validate_field_name
 from camcore.errors import StoreError
 from camcore.store.datasets import LOCK, datasets_collection
 
-__all__ = ["add_field", "refresh_schema", "save_app_config", "set_info", "stored_app_config", "sync_schema"]
+__all__ = ["DatasetUpdate", "raw_info", "refresh_schema", "stored_app_config", "sync_schema"]
 
 
 def _forget_changes(dataset: fo.Dataset, *roots: str) -> None:
@@ -33,24 +33,87 @@ def _forget_changes(dataset: fo.Dataset, *roots: str) -> None:
     doc._changed_fields = [f for f in doc._changed_fields if f.split(".")[0] not in roots]
 
 
-def add_field(dataset: fo.Dataset, path: str, field: fo.Field) -> None:
-    """Declare a new top-level sample field (built like FiftyOne's ``_create_field`` does) in this
-    process and in the database, with one atomic ``$push``: nothing else is read or written."""
-    if "." in path:
-        raise StoreError(f"{path!r}: only top-level fields are added here")
-    validate_field_name(path, media_type=dataset.media_type)
-    # As FiftyOne's _add_field_schema, without reading the field list through its attribute
-    # (which walks every entry)
-    field = field.copy()
-    field.name = field.db_field = path
-    field._set_created_at(datetime.utcnow())
-    dataset._sample_doc_cls._declare_field(dataset, path, field)
-    entry = SampleFieldDocument.from_field(field)
-    dataset._doc._data["sample_fields"].append(entry)
-    datasets_collection().update_one(
-        {"_id": dataset._doc.id, "sample_fields.name": {"$ne": path}},
-        {"$push": {"sample_fields": entry.to_mongo()}})
-    _forget_changes(dataset, "sample_fields")
+class DatasetUpdate:
+    """Changes of the dataset document gathered into one MongoDB update.
+
+    The server rewrites the whole dataset document (every field's schema entry) on each update,
+    so a push makes one update whatever it declares: new top-level fields ($push of their
+    entries), entries of ``dataset.info`` ($set/$unset of those entries only) and the App config.
+    This process's copy follows as each change is added; if the update fails the copy is reloaded.
+    """
+
+    def __init__(self, dataset: fo.Dataset):
+        self.dataset = dataset
+        self._entries: list[dict] = []
+        self._set: dict[str, object] = {}
+        self._unset: dict[str, str] = {}
+        self._app_config: dict | None = None
+
+    def add_field(self, path: str, field: fo.Field) -> None:
+        """Declare a new top-level sample field (built as FiftyOne's ``_create_field`` does)."""
+        if "." in path:
+            raise StoreError(f"{path!r}: only top-level fields are added here")
+        dataset = self.dataset
+        validate_field_name(path, media_type=dataset.media_type)
+        # As FiftyOne's _add_field_schema, without reading the field list through its attribute
+        # (which walks every entry)
+        field = field.copy()
+        field.name = field.db_field = path
+        field._set_created_at(datetime.utcnow())
+        dataset._sample_doc_cls._declare_field(dataset, path, field)
+        entry = SampleFieldDocument.from_field(field)
+        dataset._doc._data["sample_fields"].append(entry)
+        self._entries.append(entry.to_mongo())
+
+    def set_info(self, path: tuple[str, ...], value: object, unset: tuple[tuple[str, ...], ...] = ()) -> None:
+        """Set one entry of ``dataset.info`` (a path of keys) and remove others: only those entries
+        are written (rewriting the whole dict lost other processes' entries)."""
+        self._set["info." + ".".join(path)] = value
+        self._unset.update({"info." + ".".join(p): "" for p in unset})
+        info = dict(raw_info(self.dataset))
+        for keys in unset:
+            _nested(info, keys[:-1]).pop(keys[-1], None)
+        _nested(info, path[:-1])[path[-1]] = value
+        self.dataset._doc._data["info"] = info
+
+    def set_app_config(self, config: dict) -> None:
+        """The whole App config, a plain document (see appstyle)."""
+        self._app_config = config
+
+    def commit(self) -> None:
+        dataset = self.dataset
+        update: dict = {}
+        names = [e["name"] for e in self._entries]
+        if self._entries:
+            update["$push"] = {"sample_fields": {"$each": self._entries}}
+        sets = dict(self._set)
+        if self._app_config is not None:
+            sets["app_config"] = self._app_config
+        if sets:
+            update["$set"] = sets
+        if self._unset:
+            update["$unset"] = dict(self._unset)
+        if not update:
+            return
+        try:
+            done = datasets_collection().update_one(
+                {"_id": dataset._doc.id, "sample_fields.name": {"$nin": names}}, update)
+            if done.matched_count != 1:
+                raise StoreError(f"the fields of {dataset.name!r} changed meanwhile ({', '.join(names)}); "
+                                 "try again")
+        except BaseException:
+            dataset.reload()  # this copy is ahead of the database: back to what is stored
+            raise
+        if self._app_config is not None:
+            _APP_CONFIG_SEEN[dataset._doc.id] = self._app_config
+            dataset._doc._data["app_config"] = DatasetAppConfig._from_son(self._app_config)
+        _forget_changes(dataset, "sample_fields", "info", "app_config")
+
+
+def raw_info(dataset: fo.Dataset) -> dict:
+    """``dataset.info`` as stored in this process's copy, read without the attribute (which
+    walks every entry: the field registry grows with the fields)."""
+    return dataset._doc._data.get("info") or {}
 
 
 def sync_schema(dataset: fo.Dataset) -> bool:
@@ -121,32 +184,6 @@ def stored_app_config(dataset: fo.Dataset) -> dict:
         doc = datasets_collection().find_one({"_id": key}, {"app_config": 1}) or {}
         _APP_CONFIG_SEEN[key] = doc.get("app_config") or {}
     return _APP_CONFIG_SEEN[key]  # type: ignore[return-value]
-
-
-def save_app_config(dataset: fo.Dataset, config: dict) -> None:
-    """Write the App config (a plain document) as one ``$set``, not ``dataset.save()``, which
-    walks every field entry for changes; this process's copy follows."""
-    datasets_collection().update_one({"_id": dataset._doc.id}, {"$set": {"app_config": config}})
-    _APP_CONFIG_SEEN[dataset._doc.id] = config
-    dataset._doc._data["app_config"] = DatasetAppConfig._from_son(config)
-    _forget_changes(dataset, "app_config")
-
-
-def set_info(dataset: fo.Dataset, path: tuple[str, ...], value: object,
-             unset: tuple[tuple[str, ...], ...] = ()) -> None:
-    """Set one entry of ``dataset.info`` (a path of keys) and remove others, in one atomic update
-    of those entries only: rewriting the whole info dict lost other processes' entries and grew
-    with the number of fields. This process's copy follows without a reload."""
-    update: dict = {"$set": {"info." + ".".join(path): value}}
-    if unset:
-        update["$unset"] = {"info." + ".".join(p): "" for p in unset}
-    datasets_collection().update_one({"_id": dataset._doc.id}, update)
-    info = dict(dataset._doc.info or {})
-    for keys in unset:
-        _nested(info, keys[:-1]).pop(keys[-1], None)
-    _nested(info, path[:-1])[path[-1]] = value
-    dataset._doc.info = info
-    _forget_changes(dataset, "info")
 
 
 def _nested(info: dict, keys: tuple[str, ...]) -> dict:
