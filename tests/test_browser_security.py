@@ -1,6 +1,9 @@
-"""Nobody else on the wire, data never markup: a dataset whose name, file names, tags and finding
-notes are markdown images, links and LaTeX, visited on every page in a real Chromium. The page
-must request nothing from any host but the app's own, and show those strings literally."""
+"""Nobody else on the wire, data never markup: a dataset whose name, file names, tags, labels and
+finding notes are markdown images, links, raw HTML and LaTeX pointing at ANOTHER loopback address
+(127.0.0.2, so a request there is a failure, not the app's own traffic), visited on every page in a
+real Chromium, with every button that shows data clicked (Push, Record a finding, Launch the App,
+the Compare studies, Run batch). The page must request nothing from any host but the app's own,
+and show those strings literally (issue 22 item 5)."""
 from __future__ import annotations
 
 import shutil
@@ -13,7 +16,8 @@ import pytest
 from test_browser import ARTIFACTS, RUN_TIMEOUT, VIEWPORT, Server, open_app, settle
 
 from camcore import demo_data, store
-from ui import router
+from ui import compare, router
+from ui.state import App, Batch, Compare, Explore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -37,7 +41,9 @@ def hostile():
         shutil.copy(path, root / name)
         paths.append(str(root / name))
     ds = fo.Dataset(f"{uuid.uuid4().hex[:6]} ![d]({BAIT}/dataset.png)", persistent=True)
-    ds.add_samples([fo.Sample(filepath=p, tags=[f"![t]({BAIT}/tag.png)"]) for p in paths])
+    label = f"![c]({BAIT}/label.png) <img src={BAIT}/raw.png> [l]({BAIT}/l)"
+    ds.add_samples([fo.Sample(filepath=p, tags=[f"![t]({BAIT}/tag.png)", f"<img src={BAIT}/tag2.png>"],
+                              ground_truth=fo.Classification(label=label)) for p in paths])
     store.add_finding(ds, ds.first().id, f"![n]({BAIT}/finding.png)", f"note ![i]({BAIT}/note.png) $$x$$")
     yield ds
     ds.delete()
@@ -56,9 +62,17 @@ def test_every_page_requests_only_its_own_host_and_shows_data_as_text(browser: B
         open_app(page, link)
         expect(page.get_by_test_id("stSidebar").get_by_test_id("stText").first).to_contain_text(
             "![f](", timeout=RUN_TIMEOUT)
+        _click_every_button(page)  # on Explore: Push, Record a finding, Launch the App
         for _file, title, _icon, url_path in router.PAGES:
             page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
             settle(page)
+            if url_path == "compare":
+                for key in compare.STUDIES:
+                    _click(page, Compare.study(key))
+                if page.locator(f".st-key-{Compare.USE_UNTRAINED} button").count():  # no weights offline
+                    _click(page, Compare.USE_UNTRAINED)
+            if url_path == "batch":
+                _click(page, Batch.START_BUTTON)
             page.screenshot(path=str(ARTIFACTS / f"hostile-{url_path}.png"))
             _assert_no_foreign_links(page, server.url)
         # Findings: the finding's label, the note and the dataset's name, literally (back on that page:
@@ -78,6 +92,26 @@ def test_every_page_requests_only_its_own_host_and_shows_data_as_text(browser: B
                  if not u.startswith(("data:", "blob:")) and urllib.parse.urlsplit(u).netloc != own]
     assert not elsewhere, elsewhere
     assert len(requested) > 10  # control: the listener saw the app's own traffic
+
+
+def _click(page, key: str) -> None:
+    button = page.locator(f".st-key-{key} button").first
+    expect(button).to_be_enabled(timeout=RUN_TIMEOUT)
+    button.click()
+    settle(page)
+
+
+def _click_every_button(page) -> None:
+    """Explore's buttons that show data back: Push, Record a finding (with a bait note), Launch."""
+    _click(page, Explore.PUSH)
+    expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="![f](").first).to_be_visible(
+        timeout=RUN_TIMEOUT)  # the Push message names the file, literally
+    page.get_by_label("Note").fill(f"![n2]({BAIT}/note2.png)")
+    page.get_by_role("button", name="Save finding").click()
+    settle(page)
+    expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="Saved finding")).to_be_visible(
+        timeout=RUN_TIMEOUT)
+    _click(page, App.LAUNCH)
 
 
 def _assert_no_foreign_links(page, own: str) -> None:
