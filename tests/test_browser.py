@@ -145,13 +145,21 @@ def widget(page: Page, test_id: str, label: str, scope: Page | Locator | None = 
         has=page.get_by_test_id("stWidgetLabel").get_by_text(label, exact=True))
 
 
+def open_dropdown(page: Page, box: Locator) -> None:
+    """Open a selectbox's or multiselect's list of options. Scroll first: the list closes when its
+    page scrolls, as a click's own scrolling would do. The mouse leaves first: a widget's help
+    tooltip stays up while the mouse is over the widget, and covers the widget below it."""
+    box.scroll_into_view_if_needed()
+    page.mouse.move(0, 0)
+    expect(page.get_by_test_id("stTooltipContent")).to_have_count(0, timeout=UI_TIMEOUT)
+    box.get_by_role("button", name="Open").click()
+
+
 def choose(page: Page, label: str, option: str, scope: Page | Locator | None = None) -> None:
     """Pick `option` in the selectbox labelled `label`."""
     box = widget(page, "stSelectbox", label, scope)
     expect(box).to_have_count(1, timeout=RUN_TIMEOUT)
-    # Scroll first: the dropdown closes when its page scrolls, as a click's own scrolling would do.
-    box.scroll_into_view_if_needed()
-    box.get_by_role("button", name="Open").click()
+    open_dropdown(page, box)
     page.get_by_role("option", name=option, exact=True).click()
     expect(box.get_by_role("combobox")).to_have_value(option)
 
@@ -165,7 +173,7 @@ def open_sample(page: Page, name: str) -> None:
     matches = sidebar.get_by_test_id("stSelectbox").filter(
         has=page.get_by_test_id("stWidgetLabel").get_by_text(re.compile(r"^Matches \(")))
     expect(matches).to_have_count(1, timeout=RUN_TIMEOUT)
-    matches.get_by_role("button", name="Open").click()
+    open_dropdown(page, matches)
     page.get_by_role("option", name=re.compile(rf"(^|\/){re.escape(name)}$")).first.click()
     expect(sidebar.get_by_test_id("stText").filter(has_text=re.compile(rf"(^|\/){re.escape(name)}$"))
            ).to_have_count(1, timeout=RUN_TIMEOUT)
@@ -175,12 +183,19 @@ def open_sample(page: Page, name: str) -> None:
 def add_to_multiselect(page: Page, label: str, option: str) -> None:
     box = widget(page, "stMultiSelect", label)
     expect(box).to_have_count(1, timeout=RUN_TIMEOUT)
-    box.scroll_into_view_if_needed()
-    box.get_by_role("button", name="Open").click()
+    open_dropdown(page, box)
     page.get_by_role("option", name=option, exact=True).click()
     page.keyboard.press("Escape")
     expect(box.get_by_role("group", name="Selected values").get_by_role("button", name=f"Remove {option}",
                                                                           exact=True)).to_have_count(1)
+
+
+def remove_from_multiselect(page: Page, label: str, option: str) -> None:
+    box = widget(page, "stMultiSelect", label)
+    box.scroll_into_view_if_needed()
+    page.mouse.move(0, 0)  # as in open_dropdown: no tooltip over the chip
+    expect(page.get_by_test_id("stTooltipContent")).to_have_count(0, timeout=UI_TIMEOUT)
+    box.get_by_role("button", name=f"Remove {option}", exact=True).click()
 
 
 def set_input_size(page: Page, px: int) -> None:

@@ -25,6 +25,7 @@ from test_browser import (
     add_to_multiselect,
     choose,
     open_app,
+    remove_from_multiselect,
     settle,
     widget,
 )
@@ -190,7 +191,7 @@ def test_batch_cancel_says_what_was_saved_and_the_rerun_what_it_skips(server: Se
     settle(page)
     add_to_multiselect(page, "Layers", "stage4")
     settle(page)
-    widget(page, "stMultiSelect", "Layers").get_by_role("button", name="Remove head", exact=True).click()
+    remove_from_multiselect(page, "Layers", "head")
     settle(page)
     run.click()
     progress = page.get_by_test_id("stProgress")

@@ -7,7 +7,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from test_browser import ARTIFACTS, RUN_TIMEOUT, UI_TIMEOUT, open_app, overlay, settle, widget
+from test_browser import ARTIFACTS, RUN_TIMEOUT, UI_TIMEOUT, open_app, open_dropdown, overlay, settle, widget
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -72,8 +72,7 @@ def test_pick_a_box_see_it_drawn_push_and_reopen_from_the_url(server, browser: B
         expect(page.get_by_text("Detections at score ≥ 0:")).to_be_visible()
 
         # pick the model's second detection: its map, its box named under the map
-        picker.scroll_into_view_if_needed()
-        picker.get_by_role("button", name="Open").click()
+        open_dropdown(page, picker)
         page.get_by_role("option", name=re.compile(r"^#1 ")).click()
         settle(page)
         main = overlay(page, "Eigen-CAM · fpn").filter(has_text="[det1]")
