@@ -32,7 +32,7 @@ def main(sel: Selection) -> None:
     detector = spec.task == "detection"
     # A detector's first pass lists every box it finds (any score): the box picker reads it.
     base = compute.shared_pass(loaded, image_key, img, "top@0" if detector else None, False, sel.input_size,
-                               f"Running {spec.key} on the image…")
+                               f"Running {spec.key} on the image…", slot="prediction")
     if base is None:
         return
 

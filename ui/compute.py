@@ -72,15 +72,18 @@ def explainer(loaded: LoadedModel, image_key: tuple, img: LoadedImage, target: s
 
 
 def shared_pass(loaded: LoadedModel, image_key: tuple, img: LoadedImage, target: str | None, aug_smooth: bool,
-                input_size: int | None, message: str) -> Explainer | None:
+                input_size: int | None, message: str, slot: str = "main") -> Explainer | None:
     """explainer() under a spinner. While another session holds the model, say whose work it
-    waits for (which model, since when) with a Cancel button; None once the user stopped waiting."""
+    waits for (which model, since when) with a Cancel button; None once the user stopped waiting.
+    slot: names this call's wait box and buttons, for a page that runs more than one pass (two
+    boxes with one key end the page in StreamlitDuplicateElementKey)."""
     if st.session_state.pop(Compute.WAIT_CANCELLED, False):
         busy = modellock.holder(loaded.lock)
         if busy is not None and busy.thread != threading.get_ident():
             st.warning(f"Stopped waiting: another session's {text.escape(busy.describe())} holds the model.",
                        icon=":material/hourglass_disabled:")
-            st.button("Wait for it", key=Compute.WAIT_AGAIN, icon=":material/hourglass_top:")  # a click: wait again
+            # a click: wait again
+            st.button("Wait for it", key=f"{Compute.WAIT_AGAIN}-{slot}", icon=":material/hourglass_top:")
             return None
     box = st.empty()
     cancel = threading.Event()
@@ -92,9 +95,9 @@ def shared_pass(loaded: LoadedModel, image_key: tuple, img: LoadedImage, target:
             return
         try:
             if not parts:
-                with box.container(key=Compute.WAIT_BOX):
+                with box.container(key=f"{Compute.WAIT_BOX}-{slot}"):
                     parts["line"] = st.empty()
-                    st.button("Cancel", key=Compute.WAIT_CANCEL_BUTTON, on_click=request,
+                    st.button("Cancel", key=f"{Compute.WAIT_CANCEL_BUTTON}-{slot}", on_click=request,
                               args=(Compute.WAIT_CANCELLED,), icon=":material/cancel:")
             parts["line"].warning(text.escape(said), icon=":material/hourglass_top:")
         except BaseException as exc:  # Streamlit's rerun (Cancel, a click) or stop
