@@ -191,9 +191,11 @@ class BatchReport:
     cancelled: bool = False
     removed_orphans: int = 0  # PNGs without a field, left by an interrupted run
     no_box: int = 0  # of the skipped: samples without the box a detector's field is for
+    # A stopped resumed run: samples before where it started (an earlier run's), not checked yet
+    done_before: int = 0
 
     def to_dict(self) -> dict:
-        return {"done": self.done, "skipped": self.skipped,
+        return {"done": self.done, "skipped": self.skipped, "done_before": self.done_before,
                 "failed": [{"sample_id": s, "error": m} for s, m in self.failed],
                 "fields": sorted(self.fields), "seconds": round(self.seconds, 3),
                 "cancelled": self.cancelled, "removed_orphans": self.removed_orphans,
@@ -375,6 +377,9 @@ class BatchRun:
             for job in self.jobs:
                 audit_store.store_summary(self.dataset, audit_store.AuditRun(job.field, self.measuring[job.field]))
         self.report.seconds = time.perf_counter() - self.started
+        # A resumed run starts after what the last run wrote and checks that at its end: stopped
+        # before, those samples are done already (counted, not checked), not "left".
+        self.report.done_before = self.presumed if self.report.cancelled else 0
         self.tell("cancelled" if self.report.cancelled else "finished")
         return self.report
 
@@ -732,6 +737,7 @@ def run_batches(view: fo.Dataset | fo.DatasetView, runs: Sequence[BatchOptions],
         report = run_batch(view, options, progress=progress, cancel=cancel)
         total.done += report.done
         total.skipped += report.skipped
+        total.done_before += report.done_before
         total.no_box += report.no_box
         total.failed += report.failed
         total.fields |= report.fields

@@ -541,8 +541,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         _print_json({"dataset": dataset.name, **report.to_dict()})
     else:
         no_box = f" ({report.no_box} without the box)" if report.no_box else ""
-        _say(f"{report.done} done, {report.skipped} skipped{no_box}, {len(report.failed)} failed "
-             f"in {report.seconds:.1f} s")
+        before = f", {report.done_before} done by an earlier run" if report.done_before else ""
+        _say(f"{report.done} done, {report.skipped} skipped{no_box}{before}, {len(report.failed)} failed "
+             f"in {report.seconds:.1f} s" + (" (cancelled)" if report.cancelled else ""))
         for name in sorted(report.fields):
             _say(name)
     return 0

@@ -295,3 +295,30 @@ def test_a_rerun_that_skips_everything_still_lists_its_fields(dataset):
     again = batch.run_batch(dataset.limit(2), BatchOptions(MODEL, methods=["gradcam"]))
     assert (again.done, again.skipped) == (0, 2)
     assert again.fields == {FIELD} and again.to_dict()["fields"] == [FIELD]
+
+
+def test_a_stopped_resumed_run_counts_what_earlier_runs_saved(dataset):
+    """Issue 23 bug 2: a resumed run starts after what the last run wrote and checks those samples
+    at its end; cancelled before, it said "17 of 24792 saved (17 written, 0 done already)" while
+    FiftyOne held 102. Every saved sample is counted: written now, skipped, or done before."""
+    def cancel_after(n: int):
+        cancel = threading.Event()
+
+        def progress(done, total, rate, eta, message):
+            if done >= n:
+                cancel.set()
+        return cancel, progress
+
+    cancel, progress = cancel_after(1)
+    first = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=1), progress=progress,
+                            cancel=cancel)
+    assert first.cancelled and first.done >= 1 and first.done_before == 0
+    before = len(dataset.exists(FIELD))
+    cancel, progress = cancel_after(1)
+    again = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam"], chunk=1), progress=progress,
+                            cancel=cancel)
+    assert again.cancelled and again.done >= 1
+    saved = len(dataset.exists(FIELD))
+    assert again.done + again.skipped + again.done_before == saved
+    assert again.skipped + again.done_before == before  # what the first run saved, counted as done already
+    assert again.to_dict()["done_before"] == again.done_before

@@ -250,11 +250,12 @@ def show(last: dict) -> None:
     view_total = last.get("view_total", last["total"])
     failed = len(report["failed"])
     if outcome in ("cancelled", "stopped"):
-        saved = report["skipped"] + report["done"]  # of the view: done before, and in this run
+        before = report["skipped"] + report.get("done_before", 0)  # done by earlier runs
+        saved = before + report["done"]  # of the view: done before, and in this run
         left = max(0, view_total - saved - failed)
-        st.warning(f"{'Cancelled' if outcome == 'cancelled' else 'Stopped'}: {saved} of {view_total} saved, "
-                   f"run again to resume. ({report['done']} written in this run, {report['skipped']} done "
-                   f"already, {failed} failed, {left} left: the next run skips what is saved.)",
+        st.warning(f"{'Cancelled' if outcome == 'cancelled' else 'Stopped'}: {saved:,} of {view_total:,} saved, "
+                   f"run again to resume. ({report['done']:,} written in this run, {before:,} done "
+                   f"already, {failed:,} failed, {left:,} left: the next run skips what is saved.)",
                    icon=":material/cancel:")
     elif report["done"] == 0 and not failed:
         st.success(f"Nothing to compute: 0 computed, {report['skipped']} skipped (already done with these "

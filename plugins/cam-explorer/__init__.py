@@ -361,7 +361,7 @@ class ComputeCams(foo.Operator):
             if "error" in outcome:
                 raise outcome["error"]
             report = outcome["report"]
-        summary = f"CAM heatmaps: {report.done} computed, {report.skipped} already done"
+        summary = f"CAM heatmaps: {report.done} computed, {report.skipped + report.done_before} already done"
         if report.failed:
             summary += f", {len(report.failed)} failed (first: {report.failed[0][1]})"
         yield ctx.trigger("reload_dataset")
