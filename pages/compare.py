@@ -13,8 +13,9 @@ def main(sel: Selection) -> None:
     st.markdown(f"#### Compare layers and methods · {text.escape(sel.label)}")
     s1, s2 = st.columns(2)
     for col, key in zip((s1, s2), compare.STUDIES, strict=True):
-        col.button(compare.STUDIES[key]["label"], key=Compare.study(key), on_click=compare.apply_study, args=(key,),
-                   width="stretch")
+        col.button(compare.study_label(key), key=Compare.study(key), on_click=compare.apply_study, args=(key,),
+                   width="stretch", help="Sets the model, layers, methods and smoothing, and runs every map at "
+                                         "once, slow ones included (the time is that of its last run here).")
     compare.show_study_note()
     loaded = page.model_or_message(sel)
     if loaded is None:  # no weights for this model here: one click to untrained ones
@@ -58,8 +59,11 @@ def main(sel: Selection) -> None:
     with st.spinner("Running the model…", show_time=True):
         ex = compute.explainer(loaded, image_key, img, target, aug, sel.input_size)
     pairs = [(m, layer) for layer in layers for m in chosen]
+    study_done = compare.study_go(ex, pairs, eigen)
     for e in compute.compute(ex, pairs, eigen):
         st.warning(e)
+    if study_done is not None:
+        study_done()
 
     o1, o2, o3, o4 = st.columns(4)
     alpha = o1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key=Compare.ALPHA)

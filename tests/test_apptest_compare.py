@@ -316,3 +316,30 @@ def test_road_curve_stays_while_other_widgets_rerun_the_page():
     at.selectbox(key="road_choice").set_value(("gradcam++", "head"))
     _run(at)  # another heatmap: the old curve is not shown as its own
     assert not [c.value for c in at.caption if c.value.startswith("ROAD combined")]
+
+
+def test_a_study_button_is_the_go_for_its_slow_maps_and_shows_its_time(monkeypatch, tmp_path):
+    """Issue 23 bug 6: the DeiT study asked for a second go ("Run all 2 (~22 s)") after its own
+    button was clicked. The click runs every map of the study, slow ones included, and the button
+    then carries the time the study took."""
+    from ui import compare, compute
+
+    monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(compute, "AUTO_SECONDS", 0.0)  # every slow map waits for a go
+    monkeypatch.setitem(compare.STUDIES["all_methods"], "methods", ["gradcam", "scorecam"])
+    monkeypatch.setitem(compare.STUDIES["all_methods"], "aug", False)
+    monkeypatch.setitem(compare.STUDIES["all_methods"], "eigen", False)
+    at = _open("pages/compare.py")
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    _run(at)
+    label = at.button(key="study_all_methods").label
+    assert "~" not in label  # not run here yet: no time to show
+    at.button(key="study_all_methods").click()
+    _run(at)
+    assert not at.error, [e.value for e in at.error]
+    assert not [b.label for b in at.button if b.label.startswith("Run ")], [b.label for b in at.button]
+    made = [c for c in _image_captions(at) if "block11" in c]
+    assert len(made) == 2, _image_captions(at)
+    _run(at)  # the button is drawn before the study runs: its time shows from the next run on
+    assert at.button(key="study_all_methods").label.startswith(label + " · ~")

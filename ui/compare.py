@@ -3,6 +3,8 @@ and the ranking. The maps, scores and rankings come from ui/compute.py; nothing 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ from camcore.models import LoadedModel
 from camcore.results import Heatmap
 from camcore.store import views
 from ui import cache, sidebar, text
-from ui.compute import Cell, Grid, Progress
+from ui.compute import Cell, Grid, Progress, duration
 from ui.state import Compare, Sidebar
 from ui.widgets import preset, request
 
@@ -64,9 +66,37 @@ def apply_study(key: str) -> None:
     preset(Compare.AUG, study["aug"], toggle=True)
     preset(Compare.EIGEN, study["eigen"], toggle=True)
     st.session_state.pop(Compare.STUDY_NOTE, None)
+    st.session_state[Compare.STUDY_GO] = (key, time.monotonic())  # no second "Run all" click
     sel = sidebar.current()
     if study["target"] and sel is not None:
         st.session_state[Compare.STUDY_NOTE] = _open_sample_with(sel, study["target"])
+
+
+@st.cache_resource(show_spinner=False)
+def _study_seconds() -> dict[str, float]:
+    """Process-wide: how long each study took here the last time (the estimate on its button)."""
+    return {}
+
+
+def study_label(key: str) -> str:
+    """The study's button: its name, and what it took the last time it ran in this process."""
+    took = _study_seconds().get(key)
+    return STUDIES[key]["label"] + (f" · ~{duration(took)}" if took is not None else "")
+
+
+def study_go(ex, pairs: list, eigen: bool) -> Callable[[], None] | None:
+    """If a study's button started this run: every map of the grid may run (the click was the
+    go, slow ones included); returns what to call once they are computed (it times the study)."""
+    go = st.session_state.pop(Compare.STUDY_GO, None)
+    if go is None:
+        return None
+    key, clicked = go
+    for m, layer in pairs:
+        ex.allow(m, layer, eigen)
+
+    def done() -> None:
+        _study_seconds()[key] = time.monotonic() - clicked
+    return done
 
 
 def _open_sample_with(sel: sidebar.Selection, class_name: str) -> tuple[str, str]:

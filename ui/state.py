@@ -170,6 +170,7 @@ class Compare:
     SCORES = "cmp_scores"
     THRESHOLD = "cmp_threshold"
     STUDY_NOTE = "cmp_study_note"  # what the last study did about the sample (shown once)
+    STUDY_GO = "cmp_study_go"  # (study, when clicked): the click is the go for its slow maps too
     ENLARGE = "cmp_enlarge"  # the (method, layer) to show full size
     USE_UNTRAINED = "use_untrained"
     ROAD_OPEN = "road_open"  # the ROAD expander's open state
