@@ -327,6 +327,7 @@ def test_a_study_button_is_the_go_for_its_slow_maps_and_shows_its_time(monkeypat
     monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(compute, "AUTO_SECONDS", 0.0)  # every slow map waits for a go
+    compare._study_seconds.clear()  # process-wide: another test's study run would show its time
     monkeypatch.setitem(compare.STUDIES["all_methods"], "methods", ["gradcam", "scorecam"])
     monkeypatch.setitem(compare.STUDIES["all_methods"], "aug", False)
     monkeypatch.setitem(compare.STUDIES["all_methods"], "eigen", False)
