@@ -4,6 +4,9 @@ FiftyOne plugin, read back by the app on a fresh session.
     /?dataset=NAME&view=SAVED_VIEW&sample=ID&model=KEY&weights=W&layers=a,b&methods=x,y&target=CLASS
     &box=RULE   (a detection model's box: top, det:<i>, class:<name>, all or id:<detection id>,
                  optionally @<score threshold>; see camcore.detection)
+    &tags=a,b&field=LABEL_FIELD&label=CLASS&conf=0.5-1&file=TEXT&sort=FIELD&desc=1
+                (the sidebar's Filter and sort: a link reopens the same sample at the same
+                 position of the same order)
 
 Explore is the default page, served at ``/``: its links are ``/?...``; the other pages' are
 ``/compare?...``, ``/batch?...``, ``/findings?...``. Links stored by older versions name Explore
@@ -20,8 +23,9 @@ from typing import Any
 
 DEFAULT_BASE_URL = "http://localhost:8501"
 BASE_URL_ENV = "CAM_EXPLORER_URL"  # where the explorer is served, for links made outside it
-LIST_KEYS = ("layers", "methods")
-SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target", "box", "narrow", "run", "reviewed")
+LIST_KEYS = ("layers", "methods", "tags")
+SCALAR_KEYS = ("dataset", "view", "sample", "model", "weights", "target", "box", "field", "label", "conf", "file",
+               "sort", "desc", "narrow", "run", "reviewed")
 PAGES = ("explore", "compare", "batch", "findings", "audit", "review", "runs")
 DEFAULT_PAGE = PAGES[0]  # served at the app's root: its links are /?...
 
@@ -39,6 +43,14 @@ class LinkState:
     box: str = ""  # a detector's box rule
     layers: tuple[str, ...] = field(default_factory=tuple)
     methods: tuple[str, ...] = field(default_factory=tuple)
+    # the sidebar's Filter and sort
+    tags: tuple[str, ...] = field(default_factory=tuple)
+    field: str = ""  # a label field (from here on `field` names this attribute, not dataclasses.field)
+    label: str = ""  # a class in that field
+    conf: str = ""  # "lo-hi", the labels' confidence range
+    file: str = ""  # "File name contains"
+    sort: str = ""  # the field sorted by
+    desc: str = ""  # "1": descending
     narrow: str = ""  # the Audit page's narrowing of the view (camcore.store.audit)
     run: str = ""  # the heatmap field audited or reviewed
     reviewed: str = ""  # the review queue's position, 1-based ("37": the 37th of the narrowed view)

@@ -250,3 +250,49 @@ def test_your_own_model_in_the_picker_with_skipped_entries_and_reload(tmp_path, 
     finally:
         monkeypatch.delenv("CAM_EXPLORER_MODELS")
         models.reload_model_file()
+
+
+def _flat_params(at: AppTest) -> dict[str, str]:
+    return {k: (v[0] if isinstance(v, list) else v) for k, v in ((k, at.query_params[k]) for k in at.query_params)}
+
+
+def test_a_link_keeps_the_filter_and_sort_so_it_reopens_the_same_position_and_order(repeated):
+    """Issue 23 bug 3: the URL dropped tags, class, file-name filter, sort field and direction, so a
+    copied link reopened the sample at another position in another order."""
+    ids = repeated.values("id")  # uniqueness 0.2 (train), 0.9 (val), 0.5 (val)
+    at = _at_findings(repeated.name)
+    at.sidebar.multiselect(key="view_tags").select("val")
+    run(at)
+    at.sidebar.selectbox(key="view_sort").set_value("uniqueness")
+    run(at)
+    at.sidebar.toggle(key="view_sort_desc").set_value(True)
+    run(at)
+    at.sidebar.button(key="next_sample").click()
+    run(at)
+    assert current_sample(at) == ids[2] and at.sidebar.number_input(key="nav_goto").value == 2
+    link = _flat_params(at)
+    assert (link["tags"], link["sort"], link["desc"]) == ("val", "uniqueness", "1"), link
+
+    other = _at_findings(**link)  # a colleague opens the copied link
+    assert current_sample(other) == ids[2]
+    assert other.sidebar.number_input(key="nav_goto").value == 2
+    assert other.session_state["selection"].count == 2
+    assert other.sidebar.multiselect(key="view_tags").value == ["val"]
+    assert other.sidebar.selectbox(key="view_sort").value == "uniqueness"
+    assert other.sidebar.toggle(key="view_sort_desc").value is True
+    other.sidebar.button(key="prev_sample").click()
+    run(other)
+    assert current_sample(other) == ids[1]  # the same order: 0.9 before 0.5
+
+
+def test_a_links_unknown_filter_values_are_said_and_left_out(repeated):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"dataset": repeated.name, "tags": "val,nosuchtag", "sort": "nosuchfield",
+                            "conf": "2-3", "field": "nosuch"})
+    at.switch_page("pages/findings.py")  # no model pass: the sidebar is what is tested
+    run(at)
+    said = " ".join(w.value for w in at.warning)
+    assert "nosuchtag" in said and "nosuchfield" in said and "nosuch" in said and "2-3" in said, said
+    assert at.sidebar.multiselect(key="view_tags").value == ["val"]
+    assert at.sidebar.selectbox(key="view_sort").value is None
+    assert not at.exception

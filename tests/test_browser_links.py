@@ -90,3 +90,29 @@ def test_an_old_explore_link_opens_on_a_fresh_server(browser: Browser):
     finally:
         context.close()
         fresh.stop()
+
+
+def test_the_url_keeps_the_filter_and_sort_as_the_user_walks(server: Server, browser: Browser):
+    """Issue 23 bug 3 in Chromium: a link with a file-name filter and a descending sort opens that
+    view, and after ▶ the address bar still names them with the next sample of that order (the
+    link a user copies reopens the same sequence)."""
+    from fiftyone import ViewField as F
+
+    from camcore import demo_data
+
+    dataset = demo_data.ensure_demo_dataset()
+    order = dataset.match(F("filepath").contains_str(".png")).sort_by("metadata.size_bytes", reverse=True)
+    first, second = order.values("id")[:2]
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        open_app(page, f"{server.url}/?dataset={dataset.name}&sample={first}&file=.png&sort=metadata.size_bytes"
+                       "&desc=1&model=efficientnet_lite0&methods=gradcam&layers=head")
+        expect(page.get_by_test_id("stText").filter(has_text=f"id {first}")).to_have_count(1, timeout=RUN_TIMEOUT)
+        page.get_by_test_id("stSidebar").get_by_role("button", name="▶").click()
+        settle(page)
+        expect(page).to_have_url(re.compile(rf"sample={second}"), timeout=RUN_TIMEOUT)
+        for part in ("file=.png", "sort=metadata.size_bytes", "desc=1"):
+            assert part in page.url, page.url
+    finally:
+        context.close()

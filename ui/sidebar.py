@@ -323,25 +323,35 @@ def _view_spec(sb, dataset) -> views.ViewSpec:
                 sb.caption("Nothing is selected in the App: showing all samples.")
             base["selected"] = selected
     with sb.expander("Filter and sort", expanded=False):
+        # a link's Filter and sort (urlstate.apply_filter) go in just before each widget is drawn
         tags = cache.distinct_tags(dataset.name)
+        urlstate.apply_filter("tags", tags)
         chosen_tags = st.multiselect("Samples tagged", tags, key=Sidebar.VIEW_TAGS)
+        urlstate.apply_filter("file")
         contains = st.text_input("File name contains", key=Sidebar.VIEW_FILENAME)
         fields = store.label_fields(dataset)
+        urlstate.apply_filter("field", fields)
         field = st.selectbox("Label field", [None] + fields, key=Sidebar.VIEW_LABEL_FIELD,
                              format_func=lambda f: "(any)" if f is None else f)
         label, confidence = None, None
         if field:
-            label = st.selectbox("Class", [None] + cache.label_values(dataset.name, field), key=Sidebar.VIEW_LABEL,
+            values = cache.label_values(dataset.name, field)
+            urlstate.apply_filter("label", values)
+            label = st.selectbox("Class", [None] + values, key=Sidebar.VIEW_LABEL,
                                  format_func=lambda v: "(any)" if v is None else v)
             if views.has_confidence(dataset, field):
+                urlstate.apply_filter("conf")
                 lo, hi = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key=Sidebar.VIEW_CONFIDENCE)
                 confidence = None if (lo, hi) == (0.0, 1.0) else (lo, hi)
         sortable = views.sortable_fields(dataset)
+        urlstate.apply_filter("sort", sortable)
+        urlstate.apply_filter("desc")
         sort_field = st.selectbox("Sort by", [None] + sortable, key=Sidebar.VIEW_SORT,
                                   format_func=lambda f: "(the view's own order)" if f is None else f,
                                   help="Any scalar field: a Brain uniqueness or mistakenness, a prediction's "
                                        "confidence, a date…")
         reverse = st.toggle("Descending", key=Sidebar.VIEW_SORT_DESC, disabled=sort_field is None)
+        urlstate.filter_leftovers()
     narrow = _narrowing(sb)
     return views.ViewSpec(tags=tuple(chosen_tags), label_field=field or "", label=label or "",
                           confidence=confidence, filename_contains=contains.strip(),

@@ -22,6 +22,7 @@ class Url:
     MESSAGES = "_url_messages"
     PAGE_STATE = "_url_page_state"  # what the page put on screen: layers, methods, target
     VIEW_WANTED = "_url_view_wanted"
+    FILTER_WANTED = "_url_filter_wanted"  # a link's Filter and sort, applied as the sidebar draws them
     WEIGHTS_DONE = "_url_weights_done"
     PAGE_DONE = "_url_page_done"
     BOX_DONE = "_url_box_done"  # a link's box rule was applied

@@ -53,6 +53,10 @@ def read_once(dataset_names: Sequence[str]) -> None:
         st.session_state[Url.VIEW_WANTED] = state.view
     if state.narrow:
         st.session_state[Sidebar.NARROW] = state.narrow
+    wanted = {k: getattr(state, k) for k in ("tags", "field", "label", "conf", "file", "sort", "desc")
+              if getattr(state, k)}
+    if wanted:
+        st.session_state[Url.FILTER_WANTED] = wanted
     if state.sample:
         st.session_state[Sidebar.JUMP] = state.sample
     if state.model:
@@ -60,6 +64,53 @@ def read_once(dataset_names: Sequence[str]) -> None:
             st.session_state[Sidebar.MODEL] = state.model
         else:
             say(f"No model {state.model!r}; one of {', '.join(models.MODELS)}. Showing the default model.")
+
+
+def apply_filter(key: str, choices: Sequence | None = None) -> None:
+    """Before the sidebar draws a Filter-and-sort widget: a link's value for it (URL key `key`),
+    put in the widget's state when it is one of `choices` (None: free text), else said."""
+    wanted = st.session_state.get(Url.FILTER_WANTED) or {}
+    if key not in wanted:
+        return
+    value = wanted.pop(key)
+    widget = _FILTER_WIDGETS[key]
+    if key == "tags":
+        known = [t for t in value if choices is not None and t in choices]
+        unknown = [t for t in value if t not in known]
+        if unknown:
+            say(f"No sample is tagged {', '.join(map(repr, unknown))}: not filtered by it.")
+        st.session_state[widget] = known
+    elif key == "conf":
+        try:
+            lo, hi = (float(v) for v in value.split("-", 1))
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError
+        except ValueError:
+            say(f"A confidence range is lo-hi between 0 and 1, not {value!r}: not filtered by it.")
+            return
+        st.session_state[widget] = (lo, hi)
+    elif key == "desc":
+        st.session_state[widget] = value.lower() in ("1", "true", "yes")
+    elif key == "file":
+        st.session_state[widget] = value
+    elif choices is not None and value in choices:
+        st.session_state[widget] = value
+    else:
+        what = {"field": "label field", "label": "class", "sort": "field to sort by"}[key]
+        say(f"No {what} {value!r} here: not {'sorted' if key == 'sort' else 'filtered'} by it.")
+
+
+def filter_leftovers() -> None:
+    """After the Filter-and-sort widgets: a link's values none of them took (a class or confidence
+    range without a label field that has them) are said, not kept for later."""
+    for key, value in (st.session_state.pop(Url.FILTER_WANTED, None) or {}).items():
+        shown = ",".join(value) if isinstance(value, tuple) else value
+        say(f"{key}={shown!r} needs a label field that has it (field=…): not filtered by it.")
+
+
+_FILTER_WIDGETS = {"tags": Sidebar.VIEW_TAGS, "field": Sidebar.VIEW_LABEL_FIELD, "label": Sidebar.VIEW_LABEL,
+                   "conf": Sidebar.VIEW_CONFIDENCE, "file": Sidebar.VIEW_FILENAME, "sort": Sidebar.VIEW_SORT,
+                   "desc": Sidebar.VIEW_SORT_DESC}
 
 
 def check_view(choices: dict[str, str]) -> None:
@@ -185,8 +236,15 @@ def _state(page_path: str) -> links.LinkState:
             weights=_weights_param(sel.weights) if page_path in ("explore", "compare") else "",
             layers=page_state.get("layers", ()), methods=page_state.get("methods", ()),
             target=page_state.get("target", ""), box=page_state.get("box", ""), narrow=sel.view_spec.narrow,
-            run=page_state.get("run", ""), reviewed=page_state.get("reviewed", ""))
+            run=page_state.get("run", ""), reviewed=page_state.get("reviewed", ""), **_filter_params(sel.view_spec))
     return state
+
+
+def _filter_params(spec) -> dict:
+    """The sidebar's Filter and sort as URL values (views.ViewSpec -> LinkState fields)."""
+    conf = f"{spec.confidence[0]:g}-{spec.confidence[1]:g}" if spec.confidence is not None else ""
+    return {"tags": tuple(spec.tags), "field": spec.label_field, "label": spec.label, "conf": conf,
+            "file": spec.filename_contains, "sort": spec.sort_field, "desc": "1" if spec.sort_reverse else ""}
 
 
 def _weights_param(value: str) -> str:
