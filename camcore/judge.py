@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import numpy as np
 from camcore import engine, images, metrics
 from camcore.errors import CamError, Cancelled
 from camcore.models import LoadedModel
+from camcore.progress import rate_line
 from camcore.results import Heatmap
 
 
@@ -97,13 +99,18 @@ def rank_by_share_inside(
     batch: int = 8,
 ) -> list[RankRow]:
     """Samples ranked by the share of heatmap mass inside the object, worst first."""
-    rows = []
+    rows: list[RankRow] = []
+    started = time.perf_counter()
+
+    def tell(doing: str) -> None:  # per sample, with a rate and what is left once one is done
+        if progress:
+            progress(len(rows) / max(1, len(items)), f"{rate_line(len(rows), len(items), started)} · {doing}")
+
     for start in range(0, len(items), batch):
         if cancel is not None and cancel.is_set():
             raise Cancelled("Ranking cancelled.")
         group = items[start:start + batch]
-        if progress:
-            progress(start / max(1, len(items)), f"{start + len(group)}/{len(items)}")
+        tell(f"running the model on samples {start + 1:,}-{start + len(group):,} (one pass for {len(group)})")
         loaded = []
         for item in group:
             try:
@@ -122,6 +129,7 @@ def rank_by_share_inside(
                 rows.append(RankRow(item.sample_id, item.filepath, share, flagged, h, source))
             except CamError as exc:
                 rows.append(RankRow(item.sample_id, item.filepath, None, False, None, "", str(exc)))
+            tell(f"{method} on {layer}")
     if progress:
         progress(1.0, "done")
     return sorted(rows, key=lambda r: (r.share_inside is None, r.share_inside if r.share_inside is not None else 0))

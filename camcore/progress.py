@@ -61,6 +61,24 @@ class Meter:
         self.report(done, total, rate, eta, message)
 
 
+def duration(seconds: float) -> str:
+    """A wait as people say it: "40 s", "12 min", "3.5 h"."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def rate_line(done: int, total: int, started: float, noun: str = "samples") -> str:
+    """``16 of 50 samples · 0.35/s · about 1 min left`` from the work done since `started`
+    (a time.perf_counter()); no rate before the first one is done."""
+    elapsed = time.perf_counter() - started
+    said = f"{done:,} of {total:,} {noun}"
+    if done <= 0 or elapsed <= 0:
+        return said
+    rate = done / elapsed
+    return f"{said} · {rate:.2f}/s · about {duration((total - done) / rate)} left"
+
+
 def line(done: int, total: int, rate: float, eta: float | None, message: str) -> str:
     """``done/total (rate/s, ETA n s): message``, the CLI's progress line."""
     eta_text = f"{eta:.0f} s" if eta is not None else "?"

@@ -1,6 +1,8 @@
 """Compare: a layer x method grid for one sample from one pass, with faithfulness and bias scores."""
 from __future__ import annotations
 
+import contextlib
+
 import streamlit as st
 
 from camcore import methods, metrics, overlay
@@ -62,8 +64,6 @@ def main(sel: Selection) -> None:
     study_done = compare.study_go(ex, pairs, eigen)
     for e in compute.compute(ex, pairs, eigen):
         st.warning(e)
-    if study_done is not None:
-        study_done()
 
     o1, o2, o3, o4 = st.columns(4)
     alpha = o1.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key=Compare.ALPHA)
@@ -74,7 +74,14 @@ def main(sel: Selection) -> None:
     threshold = widgets.sticky(o4.slider, "Background-dominated below", Compare.THRESHOLD,
                                metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
                                help="Share of heatmap mass on the object.")
-    maps = compute.grid(ex, pairs, eigen, with_scores)
+    # the maps first; scores that would take long wait for a go (with their time on the button)
+    scores_go = st.session_state.pop(Compare.SCORES_GO, False)
+    with st.spinner("Computing the faithfulness scores…", show_time=True) if scores_go else contextlib.nullcontext():
+        maps = compute.grid(ex, pairs, eigen, with_scores, None if scores_go else compare.SCORES_AUTO_SECONDS)
+    if maps.scores_waiting:
+        compare.scores_offer(maps)
+    if study_done is not None:
+        study_done()
     target_now = maps.result.target
     smoothing = " + ".join(n for n, on in (("aug", aug), ("eigen", eigen)) if on) or "none"
     named = text.escape(target_now.identity_name)

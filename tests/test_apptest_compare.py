@@ -97,6 +97,10 @@ def test_layer_progression_study_opens_a_person_and_offers_untrained_weights(mon
     assert at.multiselect(key="cmp_layers_deeplabv3").value == ["layer1", "layer2", "layer3", "layer4"]
     assert at.multiselect(key="cmp_methods").value == ["gradcam"]
     assert any("UNTRAINED" in w.value for w in at.warning)
+    # DeepLabV3's scores on a CPU take long: those past the budget wait for their go
+    for go in [b for b in at.button if b.key == "cmp_scores_go_button"]:
+        go.click()
+        _run(at)
     assert len(_grid_captions(at)) == 4
     made = [c for c in _image_captions(at) if c.startswith("Grad-CAM ·")]
     assert len(made) == 4, _image_captions(at)
@@ -344,3 +348,23 @@ def test_a_study_button_is_the_go_for_its_slow_maps_and_shows_its_time(monkeypat
     assert len(made) == 2, _image_captions(at)
     _run(at)  # the button is drawn before the study runs: its time shows from the next run on
     assert at.button(key="study_all_methods").label.startswith(label + " · ~")
+
+
+def test_slow_faithfulness_scores_wait_for_a_go_with_their_time(monkeypatch):
+    """Issue 23 design 3: Compare cost ~100 s per ▶ with DeepLabV3, 85 of them faithfulness scores
+    computed unasked. The maps come first; scores that would take long wait for a button that
+    says what they cost, and one click computes them."""
+    from ui import compare
+
+    monkeypatch.setattr(compare, "SCORES_AUTO_SECONDS", 0.0)  # as if every score took long
+    at = _open("pages/compare.py")
+    assert len(_image_captions(at)) >= 1  # the map is drawn
+    assert not _grid_captions(at)  # ... and no score was computed unasked
+    go = [b for b in at.button if b.key == "cmp_scores_go_button"]
+    assert go and go[0].label.startswith("Compute scores (~"), [b.label for b in at.button]
+    go[0].click()
+    _run(at)
+    assert len(_grid_captions(at)) == 1  # computed on request
+    _run(at)
+    assert len(_grid_captions(at)) == 1  # and kept (memoised), with no button left
+    assert not [b for b in at.button if b.key == "cmp_scores_go_button"]

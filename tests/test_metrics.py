@@ -84,6 +84,22 @@ def test_ranking_puts_background_focused_samples_first():
     assert seen[-1] == 1.0
 
 
+def test_ranking_progress_moves_per_sample_with_a_rate_and_what_is_left():
+    """Issue 23 design 3: the ranking's progress was a bare "8/50" per batch of 8, still for 45 s."""
+    model = models.load_model("efficientnet_lite0")
+    img = chelsea()
+    items = [judge.SampleItem(f"s{i}", img.path, ((0.0, 0.0, 0.5, 0.5),)) for i in range(5)]
+    said: list[tuple[float, str]] = []
+    judge.rank_by_share_inside(model, items, "gradcam", "head", "Egyptian cat", batch=8,
+                               progress=lambda f, m: said.append((f, m)))
+    fractions = [f for f, _m in said]
+    assert len(set(fractions)) >= 6, said  # 0, each of the 5 samples, done: not once per batch
+    assert fractions == sorted(fractions)
+    assert said[0][1].startswith("0 of 5 samples · running the model on samples 1-5")
+    later = [m for _f, m in said[1:-1]]
+    assert later and all("/s · about" in m and "left" in m for m in later), later
+
+
 def test_ranking_with_ground_truth_masks_at_another_resolution():
     model = models.load_model("efficientnet_lite0")
     img = chelsea()

@@ -44,6 +44,7 @@ SCORES_HELP = (
     "map keeps the score (keep near 0% or above) and loses it when removed (remove well below 0%). "
     "Relative, so models and targets compare: a segmentation score is a sum over the mask, a "
     "classifier's a logit.")
+SCORES_AUTO_SECONDS = 5.0  # faithfulness scores computed unasked while they take less than this
 RANK_DEFAULT = 50  # samples ranked unless the user asks for more (each one is a model pass)
 RANK_PAGE = 16  # ranked samples shown per page
 
@@ -78,6 +79,15 @@ def _study_seconds() -> dict[str, float]:
     return {}
 
 
+def scores_offer(maps: Grid) -> None:
+    """The faithfulness scores left out because they take long: what they cost, and the go."""
+    c1, c2 = st.columns([3, 2], vertical_alignment="center")
+    c1.caption(f"Faithfulness scores of {maps.scores_waiting} maps not computed yet: two forwards of the model "
+               f"each, about {duration(maps.scores_seconds)} here. The maps come first.")
+    c2.button(f"Compute scores (~{duration(maps.scores_seconds)})", key=Compare.SCORES_GO_BUTTON, on_click=request,
+              args=(Compare.SCORES_GO,), icon=":material/play_arrow:", width="stretch")
+
+
 def study_label(key: str) -> str:
     """The study's button: its name, and what it took the last time it ran in this process."""
     took = _study_seconds().get(key)
@@ -86,13 +96,15 @@ def study_label(key: str) -> str:
 
 def study_go(ex, pairs: list, eigen: bool) -> Callable[[], None] | None:
     """If a study's button started this run: every map of the grid may run (the click was the
-    go, slow ones included); returns what to call once they are computed (it times the study)."""
+    go, slow ones and the faithfulness scores included); returns what to call once they are
+    computed (it times the study)."""
     go = st.session_state.pop(Compare.STUDY_GO, None)
     if go is None:
         return None
     key, clicked = go
     for m, layer in pairs:
         ex.allow(m, layer, eigen)
+    st.session_state[Compare.SCORES_GO] = True  # the scores too
 
     def done() -> None:
         _study_seconds()[key] = time.monotonic() - clicked

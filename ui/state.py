@@ -169,6 +169,8 @@ class Compare:
     ALPHA = "cmp_alpha"
     CMAP = "cmp_cmap"
     SCORES = "cmp_scores"
+    SCORES_GO = "cmp_scores_go"  # the user asked for the scores too slow to compute unasked
+    SCORES_GO_BUTTON = "cmp_scores_go_button"
     THRESHOLD = "cmp_threshold"
     STUDY_NOTE = "cmp_study_note"  # what the last study did about the sample (shown once)
     STUDY_GO = "cmp_study_go"  # (study, when clicked): the click is the go for its slow maps too

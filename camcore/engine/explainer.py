@@ -225,6 +225,11 @@ class Explainer:
     def _rate_key(self) -> tuple:
         return (self.model.identity, self.input_hw, str(self.model.device))
 
+    def has_faithfulness(self, h: Heatmap) -> bool:
+        """Whether this map's faithfulness scores are computed already (free to show)."""
+        with self._lock:
+            return (h.method, h.layer, h.eigen_smooth) in self._faith
+
     def faithfulness(self, method: str, layer: str, eigen_smooth: bool = False) -> metrics.Faithfulness:
         """Keep/remove confidence change of one heatmap for this target (memoised)."""
         h = self.heatmap(method, layer, eigen_smooth)
