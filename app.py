@@ -9,13 +9,16 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 import streamlit as st  # noqa: E402
 
-from ui import router, sidebar, urlstate  # noqa: E402
+from ui import router, sidebar, text, urlstate  # noqa: E402
 
 # A shipped icon: a :material/…: or emoji page icon makes the browser fetch it from a font/CDN host.
 st.set_page_config(page_title="CAM Explorer", page_icon=str(Path(__file__).parent / "ui" / "icon.png"),
                    layout="wide")
 page = router.navigation()
-if sidebar.draw() is not None or page.url_path in router.DATASET_PAGES:
+selection = sidebar.draw()
+if selection is not None and (selection.view_spec.describe() != "all samples" or selection.view_spec.sort_field):
+    st.caption(text.escape(sidebar.view_caption(selection)))  # a filtered or sorted view says so on every page
+if selection is not None or page.url_path in router.DATASET_PAGES:
     page.run()
 else:  # an empty view, an empty or failing dataset: no page may act on the previous selection
     router.page_not_run()

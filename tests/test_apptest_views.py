@@ -296,3 +296,24 @@ def test_a_links_unknown_filter_values_are_said_and_left_out(repeated):
     assert at.sidebar.multiselect(key="view_tags").value == ["val"]
     assert at.sidebar.selectbox(key="view_sort").value is None
     assert not at.exception
+
+
+def test_a_new_sort_or_filter_starts_at_the_top_and_the_page_says_what_the_view_is(repeated):
+    """Issue 23 design 2: a new sort kept the user on their sample (at 652,054 of 1,000,000 after
+    "descending") and nothing on the page said the view was sorted or filtered."""
+    ids = repeated.values("id")  # uniqueness 0.2 (train), 0.9 (val), 0.5 (val)
+    at = _at_findings(repeated.name)
+    for _ in range(2):
+        at.sidebar.button(key="next_sample").click()
+        run(at)
+    assert current_sample(at) == ids[2]
+    at.sidebar.selectbox(key="view_sort").set_value("uniqueness")
+    run(at)
+    assert current_sample(at) == ids[0] and at.sidebar.number_input(key="nav_goto").value == 1  # the top
+    said = [c.value for c in at.main.caption]
+    assert any("Sample 1 of 3" in c and "sorted by uniqueness ascending" in c and "0.2" in c.split("uniqueness")[-1]
+               for c in said), said
+    at.sidebar.multiselect(key="view_tags").select("val")
+    run(at)
+    assert current_sample(at) == ids[2]  # the top of the new filter: 0.5 before 0.9
+    assert any("tagged val" in c and "Sample 1 of 2" in c for c in (c.value for c in at.main.caption))

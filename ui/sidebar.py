@@ -237,17 +237,32 @@ def _where(sb, nav_box, name: str):
 
 
 def _enter_view(view_key) -> None:
-    """Another dataset or view: keep the current sample when it is in the new view (found by id),
-    else start at its first sample."""
-    previous = st.session_state.get(Sidebar.SELECTION)
+    """Another dataset, view, filter or sort: start at its first sample (a new order is read
+    from its top), unless a jump is pending (a link's or a search's sample)."""
     st.session_state[Sidebar.VIEW_KEY] = view_key
     _forget_pages()
     if JUMP not in st.session_state:
-        if previous is not None and previous.dataset == view_key[0]:
-            st.session_state[JUMP] = previous.sample_id
-            st.session_state[Sidebar.JUMP_QUIET] = True  # not finding it here is no news
-        else:
-            _set_position(0)
+        _set_position(0)
+
+
+def view_caption(sel: Selection) -> str:
+    """One line for the top of every page: where the sample is, in what view and order, and its
+    value of the sort field (plain text: names come from data)."""
+    spec = sel.view_spec
+    line = f"Sample {sel.position + 1:,} of {sel.count:,} · {spec.describe()}"
+    if spec.sort_field:
+        try:
+            value = views.field_value(store.load_dataset(sel.dataset), sel.sample_id, spec.sort_field)
+        except CamError:
+            value = None
+        line += f" · {spec.sort_field} = {_short(value)}"
+    return line
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "(none)" if value is None else str(value)[:80]
 
 
 def _resolve_jump(sb, dataset, spec: views.ViewSpec) -> int | None:

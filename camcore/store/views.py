@@ -71,6 +71,13 @@ class ViewSpec:
 
 
 @db_errors
+def field_value(dataset: fo.Dataset, sample_id: str, path: str):
+    """One sample's value of a (possibly embedded) field, by id: one indexed query."""
+    values = dataset.select(sample_id).values(path)
+    return values[0] if values else None
+
+
+@db_errors
 def build_view(dataset: fo.Dataset, spec: ViewSpec) -> fo.DatasetView:
     """The FiftyOne view a spec describes; StoreError for a saved view or field that is gone."""
     if spec.saved_view:
