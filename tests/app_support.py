@@ -41,7 +41,9 @@ def open_sample(at: AppTest, sample_id: str, search: str | None = None) -> AppTe
         search = os.path.basename(dataset[sample_id].filepath)
     at.sidebar.text_input(key="nav_search").input(search)
     run(at)
-    at.sidebar.selectbox(key="nav_search_pick").set_value(sample_id)
+    picks = [s for s in at.sidebar.selectbox if s.key == "nav_search_pick"]
+    if picks:  # several matches: pick it (one match opens at once)
+        picks[0].set_value(sample_id)
     return at
 
 

@@ -120,6 +120,22 @@ def _search_pick() -> None:
     if picked:
         st.session_state[JUMP] = picked
         st.session_state[Sidebar.SEARCH_PICK] = None  # picking the same match again opens it again
+        st.session_state.pop(Sidebar.SEARCH_FOUND, None)  # done with that search
+
+
+def _search_submit(name: str, spec: views.ViewSpec) -> None:
+    """The path search, once per query typed (never again on every click): one match opens at
+    once, several are listed to pick from, none is said; the box is emptied either way."""
+    query = str(st.session_state.get(Sidebar.SEARCH) or "").strip()
+    st.session_state[Sidebar.SEARCH] = ""
+    st.session_state.pop(Sidebar.SEARCH_FOUND, None)
+    if not query:
+        return
+    found = views.search(views.build_view(store.load_dataset(name), spec), query)
+    if len(found) == 1:
+        st.session_state[JUMP] = found[0][0]
+    else:
+        st.session_state[Sidebar.SEARCH_FOUND] = (query, found)
 
 
 # ---------------------------------------------------------------- reading pages of the view
@@ -241,6 +257,7 @@ def _enter_view(view_key) -> None:
     from its top), unless a jump is pending (a link's or a search's sample)."""
     st.session_state[Sidebar.VIEW_KEY] = view_key
     _forget_pages()
+    st.session_state.pop(Sidebar.SEARCH_FOUND, None)  # a search's matches were of the old view
     if JUMP not in st.session_state:
         _set_position(0)
 
@@ -289,16 +306,19 @@ def _navigator(sb, name: str, spec: views.ViewSpec, total: int, label: str) -> N
     r1, r2 = sb.columns([2, 3], vertical_alignment="center")
     r1.caption(f"of {total:,}")
     r2.button("Random sample", key=Sidebar.RANDOM, on_click=_random, args=(total,), width="stretch")
-    query = sb.text_input("Find by file path", key=Sidebar.SEARCH, placeholder="part of a path, e.g. val/frame_01",
-                          help=f"Searched on the server; the first {views.SEARCH_LIMIT} matches are listed.")
-    if query.strip():
-        found = views.search(views.build_view(store.load_dataset(name), spec), query)
+    sb.text_input("Find by file path", key=Sidebar.SEARCH, placeholder="part of a path, e.g. val/frame_01",
+                  on_change=_search_submit, args=(name, spec),
+                  help=f"Searched on the server when you press Enter: one match opens at once; the first "
+                       f"{views.SEARCH_LIMIT} matches are listed.")
+    last = st.session_state.get(Sidebar.SEARCH_FOUND)
+    if last is not None:
+        query, found = last
         if not found:
-            sb.caption("No file path in this view contains that text.")
+            sb.caption(f"No file path in this view contains {text.escape(repr(query))}.")
         else:
             folder = cache.common_folder(name)
             labels = {sid: views.relative_label(path, folder) for sid, path in found}
-            sb.selectbox(f"Matches ({len(found)}{'+' if len(found) == views.SEARCH_LIMIT else ''})",
+            sb.selectbox(f"Matches for {query!r} ({len(found)}{'+' if len(found) == views.SEARCH_LIMIT else ''})",
                          list(labels), index=None, key=Sidebar.SEARCH_PICK, format_func=labels.get,
                          placeholder="open a match", on_change=_search_pick)
 

@@ -48,6 +48,7 @@ class Sidebar:
     JUMP_QUIET = "_nav_jump_quiet"  # not finding the jump's sample in a new view is no news
     SEARCH = "nav_search"
     SEARCH_PICK = "nav_search_pick"
+    SEARCH_FOUND = "_nav_search_found"  # (query, [(id, path)]) of the last search, until a pick or a new view
     PAGES = "_nav_pages"  # pages of (id, path) read from the view
     VIEW_KEY = "_nav_view"  # (dataset, view spec) the position belongs to
     QUICKSTART_ERROR = "quickstart_error"
