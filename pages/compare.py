@@ -105,7 +105,9 @@ def main(sel: Selection) -> None:
 def _ranking(sel: Selection, loaded, chosen, layers, names, threshold: float, default_class: int) -> None:
     """Across the view: the controls, the ranking when asked for, the last ranking."""
     ask = compare.ranking_controls(sel, loaded, chosen, layers, names, default_class)
+    compare.ranking_interrupted()
     if ask.go:
+        compare.start_ranking()
         bar, progress = compare.progress_bar()
         rows = compute.rank(loaded, compare.rank_items(ask), ask.method, ask.layer, ask.cls, threshold,
                             sel.input_size, progress)

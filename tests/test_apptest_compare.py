@@ -368,3 +368,48 @@ def test_slow_faithfulness_scores_wait_for_a_go_with_their_time(monkeypatch):
     _run(at)
     assert len(_grid_captions(at)) == 1  # and kept (memoised), with no button left
     assert not [b for b in at.button if b.key == "cmp_scores_go_button"]
+
+
+def test_a_ranking_stopped_by_a_click_is_said_and_no_older_one_is_shown(monkeypatch):
+    """Issue 23 bug 5: ▶ during a ranking threw it away without a word and the page kept showing
+    the previous ranking as if it were this one's."""
+    import fiftyone as fo
+    import numpy as np
+    from fo_helpers import unique_name
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from camcore import demo_data
+    from ui import compute
+
+    demo = demo_data.ensure_demo_dataset()
+    chosen = [s for s in demo if s.filename in ("chelsea.png", "coffee.png")]
+    ds = fo.Dataset(unique_name("rank-stop"), persistent=True)
+    try:
+        samples = []
+        for s in chosen:
+            mask = np.zeros((s.metadata.height, s.metadata.width), np.uint8)
+            mask[: s.metadata.height // 2] = 1
+            samples.append(fo.Sample(filepath=s.filepath, gt=fo.Segmentation(mask=mask)))
+        ds.add_samples(samples)
+        ds.mask_targets = {"gt": {0: "background", 1: "cat"}}
+        ds.save()
+        at = _open("pages/compare.py")
+        at.sidebar.selectbox(key="dataset").set_value(ds.name)
+        _run(at)
+        at.button(key="rank_go").click()
+        _run(at)
+        assert any(c.value.startswith("Ranked for **") for c in at.caption)  # a first ranking, shown
+
+        def stopped(*args, **kwargs):  # what a click during the ranking does to the script
+            raise StopException()
+
+        monkeypatch.setattr(compute, "rank", stopped)
+        at.button(key="rank_go").click()
+        at.run(timeout=240)
+        monkeypatch.undo()
+        _run(at)  # the run the click asked for
+        assert any("The ranking was stopped before it finished" in w.value for w in at.warning), \
+            [w.value for w in at.warning]
+        assert not any(c.value.startswith("Ranked for **") for c in at.caption)  # the old one is not shown
+    finally:
+        ds.delete()

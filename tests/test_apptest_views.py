@@ -342,3 +342,14 @@ def test_the_path_search_runs_once_opens_a_single_match_and_forgets_an_old_view(
     at.sidebar.text_input(key="nav_search").input("nothing-like-this")
     run(at)
     assert any("No file path in this view contains" in c.value for c in at.sidebar.caption)
+
+
+def test_a_position_past_the_end_is_said_in_words_and_shows_the_last(repeated):
+    """Issue 23 bug 5: a position past the end only got a red box whose reason was in a tooltip."""
+    ids = repeated.values("id")
+    at = _at_findings(repeated.name)
+    at.sidebar.number_input(key="nav_goto").set_value(99)
+    run(at)
+    assert current_sample(at) == ids[2] and at.sidebar.number_input(key="nav_goto").value == 3
+    assert any(w.value.startswith("Position 99 is past the end of the view") for w in at.sidebar.warning), \
+        [w.value for w in at.sidebar.warning]

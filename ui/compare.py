@@ -422,8 +422,23 @@ def progress_bar() -> tuple[Any, Progress]:
     return bar, lambda f, msg: bar.progress(f, text=msg)
 
 
+def start_ranking() -> None:
+    """A ranking begins: the last one goes (it would be shown as if it were this one's)."""
+    st.session_state.pop(Compare.RANK_ROWS, None)
+    st.session_state[Compare.RANK_RUNNING] = True
+
+
+def ranking_interrupted() -> None:
+    """A ranking that a click (▶, any widget) stopped before it ended: said, never replaced by
+    the previous one."""
+    if st.session_state.pop(Compare.RANK_RUNNING, False):
+        st.warning("The ranking was stopped before it finished: a click (▶, a setting) reruns the page. Nothing "
+                   "of it is shown; press Rank to run it again.", icon=":material/cancel:")
+
+
 def keep_ranking(ask: RankAsk, rows: list) -> None:
     st.session_state[Compare.RANK_ROWS] = {"context": ask.context, "what": ask.what, "rows": rows}
+    st.session_state.pop(Compare.RANK_RUNNING, None)
 
 
 def ranking_results(sel: sidebar.Selection, loaded: LoadedModel, ask: RankAsk, threshold: float) -> None:

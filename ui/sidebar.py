@@ -107,8 +107,15 @@ def _step(delta: int, total: int) -> None:
     _set_position((st.session_state.get(POSITION, 0) + delta) % max(1, total))
 
 
-def _goto() -> None:
-    _set_position(int(st.session_state[GOTO]) - 1)
+def _goto(total: int) -> None:
+    """A typed position; past the end (or before the start) is said in words and clamped (a bound
+    on the widget only drew a red box whose reason was in a tooltip)."""
+    wanted = int(st.session_state[GOTO])
+    if not 1 <= wanted <= total:
+        where = f"past the end of the view ({total:,} samples): showing the last" if wanted > total else \
+            "before the start of the view: showing the first"
+        urlstate.say(f"Position {wanted:,} is {where}.")
+    _set_position(min(max(wanted, 1), total) - 1)
 
 
 def _random(total: int) -> None:
@@ -300,8 +307,8 @@ def _navigator(sb, name: str, spec: views.ViewSpec, total: int, label: str) -> N
     sb.text(label)  # the sample's path relative to the dataset's folder: text, never markup
     prev_col, pos_col, next_col = sb.columns([1, 2, 1], vertical_alignment="center")
     prev_col.button("◀", key=Sidebar.PREV, on_click=_step, args=(-1, total), help="Previous sample")
-    pos_col.number_input("Position", 1, total, key=GOTO, on_change=_goto, label_visibility="collapsed",
-                         help=f"Position in the view (1 to {total}); type one to jump there.")
+    pos_col.number_input("Position", step=1, key=GOTO, on_change=_goto, args=(total,), label_visibility="collapsed",
+                         help=f"Position in the view (1 to {total:,}); type one to jump there.")
     next_col.button("▶", key=Sidebar.NEXT, on_click=_step, args=(1, total), help="Next sample")
     r1, r2 = sb.columns([2, 3], vertical_alignment="center")
     r1.caption(f"of {total:,}")

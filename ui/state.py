@@ -189,6 +189,7 @@ class Compare:
     RANK_LIMIT = "rank_limit"
     RANK_PAGE = "rank_page"
     RANK_ROWS = "rank_rows"
+    RANK_RUNNING = "cmp_rank_running"  # a ranking started and not finished (a click stops it)
 
     @staticmethod
     def layers(model: str) -> str:
