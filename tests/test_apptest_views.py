@@ -353,3 +353,26 @@ def test_a_position_past_the_end_is_said_in_words_and_shows_the_last(repeated):
     assert current_sample(at) == ids[2] and at.sidebar.number_input(key="nav_goto").value == 3
     assert any(w.value.startswith("Position 99 is past the end of the view") for w in at.sidebar.warning), \
         [w.value for w in at.sidebar.warning]
+
+
+def test_a_sort_on_a_big_dataset_offers_its_index_and_builds_it_on_a_click(repeated, monkeypatch):
+    """Issue 23 design 1: at 10^6 each move in a sorted view was a full scan (23 s). Without an
+    index on the sort field the sidebar says what one costs and builds it on the user's click;
+    moves then read the index (both directions: ties follow the sort's direction)."""
+    from camcore.store import views
+
+    monkeypatch.setattr(views, "SORT_INDEX_OFFER_OVER", 1)  # as if these 3 samples were 10^6
+    ids = repeated.values("id")
+    at = _at_findings(repeated.name)
+    at.sidebar.selectbox(key="view_sort").set_value("uniqueness")
+    run(at)
+    assert any("Each move in this order reads all 3 samples" in c.value for c in at.sidebar.caption)
+    assert views.sort_index_missing(repeated, "uniqueness")
+    at.sidebar.button(key="view_sort_index").click()
+    run(at)
+    assert not views.sort_index_missing(repeated, "uniqueness")
+    assert views.sort_index_name("uniqueness") in repeated._sample_collection.index_information()
+    assert not [c.value for c in at.sidebar.caption if "Each move in this order" in c.value]
+    at.sidebar.toggle(key="view_sort_desc").set_value(True)
+    run(at)
+    assert current_sample(at) == ids[1]  # 0.9 first

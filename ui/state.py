@@ -63,6 +63,8 @@ class Sidebar:
     RELOAD_MODELS = "reload_models"
     NARROW = "view_narrow"  # the Audit page's narrowing (camcore.store.audit), in the URL as narrow=
     NARROW_CLEAR = "view_narrow_clear"
+    SORT_INDEX = "view_sort_index"  # "Index <field>": the sort's index, built on a click
+    SORT_INDEX_GO = "_view_sort_index_go"
 
     @staticmethod
     def model_of(widget_key: str) -> str:
