@@ -206,7 +206,11 @@ def draw() -> Selection | None:
         st.session_state[Sidebar.DATASET] = demo
     name = sb.selectbox("Dataset", names, key=Sidebar.DATASET, help="Any FiftyOne image dataset in your database.")
     nav_box = sb.container()  # the sample, right under the dataset: drawn once the view is known
-    found, trouble = _where(sb, nav_box, name)
+    # Shown only past half a second (Streamlit's spinner delay): a big view's count, a sort's or a
+    # filter's first read say what they are doing, not Streamlit's generic running indicator.
+    with st.spinner(f"Reading the view of {text.escape(name)}: counting its samples and finding the one to show…",
+                    show_time=True):
+        found, trouble = _where(sb, nav_box, name)
     urlstate.show_messages(nav_box)
     if demo_data.QUICKSTART_NAME not in names:
         sb.button("Load FiftyOne's quickstart (needs internet)", key=Sidebar.LOAD_QUICKSTART, on_click=_load_quickstart,
