@@ -38,7 +38,7 @@ def main(sel: Selection) -> None:
 
     # -- what to compute: one compact row; the fine controls sit beside the map (the fragment)
     offered = methods.methods_for(spec.task, spec.family)
-    c1, c2, c3, c4 = st.columns([9, 5, 5, 4])
+    c1, c2, c3, c4 = st.columns([8, 5, 5, 6])  # the smoothing switches read whole at 1280 px
     layer_names = [s.name for s in spec.layers]
     # A link's layers, methods and target, once per session (unknown ones are said, then defaulted).
     linked_target = urlstate.apply_page(spec, layer_names, [m.key for m in offered], Explore.layers(spec.key),

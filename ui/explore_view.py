@@ -126,7 +126,7 @@ def _walk_controls(side, chosen_layers: list[str], chosen_methods: list[str], la
     alpha = side.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=Explore.ALPHA)
     f1, f2 = side.columns(2, vertical_alignment="bottom")
     cmap = f1.selectbox("Colormap", overlay.COLORMAPS, key=Explore.COLORMAP)
-    show_raw = f2.toggle("Raw map + colorbar", key=Explore.SHOW_RAW)
+    show_raw = f2.toggle("Raw map", key=Explore.SHOW_RAW, help="The map on its own, with its colour bar.")
     return walk_layer, walk_method, alpha, cmap, show_raw
 
 
