@@ -272,6 +272,12 @@ def test_push_names_the_field_box_in_its_provenance(tmp_path):
         assert stored.box_detection_id == det_id and stored.box_field == "ground_truth"
         assert stored.box_label == CLASSES[label] and stored.box_iou > 0.5 and stored.box_score > 0
         assert stored.box == pytest.approx(det.bounding_box, abs=0.05)
+        # ... and the way back (issue 24 item 7): the detection lists the heatmap's field, in the App too
+        explained = ds.first().ground_truth.detections[0]
+        assert explained.cam_heatmaps == [fields[0]] and explained.label == CLASSES[label]  # the rest untouched
+        assert ds.get_field("ground_truth.detections.cam_heatmaps") is not None  # declared: the App lists it
+        store.push_heatmaps(ds, sample.id, ex.result([h]), heatmap_dir=str(tmp_path / "hm"))  # again: listed once
+        assert ds.first().ground_truth.detections[0].cam_heatmaps == [fields[0]]
     finally:
         ds.delete()
 

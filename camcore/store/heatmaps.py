@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bson
+import bson.errors
 import cv2
 import fiftyone as fo
 import numpy as np
@@ -37,7 +39,7 @@ from camcore.errors import ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
 from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
 from camcore.store.fields import check_field, declare_heatmap_fields
-from camcore.store.leases import lease
+from camcore.store.leases import lease, schema_lease
 
 HEATMAP_RANGE = (0, 65535)
 _WRITE_THREADS = 8
@@ -436,6 +438,34 @@ def _box_provenance(h: Heatmap) -> dict:
     return out
 
 
+DETECTION_LINK = "cam_heatmaps"  # on a Detection a heatmap explains: the fields of its maps
+
+
+def _link_detections(dataset: fo.Dataset, written: list[tuple[str, Heatmap]]) -> None:
+    """The way back from a box to its maps: a Detection of the sample's own field that a heatmap
+    explains lists that heatmap's field in its ``cam_heatmaps`` attribute (shown in the App's
+    tooltip of the box), added atomically to that one element (the user's other labels and
+    attributes are untouched). The heatmap's label names the detection (box_detection_id)."""
+    links = [(sid, h.target.box_ref.partition("/"), h.field) for sid, h in written if "/" in h.target.box_ref]
+    if not links:
+        return
+    for det_field in {field for _sid, (field, _s, _d), _f in links}:
+        path = f"{det_field}.detections.{DETECTION_LINK}"
+        if dataset.get_field(path) is None:
+            with schema_lease(dataset):
+                if dataset.get_field(path) is None:
+                    dataset.add_sample_field(path, fo.ListField, subfield=fo.StringField,
+                                             description="CAM Explorer heatmap fields explaining this box")
+    docs = dataset._sample_collection
+    for sid, (det_field, _sep, det_id), heatmap_field in links:
+        with contextlib.suppress(bson.errors.InvalidId):
+            docs.update_one({"_id": bson.ObjectId(sid)},
+                            {"$addToSet": {f"{det_field}.detections.$[d].{DETECTION_LINK}": heatmap_field}},
+                            array_filters=[{"d._id": bson.ObjectId(det_id)}])
+    # FiftyOne's in-process samples must not keep a stale copy of the detections
+    fo.Sample._reload_docs(dataset._sample_collection_name, sample_ids=list({sid for sid, _r, _f in links}))
+
+
 def _label(h: Heatmap, map_path: Path, created_at: str, versions: dict, extra: dict | None = None) -> fo.Heatmap:
     """The label of one map: `extra`, the identity's provenance, then what this map was for."""
     attributes = {
@@ -567,6 +597,7 @@ def push_many(
                     labelled = True
                     # One bulk update keyed by id, not sample.save(); every attribute is declared already.
                     dataset.set_values(field, values, key_field="id", dynamic=True)
+            _link_detections(dataset, [(sid, h) for _h, rows in per_field.values() for sid, _r, h, _p, _path in rows])
             writer.committed(old)
         except BaseException:
             if own:
