@@ -228,8 +228,9 @@ def test_quickstart_button_offline_says_why_and_keeps_the_demo(monkeypatch):
     assert any("needs the internet" in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
     assert at.sidebar.selectbox(key="dataset").value == "cam-explorer-demo"
 
-
-def test_ranking_uses_a_ground_truth_segmentation_field():
+def _cat_mask_dataset(prefix: str):
+    """chelsea.png and coffee.png of the demo with a ground-truth Segmentation `gt` whose middle
+    is "cat" (persistent: the app loads it by name)."""
     import fiftyone as fo
     import numpy as np
     from fo_helpers import unique_name
@@ -237,18 +238,23 @@ def test_ranking_uses_a_ground_truth_segmentation_field():
     from camcore import demo_data
 
     demo = demo_data.ensure_demo_dataset()
-    chosen = [s for s in demo if s.filename in ("chelsea.png", "coffee.png")]
-    ds = fo.Dataset(unique_name("rank-gt"), persistent=True)
-    try:
-        samples = []
-        for s in chosen:
+    ds = fo.Dataset(unique_name(prefix), persistent=True)
+    samples = []
+    for s in demo:
+        if s.filename in ("chelsea.png", "coffee.png"):
             h, w = s.metadata.height, s.metadata.width
             mask = np.zeros((h, w), np.uint8)
             mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1  # "cat" in the middle
             samples.append(fo.Sample(filepath=s.filepath, gt=fo.Segmentation(mask=mask)))
-        ds.add_samples(samples)
-        ds.mask_targets = {"gt": {0: "background", 1: "cat"}}
-        ds.save()
+    ds.add_samples(samples)
+    ds.mask_targets = {"gt": {0: "background", 1: "cat"}}
+    ds.save()
+    return ds
+
+
+def test_ranking_uses_a_ground_truth_segmentation_field():
+    ds = _cat_mask_dataset("rank-gt")
+    try:
         at = _open("pages/compare.py")
         at.sidebar.selectbox(key="dataset").set_value(ds.name)
         _run(at)
@@ -373,26 +379,12 @@ def test_slow_faithfulness_scores_wait_for_a_go_with_their_time(monkeypatch):
 def test_a_ranking_stopped_by_a_click_is_said_and_no_older_one_is_shown(monkeypatch):
     """Issue 23 bug 5: ▶ during a ranking threw it away without a word and the page kept showing
     the previous ranking as if it were this one's."""
-    import fiftyone as fo
-    import numpy as np
-    from fo_helpers import unique_name
     from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
-    from camcore import demo_data
     from ui import compute
 
-    demo = demo_data.ensure_demo_dataset()
-    chosen = [s for s in demo if s.filename in ("chelsea.png", "coffee.png")]
-    ds = fo.Dataset(unique_name("rank-stop"), persistent=True)
+    ds = _cat_mask_dataset("rank-stop")
     try:
-        samples = []
-        for s in chosen:
-            mask = np.zeros((s.metadata.height, s.metadata.width), np.uint8)
-            mask[: s.metadata.height // 2] = 1
-            samples.append(fo.Sample(filepath=s.filepath, gt=fo.Segmentation(mask=mask)))
-        ds.add_samples(samples)
-        ds.mask_targets = {"gt": {0: "background", 1: "cat"}}
-        ds.save()
         at = _open("pages/compare.py")
         at.sidebar.selectbox(key="dataset").set_value(ds.name)
         _run(at)
