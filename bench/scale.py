@@ -15,6 +15,9 @@ measured in the same run:
 - ``interaction``, ``click``, ``sessions`` (bench/scale_ui.py): the server time of one ▶ click
   (sidebar + Explore's header and thumbnails, no model pass), a ▶ click in Chromium, and the
   server's memory per browser session.
+- ``views`` (issue 23 design 1): a sort, tag-filter and filter+sort change as the sidebar makes it
+  (build the view, count it, read its first page) and a move in it (the page at a random
+  position), with the sort's index and the (tags, field, _id) index in place; medians of --clicks.
 - ``build``: how the dataset was built, and how fast (documents inserted in bulk; --build-compare N
   also times `add_samples` in batches on N samples, the way FiftyOne users add them).
 
@@ -34,6 +37,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -272,11 +276,57 @@ def measure_batch_head(dataset, args) -> dict[str, float]:
     return _probe("batch_head", dataset.name, args)
 
 
+def _views_fields(dataset) -> None:
+    """A float to sort by (uniqueness) and a tag on about a tenth of the samples (shard3), set on
+    the server in one update each; the sort's index as the sidebar offers it, and the compound
+    (tags, field, _id) index a tag filter with that sort uses."""
+    from camcore.store import views
+
+    coll = dataset._sample_collection
+    if coll.find_one({"uniqueness": {"$exists": True}}) is None:
+        coll.update_many({}, [{"$set": {"uniqueness": {"$rand": {}}}}])
+        coll.update_many({"_rand": {"$lt": 0.1}}, {"$set": {"tags": ["shard3"]}})
+        dataset.add_sample_field("uniqueness", __import__("fiftyone").FloatField)
+        dataset.reload()
+    views.create_sort_index(dataset, "uniqueness")
+    coll.create_index([("tags", 1), ("uniqueness", 1), ("_id", 1)], name="tags_uniqueness_id")
+
+
+def measure_views(dataset, args) -> dict[str, float]:
+    """Sort, filter and view changes as the sidebar makes them (issue 23 design 1): a change builds
+    the view, counts it and reads its first page; a move (▶, a typed position) reads the page at a
+    position. Medians of --clicks repeats, with the indexes the sidebar offers in place."""
+    from camcore.store import views
+
+    _views_fields(dataset)
+    rng = random.Random(3)
+    cases = {"unsorted": views.ViewSpec(),
+             "sort": views.ViewSpec(sort_field="uniqueness", sort_reverse=True),
+             "filter": views.ViewSpec(tags=("shard3",)),
+             "filter_sort": views.ViewSpec(tags=("shard3",), sort_field="uniqueness")}
+    out: dict[str, float] = {}
+    for name, spec in cases.items():
+        changes, moves = [], []
+        for _ in range(args.clicks):
+            t0 = time.perf_counter()
+            view = views.build_view(dataset, spec)
+            total = views.count(view)
+            views.page(view, 0)
+            changes.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            views.page(view, rng.randrange(total))
+            moves.append(time.perf_counter() - t0)
+        out[f"{name}_change_s"] = round(statistics.median(changes), 4)
+        out[f"{name}_move_s"] = round(statistics.median(moves), 4)
+    return out
+
+
 MEASURES: dict[str, Callable] = {
     "batch": measure_batch,
     "scan": measure_scan,
     "resume": measure_resume,
     "batch_head": measure_batch_head,
+    "views": measure_views,
     **scale_ui.MEASURES,  # the explorer: a click's server time, a click in Chromium, memory per session
 }
 

@@ -80,9 +80,10 @@ def rate_line(done: int, total: int, started: float, noun: str = "samples") -> s
 
 
 def line(done: int, total: int, rate: float, eta: float | None, message: str) -> str:
-    """``done/total (rate/s, ETA n s): message``, the CLI's progress line."""
-    eta_text = f"{eta:.0f} s" if eta is not None else "?"
-    return f"{done}/{total} ({rate:.2f}/s, ETA {eta_text}): {message}"
+    """``done/total (rate/s, ETA n s): message``, the CLI's progress line: counts as 24,792, the ETA
+    as :func:`duration` says it (5.8 h, not 348.8 min), like the Batch page."""
+    eta_text = duration(eta) if eta is not None else "?"
+    return f"{done:,}/{total:,} ({rate:.2f}/s, ETA {eta_text}): {message}"
 
 
 def printer(write: Callable[[str], None], interval: float = 1.0) -> BatchProgress:

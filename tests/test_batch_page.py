@@ -59,12 +59,24 @@ def test_progress_line_estimates_after_the_first_sample_and_says_what_is_skipped
     first = progress_line(0, 100, 100, 2.5, 23.0, "a.jpg: gradcam on head")
     assert "ETA: estimating" in first and "23 s" not in first, first
     later = progress_line(8, 100, 100, 0.5, 600.0, "b.jpg")
-    assert later.startswith("8/100 · 0.50 samples/s · ETA 10.0 min"), later
+    assert later.startswith("8/100 · 0.50 samples/s · ETA 10 min"), later
     resumed = progress_line(2, 5, 8, 0.5, 6.0, "c.jpg")
     assert resumed.startswith("2/5 · 3 skipped (already done) ·"), resumed
     assert progress_line(0, 0, 8, 0.0, None, "finished", finished=True) == \
         "Nothing to compute: all 8 samples of the view were done already (skipped)."
     assert "0/0" not in progress_line(0, 0, 8, 0.0, None, "checking")
+
+
+def test_long_batches_say_hours_and_count_with_one_number_format():
+    """#23 text: "ETA 348.8 min" reads as hours, and "24792" beside "24,792" becomes one format,
+    on the Batch page's bar and in the CLI's progress line alike."""
+    from camcore.progress import line
+    from ui.batch_runs import progress_line
+
+    page = progress_line(17, 24792, 24877, 1.19, 348.8 * 60, "x.jpg")
+    assert page.startswith("17/24,792 · 85 skipped (already done) · 1.19 samples/s · ETA 5.8 h · "), page
+    assert line(1017, 24792, 1.19, 348.8 * 60, "x.jpg") == "1,017/24,792 (1.19/s, ETA 5.8 h): x.jpg"
+    assert line(3, 8, 0.5, 10.0, "y.jpg") == "3/8 (0.50/s, ETA 10 s): y.jpg"
 
 
 # ---------------------------------------------------------------- interruptions: a closed tab, Cancel

@@ -17,6 +17,7 @@ import streamlit as st
 
 from camcore import batch, store
 from camcore.measures import MeasureOptions
+from camcore.progress import duration
 from ui import text
 from ui.state import Batch
 
@@ -91,7 +92,7 @@ def other_runs(dataset: str, starting: bool) -> None:
         others = [dict(r) for r in runs.values()
                   if r["dataset"] == dataset and r["token"] != mine and r["state"] != "done"]
     for r in sorted(others, key=lambda r: r["started"]):
-        counts = f"{r['done']} of {r['total']} samples written"
+        counts = f"{r['done']:,} of {r['total']:,} samples written"
         if r["state"] == "interrupted":
             if starting:
                 continue
@@ -108,7 +109,7 @@ def other_runs(dataset: str, starting: bool) -> None:
 def _eta(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    return duration(seconds)  # "40 s", "12 min", "5.8 h": never "348.8 min"
 
 
 def progress_line(done: int, total: int, view_total: int, rate: float, eta: float | None, message: str,
@@ -158,7 +159,7 @@ def pick_up(token: str) -> None:
         r = running[0]
         if note is None:
             note = st.empty()
-        note.info(f"Cancelling: {r['done']} of {r['total']} written so far; the batch stops at its next "
+        note.info(f"Cancelling: {r['done']:,} of {r['total']:,} written so far; the batch stops at its next "
                   "heatmap and writes what it computed…", icon=":material/hourglass_top:")
         time.sleep(0.25)
     if note is not None:
