@@ -139,7 +139,11 @@ def _search_submit(name: str, spec: views.ViewSpec) -> None:
     st.session_state.pop(Sidebar.SEARCH_FOUND, None)
     if not query:
         return
-    found = views.search(views.build_view(store.load_dataset(name), spec), query)
+    try:
+        found = views.search(views.build_view(store.load_dataset(name), spec), query)
+    except CamError as exc:  # a callback's exception would be a traceback on the page
+        urlstate.say(f"Could not search the file paths: {exc}")
+        return
     if len(found) == 1:
         st.session_state[JUMP] = found[0][0]
     else:
@@ -330,7 +334,9 @@ def _navigator(sb, name: str, spec: views.ViewSpec, total: int, label: str) -> N
         else:
             folder = cache.common_folder(name)
             labels = {sid: views.relative_label(path, folder) for sid, path in found}
-            sb.selectbox(f"Matches for {query!r} ({len(found)}{'+' if len(found) == views.SEARCH_LIMIT else ''})",
+            # a widget label is markdown: the typed text is escaped
+            sb.selectbox(f"Matches for {text.escape(repr(query))} "
+                         f"({len(found)}{'+' if len(found) == views.SEARCH_LIMIT else ''})",
                          list(labels), index=None, key=Sidebar.SEARCH_PICK, format_func=labels.get,
                          placeholder="open a match", on_change=_search_pick)
 
