@@ -38,7 +38,7 @@ def main(sel: Selection) -> None:
 
     # -- what to compute: one compact row; the fine controls sit beside the map (the fragment)
     offered = methods.methods_for(spec.task, spec.family)
-    c1, c2, c3, c4 = st.columns([8, 5, 5, 6])  # the smoothing switches read whole at 1280 px
+    c1, c2, c3, c4 = st.columns([9, 5, 5, 4])  # Methods wide: five chips keep the map above the fold
     layer_names = [s.name for s in spec.layers]
     # A link's layers, methods and target, once per session (unknown ones are said, then defaulted).
     linked_target = urlstate.apply_page(spec, layer_names, [m.key for m in offered], Explore.layers(spec.key),
@@ -48,7 +48,8 @@ def main(sel: Selection) -> None:
         c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], Explore.METHODS,
         format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""),
         help="(slow) marks methods that run the model once per channel (or more): seconds to minutes on a "
-             "CPU. Those estimated over a few seconds wait for your go.",
+             "CPU. Those estimated over a few seconds wait for your go. eigen_smooth keeps the first principal "
+             "component of the map; aug_smooth (slow: 6 passes) averages it over flips and brightness.",
     )
     chosen_layers = widgets.sticky_multiselect(c2, "Layers", layer_names, [spec.default_layer],
                                                Explore.layers(spec.key))
@@ -57,8 +58,10 @@ def main(sel: Selection) -> None:
         box, target = boxes.box_picker(c3, base.prediction, sel.dataset, sel.sample_id, urlstate.linked_box())
     else:
         target = widgets.target_picker(c3, base.prediction, base.class_names, requested=linked_target)
-    eigen_smooth = c4.toggle("eigen_smooth", key=Explore.EIGEN, help="Keep the first principal component.")
-    aug_smooth = c4.toggle("aug_smooth (slow)", key=Explore.AUG, help="Average over flips and brightness: 6 passes.")
+    # pytorch-grad-cam's own option names, without help icons: they read whole in this column at
+    # 1280 px (the Methods help explains them)
+    eigen_smooth = c4.toggle("eigen_smooth", key=Explore.EIGEN)
+    aug_smooth = c4.toggle("aug_smooth", key=Explore.AUG)
     if not chosen_methods or not chosen_layers:
         st.info("Choose at least one method and one layer.")
         return

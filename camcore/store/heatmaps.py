@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -597,7 +598,11 @@ def push_many(
                     labelled = True
                     # One bulk update keyed by id, not sample.save(); every attribute is declared already.
                     dataset.set_values(field, values, key_field="id", dynamic=True)
-            _link_detections(dataset, [(sid, h) for _h, rows in per_field.values() for sid, _r, h, _p, _path in rows])
+            try:  # the way back from a box: a convenience, the labels are written already
+                _link_detections(dataset, [(sid, h) for _h, rows in per_field.values()
+                                           for sid, _r, h, _p, _path in rows])
+            except Exception as exc:  # noqa: BLE001 (said, never a failed push)
+                warnings.warn(f"heatmaps pushed; their detections were not marked: {first_line(exc)}", stacklevel=2)
             writer.committed(old)
         except BaseException:
             if own:
