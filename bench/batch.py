@@ -77,7 +77,7 @@ def measures_cost(args, tmp: Path) -> None:
     demo = demo_data.ensure_demo_dataset()
     docs = list(zip(*demo.values(["filepath", "objects"]), strict=True))
     variants = {"none": None, "share only": MeasureOptions(object_field="objects", faithfulness=False),
-                "with faithfulness": MeasureOptions(object_field="objects")}
+                "with faithfulness": MeasureOptions(object_field="objects", faithfulness=True)}
     times: dict[str, list[float]] = {k: [] for k in variants}
     batch.run_batch(demo.limit(2), batch.BatchOptions(args.model, weights=args.weights, chunk=args.chunk))  # warm-up
     for round_ in range(2):

@@ -34,7 +34,7 @@ class MeasureOptions:
 
     object_field: str | None = None  # a Segmentation or Detections field; None: the model's own mask
     threshold: float = metrics.DEFAULT_BACKGROUND_THRESHOLD
-    faithfulness: bool = True  # two more forwards per heatmap (keep, remove) and one for the score
+    faithfulness: bool = False  # opt-in: two more forwards per heatmap (keep, remove), 2.8x a batch vs 1.1x
     object_label: str = ""  # "": the field's label that names the explained class; ANY_OBJECT: every object
 
     @property

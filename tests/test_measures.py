@@ -57,7 +57,7 @@ def test_identity_names_measure_fields_from_the_heatmap_name():
 
 
 def test_stored_measures_equal_the_apps_one_sample_values(dataset):
-    report = batch.run_batch(dataset, _options())
+    report = batch.run_batch(dataset, _options(faithfulness=True))
     assert (report.done, report.failed) == (4, [])
     fields = measure_store.measure_runs(dataset)[_identity().field_name]
     chelsea = dataset.match(fo.ViewField("filepath").ends_with("chelsea.png")).first()
@@ -133,3 +133,25 @@ def test_cli_batch_measures_bad_object_field_is_one_line_and_writes_nothing(data
     usage = subprocess.run([sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--object-field",
                             "ground_truth"], cwd=root, capture_output=True, text=True, timeout=300)
     assert usage.returncode == 2 and "go with --measures" in usage.stderr
+
+
+def test_cli_batch_measures_leave_faithfulness_off_unless_asked(dataset):
+    """Issue 25 cost goal (<= 1.3x a batch): keep/remove cost 2.8x, so a plain --measures skips them;
+    --faithfulness stores them; both switches together are one usage line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--measures",
+           "--object-field", "ground_truth", "--filename-contains", "chelsea"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    dataset.reload()
+    fields = measure_store.measure_runs(dataset)[_identity().field_name]
+    assert set(dataset.distinct(fields["about"])) == {"t=0.5;obj=ground_truth;f=0"}
+    assert dataset.distinct(fields["keep"]) == [] and dataset.distinct(fields["remove"]) == []
+    assert len(dataset.distinct(fields["share"])) == 1
+    both = subprocess.run([*cmd, "--faithfulness", "--no-faithfulness"], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert both.returncode == 2 and "contradict" in both.stderr

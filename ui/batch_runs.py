@@ -46,8 +46,8 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
                          format_func=lambda f: "(the model's own mask; none for classifiers)" if f is None else f)
     threshold = m2.number_input("Background-dominated below", 0.0, 1.0, 0.5, 0.05, key=Batch.THRESHOLD,
                                 help="share of the heatmap's mass on the object, 0..1")
-    faith = m3.toggle("Faithfulness scores", value=True, key=Batch.FAITHFULNESS,
-                      help="keep/remove confidence change: three forwards per heatmap (the costliest measure)")
+    faith = m3.toggle("Faithfulness scores", value=False, key=Batch.FAITHFULNESS,
+                      help="keep/remove confidence change: 3 forwards a heatmap, ~2.8x a batch (off by default)")
     any_object = bool(field) and m1.toggle("Any object of the field", key=Batch.ANY_OBJECT,
                                            help="Off: the label that names the explained class. On: every object "
                                                 "(an untrained model, or classes named otherwise than the labels).")

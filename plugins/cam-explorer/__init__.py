@@ -175,7 +175,7 @@ def _measure_options(params: dict) -> Any:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"the background threshold is a share of the heatmap's mass, 0..1, got {threshold}")
     return MeasureOptions(object_field=str(params.get("object_field") or "").strip() or None, threshold=threshold,
-                          faithfulness=bool(params.get("faithfulness", True)),
+                          faithfulness=bool(params.get("faithfulness", False)),
                           object_label="*" if params.get("any_object") else "")
 
 
@@ -390,7 +390,7 @@ def _measure_views(inputs: Any, params: dict, dataset: Any, store: Any) -> None:
     inputs.bool("any_object", default=False, label="Any object of the field",
                 description="Off: the label that names the explained class; on: every object")
     inputs.float("threshold", default=0.5, label="Background-dominated below this share (0..1)")
-    inputs.bool("faithfulness", default=True, label="Faithfulness scores (3 forwards per heatmap)")
+    inputs.bool("faithfulness", default=False, label="Faithfulness scores (3 forwards per heatmap)")
 
 
 def _delegation_views(inputs: Any, count: int) -> None:
