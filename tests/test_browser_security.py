@@ -17,7 +17,7 @@ from test_browser import ARTIFACTS, RUN_TIMEOUT, VIEWPORT, Server, open_app, set
 
 from camcore import demo_data, store
 from ui import compare, router
-from ui.state import App, Batch, Compare, Explore
+from ui.state import App, Batch, Compare, Compute, Explore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -68,7 +68,7 @@ def test_every_page_requests_only_its_own_host_and_shows_data_as_text(browser: B
             settle(page)
             if url_path == "compare":
                 for key in compare.STUDIES:
-                    _click(page, Compare.study(key))
+                    _click_and_cancel(page, Compare.study(key))  # a study's click is its go: minutes of maps
                 if page.locator(f".st-key-{Compare.USE_UNTRAINED} button").count():  # no weights offline
                     _click(page, Compare.USE_UNTRAINED)
             if url_path == "batch":
@@ -98,6 +98,23 @@ def _click(page, key: str) -> None:
     button = page.locator(f".st-key-{key} button").first
     expect(button).to_be_enabled(timeout=RUN_TIMEOUT)
     button.click()
+    settle(page)
+
+
+def _click_and_cancel(page, key: str) -> None:
+    """Click a button that starts a long run, and cancel the run if it is still going once it shows."""
+    button = page.locator(f".st-key-{key} button").first
+    expect(button).to_be_enabled(timeout=RUN_TIMEOUT)
+    button.click()
+    cancel = page.locator(f".st-key-{Compute.CANCEL_BUTTON} button")
+    app = page.get_by_test_id("stApp")
+    for tick in range(RUN_TIMEOUT // 500):
+        if cancel.count() and cancel.first.is_visible():
+            cancel.first.click()
+            break
+        if app.get_attribute("data-test-script-state") == "notRunning" and tick >= 4:  # past the click's rerun
+            break
+        page.wait_for_timeout(500)
     settle(page)
 
 
