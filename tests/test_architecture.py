@@ -17,16 +17,28 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
-def _module_of(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+def _module_of(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path) -> set[str]:
-    """Every module a file imports, absolute dotted names; `from a import b` gives a and a.b."""
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """The nodes inside `if TYPE_CHECKING:` blocks: imports that never run."""
+    return {n for block in ast.walk(tree) if isinstance(block, ast.If)
+            and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+            for stmt in block.body for n in ast.walk(stmt)}
+
+
+def imports(path: Path, runtime_only: bool = False, root: Path = ROOT) -> set[str]:
+    """Every module a file imports, absolute dotted names; `from a import b` gives a and a.b.
+    runtime_only: without those under `if TYPE_CHECKING:` (function-level imports count: they run)."""
     names: set[str] = set()
-    package = _module_of(path) if path.name == "__init__.py" else _module_of(path).rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    package = _module_of(path, root) if path.name == "__init__.py" else _module_of(path, root).rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    skipped = _type_checking_only(tree) if runtime_only else set()
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -102,3 +114,47 @@ def test_the_heatmap_field_name_has_one_source():
     builders = [_rel(p) for p in CAMCORE + UI + PAGES
                 if p.name != "identity.py" and "FIELD_PREFIX +" in p.read_text()]
     assert builders == []
+
+
+def _import_cycles(files: list[Path], root: Path = ROOT) -> list[list[str]]:
+    """The groups of modules that import each other at run time, directly or around a loop (lazy,
+    function-level imports included: they run too; `if TYPE_CHECKING:` imports do not)."""
+    modules = {_module_of(p, root): p for p in files}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = set()
+        for target in imports(path, runtime_only=True, root=root):
+            while target and target not in modules:  # camcore.models.load_model -> camcore.models
+                target = target.rpartition(".")[0]
+            # a module importing its own package (`from camcore.store import schema`) is no loop
+            if target and target != name and not name.startswith(target + "."):
+                graph[name].add(target)
+    reach = {name: _reachable(graph, name) for name in graph}
+    groups = {frozenset(m for m in reach[name] if name in reach[m]) | {name} for name in graph}
+    return sorted(sorted(g) for g in groups if len(g) > 1)
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), list(graph[start])
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo += graph.get(node, ())
+    return seen
+
+
+def test_no_camcore_modules_import_each_other_around_a_loop():
+    assert _import_cycles(CAMCORE) == []
+
+
+def test_the_loop_check_sees_lazy_imports(tmp_path):
+    """Control: a loop closed by a function-level import is found; one closed under TYPE_CHECKING is not."""
+    pkg = tmp_path / "camcore"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def f():\n    from camcore import b\n")
+    (pkg / "b.py").write_text("from camcore.a import f\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from camcore import d\n")
+    (pkg / "d.py").write_text("from camcore import c\n")
+    files = sorted(pkg.glob("*.py"))
+    assert _import_cycles(files, root=tmp_path) == [["camcore.a", "camcore.b"]]
