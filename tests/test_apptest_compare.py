@@ -184,11 +184,13 @@ def test_relative_change_helper():
     assert (f.keep_relative, f.remove_relative) == (pytest.approx(-0.12), pytest.approx(-0.85))
 
 
-def test_grid_rows_wrap_and_a_map_opens_full_size():
+def test_grid_rows_wrap_and_a_map_opens_full_size(monkeypatch):
     """#17 item 9: at most CELLS_PER_LINE maps side by side (more wrap to the next line), one map
     alone does not fill the page, and an Enlarge button per map opens it full size in a dialog."""
     from ui import compare_grid
 
+    # every cell's scores at once, whatever the machine's load (past 5 s they wait for a go)
+    monkeypatch.setattr(compare_grid, "SCORES_AUTO_SECONDS", 1e9)
     assert compare_grid._lines(list("abcdefgh")) == ([list("abcd"), list("efgh")], 4)
     assert compare_grid._lines(list("abcde")) == ([list("abcd"), list("e")], 4)
     assert compare_grid._lines(["a"]) == ([["a"]], 2)
