@@ -76,6 +76,24 @@ def test_pages_go_through_the_ui_for_the_store():
     assert _importers([ROOT / "app.py", *PAGES], "camcore.store") == []
 
 
+def test_pages_go_through_the_ui_for_a_batch():
+    """The Batch page builds its options and runs through ui/batch_runs.py."""
+    assert _importers([ROOT / "app.py", *PAGES], "camcore.batch", "camcore.distributed") == []
+
+
+def test_compare_renderers_read_the_store_through_ui_data():
+    """Compare's studies, grid, ROAD and ranking draw; what they read from FiftyOne is a ui/data.py call."""
+    compare = [p for p in UI if p.name.startswith("compare")]
+    assert compare, "the Compare renderers moved: point this rule at them"
+    assert _importers(compare, "camcore.store") == []
+
+
+def test_what_to_look_at_is_apart_from_how_to_look():
+    """ui/sidebar.py (dataset, view, sample) leaves the model, weights and input size to
+    ui/sidebar_look.py: it never reads the model registries."""
+    assert _importers([ROOT / "ui" / "sidebar.py"], "camcore.models", "camcore.model_file", "camcore.weights") == []
+
+
 def test_nothing_outside_a_package_reaches_into_its_private_names():
     """`store._x` or `from camcore.store.heatmaps import _x` from outside the store (same for the
     engine) is a reach-in: the owner cannot change it without breaking a stranger."""

@@ -22,6 +22,7 @@ from ui import text
 from ui.state import Batch
 
 LAST, TOKEN = Batch.LAST, Batch.TOKEN
+PREDICTED = batch.PREDICTED  # the target rule "each sample's own top class"
 
 
 @st.cache_resource(show_spinner=False)
@@ -53,6 +54,15 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
                                                 "(an untrained model, or classes named otherwise than the labels).")
     return MeasureOptions(object_field=field, threshold=float(threshold), faithfulness=bool(faith),
                           object_label="*" if any_object else "")
+
+
+def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], target_rule: str,
+            eigen_smooth: bool, measures: MeasureOptions | None) -> batch.BatchOptions:
+    """The page's choices, with the sidebar's weights and input size, as the one options type of a
+    batch; checked (a clear CamError where they do not fit the model)."""
+    return batch.BatchOptions(model=model, weights=sel.weights, methods=methods, layers=layers,
+                              target_rule=target_rule, eigen_smooth=eigen_smooth, input_size=sel.input_size,
+                              measures=measures).checked()
 
 
 def _session_alive(session_id: str | None) -> bool:
