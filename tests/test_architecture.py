@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,54 @@ def test_the_loop_check_sees_lazy_imports(tmp_path):
     (pkg / "d.py").write_text("from camcore import c\n")
     files = sorted(pkg.glob("*.py"))
     assert _import_cycles(files, root=tmp_path) == [["camcore.a", "camcore.b"]]
+
+
+FIFTYONE = ("fiftyone", "bson", "pymongo", "motor")
+PLUGIN = ROOT / "plugins" / "cam-explorer" / "__init__.py"
+OUTSIDE_THE_STORE = [p for p in CAMCORE if "store" not in p.relative_to(ROOT / "camcore").parts
+                     and p.name != "demo_data.py"]  # the demo dataset's builder may stay where it is
+
+
+def test_only_the_store_calls_fiftyone():
+    """A FiftyOne upgrade touches camcore/store only: no other camcore module imports FiftyOne or
+    MongoDB at run time (type hints under TYPE_CHECKING are fine), and the plugin imports only the
+    operator API it is written against."""
+    runtime = [p for p in OUTSIDE_THE_STORE
+               if any(n == m or n.startswith(m + ".") for n in imports(p, runtime_only=True) for m in FIFTYONE)]
+    assert [_rel(p) for p in runtime] == []
+    plugin = {n for n in imports(PLUGIN, runtime_only=True) if n.split(".")[0] in FIFTYONE}
+    assert {n for n in plugin if not n.startswith("fiftyone.operators")} <= {"fiftyone"}  # fo.config only
+
+
+def _private_names_we_define() -> set[str]:
+    names = set()
+    for path in [*CAMCORE, PLUGIN]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return {n for n in names if n.startswith("_")}
+
+
+def test_nothing_outside_the_store_reads_a_librarys_private_names():
+    """`view._root_dataset`, `dataset._sample_collection`, `DatasetView._build`: FiftyOne's private
+    names change without notice; outside the store a private attribute must be one of our own."""
+    ours = _private_names_we_define()
+    offenders = []
+    for path in [*OUTSIDE_THE_STORE, PLUGIN]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                    and node.attr not in ours:
+                offenders.append(f"{_rel(path)}:{node.lineno} {ast.unparse(node)}")
+    assert offenders == []
+
+
+def test_the_map_names_the_ui_modules_that_reach_the_store():
+    """docs/architecture.md lists the ui modules importing camcore.store; the list is the truth."""
+    doc = " ".join((ROOT / "docs" / "architecture.md").read_text().split())
+    listed = doc.split("The ui modules that import `camcore.store` are exactly:", 1)[1].split("(", 1)[0]
+    named = {f"ui/{name}" for name in re.findall(r"`([a-z_]+\.py)`", listed)}
+    assert named == set(_importers(UI, "camcore.store"))
