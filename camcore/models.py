@@ -289,7 +289,7 @@ class LoadedModel:
                 "classes_file": self.spec.classes_file}
 
     @property
-    def identity(self) -> tuple[str, str, str, str]:
+    def version(self) -> tuple[str, str, str, str]:
         """Tells two loads of one key apart (a changed models-file entry, a replaced weights file):
         key it into caches of derived results (explainers) next to the model key."""
         return (self.spec.key, self.spec.fingerprint, self.weights.sha256, self.weights.label)
@@ -304,12 +304,12 @@ _cache_lock = threading.Lock()
 _key_locks: dict[tuple[str, str, str], threading.Lock] = {}
 
 
-def weights_identity(key: str, weights: str = "auto") -> tuple[str, str]:
-    """(the spec's fingerprint, the weights' identity) for load_model(key, weights): it changes when
+def load_version(key: str, weights: str = "auto") -> tuple[str, str]:
+    """(the spec's fingerprint, the weights' content key) for load_model(key, weights): it changes when
     the models-file entry or the weights file behind the choice changes (content hash, cached by
     path, size and mtime). A cache of loaded models outside camcore (st.cache_resource) keys on it."""
     spec = get_spec(key)
-    return spec.fingerprint, weights_mod.identity(spec.weights, weights)
+    return spec.fingerprint, weights_mod.content_key(spec.weights, weights)
 
 
 def load_model(key: str, weights: str = "auto", device: str | torch.device | None = None) -> LoadedModel:
@@ -324,7 +324,7 @@ def load_model(key: str, weights: str = "auto", device: str | torch.device | Non
     cache_key = (key, str(weights), str(dev))
     # A weights file replaced at the same path, or a changed models-file entry, is not served
     # from the cache: what the choice resolves to now is compared with what was loaded.
-    ident = (spec.fingerprint, weights_mod.identity(spec.weights, weights))
+    ident = (spec.fingerprint, weights_mod.content_key(spec.weights, weights))
     with _cache_lock:
         hit = _cache.get(cache_key)
         if hit is not None and hit[0] == ident:

@@ -17,7 +17,7 @@ import streamlit as st
 
 from camcore import batch, store
 from camcore.measures import MeasureOptions
-from camcore.progress import duration
+from camcore.progress import eta_text
 from ui import text
 from ui.state import Batch
 
@@ -116,12 +116,6 @@ def other_runs(dataset: str, starting: bool) -> None:
                     "Reload this page in a moment, then run again to resume.", icon=":material/sync:")
 
 
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return duration(seconds)  # "40 s", "12 min", "5.8 h": never "348.8 min"
-
-
 def progress_line(done: int, total: int, view_total: int, rate: float, eta: float | None, message: str,
                   finished: bool = False) -> str:
     """The progress bar's text: "done/total · skipped · rate · ETA · message". total: samples left
@@ -139,9 +133,8 @@ def progress_line(done: int, total: int, view_total: int, rate: float, eta: floa
     message = text.escape(message)  # progress text renders markdown; messages name files
     if finished:
         return f"{done:,}/{total:,}{skip} · {message}"
-    eta_text = (f"ETA {_eta(eta)}" if done > 0 and eta is not None
-                else "ETA: estimating (after the first sample)")
-    return f"{done:,}/{total:,}{skip} · {rate:.2f} samples/s · {eta_text} · {message}"
+    left = eta_text(eta) if done > 0 and eta is not None else "ETA: estimating (after the first sample)"
+    return f"{done:,}/{total:,}{skip} · {rate:.2f} samples/s · {left} · {message}"
 
 
 WAIT_SECONDS = 600  # how long a new run waits for this session's stopping batch to hand over its report

@@ -8,20 +8,14 @@ from camcore import model_file, models, weights
 from ui import text, urlstate
 from ui.state import Sidebar
 
-WEIGHTS_AUTO = "pretrained (auto)"
-WEIGHTS_UNTRAINED = "untrained (random weights)"
+WEIGHTS_AUTO = weights.AUTO_LABEL
+WEIGHTS_UNTRAINED = weights.UNTRAINED_LABEL
 CPU_SEGMENTATION_SIZE = 320  # 520 takes ~15 s a pass on a laptop CPU; offered, not imposed
 
 
 def _weights_choices() -> dict[str, str]:
-    choices = {WEIGHTS_AUTO: weights.AUTO}
-    folder = weights.weights_dir()
-    if folder.is_dir():  # only files in the weights folder: a widget never reads a typed path
-        for f in sorted(folder.iterdir()):
-            if f.suffix in weights.WEIGHT_SUFFIXES:
-                choices[f"file: {f.name}"] = str(f)
-    choices[WEIGHTS_UNTRAINED] = weights.UNTRAINED
-    return choices
+    """label -> value, as camcore.weights offers them."""
+    return {c.label: c.value for c in weights.choices()}
 
 
 def _auto_label(spec: models.ModelSpec) -> str:
