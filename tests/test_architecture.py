@@ -92,7 +92,8 @@ def test_compare_renderers_read_the_store_through_ui_data():
 def test_what_to_look_at_is_apart_from_how_to_look():
     """ui/sidebar.py (dataset, view, sample) leaves the model, weights and input size to
     ui/sidebar_look.py: it never reads the model registries."""
-    assert _importers([ROOT / "ui" / "sidebar.py"], "camcore.models", "camcore.model_file", "camcore.weights") == []
+    assert _importers([ROOT / "ui" / "sidebar.py"], "camcore.models", "camcore.model_spec", "camcore.model_file",
+                      "camcore.weights") == []
 
 
 def test_nothing_outside_a_package_reaches_into_its_private_names():
