@@ -58,8 +58,11 @@ lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/mypy camcore
 
+# Test files run in parallel, each whole in one worker (its servers and fixtures shared): the
+# browser journeys and real processes wait more than they compute. TEST_WORKERS=0 runs them serially.
+TEST_WORKERS ?= 3
 test: setup chromium lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \

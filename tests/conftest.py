@@ -45,6 +45,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # Keep zoo downloads (and "is quickstart already downloaded?") away from the user's ~/fiftyone.
     os.environ["FIFTYONE_DATASET_ZOO_DIR"] = str(tmp / "zoo")
     worker = getattr(config, "workerinput", {}).get("workerid")  # pytest-xdist: gw0, gw1, ...
+    if worker is not None:
+        # Several workers share the cores: one thread each for torch, OpenCV and the BLAS (set
+        # before anything imports them; the servers and processes the tests start inherit it).
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
     if worker is None and getattr(config.option, "numprocesses", None):
         return  # the xdist controller runs no test: each worker starts its own database below
     if os.environ.get("FIFTYONE_DATABASE_URI"):
@@ -114,3 +119,16 @@ def browser():
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+# The files that take longest (a Ray cluster, the reference's perturbation methods on DeepLabV3, the
+# browser journeys, the CLI in subprocesses), started first: with `-n N --dist loadfile` (make test)
+# a long file handed out last would run alone at the end while the other workers idle.
+LONG_FIRST = ("test_distributed", "test_reference", "test_browser", "test_detection", "test_cli",
+              "test_browser_compare", "test_engine", "test_apptest_compare", "test_browser_explore",
+              "test_plugin", "test_browser_links", "test_browser_security", "test_measures", "test_app21_app")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(rank)))

@@ -309,7 +309,7 @@ class ComputeCams(foo.Operator):
         def progress(done: int, total: int, rate: float, eta: float | None, message: str) -> None:
             if not throttle.due(force=message in meter.FINAL_MESSAGES):
                 return
-            label = meter.line(done, total, rate, eta, message)
+            label = f"{done:,}/{total:,} samples ({rate:.2f}/s, {meter.eta_text(eta)}): {message}"
             fraction = done / total if total else 1.0
             if ctx.delegated:
                 ctx.set_progress(progress=fraction, label=label)  # written to the run's record
