@@ -7,7 +7,7 @@ measured in the same run:
 - ``batch``: `run_batch` on the whole dataset (EfficientNet-Lite0, Grad-CAM, chunk 8, on the CPU),
   in a fresh subprocess: the time from the call to its first chunk being written, and the peak
   memory (RSS) of the process, over the first --batch-chunks chunks (then it is cancelled).
-- ``scan``: the resume checks alone: `batch._pages` over the whole view (ids, paths and the run's
+- ``scan``: the resume checks alone: `store.scan.pages` over the whole view (ids, paths and the run's
   label for every sample, a page at a time), in a fresh subprocess: seconds, and RSS growth.
 - ``resume``: as ``batch``, on a view whose first 90% (--resume-done) is done already (labels that
   match the request, files that exist): the resume checks over 9x10^5 samples come first.
@@ -430,6 +430,7 @@ def probe_scan(dataset_name: str, args: argparse.Namespace) -> dict:
 
     from camcore import batch
     from camcore.identity import HeatmapIdentity
+    from camcore.store import scan
 
     ds = fo.load_dataset(dataset_name)
     field = HeatmapIdentity(model=MODEL, method="gradcam", layer="head", target="predicted").field_name
@@ -440,9 +441,9 @@ def probe_scan(dataset_name: str, args: argparse.Namespace) -> dict:
     count = 0
     first = None
     done = 0
-    for page in batch._pages(ds, ds, fields, batch.PAGE_SIZE):
+    for page in scan.pages(ds, ds, fields, batch.PAGE_SIZE):
         count += len(page)
-        done += sum(batch._stored_done(labels[0], {"model": MODEL}) for _sid, _path, labels in page if labels)
+        done += sum(scan.stored_done(labels[0], {"model": MODEL}) for _sid, _path, labels in page if labels)
         if first is None:
             first = time.perf_counter() - t0
     seconds = time.perf_counter() - t0

@@ -45,7 +45,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import fiftyone as fo
 import torch
 
 from camcore import detection, store
@@ -60,7 +59,6 @@ from camcore.measures import (
     ObjectLabel,
     batched_faithfulness,
     measure,
-    object_kind,
     object_label,
     sample_item,
 )
@@ -70,6 +68,8 @@ from camcore.progress import BatchProgress, Meter
 from camcore.results import CamResult, Heatmap
 from camcore.store import audit as audit_store
 from camcore.store import measures as measure_store
+from camcore.store import scan
+from camcore.store.scan import Collection
 from camcore.targets import PREDICTED, TargetRule
 
 LOAD_THREADS = 4
@@ -172,7 +172,7 @@ class BatchOptions:
         return [identity.field_name for identity in self.identities()]
 
 
-def declare_fields(dataset: fo.Dataset | fo.DatasetView, options: BatchOptions,
+def declare_fields(dataset: Collection, options: BatchOptions,
                    model: LoadedModel | None = None) -> list[str]:
     """Create (or check) every field of checked options, every label attribute declared: before
     any compute, so that a field that is not ours fails at once, and writers in other processes
@@ -238,81 +238,6 @@ class _Job:
         return dataclasses.replace(h, identity=self.identity)
 
 
-def _attr(label, name):
-    try:
-        return label[name]
-    except (KeyError, AttributeError):
-        return None
-
-
-def _is_done(label, provenance: dict) -> bool:
-    if not isinstance(label, fo.Heatmap) or not label.map_path or not os.path.isfile(label.map_path):
-        return False
-    return all(_attr(label, k) == v for k, v in provenance.items())
-
-
-def _stored_done(doc, provenance: dict) -> bool:
-    """_is_done on a label as stored (the dict values(_raw=True) gives): the same test, without
-    building the label object, which takes FiftyOne milliseconds per label (hours over a
-    million samples on a resume). tests/test_batch_paging.py checks that the two agree."""
-    if not isinstance(doc, dict) or doc.get("_cls") != "Heatmap":
-        return False
-    if any(doc.get(k) != v for k, v in provenance.items()):
-        return False
-    path = doc.get("map_path")
-    return isinstance(path, str) and bool(path) and os.path.isfile(path)
-
-
-def _not_done_filter(jobs: Sequence[_Job]) -> dict:
-    """A MongoDB filter for samples whose label, for some job, does not look done (what
-    _stored_done checks, but the file): absent, not a Heatmap, no map_path, other provenance."""
-    ors: list[dict] = []
-    for job in jobs:
-        f = job.field
-        ors += [{f: None}, {f"{f}._cls": {"$ne": "Heatmap"}}, {f"{f}.map_path": {"$in": [None, ""]}}]
-        ors += [{f"{f}.{k}": {"$ne": v}} for k, v in job.provenance.items()]
-    return {"$or": ors}
-
-
-def _first_pending(view: fo.Dataset | fo.DatasetView, jobs: Sequence[_Job], more: Sequence[dict] = ()):
-    """The _id of the first sample (in _id order) that does not look done, found by the server;
-    None when every sample looks done. A run killed half-way resumes there at once instead of
-    checking every done sample before its first chunk; the samples before it are checked (their
-    files) after the others."""
-    pending = _not_done_filter(jobs)
-    pending["$or"] += list(more)
-    found = view.match(pending).sort_by("_id", create_index=False).limit(1).values("_id")
-    return found[0] if found else None
-
-
-def _pages(view: fo.Dataset | fo.DatasetView, dataset: fo.Dataset, fields: Sequence[str],
-           size: int, bounds: dict | None = None) -> Iterator[list[tuple[str, str, list]]]:
-    """The view's samples, a page at a time, as (id, filepath, [stored label of each field]), in
-    _id order; a stored label is the document as a dict (see _stored_done), or None.
-
-    Keyset paging (``_id > last``, sorted by _id, limited) on the view's own stages: each page costs
-    the same however far the run is (no skip), and samples this run writes meanwhile are neither
-    repeated nor missed, even in a view that filters on the fields being written. The labels come
-    from the dataset by id (our fields are top-level): a view may exclude or filter them.
-    bounds: an _id range to stay in ({"$gte": id}, {"$lt": id})."""
-    last = None
-    while True:
-        keys = {**(bounds or {}), **({"$gt": last} if last is not None else {})}
-        page = view.match({"_id": keys}) if keys else view
-        oids, paths = page.sort_by("_id", create_index=False).limit(size).values(["_id", "filepath"])
-        if not oids:
-            return
-        ids = [str(oid) for oid in oids]
-        labels: dict[str, list] = {}
-        if fields:  # one indexed find on the sample collection: several times faster than select()
-            docs = dataset._sample_collection.find({"_id": {"$in": oids}}, {f: 1 for f in fields})
-            labels = {str(d["_id"]): [d.get(f) for f in fields] for d in docs}
-        yield [(sid, path, labels.get(sid, [None] * len(fields))) for sid, path in zip(ids, paths, strict=True)]
-        if len(oids) < size:
-            return
-        last = oids[-1]
-
-
 def _load_or_error(path: str) -> LoadedImage | CamError:
     try:
         return load_image(path)
@@ -326,7 +251,7 @@ Written = tuple[set[str], int, list[tuple[str, str]]]  # fields, samples written
 class BatchRun:
     """One run over a view: plan (what is done, to do, orphans), compute, write, progress."""
 
-    def __init__(self, view: fo.Dataset | fo.DatasetView, options: BatchOptions,
+    def __init__(self, view: Collection, options: BatchOptions,
                  progress: BatchProgress | None = None, cancel: threading.Event | None = None) -> None:
         self.started = time.perf_counter()
         self.measuring: dict[str, dict[str, str]] = {}  # heatmap field -> {measure: field} when measuring
@@ -401,22 +326,19 @@ class BatchRun:
         self.report.fields = {job.field for job in self.jobs}  # also when all is skipped: what the run covers
         # What interrupted writers left (never a file a label references or a live writer holds).
         self.report.removed_orphans += store.clean_orphans(self.dataset, options.heatmap_dir)
-        self.view_total = self.view.count()  # one server-side count, for progress
+        self.view_total = scan.count(self.view)  # one server-side count, for progress
         # Where a resumed run starts: the first sample whose label does not look done. Those before
         # it (done by the killed run) are presumed done, and checked (their files) after the others.
-        self.first = _first_pending(self.view, self.jobs, self.about_filter())
-        self.presumed = (self.view.match({"_id": {"$lt": self.first}}).count() if self.first is not None
-                         else self.view_total)
+        self.first = scan.first_pending(self.view, [(job.field, job.provenance) for job in self.jobs],
+                                        self.about_filter())
+        self.presumed = scan.count(self.view, before=self.first) if self.first is not None else self.view_total
 
     def check_measures(self) -> None:
         """The measures' object field, checked before anything is loaded or written."""
         field = self.options.measures.object_field if self.options.measures is not None else None
         if not field:
             return
-        found = self.dataset.get_field(field)
-        if found is None:
-            raise StoreError(f"no field {field!r} in {self.dataset.name!r} to take the objects from")
-        self.object_kind = object_kind(getattr(found, "document_type", None) or type(found))
+        self.object_kind = store.datasets.object_field_kind(self.dataset, field)
         if self.object_kind == "segmentation":
             self.object_names = store.datasets.mask_targets(self.dataset, field)
 
@@ -440,7 +362,7 @@ class BatchRun:
         segments = [] if self.first is None else [({"$gte": self.first}, False)]
         segments.append(({"$lt": self.first} if self.first is not None else None, True))
         for bounds, presumed in segments:
-            for page in _pages(self.view, self.dataset, fields, PAGE_SIZE, bounds):
+            for page in scan.pages(self.view, self.dataset, fields, PAGE_SIZE, bounds):
                 for row in page:
                     self.paged += 1
                     if presumed:
@@ -455,7 +377,7 @@ class BatchRun:
         for sid, path, docs in self.rows():
             labels, abouts = docs[:n], (docs[n:2 * n] if self.measuring else [about] * n)
             left = [job for job, doc, said in zip(self.jobs, labels, abouts, strict=True)
-                    if not _stored_done(doc, job.provenance) or said != about]
+                    if not scan.stored_done(doc, job.provenance) or said != about]
             if not left:
                 self.report.skipped += 1
                 continue
@@ -702,13 +624,13 @@ class BatchRun:
         return progress
 
 
-def run_batch(view: fo.Dataset | fo.DatasetView, options: BatchOptions, *, progress: BatchProgress | None = None,
+def run_batch(view: Collection, options: BatchOptions, *, progress: BatchProgress | None = None,
               cancel: threading.Event | None = None) -> BatchReport:
     """Compute and store heatmaps for every sample of a view; see the module docstring."""
     return BatchRun(view, options, progress, cancel).run()
 
 
-def box_batches(view: fo.Dataset | fo.DatasetView, options: BatchOptions, box: str | None) -> list[BatchOptions]:
+def box_batches(view: Collection, options: BatchOptions, box: str | None) -> list[BatchOptions]:
     """A detector's batch as one run per box rule (camcore.detection.expand_batch_rule: top:<k>
     is k fields, field:<f>[:<class>] one field per box index); any other model's: [options].
     TargetError (one line) for a box rule on a classifier or a segmenter."""
@@ -725,7 +647,7 @@ def box_batches(view: fo.Dataset | fo.DatasetView, options: BatchOptions, box: s
     return [dataclasses.replace(options, target_rule=r) for r in rules]
 
 
-def run_batches(view: fo.Dataset | fo.DatasetView, runs: Sequence[BatchOptions], *,
+def run_batches(view: Collection, runs: Sequence[BatchOptions], *,
                 progress: BatchProgress | None = None, cancel: threading.Event | None = None) -> BatchReport:
     """run_batch for each options in turn (a detector's box rules), one report: done and skipped
     count a sample once per run; each run resumes on its own fields."""

@@ -302,7 +302,6 @@ def _throttled(args: argparse.Namespace, what: str, every: float = 2.0):
 def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> list[dict]:
     """Each heatmap as float32 .npy (image H x W, 0..1) and an overlay PNG; a segmentation model
     also gets its predicted mask. Returns one record per heatmap."""
-    import threading
 
     import cv2
     import numpy as np
@@ -317,22 +316,13 @@ def write_outputs(result, image, out_dir: Path, alpha: float, colormap: str) -> 
         raise CamError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
 
     def write_atomic(path: Path, data: bytes) -> None:
-        # Beside the target, then a rename: a full disk or a kill never leaves a 0-byte or
-        # half-written file under the final name (cv2.imwrite returns True on a full disk).
+        from camcore import files
         from camcore.errors import CamError
 
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            files.write_bytes(path, data)
         except OSError as exc:
             raise CamError(f"Cannot write {path}: {exc.strerror or exc}") from exc
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     def write_png(path: Path, rgb: np.ndarray) -> None:
         from camcore.errors import CamError

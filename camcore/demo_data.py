@@ -9,7 +9,6 @@ import importlib.util
 import os
 import shutil
 import socket
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import fiftyone as fo
 from PIL import Image
 
-from camcore import paths
+from camcore import files, paths
 from camcore.errors import CamError, StoreError, first_line
 
 DEMO_DATASET_NAME = "cam-explorer-demo"
@@ -78,18 +77,11 @@ def _materialise(item: DemoImage, media_dir: Path) -> Path:
     if dest.is_file():
         return dest
     src = _source_path(item)
-    fd, tmp = tempfile.mkstemp(dir=media_dir, prefix=".tmp-", suffix=dest.suffix)
-    os.close(fd)
-    try:
-        with Image.open(src) as im:
-            if im.format == "JPEG" and im.mode == "RGB" and dest.suffix == ".jpg":
-                shutil.copyfile(src, tmp)  # already plain RGB JPEG: no lossy re-encode
-            else:
-                _to_rgb(im).save(tmp, format="PNG" if dest.suffix == ".png" else "JPEG", quality=95)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with files.replacing(dest) as tmp, Image.open(src) as im:
+        if im.format == "JPEG" and im.mode == "RGB" and dest.suffix == ".jpg":
+            shutil.copyfile(src, tmp)  # already plain RGB JPEG: no lossy re-encode
+        else:
+            _to_rgb(im).save(tmp, format="PNG" if dest.suffix == ".png" else "JPEG", quality=95)
     return dest
 
 

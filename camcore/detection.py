@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torchvision
 
+from camcore.class_names import class_index
 from camcore.errors import TargetError
 
 DEFAULT_THRESHOLD = 0.5
@@ -184,8 +185,6 @@ class Chosen:
 
 
 def _class_label(names: Sequence[str], text: str) -> int:
-    from camcore.targets import class_index
-
     try:
         return class_index(tuple(names), text)
     except TargetError:

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fiftyone as fo
-
 from camcore import paths, store
 from camcore import weights as weights_mod
 from camcore.batch import BatchOptions, BatchReport, declare_fields, run_batch
 from camcore.errors import CamError, first_line
 from camcore.progress import BatchProgress, Meter
+from camcore.store import scan
+from camcore.store.scan import Collection, Shards, database_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 # Environment the workers need to see what the driver sees (a remote node has its own).
@@ -52,17 +52,6 @@ class DistributedReport(BatchReport):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "workers": self.workers}
-
-
-def database_uri() -> str:
-    """The MongoDB the workers must use: FIFTYONE_DATABASE_URI, else the one this process uses."""
-    uri = fo.config.database_uri
-    if uri:
-        return uri
-    import fiftyone.core.odm.database as fod
-
-    host, port = fod.get_db_client().address
-    return f"mongodb://{host}:{port}"
 
 
 def _host_of(address: str) -> str:
@@ -115,9 +104,9 @@ class _Worker:
         if self.cancel_event.is_set():
             return BatchReport(cancelled=True).to_dict()
         self.shards += 1
-        dataset = fo.load_dataset(dataset_name)
+        dataset = store.load_dataset(dataset_name)
         store.refresh_schema(dataset)  # the driver declared fields after this process may have cached the dataset
-        view = shard_view(fo.DatasetView._build(dataset, stages), *bounds)
+        view = scan.id_range(scan.view_from_stages(dataset, stages), *bounds)
         report = run_batch(view, dataclasses.replace(options, device=self.device), cancel=self.cancel_event)
         self.done += report.done
         return report.to_dict()
@@ -219,7 +208,7 @@ def _have_auth_token() -> bool:
 
 
 def run_batch_distributed(
-    dataset_or_view: fo.Dataset | fo.DatasetView,
+    dataset_or_view: Collection,
     options: BatchOptions,
     workers: int = 2,
     address: str | None = None,
@@ -247,15 +236,14 @@ def run_batch_distributed(
     options = dataclasses.replace(options, device=None, heatmap_dir=str(folder))
     # Workers get the view itself (its stages) and an _id range each, never lists of ids: the
     # driver reads one boundary id per shard, as shards are handed out.
-    view = dataset_or_view if isinstance(dataset_or_view, fo.DatasetView) else dataset_or_view.view()
-    stages = view._serialize(include_uuids=False)
-    total = view.count()  # one server-side count, for progress and the shard size
+    stages = scan.view_stages(dataset_or_view)
+    total = scan.count(dataset_or_view)  # one server-side count, for progress and the shard size
     chunk = options.chunk
     size = shard_size or max(chunk, min(8 * chunk, math.ceil(total / (4 * workers)) or 1))
     report = DistributedReport()
     if not total:
         return report
-    shards = Shards(view, size)
+    shards = Shards(dataset_or_view, size)
 
     if _is_client(address) and _have_auth_token():
         # Ray >= 2.59 clusters require their token; the Ray Client sends it only in token mode,
@@ -295,45 +283,6 @@ def _worker_shape(resources: dict, workers: int) -> tuple[int, int, int]:
         return 1, 1, min(workers, total_gpus)
     count = min(workers, total_cpus)
     return 0, max(1, total_cpus // count), count
-
-
-def shard_view(view: fo.DatasetView, lo: str | None, hi: str | None) -> fo.DatasetView:
-    """The samples of the view with lo < _id <= hi (None: no bound)."""
-    from bson import ObjectId
-
-    bounds = {**({"$gt": ObjectId(lo)} if lo else {}), **({"$lte": ObjectId(hi)} if hi else {})}
-    return view.match({"_id": bounds}) if bounds else view
-
-
-class Shards:
-    """The view cut into _id ranges of `size` samples, each boundary found when the shard is handed
-    out (one indexed query that returns one id): (lo, hi] with None for an open end."""
-
-    def __init__(self, view: fo.DatasetView, size: int) -> None:
-        self.view, self.size = view, max(1, int(size))
-        self.lo: str | None = None
-        self.finished = False
-
-    def next(self) -> tuple[str | None, str | None] | None:
-        if self.finished:
-            return None
-        rest = shard_view(self.view, self.lo, None).sort_by("_id", create_index=False)
-        ends = rest.skip(self.size - 1).limit(1).values("id")
-        if not ends:  # fewer than `size` left: the last shard runs to the end, if anything is left
-            self.finished = True
-            return (self.lo, None) if rest.limit(1).values("id") else None
-        shard = (self.lo, ends[0])
-        self.lo = ends[0]
-        return shard
-
-    def ids(self, shard: tuple[str | None, str | None]) -> list[str]:
-        """The ids of one shard (at most `size`; for reporting a lost shard)."""
-        return shard_view(self.view, *shard).values("id")
-
-    def rest_ids(self) -> list[str]:
-        """The ids of the samples not handed out yet (reported when no worker is left)."""
-        self.finished = True
-        return shard_view(self.view, self.lo, None).values("id")
 
 
 def _dispatch(ray, actors, dataset_name: str, stages: list[dict], shards: Shards, options: BatchOptions,

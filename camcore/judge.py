@@ -1,4 +1,4 @@
-"""Judging heatmaps across samples: where does the model look for one class, object or background?
+"""Across samples: rank a view by where the model looks for one class (object or background?).
 
 For each sample: a pass for the class (images stacked into batched passes), one heatmap, the
 object's mask (a ground-truth segmentation mask or boxes from a label field when given, else the

@@ -24,8 +24,8 @@ import torch
 
 from camcore import judge, metrics
 from camcore.engine import Explainer
-from camcore.errors import StoreError
 from camcore.results import Heatmap
+from camcore.store.datasets import stored_mask
 
 
 @dataclass(frozen=True)
@@ -63,18 +63,6 @@ class ObjectLabel:
     names: dict[int, str] | None = None  # mask value -> class name
 
 
-def object_kind(doc_type: Any) -> str:
-    """"detections" | "segmentation" for a label type; StoreError (one line) for any other."""
-    import fiftyone as fo
-
-    if doc_type is fo.Detections:
-        return "detections"
-    if doc_type is fo.Segmentation:
-        return "segmentation"
-    name = getattr(doc_type, "__name__", None) or "something else"
-    raise StoreError(f"the object field must hold Segmentation masks or Detections boxes, not {name}")
-
-
 def object_label(kind: str, doc: dict | None, names: dict[int, str]) -> ObjectLabel | None:
     """An ObjectLabel from a label stored as a dict (values(_raw=True) / a raw find); None when absent."""
     if not isinstance(doc, dict):
@@ -83,12 +71,7 @@ def object_label(kind: str, doc: dict | None, names: dict[int, str]) -> ObjectLa
         boxes = tuple((str(d.get("label")), tuple(float(v) for v in d["bounding_box"]))
                       for d in doc.get("detections") or [] if d.get("bounding_box"))
         return ObjectLabel(kind, boxes=boxes)
-    import fiftyone as fo
-
-    from camcore.store.datasets import read_mask
-
-    seg = fo.Segmentation.from_dict({k: v for k, v in doc.items() if k != "_id"})
-    mask = read_mask(seg)
+    mask = stored_mask(doc)
     return None if mask is None else ObjectLabel(kind, mask=mask, names=names)
 
 

@@ -1,4 +1,4 @@
-"""Judging a heatmap: does the model rely on what it highlights, and is that the object?
+"""Scores of one heatmap: does the model rely on what it highlights, and is that the object?
 
 Faithfulness comes from pytorch_grad_cam.metrics (the reference), run on the model's input:
   - confidence change when the image is multiplied by the map, and by one minus the map

@@ -36,7 +36,7 @@ import torch
 from camcore import paths
 from camcore import weights as weights_mod
 from camcore.errors import CamError, first_line
-from camcore.models import DETECTOR_LAYOUTS, LayerSpec, ModelSpec, SegmentationOutput, detector_layers
+from camcore.model_spec import DETECTOR_LAYOUTS, LayerSpec, ModelSpec, SegmentationOutput, SkippedEntry, detector_layers
 from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 ENV = "CAM_EXPLORER_MODELS"
@@ -49,22 +49,6 @@ BACKGROUND = "__background__"  # a torchvision detector's class 0
 
 class EntryError(CamError):
     """One entry of the models file is unusable; the message says why, in one line."""
-
-
-@dataclass(frozen=True)
-class SkippedEntry:
-    """An entry of the models file that was not added, and why."""
-
-    key: str  # the entry's key, or "(file)" when the file itself cannot be read
-    reason: str  # one line
-    source: str  # the models file
-
-    def __str__(self) -> str:
-        what = "the models file" if self.key == "(file)" else f"model '{self.key}'"
-        return f"{what} ({self.source}) skipped: {self.reason}"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"key": self.key, "reason": self.reason, "source": self.source, "message": str(self)}
 
 
 def models_file_path() -> Path | None:

@@ -11,90 +11,14 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from camcore import model_file
 from camcore import weights as weights_mod
 from camcore.errors import ModelError
+from camcore.model_spec import LayerSpec, ModelSpec, SegmentationOutput, SkippedEntry, detector_layers
 from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-
-if TYPE_CHECKING:
-    from camcore.model_file import SkippedEntry
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    name: str  # what the user sees, e.g. "layer4"
-    path: str  # dotted module path inside the model, e.g. "backbone.layer4"
-    key: str = ""  # a module whose output is a dict (a detector's FPN): the entry this layer is
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    key: str
-    label: str
-    task: str  # "classification" | "segmentation" | "detection"
-    family: str  # "cnn" | "vit": decides reshape transform and ablation layer
-    build: Callable[[], torch.nn.Module]  # the architecture with random weights, no download
-    weights: weights_mod.WeightsSource
-    preprocess: Preprocess
-    class_names: Callable[[], tuple[str, ...]]
-    layers: tuple[LayerSpec, ...]
-    default_layer: str
-    description: str = ""
-    patch_size: int = 16  # ViT only: tokens form a (H/patch) x (W/patch) grid
-    arch: str = ""  # "timm:<name>" | "torchvision:<builder>": named in every heatmap's provenance
-    source: str = "built-in"  # or the models file the entry comes from
-    classes_file: str = ""  # where the class names come from (a models file's classes file)
-    # Changes whenever a models-file entry changes (its settings, checkpoint or classes): the model
-    # cache builds the model again instead of serving the old one under the same key.
-    fingerprint: str = ""
-
-    def input_size(self, requested: int | None = None) -> int:
-        """The size the model runs at: a request only changes short-side (segmentation) models;
-        square models (classifiers, ViTs) always see their own size."""
-        p = self.preprocess
-        return int(requested) if (requested and p.mode == "short_side") else int(p.size)
-
-    def layer(self, name: str) -> LayerSpec:
-        for spec in self.layers:
-            if spec.name == name or spec.path == name:
-                return spec
-        for spec in self.layers:  # "Layer4", "HEAD": layer names never differ only in case
-            if str(name).strip().lower() in (spec.name.lower(), spec.path.lower()):
-                return spec
-        names = ", ".join(s.name for s in self.layers)
-        raise ModelError(f"Model '{self.key}' has no layer '{name}'. Its layers: {names}.")
-
-    def to_dict(self) -> dict:
-        return {
-            "key": self.key,
-            "label": self.label,
-            "task": self.task,
-            "family": self.family,
-            "layers": [s.name for s in self.layers],
-            "layer_paths": {s.name: s.path for s in self.layers},
-            "default_layer": self.default_layer,
-            "input": {"mode": self.preprocess.mode, "size": self.preprocess.size},
-            "weights": self.weights.describe(),
-            "num_classes": len(self.class_names()),
-            "description": self.description,
-            "arch": self.arch,
-            "source": self.source,
-            "classes_file": self.classes_file,
-        }
-
-
-class SegmentationOutput(torch.nn.Module):
-    """torchvision segmentation models return a dict; CAM targets need the `out` tensor."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]
 
 
 @functools.cache
@@ -191,36 +115,6 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
     )
 }
 
-def _fpn_layers(stages: tuple[tuple[str, str], ...], levels: tuple[str, ...]) -> tuple[LayerSpec, ...]:
-    """A detector's layers: backbone stages, the FPN's levels fused ("fpn", pytorch-grad-cam's
-    tutorial's choice) and each level alone ("fpn_<key>")."""
-    return (tuple(LayerSpec(name, path) for name, path in stages) + (LayerSpec("fpn", "backbone"),)
-            + tuple(LayerSpec(f"fpn_{k}", "backbone", key=k) for k in levels))
-
-
-_RESNET_STAGES = tuple((f"layer{i}", f"backbone.body.layer{i}") for i in range(1, 5))
-_MOBILENET_STAGES = tuple((f"stage{i}", f"backbone.body.{i}") for i in (3, 6, 12, 16))
-_RCNN_LEVELS, _RETINA_LEVELS = ("0", "1", "2", "3", "pool"), ("0", "1", "2", "p6", "p7")
-# torchvision detection builder -> (backbone stages (name, module path), the FPN's level keys).
-# The built-in models and the models file's detection entries both read it.
-DETECTOR_LAYOUTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
-    "fasterrcnn_resnet50_fpn": (_RESNET_STAGES, _RCNN_LEVELS),
-    "fasterrcnn_resnet50_fpn_v2": (_RESNET_STAGES, _RCNN_LEVELS),
-    "fasterrcnn_mobilenet_v3_large_fpn": (_MOBILENET_STAGES, ("0", "1", "pool")),
-    "fasterrcnn_mobilenet_v3_large_320_fpn": (_MOBILENET_STAGES, ("0", "1", "pool")),
-    "retinanet_resnet50_fpn": (_RESNET_STAGES[1:], _RETINA_LEVELS),
-    "retinanet_resnet50_fpn_v2": (_RESNET_STAGES[1:], _RETINA_LEVELS),
-    "fcos_resnet50_fpn": (_RESNET_STAGES[1:], _RETINA_LEVELS),
-    "ssdlite320_mobilenet_v3_large": ((("features0", "backbone.features.0"), ("features1", "backbone.features.1")),
-                                      ("0", "1", "2", "3", "4", "5")),
-}
-
-
-def detector_layers(builder: str) -> tuple[LayerSpec, ...]:
-    """The layers of a torchvision detection builder (DETECTOR_LAYOUTS); KeyError for others."""
-    return _fpn_layers(*DETECTOR_LAYOUTS[builder])
-
-
 def _detector(key: str, label: str, enum: str, size: int, note: str) -> ModelSpec:
     from camcore import detection
 
@@ -269,8 +163,6 @@ class _Registry(Mapping):
         self._skipped: list[SkippedEntry] = []
 
     def _current(self) -> dict[str, ModelSpec]:
-        from camcore import model_file
-
         path = model_file.models_file_path()
         with self._lock:
             if self._loaded_from is None or self._loaded_from != ("path", path):
@@ -278,15 +170,11 @@ class _Registry(Mapping):
             return {**self._builtin, **self._file}
 
     def _read(self, path: Path | None) -> None:
-        from camcore import model_file
-
         with self._lock:
             self._file, self._skipped = model_file.load(path, reserved=tuple(self._builtin))
             self._loaded_from = ("path", path)
 
     def reload(self) -> list[SkippedEntry]:
-        from camcore import model_file
-
         self._read(model_file.models_file_path())
         return list(self._skipped)
 
@@ -401,7 +289,7 @@ class LoadedModel:
                 "classes_file": self.spec.classes_file}
 
     @property
-    def identity(self) -> tuple[str, str, str, str]:
+    def version(self) -> tuple[str, str, str, str]:
         """Tells two loads of one key apart (a changed models-file entry, a replaced weights file):
         key it into caches of derived results (explainers) next to the model key."""
         return (self.spec.key, self.spec.fingerprint, self.weights.sha256, self.weights.label)
@@ -416,12 +304,12 @@ _cache_lock = threading.Lock()
 _key_locks: dict[tuple[str, str, str], threading.Lock] = {}
 
 
-def weights_identity(key: str, weights: str = "auto") -> tuple[str, str]:
-    """(the spec's fingerprint, the weights' identity) for load_model(key, weights): it changes when
+def load_version(key: str, weights: str = "auto") -> tuple[str, str]:
+    """(the spec's fingerprint, the weights' content key) for load_model(key, weights): it changes when
     the models-file entry or the weights file behind the choice changes (content hash, cached by
     path, size and mtime). A cache of loaded models outside camcore (st.cache_resource) keys on it."""
     spec = get_spec(key)
-    return spec.fingerprint, weights_mod.identity(spec.weights, weights)
+    return spec.fingerprint, weights_mod.content_key(spec.weights, weights)
 
 
 def load_model(key: str, weights: str = "auto", device: str | torch.device | None = None) -> LoadedModel:
@@ -436,7 +324,7 @@ def load_model(key: str, weights: str = "auto", device: str | torch.device | Non
     cache_key = (key, str(weights), str(dev))
     # A weights file replaced at the same path, or a changed models-file entry, is not served
     # from the cache: what the choice resolves to now is compared with what was loaded.
-    ident = (spec.fingerprint, weights_mod.identity(spec.weights, weights))
+    ident = (spec.fingerprint, weights_mod.content_key(spec.weights, weights))
     with _cache_lock:
         hit = _cache.get(cache_key)
         if hit is not None and hit[0] == ident:

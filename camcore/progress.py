@@ -68,22 +68,29 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def eta_text(seconds: float | None, estimate: bool = False) -> str:
+    """The one way every progress text says the time left: "ETA 40 s", "ETA 5.8 h" (never
+    "348.8 min"), "ETA ?" when unknown; estimate: a guess made before any work was measured."""
+    if seconds is None:
+        return "ETA ?"
+    return f"ETA {duration(max(0.0, seconds))}" + (" (estimate)" if estimate else "")
+
+
 def rate_line(done: int, total: int, started: float, noun: str = "samples") -> str:
-    """``16 of 50 samples · 0.35/s · about 1 min left`` from the work done since `started`
+    """``16 of 50 samples · 0.35/s · ETA 1 min`` from the work done since `started`
     (a time.perf_counter()); no rate before the first one is done."""
     elapsed = time.perf_counter() - started
     said = f"{done:,} of {total:,} {noun}"
     if done <= 0 or elapsed <= 0:
         return said
     rate = done / elapsed
-    return f"{said} · {rate:.2f}/s · about {duration((total - done) / rate)} left"
+    return f"{said} · {rate:.2f}/s · {eta_text((total - done) / rate)}"
 
 
 def line(done: int, total: int, rate: float, eta: float | None, message: str) -> str:
     """``done/total (rate/s, ETA n s): message``, the CLI's progress line: counts as 24,792, the ETA
-    as :func:`duration` says it (5.8 h, not 348.8 min), like the Batch page."""
-    eta_text = duration(eta) if eta is not None else "?"
-    return f"{done:,}/{total:,} ({rate:.2f}/s, ETA {eta_text}): {message}"
+    as :func:`eta_text` says it, like the Batch page and the App's runs."""
+    return f"{done:,}/{total:,} ({rate:.2f}/s, {eta_text(eta)}): {message}"
 
 
 def printer(write: Callable[[str], None], interval: float = 1.0) -> BatchProgress:

@@ -1,13 +1,12 @@
 """What to explain: the prediction, the target class, and pytorch-grad-cam's target object."""
 from __future__ import annotations
 
-import difflib
-
 import cv2
 import numpy as np
 import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 
+from camcore.class_names import class_index
 from camcore.errors import TargetError
 from camcore.results import ClassScore, Prediction, Target
 
@@ -19,34 +18,6 @@ PREFERRED_SEGMENTATION_CLASS = "person"  # the article's default when it is in t
 # the target part of the batch's field names and each label's `target_request` attribute.
 TargetRule = str
 PREDICTED: TargetRule = "predicted"
-
-
-def class_index(names: tuple[str, ...], requested: str | int) -> int:
-    """A class by index, by name (exact, else case-insensitive when that is unambiguous) or as
-    'index:name' (the name must be that index's)."""
-    if isinstance(requested, (int, np.integer)):
-        if 0 <= int(requested) < len(names):
-            return int(requested)
-        raise TargetError(f"Class index {requested} is out of range: this model has {len(names)} classes.")
-    text = " ".join(str(requested).split())
-    head, sep, tail = text.partition(":")
-    if head.strip().isdigit():
-        index = class_index(names, int(head))
-        if sep and tail.strip() and tail.strip().lower() != names[index].lower():
-            raise TargetError(f"Class {index} is '{names[index]}', not '{tail.strip()}'.")
-        return index
-    if text in names:  # ImageNet has both 'Cardigan' (a dog) and 'cardigan' (a sweater)
-        return names.index(text)
-    lowered = [n.lower() for n in names]
-    matches = [i for i, n in enumerate(lowered) if n == text.lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        spelled = " or ".join(f"'{names[i]}' ({i})" for i in matches)
-        raise TargetError(f"Class '{text}' is ambiguous: {spelled}; give the exact name or the index.")
-    close = difflib.get_close_matches(text.lower(), lowered, n=3, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(names[lowered.index(c)] for c in close)}?" if close else ""
-    raise TargetError(f"Unknown class '{text}' for this model ({len(names)} classes).{hint}")
 
 
 def target_rule(names: tuple[str, ...], requested: str | int | None) -> TargetRule:

@@ -47,6 +47,44 @@ def weights_dir() -> Path:
     return Path(home).expanduser() / "weights"
 
 
+@dataclass(frozen=True)
+class WeightsChoice:
+    """One weights option a user can pick, said three ways."""
+
+    value: str  # what load_model and run_batch take: "auto", "untrained" or the file's path
+    label: str  # what a picker shows: "pretrained (auto)", "file: r18.pth", "untrained (random weights)"
+    name: str  # what a link or a form says: "auto", "untrained" or the file's name
+
+
+AUTO_LABEL, UNTRAINED_LABEL = "pretrained (auto)", "untrained (random weights)"
+
+
+def choices() -> list[WeightsChoice]:
+    """The weights on offer everywhere (the explorer's picker, links, the App's form): auto, each
+    weights file in the weights folder, untrained. Only that folder's files: no widget, link or form
+    ever makes the server open a path someone typed."""
+    offered = [WeightsChoice(AUTO, AUTO_LABEL, AUTO)]
+    folder = weights_dir()
+    if folder.is_dir():
+        offered += [WeightsChoice(str(f), f"file: {f.name}", f.name) for f in sorted(folder.iterdir())
+                    if f.is_file() and f.suffix in WEIGHT_SUFFIXES]
+    return offered + [WeightsChoice(UNTRAINED, UNTRAINED_LABEL, UNTRAINED)]
+
+
+def find_choice(text: str | None, offered: list[WeightsChoice] | None = None) -> WeightsChoice | None:
+    """The choice a value, a name or a label means (None: not on offer); empty means auto."""
+    wanted = str(text or AUTO).strip()
+    for choice in offered if offered is not None else choices():
+        if wanted in (choice.value, choice.name, choice.label):
+            return choice
+    return None
+
+
+def link_name(value: str) -> str:
+    """A weights value as a link says it: the file's name for a file of the weights folder."""
+    return value if value in (AUTO, UNTRAINED) else Path(value).name
+
+
 _online_cache: dict[str, tuple[float, bool]] = {}
 
 
@@ -356,7 +394,7 @@ def resolve(source: WeightsSource, choice: str = AUTO) -> ResolvedWeights:
     raise _unavailable(source)
 
 
-def identity(source: WeightsSource, choice: str = AUTO) -> str:
+def content_key(source: WeightsSource, choice: str = AUTO) -> str:
     """What the weights a choice resolves to are, without reading them into tensors: "untrained",
     "sha256:<hex>" of the file that would be read (chosen, or found locally), or "download".
     The model cache compares it, so a file replaced at the same path is loaded again."""

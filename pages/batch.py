@@ -5,7 +5,7 @@ import uuid
 
 import streamlit as st
 
-from camcore import batch, methods, models
+from camcore import methods, models
 from ui import batch_runs, page, widgets
 from ui.sidebar import Selection
 from ui.state import Batch
@@ -30,19 +30,18 @@ def main(sel: Selection) -> None:
         help="(slow): one forward per channel of the layer, or a kernel PCA, for every sample.")
     chosen_layers = widgets.sticky_multiselect(c2, "Layers", [s.name for s in spec.layers], [spec.default_layer],
                                                Batch.layers(spec.key))
-    named = c3.radio("Target", [batch.PREDICTED, "a named class"], key=Batch.RULE,
+    named = c3.radio("Target", [batch_runs.PREDICTED, "a named class"], key=Batch.RULE,
                      help="predicted: each sample's own top class (one field; each label stores its class).")
-    target_rule = batch.PREDICTED
-    if named != batch.PREDICTED:
+    target_rule = batch_runs.PREDICTED
+    if named != batch_runs.PREDICTED:
         target_rule = c3.selectbox("Class", list(spec.class_names()), key=Batch.target_class(spec.key))
     eigen_smooth = c3.toggle("eigen_smooth", key=Batch.EIGEN)
     measures = batch_runs.measure_controls(sel.dataset)
     if not chosen_methods or not chosen_layers:
         st.info("Choose at least one method and one layer.")
         return
-    options = batch.BatchOptions(model=spec.key, weights=sel.weights, methods=tuple(chosen_methods),
-                                 layers=tuple(chosen_layers), target_rule=target_rule, eigen_smooth=eigen_smooth,
-                                 input_size=sel.input_size, measures=measures).checked()
+    options = batch_runs.options(sel, spec.key, tuple(chosen_methods), tuple(chosen_layers), target_rule, eigen_smooth,
+                                 measures)
     fields = options.field_names()
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
                (" with their measures (`camm_<measure>_…`)" if measures else "") +

@@ -6,7 +6,18 @@ import contextlib
 import streamlit as st
 
 from camcore import methods, metrics, overlay
-from ui import boxes, compare, compute, page, text, urlstate, widgets
+from ui import (
+    boxes,
+    compare_grid,
+    compare_ranking,
+    compare_road,
+    compare_studies,
+    compute,
+    page,
+    text,
+    urlstate,
+    widgets,
+)
 from ui.sidebar import Selection
 from ui.state import Compare
 
@@ -14,14 +25,15 @@ from ui.state import Compare
 def main(sel: Selection) -> None:
     st.markdown(f"#### Compare layers and methods · {text.escape(sel.label)}")
     s1, s2 = st.columns(2)
-    for col, key in zip((s1, s2), compare.STUDIES, strict=True):
-        col.button(compare.study_label(key), key=Compare.study(key), on_click=compare.apply_study, args=(key,),
-                   width="stretch", help="Sets the model, layers, methods and smoothing, and runs every map at "
-                                         "once, slow ones included (the time is that of its last run here).")
-    compare.show_study_note()
+    for col, key in zip((s1, s2), compare_studies.STUDIES, strict=True):
+        col.button(compare_studies.study_label(key), key=Compare.study(key), on_click=compare_studies.apply_study,
+                   args=(key,), width="stretch",
+                   help="Sets the model, layers, methods and smoothing, and runs every map at once, slow ones "
+                        "included (the time is that of its last run here).")
+    compare_studies.show_study_note()
     loaded = page.model_or_message(sel)
     if loaded is None:  # no weights for this model here: one click to untrained ones
-        compare.untrained_offer(sel)
+        compare_studies.untrained_offer(sel)
         return
     spec = loaded.spec
     shown = page.image_or_message(sel)
@@ -61,7 +73,7 @@ def main(sel: Selection) -> None:
     with st.spinner("Running the model…", show_time=True):
         ex = compute.explainer(loaded, image_key, img, target, aug, sel.input_size)
     pairs = [(m, layer) for layer in layers for m in chosen]
-    study_done = compare.study_go(ex, pairs, eigen)
+    study_done = compare_studies.study_go(ex, pairs, eigen)
     for e in compute.compute(ex, pairs, eigen):
         st.warning(e)
 
@@ -70,16 +82,16 @@ def main(sel: Selection) -> None:
     cmap = o2.selectbox("Colormap", overlay.COLORMAPS, key=Compare.CMAP)
     # the scores and the view's ranking measure a class's score: not defined for a box (yet)
     with_scores = not detector and o3.toggle("Faithfulness scores", value=True, key=Compare.SCORES,
-                                             help=compare.SCORES_HELP)
+                                             help=compare_grid.SCORES_HELP)
     threshold = widgets.sticky(o4.slider, "Background-dominated below", Compare.THRESHOLD,
                                metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
                                help="Share of heatmap mass on the object.")
     # the maps first; scores that would take long wait for a go (with their time on the button)
     scores_go = st.session_state.pop(Compare.SCORES_GO, False)
     with st.spinner("Computing the faithfulness scores…", show_time=True) if scores_go else contextlib.nullcontext():
-        maps = compute.grid(ex, pairs, eigen, with_scores, None if scores_go else compare.SCORES_AUTO_SECONDS)
+        maps = compute.grid(ex, pairs, eigen, with_scores, None if scores_go else compare_grid.SCORES_AUTO_SECONDS)
     if maps.scores_waiting:
-        compare.scores_offer(maps)
+        compare_grid.scores_offer(maps)
     if study_done is not None:
         study_done()
     target_now = maps.result.target
@@ -89,12 +101,12 @@ def main(sel: Selection) -> None:
                f"{text.escape(loaded.weights_label)} · smoothing: {smoothing} (eigen only where the method has it) · "
                + ("object = predicted mask of the target" if maps.mask is not None else
                   "no object mask here (classification: rank the view below with a segmentation or detections field)"))
-    table = compare.grid(img, maps, loaded, layers, chosen, alpha, cmap, threshold)
-    road = compare.road_controls(maps, table, eigen)
+    table = compare_grid.grid(img, maps, loaded, layers, chosen, alpha, cmap, threshold)
+    road = compare_road.road_controls(maps, table, eigen)
     if road is not None:
         if road.go:
-            compare.keep_road(road, compute.road(ex, maps.find(*road.choice), compare.road_progress(road)))
-        compare.road_chart(road)
+            compare_road.keep_road(road, compute.road(ex, maps.find(*road.choice), compare_road.road_progress(road)))
+        compare_road.road_chart(road)
     st.divider()
     if detector:
         st.caption("Faithfulness scores and the view's ranking are for class targets: a detector's box has none yet.")
@@ -104,16 +116,16 @@ def main(sel: Selection) -> None:
 
 def _ranking(sel: Selection, loaded, chosen, layers, names, threshold: float, default_class: int) -> None:
     """Across the view: the controls, the ranking when asked for, the last ranking."""
-    ask = compare.ranking_controls(sel, loaded, chosen, layers, names, default_class)
-    compare.ranking_interrupted()
+    ask = compare_ranking.ranking_controls(sel, loaded, chosen, layers, names, default_class)
+    compare_ranking.ranking_interrupted()
     if ask.go:
-        compare.start_ranking()
-        bar, progress = compare.progress_bar()
-        rows = compute.rank(loaded, compare.rank_items(ask), ask.method, ask.layer, ask.cls, threshold,
+        compare_ranking.start_ranking()
+        bar, progress = compare_ranking.progress_bar()
+        rows = compute.rank(loaded, compare_ranking.rank_items(ask), ask.method, ask.layer, ask.cls, threshold,
                             sel.input_size, progress)
         bar.empty()
-        compare.keep_ranking(ask, rows)
-    compare.ranking_results(sel, loaded, ask, threshold)
+        compare_ranking.keep_ranking(ask, rows)
+    compare_ranking.ranking_results(sel, loaded, ask, threshold)
 
 
 page.serve("compare", main)

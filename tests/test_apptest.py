@@ -11,7 +11,7 @@ import pytest
 from app_support import APP, TIMEOUT, current_sample, open_sample, run
 from streamlit.testing.v1 import AppTest
 
-from ui import sidebar
+from ui import sidebar_look
 
 # numpy overflow and friends in the page are bugs: make them fail the run (they surface as st.error)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
@@ -43,7 +43,7 @@ def test_default_run_shows_the_demo_sample_with_an_overlay(app):
     sample = current_sample(at)
     assert sample in _sample_ids_by_name(at).values()
     assert at.sidebar.selectbox(key="model").value == "efficientnet_lite0"
-    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_AUTO
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar_look.WEIGHTS_AUTO
     assert at.multiselect(key="methods").value == ["gradcam"]
     assert not at.error, [e.value for e in at.error]
     assert not [w.value for w in at.warning if "UNTRAINED" in w.value]  # real (packaged) weights
@@ -109,7 +109,7 @@ def test_deeplab_offline_explains_weights_then_untrained_works(app, monkeypatch,
     assert "untrained (random weights)" in " ".join(i.value for i in at.info)
     assert not _heatmap_captions(at)
 
-    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar_look.WEIGHTS_UNTRAINED)
     _run(at)
     assert not at.error, [e.value for e in at.error]
     assert any("UNTRAINED" in w.value for w in at.warning), [w.value for w in at.warning]
@@ -169,7 +169,7 @@ def test_empty_view_or_empty_dataset_leaves_nothing_to_act_on(app):
         assert not [b for b in at.button if b.key in ("push", "batch_start", "rank_go")]
         # the model and weights controls stay where they were
         assert at.sidebar.selectbox(key="model").value == "efficientnet_lite0"
-        assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_AUTO
+        assert at.sidebar.selectbox(key="weights_choice").value == sidebar_look.WEIGHTS_AUTO
     finally:
         empty.delete()
 
@@ -221,18 +221,18 @@ def test_model_switch_keeps_methods_layers_and_weights_per_model(app, monkeypatc
     at.sidebar.selectbox(key="model").set_value("deit_tiny")
     _run(at)  # no DeiT weights offline: a message, and the page's widgets are not drawn
     assert any("No pretrained weights" in e for e in _texts(at.error)), _texts(at.error)
-    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar_look.WEIGHTS_UNTRAINED)
     _run(at)
     assert at.multiselect(key="methods").value == ["gradcam", "hirescam"]  # those that apply to DeiT
     at.sidebar.selectbox(key="model").set_value("efficientnet_lite0")
     _run(at)
-    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_AUTO  # never chosen here
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar_look.WEIGHTS_AUTO  # never chosen here
     assert not [w for w in _texts(at.warning) if "UNTRAINED" in w]
     assert sorted(at.multiselect(key="methods").value) == ["fullgrad", "gradcam", "hirescam"]
     assert at.multiselect(key="layers_efficientnet_lite0").value == ["head", "stage6"]
     at.sidebar.selectbox(key="model").set_value("deit_tiny")
     _run(at)
-    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_UNTRAINED  # DeiT's own choice
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar_look.WEIGHTS_UNTRAINED  # DeiT's own choice
 
 
 def test_finding_other_without_a_name_and_a_missing_image_say_what_to_do(app, tmp_path):
@@ -286,7 +286,7 @@ def test_a_blank_map_is_said_not_shown_as_an_empty_overlay(app):
     at = app
     at.sidebar.selectbox(key="model").set_value("deit_tiny")
     _run(at)  # no DeiT weights offline: untrained is chosen next, explicitly
-    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar_look.WEIGHTS_UNTRAINED)
     open_sample(at, _sample_ids_by_name(at)["chelsea.png"])
     _run(at)
     assert any("BLANK" in c for c in _heatmap_captions(at)), _heatmap_captions(at)

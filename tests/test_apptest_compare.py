@@ -6,7 +6,7 @@ from app_support import APP, TIMEOUT, run, start
 from fiftyone import ViewField as F
 from streamlit.testing.v1 import AppTest
 
-from ui import sidebar
+from ui import sidebar_look
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
 
@@ -90,7 +90,7 @@ def test_layer_progression_study_opens_a_person_and_offers_untrained_weights(mon
     assert any("No pretrained weights" in e.value for e in at.error), [e.value for e in at.error]
     at.button(key="use_untrained").click()
     _run(at)
-    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_UNTRAINED
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar_look.WEIGHTS_UNTRAINED
     at.sidebar.select_slider(key="input_size").set_value(256)
     _run(at)
     assert not at.error, [e.value for e in at.error]
@@ -112,7 +112,7 @@ def test_layer_progression_study_opens_a_person_and_offers_untrained_weights(mon
     _run(at)
     assert current_sample(at) == opened
     assert any("The open sample's labels name 'person'" in i.value for i in at.info), [i.value for i in at.info]
-    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_UNTRAINED  # kept
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar_look.WEIGHTS_UNTRAINED  # kept
 
 
 def test_a_study_where_no_sample_names_its_class_says_so_and_stays(monkeypatch, tmp_path):
@@ -138,21 +138,21 @@ def test_a_study_where_no_sample_names_its_class_says_so_and_stays(monkeypatch, 
 def test_all_methods_study_keeps_untrained_weights_and_shows_the_smoothing_it_computed(monkeypatch, tmp_path):
     """#17 items 1 and 3: an explicit untrained choice survives the study (no offline failure); the
     eigen_smooth and aug_smooth switches show what the grid computed, and every map says so."""
-    from ui import compare
+    from ui import compare_studies
 
     monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     # Two fast methods instead of the article's eight (Score-CAM and Ablation-CAM with aug_smooth take
     # minutes on a small CPU): the wiring is the same.
-    monkeypatch.setitem(compare.STUDIES["all_methods"], "methods", ["gradcam", "gradcam++"])
+    monkeypatch.setitem(compare_studies.STUDIES["all_methods"], "methods", ["gradcam", "gradcam++"])
     at = _open("pages/compare.py")
-    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar_look.WEIGHTS_UNTRAINED)
     _run(at)
     assert at.toggle(key="cmp_eigen").value is False and at.toggle(key="cmp_aug").value is False
     at.button(key="study_all_methods").click()
     _run(at)
     assert at.sidebar.selectbox(key="model").value == "deit_tiny"
-    assert at.sidebar.selectbox(key="weights_choice").value == sidebar.WEIGHTS_UNTRAINED
+    assert at.sidebar.selectbox(key="weights_choice").value == sidebar_look.WEIGHTS_UNTRAINED
     assert not at.error, [e.value for e in at.error]
     assert at.toggle(key="cmp_eigen").value is True and at.toggle(key="cmp_aug").value is True
     assert at.multiselect(key="cmp_methods").value == ["gradcam", "gradcam++"]
@@ -184,14 +184,16 @@ def test_relative_change_helper():
     assert (f.keep_relative, f.remove_relative) == (pytest.approx(-0.12), pytest.approx(-0.85))
 
 
-def test_grid_rows_wrap_and_a_map_opens_full_size():
+def test_grid_rows_wrap_and_a_map_opens_full_size(monkeypatch):
     """#17 item 9: at most CELLS_PER_LINE maps side by side (more wrap to the next line), one map
     alone does not fill the page, and an Enlarge button per map opens it full size in a dialog."""
-    from ui import compare
+    from ui import compare_grid
 
-    assert compare._lines(list("abcdefgh")) == ([list("abcd"), list("efgh")], 4)
-    assert compare._lines(list("abcde")) == ([list("abcd"), list("e")], 4)
-    assert compare._lines(["a"]) == ([["a"]], 2)
+    # every cell's scores at once, whatever the machine's load (past 5 s they wait for a go)
+    monkeypatch.setattr(compare_grid, "SCORES_AUTO_SECONDS", 1e9)
+    assert compare_grid._lines(list("abcdefgh")) == ([list("abcd"), list("efgh")], 4)
+    assert compare_grid._lines(list("abcde")) == ([list("abcd"), list("e")], 4)
+    assert compare_grid._lines(["a"]) == ([["a"]], 2)
     at = _open("pages/compare.py")
     for m in ("gradcam++", "xgradcam", "layercam", "eigencam"):
         at.multiselect(key="cmp_methods").select(m)
@@ -332,17 +334,17 @@ def test_a_study_button_is_the_go_for_its_slow_maps_and_shows_its_time(monkeypat
     """Issue 23 bug 6: the DeiT study asked for a second go ("Run all 2 (~22 s)") after its own
     button was clicked. The click runs every map of the study, slow ones included, and the button
     then carries the time the study took."""
-    from ui import compare, compute
+    from ui import compare_studies, compute
 
     monkeypatch.setenv("CAM_EXPLORER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(compute, "AUTO_SECONDS", 0.0)  # every slow map waits for a go
-    compare._study_seconds.clear()  # process-wide: another test's study run would show its time
-    monkeypatch.setitem(compare.STUDIES["all_methods"], "methods", ["gradcam", "scorecam"])
-    monkeypatch.setitem(compare.STUDIES["all_methods"], "aug", False)
-    monkeypatch.setitem(compare.STUDIES["all_methods"], "eigen", False)
+    compare_studies._study_seconds.clear()  # process-wide: another test's study run would show its time
+    monkeypatch.setitem(compare_studies.STUDIES["all_methods"], "methods", ["gradcam", "scorecam"])
+    monkeypatch.setitem(compare_studies.STUDIES["all_methods"], "aug", False)
+    monkeypatch.setitem(compare_studies.STUDIES["all_methods"], "eigen", False)
     at = _open("pages/compare.py")
-    at.sidebar.selectbox(key="weights_choice").set_value(sidebar.WEIGHTS_UNTRAINED)
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar_look.WEIGHTS_UNTRAINED)
     _run(at)
     label = at.button(key="study_all_methods").label
     assert "~" not in label  # not run here yet: no time to show
@@ -360,9 +362,9 @@ def test_slow_faithfulness_scores_wait_for_a_go_with_their_time(monkeypatch):
     """Issue 23 design 3: Compare cost ~100 s per ▶ with DeepLabV3, 85 of them faithfulness scores
     computed unasked. The maps come first; scores that would take long wait for a button that
     says what they cost, and one click computes them."""
-    from ui import compare
+    from ui import compare_grid
 
-    monkeypatch.setattr(compare, "SCORES_AUTO_SECONDS", 0.0)  # as if every score took long
+    monkeypatch.setattr(compare_grid, "SCORES_AUTO_SECONDS", 0.0)  # as if every score took long
     at = _open("pages/compare.py")
     assert len(_image_captions(at)) >= 1  # the map is drawn
     assert not _grid_captions(at)  # ... and no score was computed unasked

@@ -19,16 +19,28 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
-def _module_of(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+def _module_of(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path) -> set[str]:
-    """Every module a file imports, absolute dotted names; `from a import b` gives a and a.b."""
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """The nodes inside `if TYPE_CHECKING:` blocks: imports that never run."""
+    return {n for block in ast.walk(tree) if isinstance(block, ast.If)
+            and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+            for stmt in block.body for n in ast.walk(stmt)}
+
+
+def imports(path: Path, runtime_only: bool = False, root: Path = ROOT) -> set[str]:
+    """Every module a file imports, absolute dotted names; `from a import b` gives a and a.b.
+    runtime_only: without those under `if TYPE_CHECKING:` (function-level imports count: they run)."""
     names: set[str] = set()
-    package = _module_of(path) if path.name == "__init__.py" else _module_of(path).rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    package = _module_of(path, root) if path.name == "__init__.py" else _module_of(path, root).rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    skipped = _type_checking_only(tree) if runtime_only else set()
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -64,6 +76,25 @@ def test_exactly_one_ui_module_computes():
 
 def test_pages_go_through_the_ui_for_the_store():
     assert _importers([ROOT / "app.py", *PAGES], "camcore.store") == []
+
+
+def test_pages_go_through_the_ui_for_a_batch():
+    """The Batch page builds its options and runs through ui/batch_runs.py."""
+    assert _importers([ROOT / "app.py", *PAGES], "camcore.batch", "camcore.distributed") == []
+
+
+def test_compare_renderers_read_the_store_through_ui_data():
+    """Compare's studies, grid, ROAD and ranking draw; what they read from FiftyOne is a ui/data.py call."""
+    compare = [p for p in UI if p.name.startswith("compare")]
+    assert compare, "the Compare renderers moved: point this rule at them"
+    assert _importers(compare, "camcore.store") == []
+
+
+def test_what_to_look_at_is_apart_from_how_to_look():
+    """ui/sidebar.py (dataset, view, sample) leaves the model, weights and input size to
+    ui/sidebar_look.py: it never reads the model registries."""
+    assert _importers([ROOT / "ui" / "sidebar.py"], "camcore.models", "camcore.model_spec", "camcore.model_file",
+                      "camcore.weights") == []
 
 
 def test_nothing_outside_a_package_reaches_into_its_private_names():
@@ -137,3 +168,98 @@ def test_the_slow_method_label_has_one_source():
     builders = [_rel(p) for p in CAMCORE + UI + PAGES + plugin + [ROOT / "app.py"]
                 if p.name != "methods.py" and re.search(r"\(slow\)[\"']\s*if", p.read_text())]
     assert builders == []
+
+
+def _import_cycles(files: list[Path], root: Path = ROOT) -> list[list[str]]:
+    """The groups of modules that import each other at run time, directly or around a loop (lazy,
+    function-level imports included: they run too; `if TYPE_CHECKING:` imports do not)."""
+    modules = {_module_of(p, root): p for p in files}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = set()
+        for target in imports(path, runtime_only=True, root=root):
+            while target and target not in modules:  # camcore.models.load_model -> camcore.models
+                target = target.rpartition(".")[0]
+            # a module importing its own package (`from camcore.store import schema`) is no loop
+            if target and target != name and not name.startswith(target + "."):
+                graph[name].add(target)
+    reach = {name: _reachable(graph, name) for name in graph}
+    groups = {frozenset(m for m in reach[name] if name in reach[m]) | {name} for name in graph}
+    return sorted(sorted(g) for g in groups if len(g) > 1)
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), list(graph[start])
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo += graph.get(node, ())
+    return seen
+
+
+def test_no_camcore_modules_import_each_other_around_a_loop():
+    assert _import_cycles(CAMCORE) == []
+
+
+def test_the_loop_check_sees_lazy_imports(tmp_path):
+    """Control: a loop closed by a function-level import is found; one closed under TYPE_CHECKING is not."""
+    pkg = tmp_path / "camcore"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def f():\n    from camcore import b\n")
+    (pkg / "b.py").write_text("from camcore.a import f\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from camcore import d\n")
+    (pkg / "d.py").write_text("from camcore import c\n")
+    files = sorted(pkg.glob("*.py"))
+    assert _import_cycles(files, root=tmp_path) == [["camcore.a", "camcore.b"]]
+
+
+FIFTYONE = ("fiftyone", "bson", "pymongo", "motor")
+PLUGIN = ROOT / "plugins" / "cam-explorer" / "__init__.py"
+OUTSIDE_THE_STORE = [p for p in CAMCORE if "store" not in p.relative_to(ROOT / "camcore").parts
+                     and p.name != "demo_data.py"]  # the demo dataset's builder may stay where it is
+
+
+def test_only_the_store_calls_fiftyone():
+    """A FiftyOne upgrade touches camcore/store only: no other camcore module imports FiftyOne or
+    MongoDB at run time (type hints under TYPE_CHECKING are fine), and the plugin imports only the
+    operator API it is written against."""
+    runtime = [p for p in OUTSIDE_THE_STORE
+               if any(n == m or n.startswith(m + ".") for n in imports(p, runtime_only=True) for m in FIFTYONE)]
+    assert [_rel(p) for p in runtime] == []
+    plugin = {n for n in imports(PLUGIN, runtime_only=True) if n.split(".")[0] in FIFTYONE}
+    assert {n for n in plugin if not n.startswith("fiftyone.operators")} <= {"fiftyone"}  # fo.config only
+
+
+def _private_names_we_define() -> set[str]:
+    names = set()
+    for path in [*CAMCORE, PLUGIN]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return {n for n in names if n.startswith("_")}
+
+
+def test_nothing_outside_the_store_reads_a_librarys_private_names():
+    """`view._root_dataset`, `dataset._sample_collection`, `DatasetView._build`: FiftyOne's private
+    names change without notice; outside the store a private attribute must be one of our own."""
+    ours = _private_names_we_define()
+    offenders = []
+    for path in [*OUTSIDE_THE_STORE, PLUGIN]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                    and node.attr not in ours:
+                offenders.append(f"{_rel(path)}:{node.lineno} {ast.unparse(node)}")
+    assert offenders == []
+
+
+def test_the_map_names_the_ui_modules_that_reach_the_store():
+    """docs/architecture.md lists the ui modules importing camcore.store; the list is the truth."""
+    doc = " ".join((ROOT / "docs" / "architecture.md").read_text().split())
+    listed = doc.split("The ui modules that import `camcore.store` are exactly:", 1)[1].split("(", 1)[0]
+    named = {f"ui/{name}" for name in re.findall(r"`([a-z_]+\.py)`", listed)}
+    assert named == set(_importers(UI, "camcore.store"))

@@ -14,6 +14,7 @@ from camcore import batch, distributed
 from camcore.batch import BatchOptions
 from camcore.identity import HeatmapIdentity
 from camcore.progress import Meter
+from camcore.store import scan
 
 MODEL = "efficientnet_lite0"
 N = 7
@@ -150,15 +151,15 @@ def test_views_with_their_own_stages_keep_their_meaning(dataset, monkeypatch):
 
 def test_shards_cover_the_view_once_and_rebuild_from_stages(dataset):
     view = dataset.match_tags("odd").sort_by("filepath", reverse=True)
-    stages = view._serialize(include_uuids=False)
-    shards = distributed.Shards(view, 2)
+    stages = scan.view_stages(view)
+    shards = scan.Shards(view, 2)
     cut = []
     while (shard := shards.next()) is not None:
         cut.append(shard)
     assert len(cut) == 2 and cut[0][0] is None and cut[-1][1] is None
     # what a worker does: rebuild the view from its stages, then take its range
-    rebuilt = fo.DatasetView._build(dataset, stages)
-    parts = [distributed.shard_view(rebuilt, *shard).values("id") for shard in cut]
+    rebuilt = scan.view_from_stages(dataset, stages)
+    parts = [scan.id_range(rebuilt, *shard).values("id") for shard in cut]
     assert sorted(i for p in parts for i in p) == sorted(view.values("id"))
     assert all(len(p) <= 2 for p in parts)
     assert [len(p) for p in parts] == [2, 1]
@@ -194,7 +195,7 @@ class _FakeActor:
                 actor.calls.append((dataset_name, stages, bounds))
                 if actor.die_on is not None and len(actor.calls) == actor.die_on:
                     return _FakeRef(RuntimeError("actor died"))
-                view = distributed.shard_view(fo.DatasetView._build(actor.dataset, stages), *bounds)
+                view = scan.id_range(scan.view_from_stages(actor.dataset, stages), *bounds)
                 n = len(view.values("id"))
                 return _FakeRef(
                     {
@@ -212,7 +213,7 @@ class _FakeActor:
 
 def test_dispatch_sends_stages_and_ranges_never_ids(dataset):
     view = dataset.match_tags("even")  # 4 samples
-    stages = view._serialize(include_uuids=False)
+    stages = scan.view_stages(view)
     actors = [_FakeActor(dataset), _FakeActor(dataset, die_on=1)]
     report = distributed.DistributedReport()
     distributed._dispatch(
@@ -220,7 +221,7 @@ def test_dispatch_sends_stages_and_ranges_never_ids(dataset):
         actors,
         dataset.name,
         stages,
-        distributed.Shards(view, 1),
+        scan.Shards(view, 1),
         {},
         report,
         view.count(),
@@ -253,6 +254,6 @@ def test_the_stored_label_check_agrees_with_is_done(dataset, tmp_path):
     for prov in (job_provenance, {**job_provenance, "method": "layercam"}, {}):
         objects = dataset.values(field)
         stored = dataset.values(field, _raw=True)
-        cases += [(batch._is_done(o, prov), batch._stored_done(s, prov)) for o, s in zip(objects, stored)]
+        cases += [(scan.is_done(o, prov), scan.stored_done(s, prov)) for o, s in zip(objects, stored)]
     assert all(a == b for a, b in cases), cases
     assert {a for a, _b in cases} == {True, False}  # both verdicts were tried

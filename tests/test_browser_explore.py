@@ -137,7 +137,7 @@ def test_scorecam_asks_first_then_cancel_keeps_the_maps(server: Server, browser:
         run.click()
         bar = _progress(page).filter(has_text=re.compile(r"Score-CAM on head \(1/1\) · Score-CAM: \d+/1280 channels"))
         expect(bar).to_be_visible(timeout=RUN_TIMEOUT)
-        expect(bar).to_contain_text("left")
+        expect(bar).to_contain_text("ETA")
         expect(_main_map(page)).to_be_visible()
         expect(push).to_be_enabled()
         expect(page.locator('[data-stale="true"]').filter(has=push)).to_have_count(0)

@@ -16,7 +16,7 @@ import pytest
 from test_browser import ARTIFACTS, RUN_TIMEOUT, VIEWPORT, Server, open_app, settle
 
 from camcore import demo_data, store
-from ui import compare, router
+from ui import compare_studies, router
 from ui.state import App, Batch, Compare, Compute, Explore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -67,7 +67,7 @@ def test_every_page_requests_only_its_own_host_and_shows_data_as_text(browser: B
             page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
             settle(page)
             if url_path == "compare":
-                for key in compare.STUDIES:
+                for key in compare_studies.STUDIES:
                     _click_and_cancel(page, Compare.study(key))  # a study's click is its go: minutes of maps
                 if page.locator(f".st-key-{Compare.USE_UNTRAINED} button").count():  # no weights offline
                     _click(page, Compare.USE_UNTRAINED)

@@ -71,7 +71,7 @@ def test_plain_state_dict_still_loads(tmp_path):
 
 
 def test_sidebar_weights_choices_list_only_the_weights_folder(tmp_path, monkeypatch):
-    from ui import sidebar
+    from ui import sidebar_look
 
     folder = tmp_path / "weights"
     folder.mkdir()
@@ -79,7 +79,7 @@ def test_sidebar_weights_choices_list_only_the_weights_folder(tmp_path, monkeypa
         (folder / name).write_bytes(b"x")
     (tmp_path / "outside.pth").write_bytes(b"x")
     monkeypatch.setenv("CAM_EXPLORER_WEIGHTS_DIR", str(folder))
-    choices = sidebar._weights_choices()
+    choices = sidebar_look._weights_choices()
     files = [v for v in choices.values() if v not in (weights.AUTO, weights.UNTRAINED)]
     assert files, choices
     assert all(Path(v).parent == folder for v in files), files

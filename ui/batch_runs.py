@@ -17,11 +17,12 @@ import streamlit as st
 
 from camcore import batch, store
 from camcore.measures import MeasureOptions
-from camcore.progress import duration
+from camcore.progress import eta_text
 from ui import text
 from ui.state import Batch
 
 LAST, TOKEN = Batch.LAST, Batch.TOKEN
+PREDICTED = batch.PREDICTED  # the target rule "each sample's own top class"
 
 
 @st.cache_resource(show_spinner=False)
@@ -53,6 +54,15 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
                                                 "(an untrained model, or classes named otherwise than the labels).")
     return MeasureOptions(object_field=field, threshold=float(threshold), faithfulness=bool(faith),
                           object_label="*" if any_object else "")
+
+
+def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], target_rule: str,
+            eigen_smooth: bool, measures: MeasureOptions | None) -> batch.BatchOptions:
+    """The page's choices, with the sidebar's weights and input size, as the one options type of a
+    batch; checked (a clear CamError where they do not fit the model)."""
+    return batch.BatchOptions(model=model, weights=sel.weights, methods=methods, layers=layers,
+                              target_rule=target_rule, eigen_smooth=eigen_smooth, input_size=sel.input_size,
+                              measures=measures).checked()
 
 
 def _session_alive(session_id: str | None) -> bool:
@@ -106,12 +116,6 @@ def other_runs(dataset: str, starting: bool) -> None:
                     "Reload this page in a moment, then run again to resume.", icon=":material/sync:")
 
 
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return duration(seconds)  # "40 s", "12 min", "5.8 h": never "348.8 min"
-
-
 def progress_line(done: int, total: int, view_total: int, rate: float, eta: float | None, message: str,
                   finished: bool = False) -> str:
     """The progress bar's text: "done/total · skipped · rate · ETA · message". total: samples left
@@ -129,9 +133,8 @@ def progress_line(done: int, total: int, view_total: int, rate: float, eta: floa
     message = text.escape(message)  # progress text renders markdown; messages name files
     if finished:
         return f"{done:,}/{total:,}{skip} · {message}"
-    eta_text = (f"ETA {_eta(eta)}" if done > 0 and eta is not None
-                else "ETA: estimating (after the first sample)")
-    return f"{done:,}/{total:,}{skip} · {rate:.2f} samples/s · {eta_text} · {message}"
+    left = eta_text(eta) if done > 0 and eta is not None else "ETA: estimating (after the first sample)"
+    return f"{done:,}/{total:,}{skip} · {rate:.2f} samples/s · {left} · {message}"
 
 
 WAIT_SECONDS = 600  # how long a new run waits for this session's stopping batch to hand over its report

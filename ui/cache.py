@@ -9,8 +9,8 @@ from camcore.store import views
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
-def model(key: str, weights: str, identity: tuple = ()) -> models.LoadedModel:
-    """`identity` (models.weights_identity) is only part of the key: a models-file entry or a
+def model(key: str, weights: str, version: tuple = ()) -> models.LoadedModel:
+    """`version` (models.load_version) is only part of the key: a models-file entry or a
     weights file replaced at the same path is loaded again, never served from the cache."""
     # camcore caches per process too; this keeps Streamlit's cache page honest and bounded.
     return models.load_model(key, weights)

@@ -20,7 +20,7 @@ from camcore.engine import Explainer, Progress, iter_heatmaps
 from camcore.errors import Cancelled
 from camcore.images import LoadedImage
 from camcore.models import LoadedModel
-from camcore.progress import duration
+from camcore.progress import duration, eta_text
 from camcore.results import CamResult, Heatmap
 from ui import style, text
 from ui.state import Compute
@@ -53,7 +53,7 @@ def explainer(loaded: LoadedModel, image_key: tuple, img: LoadedImage, target: s
     """The shared pass for (image, model, target, smoothing, size), kept in the session so that
     walking layers and methods never runs the model again. progress/cancel: while another
     session holds the model, whom the pass waits for, and a way to stop waiting."""
-    key = (image_key, loaded.spec.key, loaded.identity, target, aug_smooth, input_size)
+    key = (image_key, loaded.spec.key, loaded.version, target, aug_smooth, input_size)
     cache: OrderedDict = st.session_state.setdefault(Compute.EXPLAINERS, OrderedDict())
     if key in cache:
         cache.move_to_end(key)
@@ -418,9 +418,9 @@ def _run_slow(ex: Explainer, run: list[Pair], eigen_smooth: bool, rerun: bool) -
             if waiting:
                 eta = ""
             elif fraction >= 0.02:
-                eta = f" · about {duration(elapsed * (1 - fraction) / fraction)} left"
+                eta = f" · {eta_text(elapsed * (1 - fraction) / fraction)}"
             elif est is not None:
-                eta = f" · about {duration(max(0.0, est.seconds - elapsed))} left (estimate)"
+                eta = f" · {eta_text(est.seconds - elapsed, estimate=True)}"
             else:
                 eta = ""
             try:

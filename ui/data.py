@@ -97,3 +97,46 @@ def box_rule(dataset_name: str, sample_id: str, text: str) -> str:
     rule, _, threshold = text.partition("@")
     resolved = store.box_rule(store.get_sample(store.load_dataset(dataset_name), sample_id), rule)
     return resolved + (f"@{threshold}" if threshold else "")
+
+
+# -- Compare: a study's sample, and where the objects are for a ranking
+
+
+def sample_with_label(view: Any, class_name: str, prefer: str | None = None) -> str | None:
+    """The id of a sample in `view` with a label (classification or detection, any label field)
+    named `class_name`, case-insensitive: `prefer` when it has one, else the view's first; None
+    when none has. One server-side query, never a scan."""
+    return store.sample_with_label(view, class_name, prefer)
+
+
+def load_dataset(name: str) -> Any:
+    return store.load_dataset(name)
+
+
+def mask_fields(dataset: Any) -> list[str]:
+    """The dataset's segmentation (mask) label fields."""
+    return store.segmentation_fields(dataset)
+
+
+def box_fields(dataset: Any) -> list[str]:
+    """The dataset's Detections label fields."""
+    return store.detection_fields(dataset)
+
+
+def object_labels(dataset: Any, field: str, is_mask: bool) -> list[str]:
+    """The labels of a mask field (its classes) or of a box field (its distinct labels)."""
+    return store.segmentation_labels(dataset, field) if is_mask else store.label_values(dataset, field)
+
+
+def object_masks(view: Any, field: str, label: str) -> dict[str, np.ndarray]:
+    """Per sample id: where the mask field marks `label`."""
+    return store.segmentation_masks_by_sample(view, field, label)
+
+
+def object_boxes(view: Any, field: str, label: str) -> dict[str, list[list[float]]]:
+    """Per sample id: the relative [x, y, w, h] boxes of `label` in the box field."""
+    return store.boxes_by_sample(view, field, label)
+
+
+def ids_and_paths(view: Any) -> list[tuple[str, str]]:
+    return store.ids_and_paths(view)

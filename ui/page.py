@@ -53,7 +53,7 @@ def model_or_message(sel: Selection) -> LoadedModel | None:
     """The sidebar's model, or None after saying why not and what to do (no weights offline)."""
     try:
         with st.spinner("Loading the model…", show_time=True):
-            loaded = cache.model(sel.model, sel.weights, models.weights_identity(sel.model, sel.weights))
+            loaded = cache.model(sel.model, sel.weights, models.load_version(sel.model, sel.weights))
     except WeightsUnavailable as exc:
         st.error(text.escape(exc))
         st.info("To explore the mechanics anyway, choose **untrained (random weights)** under Weights in "

@@ -65,7 +65,7 @@ def stored(sel: Selection, sample_id: str, run: audit.AuditRun) -> Stored:
     if key not in models.MODELS:
         return Stored(heatmap, "", made_with)  # a map of a model this app does not know: shown as stored
     try:
-        loaded = cache.model(key, weights, models.weights_identity(key, weights))
+        loaded = cache.model(key, weights, models.load_version(key, weights))
     except CamError:
         return Stored(heatmap, "", made_with)  # no weights to compare with here: shown as stored
     now_sha = str((loaded.provenance or {}).get("weights_sha256") or "")

@@ -1,5 +1,6 @@
-"""The sidebar every page shares: what to look at (dataset, view, sample) and with what (model,
-weights). app.py draws it on every run and leaves a `Selection` in session_state for the pages.
+"""The sidebar every page shares: what to look at (dataset, view, sample), then how to look (model,
+weights, input size: ui/sidebar_look.py). app.py draws it on every run and leaves a `Selection` in
+session_state for the pages.
 
 Cost per run does not grow with the view: the view is FiftyOne stages (`camcore.store.views`), the
 sample is a position in it, read with one server-side skip/limit per page of neighbours; counts
@@ -13,16 +14,12 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from camcore import demo_data, model_file, models, store, weights
+from camcore import demo_data, store
 from camcore.errors import CamError
 from camcore.progress import duration
 from camcore.store import views
-from ui import cache, text, urlstate
+from ui import cache, sidebar_look, text, urlstate
 from ui.state import Sidebar
-
-WEIGHTS_AUTO = "pretrained (auto)"
-WEIGHTS_UNTRAINED = "untrained (random weights)"
-CPU_SEGMENTATION_SIZE = 320  # 520 takes ~15 s a pass on a laptop CPU; offered, not imposed
 
 VIEW_ALL, VIEW_APP, VIEW_APP_SELECTED = "all", "app:view", "app:selected"
 SAVED_PREFIX = "saved:"
@@ -56,26 +53,6 @@ class Selection:
 
 def current() -> Selection | None:
     return st.session_state.get(Sidebar.SELECTION)
-
-
-def _weights_choices() -> dict[str, str]:
-    choices = {WEIGHTS_AUTO: weights.AUTO}
-    folder = weights.weights_dir()
-    if folder.is_dir():  # only files in the weights folder: a widget never reads a typed path
-        for f in sorted(folder.iterdir()):
-            if f.suffix in weights.WEIGHT_SUFFIXES:
-                choices[f"file: {f.name}"] = str(f)
-    choices[WEIGHTS_UNTRAINED] = weights.UNTRAINED
-    return choices
-
-
-def _auto_label(spec: models.ModelSpec) -> str:
-    """What "auto" loads, as the Weights picker says it: a models-file entry's own checkpoint by
-    its file name (never "pretrained", which it may not be); the built-ins' pretrained weights."""
-    source = spec.weights
-    if isinstance(source, weights.CheckpointWeights):
-        return f"checkpoint {source.path.name} (models file)"
-    return WEIGHTS_AUTO
 
 
 def _load_quickstart() -> None:
@@ -221,7 +198,7 @@ def draw() -> Selection | None:
                   help="Downloads the FiftyOne zoo 'quickstart' dataset (200 images with ground truth boxes).")
     if st.session_state.get(Sidebar.QUICKSTART_ERROR):
         sb.error(text.escape(st.session_state.pop(Sidebar.QUICKSTART_ERROR)))
-    model_key, weights_value, input_size = _how_to_look(sb)  # stays drawn, whatever the dataset holds
+    model_key, weights_value, input_size = sidebar_look.draw(sb)  # stays drawn, whatever the dataset holds
     if trouble is not None:
         nav_box.warning(trouble)
         _no_selection(trouble)
@@ -449,77 +426,3 @@ def _narrowing(sb) -> str:
         row[0].caption("Narrowed by the Audit page: " + text.escape(audit.describe_narrow(narrow)))
         row[1].button("✕", key=Sidebar.NARROW_CLEAR, on_click=_clear_narrowing, help="Show the whole view again")
     return narrow
-
-
-# ---------------------------------------------------------------- how to look: model, weights, size
-
-
-def _remember(per_model_key: str, widget_key: str, model_key: str, default):
-    """Per-model memory of a widget's value: restore it when the model changes (or when the widget
-    was not drawn on the last run, which drops its state); `default` where never chosen."""
-    memory = st.session_state.setdefault(per_model_key, {})
-    if st.session_state.get(Sidebar.model_of(widget_key)) != model_key or widget_key not in st.session_state:
-        st.session_state[widget_key] = memory.get(model_key, default)
-        st.session_state[Sidebar.model_of(widget_key)] = model_key
-    return memory
-
-
-_RELOADED = Sidebar.RELOAD_MODELS + "_done"  # the confirmation of the last reload, shown once
-
-
-def _reload_models() -> None:
-    skipped = models.reload_model_file()  # what it skipped is listed below the button on this run
-    path = model_file.models_file_path()
-    mine = [m for m in models.list_models() if m.source != "built-in"]
-    st.session_state[_RELOADED] = f"Read {path} again: {len(mine)} of your models, {len(skipped)} skipped."
-
-
-def _models_file(sb) -> None:
-    """Your own models (a TOML file): reload it without a restart (confirmed); its skipped entries
-    in one warning under the pickers, so that they never push the Model picker down."""
-    path = model_file.models_file_path()
-    if path is None:
-        return
-    sb.button("Reload models file", key=Sidebar.RELOAD_MODELS, on_click=_reload_models,
-              help=text.escape(f"Reads {path} again: new, changed and removed entries."))
-    done = st.session_state.pop(_RELOADED, None)
-    if done:
-        sb.success(text.escape(done), icon=":material/check:")
-    skipped = models.skipped_models()
-    if skipped:
-        lines = "  \n".join(text.escape(f"{e.key}: {e.reason}") for e in skipped)
-        sb.warning(f"Skipped from the models file ({len(skipped)}):  \n{lines}", icon=":material/block:")
-
-
-def _how_to_look(sb) -> tuple[str, str, int | None]:
-    sb.markdown("### How to look")
-    keys = list(models.MODELS)
-    if st.session_state.get(Sidebar.MODEL) not in keys:  # no index=: study buttons and links set it too
-        st.session_state[Sidebar.MODEL] = models.DEFAULT_MODEL
-    model_key = sb.selectbox("Model", keys, key=Sidebar.MODEL, format_func=lambda k: models.MODELS[k].label,
-                             help="\n\n".join(f"**{text.escape(m.label)}**: {text.escape(m.description)}"
-                                                for m in models.MODELS.values()))
-    choices = _weights_choices()
-    # Weights are chosen per model: "untrained" for DeiT must not follow the user to EfficientNet.
-    memory = _remember(Sidebar.WEIGHTS_BY_MODEL, Sidebar.WEIGHTS, model_key, WEIGHTS_AUTO)
-    urlstate.apply_weights(choices)
-    if st.session_state[Sidebar.WEIGHTS] not in choices:  # a weights file that was removed
-        st.session_state[Sidebar.WEIGHTS] = WEIGHTS_AUTO
-    auto = _auto_label(models.MODELS[model_key])
-    label = sb.selectbox("Weights", list(choices), key=Sidebar.WEIGHTS,
-                         format_func=lambda c: auto if c == WEIGHTS_AUTO else c,
-                         help=f"Pretrained weights come from {weights.weights_dir()}, the torch/timm caches, "
-                              "the package, or a download when online.")
-    memory[model_key] = label
-    _models_file(sb)
-    spec = models.MODELS[model_key]
-    input_size = None
-    if spec.preprocess.mode == "short_side":
-        on_gpu = models.default_device().type == "cuda"
-        default = spec.preprocess.size if on_gpu else CPU_SEGMENTATION_SIZE
-        sizes = sorted({256, CPU_SEGMENTATION_SIZE, 400, spec.preprocess.size})
-        input_size = sb.select_slider("Input short side (px)", sizes,
-                                      value=st.session_state.get(Sidebar.INPUT_SIZE, default), key=Sidebar.INPUT_SIZE,
-                                      help=f"{spec.preprocess.size} is the model's own size; smaller is faster "
-                                           "on a CPU.")
-    return model_key, choices[label], input_size

@@ -29,7 +29,7 @@ class Url:
 
 
 class Sidebar:
-    """ui/sidebar.py: what to look at (dataset, view, sample) and with what (model, weights)."""
+    """ui/sidebar.py: what to look at (dataset, view, sample); ui/sidebar_look.py: how (model, weights)."""
 
     SELECTION = "selection"  # the Selection every page acts on
     PROBLEM = "selection_problem"  # why there is no selection (a message)
@@ -160,7 +160,8 @@ class App:
 
 
 class Compare:
-    """pages/compare.py and ui/compare.py."""
+    """pages/compare.py and its renderers ui/compare_studies.py, compare_grid.py, compare_road.py,
+    compare_ranking.py."""
 
     METHODS = "cmp_methods"
     EIGEN = "cmp_eigen"

@@ -126,10 +126,9 @@ def apply_weights(choices: dict[str, str]) -> None:
     if not state.weights or st.session_state.get(Url.WEIGHTS_DONE):
         return
     st.session_state[Url.WEIGHTS_DONE] = True
-    by_value = {v: k for k, v in choices.items()}
-    by_file = {k.removeprefix("file: "): k for k in choices if k.startswith("file: ")}
     wanted = state.weights
-    label = by_value.get(wanted) or by_file.get(wanted)
+    found = weights.find_choice(wanted)
+    label = found.label if found is not None and found.label in choices else None
     if label is None:
         say(f"No weights {wanted!r} for this model (auto, untrained or a file in {weights.weights_dir()}): "
             "using the pretrained weights.")
@@ -248,9 +247,5 @@ def _filter_params(spec) -> dict:
 
 
 def _weights_param(value: str) -> str:
-    """auto / untrained / a file's name (the folder is the weights folder)."""
-    if value == weights.AUTO:
-        return ""  # the default: a shorter link
-    if value == weights.UNTRAINED:
-        return value
-    return value.rsplit("/", 1)[-1]
+    """untrained / a file's name (the folder is the weights folder); nothing for auto, the default."""
+    return "" if value == weights.AUTO else weights.link_name(value)

@@ -223,7 +223,7 @@ class Explainer:
             _PER_CHANNEL[self._rate_key()] = (time.perf_counter() - start) / max(1.0, channels_done)
 
     def _rate_key(self) -> tuple:
-        return (self.model.identity, self.input_hw, str(self.model.device))
+        return (self.model.version, self.input_hw, str(self.model.device))
 
     def has_faithfulness(self, h: Heatmap) -> bool:
         """Whether this map's faithfulness scores are computed already (free to show)."""

@@ -11,7 +11,7 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import ParamSpec, TypeVar
 
 import fiftyone as fo
@@ -154,6 +154,12 @@ def make_view(
         basename = F("filepath").rsplit("/", 1)[-1]
         view = view.match(basename.contains_str(filename_contains, case_sensitive=False))
     return view
+
+
+@db_errors
+def chosen_samples(dataset_or_view: fo.Dataset | fo.DatasetView, ids: Sequence[str]) -> fo.DatasetView:
+    """These samples of the dataset (whatever view they were chosen in), in this order."""
+    return root_dataset(dataset_or_view).select(list(ids), ordered=True)
 
 
 @db_errors
@@ -418,3 +424,23 @@ def mask_targets(dataset: fo.Dataset | fo.DatasetView, field: str) -> dict[int, 
 def read_mask(seg: fo.Segmentation | None) -> np.ndarray | None:
     """A 2-D integer mask of a Segmentation label; None when absent, unreadable or RGB."""
     return _read_mask(seg)
+
+
+def stored_mask(doc: dict) -> np.ndarray | None:
+    """read_mask of a Segmentation label as stored (a dict from a raw read)."""
+    return _read_mask(fo.Segmentation.from_dict({k: v for k, v in doc.items() if k != "_id"}))
+
+
+def object_field_kind(dataset: fo.Dataset, field: str) -> str:
+    """"detections" | "segmentation": what a measures' object field holds; StoreError (one line)
+    for a missing field or any other kind of label."""
+    found = dataset.get_field(field)
+    if found is None:
+        raise StoreError(f"no field {field!r} in {dataset.name!r} to take the objects from")
+    doc_type = getattr(found, "document_type", None) or type(found)
+    if doc_type is fo.Detections:
+        return "detections"
+    if doc_type is fo.Segmentation:
+        return "segmentation"
+    name = getattr(doc_type, "__name__", None) or "something else"
+    raise StoreError(f"the object field must hold Segmentation masks or Detections boxes, not {name}")

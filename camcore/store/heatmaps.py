@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ import cv2
 import fiftyone as fo
 import numpy as np
 
-from camcore import paths
+from camcore import files, paths
 from camcore.errors import ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
 from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
@@ -100,35 +99,24 @@ def _validated_map(h: Heatmap, result: CamResult, meta: Any) -> np.ndarray:
 
 
 def _write_png_atomic(path: Path, image: np.ndarray, tmp_dir: Path | None = None) -> None:
-    # Write a temp file then rename: a crash never leaves a half-written PNG. The temp file may live
-    # in another folder of the same file system (the journal's), where clean-up finds it cheaply.
-    tmp_dir = tmp_dir or path.parent
+    # The temp file may live in another folder of the same file system (the journal's), where
+    # clean-up finds it cheaply.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".tmp-", suffix=".png")
-        os.close(fd)
+        if tmp_dir is not None:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageError(f"cannot write heatmaps under {path.parent}: {exc.strerror or exc}") from exc
     try:
-        try:
-            ok, png = cv2.imencode(".png", image)
-        except cv2.error as exc:
-            raise ImageError(f"could not write heatmap PNG {path}: {first_line(exc)}") from exc
-        if not ok:
-            raise ImageError(f"could not write heatmap PNG {path}")
-        # Not cv2.imwrite: on a full disk it returns True and leaves an empty file.
-        try:
-            with open(tmp, "wb") as f:
-                f.write(png.tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise ImageError(f"could not write heatmap PNG {path}: {exc.strerror or exc}") from exc
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        ok, png = cv2.imencode(".png", image)
+    except cv2.error as exc:
+        raise ImageError(f"could not write heatmap PNG {path}: {first_line(exc)}") from exc
+    if not ok:
+        raise ImageError(f"could not write heatmap PNG {path}")
+    try:
+        files.write_bytes(path, png.tobytes(), tmp_dir)
+    except OSError as exc:
+        raise ImageError(f"could not write heatmap PNG {path}: {exc.strerror or exc}") from exc
 
 
 def _write_pngs(files: Sequence[tuple[Path, np.ndarray]], tmp_dir: Path | None = None) -> None:

@@ -96,7 +96,7 @@ def _target(ctx) -> tuple[Any, str]:
         raise ValueError("open a dataset first")
     ids = [str(i) for i in (ctx.params.get("sample_ids") or [])]
     if ids:
-        return view._root_dataset.select(ids, ordered=True), f"{len(ids)} chosen sample(s)"
+        return _camcore()[4].chosen_samples(view, ids), f"{len(ids)} chosen sample(s)"
     if ctx.selected:
         return view.select(ctx.selected, ordered=True), f"the {len(ctx.selected)} selected sample(s)"
     return view, f"the current view ({len(view)} samples)"
@@ -114,31 +114,21 @@ def _one_sample(ctx) -> str | None:
 
 
 def _weights_choices() -> dict[str, str]:
-    """value -> label: auto, every weights file in the weights folder, untrained (as the explorer
-    offers them; a typed path is never read, so the App cannot make the server open any file)."""
+    """value -> label, as the explorer offers them (camcore.weights.choices: a typed path is never
+    read, so the App cannot make the server open any file)."""
     *_, weights = _camcore()
-    choices = {weights.AUTO: "pretrained (auto)"}
-    folder = weights.weights_dir()
-    if folder.is_dir():
-        for f in sorted(folder.iterdir()):
-            if f.is_file() and f.suffix in weights.WEIGHT_SUFFIXES:
-                choices[str(f)] = f"file: {f.name}"
-    choices[weights.UNTRAINED] = "untrained (random weights)"
-    return choices
+    return {c.value: c.label for c in weights.choices()}
 
 
 def _resolve_weights(choice: str) -> str:
     """A weights choice as run_batch takes it; a bare file name means that file in the folder."""
-    choices = _weights_choices()
-    choice = str(choice or "auto").strip()
-    if choice in choices:
-        return choice
-    by_name = {Path(v).name: v for v in choices if os.sep in v}
-    if choice in by_name:
-        return by_name[choice]
-    offered = ", ".join(["auto", "untrained", *by_name]) or "auto, untrained"
-    raise ValueError(f"weights {choice!r} are not offered: choose one of {offered} "
-                     f"(weights files go in {_camcore()[5].weights_dir()})")
+    *_, weights = _camcore()
+    offered = weights.choices()
+    found = weights.find_choice(choice, offered)
+    if found is None:
+        raise ValueError(f"weights {str(choice).strip()!r} are not offered: choose one of "
+                         f"{', '.join(c.name for c in offered)} (weights files go in {weights.weights_dir()})")
+    return found.value
 
 
 def _as_list(value: Any) -> list[str]:
@@ -319,8 +309,7 @@ class ComputeCams(foo.Operator):
         def progress(done: int, total: int, rate: float, eta: float | None, message: str) -> None:
             if not throttle.due(force=message in meter.FINAL_MESSAGES):
                 return
-            eta_text = f", ETA {eta:.0f} s" if eta is not None else ""
-            label = f"{done}/{total} samples ({rate:.2f}/s{eta_text}): {message}"
+            label = meter.line(done, total, rate, eta, message)
             fraction = done / total if total else 1.0
             if ctx.delegated:
                 ctx.set_progress(progress=fraction, label=label)  # written to the run's record
