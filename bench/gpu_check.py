@@ -57,7 +57,7 @@ def equality(img) -> float:
         loaded = models.load_model(key, "untrained", DEVICE)
         host, dev = explainer(loaded, img, layers, size, False), explainer(loaded, img, layers, size, True)
         for m, spec in methods.METHODS.items():
-            if spec.torch_product is None:
+            if spec.device_product is None:
                 continue
             for layer in layers:
                 for eigen in (False, True) if spec.supports_eigen_smooth else (False,):

@@ -146,7 +146,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         _print_json({"default": DEFAULT_METHOD, "methods": [spec.to_dict() for spec in METHODS.values()]})
         return 0
     for spec in METHODS.values():
-        flags = [spec.kind] + (["slow"] if spec.slow else []) + (["in article"] if spec.in_article else [])
+        flags = [spec.kind.value] + (["slow"] if spec.slow else []) + (["in article"] if spec.in_article else [])
         limits = []
         if spec.tasks != ("classification", "segmentation"):
             limits.append("/".join(spec.tasks) + " only")

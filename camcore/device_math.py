@@ -2,10 +2,11 @@
 
 pytorch-grad-cam's method math is numpy on the host. On a GPU that means copying every hooked
 layer's activations and gradients to the host and computing there, which costs many times the
-model's own forward + backward. Here the same formulas (pytorch-grad-cam 1.5.7's, spelled out
-per method below), the Eigen projection (projection.py's method: the top eigenvector of the
-smaller Gram matrix in float64, the same sign rule) and the library's normalisation run as torch
-ops on the tensors' device; only the raw map and the image-sized map come back to the host.
+model's own forward + backward. Here the same formulas (pytorch-grad-cam 1.5.7's: each method's
+`Product.device` in methods.py, beside its numpy form), the Eigen projection (projection.py's
+method: the top eigenvector of the smaller Gram matrix in float64, the same sign rule) and the
+library's normalisation run as torch ops on the tensors' device; only the raw map and the
+image-sized map come back to the host.
 
 Used when the model is on a GPU. CAM_EXPLORER_DEVICE_MATH=1 forces it on the CPU (the tests
 compare it there with the library), =0 turns it off.
@@ -13,7 +14,6 @@ compare it there with the library), =0 turns it off.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,6 @@ import torch.nn.functional as F
 from camcore.projection import GRAM_LIMIT
 
 FORCE_ENV = "CAM_EXPLORER_DEVICE_MATH"
-# (activations, gradients) -> the B x C x h x w product summed over channels (or projected)
-TorchProduct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def enabled(device: torch.device) -> bool:
@@ -32,50 +30,10 @@ def enabled(device: torch.device) -> bool:
     return device.type != "cpu" or flag == "1"
 
 
-def _sum_hw(t: torch.Tensor) -> torch.Tensor:
+def sum_hw(t: torch.Tensor) -> torch.Tensor:
     # Summed in float64: numpy's pairwise float32 sums are close to exact, and Grad-CAM++'s
     # denominator (2 g^2 + sum(a) g^3) can nearly cancel, which magnifies any rounding in the sum.
     return t.sum(dim=(2, 3), keepdim=True, dtype=torch.float64).to(t.dtype)
-
-
-# GradCAM.get_cam_weights: the mean gradient of each channel
-def gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return g.mean(dim=(2, 3), keepdim=True) * a
-
-
-# GradCAMPlusPlus.get_cam_weights (eq. 19 of arXiv:1710.11063, eps 1e-6, aij = 0 where grads = 0)
-def gradcam_plusplus(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    g2 = g * g
-    g3 = g2 * g
-    aij = g2 / (2 * g2 + _sum_hw(a) * g3 + 1e-6)
-    aij = torch.where(g != 0, aij, torch.zeros_like(aij))
-    return _sum_hw(g.clamp(min=0) * aij) * a
-
-
-# XGradCAM.get_cam_weights (eps 1e-7)
-def xgradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return _sum_hw(g * a / (_sum_hw(a) + 1e-7)) * a
-
-
-# LayerCAM, HiResCAM, GradCAMElementWise, EigenCAM, EigenGradCAM, SegEigenCAM: get_cam_image
-def layercam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return g.clamp(min=0) * a
-
-
-def hirescam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return g * a
-
-
-def gradcam_elementwise(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return (g * a).clamp(min=0)
-
-
-def activations_only(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return a
-
-
-def abs_gradients_times_activations(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return g.abs() * a
 
 
 def first_component_projection(product: torch.Tensor) -> torch.Tensor:

@@ -1,92 +1,178 @@
 """The CAM method registry (plain data). pytorch-grad-cam is the engine and the reference.
 
-kind (the engine computes each kind with its own strategy, camcore/engine/kinds.py):
-  gradient    - from one shared forward + backward (activations and gradients of the layer)
-  activation  - from the same shared forward alone (no gradients needed)
-  perturbation- needs its own forward passes, one per channel (ScoreCAM, AblationCAM)
-  other       - needs its own pass of another shape (FullGrad, ShapleyCAM, FinerCAM):
-                pytorch-grad-cam runs it, called through `own_pass_call`
+A method is one `MethodSpec` entry in METHODS (keyword fields only) and, where it has math of its
+own, one `Product` beside the table. Its `kind` picks the engine's strategy (camcore/engine/kinds.py):
+  Kind.GRADIENT     - from one shared forward + backward (activations and gradients of the layer)
+  Kind.ACTIVATION   - from the same shared forward alone (no gradients needed)
+  Kind.PERTURBATION - needs its own forward passes, one per channel (ScoreCAM, AblationCAM):
+                      `channel_weights` computes them, batched
+  Kind.OWN_PASS     - needs its own pass of another shape (FullGrad, ShapleyCAM, FinerCAM):
+                      pytorch-grad-cam runs it, called through `own_pass_call`
 
-"gradient" and "activation" methods are `pure`: a function of the layer's activations and
-gradients, so one pass with hooks on every chosen layer feeds all of them on all layers.
+Gradient and activation methods are `pure`: a function of the layer's activations and gradients,
+so one pass with hooks on every chosen layer feeds all of them on all layers. Their `product`
+holds that function twice, numpy (the library's math, on the host) and torch (on the tensors'
+device, what a GPU runs: device_math.py), side by side so the two cannot drift apart.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_grad_cam as pgc
 import torch
 
-from camcore import device_math as dm
 from camcore import perturbation
+from camcore.device_math import sum_hw
 from camcore.errors import MethodError
 from camcore.identity import sanitise
 from camcore.results import Target
 
+
+class Kind(StrEnum):
+    """How a method's map is computed; the engine has one strategy per kind. The values are
+    what `to_dict` and the CLI show."""
+    GRADIENT = "gradient"
+    ACTIVATION = "activation"
+    PERTURBATION = "perturbation"
+    OWN_PASS = "other"
+
+    @property
+    def pure(self) -> bool:
+        """A function of the shared pass's activations (and gradients)."""
+        return self in (Kind.GRADIENT, Kind.ACTIVATION)
+
+
 # (cam_object, activations, grads) -> the B x C x H x W array that is summed over channels
-# (or projected on its first principal direction with eigen smoothing).
-Product = Callable[[object, np.ndarray, np.ndarray], np.ndarray]
+# (or projected on its first principal direction with eigen smoothing), numpy on the host.
+HostProduct = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
+# (activations, gradients) -> the same B x C x h x w product as torch ops on their device.
+DeviceProduct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-# (cam object with its hooks, input, the library target, our Target, aug_smooth, eigen_smooth)
-# -> the library's 1 x H x W map: how a method with a pass of its own is called.
-OwnPassCall = Callable[[object, torch.Tensor, object, Target, bool, bool], np.ndarray]
+@dataclass(frozen=True, kw_only=True)
+class Product:
+    """A pure method's math: how activations a and gradients g combine, per channel and position,
+    before the sum over channels (or the Eigen projection). `host` is numpy (pytorch-grad-cam's
+    formula, or its own method object's); `device` the same formula in torch, run where the
+    tensors are (None: this method always computes on the host)."""
+    host: HostProduct
+    device: DeviceProduct | None = None
 
 
-def _channel_weighted(cam: Any, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def _library_weights(cam: Any, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
     # The library's own per-channel weights (GradCAM, GradCAM++, XGradCAM, RandomCAM).
     weights = cam.get_cam_weights(None, None, None, activations, grads)
     return weights[:, :, None, None] * activations
 
 
-def _library_call(cam, x: torch.Tensor, grad_target: object, target: Target, aug_smooth: bool,
+# GradCAM.get_cam_weights: the mean gradient of each channel
+def _gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return g.mean(dim=(2, 3), keepdim=True) * a
+
+
+# GradCAMPlusPlus.get_cam_weights (eq. 19 of arXiv:1710.11063, eps 1e-6, aij = 0 where grads = 0)
+def _gradcam_plusplus(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    g2 = g * g
+    g3 = g2 * g
+    aij = g2 / (2 * g2 + sum_hw(a) * g3 + 1e-6)
+    aij = torch.where(g != 0, aij, torch.zeros_like(aij))
+    return sum_hw(g.clamp(min=0) * aij) * a
+
+
+# XGradCAM.get_cam_weights (eps 1e-7)
+def _xgradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return sum_hw(g * a / (sum_hw(a) + 1e-7)) * a
+
+
+GRADCAM = Product(host=_library_weights, device=_gradcam)
+GRADCAM_PLUSPLUS = Product(host=_library_weights, device=_gradcam_plusplus)
+XGRADCAM = Product(host=_library_weights, device=_xgradcam)
+RANDOM_WEIGHTS = Product(host=_library_weights)  # random draws: no device form to compare
+# The get_cam_image products of EigenCAM, HiResCAM / EigenGradCAM, LayerCAM, GradCAMElementWise and
+# SegEigenCAM, each as numpy and as torch:
+ACTIVATIONS = Product(host=lambda cam, a, g: a, device=lambda a, g: a)
+GRADIENTS_TIMES_ACTIVATIONS = Product(host=lambda cam, a, g: g * a, device=lambda a, g: g * a)
+POSITIVE_GRADIENTS_TIMES_ACTIVATIONS = Product(host=lambda cam, a, g: np.maximum(g, 0) * a,
+                                               device=lambda a, g: g.clamp(min=0) * a)
+POSITIVE_ELEMENTWISE = Product(host=lambda cam, a, g: np.maximum(g * a, 0),
+                               device=lambda a, g: (g * a).clamp(min=0))
+ABS_GRADIENTS_TIMES_ACTIVATIONS = Product(host=lambda cam, a, g: np.abs(g) * a,
+                                          device=lambda a, g: g.abs() * a)
+
+
+# (cam object with its hooks, input, the library target, our Target, aug_smooth, eigen_smooth)
+# -> the library's 1 x H x W map: how a method with a pass of its own is called.
+OwnPassCall = Callable[[Any, torch.Tensor, object, Target, bool, bool], np.ndarray]
+
+
+def _library_call(cam: Any, x: torch.Tensor, grad_target: object, target: Target, aug_smooth: bool,
                   eigen_smooth: bool) -> np.ndarray:
     return cam(x, [grad_target], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
-def _finer_cam_call(cam, x: torch.Tensor, grad_target: object, target: Target, aug_smooth: bool,
+def _finer_cam_call(cam: Any, x: torch.Tensor, grad_target: object, target: Target, aug_smooth: bool,
                     eigen_smooth: bool) -> np.ndarray:
     # FinerCAM builds its own contrast targets around a class index and has no aug_smooth.
     return cam(x, targets=None, eigen_smooth=eigen_smooth, target_idx=target.index)
 
 
-@dataclass(frozen=True)
+NOT_DETECTION = ("classification", "segmentation")
+ALL_TASKS = (*NOT_DETECTION, "detection")
+
+
+@dataclass(frozen=True, kw_only=True)
 class MethodSpec:
-    key: str
+    key: str  # URLs, stored field names and the CLI use it: never change one
     label: str
-    cls: type
-    kind: str
+    cls: type  # pytorch-grad-cam's class: the reference, and the runner of OWN_PASS methods
+    kind: Kind
     in_article: bool = False
     product: Product | None = None  # pure methods: how activations and grads combine
-    projection: str | None = None  # "pca" always projects (Eigen*); "pca_signed" with sign fix
+    projection: Literal["pca", "pca_signed"] | None = None  # "pca": Eigen*; "pca_signed" with sign fix
     library_image: bool = False  # pure, but use the library's own get_cam_image (FEM, KPCA)
     supports_eigen_smooth: bool = True
     layer_independent: bool = False  # FullGrad uses every bias layer, not the chosen ones
-    tasks: tuple[str, ...] = ("classification", "segmentation")  # DETECTION_OK adds "detection"
+    tasks: tuple[str, ...] = NOT_DETECTION  # ALL_TASKS: its math fits a detector's box target
     families: tuple[str, ...] = ("cnn", "vit")
-    slow: bool = False
+    slow: bool = False  # shown as "(slow)" beside the label (method_label) and held back for a go
     note: str = ""
-    # pure methods: the same product as torch ops, run on the device (device_math.py)
-    torch_product: dm.TorchProduct | None = None
-    # perturbation methods we batch ourselves: (model, layer module, x, activations, target,
-    # batch_size, progress, cancel, vit=) -> 1 x C channel weights, replacing the library's
-    # get_cam_weights
-    channel_weights: Callable | None = None
-    # methods with a pass of their own ("other"): how the library's object is called
+    # PERTURBATION: (model, layer module, x, activations, target, batch_size, progress, cancel,
+    # vit=, guard=) -> 1 x C channel weights, replacing the library's get_cam_weights
+    channel_weights: Callable[..., np.ndarray] | None = None
+    per_fpn_level: bool = False  # channel_weights takes level=: a detector's one FPN level
+    # OWN_PASS: how the library's object is called
     own_pass_call: OwnPassCall = _library_call
+
+    def __post_init__(self) -> None:
+        # A wrong entry fails at import, not on the first heatmap of its kind.
+        if not isinstance(self.kind, Kind):
+            raise TypeError(f"Method {self.key!r}: kind must be a Kind, not {self.kind!r}.")
+        math = {"product": self.product is not None, "library_image": self.library_image,
+                "channel_weights": self.channel_weights is not None}
+        needed = {Kind.GRADIENT: ("product", "library_image"), Kind.ACTIVATION: ("product", "library_image"),
+                  Kind.PERTURBATION: ("channel_weights",), Kind.OWN_PASS: ()}[self.kind]
+        given = [name for name, present in math.items() if present]
+        if len(given) != min(1, len(needed)) or not set(given) <= set(needed):
+            wanted = " or ".join(needed) or "none of product, library_image, channel_weights"
+            raise TypeError(f"Method {self.key!r} of kind {self.kind}: give {wanted} (given: {given or 'none'}).")
 
     @property
     def pure(self) -> bool:
-        return self.kind in ("gradient", "activation")
+        return self.kind.pure
 
     @property
     def needs_gradients(self) -> bool:
-        return self.kind == "gradient"
+        return self.kind is Kind.GRADIENT
+
+    @property
+    def device_product(self) -> DeviceProduct | None:
+        """The torch form of a pure method's product (None: it computes on the host only)."""
+        return self.product.device if self.product is not None else None
 
     def unsupported_reason(self, task: str, family: str) -> str | None:
         if task not in self.tasks:
@@ -100,7 +186,7 @@ class MethodSpec:
             "key": self.key,
             "label": self.label,
             "class": self.cls.__name__,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "in_article": self.in_article,
             "supports_eigen_smooth": self.supports_eigen_smooth,
             "layer_independent": self.layer_independent,
@@ -111,71 +197,71 @@ class MethodSpec:
         }
 
 
+# Detection (ALL_TASKS): the one pass (gradients and activations of the hooked layers, FPN levels
+# fused) and the per-channel forwards of Score-CAM (masks by each channel of the FPN's levels fused:
+# 5 x 256 on Faster R-CNN) and Ablation-CAM (ablates each channel of a level, as pytorch-grad-cam's
+# AblationLayerFasterRCNN).
 METHODS: dict[str, MethodSpec] = {
     spec.key: spec
     for spec in (
-        MethodSpec("gradcam", "Grad-CAM", pgc.GradCAM, "gradient", True, _channel_weighted, torch_product=dm.gradcam),
-        MethodSpec("scorecam", "Score-CAM", pgc.ScoreCAM, "perturbation", True, slow=True,
-                   note="One forward pass per channel of the layer.",
+        MethodSpec(key="gradcam", label="Grad-CAM", cls=pgc.GradCAM, kind=Kind.GRADIENT, in_article=True,
+                   product=GRADCAM, tasks=ALL_TASKS),
+        MethodSpec(key="scorecam", label="Score-CAM", cls=pgc.ScoreCAM, kind=Kind.PERTURBATION, in_article=True,
+                   slow=True, tasks=ALL_TASKS, note="One forward pass per channel of the layer.",
                    channel_weights=perturbation.score_cam_weights),
-        MethodSpec("gradcam++", "Grad-CAM++", pgc.GradCAMPlusPlus, "gradient", True, _channel_weighted,
-                   torch_product=dm.gradcam_plusplus),
-        MethodSpec("ablationcam", "Ablation-CAM", pgc.AblationCAM, "perturbation", True, slow=True,
+        MethodSpec(key="gradcam++", label="Grad-CAM++", cls=pgc.GradCAMPlusPlus, kind=Kind.GRADIENT,
+                   in_article=True, product=GRADCAM_PLUSPLUS, tasks=ALL_TASKS),
+        MethodSpec(key="ablationcam", label="Ablation-CAM", cls=pgc.AblationCAM, kind=Kind.PERTURBATION,
+                   in_article=True, slow=True, tasks=ALL_TASKS,
                    note="One forward pass per channel; ViTs use AblationLayerVit.",
-                   channel_weights=perturbation.ablation_cam_weights),
-        MethodSpec("xgradcam", "XGrad-CAM", pgc.XGradCAM, "gradient", True, _channel_weighted,
-                   torch_product=dm.xgradcam),
-        MethodSpec("eigencam", "Eigen-CAM", pgc.EigenCAM, "activation", True,
-                   lambda cam, a, g: a, projection="pca", supports_eigen_smooth=False,
-                   note="First principal component of the activations: class-agnostic.",
-                   torch_product=dm.activations_only),
-        MethodSpec("eigengradcam", "EigenGrad-CAM", pgc.EigenGradCAM, "gradient", True,
-                   lambda cam, a, g: g * a, projection="pca", supports_eigen_smooth=False,
-                   torch_product=dm.hirescam),
-        MethodSpec("layercam", "Layer-CAM", pgc.LayerCAM, "gradient", True,
-                   lambda cam, a, g: np.maximum(g, 0) * a, torch_product=dm.layercam),
-        MethodSpec("hirescam", "HiRes-CAM", pgc.HiResCAM, "gradient", False, lambda cam, a, g: g * a,
-                   torch_product=dm.hirescam),
-        MethodSpec("gradcamelementwise", "Grad-CAM element-wise", pgc.GradCAMElementWise, "gradient",
-                   False, lambda cam, a, g: np.maximum(g * a, 0), torch_product=dm.gradcam_elementwise),
-        MethodSpec("segeigencam", "Seg-Eigen-CAM", pgc.SegEigenCAM, "gradient", False,
-                   lambda cam, a, g: np.abs(g) * a, projection="pca_signed", supports_eigen_smooth=False,
-                   note="Eigen-CAM of |gradients| x activations with a sign correction.",
-                   torch_product=dm.abs_gradients_times_activations),
-        MethodSpec("kpcacam", "KPCA-CAM", pgc.KPCA_CAM, "activation", False, library_image=True,
+                   channel_weights=perturbation.ablation_cam_weights, per_fpn_level=True),
+        MethodSpec(key="xgradcam", label="XGrad-CAM", cls=pgc.XGradCAM, kind=Kind.GRADIENT, in_article=True,
+                   product=XGRADCAM, tasks=ALL_TASKS),
+        MethodSpec(key="eigencam", label="Eigen-CAM", cls=pgc.EigenCAM, kind=Kind.ACTIVATION, in_article=True,
+                   product=ACTIVATIONS, projection="pca", supports_eigen_smooth=False, tasks=ALL_TASKS,
+                   note="First principal component of the activations: class-agnostic."),
+        MethodSpec(key="eigengradcam", label="EigenGrad-CAM", cls=pgc.EigenGradCAM, kind=Kind.GRADIENT,
+                   in_article=True, product=GRADIENTS_TIMES_ACTIVATIONS, projection="pca",
+                   supports_eigen_smooth=False, tasks=ALL_TASKS),
+        MethodSpec(key="layercam", label="Layer-CAM", cls=pgc.LayerCAM, kind=Kind.GRADIENT, in_article=True,
+                   product=POSITIVE_GRADIENTS_TIMES_ACTIVATIONS, tasks=ALL_TASKS),
+        MethodSpec(key="hirescam", label="HiRes-CAM", cls=pgc.HiResCAM, kind=Kind.GRADIENT,
+                   product=GRADIENTS_TIMES_ACTIVATIONS, tasks=ALL_TASKS),
+        MethodSpec(key="gradcamelementwise", label="Grad-CAM element-wise", cls=pgc.GradCAMElementWise,
+                   kind=Kind.GRADIENT, product=POSITIVE_ELEMENTWISE, tasks=ALL_TASKS),
+        MethodSpec(key="segeigencam", label="Seg-Eigen-CAM", cls=pgc.SegEigenCAM, kind=Kind.GRADIENT,
+                   product=ABS_GRADIENTS_TIMES_ACTIVATIONS, projection="pca_signed", supports_eigen_smooth=False,
+                   note="Eigen-CAM of |gradients| x activations with a sign correction."),
+        MethodSpec(key="kpcacam", label="KPCA-CAM", cls=pgc.KPCA_CAM, kind=Kind.ACTIVATION, library_image=True,
                    supports_eigen_smooth=False, slow=True,
                    note="Kernel PCA over all positions: slow on large feature maps."),
-        MethodSpec("fem", "FEM", pgc.FEM, "activation", False, library_image=True,
+        MethodSpec(key="fem", label="FEM", cls=pgc.FEM, kind=Kind.ACTIVATION, library_image=True,
                    supports_eigen_smooth=False),
-        MethodSpec("fullgrad", "FullGrad", pgc.FullGrad, "other", False, layer_independent=True,
+        MethodSpec(key="fullgrad", label="FullGrad", cls=pgc.FullGrad, kind=Kind.OWN_PASS, layer_independent=True,
                    families=("cnn",), slow=True,
                    note="Uses every bias layer of the network, not the chosen layer."),
-        MethodSpec("shapleycam", "Shapley-CAM", pgc.ShapleyCAM, "other", False, slow=True, families=("cnn",),
+        MethodSpec(key="shapleycam", label="Shapley-CAM", cls=pgc.ShapleyCAM, kind=Kind.OWN_PASS, slow=True,
+                   families=("cnn",),
                    note="Needs a Hessian-vector product: a second backward pass. pytorch-grad-cam 1.5.7's "
                    "ShapleyCAM does not reshape ViT tokens into a grid (and fused attention has no double "
                    "backward), so CNNs only."),
-        MethodSpec("finercam", "Finer-CAM", pgc.FinerCAM, "other", False, tasks=("classification",), slow=True,
+        MethodSpec(key="finercam", label="Finer-CAM", cls=pgc.FinerCAM, kind=Kind.OWN_PASS,
+                   tasks=("classification",), slow=True,
                    note="Contrasts the target with its most similar classes.", own_pass_call=_finer_cam_call),
-        MethodSpec("randomcam", "Random-CAM (baseline)", pgc.RandomCAM, "gradient", False,
-                   _channel_weighted, note="Random channel weights: a sanity baseline."),
+        MethodSpec(key="randomcam", label="Random-CAM (baseline)", cls=pgc.RandomCAM, kind=Kind.GRADIENT,
+                   product=RANDOM_WEIGHTS, tasks=ALL_TASKS, note="Random channel weights: a sanity baseline."),
     )
 }
 
-# Methods whose math fits a detector's box target: the one pass (gradients and activations of the
-# hooked layers, FPN levels fused), and the per-channel forwards of the two below.
-DETECTION_OK = ("gradcam", "gradcam++", "xgradcam", "eigencam", "eigengradcam", "layercam", "hirescam",
-                "gradcamelementwise", "randomcam", "scorecam", "ablationcam")
-# Score-CAM masks the image by each channel (of the FPN's levels fused: 5 x 256 on Faster R-CNN);
-# Ablation-CAM ablates each channel of a level as pytorch-grad-cam's AblationLayerFasterRCNN.
-_NOT_FOR_DETECTION: dict[str, str] = {}
-for _key in DETECTION_OK:
-    _spec = METHODS[_key]
-    METHODS[_key] = dataclasses.replace(_spec, tasks=(*_spec.tasks, "detection"))
-for _key, _why in _NOT_FOR_DETECTION.items():
-    METHODS[_key] = dataclasses.replace(METHODS[_key], note=f"{METHODS[_key].note} {_why}".strip())
-
 ARTICLE_METHODS = tuple(k for k, m in METHODS.items() if m.in_article)
 DEFAULT_METHOD = "gradcam"
+SLOW_MARK = "(slow)"
+
+
+def method_label(key: str) -> str:
+    """A method as every picker shows it: its label, and "(slow)" after a slow one's."""
+    spec = get_method(key)
+    return f"{spec.label}  {SLOW_MARK}" if spec.slow else spec.label
 
 
 def _spelling(name: str) -> str:

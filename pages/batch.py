@@ -26,7 +26,7 @@ def main(sel: Selection) -> None:
     c1, c2, c3 = st.columns([3, 3, 2])
     chosen_methods = widgets.sticky_multiselect(
         c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], Batch.METHODS,
-        format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""),
+        format_func=methods.method_label,
         help="(slow): one forward per channel of the layer, or a kernel PCA, for every sample.")
     chosen_layers = widgets.sticky_multiselect(c2, "Layers", [s.name for s in spec.layers], [spec.default_layer],
                                                Batch.layers(spec.key))

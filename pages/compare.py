@@ -53,7 +53,7 @@ def main(sel: Selection) -> None:
                                         key=Compare.layers(spec.key))
     chosen = widgets.sticky_multiselect(
         c2, "Columns: methods", offered, [methods.DEFAULT_METHOD], key=Compare.METHODS,
-        format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""))
+        format_func=methods.method_label)
     eigen = widgets.shown_toggle(c3, "eigen_smooth", Compare.EIGEN, False)
     aug = widgets.shown_toggle(c3, "aug_smooth (slow)", Compare.AUG, False)
     if not layers or not chosen:

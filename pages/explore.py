@@ -46,7 +46,7 @@ def main(sel: Selection) -> None:
     # Sticky: another model keeps the methods that apply to it, and the way back restores the rest.
     chosen_methods = widgets.sticky_multiselect(
         c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], Explore.METHODS,
-        format_func=lambda k: methods.METHODS[k].label + ("  (slow)" if methods.METHODS[k].slow else ""),
+        format_func=methods.method_label,
         help="(slow) marks methods that run the model once per channel (or more): seconds to minutes on a "
              "CPU. Those estimated over a few seconds wait for your go. eigen_smooth keeps the first principal "
              "component of the map; aug_smooth (slow: 6 passes) averages it over flips and brightness.",

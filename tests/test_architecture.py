@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -133,6 +134,39 @@ def test_the_heatmap_field_name_has_one_source():
     """Field names come from camcore.identity alone: no other module builds `cam_` + parts."""
     builders = [_rel(p) for p in CAMCORE + UI + PAGES
                 if p.name != "identity.py" and "FIELD_PREFIX +" in p.read_text()]
+    assert builders == []
+
+
+def test_a_method_entry_is_keyword_fields_and_a_typed_kind():
+    """Adding a method is one MethodSpec entry: named fields (no bare positional booleans), a Kind
+    (mypy checks it; so does the entry), and the math its kind needs, checked when it is built."""
+    from camcore.methods import METHODS, Kind, MethodSpec
+
+    assert all(f.kw_only for f in dataclasses.fields(MethodSpec))
+    with pytest.raises(TypeError):
+        MethodSpec("x", "X", object, Kind.ACTIVATION, True, library_image=True)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="kind must be a Kind"):
+        MethodSpec(key="x", label="X", cls=object, kind="activation", library_image=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="channel_weights"):
+        MethodSpec(key="x", label="X", cls=object, kind=Kind.PERTURBATION)
+    assert {type(spec.kind) for spec in METHODS.values()} == {Kind}
+
+
+def test_every_kind_has_its_strategy():
+    from camcore.engine import kinds
+    from camcore.methods import METHODS, Kind
+
+    strategies = {kind: type(kinds.strategy_for(next(s for s in METHODS.values() if s.kind is kind)))
+                  for kind in Kind}
+    assert strategies == {Kind.GRADIENT: kinds.FromPass, Kind.ACTIVATION: kinds.FromPass,
+                          Kind.PERTURBATION: kinds.Perturbation, Kind.OWN_PASS: kinds.OwnPass}
+
+
+def test_the_slow_method_label_has_one_source():
+    """The label "Score-CAM  (slow)" is built by methods.method_label alone, wherever a method is offered."""
+    plugin = sorted((ROOT / "plugins").rglob("*.py"))
+    builders = [_rel(p) for p in CAMCORE + UI + PAGES + plugin + [ROOT / "app.py"]
+                if p.name != "methods.py" and re.search(r"\(slow\)[\"']\s*if", p.read_text())]
     assert builders == []
 
 

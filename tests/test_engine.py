@@ -16,7 +16,7 @@ from camcore import targets
 from camcore.engine import ALL_LAYERS, Explainer, grid_pairs, iter_heatmaps
 from camcore.engine import explainer as explainer_mod
 from camcore.errors import CamError, MethodError, TargetError
-from camcore.methods import METHODS
+from camcore.methods import METHODS, Kind
 from camcore.models import MODELS, load_model
 from camcore.results import ClassScore, Prediction
 
@@ -122,7 +122,7 @@ def test_every_method_on_every_model(model, method, no_release_on_gc):
     ex = explainer_for(model)
     spec = METHODS[method]
     _, _, small, default = SETUPS[model]
-    layer = small if spec.kind == "perturbation" else default
+    layer = small if spec.kind is Kind.PERTURBATION else default
     before = hook_count(ex.model.module)
     reason = spec.unsupported_reason(ex.model.spec.task, ex.model.spec.family)
     if reason:

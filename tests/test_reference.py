@@ -102,7 +102,7 @@ def _params():
     out = []
     for model, case in CASES.items():
         for method in PURE:
-            paths = (False, True) if METHODS[method].torch_product is not None else (False,)
+            paths = (False, True) if METHODS[method].device_product is not None else (False,)
             for layer in case.layers:
                 # eigen_smooth: Grad-CAM on both layers, the other methods on the cheaper first layer
                 # (the library's full SVD of a 2048-channel layer costs seconds on 2 cores)

@@ -22,7 +22,7 @@ from camcore.engine.passes import FeaturePass, Progress, run_pass, run_pass_batc
 from camcore.errors import CamError, MethodError, first_line
 from camcore.identity import HeatmapIdentity
 from camcore.images import LoadedImage
-from camcore.methods import MethodSpec, get_method
+from camcore.methods import Kind, MethodSpec, get_method
 from camcore.models import LoadedModel
 from camcore.preprocessing import preprocess, reshape_transform_for
 from camcore.results import CamResult, Heatmap, Prediction, Target
@@ -163,7 +163,7 @@ class Explainer:
         earlier run, else by timing one small batched forward. Every other slow method (or any
         with aug_smooth): _estimate_own. None for the fast ones."""
         spec = get_method(method)
-        if spec.channel_weights is None:
+        if spec.kind is not Kind.PERTURBATION:
             return self._estimate_own(spec, layer) if spec.slow or self.aug_smooth else None
         acts = self.fp.activation_tensors.get(self.model.spec.layer(layer).name)
         if acts is None:
@@ -264,7 +264,7 @@ class Explainer:
             if key not in self._memo:
                 started = time.perf_counter()
                 self._memo[key] = self._compute(spec, layer, eigen_smooth, progress, cancel)
-                if spec.channel_weights is None:
+                if spec.kind is not Kind.PERTURBATION:
                     self._record_own(spec, layer, time.perf_counter() - started)
             return self._memo[key]
 

@@ -1,10 +1,11 @@
-"""One strategy per kind of method (methods.py's `kind`): how a method's map is computed.
+"""One strategy per kind of method (a registry entry's `kind`, methods.Kind): how its map is computed.
 
-- FromPass (gradient, activation): a pure function of the shared pass's activations and
-  gradients; on the tensors' device when device_math is on, else the library's numpy math.
-- Perturbation: channel weights from batched forwards of our own (perturbation.py), with
-  progress, cancel and the per-channel rate that later estimates use.
-- OwnPass (other): pytorch-grad-cam runs the method with a pass of its own.
+- FromPass (GRADIENT, ACTIVATION): a pure function of the shared pass's activations and
+  gradients, the entry's `product`: its torch form on the tensors' device when device_math is
+  on, else its numpy form (the library's math).
+- Perturbation (PERTURBATION): the entry's `channel_weights` from batched forwards of our own
+  (perturbation.py), with progress, cancel and the per-channel rate that later estimates use.
+- OwnPass (OWN_PASS): pytorch-grad-cam runs the method with a pass of its own (`own_pass_call`).
 
 Each returns (raw, full): the clipped 1 x h x w map at the layer's resolution (the library
 discards it) and the 0..1 map at the image's own resolution. Normalisation is pytorch-grad-cam's
@@ -25,7 +26,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from camcore import device_math, modellock, perturbation
 from camcore.engine.passes import FeaturePass, Progress
 from camcore.errors import CamError, Cancelled
-from camcore.methods import MethodSpec
+from camcore.methods import Kind, MethodSpec
 from camcore.models import LoadedModel
 from camcore.projection import first_component_projection
 
@@ -104,7 +105,7 @@ class FromPass:
         if ex.aug_smooth:
             return _augmented(ex, self, spec, layer, eigen_smooth)
         fp = ex.layer_pass(layer)
-        if spec.torch_product is not None and device_math.enabled(ex.model.device):
+        if spec.device_product is not None and device_math.enabled(ex.model.device):
             return self._on_device(ex, spec, fp, layer, eigen_smooth)
         return _from_raw(ex, np.maximum(self.raw(ex, spec, fp, layer, ex.x, ex.grad_target, eigen_smooth), 0))
 
@@ -118,8 +119,8 @@ class FromPass:
         cam = _method_object(spec, ex.model)
         if spec.library_image:
             return cam.get_cam_image(x, None, [target], acts, grads, False)
-        assert spec.product is not None, f"{spec.key}: a pure method needs a product or library_image"
-        product = spec.product(cam, acts, grads if grads is not None else np.zeros_like(acts))
+        assert spec.product is not None  # MethodSpec checks: a pure method has a product or library_image
+        product = spec.product.host(cam, acts, grads if grads is not None else np.zeros_like(acts))
         return _combine(product, bool(spec.projection or eigen_smooth))
 
     @staticmethod
@@ -129,9 +130,9 @@ class FromPass:
         grads = fp.gradient_tensors.get(layer)
         if spec.needs_gradients and grads is None:
             raise _no_gradients(layer)
-        assert spec.torch_product is not None
+        assert spec.device_product is not None
         with torch.no_grad():
-            product = spec.torch_product(acts, grads if grads is not None else torch.zeros_like(acts))
+            product = spec.device_product(acts, grads if grads is not None else torch.zeros_like(acts))
             if spec.projection or eigen_smooth:
                 raw = device_math.first_component_projection(product)
             else:
@@ -184,14 +185,14 @@ class Perturbation:
             return modellock.hold(model.lock, model.spec.key, f"{spec.label} on {layer}", progress, cancel,
                                   since=started)
 
-        assert spec.channel_weights is not None, f"{spec.key}: a perturbation method needs channel_weights"
+        assert spec.channel_weights is not None  # MethodSpec checks it for a PERTURBATION entry
         with guard():
             model.module.eval()
         level = model.spec.layer(layer).key or None  # a detector's single FPN level (Ablation-CAM)
         weights = spec.channel_weights(model.module, model.layer_module(layer), x,
                                        fp.activation_tensors[layer], target, size, progress, cancel,
                                        vit=model.spec.family == "vit", guard=guard,
-                                       **({"level": level} if level and spec.key == "ablationcam" else {}))
+                                       **({"level": level} if level and spec.per_fpn_level else {}))
         return _combine(weights[:, :, None, None] * acts, eigen_smooth)
 
 
@@ -233,11 +234,11 @@ def _release(cam: object) -> None:
     recorder.gradients = []
 
 
-_BY_KIND: dict[str, Strategy] = {
-    "gradient": FromPass(),
-    "activation": FromPass(),
-    "perturbation": Perturbation(),
-    "other": OwnPass(),
+_BY_KIND: dict[Kind, Strategy] = {
+    Kind.GRADIENT: FromPass(),
+    Kind.ACTIVATION: FromPass(),
+    Kind.PERTURBATION: Perturbation(),
+    Kind.OWN_PASS: OwnPass(),
 }
 
 

@@ -252,7 +252,7 @@ class ComputeCams(foo.Operator):
                                      description=f"The methods that work on {spec.label} in a batch")
         for m in methods.methods_for(spec.task, spec.family):
             if not m.layer_independent:  # batch's own restriction (BatchOptions.checked)
-                method_view.add_choice(m.key, label=m.label + (" (slow)" if m.slow else ""))
+                method_view.add_choice(m.key, label=methods.method_label(m.key))
         inputs.list("methods", types.String(), default=[methods.DEFAULT_METHOD], view=method_view)
 
         layer_view = types.Dropdown(label="Layers", multiple=True, description=f"Layers of {spec.label}")
