@@ -53,10 +53,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 # ---------------------------------------------------------------- subprocesses
 
 
-def test_models_json():
-    proc = run_cli("models", "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+def _main_json(capsys, *argv: str) -> dict:
+    """`cam <argv> --json` in-process (the listings; what a user types runs in subprocesses below)."""
+    code = cli.main([*argv, "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def test_models_json(capsys):
+    data = _main_json(capsys, "models")
     assert data["default"] == DEFAULT_MODEL
     assert [m["key"] for m in data["models"]] == list(MODELS)
     for m in data["models"]:
@@ -65,10 +71,8 @@ def test_models_json():
         assert m["task"] == spec.task and m["num_classes"] == len(spec.class_names())
 
 
-def test_methods_json():
-    proc = run_cli("methods", "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+def test_methods_json(capsys):
+    data = _main_json(capsys, "methods")
     assert data["default"] == "gradcam"
     assert {m["key"]: m["kind"] for m in data["methods"]} == {k: s.kind for k, s in METHODS.items()}
     assert all(set(m) >= {"label", "class", "tasks", "families", "slow"} for m in data["methods"])
