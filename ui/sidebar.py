@@ -383,7 +383,7 @@ def _view_spec(sb, dataset) -> views.ViewSpec:
         reverse = st.toggle("Descending", key=Sidebar.VIEW_SORT_DESC, disabled=sort_field is None)
         urlstate.filter_leftovers()
         if sort_field:
-            _offer_sort_index(dataset, sort_field)
+            _offer_sort_index(dataset, sort_field, tags=bool(chosen_tags))
     narrow = _narrowing(sb)
     return views.ViewSpec(tags=tuple(chosen_tags), label_field=field or "", label=label or "",
                           confidence=confidence, filename_contains=contains.strip(),
@@ -391,25 +391,28 @@ def _view_spec(sb, dataset) -> views.ViewSpec:
                           **base)
 
 
-def _offer_sort_index(dataset, field: str) -> None:
+def _offer_sort_index(dataset, field: str, tags: bool = False) -> None:
     """On a big dataset, a sort without an index scans every sample at each move (23 s a ▶ at
-    10^6): say so, what an index costs, and build it on the user's click."""
+    10^6): say so, what an index costs, and build it on the user's click. After a tag filter the
+    index that serves is on (tags, field)."""
     total = views.count(dataset)
-    if total < views.SORT_INDEX_OFFER_OVER or not views.sort_index_missing(dataset, field):
+    if total < views.SORT_INDEX_OFFER_OVER or not views.sort_index_missing(dataset, field, tags):
         return
     seconds, megabytes = views.sort_index_cost(total)
-    st.caption(f"Each move in this order reads all {total:,} samples: an index on {text.escape(field)} makes it a "
+    what = f"tags and {field}" if tags else field
+    st.caption(f"Each move in this order reads all {total:,} samples: an index on {text.escape(what)} makes it a "
                f"seek. Built once in the database, for everyone: about {duration(seconds)} and "
                f"{megabytes:,.0f} MB.")
-    if st.session_state.pop(Sidebar.SORT_INDEX_GO, None) == field:  # the click of the run before
-        with st.spinner(f"Building the index on {field} (about {duration(seconds)})…", show_time=True):
-            views.create_sort_index(dataset, field)
+    if st.session_state.pop(Sidebar.SORT_INDEX_GO, None) == (field, tags):  # the click of the run before
+        with st.spinner(f"Building the index on {what} (about {duration(seconds)})…", show_time=True):
+            views.create_sort_index(dataset, field, tags)
         st.rerun()
-    st.button(f"Index {field}", key=Sidebar.SORT_INDEX, icon=":material/bolt:", on_click=_ask_index, args=(field,))
+    st.button(f"Index {what}", key=Sidebar.SORT_INDEX, icon=":material/bolt:", on_click=_ask_index,
+              args=(field, tags))
 
 
-def _ask_index(field: str) -> None:
-    st.session_state[Sidebar.SORT_INDEX_GO] = field
+def _ask_index(field: str, tags: bool) -> None:
+    st.session_state[Sidebar.SORT_INDEX_GO] = (field, tags)
 
 
 def _clear_narrowing() -> None:

@@ -198,16 +198,23 @@ _INDEX_BYTES_PER_SAMPLE = 45  # a (value, _id) key and its record id, as MongoDB
 _INDEX_SAMPLES_PER_SECOND = 150_000  # building it, on one busy CPU core
 
 
-def sort_index_name(field: str) -> str:
-    return f"cam_explorer_sort_{field}"
+def sort_index_name(field: str, tags: bool = False) -> str:
+    return f"cam_explorer_sort_{'tags_' if tags else ''}{field}"
+
+
+def _sort_index_keys(field: str, tags: bool) -> list[str]:
+    # With a tag filter the tags come first: the filter is the index's prefix, the order its rest.
+    return (["tags"] if tags else []) + [field, "_id"]
 
 
 @db_errors
-def sort_index_missing(dataset: fo.Dataset, field: str) -> bool:
-    """True if no index starts with (field, _id): each move of the sorted view is then a scan."""
+def sort_index_missing(dataset: fo.Dataset, field: str, tags: bool = False) -> bool:
+    """True if no index serves the view sorted by `field` (after a tag filter, with tags): each move
+    of it is then a scan. (field, _id) serves a plain sort; (tags, field, _id) one of tagged samples."""
+    wanted = _sort_index_keys(field, tags)
     for info in root_dataset(dataset)._sample_collection.index_information().values():
         keys = [k for k, _d in info.get("key", [])]
-        if keys[:2] == [field, "_id"] or (keys[:1] == [field] and len(keys) == 1):
+        if keys[:len(wanted)] == wanted or (not tags and keys == [field]):
             return False
     return True
 
@@ -218,9 +225,11 @@ def sort_index_cost(samples: int) -> tuple[float, float]:
 
 
 @db_errors
-def create_sort_index(dataset: fo.Dataset, field: str) -> None:
-    """The index that makes every move of a view sorted by `field` (either direction) a seek."""
-    root_dataset(dataset)._sample_collection.create_index([(field, 1), ("_id", 1)], name=sort_index_name(field))
+def create_sort_index(dataset: fo.Dataset, field: str, tags: bool = False) -> None:
+    """The index that makes every move of a view sorted by `field` (either direction) a seek; with
+    tags, of a view of tagged samples so sorted."""
+    keys = _sort_index_keys(field, tags)
+    root_dataset(dataset)._sample_collection.create_index([(k, 1) for k in keys], name=sort_index_name(field, tags))
 
 
 def _scanned_position(view: fo.DatasetView, sample_id: str) -> int | None:
