@@ -458,11 +458,11 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
     from camcore.identity import HeatmapIdentity
 
     files = demo_data.ensure_demo_dataset().values("filepath")
-    n = 24  # three chunks of 8: the kill lands after the first or the second
+    n = 48  # six chunks of 8 with the default model: the kill lands after the first and before the last
     ds = fo.Dataset(f"killed-{uuid.uuid4().hex[:8]}", persistent=True)  # the server loads it by name
     ds.add_samples([fo.Sample(filepath=files[i % len(files)]) for i in range(n)])
-    field = HeatmapIdentity(model="deeplabv3", method="gradcam", layer="layer4", target=batch.PREDICTED,
-                            pretrained=False).field_name
+    field = HeatmapIdentity(model=models.DEFAULT_MODEL, method="gradcam", layer=models.get_spec(models.DEFAULT_MODEL)
+                            .default_layer, target=batch.PREDICTED).field_name
     ARTIFACTS.mkdir(exist_ok=True)
     fresh = Server(ARTIFACTS / "streamlit-killed-server.log")
     context = browser.new_context(viewport=VIEWPORT)
@@ -472,18 +472,13 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
         open_app(page, fresh.url)
         choose(page, "Dataset", ds.name, sidebar)
         settle(page)
-        choose(page, "Model", DEEPLAB, sidebar)
-        settle(page)
-        set_input_size(page, 256)
-        choose(page, "Weights", "untrained (random weights)", sidebar)
-        settle(page)
         page.get_by_test_id("stSidebarNav").get_by_role("link", name="Batch").click()
         run = page.get_by_role("button", name="Run batch")
         expect(run).to_be_visible(timeout=RUN_TIMEOUT)
         settle(page)
         run.click()
         # progress "done/total · rate · ETA": kill once a chunk is written and before the last one
-        expect(page.get_by_text(re.compile(rf"^(8|16)/{n} ·"))).to_be_visible(timeout=RUN_TIMEOUT)
+        expect(page.get_by_text(re.compile(rf"^(8|16|24|32|40)/{n} ·"))).to_be_visible(timeout=RUN_TIMEOUT)
         os.kill(fresh.proc.pid, signal.SIGKILL)
         fresh.proc.wait(timeout=30)
     finally:
@@ -495,8 +490,9 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
         written = [label for label in labels if label is not None]
         assert 8 <= len(written) < n, len(written)
         assert all(os.path.isfile(label.map_path) for label in written), "a label without its file"
-        again = batch.run_batch(ds, batch.BatchOptions("deeplabv3", "untrained", ["gradcam"], ["layer4"],
-                                                       batch.PREDICTED, input_size=256))
+        again = batch.run_batch(ds, batch.BatchOptions(models.DEFAULT_MODEL, "auto", ["gradcam"],
+                                                       [models.get_spec(models.DEFAULT_MODEL).default_layer],
+                                                       batch.PREDICTED))
         assert (again.skipped, again.done, again.failed) == (len(written), n - len(written), [])
         ds.reload()
         assert all(label is not None and os.path.isfile(label.map_path) for label in ds.values(field))
