@@ -86,7 +86,7 @@ def _drive(url: str, modal_url: str, select) -> dict:
             page.locator("body").click(position={"x": 640, "y": 20})
             page.keyboard.press("Backquote")
             operators = page.locator("[data-cy=operators-browser]")
-            expect(operators).to_be_visible(timeout=30_000)
+            expect(operators).to_be_visible(timeout=120_000)
             page.keyboard.type("compute heatmaps")
             operators.get_by_text("CAM Explorer: compute heatmaps").click()
             expect(page.get_by_text("Computes heatmaps on the 1 selected sample(s)")).to_be_visible(timeout=60_000)
@@ -98,7 +98,7 @@ def _drive(url: str, modal_url: str, select) -> dict:
             modal = page.locator("#modal")
             canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
             expect(canvas).to_be_visible(timeout=60_000)
-            expect(modal.locator(f"[data-cy=checkbox-{FIELD}] input")).to_be_checked(timeout=30_000)
+            expect(modal.locator(f"[data-cy=checkbox-{FIELD}] input")).to_be_checked(timeout=120_000)  # 3 workers' load
             page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
             out["canvas"] = canvas.screenshot()
             page.screenshot(path=str(ARTIFACTS / "app21_open_app_heatmap.png"))
