@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import ParamSpec, TypeVar
 
 import fiftyone as fo
+import fiftyone.core.dataset as fod
 import numpy as np
 import pymongo.errors
 from fiftyone import ViewField as F
@@ -95,12 +96,14 @@ def list_datasets() -> list[str]:
 
 @db_errors
 def load_dataset(name: str) -> fo.Dataset:
-    """Load a dataset by name; an unknown name raises StoreError naming the known ones."""
-    names = list_datasets()
-    if name not in names:
-        shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-        raise StoreError(f"no FiftyOne dataset named {name!r}; available: {shown or '(none)'}")
-    return fo.load_dataset(name)
+    """Load a dataset by name; an unknown name raises StoreError naming the known ones (listed only
+    then: every Ray shard and page load opens one by name, with hundreds of datasets beside it)."""
+    try:
+        return fo.load_dataset(name)
+    except fod.DatasetNotFoundError:
+        names = list_datasets()
+    shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+    raise StoreError(f"no FiftyOne dataset named {name!r}; available: {shown or '(none)'}")
 
 
 @db_errors
