@@ -53,7 +53,7 @@ def main(sel: Selection) -> None:
                                         key=Compare.layers(spec.key))
     chosen = widgets.sticky_multiselect(
         c2, "Columns: methods", offered, [methods.DEFAULT_METHOD], key=Compare.METHODS,
-        format_func=methods.method_label)
+        format_func=methods.method_label, help=methods.not_offered(spec.task, spec.family) or None)
     eigen = widgets.shown_toggle(c3, "eigen_smooth", Compare.EIGEN, False)
     aug = widgets.shown_toggle(c3, "aug_smooth (slow)", Compare.AUG, False)
     if not layers or not chosen:
@@ -83,8 +83,10 @@ def main(sel: Selection) -> None:
     # the scores and the view's ranking measure a class's score: not defined for a box (yet)
     with_scores = not detector and o3.toggle("Faithfulness scores", value=True, key=Compare.SCORES,
                                              help=compare_grid.SCORES_HELP)
-    renorm = detector and o3.toggle("Renormalise inside the box", key=Compare.BOX_RENORM,
-                                    help="Scale each map to 0..1 inside each explained box, zero outside.")
+    # a short label: a quarter of the page at 1280 px cuts Explore's "Renormalise inside the box"
+    renorm = detector and o3.toggle("Renormalise in box", key=Compare.BOX_RENORM,
+                                    help="Renormalise inside the box: each map scaled to 0..1 inside each "
+                                         "explained box, zero outside.")
     threshold = widgets.sticky(o4.slider, "Background-dominated below", Compare.THRESHOLD,
                                metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
                                help="Share of heatmap mass on the object.")

@@ -420,6 +420,9 @@ def test_compare_with_a_detector_draws_its_box_and_offers_renormalising_inside_i
     at.slider(key="cmp_box_threshold").set_value(0.0)  # untrained SSDlite scores its boxes low
     _run(at)
     assert at.selectbox(key="cmp_box").value == "top"
+    # item 4: the methods that do not fit a detector are left out, and the picker says why
+    assert "FullGrad, Shapley-CAM (works on classification / segmentation models only)" in \
+        at.multiselect(key="cmp_methods").help
     made = [c for c in _image_captions(at) if "det0" in c]
     assert len(made) == 1, _image_captions(at)
     at.toggle(key="cmp_box_renormalise").set_value(True)
