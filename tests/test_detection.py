@@ -539,3 +539,25 @@ def test_compare_draws_the_boxes_over_its_maps_and_renormalises_inside_them():
     assert yellow > 100 and not (plain == out).all()
     renorm = compare_grid.overlaid(img, h, loaded, 0.5, "jet", (), True)
     assert (renorm[15, 15] != plain[15, 15]).any()  # the peak outside the box is gone
+
+
+def test_a_field_box_outside_the_image_or_with_an_odd_label_is_its_own_one_line_error():
+    """Issue 24 item 8: a stored box outside the image said "'box:...' is a class target", and a
+    label holding ':' or '@' broke the rule; each now says what is wrong, in one line."""
+    from camcore import targets
+    from camcore.results import Prediction
+
+    pred, names = Prediction("detection", (), boxes=_found()), detection.coco_class_names()
+
+    def error(request) -> str:
+        with pytest.raises(TargetError) as err:
+            targets.choose_target(pred, names, request, (100, 128))
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert "outside the image" in error("box:person:0.8,0.2,0.5,0.4:gt/abc")
+    assert "is a class target" in error("person")
+    odd = detection.field_box_text("a:b@c", (0.1, 0.1, 0.2, 0.2), "gt/abc")
+    assert detection.parse_rule(odd).label == "a:b@c" and detection.parse_rule(odd).ref == "gt/abc"
+    assert "does not know the label 'a:b@c'" in error(odd)
+    assert detection.field_box_rule("field:gt:0", [("gt", "abc", "a:b@c", [0.1, 0.1, 0.2, 0.2])]) == odd
