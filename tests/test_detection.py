@@ -188,9 +188,11 @@ def _ground_truth_rule(box, label, classes):
 
 
 GRADCAM_FINDING = pytest.mark.xfail(strict=False, reason=(
-    "Finding: on this toy detector Grad-CAM's channel-weighted sum is negative over the box on about half "
-    "the images (all-zero map after the clip), for ground-truth and own boxes, with or without the IoU "
-    "term; Eigen-CAM points at the box"))
+    "Finding (re-measured 2026-12-04, seeds 0-11, layer conv2): Grad-CAM puts > 50% of its mass in the box on "
+    "8 of 12 own detections and 7 of 12 matched ground-truth boxes; the misses are not blank maps, their mass "
+    "lies outside the box (< 5% inside). A matched box's target adds the IoU's gradient (the box regression), "
+    "which an own box's IoU of 1 does not (its maximum). The toy detector also calls 4 of 12 discs squares. "
+    "Eigen-CAM: 12 of 12"))
 
 
 @pytest.mark.parametrize("method", [pytest.param("gradcam", marks=GRADCAM_FINDING), "eigencam"])
@@ -238,6 +240,28 @@ def test_cli_cam_prints_the_box_it_explained_and_refuses_mismatched_targets(tmp_
         code = cli.main(["cam", "--image", img, *argv, "--out", str(tmp_path / "o2")])
         _, err = capsys.readouterr()
         assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_push_prints_the_box_it_explained(tmp_path, capsys):
+    """Issue 24 item 6: push, like cam, says which box its heatmaps explain (text and --json)."""
+    import fiftyone as fo
+    from fo_helpers import unique_name
+
+    from camcore import cli
+
+    ds = fo.Dataset(unique_name("det-push"))
+    ds.add_sample(fo.Sample(filepath=_write_image(tmp_path / "shape.png")))
+    base = ["push", "--dataset", ds.name, "--sample", ds.first().id, "--model", SSD, "--weights", "untrained",
+            "--method", "eigencam", "--box", "det:1@0", "--heatmap-dir", str(tmp_path / "hm")]
+    try:
+        assert cli.main(base) == 0
+        out = capsys.readouterr()[0]
+        assert "box explained: det1" in out and "score" in out, out
+        assert cli.main([*base, "--json"]) == 0
+        report = _json(capsys.readouterr()[0])
+        assert report["target"]["box_ref"] == "det1" and len(report["target"]["boxes"]) == 1, report
+    finally:
+        ds.delete()
 
 
 def test_push_names_the_field_box_in_its_provenance(tmp_path):
@@ -489,3 +513,72 @@ def test_ablation_of_an_fpn_level_follows_ablationlayerfasterrcnn():
     assert (fused["1"][5, 1] < -1e6).all() and (fused["1"][5, 0] == raw["1"][0, 0]).all()
     one = perturbation.ablated_level_copies(raw, torch.arange(2, 4), "1")
     assert (one["1"][0, 2] < -1e6).all() and (one["0"] == raw["0"]).all()
+
+
+def test_compare_draws_the_boxes_over_its_maps_and_renormalises_inside_them():
+    """Issue 24 item 5: Compare's maps show the detections (the explained box highlighted, its label
+    and score) like Explore's, and 'renormalise inside the box' changes the map outside the box."""
+    from types import SimpleNamespace
+
+    from camcore import overlay
+    from camcore.results import Prediction, Target
+    from ui import boxes, compare_grid
+
+    found = _found()
+    pred = Prediction("detection", (), boxes=found)
+    target = Target(index=18, name="dog", rule="chosen box", boxes=(found[1].box,), box_ref="det1", score=0.6)
+    drawn = boxes.to_draw(target, pred, 0.5)
+    assert [(caption, explained) for _b, caption, explained in drawn] == [("#0 person 0.90", False),
+                                                                        ("#1 dog 0.60", True)]
+    m = np.zeros((100, 128), np.float32)
+    m[5:30, 5:30] = 1.0  # the peak outside the explained box
+    m[50:80, 70:110] = 0.3
+    h = SimpleNamespace(map=m, target=target)  # what overlaid() reads of a Heatmap
+    img, loaded = SimpleNamespace(rgb=np.zeros((100, 128, 3), np.uint8)), SimpleNamespace(pretrained=True)
+    plain = compare_grid.overlaid(img, h, loaded, 0.5, "jet")
+    out = compare_grid.overlaid(img, h, loaded, 0.5, "jet", drawn)
+    yellow = (np.abs(out.astype(int) - overlay.EXPLAINED_COLOR).sum(axis=-1) < 30).sum()
+    assert yellow > 100 and not (plain == out).all()
+    renorm = compare_grid.overlaid(img, h, loaded, 0.5, "jet", (), True)
+    assert (renorm[15, 15] != plain[15, 15]).any()  # the peak outside the box is gone
+
+
+def test_a_field_box_outside_the_image_or_with_an_odd_label_is_its_own_one_line_error():
+    """Issue 24 item 8: a stored box outside the image said "'box:...' is a class target", and a
+    label holding ':' or '@' broke the rule; each now says what is wrong, in one line."""
+    from camcore import targets
+    from camcore.results import Prediction
+
+    pred, names = Prediction("detection", (), boxes=_found()), detection.coco_class_names()
+
+    def error(request) -> str:
+        with pytest.raises(TargetError) as err:
+            targets.choose_target(pred, names, request, (100, 128))
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert "outside the image" in error("box:person:0.8,0.2,0.5,0.4:gt/abc")
+    assert "is a class target" in error("person")
+    odd = detection.field_box_text("a:b@c", (0.1, 0.1, 0.2, 0.2), "gt/abc")
+    assert detection.parse_rule(odd).label == "a:b@c" and detection.parse_rule(odd).ref == "gt/abc"
+    assert "does not know the label 'a:b@c'" in error(odd)
+    assert detection.field_box_rule("field:gt:0", [("gt", "abc", "a:b@c", [0.1, 0.1, 0.2, 0.2])]) == odd
+
+
+def test_the_pickers_top_box_reuses_the_pages_first_pass():
+    """Issue 24 item 4: the page's first pass asks for 'top@0' (every box listed); the picker's
+    default 'top' (threshold 0.5) is the same box, asked for as 'top@0' so that pass serves it
+    (the UI caches passes by request) instead of a second forward + backward."""
+    from camcore.results import Prediction
+    from ui import boxes
+
+    pred = Prediction("detection", (), boxes=_found())
+    assert boxes.engine_rule("top", 0.5, pred) == "top@0"
+    assert boxes.engine_rule("det:1", 0.5, pred) == "det:1@0"
+    assert boxes.engine_rule("det:2", 0.5, pred) is None  # below the threshold: its own one-line error
+    assert boxes.engine_rule("top", 0.95, pred) is None
+    assert boxes.engine_rule("class:dog", 0.5, pred) is None and boxes.engine_rule("id:abc", 0.5, pred) is None
+    names = detection.coco_class_names()
+    for rule in ("top", "det:1"):  # the same box at either threshold
+        assert detection.choose(detection.parse_rule(rule), _found(), names, (100, 128)) == \
+            detection.choose(detection.parse_rule(boxes.engine_rule(rule, 0.5, pred)), _found(), names, (100, 128))

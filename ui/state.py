@@ -169,6 +169,7 @@ class Compare:
     TARGET = "cmp_target"
     BOX = "cmp_box"  # a detector's box (ui/boxes.py)
     BOX_THRESHOLD = "cmp_box_threshold"
+    BOX_RENORM = "cmp_box_renormalise"  # the maps renormalised inside the explained boxes
     TARGET_REQUEST = "cmp_target_request"  # a class asked for by a study or a link, for the picker
     ALPHA = "cmp_alpha"
     CMAP = "cmp_cmap"
@@ -236,7 +237,7 @@ class Audit:
     """pages/audit.py, pages/review.py, pages/runs.py (ui/audit.py)."""
 
     RUN = "audit_run"  # the heatmap field audited (URL run=)
-    APPLIED = "_audit_applied"  # the chart selection last turned into a narrowing
+    APPLIED = "_audit_applied"  # + "_<chart>": the selection a chart had on its last run
     HIST = "audit_hist"
     CLASSES = "audit_classes"
     SCATTER = "audit_scatter"

@@ -376,7 +376,7 @@ def _measure_views(inputs: Any, params: dict, dataset: Any, store: Any) -> None:
     if not params.get("measures"):
         return
     objects = types.Dropdown(label="Object from", description="a Segmentation or Detections field; "
-                             "none: a segmentation model's own mask")
+                             "none: the model's own (a segmenter's mask, a detector's explained box)")
     for name in ([*store.segmentation_fields(dataset), *store.detection_fields(dataset)] if dataset else []):
         objects.add_choice(name, label=name)
     inputs.str("object_field", view=objects)
