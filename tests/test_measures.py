@@ -7,7 +7,7 @@ import shutil
 import fiftyone as fo
 import pytest
 from cam_support import skimage_data
-from fo_helpers import unique_name
+from fo_helpers import coded_identity, unique_name
 
 from camcore import batch, judge
 from camcore.batch import BatchOptions
@@ -24,7 +24,7 @@ CAT_BOX = [0.25, 0.05, 0.5, 0.9]  # chelsea.png: the cat's head and body
 
 
 def _identity() -> HeatmapIdentity:
-    return HeatmapIdentity(model=MODEL, method="gradcam", layer=get_spec(MODEL).default_layer, target=batch.PREDICTED)
+    return coded_identity(model=MODEL, method="gradcam", layer=get_spec(MODEL).default_layer, target=batch.PREDICTED)
 
 
 @pytest.fixture
