@@ -133,3 +133,17 @@ def test_a_narrowing_this_dataset_cannot_apply_is_dropped_in_one_line(audited):
     assert len(at.get("plotly_chart")) == 2
     assert any("**30 samples** in the view:" in m.value for m in at.markdown)
     assert "narrow" not in at.query_params
+
+
+def test_the_narrowed_view_is_saved_as_a_fiftyone_saved_view(audited):
+    ds, _fields = audited
+    (run_,) = audit.runs(ds)
+    at = _audit_page(ds, narrow=audit.class_narrow(run_, "cup"))
+    at.text_input(key="audit_save_name").input("background cups")
+    at.button(key="audit_save").click()
+    run(at, allow_errors=False)
+    assert any("Saved as the FiftyOne view 'background cups'" in s.value for s in at.success)
+    ds.reload()
+    assert "background cups" in ds.list_saved_views()
+    saved = ds.load_saved_view("background cups")
+    assert saved.count() == 10 and set(saved.values(f"{run_.heatmap}.target")) == {"cup"}
