@@ -92,7 +92,7 @@ def test_two_runs_page_lists_the_most_changed_and_the_classes(audited):
     at.switch_page("pages/runs.py")
     run(at, allow_errors=False)
     (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
-    assert chart["yaxis"]["title"]["text"] == "mean change of on-object share, B − A (−1…1)"
+    assert chart["yaxis"]["title"]["text"] == "share change, B − A (−1…1)"
     classes, changed = at.dataframe
     assert sorted(classes.value["class"]) == ["cat", "cup", "person"]
     sizes = [abs(v) for v in changed.value["change"]]

@@ -106,6 +106,8 @@ def test_a_mouse_click_on_a_bar_or_a_point_and_a_box_narrow_the_view(server: Ser
     expect(charts).to_have_count(2, timeout=RUN_TIMEOUT)
     settle(page)
     _sidebar_count(page, 12)
+    _fits(charts.nth(0))
+    _fits(charts.nth(1))
     ARTIFACTS.mkdir(exist_ok=True)
 
     # The first bar (share 0-0.05): its samples only.
@@ -157,3 +159,30 @@ def test_a_mouse_click_on_a_bar_or_a_point_and_a_box_narrow_the_view(server: Ser
     fresh.goto(page.url)
     _sidebar_count(fresh, expected)
     fresh.close()
+
+
+def test_two_runs_page_at_1280(server: Server, page: Page, audited):
+    """The Two runs page drawn at 1280x800: the per-class plot with its axis titles, the tables and
+    both maps (screenshot in test-artifacts/ to look at)."""
+    import dataclasses
+
+    from audit_support import IDENTITY, add_run
+
+    ds, _fields = audited
+    add_run(ds, dataclasses.replace(IDENTITY, pretrained=False), seed=5)
+    page.goto(f"{server.url}/runs?dataset={ds.name}")
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(1, timeout=RUN_TIMEOUT)
+    settle(page)
+    expect(page.get_by_text("share change, B − A (−1…1)").first).to_be_visible()
+    _fits(page.get_by_test_id("stPlotlyChart").first)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "runs-1280.png"), full_page=True)
+
+
+def _fits(chart) -> None:
+    """The chart's title is not cut at its right edge, and its y axis title stays below it (at
+    1280 px the per-class plot's title was cut and its axis title ran into it)."""
+    whole, title, y_title = (chart.bounding_box(), chart.locator(".gtitle").bounding_box(),
+                             chart.locator(".ytitle").bounding_box())
+    assert title["x"] + title["width"] <= whole["x"] + whole["width"], (title, whole)
+    assert y_title["y"] >= title["y"] + title["height"], (y_title, title)

@@ -204,7 +204,7 @@ def sample_measures(sel: Selection, sample_id: str, run: audit.AuditRun) -> dict
 
 # ---------------------------------------------------------------- two runs side by side
 
-CHANGE_AXIS = "mean change of on-object share, B − A (−1…1)"
+CHANGE_AXIS = "share change, B − A (−1…1)"  # fits the plot's height at 1280 px
 most_changed = audit.most_changed
 class_changes = audit.class_changes
 count_both = audit.count_both
@@ -234,7 +234,7 @@ def class_change_figure(rows: list[tuple[str, int, float, int, int]]) -> go.Figu
                            customdata=[[r[1], r[3], r[4]] for r in rows],
                            hovertemplate="%{x}: %{y:+.3f} (%{customdata[0]} samples, %{customdata[1]} better, "
                                          "%{customdata[2]} worse)<extra></extra>"))
-    fig.update_layout(title="Which classes got better (green) or worse (red) at looking at the object")
+    fig.update_layout(title="Classes that got better (green) or worse (red)")  # not cut at 1280 px
     return _layout(fig, "class (explained by run A)", CHANGE_AXIS)
 
 
