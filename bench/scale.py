@@ -463,9 +463,10 @@ FIELDS_NEW = 3  # new fields per push / per batch (each a new layer)
 FIELDS_LAYERS = ("blocks.4", "blocks.5", "blocks.6")  # EfficientNet-Lite0 layers of the batch
 
 
-def fill_fields(ds, count: int) -> None:
+def fill_fields(ds, count: int, labelled: bool = False) -> None:
     """Give `ds` `count` CAM heatmap fields as a month of exploring would: declared like ours (every
-    label attribute), listed in the registry and the App config, one label in each. Built by copying
+    label attribute), listed in the registry and the App config, one label in each (labelled: a
+    label in each on every sample, as a month of pushes and batches leaves them). Built by copying
     one declared field's schema entry in the database (seconds), not by `count` declarations."""
     import copy
 
@@ -504,7 +505,8 @@ def fill_fields(ds, count: int) -> None:
     conn.update_one({"_id": ds._doc.id}, {"$set": {"app_config.color_scheme": scheme,
                                                    "app_config.sidebar_groups": app.get("sidebar_groups")}})
     label = ds._sample_collection.find_one({"_id": ds.first()._id})[h.field]
-    ds._sample_collection.update_one({"_id": ds.first()._id}, {"$set": {f["name"]: label for f in fields}})
+    where = {} if labelled else {"_id": ds.first()._id}
+    ds._sample_collection.update_many(where, {"$set": {f["name"]: label for f in [*fields, {"name": h.field}]}})
     ds.reload()
 
 
@@ -555,7 +557,8 @@ def time_batch_setup(ds, rep: int) -> float:
     return told[0] - t0
 
 
-def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | None = None) -> dict:
+def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | None = None,
+               labelled: bool = False) -> dict:
     """Median seconds of a push and of a batch's set-up at each CAM field count; ratios against
     the first count, measured in this run (interleaved, so drift hits every count alike)."""
     import statistics
@@ -577,7 +580,7 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
         ds.add_samples([fo.Sample(filepath=p) for p in files])
         ds.compute_metadata()
         t0 = time.perf_counter()
-        fill_fields(ds, n)
+        fill_fields(ds, n, labelled)
         cams = [f for f in ds.get_field_schema() if f.startswith("cam_")]
         print(f"dataset {name}: {len(cams)} CAM fields in {time.perf_counter() - t0:.1f} s", flush=True)
         sets[n] = (ds, set(ds.get_field_schema()))
@@ -649,6 +652,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fields", help="CAM field counts, e.g. 5,500: push and batch set-up at each (issue 22)")
     ap.add_argument("--repeats", type=int, default=5, help="--fields: repeats (medians are reported)")
     ap.add_argument("--profile", help="--fields: write a cProfile of the largest count here")
+    ap.add_argument("--labelled", action="store_true",
+                    help="--fields: a label in every CAM field on every sample (the pushed sample's too)")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--probe-dataset", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -693,7 +698,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
         if args.fields:
-            run_fields([int(c) for c in args.fields.split(",") if c.strip()], args.repeats, image_dir, args.profile)
+            run_fields([int(c) for c in args.fields.split(",") if c.strip()], args.repeats, image_dir, args.profile,
+                       args.labelled)
             return
         for n in sizes:
             t0 = time.perf_counter()
