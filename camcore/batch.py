@@ -57,7 +57,6 @@ from camcore.images import LoadedImage, load_image
 from camcore.measures import (
     MeasureOptions,
     ObjectLabel,
-    batched_faithfulness,
     measure,
     object_label,
     sample_item,
@@ -489,7 +488,7 @@ class BatchRun:
         if self.object_kind:
             item = sample_item(sid, path, self.objects.pop(sid, None), explainer.target.name, options.object_label)
         values: dict[str, object] = {}
-        faiths = batched_faithfulness(explainer, heatmaps) if options.faithfulness else [None] * len(heatmaps)
+        faiths = explainer.faithfulness_of(heatmaps) if options.faithfulness else [None] * len(heatmaps)
         for job, h, faith in zip(jobs, heatmaps, faiths, strict=True):
             for name, value in measure(explainer, h, item, options, faith).items():
                 values[self.measuring[job.field][name]] = value

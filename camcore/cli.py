@@ -396,6 +396,14 @@ def _result_json(result, records: list[dict], image) -> dict:
     }
 
 
+def _box_line(t) -> str:
+    """Which box a detector's heatmaps explain (cam and push print it)."""
+    shown = "; ".join(f"[{b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f}, {b[3]:.0f}]" for b in t.boxes[:5])
+    score = "" if t.score is None else f", score {t.score:.2f}"
+    iou = "" if t.iou is None else f", IoU {t.iou:.2f}"
+    return f"box explained: {t.box_ref} {t.name}{score}{iou} at (x1, y1, x2, y2) {shown}"
+
+
 def _print_summary(result, records: list[dict]) -> None:
     pred = result.prediction
     noun = {"segmentation": "pixels", "detection": "score"}.get(pred.task, "probability")
@@ -407,10 +415,7 @@ def _print_summary(result, records: list[dict]) -> None:
     t = result.target
     _say(f"target: {t.name} ({t.rule})" + (f" - {t.note}" if t.note else ""))
     if t.box_ref:
-        shown = "; ".join(f"[{b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f}, {b[3]:.0f}]" for b in t.boxes[:5])
-        score = "" if t.score is None else f", score {t.score:.2f}"
-        iou = "" if t.iou is None else f", IoU {t.iou:.2f}"
-        _say(f"box explained: {t.box_ref} {t.name}{score}{iou} at (x1, y1, x2, y2) {shown}")
+        _say(_box_line(t))
     for r in records:
         _say(
             f"{r['method']} on {r['layer']}: {r['png']}  "
@@ -440,12 +445,15 @@ def cmd_push(args: argparse.Namespace) -> int:
                 "dataset": dataset.name,
                 "sample_id": sample.id,
                 "fields": fields,
+                "target": result.target.to_dict(),  # a detector's: which box (box_ref, boxes, score, IoU)
                 "heatmaps": records,
                 "errors": list(result.errors),
                 "notes": list(result.notes),
             }
         )
     else:
+        if result.target.box_ref:
+            _say(_box_line(result.target))
         for field in fields:
             _say(field)
     return 0
@@ -595,6 +603,8 @@ def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
 # Built-in keys only: listing the models file's entries here would read (and check) it for every
 # command, even `methods`. `models` lists them all.
 _MODEL_HELP = ("a key that `models` lists: the built-in efficientnet_lite0 (default), deeplabv3, deit_tiny, "
+               "the detectors (fasterrcnn_resnet50_fpn_v2, fasterrcnn_mobilenet_v3_large_fpn, "
+               "retinanet_resnet50_fpn_v2, fcos_resnet50_fpn, ssdlite320_mobilenet_v3_large: with --box), "
                "or an entry of your models file")
 
 

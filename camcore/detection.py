@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
 
 import torch
 import torchvision
@@ -31,6 +32,7 @@ from camcore.errors import TargetError
 DEFAULT_THRESHOLD = 0.5
 IOU_THRESHOLD = 0.5
 TOP = "top"
+RULE_KINDS = (TOP, "det", "class", "all", "box")
 MIN_FUSED_SIDE = 7  # SSDlite's last maps are 1 x 1: fused maps need some room
 
 
@@ -81,9 +83,15 @@ class BoxRule:
     def text(self) -> str:
         body = {"top": TOP, "all": "all", "det": f"det:{self.index}", "class": f"class:{self.label}"}.get(self.kind)
         if body is None:
-            box = ",".join(f"{v:.6g}" for v in (self.rel_box or ()))
-            body = f"box:{self.label}:{box}" + (f":{self.ref}" if self.ref else "")
+            body = field_box_text(self.label, self.rel_box or (), self.ref)
         return body if self.threshold == DEFAULT_THRESHOLD else f"{body}@{self.threshold:g}"
+
+
+def field_box_text(label: str, rel_box: Sequence[float], ref: str = "") -> str:
+    """The 'box:<label>:<x>,<y>,<w>,<h>[:<ref>]' rule of a field's box. The label is
+    percent-quoted: a FiftyOne label may hold ':' or '@', which separate the rule's parts."""
+    box = ",".join(f"{v:.6g}" for v in rel_box)
+    return f"box:{quote(label, safe=' ')}:{box}" + (f":{ref}" if ref else "")
 
 
 def parse_rule(text: str | int | None) -> BoxRule:
@@ -117,9 +125,16 @@ def parse_rule(text: str | int | None) -> BoxRule:
             x, y, w, h = values
             if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > 1.0001 or y + h > 1.0001:
                 raise TargetError(f"Box [{coords}] is outside the image (relative x, y, w, h must lie in 0..1).")
-            return BoxRule("box", threshold, label=label.strip(), rel_box=(x, y, w, h), ref=ref.strip())
+            return BoxRule("box", threshold, label=unquote(label.strip()), rel_box=(x, y, w, h), ref=ref.strip())
     raise TargetError(f"Unknown box rule '{raw}': use top, det:<i>, class:<name>, all or "
                       "box:<label>:<x>,<y>,<w>,<h> (relative), optionally ending in @<score threshold>.")
+
+
+def looks_like_box_rule(text: object) -> bool:
+    """Whether a request is meant as a box rule (its kind is one), valid or not: a class name is
+    not; 'box:...' outside the image is, and gets its own error from parse_rule."""
+    body = str(text or "").strip().rpartition("@")[0] if "@" in str(text or "") else str(text or "").strip()
+    return body.partition(":")[0].strip().lower() in RULE_KINDS
 
 
 def is_box_rule(text: object) -> bool:
@@ -369,8 +384,8 @@ def field_box_rule(rule: str, boxes: Sequence[tuple[str, str, str, Sequence[floa
     mine = [b for b in boxes if b[0] == field and (not label or b[2] == label)]
     if index is None or index >= len(mine):
         return None
-    _f, det_id, name, (x, y, w, h) = mine[index]
-    return f"box:{name}:{x:.6g},{y:.6g},{w:.6g},{h:.6g}:{field}/{det_id}"
+    _f, det_id, name, rel_box = mine[index]
+    return field_box_text(name, rel_box, f"{field}/{det_id}")
 
 
 def is_missing_box(exc: BaseException) -> bool:

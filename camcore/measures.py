@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from camcore import judge, metrics
 from camcore.engine import Explainer
@@ -109,39 +108,12 @@ def sample_item(sample_id: str, path: str, obj: ObjectLabel | None, class_name: 
     return judge.SampleItem(sample_id, path, mask=mask == values[found])
 
 
-FAITH_ROWS = 8  # rows per batched forward of the faithfulness inputs
-
-
-def batched_faithfulness(ex: Explainer, heatmaps: list[Heatmap]) -> list[metrics.Faithfulness]:
-    """The keep/remove scores of several heatmaps of one explainer, as metrics.faithfulness
-    computes them (pytorch_grad_cam's CamMultImageConfidenceChange: the target's score on the
-    input multiplied by the map, and by one minus it, less the score on the input), but with the
-    input and every perturbed input in batched forwards: 1 + 2 per heatmap rows instead of five
-    forwards per heatmap."""
-    model = ex.model
-    x = ex.x.to(model.device)
-    rows = [x[0]]
-    for h in heatmaps:
-        cam = torch.from_numpy(metrics.input_map(h.map, ex.input_hw)).to(x.device)
-        rows += [x[0] * cam, x[0] * (1.0 - cam)]
-    target: Any = ex.grad_target  # pytorch-grad-cam's target object: called on one output row
-    scores: list[float] = []
-    with model.lock, torch.no_grad():
-        model.module.eval()
-        for start in range(0, len(rows), FAITH_ROWS):
-            out = model.module(torch.stack(rows[start:start + FAITH_ROWS]))
-            scores += [float(target(o).detach().float().cpu()) for o in out]
-    original = scores[0]
-    return [metrics.Faithfulness(original, scores[1 + 2 * i] - original, scores[2 + 2 * i] - original)
-            for i in range(len(heatmaps))]
-
-
 def measure(ex: Explainer, h: Heatmap, item: judge.SampleItem | str | None, options: MeasureOptions,
             faith: metrics.Faithfulness | None = None) -> dict:
     """The measures of one heatmap of this explainer: measure name -> value (None: not measurable
     here, e.g. no object). `item`: the object from a label field, a reason why there is none, or
     None for the model's own mask (segmentation). `faith`: its faithfulness when already computed
-    (batched_faithfulness)."""
+    (Explainer.faithfulness_of)."""
     out: dict[str, Any] = {"about": options.about}
     if isinstance(item, str):
         mask = None

@@ -287,3 +287,15 @@ def get_method(key: str) -> MethodSpec:
 def methods_for(task: str, family: str) -> list[MethodSpec]:
     """The methods that work on a model of this task and family, in registry order."""
     return [m for m in METHODS.values() if m.unsupported_reason(task, family) is None]
+
+
+def not_offered(task: str, family: str) -> str:
+    """The methods left out for a model of this task and family, each with why (one line for a
+    picker's help; empty when every method fits)."""
+    groups: dict[str, list[str]] = {}  # why (its first sentence, without the label) -> labels
+    for m in METHODS.values():
+        reason = m.unsupported_reason(task, family)
+        if reason:
+            groups.setdefault(reason.split(". ")[0].removeprefix(m.label).strip(" ."), []).append(m.label)
+    parts = [f"{', '.join(labels)} ({why})" for why, labels in groups.items()]
+    return f"Not offered for this {task} model: {'; '.join(parts)}." if parts else ""

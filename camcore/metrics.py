@@ -12,13 +12,12 @@ The bias helper measures the share of heatmap mass inside the object's mask.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
 
 from camcore.models import LoadedModel
@@ -86,35 +85,66 @@ def _cams(x: torch.Tensor, heatmap: np.ndarray) -> np.ndarray:
     return input_map(heatmap, (int(x.shape[-2]), int(x.shape[-1])))[None]
 
 
-def faithfulness(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, target) -> Faithfulness:
-    """Confidence change keeping / removing what one heatmap (image resolution, 0..1) highlights."""
-    x = x.to(model.device)
-    cams = _cams(x, heatmap)
-    metric = CamMultImageConfidenceChange()
+FAITH_ROWS = 8  # perturbed inputs per batched forward of the faithfulness scores
+
+
+def target_score(model: LoadedModel, x: torch.Tensor, target) -> float:
+    """The target's score on the unchanged input: one forward (an Explainer has it from its pass)."""
     with model.lock, torch.no_grad():
         model.module.eval()
-        original = float(target(model.module(x)[0]).detach().float().cpu())
-        keep = float(metric(x, cams, [target], model.module)[0])
-        remove = float(metric(x, 1.0 - cams, [target], model.module)[0])
-    return Faithfulness(original, keep, remove)
+        return float(target(model.module(x.to(model.device))[0]).detach().float().cpu())
+
+
+def faithfulness(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, target,
+                 original: float | None = None) -> Faithfulness:
+    """Confidence change keeping / removing what one heatmap (image resolution, 0..1) highlights."""
+    return faithfulness_many(model, x, [heatmap], target, original)[0]
+
+
+def faithfulness_many(model: LoadedModel, x: torch.Tensor, heatmaps: Sequence[np.ndarray], target,
+                      original: float | None = None) -> list[Faithfulness]:
+    """faithfulness of several heatmaps of one input and target, as pytorch_grad_cam's
+    CamMultImageConfidenceChange computes it (the target's score on the input multiplied by the map,
+    and by one minus it, less its score on the input), with the perturbed inputs in batched forwards
+    and the unchanged input's score computed once (or given: the shared pass's output has it). The
+    library's metric runs the unchanged input again on each call: five forwards a map, here two
+    rows of a batch."""
+    x = x.to(model.device)
+    if original is None:
+        original = target_score(model, x, target)
+    rows = []
+    for heatmap in heatmaps:
+        cam = torch.from_numpy(_cams(x, heatmap)[0]).to(x.device)
+        rows += [x[0] * cam, x[0] * (1.0 - cam)]
+    scores: list[float] = []
+    with model.lock, torch.no_grad():
+        model.module.eval()
+        for start in range(0, len(rows), FAITH_ROWS):
+            out = model.module(torch.stack(rows[start:start + FAITH_ROWS]))
+            scores += [float(target(o).detach().float().cpu()) for o in out]
+    return [Faithfulness(original, scores[2 * i] - original, scores[2 * i + 1] - original)
+            for i in range(len(heatmaps))]
 
 
 def road(model: LoadedModel, x: torch.Tensor, heatmap: np.ndarray, target, percentiles=ROAD_PERCENTILES,
-         progress: Callable[[float, str], None] | None = None) -> RoadCurve:
+         progress: Callable[[float, str], None] | None = None, original: float | None = None) -> RoadCurve:
     """ROAD most- and least-relevant-first curves and their combined score.
-    progress(fraction done, message) is called before each point (a sparse solve each)."""
+    progress(fraction done, message) is called before each point (a sparse solve each). The
+    library's metric scores the unchanged input on every call: asked for the imputed score only
+    (return_diff=False), the original is scored once (or given)."""
     x = x.to(model.device)
     cams = _cams(x, heatmap)
+    if original is None:
+        original = target_score(model, x, target)
     points = [(kind, p) for kind in ("MoRF", "LeRF") for p in percentiles]
     values: dict[tuple[str, int], float] = {}
     with model.lock, torch.no_grad():
         model.module.eval()
-        original = float(target(model.module(x)[0]).detach().float().cpu())
         for i, (kind, p) in enumerate(points):
             if progress is not None:
                 progress(i / len(points), f"{kind}: {p}% of the pixels removed ({i + 1}/{len(points)})")
             metric = ROADMostRelevantFirst(p) if kind == "MoRF" else ROADLeastRelevantFirst(p)
-            values[kind, p] = float(metric(x, cams, [target], model.module)[0])
+            values[kind, p] = float(metric(x, cams, [target], model.module, return_diff=False)[0]) - original
     if progress is not None:
         progress(1.0, "done")
     morf = [(p, values["MoRF", p]) for p in percentiles]

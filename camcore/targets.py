@@ -97,10 +97,10 @@ def _box_target(prediction: Prediction, names: tuple[str, ...], requested: str |
     from camcore import detection
 
     if isinstance(requested, (int, np.integer)) or (
-            requested is not None and str(requested).strip() and not detection.is_box_rule(requested)):
+            requested is not None and str(requested).strip() and not detection.looks_like_box_rule(requested)):
         raise TargetError(f"'{requested}' is a class target; a detection model explains a box: top, det:<i>, "
                           "class:<name>, all or box:<label>:<x>,<y>,<w>,<h>.")
-    rule = detection.parse_rule(requested)
+    rule = detection.parse_rule(requested)  # a box rule's own error (a box outside the image) as it is
     chosen = detection.choose(rule, prediction.boxes, names, image_size or (1, 1))
     return Target(index=chosen.label, name=chosen.name, rule=chosen.rule, boxes=chosen.boxes,
                   box_ref=chosen.ref, score=chosen.score, iou=chosen.iou)

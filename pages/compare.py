@@ -5,7 +5,7 @@ import contextlib
 
 import streamlit as st
 
-from camcore import methods, metrics, overlay
+from camcore import detection, methods, metrics, overlay
 from ui import (
     boxes,
     compare_grid,
@@ -53,7 +53,7 @@ def main(sel: Selection) -> None:
                                         key=Compare.layers(spec.key))
     chosen = widgets.sticky_multiselect(
         c2, "Columns: methods", offered, [methods.DEFAULT_METHOD], key=Compare.METHODS,
-        format_func=methods.method_label)
+        format_func=methods.method_label, help=methods.not_offered(spec.task, spec.family) or None)
     eigen = widgets.shown_toggle(c3, "eigen_smooth", Compare.EIGEN, False)
     aug = widgets.shown_toggle(c3, "aug_smooth (slow)", Compare.AUG, False)
     if not layers or not chosen:
@@ -83,6 +83,10 @@ def main(sel: Selection) -> None:
     # the scores and the view's ranking measure a class's score: not defined for a box (yet)
     with_scores = not detector and o3.toggle("Faithfulness scores", value=True, key=Compare.SCORES,
                                              help=compare_grid.SCORES_HELP)
+    # a short label: a quarter of the page at 1280 px cuts Explore's "Renormalise inside the box"
+    renorm = detector and o3.toggle("Renormalise in box", key=Compare.BOX_RENORM,
+                                    help="Renormalise inside the box: each map scaled to 0..1 inside each "
+                                         "explained box, zero outside.")
     threshold = widgets.sticky(o4.slider, "Background-dominated below", Compare.THRESHOLD,
                                metrics.DEFAULT_BACKGROUND_THRESHOLD, 0.0, 1.0, step=0.05,
                                help="Share of heatmap mass on the object.")
@@ -101,7 +105,9 @@ def main(sel: Selection) -> None:
                f"{text.escape(loaded.weights_label)} · smoothing: {smoothing} (eigen only where the method has it) · "
                + ("object = predicted mask of the target" if maps.mask is not None else
                   "no object mask here (classification: rank the view below with a segmentation or detections field)"))
-    table = compare_grid.grid(img, maps, loaded, layers, chosen, alpha, cmap, threshold)
+    box_threshold = st.session_state.get(Compare.BOX_THRESHOLD, detection.DEFAULT_THRESHOLD)
+    drawn = boxes.to_draw(target_now, maps.result.prediction, box_threshold)
+    table = compare_grid.grid(img, maps, loaded, layers, chosen, alpha, cmap, threshold, drawn, renorm)
     road = compare_road.road_controls(maps, table, eigen)
     if road is not None:
         if road.go:

@@ -49,7 +49,8 @@ def main(sel: Selection) -> None:
         format_func=methods.method_label,
         help="(slow) marks methods that run the model once per channel (or more): seconds to minutes on a "
              "CPU. Those estimated over a few seconds wait for your go. eigen_smooth keeps the first principal "
-             "component of the map; aug_smooth (slow: 6 passes) averages it over flips and brightness.",
+             "component of the map; aug_smooth (slow: 6 passes) averages it over flips and brightness. "
+             + methods.not_offered(spec.task, spec.family),
     )
     chosen_layers = widgets.sticky_multiselect(c2, "Layers", layer_names, [spec.default_layer],
                                                Explore.layers(spec.key))

@@ -407,3 +407,24 @@ def test_a_ranking_stopped_by_a_click_is_said_and_no_older_one_is_shown(monkeypa
         assert not any(c.value.startswith("Ranked for **") for c in at.caption)  # the old one is not shown
     finally:
         ds.delete()
+
+
+def test_compare_with_a_detector_draws_its_box_and_offers_renormalising_inside_it():
+    """Issue 24 item 5: Compare takes a box like Explore: the picker, the maps of the box (named
+    under each map), and 'Renormalise inside the box'."""
+    at = _open("pages/compare.py")
+    at.sidebar.selectbox(key="model").set_value("ssdlite320_mobilenet_v3_large")
+    _run(at)
+    at.sidebar.selectbox(key="weights_choice").set_value(sidebar_look.WEIGHTS_UNTRAINED)
+    _run(at)
+    at.slider(key="cmp_box_threshold").set_value(0.0)  # untrained SSDlite scores its boxes low
+    _run(at)
+    assert at.selectbox(key="cmp_box").value == "top"
+    # item 4: the methods that do not fit a detector are left out, and the picker says why
+    assert "FullGrad, Shapley-CAM (works on classification / segmentation models only)" in \
+        at.multiselect(key="cmp_methods").help
+    made = [c for c in _image_captions(at) if "det0" in c]
+    assert len(made) == 1, _image_captions(at)
+    at.toggle(key="cmp_box_renormalise").set_value(True)
+    _run(at, allow_errors=False)
+    assert at.toggle(key="cmp_box_renormalise").value is True

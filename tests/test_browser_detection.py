@@ -108,5 +108,10 @@ def test_pick_a_box_see_it_drawn_push_and_reopen_from_the_url(server, browser: B
         expect(picker3.get_by_role("combobox")).to_have_value(re.compile(r"^#1 "), timeout=UI_TIMEOUT)
         expect(compare.get_by_text(re.compile(r"Every map: target .* det1 "))
                ).to_have_count(1, timeout=RUN_TIMEOUT)
+        # ... and draws the explained box over its maps too (issue 24 item 5)
+        cell = compare.get_by_test_id("stImage").filter(has_text="det1").first
+        expect(cell).to_be_visible(timeout=RUN_TIMEOUT)
+        compare.screenshot(path=str(ARTIFACTS / "compare-detection-1280.png"))
+        assert _yellow_pixels(compare, cell.locator("img").get_attribute("src") or "", server.url) > 50
     finally:
         context.close()

@@ -240,6 +240,28 @@ def test_cli_cam_prints_the_box_it_explained_and_refuses_mismatched_targets(tmp_
         assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_push_prints_the_box_it_explained(tmp_path, capsys):
+    """Issue 24 item 6: push, like cam, says which box its heatmaps explain (text and --json)."""
+    import fiftyone as fo
+    from fo_helpers import unique_name
+
+    from camcore import cli
+
+    ds = fo.Dataset(unique_name("det-push"))
+    ds.add_sample(fo.Sample(filepath=_write_image(tmp_path / "shape.png")))
+    base = ["push", "--dataset", ds.name, "--sample", ds.first().id, "--model", SSD, "--weights", "untrained",
+            "--method", "eigencam", "--box", "det:1@0", "--heatmap-dir", str(tmp_path / "hm")]
+    try:
+        assert cli.main(base) == 0
+        out = capsys.readouterr()[0]
+        assert "box explained: det1" in out and "score" in out, out
+        assert cli.main([*base, "--json"]) == 0
+        report = _json(capsys.readouterr()[0])
+        assert report["target"]["box_ref"] == "det1" and len(report["target"]["boxes"]) == 1, report
+    finally:
+        ds.delete()
+
+
 def test_push_names_the_field_box_in_its_provenance(tmp_path):
     """A box of the sample's ground_truth, matched to the toy detector's output, pushed: the label
     names the detection id, field, label, score and IoU; a --box id:<id> reads the same box."""
@@ -489,3 +511,53 @@ def test_ablation_of_an_fpn_level_follows_ablationlayerfasterrcnn():
     assert (fused["1"][5, 1] < -1e6).all() and (fused["1"][5, 0] == raw["1"][0, 0]).all()
     one = perturbation.ablated_level_copies(raw, torch.arange(2, 4), "1")
     assert (one["1"][0, 2] < -1e6).all() and (one["0"] == raw["0"]).all()
+
+
+def test_compare_draws_the_boxes_over_its_maps_and_renormalises_inside_them():
+    """Issue 24 item 5: Compare's maps show the detections (the explained box highlighted, its label
+    and score) like Explore's, and 'renormalise inside the box' changes the map outside the box."""
+    from types import SimpleNamespace
+
+    from camcore import overlay
+    from camcore.results import Prediction, Target
+    from ui import boxes, compare_grid
+
+    found = _found()
+    pred = Prediction("detection", (), boxes=found)
+    target = Target(index=18, name="dog", rule="chosen box", boxes=(found[1].box,), box_ref="det1", score=0.6)
+    drawn = boxes.to_draw(target, pred, 0.5)
+    assert [(caption, explained) for _b, caption, explained in drawn] == [("#0 person 0.90", False),
+                                                                        ("#1 dog 0.60", True)]
+    m = np.zeros((100, 128), np.float32)
+    m[5:30, 5:30] = 1.0  # the peak outside the explained box
+    m[50:80, 70:110] = 0.3
+    h = SimpleNamespace(map=m, target=target)  # what overlaid() reads of a Heatmap
+    img, loaded = SimpleNamespace(rgb=np.zeros((100, 128, 3), np.uint8)), SimpleNamespace(pretrained=True)
+    plain = compare_grid.overlaid(img, h, loaded, 0.5, "jet")
+    out = compare_grid.overlaid(img, h, loaded, 0.5, "jet", drawn)
+    yellow = (np.abs(out.astype(int) - overlay.EXPLAINED_COLOR).sum(axis=-1) < 30).sum()
+    assert yellow > 100 and not (plain == out).all()
+    renorm = compare_grid.overlaid(img, h, loaded, 0.5, "jet", (), True)
+    assert (renorm[15, 15] != plain[15, 15]).any()  # the peak outside the box is gone
+
+
+def test_a_field_box_outside_the_image_or_with_an_odd_label_is_its_own_one_line_error():
+    """Issue 24 item 8: a stored box outside the image said "'box:...' is a class target", and a
+    label holding ':' or '@' broke the rule; each now says what is wrong, in one line."""
+    from camcore import targets
+    from camcore.results import Prediction
+
+    pred, names = Prediction("detection", (), boxes=_found()), detection.coco_class_names()
+
+    def error(request) -> str:
+        with pytest.raises(TargetError) as err:
+            targets.choose_target(pred, names, request, (100, 128))
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert "outside the image" in error("box:person:0.8,0.2,0.5,0.4:gt/abc")
+    assert "is a class target" in error("person")
+    odd = detection.field_box_text("a:b@c", (0.1, 0.1, 0.2, 0.2), "gt/abc")
+    assert detection.parse_rule(odd).label == "a:b@c" and detection.parse_rule(odd).ref == "gt/abc"
+    assert "does not know the label 'a:b@c'" in error(odd)
+    assert detection.field_box_rule("field:gt:0", [("gt", "abc", "a:b@c", [0.1, 0.1, 0.2, 0.2])]) == odd

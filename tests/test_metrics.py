@@ -7,7 +7,7 @@ import pytest
 from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
 
-from cam_support import FACE_BOX, chelsea, chelsea_crop
+from cam_support import FACE_BOX, chelsea, chelsea_crop, chelsea_small
 from camcore import engine, judge, metrics, models
 
 
@@ -28,6 +28,41 @@ def test_faithfulness_equals_the_library_metric(explainer):
     assert f.remove_change == pytest.approx(float(remove), abs=1e-5)
     assert f.original_score == pytest.approx(float(ex.grad_target(module(ex.x)[0])), abs=1e-5)
     assert ex.faithfulness("gradcam", "head") is f  # memoised: the grid never recomputes it
+
+
+def _library_faithfulness(ex: engine.Explainer, h) -> tuple[float, float]:
+    cams = metrics.input_map(h.map, ex.input_hw)[None]
+    module = ex.model.module
+    keep = CamMultImageConfidenceChange()(ex.x, cams, [ex.grad_target], module)[0]
+    remove = CamMultImageConfidenceChange()(ex.x, 1 - cams, [ex.grad_target], module)[0]
+    return float(keep), float(remove)
+
+
+@pytest.mark.parametrize("model, size, layers", [("efficientnet_lite0", None, ("head",)),
+                                                 ("deeplabv3", 32, ("layer1", "layer4"))])
+def test_faithfulness_of_several_maps_is_one_batched_forward_equal_to_the_library(model, size, layers):
+    """The library's metric runs the unchanged input again on each call (five forwards a map): the
+    explainer takes the original score from its pass and runs every map's two perturbed inputs in
+    one batched forward, with the library's values (a segmentation score is a sum over the mask:
+    compared relatively)."""
+    ex = engine.Explainer(models.load_model(model, "untrained" if model == "deeplabv3" else "auto"),
+                          chelsea_small(32, 48) if size else chelsea_crop(), None, layers, input_size=size)
+    maps = [ex.heatmap(method, layer) for method in ("gradcam", "xgradcam") for layer in layers]
+    batches: list[int] = []
+    handle = ex.model.module.register_forward_hook(lambda _m, args, _out: batches.append(int(args[0].shape[0])))
+    try:
+        got = ex.faithfulness_of(maps)
+        assert ex.faithfulness_of(maps) == got  # memoised
+    finally:
+        handle.remove()
+    assert batches == [2 * len(maps)], batches
+    original = float(ex.grad_target(ex.model.module(ex.x)[0]))
+    for h, f in zip(maps, got, strict=True):
+        keep, remove = _library_faithfulness(ex, h)
+        scale = max(1.0, abs(original))
+        assert f.original_score == pytest.approx(original, abs=1e-5 * scale)
+        assert f.keep_change == pytest.approx(keep, abs=1e-5 * scale)
+        assert f.remove_change == pytest.approx(remove, abs=1e-5 * scale)
 
 
 def test_road_equals_the_library_metric(explainer):

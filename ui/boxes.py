@@ -8,7 +8,7 @@ import streamlit as st
 
 from camcore import detection
 from camcore.errors import CamError
-from camcore.results import Prediction
+from camcore.results import Prediction, Target
 from ui import data, text
 from ui.state import Explore
 from ui.widgets import fresh_label_selectbox
@@ -68,3 +68,32 @@ def box_picker(container, prediction: Prediction, dataset: str, sample_id: str, 
                                         "backward: the box's score is what the gradients are of).")
     short = choice if threshold == detection.DEFAULT_THRESHOLD else f"{choice}@{threshold:g}"
     return short, data.box_rule(dataset, sample_id, short)
+
+
+Drawn = tuple[tuple[float, float, float, float], str, bool]  # box (image pixels), caption, explained
+
+
+def to_draw(target: Target, prediction: Prediction, threshold: float, most: int = 30,
+            captioned: int = 12) -> list[Drawn]:
+    """The boxes to draw over a detector's map (overlay.draw_boxes): its other detections at the
+    threshold (the best `most`, thin, with label and score while at most `captioned`), the
+    explained one(s) highlighted with label and score; a field's box that was explained, named by
+    its field. Empty for a model that is not a detector."""
+    if prediction.task != "detection":
+        return []
+    explained_boxes = set(target.boxes)
+
+    def explained(d) -> bool:
+        if target.box_ref.startswith("det"):
+            return target.box_ref == f"det{d.index}"
+        return d.box in explained_boxes and (target.box_ref == "all" or d.label == target.index)
+
+    field_box = "/" in target.box_ref  # a box of the sample's own Detections field
+    chosen = [d for d in prediction.boxes if not field_box and explained(d)]
+    others = [d for d in prediction.boxes if d.score >= threshold and d not in chosen][:most]
+    out: list[Drawn] = [(d.box, f"#{d.index} {d.name} {d.score:.2f}" if len(others) <= captioned else "", False)
+                        for d in others]
+    out += [(d.box, f"#{d.index} {d.name} {d.score:.2f}", True) for d in chosen]
+    if field_box:
+        out += [(b, f"{target.box_ref.split('/')[0]}: {target.name}", True) for b in target.boxes]
+    return out

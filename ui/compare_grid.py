@@ -3,10 +3,12 @@ object share, a map enlarged on request, and the offer of scores that would take
 and scores come from ui/compute.py (`Grid`); nothing here computes."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import streamlit as st
 
-from camcore import methods, metrics, overlay
+from camcore import detection, methods, metrics, overlay
 from camcore.models import LoadedModel
 from camcore.results import Heatmap
 from ui import text
@@ -60,7 +62,7 @@ def made_with(h: Heatmap, loaded: LoadedModel) -> str:
     """Method · layer · smoothing · weights · target: how one map was made (plain text)."""
     weights = "pretrained" if loaded.pretrained else "UNTRAINED"
     return (f"{methods.METHODS[h.method].label} · {h.layer} · {smoothing(h)} · {weights} weights · "
-            f"target {h.target.name}")
+            f"target {h.target.identity_name}")
 
 
 def _lines(cells: list) -> tuple[list[list], int]:
@@ -68,16 +70,23 @@ def _lines(cells: list) -> tuple[list[list], int]:
     return [cells[i:i + per_line] for i in range(0, len(cells), per_line)], per_line
 
 
-def overlaid(img, h: Heatmap, loaded: LoadedModel, alpha: float, cmap: str):
-    """The map over the image; an untrained model's map is watermarked UNTRAINED."""
-    out = overlay.overlay(img.rgb, h.map, alpha, cmap)
+def overlaid(img, h: Heatmap, loaded: LoadedModel, alpha: float, cmap: str, boxes: Sequence = (),
+             renormalise: bool = False):
+    """The map over the image; a detector's boxes drawn on top (ui/boxes.to_draw), the map
+    renormalised inside the explained boxes when asked; an untrained model's map is watermarked."""
+    m = detection.renormalise_in_boxes(h.map, h.target.boxes) if renormalise and h.target.boxes else h.map
+    out = overlay.overlay(img.rgb, m, alpha, cmap)
+    if boxes:
+        out = overlay.draw_boxes(out, list(boxes))
     return out if loaded.pretrained else overlay.watermark_untrained(out, outside=True)
 
 
 def grid(img, maps: Grid, loaded: LoadedModel, layers: list[str], chosen: list[str], alpha: float, cmap: str,
-         threshold: float) -> list[dict]:
+         threshold: float, boxes: Sequence = (), renormalise: bool = False) -> list[dict]:
     """Rows = layers, maps = methods (or, for one method, one row of layers: the layer study uses
-    the width); a row wraps after CELLS_PER_LINE maps. Returns the scores table."""
+    the width); a row wraps after CELLS_PER_LINE maps. A detector's `boxes` (ui/boxes.to_draw) are
+    drawn over every map. Returns the scores table."""
+    look = (alpha, cmap, tuple(boxes), renormalise)
     table = []
     transpose = len(chosen) == 1 and len(layers) > 1
     rows = [(methods.METHODS[chosen[0]].label, [(chosen[0], layer) for layer in layers])] if transpose else \
@@ -91,13 +100,13 @@ def grid(img, maps: Grid, loaded: LoadedModel, layers: list[str], chosen: list[s
             for col, (m, layer) in zip(box.columns(per_line), line, strict=False):
                 # The header names what varies along the row: the layer (one method), else the method.
                 header = layer if transpose else methods.METHODS[m].label
-                entry = _cell(col, header, img, maps.cells[(m, layer)], loaded, m, layer, alpha, cmap, threshold)
+                entry = _cell(col, header, img, maps.cells[(m, layer)], loaded, m, layer, look, threshold)
                 if entry is not None:
                     table.append(entry)
     enlarged = st.session_state.pop(Compare.ENLARGE, None)
     cell = maps.cells.get(tuple(enlarged)) if enlarged is not None else None
     if cell is not None and cell.heatmap is not None:
-        _enlarged_dialog(img, cell, loaded, alpha, cmap, threshold)
+        _enlarged_dialog(img, cell, loaded, look, threshold)
     return table
 
 
@@ -105,14 +114,14 @@ def _enlarge(method: str, layer: str) -> None:
     st.session_state[Compare.ENLARGE] = (method, layer)
 
 
-def _cell(col, header: str, img, cell: Cell, loaded: LoadedModel, m: str, layer: str, alpha: float, cmap: str,
+def _cell(col, header: str, img, cell: Cell, loaded: LoadedModel, m: str, layer: str, look: tuple,
           threshold: float) -> dict | None:
     col.markdown(f"**{text.escape(header)}**")
     h = cell.heatmap
     if h is None:
         col.warning(text.escape(cell.error))
         return None
-    col.image(overlaid(img, h, loaded, alpha, cmap), width="stretch", caption=text.escape(made_with(h, loaded)))
+    col.image(overlaid(img, h, loaded, *look), width="stretch", caption=text.escape(made_with(h, loaded)))
     f = cell.faithfulness
     line = score_line(f, cell.share, threshold) or f"{h.seconds:.2f} s"
     col.caption(("**blank map** (zero everywhere) · " if h.blank else "") + line,
@@ -127,9 +136,9 @@ def _cell(col, header: str, img, cell: Cell, loaded: LoadedModel, m: str, layer:
 
 
 @st.dialog("Heatmap", width="large")
-def _enlarged_dialog(img, cell: Cell, loaded: LoadedModel, alpha: float, cmap: str, threshold: float) -> None:
+def _enlarged_dialog(img, cell: Cell, loaded: LoadedModel, look: tuple, threshold: float) -> None:
     h = cell.heatmap
-    st.image(overlaid(img, h, loaded, alpha, cmap), width="stretch",
+    st.image(overlaid(img, h, loaded, *look), width="stretch",
              caption=text.escape(made_with(h, loaded) + f" · weights: {loaded.weights_label}"))
     line = score_line(cell.faithfulness, cell.share, threshold)
     if line:

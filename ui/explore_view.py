@@ -11,6 +11,7 @@ from camcore import detection, methods, overlay
 from camcore.images import LoadedImage
 from camcore.models import LoadedModel
 from camcore.results import Heatmap
+from ui import boxes as boxes_mod
 from ui import chips, text
 from ui.compute import Shown, pair_label
 from ui.state import Explore
@@ -40,30 +41,12 @@ def overlay_image(img: LoadedImage, h: Heatmap, alpha: float, cmap: str, pretrai
 
 
 def drawn_boxes(shown: Shown) -> list:
-    """A detector's boxes to draw: its detections at the picker's threshold (the best MAX_DRAWN;
-    label and score written when few), the explained one(s) highlighted with their label; a
-    field's box that was explained, named by its field."""
+    """A detector's boxes to draw over Explore's maps (ui/boxes.to_draw), at the picker's threshold."""
     result = shown.result
     if result.prediction.task != "detection":
         return []
     threshold = float(st.session_state.get(Explore.BOX_THRESHOLD, detection.DEFAULT_THRESHOLD))
-    t = result.target
-    explained_boxes = set(t.boxes)
-
-    def explained(d) -> bool:
-        if t.box_ref.startswith("det"):
-            return t.box_ref == f"det{d.index}"
-        return d.box in explained_boxes and (t.box_ref == "all" or d.label == t.index)
-
-    field_box = "/" in t.box_ref  # a box of the sample's own Detections field
-    chosen = [d for d in result.prediction.boxes if not field_box and explained(d)]
-    others = [d for d in result.prediction.boxes if d.score >= threshold and d not in chosen][:MAX_DRAWN]
-    out = [(d.box, f"#{d.index} {d.name} {d.score:.2f}" if len(others) <= MAX_CAPTIONED else "", False)
-           for d in others]
-    out += [(d.box, f"#{d.index} {d.name} {d.score:.2f}", True) for d in chosen]
-    if field_box:
-        out += [(b, f"{t.box_ref.split('/')[0]}: {t.name}", True) for b in t.boxes]
-    return out
+    return boxes_mod.to_draw(result.target, result.prediction, threshold, MAX_DRAWN, MAX_CAPTIONED)
 
 
 def blank_warning(h: Heatmap) -> str:

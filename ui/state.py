@@ -169,6 +169,7 @@ class Compare:
     TARGET = "cmp_target"
     BOX = "cmp_box"  # a detector's box (ui/boxes.py)
     BOX_THRESHOLD = "cmp_box_threshold"
+    BOX_RENORM = "cmp_box_renormalise"  # the maps renormalised inside the explained boxes
     TARGET_REQUEST = "cmp_target_request"  # a class asked for by a study or a link, for the picker
     ALPHA = "cmp_alpha"
     CMAP = "cmp_cmap"

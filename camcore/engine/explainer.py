@@ -232,12 +232,25 @@ class Explainer:
 
     def faithfulness(self, method: str, layer: str, eigen_smooth: bool = False) -> metrics.Faithfulness:
         """Keep/remove confidence change of one heatmap for this target (memoised)."""
-        h = self.heatmap(method, layer, eigen_smooth)
-        key = (h.method, h.layer, h.eigen_smooth)
+        return self.faithfulness_of([self.heatmap(method, layer, eigen_smooth)])[0]
+
+    def faithfulness_of(self, heatmaps: Sequence[Heatmap]) -> list[metrics.Faithfulness]:
+        """The faithfulness of these heatmaps of this explainer (memoised): those not computed yet
+        in batched forwards, against the target's score from the shared pass."""
+        keys = [(h.method, h.layer, h.eigen_smooth) for h in heatmaps]
         with self._lock:
-            if key not in self._faith:
-                self._faith[key] = metrics.faithfulness(self.model, self.x, h.map, self.grad_target)
-            return self._faith[key]
+            todo = {key: h for key, h in zip(keys, heatmaps, strict=True) if key not in self._faith}
+            if todo:
+                got = metrics.faithfulness_many(self.model, self.x, [h.map for h in todo.values()], self.grad_target,
+                                                original=self.original_score)
+                self._faith.update(zip(todo, got, strict=True))
+            return [self._faith[key] for key in keys]
+
+    @property
+    def original_score(self) -> float:
+        """The target's score on the unchanged input, from the shared pass's output (no forward)."""
+        target: Any = self.grad_target  # pytorch-grad-cam's target object: called on one output
+        return float(target(self.fp.output).detach().float().cpu())
 
     @property
     def weights_label(self) -> str:

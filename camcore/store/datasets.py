@@ -351,8 +351,10 @@ def box_rule(sample: fo.Sample | None, text: str | None) -> str:
         if i >= len(boxes):
             raise StoreError(f"field {name.strip()!r} has {len(boxes)} box(es) on this sample: no box {i}")
         box = boxes[i]
-    field, det_id, label, (x, y, w, h) = box
-    return f"box:{label}:{x:.6g},{y:.6g},{w:.6g},{h:.6g}:{field}/{det_id}"
+    from camcore.detection import field_box_text  # the one spelling of a field box's rule
+
+    field, det_id, label, rel_box = box
+    return field_box_text(label, rel_box, f"{field}/{det_id}")
 
 
 def segmentation_fields(dataset: fo.Dataset | fo.DatasetView) -> list[str]:
