@@ -6,7 +6,7 @@ layers, target rule, smoothing, input size, chunk, device, heatmap folder), shar
 the Batch page. One field per (model, method, layer, target rule), named by its
 :class:`~camcore.identity.HeatmapIdentity`, built once per run: with the rule
 ``predicted`` every sample is explained for its own predicted class, the field is
-``cam_<method>_<layer>_predicted_<model>[_variant]`` and the class lives in each label's
+``cam_<method>_<layer>_<model>[_variant]`` (no target part) and the class lives in each label's
 ``target``; the rule itself is each label's ``target_request``.
 
 Resuming: a sample is skipped for a field when its label there has the same provenance
@@ -52,7 +52,7 @@ from camcore import targets as targets_mod
 from camcore import weights as weights_mod
 from camcore.engine import Explainer, explain_many, iter_heatmaps
 from camcore.errors import CamError, Cancelled, MethodError, StoreError, TargetError, first_line
-from camcore.identity import HeatmapIdentity
+from camcore.identity import HeatmapIdentity, codes
 from camcore.images import LoadedImage, load_image
 from camcore.measures import (
     MeasureOptions,
@@ -154,13 +154,15 @@ class BatchOptions:
         content hash, architecture); before any model is loaded (the Ray driver, the page), from the
         weights choice alone: the same field name and meaning."""
         eigen = self.eigen_for(method)
+        spec = get_method(method)  # its code names the field, as the engine's identity does
         if model is not None:
-            return HeatmapIdentity.of(model, method, layer, self.target_rule,
+            return HeatmapIdentity.of(model, spec, layer, self.target_rule,
                                       input_size=model.spec.input_size(self.input_size), eigen_smooth=eigen)
-        return HeatmapIdentity(model=self.model, method=method, layer=layer, target=self.target_rule,
+        return HeatmapIdentity(model=self.model, method=spec.key, layer=layer, target=self.target_rule,
                                pretrained=weights_mod.choice_pretrained(self.weights),
                                weights_tag=weights_mod.choice_tag(self.weights),
-                               input_size=self.spec.input_size(self.input_size), eigen_smooth=eigen)
+                               input_size=self.spec.input_size(self.input_size), eigen_smooth=eigen,
+                               **codes(self.spec, spec, layer))
 
     def identities(self, model: LoadedModel | None = None) -> list[HeatmapIdentity]:
         """Every field's identity (methods outer, layers inner), of checked options."""

@@ -666,7 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store each heatmap's measures as fields (score, conf, share on the object, "
                         "keep/remove faithfulness, bg flag): the Audit page reads them")
     p.add_argument("--object-field", help="with --measures: a Segmentation or Detections field holding the objects "
-                   "(default: a segmentation model's own predicted mask; none for classifiers)")
+                   "(default: the model's own: a segmentation model's predicted mask, a detector's explained box; "
+                   "none for classifiers)")
     p.add_argument("--object-label", help="with --object-field: the objects' label (default: the label that names "
                    "the explained class); '*' every object of the field (an untrained model, another taxonomy)")
     p.add_argument("--threshold", type=float, default=0.5,

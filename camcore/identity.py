@@ -5,16 +5,22 @@ fields it fills) from the loaded model and the request, and carried by the resul
 into the push and the batch. It alone gives the field name, the description and the label's
 provenance, so no two routes can disagree on them.
 
-Field names are short, so that the FiftyOne App's sidebar shows them whole:
-``cam_<method>_<layer>_<target>_<model>[_<variant>]`` (the parts that differ most inside one
-study first, because the sidebar cuts the end), each part sanitised to ``[a-z0-9_]``, ``+`` as
-``p`` (gradcam++ -> gradcampp); the target is its first name (``tabby, tabby cat`` -> ``tabby``)
-and at most 20 characters, the model its registry key (at most 20), a weights file's stem at most
-12, a part cut to its length ending in 4 hex of a hash of the whole part; a name still over
-:data:`MAX_FIELD_LEN` is cut and ends in ``_<6 hex of a hash of the whole identity>``. The
-variant is ``aug``, ``eigen``, ``untrained`` and/or the stem of a weights file the user chose: such
-a map never replaces the plain map of the model's own weights. The full description (model,
-weights, method, layer, target, smoothing) is the field's description and its info.
+Field names are short, so that the FiftyOne App's sidebar shows them whole (at 1280 px its label
+is 204 px wide, about 25 characters of its font: :func:`sidebar_px`):
+``cam_<method>_<layer>_<model>[_<target>][_<variant>...]``. Method, layer and model are the
+registries' short codes (``MethodSpec.short``, ``LayerSpec.short``, ``ModelSpec.short``: data in
+the tables, a models file's own entries included), e.g. ``cam_grad_head_effl0`` for Grad-CAM on
+EfficientNet-Lite0's head. The target is left out when it was left on auto (the rule
+``predicted``: one computation, one field); a named class is its first name (``tabby, tabby cat``
+-> ``tabby``; short ones fit, a long one is cut by the sidebar, at most 20 characters here). The
+variant tokens are ``aug``, ``eig`` (eigen smooth), ``untr`` (untrained weights) and the stem of a
+weights file the user chose (at most 12): such a map
+never replaces the plain map of the model's own weights. Each part is sanitised to ``[a-z0-9_]``;
+a part cut to its length ends in 4 hex of a hash of the whole part; a name still over
+:data:`MAX_FIELD_LEN` is cut and ends in ``_<6 hex of a hash of the whole identity>``. The full
+description (model, weights, method, layer, target, smoothing) is the field's description and its
+info. An identity built without the registries' codes (a test's) names its parts by their
+sanitised keys.
 
 Never imports torch, FiftyOne or Streamlit.
 """
@@ -23,14 +29,27 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypedDict
 
 FIELD_PREFIX = "cam_"
 MAX_FIELD_LEN = 64
 _TARGET_CHARS = 20
-_MODEL_CHARS = 20
+_CODE_CHARS = 20  # a part named by its key (an identity built without the registries' codes)
 _TAG_CHARS = 12
+AUTO_TARGET = "predicted"  # camcore.targets.PREDICTED: a target left on auto; no part in the name
+# The variant tokens of the name (the meaning's variant keeps the long words).
+_VARIANT_TOKENS = (("aug", "aug_smooth"), ("eig", "eigen_smooth"), ("untr", "untrained"))
+
+# The FiftyOne App's (1.22) sidebar at a 1280 px wide window: a field's label is clipped at 204 px
+# (the sample modal's sidebar, the narrower one; the grid's leaves 218). Its font (bold 14 px
+# Palanquin, from Google Fonts; offline the browser's sans-serif, Arial's widths) as Chromium draws
+# it offline: px per character, measured in the App (tests/test_app21_app.py checks it there).
+# Half a pixel kept for rounding.
+SIDEBAR_PX = 203.5
+_GLYPH_PX = {**dict.fromkeys("0123456789acesvxy_k", 7.79), **dict.fromkeys("bdghnopqu", 8.55),
+             "f": 4.66, "t": 4.66, "i": 3.89, "j": 3.89, "l": 3.89, "m": 12.45, "r": 5.45, "w": 10.89,
+             "z": 7.0}
 # The measures stored beside a heatmap (camcore.measures): name -> value type. Their fields are
 # ``camm_<measure>_<the heatmap field's name without cam_>``: a heatmap field always starts with
 # ``cam_``, so a measure field never collides with one (and no "__": mongoengine reads it as an operator).
@@ -55,9 +74,34 @@ def sanitise(part: str, limit: int | None = None) -> str:
     return text
 
 
+def sidebar_px(name: str) -> float:
+    """How wide the App's sidebar draws a field name (see SIDEBAR_PX); a character outside
+    ``[a-z0-9_]`` counts as the widest."""
+    return sum(_GLYPH_PX.get(c, max(_GLYPH_PX.values())) for c in name)
+
+
 def _first_name(target: str) -> str:
     # ImageNet names list synonyms ("tabby, tabby cat"): the first one says it.
     return str(target).split(",")[0].strip() or str(target)
+
+
+class Codes(TypedDict):
+    """The registries' short codes that name a field (HeatmapIdentity's *_code fields)."""
+
+    model_code: str
+    method_code: str
+    layer_code: str
+
+
+def codes(model_spec: Any, method: str | _Coded, layer: str) -> Codes:
+    """The short codes (model_code, method_code, layer_code) of an identity from the registries'
+    entries: a ModelSpec (its ``short`` and its layers' ``short``), a MethodSpec (or a bare key:
+    no code). Every route that names a field (the engine, a batch before or after its model
+    loads) builds its identity with these, so one computation has one field name."""
+    layer_spec = next((s for s in getattr(model_spec, "layers", ()) if layer in (s.name, s.path)), None)
+    return {"model_code": str(getattr(model_spec, "short", "") or ""),
+            "method_code": "" if isinstance(method, str) else str(method.short or ""),
+            "layer_code": str(getattr(layer_spec, "short", "") or "")}
 
 
 def measure_of(field: str) -> tuple[str, str] | None:
@@ -87,6 +131,13 @@ class _Loaded(Protocol):
     def spec(self) -> Any: ...
 
 
+class _Coded(Protocol):
+    """A registry entry with a short code for field names (MethodSpec, ModelSpec, LayerSpec)."""
+
+    @property
+    def short(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class HeatmapIdentity:
     """What made a heatmap: model, weights, method, layer, target and smoothing."""
@@ -104,19 +155,25 @@ class HeatmapIdentity:
     input_size: int = 0  # the size the model ran at (the tensor's short side)
     aug_smooth: bool = False
     eigen_smooth: bool = False
+    # The registries' short codes the name uses (see the module's docstring): derived from the
+    # entries above, so not compared; "" names the part by its sanitised key.
+    model_code: str = field(default="", compare=False)
+    method_code: str = field(default="", compare=False)
+    layer_code: str = field(default="", compare=False)
 
     @classmethod
-    def of(cls, model: _Loaded, method: str, layer: str, target: str, *, input_size: int = 0,
+    def of(cls, model: _Loaded, method: str | _Coded, layer: str, target: str, *, input_size: int = 0,
            aug_smooth: bool = False, eigen_smooth: bool = False) -> HeatmapIdentity:
         """The identity of a map of this loaded model: weights, tag and provenance come from the
-        model alone, never from the caller."""
+        model alone, never from the caller. `method`: its registry entry (a MethodSpec: its code
+        names the field) or its key."""
         given = model.provenance or {}
-        return cls(model=model.spec.key, method=method, layer=layer, target=str(target),
+        return cls(model=model.spec.key, method=str(getattr(method, "key", method)), layer=layer, target=str(target),
                    weights=model.weights_label, pretrained=bool(model.pretrained),
                    weights_tag=model.weights_tag, weights_sha256=str(given.get("weights_sha256") or ""),
                    arch=str(given.get("arch") or ""), classes_file=str(given.get("classes_file") or ""),
                    input_size=int(input_size or 0), aug_smooth=bool(aug_smooth),
-                   eigen_smooth=bool(eigen_smooth))
+                   eigen_smooth=bool(eigen_smooth), **codes(model.spec, method, layer))
 
     @property
     def variant(self) -> str:
@@ -130,9 +187,13 @@ class HeatmapIdentity:
     def field_name(self) -> str:
         """The sample field this map lives in (see the module's docstring). Cached: a batch asks
         for it once per heatmap written."""
-        parts = [sanitise(self.method), sanitise(self.layer), sanitise(_first_name(self.target), _TARGET_CHARS),
-                 sanitise(self.model, _MODEL_CHARS)]
-        parts += ["aug"] * self.aug_smooth + ["eigen"] * self.eigen_smooth + ["untrained"] * (not self.pretrained)
+        parts = [self.method_code or sanitise(self.method, _CODE_CHARS),
+                 self.layer_code or sanitise(self.layer, _CODE_CHARS),
+                 self.model_code or sanitise(self.model, _CODE_CHARS)]
+        if self.target != AUTO_TARGET:
+            parts.append(sanitise(_first_name(self.target), _TARGET_CHARS))
+        on = {"aug_smooth": self.aug_smooth, "eigen_smooth": self.eigen_smooth, "untrained": not self.pretrained}
+        parts += [token for token, what in _VARIANT_TOKENS if on[what]]
         if self.weights_tag:
             parts.append(sanitise(self.weights_tag, _TAG_CHARS))
         name = re.sub(r"_+", "_", FIELD_PREFIX + "_".join(parts))

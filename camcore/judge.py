@@ -83,6 +83,10 @@ def object_mask(ex: engine.Explainer, item: SampleItem) -> tuple[np.ndarray | No
         return (predicted, "predicted mask") if predicted.any() else (None, "class not predicted")
     if item.boxes:
         return metrics.boxes_mask(ex.image.size, [list(b) for b in item.boxes]), "label boxes"
+    if ex.prediction.task == "detection" and ex.target.boxes:  # a detector's own object: the box it explains
+        h, w = ex.image.size
+        return metrics.boxes_mask((h, w), [[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h]
+                                           for x0, y0, x1, y1 in ex.target.boxes]), "explained box"
     return None, "no boxes for this class"
 
 

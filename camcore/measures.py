@@ -2,10 +2,12 @@
 
 Per heatmap (one explainer, one map):
   - ``score``: the target's score on the unchanged input (a logit, or a segmentation mask's sum),
-  - ``conf``: the model's probability of the explained class (classification; None elsewhere),
+  - ``conf``: the model's probability of the explained class (classification), a detector's
+    explained box's score (None elsewhere),
   - ``share``: the share of heatmap mass on the object (camcore.metrics.mass_inside), the object
     being a ground-truth Segmentation or Detections field's mask/boxes of the explained class, or
-    the segmentation model's own predicted mask (camcore.judge.object_mask, as Compare's ranking),
+    the model's own: a segmenter's predicted mask, a detector's explained box(es)
+    (camcore.judge.object_mask, as Compare's ranking),
   - ``keep`` / ``remove``: the faithfulness scores as a share of the original score (Compare's
     numbers: camcore.metrics.Faithfulness.keep_relative / remove_relative),
   - ``bg``: background-dominated, share < threshold,
@@ -125,6 +127,8 @@ def measure(ex: Explainer, h: Heatmap, item: judge.SampleItem | str | None, opti
     conf = None
     if ex.prediction.task == "classification":
         conf = next((c.score for c in ex.prediction.classes if c.index == ex.target.index), None)
+    elif ex.prediction.task == "detection":
+        conf = ex.target.score  # the explained box's score (a class rule's boxes: None)
     out["conf"] = None if conf is None else float(conf)
     if options.faithfulness:
         f = faith or ex.faithfulness(h.method, h.layer, h.eigen_smooth)

@@ -129,6 +129,7 @@ ALL_TASKS = (*NOT_DETECTION, "detection")
 class MethodSpec:
     key: str  # URLs, stored field names and the CLI use it: never change one
     label: str
+    short: str = ""  # its code in field names (camcore.identity): 1-8 of [a-z0-9], unique; never change one
     cls: type  # pytorch-grad-cam's class: the reference, and the runner of OWN_PASS methods
     kind: Kind
     in_article: bool = False
@@ -160,6 +161,8 @@ class MethodSpec:
         if len(given) != min(1, len(needed)) or not set(given) <= set(needed):
             wanted = " or ".join(needed) or "none of product, library_image, channel_weights"
             raise TypeError(f"Method {self.key!r} of kind {self.kind}: give {wanted} (given: {given or 'none'}).")
+        if not re.fullmatch(r"[a-z0-9]{1,8}", self.short):
+            raise TypeError(f"Method {self.key!r}: short must be 1-8 of [a-z0-9], not {self.short!r}.")
 
     @property
     def pure(self) -> bool:
@@ -185,6 +188,7 @@ class MethodSpec:
         return {
             "key": self.key,
             "label": self.label,
+            "short": self.short,
             "class": self.cls.__name__,
             "kind": self.kind.value,
             "in_article": self.in_article,
@@ -204,51 +208,68 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {
     spec.key: spec
     for spec in (
-        MethodSpec(key="gradcam", label="Grad-CAM", cls=pgc.GradCAM, kind=Kind.GRADIENT, in_article=True,
+        MethodSpec(key="gradcam", short="grad",
+                   label="Grad-CAM", cls=pgc.GradCAM, kind=Kind.GRADIENT, in_article=True,
                    product=GRADCAM, tasks=ALL_TASKS),
-        MethodSpec(key="scorecam", label="Score-CAM", cls=pgc.ScoreCAM, kind=Kind.PERTURBATION, in_article=True,
+        MethodSpec(key="scorecam", short="score",
+                   label="Score-CAM", cls=pgc.ScoreCAM, kind=Kind.PERTURBATION, in_article=True,
                    slow=True, tasks=ALL_TASKS, note="One forward pass per channel of the layer.",
                    channel_weights=perturbation.score_cam_weights),
-        MethodSpec(key="gradcam++", label="Grad-CAM++", cls=pgc.GradCAMPlusPlus, kind=Kind.GRADIENT,
+        MethodSpec(key="gradcam++", short="gradpp",
+                   label="Grad-CAM++", cls=pgc.GradCAMPlusPlus, kind=Kind.GRADIENT,
                    in_article=True, product=GRADCAM_PLUSPLUS, tasks=ALL_TASKS),
-        MethodSpec(key="ablationcam", label="Ablation-CAM", cls=pgc.AblationCAM, kind=Kind.PERTURBATION,
+        MethodSpec(key="ablationcam", short="ablat",
+                   label="Ablation-CAM", cls=pgc.AblationCAM, kind=Kind.PERTURBATION,
                    in_article=True, slow=True, tasks=ALL_TASKS,
                    note="One forward pass per channel; ViTs use AblationLayerVit.",
                    channel_weights=perturbation.ablation_cam_weights, per_fpn_level=True),
-        MethodSpec(key="xgradcam", label="XGrad-CAM", cls=pgc.XGradCAM, kind=Kind.GRADIENT, in_article=True,
+        MethodSpec(key="xgradcam", short="xgrad",
+                   label="XGrad-CAM", cls=pgc.XGradCAM, kind=Kind.GRADIENT, in_article=True,
                    product=XGRADCAM, tasks=ALL_TASKS),
-        MethodSpec(key="eigencam", label="Eigen-CAM", cls=pgc.EigenCAM, kind=Kind.ACTIVATION, in_article=True,
+        MethodSpec(key="eigencam", short="eigen",
+                   label="Eigen-CAM", cls=pgc.EigenCAM, kind=Kind.ACTIVATION, in_article=True,
                    product=ACTIVATIONS, projection="pca", supports_eigen_smooth=False, tasks=ALL_TASKS,
                    note="First principal component of the activations: class-agnostic."),
-        MethodSpec(key="eigengradcam", label="EigenGrad-CAM", cls=pgc.EigenGradCAM, kind=Kind.GRADIENT,
+        MethodSpec(key="eigengradcam", short="egrad",
+                   label="EigenGrad-CAM", cls=pgc.EigenGradCAM, kind=Kind.GRADIENT,
                    in_article=True, product=GRADIENTS_TIMES_ACTIVATIONS, projection="pca",
                    supports_eigen_smooth=False, tasks=ALL_TASKS),
-        MethodSpec(key="layercam", label="Layer-CAM", cls=pgc.LayerCAM, kind=Kind.GRADIENT, in_article=True,
+        MethodSpec(key="layercam", short="lcam",
+                   label="Layer-CAM", cls=pgc.LayerCAM, kind=Kind.GRADIENT, in_article=True,
                    product=POSITIVE_GRADIENTS_TIMES_ACTIVATIONS, tasks=ALL_TASKS),
-        MethodSpec(key="hirescam", label="HiRes-CAM", cls=pgc.HiResCAM, kind=Kind.GRADIENT,
+        MethodSpec(key="hirescam", short="hires",
+                   label="HiRes-CAM", cls=pgc.HiResCAM, kind=Kind.GRADIENT,
                    product=GRADIENTS_TIMES_ACTIVATIONS, tasks=ALL_TASKS),
-        MethodSpec(key="gradcamelementwise", label="Grad-CAM element-wise", cls=pgc.GradCAMElementWise,
+        MethodSpec(key="gradcamelementwise", short="gradew",
+                   label="Grad-CAM element-wise", cls=pgc.GradCAMElementWise,
                    kind=Kind.GRADIENT, product=POSITIVE_ELEMENTWISE, tasks=ALL_TASKS),
-        MethodSpec(key="segeigencam", label="Seg-Eigen-CAM", cls=pgc.SegEigenCAM, kind=Kind.GRADIENT,
+        MethodSpec(key="segeigencam", short="segeig",
+                   label="Seg-Eigen-CAM", cls=pgc.SegEigenCAM, kind=Kind.GRADIENT,
                    product=ABS_GRADIENTS_TIMES_ACTIVATIONS, projection="pca_signed", supports_eigen_smooth=False,
                    note="Eigen-CAM of |gradients| x activations with a sign correction."),
-        MethodSpec(key="kpcacam", label="KPCA-CAM", cls=pgc.KPCA_CAM, kind=Kind.ACTIVATION, library_image=True,
+        MethodSpec(key="kpcacam", short="kpca",
+                   label="KPCA-CAM", cls=pgc.KPCA_CAM, kind=Kind.ACTIVATION, library_image=True,
                    supports_eigen_smooth=False, slow=True,
                    note="Kernel PCA over all positions: slow on large feature maps."),
-        MethodSpec(key="fem", label="FEM", cls=pgc.FEM, kind=Kind.ACTIVATION, library_image=True,
+        MethodSpec(key="fem", short="fem",
+                   label="FEM", cls=pgc.FEM, kind=Kind.ACTIVATION, library_image=True,
                    supports_eigen_smooth=False),
-        MethodSpec(key="fullgrad", label="FullGrad", cls=pgc.FullGrad, kind=Kind.OWN_PASS, layer_independent=True,
+        MethodSpec(key="fullgrad", short="fullgrad",
+                   label="FullGrad", cls=pgc.FullGrad, kind=Kind.OWN_PASS, layer_independent=True,
                    families=("cnn",), slow=True,
                    note="Uses every bias layer of the network, not the chosen layer."),
-        MethodSpec(key="shapleycam", label="Shapley-CAM", cls=pgc.ShapleyCAM, kind=Kind.OWN_PASS, slow=True,
+        MethodSpec(key="shapleycam", short="shapley",
+                   label="Shapley-CAM", cls=pgc.ShapleyCAM, kind=Kind.OWN_PASS, slow=True,
                    families=("cnn",),
                    note="Needs a Hessian-vector product: a second backward pass. pytorch-grad-cam 1.5.7's "
                    "ShapleyCAM does not reshape ViT tokens into a grid (and fused attention has no double "
                    "backward), so CNNs only."),
-        MethodSpec(key="finercam", label="Finer-CAM", cls=pgc.FinerCAM, kind=Kind.OWN_PASS,
+        MethodSpec(key="finercam", short="finer",
+                   label="Finer-CAM", cls=pgc.FinerCAM, kind=Kind.OWN_PASS,
                    tasks=("classification",), slow=True,
                    note="Contrasts the target with its most similar classes.", own_pass_call=_finer_cam_call),
-        MethodSpec(key="randomcam", label="Random-CAM (baseline)", cls=pgc.RandomCAM, kind=Kind.GRADIENT,
+        MethodSpec(key="randomcam", short="rand",
+                   label="Random-CAM (baseline)", cls=pgc.RandomCAM, kind=Kind.GRADIENT,
                    product=RANDOM_WEIGHTS, tasks=ALL_TASKS, note="Random channel weights: a sanity baseline."),
     )
 }
@@ -270,7 +291,8 @@ def _spelling(name: str) -> str:
 
 def get_method(key: str) -> MethodSpec:
     """By registry key, or as people write it: "Grad-CAM", "GradCAM++", "score_cam", or as a field
-    name writes it ("gradcampp": identity.sanitise of the key), so a name read off a field works."""
+    name writes it (its code, "gradpp"; or "gradcampp", identity.sanitise of the key, as older
+    names did), so a name read off a field works."""
     if key in METHODS:
         return METHODS[key]
     wanted = _spelling(key)
@@ -279,7 +301,7 @@ def get_method(key: str) -> MethodSpec:
             return spec
     token = str(key).strip().lower()
     for spec in METHODS.values():
-        if token and token == sanitise(spec.key):
+        if token and token in (sanitise(spec.key), spec.short):
             return spec
     raise MethodError(f"Unknown method '{key}'. Available: {', '.join(METHODS)}.")
 

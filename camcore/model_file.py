@@ -7,7 +7,11 @@ Each table ``[models.<key>]`` is one model::
     arch = "timm:resnet18"            # timm:<model name> | torchvision:<builder>
     weights = "checkpoints/r18.pth"   # a state dict, relative to this file's folder
     classes = "labels.txt"            # a text file (one name per line) or a list of names
-    # optional: label, task, input_size, mean, std, layers, default_layer
+    # optional: label, task, input_size, mean, std, layers, default_layer, short
+
+``short`` is the model's code in heatmap field names (1-8 of ``[a-z0-9]``, e.g. ``r18``; default:
+the key when it is that short, else its first 5 characters and 3 hex of a hash of it). A layer's
+code is its module path abbreviated (``blocks.6`` -> ``b6``, ``layer4`` -> ``l4``, ``head``).
 
 Everything the libraries know is taken from them (never written by hand here): timm's
 ``feature_info`` stages, a ViT's patch size and prefix tokens, timm's pretrained config (input
@@ -26,6 +30,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +41,14 @@ import torch
 from camcore import paths
 from camcore import weights as weights_mod
 from camcore.errors import CamError, first_line
+from camcore.identity import sanitise
 from camcore.model_spec import DETECTOR_LAYOUTS, LayerSpec, ModelSpec, SegmentationOutput, SkippedEntry, detector_layers
 from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 ENV = "CAM_EXPLORER_MODELS"
 FILE_NAME = "models.toml"
 SETTINGS = ("arch", "weights", "classes", "label", "task", "input_size", "mean", "std", "layers",
-            "default_layer", "description")
+            "default_layer", "description", "short")
 TASKS = ("classification", "segmentation", "detection")
 BACKGROUND = "__background__"  # a torchvision detector's class 0
 
@@ -62,10 +68,11 @@ def models_file_path() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def load(path: Path | None,
-         reserved: tuple[str, ...] = ()) -> tuple[dict[str, ModelSpec], list[SkippedEntry]]:
+def load(path: Path | None, reserved: tuple[str, ...] = (),
+         reserved_codes: dict[str, str] | None = None) -> tuple[dict[str, ModelSpec], list[SkippedEntry]]:
     """Read a models file: (the specs of the good entries, the skipped entries with reasons).
-    reserved: keys that entries may not take (the built-in models')."""
+    reserved: keys that entries may not take (the built-in models'); reserved_codes: field-name
+    codes already taken (code -> the model that has it: the built-in models')."""
     if path is None:
         return {}, []
     source = str(path)
@@ -82,9 +89,14 @@ def load(path: Path | None,
         return {}, [SkippedEntry("(file)", "no [models.<key>] tables in it", source)]
     specs: dict[str, ModelSpec] = {}
     skipped: list[SkippedEntry] = []
+    taken = dict(reserved_codes or {})
     for key, entry in entries.items():
         try:
-            specs[key] = entry_spec(key, entry, path.parent, source, reserved)
+            spec = entry_spec(key, entry, path.parent, source, reserved)
+            if spec.short in taken:  # two models, one code: their fields' names would collide
+                raise EntryError(f"its field-name code '{spec.short}' is model '{taken[spec.short]}'s: "
+                                 "set short = \"<another code>\" in its table")
+            specs[key], taken[spec.short] = spec, key
         except EntryError as exc:
             skipped.append(SkippedEntry(key, str(exc), source))
         except Exception as exc:  # a library failing on odd settings: still only this entry
@@ -324,12 +336,40 @@ def _layers(arch: _Arch, raw: torch.nn.Module, value: Any, default: Any) -> tupl
                 top = ", ".join(n for n, _m in raw.named_children())
                 raise EntryError(f"layer '{name}' does not exist in {arch.text} (its top-level modules: "
                                  f"{top})") from None
-    layers = tuple(LayerSpec(n, prefix + n) for n in names)
+    codes = {n: _layer_code(n) for n in names}
+    clash = {c for c in codes.values() if list(codes.values()).count(c) > 1}
+    layers = tuple(LayerSpec(n, prefix + n, short=sanitise(n, 10) if codes[n] in clash else codes[n])
+                   for n in names)
     if default is None:
         return layers, auto_default or names[-1]
     if not isinstance(default, str) or default.strip() not in names:
         raise EntryError(f"default_layer {default!r} is not one of its layers ({', '.join(names)})")
     return layers, default.strip()
+
+
+def _layer_code(name: str) -> str:
+    """A layer's code in field names: each dotted part of its module path abbreviated (a word to
+    its first letter, a word with a number to its letter and number, a number kept): blocks.6 ->
+    b6, backbone.layer4 -> bl4; a one-word path without a number is kept (head, conv_head ->
+    convhead). At most 8 characters (a longer one is cut and ends in a hash)."""
+    parts = [p for p in re.split(r"[^a-z0-9]+", name.lower().replace("_", "")) if p]
+    if len(parts) == 1 and not re.search(r"\d", parts[0]):
+        code = parts[0]
+    else:
+        code = "".join(p if p.isdigit() else p[0] + "".join(re.findall(r"\d+", p)) for p in parts)
+    return sanitise(code or name, 8).replace("_", "")
+
+
+def _model_code(key: str, given: Any) -> str:
+    """A models-file entry's code in field names: its `short`, else its key when that is short."""
+    if given is not None:
+        if not isinstance(given, str) or not re.fullmatch(r"[a-z0-9]{1,8}", given):
+            raise EntryError(f"short must be 1-8 of a-z and 0-9 (a code in field names), not {given!r}")
+        return given
+    clean = re.sub(r"[^a-z0-9]", "", key.lower())
+    if clean and len(clean) <= 6:
+        return clean
+    return (clean[:5] or "m") + hashlib.sha1(key.encode()).hexdigest()[:3]
 
 
 def _preprocess(arch: _Arch, raw: torch.nn.Module, size: int | None, mean, std) -> Preprocess:
@@ -384,6 +424,7 @@ def entry_spec(key: str, entry: Any, folder: Path, source: str, reserved: tuple[
     unknown = [k for k in entry if k not in SETTINGS]
     if unknown:
         raise EntryError(f"unknown setting '{unknown[0]}' (known: {', '.join(SETTINGS)})")
+    code = _model_code(key, entry.get("short"))
     arch = _parse_arch(entry.get("arch"))
     task = entry.get("task")
     if task is not None and task not in TASKS:
@@ -459,4 +500,5 @@ def entry_spec(key: str, entry: Any, folder: Path, source: str, reserved: tuple[
         source=source,
         classes_file=classes_where,
         fingerprint=_fingerprint(entry, classes, sha, source),
+        short=code,
     )

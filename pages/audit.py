@@ -24,27 +24,22 @@ def main(sel: Selection) -> None:
         return
     threshold = audit.threshold_of(s)
     st.caption(f"{s.total:,} samples in the sidebar's view · {s.with_measures:,} measured · {s.with_share:,} with "
-               f"an object to measure on · settings {text.escape(s.settings[0][0])}. Click a bar, a class or select "
-               "points to narrow the view; the sidebar, the URL and the Review page follow.")
+               f"an object to measure on · settings {text.escape(s.settings[0][0])}. Click a bar, a point or a class "
+               "(shift-click adds bars or points), or pick Box Select in a chart's toolbar and drag, to narrow the "
+               "view; the sidebar, the URL and the Review page follow.")
     left, right = st.columns(2)
     with left:
         event = st.plotly_chart(audit.histogram_figure(s, threshold), key=Audit.HIST, on_select="rerun",
                                 selection_mode=("points", "box"))
-        picked = audit.from_histogram(event, s, run)
-        if picked:
-            audit.narrow_to(picked, "hist")
+        audit.narrow_to(audit.from_histogram(event, s, run), "hist")
     with right:
         event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
-                                selection_mode=("points", "box", "lasso"))
-        picked = audit.from_scatter(event, run)
-        if picked:
-            audit.narrow_to(picked, "scatter")
+                                selection_mode=("points", "box"))  # no lasso: a narrowing is ranges
+        audit.narrow_to(audit.from_scatter(event, run), "scatter")
     rows = audit.class_rows(s)
     event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
                          hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))
-    picked = audit.from_table(event, rows, run)
-    if picked:
-        audit.narrow_to(picked, "classes")
+    audit.narrow_to(audit.from_table(event, rows, run), "classes")
     narrowed = sel.view_spec.narrow
     st.markdown(f"**{sel.count:,} samples** in the view" + (" (narrowed)" if narrowed else "")
                 + ": review them worst first on the Review page, save them, or open them in the App.")

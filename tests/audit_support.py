@@ -8,12 +8,12 @@ from pathlib import Path
 import fiftyone as fo
 import numpy as np
 from cam_support import skimage_data
-from fo_helpers import unique_name
+from fo_helpers import coded_identity, unique_name
 
 from camcore.identity import HeatmapIdentity
 from camcore.store import measures as measure_store
 
-IDENTITY = HeatmapIdentity(model="efficientnet_lite0", method="gradcam", layer="head", target="predicted")
+IDENTITY = coded_identity(model="efficientnet_lite0", method="gradcam", layer="head", target="predicted")
 CLASSES = ("cat", "cup", "person")
 ABOUT = "t=0.5;obj=objects;f=1"
 

@@ -54,9 +54,21 @@ def with_identity(h: Heatmap, **changes) -> Heatmap:
     return dataclasses.replace(h, identity=dataclasses.replace(h.identity, **changes))
 
 
+def coded_identity(*, model: str, method: str, layer: str, target: str, **identity) -> HeatmapIdentity:
+    """The identity of a map of this (model, method, layer, target) with the registries' codes, as
+    the engine and a batch build it (a model not in the registry: none, its parts named by keys)."""
+    from camcore.identity import codes
+    from camcore.methods import get_method
+    from camcore.models import MODELS
+
+    spec = MODELS.get(model)
+    named = codes(spec, get_method(method), layer) if spec is not None else {}
+    return HeatmapIdentity(model=model, method=method, layer=layer, target=target, **identity, **named)
+
+
 def field_name(model: str, method: str, layer: str, target: str, **identity) -> str:
-    """The field a map of this (model, method, layer, target) lives in (HeatmapIdentity's name)."""
-    return HeatmapIdentity(model=model, method=method, layer=layer, target=target, **identity).field_name
+    """The field a map of this (model, method, layer, target) lives in (see coded_identity)."""
+    return coded_identity(model=model, method=method, layer=layer, target=target, **identity).field_name
 
 
 def make_result(size, heatmaps, model="resnet50", weights="ImageNet (torchvision)") -> CamResult:

@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,13 @@ def main() -> None:
     mongod, uri = start_mongod(tmp / "mongo")
     os.environ["FIFTYONE_DATABASE_URI"] = uri
     out: dict = {}
+    clock = [time.perf_counter()]
+
+    def lap(step: str) -> None:  # each step's seconds, printed with the result: where the time goes
+        now = time.perf_counter()
+        out.setdefault("seconds", {})[step] = round(now - clock[0], 1)
+        clock[0] = now
+
     try:
         import fiftyone as fo
         import numpy as np
@@ -74,17 +82,20 @@ def main() -> None:
         ds = fo.Dataset("ray-scenario")
         ds.add_samples([fo.Sample(filepath=p) for p in _photos(tmp / "media", 12)])
         ids = ds.values("id")
+        lap("setup")
 
         # 1. One process does 3 samples first: the workers must skip them.
         batch.run_batch(ds.select(ids[:3]), BatchOptions(MODEL, methods=METHODS, chunk=2))
 
         # 2. Two Ray workers do the rest, in shards of 2.
+        lap("1 one process")
         ticks = []
         first = distributed.run_batch_distributed(
             ds, BatchOptions(MODEL, methods=METHODS, chunk=2), workers=2, shard_size=2,
             progress=lambda *a: ticks.append(a[:2]))
         out["first"] = first.to_dict()
         out["ticks"] = ticks
+        lap("2 own ray")
         ds.reload()
         fields = sorted(first.fields)
         out["labels_with_files"] = {
@@ -97,7 +108,8 @@ def main() -> None:
         model = load_model(MODEL, "auto")
         field = BatchOptions(MODEL).checked().identity("gradcam", model.spec.default_layer).field_name
         diffs = []
-        for sid, path, label in zip(*ds.values(["id", "filepath", field])):
+        # A third of the samples, from every part of the view (a map takes a second on two busy cores).
+        for sid, path, label in list(zip(*ds.values(["id", "filepath", field])))[::3]:
             mine = Explainer(model, load_image(path), None, (model.spec.default_layer,))
             h = mine.heatmap("gradcam", model.spec.default_layer)
             stored = store.read_heatmap(ds, sid, field)
@@ -106,15 +118,14 @@ def main() -> None:
         out["max_diff"] = max(diffs)
         out["targets"] = sorted(set(ds.values(f"{field}.target")))
 
-        # Runs 3-5 join one local Ray started here (as a user's running cluster would be): the run
+        # Runs 4-5 join one local Ray started here (as a user's running cluster would be): the run
         # above started and stopped its own; one start-up per run would cost minutes on 2 cores.
+        lap("2 checks")
         import ray
 
         distributed._connect(ray, None, distributed._worker_env(distributed.database_uri()))
 
-        # 3. Everything done: a second run skips all.
-        out["second"] = distributed.run_batch_distributed(ds, BatchOptions(MODEL, methods=METHODS), workers=2).to_dict()
-
+        lap("ray start")
         # 4. A worker killed mid-run (SIGKILL): the other finishes, the lost shard is reported,
         #    and a rerun completes it. Nothing reported done is lost; no label without its file.
         redo = ds.clone("ray-scenario-redo")
@@ -143,6 +154,7 @@ def main() -> None:
         out["after_rerun_with_label"] = sum(
             1 for label in redo.values(pp_field) if label is not None and os.path.isfile(label.map_path))
 
+        lap("4 kill + rerun")
         # 5. Re-batch (labels no longer match, so every map is replaced) with a worker killed
         #    mid-run: each label keeps the file it was written with (old or new), never another's;
         #    a rerun finishes and leaves only files that labels reference.
@@ -172,6 +184,7 @@ def main() -> None:
         pp_folder = store.heatmap_path(redo.name, pp_field, "x").parent
         out["after_rebatch_files_match"] = {str(p) for p in pp_folder.glob("*.png")} == referenced and all(
             os.path.isfile(p) for p in referenced)
+        lap("5 rekill + finish")
     finally:
         import ray
 

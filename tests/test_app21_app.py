@@ -1,6 +1,7 @@
 """Issue #21 item 1 in the real FiftyOne App (its server, Chromium): an App opened BEFORE the
 heatmaps exist computes them on a selection and, without a reload, draws the opened sample's map
-with a colour scale (many hues), not a one-colour tint; the map's field is in the CAM group."""
+with a colour scale (many hues), not a one-colour tint; the map's field is in the CAM group, in the
+grid's sidebar and the sample's, and its name shows whole there at 1280 px."""
 from __future__ import annotations
 
 import colorsys
@@ -19,6 +20,7 @@ from fo_helpers import field_name, unique_name
 from PIL import Image
 
 from camcore import store
+from camcore.identity import SIDEBAR_PX, sidebar_px
 from camcore.store import appstyle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -72,14 +74,35 @@ def grey_dataset(tmp_path):
     ds.delete()
 
 
-def _drive(url: str, modal_url: str, select) -> dict:
+# The field's label in a sidebar: its text's own width, the width of the box that clips it, and
+# whether the text is drawn whole inside that box (its scroll width also counts empty space after it).
+_LABEL = """e => {
+  const text = [...e.querySelectorAll('*')].find(c => c.children.length === 0 && c.textContent.trim());
+  const range = document.createRange(); range.selectNodeContents(text);
+  const boxes = [];  // the text's boxes up to the label (inline ones have no scroll width of their own)
+  for (let c = text; c && c !== e.parentElement; c = c.parentElement)
+    if (getComputedStyle(c).display !== 'inline') boxes.push(c);
+  const clip = boxes.find(c => getComputedStyle(c).overflow !== 'visible') || boxes[0];
+  const shown = range.getBoundingClientRect(), box = clip.getBoundingClientRect();
+  return {fits: shown.left >= box.left - 0.5 && shown.right <= box.right + 0.5, text_px: shown.width,
+          clip_px: box.width};
+}"""
+
+
+def _group(where):
+    """The CAM group's header: the grid's is an input (a group name the user may edit), the modal's text."""
+    entry = where.locator(f'[data-cy="sidebar-group-entry-{appstyle.SIDEBAR_GROUP.upper()}"]')
+    return entry.or_(where.get_by_text(re.compile(f"^{appstyle.SIDEBAR_GROUP}$", re.I))).first
+
+
+def _drive(url: str, select) -> dict:
     from playwright.sync_api import expect, sync_playwright
 
     out: dict = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
             select()  # the App's selection, set while the page is open
@@ -93,6 +116,13 @@ def _drive(url: str, modal_url: str, select) -> dict:
             page.get_by_role("button", name="Execute").click()
             expect(page.get_by_text("CAM heatmaps: 1 computed, 0 already done")).to_be_visible(timeout=180_000)
             page.keyboard.press("Escape")
+            # the grid's sidebar: the CAM group with the new field, on the page never reloaded
+            expect(_group(page)).to_be_visible(timeout=60_000)
+            grid_label = page.locator(f"[data-cy=sidebar-field-{FIELD}]").first
+            expect(grid_label).to_be_visible(timeout=60_000)
+            out["grid_label"] = grid_label.evaluate(_LABEL)
+            out["grid_below_group"] = grid_label.bounding_box()["y"] > _group(page).bounding_box()["y"]
+            page.screenshot(path=str(ARTIFACTS / "app21_grid_sidebar.png"))
             # open the sample from the grid: same page, never reloaded since before the push
             page.locator("[data-cy=fo-grid] canvas").first.click()
             modal = page.locator("#modal")
@@ -102,13 +132,9 @@ def _drive(url: str, modal_url: str, select) -> dict:
             page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
             out["canvas"] = canvas.screenshot()
             page.screenshot(path=str(ARTIFACTS / "app21_open_app_heatmap.png"))
-            label = modal.locator(f"[data-cy=sidebar-field-{FIELD}]")
-            out["label_fits"] = label.evaluate(
-                "e => [...e.querySelectorAll('*')].every(c => c.scrollWidth <= c.clientWidth + 1)")
-            # the sidebar's CAM group: read when the App loads the dataset (a new page)
-            page.goto(modal_url)
-            group = page.locator("#modal").get_by_text(re.compile(f"^{appstyle.SIDEBAR_GROUP}$", re.I))
-            expect(group.first).to_be_visible(timeout=90_000)
+            out["modal_label"] = modal.locator(f"[data-cy=sidebar-field-{FIELD}]").evaluate(_LABEL)
+            # the sample's sidebar: the CAM group too, still without a reload
+            expect(_group(modal)).to_be_visible(timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "app21_sidebar_group.png"))
         finally:
             browser.close()
@@ -133,8 +159,7 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
             _when_connected(lambda: setattr(session, "selected", [sid]))
 
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
-            urls = (store.app_url(grey_dataset.name, port=port), store.app_url(grey_dataset.name, sid, port=port))
-            got = pool.submit(_drive, *urls, select).result(timeout=500)
+            got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), select).result(timeout=500)
     finally:
         store.close_app()
     bins, share = hue_bins(got["canvas"])
@@ -144,3 +169,9 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
     grey_dataset.reload()  # saved by the App's server, another process
     scheme = grey_dataset.app_config.color_scheme
     assert scheme.color_by == "value" and {"path": FIELD, "name": "jet"} in scheme.colorscales
+    # the name shows whole in both sidebars at 1280 px, as camcore.identity's width table says
+    assert got["grid_below_group"]  # in the CAM group, not under LABELS above it
+    for where in ("grid_label", "modal_label"):
+        label = got[where]
+        assert label["fits"], f"{FIELD!r} is cut in the {where}: {label}"
+        assert label["clip_px"] >= SIDEBAR_PX - 1 and abs(label["text_px"] - sidebar_px(FIELD)) < 3, label

@@ -128,7 +128,26 @@ def test_chart_selections_become_narrowings(audited):
     assert from_histogram(bar, s, run) == f"{fields['share']}:0:0.05"
     box = SimpleNamespace(selection=SimpleNamespace(points=[{"x": 0.2, "y": 0.1}, {"x": 0.6, "y": 0.4}]))
     narrow = from_scatter(box, run)
-    assert narrow.startswith(f"{fields['conf']}:0.2:0.6") and f";{fields['share']}:0.1:0.4" in narrow
+    assert narrow == f"{fields['conf']}:0.199999:0.600002;{fields['share']}:0.099999:0.400002"  # outwards
     row = SimpleNamespace(selection=SimpleNamespace(rows=[1]))
     assert from_table(row, [{"class": "cat"}, {"class": "cup"}], run) == f"{IDENTITY.field_name}.target=cup"
     assert from_histogram(SimpleNamespace(selection=SimpleNamespace(points=[])), s, run) is None
+
+
+def test_a_clicked_point_narrows_to_a_view_that_holds_it(audited):
+    """A click on one point of the scatter plot (its exact stored values, full precision, as the
+    browser sends them back) narrows to a view that holds that sample: the range is rounded
+    outwards, never past the point."""
+    from types import SimpleNamespace
+
+    from ui.audit import from_scatter
+
+    ds, fields = audited
+    rng = np.random.default_rng(7)
+    ds.set_values(fields["conf"], rng.random(len(ds)).tolist())
+    ds.set_values(fields["share"], rng.random(len(ds)).tolist())
+    run = _run(ds)
+    for sample_id, conf, share in zip(*ds.values(["id", fields["conf"], fields["share"]]), strict=True):
+        click = SimpleNamespace(selection=SimpleNamespace(points=[{"x": conf, "y": share}]))
+        view = views.build_view(ds, views.ViewSpec(narrow=from_scatter(click, run)))
+        assert sample_id in view.values("id"), (conf, share)

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
-from fo_helpers import unique_name, write_images
+from fo_helpers import coded_identity, unique_name, write_images
 
 from camcore import batch, store
 from camcore.batch import BatchOptions
-from camcore.identity import HeatmapIdentity
 from camcore.store import sampledocs
 
 MODEL = "efficientnet_lite0"
@@ -26,7 +25,7 @@ def _layer() -> str:
 
 
 def _field(method: str = "gradcam", target: str = batch.PREDICTED) -> str:
-    return HeatmapIdentity(model=MODEL, method=method, layer=_layer(), target=target).field_name
+    return coded_identity(model=MODEL, method=method, layer=_layer(), target=target).field_name
 
 
 FIELD = _field()

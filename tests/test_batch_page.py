@@ -6,7 +6,7 @@ from app_support import APP, TIMEOUT, run
 from streamlit.testing.v1 import AppTest
 
 from camcore import demo_data
-from camcore.identity import HeatmapIdentity
+from fo_helpers import coded_identity
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
 
@@ -32,7 +32,7 @@ def test_batch_page_runs_then_skips():
     at.button(key="batch_start").click()
     _run(at)
     assert any("1 computed, 0 skipped" in s.value for s in at.success), [s.value for s in at.success]
-    field = HeatmapIdentity(model="efficientnet_lite0", method="xgradcam", layer="head", target="tabby").field_name
+    field = coded_identity(model="efficientnet_lite0", method="xgradcam", layer="head", target="tabby").field_name
     dataset.reload()
     assert len(dataset.exists(field)) == 1
     assert dataset.exists(field).first()[field].target == "tabby"
@@ -117,7 +117,7 @@ def _interrupt_at_heatmap(monkeypatch, n: int, interrupt) -> list:
 def test_a_closed_tab_stops_the_batch_at_the_next_heatmap_and_a_reload_says_so(monkeypatch):
     dataset = demo_data.ensure_demo_dataset()
     total = len(dataset)
-    field = HeatmapIdentity(model="efficientnet_lite0", method="gradcam", layer="head", target="goldfish").field_name
+    field = coded_identity(model="efficientnet_lite0", method="gradcam", layer="head", target="goldfish").field_name
     at = _batch_page_for("goldfish")
     # Streamlit requests a stop of the session's script when its websocket closes (tab closed or
     # reloaded): here during the second heatmap of a chunk of 8.
@@ -144,7 +144,7 @@ def test_cancel_reports_what_was_written(monkeypatch):
 
     dataset = demo_data.ensure_demo_dataset()
     total = len(dataset)
-    field = HeatmapIdentity(model="efficientnet_lite0", method="gradcam", layer="head", target="tiger shark").field_name
+    field = coded_identity(model="efficientnet_lite0", method="gradcam", layer="head", target="tiger shark").field_name
     at = _batch_page_for("tiger shark")
 
     def click_cancel(ctx):  # what a click on Cancel does: its on_click, then a rerun request
@@ -187,7 +187,7 @@ def test_batch_page_measures_switch_stores_the_measures():
     at.button(key="batch_start").click()
     _run(at)
     assert any("1 computed" in s.value for s in at.success), [s.value for s in at.success]
-    field = HeatmapIdentity(model="efficientnet_lite0", method="gradcam", layer="head", target="predicted").field_name
+    field = coded_identity(model="efficientnet_lite0", method="gradcam", layer="head", target="predicted").field_name
     dataset.reload()
     about = measure_store.measure_runs(dataset)[field]["about"]
     assert dataset.exists(about).values(about) == ["t=0.3;obj=model;f=0"]

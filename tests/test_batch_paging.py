@@ -8,11 +8,10 @@ import os
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import pytest
-from fo_helpers import unique_name, write_images
+from fo_helpers import coded_identity, unique_name, write_images
 
 from camcore import batch, distributed
 from camcore.batch import BatchOptions
-from camcore.identity import HeatmapIdentity
 from camcore.progress import Meter
 from camcore.store import scan
 
@@ -23,7 +22,7 @@ N = 7
 def _field() -> str:
     from camcore.models import get_spec
 
-    return HeatmapIdentity(model=MODEL, method="gradcam", layer=get_spec(MODEL).default_layer,
+    return coded_identity(model=MODEL, method="gradcam", layer=get_spec(MODEL).default_layer,
                            target=batch.PREDICTED).field_name
 
 

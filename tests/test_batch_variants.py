@@ -7,8 +7,7 @@ import pytest
 
 from camcore import batch
 from camcore.batch import BatchOptions
-from camcore.identity import HeatmapIdentity
-from fo_helpers import unique_name, write_images
+from fo_helpers import field_name, unique_name, write_images
 
 MODEL = "efficientnet_lite0"
 
@@ -25,7 +24,7 @@ def dataset(tmp_path):
 def test_eigen_and_untrained_batches_keep_the_plain_field_and_resume(dataset):
     plain = batch.run_batch(dataset, BatchOptions(MODEL, methods=["gradcam", "eigencam"], chunk=3))
     def field(method: str, **variant) -> str:
-        return HeatmapIdentity(model=MODEL, method=method, layer="head", target=batch.PREDICTED, **variant).field_name
+        return field_name(MODEL, method, "head", batch.PREDICTED, **variant)
 
     base = {m: field(m) for m in ("gradcam", "eigencam")}
     eigen_field, untrained_field = field("gradcam", eigen_smooth=True), field("gradcam", pretrained=False)
@@ -63,9 +62,8 @@ def test_a_batch_with_a_chosen_weights_file_writes_its_own_fields(dataset, tmp_p
     [plain_field], [mine_field] = plain.fields, mine.fields
     assert weights.choice_tag(str(path)) == "tuned"
     layer = stock.spec.default_layer
-    assert plain_field == HeatmapIdentity(model=MODEL, method="gradcam", layer=layer, target=batch.PREDICTED).field_name
-    assert mine_field == HeatmapIdentity(model=MODEL, method="gradcam", layer=layer, target=batch.PREDICTED,
-                                         weights_tag="tuned").field_name
+    assert plain_field == field_name(MODEL, "gradcam", layer, batch.PREDICTED)
+    assert mine_field == field_name(MODEL, "gradcam", layer, batch.PREDICTED, weights_tag="tuned")
     assert mine.done == 1 and dataset.first()[mine_field].weights == "file tuned.pth"
     again = batch.run_batch(dataset.limit(1), BatchOptions(MODEL, weights=str(path), methods=["gradcam"]))
     assert (again.done, again.skipped) == (0, 1)

@@ -455,13 +455,13 @@ def test_app_killed_mid_batch_loses_nothing(browser: Browser):
     import fiftyone as fo
 
     from camcore import batch, demo_data
-    from camcore.identity import HeatmapIdentity
+    from fo_helpers import coded_identity
 
     files = demo_data.ensure_demo_dataset().values("filepath")
     n = 48  # six chunks of 8 with the default model: the kill lands after the first and before the last
     ds = fo.Dataset(f"killed-{uuid.uuid4().hex[:8]}", persistent=True)  # the server loads it by name
     ds.add_samples([fo.Sample(filepath=files[i % len(files)]) for i in range(n)])
-    field = HeatmapIdentity(model=models.DEFAULT_MODEL, method="gradcam", layer=models.get_spec(models.DEFAULT_MODEL)
+    field = coded_identity(model=models.DEFAULT_MODEL, method="gradcam", layer=models.get_spec(models.DEFAULT_MODEL)
                             .default_layer, target=batch.PREDICTED).field_name
     ARTIFACTS.mkdir(exist_ok=True)
     fresh = Server(ARTIFACTS / "streamlit-killed-server.log")

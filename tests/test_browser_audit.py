@@ -71,3 +71,89 @@ def test_audit_charts_and_the_review_queue_by_keyboard(server: Server, page: Pag
     second, _path = audit.worst_first(ds, run, 1, 1)[0]
     ds.reload()
     assert "cam:background-bias" in ds[second].tags
+
+
+
+def _sidebar_count(page: Page, n: int) -> None:
+    """The sidebar's sample stepper says "of n": the view it walks has n samples."""
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_text(f"of {n}", exact=True)).to_be_visible(timeout=RUN_TIMEOUT)
+
+
+def _hovered(chart) -> None:
+    """Plotly shows the hover label: the point under the mouse is the one a click picks."""
+    expect(chart.locator(".hoverlayer .hovertext")).to_have_count(1, timeout=UI_TIMEOUT)
+
+
+def _narrowed(page: Page, part: str, n: int) -> None:
+    """The click narrowed the view: the URL names it, the sidebar walks n samples, the page says so."""
+    _wait_url(page, part)
+    settle(page)
+    _sidebar_count(page, n)
+    expect(page.get_by_text(f"{n} samples", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("stSidebar").get_by_text("Narrowed by the Audit page:")).to_be_visible()
+
+
+def test_a_mouse_click_on_a_bar_or_a_point_and_a_box_narrow_the_view(server: Server, page: Page, audited):
+    """A real mouse on the rendered Plotly charts: a click on the first bar of the histogram, a click
+    on one point of the scatter plot, and a box dragged over the scatter plot (Box Select picked in
+    its toolbar) each narrow the sidebar's view and the URL; the URL opened afresh shows the same
+    narrowed view."""
+    ds, fields = audited
+    share, conf = fields["share"], fields["conf"]
+    page.goto(f"{server.url}/audit?dataset={ds.name}")
+    charts = page.get_by_test_id("stPlotlyChart")
+    expect(charts).to_have_count(2, timeout=RUN_TIMEOUT)
+    settle(page)
+    _sidebar_count(page, 12)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    # The first bar (share 0-0.05): its samples only.
+    low = ds.match({share: {"$gte": 0, "$lt": 0.05}}).count()
+    assert 0 < low < 12
+    bar = charts.nth(0).locator(".barlayer .point path").first
+    expect(bar).to_be_visible()
+    b = bar.bounding_box()
+    page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    _hovered(charts.nth(0))
+    page.mouse.click(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    _narrowed(page, f"narrow={share}%3A0%3A0.05", low)
+    expect(page.get_by_test_id("stSidebar").get_by_text("Narrowed by the Audit page: share 0–0.05")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "audit-bar-click-1280.png"))
+
+    area = charts.nth(1).locator(".nsewdrag").first.bounding_box()
+    assert area, "the scatter plot has no plot area"
+
+    def at(x: float, y: float) -> tuple[float, float]:  # data -> page pixels (both axes span 0..1.02)
+        return area["x"] + area["width"] * x / 1.02, area["y"] + area["height"] * (1 - y / 1.02)
+
+    # One point: the sample with the highest share (alone at its place on the plot).
+    top_id = ds.sort_by(share, reverse=True).first().id
+    c, s_ = ds[top_id][conf], ds[top_id][share]
+    page.mouse.move(*at(c, s_))
+    _hovered(charts.nth(1))
+    page.mouse.click(*at(c, s_))
+    _narrowed(page, f"narrow={conf}", 1)
+    sidebar_ids = ds.match({conf: {"$gte": c - 1e-5, "$lte": c + 1e-5}}).values("id")
+    assert top_id in sidebar_ids
+
+    # A box over the scatter plot's upper left (confidence < 0.5, share > 0.5), Box Select first.
+    expected = ds.match({conf: {"$lt": 0.5}, share: {"$gt": 0.5}}).count()
+    assert 1 < expected < 12 and expected != low
+    page.mouse.move(*at(0.5, 0.5))
+    box_select = charts.nth(1).locator('.modebar-btn[data-title="Box Select"]')
+    expect(box_select).to_be_visible()
+    box_select.click()
+    page.mouse.move(*at(0.0, 1.01))
+    page.mouse.down()
+    page.mouse.move(*at(0.25, 0.75), steps=5)
+    page.mouse.move(*at(0.5, 0.5), steps=5)
+    page.mouse.up()
+    _narrowed(page, f"narrow={conf}", expected)
+    page.screenshot(path=str(ARTIFACTS / "audit-box-select-1280.png"))
+
+    # The URL is the narrowed view: a new session opened at it shows the same samples.
+    fresh = page.context.new_page()
+    fresh.goto(page.url)
+    _sidebar_count(fresh, expected)
+    fresh.close()

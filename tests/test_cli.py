@@ -199,7 +199,7 @@ def test_push_to_the_demo_dataset(tmp_path, capsys):
     import fiftyone as fo
 
     from camcore import store
-    from camcore.identity import HeatmapIdentity
+    from fo_helpers import coded_identity
 
     dataset = store.load_dataset(name)
     dataset.reload()
@@ -210,7 +210,7 @@ def test_push_to_the_demo_dataset(tmp_path, capsys):
         assert isinstance(label, fo.Heatmap) and label.method == method and label.layer == "head"
         # the field of this model's map of this method and layer for the target left on auto:
         # the batch's "predicted" field (one computation, one field); the class is on the label
-        assert field == HeatmapIdentity(model="efficientnet_lite0", method=method, layer="head",
+        assert field == coded_identity(model="efficientnet_lite0", method=method, layer="head",
                                         target="predicted").field_name
         assert "cat" in label.target and label.target_rule.startswith("default")
         assert Path(label.map_path).is_file() and Path(label.map_path).is_relative_to(hm_dir)

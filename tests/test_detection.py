@@ -188,9 +188,11 @@ def _ground_truth_rule(box, label, classes):
 
 
 GRADCAM_FINDING = pytest.mark.xfail(strict=False, reason=(
-    "Finding: on this toy detector Grad-CAM's channel-weighted sum is negative over the box on about half "
-    "the images (all-zero map after the clip), for ground-truth and own boxes, with or without the IoU "
-    "term; Eigen-CAM points at the box"))
+    "Finding (re-measured 2026-12-04, seeds 0-11, layer conv2): Grad-CAM puts > 50% of its mass in the box on "
+    "8 of 12 own detections and 7 of 12 matched ground-truth boxes; the misses are not blank maps, their mass "
+    "lies outside the box (< 5% inside). A matched box's target adds the IoU's gradient (the box regression), "
+    "which an own box's IoU of 1 does not (its maximum). The toy detector also calls 4 of 12 discs squares. "
+    "Eigen-CAM: 12 of 12"))
 
 
 @pytest.mark.parametrize("method", [pytest.param("gradcam", marks=GRADCAM_FINDING), "eigencam"])
@@ -561,3 +563,22 @@ def test_a_field_box_outside_the_image_or_with_an_odd_label_is_its_own_one_line_
     assert detection.parse_rule(odd).label == "a:b@c" and detection.parse_rule(odd).ref == "gt/abc"
     assert "does not know the label 'a:b@c'" in error(odd)
     assert detection.field_box_rule("field:gt:0", [("gt", "abc", "a:b@c", [0.1, 0.1, 0.2, 0.2])]) == odd
+
+
+def test_the_pickers_top_box_reuses_the_pages_first_pass():
+    """Issue 24 item 4: the page's first pass asks for 'top@0' (every box listed); the picker's
+    default 'top' (threshold 0.5) is the same box, asked for as 'top@0' so that pass serves it
+    (the UI caches passes by request) instead of a second forward + backward."""
+    from camcore.results import Prediction
+    from ui import boxes
+
+    pred = Prediction("detection", (), boxes=_found())
+    assert boxes.engine_rule("top", 0.5, pred) == "top@0"
+    assert boxes.engine_rule("det:1", 0.5, pred) == "det:1@0"
+    assert boxes.engine_rule("det:2", 0.5, pred) is None  # below the threshold: its own one-line error
+    assert boxes.engine_rule("top", 0.95, pred) is None
+    assert boxes.engine_rule("class:dog", 0.5, pred) is None and boxes.engine_rule("id:abc", 0.5, pred) is None
+    names = detection.coco_class_names()
+    for rule in ("top", "det:1"):  # the same box at either threshold
+        assert detection.choose(detection.parse_rule(rule), _found(), names, (100, 128)) == \
+            detection.choose(detection.parse_rule(boxes.engine_rule(rule, 0.5, pred)), _found(), names, (100, 128))

@@ -61,7 +61,6 @@ def test_two_workers_share_the_view_and_skip_what_is_done(scenario):
     # the workers' maps equal a single process's, sample by sample
     assert scenario["max_diff"] < 1e-4
     assert len(scenario["targets"]) > 2  # each sample explained for its own predicted class
-    assert (scenario["second"]["done"], scenario["second"]["skipped"]) == (0, 12)
 
 
 @pytest.mark.slow
@@ -75,6 +74,7 @@ def test_a_killed_worker_loses_nothing_reported_done(scenario):
     assert scenario["after_kill_label_without_file"] == 0
     fourth = scenario["fourth"]
     assert fourth["failed"] == [] and fourth["done"] == 12 - scenario["after_kill_with_label"]
+    assert fourth["skipped"] == scenario["after_kill_with_label"]  # the workers skip what is done
     assert scenario["after_rerun_with_label"] == 12
 
 

@@ -7,7 +7,7 @@ import shutil
 import fiftyone as fo
 import pytest
 from cam_support import skimage_data
-from fo_helpers import unique_name
+from fo_helpers import coded_identity, unique_name
 
 from camcore import batch, judge
 from camcore.batch import BatchOptions
@@ -24,7 +24,7 @@ CAT_BOX = [0.25, 0.05, 0.5, 0.9]  # chelsea.png: the cat's head and body
 
 
 def _identity() -> HeatmapIdentity:
-    return HeatmapIdentity(model=MODEL, method="gradcam", layer=get_spec(MODEL).default_layer, target=batch.PREDICTED)
+    return coded_identity(model=MODEL, method="gradcam", layer=get_spec(MODEL).default_layer, target=batch.PREDICTED)
 
 
 @pytest.fixture
@@ -155,3 +155,60 @@ def test_cli_batch_measures_leave_faithfulness_off_unless_asked(dataset):
     both = subprocess.run([*cmd, "--faithfulness", "--no-faithfulness"], cwd=root, capture_output=True,
                           text=True, timeout=300)
     assert both.returncode == 2 and "contradict" in both.stderr
+
+
+@pytest.mark.slow
+def test_a_detectors_share_is_on_the_box_it_explains_when_no_object_field_is_given(tmp_path):
+    """With no object field, a detector's own box is the object (as a segmenter's own mask): the
+    stored share is the heatmap's mass inside the explained box, and its confidence is that box's
+    score (the Audit page's scatter plot)."""
+    import numpy as np
+
+    from camcore import metrics
+    from camcore.store import read_heatmap
+
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((96, 128, 3)) * 60).astype(np.uint8)
+    rgb[20:60, 30:90] = (220, 40, 40)
+    from PIL import Image
+
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    ds = fo.Dataset(unique_name("det-measures"))
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "a.png")))
+    model = "ssdlite320_mobilenet_v3_large"
+    try:
+        report = batch.run_batch(ds, BatchOptions(model, weights="untrained", methods=["eigencam"],
+                                                  target_rule="top@0", heatmap_dir=str(tmp_path / "hm"),
+                                                  measures=MeasureOptions(faithfulness=False)))
+        assert (report.done, report.failed) == (1, [])
+        ((heatmap, fields),) = measure_store.measure_runs(ds).items()
+        sample = ds.first()
+        label = sample[heatmap]
+        x, y, w, h = label.box
+        stored = read_heatmap(ds, sample.id, heatmap)
+        inside = metrics.boxes_mask(stored.shape[:2], [[x, y, w, h]])
+        assert sample[fields["share"]] == pytest.approx(metrics.mass_inside(stored, inside), abs=0.02)
+        assert sample[fields["bg"]] == (sample[fields["share"]] < 0.5)
+        assert sample[fields["conf"]] == pytest.approx(label.box_score)
+    finally:
+        ds.delete()
+
+
+@pytest.mark.slow
+def test_a_trained_detectors_map_is_measured_on_the_box_it_explains():
+    """The toy detector (trained on one shape per image): Eigen-CAM's mass is mostly inside the box
+    it explains, and the measure says so (share, confidence = the box's score)."""
+    from detector_support import image, loaded_detector
+
+    from camcore import measures
+
+    detector = loaded_detector()
+    img, _box, _label = image(3)
+    ex = Explainer(detector, img, "top", ("conv2",))
+    h = ex.heatmap("eigencam", "conv2")
+    mask, source = judge.object_mask(ex, judge.SampleItem("", ""))
+    assert source == "explained box" and mask is not None
+    x0, y0, x1, y1 = (int(round(v)) for v in ex.target.boxes[0])
+    assert mask[y0 + 1:y1 - 1, x0 + 1:x1 - 1].all() and mask.sum() < mask.size / 2
+    got = measures.measure(ex, h, None, MeasureOptions())
+    assert got["share"] > 0.5 and got["bg"] is False and got["conf"] == pytest.approx(ex.target.score)

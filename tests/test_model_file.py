@@ -18,12 +18,11 @@ import fiftyone as fo
 import numpy as np
 import pytest
 import torch
-from fo_helpers import unique_name
+from fo_helpers import field_name, unique_name
 
 from camcore import batch, cli, model_file, models, store, weights
 from camcore.engine import Explainer
 from camcore.errors import ModelError
-from camcore.identity import HeatmapIdentity
 from camcore.images import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +233,7 @@ def test_own_model_explains_by_class_name_pushes_and_batches(models_file, key, i
 
     sid = dataset.first().id
     [field] = store.push_heatmaps(dataset, sid, ex.result([maps[-1]]), heatmap_dir=tmp_path / "hm")
-    assert field == HeatmapIdentity(model=key, method="gradcam", layer=spec.default_layer, target=class_name).field_name
+    assert field == field_name(key, "gradcam", spec.default_layer, class_name)
     label = dataset[sid][field]
     assert label.model == key and label.target == class_name and label.arch == spec.arch
     assert label.weights_sha256 == weights.file_sha256(spec.weights.path)

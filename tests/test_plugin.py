@@ -13,7 +13,7 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 from cam_support import CHELSEA
-from fo_helpers import field_name, unique_name, write_images
+from fo_helpers import coded_identity, field_name, unique_name, write_images
 
 from camcore import batch, engine, links, store
 from camcore.images import load_image
@@ -382,7 +382,7 @@ def test_compute_cams_measures_switch_stores_the_measure_fields(dataset):
 
     _run(COMPUTE, dataset=dataset, params={**PARAMS, "measures": True, "faithfulness": False, "threshold": 0.4})
     fields = measure_store.measure_runs(dataset)[FIELD]
-    assert fields == HeatmapIdentity(model=MODEL, method="gradcam", layer="head", target="predicted").measure_fields()
+    assert fields == coded_identity(model=MODEL, method="gradcam", layer="head", target="predicted").measure_fields()
     assert set(dataset.values(fields["about"])) == {"t=0.4;obj=model;f=0"}
     assert None not in dataset.values(fields["conf"])
     # Off by default: a plain compute writes no measure field.

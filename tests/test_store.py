@@ -137,7 +137,7 @@ def test_long_field_names_are_capped_and_distinct():
     a = _name("model", "gradcam", "layer", "a" * 200)
     b = _name("model", "gradcam", "layer", "a" * 199 + "b")
     assert len(a) <= MAX_FIELD_LEN and len(b) <= MAX_FIELD_LEN
-    assert a != b and a.startswith("cam_gradcam_layer_aaa")
+    assert a != b and a.startswith("cam_gradcam_layer_model_aaa")
     assert all(c.isalnum() or c == "_" for c in a) and a == a.lower()
 
 

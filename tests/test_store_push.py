@@ -65,7 +65,7 @@ def test_push_writes_pngs_fields_and_registry(dataset, tmp_path):
         assert dataset.info[store.MARK]["fields"][field]["method"] == h.method
     assert store.heatmap_fields(dataset).keys() == set(fields)
     # A short name the App's sidebar shows whole; the full description is the field's own.
-    assert fields[0] == "cam_gradcam_layer4_tabby_cat_resnet50"
+    assert fields[0] == "cam_gradcam_layer4_resnet50_tabby_cat"
     for field, h in zip(fields, (h1, h2), strict=True):
         described = dataset.get_field(field)
         assert described.description == h.identity.description
@@ -289,14 +289,14 @@ def test_untrained_and_smoothed_maps_never_replace_the_plain_trained_one(dataset
     fields = store.push_heatmaps(dataset, sample.id, trained, heatmap_dir=tmp_path)
     [field_untrained] = store.push_heatmaps(dataset, sample.id, untrained, heatmap_dir=tmp_path)
     base = field_name("resnet50", "gradcam", "layer4", "tabby cat")
-    assert fields == [base, base + "_eigen", base + "_aug"] and field_untrained == base + "_untrained"
+    assert fields == [base, base + "_eig", base + "_aug"] and field_untrained == base + "_untr"
     assert [h.field for h in (plain, eigen, aug)] == fields  # what the UI checks first
     assert plain_untrained.field == field_untrained
     sample.reload()
     assert sample[base].pretrained is True and sample[field_untrained].pretrained is False
-    assert sample[base + "_eigen"].eigen_smooth and sample[base + "_aug"].aug_smooth
+    assert sample[base + "_eig"].eigen_smooth and sample[base + "_aug"].aug_smooth
     assert sample[base].blank is False  # a map that is zero everywhere says so on its label
-    assert dataset.get_field(base + "_untrained").info["cam_explorer"]["variant"] == "untrained"
+    assert dataset.get_field(base + "_untr").info["cam_explorer"]["variant"] == "untrained"
 
 
 def test_a_blank_map_is_marked_on_its_label(dataset, tmp_path):

@@ -23,8 +23,8 @@ def twins():
                                                   layers=["head"], measures=measures))
         assert not report.failed
     runs = {r.heatmap: r for r in audit.runs(ds)}
-    (untrained,) = [r for name, r in runs.items() if name.endswith("_untrained")]
-    (trained,) = [r for name, r in runs.items() if not name.endswith("_untrained")]
+    (untrained,) = [r for name, r in runs.items() if name.endswith("_untr")]
+    (trained,) = [r for name, r in runs.items() if not name.endswith("_untr")]
     yield ds, untrained, trained
     ds.delete()
 

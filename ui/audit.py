@@ -2,9 +2,9 @@
 (pure functions), chart selections turned into the sidebar's narrowing, and the narrowed view's
 ways out (a saved view, the FiftyOne App).
 
-Plots are Plotly (`st.plotly_chart(on_select="rerun")`): a click on a bar, a box or lasso of
-points, or a row of the class table narrows the sidebar's view (`ViewSpec.narrow`), so every page
-and the URL follow it.
+Plots are Plotly (`st.plotly_chart(on_select="rerun")`): a click on a bar or a point, a box of
+points (the toolbar's Box Select), or a row of the class table narrows the sidebar's view
+(`ViewSpec.narrow`), so every page and the URL follow it.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ui.state import Audit, Sidebar
 SHARE_AXIS = "share of heatmap mass on the object (0–1)"
 CONF_AXIS = "model probability of the explained class (0–1)"
 COUNT_AXIS = "samples (count)"
-CHART_HEIGHT = 300  # three charts and the table fit 1280x800 with the sidebar
+CHART_HEIGHT = 320  # three charts and the table fit 1280x800 with the sidebar
 APP_PORT = store.DEFAULT_APP_PORT
 FINDING_TAGS = store.FINDING_TAGS
 count_measured = audit.count_measured
@@ -80,8 +80,14 @@ def plain(value: object) -> str:
 
 
 def _layout(fig: go.Figure, x: str, y: str) -> go.Figure:
-    fig.update_layout(height=CHART_HEIGHT, margin={"l": 70, "r": 10, "t": 40, "b": 50}, showlegend=False,
-                      xaxis_title=x, yaxis_title=y, dragmode="select", clickmode="event+select")
+    # Not dragmode "select": Streamlit then sets clickmode to "event" and a click on a bar or a point
+    # selects nothing. With a drag that zooms, a click selects (shift-click adds) and the toolbar's
+    # Box / Lasso select still select several.
+    fig.update_layout(height=CHART_HEIGHT, margin={"l": 70, "r": 10, "t": 60, "b": 50}, showlegend=False,
+                      xaxis_title=x, yaxis_title=y, dragmode="zoom", clickmode="event+select")
+    # The title below the toolbar's row (the toolbar shows over the top edge while the mouse is on
+    # the chart, and covered a long title at 1280 px).
+    fig.update_layout(title={"y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 30}})
     return fig
 
 
@@ -125,12 +131,15 @@ def class_rows(s: audit.Summary) -> list[dict]:
 # ---------------------------------------------------------------- selections -> the sidebar's narrowing
 
 
-def narrow_to(narrow: str, source: str) -> None:
-    """Narrow the sidebar's view (a new selection only: a kept chart selection reapplies nothing)."""
-    if st.session_state.get(Audit.APPLIED) == (source, narrow):
+def narrow_to(narrow: str | None, source: str) -> None:
+    """Narrow the sidebar's view when the selection of this chart (or the class table) changed
+    since its last run. Each keeps its selection across reruns: narrowing on an unchanged one would
+    undo a newer narrowing made on another chart (they would take turns forever)."""
+    seen = f"{Audit.APPLIED}_{source}"
+    if st.session_state.get(seen, "") == (narrow or ""):
         return
-    st.session_state[Audit.APPLIED] = (source, narrow)
-    if st.session_state.get(Sidebar.NARROW) != narrow:
+    st.session_state[seen] = narrow or ""
+    if narrow and st.session_state.get(Sidebar.NARROW) != narrow:
         st.session_state[Sidebar.NARROW] = narrow
         st.rerun()  # the sidebar draws the narrowed view, and the URL follows
 

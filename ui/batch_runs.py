@@ -44,7 +44,7 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
     sources = [None, *store.segmentation_fields(dataset), *store.detection_fields(dataset)]
     m1, m2, m3 = st.columns([3, 2, 2])
     field = m1.selectbox("Object from", sources, key=Batch.OBJECT_FIELD,
-                         format_func=lambda f: "(the model's own mask; none for classifiers)" if f is None else f)
+                         format_func=lambda f: "(the model's own mask or box; none: classifiers)" if f is None else f)
     threshold = m2.number_input("Background-dominated below", 0.0, 1.0, 0.5, 0.05, key=Batch.THRESHOLD,
                                 help="share of the heatmap's mass on the object, 0..1")
     faith = m3.toggle("Faithfulness scores", value=False, key=Batch.FAITHFULNESS,

@@ -67,7 +67,20 @@ def box_picker(container, prediction: Prediction, dataset: str, sample_id: str, 
                                         "reuses its pass; another box runs the model again (forward and "
                                         "backward: the box's score is what the gradients are of).")
     short = choice if threshold == detection.DEFAULT_THRESHOLD else f"{choice}@{threshold:g}"
-    return short, data.box_rule(dataset, sample_id, short)
+    return short, engine_rule(choice, threshold, prediction) or data.box_rule(dataset, sample_id, short)
+
+
+def engine_rule(choice: str, threshold: float, prediction: Prediction) -> str | None:
+    """The model's own box (top, det:<i>) asked for at threshold 0 when it passes the threshold:
+    the detections above a threshold are the first ones of those above 0 (best first), so it is
+    the same box, and the request is the one of the page's first pass ("top@0"), whose forward and
+    backward the top box then reuses instead of running the model again. None for other rules."""
+    body = choice.partition("@")[0]
+    if body != detection.TOP and not body.startswith("det:"):
+        return None
+    index = 0 if body == detection.TOP else int(body[4:]) if body[4:].isdigit() else -1
+    above = [d for d in prediction.boxes if d.score >= threshold]
+    return f"{body}@0" if 0 <= index < len(above) else None
 
 
 Drawn = tuple[tuple[float, float, float, float], str, bool]  # box (image pixels), caption, explained

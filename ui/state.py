@@ -237,7 +237,7 @@ class Audit:
     """pages/audit.py, pages/review.py, pages/runs.py (ui/audit.py)."""
 
     RUN = "audit_run"  # the heatmap field audited (URL run=)
-    APPLIED = "_audit_applied"  # the chart selection last turned into a narrowing
+    APPLIED = "_audit_applied"  # + "_<chart>": the selection a chart had on its last run
     HIST = "audit_hist"
     CLASSES = "audit_classes"
     SCATTER = "audit_scatter"

@@ -348,7 +348,7 @@ class Explainer:
     def _heatmap(self, spec: MethodSpec, layer: str, eigen_smooth: bool, raw: np.ndarray, full: np.ndarray,
                  start: float) -> Heatmap:
         raw2d = np.array(raw[0], dtype=np.float32)
-        identity = HeatmapIdentity.of(self.model, spec.key, layer, self._identity_target(),
+        identity = HeatmapIdentity.of(self.model, spec, layer, self._identity_target(),
                                       input_size=min(self.input_hw), aug_smooth=self.aug_smooth,
                                       eigen_smooth=eigen_smooth)
         return Heatmap(

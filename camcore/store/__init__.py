@@ -8,7 +8,7 @@
   at a time);
 - :mod:`~camcore.store.fields`: heatmap fields declared from a
   :class:`~camcore.identity.HeatmapIdentity` (its field name
-  ``cam_<method>_<layer>_<target>_<model>[_<variant>]``, meaning and description), the registry
+  ``cam_<method>_<layer>_<model>[_<target>][_<variant>]``, meaning and description), the registry
   in ``dataset.info`` and the App's styling;
 - :mod:`~camcore.store.heatmaps`: pushing maps (PNG files + labels, with a journal) and reading
   them back;

@@ -10,9 +10,12 @@ App (opened before or after a push, in any process) draws them the same way.
   switched off, so maps never stack into a wash.
 - Grouped: our fields sit in one sidebar group, ``CAM heatmaps``, after the labels.
 
-An App that is already open keeps the scheme it loaded: :func:`app_updates` gives the App
-operations (``set_color_scheme``, ``set_active_fields``) that an operator triggers to apply it now;
-an App this process serves is refreshed through :func:`camcore.store.app.refresh_app`.
+An App that is already open keeps the scheme and the sidebar groups it loaded: :func:`app_updates`
+gives the App operations (``set_color_scheme``, ``set_active_fields``) and :func:`sidebar_groups`
+the saved groups, which an operator triggers to apply them now (the groups through the plugin's
+browser-side ``set_sidebar_groups``: FiftyOne 1.22 keeps an open App's groups even across
+``reload_dataset``); an App this process serves is refreshed through
+:func:`camcore.store.app.refresh_app` (colours and switched-on fields; its groups on its next load).
 """
 from __future__ import annotations
 
@@ -202,3 +205,11 @@ def app_updates(dataset: fo.Dataset) -> list[tuple[str, dict]]:
     if active is not None and not active.exclude:
         out.append(("set_active_fields", {"fields": list(active.paths)}))
     return out
+
+
+def sidebar_groups(dataset: fo.Dataset) -> list[dict[str, Any]]:
+    """The dataset's saved sidebar groups as plain data (name, paths, expanded), for an App that is
+    already open (the plugin's set_sidebar_groups); [] when none are saved."""
+    dataset.reload()
+    return [{"name": g.name, "paths": list(g.paths or []), "expanded": g.expanded is not False}
+            for g in dataset.app_config.sidebar_groups or []]

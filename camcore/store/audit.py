@@ -227,11 +227,24 @@ def describe_narrow(text: str) -> str:
         if "=" in part:
             name, _, value = part.partition("=")
             what = "class" if name.endswith(".target") else (measure_of(name) or ("", ""))[0]
+            what = MEASURE_WORDS.get(what, what)
             out.append(f"{what} = {value}")
         else:
             name, lo, hi = (list(part.split(":")) + ["", ""])[:3]
-            out.append(f"{(measure_of(name) or (name, ''))[0]} {lo}–{hi}")
+            measure = (measure_of(name) or (name, ""))[0]
+            out.append(f"{MEASURE_WORDS.get(measure, measure)} {_short(lo)}–{_short(hi)}")
     return ", ".join(out)
+
+
+MEASURE_WORDS = {"conf": "confidence", "bg": "background-dominated"}
+
+
+def _short(number: str) -> str:
+    """A bound as people read it (3 significant digits); the narrowing itself keeps all of them."""
+    try:
+        return f"{float(number):.3g}"
+    except ValueError:
+        return number
 
 
 def bin_narrow(run: AuditRun, lo: float, hi: float) -> str:
@@ -242,10 +255,16 @@ def class_narrow(run: AuditRun, cls: str) -> str:
     return f"{run.target}={cls}"
 
 
+def _outward(lo: float, hi: float) -> str:
+    """lo..hi as text with 6 decimals, rounded outwards (one more step each way for the float
+    error of the rounding itself): a range drawn around points always holds those points."""
+    low = (math.floor(lo * 1e6) - 1) / 1e6
+    high = (math.floor(hi * 1e6) + 2) / 1e6
+    return f"{max(0.0, low):.6f}:{min(1.0, high):.6f}".replace(".000000", "")
+
+
 def box_narrow(run: AuditRun, conf: tuple[float, float], share: tuple[float, float]) -> str:
-    fields = run.fields
-    return (f"{fields['conf']}:{conf[0]:.4g}:{min(1.0, conf[1] + 1e-9):.6g};"
-            f"{run.share}:{share[0]:.4g}:{min(1.0, share[1] + 1e-9):.6g}")
+    return f"{run.fields['conf']}:{_outward(*conf)};{run.share}:{_outward(*share)}"
 
 
 @db_errors

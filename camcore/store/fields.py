@@ -1,7 +1,7 @@
 """Heatmap fields: declared from a HeatmapIdentity, checked before any write, listed in the
 dataset's info, and styled for the FiftyOne App.
 
-The name of the field (``cam_<method>_<layer>_<target>_<model>[_<variant>]``), its meaning and
+The name of the field (``cam_<method>_<layer>_<model>[_<target>][_<variant>]``), its meaning and
 its description all come from the heatmap's :class:`~camcore.identity.HeatmapIdentity`. A field
 we create is an ``fo.Heatmap`` field marked in its FiftyOne field info,
 ``info={"cam_explorer": {"kind": "heatmap", "model": ..., "method": ..., "layer": ...,

@@ -2,7 +2,7 @@
 keeps every label pointing at a whole file written for it.
 
 A heatmap lives in the field its identity names (:attr:`~camcore.identity.HeatmapIdentity.field_name`,
-``cam_<method>_<layer>_<target>_<model>[_<variant>]``, declared by :mod:`camcore.store.fields`).
+``cam_<method>_<layer>_<model>[_<target>][_<variant>]``, declared by :mod:`camcore.store.fields`).
 Its map is a 16-bit grayscale PNG (``range=[0, 65535]``) under
 ``<heatmaps dir>/<dataset>/<field>/<sample id>-<write id>.png``; the label carries the identity's
 provenance (model, weights, method, layer, smoothing, arch, weights hash, classes file, input size)

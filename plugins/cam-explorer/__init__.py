@@ -34,6 +34,7 @@ import fiftyone.operators.types as types
 PLUGIN = "@cam-explorer/cam"
 COMPUTE_URI = f"{PLUGIN}/compute_cams"
 OPEN_URL_URI = f"{PLUGIN}/open_url"  # the plugin's JS operator (dist/index.umd.js)
+SIDEBAR_GROUPS_URI = f"{PLUGIN}/set_sidebar_groups"  # the plugin's JS operator too
 RELOAD_MODELS_URI = f"{PLUGIN}/reload_models"
 SETTINGS_STORE = "cam_explorer_settings"  # FiftyOne's execution store: settings the user sets once
 EXPLORER_KEY = "explorer_url"
@@ -358,8 +359,11 @@ class ComputeCams(foo.Operator):
 
         # An App that is already open keeps the colours and switched-on fields it loaded: send
         # it the dataset's saved ones (a colour scale per map, the newest map on).
-        for uri, params in appstyle.app_updates(_camcore()[4].root_dataset(samples)):
+        root = _camcore()[4].root_dataset(samples)
+        for uri, params in appstyle.app_updates(root):
             yield ctx.trigger(uri, params)
+        # ... and the CAM heatmaps group, which no built-in operator sets (dist/index.umd.js)
+        yield ctx.trigger(SIDEBAR_GROUPS_URI, {"groups": appstyle.sidebar_groups(root)})
         yield ctx.ops.notify(summary, variant="warning" if report.failed else "success")
 
 
@@ -372,7 +376,7 @@ def _measure_views(inputs: Any, params: dict, dataset: Any, store: Any) -> None:
     if not params.get("measures"):
         return
     objects = types.Dropdown(label="Object from", description="a Segmentation or Detections field; "
-                             "none: a segmentation model's own mask")
+                             "none: the model's own (a segmenter's mask, a detector's explained box)")
     for name in ([*store.segmentation_fields(dataset), *store.detection_fields(dataset)] if dataset else []):
         objects.add_choice(name, label=name)
     inputs.str("object_field", view=objects)

@@ -1,7 +1,10 @@
 /*
- * CAM Explorer's one browser-side operator: open_url, which opens a URL in a new tab.
- * FiftyOne 1.22's App has no built-in operator for that, and a Python operator cannot reach the
- * browser's window, so `open_in_cam_explorer` triggers this one with ctx.trigger(...).
+ * CAM Explorer's browser-side operators, each triggered by a Python operator with ctx.trigger(...):
+ * - open_url opens a URL in a new tab (FiftyOne 1.22's App has no built-in operator for that, and a
+ *   Python operator cannot reach the browser's window): `open_in_cam_explorer`.
+ * - set_sidebar_groups shows the dataset's saved sidebar groups now (the "CAM heatmaps" group with
+ *   the fields just made): an App that is already open keeps the groups it loaded, even after
+ *   reload_dataset, and 1.22 has no built-in operator that sets them: `compute_cams`.
  * Hand-written (no build step): it uses the App's globals, as compiled plugins do.
  */
 (function () {
@@ -32,5 +35,28 @@
     }
   }
 
+  class SetSidebarGroups extends fop.Operator {
+    get config() {
+      return new fop.OperatorConfig({ name: "set_sidebar_groups", label: "Show the saved sidebar groups",
+                                      unlisted: true });
+    }
+
+    async execute(ctx) {
+      var fos = window.__fos__; // @fiftyone/state, exposed by the App for plugins
+      if (!fos || !fos.sidebarGroupsDefinition || !ctx.state) {
+        console.info("@cam-explorer/cam: this App exposes no sidebar groups; they show on its next load");
+        return;
+      }
+      var groups = ((ctx.params && ctx.params.groups) || []).map(function (g) {
+        return { name: String(g.name), paths: (g.paths || []).map(String), expanded: g.expanded !== false };
+      });
+      if (!groups.length) return;
+      // The grid's sidebar (false) and the sample modal's (true): the App derives both from this atom.
+      ctx.state.set(fos.sidebarGroupsDefinition(false), groups);
+      ctx.state.set(fos.sidebarGroupsDefinition(true), groups);
+    }
+  }
+
   fop.registerOperator(OpenUrl, "@cam-explorer/cam");
+  fop.registerOperator(SetSidebarGroups, "@cam-explorer/cam");
 })();
