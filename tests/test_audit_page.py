@@ -113,3 +113,37 @@ def _image_captions(at: AppTest) -> list[str]:
 
     walk(at._tree)
     return out
+
+
+def test_a_narrowing_this_dataset_cannot_apply_is_dropped_in_one_line(audited):
+    """A link's narrowing on a measure field that was deleted or renamed since (or a malformed
+    one): one line in the sidebar on the link's first run, and the page shows the whole view (it
+    was a dead end: no view, the same message twice on the page)."""
+    ds, fields = audited
+    ds.rename_sample_field(fields["conf"], "my_conf")  # renamed in the App after the link was made
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["dataset"] = ds.name
+    at.query_params["narrow"] = f"{fields['conf']}:0:0.5"
+    run(at, allow_errors=False)
+    (line,) = [w.value for w in at.sidebar.warning]
+    assert line.startswith("Dropped the Audit page's narrowing\\: cannot narrow by") and "\n" not in line
+    at.switch_page("pages/audit.py")
+    run(at, allow_errors=False)
+    assert not at.warning and not at.exception
+    assert len(at.get("plotly_chart")) == 2
+    assert any("**30 samples** in the view:" in m.value for m in at.markdown)
+    assert "narrow" not in at.query_params
+
+
+def test_the_narrowed_view_is_saved_as_a_fiftyone_saved_view(audited):
+    ds, _fields = audited
+    (run_,) = audit.runs(ds)
+    at = _audit_page(ds, narrow=audit.class_narrow(run_, "cup"))
+    at.text_input(key="audit_save_name").input("background cups")
+    at.button(key="audit_save").click()
+    run(at, allow_errors=False)
+    assert any("Saved as the FiftyOne view 'background cups'" in s.value for s in at.success)
+    ds.reload()
+    assert "background cups" in ds.list_saved_views()
+    saved = ds.load_saved_view("background cups")
+    assert saved.count() == 10 and set(saved.values(f"{run_.heatmap}.target")) == {"cup"}

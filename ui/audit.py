@@ -177,7 +177,7 @@ def save_view(sel: Selection) -> None:
         st.session_state["_audit_saved"] = ("warning", "Name the saved view first.")
         return
     try:
-        store.load_dataset(sel.dataset).save_view(name, sel.view(), overwrite=True)
+        audit.save_view(sel.view(), name)
         st.session_state["_audit_saved"] = ("success", f"Saved as the FiftyOne view {name!r}.")
     except Exception as exc:  # a bad name or a database error: one line
         st.session_state["_audit_saved"] = ("error", f"Could not save the view {name!r}: {exc}")
@@ -199,9 +199,7 @@ def ways_out(sel: Selection, port: int) -> None:
 
 def sample_measures(sel: Selection, sample_id: str, run: audit.AuditRun) -> dict:
     """One sample's stored measures (measure -> value), read from the database by id."""
-    names = sorted(run.fields)
-    values = store.load_dataset(sel.dataset).select(sample_id).values([run.fields[m] for m in names])
-    return {m: (v[0] if v else None) for m, v in zip(names, values, strict=True)}
+    return audit.sample_measures(store.load_dataset(sel.dataset), sample_id, run)
 
 
 # ---------------------------------------------------------------- two runs side by side

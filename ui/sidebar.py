@@ -384,7 +384,7 @@ def _view_spec(sb, dataset) -> views.ViewSpec:
         urlstate.filter_leftovers()
         if sort_field:
             _offer_sort_index(dataset, sort_field, tags=bool(chosen_tags))
-    narrow = _narrowing(sb)
+    narrow = _narrowing(sb, dataset)
     return views.ViewSpec(tags=tuple(chosen_tags), label_field=field or "", label=label or "",
                           confidence=confidence, filename_contains=contains.strip(),
                           sort_field=sort_field or "", sort_reverse=bool(reverse and sort_field), narrow=narrow,
@@ -419,12 +419,20 @@ def _clear_narrowing() -> None:
     st.session_state[Sidebar.NARROW] = ""
 
 
-def _narrowing(sb) -> str:
-    """The Audit page's narrowing of the view (a click on a chart), shown with a way to drop it."""
+def _narrowing(sb, dataset) -> str:
+    """The Audit page's narrowing of the view (a click on a chart), shown with a way to drop it.
+    One this dataset cannot apply (a link's, a measure field deleted or renamed since, another
+    dataset's) is dropped with one line: the whole view stays usable."""
     narrow = str(st.session_state.get(Sidebar.NARROW) or "")
     if narrow:
         from camcore.store import audit
 
+        try:
+            audit.narrow_filter(narrow, dataset)
+        except CamError as exc:
+            st.session_state[Sidebar.NARROW] = ""
+            sb.warning(text.escape(f"Dropped the Audit page's narrowing: {exc}. Showing the whole view."))
+            return ""
         row = sb.columns([4, 1])
         row[0].caption("Narrowed by the Audit page: " + text.escape(audit.describe_narrow(narrow)))
         row[1].button("✕", key=Sidebar.NARROW_CLEAR, on_click=_clear_narrowing, help="Show the whole view again")

@@ -347,3 +347,20 @@ def class_changes(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: Aud
 @db_errors
 def count_both(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun) -> int:
     return view.match(_both(run_a, run_b)).count()
+
+
+# ---------------------------------------------------------------- the narrowed view's way out, one sample
+
+
+@db_errors
+def save_view(view: fo.Dataset | fo.DatasetView, name: str) -> None:
+    """Keep the view (the sidebar's, narrowed) as a FiftyOne saved view of its dataset."""
+    root_dataset(view).save_view(name, view, overwrite=True)
+
+
+@db_errors
+def sample_measures(dataset: fo.Dataset | fo.DatasetView, sample_id: str, run: AuditRun) -> dict[str, Any]:
+    """One sample's stored measures (measure -> value), read from the database by id."""
+    names = sorted(run.fields)
+    values = root_dataset(dataset).select(sample_id).values([run.fields[m] for m in names])
+    return {m: (v[0] if v else None) for m, v in zip(names, values, strict=True)}
