@@ -461,11 +461,15 @@ def probe_scan(dataset_name: str, args: argparse.Namespace) -> dict:
 FIELDS_SAMPLES = 12  # the dataset's size does not matter here: its number of CAM fields does
 FIELDS_NEW = 3  # new fields per push / per batch (each a new layer)
 FIELDS_LAYERS = ("blocks.4", "blocks.5", "blocks.6")  # EfficientNet-Lite0 layers of the batch
+# The CPU seconds of this process for the last measured step: on a shared machine wall time swings
+# with other jobs' load, the work a step does does not (the database's own time is not in it)
+_CPU: list[float] = []
 
 
-def fill_fields(ds, count: int) -> None:
+def fill_fields(ds, count: int, labelled: bool = False) -> None:
     """Give `ds` `count` CAM heatmap fields as a month of exploring would: declared like ours (every
-    label attribute), listed in the registry and the App config, one label in each. Built by copying
+    label attribute), listed in the registry and the App config, one label in each (labelled: a
+    label in each on every sample, as a month of pushes and batches leaves them). Built by copying
     one declared field's schema entry in the database (seconds), not by `count` declarations."""
     import copy
 
@@ -504,7 +508,8 @@ def fill_fields(ds, count: int) -> None:
     conn.update_one({"_id": ds._doc.id}, {"$set": {"app_config.color_scheme": scheme,
                                                    "app_config.sidebar_groups": app.get("sidebar_groups")}})
     label = ds._sample_collection.find_one({"_id": ds.first()._id})[h.field]
-    ds._sample_collection.update_one({"_id": ds.first()._id}, {"$set": {f["name"]: label for f in fields}})
+    where = {} if labelled else {"_id": ds.first()._id}
+    ds._sample_collection.update_many(where, {"$set": {f["name"]: label for f in [*fields, {"name": h.field}]}})
     ds.reload()
 
 
@@ -527,8 +532,9 @@ def time_push(ds, rep: int) -> float:
     size = (224, 224)
     maps = [make_heatmap(size, "gradcam", layer=f"push{rep}x{k}", seed=k) for k in range(FIELDS_NEW)]
     sample = ds.skip(1 + rep % (FIELDS_SAMPLES - 1)).first()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     store.push_heatmaps(ds, sample.id, make_result(size, maps))
+    _CPU.append(time.process_time() - c0)
     return time.perf_counter() - t0
 
 
@@ -545,17 +551,19 @@ def time_batch_setup(ds, rep: int) -> float:
     def progress(done, total, rate, eta, message):
         if not told:
             told.append(time.perf_counter())
+            _CPU.append(time.process_time() - c0)
         cancel.set()
 
     # A new target rule each repeat: new fields, as a batch over new layers would declare.
     options = batch.BatchOptions(MODEL, methods=("gradcam",), layers=FIELDS_LAYERS, chunk=1, device="cpu",
                                  target_rule=str(rep + 1))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     batch.run_batch(ds.limit(1), options, progress=progress, cancel=cancel)
     return told[0] - t0
 
 
-def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | None = None) -> dict:
+def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | None = None,
+               labelled: bool = False) -> dict:
     """Median seconds of a push and of a batch's set-up at each CAM field count; ratios against
     the first count, measured in this run (interleaved, so drift hits every count alike)."""
     import statistics
@@ -577,11 +585,12 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
         ds.add_samples([fo.Sample(filepath=p) for p in files])
         ds.compute_metadata()
         t0 = time.perf_counter()
-        fill_fields(ds, n)
+        fill_fields(ds, n, labelled)
         cams = [f for f in ds.get_field_schema() if f.startswith("cam_")]
         print(f"dataset {name}: {len(cams)} CAM fields in {time.perf_counter() - t0:.1f} s", flush=True)
         sets[n] = (ds, set(ds.get_field_schema()))
-    times: dict[int, dict[str, list[float]]] = {n: {"push_s": [], "batch_setup_s": []} for n in counts}
+    keys = ("push_s", "batch_setup_s", "push_cpu_s", "batch_setup_cpu_s")
+    times: dict[int, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in counts}
     prof = None
     if profile:
         import cProfile
@@ -594,7 +603,9 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
             if profiling:
                 prof.enable()
             times[n]["push_s"].append(time_push(ds, rep))
+            times[n]["push_cpu_s"].append(_CPU.pop())
             times[n]["batch_setup_s"].append(time_batch_setup(ds, rep))
+            times[n]["batch_setup_cpu_s"].append(_CPU.pop())
             if profiling:
                 prof.disable()
             _drop_new(ds, before)
@@ -606,10 +617,10 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
     out = {n: {k: round(statistics.median(v), 3) for k, v in t.items()} for n, t in times.items()}
     base = counts[0]
     print(f"\nmedians of {repeats} repeats; ratios against {base} CAM fields (same run)")
-    for key in ("push_s", "batch_setup_s"):
+    for key in keys:
         print(f"{key}: " + "  ".join(f"{n} fields: {out[n][key]} s ({_ratio(out[n][key], out[base][key])})"
                                       for n in counts))
-    ratios = {key: _ratio(out[counts[-1]][key], out[base][key]) for key in ("push_s", "batch_setup_s")}
+    ratios = {key: _ratio(out[counts[-1]][key], out[base][key]) for key in keys}
     print("RESULT " + json.dumps({"fields": counts, "repeats": repeats, "ratios": ratios, "medians": out}))
     return out
 
@@ -649,6 +660,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fields", help="CAM field counts, e.g. 5,500: push and batch set-up at each (issue 22)")
     ap.add_argument("--repeats", type=int, default=5, help="--fields: repeats (medians are reported)")
     ap.add_argument("--profile", help="--fields: write a cProfile of the largest count here")
+    ap.add_argument("--labelled", action="store_true",
+                    help="--fields: a label in every CAM field on every sample (the pushed sample's too)")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--probe-dataset", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -693,7 +706,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
         if args.fields:
-            run_fields([int(c) for c in args.fields.split(",") if c.strip()], args.repeats, image_dir, args.profile)
+            run_fields([int(c) for c in args.fields.split(",") if c.strip()], args.repeats, image_dir, args.profile,
+                       args.labelled)
             return
         for n in sizes:
             t0 = time.perf_counter()

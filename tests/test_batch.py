@@ -14,6 +14,7 @@ from fo_helpers import coded_identity, unique_name, write_images
 
 from camcore import batch, store
 from camcore.batch import BatchOptions
+from camcore.store import sampledocs
 
 MODEL = "efficientnet_lite0"
 
@@ -89,16 +90,16 @@ def test_killed_run_resumes_without_recompute_and_leaves_no_orphans(dataset, mon
     assert len(done_ids) == 2
     created = dataset.select(done_ids).values(f"{FIELD}.created_at")
 
-    # A crash between the files and the field: PNGs written, set_values never reached.
+    # A crash between the files and the field: PNGs written, the labels' write never reached.
     real = store.push_many
 
     def crash(ds, items, **kw):
-        orig_set_values = fo.Dataset.set_values
-        monkeypatch.setattr(fo.Dataset, "set_values", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        orig_write = sampledocs.write
+        monkeypatch.setattr(sampledocs, "write", lambda *a, **k: (_ for _ in ()).throw(Killed()))
         try:
             return real(ds, items, **kw)
         finally:
-            monkeypatch.setattr(fo.Dataset, "set_values", orig_set_values)
+            monkeypatch.setattr(sampledocs, "write", orig_write)
 
     monkeypatch.setattr(store, "push_many", crash)
     with pytest.raises(Killed):

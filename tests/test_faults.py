@@ -108,6 +108,7 @@ CHILD = textwrap.dedent(
     import fiftyone as fo
     from camcore import store
     from camcore.errors import StoreError
+    from camcore.store import sampledocs
     from fo_helpers import make_heatmap, make_result, write_images
     from pathlib import Path
 
@@ -124,16 +125,16 @@ CHILD = textwrap.dedent(
         # this test is about the push, not about the samples added just before it.
         import fiftyone.core.odm.database as fodb
         fodb.get_db_client().admin.command("fsync")
-        real = fo.Dataset.set_values
+        real = sampledocs.write
         calls = []
 
-        def set_values_then_die(self, field, *a, **k):
-            calls.append(field)
+        def write_then_die(dataset, values):  # one write per field: {sample id: {field: label}}
+            calls.append(next(iter(next(iter(values.values())))))
             if len(calls) == 2:  # the first field is written; the database dies before the second
                 os.kill(int(os.environ["MONGOD_PID"]), signal.SIGKILL)
-            return real(self, field, *a, **k)
+            return real(dataset, values)
 
-        fo.Dataset.set_values = set_values_then_die
+        sampledocs.write = write_then_die
         try:
             store.push_heatmaps(ds, ds.first().id, result, heatmap_dir=tmp / "maps")
         except StoreError as exc:
@@ -198,7 +199,7 @@ def test_mongod_killed_mid_push_then_restarted(tmp_path):
         mongod.wait(timeout=30)
         error, written = out["error"], out["fields"]
         assert error and "\n" not in error and "database" in error, error
-        assert len(written) == 2, written  # set_values was entered for both fields; mongod died in the 2nd
+        assert len(written) == 2, written  # the labels' write was entered for both fields; mongod died in the 2nd
         mongod = _start_private_mongod(tmp_path, port)  # same dbpath, same port
         out = _child(tmp_path, port, mongod.pid, "retry")
         before, after = out["before"], out["after"]

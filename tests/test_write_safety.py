@@ -1,7 +1,7 @@
 """Issue 13, items 1 and 2: a heatmap label never points at another map, and clean-up never
 deletes a file that a label of any dataset references or that a live writer is writing.
 
-A push or a batch that dies between any two of its steps (journal, PNGs, set_values of each field,
+A push or a batch that dies between any two of its steps (journal, PNGs, the labels' write of each field,
 deletion of the replaced files) leaves every label with the file it was written with; the next
 clean-up removes only what no label references. Kills are real (os._exit in a child process, so
 no finally block runs) for pushes, and exceptions at each step for batches."""
@@ -23,7 +23,7 @@ from fo_helpers import field_name, make_heatmap, make_result, unique_name, write
 from PIL import Image
 
 from camcore import batch, store
-from camcore.store import heatmaps
+from camcore.store import heatmaps, sampledocs
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (24, 32)
@@ -89,7 +89,7 @@ CHILD = textwrap.dedent(
     sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
     import fiftyone as fo
     from camcore import store
-    from camcore.store import heatmaps
+    from camcore.store import heatmaps, sampledocs
     from fo_helpers import make_heatmap, make_result
 
     step = sys.argv[1]
@@ -101,19 +101,19 @@ CHILD = textwrap.dedent(
     def die():
         os._exit(9)  # no finally, no atexit: as a SIGKILL would
 
-    real_write, real_set, real_delete = heatmaps._write_pngs, fo.Dataset.set_values, heatmaps._delete_unreferenced
+    real_write, real_set, real_delete = heatmaps._write_pngs, sampledocs.write, heatmaps._delete_unreferenced
     calls = []
     if step == "after_journal":
         heatmaps._write_pngs = lambda *a, **k: die()
     elif step == "after_pngs":
         heatmaps._write_pngs = lambda *a, **k: (real_write(*a, **k), die())
     elif step == "between_fields":
-        def set_values(self, *a, **k):
+        def write(*a, **k):  # one write per field
             calls.append(1)
             if len(calls) == 2:
                 die()
-            return real_set(self, *a, **k)
-        fo.Dataset.set_values = set_values
+            return real_set(*a, **k)
+        sampledocs.write = write
     elif step == "after_labels":
         heatmaps._delete_unreferenced = lambda paths: die()
     elif step == "after_delete":
@@ -169,17 +169,17 @@ def test_a_push_never_overwrites_the_file_a_label_points_at(dataset, tmp_path):
     old_path = dataset[sample.id][f1].map_path
     before = Path(old_path).read_bytes()
     seen = []
-    real_set = fo.Dataset.set_values
+    real_set = sampledocs.write
 
-    def set_values(self, field, *a, **k):
+    def write(*a, **k):
         seen.append(Path(old_path).read_bytes() == before)  # still the old map when the label changes
-        return real_set(self, field, *a, **k)
+        return real_set(*a, **k)
 
-    fo.Dataset.set_values = set_values
+    sampledocs.write = write
     try:
         store.push_heatmaps(dataset, sample.id, make_result(SIZE, new), heatmap_dir=hm)
     finally:
-        fo.Dataset.set_values = real_set
+        sampledocs.write = real_set
     assert seen and all(seen)
     assert dataset[sample.id][f1].map_path != old_path and not os.path.exists(old_path)
 
@@ -227,7 +227,7 @@ def test_a_rebatch_that_dies_at_any_step_keeps_labels_and_files_together(
 
     where = {
         "pngs": (heatmaps, "_write_pngs"),
-        "labels": (fo.Dataset, "set_values"),
+        "labels": (sampledocs, "write"),
         "delete": (store.HeatmapWriter, "flush"),
     }[step]  # flush: deletes the replaced files
     monkeypatch.setattr(*where, _die)
@@ -316,7 +316,7 @@ LIVE_WRITER = textwrap.dedent(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"a map whose label is still to come")
     print("written", flush=True)
-    time.sleep(600)  # between its PNGs and its set_values
+    time.sleep(600)  # between its PNGs and its labels' write
     """
 )
 
@@ -340,7 +340,7 @@ def test_cleanup_leaves_a_live_writers_file_in_another_process(dataset, tmp_path
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
-    # The writer died before its set_values: its file is nobody's now.
+    # The writer died before its labels' write: its file is nobody's now.
     assert store.clean_orphans(dataset, hm) == 1
     assert not path.exists() and not list(hm.glob("*/.pending/*.journal"))
 

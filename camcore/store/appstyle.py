@@ -36,13 +36,22 @@ SIDEBAR_GROUP = "CAM heatmaps"
 def ours(dataset: fo.Dataset) -> list[str]:
     """Our heatmap fields (marked in their field info), in schema order. Read from the sample
     class's declared fields: the schema API builds a filtered copy of every field per call."""
-    fields = dataset._sample_doc_cls._fields
-    out = []
-    for name in dataset._sample_doc_cls._fields_ordered:
-        mark = (getattr(fields.get(name), "info", None) or {}).get(MARK)
-        if isinstance(mark, dict) and mark.get("kind") == "heatmap":
-            out.append(name)
-    return out
+    return [name for name in dataset._sample_doc_cls._fields_ordered if _is_ours(dataset, name)]
+
+
+def _is_ours(dataset: fo.Dataset, name: str) -> bool:
+    mark = (getattr(dataset._sample_doc_cls._fields.get(name), "info", None) or {}).get(MARK)
+    return isinstance(mark, dict) and mark.get("kind") == "heatmap"
+
+
+class _Ours:
+    """Is a path one of our heatmap fields: the fields at hand (not declared here yet) or a declared one."""
+
+    def __init__(self, dataset: fo.Dataset, fields: list[str]):
+        self.dataset, self.fields = dataset, set(fields)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.fields or (isinstance(name, str) and _is_ours(self.dataset, name))
 
 
 def _show_in_app(dataset: fo.Dataset, fields: list[str], group: str | None = None,
@@ -51,82 +60,123 @@ def _show_in_app(dataset: fo.Dataset, fields: list[str], group: str | None = Non
     `update`, or written (and an App this process serves refreshed) now. `group` (a push's or a
     run's id) is accepted for the callers' sake: the newest field alone is switched on.
 
-    Works on the stored config as plain documents: FiftyOne's config objects convert and compare
-    every colour scale and sidebar path on each change."""
-    config = copy.deepcopy(schema.stored_app_config(dataset))
-    mine = list(dict.fromkeys(ours(dataset) + list(fields)))
-    changed = _activate(dataset, config, list(fields)[-1:], mine)
-    changed = _color(config, mine) or changed
-    changed = _group(dataset, config, mine) or changed
-    if update is not None:
-        if changed:
-            update.set_app_config(config)
-        return
-    if changed:
-        own = schema.DatasetUpdate(dataset)
-        own.set_app_config(config)
+    Reads the stored config as plain documents and writes only the entries that change (a colour
+    scale and a sidebar path per field at hand, the switched-on list), each guarded by what it
+    assumes: the config holds an entry per field, and converting, rewriting or walking it whole
+    on each push cost time that grew with the fields."""
+    config = schema.stored_app_config(dataset)
+    own: Any = update or schema.DatasetUpdate(dataset)
+    if not config:  # no App config stored at all: write one whole
+        config = fo.DatasetAppConfig().to_mongo().to_dict()
+        own.app_config("$set", "", config)
+        own = _Whole(own, config)
+    fields = list(dict.fromkeys(fields))
+    mine = _Ours(dataset, fields)
+    _activate(dataset, config, fields[-1:], mine, own)
+    _color(dataset, config, fields, own)
+    _group(dataset, config, fields, mine, own)
+    if update is None:
         own.commit()
-    app.refresh_app(dataset.name)
+        app.refresh_app(dataset.name)
 
 
-def _color(config: dict, fields: list[str]) -> bool:
-    """A colour scale for each of our fields (a user's own scale for a field wins) and colour by
-    value (unless the user chose a mode); True if the scheme changed."""
+class _Whole:
+    """The App config being written whole: changes go into that document (written by its $set)."""
+
+    def __init__(self, update: schema.DatasetUpdate, config: dict):
+        self.update, self.config = update, config
+
+    def app_config(self, op: str, path: str, value: object) -> None:
+        schema._apply_plain(self.config, path, op, value)
+
+    def guard(self, path: str, value: object) -> None:
+        pass
+
+    def commit(self) -> None:
+        self.update.commit()
+
+
+def _color(dataset: fo.Dataset, config: dict, fields: list[str], update: Any) -> None:
+    """A colour scale for each of these fields (a user's own scale for a field wins) and colour by
+    value (unless the user chose a mode)."""
     scheme = config.get("color_scheme")
-    if scheme is None:
-        scheme = config["color_scheme"] = fo.ColorScheme().to_mongo().to_dict()
-    scales = list(scheme.get("colorscales") or [])
-    styled = {c.get("path") for c in scales if isinstance(c, dict)}
-    missing = [f for f in fields if f not in styled]
-    if not missing and scheme.get("color_by"):
-        return False
-    scheme["colorscales"] = scales + [{"path": f, "name": HEATMAP_COLORSCALE} for f in missing]
-    if not scheme.get("color_by"):
+    if scheme is None:  # the first time: every field of ours
+        scheme = fo.ColorScheme().to_mongo().to_dict()
+        every = dict.fromkeys(ours(dataset) + fields)
+        scheme["colorscales"] = [{"path": f, "name": HEATMAP_COLORSCALE} for f in every]
         scheme["color_by"] = COLOR_BY
-    return True
+        update.app_config("$set", "color_scheme", scheme)
+        return
+    scales = scheme.get("colorscales")
+    styled = {c.get("path") for c in scales or [] if isinstance(c, dict)}
+    missing = [{"path": f, "name": HEATMAP_COLORSCALE} for f in fields if f not in styled]
+    if missing:
+        if isinstance(scales, list):
+            update.app_config("$push", "color_scheme.colorscales", missing)
+        else:
+            update.app_config("$set", "color_scheme.colorscales", missing)
+    if not scheme.get("color_by"):
+        update.app_config("$set", "color_scheme.color_by", COLOR_BY)
 
 
-def _group(dataset: fo.Dataset, config: dict, fields: list[str]) -> bool:
+def _group(dataset: fo.Dataset, config: dict, fields: list[str], mine: _Ours, update: Any) -> None:
     """Our fields in one sidebar group after the labels (the App puts any field a group list
-    leaves out in its default group); True if the groups changed."""
+    leaves out in its default group): new paths pushed to that group, ours pulled from others."""
     stored = config.get("sidebar_groups")
-    if stored is None:  # the first time only: FiftyOne's default groups for this schema
-        stored = [g.to_mongo().to_dict() for g in fo.DatasetAppConfig.default_sidebar_groups(dataset)]
-    groups = copy.deepcopy(stored)
-    mine = set(fields)
+    names = [g.get("name") for g in stored or []]
+    if stored is None or SIDEBAR_GROUP not in names:  # the group is made once: the list written whole
+        groups = (copy.deepcopy(stored) if stored is not None else  # FiftyOne's default groups then
+                  [g.to_mongo().to_dict() for g in fo.DatasetAppConfig.default_sidebar_groups(dataset)])
+        _regroup(groups, list(dict.fromkeys(ours(dataset) + fields)))
+        update.app_config("$set", "sidebar_groups", groups)
+        return
+    for i, g in enumerate(stored):
+        paths = list(g.get("paths") or [])
+        if g.get("name") != SIDEBAR_GROUP:
+            taken = [p for p in paths if p in mine]
+            if taken:
+                update.guard(f"sidebar_groups.{i}.name", g.get("name"))
+                update.app_config("$pullAll", f"sidebar_groups.{i}.paths", taken)
+            continue
+        update.guard(f"sidebar_groups.{i}.name", SIDEBAR_GROUP)
+        kept = [p for p in paths if p in mine]
+        listed = set(paths)
+        new = [f for f in fields if f not in listed]
+        if kept != paths:  # a field deleted or renamed elsewhere leaves the group: written whole
+            update.app_config("$set", f"sidebar_groups.{i}.paths", kept + new)
+        elif new:
+            update.app_config("$push", f"sidebar_groups.{i}.paths", new)
+
+
+def _regroup(groups: list[dict], mine: list[str]) -> None:
+    """Put our fields in our group (made after "labels" if absent), out of every other group."""
+    ours_ = set(mine)
     for g in groups:
         if g.get("name") != SIDEBAR_GROUP:
-            g["paths"] = [p for p in (g.get("paths") or []) if p not in mine]
+            g["paths"] = [p for p in (g.get("paths") or []) if p not in ours_]
     cam = next((g for g in groups if g.get("name") == SIDEBAR_GROUP), None)
     if cam is None:
         cam = SidebarGroupDocument(name=SIDEBAR_GROUP, paths=[], expanded=True).to_mongo().to_dict()
         names = [g.get("name") for g in groups]
         groups.insert(names.index("labels") + 1 if "labels" in names else len(groups), cam)
-    cam["paths"] = list(dict.fromkeys([p for p in (cam.get("paths") or []) if p in mine] + list(fields)))
-    if config.get("sidebar_groups") is not None and groups == stored:
-        return False
-    config["sidebar_groups"] = groups
-    return True
+    cam["paths"] = list(dict.fromkeys([p for p in (cam.get("paths") or []) if p in ours_] + list(mine)))
 
 
-def _activate(dataset: fo.Dataset, config: dict, shown: list[str], mine: list[str] | None = None) -> bool:
-    """Switch on `shown` and off our other heatmap fields in the App config; True if it changed."""
+def _activate(dataset: fo.Dataset, config: dict, shown: list[str], mine: _Ours, update: Any) -> None:
+    """Switch on `shown` and off our other heatmap fields in the App config."""
     active = config.get("active_fields")
-    our = set(ours(dataset) if mine is None else mine) | set(shown)
-    older = sorted(our - set(shown))
     paths_now = list((active or {}).get("paths") or [])
     exclude = bool((active or {}).get("exclude"))
-    if active is None or (exclude and set(paths_now) <= _dense_fields(dataset) | our):
+    if active is None or (exclude and set(paths_now) <= _dense_fields(dataset) | mine.fields | set(ours(dataset))):
         default = fo.DatasetAppConfig.default_active_fields(dataset)
-        new = {"exclude": False, "paths": [p for p in default.paths if p not in our] + shown}
+        new = {"exclude": False, "paths": [p for p in default.paths if p not in mine] + shown}
     elif exclude:  # the user's own exclusion list: keep it, and exclude our older maps too
-        new = {"exclude": True, "paths": [p for p in paths_now if p not in our] + older}
+        older = sorted((set(ours(dataset)) | mine.fields) - set(shown))
+        new = {"exclude": True, "paths": [p for p in paths_now if p not in mine] + older}
     else:
-        new = {"exclude": False, "paths": [p for p in paths_now if p not in our] + shown}
+        new = {"exclude": False, "paths": [p for p in paths_now if p not in mine] + shown}
     if active is None or exclude != new["exclude"] or paths_now != new["paths"]:
-        config["active_fields"] = ActiveFields(**new).to_mongo().to_dict()
-        return True
-    return False
+        update.app_config("$set", "active_fields", ActiveFields(**new).to_mongo().to_dict())
 
 
 def _dense_fields(dataset: fo.Dataset) -> set[str]:

@@ -12,7 +12,7 @@ raises and writes nothing.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import fiftyone as fo
@@ -44,7 +44,8 @@ LABEL_ATTRIBUTES: dict[str, type[fo.Field]] = {
 
 def check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bool:
     """True if the field exists and is ours with this meaning, False if absent; else raise."""
-    existing = dataset.get_field(field)
+    # The declared top-level field itself: get_field builds the whole schema on each call
+    existing = dataset._sample_doc_cls._fields.get(field) if "." not in field else dataset.get_field(field)
     if existing is None:
         return False
     doc_type = getattr(existing, "document_type", None)
@@ -79,52 +80,68 @@ def declare_heatmap_field(
     return declare_heatmap_fields(dataset, [identity], extra, shown_with)[0]
 
 
+_ATTEMPTS = 3  # a writer outside the schema lease (FiftyOne, the App) changed the document meanwhile
+
+
 def declare_heatmap_fields(
     dataset: fo.Dataset | fo.DatasetView, identities: Sequence[HeatmapIdentity], extra: dict | None = None,
-    shown_with: str | None = None,
+    shown_with: str | None = None, attributes: dict[str, Callable[[], fo.Field]] | None = None,
 ) -> list[str]:
     """Create (or check) the Heatmap field of each identity with every label attribute declared
-    (LABEL_ATTRIBUTES plus `extra`'s keys), list them in dataset.info and style them for the App;
-    return their names. Raises StoreError for a field that is not ours or means something else,
-    before anything is written. Idempotent.
+    (LABEL_ATTRIBUTES, `extra`'s keys and `attributes`: makers of the fields of other attributes
+    the labels carry), list them in dataset.info and style them for the App; return their names. Raises
+    StoreError for a field that is not ours or means something else, before anything is written.
+    Idempotent.
 
-    One update of the dataset document for them all, under the schema lease: the server rewrites
-    that whole document (every field's entry) on each update, and FiftyOne's add_sample_field
+    One update of the dataset document for them all, under the schema lease, that writes only the
+    entries that change: the document holds every field's entry, and FiftyOne's add_sample_field
     reloads and saves it whole, costs that grow with the number of fields.
 
     shown_with: the write or run these fields belong to (a push's write id, a batch's run id);
     the App switches on the newest field."""
     dataset = root_dataset(dataset)
-    wanted = {**LABEL_ATTRIBUTES, **{k: _field_type_of(v) for k, v in (extra or {}).items()}}
+    # Field makers, not fields: each new heatmap field gets its own (copying a field deep-copies it)
+    wanted: dict[str, Callable[[], fo.Field]] = dict(LABEL_ATTRIBUTES)
+    wanted.update({k: _field_type_of(v) for k, v in (extra or {}).items()})
+    wanted.update(attributes or {})
     names = list(dict.fromkeys(identity.field_name for identity in identities))
-    with schema_lease(dataset):  # one writer of the field list at a time, across processes
-        new = [identity for identity in identities if not check_field(dataset, identity.field_name, identity.meaning)]
-        for field in names:
-            if field not in {identity.field_name for identity in new}:
-                _complete_attributes(dataset, field, wanted)
-        update = schema.DatasetUpdate(dataset)
-        for identity in {identity.field_name: identity for identity in new}.values():
-            update.add_field(identity.field_name, dataset._sample_doc_cls._create_field(
-                identity.field_name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
-                fields=[_named(ftype, name) for name, ftype in wanted.items()], description=identity.description,
-                info={MARK: {**identity.meaning, "description": identity.description}}))
-        _register(dataset, update, {i.field_name: {**i.meaning, "description": i.description} for i in identities})
-        _show_in_app(dataset, names, shown_with, update)
-        update.commit()
+    for attempt in range(_ATTEMPTS):
+        with schema_lease(dataset):  # one writer of the field list at a time, across processes
+            new = {i.field_name: i for i in identities if not check_field(dataset, i.field_name, i.meaning)}
+            for field in names:
+                if field not in new:
+                    _complete_attributes(dataset, field, wanted)
+            update = schema.DatasetUpdate(dataset)
+            for name, identity in new.items():
+                update.add_field(name, dataset._sample_doc_cls._create_field(
+                    name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+                    fields=[_named(make, key) for key, make in wanted.items()], description=identity.description,
+                    info={MARK: {**identity.meaning, "description": identity.description}}))
+            _register(dataset, update, {i.field_name: {**i.meaning, "description": i.description} for i in identities})
+            _show_in_app(dataset, names, shown_with, update)
+            try:
+                update.commit()
+                break
+            except schema.Conflict:
+                if attempt == _ATTEMPTS - 1:
+                    raise
     appstyle.app.refresh_app(dataset.name)
     return names
 
 
-def _complete_attributes(dataset: fo.Dataset, field: str, wanted: dict[str, type[fo.Field]]) -> None:
+def _complete_attributes(dataset: fo.Dataset, field: str, wanted: dict[str, Callable[[], fo.Field]]) -> None:
     """A field made by an older version, or new extra attributes: FiftyOne's own (slow) path."""
-    declared = dataset.get_field(field).get_field_schema()
-    for name, ftype in wanted.items():
+    declared = dataset._sample_doc_cls._fields[field].get_field_schema()
+    for name, make in wanted.items():
         if name not in declared:
-            dataset.add_sample_field(f"{field}.{name}", ftype)
+            attribute = make()
+            listed = isinstance(attribute, fo.ListField) and attribute.field is not None
+            kwargs = {"subfield": type(attribute.field)} if listed else {}
+            dataset.add_sample_field(f"{field}.{name}", type(attribute), **kwargs)
 
 
-def _named(ftype: type[fo.Field], name: str) -> fo.Field:
-    field = ftype()
+def _named(make: Callable[[], fo.Field], name: str) -> fo.Field:
+    field = make()
     field.name = name
     return field
 

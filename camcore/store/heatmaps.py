@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -23,7 +24,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ import numpy as np
 from camcore import files, paths
 from camcore.errors import ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
+from camcore.store import sampledocs
 from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
-from camcore.store.fields import check_field, declare_heatmap_fields
+from camcore.store.fields import LABEL_ATTRIBUTES, check_field, declare_heatmap_fields
 from camcore.store.leases import lease, schema_lease
 
 HEATMAP_RANGE = (0, 65535)
@@ -77,7 +79,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _validated_map(h: Heatmap, result: CamResult, meta: Any) -> np.ndarray:
+def _validated_map(h: Heatmap, result: CamResult, meta: dict | None) -> np.ndarray:
     m = np.asarray(h.map)
     if m.ndim != 2 or m.size == 0:
         raise ImageError(f"heatmap {h.label} is not a 2-D map (shape {m.shape})")
@@ -91,9 +93,10 @@ def _validated_map(h: Heatmap, result: CamResult, meta: Any) -> np.ndarray:
     size = f"{m.shape[0]}x{m.shape[1]}"
     # The sample's own size, when known. FiftyOne's metadata (like the App) is EXIF-upright, so
     # a map in the stored orientation of a rotated JPEG would not line up: refused.
-    if meta is not None and meta.width and meta.height:
-        if tuple(m.shape) != (meta.height, meta.width):
-            raise ImageError(f"heatmap {h.label} is {size}, the sample is {meta.height}x{meta.width} "
+    width, height = (meta or {}).get("width"), (meta or {}).get("height")
+    if width and height:
+        if tuple(m.shape) != (height, width):
+            raise ImageError(f"heatmap {h.label} is {size}, the sample is {height}x{width} "
                              "(height x width, as the App shows it)")
     return np.round(np.clip(m.astype(np.float64), 0.0, 1.0) * HEATMAP_RANGE[1]).astype(np.uint16)
 
@@ -451,8 +454,9 @@ def _link_detections(dataset: fo.Dataset, written: list[tuple[str, Heatmap]]) ->
             docs.update_one({"_id": bson.ObjectId(sid)},
                             {"$addToSet": {f"{det_field}.detections.$[d].{DETECTION_LINK}": heatmap_field}},
                             array_filters=[{"d._id": bson.ObjectId(det_id)}])
-    # FiftyOne's in-process samples must not keep a stale copy of the detections
-    fo.Sample._reload_docs(dataset._sample_collection_name, sample_ids=list({sid for sid, _r, _f in links}))
+    # FiftyOne's in-process samples must not keep a stale copy of the detections (those fields only)
+    for det_field in {field for _sid, (field, _s, _d), _f in links}:
+        sampledocs.reload_fields(dataset, {sid for sid, (f, _s, _d), _f in links if f == det_field}, [det_field])
 
 
 def _label(h: Heatmap, map_path: Path, created_at: str, versions: dict, extra: dict | None = None) -> fo.Heatmap:
@@ -494,10 +498,23 @@ def push_heatmaps(
         if not any(h is r for r in result.heatmaps):
             raise StoreError(f"heatmap {h.label} is not part of this result; push it with its own result")
     with LOCK:
-        sample = get_sample(dataset, sample_id)
-        require_image(sample)
-        return push_many(dataset, [(sample.id, dataclasses.replace(result, heatmaps=tuple(chosen)))],
+        sid = _sample_id(dataset, sample_id)
+        return push_many(dataset, [(sid, dataclasses.replace(result, heatmaps=tuple(chosen)))],
                          heatmap_dir=heatmap_dir)
+
+
+def _sample_id(dataset: fo.Dataset, id_or_filename: str) -> str:
+    """The id of the image sample a push names (by id: one small read, not the sample's every
+    label; by file name: get_sample's lookup)."""
+    key = str(id_or_filename).strip()
+    doc = sampledocs.read(dataset, [key], ["_media_type"]).get(key)
+    if doc is None:
+        sample = get_sample(dataset, key)
+        require_image(sample)
+        return sample.id
+    if doc.get("_media_type", "image") != "image":
+        raise StoreError(f"CAM Explorer works on images, but this sample holds {doc.get('_media_type')!r} media")
+    return key
 
 
 # One map to write: (sample id, result, heatmap, 16-bit PNG, its path)
@@ -509,8 +526,9 @@ def _plan(
 ) -> dict[str, tuple[Heatmap, list[_Row]]]:
     """Validate every map and check every field before anything is written: field -> (its first
     heatmap, whose identity declares it; the rows to write into it)."""
-    ids = [sid for sid, _r in items]
-    metas = dict(zip(*dataset.select(ids).values(["id", "metadata"]), strict=True))
+    # The samples' sizes alone, read raw: a view's values() parses every field of the schema
+    docs = sampledocs.read(dataset, [sid for sid, _r in items], ["metadata.width", "metadata.height"])
+    metas = {sid: doc.get("metadata") for sid, doc in docs.items()}
     per_field: dict[str, tuple[Heatmap, list[_Row]]] = {}
     for sid, result in items:
         if sid not in metas:
@@ -557,6 +575,8 @@ def push_many(
         per_field = _plan(dataset, items, heatmap_dir, write_id)
         created_at = utc_now()
         versions = _versions()
+        labels = {(sid, field): _label(h, path, created_at, versions, extra)
+                  for field, (_h, rows) in per_field.items() for sid, _r, h, _p, path in rows}
         new = [str(row[4]) for _h, rows in per_field.values() for row in rows]
         old = _current_files(dataset, {f: [row[0] for row in rows] for f, (_h, rows) in per_field.items()})
         own = writer is None
@@ -571,7 +591,7 @@ def push_many(
                 writer.forget(new)  # no label was written: these files are nobody's
                 raise
             declare_heatmap_fields(dataset, [first.identity for first, _rows in per_field.values()], extra=extra,
-                                   shown_with=write_id)
+                                   shown_with=write_id, attributes=_attributes(labels))
             # Two writers of one sample and field: each must replace the file the label points at
             # when it writes, not when it looked, or the loser's file is nobody's and nobody's to
             # delete. One writer at a time (any process or host) between reading and setting.
@@ -581,11 +601,14 @@ def push_many(
                 if replaced:
                     writer.record([], replaced)
                     old = old + replaced
-                for field, (_first, rows) in per_field.items():
-                    values = {sid: _label(h, path, created_at, versions, extra) for sid, _r, h, _p, path in rows}
+                by_field: dict[str, dict[str, dict[str, fo.Heatmap]]] = {}
+                for (sid, field), label in labels.items():
+                    by_field.setdefault(field, {})[sid] = {field: label}
+                for values in by_field.values():
                     labelled = True
-                    # One bulk update keyed by id, not sample.save(); every attribute is declared already.
-                    dataset.set_values(field, values, key_field="id", dynamic=True)
+                    # One bulk write per field, raw: set_values parses the whole schema and reloads
+                    # every field of the samples in memory. Every attribute is declared already.
+                    sampledocs.write(dataset, values)
             try:  # the way back from a box: a convenience, the labels are written already
                 _link_detections(dataset, [(sid, h) for _h, rows in per_field.values()
                                            for sid, _r, h, _p, _path in rows])
@@ -604,22 +627,34 @@ def push_many(
     return list(per_field)
 
 
+def _attributes(labels: dict[tuple[str, str], fo.Heatmap]) -> dict[str, Callable[[], fo.Field]]:
+    """The fields of the labels' attributes beyond LABEL_ATTRIBUTES (a detection's box, a batch's
+    own): declared with the heatmap field, as FiftyOne's set_values(dynamic=True) did."""
+    from fiftyone.core.odm.utils import create_implied_field
+
+    known = {*LABEL_ATTRIBUTES, *fo.Heatmap._fields, "_id", "_cls"}
+    out: dict[str, Callable[[], fo.Field]] = {}
+    for label in labels.values():
+        for name, value in label.to_mongo().items():
+            if name not in known and name not in out and value is not None:
+                out[name] = functools.partial(create_implied_field, name, value)
+    return out
+
+
 def _current_files(dataset: fo.Dataset, ids_by_field: dict[str, list[str]]) -> list[str]:
     """The files our labels of these samples point at now (those a write will replace): only
     files named as we name them, in the field's own folder, so a path set by hand is never
     deleted."""
-    schema = dataset.get_field_schema()
-    fields = [f for f in ids_by_field if f in schema]
-    if not fields:
+    ids = sorted(set().union(*ids_by_field.values()))
+    if not ids:
         return []
-    wanted = {f: set(ids_by_field[f]) for f in fields}
-    ids = sorted(set().union(*wanted.values()))
-    columns = dataset.select(ids).values(["id"] + [f"{f}.map_path" for f in fields])
+    docs = sampledocs.read(dataset, ids, [f"{f}.map_path" for f in ids_by_field])
     out = []
-    for i, sid in enumerate(columns[0]):
-        for f, col in zip(fields, columns[1:], strict=True):
-            path = col[i]
-            if path and sid in wanted[f]:
+    for f, sids in ids_by_field.items():
+        for sid in sids:
+            label = docs.get(sid, {}).get(f)
+            path = label.get("map_path") if isinstance(label, dict) else None
+            if path:
                 p = Path(path)
                 if p.parent.name == f and _MAP_NAME.match(p.name) and p.name.startswith(sid):
                     out.append(str(path))

@@ -1,0 +1,111 @@
+"""Issue 22 item 1: a push costs the same on a dataset with a few CAM fields and with many.
+
+Measured by what the push does, not by wall time: the operations MongoDB's own profiler records
+for the push (how many, of which kind, and the bytes of the commands sent) and the number of
+Python function calls the push makes. A push that again parses the whole schema, converts or
+rewrites the whole App config, or reloads every field of an in-memory sample does work that
+grows with the fields, and this fails.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+
+import bson
+import fiftyone as fo
+import fiftyone.core.odm as foo
+import pytest
+from fo_helpers import make_heatmap, make_result, unique_name, write_images
+
+from camcore import store
+from camcore.store.datasets import MARK
+
+SIZE = (24, 32)
+FEW, MANY = 4, 160
+
+
+def _fill(ds: fo.Dataset, count: int) -> None:
+    """`count` CAM fields as our pushes declare them (schema entry, registry, colour scale, sidebar
+    path) and a label in each on every sample: copies of one pushed field, written raw (seconds)."""
+    h = make_heatmap(SIZE, "gradcam", layer="seed")
+    store.push_heatmaps(ds, ds.first().id, make_result(SIZE, [h]))
+    conn = foo.get_db_conn().datasets
+    doc = conn.find_one({"_id": ds._doc.id})
+    seed = next(f for f in doc["sample_fields"] if f["name"] == h.field)
+    registry = dict(doc["info"][MARK]["fields"])
+    entries, names = [], []
+    for i in range(count - 1):
+        entry = copy.deepcopy(seed)
+        entry["name"] = entry["db_field"] = f"{h.field}_{i:04d}"
+        entry["info"][MARK]["layer"] = f"seed{i}"
+        entries.append(entry)
+        names.append(entry["name"])
+        registry[entry["name"]] = dict(entry["info"][MARK])
+    app = doc["app_config"]
+    app["color_scheme"]["colorscales"] += [{"path": n, "name": "jet"} for n in names]
+    next(g for g in app["sidebar_groups"] if g["name"] == "CAM heatmaps")["paths"] += names
+    conn.update_one({"_id": ds._doc.id}, {"$push": {"sample_fields": {"$each": entries}},
+                                          "$set": {f"info.{MARK}.fields": registry, "app_config": app}})
+    label = ds._sample_collection.find_one({"_id": ds.first()._id})[h.field]
+    ds._sample_collection.update_many({}, {"$set": {n: label for n in [h.field, *names]}})
+    ds.reload()
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    out = {}
+    for n in (FEW, MANY):
+        files = write_images(tmp_path_factory.mktemp(f"img{n}"), [f"{i}.png" for i in range(3)], size=SIZE)
+        ds = fo.Dataset(unique_name(f"scale{n}"))
+        ds.add_samples([fo.Sample(filepath=p) for p in files])
+        ds.compute_metadata()
+        _fill(ds, n)
+        out[n] = ds
+    yield out
+    for ds in out.values():
+        ds.delete()
+
+
+def _push_measured(ds: fo.Dataset, tag: str, heatmap_dir) -> tuple[Counter, int, int]:
+    """Push 3 new fields to a sample held in memory (as the app holds it): (operations per kind
+    and collection, bytes of the commands sent, Python calls)."""
+    sample = ds[ds.skip(1).first().id]  # a Sample in memory (FiftyOne keeps it current), a label in every field
+    maps = [make_heatmap(SIZE, "gradcam", layer=f"{tag}{k}", seed=k) for k in range(3)]
+    result = make_result(SIZE, maps)
+    db = foo.get_db_conn()
+    db.command("profile", 2)
+    start = datetime.now(UTC)
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        store.push_heatmaps(ds, sample.id, result, heatmap_dir=heatmap_dir)
+    finally:
+        sys.setprofile(None)
+        db.command("profile", 0)
+    ops: Counter = Counter()
+    sent = 0
+    for entry in db["system.profile"].find({"ts": {"$gte": start.replace(tzinfo=None)}}):
+        ns = str(entry.get("ns", ""))
+        if ns.endswith("system.profile"):
+            continue
+        kind = "samples" if ".samples." in ns else ns.split(".", 1)[-1]
+        ops[(entry.get("op"), kind)] += 1
+        sent += len(bson.encode(entry.get("command") or {}))
+    assert sample[maps[0].field] is not None  # the sample in memory shows the push
+    return ops, sent, calls
+
+
+def test_a_push_does_the_same_work_at_few_and_at_many_cam_fields(datasets, tmp_path):
+    few_ops, few_sent, few_calls = _push_measured(datasets[FEW], "a", tmp_path / "hm")
+    many_ops, many_sent, many_calls = _push_measured(datasets[MANY], "b", tmp_path / "hm")
+    assert many_ops == few_ops, (few_ops, many_ops)
+    assert many_sent <= few_sent * 1.1 + 1024, (few_sent, many_sent)  # no command carries every field
+    assert many_calls <= few_calls * 1.2, (few_calls, many_calls)  # nothing walks every field
