@@ -62,7 +62,7 @@ lint: setup
 # browser journeys and real processes wait more than they compute. TEST_WORKERS=0 runs them serially.
 TEST_WORKERS ?= 3
 test: setup chromium lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \

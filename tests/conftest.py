@@ -125,8 +125,8 @@ def browser():
 # browser journeys, the CLI in subprocesses), started first: with `-n N --dist loadfile` (make test)
 # a long file handed out last would run alone at the end while the other workers idle.
 LONG_FIRST = ("test_distributed", "test_reference", "test_browser", "test_detection", "test_cli",
-              "test_browser_compare", "test_engine", "test_apptest_compare", "test_browser_explore",
-              "test_plugin", "test_browser_links", "test_browser_security", "test_measures", "test_app21_app")
+              "test_browser_compare", "test_app21_app", "test_engine", "test_apptest_compare",
+              "test_browser_explore", "test_plugin", "test_browser_links", "test_browser_security", "test_measures")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
