@@ -10,7 +10,7 @@ fields, so they stay current (as FiftyOne's own writes keep them).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import bson
@@ -43,7 +43,7 @@ def write(dataset: fo.Dataset, values: Mapping[str, Mapping[str, Any]]) -> None:
     """Set fields of samples: sample id -> {top-level field: value (a label, or None)}. One update
     per sample in one bulk write, stamped ``last_modified_at`` as FiftyOne's own writes are; the
     fields must be declared. In-memory samples of these ids reload those fields only."""
-    now = datetime.utcnow()
+    now = datetime.now(UTC).replace(tzinfo=None)  # naive UTC, as FiftyOne stores it
     ops = [UpdateOne({"_id": bson.ObjectId(sid)},
                      {"$set": {**{f: _to_mongo(v) for f, v in fields.items()}, "last_modified_at": now}})
            for sid, fields in values.items() if fields]
