@@ -44,7 +44,8 @@ def main(sel: Selection | None) -> None:
     df = pd.DataFrame(rows, columns=["sample_id", "filepath", "tag", "note", "heatmap_field", "created_at", "url"])
     df["file"] = df["filepath"].map(lambda p: data.relative_label(p or "", folder))
     # Cells are text (never markup); the link column opens the state the finding was made in.
-    st.dataframe(df[["file", "tag", "note", "heatmap_field", "created_at", "url"]], hide_index=True,
+    # The link right after the file: at 1280 px the note's wide column pushed it off-screen
+    st.dataframe(df[["file", "tag", "url", "note", "heatmap_field", "created_at"]], hide_index=True,
                  width="stretch", column_config={
                      "note": st.column_config.TextColumn(width="large"),
                      "url": st.column_config.LinkColumn("open", display_text="open in CAM Explorer",

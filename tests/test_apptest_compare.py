@@ -218,6 +218,9 @@ def test_findings_page_lists_a_recorded_finding():
     assert any("rocket.jpg" in c.value and "spurious edges" in c.value for c in at.caption), \
         [c.value for c in at.caption]
     assert "spurious edges" in at.multiselect(key="findings_filter").value
+    # the link back to the explorer comes before the wide note: on screen at 1280 px
+    columns = list(at.dataframe[0].value.columns)
+    assert columns.index("url") < columns.index("note"), columns
 
 
 def test_quickstart_button_offline_says_why_and_keeps_the_demo(monkeypatch):
