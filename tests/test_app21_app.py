@@ -1,9 +1,10 @@
 """Issue #21 item 1 in the real FiftyOne App (its server, Chromium), one App launched by this process
 as the explorer does, open BEFORE any heatmap exists:
 
-- another process pushes a map (`python -m camcore push`): the sample opened by URL draws it with
-  its colour scale, jet (many hues, red among them), not the one-colour tint of the App session's
-  launch-time scheme, nor the App's default scale;
+- another process pushes a map (`python -m camcore push`): the open grid, never reloaded, shows it,
+  and the sample opened by URL (as a tab reload does) draws it, both with its colour scale, jet (many
+  hues, red among them), not the one-colour tint of the App session's launch-time scheme, nor the
+  App's default scale;
 - the App computes a map on a selection and, without a reload, draws the opened sample's map with a
   colour scale; that field is in the CAM group, in the grid's sidebar and the sample's, and its
   name shows whole there at 1280 px."""
@@ -152,13 +153,33 @@ def _until_the_session_holds(session, field: str, timeout: float = 30.0) -> None
         time.sleep(0.25)  # polling a Python object, not the UI
 
 
-def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int) -> bytes:
-    """Another process pushes a map while the App is open; the sample, opened by URL (a reload of
-    the tab), draws it: the canvas's screenshot."""
+def _grid_in_colour(page, timeout_ms: int = 45_000) -> bytes:
+    """The grid's tile once it shows a map in a colour scale (the page, never reloaded, redraws when
+    the session refreshes it), or its last screenshot."""
+    tile = page.locator("[data-cy=fo-grid] canvas").first
+    png = b""
+    for _ in range(timeout_ms // 1_000):
+        try:
+            png = tile.screenshot(timeout=5_000)
+        except Exception:  # the grid redrawing its tile: try again
+            pass
+        if png:
+            shares, saturated = hue_shares(png)
+            if saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02:
+                return png
+        page.wait_for_timeout(1_000)
+    return png
+
+
+def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int) -> tuple[bytes, bytes]:
+    """Another process pushes a map while the App is open: (the grid's tile on the page never
+    reloaded, the sample's canvas opened by URL, as a tab reload does)."""
     from playwright.sync_api import expect
 
     _push_from_another_process(dataset, sample_id)
     _until_the_session_holds(session, PUSHED)
+    grid = _grid_in_colour(page)
+    page.screenshot(path=str(ARTIFACTS / "app21_pushed_elsewhere_grid.png"))
     page.goto(store.app_url(dataset, sample_id, port=port))
     modal = page.locator("#modal")
     canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
@@ -169,7 +190,7 @@ def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int) ->
     page.screenshot(path=str(ARTIFACTS / "app21_pushed_elsewhere.png"))
     page.goto(store.app_url(dataset, port=port))  # back to the grid (the modal's Escape needs its focus)
     expect(modal).to_be_hidden(timeout=30_000)
-    return png
+    return grid, png
 
 
 def _drive(url: str, select, pushed_elsewhere) -> dict:
@@ -182,7 +203,7 @@ def _drive(url: str, select, pushed_elsewhere) -> dict:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
-            out["pushed_canvas"] = pushed_elsewhere(page)
+            out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
             select()  # the App's selection, set while the page is open
             _open_compute_form_on_the_selection(page)
@@ -231,7 +252,7 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
         def select() -> None:
             _when_connected(lambda: setattr(session, "selected", [sid]))
 
-        def pushed_elsewhere(page) -> bytes:
+        def pushed_elsewhere(page) -> tuple[bytes, bytes]:
             return _pushed_elsewhere(page, session, grey_dataset.name, sid, port)
 
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
@@ -239,6 +260,10 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
                               pushed_elsewhere).result(timeout=900)
     finally:
         store.close_app()
+    shares, saturated = hue_shares(got["pushed_grid"])
+    assert saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02, (
+        f"the open App's grid, not reloaded, does not show another process's map in jet: {saturated:.3f} "
+        f"saturated, hues {shares.round(2)}")
     shares, saturated = hue_shares(got["pushed_canvas"])
     Image.open(io.BytesIO(got["pushed_canvas"])).save(ARTIFACTS / "app21_pushed_elsewhere_canvas.png")
     assert saturated > 0.05, f"almost nothing coloured on the sample ({saturated:.3f}): the pushed map is not drawn"
