@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 
 from camcore import judge, methods, metrics, modellock
-from camcore.engine import Explainer, Progress, iter_heatmaps
+from camcore.engine import Explainer, KeptForward, Progress, iter_heatmaps
 from camcore.errors import Cancelled
 from camcore.images import LoadedImage
 from camcore.models import LoadedModel
@@ -51,15 +51,24 @@ def explainer(loaded: LoadedModel, image_key: tuple, img: LoadedImage, target: s
               input_size: int | None, progress: Progress | None = None,
               cancel: threading.Event | None = None) -> Explainer:
     """The shared pass for (image, model, target, smoothing, size), kept in the session so that
-    walking layers and methods never runs the model again. progress/cancel: while another
-    session holds the model, whom the pass waits for, and a way to stop waiting."""
+    walking layers and methods never runs the model again (in ui/session_memory.py: freed when the
+    tab closes). A detector's other box on the same image reuses the session's kept forward: one
+    backward for a gradient method, none for the others. Only for detectors: the kept graph costs
+    memory for as long as the session lives (~320 MB for DeepLabV3 at 520 px). progress/cancel:
+    while another session holds the model, whom the pass waits for, and a way to stop waiting."""
     key = (image_key, loaded.spec.key, loaded.version, target, aug_smooth, input_size)
-    cache = session_memory.current().explainers  # not session_state: freed when the tab closes
+    memory = session_memory.current()
+    cache = memory.explainers
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
+    kept = None
+    if loaded.spec.task == "detection":  # a box walk; a kept graph costs memory while the session lives
+        if memory.kept_forward is None:
+            memory.kept_forward = KeptForward()  # one image's graph at a time
+        kept = memory.kept_forward
     ex = Explainer(loaded, img, target_request=target, aug_smooth=aug_smooth, input_size=input_size,
-                   progress=progress, cancel=cancel)
+                   progress=progress, cancel=cancel, kept=kept)
     cache[key] = ex
     while len(cache) > EXPLAINERS_PER_SESSION:
         cache.popitem(last=False)

@@ -1,12 +1,14 @@
 """What one browser session holds that is big, freed when its tab closes (issue 23, design 4).
 
 A session's explainers (one image's activations and gradients each: about 100 MB with DeepLabV3)
-are kept in a session-scoped `st.cache_resource`, not in `st.session_state`. Streamlit 1.67 keeps
-a closed tab's session_state for `server.disconnectedSessionTTL` (2 min) so that a reconnecting
-tab resumes, and after that drops it only when something else touches its session store (another
-tab disconnecting): with nothing else going on, never. A session-scoped resource is released as
-the tab disconnects. A tab that reconnects after a network blip gets a fresh, empty holder: its
-next run computes the shared pass again.
+and its kept forward (a detector's graph, for switching boxes) are kept in a session-scoped
+`st.cache_resource`, not in `st.session_state`. Streamlit 1.67 keeps a closed tab's session_state
+for `server.disconnectedSessionTTL` (2 min) so that a reconnecting tab resumes, and after that
+drops it only when something else touches its session store (another tab disconnecting): with
+nothing else going on, never. A session-scoped resource is released as the tab disconnects. A
+tab that reconnects after a network blip gets a fresh, empty holder: its next run computes the
+shared pass again. What the session's widgets and its fragment keep (callback arguments, a
+fragment's arguments) lives on with the session: they hold an explainer weakly (ui/compute.py).
 
 The slow-work record (`jobs`) is process-wide because a click's new run must see the stopped run's
 job; a session's entry goes with the session too.
@@ -18,6 +20,7 @@ import gc
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
 
@@ -26,6 +29,7 @@ import streamlit as st
 class SessionMemory:
     session_id: str
     explainers: OrderedDict = field(default_factory=OrderedDict)  # key -> Explainer, most recent last
+    kept_forward: Any = None  # camcore.engine.KeptForward: one image's forward with its graph (detectors)
 
 
 def session_id() -> str:
@@ -58,6 +62,7 @@ def release(memory: SessionMemory) -> None:
     """The session ended (its tab disconnected): drop what it held. Runs on Streamlit's event
     loop thread, never in the session's script: no st.* calls, no session_state."""
     memory.explainers.clear()
+    memory.kept_forward = None
     lock, running = jobs()
     with lock:
         running.pop(memory.session_id, None)
@@ -70,6 +75,11 @@ def _holder() -> SessionMemory:
     return SessionMemory(session_id())
 
 
+_BARE = SessionMemory("-")  # outside a script run (a test calling ui/compute.py directly): one holder
+
+
 def current() -> SessionMemory:
     """This session's holder (made on first use in the session)."""
-    return _holder()
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    return _holder() if get_script_run_ctx() is not None else _BARE
