@@ -62,7 +62,8 @@ def first_component_projection(product: torch.Tensor) -> torch.Tensor:
 
 
 SUBSPACE = 8  # block size of the subspace iteration
-ITERATIONS = 60
+SQUARINGS = 7  # the block starts from G^128: a few large products, not a hundred small synced steps
+REFINE = 2  # subspace steps with G itself after the squarings (their rounding is G's, not G^128's)
 RESIDUAL = 1e-10  # relative residual |G v - l v| / l accepted from the iteration
 
 
@@ -71,17 +72,25 @@ def top_eigenvector(gram: torch.Tensor, iterative: bool | None = None) -> torch.
 
     A dense eigh of a 2048 x 2048 float64 matrix takes tens of milliseconds on a GPU, longer
     than the model's whole pass. Activations' Gram matrices have one dominant eigenvalue, so a
-    block subspace iteration (8 vectors, a seeded start) converges in a few dozen products;
-    its result is kept only if its residual shows machine precision, else the dense eigh
-    decides. `iterative` defaults to: on a GPU, for matrices above 256."""
+    block subspace iteration (8 vectors, a seeded start) converges fast. Its steps are many small
+    QRs, each a synchronised solver call (60 of them cost ~10 ms a map on an H200, bench/
+    gpu_check.py): the block instead starts from G^128, made by 7 squarings (normalised, so
+    nothing overflows), then takes REFINE steps with G. The result is kept only if its residual
+    shows machine precision, else the dense eigh decides. `iterative` defaults to: on a GPU, for
+    matrices above 256."""
     m = gram.shape[0]
     if iterative is None:
         iterative = gram.device.type != "cpu" and m > 256
     if iterative and m > SUBSPACE:
+        tiny = torch.finfo(gram.dtype).tiny
+        power = gram / gram.norm().clamp(min=tiny)
+        for _ in range(SQUARINGS):
+            power = power @ power
+            power = power / power.norm().clamp(min=tiny)
         generator = torch.Generator(device=gram.device).manual_seed(0)
         q = torch.randn(m, SUBSPACE, generator=generator, device=gram.device, dtype=gram.dtype)
-        q = torch.linalg.qr(q)[0]
-        for _ in range(ITERATIONS):
+        q = torch.linalg.qr(power @ q)[0]
+        for _ in range(REFINE):
             q = torch.linalg.qr(gram @ q)[0]
         values, vectors = torch.linalg.eigh(q.T @ gram @ q)  # Rayleigh-Ritz in the subspace
         v, top = q @ vectors[:, -1], values[-1]

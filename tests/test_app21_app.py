@@ -1,13 +1,21 @@
-"""Issue #21 item 1 in the real FiftyOne App (its server, Chromium): an App opened BEFORE the
-heatmaps exist computes them on a selection and, without a reload, draws the opened sample's map
-with a colour scale (many hues), not a one-colour tint; the map's field is in the CAM group, in the
-grid's sidebar and the sample's, and its name shows whole there at 1280 px."""
+"""Issue #21 item 1 in the real FiftyOne App (its server, Chromium), one App launched by this process
+as the explorer does, open BEFORE any heatmap exists:
+
+- another process pushes a map (`python -m camcore push`): the open grid, never reloaded, shows it,
+  and the sample opened by URL (as a tab reload does) draws it, both with its colour scale, jet (many
+  hues, red among them), not the one-colour tint of the App session's launch-time scheme, nor the
+  App's default scale;
+- the App computes a map on a selection and, without a reload, draws the opened sample's map with a
+  colour scale; that field is in the CAM group, in the grid's sidebar and the sample's, and its
+  name shows whole there at 1280 px."""
 from __future__ import annotations
 
 import colorsys
 import io
 import os
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,19 +39,27 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 MODEL = "efficientnet_lite0"
 FIELD = field_name(MODEL, "gradcam", "head", "predicted")  # the form's defaults
+PUSHED = field_name(MODEL, "eigencam", "head", "predicted")  # the CLI's defaults, --method eigencam
 
 
-def hue_bins(png: bytes, min_share: float = 0.02) -> tuple[int, float]:
-    """(how many 30-degree hue bins hold at least min_share of the saturated pixels, the share of
+def hue_shares(png: bytes) -> tuple[np.ndarray, float]:
+    """(the share of the saturated pixels in each 30-degree hue bin, red first; the share of
     saturated pixels). The image under the map is grey: every saturated pixel is the map's."""
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255
     flat = rgb.reshape(-1, 3)[::7]  # a sample of the pixels is plenty
     hsv = np.array([colorsys.rgb_to_hsv(*p) for p in flat])
     saturated = hsv[(hsv[:, 1] > 0.35) & (hsv[:, 2] > 0.2)]
     if len(saturated) == 0:
-        return 0, 0.0
-    counts = np.bincount((saturated[:, 0] * 12).astype(int) % 12, minlength=12)
-    return int((counts >= min_share * len(saturated)).sum()), len(saturated) / len(flat)
+        return np.zeros(12), 0.0
+    counts = np.bincount((saturated[:, 0] * 12 + 0.5).astype(int) % 12, minlength=12)
+    return counts / len(saturated), len(saturated) / len(flat)
+
+
+def hue_bins(png: bytes, min_share: float = 0.02) -> tuple[int, float]:
+    """(how many 30-degree hue bins hold at least min_share of the saturated pixels, the share of
+    saturated pixels)."""
+    shares, saturated = hue_shares(png)
+    return int((shares >= min_share).sum()), saturated
 
 
 def _when_connected(action, timeout: float = 120.0) -> None:
@@ -120,7 +136,64 @@ def _open_compute_form_on_the_selection(page, tries: int = 10) -> None:
     pytest.fail(f"the App's page never showed the selection: the form said {form.inner_text()!r}")
 
 
-def _drive(url: str, select) -> dict:
+def _push_from_another_process(dataset: str, sample_id: str) -> None:
+    """`python -m camcore push` in its own process, as a user pushes from a shell."""
+    run = subprocess.run([sys.executable, "-m", "camcore", "push", "--dataset", dataset, "--sample", sample_id,
+                          "--method", "eigencam", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def _until_the_session_holds(session, field: str, timeout: float = 30.0) -> None:
+    """Give this process's App session (the explorer's) time to take the scheme another process
+    saved (it polls the database each second); not an assertion: the canvas is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(c.get("path") == field for c in session.color_scheme.colorscales or []):
+            return
+        time.sleep(0.25)  # polling a Python object, not the UI
+
+
+def _grid_in_colour(page, timeout_ms: int = 45_000) -> bytes:
+    """The grid's tile once it shows a map in a colour scale (the page, never reloaded, redraws when
+    the session refreshes it), or its last screenshot."""
+    tile = page.locator("[data-cy=fo-grid] canvas").first
+    png = b""
+    for _ in range(timeout_ms // 1_000):
+        try:
+            png = tile.screenshot(timeout=5_000)
+        except Exception:  # the grid redrawing its tile: try again
+            pass
+        if png:
+            shares, saturated = hue_shares(png)
+            if saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02:
+                return png
+        page.wait_for_timeout(1_000)
+    return png
+
+
+def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int) -> tuple[bytes, bytes]:
+    """Another process pushes a map while the App is open: (the grid's tile on the page never
+    reloaded, the sample's canvas opened by URL, as a tab reload does)."""
+    from playwright.sync_api import expect
+
+    _push_from_another_process(dataset, sample_id)
+    _until_the_session_holds(session, PUSHED)
+    grid = _grid_in_colour(page)
+    page.screenshot(path=str(ARTIFACTS / "app21_pushed_elsewhere_grid.png"))
+    page.goto(store.app_url(dataset, sample_id, port=port))
+    modal = page.locator("#modal")
+    canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
+    expect(canvas).to_be_visible(timeout=60_000)
+    expect(modal.locator(f"[data-cy=checkbox-{PUSHED}] input")).to_be_checked(timeout=60_000)
+    page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
+    png = canvas.screenshot()
+    page.screenshot(path=str(ARTIFACTS / "app21_pushed_elsewhere.png"))
+    page.goto(store.app_url(dataset, port=port))  # back to the grid (the modal's Escape needs its focus)
+    expect(modal).to_be_hidden(timeout=30_000)
+    return grid, png
+
+
+def _drive(url: str, select, pushed_elsewhere) -> dict:
     from playwright.sync_api import expect, sync_playwright
 
     out: dict = {}
@@ -129,6 +202,8 @@ def _drive(url: str, select) -> dict:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url)
+            expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
+            out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
             select()  # the App's selection, set while the page is open
             _open_compute_form_on_the_selection(page)
@@ -177,10 +252,23 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
         def select() -> None:
             _when_connected(lambda: setattr(session, "selected", [sid]))
 
+        def pushed_elsewhere(page) -> tuple[bytes, bytes]:
+            return _pushed_elsewhere(page, session, grey_dataset.name, sid, port)
+
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
-            got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), select).result(timeout=500)
+            got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), select,
+                              pushed_elsewhere).result(timeout=900)
     finally:
         store.close_app()
+    shares, saturated = hue_shares(got["pushed_grid"])
+    assert saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02, (
+        f"the open App's grid, not reloaded, does not show another process's map in jet: {saturated:.3f} "
+        f"saturated, hues {shares.round(2)}")
+    shares, saturated = hue_shares(got["pushed_canvas"])
+    Image.open(io.BytesIO(got["pushed_canvas"])).save(ARTIFACTS / "app21_pushed_elsewhere_canvas.png")
+    assert saturated > 0.05, f"almost nothing coloured on the sample ({saturated:.3f}): the pushed map is not drawn"
+    assert (shares >= 0.02).sum() >= 3, f"another process's map is drawn as a one-colour tint: {shares.round(2)}"
+    assert shares[0] >= 0.02, f"another process's map is not drawn in jet (no red): {shares.round(2)}"
     bins, share = hue_bins(got["canvas"])
     Image.open(io.BytesIO(got["canvas"])).save(ARTIFACTS / "app21_open_app_canvas.png")
     assert share > 0.05, f"almost nothing coloured on the sample ({share:.3f}): the map is not drawn"

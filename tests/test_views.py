@@ -111,3 +111,45 @@ def test_app_view_and_selection_round_trip_as_stages(repeated):
     sel = views.ViewSpec(selected=(ids[3], ids[0]))
     assert [i for i, _p in views.page(views.build_view(dataset, sel), 0, 10)] == [ids[3], ids[0]]
     assert views.random_position(4, random.Random(0)) in range(4)
+
+
+def test_positions_in_a_sorted_view_are_index_counts_and_follow_ties_and_missing_values(tmp_path):
+    """Issue 23 design 1: opening a link or a search result in a sorted view finds the sample's
+    position by counting on the sort's index (no scan of every sample: MongoDB's profiler), right
+    with ties (broken by id in the sort's direction), samples without the field, and a tag filter."""
+    [path] = write_images(tmp_path, ["x.png"])
+    dataset = fo.Dataset(unique_name("views-sorted-positions"))
+    dataset.add_samples([
+        fo.Sample(filepath=path, tags=["a" if i % 3 else "b"],
+                  **({} if i % 10 == 4 else {"uniqueness": (i * 7 % 5) / 5}))  # ties, and some without
+        for i in range(60)])
+    asc, desc = views.ViewSpec(sort_field="uniqueness"), views.ViewSpec(sort_field="uniqueness", sort_reverse=True)
+    views.create_sort_index(dataset, "uniqueness")
+    db = dataset._sample_collection.database
+    try:
+        for spec in (asc, desc, views.ViewSpec(sort_field="uniqueness", tags=("a",))):
+            view = views.build_view(dataset, spec)
+            order = [sid for sid, _p in views.page(view, 0, 100)]
+            assert len(order) == (40 if spec.tags else 60)
+            for k in random.Random(1).sample(range(len(order)), 12):
+                assert views.position_of(view, spec, order[k]) == k, (spec, k)
+        profiled = []
+        for spec in (asc, desc):
+            view = views.build_view(dataset, spec)
+            order = [sid for sid, _p in views.page(view, 0, 100)]
+            k = [i for i, sid in enumerate(order) if i > 20 and dataset[sid].uniqueness is not None][5]
+            db.command("profile", 2)
+            try:
+                assert views.position_of(view, spec, order[k]) == k
+            finally:
+                db.command("profile", 0)
+            profiled += list(db["system.profile"].find({"ns": f"{db.name}.{dataset._sample_collection_name}"}))
+            db["system.profile"].drop()
+        assert profiled, "nothing profiled"
+        scans = [op.get("planSummary") for op in profiled if "COLLSCAN" in str(op.get("planSummary"))]
+        assert not scans, f"{len(scans)} of {len(profiled)} reads scanned every sample"
+        fetched = [int(op.get("docsExamined", 0)) for op in profiled]
+        assert max(fetched) <= 1, f"a read fetched {max(fetched)} samples: a position counted by reading documents"
+    finally:
+        db["system.profile"].drop()
+        dataset.delete()

@@ -64,8 +64,11 @@ def box_picker(container, prediction: Prediction, dataset: str, sample_id: str, 
                                    help="The model's own detections (best first), every box of a class, all of "
                                         "them, or a box of the sample's Detections fields (matched to the model's "
                                         "output by IoU and label). Another method or layer of the same box "
-                                        "reuses its pass; another box runs the model again (forward and "
-                                        "backward: the box's score is what the gradients are of).")
+                                        "reuses its pass. Another box of the same image reuses the forward: "
+                                        "Eigen-CAM runs nothing, a gradient method one backward (the box's "
+                                        "score is what the gradients are of). It cannot with aug_smooth (six "
+                                        "augmented passes per box), nor for Score-CAM and Ablation-CAM (their "
+                                        "own forwards, scored for the box), nor after another image or model.")
     short = choice if threshold == detection.DEFAULT_THRESHOLD else f"{choice}@{threshold:g}"
     return short, engine_rule(choice, threshold, prediction) or data.box_rule(dataset, sample_id, short)
 

@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 
 from camcore import judge, methods, metrics, modellock
-from camcore.engine import Explainer, Progress, iter_heatmaps
+from camcore.engine import Explainer, KeptForward, Progress, iter_heatmaps
 from camcore.errors import Cancelled
 from camcore.images import LoadedImage
 from camcore.models import LoadedModel
@@ -51,15 +51,18 @@ def explainer(loaded: LoadedModel, image_key: tuple, img: LoadedImage, target: s
               input_size: int | None, progress: Progress | None = None,
               cancel: threading.Event | None = None) -> Explainer:
     """The shared pass for (image, model, target, smoothing, size), kept in the session so that
-    walking layers and methods never runs the model again. progress/cancel: while another
-    session holds the model, whom the pass waits for, and a way to stop waiting."""
+    walking layers and methods never runs the model again. Another target of the same image (a
+    detector's other box) reuses the session's kept forward: one backward for a gradient method,
+    none for the others. progress/cancel: while another session holds the model, whom the pass
+    waits for, and a way to stop waiting."""
     key = (image_key, loaded.spec.key, loaded.version, target, aug_smooth, input_size)
     cache: OrderedDict = st.session_state.setdefault(Compute.EXPLAINERS, OrderedDict())
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
+    kept = st.session_state.setdefault(Compute.KEPT_FORWARD, KeptForward())  # one image's graph at a time
     ex = Explainer(loaded, img, target_request=target, aug_smooth=aug_smooth, input_size=input_size,
-                   progress=progress, cancel=cancel)
+                   progress=progress, cancel=cancel, kept=kept)
     cache[key] = ex
     while len(cache) > EXPLAINERS_PER_SESSION:
         cache.popitem(last=False)

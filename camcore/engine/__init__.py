@@ -6,6 +6,7 @@ layer never runs the model again. Perturbation methods reuse the pass's activati
 own batched forwards; FullGrad, ShapleyCAM and FinerCAM run pytorch-grad-cam's own pass.
 
 - passes.py: the shared pass (hooks, forward, backward) for one image or a batch;
+- kept.py: one image's forward kept with its graph: another target of it costs one backward;
 - kinds.py: one strategy per kind of method, chosen from the method registry;
 - explainer.py: Explainer (one image, memoised heatmaps) and explain_many (batched passes);
 - loop.py: iter_heatmaps, the one method x layer loop of the app, the CLI and the batch.
@@ -18,6 +19,7 @@ from camcore.engine.explainer import (
     Explainer,
     explain_many,
 )
+from camcore.engine.kept import KeptForward
 from camcore.engine.kinds import normalise_like_library, strategy_for
 from camcore.engine.loop import HeatmapStep, PairProgress, collect, grid_pairs, iter_heatmaps
 from camcore.engine.passes import FeaturePass, Progress, run_pass, run_pass_batch
@@ -30,6 +32,7 @@ __all__ = [
     "Explainer",
     "FeaturePass",
     "HeatmapStep",
+    "KeptForward",
     "PairProgress",
     "Progress",
     "collect",

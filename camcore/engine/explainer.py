@@ -16,6 +16,7 @@ import torch
 
 from camcore import metrics, modellock
 from camcore import targets as targets_mod
+from camcore.engine.kept import KeptForward
 from camcore.engine.kinds import strategy_for
 from camcore.engine.loop import collect, grid_pairs, iter_heatmaps
 from camcore.engine.passes import FeaturePass, Progress, run_pass, run_pass_batch
@@ -87,6 +88,9 @@ class Explainer:
     # cancel; used by the constructor only, then dropped.
     progress: Progress | None = field(default=None, repr=False, compare=False)
     cancel: threading.Event | None = field(default=None, repr=False, compare=False)
+    # A session's kept forward (kept.py): another target of the same image reuses its forward
+    # (one backward for a gradient method, nothing for the others).
+    kept: KeptForward | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = self.model.spec
@@ -106,7 +110,12 @@ class Explainer:
         self.prediction: Prediction
         self.target: Target
         progress, cancel, self.progress, self.cancel = self.progress, self.cancel, None, None
-        if not self.defer_pass:
+        self.forward_reused = False  # whether a kept forward of this image served the pass
+        if self.kept is not None and not self.defer_pass:
+            fp, grad_target, self.forward_reused = self.kept.pass_for(
+                self.model, self.x, self.layers, self._make_target, self.reshape, progress, cancel)
+            self._set_pass(fp, grad_target)
+        elif not self.defer_pass:
             fp, grad_target = run_pass(self.model, self.x, self.layers, self._make_target, self.reshape,
                                        progress, cancel)
             self._set_pass(fp, grad_target)

@@ -113,7 +113,8 @@ class FromPass:
             target: object, eigen_smooth: bool) -> np.ndarray:
         """The unnormalised 1 x h x w map, with the library's numpy math."""
         acts = fp.activations[layer]
-        grads = fp.gradients.get(layer)
+        # only a gradient method asks: a kept forward's pass runs its backward on that first ask
+        grads = fp.gradients.get(layer) if spec.needs_gradients else None
         if spec.needs_gradients and grads is None:
             raise _no_gradients(layer)
         cam = _method_object(spec, ex.model)
@@ -127,7 +128,7 @@ class FromPass:
     def _on_device(ex: Explainer, spec: MethodSpec, fp: FeaturePass, layer: str, eigen_smooth: bool) -> Maps:
         """The same map with torch ops on the tensors' device (device_math.py)."""
         acts = fp.activation_tensors[layer]
-        grads = fp.gradient_tensors.get(layer)
+        grads = fp.gradient_tensors.get(layer) if spec.needs_gradients else None
         if spec.needs_gradients and grads is None:
             raise _no_gradients(layer)
         assert spec.device_product is not None

@@ -28,9 +28,23 @@ class FeaturePass:
 
     output: torch.Tensor  # the model's output for the one image, no batch dimension
     activation_tensors: dict[str, torch.Tensor]  # on the model's device
-    gradient_tensors: dict[str, torch.Tensor]
+    _gradient_tensors: dict[str, torch.Tensor] | None
     seconds: float  # a batched pass: its time divided by the batch size
+    # A pass from a kept forward (kept.py) has no gradients until a method asks for them: then
+    # this runs the one backward, so Eigen-CAM on another box of the same image runs nothing.
+    backward: Callable[[], dict[str, torch.Tensor]] | None = field(default=None, repr=False)
     _host: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def gradient_tensors(self) -> dict[str, torch.Tensor]:
+        if self._gradient_tensors is None:
+            self._gradient_tensors = self.backward() if self.backward is not None else {}
+        return self._gradient_tensors
+
+    @property
+    def has_gradients(self) -> bool:
+        """Whether the backward has run (a kept forward's pass runs it on first use)."""
+        return self._gradient_tensors is not None
 
     # Host (numpy) copies for the library's numpy math, made on first use: with device_math on a
     # GPU most maps never need them. On the CPU they share the tensors' memory.
@@ -85,13 +99,51 @@ def run_pass_batch(
     Waiting for the model (another session's pass or Score-CAM batch) is reported through
     progress and ends with Cancelled when `cancel` is set (modellock.hold).
     """
-    outputs: dict[str, torch.Tensor] = {}
-    snapshots: dict[str, torch.Tensor] = {}
+    with modellock.hold(model.lock, model.spec.key, "a model pass", progress, cancel):
+        fw = hooked_forward(model, x, layers, reshape)
+        grads: dict[str, torch.Tensor] = {}
+        targets: list[Any] = [None] * len(fw.output)
+        if make_target is not None:
+            with torch.enable_grad():
+                targets = [make_target(i, out) for i, out in enumerate(fw.output)]
+                loss = cast(torch.Tensor, sum(t(out) for t, out in zip(targets, fw.output, strict=True)))
+                grads = layer_gradients(fw, layers, loss, reshape)
+    seconds = (time.perf_counter() - fw.started) / len(fw.output)
+    output = fw.detached_output()
+    acts = fw.activations
+    passes = [
+        FeaturePass(output[i], {n: a[i:i + 1] for n, a in acts.items()}, {n: g[i:i + 1] for n, g in grads.items()},
+                    seconds)
+        for i in range(len(output))
+    ]
+    return passes, targets
+
+
+@dataclass
+class Forward:
+    """One hooked forward: the output and the hooked layers' outputs still holding their graph
+    (a backward's inputs), the activations as kept (detached copies, reshaped)."""
+
+    output: Any  # a B x ... tensor, or a detector's list of B dicts
+    layer_outputs: dict[str, Any]
+    activations: dict[str, torch.Tensor]
+    started: float  # perf_counter() when the forward began
+    seconds: float
+
+    def detached_output(self) -> Any:
+        out = self.output
+        return [_map(o, torch.Tensor.detach) for o in out] if isinstance(out, list) else out.detach()
+
+
+def hooked_forward(model: LoadedModel, x: torch.Tensor, layers: Sequence[str],
+                   reshape: ReshapeTransform | None = None) -> Forward:
+    """One forward with hooks on `layers`, graph kept; the caller holds the model's lock (the
+    hooks must never fire for another session's forward). Hooks are removed even on errors."""
+    outputs: dict[str, Any] = {}
+    snapshots: dict[str, Any] = {}
     handles = []
     start = time.perf_counter()
-    # Hooks are registered under the model's lock (re-entrant) too: another session's forward
-    # must never fire them.
-    with modellock.hold(model.lock, model.spec.key, "a model pass", progress, cancel):
+    with modellock.hold(model.lock, model.spec.key, "a model pass"):  # re-entrant: the caller's
         try:
             for name in layers:
                 key = model.spec.layer(name).key  # a detector's FPN level: one entry of its dict output
@@ -105,39 +157,37 @@ def run_pass_batch(
             with torch.enable_grad():  # grad mode is thread-local: Streamlit reruns on new threads
                 model.module.eval()
                 output = model.module(x.to(model.device))
-                missing = [n for n in layers if n not in outputs]
-                if missing:
-                    raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")
-                acts = {n: _reshaped(t, reshape) for n, t in snapshots.items()}
-                snapshots.clear()
-                grads: dict[str, torch.Tensor] = {}
-                targets: list[Any] = [None] * len(output)
-                if make_target is not None:
-                    targets = [make_target(i, out) for i, out in enumerate(output)]
-                    names = [n for n in layers if any(t.requires_grad for t in _tensors(outputs[n]))]
-                    if names:
-                        loss = cast(torch.Tensor, sum(t(out) for t, out in zip(targets, output, strict=True)))
-                        flat = [t for n in names for t in _tensors(outputs[n])]
-                        got = list(torch.autograd.grad(loss, flat, allow_unused=True)) if loss.requires_grad \
-                            else [None] * len(flat)
-                        for n in names:
-                            tensors = _tensors(outputs[n])
-                            mine = [torch.zeros_like(t) if g is None else g
-                                    for t, g in zip(tensors, got[:len(tensors)], strict=True)]
-                            got = got[len(tensors):]
-                            g = dict(zip(outputs[n], mine, strict=True)) if isinstance(outputs[n], dict) else mine[0]
-                            grads[n] = _reshaped(g, reshape).detach()
         finally:
             for h in handles:
                 h.remove()
-    seconds = (time.perf_counter() - start) / len(output)
-    output = [_map(o, torch.Tensor.detach) for o in output] if isinstance(output, list) else output.detach()
-    passes = [
-        FeaturePass(output[i], {n: a[i:i + 1] for n, a in acts.items()}, {n: g[i:i + 1] for n, g in grads.items()},
-                    seconds)
-        for i in range(len(output))
-    ]
-    return passes, targets
+    missing = [n for n in layers if n not in outputs]
+    if missing:
+        raise CamError(f"Layer(s) {', '.join(missing)} did not run in the model's forward pass.")
+    acts = {n: _reshaped(t, reshape) for n, t in snapshots.items()}
+    return Forward(output, outputs, acts, start, time.perf_counter() - start)
+
+
+def layer_gradients(fw: Forward, layers: Sequence[str], loss: torch.Tensor,
+                    reshape: ReshapeTransform | None = None, retain_graph: bool = False) -> dict[str, torch.Tensor]:
+    """d loss / d (each hooked layer's output), reshaped like the activations. Taken with
+    torch.autograd.grad with respect to the layer outputs only: no parameter .grad is written, so
+    nothing leaks between sessions sharing the model. retain_graph: keep the forward's graph for
+    another target's backward (kept.py)."""
+    names = [n for n in layers if any(t.requires_grad for t in _tensors(fw.layer_outputs[n]))]
+    grads: dict[str, torch.Tensor] = {}
+    if not names:
+        return grads
+    flat = [t for n in names for t in _tensors(fw.layer_outputs[n])]
+    got = list(torch.autograd.grad(loss, flat, allow_unused=True, retain_graph=retain_graph)) \
+        if loss.requires_grad else [None] * len(flat)
+    for n in names:
+        tensors = _tensors(fw.layer_outputs[n])
+        mine = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, got[:len(tensors)], strict=True)]
+        got = got[len(tensors):]
+        out = fw.layer_outputs[n]
+        g = dict(zip(out, mine, strict=True)) if isinstance(out, dict) else mine[0]
+        grads[n] = _reshaped(g, reshape).detach()
+    return grads
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:

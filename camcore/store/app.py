@@ -11,12 +11,14 @@ import fiftyone as fo
 
 from camcore.errors import StoreError
 from camcore.links import BASE_URL_ENV
+from camcore.store.appwatch import SchemeWatch, saved_scheme, sync_scheme
 from camcore.store.datasets import LOCK, db_errors
 
 DEFAULT_APP_PORT = 5151
 _PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"  # the repo's plugins/
 
 _SESSION: Any = None  # the one FiftyOne App session this process serves
+_WATCH: SchemeWatch | None = None  # keeps that session on its dataset's saved colour scheme
 
 
 def app_url(dataset_name: str, sample_id: str | None = None, port: int = DEFAULT_APP_PORT) -> str:
@@ -43,7 +45,7 @@ def launch_app(
     $CAM_EXPLORER_URL, so its links and findings point back at this explorer (a value the user set
     in the environment wins).
     """
-    global _SESSION
+    global _SESSION, _WATCH
     with LOCK:
         if _SESSION is not None and _SESSION.server_port == port:
             _retarget(_SESSION, dataset)
@@ -57,6 +59,10 @@ def launch_app(
         _SESSION = fo.launch_app(
             dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
         )
+        # Another process's push saves its colours in the dataset only; the App's pages draw with
+        # the session's scheme: keep that the dataset's (camcore.store.appwatch says why).
+        _WATCH = SchemeWatch(_SESSION)
+        _WATCH.start()
         return _SESSION
 
 
@@ -86,23 +92,27 @@ def app_session() -> fo.Session | None:
 
 def close_app() -> None:
     """Stop the App server this process started, if any."""
-    global _SESSION
+    global _SESSION, _WATCH
     with LOCK:
         session, _SESSION = _SESSION, None
+        watch, _WATCH = _WATCH, None
+        if watch is not None:
+            watch.stop()
         if session is not None:
             session.close()
 
 
 def refresh_app(dataset_name: str) -> None:
     """Make an App this process serves on this dataset take the dataset's App config (colour
-    scheme, active fields) now: a session keeps the scheme it was launched with."""
+    scheme, active fields) now, without waiting for the scheme watch: a session keeps the scheme it
+    was launched with."""
     session = _SESSION
     if session is None:
         return
     try:
         shown = session.dataset
         if shown is not None and shown.name == dataset_name:
-            session.color_scheme = None  # rebuilt from the dataset's app config, sent to the App
-            session.refresh()
+            if not sync_scheme(session, saved_scheme(dataset_name)):  # it refreshes when it sends
+                session.refresh()  # the same colours: the switched-on and new fields still
     except Exception:  # an App that is not connected (yet): it reads the config when it loads
         pass

@@ -15,7 +15,8 @@ gives the App operations (``set_color_scheme``, ``set_active_fields``) and :func
 the saved groups, which an operator triggers to apply them now (the groups through the plugin's
 browser-side ``set_sidebar_groups``: FiftyOne 1.22 keeps an open App's groups even across
 ``reload_dataset``); an App this process serves is refreshed through
-:func:`camcore.store.app.refresh_app` (colours and switched-on fields; its groups on its next load).
+:func:`camcore.store.app.refresh_app` (colours and switched-on fields; its groups on its next load),
+and kept on the saved scheme whoever writes it by :mod:`camcore.store.appwatch`.
 """
 from __future__ import annotations
 

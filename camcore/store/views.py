@@ -181,15 +181,31 @@ def _counted_position(view: fo.DatasetView, spec: ViewSpec, oid: ObjectId) -> in
         unsorted = fo.DatasetView._build(view._dataset, view._serialize()[:-1])
         if not _orders_by_id(unsorted):
             return None
-        value = unsorted.match(F("_id") == oid).values(spec.sort_field)[0]
+        field = spec.sort_field
+        value = unsorted.match(F("_id") == oid).values(field)[0]
         if value is None:
             return None  # missing values sort first or last depending on MongoDB: scan instead
-        before = (F(spec.sort_field) > value) if spec.sort_reverse else (F(spec.sort_field) < value)
-        tie = (F(spec.sort_field) == value) & ((F("_id") > oid) if spec.sort_reverse else (F("_id") < oid))
-        return int(unsorted.match(before | tie).count())
+        # Plain queries, one index range each, not one `$expr` (which no index serves: a scan of
+        # every sample at 10^6). Samples without the field sort first ascending, and the range
+        # query does not match them: counted apart.
+        op = "$gt" if spec.sort_reverse else "$lt"
+        before = _count_matching(unsorted, {field: {op: value}})
+        ties = _count_matching(unsorted, {field: value, "_id": {op: oid}})
+        missing = 0 if spec.sort_reverse else _count_matching(unsorted, {field: None})
+        return before + ties + missing
     if _orders_by_id(view):
-        return int(view.match(F("_id") < oid).count())
+        return _count_matching(view, {"_id": {"$lt": oid}})
     return None
+
+
+def _count_matching(view: fo.DatasetView, query: dict) -> int:
+    """Samples of the view matching a MongoDB query. On a whole dataset, MongoDB's count command
+    (an index range count when an index serves the query); else the view's pipeline with the query
+    as a plain `$match`, which an index can serve after the view's own filters."""
+    if is_plain(view):
+        coll = root_dataset(view)._sample_collection
+        return int(coll.database.command("count", coll.name, query=query)["n"])
+    return int(view.match(query).count())
 
 
 # A sort on a dataset this big without an index scans every sample at each move: offer one.
