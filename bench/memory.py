@@ -9,7 +9,7 @@ all along ("peak"); the tabs close, and after --settle seconds the RSS is "after
 before / peak / after and after/before (goal <= 1.10).
 
     .venv/bin/python bench/memory.py --tabs 3 --clicks 5
-    .venv/bin/python bench/memory.py --tabs 3 --clicks 5 --model deeplabv3 --weights untrained
+    .venv/bin/python bench/memory.py --tabs 3 --clicks 5 --model deeplabv3 --weights untrained [--rounds 2]
 """
 from __future__ import annotations
 
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--weights", default="")
     ap.add_argument("--settle", type=float, default=10.0, help="seconds after the tabs close")
+    ap.add_argument("--rounds", type=int, default=1, help="open, click and close the tabs this many times: what "
+                                                             "a round leaves behind should not add up")
     args = ap.parse_args(argv)
     from mongod_support import start_mongod, stop_mongod
     from playwright.sync_api import sync_playwright
@@ -136,16 +138,20 @@ def main(argv: list[str] | None = None) -> None:
             print(f"warm-up done in {time.monotonic() - t0:.0f} s; RSS before: {before:.0f} MiB", flush=True)
             sampler = Sampler(server.pid)
             sampler.start()
-            tabs = [open_tab(browser, url) for _ in range(args.tabs)]
-            for i in range(args.clicks):
-                for _, p in tabs:
-                    click_next(p)
-                print(f"  {i + 1} ▶ per tab: {rss_mib(server.pid):.0f} MiB", flush=True)
-            with_tabs = rss_mib(server.pid)
-            for c, _ in tabs:
-                c.close()
-            time.sleep(args.settle)  # the disconnects reach the server; session caches released
-            after = rss_mib(server.pid)
+            afters = []
+            for r in range(args.rounds):
+                tabs = [open_tab(browser, url) for _ in range(args.tabs)]
+                for i in range(args.clicks):
+                    for _, p in tabs:
+                        click_next(p)
+                    print(f"  round {r + 1}, {i + 1} ▶ per tab: {rss_mib(server.pid):.0f} MiB", flush=True)
+                with_tabs = rss_mib(server.pid)
+                for c, _ in tabs:
+                    c.close()
+                time.sleep(args.settle)  # the disconnects reach the server; session caches released
+                afters.append(rss_mib(server.pid))
+                print(f"  round {r + 1}: tabs open {with_tabs:.0f} MiB, closed {afters[-1]:.0f} MiB", flush=True)
+            after = afters[-1]
             sampler.stop.set()
             sampler.join()
             browser.close()
@@ -154,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         server.wait(timeout=30)
         stop_mongod(mongod, disconnect_fiftyone=False)
     peak = max(sampler.peak, with_tabs)
-    print(f"{args.tabs} tabs x {args.clicks} ▶, model {args.model} {args.weights}".rstrip())
+    print(f"{args.rounds} x {args.tabs} tabs x {args.clicks} ▶, model {args.model} {args.weights}".rstrip())
+    if len(afters) > 1:
+        print("RSS after each round: " + ", ".join(f"{a:.0f}" for a in afters) + " MiB")
     print(f"RSS before {before:.0f} MiB, peak {peak:.0f} MiB, with the tabs open {with_tabs:.0f} MiB, "
           f"after closing them (+{args.settle:.0f} s) {after:.0f} MiB")
     print(f"after/before: {after / before:.3f}  (goal <= 1.10); held by the open tabs: "
