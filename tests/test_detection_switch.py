@@ -126,3 +126,26 @@ def test_another_image_drops_the_kept_graph_and_an_older_explainer_still_gets_it
                                atol=1e-5, rtol=1e-5)
     kept.drop()
     assert not kept.holds
+
+
+def test_only_a_detectors_session_keeps_a_forward_with_its_graph(toy_detector):
+    """The kept graph costs memory as long as a session lives (~320 MB for DeepLabV3 at 520 px):
+    the explorer keeps one for a detector's box walk only; a classifier's pass frees its graph."""
+    import streamlit as st
+    from cam_support import chelsea_small
+    from detector_support import image
+
+    from camcore.models import load_model
+    from ui import compute
+    from ui.state import Compute
+
+    st.session_state.clear()
+    classifier = load_model("efficientnet_lite0", "untrained", "cpu")
+    ex = compute.explainer(classifier, ("cat",), chelsea_small(64, 64), None, False, None)
+    ex.heatmap("gradcam", "head")
+    assert ex.kept is None and Compute.KEPT_FORWARD not in st.session_state
+    img, _box, _label = image(0)
+    ex = compute.explainer(toy_detector, ("shape", 0), img, "det:0@0", False, None)
+    ex.heatmap("gradcam", LAYERS[0])
+    assert ex.kept is st.session_state[Compute.KEPT_FORWARD] and ex.kept.holds
+    st.session_state.clear()
