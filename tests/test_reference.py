@@ -47,7 +47,7 @@ CASES = {
 }
 # the perturbation methods on DeepLabV3: hundreds of masked passes, each the cost of the input. At
 # 16x24 layer1 still has its 256 channels (the batching under test), the target's mask holds 58% of
-# the pixels and the map is far from flat; 32x48 cost 4x the CPU (issue 26 item 7).
+# the pixels and the map is far from flat; 32x48 cost 2x the CPU (issue 26 item 7).
 SMALL_SEGMENTATION = Case("deeplabv3", "untrained", ("layer1", "layer4"), 16, "small16x24")
 
 

@@ -148,7 +148,7 @@ def hooked_forward(model: LoadedModel, x: torch.Tensor, layers: Sequence[str],
     snapshots: dict[str, Any] = {}
     handles = []
     start = time.perf_counter()
-    with modellock.hold(model.lock, model.spec.key, "a model pass"):  # re-entrant: the caller's
+    with model.lock:  # re-entrant: the caller holds it (modellock.hold, which says whom it waits for)
         try:
             for name in layers:
                 key = model.spec.layer(name).key  # a detector's FPN level: one entry of its dict output
