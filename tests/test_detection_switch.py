@@ -98,8 +98,11 @@ def test_an_activation_only_map_of_another_box_runs_no_pass(toy_detector, monkey
         eigen = other.heatmap("eigencam", "conv2")
         assert (counter.forwards, counter.backwards) == (0, 0), "Eigen-CAM of another box: no forward, no backward"
         assert not other.fp.has_gradients
+        timings = other.result([eigen]).timings
+        assert timings["forward_reused"] == 1.0 and "backward" not in timings  # what Explore's caption says
         other.heatmap("gradcam", "conv2")
         assert (counter.forwards, counter.backwards) == (0, 1), "Grad-CAM of it: one backward, no forward"
+        assert other.result([]).timings["backward"] > 0
     finally:
         counter.handle.remove()
     np.testing.assert_allclose(eigen.map, Explainer(toy_detector, img, "det:1@0", LAYERS).heatmap(
