@@ -131,21 +131,21 @@ def test_another_image_drops_the_kept_graph_and_an_older_explainer_still_gets_it
 def test_only_a_detectors_session_keeps_a_forward_with_its_graph(toy_detector):
     """The kept graph costs memory as long as a session lives (~320 MB for DeepLabV3 at 520 px):
     the explorer keeps one for a detector's box walk only; a classifier's pass frees its graph."""
-    import streamlit as st
     from cam_support import chelsea_small
     from detector_support import image
 
     from camcore.models import load_model
-    from ui import compute
-    from ui.state import Compute
+    from ui import compute, session_memory
 
-    st.session_state.clear()
+    memory = session_memory.current()
+    session_memory.release(memory)  # a fresh session's memory
     classifier = load_model("efficientnet_lite0", "untrained", "cpu")
     ex = compute.explainer(classifier, ("cat",), chelsea_small(64, 64), None, False, None)
     ex.heatmap("gradcam", "head")
-    assert ex.kept is None and Compute.KEPT_FORWARD not in st.session_state
+    assert ex.kept is None and memory.kept_forward is None
     img, _box, _label = image(0)
     ex = compute.explainer(toy_detector, ("shape", 0), img, "det:0@0", False, None)
     ex.heatmap("gradcam", LAYERS[0])
-    assert ex.kept is st.session_state[Compute.KEPT_FORWARD] and ex.kept.holds
-    st.session_state.clear()
+    assert ex.kept is memory.kept_forward and ex.kept.holds
+    session_memory.release(memory)  # what the tab's end does: the graph goes
+    assert memory.kept_forward is None and not memory.explainers

@@ -1,5 +1,5 @@
 """Process-wide caches (st.cache_resource, st.cache_data) around camcore's loaders. The
-explainers (the shared pass) are per session, in ui/compute.py."""
+explainers (the shared pass) are per session, in ui/session_memory.py (freed when the tab closes)."""
 from __future__ import annotations
 
 import streamlit as st

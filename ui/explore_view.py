@@ -119,7 +119,7 @@ def _walk_controls(side, chosen_layers: list[str], chosen_methods: list[str], la
 
 
 @st.fragment
-def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown], loaded: LoadedModel,
+def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown | None], loaded: LoadedModel,
                       pairs: list[tuple[str, str]], chosen_layers: list[str], chosen_methods: list[str],
                       layers_key: str) -> None:
     """The main map with the fine controls beside it (walk, opacity, colormap, raw map), then the
@@ -127,6 +127,8 @@ def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown], loaded: L
     computed so far (never computes): a fragment rerun replays its arguments from the last full
     run, and must show what exists now, e.g. the maps a stopped slow run finished."""
     shown = snapshot()
+    if shown is None:  # the session's memory let the pass go (a tab that reconnected): the page's run remakes it
+        st.rerun()
     main, side = st.columns([3, 2])
     walk_layer, walk_method, alpha, cmap, show_raw = _walk_controls(side, chosen_layers, chosen_methods, layers_key)
     h = shown.heatmap(walk_method, walk_layer)
