@@ -75,3 +75,22 @@ def test_a_slow_job_left_by_a_closed_tab_goes_with_it():
     session_memory.release(session_memory.SessionMemory("gone"))
     with lock:
         assert "gone" not in jobs
+
+
+def test_the_shared_image_cache_is_bounded_in_bytes(tmp_path):
+    """Every sample a session visits goes through the process-wide image cache: big photos must not
+    add up past its byte bound, whatever the entry count (12 images of 27 MB here)."""
+    import numpy as np
+    from PIL import Image
+
+    from ui import cache
+
+    cache.image.clear()
+    for i in range(12):
+        path = tmp_path / f"big{i}.png"
+        Image.fromarray(np.full((3000, 3000, 3), i, np.uint8)).save(path)
+        cache.image(str(path), path.stat().st_mtime)
+    held = sum(s.byte_length for s in caching.get_data_cache_stats_provider().get_stats()["cache_memory_bytes"]
+               if s.cache_name.endswith(".image"))
+    cache.image.clear()
+    assert 0 < held <= cache.IMAGE_CACHE_BYTES, held
