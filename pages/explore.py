@@ -1,8 +1,6 @@
 """Explore: one sample, live heatmaps over layers and methods, push to FiftyOne."""
 from __future__ import annotations
 
-import functools
-
 import streamlit as st
 
 from camcore import methods
@@ -81,7 +79,7 @@ def main(sel: Selection) -> None:
             st.warning(e)
 
     on_screen = compute.shown(ex, pairs, eigen_smooth)
-    explore_view.heatmaps_fragment(img, functools.partial(compute.shown, ex, pairs, eigen_smooth), loaded, pairs,
+    explore_view.heatmaps_fragment(img, compute.snapshot(ex, pairs, eigen_smooth), loaded, pairs,
                                    chosen_layers, chosen_methods, Explore.walk_layer(spec.key))
     with st.expander("Samples around this one", expanded=False):
         thumbnails.thumbnail_strip(sel)

@@ -435,6 +435,7 @@ def test_compare_grid_scores_and_the_layer_progression_study(server: Server, pag
     expect(page.get_by_test_id("stAlert").filter(has_text="No pretrained weights")).to_be_visible(
         timeout=RUN_TIMEOUT)
     settle(page)
+    set_input_size(page, 256)  # before the weights: DeepLabV3's four layers computed once, at the smallest size
     choose(page, "Weights", "untrained (random weights)", sidebar)
     settle(page)
     expect(widget(page, "stSelectbox", "Model", sidebar).get_by_role("combobox")).to_have_value(DEEPLAB)

@@ -79,6 +79,8 @@ def test_pick_a_box_see_it_drawn_push_and_reopen_from_the_url(server, browser: B
         expect(main).to_have_count(1, timeout=RUN_TIMEOUT)
         expect(picker.get_by_role("combobox")).to_have_value(re.compile(r"^#1 "))
         url = _wait_for_url(page, "box=det:1@0")
+        # another box of the same image: the session's kept forward served it, and Eigen-CAM needs no backward
+        expect(page.get_by_text(re.compile(r"forward reused · no backward"))).to_be_attached(timeout=UI_TIMEOUT)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "explore-detection-1280.png"))
         # the explained box is drawn in yellow over the map (the other detections in grey)

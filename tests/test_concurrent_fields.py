@@ -2,14 +2,12 @@
 succeed, the schema holds every field and the registry in dataset.info loses no entry; a field is
 declared with every label attribute in one schema write.
 
-Writers are real processes started together (a shared start time), each pushing its own new
-fields (its own layer names) into the same dataset."""
+Writers are real processes (one warm pool for the file, FiftyOne imported once each) started
+together (a shared start time), each pushing its own new fields (its own layer names) into the
+same dataset."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -17,11 +15,11 @@ from pathlib import Path
 import fiftyone as fo
 import pytest
 from fo_helpers import make_heatmap, make_result, unique_name, write_images
+from warm_processes import WarmPool
 
 from camcore import store
 from camcore.store.datasets import MARK
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = (24, 32)
 WRITERS = 6
 FIELDS_EACH = 3
@@ -29,7 +27,6 @@ FIELDS_EACH = 3
 PUSHER = textwrap.dedent(
     """
     import os, sys, time
-    sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
     import fiftyone as fo
     from fo_helpers import make_heatmap, make_result
     from camcore import store
@@ -47,6 +44,19 @@ PUSHER = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="module")
+def pool():
+    """The writers: started once for the file (each start imports FiftyOne and torch)."""
+    warm = WarmPool(WRITERS)
+    yield warm
+    warm.close()
+
+
+def _start_soon() -> str:
+    """A start time all writers wait for: the pool is warm, so a second is plenty."""
+    return str(time.time() + 1.0)
+
+
 @pytest.fixture
 def dataset(tmp_path):
     files = write_images(tmp_path / "img", ["a.png", "b.png"], size=SIZE)
@@ -57,18 +67,15 @@ def dataset(tmp_path):
     fo.delete_dataset(ds.name)
 
 
-def test_processes_declaring_fields_at_once_all_succeed_and_the_registry_keeps_every_entry(dataset, tmp_path):
+def test_processes_declaring_fields_at_once_all_succeed_and_the_registry_keeps_every_entry(pool, dataset, tmp_path):
     # one field declared first, so the registry exists before the race
     store.push_heatmaps(dataset, dataset.first().id, make_result(SIZE, [make_heatmap(SIZE, "gradcam", layer="seed")]),
                         heatmap_dir=tmp_path / "hm")
-    env = {**os.environ, "ROOT": str(ROOT), "DATASET": dataset.name, "HM": str(tmp_path / "hm"),
-           "EACH": str(FIELDS_EACH), "START": str(time.time() + 20)}
-    procs = [subprocess.Popen([sys.executable, "-c", PUSHER, str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(WRITERS)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    failed = [err[-1500:] for p, (_, err) in zip(procs, outs, strict=True) if p.returncode != 0]
+    env = {"DATASET": dataset.name, "HM": str(tmp_path / "hm"), "EACH": str(FIELDS_EACH), "START": _start_soon()}
+    outs = pool.run(PUSHER, [str(i) for i in range(WRITERS)], env)
+    failed = [o.error[-1500:] for o in outs if o.error]
     assert not failed, failed
-    pushed = {f for out, _ in outs for f in out.split()[1:]}
+    pushed = {f for o in outs for f in o.out.split()[1:]}
     assert len(pushed) == WRITERS * FIELDS_EACH
 
     dataset.reload()
@@ -123,7 +130,6 @@ def test_a_new_field_costs_no_reload_or_save_of_the_whole_dataset_document(datas
 SAME_FIELD = textwrap.dedent(
     """
     import os, sys, time
-    sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
     import fiftyone as fo
     from fo_helpers import make_heatmap, make_result
     from camcore import store
@@ -142,17 +148,14 @@ SAME_FIELD = textwrap.dedent(
 )
 
 
-def test_writers_of_one_sample_and_field_leave_only_the_file_its_label_points_at(dataset, tmp_path):
+def test_writers_of_one_sample_and_field_leave_only_the_file_its_label_points_at(pool, dataset, tmp_path):
     hm = tmp_path / "hm"
     sample_id = dataset.first().id
     (field,) = store.push_heatmaps(dataset, sample_id, make_result(SIZE, [make_heatmap(SIZE, "gradcam")]),
                                    heatmap_dir=hm)
-    env = {**os.environ, "ROOT": str(ROOT), "DATASET": dataset.name, "HM": str(hm), "ROUNDS": "6",
-           "START": str(time.time() + 20)}
-    procs = [subprocess.Popen([sys.executable, "-c", SAME_FIELD, str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(4)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+    env = {"DATASET": dataset.name, "HM": str(hm), "ROUNDS": "6", "START": _start_soon()}
+    outs = pool.run(SAME_FIELD, [str(i) for i in range(4)], env)
+    assert not any(o.error for o in outs), [o.error[-1500:] for o in outs]
     dataset.reload()
     label = dataset[sample_id][field]
     folder = Path(label.map_path).parent

@@ -98,8 +98,11 @@ def test_an_activation_only_map_of_another_box_runs_no_pass(toy_detector, monkey
         eigen = other.heatmap("eigencam", "conv2")
         assert (counter.forwards, counter.backwards) == (0, 0), "Eigen-CAM of another box: no forward, no backward"
         assert not other.fp.has_gradients
+        timings = other.result([eigen]).timings
+        assert timings["forward_reused"] == 1.0 and "backward" not in timings  # what Explore's caption says
         other.heatmap("gradcam", "conv2")
         assert (counter.forwards, counter.backwards) == (0, 1), "Grad-CAM of it: one backward, no forward"
+        assert other.result([]).timings["backward"] > 0
     finally:
         counter.handle.remove()
     np.testing.assert_allclose(eigen.map, Explainer(toy_detector, img, "det:1@0", LAYERS).heatmap(
@@ -123,3 +126,26 @@ def test_another_image_drops_the_kept_graph_and_an_older_explainer_still_gets_it
                                atol=1e-5, rtol=1e-5)
     kept.drop()
     assert not kept.holds
+
+
+def test_only_a_detectors_session_keeps_a_forward_with_its_graph(toy_detector):
+    """The kept graph costs memory as long as a session lives (~320 MB for DeepLabV3 at 520 px):
+    the explorer keeps one for a detector's box walk only; a classifier's pass frees its graph."""
+    from cam_support import chelsea_small
+    from detector_support import image
+
+    from camcore.models import load_model
+    from ui import compute, session_memory
+
+    memory = session_memory.current()
+    session_memory.release(memory)  # a fresh session's memory
+    classifier = load_model("efficientnet_lite0", "untrained", "cpu")
+    ex = compute.explainer(classifier, ("cat",), chelsea_small(64, 64), None, False, None)
+    ex.heatmap("gradcam", "head")
+    assert ex.kept is None and memory.kept_forward is None
+    img, _box, _label = image(0)
+    ex = compute.explainer(toy_detector, ("shape", 0), img, "det:0@0", False, None)
+    ex.heatmap("gradcam", LAYERS[0])
+    assert ex.kept is memory.kept_forward and ex.kept.holds
+    session_memory.release(memory)  # what the tab's end does: the graph goes
+    assert memory.kept_forward is None and not memory.explainers

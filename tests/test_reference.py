@@ -45,8 +45,10 @@ CASES = {
     "deit_tiny": Case("deit_tiny", "untrained", ("block5", "block11"), None, "crop224"),
     "efficientnet_lite0": Case("efficientnet_lite0", "auto", ("stage3", "head"), None, "crop224"),
 }
-# the perturbation methods on DeepLabV3: hundreds of masked passes, each the cost of the input
-SMALL_SEGMENTATION = Case("deeplabv3", "untrained", ("layer1", "layer4"), 32, "small32x48")
+# the perturbation methods on DeepLabV3: hundreds of masked passes, each the cost of the input. At
+# 16x24 layer1 still has its 256 channels (the batching under test), the target's mask holds 58% of
+# the pixels and the map is far from flat; 32x48 cost 2x the CPU (issue 26 item 7).
+SMALL_SEGMENTATION = Case("deeplabv3", "untrained", ("layer1", "layer4"), 16, "small16x24")
 
 
 class Setup:
@@ -201,7 +203,7 @@ def test_perturbation_method_equals_library_on_segmentation(method):
     """The segmentation target is scored for a whole batch at once (the mask moved once)."""
     s = setup_for("deeplabv3_small")
     ex = Explainer(s.loaded, s.image, None, ("layer1",), input_size=s.case.input_size, batch_size=128)
-    ours = ex.heatmap(method, "layer1")  # 256 channels: 2 batches
+    ours = ex.heatmap(method, "layer1")  # 256 channels
     if method == "scorecam":
         cam = METHODS["scorecam"].cls(s.loaded.module, [s.loaded.layer_module("layer1")])
         try:
@@ -215,21 +217,17 @@ def test_perturbation_method_equals_library_on_segmentation(method):
 
 
 @pytest.mark.slow
-def test_ablationcam_on_a_vit_block_equals_library():
-    s = setup_for("deit_tiny")
-    ex = Explainer(s.loaded, s.image, None, ("block10",), batch_size=48)
-    ours = ex.heatmap("ablationcam", "block10")
-    ref, _ = s.reference("ablationcam", "block10", ablation_layer=AblationLayerVit(), batch_size=1)
-    _assert_close(ours.map, ref, "ablationcam on deit_tiny.block10")
-    assert s.loaded.layer_module("block10") is s.loaded.module.blocks[10].norm1
-
-
-@pytest.mark.slow
-def test_ablationcam_does_not_depend_on_the_batch_size():
+def test_ablationcam_on_a_vit_block_equals_library_at_any_batch_size():
+    """Two of our batch sizes against one library run (192 forwards each: the costliest runs in
+    this file, so the batch-size check and the library check share them)."""
     s = setup_for("deit_tiny")
     maps = [Explainer(s.loaded, s.image, None, ("block10",), batch_size=b).heatmap("ablationcam", "block10").map
             for b in (7, 64)]
-    assert np.abs(maps[0] - maps[1]).max() <= 1e-4
+    ref, _ = s.reference("ablationcam", "block10", ablation_layer=AblationLayerVit(), batch_size=1)
+    for b, ours in zip((7, 64), maps):
+        _assert_close(ours, ref, f"ablationcam on deit_tiny.block10 at batch size {b}")
+    assert np.abs(maps[0] - maps[1]).max() <= 1e-4, "ablationcam depends on the batch size"
+    assert s.loaded.layer_module("block10") is s.loaded.module.blocks[10].norm1
 
 
 def test_ablation_weights_equal_the_library_at_batch_size_1_where_its_batches_disagree():

@@ -1,5 +1,5 @@
 """Process-wide caches (st.cache_resource, st.cache_data) around camcore's loaders. The
-explainers (the shared pass) are per session, in ui/compute.py."""
+explainers (the shared pass) are per session, in ui/session_memory.py (freed when the tab closes)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -21,7 +21,12 @@ def demo_dataset_name() -> str:
     return demo_data.ensure_demo_dataset().name
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+# Shared by every session: 32 images, and never more than this many bytes (32 photos of up to
+# 4096 px a side would be 1.6 GB).
+IMAGE_CACHE_BYTES = 256 * 2**20
+
+
+@st.cache_data(max_entries=32, max_size=IMAGE_CACHE_BYTES, show_spinner=False)
 def image(path: str, mtime: float) -> images.LoadedImage:  # mtime: a changed file is reloaded
     return images.load_image(path)
 

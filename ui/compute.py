@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -22,7 +22,7 @@ from camcore.images import LoadedImage
 from camcore.models import LoadedModel
 from camcore.progress import duration, eta_text
 from camcore.results import CamResult, Heatmap
-from ui import style, text
+from ui import session_memory, style, text
 from ui.state import Compute
 from ui.widgets import request
 
@@ -51,16 +51,24 @@ def explainer(loaded: LoadedModel, image_key: tuple, img: LoadedImage, target: s
               input_size: int | None, progress: Progress | None = None,
               cancel: threading.Event | None = None) -> Explainer:
     """The shared pass for (image, model, target, smoothing, size), kept in the session so that
-    walking layers and methods never runs the model again. Another target of the same image (a
-    detector's other box) reuses the session's kept forward: one backward for a gradient method,
-    none for the others. progress/cancel: while another session holds the model, whom the pass
-    waits for, and a way to stop waiting."""
+    walking layers and methods never runs the model again (in ui/session_memory.py: freed when the
+    tab closes). A detector's other box on the same image reuses the session's kept forward: one
+    backward for a gradient method, none for the others. Only for detectors: the kept graph costs
+    memory for as long as the session lives (~320 MB for DeepLabV3 at 520 px, ~790 MB for Faster
+    R-CNN at 800), and a class switch was never the daily walk that box picking is.
+    progress/cancel: while another session holds the model, whom the pass waits for, and a way to
+    stop waiting."""
     key = (image_key, loaded.spec.key, loaded.version, target, aug_smooth, input_size)
-    cache: OrderedDict = st.session_state.setdefault(Compute.EXPLAINERS, OrderedDict())
+    memory = session_memory.current()
+    cache = memory.explainers
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    kept = st.session_state.setdefault(Compute.KEPT_FORWARD, KeptForward())  # one image's graph at a time
+    kept = None
+    if loaded.spec.task == "detection":  # a box walk; a kept graph costs memory while the session lives
+        if memory.kept_forward is None:
+            memory.kept_forward = KeptForward()  # one image's graph at a time
+        kept = memory.kept_forward
     ex = Explainer(loaded, img, target_request=target, aug_smooth=aug_smooth, input_size=input_size,
                    progress=progress, cancel=cancel, kept=kept)
     cache[key] = ex
@@ -151,6 +159,19 @@ def shown(ex: Explainer, pairs: list[Pair], eigen_smooth: bool) -> Shown:
             distinct.append(h)
     return Shown(ex.result(distinct), tuple(ex.class_names), ex.aug_smooth, eigen_smooth, maps,
                  lambda m, layer: ex.deferred(m, layer, eigen_smooth))
+
+
+def snapshot(ex: Explainer, pairs: list[Pair], eigen_smooth: bool) -> Callable[[], Shown | None]:
+    """shown() later, for a fragment: Streamlit keeps a fragment's arguments with the session to
+    replay them, and a closed tab's session lingers, so this holds the explainer weakly (None once
+    the session's memory let it go)."""
+    ref = weakref.ref(ex)
+
+    def read() -> Shown | None:
+        alive = ref()
+        return None if alive is None else shown(alive, pairs, eigen_smooth)
+
+    return read
 
 
 @dataclass(frozen=True)
@@ -267,20 +288,7 @@ def _compute_fast(ex: Explainer, todo: list[Pair], eigen_smooth: bool, on_screen
     return errors
 
 
-@st.cache_resource(show_spinner=False)
-def _jobs() -> tuple[threading.Lock, dict[str, dict]]:
-    """Process-wide: each session's slow computation under way (session id -> job). Not
-    session_state: with Streamlit's fast reruns a click stops the running script and starts the
-    next run at once, on another thread, while the stopped one still finishes its batch; both
-    must see the same job at once."""
-    return threading.Lock(), {}
-
-
-def _session_id() -> str:
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else "-"
+_jobs, _session_id = session_memory.jobs, session_memory.session_id
 
 
 def _settle_interrupted(ex: Explainer, eigen_smooth: bool) -> str | None:
@@ -300,7 +308,7 @@ def _settle_interrupted(ex: Explainer, eigen_smooth: bool) -> str | None:
     with lock:
         if jobs.get(_session_id()) is job:
             del jobs[_session_id()]
-    if job["ex"] is not ex or job["eigen"] != eigen_smooth or not job["interrupted"]:
+    if job["ex"]() is not ex or job["eigen"] != eigen_smooth or not job["interrupted"]:
         return None
     kept = f"; {plural(job['done'], 'new heatmap')} finished before it" if job["done"] else ""
     if clicked:
@@ -333,8 +341,11 @@ def _compute_slow(ex: Explainer, todo: list[Pair], eigen_smooth: bool, rerun: bo
     return _run_slow(ex, run, eigen_smooth, rerun) if run else []
 
 
-def _go(ex: Explainer, pairs: list[Pair], eigen_smooth: bool) -> None:
-    for m, layer in pairs:
+def _go(ref: weakref.ref, pairs: list[Pair], eigen_smooth: bool) -> None:
+    """A Run button's click. The explainer weakly: Streamlit keeps a widget's callback arguments
+    in the session_state that outlives a closed tab."""
+    ex = ref()
+    for m, layer in pairs if ex is not None else ():
         ex.allow(m, layer, eigen_smooth)
 
 
@@ -360,11 +371,12 @@ def _confirm(ex: Explainer, ask: list[Pair], eigen_smooth: bool) -> None:
             how, button = f"{label} needs passes of its own.", f"Run {label}"
         c1, c2 = st.columns([3, 2], vertical_alignment="center")
         c1.caption(prefix + how)
-        c2.button(button, key=Compute.go(m, layer), on_click=_go, args=(ex, [(m, layer)], eigen_smooth),
+        c2.button(button, key=Compute.go(m, layer), on_click=_go,
+                  args=(weakref.ref(ex), [(m, layer)], eigen_smooth),
                   type="primary", icon=":material/play_arrow:", width="stretch")
     if len(ask) > 1:
         st.button(f"Run all {len(ask)} (~{duration(total)})", key=Compute.GO_ALL, on_click=_go,
-                  args=(ex, list(ask), eigen_smooth), icon=":material/play_arrow:")
+                  args=(weakref.ref(ex), list(ask), eigen_smooth), icon=":material/play_arrow:")
 
 
 def _slow_progress_area():
@@ -400,8 +412,9 @@ def _run_slow(ex: Explainer, run: list[Pair], eigen_smooth: bool, rerun: bool) -
     state = {"fraction": 0.0, "label": "", "done": 0}
     left = list(run)
     lock, jobs = _jobs()
-    job = {"ex": ex, "eigen": eigen_smooth, "cancel": cancel, "finished": threading.Event(), "interrupted": False,
-           "label": "", "fraction": 0.0, "done": 0}
+    # the explainer weakly: a job left behind by a closed tab must not keep its activations alive
+    job = {"ex": weakref.ref(ex), "eigen": eigen_smooth, "cancel": cancel, "finished": threading.Event(),
+           "interrupted": False, "label": "", "fraction": 0.0, "done": 0}
     with lock:
         jobs[_session_id()] = job
 

@@ -91,8 +91,13 @@ def prediction_panel(container, img: LoadedImage, shown: Shown, loaded: LoadedMo
     if pred.task != "detection":
         container.markdown(f"**Target:** {text.escape(t.name)} ({t.rule}){note}")
     height, width = result.input_size
-    container.caption(f"weights: {text.escape(loaded.weights_label)} · input {width}×{height} · "
-                      f"shared pass {result.timings.get('pass', 0):.2f} s")
+    timings = result.timings
+    if timings.get("forward_reused"):  # another target of this image: the kept forward served it
+        cost = (f"forward reused · one backward {timings['backward']:.2f} s" if "backward" in timings
+                else "forward reused · no backward (no gradient method yet)")
+    else:
+        cost = f"shared pass {timings.get('pass', 0):.2f} s"
+    container.caption(f"weights: {text.escape(loaded.weights_label)} · input {width}×{height} · {cost}")
 
 
 def _walk_controls(side, chosen_layers: list[str], chosen_methods: list[str], layers_key: str):
@@ -114,7 +119,7 @@ def _walk_controls(side, chosen_layers: list[str], chosen_methods: list[str], la
 
 
 @st.fragment
-def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown], loaded: LoadedModel,
+def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown | None], loaded: LoadedModel,
                       pairs: list[tuple[str, str]], chosen_layers: list[str], chosen_methods: list[str],
                       layers_key: str) -> None:
     """The main map with the fine controls beside it (walk, opacity, colormap, raw map), then the
@@ -122,6 +127,8 @@ def heatmaps_fragment(img: LoadedImage, snapshot: Callable[[], Shown], loaded: L
     computed so far (never computes): a fragment rerun replays its arguments from the last full
     run, and must show what exists now, e.g. the maps a stopped slow run finished."""
     shown = snapshot()
+    if shown is None:  # the session's memory let the pass go (a tab that reconnected): the page's run remakes it
+        st.rerun()
     main, side = st.columns([3, 2])
     walk_layer, walk_method, alpha, cmap, show_raw = _walk_controls(side, chosen_layers, chosen_methods, layers_key)
     h = shown.heatmap(walk_method, walk_layer)

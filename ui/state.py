@@ -94,10 +94,8 @@ class Widgets:
 
 
 class Compute:
-    """ui/compute.py: the explainers of this session and its slow computation."""
+    """ui/compute.py: this session's slow computation (its explainers are in ui/session_memory.py)."""
 
-    EXPLAINERS = "_explainers"
-    KEPT_FORWARD = "_kept_forward"  # the latest image's forward with its graph (camcore.engine.KeptForward)
     CANCEL_REQUESTED = "compute_cancel_requested"
     CANCEL_BUTTON = "compute_cancel"
     NOTES = "_compute_notes"  # what a slow run said before the page reran to show its maps

@@ -320,11 +320,21 @@ class Explainer:
             prediction=self.prediction,
             target=self.target,
             heatmaps=tuple(heatmaps),
-            timings=dict(self.timings),
+            timings=self._timings(),
             errors=tuple(errors),
             notes=tuple(self.image.notes),
             original_size=None if self.image.original_size == self.image.size else self.image.original_size,
         )
+
+    def _timings(self) -> dict[str, float]:
+        """The pass's seconds; from a kept forward also forward_reused (1.0 when this image's
+        forward served another target) and the one backward's seconds, once it ran."""
+        out = dict(self.timings)
+        if self.kept is not None and not self.defer_pass:
+            out["forward_reused"] = float(self.forward_reused)
+            if self.fp.backward_seconds is not None:
+                out["backward"] = self.fp.backward_seconds
+        return out
 
     # -- internals
 

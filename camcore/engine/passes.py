@@ -35,10 +35,15 @@ class FeaturePass:
     backward: Callable[[], dict[str, torch.Tensor]] | None = field(default=None, repr=False)
     _host: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
+    backward_seconds: float | None = None  # the lazy backward's, once it ran
+
     @property
     def gradient_tensors(self) -> dict[str, torch.Tensor]:
         if self._gradient_tensors is None:
+            start = time.perf_counter()
             self._gradient_tensors = self.backward() if self.backward is not None else {}
+            if self.backward is not None:
+                self.backward_seconds = time.perf_counter() - start
         return self._gradient_tensors
 
     @property
@@ -143,7 +148,7 @@ def hooked_forward(model: LoadedModel, x: torch.Tensor, layers: Sequence[str],
     snapshots: dict[str, Any] = {}
     handles = []
     start = time.perf_counter()
-    with modellock.hold(model.lock, model.spec.key, "a model pass"):  # re-entrant: the caller's
+    with model.lock:  # re-entrant: the caller holds it (modellock.hold, which says whom it waits for)
         try:
             for name in layers:
                 key = model.spec.layer(name).key  # a detector's FPN level: one entry of its dict output
