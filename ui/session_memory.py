@@ -18,11 +18,14 @@ from __future__ import annotations
 import ctypes
 import gc
 import threading
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import streamlit as st
+
+from ui.state import Compute
 
 
 @dataclass(eq=False)
@@ -71,7 +74,7 @@ def release(memory: SessionMemory) -> None:
 
 
 @st.cache_resource(scope="session", on_release=release, show_spinner=False)
-def _holder() -> SessionMemory:
+def _holder(token: str) -> SessionMemory:
     return SessionMemory(session_id())
 
 
@@ -82,4 +85,8 @@ def current() -> SessionMemory:
     """This session's holder (made on first use in the session)."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-    return _holder() if get_script_run_ctx() is not None else _BARE
+    if get_script_run_ctx() is None:
+        return _BARE
+    # Keyed by a token of this session_state too: AppTests all run as one session id, and each
+    # must start with its own memory, as a new browser tab does.
+    return _holder(st.session_state.setdefault(Compute.MEMORY_TOKEN, uuid.uuid4().hex))

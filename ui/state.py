@@ -96,6 +96,7 @@ class Widgets:
 class Compute:
     """ui/compute.py: this session's slow computation (its explainers are in ui/session_memory.py)."""
 
+    MEMORY_TOKEN = "_session_memory"  # which holder of ui/session_memory.py is this session's
     CANCEL_REQUESTED = "compute_cancel_requested"
     CANCEL_BUTTON = "compute_cancel"
     NOTES = "_compute_notes"  # what a slow run said before the page reran to show its maps
