@@ -143,7 +143,7 @@ def _push_from_another_process(dataset: str, sample_id: str) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-def _until_the_session_holds(session, field: str, timeout: float = 30.0) -> None:
+def _until_the_session_holds(session, field: str, timeout: float = 90.0) -> None:
     """Give this process's App session (the explorer's) time to take the scheme another process
     saved (it polls the database each second); not an assertion: the canvas is."""
     deadline = time.monotonic() + timeout
@@ -153,7 +153,7 @@ def _until_the_session_holds(session, field: str, timeout: float = 30.0) -> None
         time.sleep(0.25)  # polling a Python object, not the UI
 
 
-def _grid_in_colour(page, timeout_ms: int = 45_000) -> bytes:
+def _grid_in_colour(page, timeout_ms: int = 90_000) -> bytes:  # generous: 2 loaded CI cores
     """The grid's tile once it shows a map in a colour scale (the page, never reloaded, redraws when
     the session refreshes it), or its last screenshot."""
     tile = page.locator("[data-cy=fo-grid] canvas").first
