@@ -9,15 +9,13 @@ findings and reads one page of 20. Timed on datasets of each size holding the sa
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import _private_mongod, build_dataset  # noqa: E402  (beside this file; sets sys.path)
+from scale import bench_database, build_dataset  # noqa: E402  (beside this file; sets sys.path)
 
 FINDINGS = 60
 TAGS = ("background-bias", "wrong-object", "watermark")
@@ -60,11 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--db-dir")
     args = ap.parse_args(argv)
-    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-    db_dir = Path(args.db_dir or tempfile.mkdtemp(prefix="bench-findings-"))
-    db_dir.mkdir(parents=True, exist_ok=True)
-    mongod = _private_mongod(db_dir)
+    db_dir, mongod = bench_database(args.db_dir, "bench-findings-")
     try:
         results = {}
         for size in (int(s) for s in args.sizes.split(",")):

@@ -70,6 +70,16 @@ def _private_mongod(db_dir: Path):
     return proc
 
 
+def bench_database(db_dir: str | None, prefix: str) -> tuple[Path, object]:
+    """(the data folder, the private mongod or None) for a bench script: FiftyOne quiet, the
+    folder given (kept between runs, so big datasets are built once) or a new temporary one."""
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    folder = Path(db_dir or tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, _private_mongod(folder)
+
+
 def make_images(image_dir: Path, count: int = IMAGES) -> list[str]:
     """`count` different JPEGs (224-320 px crops of the photos scikit-image ships), made once."""
     import cv2

@@ -11,16 +11,14 @@ unsorted view in the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import _private_mongod, build_dataset  # noqa: E402  (beside this file; sets sys.path)
+from scale import bench_database, build_dataset  # noqa: E402  (beside this file; sets sys.path)
 
 
 def _moves(view, spec, total: int, moves: int, seed: int) -> tuple[float, float]:
@@ -47,11 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--db-dir")
     args = ap.parse_args(argv)
-    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-    db_dir = Path(args.db_dir or tempfile.mkdtemp(prefix="bench-sort-"))
-    db_dir.mkdir(parents=True, exist_ok=True)
-    mongod = _private_mongod(db_dir)
+    db_dir, mongod = bench_database(args.db_dir, "bench-sort-")
     try:
         from camcore.store import views
 
