@@ -288,17 +288,14 @@ def _compute_fast(ex: Explainer, todo: list[Pair], eigen_smooth: bool, on_screen
     return errors
 
 
-_jobs, _session_id = session_memory.jobs, session_memory.session_id
-
-
 def _settle_interrupted(ex: Explainer, eigen_smooth: bool) -> str | None:
     """The slow computation a click or Stop interrupted (Streamlit stops the running script for
     either). Wait until it has stopped (the batch of forwards under way ends it), then say what
     happened: its maps are kept, the heatmap it was computing waits for a Run click again."""
     clicked = st.session_state.pop(Compute.CANCEL_REQUESTED, False)
-    lock, jobs = _jobs()
+    lock, jobs = session_memory.jobs()
     with lock:
-        job = jobs.get(_session_id())
+        job = jobs.get(session_memory.session_id())
     if job is None:
         return None
     if not job["finished"].is_set():
@@ -306,8 +303,8 @@ def _settle_interrupted(ex: Explainer, eigen_smooth: bool) -> str | None:
         with st.spinner(f"Stopping {job['label']} after the batch of forwards under way…", show_time=True):
             job["finished"].wait()
     with lock:
-        if jobs.get(_session_id()) is job:
-            del jobs[_session_id()]
+        if jobs.get(session_memory.session_id()) is job:
+            del jobs[session_memory.session_id()]
     if job["ex"]() is not ex or job["eigen"] != eigen_smooth or not job["interrupted"]:
         return None
     kept = f"; {plural(job['done'], 'new heatmap')} finished before it" if job["done"] else ""
@@ -411,12 +408,12 @@ def _run_slow(ex: Explainer, run: list[Pair], eigen_smooth: bool, rerun: bool) -
     slot, bar = _slow_progress_area()
     state = {"fraction": 0.0, "label": "", "done": 0}
     left = list(run)
-    lock, jobs = _jobs()
+    lock, jobs = session_memory.jobs()
     # the explainer weakly: a job left behind by a closed tab must not keep its activations alive
     job = {"ex": weakref.ref(ex), "eigen": eigen_smooth, "cancel": cancel, "finished": threading.Event(),
            "interrupted": False, "label": "", "fraction": 0.0, "done": 0}
     with lock:
-        jobs[_session_id()] = job
+        jobs[session_memory.session_id()] = job
 
     def progress_for(i: int, m: str, layer: str) -> Progress:
         label = pair_label(m, layer)
@@ -473,8 +470,8 @@ def _run_slow(ex: Explainer, run: list[Pair], eigen_smooth: bool, rerun: bool) -
     finally:
         job["finished"].set()  # whatever happened: a waiting run must never wait forever
     with lock:
-        if jobs.get(_session_id()) is job:
-            del jobs[_session_id()]
+        if jobs.get(session_memory.session_id()) is job:
+            del jobs[session_memory.session_id()]
     slot.empty()
     if rerun and state["done"]:
         st.session_state[Compute.NOTES] = errors  # said by the next run, which shows the new maps
