@@ -20,6 +20,10 @@ def main(sel: Selection) -> None:
         return
     run_a, run_b = picked
     view = sel.view()
+    problem = audit.runs_problem(view, run_a, run_b)
+    if problem:
+        st.warning(text.escape(problem))
+        return
     both = audit.count_both(view, run_a, run_b)
     if both == 0:
         st.warning("No sample of this view has an on-object share from both runs: measure both with the same "

@@ -101,6 +101,28 @@ def test_two_runs_page_lists_the_most_changed_and_the_classes(audited):
     assert len(captions) == 2 and captions[0].startswith("A\\: ") and captions[1].startswith("B\\: ")
 
 
+def test_two_runs_measured_differently_are_refused_in_one_line(audited):
+    """Shares made on different objects (B on the model's own mask, A on the field's boxes), or
+    mixed settings within one run, are not compared: one line, no chart, no table."""
+    import dataclasses
+
+    from audit_support import IDENTITY, add_run
+
+    ds, fields = audited
+    add_run(ds, dataclasses.replace(IDENTITY, pretrained=False), seed=5, about="t=0.5;obj=model;f=1")
+    at = _audit_page(ds)
+    at.switch_page("pages/runs.py")
+    run(at, allow_errors=False)
+    (line,) = [w.value.replace("\\", "") for w in at.warning]  # as shown: markdown escapes dropped
+    assert line.startswith("The two runs measured the share on different objects") and "\n" not in line
+    assert not at.get("plotly_chart") and not at.dataframe
+    ds.take(4, seed=1).set_field(fields["about"], "t=0.3;obj=objects;f=1").save()  # A mixed in itself
+    run(at, allow_errors=False)
+    (line,) = [w.value.replace("\\", "") for w in at.warning]
+    assert line.startswith(f"Measures of {IDENTITY.field_name} made with different settings are mixed")
+    assert not at.get("plotly_chart") and not at.dataframe
+
+
 def _image_captions(at: AppTest) -> list[str]:
     """The captions of the images on the page (AppTest has no image element: read the protos)."""
     out: list[str] = []

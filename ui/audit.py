@@ -26,7 +26,8 @@ COUNT_AXIS = "samples (count)"
 CHART_HEIGHT = 320  # three charts and the table fit 1280x800 with the sidebar
 APP_PORT = store.DEFAULT_APP_PORT
 FINDING_TAGS = store.FINDING_TAGS
-count_measured = audit.count_measured
+settings_in = audit.settings_in
+mixed_line = audit.mixed_line
 worst_first = audit.worst_first
 
 
@@ -208,6 +209,7 @@ CHANGE_AXIS = "share change, B − A (−1…1)"  # fits the plot's height at 12
 most_changed = audit.most_changed
 class_changes = audit.class_changes
 count_both = audit.count_both
+runs_problem = audit.runs_problem
 
 
 def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:

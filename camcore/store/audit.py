@@ -180,10 +180,50 @@ def check(summary: Summary, dataset_name: str, run: AuditRun) -> str | None:
     if summary.with_measures == 0:
         return (f"No stored measures for {run.heatmap} in this view: " + HOW_TO_MEASURE.format(dataset=dataset_name)
                 + ".")
-    if len(summary.settings) > 1:
-        made = "; ".join(f"{n:,} samples with {about}" for about, n in summary.settings[:3])
-        return (f"Measures made with different settings are mixed in this view ({made}): run the batch with "
-                "measures again with one setting (it re-measures the others), or narrow the view.")
+    return mixed_line(summary.settings)
+
+
+def mixed_line(settings: tuple[tuple[str, int], ...], run: str = "") -> str | None:
+    """One line when the (about, samples) pairs name more than one setting; None otherwise."""
+    if len(settings) <= 1:
+        return None
+    made = "; ".join(f"{n:,} samples with {about}" for about, n in settings[:3])
+    of = f" of {run}" if run else ""
+    return (f"Measures{of} made with different settings are mixed in this view ({made}): run the batch with "
+            "measures again with one setting (it re-measures the others), or narrow the view.")
+
+
+@db_errors
+def settings_in(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> tuple[tuple[str, int], ...]:
+    """(about, samples) of the view's measured samples, most first: one $group on the server (its
+    sum is the queue's length: the same scan as a count)."""
+    about = run.fields["about"]
+    rows = view._aggregate(pipeline=[{"$match": {about: {"$ne": None}}},
+                                     {"$group": {"_id": f"${about}", "n": {"$sum": 1}}}])
+    return tuple(sorted(((str(r["_id"]), int(r["n"])) for r in rows), key=lambda s: (-s[1], s[0])))
+
+
+def object_of(about: str) -> str:
+    """The object part of an ``about`` setting (``obj=...``): what the share was measured on."""
+    parts = dict(p.split("=", 1) for p in about.split(";") if "=" in p)
+    return parts.get("obj", "model")
+
+
+def runs_problem(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun) -> str | None:
+    """What stops comparing two runs on this view, in one line: mixed settings within a run, or
+    shares measured on different objects (a mask against a box, one class against any object)."""
+    found = {}
+    for run in (run_a, run_b):
+        settings = settings_in(view, run)
+        line = mixed_line(settings, run.heatmap)
+        if line:
+            return line
+        found[run.heatmap] = object_of(settings[0][0]) if settings else None
+    obj_a, obj_b = found[run_a.heatmap], found[run_b.heatmap]
+    if obj_a is not None and obj_b is not None and obj_a != obj_b:
+        return (f"The two runs measured the share on different objects ({run_a.heatmap}: obj={obj_a}; "
+                f"{run_b.heatmap}: obj={obj_b}): measure both with the same object field, or the change "
+                "compares two different things.")
     return None
 
 
@@ -284,12 +324,6 @@ def worst_first(view: fo.Dataset | fo.DatasetView, run: AuditRun, skip: int, lim
         page = rest.sort_by("_id", create_index=False).skip(max(0, skip - n_scored)).limit(left)
         out += list(zip(*page.values(["id", "filepath"]), strict=True))
     return out
-
-
-@db_errors
-def count_measured(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> int:
-    """Samples of the view whose measures are stored (the queue's length)."""
-    return view.match({run.fields["about"]: {"$ne": None}}).count()
 
 
 # ---------------------------------------------------------------- two runs side by side
