@@ -151,3 +151,14 @@ def test_a_clicked_point_narrows_to_a_view_that_holds_it(audited):
         click = SimpleNamespace(selection=SimpleNamespace(points=[{"x": conf, "y": share}]))
         view = views.build_view(ds, views.ViewSpec(narrow=from_scatter(click, run)))
         assert sample_id in view.values("id"), (conf, share)
+
+
+def test_the_histograms_count_axis_has_whole_numbers():
+    """A few samples per bin: Plotly's own ticks read 0.2, 0.4, ... samples; counts are whole."""
+    from ui.audit import histogram_figure
+
+    few = audit.Summary(8, 8, 8, tuple(i / 20 for i in range(21)), (1,) * 8 + (0,) * 12, (), ())
+    axis = histogram_figure(few, 0.5).layout.yaxis
+    assert axis.dtick == 1 and axis.tickformat == ",d"
+    many = audit.Summary(900, 900, 900, few.edges, (45,) * 20, (), ())
+    assert histogram_figure(many).layout.yaxis.tickformat == ",d"  # Plotly's ticks, 1,000 as "1,000"

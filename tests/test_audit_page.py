@@ -93,8 +93,12 @@ def test_two_runs_page_lists_the_most_changed_and_the_classes(audited):
     run(at, allow_errors=False)
     (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
     assert chart["yaxis"]["title"]["text"] == "share change, B − A (−1…1)"
+    # The untrained twin opens as A (before), the trained model as B (after).
+    assert (at.selectbox(key="runs_a").value, at.selectbox(key="runs_b").value) == (
+        dataclasses.replace(IDENTITY, pretrained=False).field_name, IDENTITY.field_name)
     classes, changed = at.dataframe
     assert sorted(classes.value["class"]) == ["cat", "cup", "person"]
+    assert chart["xaxis"]["title"]["text"] == "class (explained by run B)"
     sizes = [abs(v) for v in changed.value["change"]]
     assert len(sizes) == 30 and sizes == sorted(sizes, reverse=True)
     captions = _image_captions(at)  # both maps of the most changed sample, side by side
@@ -121,6 +125,31 @@ def test_two_runs_measured_differently_are_refused_in_one_line(audited):
     (line,) = [w.value.replace("\\", "") for w in at.warning]
     assert line.startswith(f"Measures of {IDENTITY.field_name} made with different settings are mixed")
     assert not at.get("plotly_chart") and not at.dataframe
+
+
+def test_two_runs_group_by_the_class_b_explained_unless_asked_for_a(audited):
+    """An untrained run A explains one noise class everywhere: the per-class changes group by run
+    B's class by default (the trained or newer run), and by A's on request."""
+    import dataclasses
+
+    from audit_support import IDENTITY, add_run
+
+    ds, _fields = audited
+    twin = dataclasses.replace(IDENTITY, pretrained=False)
+    add_run(ds, twin, seed=5)
+    ds.set_field(f"{twin.field_name}.target", "barrow").save()
+    at = _audit_page(ds)
+    at.switch_page("pages/runs.py")
+    run(at, allow_errors=False)
+    classes, changed = at.dataframe
+    assert sorted(classes.value["class"]) == ["cat", "cup", "person"]
+    assert set(changed.value["class"]) == {"cat", "cup", "person"}
+    at.radio(key="runs_by").set_value("A")
+    run(at, allow_errors=False)
+    classes, changed = at.dataframe
+    assert list(classes.value["class"]) == ["barrow"] and set(changed.value["class"]) == {"barrow"}
+    (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
+    assert chart["xaxis"]["title"]["text"] == "class (explained by run A)"
 
 
 def _image_captions(at: AppTest) -> list[str]:

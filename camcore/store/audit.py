@@ -335,7 +335,7 @@ CHANGE_EPS = 0.02  # a change in share smaller than this is "the same"
 class Change:
     sample_id: str
     filepath: str
-    cls: str  # the class run A explained
+    cls: str  # the class the chosen run (A by default) explained
     share_a: float
     share_b: float
 
@@ -350,13 +350,15 @@ def _both(run_a: AuditRun, run_b: AuditRun) -> dict:
 
 @db_errors
 def most_changed(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun, limit: int = 200,
-                 skip: int = 0) -> list[Change]:
+                 skip: int = 0, by: AuditRun | None = None) -> list[Change]:
     """The view's samples measured by both runs, the largest change of on-object share first
-    (B - A, by size): one aggregation, a top-k sort on the server."""
+    (B - A, by size): one aggregation, a top-k sort on the server. Each with the class `by` (run A
+    unless given) explained."""
     if run_a.heatmap == run_b.heatmap:
         raise StoreError("choose two different heatmap runs to compare")
     pipeline = [{"$match": _both(run_a, run_b)},
-                {"$project": {"filepath": 1, "t": f"${run_a.target}", "a": f"${run_a.share}", "b": f"${run_b.share}",
+                {"$project": {"filepath": 1, "t": f"${(by or run_a).target}", "a": f"${run_a.share}",
+                              "b": f"${run_b.share}",
                               "d": {"$abs": {"$subtract": [f"${run_b.share}", f"${run_a.share}"]}}}},
                 {"$sort": {"d": -1, "_id": 1}}, {"$skip": int(skip)}, {"$limit": int(limit)}]
     return [Change(str(r["_id"]), str(r.get("filepath") or ""), str(r.get("t") or ""), float(r["a"]), float(r["b"]))
@@ -365,12 +367,13 @@ def most_changed(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: Audi
 
 @db_errors
 def class_changes(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun,
-                  eps: float = CHANGE_EPS) -> list[tuple[str, int, float, int, int]]:
-    """Per class (run A's explained class): (class, samples, mean change of share B - A, better,
-    worse), better first; one aggregation on the server."""
+                  eps: float = CHANGE_EPS, by: AuditRun | None = None) -> list[tuple[str, int, float, int, int]]:
+    """Per class (the class `by`, run A unless given, explained): (class, samples, mean change of
+    share B - A, better, worse), better first; one aggregation on the server. An untrained run's
+    classes are noise: group by the trained one's."""
     d = {"$subtract": [f"${run_b.share}", f"${run_a.share}"]}
     pipeline = [{"$match": _both(run_a, run_b)},
-                {"$group": {"_id": f"${run_a.target}", "n": {"$sum": 1}, "mean": {"$avg": d},
+                {"$group": {"_id": f"${(by or run_a).target}", "n": {"$sum": 1}, "mean": {"$avg": d},
                             "better": {"$sum": {"$cond": [{"$gt": [d, eps]}, 1, 0]}},
                             "worse": {"$sum": {"$cond": [{"$lt": [d, -eps]}, 1, 0]}}}}]
     rows = [(str(r["_id"]), int(r["n"]), float(r["mean"]), int(r["better"]), int(r["worse"]))
