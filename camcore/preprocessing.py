@@ -55,8 +55,7 @@ def preprocess(spec: ModelSpec, rgb: np.ndarray, size: int | None = None,
         # divisors as device tensors: torch divides by a host scalar as a multiply by its reciprocal
         consts = torch.tensor([255.0, *spec.preprocess.mean, *spec.preprocess.std], dtype=torch.float32,
                               device=t.device)
-        scaled = t / consts[0]
-        return ((scaled - consts[1:4, None, None]) / consts[4:7, None, None]).contiguous()[None]
+        return ((t / consts[0] - consts[1:4, None, None]) / consts[4:7, None, None]).contiguous()[None]
     scaled = resized.astype(np.float32) / 255.0
     mean = np.asarray(spec.preprocess.mean, dtype=np.float32)
     x = (scaled - mean) / np.asarray(spec.preprocess.std, dtype=np.float32)
