@@ -17,7 +17,7 @@ measured in the same run:
   server's memory per browser session.
 - ``views`` (issue 23 design 1): a sort, tag-filter and filter+sort change as the sidebar makes it
   (build the view, count it, read its first page), a jump in it (the page at a random position:
-  a typed position, Random), ▶ onto the next page and the last page, each read as the sidebar reads
+  a typed position, Random), ▶ onto the next page, the last and the middle page, each read as the sidebar reads
   it (``seek.page_at``), with the sort's index in place, the filtered sort then also with a (tags,
   field, _id) index; medians of --clicks.
 - ``build``: how the dataset was built, and how fast (documents inserted in bulk; --build-compare N
@@ -308,7 +308,8 @@ def _views_fields(dataset) -> None:
 def measure_views(dataset, args) -> dict[str, float]:
     """Sort, filter and view changes as the sidebar makes them (issue 23 design 1): a change builds
     the view, counts it and reads its first page; a move (a typed position, Random) reads the page
-    at a random position, "next" the page after it (▶ across a page boundary), "last" the last page.
+    at a random position, "next" the page after it (▶ across a page boundary), "last" the last page, "mid"
+    the middle one (a sorted view's worst jump).
     Medians of --clicks repeats, with the sort's index the sidebar offers in place; the filtered
     sort again with the (tags, uniqueness, _id) index the sidebar offers after a tag filter."""
     from camcore.store import seek, views
@@ -325,7 +326,7 @@ def measure_views(dataset, args) -> dict[str, float]:
         if name == "filter_sort_tagindex":
             dataset._sample_collection.create_index([("tags", 1), ("uniqueness", 1), ("_id", 1)],
                                                     name="tags_uniqueness_id")
-        changes, moves, nexts, lasts = [], [], [], []
+        changes, moves, nexts, lasts, mids = [], [], [], [], []
         for _ in range(args.clicks):
             t0 = time.perf_counter()
             view = views.build_view(dataset, spec)
@@ -342,7 +343,11 @@ def measure_views(dataset, args) -> dict[str, float]:
             t0 = time.perf_counter()
             seek.page_at(view, spec, max(0, total - views.PAGE_SIZE))  # the last page
             lasts.append(time.perf_counter() - t0)
-        for measure, values in (("change", changes), ("move", moves), ("next", nexts), ("last", lasts)):
+            t0 = time.perf_counter()
+            seek.page_at(view, spec, total // 2)  # the middle: the farthest from both ends
+            mids.append(time.perf_counter() - t0)
+        for measure, values in (("change", changes), ("move", moves), ("next", nexts), ("last", lasts),
+                                ("mid", mids)):
             out[f"{name}_{measure}_s"] = round(statistics.median(values), 4)
     return out
 
