@@ -78,6 +78,20 @@ def test_the_whole_datasets_summary_is_stored_and_dropped_when_samples_change(au
     assert audit.audit_summary(ds, run).total == 59
 
 
+def test_the_stored_summary_is_dropped_when_a_measure_field_is_deleted_or_renamed(audited):
+    """A batch left the whole dataset's summary; the App then deleted the bg field and renamed the
+    conf field: the Audit page aggregates afresh (no background-dominated counts, no points) instead
+    of drawing the batch's numbers of fields that are gone."""
+    ds, fields = audited
+    audit.store_summary(ds, _run(ds))
+    ds.delete_sample_field(fields["bg"])
+    ds.rename_sample_field(fields["conf"], "my_conf")
+    run = _run(ds)
+    assert audit.stored_summary(ds, run) is None
+    s = audit.audit_summary(ds, run)
+    assert all(bg == 0 for *_x, bg in s.classes) and s.points == ()
+
+
 @pytest.mark.slow
 def test_aggregations_on_a_hundred_thousand_samples(tmp_path):
     ds, fields = audited_dataset(tmp_path, n=10)

@@ -181,9 +181,21 @@ def test_a_narrowing_this_dataset_cannot_apply_is_dropped_in_one_line(audited):
     at.switch_page("pages/audit.py")
     run(at, allow_errors=False)
     assert not at.warning and not at.exception
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 1  # the histogram; conf was renamed: one line instead of the plot
+    assert any(i.value.startswith("No confidence field for ") for i in at.info)
     assert any("**30 samples** in the view:" in m.value for m in at.markdown)
     assert "narrow" not in at.query_params
+
+
+def test_a_deleted_confidence_field_says_so_in_one_line_instead_of_an_empty_plot(audited):
+    ds, fields = audited
+    ds.delete_sample_field(fields["conf"])  # as the App's field deletion does
+    at = _audit_page(ds)
+    (line,) = [i.value.replace("\\", "") for i in at.info]
+    assert line.startswith("No confidence field for ") and "deleted or renamed" in line and "\n" not in line
+    (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]  # the histogram stays
+    assert chart["xaxis"]["title"]["text"] == "share of heatmap mass on the object (0–1)"
+    assert len(at.dataframe) == 1
 
 
 def test_the_narrowed_view_is_saved_as_a_fiftyone_saved_view(audited):

@@ -115,6 +115,17 @@ def scatter_figure(s: audit.Summary) -> go.Figure:
     return _layout(fig, CONF_AXIS, "on-object share (0–1)")
 
 
+def no_scatter(s: audit.Summary, run: audit.AuditRun) -> str | None:
+    """Why there is no confidence-against-share plot, in one line; None when there is one."""
+    if "conf" not in run.fields:
+        return (f"No confidence field for {run.heatmap} (its camm_conf_… field was deleted or renamed): a batch "
+                "with measures stores it again.")
+    if not s.points:
+        return ("No measured sample of this view has both a confidence and an on-object share (a segmentation "
+                "model stores no confidence): nothing to plot against the share.")
+    return None
+
+
 def threshold_of(s: audit.Summary) -> float | None:
     """The background threshold the measures were made with (from their settings)."""
     for part in (s.settings[0][0] if s.settings else "").split(";"):

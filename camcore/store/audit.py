@@ -145,17 +145,26 @@ def store_summary(dataset: fo.Dataset | fo.DatasetView, run: AuditRun) -> Summar
     summary = summarise(dataset, run)
     with LOCK:  # one entry, atomically: a reload and a save of the whole dataset cost O(fields)
         update = schema.DatasetUpdate(dataset)
-        update.set_info((MARK, "audit", run.heatmap), {"count": summary.total, "summary": summary.to_dict()})
+        update.set_info((MARK, "audit", run.heatmap), {"count": summary.total, "fields": _stamp(run),
+                                                        "summary": summary.to_dict()})
         update.commit()
     return summary
 
 
+def _stamp(run: AuditRun) -> list[str]:
+    return sorted(f"{m}={f}" for m, f in run.fields.items())
+
+
 def stored_summary(dataset: fo.Dataset, run: AuditRun) -> Summary | None:
-    """The whole dataset's summary a batch left, if the dataset still has that many samples."""
+    """The whole dataset's summary a batch left, if the dataset still has that many samples and
+    the run still has the same measure fields."""
     entry = ((dataset.info or {}).get(MARK) or {}).get("audit", {}).get(run.heatmap)
     # The collection's own count (O(1), its metadata): a whole-dataset summary is stale once samples
-    # were added or deleted.
+    # were added or deleted; and once a measure field was deleted or renamed (in the App): the
+    # background-dominated counts of a deleted bg field are not the data's any more.
     if not isinstance(entry, dict) or entry.get("count") != dataset._sample_collection.estimated_document_count():
+        return None
+    if entry.get("fields") != _stamp(run):
         return None
     try:
         return Summary.from_dict(entry["summary"])
