@@ -168,9 +168,13 @@ class BatchOptions:
         """Every field's identity (methods outer, layers inner), of checked options."""
         return [self.identity(m, layer, model) for m in self.methods for layer in self.layers]
 
-    def field_names(self) -> list[str]:
-        """The fields a run of these (checked) options writes, before any model is loaded."""
-        return [identity.field_name for identity in self.identities()]
+    def field_names(self, dataset: Collection | None = None) -> list[str]:
+        """The fields a run of these (checked) options writes, before any model is loaded; with
+        the dataset, as it keeps them (a field of an older name that holds the same map)."""
+        identities = self.identities()
+        if dataset is not None:
+            identities = [store.stored_identity(dataset, i) for i in identities]
+        return [identity.field_name for identity in identities]
 
 
 def declare_fields(dataset: Collection, options: BatchOptions,
@@ -319,7 +323,9 @@ class BatchRun:
         store.require_image(self.dataset)
         self.check_measures()
         self.model = load_model(options.model, options.weights, options.device)
-        self.jobs = [_Job.of(identity) for identity in options.identities(self.model)]
+        # as the dataset keeps them: a field of an older name that holds the same map is resumed
+        self.jobs = [_Job.of(store.stored_identity(self.dataset, identity))
+                     for identity in options.identities(self.model)]
         declare_fields(self.dataset, options, self.model)
         if options.measures is not None:
             self.measuring = {job.field: measure_store.declare_measure_fields(self.dataset, job.identity)
