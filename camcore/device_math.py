@@ -55,8 +55,9 @@ def first_component_projection(product: torch.Tensor) -> torch.Tensor:
             v = x.T @ top_eigenvector(x @ x.T)
             v = v / v.norm().clamp(min=torch.finfo(v.dtype).tiny)
         projection = x @ v
-        if projection.min().abs() > projection.max().abs():
-            projection = -projection
+        # the library's sign rule without a host round trip (a `if` would synchronise)
+        flip = projection.min().abs() > projection.max().abs()
+        projection = torch.where(flip, -projection, projection)
         out.append(projection.reshape(p.shape[1:]))
     return torch.stack(out).float()
 

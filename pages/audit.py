@@ -33,9 +33,13 @@ def main(sel: Selection) -> None:
                                 selection_mode=("points", "box"))
         audit.narrow_to(audit.from_histogram(event, s, run), "hist")
     with right:
-        event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
-                                selection_mode=("points", "box"))  # no lasso: a narrowing is ranges
-        audit.narrow_to(audit.from_scatter(event, run), "scatter")
+        missing = audit.no_scatter(s, run)
+        if missing:  # an empty plot would look like a drawing error
+            st.info(text.escape(missing))
+        else:
+            event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
+                                    selection_mode=("points", "box"))  # no lasso: a narrowing is ranges
+            audit.narrow_to(audit.from_scatter(event, run), "scatter")
     rows = audit.class_rows(s)
     event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
                          hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))

@@ -373,7 +373,7 @@ class Explainer:
         return Heatmap(
             identity=identity,
             target=self.target,
-            map=np.clip(full, 0, 1).astype(np.float32),
+            map=full,  # float32 in 0..1: each strategy returns it so (no copy per map)
             raw=raw2d,
             raw_range=(float(raw2d.min()), float(raw2d.max())),
             seconds=time.perf_counter() - start,
