@@ -124,7 +124,7 @@ def compute(sel: Selection, sample_id: str, run: audit.AuditRun, about: str) -> 
                                  methods=(meaning["method"],), layers=(meaning["layer"],),
                                  target_rule=meaning["target"], eigen_smooth="eigen" in meaning.get("variant", ""),
                                  measures=MeasureOptions.parse(about) if about else MeasureOptions(), chunk=1)
-    if options.checked().field_names() != [run.heatmap]:
+    if options.checked().field_names(dataset) != [run.heatmap]:
         return (f"The sidebar's weights would write another field than {run.heatmap}: choose the weights the "
                 "field was made with in the sidebar.")
     report = batch.run_batch(dataset.select([sample_id]), options)
