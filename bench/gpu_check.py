@@ -71,7 +71,15 @@ def equality(img) -> float:
 
 
 def _equality(img) -> float:
+    from camcore.preprocessing import preprocess
     worst = 0.0
+    for key in ("deeplabv3", "deit_tiny"):  # the input made on the device is the host's, bit for bit
+        spec = models.get_spec(key)
+        d = float((preprocess(spec, img.rgb, SIZE, DEVICE).cpu() - preprocess(spec, img.rgb, SIZE)).abs().max())
+        print(f"   preprocess on {DEVICE} vs host, {key}: max diff {d:.1e}")
+        if d > 0:  # any difference at all fails the check
+            print("  MISMATCH: the device's input differs from the host's")
+            worst = max(worst, 1.0)
     for key, layers, size in (("deeplabv3", ["layer1", "layer4"], SIZE), ("deit_tiny", ["block5", "block11"], None)):
         loaded = models.load_model(key, "untrained", DEVICE)
         host, dev = explainer(loaded, img, layers, size, False), explainer(loaded, img, layers, size, True)

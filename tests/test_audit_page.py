@@ -181,7 +181,8 @@ def test_a_narrowing_this_dataset_cannot_apply_is_dropped_in_one_line(audited):
     at.switch_page("pages/audit.py")
     run(at, allow_errors=False)
     assert not at.warning and not at.exception
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 1  # the histogram; conf was renamed: one line instead of the plot
+    assert any(i.value.startswith("No confidence field for ") for i in at.info)
     assert any("**30 samples** in the view:" in m.value for m in at.markdown)
     assert "narrow" not in at.query_params
 

@@ -103,7 +103,7 @@ class Explainer:
         self._deferred: dict[tuple[str, str, bool], str] = {}  # key -> why it is not computed
         self._allowed: set[tuple[str, str, bool]] = set()  # keys the user said go for
         self._lock = threading.RLock()
-        self.x = preprocess(spec, self.image.rgb, self.input_size)
+        self.x = preprocess(spec, self.image.rgb, self.input_size, self.model.device)
         self.input_hw = (int(self.x.shape[-2]), int(self.x.shape[-1]))
         self.reshape = reshape_transform_for(spec, self.input_hw, self.model.module)
         self.class_names = spec.class_names()
