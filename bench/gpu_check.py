@@ -71,7 +71,15 @@ def equality(img) -> float:
 
 
 def _equality(img) -> float:
+    from camcore.preprocessing import preprocess
     worst = 0.0
+    for key in ("deeplabv3", "deit_tiny"):  # the input made on the device is the host's, bit for bit
+        spec = models.get_spec(key)
+        d = float((preprocess(spec, img.rgb, SIZE, DEVICE).cpu() - preprocess(spec, img.rgb, SIZE)).abs().max())
+        print(f"   preprocess on {DEVICE} vs host, {key}: max diff {d:.1e}")
+        if d > 0:  # any difference at all fails the check
+            print("  MISMATCH: the device's input differs from the host's")
+            worst = max(worst, 1.0)
     for key, layers, size in (("deeplabv3", ["layer1", "layer4"], SIZE), ("deit_tiny", ["block5", "block11"], None)):
         loaded = models.load_model(key, "untrained", DEVICE)
         host, dev = explainer(loaded, img, layers, size, False), explainer(loaded, img, layers, size, True)
@@ -115,9 +123,38 @@ def grid(img) -> float:
     switch_start = time.perf_counter()
     ex.heatmap("gradcam++", "layer1", True)  # not memoised yet: eigen_smooth
     switch = time.perf_counter() - switch_start
+    grid_phases(loaded, img, layers)
     print(f"2. grid 6 methods x layer1..4 at {ex.input_hw}: ours {best_ours * 1000:.1f} ms, floor "
           f"{best_floor * 1000:.1f} ms -> {best_ours / best_floor:.2f}x (goal <= 2x); a new map {switch * 1000:.1f} ms")
     return best_ours / best_floor
+
+
+def grid_phases(loaded, img, layers) -> None:
+    """Where the grid's time goes beyond the floor: the Explainer (image, pass, prediction) vs the
+    24 maps, each synchronised, and the top of a cProfile of one grid (by own time)."""
+    import cProfile
+    import io
+    import pstats
+    sync()
+    t0 = time.perf_counter()
+    ex = explainer(loaded, img, layers, SIZE, True)
+    sync()
+    t1 = time.perf_counter()
+    ex.heatmaps(GRID, layers)
+    sync()
+    t2 = time.perf_counter()
+    print(f"   phases: Explainer {1000 * (t1 - t0):.1f} ms, 24 maps {1000 * (t2 - t1):.1f} ms "
+          f"({1000 * (t2 - t1) / 24:.2f} ms a map)")
+    prof = cProfile.Profile()
+    prof.enable()
+    ex = explainer(loaded, img, layers, SIZE, True)
+    ex.heatmaps(GRID, layers)
+    sync()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()][-19:]
+    print("   cProfile of one grid, by own time:\n   " + "\n   ".join(lines))
 
 
 def perturbation() -> dict[str, float]:

@@ -16,9 +16,10 @@ measured in the same run:
   (sidebar + Explore's header and thumbnails, no model pass), a ▶ click in Chromium, and the
   server's memory per browser session.
 - ``views`` (issue 23 design 1): a sort, tag-filter and filter+sort change as the sidebar makes it
-  (build the view, count it, read its first page) and a move in it (the page at a random
-  position), with the sort's index in place, the filtered sort then also with a (tags, field, _id)
-  index; medians of --clicks.
+  (build the view, count it, read its first page), a jump in it (the page at a random position:
+  a typed position, Random), ▶ onto the next page, the last and the middle page, each read as the sidebar reads
+  it (``seek.page_at``), with the sort's index in place, the filtered sort then also with a (tags,
+  field, _id) index; medians of --clicks.
 - ``build``: how the dataset was built, and how fast (documents inserted in bulk; --build-compare N
   also times `add_samples` in batches on N samples, the way FiftyOne users add them).
 
@@ -289,8 +290,9 @@ def measure_batch_head(dataset, args) -> dict[str, float]:
 
 def _views_fields(dataset) -> None:
     """A float to sort by (uniqueness) and a tag on about a tenth of the samples (shard3), set on
-    the server in one update each; the sort's index as the sidebar offers it (and not yet the
-    compound (tags, field, _id) index: measure_views times the filtered sort without, then with it)."""
+    the server in one update each, a saved view (uniqueness > 0.5); the sort's index as the sidebar
+    offers it (and not yet the compound (tags, field, _id) index: measure_views times the filtered
+    sort without, then with it)."""
     from camcore.store import views
 
     coll = dataset._sample_collection
@@ -299,6 +301,10 @@ def _views_fields(dataset) -> None:
         coll.update_many({"_rand": {"$lt": 0.1}}, {"$set": {"tags": ["shard3"]}})
         dataset.add_sample_field("uniqueness", __import__("fiftyone").FloatField)
         dataset.reload()
+    if "top_half" not in dataset.list_saved_views():  # a saved view, as the issue's "changing the view"
+        from fiftyone import ViewField as F
+
+        dataset.save_view("top_half", dataset.match(F("uniqueness") > 0.5))
     views.create_sort_index(dataset, "uniqueness")
     if "tags_uniqueness_id" in coll.index_information():
         coll.drop_index("tags_uniqueness_id")
@@ -306,16 +312,20 @@ def _views_fields(dataset) -> None:
 
 def measure_views(dataset, args) -> dict[str, float]:
     """Sort, filter and view changes as the sidebar makes them (issue 23 design 1): a change builds
-    the view, counts it and reads its first page; a move (▶, a typed position) reads the page at a
-    position. Medians of --clicks repeats, with the sort's index the sidebar offers in place; the
-    filtered sort again with a (tags, uniqueness, _id) index, which the sidebar does not offer yet."""
-    from camcore.store import views
+    the view, counts it and reads its first page; a move (a typed position, Random) reads the page
+    at a random position, "next" the page after it (▶ across a page boundary), "last" the last page, "mid"
+    the middle one (a sorted view's worst jump).
+    Medians of --clicks repeats, with the sort's index the sidebar offers in place; the filtered
+    sort again with the (tags, uniqueness, _id) index the sidebar offers after a tag filter."""
+    from camcore.store import seek, views
 
     _views_fields(dataset)
     rng = random.Random(3)
     cases = {"unsorted": views.ViewSpec(),
              "sort": views.ViewSpec(sort_field="uniqueness", sort_reverse=True),
              "filter": views.ViewSpec(tags=("shard3",)),
+             "saved": views.ViewSpec(saved_view="top_half"),
+             "saved_sort": views.ViewSpec(saved_view="top_half", sort_field="uniqueness", sort_reverse=True),
              "filter_sort": views.ViewSpec(tags=("shard3",), sort_field="uniqueness"),
              "filter_sort_tagindex": views.ViewSpec(tags=("shard3",), sort_field="uniqueness")}
     out: dict[str, float] = {}
@@ -323,18 +333,29 @@ def measure_views(dataset, args) -> dict[str, float]:
         if name == "filter_sort_tagindex":
             dataset._sample_collection.create_index([("tags", 1), ("uniqueness", 1), ("_id", 1)],
                                                     name="tags_uniqueness_id")
-        changes, moves = [], []
+        changes, moves, nexts, lasts, mids = [], [], [], [], []
         for _ in range(args.clicks):
             t0 = time.perf_counter()
             view = views.build_view(dataset, spec)
             total = views.count(view)
-            views.page(view, 0)
+            seek.page_at(view, spec, 0)
             changes.append(time.perf_counter() - t0)
+            start = rng.randrange(total) // views.PAGE_SIZE * views.PAGE_SIZE
             t0 = time.perf_counter()
-            views.page(view, rng.randrange(total))
+            rows = seek.page_at(view, spec, start)  # a jump: a typed position, Random
             moves.append(time.perf_counter() - t0)
-        out[f"{name}_change_s"] = round(statistics.median(changes), 4)
-        out[f"{name}_move_s"] = round(statistics.median(moves), 4)
+            t0 = time.perf_counter()  # ▶ onto the next page, as the sidebar reads it (page before kept)
+            seek.page_at(view, spec, start + views.PAGE_SIZE, after=rows[-1][0])
+            nexts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            seek.page_at(view, spec, max(0, total - views.PAGE_SIZE))  # the last page
+            lasts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            seek.page_at(view, spec, total // 2)  # the middle: the farthest from both ends
+            mids.append(time.perf_counter() - t0)
+        for measure, values in (("change", changes), ("move", moves), ("next", nexts), ("last", lasts),
+                                ("mid", mids)):
+            out[f"{name}_{measure}_s"] = round(statistics.median(values), 4)
     return out
 
 

@@ -24,7 +24,9 @@ file it was written with, and the run's journal: the next run's store.clean_orph
 no label references (never a file of a writer still running).
 
 Compute: per chunk, images whose model inputs have the same shape share one batched forward +
-backward (engine.explain_many), which feeds every method and layer of each image. The heatmaps
+backward (engine.explain_many), which feeds every method and layer of each image. A detector's
+several box rules (top:<k>, a field's boxes) are one run: per image one forward kept with its
+graph (engine.KeptForward), then per box one backward (gradient methods) or nothing (Eigen-CAM). The heatmaps
 are then computed one by one (engine.iter_heatmaps): progress is reported per heatmap (and inside
 slow ones, e.g. Score-CAM), and a cancel takes effect at the next heatmap or inside the current
 one. Computed samples are written once per chunk, except a slow one (its heatmaps took
@@ -50,7 +52,7 @@ import torch
 from camcore import detection, store
 from camcore import targets as targets_mod
 from camcore import weights as weights_mod
-from camcore.engine import Explainer, explain_many, iter_heatmaps
+from camcore.engine import Explainer, KeptForward, explain_many, iter_heatmaps
 from camcore.errors import CamError, Cancelled, MethodError, StoreError, TargetError, first_line
 from camcore.identity import HeatmapIdentity, codes
 from camcore.images import LoadedImage, load_image
@@ -168,9 +170,13 @@ class BatchOptions:
         """Every field's identity (methods outer, layers inner), of checked options."""
         return [self.identity(m, layer, model) for m in self.methods for layer in self.layers]
 
-    def field_names(self) -> list[str]:
-        """The fields a run of these (checked) options writes, before any model is loaded."""
-        return [identity.field_name for identity in self.identities()]
+    def field_names(self, dataset: Collection | None = None) -> list[str]:
+        """The fields a run of these (checked) options writes, before any model is loaded; with
+        the dataset, as it keeps them (a field of an older name that holds the same map)."""
+        identities = self.identities()
+        if dataset is not None:
+            identities = [store.stored_identity(dataset, i) for i in identities]
+        return [identity.field_name for identity in identities]
 
 
 def declare_fields(dataset: Collection, options: BatchOptions,
@@ -232,11 +238,31 @@ class _Job:
     def layer(self) -> str:
         return self.identity.layer
 
+    @property
+    def rule(self) -> str:
+        """The target (box) rule this field is for: a batch field's identity names it as its target."""
+        return str(self.identity.target)
+
     def stamp(self, h: Heatmap) -> Heatmap:
         """h with this field's identity (the target rule, not the class; the planned input size)."""
         if (h.method, h.layer) != (self.method, self.layer):
             raise CamError(f"computed {h.method} on {h.layer} for the field of {self.method} on {self.layer}")
         return dataclasses.replace(h, identity=self.identity)
+
+
+def _rules(options: BatchOptions | Sequence[BatchOptions]) -> list[BatchOptions]:
+    """Checked options: one, or a detector's box rules (equal but for target_rule, else ValueError)."""
+    rules = [o.checked() for o in ([options] if isinstance(options, BatchOptions) else options)]
+    if not rules:
+        raise ValueError("no options to run")
+    if len(rules) > 1:
+        if rules[0].spec.task != "detection":
+            raise ValueError("several target rules in one run are a detector's box rules")
+        if any(dataclasses.replace(r, target_rule=rules[0].target_rule) != rules[0] for r in rules):
+            raise ValueError("one run's box rules share every other option")
+        if len({str(r.target_rule) for r in rules}) != len(rules):
+            raise ValueError("one run's box rules are different rules")
+    return rules
 
 
 def _load_or_error(path: str) -> LoadedImage | CamError:
@@ -250,9 +276,13 @@ Written = tuple[set[str], int, list[tuple[str, str]]]  # fields, samples written
 
 
 class BatchRun:
-    """One run over a view: plan (what is done, to do, orphans), compute, write, progress."""
+    """One run over a view: plan (what is done, to do, orphans), compute, write, progress.
 
-    def __init__(self, view: Collection, options: BatchOptions,
+    options may be several (a detector's box rules, equal but for target_rule): then each image
+    runs one forward, kept with its graph (engine.KeptForward), that every rule's box reuses: one
+    backward per box for the gradient methods, nothing more for Eigen-CAM."""
+
+    def __init__(self, view: Collection, options: BatchOptions | Sequence[BatchOptions],
                  progress: BatchProgress | None = None, cancel: threading.Event | None = None) -> None:
         self.started = time.perf_counter()
         self.measuring: dict[str, dict[str, str]] = {}  # heatmap field -> {measure: field} when measuring
@@ -261,7 +291,10 @@ class BatchRun:
         self.objects: dict[str, ObjectLabel | None] = {}  # sample id -> its object label, while in flight
         self.measured: dict[str, dict[str, object]] = {}  # sample id -> {measure field: value}, not yet written
         self.view = view
-        self.options = options.checked()
+        self.rules = _rules(options)  # checked; one per box rule (else one)
+        self.options = self.rules[0]
+        self.by_rule = {str(r.target_rule): r for r in self.rules}
+        self.kept: KeptForward | None = KeptForward() if len(self.rules) > 1 else None
         self.cancel = cancel
         self.report = BatchReport()
         self.meter = Meter(progress, PROGRESS_INTERVAL)
@@ -296,6 +329,8 @@ class BatchRun:
                 self.compute(loader)
             ok = True
         finally:
+            if self.kept is not None:
+                self.kept.drop()  # the last image's graph
             loader.shutdown(wait=True, cancel_futures=True)
             self.writer.shutdown(wait=True)
             self.journal.close(ok=ok)
@@ -305,7 +340,7 @@ class BatchRun:
         self.report.seconds = time.perf_counter() - self.started
         # A resumed run starts after what the last run wrote and checks that at its end: stopped
         # before, those samples are done already (counted, not checked), not "left".
-        self.report.done_before = self.presumed if self.report.cancelled else 0
+        self.report.done_before = self.presumed * len(self.rules) if self.report.cancelled else 0
         self.tell("cancelled" if self.report.cancelled else "finished")
         return self.report
 
@@ -319,8 +354,11 @@ class BatchRun:
         store.require_image(self.dataset)
         self.check_measures()
         self.model = load_model(options.model, options.weights, options.device)
-        self.jobs = [_Job.of(identity) for identity in options.identities(self.model)]
-        declare_fields(self.dataset, options, self.model)
+        # as the dataset keeps them: a field of an older name that holds the same map is resumed there
+        identities = [store.stored_identity(self.dataset, identity)
+                      for rule in self.rules for identity in rule.identities(self.model)]
+        self.jobs = [_Job.of(identity) for identity in identities]
+        store.declare_heatmap_fields(self.dataset, identities, extra=options.label_extra, shown_with=uuid.uuid4().hex)
         if options.measures is not None:
             self.measuring = {job.field: measure_store.declare_measure_fields(self.dataset, job.identity)
                               for job in self.jobs}
@@ -379,8 +417,8 @@ class BatchRun:
             labels, abouts = docs[:n], (docs[n:2 * n] if self.measuring else [about] * n)
             left = [job for job, doc, said in zip(self.jobs, labels, abouts, strict=True)
                     if not scan.stored_done(doc, job.provenance) or said != about]
+            self.report.skipped += sum(1 for r in self.rules if not any(j.rule == r.target_rule for j in left))
             if not left:
-                self.report.skipped += 1
                 continue
             self.todo[sid] = left
             if self.object_kind:
@@ -419,6 +457,9 @@ class BatchRun:
                 self.fail(sid, path, image, len(self.todo[sid]))
             else:
                 loaded.append((sid, path, image))
+        if self.kept is not None:
+            self.compute_boxes(loaded)
+            return
         requests = self.requests(loaded)
         loaded = [item for item in loaded if requests.get(item[0], "") is not None]
         layers = list(dict.fromkeys(j.layer for sid, _p, _i in loaded for j in self.todo[sid]))
@@ -428,31 +469,88 @@ class BatchRun:
         for (sid, path, _img), explainer in zip(loaded, explainers, strict=True):
             if self.cancelled():
                 return
-            if isinstance(explainer, CamError) and detection.is_missing_box(explainer):
-                self.no_box(sid)
-                continue
             if isinstance(explainer, CamError):
-                self.fail(sid, path, explainer, len(self.todo[sid]))
-                continue
-            began = time.perf_counter()
-            heatmaps = self.compute_sample(sid, path, explainer)
-            if heatmaps is None:  # cancelled: this sample's heatmaps are dropped, not written
+                self.unexplained(sid, path, explainer, self.todo[sid])
+            elif not self.explain(sid, path, explainer, self.todo[sid]):
                 return
-            jobs = self.todo[sid]
-            try:
-                if isinstance(heatmaps, CamError):
-                    raise heatmaps
-                result = explainer.result([job.stamp(h) for job, h in zip(jobs, heatmaps, strict=True)])
-                self.measure_sample(sid, path, explainer, jobs, heatmaps)
-            except CamError as exc:
-                self.fail(sid, path, exc, 0)
-                continue
-            del self.todo[sid]  # settled: only samples in flight stay in memory
-            self.buffered.setdefault(tuple(j.field for j in jobs), []).append((sid, result))
-            if time.perf_counter() - began >= FLUSH_SECONDS:
-                self.submit()  # a slow sample: written (and counted) now, not with its chunk
-            else:
-                self.poll()
+
+    def compute_boxes(self, loaded: list[tuple[str, str, LoadedImage]]) -> None:
+        """Several box rules (a detector's top:<k>, a field's boxes): image by image, one forward
+        kept with its graph (self.kept, one image's graph at a time), and for each rule an Explainer
+        on it: one backward per box for the gradient methods, no pass for Eigen-CAM. The maps equal
+        a fresh pass's per box (tests/test_batch_boxes.py)."""
+        for sid, path, image in loaded:
+            boxes: dict[str, list] = {}  # a field's boxes of this sample, read once for all its rules
+            layers = tuple(dict.fromkeys(j.layer for j in self.todo.get(sid, [])))  # one forward serves all
+            for rule in self.rules:
+                if self.cancelled():
+                    return
+                jobs = [j for j in self.todo.get(sid, []) if j.rule == str(rule.target_rule)]
+                if not jobs:
+                    continue
+                try:
+                    request = self.request_for(sid, rule, boxes)
+                    if request is None:
+                        self.no_box(sid, jobs)
+                        continue
+                    explainer = Explainer(self.model, image, request, layers, False, rule.input_size,
+                                          kept=self.kept)
+                except (CamError, RuntimeError) as exc:
+                    self.unexplained(sid, path, exc if isinstance(exc, CamError) else CamError(first_line(exc)), jobs)
+                    continue
+                if not self.explain(sid, path, explainer, jobs):
+                    return
+
+    def request_for(self, sid: str, rule: BatchOptions, boxes: dict[str, list]) -> str | None:
+        """What the explainer is asked for under one rule: a field rule as the sample's own box
+        rule (None: the sample has no such box), any other rule as it is."""
+        text = str(rule.target_rule)
+        if not text.startswith("field:"):
+            return rule.class_request
+        field = text.split(":")[1]
+        if field not in boxes:
+            boxes[field] = store.sample_boxes(self.dataset[sid], field)
+        return detection.field_box_rule(text, boxes[field])
+
+    def unexplained(self, sid: str, path: str, exc: CamError, jobs: list[_Job]) -> None:
+        """No explainer for these jobs: the sample lacks their box (skipped), or it failed."""
+        if detection.is_missing_box(exc):
+            self.no_box(sid, jobs)
+        else:
+            self.fail(sid, path, exc, len(jobs), jobs)
+
+    def explain(self, sid: str, path: str, explainer: Explainer, jobs: list[_Job]) -> bool:
+        """Compute and buffer these jobs' heatmaps (and measures) of one sample; False when cancelled."""
+        jobs = list(jobs)
+        began = time.perf_counter()
+        heatmaps = self.compute_sample(sid, path, explainer, jobs)
+        if heatmaps is None:  # cancelled: this sample's heatmaps are dropped, not written
+            return False
+        try:
+            if isinstance(heatmaps, CamError):
+                raise heatmaps
+            result = explainer.result([job.stamp(h) for job, h in zip(jobs, heatmaps, strict=True)])
+            self.measure_sample(sid, path, explainer, jobs, heatmaps)
+        except CamError as exc:
+            self.fail(sid, path, exc, 0, jobs)
+            return True
+        self.settle_jobs(sid, jobs)
+        self.buffered.setdefault(tuple(j.field for j in jobs), []).append((sid, result))
+        if time.perf_counter() - began >= FLUSH_SECONDS:
+            self.submit()  # a slow sample: written (and counted) now, not with its chunk
+        else:
+            self.poll()
+        return True
+
+    def settle_jobs(self, sid: str, jobs: list[_Job]) -> None:
+        """These jobs of the sample are settled (computed, failed, or without their box): only
+        samples with jobs in flight stay in memory."""
+        left = [j for j in self.todo.get(sid, []) if j not in jobs]
+        if left:
+            self.todo[sid] = left
+        else:
+            self.todo.pop(sid, None)
+            self.objects.pop(sid, None)
 
     def requests(self, loaded: list[tuple[str, str, LoadedImage]]) -> dict[str, str | None]:
         """A detector's field rule (field:<f>:<i>[:<class>]) as each sample's own box rule (None:
@@ -473,12 +571,15 @@ class BatchRun:
                 self.no_box(sid)
         return out
 
-    def no_box(self, sid: str) -> None:
-        """The sample has not the box this run's field is for: skipped (not failed), nothing written."""
-        if sid in self.todo:
-            self.settled += len(self.todo.pop(sid))
+    def no_box(self, sid: str, jobs: list[_Job] | None = None) -> None:
+        """The sample has not the box these jobs (default: all of its jobs) are for: skipped (not
+        failed), nothing written; counted once per box rule."""
+        jobs = list(self.todo.get(sid, [])) if jobs is None else jobs
+        if jobs:
+            self.settled += len(jobs)
             self.report.skipped += 1
             self.report.no_box += 1
+            self.settle_jobs(sid, jobs)
 
     def measure_sample(self, sid: str, path: str, explainer: Explainer, jobs: list[_Job],
                        heatmaps: list[Heatmap]) -> None:
@@ -488,18 +589,19 @@ class BatchRun:
             return
         item = None
         if self.object_kind:
-            item = sample_item(sid, path, self.objects.pop(sid, None), explainer.target.name, options.object_label)
+            item = sample_item(sid, path, self.objects.get(sid), explainer.target.name, options.object_label)
         values: dict[str, object] = {}
         faiths = explainer.faithfulness_of(heatmaps) if options.faithfulness else [None] * len(heatmaps)
         for job, h, faith in zip(jobs, heatmaps, faiths, strict=True):
             for name, value in measure(explainer, h, item, options, faith).items():
                 values[self.measuring[job.field][name]] = value
-        self.measured[sid] = values
+        self.measured.setdefault(sid, {}).update(values)  # several box rules: each adds its fields
 
-    def compute_sample(self, sid: str, path: str, explainer: Explainer) -> list[Heatmap] | CamError | None:
-        """The sample's heatmaps, one by one, with progress and cancel; None when cancelled, the
-        error when one fails. (Write errors from poll() are not the sample's: they propagate.)"""
-        jobs = self.todo[sid]
+    def compute_sample(self, sid: str, path: str, explainer: Explainer,
+                       jobs: list[_Job]) -> list[Heatmap] | CamError | None:
+        """These jobs' heatmaps of the sample, one by one, with progress and cancel; None when
+        cancelled, the error when one fails. (Write errors from poll() are not the sample's: they
+        propagate.)"""
         name = os.path.basename(path)
         heatmaps: list[Heatmap] = []
         steps = iter_heatmaps(explainer, [(j.method, j.layer) for j in jobs], self.options.eigen_smooth,
@@ -525,11 +627,15 @@ class BatchRun:
             self.report.cancelled = True
         return self.report.cancelled
 
-    def fail(self, sid: str, path: str, exc: BaseException, work_left: int) -> None:
+    def fail(self, sid: str, path: str, exc: BaseException, work_left: int, jobs: list[_Job] | None = None) -> None:
+        """The sample failed: for these jobs (one box rule's), else all of them."""
         self.report.failed.append((sid, first_line(exc)))
-        self.objects.pop(sid, None)
-        self.measured.pop(sid, None)
-        self.todo.pop(sid, None)  # settled: only samples in flight stay in memory
+        if jobs is None:
+            self.objects.pop(sid, None)
+            self.measured.pop(sid, None)
+            self.todo.pop(sid, None)  # settled: only samples in flight stay in memory
+        else:
+            self.settle_jobs(sid, jobs)
         self.settled += work_left  # failed samples count as settled work
         self.tell(f"failed {os.path.basename(path)}")
 
@@ -569,7 +675,10 @@ class BatchRun:
         return fields, count, failures
 
     def push(self, items: list[tuple[str, CamResult]]) -> list[str]:
-        return store.push_many(self.dataset, items, extra=self.options.label_extra,
+        # One group's fields are one rule's (a field's name holds its rule): its labels say that rule.
+        rule = str(items[0][1].heatmaps[0].identity.target) if items and items[0][1].heatmaps else ""
+        extra = self.by_rule.get(rule, self.options).label_extra
+        return store.push_many(self.dataset, items, extra=extra,
                                heatmap_dir=self.options.heatmap_dir, writer=self.journal)
 
     def submit(self) -> None:
@@ -601,8 +710,9 @@ class BatchRun:
     # exist before the first write and move within a chunk
 
     def total(self) -> int:
-        """Samples to compute: the view less those found or presumed done (exact at the end)."""
-        return max(0, self.view_total - self.report.skipped - self.presumed)
+        """Samples to compute: the view less those found or presumed done (exact at the end); with
+        several box rules, a sample counts once per rule (as done and skipped do)."""
+        return max(0, (self.view_total - self.presumed) * len(self.rules) - self.report.skipped)
 
     def work_total(self) -> int:
         """Heatmaps to compute: those found, plus every job of the samples not paged or presumed."""
@@ -648,10 +758,23 @@ def box_batches(view: Collection, options: BatchOptions, box: str | None) -> lis
     return [dataclasses.replace(options, target_rule=r) for r in rules]
 
 
+def _one_run(runs: Sequence[BatchOptions]) -> bool:
+    """Whether these options are one detector's box rules (one run can serve them all)."""
+    try:
+        _rules(runs)
+    except ValueError:
+        return False
+    return True
+
+
 def run_batches(view: Collection, runs: Sequence[BatchOptions], *,
                 progress: BatchProgress | None = None, cancel: threading.Event | None = None) -> BatchReport:
-    """run_batch for each options in turn (a detector's box rules), one report: done and skipped
-    count a sample once per run; each run resumes on its own fields."""
+    """A detector's box rules (box_batches) in one run: each image's forward serves every rule
+    (one backward per box for the gradient methods; BatchRun). Done, skipped and no_box count a
+    sample once per rule; each rule's fields resume on their own. Options that differ otherwise:
+    run_batch for each in turn, one report."""
+    if len(runs) > 1 and _one_run(runs):
+        return BatchRun(view, runs, progress, cancel).run()
     total = BatchReport()
     for options in runs:
         if cancel is not None and cancel.is_set():

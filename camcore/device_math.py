@@ -55,8 +55,9 @@ def first_component_projection(product: torch.Tensor) -> torch.Tensor:
             v = x.T @ top_eigenvector(x @ x.T)
             v = v / v.norm().clamp(min=torch.finfo(v.dtype).tiny)
         projection = x @ v
-        if projection.min().abs() > projection.max().abs():
-            projection = -projection
+        # the library's sign rule without a host round trip (a `if` would synchronise)
+        flip = projection.min().abs() > projection.max().abs()
+        projection = torch.where(flip, -projection, projection)
         out.append(projection.reshape(p.shape[1:]))
     return torch.stack(out).float()
 
@@ -77,10 +78,10 @@ def top_eigenvector(gram: torch.Tensor, iterative: bool | None = None) -> torch.
     gpu_check.py): the block instead starts from G^128, made by 7 squarings (normalised, so
     nothing overflows), then takes REFINE steps with G. The result is kept only if its residual
     shows machine precision, else the dense eigh decides. `iterative` defaults to: on a GPU, for
-    matrices above 256."""
+    matrices above 32."""
     m = gram.shape[0]
-    if iterative is None:
-        iterative = gram.device.type != "cpu" and m > 256
+    if iterative is None:  # on a GPU a dense eigh of 256 x 256 costs milliseconds too
+        iterative = gram.device.type != "cpu" and m > 4 * SUBSPACE
     if iterative and m > SUBSPACE:
         tiny = torch.finfo(gram.dtype).tiny
         power = gram / gram.norm().clamp(min=tiny)
@@ -92,8 +93,10 @@ def top_eigenvector(gram: torch.Tensor, iterative: bool | None = None) -> torch.
         q = torch.linalg.qr(power @ q)[0]
         for _ in range(REFINE):
             q = torch.linalg.qr(gram @ q)[0]
-        values, vectors = torch.linalg.eigh(q.T @ gram @ q)  # Rayleigh-Ritz in the subspace
-        v, top = q @ vectors[:, -1], values[-1]
+        # Rayleigh-Ritz in the subspace: an 8 x 8 eigh is microseconds on the host and a
+        # solver launch with its own synchronisation on a GPU
+        values, vectors = torch.linalg.eigh((q.T @ gram @ q).cpu())
+        v, top = q @ vectors[:, -1].to(q.device), values[-1]
         if top > 0 and (gram @ v - top * v).norm() <= RESIDUAL * top:
             return v
     return torch.linalg.eigh(gram)[1][:, -1]

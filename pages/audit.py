@@ -24,8 +24,9 @@ def main(sel: Selection) -> None:
         return
     threshold = audit.threshold_of(s)
     st.caption(f"{s.total:,} samples in the sidebar's view · {s.with_measures:,} measured · {s.with_share:,} with "
-               f"an object to measure on · settings {text.escape(s.settings[0][0])}. Click a bar, a point or a class "
-               "(shift-click adds bars or points), or pick Box Select in a chart's toolbar and drag, to narrow the "
+               f"an object to measure on · {text.escape(audit.describe_about(s.settings[0][0]))}. Click a bar, a "
+               "point or a class (shift-click adds bars or points), or pick Box Select in a chart's toolbar and drag, "
+               "to narrow the "
                "view; the sidebar, the URL and the Review page follow.")
     left, right = st.columns(2)
     with left:
@@ -33,9 +34,13 @@ def main(sel: Selection) -> None:
                                 selection_mode=("points", "box"))
         audit.narrow_to(audit.from_histogram(event, s, run), "hist")
     with right:
-        event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
-                                selection_mode=("points", "box"))  # no lasso: a narrowing is ranges
-        audit.narrow_to(audit.from_scatter(event, run), "scatter")
+        missing = audit.no_scatter(s, run)
+        if missing:  # an empty plot would look like a drawing error
+            st.info(text.escape(missing))
+        else:
+            event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
+                                    selection_mode=("points", "box"))  # no lasso: a narrowing is ranges
+            audit.narrow_to(audit.from_scatter(event, run), "scatter")
     rows = audit.class_rows(s)
     event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
                          hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))

@@ -101,10 +101,14 @@ def main(sel: Selection) -> None:
     target_now = maps.result.target
     smoothing = " + ".join(n for n, on in (("aug", aug), ("eigen", eigen)) if on) or "none"
     named = text.escape(target_now.identity_name)
+    # a detector's box switch: what it cost (the session's kept forward), as Explore says it
+    cost = f" · {boxes.pass_cost(maps.result.timings)}" if detector else ""
     st.caption(f"Every map: target **{named}** ({text.escape(target_now.rule)}) · weights: "
                f"{text.escape(loaded.weights_label)} · smoothing: {smoothing} (eigen only where the method has it) · "
-               + ("object = predicted mask of the target" if maps.mask is not None else
-                  "no object mask here (classification: rank the view below with a segmentation or detections field)"))
+               + ("the explained box drawn over every map" if detector else
+                  "object = predicted mask of the target" if maps.mask is not None else
+                  "no object mask here (classification: rank the view below with a segmentation or detections field)")
+               + cost)
     box_threshold = st.session_state.get(Compare.BOX_THRESHOLD, detection.DEFAULT_THRESHOLD)
     drawn = boxes.to_draw(target_now, maps.result.prediction, box_threshold)
     table = compare_grid.grid(img, maps, loaded, layers, chosen, alpha, cmap, threshold, drawn, renorm)

@@ -17,11 +17,17 @@ def main(sel: Selection) -> None:
     if run is None:
         return
     view = sel.view()
-    total = audit.count_measured(view, run)
+    settings = audit.settings_in(view, run)
+    total = sum(n for _about, n in settings)
     if total == 0:
         urlstate.remember_audit(run.heatmap)
         st.warning(f"No sample of this view has stored measures in {text.escape(run.heatmap)}: widen the view "
                    "(✕ beside the narrowing in the sidebar), or store measures with a batch.")
+        return
+    mixed = audit.mixed_line(settings)
+    if mixed:  # worst first would rank shares of different kinds together: nothing to review or record
+        urlstate.remember_audit(run.heatmap)
+        st.warning(text.escape(mixed))
         return
     pos = review.position(total)
     urlstate.remember_audit(run.heatmap, pos + 1)

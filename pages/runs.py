@@ -20,20 +20,28 @@ def main(sel: Selection) -> None:
         return
     run_a, run_b = picked
     view = sel.view()
+    problem = audit.runs_problem(view, run_a, run_b)
+    if problem:
+        st.warning(text.escape(problem))
+        return
     both = audit.count_both(view, run_a, run_b)
     if both == 0:
         st.warning("No sample of this view has an on-object share from both runs: measure both with the same "
                    "object field (a batch with measures for each).")
         return
-    rows = audit.class_changes(view, run_a, run_b)
+    # Classes as B (after) explained them by default: A is often the untrained or older run.
+    by_name = st.radio("Classes as explained by", ["B", "A"], key=Audit.RUNS_BY, horizontal=True,
+                       format_func=lambda r: f"run {r}")
+    by = run_b if by_name == "B" else run_a
+    rows = audit.class_changes(view, run_a, run_b, by=by)
     better, worse = sum(r[3] for r in rows), sum(r[4] for r in rows)
     st.caption(f"{both:,} samples measured by both runs · share on the object got better on {better:,}, worse on "
                f"{worse:,} (a change under 0.02 counts as the same).")
-    left, right = st.columns([3, 2])
-    left.plotly_chart(audit.class_change_figure(rows), key=Audit.RUNS_CLASSES)
-    right.dataframe([{"class": c, "samples": n, "mean change": round(m, 3), "better": b, "worse": w}
-                     for c, n, m, b, w in rows], hide_index=True, width="stretch", height=300)
-    changes = audit.most_changed(view, run_a, run_b, limit=ROWS)
+    left, right = st.columns([1, 1])
+    left.plotly_chart(audit.class_change_figure(rows, by_name), key=Audit.RUNS_CLASSES)
+    table, config = audit.class_change_table(rows)
+    right.dataframe(table, column_config=config, hide_index=True, width="stretch", height=300)
+    changes = audit.most_changed(view, run_a, run_b, limit=ROWS, by=by)
     st.markdown(f"**Most changed first** ({min(ROWS, both):,} of {both:,}): pick a row to see both maps.")
     table = [{"file": c.filepath.rsplit("/", 1)[-1], "class": c.cls, "share A": round(c.share_a, 3),
               "share B": round(c.share_b, 3), "change": round(c.change, 3)} for c in changes]

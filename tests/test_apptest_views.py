@@ -401,3 +401,43 @@ def test_a_sort_on_a_big_dataset_offers_its_index_and_builds_it_on_a_click(repea
     at.sidebar.toggle(key="view_sort_desc").set_value(True)
     run(at)
     assert current_sample(at) == ids[1]  # 0.9 first
+
+
+def test_next_and_previous_across_a_page_boundary_of_a_sorted_view_seek_from_the_page_beside(tmp_path):
+    """Issue 23 design 1: ▶/◀ onto a new page of a sorted view walked every index key before the
+    position (a skip: 2.6x the unsorted view at 10^6); it now seeks from the key at the edge of the
+    page on screen: O(page) keys (MongoDB's profiler), the same sample as the skip."""
+    import random
+
+    from camcore.store import views
+
+    [path] = write_images(tmp_path, ["x.png"])
+    dataset = fo.Dataset(unique_name("sorted-pages"), persistent=True)
+    rng = random.Random(4)
+    dataset.add_samples([fo.Sample(filepath=path, uniqueness=rng.random()) for _ in range(600)])
+    views.create_sort_index(dataset, "uniqueness")
+    order = [sid for sid, _p in views.page(dataset.sort_by([("uniqueness", 1), ("_id", 1)]), 0, 600)]
+    db = dataset._sample_collection.database
+    size = views.PAGE_SIZE
+    try:
+        at = _at_findings(dataset.name)
+        at.sidebar.selectbox(key="view_sort").set_value("uniqueness")
+        run(at)
+        for goto, button, lands in ((12 * size, "next_sample", 12 * size),
+                                    (13 * size + 1, "prev_sample", 13 * size - 1)):
+            at.sidebar.number_input(key="nav_goto").set_value(goto)  # 1-based: the edge of a page
+            run(at)
+            db["system.profile"].drop()
+            db.command("profile", 2)
+            try:
+                at.sidebar.button(key=button).click()
+                run(at)
+            finally:
+                db.command("profile", 0)
+            ops = list(db["system.profile"].find({"ns": f"{db.name}.{dataset._sample_collection_name}"}))
+            db["system.profile"].drop()
+            assert current_sample(at) == order[lands]
+            keys = max(int(op.get("keysExamined", 0)) for op in ops)
+            assert keys <= 4 * size, f"{button} walked {keys} index keys to position {lands}"
+    finally:
+        dataset.delete()

@@ -78,6 +78,20 @@ def test_the_whole_datasets_summary_is_stored_and_dropped_when_samples_change(au
     assert audit.audit_summary(ds, run).total == 59
 
 
+def test_the_stored_summary_is_dropped_when_a_measure_field_is_deleted_or_renamed(audited):
+    """A batch left the whole dataset's summary; the App then deleted the bg field and renamed the
+    conf field: the Audit page aggregates afresh (no background-dominated counts, no points) instead
+    of drawing the batch's numbers of fields that are gone."""
+    ds, fields = audited
+    audit.store_summary(ds, _run(ds))
+    ds.delete_sample_field(fields["bg"])
+    ds.rename_sample_field(fields["conf"], "my_conf")
+    run = _run(ds)
+    assert audit.stored_summary(ds, run) is None
+    s = audit.audit_summary(ds, run)
+    assert all(bg == 0 for *_x, bg in s.classes) and s.points == ()
+
+
 @pytest.mark.slow
 def test_aggregations_on_a_hundred_thousand_samples(tmp_path):
     ds, fields = audited_dataset(tmp_path, n=10)
@@ -151,3 +165,22 @@ def test_a_clicked_point_narrows_to_a_view_that_holds_it(audited):
         click = SimpleNamespace(selection=SimpleNamespace(points=[{"x": conf, "y": share}]))
         view = views.build_view(ds, views.ViewSpec(narrow=from_scatter(click, run)))
         assert sample_id in view.values("id"), (conf, share)
+
+
+def test_the_histograms_count_axis_has_whole_numbers():
+    """A few samples per bin: Plotly's own ticks read 0.2, 0.4, ... samples; counts are whole."""
+    from ui.audit import histogram_figure
+
+    few = audit.Summary(8, 8, 8, tuple(i / 20 for i in range(21)), (1,) * 8 + (0,) * 12, (), ())
+    axis = histogram_figure(few, 0.5).layout.yaxis
+    assert axis.dtick == 1 and axis.tickformat == ",d"
+    many = audit.Summary(900, 900, 900, few.edges, (45,) * 20, (), ())
+    assert histogram_figure(many).layout.yaxis.tickformat == ",d"  # Plotly's ticks, 1,000 as "1,000"
+
+
+def test_measure_settings_read_as_words():
+    assert audit.describe_about("t=0.5;obj=objects[*];f=1") == (
+        "share on any object in objects · background-dominated below 0.5 · faithfulness on")
+    assert audit.describe_about("t=0.3;obj=model;f=0") == (
+        "share on the model's own mask or box · background-dominated below 0.3 · faithfulness off")
+    assert audit.describe_about("t=0.5;obj=gt[cat];f=0").startswith("share on 'cat' in gt ·")

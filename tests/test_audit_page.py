@@ -93,12 +93,63 @@ def test_two_runs_page_lists_the_most_changed_and_the_classes(audited):
     run(at, allow_errors=False)
     (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
     assert chart["yaxis"]["title"]["text"] == "share change, B − A (−1…1)"
+    # The untrained twin opens as A (before), the trained model as B (after).
+    assert (at.selectbox(key="runs_a").value, at.selectbox(key="runs_b").value) == (
+        dataclasses.replace(IDENTITY, pretrained=False).field_name, IDENTITY.field_name)
     classes, changed = at.dataframe
     assert sorted(classes.value["class"]) == ["cat", "cup", "person"]
+    assert chart["xaxis"]["title"]["text"] == "class (explained by run B)"
     sizes = [abs(v) for v in changed.value["change"]]
     assert len(sizes) == 30 and sizes == sorted(sizes, reverse=True)
     captions = _image_captions(at)  # both maps of the most changed sample, side by side
     assert len(captions) == 2 and captions[0].startswith("A\\: ") and captions[1].startswith("B\\: ")
+
+
+def test_two_runs_measured_differently_are_refused_in_one_line(audited):
+    """Shares made on different objects (B on the model's own mask, A on the field's boxes), or
+    mixed settings within one run, are not compared: one line, no chart, no table."""
+    import dataclasses
+
+    from audit_support import IDENTITY, add_run
+
+    ds, fields = audited
+    add_run(ds, dataclasses.replace(IDENTITY, pretrained=False), seed=5, about="t=0.5;obj=model;f=1")
+    at = _audit_page(ds)
+    at.switch_page("pages/runs.py")
+    run(at, allow_errors=False)
+    (line,) = [w.value.replace("\\", "") for w in at.warning]  # as shown: markdown escapes dropped
+    assert line.startswith("The two runs measured the share on different objects") and "\n" not in line
+    assert not at.get("plotly_chart") and not at.dataframe
+    ds.take(4, seed=1).set_field(fields["about"], "t=0.3;obj=objects;f=1").save()  # A mixed in itself
+    run(at, allow_errors=False)
+    (line,) = [w.value.replace("\\", "") for w in at.warning]
+    assert line.startswith(f"Measures of {IDENTITY.field_name} made with different settings are mixed")
+    assert not at.get("plotly_chart") and not at.dataframe
+
+
+def test_two_runs_group_by_the_class_b_explained_unless_asked_for_a(audited):
+    """An untrained run A explains one noise class everywhere: the per-class changes group by run
+    B's class by default (the trained or newer run), and by A's on request."""
+    import dataclasses
+
+    from audit_support import IDENTITY, add_run
+
+    ds, _fields = audited
+    twin = dataclasses.replace(IDENTITY, pretrained=False)
+    add_run(ds, twin, seed=5)
+    ds.set_field(f"{twin.field_name}.target", "barrow").save()
+    at = _audit_page(ds)
+    at.switch_page("pages/runs.py")
+    run(at, allow_errors=False)
+    classes, changed = at.dataframe
+    assert sorted(classes.value["class"]) == ["cat", "cup", "person"]
+    assert set(changed.value["class"]) == {"cat", "cup", "person"}
+    at.radio(key="runs_by").set_value("A")
+    run(at, allow_errors=False)
+    classes, changed = at.dataframe
+    assert list(classes.value["class"]) == ["barrow"] and set(changed.value["class"]) == {"barrow"}
+    (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]
+    assert chart["xaxis"]["title"]["text"] == "class (explained by run A)"
 
 
 def _image_captions(at: AppTest) -> list[str]:
@@ -130,9 +181,21 @@ def test_a_narrowing_this_dataset_cannot_apply_is_dropped_in_one_line(audited):
     at.switch_page("pages/audit.py")
     run(at, allow_errors=False)
     assert not at.warning and not at.exception
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 1  # the histogram; conf was renamed: one line instead of the plot
+    assert any(i.value.startswith("No confidence field for ") for i in at.info)
     assert any("**30 samples** in the view:" in m.value for m in at.markdown)
     assert "narrow" not in at.query_params
+
+
+def test_a_deleted_confidence_field_says_so_in_one_line_instead_of_an_empty_plot(audited):
+    ds, fields = audited
+    ds.delete_sample_field(fields["conf"])  # as the App's field deletion does
+    at = _audit_page(ds)
+    (line,) = [i.value.replace("\\", "") for i in at.info]
+    assert line.startswith("No confidence field for ") and "deleted or renamed" in line and "\n" not in line
+    (chart,) = [json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")]  # the histogram stays
+    assert chart["xaxis"]["title"]["text"] == "share of heatmap mass on the object (0–1)"
+    assert len(at.dataframe) == 1
 
 
 def test_the_narrowed_view_is_saved_as_a_fiftyone_saved_view(audited):

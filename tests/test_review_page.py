@@ -54,7 +54,9 @@ def test_queue_worst_first_steps_records_and_keeps_its_place_in_the_url(audited)
     (run_,) = audit.runs(ds)
     third, _path = audit.worst_first(ds, run_, 2, 1)[0]
     shares = sorted(ds.values(fields["share"]))
-    assert any(f"share: {shares[2]:.3f}" in t.value for t in at.text)
+    assert any(f"share on the object: {shares[2]:.3f}\nbackground-dominated: " in t.value for t in at.text)
+    assert any("measured with: share on the explained class's object in objects · background-dominated below "
+               "0.5 · faithfulness on" in t.value for t in at.text)
     at.selectbox(key="review_tag").set_value("background bias")
     at.text_input(key="review_note").input("looks at the sofa")
     at.button(key="review_record").click()
@@ -95,3 +97,16 @@ def test_a_stale_map_says_which_weights_made_it_and_computing_it_clears_that(tmp
         assert set(ds.values(f"{field}.weights")) != {"an older checkpoint"}
     finally:
         ds.delete()
+
+
+def test_mixed_settings_are_refused_in_one_line_and_nothing_can_be_recorded(audited):
+    """Worst first over shares measured with different settings (another object, another
+    threshold) would rank unlike numbers together: one line, no queue, no Record button."""
+    ds, fields = audited
+    ds.take(3, seed=0).set_field(fields["about"], "t=0.3;obj=model;f=0").save()
+    at = _review(ds)
+    (line,) = [w.value.replace("\\", "") for w in at.warning]  # as shown: markdown escapes dropped
+    assert line.startswith("Measures made with different settings are mixed in this view (9 samples with ")
+    assert "\n" not in line
+    assert not [b for b in at.button if b.key == "review_record"]
+    assert not [m for m in at.markdown if m.value.startswith("**Reviewed")]

@@ -326,4 +326,7 @@ def test_the_info_registry_forgets_fields_deleted_outside_cam_explorer(dataset, 
     dataset.delete_sample_field(gone)
     [kept] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [make_heatmap(SIZE, "layercam")]),
                                  heatmap_dir=tmp_path)
-    assert list(fo.load_dataset(dataset.name).info[store.MARK]["fields"]) == [kept]
+    fresh = fo.load_dataset(dataset.name)
+    assert list(fresh.info[store.MARK]["fields"]) == [kept]
+    # and the App's CAM sidebar group lists only the field still there
+    assert next(g.paths for g in fresh.app_config.sidebar_groups if g.name == "CAM heatmaps") == [kept]

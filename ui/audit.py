@@ -26,7 +26,9 @@ COUNT_AXIS = "samples (count)"
 CHART_HEIGHT = 320  # three charts and the table fit 1280x800 with the sidebar
 APP_PORT = store.DEFAULT_APP_PORT
 FINDING_TAGS = store.FINDING_TAGS
-count_measured = audit.count_measured
+settings_in = audit.settings_in
+mixed_line = audit.mixed_line
+describe_about = audit.describe_about
 worst_first = audit.worst_first
 
 
@@ -98,6 +100,8 @@ def histogram_figure(s: audit.Summary, threshold: float | None = None) -> go.Fig
     fig = go.Figure(go.Bar(x=centers, y=list(s.counts), width=width * 0.95, marker_color=colours,
                            hovertemplate="share %{x:.2f}: %{y} samples<extra></extra>"))
     fig.update_layout(title="On-object share (red: background-dominated)")
+    # Counts are whole samples: Plotly's own ticks for a few samples read 0.2, 0.4, ...
+    fig.update_yaxes(tickformat=",d", rangemode="tozero", **({"dtick": 1} if max(s.counts, default=0) < 10 else {}))
     return _layout(fig, SHARE_AXIS, COUNT_AXIS)
 
 
@@ -110,6 +114,17 @@ def scatter_figure(s: audit.Summary) -> go.Figure:
     fig.update_xaxes(range=[0, 1.02])
     fig.update_yaxes(range=[0, 1.02])
     return _layout(fig, CONF_AXIS, "on-object share (0–1)")
+
+
+def no_scatter(s: audit.Summary, run: audit.AuditRun) -> str | None:
+    """Why there is no confidence-against-share plot, in one line; None when there is one."""
+    if "conf" not in run.fields:
+        return (f"No confidence field for {run.heatmap} (its camm_conf_… field was deleted or renamed): a batch "
+                "with measures stores it again.")
+    if not s.points:
+        return ("No measured sample of this view has both a confidence and an on-object share (a segmentation "
+                "model stores no confidence): nothing to plot against the share.")
+    return None
 
 
 def threshold_of(s: audit.Summary) -> float | None:
@@ -208,6 +223,7 @@ CHANGE_AXIS = "share change, B − A (−1…1)"  # fits the plot's height at 12
 most_changed = audit.most_changed
 class_changes = audit.class_changes
 count_both = audit.count_both
+runs_problem = audit.runs_problem
 
 
 def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:
@@ -217,7 +233,7 @@ def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:
         st.info("Two heatmap runs with stored measures are needed (two weights of one model, or two models): "
                 + text.escape(audit.HOW_TO_MEASURE.format(dataset=sel.dataset)) + ", once per run.")
         return None
-    names = [r.heatmap for r in found]
+    names = before_first([r.heatmap for r in found], store.heatmap_fields(store.load_dataset(sel.dataset)))
     c1, c2 = st.columns(2)
     a = c1.selectbox("Run A (before)", names, index=0, key=Audit.RUN_A)
     b = c2.selectbox("Run B (after)", names, index=1, key=Audit.RUN_B)
@@ -228,14 +244,38 @@ def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:
     return by_name[a], by_name[b]
 
 
-def class_change_figure(rows: list[tuple[str, int, float, int, int]]) -> go.Figure:
+def before_first(names: list[str], meanings: dict[str, dict]) -> list[str]:
+    """The runs in the order the pickers offer them: untrained runs first, so that a trained model
+    and its untrained twin open as A (before) = untrained, B (after) = trained."""
+    def untrained(name: str) -> bool:  # the field's meaning, else its name's variant token
+        variant = (meanings.get(name) or {}).get("variant")
+        return "untrained" in str(variant).split("_") if variant is not None else "untr" in name.split("_")
+    return sorted(names, key=lambda n: (not untrained(n), n))
+
+
+def class_change_table(rows: list[tuple[str, int, float, int, int]]) -> tuple[list[dict], dict]:
+    """The per-class table beside the plot and its column settings: narrow number columns, so all
+    five fit beside the plot at 1280 px."""
+    table = [{"class": c, "samples": n, "mean change": round(m, 3), "better": b, "worse": w}
+             for c, n, m, b, w in rows]
+    # Pixels: Streamlit's "small" and "medium" left the last column past the edge at 1280 px.
+    config = {"class": st.column_config.TextColumn("class", width=130),
+              "samples": st.column_config.NumberColumn("samples", width=68),
+              "mean change": st.column_config.NumberColumn("mean Δ", width=64, format="%+.3f",
+                                                           help="mean change of share, B − A"),
+              "better": st.column_config.NumberColumn("better", width=58),
+              "worse": st.column_config.NumberColumn("worse", width=54)}
+    return table, config
+
+
+def class_change_figure(rows: list[tuple[str, int, float, int, int]], by: str = "A") -> go.Figure:
     fig = go.Figure(go.Bar(x=[plain(r[0]) for r in rows], y=[r[2] for r in rows],
                            marker_color=["#2ca02c" if r[2] > 0 else "#d62728" for r in rows],
                            customdata=[[r[1], r[3], r[4]] for r in rows],
                            hovertemplate="%{x}: %{y:+.3f} (%{customdata[0]} samples, %{customdata[1]} better, "
                                          "%{customdata[2]} worse)<extra></extra>"))
     fig.update_layout(title="Classes that got better (green) or worse (red)")  # not cut at 1280 px
-    return _layout(fig, "class (explained by run A)", CHANGE_AXIS)
+    return _layout(fig, f"class (explained by run {by})", CHANGE_AXIS)
 
 
 def side_by_side(sel: Selection, change: audit.Change, run_a: audit.AuditRun, run_b: audit.AuditRun) -> None:

@@ -4,6 +4,8 @@ Its value is a short box rule (camcore.detection; `id:<detection id>` for a fiel
 URL carries as `box=`; the engine gets the rule with the field's box resolved."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import streamlit as st
 
 from camcore import detection
@@ -113,3 +115,14 @@ def to_draw(target: Target, prediction: Prediction, threshold: float, most: int 
     if field_box:
         out += [(b, f"{target.box_ref.split('/')[0]}: {target.name}", True) for b in target.boxes]
     return out
+
+
+def pass_cost(timings: Mapping[str, float]) -> str:
+    """What the maps on screen cost in model passes (Explore's and Compare's captions): the shared
+    pass's seconds, or, for another box of an image whose forward the session kept, the one
+    backward it ran (none yet when only activation methods such as Eigen-CAM were asked for)."""
+    if timings.get("forward_reused"):
+        if "backward" in timings:
+            return f"forward reused · one backward {timings['backward']:.2f} s"
+        return "forward reused · no backward (no gradient method yet)"
+    return f"shared pass {timings.get('pass', 0):.2f} s"

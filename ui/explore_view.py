@@ -91,12 +91,7 @@ def prediction_panel(container, img: LoadedImage, shown: Shown, loaded: LoadedMo
     if pred.task != "detection":
         container.markdown(f"**Target:** {text.escape(t.name)} ({t.rule}){note}")
     height, width = result.input_size
-    timings = result.timings
-    if timings.get("forward_reused"):  # another target of this image: the kept forward served it
-        cost = (f"forward reused · one backward {timings['backward']:.2f} s" if "backward" in timings
-                else "forward reused · no backward (no gradient method yet)")
-    else:
-        cost = f"shared pass {timings.get('pass', 0):.2f} s"
+    cost = boxes_mod.pass_cost(result.timings)  # another box of this image: the kept forward served it
     container.caption(f"weights: {text.escape(loaded.weights_label)} · input {width}×{height} · {cost}")
 
 

@@ -17,7 +17,7 @@ import streamlit as st
 from camcore import demo_data, store
 from camcore.errors import CamError
 from camcore.progress import duration
-from camcore.store import views
+from camcore.store import seek, views
 from ui import cache, sidebar_look, text, urlstate
 from ui.state import Sidebar
 
@@ -139,7 +139,11 @@ def _page_rows(dataset: str, spec: views.ViewSpec, start: int, n: int) -> list[t
     for p in range(first, last + 1):
         key = (dataset, spec, p)
         if key not in kept:
-            kept[key] = views.page(views.build_view(store.load_dataset(dataset), spec), p * size, size)
+            # ▶ or ◀ onto a new page seeks from the edge of the page beside it, when kept
+            prev, after = kept.get((dataset, spec, p - 1)), kept.get((dataset, spec, p + 1))
+            kept[key] = seek.page_at(views.build_view(store.load_dataset(dataset), spec), spec, p * size, size,
+                                     after=prev[-1][0] if prev and len(prev) == size else None,
+                                     before=after[0][0] if after else None)
             while len(kept) > PAGES_KEPT:
                 kept.popitem(last=False)
         kept.move_to_end(key)

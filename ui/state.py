@@ -254,6 +254,7 @@ class Audit:
     COMPUTE_REQUESTED = "_review_compute_requested"
     RUN_A = "runs_a"
     RUN_B = "runs_b"
+    RUNS_BY = "runs_by"  # classes as run A or run B explained them
     RUNS_CLASSES = "runs_classes"
     RUNS_PAGE = "runs_page"
 

@@ -103,7 +103,7 @@ class Explainer:
         self._deferred: dict[tuple[str, str, bool], str] = {}  # key -> why it is not computed
         self._allowed: set[tuple[str, str, bool]] = set()  # keys the user said go for
         self._lock = threading.RLock()
-        self.x = preprocess(spec, self.image.rgb, self.input_size)
+        self.x = preprocess(spec, self.image.rgb, self.input_size, self.model.device)
         self.input_hw = (int(self.x.shape[-2]), int(self.x.shape[-1]))
         self.reshape = reshape_transform_for(spec, self.input_hw, self.model.module)
         self.class_names = spec.class_names()
@@ -373,7 +373,7 @@ class Explainer:
         return Heatmap(
             identity=identity,
             target=self.target,
-            map=np.clip(full, 0, 1).astype(np.float32),
+            map=full,  # float32 in 0..1: each strategy returns it so (no copy per map)
             raw=raw2d,
             raw_range=(float(raw2d.min()), float(raw2d.max())),
             seconds=time.perf_counter() - start,

@@ -8,7 +8,7 @@
 - OwnPass (OWN_PASS): pytorch-grad-cam runs the method with a pass of its own (`own_pass_call`).
 
 Each returns (raw, full): the clipped 1 x h x w map at the layer's resolution (the library
-discards it) and the 0..1 map at the image's own resolution. Normalisation is pytorch-grad-cam's
+discards it) and the float32 map in 0..1 at the image's own resolution. Normalisation is pytorch-grad-cam's
 for one layer: clip at 0, min-max scale, resize to the input tensor, min-max scale again.
 """
 from __future__ import annotations
@@ -43,7 +43,10 @@ def normalise_like_library(cam: np.ndarray, input_hw: tuple[int, int]) -> np.nda
 
 
 def _to_image(ex: Explainer, input_map: np.ndarray) -> np.ndarray:
-    return cv2.resize(input_map, (ex.image.size[1], ex.image.size[0]), interpolation=cv2.INTER_LINEAR)
+    """The 0..1 map at the image's size, float32 (clipped in place: cv2's result is ours)."""
+    full = cv2.resize(input_map.astype(np.float32, copy=False), (ex.image.size[1], ex.image.size[0]),
+                      interpolation=cv2.INTER_LINEAR)
+    return np.clip(full, 0, 1, out=full)
 
 
 def _from_raw(ex: Explainer, raw: np.ndarray) -> Maps:
@@ -140,8 +143,10 @@ class FromPass:
                 raw = product.sum(dim=1)
             raw = raw.clamp(min=0)
             input_map = device_math.normalise_like_library(raw, ex.input_hw)
-            full = device_math.resize(input_map, ex.image.size)
-            return raw.cpu().numpy(), full[0].cpu().numpy()
+            full = device_math.resize(input_map, ex.image.size).clamp_(0, 1)
+            # one copy to the host and one synchronisation per map, not two
+            both = torch.cat((raw.reshape(-1), full.reshape(-1))).float().cpu().numpy()
+            return both[:raw.numel()].reshape(raw.shape), both[raw.numel():].reshape(full.shape[1:])
 
 
 class Perturbation:

@@ -140,7 +140,10 @@ def _group(dataset: fo.Dataset, config: dict, fields: list[str], mine: _Ours, up
                 update.app_config("$pullAll", f"sidebar_groups.{i}.paths", taken)
             continue
         update.guard(f"sidebar_groups.{i}.name", SIDEBAR_GROUP)
-        kept = [p for p in paths if p in mine]
+        # Only our fields were put in this group: one still declared stays. A dict lookup per
+        # path, not a read of each field's info (that grew a push's cost with the field count).
+        declared = dataset._sample_doc_cls._fields
+        kept = [p for p in paths if p in mine.fields or p in declared]
         listed = set(paths)
         new = [f for f in fields if f not in listed]
         if kept != paths:  # a field deleted or renamed elsewhere leaves the group: written whole

@@ -145,17 +145,26 @@ def store_summary(dataset: fo.Dataset | fo.DatasetView, run: AuditRun) -> Summar
     summary = summarise(dataset, run)
     with LOCK:  # one entry, atomically: a reload and a save of the whole dataset cost O(fields)
         update = schema.DatasetUpdate(dataset)
-        update.set_info((MARK, "audit", run.heatmap), {"count": summary.total, "summary": summary.to_dict()})
+        update.set_info((MARK, "audit", run.heatmap), {"count": summary.total, "fields": _stamp(run),
+                                                        "summary": summary.to_dict()})
         update.commit()
     return summary
 
 
+def _stamp(run: AuditRun) -> list[str]:
+    return sorted(f"{m}={f}" for m, f in run.fields.items())
+
+
 def stored_summary(dataset: fo.Dataset, run: AuditRun) -> Summary | None:
-    """The whole dataset's summary a batch left, if the dataset still has that many samples."""
+    """The whole dataset's summary a batch left, if the dataset still has that many samples and
+    the run still has the same measure fields."""
     entry = ((dataset.info or {}).get(MARK) or {}).get("audit", {}).get(run.heatmap)
     # The collection's own count (O(1), its metadata): a whole-dataset summary is stale once samples
-    # were added or deleted.
+    # were added or deleted; and once a measure field was deleted or renamed (in the App): the
+    # background-dominated counts of a deleted bg field are not the data's any more.
     if not isinstance(entry, dict) or entry.get("count") != dataset._sample_collection.estimated_document_count():
+        return None
+    if entry.get("fields") != _stamp(run):
         return None
     try:
         return Summary.from_dict(entry["summary"])
@@ -180,10 +189,63 @@ def check(summary: Summary, dataset_name: str, run: AuditRun) -> str | None:
     if summary.with_measures == 0:
         return (f"No stored measures for {run.heatmap} in this view: " + HOW_TO_MEASURE.format(dataset=dataset_name)
                 + ".")
-    if len(summary.settings) > 1:
-        made = "; ".join(f"{n:,} samples with {about}" for about, n in summary.settings[:3])
-        return (f"Measures made with different settings are mixed in this view ({made}): run the batch with "
-                "measures again with one setting (it re-measures the others), or narrow the view.")
+    return mixed_line(summary.settings)
+
+
+def mixed_line(settings: tuple[tuple[str, int], ...], run: str = "") -> str | None:
+    """One line when the (about, samples) pairs name more than one setting; None otherwise."""
+    if len(settings) <= 1:
+        return None
+    made = "; ".join(f"{n:,} samples with {about}" for about, n in settings[:3])
+    of = f" of {run}" if run else ""
+    return (f"Measures{of} made with different settings are mixed in this view ({made}): run the batch with "
+            "measures again with one setting (it re-measures the others), or narrow the view.")
+
+
+@db_errors
+def settings_in(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> tuple[tuple[str, int], ...]:
+    """(about, samples) of the view's measured samples, most first: one $group on the server (its
+    sum is the queue's length: the same scan as a count)."""
+    about = run.fields["about"]
+    rows = view._aggregate(pipeline=[{"$match": {about: {"$ne": None}}},
+                                     {"$group": {"_id": f"${about}", "n": {"$sum": 1}}}])
+    return tuple(sorted(((str(r["_id"]), int(r["n"])) for r in rows), key=lambda s: (-s[1], s[0])))
+
+
+def object_of(about: str) -> str:
+    """The object part of an ``about`` setting (``obj=...``): what the share was measured on."""
+    parts = dict(p.split("=", 1) for p in about.split(";") if "=" in p)
+    return parts.get("obj", "model")
+
+
+def describe_about(about: str) -> str:
+    """An ``about`` setting as people read it: "share on any object in objects · background-dominated
+    below 0.5 · faithfulness on"."""
+    parts = dict(p.split("=", 1) for p in about.split(";") if "=" in p)
+    obj, _, label = parts.get("obj", "model").partition("[")
+    label = label.rstrip("]")
+    where = ("the model's own mask or box" if obj == "model" else
+             f"any object in {obj}" if label == "*" else
+             f"{label!r} in {obj}" if label else f"the explained class's object in {obj}")
+    faith = {"1": "on", "0": "off"}.get(parts.get("f", ""), "?")
+    return f"share on {where} · background-dominated below {parts.get('t', '?')} · faithfulness {faith}"
+
+
+def runs_problem(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun) -> str | None:
+    """What stops comparing two runs on this view, in one line: mixed settings within a run, or
+    shares measured on different objects (a mask against a box, one class against any object)."""
+    found = {}
+    for run in (run_a, run_b):
+        settings = settings_in(view, run)
+        line = mixed_line(settings, run.heatmap)
+        if line:
+            return line
+        found[run.heatmap] = object_of(settings[0][0]) if settings else None
+    obj_a, obj_b = found[run_a.heatmap], found[run_b.heatmap]
+    if obj_a is not None and obj_b is not None and obj_a != obj_b:
+        return (f"The two runs measured the share on different objects ({run_a.heatmap}: obj={obj_a}; "
+                f"{run_b.heatmap}: obj={obj_b}): measure both with the same object field, or the change "
+                "compares two different things.")
     return None
 
 
@@ -286,12 +348,6 @@ def worst_first(view: fo.Dataset | fo.DatasetView, run: AuditRun, skip: int, lim
     return out
 
 
-@db_errors
-def count_measured(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> int:
-    """Samples of the view whose measures are stored (the queue's length)."""
-    return view.match({run.fields["about"]: {"$ne": None}}).count()
-
-
 # ---------------------------------------------------------------- two runs side by side
 
 CHANGE_EPS = 0.02  # a change in share smaller than this is "the same"
@@ -301,7 +357,7 @@ CHANGE_EPS = 0.02  # a change in share smaller than this is "the same"
 class Change:
     sample_id: str
     filepath: str
-    cls: str  # the class run A explained
+    cls: str  # the class the chosen run (A by default) explained
     share_a: float
     share_b: float
 
@@ -316,13 +372,15 @@ def _both(run_a: AuditRun, run_b: AuditRun) -> dict:
 
 @db_errors
 def most_changed(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun, limit: int = 200,
-                 skip: int = 0) -> list[Change]:
+                 skip: int = 0, by: AuditRun | None = None) -> list[Change]:
     """The view's samples measured by both runs, the largest change of on-object share first
-    (B - A, by size): one aggregation, a top-k sort on the server."""
+    (B - A, by size): one aggregation, a top-k sort on the server. Each with the class `by` (run A
+    unless given) explained."""
     if run_a.heatmap == run_b.heatmap:
         raise StoreError("choose two different heatmap runs to compare")
     pipeline = [{"$match": _both(run_a, run_b)},
-                {"$project": {"filepath": 1, "t": f"${run_a.target}", "a": f"${run_a.share}", "b": f"${run_b.share}",
+                {"$project": {"filepath": 1, "t": f"${(by or run_a).target}", "a": f"${run_a.share}",
+                              "b": f"${run_b.share}",
                               "d": {"$abs": {"$subtract": [f"${run_b.share}", f"${run_a.share}"]}}}},
                 {"$sort": {"d": -1, "_id": 1}}, {"$skip": int(skip)}, {"$limit": int(limit)}]
     return [Change(str(r["_id"]), str(r.get("filepath") or ""), str(r.get("t") or ""), float(r["a"]), float(r["b"]))
@@ -331,12 +389,13 @@ def most_changed(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: Audi
 
 @db_errors
 def class_changes(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun,
-                  eps: float = CHANGE_EPS) -> list[tuple[str, int, float, int, int]]:
-    """Per class (run A's explained class): (class, samples, mean change of share B - A, better,
-    worse), better first; one aggregation on the server."""
+                  eps: float = CHANGE_EPS, by: AuditRun | None = None) -> list[tuple[str, int, float, int, int]]:
+    """Per class (the class `by`, run A unless given, explained): (class, samples, mean change of
+    share B - A, better, worse), better first; one aggregation on the server. An untrained run's
+    classes are noise: group by the trained one's."""
     d = {"$subtract": [f"${run_b.share}", f"${run_a.share}"]}
     pipeline = [{"$match": _both(run_a, run_b)},
-                {"$group": {"_id": f"${run_a.target}", "n": {"$sum": 1}, "mean": {"$avg": d},
+                {"$group": {"_id": f"${(by or run_a).target}", "n": {"$sum": 1}, "mean": {"$avg": d},
                             "better": {"$sum": {"$cond": [{"$gt": [d, eps]}, 1, 0]}},
                             "worse": {"$sum": {"$cond": [{"$lt": [d, -eps]}, 1, 0]}}}}]
     rows = [(str(r["_id"]), int(r["n"]), float(r["mean"]), int(r["better"]), int(r["worse"]))

@@ -130,8 +130,10 @@ def is_plain(view: fo.Dataset | fo.DatasetView) -> bool:
 
 @db_errors
 def count(view: fo.Dataset | fo.DatasetView) -> int:
-    """Samples in the view; O(1) for a whole dataset (collection metadata), one server-side count
-    otherwise."""
+    """Samples in the view; O(1) for a whole dataset, sorted or not (collection metadata), one
+    server-side count otherwise."""
+    if not is_plain(view) and isinstance(view._stages[-1], fo.SortBy):  # an order keeps every sample:
+        view = fo.DatasetView._build(view._dataset, view._serialize()[:-1])  # counted without it
     if is_plain(view):
         root = root_dataset(view)
         return int(root._sample_collection.estimated_document_count())
