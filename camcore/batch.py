@@ -170,9 +170,13 @@ class BatchOptions:
         """Every field's identity (methods outer, layers inner), of checked options."""
         return [self.identity(m, layer, model) for m in self.methods for layer in self.layers]
 
-    def field_names(self) -> list[str]:
-        """The fields a run of these (checked) options writes, before any model is loaded."""
-        return [identity.field_name for identity in self.identities()]
+    def field_names(self, dataset: Collection | None = None) -> list[str]:
+        """The fields a run of these (checked) options writes, before any model is loaded; with
+        the dataset, as it keeps them (a field of an older name that holds the same map)."""
+        identities = self.identities()
+        if dataset is not None:
+            identities = [store.stored_identity(dataset, i) for i in identities]
+        return [identity.field_name for identity in identities]
 
 
 def declare_fields(dataset: Collection, options: BatchOptions,
@@ -350,7 +354,9 @@ class BatchRun:
         store.require_image(self.dataset)
         self.check_measures()
         self.model = load_model(options.model, options.weights, options.device)
-        identities = [identity for rule in self.rules for identity in rule.identities(self.model)]
+        # as the dataset keeps them: a field of an older name that holds the same map is resumed there
+        identities = [store.stored_identity(self.dataset, identity)
+                      for rule in self.rules for identity in rule.identities(self.model)]
         self.jobs = [_Job.of(identity) for identity in identities]
         store.declare_heatmap_fields(self.dataset, identities, extra=options.label_extra, shown_with=uuid.uuid4().hex)
         if options.measures is not None:

@@ -12,12 +12,17 @@ registries' short codes (``MethodSpec.short``, ``LayerSpec.short``, ``ModelSpec.
 the tables, a models file's own entries included), e.g. ``cam_grad_head_effl0`` for Grad-CAM on
 EfficientNet-Lite0's head. The target is left out when it was left on auto (the rule
 ``predicted``: one computation, one field); a named class is its first name (``tabby, tabby cat``
--> ``tabby``; short ones fit, a long one is cut by the sidebar, at most 20 characters here). The
+-> ``tabby``; at most 20 characters, then cut to fit as below). The
 variant tokens are ``aug``, ``eig`` (eigen smooth), ``untr`` (untrained weights) and the stem of a
 weights file the user chose (at most 12): such a map
 never replaces the plain map of the model's own weights. Each part is sanitised to ``[a-z0-9_]``;
-a part cut to its length ends in 4 hex of a hash of the whole part; a name still over
-:data:`MAX_FIELD_LEN` is cut and ends in ``_<6 hex of a hash of the whole identity>``. The full
+a part cut to its length ends in 4 hex of a hash of the whole part. A coded name (the engine's, a
+batch's) still wider than the sidebar keeps its codes and as much of the rest as fits, then
+``_<3 hex of a hash of the whole identity>`` (:func:`_fit`): every name the project writes shows
+whole (tests/test_names_fit.py); where two cut names meet in a dataset the store gives the
+second its :attr:`~HeatmapIdentity.spare_field_name` (6 hex), and a map a dataset already keeps
+under an older name stays there (``stored_as``, camcore.store.fields.stored_identity). An
+uncoded name (a test's) over :data:`MAX_FIELD_LEN` is cut and ends in ``_<6 hex>``. The full
 description (model, weights, method, layer, target, smoothing) is the field's description and its
 info. An identity built without the registries' codes (a test's) names its parts by their
 sanitised keys.
@@ -37,6 +42,7 @@ MAX_FIELD_LEN = 64
 _TARGET_CHARS = 20
 _CODE_CHARS = 20  # a part named by its key (an identity built without the registries' codes)
 _TAG_CHARS = 12
+_FIT_HEX = 3  # the hash that ends a name cut to fit the sidebar
 AUTO_TARGET = "predicted"  # camcore.targets.PREDICTED: a target left on auto; no part in the name
 # The variant tokens of the name (the meaning's variant keeps the long words).
 _VARIANT_TOKENS = (("aug", "aug_smooth"), ("eig", "eigen_smooth"), ("untr", "untrained"))
@@ -50,6 +56,7 @@ SIDEBAR_PX = 203.5
 _GLYPH_PX = {**dict.fromkeys("0123456789acesvxy_k", 7.79), **dict.fromkeys("bdghnopqu", 8.55),
              "f": 4.66, "t": 4.66, "i": 3.89, "j": 3.89, "l": 3.89, "m": 12.45, "r": 5.45, "w": 10.89,
              "z": 7.0}
+_WIDEST_PX = max(_GLYPH_PX.values())
 # The measures stored beside a heatmap (camcore.measures): name -> value type. Their fields are
 # ``camm_<measure>_<the heatmap field's name without cam_>``: a heatmap field always starts with
 # ``cam_``, so a measure field never collides with one (and no "__": mongoengine reads it as an operator).
@@ -77,12 +84,40 @@ def sanitise(part: str, limit: int | None = None) -> str:
 def sidebar_px(name: str) -> float:
     """How wide the App's sidebar draws a field name (see SIDEBAR_PX); a character outside
     ``[a-z0-9_]`` counts as the widest."""
-    return sum(_GLYPH_PX.get(c, max(_GLYPH_PX.values())) for c in name)
+    return sum(_GLYPH_PX.get(c, _WIDEST_PX) for c in name)
 
 
 def _first_name(target: str) -> str:
     # ImageNet names list synonyms ("tabby, tabby cat"): the first one says it.
     return str(target).split(",")[0].strip() or str(target)
+
+
+def _squeeze(name: str) -> str:
+    return re.sub(r"_+", "_", name)
+
+
+def _fit(head: str, tail: str, digest: str) -> str:
+    """``<head>_<tail>`` too wide for the App's sidebar: as much of the tail (the class, the
+    variant tokens, the weights file's stem) as fits, then ``_<digest>`` (a hash of the whole
+    identity); a head too wide on its own is cut too."""
+    end = sidebar_px(f"_{digest}")
+    room = SIDEBAR_PX - sidebar_px(head) - sidebar_px("_") - end
+    widths = [sidebar_px(c) for c in tail[:-1]]  # the whole tail did not fit
+    k = 0
+    while k < len(widths) and widths[k] <= room:
+        room -= widths[k]
+        k += 1
+    cut = tail[:k].rstrip("_")
+    if cut:
+        return f"{head}_{cut}_{digest}"
+    room = SIDEBAR_PX - end
+    k = 0
+    while k < len(head) and sidebar_px(head[k]) <= room:
+        room -= sidebar_px(head[k])
+        k += 1
+    if head[:k].rstrip("_"):
+        return f"{head[:k].rstrip('_')}_{digest}"
+    return f"{FIELD_PREFIX}{digest}"
 
 
 class Codes(TypedDict):
@@ -160,6 +195,9 @@ class HeatmapIdentity:
     model_code: str = field(default="", compare=False)
     method_code: str = field(default="", compare=False)
     layer_code: str = field(default="", compare=False)
+    # The field a dataset already keeps this map in under another name (a name from before names
+    # were cut to fit the App's sidebar): set by the store (camcore.store.fields.stored_identity) only.
+    stored_as: str = field(default="", compare=False, repr=False)
 
     @classmethod
     def of(cls, model: _Loaded, method: str | _Coded, layer: str, target: str, *, input_size: int = 0,
@@ -187,18 +225,32 @@ class HeatmapIdentity:
     def field_name(self) -> str:
         """The sample field this map lives in (see the module's docstring). Cached: a batch asks
         for it once per heatmap written."""
-        parts = [self.method_code or sanitise(self.method, _CODE_CHARS),
-                 self.layer_code or sanitise(self.layer, _CODE_CHARS),
-                 self.model_code or sanitise(self.model, _CODE_CHARS)]
+        return self.stored_as or self._name(_FIT_HEX)
+
+    @property
+    def spare_field_name(self) -> str:
+        """The name a dataset gives this map when field_name is taken by another map there (two
+        names cut alike whose short hashes meet): cut the same way, ending in 6 hex."""
+        return self._name(6)
+
+    def _name(self, hexes: int) -> str:
+        head = [self.method_code or sanitise(self.method, _CODE_CHARS),
+                self.layer_code or sanitise(self.layer, _CODE_CHARS),
+                self.model_code or sanitise(self.model, _CODE_CHARS)]
+        tail = []
         if self.target != AUTO_TARGET:
-            parts.append(sanitise(_first_name(self.target), _TARGET_CHARS))
+            tail.append(sanitise(_first_name(self.target), _TARGET_CHARS))
         on = {"aug_smooth": self.aug_smooth, "eigen_smooth": self.eigen_smooth, "untrained": not self.pretrained}
-        parts += [token for token, what in _VARIANT_TOKENS if on[what]]
+        tail += [token for token, what in _VARIANT_TOKENS if on[what]]
         if self.weights_tag:
-            parts.append(sanitise(self.weights_tag, _TAG_CHARS))
-        name = re.sub(r"_+", "_", FIELD_PREFIX + "_".join(parts))
-        if len(name) > MAX_FIELD_LEN:
-            whole = "|".join((self.model, self.method, self.layer, self.target, self.variant))
+            tail.append(sanitise(self.weights_tag, _TAG_CHARS))
+        name = _squeeze(FIELD_PREFIX + "_".join(head + tail))
+        whole = "|".join((self.model, self.method, self.layer, self.target, self.variant))
+        if self.model_code and self.method_code:  # a name the engine or a batch made: shown whole
+            if sidebar_px(name) <= SIDEBAR_PX and hexes == _FIT_HEX:
+                return name
+            return _fit(_squeeze(FIELD_PREFIX + "_".join(head)), _squeeze("_".join(tail)), _digest(whole, hexes))
+        if len(name) > MAX_FIELD_LEN or hexes != _FIT_HEX:
             name = name[: MAX_FIELD_LEN - 7].rstrip("_") + "_" + _digest(whole, 6)
         return name
 

@@ -42,7 +42,7 @@ def main(sel: Selection) -> None:
         return
     options = batch_runs.options(sel, spec.key, tuple(chosen_methods), tuple(chosen_layers), target_rule, eigen_smooth,
                                  measures)
-    fields = options.field_names()
+    fields = batch_runs.field_names(sel, options)
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
                (" with their measures (`camm_<measure>_…`)" if measures else "") +
                ". Samples already done with the same settings are skipped. Runs in this app's process; "

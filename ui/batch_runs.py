@@ -65,6 +65,11 @@ def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], 
                               measures=measures).checked()
 
 
+def field_names(sel, options: batch.BatchOptions) -> list[str]:
+    """The fields the run writes, as the dataset keeps them (a field of an older name holding the same map)."""
+    return options.field_names(store.load_dataset(sel.dataset))
+
+
 def _session_alive(session_id: str | None) -> bool:
     """Whether a browser is still connected to that session (True where unknown, e.g. AppTest)."""
     try:

@@ -57,7 +57,8 @@ def _push_column(c1, sel: sidebar.Selection, shown: Shown, maps: list[Heatmap]) 
         try:
             with st.spinner("Writing heatmaps…", show_time=True):
                 dataset = store.load_dataset(sel.dataset)
-                before = stored_fields(dataset, sel.sample_id, [h.field for h in maps])
+                kept = [store.stored_identity(dataset, h.identity).field_name for h in maps]  # older names too
+                before = stored_fields(dataset, sel.sample_id, kept)
                 fields = store.push_heatmaps(dataset, sel.sample_id, shown.with_heatmaps(maps))
             st.session_state[Explore.PUSHED] = {"context": context, "fields": fields,
                                                 "replaced": [f for f in fields if f in before]}

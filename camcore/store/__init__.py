@@ -57,6 +57,7 @@ from camcore.store.fields import (
     declare_heatmap_fields,
     heatmap_fields,
     stored_fields,
+    stored_identity,
 )
 from camcore.store.findings import (
     FINDING_TAG_PREFIX,
@@ -99,5 +100,5 @@ __all__ = [
     "read_heatmap", "referenced_paths", "refresh_schema", "require_image", "root_dataset", "sample_boxes", "sample_ids",
     "sample_image_path",
     "sample_with_label", "segmentation_fields", "segmentation_labels", "segmentation_masks_by_sample",
-    "stored_fields", "views",
+    "stored_fields", "stored_identity", "views",
 ]

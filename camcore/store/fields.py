@@ -12,6 +12,7 @@ raises and writes nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,8 +26,7 @@ from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
 
 __all__ = ["FIELD_PREFIX", "HEATMAP_COLORSCALE", "LABEL_ATTRIBUTES", "check_field", "declare_heatmap_field",
-           "declare_heatmap_fields",
-           "heatmap_fields"]
+           "declare_heatmap_fields", "heatmap_fields", "stored_identity"]
 
 # The attributes every heatmap label carries (see heatmaps.py). They are declared with the field,
 # so that writers in several processes never race to extend the field's schema.
@@ -56,13 +56,48 @@ def check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> boo
     if not isinstance(mark, dict):
         raise StoreError(
             f"field {field!r} of {dataset.name!r} was not created by CAM Explorer; not overwriting it")
-    # A field made before variants existed has none: it matches the plain map.
-    if any(mark.get(k) != v for k, v in meaning.items()) or mark.get("variant", "") != meaning.get("variant", ""):
+    if not _means(mark, meaning):
         raise StoreError(
             f"field {field!r} already holds {mark.get('method')} on {mark.get('layer')} of "
             f"{mark.get('model')} for {mark.get('target')!r}; names collide after sanitising"
         )
     return True
+
+
+def _means(mark: dict, meaning: dict[str, str]) -> bool:
+    # A field made before variants existed has none: it matches the plain map.
+    return all(mark.get(k) == v for k, v in meaning.items()) and mark.get("variant", "") == meaning.get("variant", "")
+
+
+def stored_identity(dataset: fo.Dataset | fo.DatasetView, identity: HeatmapIdentity) -> HeatmapIdentity:
+    """The identity as this dataset keeps it (its ``stored_as``, when not its own name): one
+    computation, one field.
+
+    - A field of ours that holds the same map under another name (an older CAM Explorer's, before
+      names were cut to fit the App's sidebar) keeps it: its maps are found, resumed and replaced there.
+    - A name cut to fit ends in a short hash: where another map of ours holds it already, this map
+      takes its spare name (a longer hash). A field that is not ours is never taken: the write refuses.
+
+    Reads the declared fields in memory only (declare_heatmap_fields resolves again under the lease)."""
+    declared = root_dataset(dataset)._sample_doc_cls._fields
+    if identity.stored_as:
+        return identity
+    meaning, name = identity.meaning, identity.field_name
+    if _holds(declared.get(name), meaning):
+        return identity
+    for other, f in declared.items():
+        if other.startswith(FIELD_PREFIX) and _holds(f, meaning):
+            return dataclasses.replace(identity, stored_as=other)
+    coded = bool(identity.model_code and identity.method_code)
+    if name in declared and coded and _holds(declared[name], None):
+        return dataclasses.replace(identity, stored_as=identity.spare_field_name)
+    return identity
+
+
+def _holds(f: Any, meaning: dict[str, str] | None) -> bool:
+    """Is f a heatmap field of ours (holding this meaning, when given)?"""
+    mark = (getattr(f, "info", None) or {}).get(MARK)
+    return isinstance(mark, dict) and mark.get("kind") == "heatmap" and (meaning is None or _means(mark, meaning))
 
 
 def _field_type_of(value: Any) -> type[fo.Field]:
@@ -104,9 +139,11 @@ def declare_heatmap_fields(
     wanted: dict[str, Callable[[], fo.Field]] = dict(LABEL_ATTRIBUTES)
     wanted.update({k: _field_type_of(v) for k, v in (extra or {}).items()})
     wanted.update(attributes or {})
-    names = list(dict.fromkeys(identity.field_name for identity in identities))
+    given = identities
     for attempt in range(_ATTEMPTS):
         with schema_lease(dataset):  # one writer of the field list at a time, across processes
+            identities = [stored_identity(dataset, i) for i in given]  # the schema is up to date here
+            names = list(dict.fromkeys(identity.field_name for identity in identities))
             new = {i.field_name: i for i in identities if not check_field(dataset, i.field_name, i.meaning)}
             for field in names:
                 if field not in new:

@@ -40,7 +40,7 @@ from camcore.errors import ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
 from camcore.store import sampledocs
 from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
-from camcore.store.fields import LABEL_ATTRIBUTES, check_field, declare_heatmap_fields
+from camcore.store.fields import LABEL_ATTRIBUTES, check_field, declare_heatmap_fields, stored_identity
 from camcore.store.leases import lease, schema_lease
 
 HEATMAP_RANGE = (0, 65535)
@@ -530,10 +530,15 @@ def _plan(
     docs = sampledocs.read(dataset, [sid for sid, _r in items], ["metadata.width", "metadata.height"])
     metas = {sid: doc.get("metadata") for sid, doc in docs.items()}
     per_field: dict[str, tuple[Heatmap, list[_Row]]] = {}
+    kept: dict[Any, Any] = {}  # identity -> as this dataset keeps it (an older name's field)
     for sid, result in items:
         if sid not in metas:
             raise StoreError(f"no sample {sid!r} in {dataset.name!r}")
         for h in result.heatmaps:
+            if h.identity not in kept:
+                kept[h.identity] = stored_identity(dataset, h.identity)
+            if kept[h.identity] is not h.identity:
+                h = dataclasses.replace(h, identity=kept[h.identity])
             field = h.field
             if field not in per_field:  # checked once per field, not per sample
                 check_field(dataset, field, h.identity.meaning)
@@ -590,8 +595,10 @@ def push_many(
             except BaseException:
                 writer.forget(new)  # no label was written: these files are nobody's
                 raise
-            declare_heatmap_fields(dataset, [first.identity for first, _rows in per_field.values()], extra=extra,
-                                   shown_with=write_id, attributes=_attributes(labels))
+            declared = declare_heatmap_fields(dataset, [first.identity for first, _rows in per_field.values()],
+                                              extra=extra, shown_with=write_id, attributes=_attributes(labels))
+            if declared != list(per_field):  # another process declared a field of these names meanwhile
+                raise StoreError(f"another writer changed the fields meanwhile ({', '.join(declared)}); push again")
             # Two writers of one sample and field: each must replace the file the label points at
             # when it writes, not when it looked, or the loser's file is nobody's and nobody's to
             # delete. One writer at a time (any process or host) between reading and setting.
