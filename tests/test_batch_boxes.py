@@ -4,6 +4,7 @@ equal a fresh pass's per box. Real FiftyOne (the tests' own mongod), SSDlite unt
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from fo_helpers import unique_name
 from PIL import Image
@@ -11,7 +12,9 @@ from PIL import Image
 from camcore import batch
 from camcore.engine import Explainer
 from camcore.images import load_image
+from camcore.measures import MeasureOptions
 from camcore.models import load_model
+from camcore.store import measures as measure_store
 
 SSD = "ssdlite320_mobilenet_v3_large"
 METHODS = ("gradcam", "eigencam")
@@ -63,7 +66,7 @@ def test_top3_over_two_images_runs_two_forwards_and_one_backward_per_box(tmp_pat
         return push(self, items)
     monkeypatch.setattr(batch.BatchRun, "push", recorded)
     options = batch.BatchOptions(model=SSD, weights="untrained", methods=METHODS, layers=LAYERS, device="cpu",
-                                 heatmap_dir=str(tmp_path / "hm"))
+                                 heatmap_dir=str(tmp_path / "hm"), measures=MeasureOptions())
     try:
         runs = batch.box_batches(ds, options, "top:3@0")
         assert [str(r.target_rule) for r in runs] == ["det:0@0", "det:1@0", "det:2@0"]
@@ -83,9 +86,15 @@ def test_top3_over_two_images_runs_two_forwards_and_one_backward_per_box(tmp_pat
             fresh = Explainer(model, load_image(by_id[sid]), rule, LAYERS)
             assert fresh.target.box_ref == result.target.box_ref and fresh.target.boxes == result.target.boxes
             for h in result.heatmaps:
-                want = fresh.heatmap(h.method, h.layer)
-                np.testing.assert_allclose(h.raw, want.raw, atol=1e-5, rtol=1e-5, err_msg=f"{rule} {h.method} {h.layer}")
-                np.testing.assert_allclose(h.map, want.map, atol=1e-5, err_msg=f"{rule} {h.method} {h.layer}")
+                want, what = fresh.heatmap(h.method, h.layer), f"{rule} {h.method} {h.layer}"
+                np.testing.assert_allclose(h.raw, want.raw, atol=1e-5, rtol=1e-5, err_msg=what)
+                np.testing.assert_allclose(h.map, want.map, atol=1e-5, err_msg=what)
+        # every rule's measures are stored beside its maps (the explained box's score as conf)
+        runs_measured = measure_store.measure_runs(ds)
+        assert len(runs_measured) == len(report.fields)
+        for sample in ds:
+            for heatmap, fields in runs_measured.items():
+                assert sample[fields["conf"]] == pytest.approx(sample[heatmap].box_score), heatmap
         # each rule's fields resume on their own
         again = batch.run_batches(ds, runs)
         assert again.done == 0 and again.skipped == 6, again.to_dict()
