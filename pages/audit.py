@@ -24,8 +24,9 @@ def main(sel: Selection) -> None:
         return
     threshold = audit.threshold_of(s)
     st.caption(f"{s.total:,} samples in the sidebar's view · {s.with_measures:,} measured · {s.with_share:,} with "
-               f"an object to measure on · settings {text.escape(s.settings[0][0])}. Click a bar, a point or a class "
-               "(shift-click adds bars or points), or pick Box Select in a chart's toolbar and drag, to narrow the "
+               f"an object to measure on · {text.escape(audit.describe_about(s.settings[0][0]))}. Click a bar, a "
+               "point or a class (shift-click adds bars or points), or pick Box Select in a chart's toolbar and drag, "
+               "to narrow the "
                "view; the sidebar, the URL and the Review page follow.")
     left, right = st.columns(2)
     with left:

@@ -176,3 +176,11 @@ def test_the_histograms_count_axis_has_whole_numbers():
     assert axis.dtick == 1 and axis.tickformat == ",d"
     many = audit.Summary(900, 900, 900, few.edges, (45,) * 20, (), ())
     assert histogram_figure(many).layout.yaxis.tickformat == ",d"  # Plotly's ticks, 1,000 as "1,000"
+
+
+def test_measure_settings_read_as_words():
+    assert audit.describe_about("t=0.5;obj=objects[*];f=1") == (
+        "share on any object in objects · background-dominated below 0.5 · faithfulness on")
+    assert audit.describe_about("t=0.3;obj=model;f=0") == (
+        "share on the model's own mask or box · background-dominated below 0.3 · faithfulness off")
+    assert audit.describe_about("t=0.5;obj=gt[cat];f=0").startswith("share on 'cat' in gt ·")

@@ -28,6 +28,7 @@ APP_PORT = store.DEFAULT_APP_PORT
 FINDING_TAGS = store.FINDING_TAGS
 settings_in = audit.settings_in
 mixed_line = audit.mixed_line
+describe_about = audit.describe_about
 worst_first = audit.worst_first
 
 

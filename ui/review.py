@@ -94,9 +94,23 @@ def draw_sample(sel: Selection, sample_id: str, path: str, s: Stored, measures: 
     shown = overlay.overlay(img.rgb, s.heatmap) if s.heatmap is not None else img.rgb
     left.image(shown, caption=text.escape(store.views.relative_label(path, cache.common_folder(sel.dataset))),
                width="stretch")
-    lines = [f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}"
-             for name, value in measures.items() if value is not None]
+    lines = [f"{label}: {_shown(name, measures[name])}" for name, label in MEASURE_LABELS
+             if measures.get(name) is not None]
     right.text("\n".join(lines + ([f"map made by {s.made_with}"] if s.made_with else [])))
+
+
+# The measures in the order a reviewer reads them, named in words (the field names are camm_<measure>_…).
+MEASURE_LABELS = (("share", "share on the object"), ("bg", "background-dominated"), ("conf", "confidence"),
+                  ("score", "target score"), ("keep", "faithfulness, highlight kept"),
+                  ("remove", "faithfulness, highlight removed"), ("about", "measured with"))
+
+
+def _shown(name: str, value) -> str:
+    if name == "bg":
+        return "yes" if value else "no"
+    if name == "about":
+        return audit.describe_about(str(value))
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def compute(sel: Selection, sample_id: str, run: audit.AuditRun, about: str) -> str:

@@ -218,6 +218,19 @@ def object_of(about: str) -> str:
     return parts.get("obj", "model")
 
 
+def describe_about(about: str) -> str:
+    """An ``about`` setting as people read it: "share on any object in objects · background-dominated
+    below 0.5 · faithfulness on"."""
+    parts = dict(p.split("=", 1) for p in about.split(";") if "=" in p)
+    obj, _, label = parts.get("obj", "model").partition("[")
+    label = label.rstrip("]")
+    where = ("the model's own mask or box" if obj == "model" else
+             f"any object in {obj}" if label == "*" else
+             f"{label!r} in {obj}" if label else f"the explained class's object in {obj}")
+    faith = {"1": "on", "0": "off"}.get(parts.get("f", ""), "?")
+    return f"share on {where} · background-dominated below {parts.get('t', '?')} · faithfulness {faith}"
+
+
 def runs_problem(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditRun) -> str | None:
     """What stops comparing two runs on this view, in one line: mixed settings within a run, or
     shares measured on different objects (a mask against a box, one class against any object)."""
