@@ -290,8 +290,9 @@ def measure_batch_head(dataset, args) -> dict[str, float]:
 
 def _views_fields(dataset) -> None:
     """A float to sort by (uniqueness) and a tag on about a tenth of the samples (shard3), set on
-    the server in one update each; the sort's index as the sidebar offers it (and not yet the
-    compound (tags, field, _id) index: measure_views times the filtered sort without, then with it)."""
+    the server in one update each, a saved view (uniqueness > 0.5); the sort's index as the sidebar
+    offers it (and not yet the compound (tags, field, _id) index: measure_views times the filtered
+    sort without, then with it)."""
     from camcore.store import views
 
     coll = dataset._sample_collection
@@ -300,6 +301,10 @@ def _views_fields(dataset) -> None:
         coll.update_many({"_rand": {"$lt": 0.1}}, {"$set": {"tags": ["shard3"]}})
         dataset.add_sample_field("uniqueness", __import__("fiftyone").FloatField)
         dataset.reload()
+    if "top_half" not in dataset.list_saved_views():  # a saved view, as the issue's "changing the view"
+        from fiftyone import ViewField as F
+
+        dataset.save_view("top_half", dataset.match(F("uniqueness") > 0.5))
     views.create_sort_index(dataset, "uniqueness")
     if "tags_uniqueness_id" in coll.index_information():
         coll.drop_index("tags_uniqueness_id")
@@ -319,6 +324,8 @@ def measure_views(dataset, args) -> dict[str, float]:
     cases = {"unsorted": views.ViewSpec(),
              "sort": views.ViewSpec(sort_field="uniqueness", sort_reverse=True),
              "filter": views.ViewSpec(tags=("shard3",)),
+             "saved": views.ViewSpec(saved_view="top_half"),
+             "saved_sort": views.ViewSpec(saved_view="top_half", sort_field="uniqueness", sort_reverse=True),
              "filter_sort": views.ViewSpec(tags=("shard3",), sort_field="uniqueness"),
              "filter_sort_tagindex": views.ViewSpec(tags=("shard3",), sort_field="uniqueness")}
     out: dict[str, float] = {}

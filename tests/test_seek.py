@@ -63,10 +63,12 @@ def test_every_page_equals_the_skip_with_ties_missing_values_and_filters_and_aft
     _check_every_page(scored)
 
 
-def test_values_of_two_types_fall_back_to_the_skip(scored):
-    """A string among the floats sorts after every number; a range from a float would miss it."""
+@pytest.mark.parametrize("odd", ["zzz", float("nan")])
+def test_values_a_range_would_miss_fall_back_to_the_skip(scored, odd):
+    """A string among the floats sorts after every number, NaN before every number; a range from
+    a float matches neither."""
     coll = scored._sample_collection
-    coll.update_one({"_id": scored.first()._id}, {"$set": {"uniqueness": "zzz"}})
+    coll.update_one({"_id": scored.first()._id}, {"$set": {"uniqueness": odd}})
     _check_every_page(scored)
 
 

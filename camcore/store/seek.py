@@ -10,7 +10,7 @@ natural order). Two exact shortcuts for the explorer's own sort, (field, _id) in
   skipping from the end: at most half the keys (the last page costs a page). Only where the
   count is exact at no cost (the whole dataset: the collection's record count, what `count` says).
 
-Where neither is exact (no index on the field, values of more than one BSON type, an array),
+Where neither is exact (no index on the field, values of more than one BSON type, NaN, an array),
 `views.page`'s skip.
 """
 from __future__ import annotations
@@ -53,10 +53,9 @@ def _sorted_parts(view, spec: views.ViewSpec) -> tuple[fo.DatasetView, int] | No
     stages = getattr(view, "_stages", None)
     if not spec.sort_field or not stages or not isinstance(stages[-1], fo.SortBy):
         return None
-    root = root_dataset(view)
-    if views.sort_index_missing(root, spec.sort_field) and \
-            (not spec.tags or views.sort_index_missing(root, spec.sort_field, tags=True)):
-        return None  # without an index a seek is a scan too: nothing to win
+    if views.sort_index_missing(root_dataset(view), spec.sort_field):
+        # without an index on the field a seek (and its check of the field's ends) is a scan too
+        return None
     unsorted = fo.DatasetView._build(view._dataset, view._serialize()[:-1])
     return unsorted, (-1 if spec.sort_reverse else 1)
 
@@ -127,19 +126,19 @@ def _bracket(value: Any) -> str | None:
 def _one_bracket(coll, field: str, bracket: str | None) -> bool:
     """Every non-null value of the field in the anchor's bracket: then a range from the anchor
     misses none. BSON orders brackets apart, so the smallest and the largest value (two seeks on
-    the sort's index) tell; a multikey index (an array somewhere) is refused."""
+    the sort's index) tell; NaN and a multikey index (an array somewhere) are refused."""
     if bracket is None:
         return False
     ends = []
     for order in (1, -1):
-        cursor = coll.find({field: {"$ne": None}}, {field: 1}).sort([(field, order), ("_id", order)]).limit(1)
-        doc = next(iter(cursor), None)
+        doc = next(iter(coll.find({field: {"$ne": None}}, {field: 1}).sort(field, order).limit(1)), None)
         if doc is None:
             return False
         ends.append(_dig(doc, field))
-    if any(isinstance(v, list) or _bracket(v) != bracket for v in ends):
+    # NaN sorts below every number but no range from a number matches it: it is the smallest end
+    if any(isinstance(v, list) or _bracket(v) != bracket or v != v for v in ends):
         return False
-    plan = coll.find({field: {"$ne": None}}, {field: 1}).sort([(field, 1), ("_id", 1)]).limit(1).explain()
+    plan = coll.find({field: {"$ne": None}}, {field: 1}).sort(field, 1).limit(1).explain()
     return not _multikey(plan.get("queryPlanner", {}).get("winningPlan", {}))
 
 
