@@ -8,7 +8,8 @@ Operators
   open_in_cam_explorer  the Streamlit explorer's URL for the current (or first selected) sample,
                         with the model, methods and layers of the view's heatmap fields.
   record_finding        tag samples ``cam:<finding>`` with a note: camcore.store.add_finding.
-  sync_app              (unlisted) run by the page every 2 s: the saved sidebar groups, when they changed.
+  sync_app              (unlisted) run by the page every 2 s: the saved groups (and, in an App the
+                        explorer did not launch, colours and switched-on map) when they changed.
 Panel
   cam_heatmaps          the current sample's heatmap fields: method/layer pickers, provenance,
                         a button that prompts compute_cams for that sample.
@@ -424,8 +425,9 @@ class SyncApp(foo.Operator):
     sidebar groups changed since the page last saw them (a push or batch from another process, a
     colleague), show them: FiftyOne 1.22 keeps the groups a page loaded for as long as it shows
     that dataset, whatever the session or reload_dataset sends, so a new CAM field would sit under
-    "labels" until the tab is reloaded. One small database read per call; the groups are sent
-    only on a change (the page passes the version it last saw; its first call only learns it)."""
+    "labels" until the tab is reloaded. In an App the explorer did not launch, the saved colours
+    and switched-on fields too (camcore.store.appwatch.page_updates). One small database read per
+    call; sent only on a change (the page passes the version it last saw)."""
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -437,15 +439,12 @@ class SyncApp(foo.Operator):
         if not name:
             return {}
         _camcore()
-        import json
-
         from camcore.store import appwatch
 
-        groups = appwatch.saved_groups(name)
-        version = hashlib.sha1(json.dumps([name, groups], sort_keys=True).encode()).hexdigest()[:16]
-        seen = ctx.params.get("seen")
-        if seen != version:
-            ctx.trigger(SIDEBAR_GROUPS_URI, {"groups": groups if seen and groups else [], "version": version})
+        watched = os.environ.get(appwatch.WATCHED_ENV) == "1"
+        version, ops = appwatch.page_updates(name, ctx.params.get("seen"), watched)
+        for uri, params in ops:
+            ctx.trigger(uri, params)
         return {"version": version}
 
 
