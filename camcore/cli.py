@@ -40,8 +40,28 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # argparse prints usage + message and exits; we want one line
         raise UsageError(f"{self.prog}: {message}")
+
+
+_METHOD_KEYS = "{method keys}"  # in a help text: the method registry's keys, filled in when help is shown
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Reads the method registry only when help is printed: it imports torch and pytorch-grad-cam
+    (seconds of CPU), which parsing, usage errors and the commands without a model never need."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and _METHOD_KEYS in text:
+            from camcore.methods import METHODS
+
+            text = text.replace(_METHOD_KEYS, ", ".join(METHODS))
+        return text
 
 
 # ---------------------------------------------------------------- helpers
@@ -484,9 +504,6 @@ def cmd_finding(args: argparse.Namespace) -> int:
 
 def _batch_options(args: argparse.Namespace) -> BatchOptions:
     """The batch's options from its arguments (names checked by the batch itself)."""
-    from camcore.batch import BatchOptions
-    from camcore.measures import MeasureOptions
-
     if args.chunk < 1:
         raise _usage(args, f"--chunk must be at least 1, got {args.chunk}")
     if args.input_size is not None and args.input_size < 8:
@@ -503,6 +520,9 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
         raise _usage(args, "--faithfulness and --no-faithfulness contradict each other: give one")
     if args.object_label and not args.object_field:
         raise _usage(args, "--object-label names a label of --object-field: give --object-field too")
+    from camcore.batch import BatchOptions  # after the checks: a usage error imports no torch
+    from camcore.measures import MeasureOptions
+
     measures = (MeasureOptions(object_field=args.object_field, threshold=args.threshold,
                                faithfulness=bool(args.faithfulness), object_label=(args.object_label or "").strip())
                 if args.measures else None)
@@ -513,9 +533,9 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    options = _batch_options(args)
     from camcore import batch, progress, store
 
-    options = _batch_options(args)
     dataset = store.load_dataset(args.dataset)
     view = store.make_view(dataset, tags=args.tag, filename_contains=args.filename_contains)
     if len(dataset) and not len(view):
@@ -552,9 +572,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the parser
 
 
+# The parser imports light modules only (no torch, no FiftyOne): each command imports what it needs.
 def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
-    from camcore.methods import DEFAULT_METHOD, METHODS
-    from camcore.models import DEFAULT_MODEL
+    from camcore.defaults import DEFAULT_METHOD, DEFAULT_MODEL
     from camcore.overlay import COLORMAPS, DEFAULT_COLORMAP
 
     if push:
@@ -572,7 +592,7 @@ def _cam_options(p: argparse.ArgumentParser, push: bool) -> None:
     p.add_argument(
         "--method",
         action="append",
-        help=f"CAM method, repeatable (default {DEFAULT_METHOD}); one of {', '.join(METHODS)}",
+        help=f"CAM method, repeatable (default {DEFAULT_METHOD}); one of {_METHOD_KEYS}",
     )
     p.add_argument("--target", help="class to explain, by name or index (default: the prediction)")
     p.add_argument("--box", help="detection models: the box to explain: top (default), det:<i>, class:<name>, "
@@ -609,7 +629,7 @@ _MODEL_HELP = ("a key that `models` lists: the built-in efficientnet_lite0 (defa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from camcore.models import DEFAULT_MODEL
+    from camcore.defaults import DEFAULT_MODEL
 
     parser = _Parser(prog=PROG, description="CAM Explorer from the command line.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -27,6 +27,7 @@ import pytorch_grad_cam as pgc
 import torch
 
 from camcore import perturbation
+from camcore.defaults import DEFAULT_METHOD as DEFAULT_METHOD  # re-exported; the CLI's parser reads defaults
 from camcore.device_math import sum_hw
 from camcore.errors import MethodError
 from camcore.identity import sanitise
@@ -275,7 +276,6 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 ARTICLE_METHODS = tuple(k for k, m in METHODS.items() if m.in_article)
-DEFAULT_METHOD = "gradcam"
 SLOW_MARK = "(slow)"
 
 

@@ -16,6 +16,7 @@ import torch
 
 from camcore import model_file
 from camcore import weights as weights_mod
+from camcore.defaults import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported; the CLI's parser reads defaults
 from camcore.errors import ModelError
 from camcore.model_spec import LayerSpec, ModelSpec, SegmentationOutput, SkippedEntry, detector_layers
 from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -148,7 +149,6 @@ DETECTION_MODELS: tuple[ModelSpec, ...] = (
 )
 BUILTIN_MODELS.update({spec.key: spec for spec in DETECTION_MODELS})
 
-DEFAULT_MODEL = "efficientnet_lite0"
 UNTRAINED_SEED = 0
 
 

@@ -428,3 +428,29 @@ def test_batch_defaults_to_the_offline_model_like_cam_and_push():
     for command in ("cam", "push", "batch"):
         extra = ["--image", "x.png"] if command == "cam" else ["--dataset", "d"] + (["--sample", "s"] if command == "push" else [])
         assert cli.build_parser().parse_args([command, *extra]).model == DEFAULT_MODEL
+
+
+def test_help_and_usage_errors_import_neither_torch_nor_fiftyone():
+    """The parser is built from light modules: `--help`, a usage error and a bad batch option answer
+    in a fraction of a second (they imported torch first: ~7 s of CPU per `python -m camcore`)."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from camcore import cli\n"
+        "for argv in (['--help'], [], ['cam'], ['frobnicate'], ['cam', '--dataset', 'x'],\n"
+        "             ['batch', '--dataset', 'x', '--workers', '2', '--device', 'cpu']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            assert cli.main(argv) == 2, argv\n"
+        "        except SystemExit as exc:\n"
+        "            assert argv == ['--help'] and exc.code == 0\n"
+        "print(sorted(m for m in ('torch', 'fiftyone', 'pytorch_grad_cam', 'camcore.models') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_cam_help_lists_every_method_of_the_registry():
+    """The method keys are filled into --method's help when help is shown (not when it is built)."""
+    formatter = cli.build_parser()._subparsers._group_actions[0].choices["cam"].format_help()
+    assert ", ".join(METHODS) in " ".join(formatter.split()), formatter

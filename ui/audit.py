@@ -18,7 +18,7 @@ from camcore import overlay, store
 from camcore.store import audit, views
 from ui import cache, text
 from ui.sidebar import Selection
-from ui.state import Audit, Sidebar
+from ui.state import App, Audit, Sidebar
 
 SHARE_AXIS = "share of heatmap mass on the object (0–1)"
 CONF_AXIS = "model probability of the explained class (0–1)"
@@ -192,21 +192,40 @@ def save_view(sel: Selection) -> None:
         st.session_state["_audit_saved"] = ("warning", "Name the saved view first.")
         return
     try:
-        audit.save_view(sel.view(), name)
-        st.session_state["_audit_saved"] = ("success", f"Saved as the FiftyOne view {name!r}.")
+        replaced = audit.save_view(sel.view(), name)
+        st.session_state["_audit_saved"] = ("success", f"Saved as the FiftyOne view {name!r}"
+                                            + (", replacing the saved view of that name." if replaced else "."))
     except Exception as exc:  # a bad name or a database error: one line
         st.session_state["_audit_saved"] = ("error", f"Could not save the view {name!r}: {exc}")
 
 
-def ways_out(sel: Selection, port: int) -> None:
+def app_port() -> int:
+    """Where to serve the App: the port Explore or Findings already serves it on (one App a process:
+    another port would close that one), else FiftyOne's."""
+    return int(st.session_state.get(App.LAUNCHED) or st.session_state.get(App.FINDINGS_LAUNCHED) or APP_PORT)
+
+
+def open_app(sel: Selection) -> None:
+    """Serve the sidebar's (narrowed) view in the FiftyOne App; its link is shown after the click."""
+    port = app_port()
+    try:
+        store.launch_app(sel.view(), port)
+        st.session_state["_audit_app"] = store.app_url(sel.dataset, None, port)
+    except Exception as exc:  # the App's server did not start or answer: one line
+        st.session_state["_audit_saved"] = ("error", f"Could not open the FiftyOne App: {exc}")
+
+
+def ways_out(sel: Selection) -> None:
     """Save the narrowed view as a FiftyOne saved view; open it in the FiftyOne App."""
     c1, c2, c3 = st.columns([3, 1, 2])
     c1.text_input("Saved view name", key=Audit.SAVE_NAME, placeholder="e.g. background-dominated cats",
                   label_visibility="collapsed")
     c2.button("Save view", key=Audit.SAVE, on_click=save_view, args=(sel,))
-    if c3.button("Open in the FiftyOne App", key=Audit.OPEN_APP):
-        store.launch_app(sel.view(), port)
-        c3.markdown(f"[Open the App]({store.app_url(sel.dataset, None, port)})")
+    # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
+    c3.button("Open in the FiftyOne App", key=Audit.OPEN_APP, on_click=open_app, args=(sel,))
+    url = st.session_state.pop("_audit_app", None)
+    if url:
+        c3.markdown(f"[Open the App]({url})")
     said = st.session_state.pop("_audit_saved", None)
     if said:
         getattr(st, said[0])(text.escape(said[1]))
