@@ -284,3 +284,25 @@ def test_the_open_in_result_is_a_short_link(dataset, no_saved_address):
     ctx = foo.ExecutionContext(request_params={"dataset_name": dataset.name, "results": result.result})
     out = json.dumps(foo.get_operator(OPEN).resolve_output(ctx).to_json())
     assert '"label": "Open the sample in CAM Explorer"' in out and result.result["url"] in out
+
+
+SYNC = f"{PLUGIN}/sync_app"
+GROUPS = f"{PLUGIN}/set_sidebar_groups"
+
+
+def test_sync_app_sends_the_saved_groups_once_per_change(dataset, tmp_path):
+    """The page's own check (dist/index.umd.js runs sync_app every 2 s): its first call learns the
+    version, a call with the version seen sends nothing, and a push from elsewhere (here: this
+    process, not the App) sends the saved groups, with the CAM group, once."""
+    first = _requests(_run(SYNC, dataset=dataset, params={}))
+    [(uri, params)] = first
+    assert uri == GROUPS and params["groups"] == [] and params["version"]  # learnt, nothing set
+    seen = params["version"]
+    assert _requests(_run(SYNC, dataset=dataset, params={"seen": seen})) == []
+
+    store.push_heatmaps(dataset, dataset.first().id, make_result((40, 48), [make_heatmap((40, 48))]),
+                        heatmap_dir=tmp_path / "hm")
+    [(uri, params)] = _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))
+    cam = [g for g in params["groups"] if g["name"] == appstyle.SIDEBAR_GROUP]
+    assert uri == GROUPS and params["version"] != seen and cam and cam[0]["paths"]
+    assert _requests(_run(SYNC, dataset=dataset, params={"seen": params["version"]})) == []  # once

@@ -37,6 +37,15 @@ def saved_scheme(dataset_name: str) -> dict | None:
     return (doc.get("app_config") or {}).get("color_scheme")
 
 
+def saved_groups(dataset_name: str) -> list[dict]:
+    """The dataset's saved sidebar groups as plain data (name, paths, expanded), [] when none are
+    saved: one small read, for the plugin's page-side check (plugins/cam-explorer: sync_app)."""
+    doc = datasets_collection().find_one({"name": dataset_name}, {"app_config.sidebar_groups": 1}) or {}
+    groups = (doc.get("app_config") or {}).get("sidebar_groups") or []
+    return [{"name": str(g.get("name")), "paths": [str(p) for p in g.get("paths") or []],
+             "expanded": g.get("expanded") is not False} for g in groups if isinstance(g, dict)]
+
+
 def _comparable(scheme: fo.ColorScheme) -> dict:
     out = scheme.to_dict()
     for key in ("_id", "id"):

@@ -8,6 +8,7 @@ Operators
   open_in_cam_explorer  the Streamlit explorer's URL for the current (or first selected) sample,
                         with the model, methods and layers of the view's heatmap fields.
   record_finding        tag samples ``cam:<finding>`` with a note: camcore.store.add_finding.
+  sync_app              (unlisted) run by the page every 2 s: the saved sidebar groups, when they changed.
 Panel
   cam_heatmaps          the current sample's heatmap fields: method/layer pickers, provenance,
                         a button that prompts compute_cams for that sample.
@@ -418,6 +419,36 @@ def _models_file_views(inputs: Any) -> None:
             description="; ".join(f"{e.key}: {e.reason}" for e in skipped)))
 
 
+class SyncApp(foo.Operator):
+    """Run by the page itself every few seconds (dist/index.umd.js): when the dataset's saved
+    sidebar groups changed since the page last saw them (a push or batch from another process, a
+    colleague), show them: FiftyOne 1.22 keeps the groups a page loaded for as long as it shows
+    that dataset, whatever the session or reload_dataset sends, so a new CAM field would sit under
+    "labels" until the tab is reloaded. One small database read per call; the groups are sent
+    only on a change (the page passes the version it last saw; its first call only learns it)."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(name="sync_app", label="CAM Explorer: show the saved sidebar groups",
+                                  unlisted=True)
+
+    def execute(self, ctx) -> dict:
+        name = ctx.request_params.get("dataset_name")
+        if not name:
+            return {}
+        _camcore()
+        import json
+
+        from camcore.store import appwatch
+
+        groups = appwatch.saved_groups(name)
+        version = hashlib.sha1(json.dumps([name, groups], sort_keys=True).encode()).hexdigest()[:16]
+        seen = ctx.params.get("seen")
+        if seen != version:
+            ctx.trigger(SIDEBAR_GROUPS_URI, {"groups": groups if seen and groups else [], "version": version})
+        return {"version": version}
+
+
 class ReloadModels(foo.Operator):
     @property
     def config(self) -> foo.OperatorConfig:
@@ -818,4 +849,5 @@ def register(p) -> None:
     p.register(OpenInCamExplorer)
     p.register(RecordFinding)
     p.register(ReloadModels)
+    p.register(SyncApp)
     p.register(CamHeatmapsPanel)
