@@ -124,10 +124,13 @@ def compute(sel: Selection, sample_id: str, run: audit.AuditRun, about: str) -> 
                                  methods=(meaning["method"],), layers=(meaning["layer"],),
                                  target_rule=meaning["target"], eigen_smooth="eigen" in meaning.get("variant", ""),
                                  measures=MeasureOptions.parse(about) if about else MeasureOptions(), chunk=1)
-    if options.checked().field_names(dataset) != [run.heatmap]:
-        return (f"The sidebar's weights would write another field than {run.heatmap}: choose the weights the "
-                "field was made with in the sidebar.")
-    report = batch.run_batch(dataset.select([sample_id]), options)
+    try:  # bad input (the object field deleted or of another type since, no weights): one line, the sample stays
+        if options.checked().field_names(dataset) != [run.heatmap]:
+            return (f"The sidebar's weights would write another field than {run.heatmap}: choose the weights the "
+                    "field was made with in the sidebar.")
+        report = batch.run_batch(dataset.select([sample_id]), options)
+    except CamError as exc:
+        return f"Could not compute it: {exc}"
     if report.failed:
         return f"Could not compute it: {report.failed[0][1]}"
     return "Computed the map and its measures again." if report.done else "Already up to date."
