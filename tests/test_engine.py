@@ -307,28 +307,6 @@ def test_iter_heatmaps_one_step_per_pair_in_order(effnet):
     assert steps[3].heatmap is steps[2].heatmap and steps[2].heatmap.layer == ALL_LAYERS
 
 
-def test_a_grids_device_maps_are_copied_to_the_host_once_and_equal_one_by_one(effnet, monkeypatch):
-    """On a GPU the pure maps of a grid are computed together and wait for the device once
-    (run here on the CPU with device math forced): the same maps as one heatmap() each."""
-    from camcore.engine import kinds
-
-    monkeypatch.setenv("CAM_EXPLORER_DEVICE_MATH", "1")
-    copies = []
-    real = kinds._to_host
-    monkeypatch.setattr(kinds, "_to_host", lambda maps: copies.append(len(maps)) or real(maps))
-    image, layers = chelsea_crop(224), ("head", "stage5")
-    methods = ["gradcam", "gradcam++", "eigencam", "layercam", "fullgrad"]
-    steps = list(iter_heatmaps(Explainer(effnet, image, None, layers), grid_pairs(methods, layers)))
-    assert all(s.heatmap is not None for s in steps)
-    assert copies == [8], "the 8 pure maps: one copy to the host, before the loop"
-    one = Explainer(effnet, image, None, layers)
-    for s in steps:
-        if s.method != "fullgrad":
-            alone = one.heatmap(s.method, s.layer)
-            assert np.abs(alone.map - s.heatmap.map).max() <= 1e-6 and alone.identity == s.heatmap.identity
-            assert s.heatmap.map.dtype == np.float32 and s.heatmap.seconds > 0
-
-
 def test_iter_heatmaps_stops_on_cancel(effnet):
     import threading
 

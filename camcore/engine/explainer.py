@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from camcore import device_math, metrics, modellock
+from camcore import metrics, modellock
 from camcore import targets as targets_mod
 from camcore.engine.kept import KeptForward
-from camcore.engine.kinds import device_maps, strategy_for
+from camcore.engine.kinds import strategy_for
 from camcore.engine.loop import collect, grid_pairs, iter_heatmaps
 from camcore.engine.passes import FeaturePass, Progress, run_pass, run_pass_batch
 from camcore.errors import CamError, MethodError, first_line
@@ -289,38 +289,6 @@ class Explainer:
                 if spec.kind is not Kind.PERTURBATION:
                     self._record_own(spec, layer, time.perf_counter() - started)
             return self._memo[key]
-
-    def prefetch(self, pairs: Iterable[tuple[str, str]], eigen_smooth: bool = False) -> None:
-        """Compute the pairs whose maps are pure functions of the pass on a GPU together
-        (kinds.device_maps: one wait for the device, not one a map); heatmap() then finds them
-        memoised. Anything else, or any pair that would fail, is left to heatmap() as before."""
-        if self.aug_smooth or getattr(self, "fp", None) is None or not device_math.enabled(self.model.device):
-            return  # (explain_many's explainers get their pass later)
-        task, family = self.model.spec.task, self.model.spec.family
-        jobs: dict[tuple[str, str, bool], tuple[MethodSpec, str, bool]] = {}
-        for method, layer in pairs:
-            try:
-                spec = get_method(method)
-                name = self.model.spec.layer(layer).name
-            except CamError:
-                continue
-            eigen = bool(eigen_smooth and spec.supports_eigen_smooth)
-            key = (spec.key, name, eigen)
-            if (spec.kind in (Kind.GRADIENT, Kind.ACTIVATION) and spec.device_product is not None
-                    and not spec.layer_independent and not spec.unsupported_reason(task, family)
-                    and key not in self._memo and key not in self._deferred
-                    and name in self.fp.activation_tensors
-                    and (not spec.needs_gradients or self.fp.gradient_tensors.get(name) is not None)):
-                jobs[key] = (spec, name, eigen)
-        if len(jobs) < 2:
-            return
-        with self._lock:
-            start = time.perf_counter()
-            maps = device_maps(self, list(jobs.values()))
-            share = (time.perf_counter() - start) / len(jobs)  # each map's part of the batch
-            for (key, (spec, name, eigen)), (raw, full) in zip(jobs.items(), maps, strict=True):
-                self._memo[key] = self._heatmap(spec, name, eigen, raw, full, time.perf_counter() - share)
-                self._record_own(spec, name, share)
 
     def heatmaps(
         self,

@@ -130,12 +130,6 @@ class FromPass:
     @staticmethod
     def _on_device(ex: Explainer, spec: MethodSpec, fp: FeaturePass, layer: str, eigen_smooth: bool) -> Maps:
         """The same map with torch ops on the tensors' device (device_math.py)."""
-        return _to_host([FromPass.device_tensors(ex, spec, fp, layer, eigen_smooth)])[0]
-
-    @staticmethod
-    def device_tensors(ex: Explainer, spec: MethodSpec, fp: FeaturePass, layer: str,
-                       eigen_smooth: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw 1 x h x w, full 1 x H x W in 0..1) on the pass's device, not copied to the host."""
         acts = fp.activation_tensors[layer]
         grads = fp.gradient_tensors.get(layer) if spec.needs_gradients else None
         if spec.needs_gradients and grads is None:
@@ -149,40 +143,10 @@ class FromPass:
                 raw = product.sum(dim=1)
             raw = raw.clamp(min=0)
             input_map = device_math.normalise_like_library(raw, ex.input_hw)
-            return raw, device_math.resize(input_map, ex.image.size).clamp_(0, 1)
-
-
-def _to_host(maps: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Maps]:
-    """Device maps copied to the host as one tensor: one copy and one synchronisation for all."""
-    parts = [t for pair in maps for t in pair]
-    flat = torch.cat([t.reshape(-1) for t in parts]).float().cpu().numpy()
-    out, at = [], 0
-    for raw, full in maps:
-        n, m = raw.numel(), full.numel()
-        out.append((flat[at:at + n].reshape(raw.shape), flat[at + n:at + n + m].reshape(full.shape[1:])))
-        at += n + m
-    return out
-
-
-def device_maps(ex: Explainer, jobs: list[tuple[MethodSpec, str, bool]]) -> list[Maps]:
-    """Many FromPass maps of the explainer's pass, (spec, layer, eigen_smooth) each, computed on
-    the device and copied to the host together: a grid's maps wait for the GPU once, not once a
-    map (each wait was ~0.5 ms on an H200, bench/gpu_check.py). Copies go in groups of at most
-    HOST_COPY_ELEMENTS, so maps of a big photo do not all sit on the device at once."""
-    out: list[Maps] = []
-    group: list[tuple[torch.Tensor, torch.Tensor]] = []
-    size = 0
-    for spec, layer, eigen_smooth in jobs:
-        raw, full = FromPass.device_tensors(ex, spec, ex.layer_pass(layer), layer, eigen_smooth)
-        group.append((raw, full))
-        size += raw.numel() + full.numel()
-        if size >= HOST_COPY_ELEMENTS:
-            out += _to_host(group)
-            group, size = [], 0
-    return out + (_to_host(group) if group else [])
-
-
-HOST_COPY_ELEMENTS = 32 * 2**20  # 128 MiB of float32 maps per copy to the host
+            full = device_math.resize(input_map, ex.image.size).clamp_(0, 1)
+            # one copy to the host and one synchronisation per map, not two
+            both = torch.cat((raw.reshape(-1), full.reshape(-1))).float().cpu().numpy()
+            return both[:raw.numel()].reshape(raw.shape), both[raw.numel():].reshape(full.shape[1:])
 
 
 class Perturbation:

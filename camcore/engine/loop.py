@@ -62,9 +62,6 @@ def iter_heatmaps(
     so a caller can announce slow work only for what will run."""
     seen: set[tuple[str, str]] = set()
     task, family = explainer.model.spec.task, explainer.model.spec.family
-    pairs = list(pairs)
-    if cancel is None or not cancel.is_set():
-        explainer.prefetch(pairs, eigen_smooth)  # a GPU's pure maps together, memoised
     for i, (method, layer) in enumerate(pairs):
         if cancel is not None and cancel.is_set():
             raise Cancelled("Cancelled.")
