@@ -140,10 +140,10 @@ def _page_rows(dataset: str, spec: views.ViewSpec, start: int, n: int) -> list[t
         key = (dataset, spec, p)
         if key not in kept:
             # ▶ or ◀ onto a new page seeks from the edge of the page beside it, when kept
-            prev, after = kept.get((dataset, spec, p - 1)), kept.get((dataset, spec, p + 1))
+            prev, nxt = kept.get((dataset, spec, p - 1)), kept.get((dataset, spec, p + 1))
             kept[key] = seek.page_at(views.build_view(store.load_dataset(dataset), spec), spec, p * size, size,
                                      after=prev[-1][0] if prev and len(prev) == size else None,
-                                     before=after[0][0] if after else None)
+                                     before=nxt[0][0] if nxt else None)
             while len(kept) > PAGES_KEPT:
                 kept.popitem(last=False)
         kept.move_to_end(key)
