@@ -54,7 +54,9 @@ def test_queue_worst_first_steps_records_and_keeps_its_place_in_the_url(audited)
     (run_,) = audit.runs(ds)
     third, _path = audit.worst_first(ds, run_, 2, 1)[0]
     shares = sorted(ds.values(fields["share"]))
-    assert any(f"share on the object: {shares[2]:.3f}\nbackground-dominated: " in t.value for t in at.text)
+    explained = ds[third][IDENTITY.field_name].target  # what the map is about, first
+    assert any(t.value.startswith(f"the map explains: {explained}\nshare on the object: {shares[2]:.3f}\n")
+               for t in at.text)
     assert any("measured with: share on the explained class's object in objects · background-dominated below "
                "0.5 · faithfulness on" in t.value for t in at.text)
     at.selectbox(key="review_tag").set_value("background bias")
