@@ -48,7 +48,7 @@ def main(sel: Selection) -> None:
     narrowed = sel.view_spec.narrow
     st.markdown(f"**{sel.count:,} samples** in the view" + (" (narrowed)" if narrowed else "")
                 + ": review them worst first on the Review page, save them, or open them in the App.")
-    audit.ways_out(sel, audit.APP_PORT)
+    audit.ways_out(sel)
 
 
 page.serve("audit", main, NO_SELECTION)

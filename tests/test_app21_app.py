@@ -39,7 +39,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 MODEL = "efficientnet_lite0"
 FIELD = field_name(MODEL, "gradcam", "head", "predicted")  # the form's defaults
-PUSHED = field_name(MODEL, "eigencam", "head", "predicted")  # the CLI's defaults, --method eigencam
+# the CLI's defaults, --method eigencam, for a named class: a name cut to fit the sidebar (item 1)
+PUSHED_CLASS = "Egyptian cat"
+PUSHED = field_name(MODEL, "eigencam", "head", PUSHED_CLASS)
 
 
 def hue_shares(png: bytes) -> tuple[np.ndarray, float]:
@@ -139,7 +141,8 @@ def _open_compute_form_on_the_selection(page, tries: int = 10) -> None:
 def _push_from_another_process(dataset: str, sample_id: str) -> None:
     """`python -m camcore push` in its own process, as a user pushes from a shell."""
     run = subprocess.run([sys.executable, "-m", "camcore", "push", "--dataset", dataset, "--sample", sample_id,
-                          "--method", "eigencam", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+                          "--method", "eigencam", "--target", PUSHED_CLASS, "-q"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-2000:]
 
 
@@ -171,14 +174,24 @@ def _grid_in_colour(page, timeout_ms: int = 90_000) -> bytes:  # generous: 2 loa
     return png
 
 
-def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int) -> tuple[bytes, bytes]:
+def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, out: dict) -> tuple[bytes, bytes]:
     """Another process pushes a map while the App is open: (the grid's tile on the page never
-    reloaded, the sample's canvas opened by URL, as a tab reload does)."""
+    reloaded, the sample's canvas opened by URL, as a tab reload does). In `out`: the grid's
+    sidebar on the page never reloaded (its CAM group, the pushed field's label)."""
     from playwright.sync_api import expect
 
     _push_from_another_process(dataset, sample_id)
     _until_the_session_holds(session, PUSHED)
     grid = _grid_in_colour(page)
+    # the CAM group with the pushed field in it, with no reload (the plugin's page-side sync_app)
+    try:
+        expect(_group(page)).to_be_visible(timeout=60_000)
+        label = page.locator(f"[data-cy=sidebar-field-{PUSHED}]").first
+        expect(label).to_be_visible(timeout=30_000)
+        out["pushed_group"] = label.bounding_box()["y"] > _group(page).bounding_box()["y"]
+        out["pushed_label"] = label.evaluate(_LABEL)
+    except AssertionError as exc:
+        out["pushed_group"] = f"no CAM group on the page never reloaded: {str(exc).splitlines()[0]}"
     page.screenshot(path=str(ARTIFACTS / "app21_pushed_elsewhere_grid.png"))
     page.goto(store.app_url(dataset, sample_id, port=port))
     modal = page.locator("#modal")
@@ -203,7 +216,7 @@ def _drive(url: str, select, pushed_elsewhere) -> dict:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
-            out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page)
+            out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page, out)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
             select()  # the App's selection, set while the page is open
             _open_compute_form_on_the_selection(page)
@@ -252,14 +265,17 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
         def select() -> None:
             _when_connected(lambda: setattr(session, "selected", [sid]))
 
-        def pushed_elsewhere(page) -> tuple[bytes, bytes]:
-            return _pushed_elsewhere(page, session, grey_dataset.name, sid, port)
+        def pushed_elsewhere(page, out: dict) -> tuple[bytes, bytes]:
+            return _pushed_elsewhere(page, session, grey_dataset.name, sid, port, out)
 
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), select,
                               pushed_elsewhere).result(timeout=900)
     finally:
         store.close_app()
+    assert got["pushed_group"] is True, got["pushed_group"]  # another process's push: the group, no reload
+    label = got["pushed_label"]  # a class's name cut to fit, measured in the App
+    assert label["fits"] and abs(label["text_px"] - sidebar_px(PUSHED)) < 3, (PUSHED, label)
     shares, saturated = hue_shares(got["pushed_grid"])
     assert saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02, (
         f"the open App's grid, not reloaded, does not show another process's map in jet: {saturated:.3f} "

@@ -18,7 +18,7 @@ import torch
 from fo_helpers import field_name, make_heatmap, make_result, unique_name, write_images
 
 from camcore import links, store
-from camcore.store import appstyle
+from camcore.store import appstyle, appwatch
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "@cam-explorer/cam"
@@ -284,3 +284,43 @@ def test_the_open_in_result_is_a_short_link(dataset, no_saved_address):
     ctx = foo.ExecutionContext(request_params={"dataset_name": dataset.name, "results": result.result})
     out = json.dumps(foo.get_operator(OPEN).resolve_output(ctx).to_json())
     assert '"label": "Open the sample in CAM Explorer"' in out and result.result["url"] in out
+
+
+SYNC = f"{PLUGIN}/sync_app"
+FIELD_PUSHED = field_name("resnet50", "gradcam", "layer4", "tabby cat")  # make_heatmap's
+GROUPS = f"{PLUGIN}/set_sidebar_groups"
+
+
+def test_sync_app_sends_the_saved_groups_once_per_change(dataset, tmp_path, monkeypatch):
+    """The page's own check (dist/index.umd.js runs sync_app every 2 s): its first call learns the
+    version, a call with the version seen sends nothing, and a push from elsewhere (here: this
+    process, not the App) sends the saved groups, with the CAM group, once; in an App the
+    explorer did not launch, also the saved colours and switched-on map."""
+    monkeypatch.delenv(appwatch.WATCHED_ENV, raising=False)
+    [(uri, params)] = _requests(_run(SYNC, dataset=dataset, params={}))
+    assert uri == GROUPS and params["groups"] == [] and params["version"]  # learnt, nothing set
+    seen = params["version"]
+    assert _requests(_run(SYNC, dataset=dataset, params={"seen": seen})) == []
+
+    store.push_heatmaps(dataset, dataset.first().id, make_result((40, 48), [make_heatmap((40, 48))]),
+                        heatmap_dir=tmp_path / "hm")
+    ops = dict(_requests(_run(SYNC, dataset=dataset, params={"seen": seen})))
+    cam = [g for g in ops[GROUPS]["groups"] if g["name"] == appstyle.SIDEBAR_GROUP]
+    assert ops[GROUPS]["version"] != seen and cam and cam[0]["paths"] == [FIELD_PUSHED]
+    assert ops["set_color_scheme"]["color_by"] == "value"
+    assert {"path": FIELD_PUSHED, "name": "jet"}.items() <= ops["set_color_scheme"]["colorscales"][0].items()
+    assert FIELD_PUSHED in ops["set_active_fields"]["fields"] and "reload_dataset" in ops
+    again = ops[GROUPS]["version"]
+    assert _requests(_run(SYNC, dataset=dataset, params={"seen": again})) == []  # once
+    # a page loaded afresh: the saved colours at once (it holds its session's launch scheme)
+    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={}))] == [GROUPS, "set_color_scheme"]
+
+
+def test_sync_app_leaves_the_colours_to_the_explorers_watch(dataset, tmp_path, monkeypatch):
+    store.push_heatmaps(dataset, dataset.first().id, make_result((40, 48), [make_heatmap((40, 48))]),
+                        heatmap_dir=tmp_path / "hm")
+    monkeypatch.setenv(appwatch.WATCHED_ENV, "1")  # in an App server the explorer launched
+    seen = _requests(_run(SYNC, dataset=dataset, params={}))[0][1]["version"]
+    dataset.app_config.sidebar_groups[0].expanded = False
+    dataset.save()
+    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))] == [GROUPS]

@@ -441,3 +441,31 @@ def test_next_and_previous_across_a_page_boundary_of_a_sorted_view_seek_from_the
             assert keys <= 4 * size, f"{button} walked {keys} index keys to position {lands}"
     finally:
         dataset.delete()
+
+
+def test_next_after_samples_came_before_the_page_on_screen_reads_the_new_positions(tmp_path):
+    """▶ onto a new page seeks from the edge of the page on screen (seek.page_at): once the view's
+    count says samples came or went, the pages read before are dropped, so ▶ shows the sample now
+    at that position (what the skip reads), not the one after a stale page."""
+    from camcore.store import views
+    from ui import cache
+
+    [path] = write_images(tmp_path, ["x.png"])
+    dataset = fo.Dataset(unique_name("sorted-grown"), persistent=True)
+    dataset.add_samples([fo.Sample(filepath=path, uniqueness=i / 60) for i in range(60)])
+    views.create_sort_index(dataset, "uniqueness")
+    size = views.PAGE_SIZE
+    try:
+        at = _at_findings(dataset.name)
+        at.sidebar.selectbox(key="view_sort").set_value("uniqueness")
+        run(at)
+        at.sidebar.number_input(key="nav_goto").set_value(size)  # the last of the first page
+        run(at)
+        dataset.add_samples([fo.Sample(filepath=path, uniqueness=-1.0) for _ in range(5)])  # sorted first
+        cache.view_count.clear()  # as a minute later
+        at.sidebar.button(key="next_sample").click()
+        run(at)
+        spec = views.ViewSpec(sort_field="uniqueness")
+        assert current_sample(at) == views.page(views.build_view(dataset, spec), size, 1)[0][0]
+    finally:
+        dataset.delete()

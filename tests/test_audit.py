@@ -184,3 +184,17 @@ def test_measure_settings_read_as_words():
     assert audit.describe_about("t=0.3;obj=model;f=0") == (
         "share on the model's own mask or box · background-dominated below 0.3 · faithfulness off")
     assert audit.describe_about("t=0.5;obj=gt[cat];f=0").startswith("share on 'cat' in gt ·")
+
+
+def test_the_class_change_plot_keeps_the_extremes_of_many_classes_readable():
+    """1,000 ImageNet classes would be 1,000 bars at 1280 px: the plot keeps the most improved and
+    the most worsened (the table beside it lists them all)."""
+    from ui.audit import PLOTTED_CLASSES, class_change_figure
+
+    rows = [(f"class {i}", 5, 0.5 - i / 1000, 3, 1) for i in range(1000)]  # best first
+    fig = class_change_figure(rows, "B")
+    names = list(fig.data[0].x)
+    assert len(names) == PLOTTED_CLASSES and names[0] == "class 0" and names[-1] == "class 999"
+    assert "of 1,000 classes" in fig.layout.title.text
+    few = class_change_figure(rows[:5])
+    assert len(few.data[0].x) == 5 and few.layout.title.text.startswith("Classes that got better")

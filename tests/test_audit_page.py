@@ -210,3 +210,29 @@ def test_the_narrowed_view_is_saved_as_a_fiftyone_saved_view(audited):
     assert "background cups" in ds.list_saved_views()
     saved = ds.load_saved_view("background cups")
     assert saved.count() == 10 and set(saved.values(f"{run_.heatmap}.target")) == {"cup"}
+    at.button(key="audit_save").click()  # the same name again: replacing a saved view is said
+    run(at, allow_errors=False)
+    assert any("replacing the saved view of that name" in s.value for s in at.success)
+
+
+def test_open_in_the_app_serves_the_narrowed_view_on_the_chosen_port(audited):
+    """'Open in the FiftyOne App' serves the narrowed view (10 of 30 samples), not the dataset, on
+    the port where Explore serves the App (one App a process: another port would close it)."""
+    from mongod_support import free_port
+
+    from camcore import store
+
+    ds, _fields = audited
+    (run_,) = audit.runs(ds)
+    at = _audit_page(ds, narrow=audit.class_narrow(run_, "cup"))
+    port = free_port()
+    at.session_state["fo_launched"] = port  # where Explore serves the App (not FiftyOne's 5151)
+    try:
+        at.button(key="audit_open_app").click()
+        run(at, allow_errors=False)
+        session = store.app_session()
+        assert session is not None and session.server_port == port
+        assert session.view is not None and session.view.count() == 10
+        assert any(f"localhost:{port}/datasets/" in m.value for m in at.markdown)
+    finally:
+        store.close_app()

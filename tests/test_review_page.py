@@ -54,7 +54,9 @@ def test_queue_worst_first_steps_records_and_keeps_its_place_in_the_url(audited)
     (run_,) = audit.runs(ds)
     third, _path = audit.worst_first(ds, run_, 2, 1)[0]
     shares = sorted(ds.values(fields["share"]))
-    assert any(f"share on the object: {shares[2]:.3f}\nbackground-dominated: " in t.value for t in at.text)
+    explained = ds[third][IDENTITY.field_name].target  # what the map is about, first
+    assert any(t.value.startswith(f"the map explains: {explained}\nshare on the object: {shares[2]:.3f}\n")
+               for t in at.text)
     assert any("measured with: share on the explained class's object in objects · background-dominated below "
                "0.5 · faithfulness on" in t.value for t in at.text)
     at.selectbox(key="review_tag").set_value("background bias")
@@ -110,3 +112,29 @@ def test_mixed_settings_are_refused_in_one_line_and_nothing_can_be_recorded(audi
     assert "\n" not in line
     assert not [b for b in at.button if b.key == "review_record"]
     assert not [m for m in at.markdown if m.value.startswith("**Reviewed")]
+
+
+def test_computing_with_an_object_field_of_the_wrong_type_says_one_line_and_keeps_the_sample(tmp_path):
+    """The measures were made on the `objects` boxes; since then `objects` became a text field.
+    Compute it now: one line, nothing written, and the sample (its image) still on the page."""
+    shutil.copy(skimage_data("chelsea.png"), tmp_path / "chelsea.png")
+    box = fo.Detection(label="cat", bounding_box=[0.2, 0.2, 0.6, 0.7])
+    ds = fo.Dataset(unique_name("wrongtype"), persistent=True)
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "chelsea.png"), objects=fo.Detections(detections=[box])))
+    try:
+        batch.run_batch(ds, BatchOptions("efficientnet_lite0", methods=["gradcam"], layers=["head"],
+                                         measures=MeasureOptions(object_field="objects", faithfulness=False)))
+        ds.set_field(IDENTITY.field_name, None).save()  # the map is missing: Compute it now is offered
+        ds.delete_sample_field("objects")
+        ds.add_sample_field("objects", fo.StringField)
+        ds.set_values("objects", ["a note"])
+        at = _review(ds)
+        at.button(key="review_compute").click()
+        run(at, allow_errors=False)
+        (line,) = [i.value.replace("\\", "") for i in at.info]
+        assert line.startswith("Could not compute it: the object field must hold Segmentation masks or Detections")
+        assert not at.error and not at.exception
+        assert at.button(key="review_compute")  # the sample is still there, with its offer
+        assert ds.values(IDENTITY.field_name) == [None]  # nothing written
+    finally:
+        ds.delete()

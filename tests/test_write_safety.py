@@ -4,7 +4,7 @@ deletes a file that a label of any dataset references or that a live writer is w
 A push or a batch that dies between any two of its steps (journal, PNGs, the labels' write of each field,
 deletion of the replaced files) leaves every label with the file it was written with; the next
 clean-up removes only what no label references. Kills are real (os._exit in a child process, so
-no finally block runs) for pushes, and exceptions at each step for batches."""
+no finally block runs; the children are forked from one with FiftyOne imported) for pushes, and exceptions at each step for batches."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from fo_helpers import field_name, make_heatmap, make_result, unique_name, write_images
 from PIL import Image
+from warm_processes import ForkServer
 
 from camcore import batch, store
 from camcore.store import heatmaps, sampledocs
@@ -124,20 +125,25 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="module")
+def forks(tmp_path_factory):
+    """The killed pushes' processes: forked from one with FiftyOne imported (3-4 s of CPU per start)."""
+    server = ForkServer(tmp_path_factory.mktemp("forks"))
+    yield server
+    server.close()
+
+
 @pytest.mark.parametrize(
     "step", ["after_journal", "after_pngs", "between_fields", "after_labels", "after_delete"]
 )
-def test_a_push_killed_between_any_two_steps_keeps_labels_and_files_together(dataset, tmp_path, step):
+def test_a_push_killed_between_any_two_steps_keeps_labels_and_files_together(dataset, tmp_path, step, forks):
     hm = tmp_path / "hm"
     sample = dataset.first()
     old, new = _maps()
     fields = store.push_heatmaps(dataset, sample.id, make_result(SIZE, old), heatmap_dir=hm)
     old_files = {dataset[sample.id][f].map_path for f in fields}
 
-    env = {**os.environ, "ROOT": str(ROOT), "DATASET": dataset.name, "HM": str(hm)}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, step], env=env, capture_output=True, text=True, timeout=240
-    )
+    proc = forks.run(CHILD, [step], {"ROOT": str(ROOT), "DATASET": dataset.name, "HM": str(hm)})
     assert proc.returncode == 9 and "finished" not in proc.stdout, proc.stderr[-2000:]
 
     states = _check_each_label_has_its_own_file(dataset, sample.id, fields, old, new)

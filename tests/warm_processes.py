@@ -83,3 +83,83 @@ class WarmPool:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+# A fork server: the imports are paid once; each job runs in a child forked from it, a real process
+# of its own (its own pid and exit status; os._exit kills it as a SIGKILL would, no finally block
+# runs). FiftyOne opens its database connection lazily, so no MongoClient crosses a fork.
+_FORK_SERVE = textwrap.dedent(
+    """
+    import json, os, sys, traceback
+    sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
+    import fiftyone  # noqa: F401  the costly imports, once
+    import fo_helpers  # noqa: F401
+    from camcore import store  # noqa: F401
+    from camcore.store import heatmaps, sampledocs  # noqa: F401
+
+    assert fiftyone.core.odm.database._client is None, "a database connection before the fork"
+    reply = sys.stdout
+    print("ready", file=reply, flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the job's process: its stdout and stderr go to the job's files
+            code = 1
+            try:
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+                    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+                sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+                os.environ.update(job["env"])
+                sys.argv = ["-c", *job["args"]]
+                try:
+                    exec(compile(job["code"], "<job>", "exec"), {"__name__": "__main__"})
+                    code = 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+                except BaseException:
+                    traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)  # never the server's atexit handlers or buffers
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), file=reply, flush=True)
+    """
+)
+
+
+class ForkServer:
+    """run(code, args, env) runs `code` as a script (`python -c code *args`) in a fresh process forked
+    from one that has FiftyOne and camcore.store imported: for jobs that kill themselves, which a
+    WarmPool would lose a process to. One job at a time."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.jobs = 0
+        self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVE], env={**os.environ, "ROOT": str(ROOT)},
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        assert line.strip() == "ready", f"the fork server did not start (exit {self.proc.poll()})"
+
+    def run(self, code: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        self.jobs += 1
+        out, err = self.workdir / f"job{self.jobs}.out", self.workdir / f"job{self.jobs}.err"
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"code": code, "args": args, "env": env,
+                                          "stdout": str(out), "stderr": str(err)}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the fork server died (exit {self.proc.poll()})"
+        return subprocess.CompletedProcess(["-c", *args], json.loads(line)["returncode"],
+                                           out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -18,7 +18,7 @@ from camcore import overlay, store
 from camcore.store import audit, views
 from ui import cache, text
 from ui.sidebar import Selection
-from ui.state import Audit, Sidebar
+from ui.state import App, Audit, Sidebar
 
 SHARE_AXIS = "share of heatmap mass on the object (0–1)"
 CONF_AXIS = "model probability of the explained class (0–1)"
@@ -192,21 +192,40 @@ def save_view(sel: Selection) -> None:
         st.session_state["_audit_saved"] = ("warning", "Name the saved view first.")
         return
     try:
-        audit.save_view(sel.view(), name)
-        st.session_state["_audit_saved"] = ("success", f"Saved as the FiftyOne view {name!r}.")
+        replaced = audit.save_view(sel.view(), name)
+        st.session_state["_audit_saved"] = ("success", f"Saved as the FiftyOne view {name!r}"
+                                            + (", replacing the saved view of that name." if replaced else "."))
     except Exception as exc:  # a bad name or a database error: one line
         st.session_state["_audit_saved"] = ("error", f"Could not save the view {name!r}: {exc}")
 
 
-def ways_out(sel: Selection, port: int) -> None:
+def app_port() -> int:
+    """Where to serve the App: the port Explore or Findings already serves it on (one App a process:
+    another port would close that one), else FiftyOne's."""
+    return int(st.session_state.get(App.LAUNCHED) or st.session_state.get(App.FINDINGS_LAUNCHED) or APP_PORT)
+
+
+def open_app(sel: Selection) -> None:
+    """Serve the sidebar's (narrowed) view in the FiftyOne App; its link is shown after the click."""
+    port = app_port()
+    try:
+        store.launch_app(sel.view(), port)
+        st.session_state["_audit_app"] = store.app_url(sel.dataset, None, port)
+    except Exception as exc:  # the App's server did not start or answer: one line
+        st.session_state["_audit_saved"] = ("error", f"Could not open the FiftyOne App: {exc}")
+
+
+def ways_out(sel: Selection) -> None:
     """Save the narrowed view as a FiftyOne saved view; open it in the FiftyOne App."""
     c1, c2, c3 = st.columns([3, 1, 2])
     c1.text_input("Saved view name", key=Audit.SAVE_NAME, placeholder="e.g. background-dominated cats",
                   label_visibility="collapsed")
     c2.button("Save view", key=Audit.SAVE, on_click=save_view, args=(sel,))
-    if c3.button("Open in the FiftyOne App", key=Audit.OPEN_APP):
-        store.launch_app(sel.view(), port)
-        c3.markdown(f"[Open the App]({store.app_url(sel.dataset, None, port)})")
+    # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
+    c3.button("Open in the FiftyOne App", key=Audit.OPEN_APP, on_click=open_app, args=(sel,))
+    url = st.session_state.pop("_audit_app", None)
+    if url:
+        c3.markdown(f"[Open the App]({url})")
     said = st.session_state.pop("_audit_saved", None)
     if said:
         getattr(st, said[0])(text.escape(said[1]))
@@ -268,13 +287,22 @@ def class_change_table(rows: list[tuple[str, int, float, int, int]]) -> tuple[li
     return table, config
 
 
+PLOTTED_CLASSES = 24  # bars that stay readable beside the table at 1280 px; the table lists every class
+
+
 def class_change_figure(rows: list[tuple[str, int, float, int, int]], by: str = "A") -> go.Figure:
+    """The mean change per class, best first; over PLOTTED_CLASSES classes (ImageNet's 1,000) the
+    most improved and the most worsened halves, as a 1,000-bar plot is unreadable."""
+    shown = rows if len(rows) <= PLOTTED_CLASSES else rows[:PLOTTED_CLASSES // 2] + rows[-(PLOTTED_CLASSES // 2):]
+    title = ("Classes that got better (green) or worse (red)" if shown is rows else
+             f"The {PLOTTED_CLASSES // 2} most improved and worsened of {len(rows):,} classes")
+    rows = shown
     fig = go.Figure(go.Bar(x=[plain(r[0]) for r in rows], y=[r[2] for r in rows],
                            marker_color=["#2ca02c" if r[2] > 0 else "#d62728" for r in rows],
                            customdata=[[r[1], r[3], r[4]] for r in rows],
                            hovertemplate="%{x}: %{y:+.3f} (%{customdata[0]} samples, %{customdata[1]} better, "
                                          "%{customdata[2]} worse)<extra></extra>"))
-    fig.update_layout(title="Classes that got better (green) or worse (red)")  # not cut at 1280 px
+    fig.update_layout(title=title)  # not cut at 1280 px
     return _layout(fig, f"class (explained by run {by})", CHANGE_AXIS)
 
 

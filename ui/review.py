@@ -3,6 +3,7 @@ the stored heatmap of one sample over its image (no model pass), whether that ma
 stale (made with other weights than the model loads now), and computing it on request."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ class Stored:
     heatmap: np.ndarray | None
     problem: str = ""  # "" | "missing" | "stale: ..."
     made_with: str = ""
+    explains: str = ""  # the class (or box) the map explains, from its label
 
 
 def position(total: int) -> int:
@@ -60,6 +62,12 @@ def stored(sel: Selection, sample_id: str, run: audit.AuditRun) -> Stored:
     if heatmap is None:
         return Stored(None, "missing")
     made_with = f"{_attr(label, 'model')} ({_attr(label, 'weights')})" if _attr(label, "weights") else ""
+    s = _stored(sel, dataset, run, label, heatmap, made_with)
+    return dataclasses.replace(s, explains=str(_attr(label, "target") or ""))
+
+
+def _stored(sel: Selection, dataset, run: audit.AuditRun, label, heatmap: np.ndarray, made_with: str) -> Stored:
+    """The stored map, stale or not: its weights against those the field's model loads now."""
     meaning = store.heatmap_fields(dataset).get(run.heatmap, {})
     key, weights = str(meaning.get("model") or _attr(label, "model") or ""), _weights_for(sel, meaning)
     if key not in models.MODELS:
@@ -96,7 +104,8 @@ def draw_sample(sel: Selection, sample_id: str, path: str, s: Stored, measures: 
                width="stretch")
     lines = [f"{label}: {_shown(name, measures[name])}" for name, label in MEASURE_LABELS
              if measures.get(name) is not None]
-    right.text("\n".join(lines + ([f"map made by {s.made_with}"] if s.made_with else [])))
+    explains = [f"the map explains: {s.explains}"] if s.explains else []
+    right.text("\n".join(explains + lines + ([f"map made by {s.made_with}"] if s.made_with else [])))
 
 
 # The measures in the order a reviewer reads them, named in words (the field names are camm_<measure>_…).
@@ -124,10 +133,13 @@ def compute(sel: Selection, sample_id: str, run: audit.AuditRun, about: str) -> 
                                  methods=(meaning["method"],), layers=(meaning["layer"],),
                                  target_rule=meaning["target"], eigen_smooth="eigen" in meaning.get("variant", ""),
                                  measures=MeasureOptions.parse(about) if about else MeasureOptions(), chunk=1)
-    if options.checked().field_names(dataset) != [run.heatmap]:
-        return (f"The sidebar's weights would write another field than {run.heatmap}: choose the weights the "
-                "field was made with in the sidebar.")
-    report = batch.run_batch(dataset.select([sample_id]), options)
+    try:  # bad input (the object field deleted or of another type since, no weights): one line, the sample stays
+        if options.checked().field_names(dataset) != [run.heatmap]:
+            return (f"The sidebar's weights would write another field than {run.heatmap}: choose the weights the "
+                    "field was made with in the sidebar.")
+        report = batch.run_batch(dataset.select([sample_id]), options)
+    except CamError as exc:
+        return f"Could not compute it: {exc}"
     if report.failed:
         return f"Could not compute it: {report.failed[0][1]}"
     return "Computed the map and its measures again." if report.done else "Already up to date."

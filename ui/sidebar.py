@@ -140,10 +140,10 @@ def _page_rows(dataset: str, spec: views.ViewSpec, start: int, n: int) -> list[t
         key = (dataset, spec, p)
         if key not in kept:
             # ▶ or ◀ onto a new page seeks from the edge of the page beside it, when kept
-            prev, after = kept.get((dataset, spec, p - 1)), kept.get((dataset, spec, p + 1))
+            prev, nxt = kept.get((dataset, spec, p - 1)), kept.get((dataset, spec, p + 1))
             kept[key] = seek.page_at(views.build_view(store.load_dataset(dataset), spec), spec, p * size, size,
                                      after=prev[-1][0] if prev and len(prev) == size else None,
-                                     before=after[0][0] if after else None)
+                                     before=nxt[0][0] if nxt else None)
             while len(kept) > PAGES_KEPT:
                 kept.popitem(last=False)
         kept.move_to_end(key)
@@ -229,6 +229,11 @@ def _where(sb, nav_box, name: str):
         view_key = (name, spec)
         if st.session_state.get(Sidebar.VIEW_KEY) != view_key:
             _enter_view(view_key)
+        if st.session_state.get(Sidebar.PAGES_COUNT) != total:
+            # samples came or went: pages read before hold other positions now, and ▶ must not seek
+            # from their edge (seek.page_at) as if they did
+            _forget_pages()
+            st.session_state[Sidebar.PAGES_COUNT] = total
         position = _resolve_jump(sb, dataset, spec)
         position = min(max(0, st.session_state.get(POSITION, 0) if position is None else position), total - 1)
         _set_position(position)

@@ -11,7 +11,7 @@ import fiftyone as fo
 
 from camcore.errors import StoreError
 from camcore.links import BASE_URL_ENV
-from camcore.store.appwatch import SchemeWatch, saved_scheme, sync_scheme
+from camcore.store.appwatch import WATCHED_ENV, SchemeWatch, saved_scheme, sync_scheme
 from camcore.store.datasets import LOCK, db_errors
 
 DEFAULT_APP_PORT = 5151
@@ -56,9 +56,15 @@ def launch_app(
         os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(_PLUGINS_DIR))
         if explorer_url:
             os.environ.setdefault(BASE_URL_ENV, explorer_url.rstrip("/"))
-        _SESSION = fo.launch_app(
-            dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
-        )
+        # The App server (started now, with this environment) learns that this session's watch
+        # keeps its scheme: the plugin's page check then leaves the colours to it.
+        os.environ[WATCHED_ENV] = "1"
+        try:
+            _SESSION = fo.launch_app(
+                dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
+            )
+        finally:
+            os.environ.pop(WATCHED_ENV, None)
         # Another process's push saves its colours in the dataset only; the App's pages draw with
         # the session's scheme: keep that the dataset's (camcore.store.appwatch says why).
         _WATCH = SchemeWatch(_SESSION)

@@ -15,8 +15,9 @@ gives the App operations (``set_color_scheme``, ``set_active_fields``) and :func
 the saved groups, which an operator triggers to apply them now (the groups through the plugin's
 browser-side ``set_sidebar_groups``: FiftyOne 1.22 keeps an open App's groups even across
 ``reload_dataset``); an App this process serves is refreshed through
-:func:`camcore.store.app.refresh_app` (colours and switched-on fields; its groups on its next load),
-and kept on the saved scheme whoever writes it by :mod:`camcore.store.appwatch`.
+:func:`camcore.store.app.refresh_app` (colours and switched-on fields), and kept on the saved scheme
+whoever writes it by :mod:`camcore.store.appwatch`; any open page takes the saved groups within
+about two seconds through the plugin's own check (``sync_app``, :func:`appwatch.saved_groups`).
 """
 from __future__ import annotations
 

@@ -19,6 +19,8 @@ scheme changed in the App for this session only is kept until the dataset's save
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from typing import Any
 
@@ -29,12 +31,79 @@ from fiftyone.core.state import build_color_scheme
 from camcore.store.datasets import datasets_collection
 
 POLL_SECONDS = 1.0
+# In the environment of an App server the explorer launched (its session's watch keeps the scheme)
+WATCHED_ENV = "CAM_EXPLORER_APP_WATCHED"
+SIDEBAR_GROUPS_OP = "@cam-explorer/cam/set_sidebar_groups"  # the plugin's browser-side operator
 
 
 def saved_scheme(dataset_name: str) -> dict | None:
     """The dataset's saved colour scheme as stored (a plain document), None when none is saved."""
     doc = datasets_collection().find_one({"name": dataset_name}, {"app_config.color_scheme": 1}) or {}
     return (doc.get("app_config") or {}).get("color_scheme")
+
+
+def saved_groups(dataset_name: str) -> list[dict]:
+    """The dataset's saved sidebar groups as plain data (name, paths, expanded), [] when none are saved."""
+    return _groups(_saved_config(dataset_name))
+
+
+def _saved_config(dataset_name: str) -> dict:
+    doc = datasets_collection().find_one(
+        {"name": dataset_name},
+        {"app_config.sidebar_groups": 1, "app_config.color_scheme": 1, "app_config.active_fields": 1}) or {}
+    return doc.get("app_config") or {}
+
+
+def _groups(config: dict) -> list[dict]:
+    return [{"name": str(g.get("name")), "paths": [str(p) for p in g.get("paths") or []],
+             "expanded": g.get("expanded") is not False} for g in config.get("sidebar_groups") or []
+            if isinstance(g, dict)]
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def page_updates(dataset_name: str, seen: str | None, watched: bool) -> tuple[str, list[tuple[str, dict]]]:
+    """What an open App page showing this dataset needs, asked by the page itself every few
+    seconds (the plugin's sync_app): (the version of the saved config it will then show, the App
+    operations to run). `seen`: the version the page last got (None on its first call).
+
+    - The sidebar groups, when they changed since `seen` (a page loads the saved ones; FiftyOne 1.22
+      then keeps them for as long as it shows the dataset, whatever the session sends).
+    - Unless an explorer's session watch keeps this App's scheme (`watched`, set by launch_app):
+      the saved colour scheme on the first call and on each change (a page loads its session's
+      launch scheme, not the dataset's), the saved switched-on fields on each change, and, first,
+      reload_dataset on each change (the page's schema learns the new fields).
+    The plugin's set_sidebar_groups op always comes first: it records the version in the page."""
+    config = _saved_config(dataset_name)
+    groups = _groups(config)
+    parts: dict[str, object] = {"g": [dataset_name, groups]}
+    scheme = config.get("color_scheme") if not watched else None
+    active = config.get("active_fields") if not watched else None
+    colours: dict = {}
+    if scheme:
+        colours = {"colorscales": [dict(c) for c in scheme.get("colorscales") or []]}
+        if scheme.get("color_by"):
+            colours["color_by"] = scheme["color_by"]
+        parts["s"] = colours
+    if active and not active.get("exclude"):
+        parts["a"] = list(active.get("paths") or [])
+    now = {key: _digest(value) for key, value in parts.items()}
+    version = ".".join(f"{key}{value}" for key, value in now.items())
+    if seen == version:
+        return version, []
+    before = {p[:1]: p[1:] for p in (seen or "").split(".") if p}
+    # Without the explorer's session (whose refresh reloads the page's dataset), the page must
+    # reload it itself: a new field is not in its schema yet (its group would show "No fields").
+    ops: list[tuple[str, dict]] = [("reload_dataset", {})] if seen and not watched else []
+    ops += [
+        (SIDEBAR_GROUPS_OP, {"groups": groups if seen and before.get("g") != now["g"] else [], "version": version})]
+    if "s" in now and before.get("s") != now["s"]:
+        ops.append(("set_color_scheme", colours))
+    if seen and "a" in now and before.get("a") != now["a"]:
+        ops.append(("set_active_fields", {"fields": parts["a"]}))
+    return version, ops
 
 
 def _comparable(scheme: fo.ColorScheme) -> dict:

@@ -412,9 +412,13 @@ def count_both(view: fo.Dataset | fo.DatasetView, run_a: AuditRun, run_b: AuditR
 
 
 @db_errors
-def save_view(view: fo.Dataset | fo.DatasetView, name: str) -> None:
-    """Keep the view (the sidebar's, narrowed) as a FiftyOne saved view of its dataset."""
-    root_dataset(view).save_view(name, view, overwrite=True)
+def save_view(view: fo.Dataset | fo.DatasetView, name: str) -> bool:
+    """Keep the view (the sidebar's, narrowed) as a FiftyOne saved view of its dataset; True when
+    it replaced a saved view of that name (the caller says so: it is the user's view that went)."""
+    dataset = root_dataset(view)
+    replaced = dataset.has_saved_view(name)
+    dataset.save_view(name, view, overwrite=True)
+    return replaced
 
 
 @db_errors

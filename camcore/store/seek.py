@@ -5,7 +5,8 @@ position (0.37 s at 500,000 of 10^6: 2.6x the unsorted view's skip, which walks 
 natural order). Two exact shortcuts for the explorer's own sort, (field, _id) in one direction:
 
 - keyset: the page next to one already read (▶ or ◀ across a page boundary) is sought from the key
-  of the sample at its edge, read afresh by id: O(page) keys at any position.
+  of the sample at its edge, read afresh by id: O(page) keys at any position. It continues from
+  that page: the caller keeps only pages read under the view's current count (ui/sidebar.py).
 - the nearer end: past the middle of a sorted whole dataset, the page is read in the reverse order,
   skipping from the end: at most half the keys (the last page costs a page). Only where the
   count is exact at no cost (the whole dataset: the collection's record count, what `count` says).

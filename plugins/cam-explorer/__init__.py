@@ -8,6 +8,8 @@ Operators
   open_in_cam_explorer  the Streamlit explorer's URL for the current (or first selected) sample,
                         with the model, methods and layers of the view's heatmap fields.
   record_finding        tag samples ``cam:<finding>`` with a note: camcore.store.add_finding.
+  sync_app              (unlisted) run by the page every 2 s: the saved groups (and, in an App the
+                        explorer did not launch, colours and switched-on map) when they changed.
 Panel
   cam_heatmaps          the current sample's heatmap fields: method/layer pickers, provenance,
                         a button that prompts compute_cams for that sample.
@@ -418,6 +420,34 @@ def _models_file_views(inputs: Any) -> None:
             description="; ".join(f"{e.key}: {e.reason}" for e in skipped)))
 
 
+class SyncApp(foo.Operator):
+    """Run by the page itself every few seconds (dist/index.umd.js): when the dataset's saved
+    sidebar groups changed since the page last saw them (a push or batch from another process, a
+    colleague), show them: FiftyOne 1.22 keeps the groups a page loaded for as long as it shows
+    that dataset, whatever the session or reload_dataset sends, so a new CAM field would sit under
+    "labels" until the tab is reloaded. In an App the explorer did not launch, the saved colours
+    and switched-on fields too (camcore.store.appwatch.page_updates). One small database read per
+    call; sent only on a change (the page passes the version it last saw)."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(name="sync_app", label="CAM Explorer: show the saved sidebar groups",
+                                  unlisted=True)
+
+    def execute(self, ctx) -> dict:
+        name = ctx.request_params.get("dataset_name")
+        if not name:
+            return {}
+        _camcore()
+        from camcore.store import appwatch
+
+        watched = os.environ.get(appwatch.WATCHED_ENV) == "1"
+        version, ops = appwatch.page_updates(name, ctx.params.get("seen"), watched)
+        for uri, params in ops:
+            ctx.trigger(uri, params)
+        return {"version": version}
+
+
 class ReloadModels(foo.Operator):
     @property
     def config(self) -> foo.OperatorConfig:
@@ -818,4 +848,5 @@ def register(p) -> None:
     p.register(OpenInCamExplorer)
     p.register(RecordFinding)
     p.register(ReloadModels)
+    p.register(SyncApp)
     p.register(CamHeatmapsPanel)
