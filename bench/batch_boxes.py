@@ -6,7 +6,8 @@ After: run_batches, one run for all rules: per image one forward kept with its g
 backward per box for the gradient methods, nothing more for Eigen-CAM.
 Both write the same fields into a fresh dataset each (no resume); repeats alternate the two and
 the best of each is kept, by the process's CPU time (the wall clock is printed too: on a machine
-shared with other sessions it measures their load as much as ours). Also counted: images through the model's forward, backwards.
+shared with other sessions it measures their load as much as ours; under load the CPU time too).
+Also counted: images through the model's forward, backwards.
 
     .venv/bin/python bench/batch_boxes.py --quick       # SSDlite 320, 4 images, CPU
     .venv/bin/python bench/batch_boxes.py               # Faster R-CNN MobileNetV3-FPN (800), 4 images
