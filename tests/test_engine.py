@@ -212,8 +212,8 @@ def test_no_hooks_left_when_the_forward_fails(effnet):
     bad = chelsea_crop(224)
     original = explainer_mod.preprocess
 
-    def wrong_channels(spec, rgb, size=None):
-        return original(spec, rgb, size)[:, :2]  # a 2-channel tensor: the stem conv raises
+    def wrong_channels(spec, rgb, size=None, device=None):
+        return original(spec, rgb, size, device)[:, :2]  # a 2-channel tensor: the stem conv raises
 
     explainer_mod.preprocess = wrong_channels
     try:
