@@ -13,6 +13,7 @@ raises and writes nothing.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,19 +80,67 @@ def stored_identity(dataset: fo.Dataset | fo.DatasetView, identity: HeatmapIdent
       takes its spare name (a longer hash). A field that is not ours is never taken: the write refuses.
 
     Reads the declared fields in memory only (declare_heatmap_fields resolves again under the lease)."""
-    declared = root_dataset(dataset)._sample_doc_cls._fields
+    cls = root_dataset(dataset)._sample_doc_cls
+    declared = cls._fields
     if identity.stored_as:
         return identity
     meaning, name = identity.meaning, identity.field_name
     if _holds(declared.get(name), meaning):
         return identity
-    for other, f in declared.items():
-        if other.startswith(FIELD_PREFIX) and _holds(f, meaning):
+    for other in _index_of(cls).holders(meaning):
+        if _holds(declared.get(other), meaning):  # the index only narrows: the field itself decides
             return dataclasses.replace(identity, stored_as=other)
     coded = bool(identity.model_code and identity.method_code)
     if name in declared and coded and _holds(declared[name], None):
         return dataclasses.replace(identity, stored_as=identity.spare_field_name)
     return identity
+
+
+def _meaning_key(meaning: dict[str, Any]) -> tuple:
+    # dict.get itself: a field info's dicts are mongoengine's, whose get is Python (calls per field)
+    get = dict.get
+    return (get(meaning, "kind"), get(meaning, "model"), get(meaning, "method"), get(meaning, "layer"),
+            get(meaning, "target"), get(meaning, "variant", ""))
+
+
+class _MeaningIndex:
+    """Our heatmap fields of one sample class by what they mean, in declared order. Kept up to
+    date by the names that came or went since the last look (set arithmetic), so finding a map's
+    field reads only new fields' info, not every field's on every push (a push's cost grew with
+    the CAM fields: tests/test_push_scale.py)."""
+
+    def __init__(self) -> None:
+        self.order: tuple = ()
+        self.names: set[str] = set()
+        self.by_meaning: dict[tuple, list[str]] = {}
+
+    def holders(self, meaning: dict[str, str]) -> list[str]:
+        return self.by_meaning.get(_meaning_key(meaning), [])
+
+    def follow(self, cls: Any) -> _MeaningIndex:
+        order = cls._fields_ordered
+        if order is self.order:
+            return self
+        now = set(order)
+        gone = self.names - now
+        if gone:
+            self.by_meaning = {k: [n for n in v if n not in gone] for k, v in self.by_meaning.items()}
+        for name in [n for n in order if n not in self.names and n.startswith(FIELD_PREFIX)]:
+            mark = dict.get(getattr(cls._fields.get(name), "info", None) or {}, MARK)
+            if isinstance(mark, dict) and dict.get(mark, "kind") == "heatmap":
+                self.by_meaning.setdefault(_meaning_key(mark), []).append(name)
+        self.order, self.names = order, now
+        return self
+
+
+_INDEXES: weakref.WeakKeyDictionary[type, _MeaningIndex] = weakref.WeakKeyDictionary()
+
+
+def _index_of(cls: type) -> _MeaningIndex:
+    index = _INDEXES.get(cls)
+    if index is None:
+        index = _INDEXES[cls] = _MeaningIndex()
+    return index.follow(cls)
 
 
 def _holds(f: Any, meaning: dict[str, str] | None) -> bool:
