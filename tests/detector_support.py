@@ -102,3 +102,23 @@ def loaded_detector() -> LoadedModel:
 def image(seed: int) -> tuple[LoadedImage, tuple[int, int, int, int], int]:
     rgb, box, label = synthetic(seed)
     return from_array(rgb), box, label
+
+
+class PassCounter:
+    """A detector's forwards (a hook on its top module: `forwards` calls, `images` through them,
+    a batched forward counting each image) and backwards (torch.autograd.grad calls)."""
+
+    def __init__(self, module: torch.nn.Module, monkeypatch) -> None:
+        self.forwards = self.images = self.backwards = 0
+        self.handle = module.register_forward_hook(self._forward)
+        grad = torch.autograd.grad
+
+        def counted(*args, **kwargs):
+            self.backwards += 1
+            return grad(*args, **kwargs)
+        monkeypatch.setattr(torch.autograd, "grad", counted)
+
+    def _forward(self, _module, inputs, _out) -> None:
+        self.forwards += 1
+        x = inputs[0]
+        self.images += len(x) if isinstance(x, (list, tuple)) or getattr(x, "dim", lambda: 3)() == 4 else 1

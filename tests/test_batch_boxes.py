@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from detector_support import PassCounter
 from fo_helpers import unique_name
 from PIL import Image
 
@@ -32,25 +32,6 @@ def _images(folder) -> list[str]:
     return paths
 
 
-class Passes:
-    """Images through the model's forward (a hook on its top module: a batched forward counts
-    each image) and backwards (torch.autograd.grad calls)."""
-
-    def __init__(self, module: torch.nn.Module, monkeypatch) -> None:
-        self.images = self.backwards = 0
-        self.handle = module.register_forward_hook(self._forward)
-        grad = torch.autograd.grad
-
-        def counted(*args, **kwargs):
-            self.backwards += 1
-            return grad(*args, **kwargs)
-        monkeypatch.setattr(torch.autograd, "grad", counted)
-
-    def _forward(self, _module, inputs, _out) -> None:
-        x = inputs[0]
-        self.images += len(x) if isinstance(x, (list, tuple)) or getattr(x, "dim", lambda: 3)() == 4 else 1
-
-
 def test_top3_over_two_images_runs_two_forwards_and_one_backward_per_box(tmp_path, monkeypatch):
     import fiftyone as fo
 
@@ -70,7 +51,7 @@ def test_top3_over_two_images_runs_two_forwards_and_one_backward_per_box(tmp_pat
     try:
         runs = batch.box_batches(ds, options, "top:3@0")
         assert [str(r.target_rule) for r in runs] == ["det:0@0", "det:1@0", "det:2@0"]
-        passes = Passes(model.module, monkeypatch)
+        passes = PassCounter(model.module, monkeypatch)
         try:
             report = batch.run_batches(ds, runs)
         finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from detector_support import PassCounter
 
 from camcore.engine import Explainer, KeptForward
 
@@ -30,23 +30,6 @@ def toy_detector():
     return loaded_detector()
 
 
-class Counter:
-    """Forwards of the model (a hook on its top module) and backwards (torch.autograd.grad calls)."""
-
-    def __init__(self, module: torch.nn.Module, monkeypatch) -> None:
-        self.forwards = self.backwards = 0
-        self.handle = module.register_forward_hook(self._forward)
-        grad = torch.autograd.grad
-
-        def counted(*args, **kwargs):
-            self.backwards += 1
-            return grad(*args, **kwargs)
-        monkeypatch.setattr(torch.autograd, "grad", counted)
-
-    def _forward(self, *_args) -> None:
-        self.forwards += 1
-
-
 def _maps(ex: Explainer, methods=METHODS) -> dict:
     return {(m, layer): ex.heatmap(m, layer) for m in methods for layer in LAYERS}
 
@@ -63,7 +46,7 @@ def test_switching_boxes_runs_one_forward_and_equals_a_fresh_pass_per_box(toy_de
     img, box, label = image(0)
     boxes = _boxes(box, label)
     kept = KeptForward()
-    counter = Counter(toy_detector.module, monkeypatch)
+    counter = PassCounter(toy_detector.module, monkeypatch)
     try:
         switched = []
         for rule in boxes:
@@ -92,7 +75,7 @@ def test_an_activation_only_map_of_another_box_runs_no_pass(toy_detector, monkey
     kept = KeptForward()
     first = Explainer(toy_detector, img, "det:0@0", LAYERS, kept=kept)
     first.heatmap("gradcam", "conv2")
-    counter = Counter(toy_detector.module, monkeypatch)
+    counter = PassCounter(toy_detector.module, monkeypatch)
     try:
         other = Explainer(toy_detector, img, "det:1@0", LAYERS, kept=kept)
         eigen = other.heatmap("eigencam", "conv2")
