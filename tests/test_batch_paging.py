@@ -37,7 +37,7 @@ def dataset(tmp_path):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Every values() and select() call's size: no read may cover more than a page."""
+    """Every values(), select() and raw aggregate read's size: no read may cover more than a page."""
     sizes: list[int] = []
     real_values, real_select = foc.SampleCollection.values, foc.SampleCollection.select
 
@@ -56,8 +56,19 @@ def reads(monkeypatch):
         sizes.append(len(ids))
         return real_select(self, ids, *args, **kwargs)
 
+    def counted(real):
+        def aggregate(self, *args, **kwargs):  # the store's raw reads (scan.py) and FiftyOne's own
+            out = real(self, *args, **kwargs)
+            if not isinstance(out, list | tuple):
+                out = list(out)
+                sizes.append(len(out))
+            return out
+        return aggregate
+
     monkeypatch.setattr(foc.SampleCollection, "values", values)
     monkeypatch.setattr(foc.SampleCollection, "select", select)
+    for cls in (fo.Dataset, fo.DatasetView):  # each has its own _aggregate
+        monkeypatch.setattr(cls, "_aggregate", counted(cls._aggregate))
     return sizes
 
 

@@ -59,8 +59,17 @@ def first_pending(view: Collection, checks: Sequence[FieldCheck], more: Sequence
     checking every done sample before its first chunk. more: other conditions that make a sample pending."""
     pending = not_done_filter(checks)
     pending["$or"] += list(more)
-    found = view.match(pending).sort_by("_id", create_index=False).limit(1).values("_id")
-    return found[0] if found else None
+    found = _first_ids(view, pending, 1, {"_id": 1})
+    return found[0]["_id"] if found else None
+
+
+def _first_ids(view: Collection, match: dict, size: int, project: dict) -> list[dict]:
+    """The view's first `size` samples matching `match`, in _id order, projected: raw stages after
+    the view's own (FiftyOne's match/sort_by/values each parse the whole field schema, a cost that
+    grew a batch's set-up with the CAM fields)."""
+    stages = ([{"$match": match}] if match else []) + [{"$sort": {"_id": 1}}, {"$limit": size},
+                                                          {"$project": project}]
+    return list(view._aggregate(pipeline=stages))
 
 
 def count(view: Collection, before=None) -> int:
@@ -81,8 +90,8 @@ def pages(view: Collection, dataset: fo.Dataset, fields: Sequence[str], size: in
     last = None
     while True:
         keys = {**(bounds or {}), **({"$gt": last} if last is not None else {})}
-        page = view.match({"_id": keys}) if keys else view
-        oids, paths = page.sort_by("_id", create_index=False).limit(size).values(["_id", "filepath"])
+        rows = _first_ids(view, {"_id": keys} if keys else {}, size, {"_id": 1, "filepath": 1})
+        oids, paths = [r["_id"] for r in rows], [str(r["filepath"]) for r in rows]
         if not oids:
             return
         ids = [str(oid) for oid in oids]
