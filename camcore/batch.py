@@ -555,14 +555,12 @@ class BatchRun:
     def requests(self, loaded: list[tuple[str, str, LoadedImage]]) -> dict[str, str | None]:
         """A detector's field rule (field:<f>:<i>[:<class>]) as each sample's own box rule (None:
         the sample has no such box, skipped now); empty for every other rule (one request for all)."""
-        rule = str(self.options.target_rule)
-        if not rule.startswith("field:"):
+        if not str(self.options.target_rule).startswith("field:"):
             return {}
-        field = rule.split(":")[1]
         out: dict[str, str | None] = {}
         for sid, path, _img in loaded:
             try:
-                out[sid] = detection.field_box_rule(rule, store.sample_boxes(self.dataset[sid], field))
+                out[sid] = self.request_for(sid, self.options, {})
             except CamError as exc:
                 self.fail(sid, path, exc, len(self.todo[sid]))
                 out[sid] = None
