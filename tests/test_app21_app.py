@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import fiftyone as fo
@@ -206,45 +207,54 @@ def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, ou
     return grid, png
 
 
-def _drive(url: str, select, pushed_elsewhere) -> dict:
+@contextmanager
+def app_page(url: str):
+    """A 1280 x 800 Chromium page on the App at url, its grid shown."""
     from playwright.sync_api import expect, sync_playwright
 
-    out: dict = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
-            out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page, out)
-            expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
-            select()  # the App's selection, set while the page is open
-            _open_compute_form_on_the_selection(page)
-            page.get_by_role("button", name="Execute").click()
-            expect(page.get_by_text("CAM heatmaps: 1 computed, 0 already done")).to_be_visible(timeout=180_000)
-            page.keyboard.press("Escape")
-            # the grid's sidebar: the CAM group with the new field, on the page never reloaded
-            expect(_group(page)).to_be_visible(timeout=60_000)
-            grid_label = page.locator(f"[data-cy=sidebar-field-{FIELD}]").first
-            expect(grid_label).to_be_visible(timeout=60_000)
-            out["grid_label"] = grid_label.evaluate(_LABEL)
-            out["grid_below_group"] = grid_label.bounding_box()["y"] > _group(page).bounding_box()["y"]
-            page.screenshot(path=str(ARTIFACTS / "app21_grid_sidebar.png"))
-            # open the sample from the grid: same page, never reloaded since before the push
-            page.locator("[data-cy=fo-grid] canvas").first.click()
-            modal = page.locator("#modal")
-            canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
-            expect(canvas).to_be_visible(timeout=60_000)
-            expect(modal.locator(f"[data-cy=checkbox-{FIELD}] input")).to_be_checked(timeout=120_000)  # 3 workers' load
-            page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
-            out["canvas"] = canvas.screenshot()
-            page.screenshot(path=str(ARTIFACTS / "app21_open_app_heatmap.png"))
-            out["modal_label"] = modal.locator(f"[data-cy=sidebar-field-{FIELD}]").evaluate(_LABEL)
-            # the sample's sidebar: the CAM group too, still without a reload
-            expect(_group(modal)).to_be_visible(timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "app21_sidebar_group.png"))
+            yield page
         finally:
             browser.close()
+
+
+def _drive(url: str, select, pushed_elsewhere) -> dict:
+    from playwright.sync_api import expect
+
+    out: dict = {}
+    with app_page(url) as page:
+        out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page, out)
+        expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
+        select()  # the App's selection, set while the page is open
+        _open_compute_form_on_the_selection(page)
+        page.get_by_role("button", name="Execute").click()
+        expect(page.get_by_text("CAM heatmaps: 1 computed, 0 already done")).to_be_visible(timeout=180_000)
+        page.keyboard.press("Escape")
+        # the grid's sidebar: the CAM group with the new field, on the page never reloaded
+        expect(_group(page)).to_be_visible(timeout=60_000)
+        grid_label = page.locator(f"[data-cy=sidebar-field-{FIELD}]").first
+        expect(grid_label).to_be_visible(timeout=60_000)
+        out["grid_label"] = grid_label.evaluate(_LABEL)
+        out["grid_below_group"] = grid_label.bounding_box()["y"] > _group(page).bounding_box()["y"]
+        page.screenshot(path=str(ARTIFACTS / "app21_grid_sidebar.png"))
+        # open the sample from the grid: same page, never reloaded since before the push
+        page.locator("[data-cy=fo-grid] canvas").first.click()
+        modal = page.locator("#modal")
+        canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
+        expect(canvas).to_be_visible(timeout=60_000)
+        expect(modal.locator(f"[data-cy=checkbox-{FIELD}] input")).to_be_checked(timeout=120_000)  # 3 workers' load
+        page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
+        out["canvas"] = canvas.screenshot()
+        page.screenshot(path=str(ARTIFACTS / "app21_open_app_heatmap.png"))
+        out["modal_label"] = modal.locator(f"[data-cy=sidebar-field-{FIELD}]").evaluate(_LABEL)
+        # the sample's sidebar: the CAM group too, still without a reload
+        expect(_group(modal)).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "app21_sidebar_group.png"))
     return out
 
 

@@ -19,6 +19,7 @@ from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     ROOT,
     _grid_in_colour,
     _group,
+    app_page,
     grey_dataset,
     hue_shares,
 )
@@ -34,30 +35,23 @@ def _in_jet(png: bytes) -> bool:
 
 
 def _drive(url: str, push) -> dict:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     out: dict = {}
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with app_page(url) as page:
+        page.wait_for_timeout(5_000)  # the page's check has run once: it knows the saved version
+        push()
+        out["grid"] = _grid_in_colour(page)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(url)
-            expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
-            page.wait_for_timeout(5_000)  # the page's check has run once: it knows the saved version
-            push()
-            out["grid"] = _grid_in_colour(page)
-            try:
-                expect(_group(page)).to_be_visible(timeout=30_000)
-                out["group"] = True
-            except AssertionError:
-                out["group"] = False
-            page.screenshot(path=str(ARTIFACTS / "app21_own_app_pushed.png"))
-            page.reload()
-            expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
-            out["reloaded"] = _grid_in_colour(page)
-            page.screenshot(path=str(ARTIFACTS / "app21_own_app_reloaded.png"))
-        finally:
-            browser.close()
+            expect(_group(page)).to_be_visible(timeout=30_000)
+            out["group"] = True
+        except AssertionError:
+            out["group"] = False
+        page.screenshot(path=str(ARTIFACTS / "app21_own_app_pushed.png"))
+        page.reload()
+        expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
+        out["reloaded"] = _grid_in_colour(page)
+        page.screenshot(path=str(ARTIFACTS / "app21_own_app_reloaded.png"))
     return out
 
 
