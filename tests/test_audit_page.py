@@ -3,6 +3,7 @@ followed by the sidebar and the URL, and the one-line messages for bad input."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 from app_support import APP, TIMEOUT, run
@@ -62,12 +63,14 @@ def test_no_measures_says_how_to_make_them(tmp_path):
     from fo_helpers import unique_name
 
     shutil.copy(skimage_data("coffee.png"), tmp_path / "coffee.png")
-    ds = fo.Dataset(unique_name("plain"), persistent=True)
+    ds = fo.Dataset(unique_name("plain set"), persistent=True)  # a space: quoted in the command
     ds.add_sample(fo.Sample(filepath=str(tmp_path / "coffee.png")))
     try:
         at = _audit_page(ds)
         (line,) = [i.value for i in at.info]
-        assert "No stored measures in this dataset yet" in line and "--measures" in line
+        assert "No stored measures in this dataset yet" in line and "this command" in line
+        (command,) = [c.value for c in at.code]  # the command as a code block, the name quoted for a shell
+        assert command == f"python -m camcore batch --dataset {shlex.quote(ds.name)} --measures [--object-field ground_truth]"
     finally:
         ds.delete()
 

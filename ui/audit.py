@@ -43,7 +43,8 @@ def pick_run(sel: Selection, key: str = Audit.RUN, label: str = "Heatmap run") -
     found = audit.runs(dataset)
     if not found:
         st.info("No stored measures in this dataset yet: " + text.escape(audit.HOW_TO_MEASURE.format(
-            dataset=sel.dataset)) + ".")
+            command="this command:")))
+        st.code(audit.measure_command(sel.dataset), language="bash")  # a code block shows its text as is
         return None
     names = [r.heatmap for r in found]
     wanted = st.session_state.get(key)
