@@ -23,13 +23,13 @@ def audited(tmp_path):
     ds.delete()
 
 
-def _audit_page(ds, **params) -> AppTest:
+def _audit_page(ds, page: str = "pages/audit.py", **params) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params["dataset"] = ds.name
     for k, v in params.items():
         at.query_params[k] = v
     run(at)
-    at.switch_page("pages/audit.py")
+    at.switch_page(page)
     return run(at, allow_errors=False)
 
 
@@ -69,8 +69,12 @@ def test_no_measures_says_how_to_make_them(tmp_path):
         at = _audit_page(ds)
         (line,) = [i.value for i in at.info]
         assert "No stored measures in this dataset yet" in line and "this command" in line
-        (command,) = [c.value for c in at.code]  # the command as a code block, the name quoted for a shell
-        assert command == f"python -m camcore batch --dataset {shlex.quote(ds.name)} --measures [--object-field ground_truth]"
+        command = f"python -m camcore batch --dataset {shlex.quote(ds.name)} --measures [--object-field ground_truth]"
+        assert [c.value for c in at.code] == [command]  # a code block, the name quoted for a shell
+        at = _audit_page(ds, "pages/runs.py")  # Two runs says the same
+        (line,) = [i.value for i in at.info]
+        assert "Two heatmap runs with stored measures are needed" in line and "once per run" in line
+        assert [c.value for c in at.code] == [command]
     finally:
         ds.delete()
 

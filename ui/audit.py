@@ -251,7 +251,8 @@ def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:
     found = audit.runs(store.load_dataset(sel.dataset))
     if len(found) < 2:
         st.info("Two heatmap runs with stored measures are needed (two weights of one model, or two models): "
-                + text.escape(audit.HOW_TO_MEASURE.format(dataset=sel.dataset)) + ", once per run.")
+                + text.escape(audit.HOW_TO_MEASURE.format(command="this command, once per run:")))
+        st.code(audit.measure_command(sel.dataset), language="bash")
         return None
     names = before_first([r.heatmap for r in found], store.heatmap_fields(store.load_dataset(sel.dataset)))
     c1, c2 = st.columns(2)
