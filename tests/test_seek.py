@@ -125,3 +125,84 @@ def test_a_sorted_whole_dataset_is_counted_from_its_metadata(scored):
     db["system.profile"].drop()
     assert not [op for op in ops if op.get("keysExamined") or op.get("docsExamined")], ops
     assert views.count(views.build_view(scored, views.ViewSpec(sort_field="uniqueness", tags=("a",)))) == 100
+
+
+# -- an unsorted view whose stages filter: ▶ resumes the collection scan after the page's last record
+
+
+def _unsorted_specs(dataset: fo.Dataset) -> list[views.ViewSpec]:
+    from fiftyone import ViewField as F
+
+    if "high" not in dataset.list_saved_views():  # FiftyOne's `$expr`: no index serves it
+        dataset.save_view("high", dataset.match(F("uniqueness") > 0.5))
+    return [views.ViewSpec(), views.ViewSpec(tags=("a",)), views.ViewSpec(saved_view="high"),
+            views.ViewSpec(saved_view="high", tags=("b",))]
+
+
+def _check_every_next(dataset: fo.Dataset) -> None:
+    for spec in _unsorted_specs(dataset):
+        view = views.build_view(dataset, spec)
+        total = views.count(view)
+        for start in range(SIZE, total, SIZE):
+            prev = views.page(view, start - SIZE, SIZE)
+            assert seek.page_at(view, spec, start, SIZE, after=prev[-1][0]) == views.page(view, start, SIZE), \
+                (spec, start)
+
+
+def test_next_in_an_unsorted_filtered_view_equals_the_skip_after_changes(scored):
+    _check_every_next(scored)
+    [path] = scored.limit(1).values("filepath")
+    scored.add_samples([fo.Sample(filepath=path, tags=["a"], uniqueness=0.9) for _ in range(9)])
+    scored.delete_samples(random.Random(4).sample(scored.values("id"), 11))
+    rng = random.Random(6)
+    changed = rng.sample(scored.values("id"), 30)
+    scored.select(changed).set_values("uniqueness", [rng.choice([None, 0.2, 0.8]) for _ in changed])
+    _check_every_next(scored)
+    scored._sample_collection.create_index([("tags", 1)], name="tags_only")  # the tag filter's order: the index's
+    _check_every_next(scored)
+
+
+def _docs_examined(dataset: fo.Dataset, read) -> int:
+    db = dataset._sample_collection.database
+    db["system.profile"].drop()
+    db.command("profile", 2)
+    try:
+        read()
+    finally:
+        db.command("profile", 0)
+    ops = list(db["system.profile"].find({"ns": f"{db.name}.{dataset._sample_collection_name}"}))
+    db["system.profile"].drop()
+    assert ops, "nothing profiled"
+    return max(int(op.get("docsExamined", 0)) for op in ops)
+
+
+def test_next_in_a_saved_filter_reads_a_page_of_documents_not_the_position(tmp_path):
+    """Issue 23: a saved view `F(...) > x` cost 1.7 s a page at 10^6: the skip evaluates the filter
+    on every document before the position; ▶ resumes after the page's last record."""
+    from fiftyone import ViewField as F
+
+    [path] = write_images(tmp_path, ["x.png"])
+    dataset = fo.Dataset(unique_name("seek-scan"))
+    rng = random.Random(7)
+    dataset.add_samples([fo.Sample(filepath=path, uniqueness=rng.random()) for _ in range(1200)])
+    dataset.save_view("high", dataset.match(F("uniqueness") > 0.5))
+    spec = views.ViewSpec(saved_view="high")
+    try:
+        view = views.build_view(dataset, spec)
+        start = 480
+        prev = views.page(view, start - views.PAGE_SIZE)
+        assert _docs_examined(dataset, lambda: views.page(view, start)) >= 2 * start * 0.8  # what skip costs
+        assert seek.page_at(view, spec, start, after=prev[-1][0]) == views.page(view, start)
+        docs = _docs_examined(dataset, lambda: seek.page_at(view, spec, start, after=prev[-1][0]))
+        assert docs <= 4 * views.PAGE_SIZE, docs
+        # with the sort's index MongoDB serves the filter from it (the view takes its order, and the
+        # skip fetches every document before the position): ▶ continues from the page's last key
+        views.create_sort_index(dataset, "uniqueness")
+        view = views.build_view(dataset, spec)
+        prev = views.page(view, start - views.PAGE_SIZE)
+        assert _docs_examined(dataset, lambda: views.page(view, start)) >= start
+        assert seek.page_at(view, spec, start, after=prev[-1][0]) == views.page(view, start)
+        docs = _docs_examined(dataset, lambda: seek.page_at(view, spec, start, after=prev[-1][0]))
+        assert docs <= 4 * views.PAGE_SIZE, docs
+    finally:
+        dataset.delete()
