@@ -96,6 +96,18 @@ def _first_name(target: str) -> str:
     return str(target).split(",")[0].strip() or str(target)
 
 
+# A detector's box rules (camcore.detection.RULE_KINDS; not imported: it needs torch)
+_BOX_RULE = re.compile(r"^\s*(top|all|det|class|field|box)\s*(:|@|$)", re.I)
+_DET_RULE = re.compile(r"^\s*det\s*:\s*(\d+)\s*$", re.I)
+
+
+def _target_part(target: str) -> str:
+    """The target's part of a name: ``det<i>`` for the box rule ``det:<i>`` (short, so a batch's
+    ``top:k`` fields keep their index in the name), else its first name sanitised."""
+    det = _DET_RULE.match(target)
+    return f"det{int(det.group(1))}" if det else sanitise(_first_name(target), _TARGET_CHARS)
+
+
 def _squeeze(name: str) -> str:
     return re.sub(r"_+", "_", name)
 
@@ -262,7 +274,7 @@ class HeatmapIdentity:
                 self.model_code or sanitise(self.model, _CODE_CHARS)]
         tail = []
         if self.target != AUTO_TARGET:
-            tail.append(sanitise(_first_name(self.target), _TARGET_CHARS))
+            tail.append(_target_part(self.target))
         on = {"aug_smooth": self.aug_smooth, "eigen_smooth": self.eigen_smooth, "untrained": not self.pretrained}
         tail += [token for token, what in _VARIANT_TOKENS if on[what]]
         if self.weights_tag:
@@ -273,7 +285,8 @@ class HeatmapIdentity:
             if sidebar_px(name) <= SIDEBAR_PX and hexes == _FIT_HEX:
                 return name
             if hexes == _FIT_HEX:  # the hash only where no word is left to read (and in spare names)
-                named = self.target != AUTO_TARGET  # the class is the tail's first part
+                # the class is the tail's first part; a detector's box rule is a code, never cut short
+                named = self.target != AUTO_TARGET and not _BOX_RULE.match(self.target)
                 short = named and _shortened(_squeeze(FIELD_PREFIX + "_".join(head)), tail[0],
                                              _squeeze("_".join(tail[1:])))
                 if short:
