@@ -214,3 +214,26 @@ def test_next_in_a_saved_filter_reads_a_page_of_documents_not_the_position(tmp_p
         assert docs <= 4 * views.PAGE_SIZE, docs
     finally:
         dataset.delete()
+
+
+def test_next_falls_back_to_the_skip_where_the_server_refuses_to_resume_a_scan(scored, monkeypatch):
+    """`$_resumeAfter` is an internal find option: a managed or older MongoDB may refuse it (a
+    refusal is stood in for here: this MongoDB accepts it). ▶ then reads the page by the skip."""
+    import pymongo.database
+    import pymongo.errors
+
+    command = pymongo.database.Database.command
+    refused = []
+
+    def refusing(self, cmd, *args, **kwargs):
+        if "$_resumeAfter" in kwargs:
+            refused.append(cmd)
+            raise pymongo.errors.OperationFailure("unrecognized field '$_resumeAfter'", code=9)
+        return command(self, cmd, *args, **kwargs)
+
+    monkeypatch.setattr(pymongo.database.Database, "command", refusing)
+    spec = views.ViewSpec(tags=("a",))
+    view = views.build_view(scored, spec)
+    first, second = views.page(view, 0, SIZE), views.page(view, SIZE, SIZE)
+    assert seek.page_at(view, spec, SIZE, SIZE, after=first[-1][0]) == second
+    assert refused, "the resume was not tried: this test checks nothing"

@@ -30,6 +30,7 @@ import datetime as _dt
 from typing import Any
 
 import fiftyone as fo
+import pymongo.errors
 from bson import ObjectId
 
 from camcore.store import views
@@ -56,7 +57,12 @@ def page_at(view: fo.Dataset | fo.DatasetView, spec: views.ViewSpec, start: int,
         if rows is not None:
             return rows
     elif after or before:
-        rows = _resumed(view, after or before or "", bool(after), size)
+        try:
+            rows = _resumed(view, after or before or "", bool(after), size)
+        except pymongo.errors.OperationFailure:
+            # a server that refuses explain or the internal resume option (an older or managed
+            # MongoDB, a sharded collection, a user without the right): the skip is still exact
+            rows = None
         if rows is not None:
             return rows
     return views.page(view, start, size)
