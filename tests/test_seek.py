@@ -143,10 +143,14 @@ def _check_every_next(dataset: fo.Dataset) -> None:
     for spec in _unsorted_specs(dataset):
         view = views.build_view(dataset, spec)
         total = views.count(view)
-        for start in range(SIZE, total, SIZE):
-            prev = views.page(view, start - SIZE, SIZE)
-            assert seek.page_at(view, spec, start, SIZE, after=prev[-1][0]) == views.page(view, start, SIZE), \
-                (spec, start)
+        for start in range(0, total, SIZE):
+            want = views.page(view, start, SIZE)
+            if start:
+                prev = views.page(view, start - SIZE, SIZE)
+                assert seek.page_at(view, spec, start, SIZE, after=prev[-1][0]) == want, (spec, start, "next")
+            if start + SIZE < total:
+                nxt = views.page(view, start + SIZE, SIZE)
+                assert seek.page_at(view, spec, start, SIZE, before=nxt[0][0]) == want, (spec, start, "prev")
 
 
 def test_next_in_an_unsorted_filtered_view_equals_the_skip_after_changes(scored):
@@ -203,6 +207,10 @@ def test_next_in_a_saved_filter_reads_a_page_of_documents_not_the_position(tmp_p
         assert _docs_examined(dataset, lambda: views.page(view, start)) >= start
         assert seek.page_at(view, spec, start, after=prev[-1][0]) == views.page(view, start)
         docs = _docs_examined(dataset, lambda: seek.page_at(view, spec, start, after=prev[-1][0]))
+        assert docs <= 4 * views.PAGE_SIZE, docs
+        nxt = views.page(view, start + views.PAGE_SIZE)  # ◀ too, from the key of the page after
+        assert seek.page_at(view, spec, start, before=nxt[0][0]) == views.page(view, start)
+        docs = _docs_examined(dataset, lambda: seek.page_at(view, spec, start, before=nxt[0][0]))
         assert docs <= 4 * views.PAGE_SIZE, docs
     finally:
         dataset.delete()
