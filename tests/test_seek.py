@@ -72,7 +72,9 @@ def test_values_a_range_would_miss_fall_back_to_the_skip(scored, odd):
     _check_every_page(scored)
 
 
-def _keys_examined(dataset: fo.Dataset, read) -> int:
+def _examined(dataset: fo.Dataset, read, what: str = "keysExamined") -> int:
+    """The most index keys (or, what="docsExamined", documents) one of read's operations on the
+    dataset's samples examined (MongoDB's profiler)."""
     db = dataset._sample_collection.database
     db["system.profile"].drop()
     db.command("profile", 2)
@@ -83,7 +85,11 @@ def _keys_examined(dataset: fo.Dataset, read) -> int:
     ops = list(db["system.profile"].find({"ns": f"{db.name}.{dataset._sample_collection_name}"}))
     db["system.profile"].drop()
     assert ops, "nothing profiled"
-    return max(int(op.get("keysExamined", 0)) for op in ops)
+    return max(int(op.get(what, 0)) for op in ops)
+
+
+def _keys_examined(dataset: fo.Dataset, read) -> int:
+    return _examined(dataset, read)
 
 
 def test_next_previous_and_last_walk_a_page_of_keys_not_the_position(tmp_path):
@@ -167,17 +173,7 @@ def test_next_in_an_unsorted_filtered_view_equals_the_skip_after_changes(scored)
 
 
 def _docs_examined(dataset: fo.Dataset, read) -> int:
-    db = dataset._sample_collection.database
-    db["system.profile"].drop()
-    db.command("profile", 2)
-    try:
-        read()
-    finally:
-        db.command("profile", 0)
-    ops = list(db["system.profile"].find({"ns": f"{db.name}.{dataset._sample_collection_name}"}))
-    db["system.profile"].drop()
-    assert ops, "nothing profiled"
-    return max(int(op.get("docsExamined", 0)) for op in ops)
+    return _examined(dataset, read, "docsExamined")
 
 
 def test_next_in_a_saved_filter_reads_a_page_of_documents_not_the_position(tmp_path):
