@@ -544,12 +544,28 @@ def fill_fields(ds, count: int, labelled: bool = False) -> None:
     ds.reload()
 
 
-def _drop_new(ds, before: set[str]) -> None:
-    """Remove the fields a measured step added (untimed), so every repeat starts alike."""
+def _drop_new(ds, before: set[str], raw: bool = False) -> None:
+    """Remove the fields a measured step added (untimed), so every repeat starts alike.
+
+    FiftyOne's delete_sample_fields saves the whole field list back, every entry in FiftyOne's own
+    (whole) form; raw: the entries, values, registry entries, colour scales and sidebar paths are
+    removed by name, and the other entries stay as the pushes wrote them."""
     from camcore import store
+    from camcore.store.datasets import MARK
 
     new = [f for f in ds.get_field_schema() if f not in before]
-    if new:
+    if new and raw:
+        conn = ds._doc._get_collection()
+        groups = conn.find_one({"_id": ds._doc.id}, {"app_config.sidebar_groups.name": 1})
+        names = [g.get("name") for g in groups["app_config"]["sidebar_groups"]]
+        conn.update_one({"_id": ds._doc.id}, {
+            "$pull": {"sample_fields": {"name": {"$in": new}},
+                      "app_config.color_scheme.colorscales": {"path": {"$in": new}}},
+            "$pullAll": {f"app_config.sidebar_groups.{i}.paths": new for i in range(len(names))},
+            "$unset": {f"info.{MARK}.fields.{f}": "" for f in new}})
+        ds._sample_collection.update_many({}, {"$unset": dict.fromkeys(new, "")})
+        ds.reload()
+    elif new:
         ds.delete_sample_fields(new)
     store.clean_orphans(ds)
 
@@ -593,8 +609,27 @@ def time_batch_setup(ds, rep: int) -> float:
     return told[0] - t0
 
 
+def _doc_sizes(ds) -> str:
+    """The dataset document's size, and its largest parts (MongoDB rewrites it whole on each update)."""
+    import bson
+
+    doc = ds._doc._get_collection().find_one({"_id": ds._doc.id})
+    parts = {k: len(bson.encode({k: doc.get(k)})) for k in ("sample_fields", "info", "app_config")}
+    return f"dataset document {len(bson.encode(doc)) / 1e6:.2f} MB (" + ", ".join(
+        f"{k} {v / 1e6:.2f}" for k, v in parts.items()) + ")"
+
+
+def _journal_bytes() -> int:
+    """Bytes MongoDB's journal (WiredTiger's log) has written: load on the machine does not change
+    what a step writes there, only how long it waits."""
+    import fiftyone.core.odm as foo
+
+    status = foo.get_db_conn().client.admin.command("serverStatus")
+    return int(status.get("wiredTiger", {}).get("log", {}).get("log bytes written", 0))
+
+
 def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | None = None,
-               labelled: bool = False) -> dict:
+               labelled: bool = False, raw_drop: bool = False) -> dict:
     """Median seconds of a push and of a batch's set-up at each CAM field count; ratios against
     the first count, measured in this run (interleaved, so drift hits every count alike)."""
     import statistics
@@ -618,9 +653,10 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
         t0 = time.perf_counter()
         fill_fields(ds, n, labelled)
         cams = [f for f in ds.get_field_schema() if f.startswith("cam_")]
-        print(f"dataset {name}: {len(cams)} CAM fields in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"dataset {name}: {len(cams)} CAM fields in {time.perf_counter() - t0:.1f} s; {_doc_sizes(ds)}",
+              flush=True)
         sets[n] = (ds, set(ds.get_field_schema()))
-    keys = ("push_s", "batch_setup_s", "push_cpu_s", "batch_setup_cpu_s")
+    keys = ("push_s", "batch_setup_s", "push_cpu_s", "batch_setup_cpu_s", "push_journal_mb", "batch_setup_journal_mb")
     times: dict[int, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in counts}
     prof = None
     if profile:
@@ -633,13 +669,17 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
             profiling = prof is not None and n == counts[-1]
             if profiling:
                 prof.enable()
+            logged = _journal_bytes()
             times[n]["push_s"].append(time_push(ds, rep))
             times[n]["push_cpu_s"].append(_CPU.pop())
+            times[n]["push_journal_mb"].append((_journal_bytes() - logged) / 1e6)
+            logged = _journal_bytes()
             times[n]["batch_setup_s"].append(time_batch_setup(ds, rep))
             times[n]["batch_setup_cpu_s"].append(_CPU.pop())
+            times[n]["batch_setup_journal_mb"].append((_journal_bytes() - logged) / 1e6)
             if profiling:
                 prof.disable()
-            _drop_new(ds, before)
+            _drop_new(ds, before, raw_drop)
         print(f"  repeat {rep + 1}: " + "  ".join(
             f"{n}: push {times[n]['push_s'][-1]:.2f} s, set-up {times[n]['batch_setup_s'][-1]:.2f} s"
             for n in counts), flush=True)
@@ -649,7 +689,8 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
     base = counts[0]
     print(f"\nmedians of {repeats} repeats; ratios against {base} CAM fields (same run)")
     for key in keys:
-        print(f"{key}: " + "  ".join(f"{n} fields: {out[n][key]} s ({_ratio(out[n][key], out[base][key])})"
+        unit = "MB" if key.endswith("_mb") else "s"
+        print(f"{key}: " + "  ".join(f"{n} fields: {out[n][key]} {unit} ({_ratio(out[n][key], out[base][key])})"
                                       for n in counts))
     ratios = {key: _ratio(out[counts[-1]][key], out[base][key]) for key in keys}
     print("RESULT " + json.dumps({"fields": counts, "repeats": repeats, "ratios": ratios, "medians": out}))
@@ -693,6 +734,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", help="--fields: write a cProfile of the largest count here")
     ap.add_argument("--labelled", action="store_true",
                     help="--fields: a label in every CAM field on every sample (the pushed sample's too)")
+    ap.add_argument("--raw-drop", action="store_true",
+                    help="--fields: remove each repeat's new fields by name, not with FiftyOne's "
+                         "delete_sample_fields (which writes every field's entry whole again)")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--probe-dataset", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -738,7 +782,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         if args.fields:
             run_fields([int(c) for c in args.fields.split(",") if c.strip()], args.repeats, image_dir, args.profile,
-                       args.labelled)
+                       args.labelled, args.raw_drop)
             return
         for n in sizes:
             t0 = time.perf_counter()

@@ -6,7 +6,7 @@ into the push and the batch. It alone gives the field name, the description and 
 provenance, so no two routes can disagree on them.
 
 Field names are short, so that the FiftyOne App's sidebar shows them whole (at 1280 px its label
-is 204 px wide, about 25 characters of its font: :func:`sidebar_px`):
+is 204 px wide and shows about 190 px of text whole, some 24 characters of its font: :func:`sidebar_px`):
 ``cam_<method>_<layer>_<model>[_<target>][_<variant>...]``. Method, layer and model are the
 registries' short codes (``MethodSpec.short``, ``LayerSpec.short``, ``ModelSpec.short``: data in
 the tables, a models file's own entries included), e.g. ``cam_grad_head_effl0`` for Grad-CAM on
@@ -17,9 +17,11 @@ variant tokens are ``aug``, ``eig`` (eigen smooth), ``untr`` (untrained weights)
 weights file the user chose (at most 12): such a map
 never replaces the plain map of the model's own weights. Each part is sanitised to ``[a-z0-9_]``;
 a part cut to its length ends in 4 hex of a hash of the whole part. A coded name (the engine's, a
-batch's) still wider than the sidebar keeps its codes and as much of the rest as fits, then
-``_<3 hex of a hash of the whole identity>`` (:func:`_fit`): every name the project writes shows
-whole (tests/test_names_fit.py); where two cut names meet in a dataset the store gives the
+batch's) still wider than the sidebar keeps its codes, its variant tokens and as much of the class as
+fits, with no hash (:func:`_shortened`: ``cam_gradpp_l4_dlv3_perso``); where fewer than 3
+characters of the class would be left (or there is no class), its codes and as much of the
+rest as fits, then ``_<3 hex of a hash of the whole identity>`` (:func:`_fit`): every name the
+project writes shows whole (tests/test_names_fit.py); where two cut names meet in a dataset the store gives the
 second its :attr:`~HeatmapIdentity.spare_field_name` (6 hex), and a map a dataset already keeps
 under an older name stays there (``stored_as``, camcore.store.fields.stored_identity). An
 uncoded name (a test's) over :data:`MAX_FIELD_LEN` is cut and ends in ``_<6 hex>``. The full
@@ -47,12 +49,14 @@ AUTO_TARGET = "predicted"  # camcore.targets.PREDICTED: a target left on auto; n
 # The variant tokens of the name (the meaning's variant keeps the long words).
 _VARIANT_TOKENS = (("aug", "aug_smooth"), ("eig", "eigen_smooth"), ("untr", "untrained"))
 
-# The FiftyOne App's (1.22) sidebar at a 1280 px wide window: a field's label is clipped at 204 px
-# (the sample modal's sidebar, the narrower one; the grid's leaves 218). Its font (bold 14 px
-# Palanquin, from Google Fonts; offline the browser's sans-serif, Arial's widths) as Chromium draws
-# it offline: px per character, measured in the App (tests/test_app21_app.py checks it there).
-# Half a pixel kept for rounding.
-SIDEBAR_PX = 203.5
+# The FiftyOne App's (1.22) sidebar at a 1280 px wide window: a field's label box is 204 px wide in
+# the sample modal's sidebar (the narrower one: its count takes the rest; the grid's is 218), and
+# the label's inline wrappers add 14 px after the text, so the modal draws an ellipsis once the
+# text is wider than about 190 px (measured in Chromium: tests/test_app21_modal_names.py). Its font
+# (bold 14 px Palanquin, from Google Fonts; offline the browser's sans-serif, Arial's widths) as
+# Chromium draws it offline: px per character, measured in the App (tests/test_app21_app.py checks
+# it there). Half a pixel kept for rounding.
+SIDEBAR_PX = 189.5
 _GLYPH_PX = {**dict.fromkeys("0123456789acesvxy_k", 7.79), **dict.fromkeys("bdghnopqu", 8.55),
              "f": 4.66, "t": 4.66, "i": 3.89, "j": 3.89, "l": 3.89, "m": 12.45, "r": 5.45, "w": 10.89,
              "z": 7.0}
@@ -92,8 +96,39 @@ def _first_name(target: str) -> str:
     return str(target).split(",")[0].strip() or str(target)
 
 
+# A detector's box rules (camcore.detection.RULE_KINDS; not imported: it needs torch)
+_BOX_RULE = re.compile(r"^\s*(top|all|det|class|field|box)\s*(:|@|$)", re.I)
+_DET_RULE = re.compile(r"^\s*det\s*:\s*(\d+)\s*$", re.I)
+
+
+def _target_part(target: str) -> str:
+    """The target's part of a name: ``det<i>`` for the box rule ``det:<i>`` (short, so a batch's
+    ``top:k`` fields keep their index in the name), else its first name sanitised."""
+    det = _DET_RULE.match(target)
+    return f"det{int(det.group(1))}" if det else sanitise(_first_name(target), _TARGET_CHARS)
+
+
 def _squeeze(name: str) -> str:
     return re.sub(r"_+", "_", name)
+
+
+_MIN_KEPT = 3  # a cut tail shorter than this says nothing: the name ends in a hash instead
+
+
+def _shortened(head: str, cls: str, rest: str) -> str | None:
+    """``<head>_<cls>_<rest>`` too wide for the App's sidebar: as much of the class as fits before
+    the variant tokens (kept whole: a cut token would read as another variant), with no hash,
+    when that keeps at least _MIN_KEPT characters of the class; else None. Two maps whose names are
+    cut alike meet in a dataset only: the store gives the second its spare name
+    (camcore.store.fields.stored_identity), also when two processes push them at once."""
+    end = f"_{rest}" if rest else ""
+    room = SIDEBAR_PX - sidebar_px(head) - sidebar_px("_") - sidebar_px(end)
+    k = 0
+    while k < len(cls) and sidebar_px(cls[k]) <= room:
+        room -= sidebar_px(cls[k])
+        k += 1
+    cut = cls[:k].rstrip("_")
+    return f"{head}_{cut}{end}" if len(cut) >= _MIN_KEPT else None
 
 
 def _fit(head: str, tail: str, digest: str) -> str:
@@ -239,7 +274,7 @@ class HeatmapIdentity:
                 self.model_code or sanitise(self.model, _CODE_CHARS)]
         tail = []
         if self.target != AUTO_TARGET:
-            tail.append(sanitise(_first_name(self.target), _TARGET_CHARS))
+            tail.append(_target_part(self.target))
         on = {"aug_smooth": self.aug_smooth, "eigen_smooth": self.eigen_smooth, "untrained": not self.pretrained}
         tail += [token for token, what in _VARIANT_TOKENS if on[what]]
         if self.weights_tag:
@@ -249,6 +284,13 @@ class HeatmapIdentity:
         if self.model_code and self.method_code:  # a name the engine or a batch made: shown whole
             if sidebar_px(name) <= SIDEBAR_PX and hexes == _FIT_HEX:
                 return name
+            if hexes == _FIT_HEX:  # the hash only where no word is left to read (and in spare names)
+                # the class is the tail's first part; a detector's box rule is a code, never cut short
+                named = self.target != AUTO_TARGET and not _BOX_RULE.match(self.target)
+                short = named and _shortened(_squeeze(FIELD_PREFIX + "_".join(head)), tail[0],
+                                             _squeeze("_".join(tail[1:])))
+                if short:
+                    return short
             return _fit(_squeeze(FIELD_PREFIX + "_".join(head)), _squeeze("_".join(tail)), _digest(whole, hexes))
         if len(name) > MAX_FIELD_LEN or hexes != _FIT_HEX:
             name = name[: MAX_FIELD_LEN - 7].rstrip("_") + "_" + _digest(whole, 6)

@@ -126,7 +126,8 @@ def browser():
 # a long file handed out last would run alone at the end while the other workers idle.
 LONG_FIRST = ("test_distributed", "test_reference", "test_browser", "test_detection", "test_cli",
               "test_browser_compare", "test_app21_app", "test_engine", "test_apptest_compare",
-              "test_browser_explore", "test_plugin", "test_browser_links", "test_browser_security", "test_measures")
+              "test_browser_explore", "test_plugin", "test_browser_links", "test_browser_security", "test_measures",
+              "test_browser_daily")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

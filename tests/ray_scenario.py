@@ -148,7 +148,8 @@ def main() -> None:
         out["after_kill_with_label"] = sum(label is not None for label in labels)
         out["after_kill_label_without_file"] = sum(
             1 for label in labels if label is not None and not os.path.isfile(label.map_path))
-        fourth = distributed.run_batch_distributed(redo, BatchOptions(MODEL, methods=["gradcam++"], chunk=2), workers=2)
+        # One worker is enough to finish what the dead one left (a worker start is ~9 s of CPU).
+        fourth = distributed.run_batch_distributed(redo, BatchOptions(MODEL, methods=["gradcam++"], chunk=2), workers=1)
         out["fourth"] = fourth.to_dict()
         redo.reload()
         out["after_rerun_with_label"] = sum(

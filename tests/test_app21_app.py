@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,7 +224,34 @@ def app_page(url: str):
             browser.close()
 
 
-def _drive(url: str, select, pushed_elsewhere) -> dict:
+def _open_from_the_grid(page, open_by_session, clicks: int = 3) -> str:
+    """Open the grid's one sample in the modal on the page as it is (never reloaded): a click on its
+    tile, as a user does; how it was opened. Under CI's load a click on a tile still redrawing was
+    lost (three clicks in a row once, never reproduced here even with 4 busy loops on 2 cores), so
+    after `clicks` lost clicks the session opens it (`session.sample_id`, the same page, no reload):
+    what this test checks is the map's colour scale on a page never reloaded, not FiftyOne's grid.
+    Each lost click leaves a screenshot in test-artifacts/."""
+    from playwright.sync_api import expect
+
+    modal = page.locator("#modal")
+    canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
+    for attempt in range(clicks):
+        tile = page.locator("[data-cy=fo-grid] [data-cy=looker] canvas[canvas-loaded=true]").first
+        expect(tile).to_be_visible(timeout=60_000)
+        tile.click()
+        try:
+            expect(canvas).to_be_visible(timeout=30_000 if modal.count() == 0 else 90_000)
+            return "click"
+        except AssertionError:
+            page.screenshot(path=str(ARTIFACTS / f"app21_lost_click_{attempt}.png"))
+            if modal.count():  # the modal opened but its canvas never loaded: not a lost click
+                raise
+    open_by_session()
+    expect(canvas).to_be_visible(timeout=90_000)
+    return "session"
+
+
+def _drive(url: str, select, pushed_elsewhere, open_by_session) -> dict:
     from playwright.sync_api import expect
 
     out: dict = {}
@@ -243,16 +271,9 @@ def _drive(url: str, select, pushed_elsewhere) -> dict:
         out["grid_below_group"] = grid_label.bounding_box()["y"] > _group(page).bounding_box()["y"]
         page.screenshot(path=str(ARTIFACTS / "app21_grid_sidebar.png"))
         # open the sample from the grid: same page, never reloaded since before the push
+        out["opened_by"] = _open_from_the_grid(page, open_by_session)
         modal = page.locator("#modal")
         canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
-        for attempt in range(3):  # under the suite's load a click on a grid still redrawing can be lost
-            page.locator("[data-cy=fo-grid] canvas").first.click()
-            try:
-                expect(canvas).to_be_visible(timeout=60_000)
-                break
-            except AssertionError:
-                if attempt == 2 or modal.count():
-                    raise
         expect(modal.locator(f"[data-cy=checkbox-{FIELD}] input")).to_be_checked(timeout=120_000)  # 3 workers' load
         page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
         out["canvas"] = canvas.screenshot()
@@ -281,14 +302,20 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
         def select() -> None:
             _when_connected(lambda: setattr(session, "selected", [sid]))
 
+        def open_by_session() -> None:
+            _when_connected(lambda: setattr(session, "sample_id", sid))
+
         def pushed_elsewhere(page, out: dict) -> tuple[bytes, bytes]:
             return _pushed_elsewhere(page, session, grey_dataset.name, sid, port, out)
 
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), select,
-                              pushed_elsewhere).result(timeout=900)
+                              pushed_elsewhere, open_by_session).result(timeout=900)
     finally:
         store.close_app()
+    if got["opened_by"] != "click":
+        warnings.warn("the grid's clicks were lost (screenshots in test-artifacts/app21_lost_click_*.png): "
+                      "the session opened the sample, on the same page", stacklevel=2)
     assert got["pushed_group"] is True, got["pushed_group"]  # another process's push: the group, no reload
     label = got["pushed_label"]  # a class's name cut to fit, measured in the App
     assert label["fits"] and abs(label["text_px"] - sidebar_px(PUSHED)) < 3, (PUSHED, label)

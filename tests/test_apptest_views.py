@@ -469,3 +469,39 @@ def test_next_after_samples_came_before_the_page_on_screen_reads_the_new_positio
         assert current_sample(at) == views.page(views.build_view(dataset, spec), size, 1)[0][0]
     finally:
         dataset.delete()
+
+
+def test_next_after_an_index_changed_an_unsorted_filters_order_reads_the_new_positions(tmp_path):
+    """An unsorted saved view `F(field) > x` comes back in the order of MongoDB's plan: a natural
+    scan, or, once anyone builds the (field, _id) sort index, that index's order. Pages read before
+    the index hold other positions then (the count is unchanged): they are dropped, so ▶ shows the
+    sample now at that position (what the skip reads)."""
+    import random
+
+    from fiftyone import ViewField as F
+
+    from camcore.store import views
+
+    [path] = write_images(tmp_path, ["x.png"])
+    dataset = fo.Dataset(unique_name("index-order"), persistent=True)
+    rng = random.Random(7)
+    dataset.add_samples([fo.Sample(filepath=path, uniqueness=rng.random()) for _ in range(90)])
+    dataset.save_view("unique", dataset.match(F("uniqueness") > 0.2))
+    size = views.PAGE_SIZE
+    spec = views.ViewSpec(saved_view="unique")
+    try:
+        before = [sid for sid, _p in views.page(views.build_view(dataset, spec), 0, 90)]
+        at = _at_findings(dataset.name)
+        at.sidebar.selectbox(key="view_choice").set_value("saved:unique")
+        run(at)
+        at.sidebar.number_input(key="nav_goto").set_value(size)  # the last of the first page
+        run(at)
+        assert current_sample(at) == before[size - 1]
+        views.create_sort_index(dataset, "uniqueness")  # another session's sort, say
+        after = [sid for sid, _p in views.page(views.build_view(dataset, spec), 0, 90)]
+        assert after != before, "the index did not change the view's order: this test checks nothing"
+        at.sidebar.button(key="next_sample").click()
+        run(at)
+        assert current_sample(at) == after[size]
+    finally:
+        dataset.delete()

@@ -3,6 +3,7 @@ followed by the sidebar and the URL, and the one-line messages for bad input."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 from app_support import APP, TIMEOUT, run
@@ -22,13 +23,13 @@ def audited(tmp_path):
     ds.delete()
 
 
-def _audit_page(ds, **params) -> AppTest:
+def _audit_page(ds, page: str = "pages/audit.py", **params) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params["dataset"] = ds.name
     for k, v in params.items():
         at.query_params[k] = v
     run(at)
-    at.switch_page("pages/audit.py")
+    at.switch_page(page)
     return run(at, allow_errors=False)
 
 
@@ -62,12 +63,18 @@ def test_no_measures_says_how_to_make_them(tmp_path):
     from fo_helpers import unique_name
 
     shutil.copy(skimage_data("coffee.png"), tmp_path / "coffee.png")
-    ds = fo.Dataset(unique_name("plain"), persistent=True)
+    ds = fo.Dataset(unique_name("plain set"), persistent=True)  # a space: quoted in the command
     ds.add_sample(fo.Sample(filepath=str(tmp_path / "coffee.png")))
     try:
         at = _audit_page(ds)
         (line,) = [i.value for i in at.info]
-        assert "No stored measures in this dataset yet" in line and "--measures" in line
+        assert "No stored measures in this dataset yet" in line and "this command" in line
+        command = f"python -m camcore batch --dataset {shlex.quote(ds.name)} --measures [--object-field ground_truth]"
+        assert [c.value for c in at.code] == [command]  # a code block, the name quoted for a shell
+        at = _audit_page(ds, "pages/runs.py")  # Two runs says the same
+        (line,) = [i.value for i in at.info]
+        assert "Two heatmap runs with stored measures are needed" in line and "once per run" in line
+        assert [c.value for c in at.code] == [command]
     finally:
         ds.delete()
 

@@ -161,3 +161,73 @@ def test_writers_of_one_sample_and_field_leave_only_the_file_its_label_points_at
     folder = Path(label.map_path).parent
     assert sorted(str(p) for p in folder.glob("*.png")) == [label.map_path]
     assert not list(hm.glob("*/.pending/*.journal"))
+
+
+CLASHING = textwrap.dedent(
+    """
+    import dataclasses, os, sys, time
+    from pathlib import Path
+    import fiftyone as fo
+    from fo_helpers import coded_identity, make_heatmap, make_result
+    from camcore import store
+    from camcore.results import Target
+    from camcore.store import heatmaps
+    from camcore.store.datasets import datasets_collection
+
+    me = int(sys.argv[1])
+    ds = fo.load_dataset(os.environ["DATASET"])
+    sample_id = ds.first().id
+    size = (24, 32)
+    name, flag = os.environ["NAME"], Path(os.environ["FLAG"])
+    target = Target(me, ("Egyptian cat", "Egyptian mau")[me], "chosen")
+    h = make_heatmap(size, "gradcam", layer="head", target=target, seed=me, model="efficientnet_lite0")
+    identity = coded_identity(model="efficientnet_lite0", method="gradcam", layer="head", target=target.name)
+    object.__setattr__(identity, "field_name", name)  # both maps' names cut alike (their short hashes meet)
+    h = dataclasses.replace(h, identity=identity)
+    deadline = time.monotonic() + 120  # a job that hangs would hang the test: fail instead
+    real = heatmaps.declare_heatmap_fields
+
+    def late(dataset, *args, **kwargs):
+        # planned before the other process declared: declare once it has (the race, made certain)
+        flag.touch()
+        while name not in [f["name"] for f in datasets_collection().find_one({"name": dataset.name})["sample_fields"]]:
+            assert time.monotonic() < deadline, "the other process never declared its field"
+            time.sleep(0.05)
+        return real(dataset, *args, **kwargs)
+
+    if me == 1:
+        heatmaps.declare_heatmap_fields = late
+    else:
+        while not flag.exists():
+            assert time.monotonic() < deadline, "the other process never planned its write"
+            time.sleep(0.05)
+    try:
+        fields = store.push_heatmaps(ds, sample_id, make_result(size, [h], model="efficientnet_lite0"),
+                                     heatmap_dir=os.environ["HM"])
+    finally:
+        heatmaps.declare_heatmap_fields = real  # a warm process runs later jobs too
+    print("pushed", " ".join(fields), flush=True)
+    """
+)
+
+
+def test_two_processes_declaring_names_cut_alike_at_once_both_push(pool, dataset, tmp_path):
+    """Two maps whose cut names meet, declared by two processes at once (one planned its write
+    before the other declared the name): both pushes succeed, with no "push again"; the second
+    map takes its spare name."""
+    from fo_helpers import coded_identity
+
+    name = "cam_grad_head_effl0_egyptian_0ab"
+    env = {"DATASET": dataset.name, "HM": str(tmp_path / "hm"), "NAME": name, "FLAG": str(tmp_path / "planned")}
+    outs = pool.run(CLASHING, ["0", "1"], env)
+    failed = [o.error[-1500:] for o in outs if o.error]
+    assert not failed, (failed, [o.out for o in outs])
+    spare = coded_identity(model="efficientnet_lite0", method="gradcam", layer="head",
+                           target="Egyptian mau").spare_field_name
+    assert [o.out.split()[1:] for o in outs] == [[name], [spare]]
+    dataset.reload()
+    sample = dataset.first()
+    assert (sample[name].target, sample[spare].target) == ("Egyptian cat", "Egyptian mau")
+    for field in (name, spare):  # each label with its file, and no file left from the retried write
+        assert sorted(p.name for p in Path(sample[field].map_path).parent.glob("*.png")) == [
+            Path(sample[field].map_path).name]

@@ -74,7 +74,8 @@ def test_a_killed_worker_loses_nothing_reported_done(scenario):
     assert scenario["after_kill_label_without_file"] == 0
     fourth = scenario["fourth"]
     assert fourth["failed"] == [] and fourth["done"] == 12 - scenario["after_kill_with_label"]
-    assert fourth["skipped"] == scenario["after_kill_with_label"]  # the workers skip what is done
+    assert fourth["skipped"] == scenario["after_kill_with_label"]  # the worker skips what is done
+    assert len(fourth["workers"]) == 1 and "pid" in fourth["workers"][0]  # one fresh worker did the rerun
     assert scenario["after_rerun_with_label"] == 12
 
 

@@ -73,7 +73,10 @@ def test_names_that_fit_keep_their_form_and_cut_ones_keep_the_start_of_the_class
     assert _coded(AUTO_TARGET).field_name == "cam_grad_head_effl0"
     assert _coded("tabby, tabby cat").field_name == "cam_grad_head_effl0_tabby"  # as before: it fitted
     cat = _coded("Egyptian cat").field_name
-    assert cat.startswith("cam_grad_head_effl0_eg_") and sidebar_px(cat) <= SIDEBAR_PX, cat
+    # cut to the sample modal's limit (about 190 px): the class's first word, no hash
+    assert cat == "cam_grad_head_effl0_egypt" and sidebar_px(cat) <= SIDEBAR_PX, cat
+    eigen = _coded("Egyptian cat", "eigencam").field_name
+    assert eigen == "cam_eigen_head_effl0_egy" and sidebar_px(eigen) <= SIDEBAR_PX, eigen
     assert _coded("Egyptian cat").description.count("'Egyptian cat'") == 1  # the whole class in the field's info
 
 
@@ -131,3 +134,14 @@ def test_a_field_of_an_older_name_keeps_its_maps_and_cut_names_that_meet_stay_ap
     [written] = store.push_heatmaps(dataset, sample.id, make_result(SIZE, [h]), heatmap_dir=tmp_path / "hm")
     assert written == clash.spare_field_name and written != taken
     assert dataset[sample.id][written].target == "tabby cat" and np.isfinite(dataset[sample.id][written].raw_max)
+
+
+def test_a_detectors_box_rules_keep_their_index_in_the_name():
+    """Issue #21 item 3: a batch's top:3 fills det:0..2; each field says which box (det<i>), the
+    names differ on their own (no class-like cut that makes det:0 and det:1 meet) and fit."""
+    spec = BUILTIN_MODELS["fasterrcnn_resnet50_fpn_v2"]
+    for method, layer in (("gradcam", "fpn_pool"), ("eigencam", "layer4")):
+        coded = codes(spec, get_method(method), layer)
+        names = [HeatmapIdentity(spec.key, method, layer, f"det:{k}", **coded).field_name for k in range(3)]
+        assert [n.rsplit("_", 1)[1] for n in names] == ["det0", "det1", "det2"], names
+        assert all(sidebar_px(n) <= SIDEBAR_PX for n in names), names

@@ -109,3 +109,53 @@ def test_a_push_does_the_same_work_at_few_and_at_many_cam_fields(datasets, tmp_p
     assert many_ops == few_ops, (few_ops, many_ops)
     assert many_sent <= few_sent * 1.1 + 1024, (few_sent, many_sent)  # no command carries every field
     assert many_calls <= few_calls * 1.2, (few_calls, many_calls)  # nothing walks every field
+
+
+def _dataset_doc(ds: fo.Dataset) -> dict:
+    return foo.get_db_conn().datasets.find_one({"_id": ds._doc.id})
+
+
+def test_a_new_cam_field_adds_little_to_the_dataset_document_in_one_update(datasets, tmp_path):
+    """MongoDB rewrites the whole dataset document on each update that adds a field, so its size
+    is part of every push's cost (2.7 MB at 500 CAM fields: bench/scale.py --fields). A push of 3
+    new fields makes one update of it and adds under 4 kB a field (5.4 kB before the schema entries
+    left out the keys that hold FiftyOne's defaults); FiftyOne reads the entries back as declared."""
+    ds = datasets[FEW]
+    before = len(bson.encode(_dataset_doc(ds)))
+    maps = [make_heatmap(SIZE, "gradcam", layer=f"size{k}", seed=k) for k in range(3)]
+    db = foo.get_db_conn()
+    db.command("profile", 2)
+    start = datetime.now(UTC)
+    try:
+        fields = store.push_heatmaps(ds, ds.first().id, make_result(SIZE, maps), heatmap_dir=tmp_path / "hm")
+    finally:
+        db.command("profile", 0)
+    writes = [e for e in db["system.profile"].find({"ts": {"$gte": start.replace(tzinfo=None)}})
+              if e.get("ns", "").endswith(".datasets") and e.get("op") in ("update", "findAndModify")]
+    assert len(writes) == 1, [e.get("command") for e in writes]  # one update for the 3 fields
+    per_field = (len(bson.encode(_dataset_doc(ds))) - before) / len(fields)
+    assert per_field < 4000, per_field
+    # A fresh load (another process, the App's server) sees each field as this process declared it
+    fresh = fo.Dataset(ds.name, _create=False, _virtual=True)
+    for field in fields:
+        mine, theirs = ds.get_field(field), fresh.get_field(field)
+        assert (theirs.description, theirs.info) == (mine.description, mine.info)
+        assert {k: type(v) for k, v in theirs.get_field_schema().items()} == \
+            {k: type(v) for k, v in mine.get_field_schema().items()}
+        assert set(store.LABEL_ATTRIBUTES) <= set(theirs.get_field_schema())
+
+
+def test_fields_written_whole_by_fiftyone_keep_working(datasets, tmp_path):
+    """FiftyOne's own schema writes (add_sample_field here, a field deleted in the App) store every
+    entry whole again: those entries (and fields made by older versions) still take pushes."""
+    ds = datasets[FEW]
+    maps = [make_heatmap(SIZE, "gradcam", layer=f"whole{k}", seed=k) for k in range(2)]
+    fields = store.push_heatmaps(ds, ds.first().id, make_result(SIZE, maps[:1]), heatmap_dir=tmp_path / "hm")
+    ds.add_sample_field("other_note", fo.StringField)
+    entry = next(f for f in _dataset_doc(ds)["sample_fields"] if f["name"] == fields[0])
+    assert entry["fields"][0].get("read_only") is False  # written whole (FiftyOne's form)
+    again = store.push_heatmaps(ds, ds.skip(1).first().id, make_result(SIZE, maps), heatmap_dir=tmp_path / "hm")
+    assert again[0] == fields[0] and len(again) == 2
+    fresh = fo.load_dataset(ds.name)
+    fresh.reload()
+    assert fresh.skip(1).first()[again[0]].map_path and fresh.skip(1).first()[again[1]].map_path

@@ -16,7 +16,7 @@ from camcore.engine import Explainer
 from camcore.models import load_model
 
 WARM_UP, RUNS = 20, 200
-RSS_BOUND_MB = 60  # measured: < 1 MB growth over 200 runs on CPU (docs/reliability.md)
+RSS_BOUND_MB = 60  # measured: ~1 MB growth over 200 runs on CPU (docs/reliability.md)
 GPU_BOUND_MB = 16
 
 
@@ -32,13 +32,20 @@ def test_process_memory_is_flat_over_200_reruns():
     model = load_model("efficientnet_lite0", "auto", "cpu")
     proc = psutil.Process()
     _reruns(model, WARM_UP)
-    gc.collect()
-    before = proc.memory_info().rss
-    _reruns(model, RUNS)
-    gc.collect()
-    grown_mb = (proc.memory_info().rss - before) / 2**20
-    print(f"RSS {before / 2**20:.0f} MB after warm-up; +{grown_mb:.1f} MB after {RUNS} reruns")
-    assert grown_mb < RSS_BOUND_MB, f"RSS grew {grown_mb:.1f} MB over {RUNS} reruns"
+    grown = []
+    # The suite's worker process also holds other tests' threads and allocator pools, which can grow
+    # once under load (+98 MB once in a whole-suite run, +1.2 MB alone): a leak grows in every round
+    # of reruns, so a round over the bound is measured again once.
+    for _ in range(2):
+        gc.collect()
+        before = proc.memory_info().rss
+        _reruns(model, RUNS)
+        gc.collect()
+        grown.append((proc.memory_info().rss - before) / 2**20)
+        print(f"RSS {before / 2**20:.0f} MB before; +{grown[-1]:.1f} MB after {RUNS} reruns")
+        if grown[-1] < RSS_BOUND_MB:
+            break
+    assert grown[-1] < RSS_BOUND_MB, f"RSS grew {' MB, then '.join(f'{g:.1f}' for g in grown)} MB over {RUNS} reruns"
 
 
 @pytest.mark.slow

@@ -43,7 +43,8 @@ def pick_run(sel: Selection, key: str = Audit.RUN, label: str = "Heatmap run") -
     found = audit.runs(dataset)
     if not found:
         st.info("No stored measures in this dataset yet: " + text.escape(audit.HOW_TO_MEASURE.format(
-            dataset=sel.dataset)) + ".")
+            command="this command:")))
+        st.code(audit.measure_command(sel.dataset), language="bash")  # a code block shows its text as is
         return None
     names = [r.heatmap for r in found]
     wanted = st.session_state.get(key)
@@ -250,7 +251,8 @@ def pick_two(sel: Selection) -> tuple[audit.AuditRun, audit.AuditRun] | None:
     found = audit.runs(store.load_dataset(sel.dataset))
     if len(found) < 2:
         st.info("Two heatmap runs with stored measures are needed (two weights of one model, or two models): "
-                + text.escape(audit.HOW_TO_MEASURE.format(dataset=sel.dataset)) + ", once per run.")
+                + text.escape(audit.HOW_TO_MEASURE.format(command="this command, once per run:")))
+        st.code(audit.measure_command(sel.dataset), language="bash")
         return None
     names = before_first([r.heatmap for r in found], store.heatmap_fields(store.load_dataset(sel.dataset)))
     c1, c2 = st.columns(2)

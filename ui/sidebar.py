@@ -229,11 +229,13 @@ def _where(sb, nav_box, name: str):
         view_key = (name, spec)
         if st.session_state.get(Sidebar.VIEW_KEY) != view_key:
             _enter_view(view_key)
-        if st.session_state.get(Sidebar.PAGES_COUNT) != total:
-            # samples came or went: pages read before hold other positions now, and ▶ must not seek
+        read_as = (total, views.index_names(dataset))
+        if st.session_state.get(Sidebar.PAGES_COUNT) != read_as:
+            # samples came or went, or an index (anyone's) changed the order MongoDB returns an
+            # unsorted filter in: pages read before hold other positions now, and ▶ must not seek
             # from their edge (seek.page_at) as if they did
             _forget_pages()
-            st.session_state[Sidebar.PAGES_COUNT] = total
+            st.session_state[Sidebar.PAGES_COUNT] = read_as
         position = _resolve_jump(sb, dataset, spec)
         position = min(max(0, st.session_state.get(POSITION, 0) if position is None else position), total - 1)
         _set_position(position)

@@ -15,6 +15,7 @@ Its count and first page use the index on the share field.
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,12 @@ from camcore.store.measures import measure_runs
 
 BINS = 20
 SCATTER_POINTS = 1500  # (confidence, share) points drawn: a random sample of the view's
-HOW_TO_MEASURE = ("run a batch with measures: the Batch page's 'Store measures', or "
-                  "`python -m camcore batch --dataset {dataset} --measures [--object-field ground_truth]`")
+HOW_TO_MEASURE = "run a batch with measures: the Batch page's 'Store measures', or {command}"
+
+
+def measure_command(dataset_name: str) -> str:
+    """The shell command that stores measures for a whole dataset (its name quoted for the shell)."""
+    return f"python -m camcore batch --dataset {shlex.quote(dataset_name)} --measures [--object-field ground_truth]"
 
 
 @dataclass(frozen=True)
@@ -187,8 +192,8 @@ def audit_summary(view: fo.Dataset | fo.DatasetView, run: AuditRun) -> Summary:
 def check(summary: Summary, dataset_name: str, run: AuditRun) -> str | None:
     """What stops an audit, in one line; None when the view can be audited."""
     if summary.with_measures == 0:
-        return (f"No stored measures for {run.heatmap} in this view: " + HOW_TO_MEASURE.format(dataset=dataset_name)
-                + ".")
+        how = HOW_TO_MEASURE.format(command=measure_command(dataset_name))
+        return f"No stored measures for {run.heatmap} in this view: {how}."
     return mixed_line(summary.settings)
 
 

@@ -574,6 +574,26 @@ def push_many(
     dataset = root_dataset(dataset)
     if not items:
         return []
+    for attempt in range(_PUSH_ATTEMPTS):
+        try:
+            return _push_once(dataset, items, extra, heatmap_dir, writer)
+        except _Renamed as exc:
+            # Another process declared one of these names for another map between our plan and our
+            # declaration: nothing was written; planned again, the map takes the name it now gets.
+            if attempt == _PUSH_ATTEMPTS - 1:
+                raise StoreError(f"another writer changed the fields meanwhile ({exc}); push again") from None
+    raise AssertionError("unreachable")
+
+
+_PUSH_ATTEMPTS = 4
+
+
+class _Renamed(Exception):
+    """A field name planned outside the schema lease was given to another map under it."""
+
+
+def _push_once(dataset: fo.Dataset, items: Sequence[tuple[str, CamResult]], extra: dict | None,
+               heatmap_dir: str | Path | None, writer: HeatmapWriter | None) -> list[str]:
     write_id = uuid.uuid4().hex[:16]  # this write's files get new names: nothing is replaced in place
     with LOCK:
         require_image(dataset)
@@ -598,7 +618,8 @@ def push_many(
             declared = declare_heatmap_fields(dataset, [first.identity for first, _rows in per_field.values()],
                                               extra=extra, shown_with=write_id, attributes=_attributes(labels))
             if declared != list(per_field):  # another process declared a field of these names meanwhile
-                raise StoreError(f"another writer changed the fields meanwhile ({', '.join(declared)}); push again")
+                writer.forget(new)  # no label was written: these files (named after the field) are nobody's
+                raise _Renamed(", ".join(declared))
             # Two writers of one sample and field: each must replace the file the label points at
             # when it writes, not when it looked, or the loser's file is nobody's and nobody's to
             # delete. One writer at a time (any process or host) between reading and setting.

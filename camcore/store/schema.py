@@ -25,7 +25,8 @@ from fiftyone.core.odm.utils import validate_field_name
 from camcore.errors import StoreError
 from camcore.store.datasets import LOCK, datasets_collection
 
-__all__ = ["Conflict", "DatasetUpdate", "raw_info", "refresh_schema", "stored_app_config", "sync_schema"]
+__all__ = ["Conflict", "DatasetUpdate", "compact_entry", "raw_info", "refresh_schema", "stored_app_config",
+           "sync_schema"]
 
 
 def _forget_changes(dataset: fo.Dataset, *roots: str) -> None:
@@ -102,7 +103,8 @@ class DatasetUpdate:
         sets = dict(self._set)
         # New entries at the list's next indexes; the filter below holds only at exactly that length
         length = len(dataset._doc._data.get("sample_fields") or [])
-        sets.update({f"sample_fields.{length + i}": entry.to_mongo() for i, (_n, _f, entry) in enumerate(self._fields)})
+        sets.update({f"sample_fields.{length + i}": compact_entry(entry.to_mongo())
+                     for i, (_n, _f, entry) in enumerate(self._fields)})
         sets.update({_app_path(p): v for p, v in self._app["$set"].items()})
         if sets:
             update["$set"] = sets
@@ -142,6 +144,26 @@ class DatasetUpdate:
         if any(self._app.values()):
             _follow_app_config(dataset, self._app)
         _forget_changes(dataset, "sample_fields", "info", "app_config")
+
+
+# An entry's keys that FiftyOne reads back as these same values when absent (SampleFieldDocument's
+# defaults); a key whose stored value is its default is left out.
+_ENTRY_DEFAULTS: dict[str, object] = {"embedded_doc_type": None, "subfield": None, "fields": [], "db_field": None,
+                                      "description": None, "info": None, "read_only": False}
+
+
+def compact_entry(son: dict) -> dict:
+    """A field's schema entry without the keys that hold their default, its sub-fields' too.
+
+    The dataset document holds an entry per field, and a heatmap field's entry declares every label
+    attribute (24 sub-fields of 10 keys, 6 of them null, [] or false): 5 kB a field written whole,
+    2.9 kB compact. MongoDB rewrites the whole document on each update that adds a field, so its size
+    is a push's cost (bench/scale.py --fields). FiftyOne loads a compact entry with the same values
+    (and writes it whole again when it saves the field list itself)."""
+    out = {k: v for k, v in son.items() if k not in _ENTRY_DEFAULTS or v != _ENTRY_DEFAULTS[k]}
+    if out.get("fields"):
+        out["fields"] = [compact_entry(f) for f in out["fields"]]
+    return out
 
 
 def _app_path(path: str) -> str:

@@ -237,6 +237,14 @@ def sort_index_missing(dataset: fo.Dataset, field: str, tags: bool = False) -> b
     return True
 
 
+@db_errors
+def index_names(dataset: fo.Dataset | fo.DatasetView) -> tuple[str, ...]:
+    """The names of the sample collection's indexes (one small server call). A new index can change
+    the order MongoDB returns an unsorted filtered view in (its plan then walks the index), so pages
+    read before it hold other positions."""
+    return tuple(sorted(root_dataset(dataset)._sample_collection.index_information()))
+
+
 def sort_index_cost(samples: int) -> tuple[float, float]:
     """(seconds, megabytes) an index on a sort field takes to build, roughly."""
     return samples / _INDEX_SAMPLES_PER_SECOND, samples * _INDEX_BYTES_PER_SAMPLE / 1e6
