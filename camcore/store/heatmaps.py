@@ -574,15 +574,17 @@ def push_many(
     dataset = root_dataset(dataset)
     if not items:
         return []
-    for attempt in range(_PUSH_ATTEMPTS):
+    for _ in range(_PUSH_ATTEMPTS - 1):
         try:
             return _push_once(dataset, items, extra, heatmap_dir, writer)
-        except _Renamed as exc:
+        except _Renamed:
             # Another process declared one of these names for another map between our plan and our
             # declaration: nothing was written; planned again, the map takes the name it now gets.
-            if attempt == _PUSH_ATTEMPTS - 1:
-                raise StoreError(f"another writer changed the fields meanwhile ({exc}); push again") from None
-    raise AssertionError("unreachable")
+            continue
+    try:
+        return _push_once(dataset, items, extra, heatmap_dir, writer)
+    except _Renamed as exc:
+        raise StoreError(f"another writer changed the fields meanwhile ({exc}); push again") from None
 
 
 _PUSH_ATTEMPTS = 4
