@@ -139,9 +139,16 @@ def _page_rows(dataset: str, spec: views.ViewSpec, start: int, n: int) -> list[t
     for p in range(first, last + 1):
         key = (dataset, spec, p)
         if key not in kept:
+            view = views.build_view(store.load_dataset(dataset), spec)
+            indexes = views.index_names(view)
+            if st.session_state.get(Sidebar.PAGES_INDEXES) != indexes:
+                # an index (anyone's) can change the order MongoDB returns an unsorted filter in,
+                # with the count unchanged: no seek from the edge of a page read before it
+                kept.clear()
+                st.session_state[Sidebar.PAGES_INDEXES] = indexes
             # ▶ or ◀ onto a new page seeks from the edge of the page beside it, when kept
             prev, nxt = kept.get((dataset, spec, p - 1)), kept.get((dataset, spec, p + 1))
-            kept[key] = seek.page_at(views.build_view(store.load_dataset(dataset), spec), spec, p * size, size,
+            kept[key] = seek.page_at(view, spec, p * size, size,
                                      after=prev[-1][0] if prev and len(prev) == size else None,
                                      before=nxt[0][0] if nxt else None)
             while len(kept) > PAGES_KEPT:
@@ -229,13 +236,11 @@ def _where(sb, nav_box, name: str):
         view_key = (name, spec)
         if st.session_state.get(Sidebar.VIEW_KEY) != view_key:
             _enter_view(view_key)
-        read_as = (total, views.index_names(dataset))
-        if st.session_state.get(Sidebar.PAGES_COUNT) != read_as:
-            # samples came or went, or an index (anyone's) changed the order MongoDB returns an
-            # unsorted filter in: pages read before hold other positions now, and ▶ must not seek
+        if st.session_state.get(Sidebar.PAGES_COUNT) != total:
+            # samples came or went: pages read before hold other positions now, and ▶ must not seek
             # from their edge (seek.page_at) as if they did
             _forget_pages()
-            st.session_state[Sidebar.PAGES_COUNT] = read_as
+            st.session_state[Sidebar.PAGES_COUNT] = total
         position = _resolve_jump(sb, dataset, spec)
         position = min(max(0, st.session_state.get(POSITION, 0) if position is None else position), total - 1)
         _set_position(position)

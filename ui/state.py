@@ -50,7 +50,8 @@ class Sidebar:
     SEARCH_PICK = "nav_search_pick"
     SEARCH_FOUND = "_nav_search_found"  # (query, [(id, path)]) of the last search, until a pick or a new view
     PAGES = "_nav_pages"  # pages of (id, path) read from the view
-    PAGES_COUNT = "_nav_pages_count"  # (the view's count, the index names) when those pages were read
+    PAGES_COUNT = "_nav_pages_count"  # the view's count when those pages were read
+    PAGES_INDEXES = "_nav_pages_indexes"  # the sample collection's index names when they were read
     VIEW_KEY = "_nav_view"  # (dataset, view spec) the position belongs to
     QUICKSTART_ERROR = "quickstart_error"
     MODEL = "model"
