@@ -88,10 +88,6 @@ def _examined(dataset: fo.Dataset, read, what: str = "keysExamined") -> int:
     return max(int(op.get(what, 0)) for op in ops)
 
 
-def _keys_examined(dataset: fo.Dataset, read) -> int:
-    return _examined(dataset, read)
-
-
 def test_next_previous_and_last_walk_a_page_of_keys_not_the_position(tmp_path):
     """Issue 23 design 1: the skip walks every index key before the position; ▶/◀ across a page
     boundary and the jump to the last page walk O(page) (MongoDB's profiler)."""
@@ -106,12 +102,12 @@ def test_next_previous_and_last_walk_a_page_of_keys_not_the_position(tmp_path):
             view = views.build_view(dataset, spec)
             prev = views.page(view, start - views.PAGE_SIZE)
             nxt = views.page(view, start + views.PAGE_SIZE)
-            assert _keys_examined(dataset, lambda v=view: views.page(v, start)) >= start  # what skip costs
+            assert _examined(dataset, lambda v=view: views.page(v, start)) >= start  # what skip costs
             for kw in ({"after": prev[-1][0]}, {"before": nxt[0][0]}):
-                keys = _keys_examined(dataset, lambda v=view, s=spec, k=kw: seek.page_at(v, s, start, **k))
+                keys = _examined(dataset, lambda v=view, s=spec, k=kw: seek.page_at(v, s, start, **k))
                 assert keys <= 4 * views.PAGE_SIZE, (spec, kw, keys)
             assert seek.page_at(view, spec, last) == views.page(view, last)
-            assert _keys_examined(dataset, lambda v=view, s=spec: seek.page_at(v, s, last)) <= 4 * views.PAGE_SIZE
+            assert _examined(dataset, lambda v=view, s=spec: seek.page_at(v, s, last)) <= 4 * views.PAGE_SIZE
     finally:
         dataset.delete()
 
@@ -162,10 +158,6 @@ def test_next_in_an_unsorted_filtered_view_equals_the_skip_after_changes(scored)
     _check_every_next(scored)
 
 
-def _docs_examined(dataset: fo.Dataset, read) -> int:
-    return _examined(dataset, read, "docsExamined")
-
-
 def test_next_in_a_saved_filter_reads_a_page_of_documents_not_the_position(tmp_path):
     """Issue 23: a saved view `F(...) > x` cost 1.7 s a page at 10^6: the skip evaluates the filter
     on every document before the position; ▶ resumes after the page's last record."""
@@ -181,22 +173,22 @@ def test_next_in_a_saved_filter_reads_a_page_of_documents_not_the_position(tmp_p
         view = views.build_view(dataset, spec)
         start = 480
         prev = views.page(view, start - views.PAGE_SIZE)
-        assert _docs_examined(dataset, lambda: views.page(view, start)) >= 2 * start * 0.8  # what skip costs
+        assert _examined(dataset, lambda: views.page(view, start), "docsExamined") >= 2 * start * 0.8  # what skip costs
         assert seek.page_at(view, spec, start, after=prev[-1][0]) == views.page(view, start)
-        docs = _docs_examined(dataset, lambda: seek.page_at(view, spec, start, after=prev[-1][0]))
+        docs = _examined(dataset, lambda: seek.page_at(view, spec, start, after=prev[-1][0]), "docsExamined")
         assert docs <= 4 * views.PAGE_SIZE, docs
         # with the sort's index MongoDB serves the filter from it (the view takes its order, and the
         # skip fetches every document before the position): ▶ continues from the page's last key
         views.create_sort_index(dataset, "uniqueness")
         view = views.build_view(dataset, spec)
         prev = views.page(view, start - views.PAGE_SIZE)
-        assert _docs_examined(dataset, lambda: views.page(view, start)) >= start
+        assert _examined(dataset, lambda: views.page(view, start), "docsExamined") >= start
         assert seek.page_at(view, spec, start, after=prev[-1][0]) == views.page(view, start)
-        docs = _docs_examined(dataset, lambda: seek.page_at(view, spec, start, after=prev[-1][0]))
+        docs = _examined(dataset, lambda: seek.page_at(view, spec, start, after=prev[-1][0]), "docsExamined")
         assert docs <= 4 * views.PAGE_SIZE, docs
         nxt = views.page(view, start + views.PAGE_SIZE)  # ◀ too, from the key of the page after
         assert seek.page_at(view, spec, start, before=nxt[0][0]) == views.page(view, start)
-        docs = _docs_examined(dataset, lambda: seek.page_at(view, spec, start, before=nxt[0][0]))
+        docs = _examined(dataset, lambda: seek.page_at(view, spec, start, before=nxt[0][0]), "docsExamined")
         assert docs <= 4 * views.PAGE_SIZE, docs
     finally:
         dataset.delete()
