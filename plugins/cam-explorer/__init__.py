@@ -184,6 +184,14 @@ def check(params: dict) -> dict:
     return args
 
 
+def _check_object_field(params: dict, dataset: Any, store: Any) -> None:
+    """The measures' object field, as the batch checks it (a Segmentation or Detections field of
+    the dataset): refused in the form, not a traceback from the run."""
+    field = str(params.get("object_field") or "").strip()
+    if params.get("measures") and field:
+        store.datasets.object_field_kind(dataset, field)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -232,8 +240,9 @@ class ComputeCams(foo.Operator):
             inputs.view(ERROR_KEY, types.Error(label="Nothing to compute on", description=_first_line(exc)))
             return types.Property(inputs)
         batch, _links, methods, models, store, _weights = _camcore()
-        args = _request(ctx.params)
-        spec = models.MODELS.get(args["model"]) or models.get_spec(models.DEFAULT_MODEL)
+        # The model alone (not _request: a bad threshold raised here, and the App showed a traceback
+        # for the form); check() below says what is wrong with the rest.
+        spec = models.MODELS.get(str(ctx.params.get("model") or "").strip()) or models.get_spec(models.DEFAULT_MODEL)
 
         inputs.view("about", types.Notice(label=f"Computes heatmaps on {what}. Samples already done "
                                                 f"with the same settings are skipped."))
@@ -293,6 +302,7 @@ class ComputeCams(foo.Operator):
             try:
                 check(ctx.params)
                 store.require_image(store.root_dataset(samples))
+                _check_object_field(ctx.params, store.root_dataset(samples), store)
             except Exception as exc:
                 problem = _first_line(exc)
         if problem:
