@@ -143,9 +143,20 @@ def threshold_of(s: audit.Summary) -> float | None:
     return None
 
 
-def class_rows(s: audit.Summary) -> list[dict]:
+def no_bg(run: audit.AuditRun) -> str | None:
+    """Why the table has no background-dominated counts, in one line; None when it has them."""
+    if "bg" in run.fields:
+        return None
+    return (f"No background-dominated counts for {run.heatmap} (its camm_bg_… field was deleted or renamed): a "
+            "batch with measures stores it again; the histogram's red bars still use the threshold.")
+
+
+def class_rows(s: audit.Summary, run: audit.AuditRun) -> list[dict]:
+    """The per-class table; its background-dominated counts blank when the run's bg field was
+    deleted or renamed (the aggregation then counts none: 0 would say no sample is)."""
+    counted = "bg" in run.fields
     return [{"class": c, "samples": n, "mean share (0–1)": None if m is None else round(m, 3),
-             "background-dominated": bg} for c, n, m, bg in s.classes]
+             "background-dominated": bg if counted else None} for c, n, m, bg in s.classes]
 
 
 # ---------------------------------------------------------------- selections -> the sidebar's narrowing
