@@ -286,7 +286,21 @@ def before_first(names: list[str], meanings: dict[str, dict]) -> list[str]:
     def untrained(name: str) -> bool:  # the field's meaning, else its name's variant token
         variant = (meanings.get(name) or {}).get("variant")
         return "untrained" in str(variant).split("_") if variant is not None else "untr" in name.split("_")
-    return sorted(names, key=lambda n: (not untrained(n), n))
+
+    def twin(name: str) -> tuple:  # the map it makes, untrained or not: its meaning, else its name
+        m = meanings.get(name)
+        if not m:
+            return tuple(t for t in name.split("_") if t != "untr")
+        variant = tuple(t for t in str(m.get("variant") or "").split("_") if t and t != "untrained")
+        return (m.get("model"), m.get("method"), m.get("layer"), m.get("target"), variant)
+
+    ordered = sorted(names, key=lambda n: (not untrained(n), n))
+    if ordered and untrained(ordered[0]):  # its trained twin opens as B (not the next name: another method)
+        found = [n for n in ordered[1:] if not untrained(n) and twin(n) == twin(ordered[0])]
+        if found:
+            ordered.remove(found[0])
+            ordered.insert(1, found[0])
+    return ordered
 
 
 def class_change_table(rows: list[tuple[str, int, float, int, int]]) -> tuple[list[dict], dict]:
