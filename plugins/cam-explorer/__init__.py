@@ -193,6 +193,14 @@ def check(params: dict) -> dict:
     return args
 
 
+def _check_object_field(params: dict, dataset: Any, store: Any) -> None:
+    """The measures' object field, as the batch checks it (a Segmentation or Detections field of
+    the dataset): refused in the form, not a traceback from the run."""
+    field = str(params.get("object_field") or "").strip()
+    if params.get("measures") and field:
+        store.datasets.object_field_kind(dataset, field)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -241,8 +249,9 @@ class ComputeCams(foo.Operator):
             inputs.view(ERROR_KEY, types.Error(label="Nothing to compute on", description=_first_line(exc)))
             return types.Property(inputs)
         batch, _links, methods, models, store, _weights = _camcore()
-        args = _request(ctx.params)
-        spec = models.MODELS.get(args["model"]) or models.get_spec(models.DEFAULT_MODEL)
+        # The model alone (not _request: a bad threshold raised here, and the App showed a traceback
+        # for the form); check() below says what is wrong with the rest.
+        spec = models.MODELS.get(str(ctx.params.get("model") or "").strip()) or models.get_spec(models.DEFAULT_MODEL)
 
         inputs.view("about", types.Notice(label=f"Computes heatmaps on {what}. Samples already done "
                                                 f"with the same settings are skipped."))
@@ -302,6 +311,7 @@ class ComputeCams(foo.Operator):
             try:
                 checked = check(ctx.params)
                 store.require_image(store.root_dataset(samples))
+                _check_object_field(ctx.params, store.root_dataset(samples), store)
                 # a detector's box rule, checked as the run expands it (an unknown class, a field
                 # without boxes or with labels the model does not know): refused here, not mid-run
                 batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **checked), _box(ctx.params))
