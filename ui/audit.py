@@ -16,7 +16,7 @@ import streamlit as st
 
 from camcore import overlay, store
 from camcore.store import audit, views
-from ui import cache, text
+from ui import cache, text, urlstate
 from ui.sidebar import Selection
 from ui.state import App, Audit, Sidebar
 
@@ -49,8 +49,12 @@ def pick_run(sel: Selection, key: str = Audit.RUN, label: str = "Heatmap run") -
     names = [r.heatmap for r in found]
     wanted = st.session_state.get(key)
     if wanted not in names:
-        link = st.session_state.get(Audit.RUN)
+        # The link's run= first: its reviewed= and narrow= are positions in that run's queue and measures.
+        link = st.session_state.get(Audit.RUN) or urlstate.pending().run
         st.session_state[key] = link if link in names else names[0]
+        if link and link not in names:
+            st.warning(f"No heatmap run {text.escape(link)} with stored measures in this dataset: showing "
+                       f"{text.escape(names[0])}.")
     name = st.selectbox(label, names, key=key, help="A heatmap field whose measures a batch stored (camm_* fields).")
     return next(r for r in found if r.heatmap == name)
 
