@@ -60,9 +60,11 @@ lint: setup
 
 # Test files run in parallel, each whole in one worker (its servers and fixtures shared): the
 # browser journeys and real processes wait more than they compute. TEST_WORKERS=0 runs them serially.
+# --no-loadscope-reorder keeps the order tests/conftest.py gives (the longest files first); xdist's
+# default hands files out by their number of tests, which starts the one-test browser files last.
 TEST_WORKERS ?= 3
 test: setup chromium lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \

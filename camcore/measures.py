@@ -130,11 +130,13 @@ def measure(ex: Explainer, h: Heatmap, item: judge.SampleItem | str | None, opti
     elif ex.prediction.task == "detection":
         conf = ex.target.score  # the explained box's score (a class rule's boxes: None)
     out["conf"] = None if conf is None else float(conf)
+    # The target's score is the shared pass's output (no forward): stored with or without faithfulness.
+    out["score"] = _finite(ex.original_score)
     if options.faithfulness:
         f = faith or ex.faithfulness(h.method, h.layer, h.eigen_smooth)
-        out.update(score=_finite(f.original_score), keep=f.keep_relative, remove=f.remove_relative)
+        out.update(keep=f.keep_relative, remove=f.remove_relative)
     else:
-        out.update(score=None, keep=None, remove=None)
+        out.update(keep=None, remove=None)
     return out
 
 

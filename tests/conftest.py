@@ -121,13 +121,17 @@ def browser():
         b.close()
 
 
-# The files that take longest (a Ray cluster, the reference's perturbation methods on DeepLabV3, the
-# browser journeys, the CLI in subprocesses), started first: with `-n N --dist loadfile` (make test)
-# a long file handed out last would run alone at the end while the other workers idle.
-LONG_FIRST = ("test_distributed", "test_reference", "test_browser", "test_detection", "test_cli",
-              "test_browser_compare", "test_app21_app", "test_engine", "test_apptest_compare",
-              "test_browser_explore", "test_plugin", "test_browser_links", "test_browser_security", "test_measures",
-              "test_browser_daily")
+# The files that take longest, started first (longest first, by their wall time in a full run: a Ray
+# cluster, the browser journeys and real FiftyOne Apps, the reference's perturbation methods, the CLI
+# in subprocesses). With `-n N --dist loadfile` a long file handed out last runs alone at the end
+# while the other workers idle. make test passes --no-loadscope-reorder: without it xdist hands the
+# files out by their number of tests, most first, so one-test browser files would start last.
+LONG_FIRST = ("test_distributed", "test_browser", "test_reference", "test_app21_own_app", "test_cli",
+              "test_browser_links", "test_browser_compare", "test_browser_explore", "test_app21_app",
+              "test_app21_modal_names", "test_detection", "test_apptest_compare", "test_browser_daily",
+              "test_engine", "test_concurrent_fields", "test_browser_security", "test_plugin",
+              "test_browser_audit", "test_apptest_views", "test_fiftyone_app", "test_browser_detection",
+              "test_session_memory", "test_measures")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

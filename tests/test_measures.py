@@ -84,6 +84,17 @@ def test_stored_measures_equal_the_apps_one_sample_values(dataset):
     assert coffee[fields["keep"]] is not None
 
 
+def test_the_targets_score_is_stored_without_faithfulness(dataset):
+    """Issue 25 item 1 lists the target's score among the stored measures: it comes from the pass
+    itself, so a default batch (faithfulness off) stores it too, equal to the app's one-sample value."""
+    batch.run_batch(dataset.match(fo.ViewField("filepath").ends_with("chelsea.png")), _options(faithfulness=False))
+    fields = measure_store.measure_runs(dataset)[_identity().field_name]
+    chelsea = dataset.match(fo.ViewField("filepath").ends_with("chelsea.png")).first()
+    assert chelsea[fields["keep"]] is None and chelsea[fields["remove"]] is None
+    ex = Explainer(load_model(MODEL), load_image(chelsea.filepath), None, (get_spec(MODEL).default_layer,))
+    assert chelsea[fields["score"]] == pytest.approx(ex.original_score, rel=1e-3)
+
+
 def test_resume_fills_only_the_missing_measures(dataset):
     batch.run_batch(dataset, _options(faithfulness=False))
     fields = measure_store.measure_runs(dataset)[_identity().field_name]
@@ -198,6 +209,7 @@ def test_a_detectors_share_is_on_the_box_it_explains_when_no_object_field_is_giv
         assert sample[fields["share"]] == pytest.approx(metrics.mass_inside(stored, inside), abs=0.02)
         assert sample[fields["bg"]] == (sample[fields["share"]] < 0.5)
         assert sample[fields["conf"]] == pytest.approx(label.box_score)
+        assert isinstance(sample[fields["score"]], float)  # the explained box's score target, from the pass
     finally:
         ds.delete()
 

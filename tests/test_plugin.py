@@ -117,6 +117,9 @@ def test_compute_on_a_view_then_again_recomputes_nothing(dataset, monkeypatch):
     ({"target": "no such class"}, "no such class"),
     ({"weights": "/etc/passwd"}, "are not offered"),
     ({"model": "deit_tiny", "methods": ["shapleycam"], "layers": ["block11"]}, "CNN"),
+    ({"measures": True, "object_field": "filepath"}, "Segmentation masks or Detections boxes, not StringField"),
+    ({"measures": True, "object_field": "nope"}, "no field 'nope'"),
+    ({"measures": True, "threshold": 3}, "share of the heatmap's mass, 0..1"),
 ])
 def test_bad_parameters_fail_clearly_and_write_nothing(dataset, params, reason):
     with pytest.raises(foo.executor.ExecutionError) as err:

@@ -152,10 +152,19 @@ def _request(params: dict) -> dict:
         "weights": params.get("weights") or "auto",
         "methods": _as_list(params.get("methods")) or [methods.DEFAULT_METHOD],
         "layers": _as_list(params.get("layers")) or ([spec.default_layer] if spec else []),
-        "target_rule": str(params.get("target") or batch.PREDICTED).strip(),
+        # a detector's form has Boxes instead of Target (a value left from another model is not read)
+        "target_rule": (batch.PREDICTED if spec is not None and spec.task == "detection"
+                        else str(params.get("target") or batch.PREDICTED).strip()),
         "eigen_smooth": bool(params.get("eigen_smooth", False)),
         "measures": _measure_options(params),
     }
+
+
+def _box(params: dict) -> str | None:
+    """The form's box rule, for a detector only (a value left from another model is not read)."""
+    _batch, _links, _methods, models, _store, _weights = _camcore()
+    spec = models.MODELS.get(str(params.get("model") or models.DEFAULT_MODEL).strip())
+    return (str(params.get("box") or "").strip() or None) if spec is not None and spec.task == "detection" else None
 
 
 def _measure_options(params: dict) -> Any:
@@ -182,6 +191,14 @@ def check(params: dict) -> dict:
     weights.check_available(request.spec.weights, args["weights"])
     args["methods"], args["layers"] = list(request.methods), list(request.layers)
     return args
+
+
+def _check_object_field(params: dict, dataset: Any, store: Any) -> None:
+    """The measures' object field, as the batch checks it (a Segmentation or Detections field of
+    the dataset): refused in the form, not a traceback from the run."""
+    field = str(params.get("object_field") or "").strip()
+    if params.get("measures") and field:
+        store.datasets.object_field_kind(dataset, field)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -232,8 +249,9 @@ class ComputeCams(foo.Operator):
             inputs.view(ERROR_KEY, types.Error(label="Nothing to compute on", description=_first_line(exc)))
             return types.Property(inputs)
         batch, _links, methods, models, store, _weights = _camcore()
-        args = _request(ctx.params)
-        spec = models.MODELS.get(args["model"]) or models.get_spec(models.DEFAULT_MODEL)
+        # The model alone (not _request: a bad threshold raised here, and the App showed a traceback
+        # for the form); check() below says what is wrong with the rest.
+        spec = models.MODELS.get(str(ctx.params.get("model") or "").strip()) or models.get_spec(models.DEFAULT_MODEL)
 
         inputs.view("about", types.Notice(label=f"Computes heatmaps on {what}. Samples already done "
                                                 f"with the same settings are skipped."))
@@ -291,8 +309,12 @@ class ComputeCams(foo.Operator):
             problem = "no samples to compute on"
         else:
             try:
-                check(ctx.params)
+                checked = check(ctx.params)
                 store.require_image(store.root_dataset(samples))
+                _check_object_field(ctx.params, store.root_dataset(samples), store)
+                # a detector's box rule, checked as the run expands it (an unknown class, a field
+                # without boxes or with labels the model does not know): refused here, not mid-run
+                batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **checked), _box(ctx.params))
             except Exception as exc:
                 problem = _first_line(exc)
         if problem:
@@ -320,7 +342,7 @@ class ComputeCams(foo.Operator):
                 updates.put((fraction, label))
 
         # a detector: one run per box rule (top:<k>, a field's boxes), each resuming on its own fields
-        runs = batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **args), ctx.params.get("box") or None)
+        runs = batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **args), _box(ctx.params))
 
         def run() -> Any:
             return batch.run_batches(samples, runs, progress=progress, cancel=cancel)
