@@ -181,11 +181,11 @@ class BatchOptions:
 
 def declare_fields(dataset: Collection, options: BatchOptions,
                    model: LoadedModel | None = None) -> list[str]:
-    """Create (or check) every field of checked options, every label attribute declared: before
-    any compute, so that a field that is not ours fails at once, and writers in other processes
-    find the schema complete. The App switches the run's fields on together (one group)."""
+    """Create (or check) every field of checked options: before any compute, so that a field that
+    is not ours fails at once, and writers in other processes find the schema complete. The App
+    switches the run's fields on together (one group)."""
     run = uuid.uuid4().hex
-    return store.declare_heatmap_fields(dataset, options.identities(model), extra=options.label_extra, shown_with=run)
+    return store.declare_heatmap_fields(dataset, options.identities(model), shown_with=run)
 
 
 @dataclass
@@ -358,7 +358,7 @@ class BatchRun:
         identities = [store.stored_identity(self.dataset, identity)
                       for rule in self.rules for identity in rule.identities(self.model)]
         self.jobs = [_Job.of(identity) for identity in identities]
-        store.declare_heatmap_fields(self.dataset, identities, extra=options.label_extra, shown_with=uuid.uuid4().hex)
+        store.declare_heatmap_fields(self.dataset, identities, shown_with=uuid.uuid4().hex)
         if options.measures is not None:
             self.measuring = {job.field: measure_store.declare_measure_fields(self.dataset, job.identity)
                               for job in self.jobs}
@@ -749,11 +749,45 @@ def box_batches(view: Collection, options: BatchOptions, box: str | None) -> lis
             raise TargetError(f"A box rule is for detection models; {spec.key} is a {spec.task} model: "
                               "give a target class.")
         return [options]
-    if box and str(options.target_rule or PREDICTED) != PREDICTED:
+    target = str(options.target_rule or PREDICTED)
+    if box and target != PREDICTED:
         raise TargetError(f"{spec.key} is a detection model: give its box rule alone, not a target class.")
-    rule = box or (options.target_rule if str(options.target_rule or PREDICTED) != PREDICTED else detection.TOP)
+    if target != PREDICTED and not detection.looks_like_box_rule(target) and not target.startswith("field:"):
+        raise TargetError(f"{spec.key} is a detection model: it explains boxes (top, top:<k>, det:<i>, "
+                          f"class:<name>, all, field:<name>[:<class>]), not the target class '{target}'.")
+    rule = box or (target if target != PREDICTED else detection.TOP)
+    _check_box_labels(view, spec, rule)
     rules = detection.expand_batch_rule(rule, lambda f, label: store.most_boxes(view, f, label))
     return [dataclasses.replace(options, target_rule=r) for r in rules]
+
+
+def _check_box_labels(view: Collection, spec: ModelSpec, rule: str) -> None:
+    """A box rule's class (class:<name>, field:<f>:<class>) must be one the detector knows, and a
+    field's boxes must hold at least one such label: else one line before any field is declared
+    (each sample would fail alike)."""
+    body = str(rule).partition("@")[0].strip()
+    names = spec.class_names()
+    if body.startswith("class:"):
+        detection.class_label(names, body[len("class:"):].strip())
+    if not body.startswith("field:"):
+        return
+    field, _index, label = detection.field_rule_parts(body)
+    if label:
+        detection.class_label(names, label)
+    elif field in store.detection_fields(view):
+        labels = store.label_values(view, field)
+        if labels and not any(_knows(names, x) for x in labels):
+            shown = ", ".join(repr(x) for x in labels[:5]) + (" …" if len(labels) > 5 else "")
+            raise TargetError(f"The model knows none of the labels in the field '{field}' ({shown}): "
+                              f"no box of it can be matched to {spec.key}'s detections.")
+
+
+def _knows(names: Sequence[str], label: str) -> bool:
+    try:
+        detection.class_label(names, label)
+    except TargetError:
+        return False
+    return True
 
 
 def _one_run(runs: Sequence[BatchOptions]) -> bool:

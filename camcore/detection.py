@@ -199,7 +199,8 @@ class Chosen:
     iou: float | None = None
 
 
-def _class_label(names: Sequence[str], text: str) -> int:
+def class_label(names: Sequence[str], text: str) -> int:
+    """A class's index among a detector's names; TargetError (one line) for a label it does not know."""
     try:
         return class_index(tuple(names), text)
     except TargetError:
@@ -225,7 +226,7 @@ def choose(rule: BoxRule, found: tuple[Detection, ...], names: Sequence[str],
         d = above[rule.index]
         return Chosen(d.label, d.name, (d.box,), (d.label,), f"det{d.index}", "chosen box", d.score, 1.0)
     if rule.kind == "class":
-        label = _class_label(names, rule.label)
+        label = class_label(names, rule.label)
         picked = [d for d in above if d.label == label]
         if not picked:
             raise TargetError(f"No '{names[label]}' detection at score >= {rule.threshold:g} on this sample.")
@@ -238,7 +239,7 @@ def choose(rule: BoxRule, found: tuple[Detection, ...], names: Sequence[str],
 
 def _match_field_box(rule: BoxRule, found: tuple[Detection, ...], names: Sequence[str],
                      image_hw: tuple[int, int]) -> Chosen:
-    label = _class_label(names, rule.label)
+    label = class_label(names, rule.label)
     x, y, w, h = rule.rel_box or (0.0, 0.0, 0.0, 0.0)
     height, width = image_hw
     box = (x * width, y * height, (x + w) * width, (y + h) * height)
@@ -324,8 +325,8 @@ def renormalise_in_boxes(heatmap, boxes: Sequence[Sequence[float]]):
 # A sample without the box a field is for (fewer detections, fewer boxes) is skipped, not failed.
 
 
-def _field_rule(body: str) -> tuple[str, int | None, str]:
-    """(field, index or None, class) of 'field:<f>[:<i>][:<class>]'."""
+def field_rule_parts(body: str) -> tuple[str, int | None, str]:
+    """(field, index or None, class) of 'field:<f>[:<i>][:<class>]' (no '@<threshold>')."""
     parts = [p.strip() for p in body.split(":")[1:]]
     if not parts or not parts[0]:
         raise TargetError(f"Box rule '{body}': write field:<Detections field>[:<class>].")
@@ -342,7 +343,7 @@ def batch_rule(text: object) -> str:
     if raw.lower() in ("", "predicted"):
         return TOP
     if raw.startswith("field:"):
-        field, index, label = _field_rule(raw.partition("@")[0])
+        field, index, label = field_rule_parts(raw.partition("@")[0])
         if index is None:
             raise TargetError(f"Box rule '{raw}' stands for several boxes: expand it first (expand_batch_rule).")
         return f"field:{field}:{index}" + (f":{label}" if label else "")
@@ -366,7 +367,7 @@ def expand_batch_rule(text: object, most_boxes: Callable[[str, str], int]) -> li
             raise TargetError(f"Box rule '{raw}': top:<k> takes k from 1 to 100.")
         return [batch_rule(f"det:{i}" + (f"@{thr}" if thr else "")) for i in range(int(k))]
     if body.startswith("field:"):
-        field, index, label = _field_rule(body)
+        field, index, label = field_rule_parts(body)
         if index is not None:
             return [batch_rule(body)]
         count = most_boxes(field, label)
@@ -380,7 +381,7 @@ def expand_batch_rule(text: object, most_boxes: Callable[[str, str], int]) -> li
 def field_box_rule(rule: str, boxes: Sequence[tuple[str, str, str, Sequence[float]]]) -> str | None:
     """A 'field:<f>:<i>[:<class>]' rule for one sample, given its boxes (field, detection id,
     label, relative [x, y, w, h]): the engine's box rule, or None when it has no such box."""
-    field, index, label = _field_rule(rule)
+    field, index, label = field_rule_parts(rule)
     mine = [b for b in boxes if b[0] == field and (not label or b[2] == label)]
     if index is None or index >= len(mine):
         return None

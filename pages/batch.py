@@ -30,19 +30,21 @@ def main(sel: Selection) -> None:
         help="(slow): one forward per channel of the layer, or a kernel PCA, for every sample.")
     chosen_layers = widgets.sticky_multiselect(c2, "Layers", [s.name for s in spec.layers], [spec.default_layer],
                                                Batch.layers(spec.key))
-    named = c3.radio("Target", [batch_runs.PREDICTED, "a named class"], key=Batch.RULE,
-                     help="predicted: each sample's own top class (one field; each label stores its class).")
     target_rule = batch_runs.PREDICTED
-    if named != batch_runs.PREDICTED:
+    if spec.task == "detection":  # a detector explains boxes: its box rule, as `batch --box`
+        target_rule = c3.text_input("Boxes", "top", key=Batch.BOXES, help=batch_runs.BOXES_HELP).strip() or "top"
+    elif c3.radio("Target", [batch_runs.PREDICTED, "a named class"], key=Batch.RULE,
+                  help="predicted: each sample's own top class (one field; each label stores its class).") \
+            != batch_runs.PREDICTED:
         target_rule = c3.selectbox("Class", list(spec.class_names()), key=Batch.target_class(spec.key))
     eigen_smooth = c3.toggle("eigen_smooth", key=Batch.EIGEN)
     measures = batch_runs.measure_controls(sel.dataset)
     if not chosen_methods or not chosen_layers:
         st.info("Choose at least one method and one layer.")
         return
-    options = batch_runs.options(sel, spec.key, tuple(chosen_methods), tuple(chosen_layers), target_rule, eigen_smooth,
-                                 measures)
-    fields = batch_runs.field_names(sel, options)
+    runs = batch_runs.options(sel, spec.key, tuple(chosen_methods), tuple(chosen_layers), target_rule, eigen_smooth,
+                              measures)
+    fields = batch_runs.field_names(sel, runs)
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
                (" with their measures (`camm_<measure>_…`)" if measures else "") +
                ". Samples already done with the same settings are skipped. Runs in this app's process; "
@@ -62,7 +64,7 @@ def main(sel: Selection) -> None:
         if last and "report" in last:
             batch_runs.show(last)
         return
-    batch_runs.run(sel, options, fields, token)
+    batch_runs.run(sel, runs, fields, token)
 
 
 page.serve("batch", main, NO_SELECTION)

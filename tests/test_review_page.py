@@ -68,6 +68,29 @@ def test_queue_worst_first_steps_records_and_keeps_its_place_in_the_url(audited)
     assert ds[third]["cam_findings"].classifications[-1].note == "looks at the sofa"
 
 
+def test_a_links_run_opens_that_runs_queue_at_its_place(audited):
+    """A shared link /review?run=<field>&reviewed=3 is the third sample of THAT run's queue (the
+    URL's run= was written but not read: the first run alphabetically opened, at the link's place
+    in another queue); a run the dataset does not have is said in one line."""
+    import dataclasses
+
+    from audit_support import add_run
+
+    ds, _fields = audited
+    later = dataclasses.replace(IDENTITY, pretrained=False)  # an untrained twin: its name sorts after
+    later_fields = add_run(ds, later, seed=7)
+    assert audit.runs(ds)[0].heatmap == IDENTITY.field_name  # the default is the other run
+    at = _review(ds, run=later.field_name, reviewed="3")
+    assert at.selectbox(key="audit_run").value == later.field_name
+    assert _headline(at).startswith("**Reviewed 3 of 12**")
+    assert at.query_params["run"] == later.field_name and at.query_params["reviewed"] == "3"
+    third_share = sorted(ds.values(later_fields["share"]))[2]
+    assert any(f"share on the object: {third_share:.3f}" in t.value for t in at.text)
+    at = _review(ds, run="cam_no_such_run")
+    (line,) = [w.value.replace("\\", "") for w in at.warning]
+    assert line == f"No heatmap run cam_no_such_run with stored measures in this dataset: showing {IDENTITY.field_name}."
+
+
 def test_a_missing_map_says_so_and_offers_to_compute(audited):
     ds, fields = audited
     (run_,) = audit.runs(ds)
@@ -99,6 +122,46 @@ def test_a_stale_map_says_which_weights_made_it_and_computing_it_clears_that(tmp
         assert set(ds.values(f"{field}.weights")) != {"an older checkpoint"}
     finally:
         ds.delete()
+
+
+def test_a_weights_files_map_is_stale_when_the_file_changed_not_when_the_sidebar_shows_other_weights(tmp_path):
+    """A run made with a weights file (field ..._ft): with the sidebar on the model's own weights its
+    maps are not "stale" (they were judged against the sidebar's weights, and Compute refused: "the
+    sidebar's weights would write another field"); once a checkpoint is saved over ft.pth they are,
+    and Compute it now remakes them with the file as it is now, whatever the sidebar shows."""
+    import torch
+
+    from camcore import weights
+    from camcore.models import load_model
+
+    shutil.copy(skimage_data("chelsea.png"), tmp_path / "chelsea.png")
+    folder = weights.weights_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ft.pth"
+    state = load_model("efficientnet_lite0").module.state_dict()
+    torch.save(state, path)
+    ds = fo.Dataset(unique_name("stale-file"), persistent=True)
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "chelsea.png")))
+    try:
+        batch.run_batch(ds, BatchOptions("efficientnet_lite0", weights=str(path), methods=["gradcam"],
+                                         layers=["head"], measures=MeasureOptions(faithfulness=False)))
+        (run_,) = audit.runs(ds)
+        assert run_.heatmap.endswith("_ft")
+        at = _review(ds)  # the sidebar: the model's own weights
+        assert not at.warning, [w.value for w in at.warning]
+        torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, path)
+        at = _review(ds)
+        (line,) = [w.value.replace("\\", "") for w in at.warning]
+        assert line.startswith("The stored heatmap is stale: made with file ft.pth as it was then (sha256 "), line
+        at.button(key="review_compute").click()
+        run(at, allow_errors=False)
+        assert any("Computed the map and its measures again" in i.value for i in at.info), [i.value for i in at.info]
+        assert not at.warning
+        ds.reload()
+        assert ds.first()[run_.heatmap].weights_sha256 == weights.file_sha256(path)
+    finally:
+        ds.delete()
+        path.unlink(missing_ok=True)
 
 
 def test_mixed_settings_are_refused_in_one_line_and_nothing_can_be_recorded(audited):

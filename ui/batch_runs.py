@@ -23,6 +23,11 @@ from ui.state import Batch
 
 LAST, TOKEN = Batch.LAST, Batch.TOKEN
 PREDICTED = batch.PREDICTED  # the target rule "each sample's own top class"
+BOXES_HELP = ("A detector explains boxes: top (the top-scoring detection), top:<k> (the k best, a field "
+              "each), det:<i>, class:<name> (every box of a class, summed), all; each optionally "
+              "@<score threshold> (default 0.5); field:<Detections field>[:<class>] (every box of the "
+              "sample's field, a field per box index, matched to the model's output by IoU and label). "
+              "Samples without the box are skipped.")
 
 
 @st.cache_resource(show_spinner=False)
@@ -57,17 +62,20 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
 
 
 def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], target_rule: str,
-            eigen_smooth: bool, measures: MeasureOptions | None) -> batch.BatchOptions:
-    """The page's choices, with the sidebar's weights and input size, as the one options type of a
-    batch; checked (a clear CamError where they do not fit the model)."""
-    return batch.BatchOptions(model=model, weights=sel.weights, methods=methods, layers=layers,
+            eigen_smooth: bool, measures: MeasureOptions | None) -> list[batch.BatchOptions]:
+    """The page's choices, with the sidebar's weights and input size, as the options of a batch:
+    one, or a detector's one per box rule (`target_rule` is then its box rule, as `batch --box`:
+    top:<k> and a field's boxes stand for several); checked (a clear CamError where they do not fit)."""
+    base = batch.BatchOptions(model=model, weights=sel.weights, methods=methods, layers=layers,
                               target_rule=target_rule, eigen_smooth=eigen_smooth, input_size=sel.input_size,
-                              measures=measures).checked()
+                              measures=measures)
+    return [o.checked() for o in batch.box_batches(sel.view(), base, None)]
 
 
-def field_names(sel, options: batch.BatchOptions) -> list[str]:
-    """The fields the run writes, as the dataset keeps them (a field of an older name holding the same map)."""
-    return options.field_names(store.load_dataset(sel.dataset))
+def field_names(sel, runs: list[batch.BatchOptions]) -> list[str]:
+    """The fields the runs write, as the dataset keeps them (a field of an older name holding the same map)."""
+    dataset = store.load_dataset(sel.dataset)
+    return list(dict.fromkeys(f for options in runs for f in options.field_names(dataset)))
 
 
 def _session_alive(session_id: str | None) -> bool:
@@ -174,7 +182,7 @@ def pick_up(token: str) -> None:
         note.empty()
 
 
-def run(sel, options: batch.BatchOptions, fields: list[str], token: str) -> None:
+def run(sel, rules: list[batch.BatchOptions], fields: list[str], token: str) -> None:
     """Run the batch here, in the script thread, with a progress bar that reports per heatmap.
 
     Streamlit interrupts a script at its next st.* call: Cancel or any click (a stop with fast
@@ -219,7 +227,7 @@ def run(sel, options: batch.BatchOptions, fields: list[str], token: str) -> None
     outcome, state = "failed", None
     try:
         view = sel.view()  # the sidebar's view itself (stages), read a page at a time by the batch
-        report = batch.run_batch(view, options, progress=progress, cancel=cancel)
+        report = batch.run_batches(view, rules, progress=progress, cancel=cancel)  # a detector's box rules: one run
         if not report.cancelled:
             outcome = "finished"
         elif interrupted and _is_stop(interrupted[0]) and not _known_alive(session):

@@ -91,12 +91,9 @@ def sample_boxes(dataset_name: str, sample_id: str) -> list[tuple[str, str, str,
 def box_rule(dataset_name: str, sample_id: str, text: str) -> str:
     """A box request (top, det:<i>, class:<name>, all, id:<detection id>, field:<f>[:<i>]) as the
     engine's box rule; StoreError (one line) when the sample has no such box."""
-    kind = text.partition(":")[0]
-    if kind not in ("id", "field"):
+    if text.partition(":")[0] not in ("id", "field"):
         return text
-    rule, _, threshold = text.partition("@")
-    resolved = store.box_rule(store.get_sample(store.load_dataset(dataset_name), sample_id), rule)
-    return resolved + (f"@{threshold}" if threshold else "")
+    return store.box_rule(store.get_sample(store.load_dataset(dataset_name), sample_id), text)
 
 
 # -- Compare: a study's sample, and where the objects are for a ranking

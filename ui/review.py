@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from camcore import batch, models, overlay, store
+from camcore import batch, models, overlay, store, weights
 from camcore.errors import CamError
 from camcore.measures import MeasureOptions
 from camcore.store import audit
@@ -45,12 +45,26 @@ def step(delta: int, total: int) -> None:
     st.session_state[Audit.REVIEWED] = max(0, min(int(st.session_state.get(Audit.REVIEWED, 0)) + delta, total - 1))
 
 
-def _weights_for(sel: Selection, meaning: dict) -> str:
-    """The weights a map of this field is made with now: untrained for an untrained field, the
-    sidebar's choice when the sidebar shows the field's model, else the model's own."""
-    if "untrained" in str(meaning.get("variant", "")).split("_"):
-        return "untrained"
-    return sel.weights if sel.model == meaning.get("model") else "auto"
+def _options(meaning: dict, weights_choice: str, about: str = "") -> batch.BatchOptions:
+    """The batch that makes this field's maps (and measures) with these weights."""
+    return batch.BatchOptions(model=meaning["model"], weights=weights_choice, methods=(meaning["method"],),
+                              layers=(meaning["layer"],), target_rule=meaning["target"],
+                              eigen_smooth="eigen" in meaning.get("variant", ""),
+                              measures=MeasureOptions.parse(about) if about else MeasureOptions(), chunk=1)
+
+
+def _weights_for(sel: Selection, dataset, heatmap: str, meaning: dict) -> str:
+    """The weights that make a map of this field now: of those on offer (the sidebar's first), the
+    ones whose batch writes this very field (an untrained twin's: untrained; a weights file's field:
+    that file), whatever the sidebar shows; the model's own when none does."""
+    offered = ([sel.weights] if sel.model == meaning.get("model") else []) + [c.value for c in weights.choices()]
+    for choice in dict.fromkeys(offered):
+        try:
+            if _options(meaning, choice).checked().field_names(dataset) == [heatmap]:
+                return choice
+        except (CamError, KeyError, ValueError):
+            continue
+    return weights.AUTO
 
 
 def stored(sel: Selection, sample_id: str, run: audit.AuditRun) -> Stored:
@@ -69,18 +83,22 @@ def stored(sel: Selection, sample_id: str, run: audit.AuditRun) -> Stored:
 def _stored(sel: Selection, dataset, run: audit.AuditRun, label, heatmap: np.ndarray, made_with: str) -> Stored:
     """The stored map, stale or not: its weights against those the field's model loads now."""
     meaning = store.heatmap_fields(dataset).get(run.heatmap, {})
-    key, weights = str(meaning.get("model") or _attr(label, "model") or ""), _weights_for(sel, meaning)
-    if key not in models.MODELS:
+    key = str(meaning.get("model") or _attr(label, "model") or "")
+    if key not in models.MODELS or not meaning:
         return Stored(heatmap, "", made_with)  # a map of a model this app does not know: shown as stored
+    choice = _weights_for(sel, dataset, run.heatmap, meaning)
     try:
-        loaded = cache.model(key, weights, models.load_version(key, weights))
+        loaded = cache.model(key, choice, models.load_version(key, choice))
     except CamError:
         return Stored(heatmap, "", made_with)  # no weights to compare with here: shown as stored
     now_sha = str((loaded.provenance or {}).get("weights_sha256") or "")
     then_sha, then_label = str(_attr(label, "weights_sha256") or ""), str(_attr(label, "weights") or "")
-    if (now_sha and then_sha and now_sha != then_sha) or (then_label and then_label != loaded.weights_label):
-        return Stored(heatmap, f"stale: made with {then_label or then_sha[:12]}, the model now loads "
-                               f"{loaded.weights_label}", made_with)
+    if then_label and then_label != loaded.weights_label:
+        return Stored(heatmap, f"stale: made with {then_label}, the model now loads {loaded.weights_label}",
+                      made_with)
+    if now_sha and then_sha and now_sha != then_sha:  # the same file, other content (a checkpoint saved over it)
+        return Stored(heatmap, f"stale: made with {then_label or 'other weights'} as it was then (sha256 "
+                               f"{then_sha[:12]}), which now holds other weights ({now_sha[:12]})", made_with)
     return Stored(heatmap, "", made_with)
 
 
@@ -129,14 +147,11 @@ def compute(sel: Selection, sample_id: str, run: audit.AuditRun, about: str) -> 
     meaning = store.heatmap_fields(dataset).get(run.heatmap)
     if not meaning:
         return f"{run.heatmap} is not a CAM Explorer heatmap field any more: nothing to compute."
-    options = batch.BatchOptions(model=meaning["model"], weights=_weights_for(sel, meaning),
-                                 methods=(meaning["method"],), layers=(meaning["layer"],),
-                                 target_rule=meaning["target"], eigen_smooth="eigen" in meaning.get("variant", ""),
-                                 measures=MeasureOptions.parse(about) if about else MeasureOptions(), chunk=1)
+    options = _options(meaning, _weights_for(sel, dataset, run.heatmap, meaning), about)
     try:  # bad input (the object field deleted or of another type since, no weights): one line, the sample stays
         if options.checked().field_names(dataset) != [run.heatmap]:
-            return (f"The sidebar's weights would write another field than {run.heatmap}: choose the weights the "
-                    "field was made with in the sidebar.")
+            return (f"No weights on offer here make {run.heatmap} (its weights file is no longer in the weights "
+                    "folder?): nothing computed.")
         report = batch.run_batch(dataset.select([sample_id]), options)
     except CamError as exc:
         return f"Could not compute it: {exc}"

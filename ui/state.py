@@ -270,6 +270,7 @@ class Batch:
     TOKEN = "batch_session_token"  # this session's mark on the runs it starts (a reload is a new session)
     METHODS = "batch_methods"
     RULE = "batch_rule"
+    BOXES = "batch_boxes"  # a detector's box rule
     EIGEN = "batch_eigen_smooth"
     MEASURES = "batch_measures"
     OBJECT_FIELD = "batch_object_field"

@@ -331,12 +331,17 @@ def most_boxes(view: fo.Dataset | fo.DatasetView, field: str, label: str = "") -
 
 def box_rule(sample: fo.Sample | None, text: str | None) -> str:
     """A --box request as the engine's box rule (camcore.detection): "top", "det:<i>", "class:<name>"
-    and "all" as they are; "field:<name>[:<i>]" (the field's i-th box, default the first) and
-    "id:<detection id>" read the sample's Detections. StoreError (one line) when there is no such box."""
+    and "all" as they are; "field:<name>[:<i>][:<class>]" (the field's i-th box, of that class if
+    named, as a batch's field rule; default the first) and "id:<detection id>" read the sample's
+    Detections. Either may end in "@<score threshold>", as the explorer's URL writes it (kept on the
+    rule). StoreError (one line) when there is no such box."""
     text = (text or "top").strip()
     kind, _, rest = text.partition(":")
     if kind not in ("field", "id"):
         return text
+    from camcore.detection import field_box_text, field_rule_parts  # the one spelling of a field box's rule
+
+    rest, at, threshold = rest.partition("@")
     if sample is None:
         raise StoreError(f"--box {text} reads a sample's Detections: give --dataset and --sample")
     if kind == "id":
@@ -345,16 +350,17 @@ def box_rule(sample: fo.Sample | None, text: str | None) -> str:
             raise StoreError(f"no detection with id {rest.strip()!r} on this sample")
         box = found[0]
     else:
-        name, _, index = rest.partition(":")
-        boxes = sample_boxes(sample, name.strip())
-        i = int(index) if index.strip().isdigit() else 0
+        # a class after the field (or the index) is the box's label, as in a batch's field rule
+        name, index, label = field_rule_parts(f"field:{rest}")
+        boxes = [b for b in sample_boxes(sample, name) if not label or b[2] == label]
+        i = index or 0
         if i >= len(boxes):
-            raise StoreError(f"field {name.strip()!r} has {len(boxes)} box(es) on this sample: no box {i}")
+            which = f"'{label}' box(es)" if label else "box(es)"
+            raise StoreError(f"field {name!r} has {len(boxes)} {which} on this sample: no box {i}")
         box = boxes[i]
-    from camcore.detection import field_box_text  # the one spelling of a field box's rule
 
-    field, det_id, label, rel_box = box
-    return field_box_text(label, rel_box, f"{field}/{det_id}")
+    field, det_id, name, rel_box = box
+    return field_box_text(name, rel_box, f"{field}/{det_id}") + at + threshold
 
 
 def segmentation_fields(dataset: fo.Dataset | fo.DatasetView) -> list[str]:

@@ -152,10 +152,19 @@ def _request(params: dict) -> dict:
         "weights": params.get("weights") or "auto",
         "methods": _as_list(params.get("methods")) or [methods.DEFAULT_METHOD],
         "layers": _as_list(params.get("layers")) or ([spec.default_layer] if spec else []),
-        "target_rule": str(params.get("target") or batch.PREDICTED).strip(),
+        # a detector's form has Boxes instead of Target (a value left from another model is not read)
+        "target_rule": (batch.PREDICTED if spec is not None and spec.task == "detection"
+                        else str(params.get("target") or batch.PREDICTED).strip()),
         "eigen_smooth": bool(params.get("eigen_smooth", False)),
         "measures": _measure_options(params),
     }
+
+
+def _box(params: dict) -> str | None:
+    """The form's box rule, for a detector only (a value left from another model is not read)."""
+    _batch, _links, _methods, models, _store, _weights = _camcore()
+    spec = models.MODELS.get(str(params.get("model") or models.DEFAULT_MODEL).strip())
+    return (str(params.get("box") or "").strip() or None) if spec is not None and spec.task == "detection" else None
 
 
 def _measure_options(params: dict) -> Any:
@@ -300,9 +309,12 @@ class ComputeCams(foo.Operator):
             problem = "no samples to compute on"
         else:
             try:
-                check(ctx.params)
+                checked = check(ctx.params)
                 store.require_image(store.root_dataset(samples))
                 _check_object_field(ctx.params, store.root_dataset(samples), store)
+                # a detector's box rule, checked as the run expands it (an unknown class, a field
+                # without boxes or with labels the model does not know): refused here, not mid-run
+                batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **checked), _box(ctx.params))
             except Exception as exc:
                 problem = _first_line(exc)
         if problem:
@@ -330,7 +342,7 @@ class ComputeCams(foo.Operator):
                 updates.put((fraction, label))
 
         # a detector: one run per box rule (top:<k>, a field's boxes), each resuming on its own fields
-        runs = batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **args), ctx.params.get("box") or None)
+        runs = batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **args), _box(ctx.params))
 
         def run() -> Any:
             return batch.run_batches(samples, runs, progress=progress, cancel=cancel)
