@@ -131,22 +131,19 @@ def test_an_object_field_of_the_wrong_type_fails_in_one_line_before_anything_is_
 
 
 def test_cli_batch_measures_bad_object_field_is_one_line_and_writes_nothing(dataset, capsys):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--measures",
-                           "--object-field", "note"], cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
-    assert lines == ["error: the object field must hold Segmentation masks or Detections boxes, not StringField"]
-    dataset.reload()
-    assert dataset.get_field(_identity().field_name) is None
-    # a usage line is cli.main's own logic: checked in this process (a process start costs ~7 s of CPU)
+    # cli.main in this process: a real `python -m camcore batch` runs in test_batch.py
+    # (test_cli_batch_json) and test_cli.py proves a process adds nothing to stderr; a process start
+    # here cost ~6.5 s of CPU (issue 26 item 7)
     from camcore import cli
 
     capsys.readouterr()
+    code = cli.main(["batch", "--dataset", dataset.name, "--measures", "--object-field", "note"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert lines == ["error: the object field must hold Segmentation masks or Detections boxes, not StringField"]
+    dataset.reload()
+    assert dataset.get_field(_identity().field_name) is None
     assert cli.main(["batch", "--dataset", dataset.name, "--object-field", "ground_truth"]) == 2
     assert "go with --measures" in capsys.readouterr().err
 
@@ -154,25 +151,20 @@ def test_cli_batch_measures_bad_object_field_is_one_line_and_writes_nothing(data
 def test_cli_batch_measures_leave_faithfulness_off_unless_asked(dataset, capsys):
     """Issue 25 cost goal (<= 1.3x a batch): keep/remove cost 2.8x, so a plain --measures skips them;
     --faithfulness stores them; both switches together are one usage line."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from camcore import cli
 
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--measures",
-           "--object-field", "ground_truth", "--filename-contains", "chelsea"]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    # in this process, as above: the stored fields are what this test reads
+    argv = ["batch", "--dataset", dataset.name, "--measures", "--object-field", "ground_truth",
+            "--filename-contains", "chelsea"]
+    capsys.readouterr()
+    assert cli.main(argv) == 0, capsys.readouterr().err
     dataset.reload()
     fields = measure_store.measure_runs(dataset)[_identity().field_name]
     assert set(dataset.distinct(fields["about"])) == {"t=0.5;obj=ground_truth;f=0"}
     assert dataset.distinct(fields["keep"]) == [] and dataset.distinct(fields["remove"]) == []
     assert len(dataset.distinct(fields["share"])) == 1
-    # a usage line is cli.main's own logic: checked in this process (a process start costs ~7 s of CPU)
-    from camcore import cli
-
     capsys.readouterr()
-    assert cli.main([*cmd[3:], "--faithfulness", "--no-faithfulness"]) == 2
+    assert cli.main([*argv, "--faithfulness", "--no-faithfulness"]) == 2
     assert "contradict" in capsys.readouterr().err
 
 
