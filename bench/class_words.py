@@ -92,8 +92,9 @@ def main() -> None:
     classes = {"demo": DEMO, "imagenet": tuple(SPEC.class_names())}
     for short in (False, True):
         r = rooms(short)
+        spread = f"{min(r.values()):.1f} / {statistics.median(r.values()):.1f} / {max(r.values()):.1f}"
         print(f"{'shorter codes' if short else 'codes as today'}: {len(r)} heads, room for the class "
-              f"{min(r.values()):.1f} / {statistics.median(r.values()):.1f} / {max(r.values()):.1f} px (min/median/max)")
+              f"{spread} px (min/median/max)")
     print("| classes | rule | whole word kept | whole class | letters kept | distinct per head |")
     print("|---|---|---|---|---|---|")
     for label, cls_list in classes.items():
