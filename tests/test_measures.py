@@ -95,6 +95,39 @@ def test_the_targets_score_is_stored_without_faithfulness(dataset):
     assert chelsea[fields["score"]] == pytest.approx(ex.original_score, rel=1e-3)
 
 
+def test_a_segmentation_fields_share_equals_the_apps_one_sample_value(tmp_path):
+    """The object from a ground-truth Segmentation field (mask targets name its classes): the share
+    stored is Compare's share inside the mask of the explained class's label ("cat" for Egyptian
+    cat); with --object-label '*' every labelled pixel is the object."""
+    import numpy as np
+
+    path = str(tmp_path / "chelsea.png")
+    shutil.copy(skimage_data("chelsea.png"), path)
+    h, w = load_image(path).rgb.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    mask[int(0.05 * h):int(0.95 * h), int(0.25 * w):int(0.75 * w)] = 1
+    mask[int(0.8 * h):, :int(0.2 * w)] = 2  # the sofa, bottom left
+    ds = fo.Dataset(unique_name("seg-measures"))
+    ds.add_sample(fo.Sample(filepath=path, seg=fo.Segmentation(mask=mask)))
+    ds.mask_targets = {"seg": {1: "cat", 2: "sofa"}}
+    ds.save()
+    model, layer = load_model(MODEL), get_spec(MODEL).default_layer
+    try:
+        for label, obj in (("", mask == 1), ("*", mask > 0)):
+            batch.run_batch(ds, BatchOptions(MODEL, methods=["gradcam"], layers=[layer],
+                                             measures=MeasureOptions(object_field="seg", object_label=label)))
+            fields = measure_store.measure_runs(ds)[_identity().field_name]
+            sample = ds.first()
+            ex = Explainer(model, load_image(path), None, (layer,))
+            row = judge.rank_by_share_inside(model, [judge.SampleItem(sample.id, path, mask=obj)], "gradcam", layer,
+                                             ex.target.name)[0]
+            assert sample[fields["share"]] == pytest.approx(row.share_inside, abs=1e-3)
+            assert sample[fields["bg"]] == row.background_dominated
+        assert sample[fields["about"]] == "t=0.5;obj=seg[*];f=0"
+    finally:
+        ds.delete()
+
+
 def test_resume_fills_only_the_missing_measures(dataset):
     batch.run_batch(dataset, _options(faithfulness=False))
     fields = measure_store.measure_runs(dataset)[_identity().field_name]

@@ -31,11 +31,16 @@ class Stored:
     explains: str = ""  # the class (or box) the map explains, from its label
 
 
-def position(total: int) -> int:
-    """The queue position: the link's `reviewed` (1-based) once, then the session's; kept in range."""
+def position(total: int, queue: tuple) -> int:
+    """The queue position: the link's `reviewed` (1-based) once, then the session's; back to the
+    first (the worst) when the queue is another one (a new narrowing, view or run: the 10th of the
+    old queue would skip the new one's 9 worst); kept in range."""
     if Audit.REVIEWED not in st.session_state:
         wanted = urlstate.pending().reviewed
         st.session_state[Audit.REVIEWED] = int(wanted) - 1 if wanted.isdigit() and int(wanted) > 0 else 0
+    elif st.session_state.get(Audit.REVIEWED_QUEUE) != queue:
+        st.session_state[Audit.REVIEWED] = 0
+    st.session_state[Audit.REVIEWED_QUEUE] = queue
     pos = max(0, min(int(st.session_state[Audit.REVIEWED]), max(0, total - 1)))
     st.session_state[Audit.REVIEWED] = pos
     return pos
