@@ -258,7 +258,7 @@ def measure_resume(dataset, args) -> dict[str, float]:
     layer = model.spec.default_layer
     options = batch.BatchOptions(MODEL, methods=("gradcam",), device="cpu").checked()
     identity = options.identity("gradcam", layer, model)  # the field and labels the batch writes
-    field = store.declare_heatmap_field(dataset, identity, options.label_extra)
+    field = store.declare_heatmap_field(dataset, identity)
     png = Path(os.environ["CAM_EXPLORER_HOME"]) / "done.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(png), np.zeros((8, 8), np.uint16))

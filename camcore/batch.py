@@ -181,11 +181,11 @@ class BatchOptions:
 
 def declare_fields(dataset: Collection, options: BatchOptions,
                    model: LoadedModel | None = None) -> list[str]:
-    """Create (or check) every field of checked options, every label attribute declared: before
-    any compute, so that a field that is not ours fails at once, and writers in other processes
-    find the schema complete. The App switches the run's fields on together (one group)."""
+    """Create (or check) every field of checked options: before any compute, so that a field that
+    is not ours fails at once, and writers in other processes find the schema complete. The App
+    switches the run's fields on together (one group)."""
     run = uuid.uuid4().hex
-    return store.declare_heatmap_fields(dataset, options.identities(model), extra=options.label_extra, shown_with=run)
+    return store.declare_heatmap_fields(dataset, options.identities(model), shown_with=run)
 
 
 @dataclass
@@ -358,7 +358,7 @@ class BatchRun:
         identities = [store.stored_identity(self.dataset, identity)
                       for rule in self.rules for identity in rule.identities(self.model)]
         self.jobs = [_Job.of(identity) for identity in identities]
-        store.declare_heatmap_fields(self.dataset, identities, extra=options.label_extra, shown_with=uuid.uuid4().hex)
+        store.declare_heatmap_fields(self.dataset, identities, shown_with=uuid.uuid4().hex)
         if options.measures is not None:
             self.measuring = {job.field: measure_store.declare_measure_fields(self.dataset, job.identity)
                               for job in self.jobs}

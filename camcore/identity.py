@@ -61,9 +61,16 @@ _GLYPH_PX = {**dict.fromkeys("0123456789acesvxy_k", 7.79), **dict.fromkeys("bdgh
              "f": 4.66, "t": 4.66, "i": 3.89, "j": 3.89, "l": 3.89, "m": 12.45, "r": 5.45, "w": 10.89,
              "z": 7.0}
 _WIDEST_PX = max(_GLYPH_PX.values())
+# A measure field is a top-level float/bool/string, which the App draws otherwise: in the grid's
+# sidebar its label box is 218 px and the ellipsis comes once the text is wider than about 212.5 px
+# (whole at 212.3, cut at 213.1: measured in Chromium, tests/test_app21_modal_names.py); the sample
+# modal draws it under its value in a smaller font, wider. Its own limit, so a third of a pixel kept.
+MEASURE_SIDEBAR_PX = 212.0
 # The measures stored beside a heatmap (camcore.measures): name -> value type. Their fields are
-# ``camm_<measure>_<the heatmap field's name without cam_>``: a heatmap field always starts with
-# ``cam_``, so a measure field never collides with one (and no "__": mongoengine reads it as an operator).
+# ``camm_<measure>_<the heatmap field's name without cam_>``, that name cut to fit the sidebar
+# (HeatmapIdentity.measure_field): a heatmap field always starts with ``cam_``, so a measure field
+# never collides with one (and no "__": mongoengine reads it as an operator). Which heatmap a
+# measure field describes is in its field info (camcore.store.measures), not in its name.
 MEASURES: dict[str, type] = {"score": float, "conf": float, "share": float, "keep": float, "remove": float,
                              "bg": bool, "about": str}
 MEASURE_PREFIX = "camm_"
@@ -175,7 +182,10 @@ def codes(model_spec: Any, method: str | _Coded, layer: str) -> Codes:
 
 
 def measure_of(field: str) -> tuple[str, str] | None:
-    """(measure, heatmap field) of a measure field's name; None for any other name."""
+    """(measure, heatmap field) read from a measure field's name; None for any other name. The
+    measure is always right (every measure name starts ``camm_<measure>_``); the heatmap only for a
+    name written whole (before names were cut to fit the sidebar): the field's info is the link
+    (camcore.store.measures.measure_links), this parse only the fallback for a field without it."""
     if not field.startswith(MEASURE_PREFIX):
         return None
     measure, _, rest = field[len(MEASURE_PREFIX):].partition("_")
@@ -296,16 +306,32 @@ class HeatmapIdentity:
             name = name[: MAX_FIELD_LEN - 7].rstrip("_") + "_" + _digest(whole, 6)
         return name
 
-    def measure_field(self, measure: str) -> str:
-        """The field of one measure (see MEASURES) of this heatmap: built from the same name, so a
-        map and its measures never disagree about which map they describe."""
+    def measure_field(self, measure: str, spare: bool = False) -> str:
+        """The field of one measure (see MEASURES) of this heatmap: ``camm_<measure>_`` and the
+        heatmap field's name without ``cam_``, cut to fit the App's sidebar (MEASURE_SIDEBAR_PX;
+        a last part cut under 3 characters left out). Cut names of two maps can meet (every class
+        of one method, layer and model): the store gives the second map's measures their spare
+        names, cut shorter and ending in 6 hex of the heatmap field's name, and links each measure
+        field to its map in its info (camcore.store.measures), so the two never disagree."""
         if measure not in MEASURES:
             raise ValueError(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
-        return f"{MEASURE_PREFIX}{measure}_{self.field_name[len(FIELD_PREFIX):]}"
+        head, rest = f"{MEASURE_PREFIX}{measure}_", self.field_name[len(FIELD_PREFIX):]
+        if not spare and sidebar_px(head + rest) <= MEASURE_SIDEBAR_PX:
+            return head + rest
+        end = f"_{_digest(self.field_name, 6)}" if spare else ""
+        room = MEASURE_SIDEBAR_PX - sidebar_px(head) - sidebar_px(end)
+        k = 0
+        while k < len(rest) and sidebar_px(rest[k]) <= room:
+            room -= sidebar_px(rest[k])
+            k += 1
+        cut = rest[:k]
+        if k < len(rest) and rest[k] != "_" and "_" in cut and len(cut.rsplit("_", 1)[1]) < _MIN_KEPT:
+            cut = cut.rsplit("_", 1)[0]  # "grad_h" says less than "grad"
+        return (head + cut.rstrip("_")).rstrip("_") + end
 
-    def measure_fields(self) -> dict[str, str]:
-        """measure -> its field, for every measure."""
-        return {m: self.measure_field(m) for m in MEASURES}
+    def measure_fields(self, spare: bool = False) -> dict[str, str]:
+        """measure -> its field (or its spare name), for every measure."""
+        return {m: self.measure_field(m, spare) for m in MEASURES}
 
     @property
     def meaning(self) -> dict[str, str]:

@@ -41,10 +41,12 @@ def main(sel: Selection) -> None:
             event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
                                     selection_mode=("points", "box"))  # no lasso: a narrowing is ranges
             audit.narrow_to(audit.from_scatter(event, run), "scatter")
-    rows = audit.class_rows(s)
+    rows = audit.class_rows(s, run)
     event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
                          hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))
     audit.narrow_to(audit.from_table(event, rows, run), "classes")
+    if audit.no_bg(run):
+        st.caption(text.escape(audit.no_bg(run)))
     narrowed = sel.view_spec.narrow
     st.markdown(f"**{sel.count:,} samples** in the view" + (" (narrowed)" if narrowed else "")
                 + ": review them worst first on the Review page, save them, or open them in the App.")

@@ -18,7 +18,7 @@ from fo_helpers import coded_identity
 from test_app21_app import ARTIFACTS, CHROMIUM, app_page, grey_dataset  # noqa: F401 (grey_dataset: a fixture)
 
 from camcore import store
-from camcore.identity import SIDEBAR_PX, sidebar_px
+from camcore.identity import MEASURE_SIDEBAR_PX, MEASURES, SIDEBAR_PX, sidebar_px
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,6 +29,13 @@ CUT = [coded_identity(model="efficientnet_lite0", method=m, layer=layer, target=
 NAMES = [n for i in CUT for n in (i.field_name, i.spare_field_name)]
 FITS = "z" * int(SIDEBAR_PX // 7.0)  # z is 7 px: just within the limit, drawn whole ...
 TOO_WIDE = FITS + "z"  # ... and just over it, cut: the limit is the App's own
+# Their measure fields (floats, flags, strings: drawn otherwise, the grid's sidebar the narrower),
+# the widest of each map's, plain and spare; and a float just within that limit and one just over.
+MEASURED = {name: MEASURES[m] for i in CUT for m, spare in (("remove", False), ("remove", True), ("keep", True),
+                                                              ("about", False), ("bg", True))
+            for name in [i.measure_field(m, spare)]}
+MEASURE_FITS, MEASURE_TOO_WIDE = "f" + "z" * 29 + "i", "b" + "z" * 28 + "fi"  # 211.6 and 213.1 px
+_VALUES = {float: 0.123, bool: True, str: "t=0.5;obj=model;f=1"}
 
 # The label's ellipsis box: is the text drawn whole (scroll width within the client width)?
 _WHOLE = """e => {
@@ -51,7 +58,40 @@ def _measure(url: str) -> dict:
             expect(label).to_be_visible(timeout=60_000)
             out[name] = label.evaluate(_WHOLE)
         page.screenshot(path=str(ARTIFACTS / "app21_modal_names.png"))
+        for name in [*MEASURED, MEASURE_FITS]:  # under its value, in a smaller font
+            out[f"modal {name}"] = _read(page, modal.get_by_text(name, exact=True).first, _CLIPPED)
+        page.screenshot(path=str(ARTIFACTS / "app21_modal_measures.png"))
+        page.goto(url.split("?")[0])  # the grid's sidebar, the narrower for these
+        expect(modal).to_be_hidden(timeout=30_000)
+        for name in [*MEASURED, MEASURE_FITS, MEASURE_TOO_WIDE]:
+            out[f"grid {name}"] = _read(page, page.locator(f"[data-cy=sidebar-field-{name}]").first, _WHOLE)
+        page.screenshot(path=str(ARTIFACTS / "app21_grid_measures.png"))
     return out
+
+
+def _read(page, label, script: str, tries: int = 10) -> dict:
+    """The label scrolled into view and read; the App's sidebar is a virtual list that draws its
+    entries again as it scrolls (a label read meanwhile is detached): read it again."""
+    from playwright.sync_api import Error
+
+    for i in range(tries):
+        try:
+            label.scroll_into_view_if_needed(timeout=30_000)
+            return label.evaluate(script, timeout=30_000)
+        except Error:
+            if i == tries - 1:
+                raise
+            page.wait_for_timeout(500)
+    raise AssertionError("unreachable")
+
+
+# A text drawn under a value: is any box between it and the sidebar entry clipping it?
+_CLIPPED = """e => {
+  for (let c = e; c && !(c.dataset && (c.dataset.cy || '').startsWith('sidebar-entry-')); c = c.parentElement)
+    if (getComputedStyle(c).overflow !== 'visible' && c.scrollWidth > c.clientWidth)
+      return {whole: false, scroll: c.scrollWidth, client: c.clientWidth, text: e.textContent};
+  return {whole: true, text: e.textContent};
+}"""
 
 
 def test_cut_names_show_whole_in_the_sample_modal_at_1280(grey_dataset):  # noqa: F811 (the fixture)
@@ -64,6 +104,8 @@ def test_cut_names_show_whole_in_the_sample_modal_at_1280(grey_dataset):  # noqa
     sample = grey_dataset.first()
     for name in [*NAMES, FITS, TOO_WIDE]:  # a Heatmap each, so the modal lists it with its count
         sample[name] = fo.Heatmap(map=np.zeros((4, 4), np.uint8))
+    for name, kind in [*MEASURED.items(), (MEASURE_FITS, float), (MEASURE_TOO_WIDE, float)]:
+        sample[name] = _VALUES[kind]
     sample.save()
     port = free_port()
     try:
@@ -73,5 +115,13 @@ def test_cut_names_show_whole_in_the_sample_modal_at_1280(grey_dataset):  # noqa
     finally:
         store.close_app()
     assert got[FITS]["whole"] and not got[TOO_WIDE]["whole"], (sidebar_px(FITS), got[FITS], got[TOO_WIDE])
-    cut = {n: (round(sidebar_px(n), 1), v) for n, v in got.items() if n != TOO_WIDE and not v["whole"]}
-    assert not cut, f"names drawn with an ellipsis in the sample's sidebar: {cut}"
+    cut = {n: (round(sidebar_px(n.split()[-1]), 1), v) for n, v in got.items()
+           if n.split()[-1] not in (TOO_WIDE, MEASURE_TOO_WIDE) and not v["whole"]}
+    assert not cut, f"names drawn with an ellipsis in the App's sidebars: {cut}"
+    fits, too_wide = got[f"grid {MEASURE_FITS}"], got[f"grid {MEASURE_TOO_WIDE}"]
+    assert fits["whole"] and not too_wide["whole"], (sidebar_px(MEASURE_FITS), fits, too_wide)
+    assert sidebar_px(MEASURE_FITS) <= MEASURE_SIDEBAR_PX < sidebar_px(MEASURE_TOO_WIDE)
+
+
+def test_the_measure_names_under_test_reach_the_limit():
+    assert max(sidebar_px(n) for n in MEASURED) > MEASURE_SIDEBAR_PX - 0.5

@@ -198,3 +198,23 @@ def test_the_class_change_plot_keeps_the_extremes_of_many_classes_readable():
     assert "of 1,000 classes" in fig.layout.title.text
     few = class_change_figure(rows[:5])
     assert len(few.data[0].x) == 5 and few.layout.title.text.startswith("Classes that got better")
+
+
+def test_an_untrained_run_opens_as_a_beside_its_trained_twin_as_b():
+    """Two runs on the demo, trained and untrained Grad-CAM, and a third (Eigen-CAM, trained) whose
+    name sorts between them: A is the untrained run and B its trained twin, not the next name
+    (which compared Grad-CAM untrained against Eigen-CAM trained)."""
+    import dataclasses
+
+    from fo_helpers import coded_identity
+
+    from ui.audit import before_first
+
+    grad = coded_identity(model="efficientnet_lite0", method="gradcam", layer="head", target="predicted")
+    eigen = coded_identity(model="efficientnet_lite0", method="eigencam", layer="head", target="predicted")
+    untrained = dataclasses.replace(grad, pretrained=False)
+    names = sorted(i.field_name for i in (grad, eigen, untrained))
+    assert names.index(eigen.field_name) < names.index(grad.field_name)
+    meanings = {i.field_name: i.meaning for i in (grad, eigen, untrained)}
+    for known in (meanings, {}):  # the fields' meanings, or (none stored) their names
+        assert before_first(names, known)[:2] == [untrained.field_name, grad.field_name]

@@ -205,6 +205,18 @@ def test_a_deleted_confidence_field_says_so_in_one_line_instead_of_an_empty_plot
     assert len(at.dataframe) == 1
 
 
+def test_a_deleted_bg_field_leaves_the_class_tables_counts_blank_not_zero(audited):
+    """The App deleted the run's bg field: the per-class background-dominated counts are unknown,
+    not 0 (they read 0 for every class beside red bars), and the page says why in one line."""
+    ds, fields = audited
+    ds.delete_sample_field(fields["bg"])
+    at = _audit_page(ds)
+    table = at.dataframe[0].value
+    assert table["background-dominated"].isna().all() and table["samples"].sum() == 30
+    (line,) = [c.value.replace("\\", "") for c in at.caption if "background-dominated counts" in c.value]
+    assert line.startswith("No background-dominated counts for ") and "deleted or renamed" in line
+
+
 def test_the_narrowed_view_is_saved_as_a_fiftyone_saved_view(audited):
     ds, _fields = audited
     (run_,) = audit.runs(ds)

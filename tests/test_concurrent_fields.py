@@ -120,7 +120,7 @@ def test_a_new_field_costs_no_reload_or_save_of_the_whole_dataset_document(datas
             setattr(Document, name, original)
     assert calls == [], calls
     declared = dataset.get_field(fields[0]).get_field_schema()
-    assert set(store.LABEL_ATTRIBUTES) <= set(declared)
+    assert set(store.DECLARED_ATTRIBUTES) <= set(declared)
     # what is in the database is what this process believes
     fresh = fo.Dataset(dataset.name, _create=False, _virtual=True)
     assert set(fields) <= set(fresh.get_field_schema())

@@ -143,9 +143,20 @@ def threshold_of(s: audit.Summary) -> float | None:
     return None
 
 
-def class_rows(s: audit.Summary) -> list[dict]:
+def no_bg(run: audit.AuditRun) -> str | None:
+    """Why the table has no background-dominated counts, in one line; None when it has them."""
+    if "bg" in run.fields:
+        return None
+    return (f"No background-dominated counts for {run.heatmap} (its camm_bg_… field was deleted or renamed): a "
+            "batch with measures stores it again; the histogram's red bars still use the threshold.")
+
+
+def class_rows(s: audit.Summary, run: audit.AuditRun) -> list[dict]:
+    """The per-class table; its background-dominated counts blank when the run's bg field was
+    deleted or renamed (the aggregation then counts none: 0 would say no sample is)."""
+    counted = "bg" in run.fields
     return [{"class": c, "samples": n, "mean share (0–1)": None if m is None else round(m, 3),
-             "background-dominated": bg} for c, n, m, bg in s.classes]
+             "background-dominated": bg if counted else None} for c, n, m, bg in s.classes]
 
 
 # ---------------------------------------------------------------- selections -> the sidebar's narrowing
@@ -275,7 +286,21 @@ def before_first(names: list[str], meanings: dict[str, dict]) -> list[str]:
     def untrained(name: str) -> bool:  # the field's meaning, else its name's variant token
         variant = (meanings.get(name) or {}).get("variant")
         return "untrained" in str(variant).split("_") if variant is not None else "untr" in name.split("_")
-    return sorted(names, key=lambda n: (not untrained(n), n))
+
+    def twin(name: str) -> tuple:  # the map it makes, untrained or not: its meaning, else its name
+        m = meanings.get(name)
+        if not m:
+            return tuple(t for t in name.split("_") if t != "untr")
+        variant = tuple(t for t in str(m.get("variant") or "").split("_") if t and t != "untrained")
+        return (m.get("model"), m.get("method"), m.get("layer"), m.get("target"), variant)
+
+    ordered = sorted(names, key=lambda n: (not untrained(n), n))
+    if ordered and untrained(ordered[0]):  # its trained twin opens as B (not the next name: another method)
+        found = [n for n in ordered[1:] if not untrained(n) and twin(n) == twin(ordered[0])]
+        if found:
+            ordered.remove(found[0])
+            ordered.insert(1, found[0])
+    return ordered
 
 
 def class_change_table(rows: list[tuple[str, int, float, int, int]]) -> tuple[list[dict], dict]:

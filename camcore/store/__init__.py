@@ -50,6 +50,7 @@ from camcore.store.datasets import (
     segmentation_masks_by_sample,
 )
 from camcore.store.fields import (
+    DECLARED_ATTRIBUTES,
     FIELD_PREFIX,
     HEATMAP_COLORSCALE,
     LABEL_ATTRIBUTES,
@@ -87,7 +88,8 @@ from camcore.store.heatmaps import (
 from camcore.store.schema import refresh_schema
 
 __all__ = [
-    "DEFAULT_APP_PORT", "DELETE_BATCH", "FIELD_PREFIX", "FINDING_TAG_PREFIX", "FINDING_TAGS", "FINDINGS_FIELD",
+    "DECLARED_ATTRIBUTES", "DEFAULT_APP_PORT", "DELETE_BATCH",
+    "FIELD_PREFIX", "FINDING_TAG_PREFIX", "FINDING_TAGS", "FINDINGS_FIELD",
     "FOREIGN_JOURNAL_GRACE", "HEATMAP_COLORSCALE", "HEATMAP_RANGE", "JOURNAL_SUFFIX", "LABEL_ATTRIBUTES",
     "MARK", "PENDING_DIR", "STALE_TEMP_SECONDS", "add_finding", "app_session", "app_url", "box_rule", "boxes_by_sample",
     "chosen_samples",

@@ -25,7 +25,7 @@ from camcore.errors import StoreError
 from camcore.identity import FIELD_PREFIX, measure_of
 from camcore.store import schema
 from camcore.store.datasets import LOCK, MARK, db_errors, root_dataset
-from camcore.store.measures import measure_runs
+from camcore.store.measures import measure_links, measure_runs
 
 BINS = 20
 SCATTER_POINTS = 1500  # (confidence, share) points drawn: a random sample of the view's
@@ -262,6 +262,7 @@ def narrow_filter(text: str, dataset: fo.Dataset | fo.DatasetView) -> dict:
     that is not a measure field or a heatmap's target, or is malformed."""
     conds: list[dict[str, Any]] = []
     schema = root_dataset(dataset).get_field_schema()
+    measured = measure_links(dataset)  # a measure field is known by its info (its name may be cut)
     for part in (p.strip() for p in text.split(";")):
         if not part:
             continue
@@ -271,13 +272,13 @@ def narrow_filter(text: str, dataset: fo.Dataset | fo.DatasetView) -> dict:
             base = name.removesuffix(".target")
             if name.endswith(".target") and base.startswith(FIELD_PREFIX) and base in schema:
                 conds.append({name: value})
-            elif measure_of(name) is not None and name in schema and value in ("true", "false"):
+            elif name in measured and value in ("true", "false"):
                 conds.append({name: value == "true"})
             else:
                 raise StoreError(f"cannot narrow by {part!r}: not a measure field or a heatmap's class")
             continue
         name, lo, hi = (list(part.split(":")) + ["", ""])[:3]
-        if measure_of(name) is None or name not in schema:
+        if name not in measured:
             raise StoreError(f"cannot narrow by {part!r}: {name!r} is not a measure field of this dataset")
         try:
             low, high = float(lo), float(hi)

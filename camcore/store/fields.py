@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import fiftyone as fo
@@ -26,11 +26,14 @@ from camcore.store.appstyle import HEATMAP_COLORSCALE, _show_in_app
 from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
 
-__all__ = ["FIELD_PREFIX", "HEATMAP_COLORSCALE", "LABEL_ATTRIBUTES", "check_field", "declare_heatmap_field",
+__all__ = ["DECLARED_ATTRIBUTES", "FIELD_PREFIX", "HEATMAP_COLORSCALE", "LABEL_ATTRIBUTES", "check_field",
+           "declare_heatmap_field",
            "declare_heatmap_fields", "heatmap_fields", "stored_identity"]
 
-# The attributes every heatmap label carries (see heatmaps.py). They are declared with the field,
-# so that writers in several processes never race to extend the field's schema.
+# The attributes every heatmap label carries (see heatmaps.py), in the order the plugin's panel
+# lists them. Only DECLARED_ATTRIBUTES are declared in the field's schema; the rest stay on each label
+# as FiftyOne's dynamic attributes (label["weights"], label.weights_sha256, values(), match() and the
+# App's tooltip read them as before).
 LABEL_ATTRIBUTES: dict[str, type[fo.Field]] = {
     "model": fo.StringField, "weights": fo.StringField, "pretrained": fo.BooleanField,
     "method": fo.StringField, "layer": fo.StringField, "target": fo.StringField,
@@ -41,6 +44,13 @@ LABEL_ATTRIBUTES: dict[str, type[fo.Field]] = {
     "arch": fo.StringField, "weights_sha256": fo.StringField, "classes_file": fo.StringField,
     "input_size": fo.IntField,
 }
+# What varies from label to label of one field and is worth a filter in the App's sidebar (which
+# offers one per declared attribute): the class explained (Audit groups and narrows by it too) and
+# whether the map is blank. Model, method, layer, smoothing and weights are the field's own meaning;
+# the rest (times, versions, hashes, raw range) nothing filters on. Each declared attribute costs
+# every field ~100 B of the dataset document, which MongoDB rewrites whole on each push
+# (bench/scale.py --fields); labels' other attributes (a batch's, a detector's box) are not declared.
+DECLARED_ATTRIBUTES: tuple[str, ...] = ("target", "blank")
 
 
 def check_field(dataset: fo.Dataset, field: str, meaning: dict[str, str]) -> bool:
@@ -149,31 +159,22 @@ def _holds(f: Any, meaning: dict[str, str] | None) -> bool:
     return isinstance(mark, dict) and mark.get("kind") == "heatmap" and (meaning is None or _means(mark, meaning))
 
 
-def _field_type_of(value: Any) -> type[fo.Field]:
-    for py, ftype in ((bool, fo.BooleanField), (int, fo.IntField), (float, fo.FloatField), (str, fo.StringField)):
-        if isinstance(value, py):
-            return ftype
-    raise StoreError(f"cannot store a label attribute of type {type(value).__name__}")
-
-
 def declare_heatmap_field(
-    dataset: fo.Dataset | fo.DatasetView, identity: HeatmapIdentity, extra: dict | None = None,
-    shown_with: str | None = None,
+    dataset: fo.Dataset | fo.DatasetView, identity: HeatmapIdentity, shown_with: str | None = None,
 ) -> str:
     """declare_heatmap_fields for one identity."""
-    return declare_heatmap_fields(dataset, [identity], extra, shown_with)[0]
+    return declare_heatmap_fields(dataset, [identity], shown_with)[0]
 
 
 _ATTEMPTS = 3  # a writer outside the schema lease (FiftyOne, the App) changed the document meanwhile
 
 
 def declare_heatmap_fields(
-    dataset: fo.Dataset | fo.DatasetView, identities: Sequence[HeatmapIdentity], extra: dict | None = None,
-    shown_with: str | None = None, attributes: dict[str, Callable[[], fo.Field]] | None = None,
+    dataset: fo.Dataset | fo.DatasetView, identities: Sequence[HeatmapIdentity], shown_with: str | None = None,
 ) -> list[str]:
-    """Create (or check) the Heatmap field of each identity with every label attribute declared
-    (LABEL_ATTRIBUTES, `extra`'s keys and `attributes`: makers of the fields of other attributes
-    the labels carry), list them in dataset.info and style them for the App; return their names. Raises
+    """Create (or check) the Heatmap field of each identity with DECLARED_ATTRIBUTES declared (the
+    labels' other attributes are stored undeclared), list them in dataset.info and style them for
+    the App; return their names. Raises
     StoreError for a field that is not ours or means something else, before anything is written.
     Idempotent.
 
@@ -184,10 +185,8 @@ def declare_heatmap_fields(
     shown_with: the write or run these fields belong to (a push's write id, a batch's run id);
     the App switches on the newest field."""
     dataset = root_dataset(dataset)
-    # Field makers, not fields: each new heatmap field gets its own (copying a field deep-copies it)
-    wanted: dict[str, Callable[[], fo.Field]] = dict(LABEL_ATTRIBUTES)
-    wanted.update({k: _field_type_of(v) for k, v in (extra or {}).items()})
-    wanted.update(attributes or {})
+    # Field types, not fields: each new heatmap field gets its own (copying a field deep-copies it)
+    wanted = {k: LABEL_ATTRIBUTES[k] for k in DECLARED_ATTRIBUTES}
     given = identities
     for attempt in range(_ATTEMPTS):
         with schema_lease(dataset):  # one writer of the field list at a time, across processes
@@ -201,7 +200,7 @@ def declare_heatmap_fields(
             for name, identity in new.items():
                 update.add_field(name, dataset._sample_doc_cls._create_field(
                     name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
-                    fields=[_named(make, key) for key, make in wanted.items()], description=identity.description,
+                    fields=[_named(ftype, key) for key, ftype in wanted.items()], description=identity.description,
                     info={MARK: {**identity.meaning, "description": identity.description}}))
             _register(dataset, update, {i.field_name: {**i.meaning, "description": i.description} for i in identities})
             _show_in_app(dataset, names, shown_with, update)
@@ -215,19 +214,18 @@ def declare_heatmap_fields(
     return names
 
 
-def _complete_attributes(dataset: fo.Dataset, field: str, wanted: dict[str, Callable[[], fo.Field]]) -> None:
-    """A field made by an older version, or new extra attributes: FiftyOne's own (slow) path."""
+def _complete_attributes(dataset: fo.Dataset, field: str, wanted: dict[str, type[fo.Field]]) -> None:
+    """A field made without one of these attributes declared (by hand, or an older version):
+    FiftyOne's own (slow) path. Fields that declare more (every label attribute, as CAM Explorer
+    did before DECLARED_ATTRIBUTES) keep them."""
     declared = dataset._sample_doc_cls._fields[field].get_field_schema()
-    for name, make in wanted.items():
+    for name, ftype in wanted.items():
         if name not in declared:
-            attribute = make()
-            listed = isinstance(attribute, fo.ListField) and attribute.field is not None
-            kwargs = {"subfield": type(attribute.field)} if listed else {}
-            dataset.add_sample_field(f"{field}.{name}", type(attribute), **kwargs)
+            dataset.add_sample_field(f"{field}.{name}", ftype)
 
 
-def _named(make: Callable[[], fo.Field], name: str) -> fo.Field:
-    field = make()
+def _named(ftype: type[fo.Field], name: str) -> fo.Field:
+    field = ftype()
     field.name = name
     return field
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -24,7 +23,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from camcore.errors import ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
 from camcore.store import sampledocs
 from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
-from camcore.store.fields import LABEL_ATTRIBUTES, check_field, declare_heatmap_fields, stored_identity
+from camcore.store.fields import check_field, declare_heatmap_fields, stored_identity
 from camcore.store.leases import lease, schema_lease
 
 HEATMAP_RANGE = (0, 65535)
@@ -618,7 +617,7 @@ def _push_once(dataset: fo.Dataset, items: Sequence[tuple[str, CamResult]], extr
                 writer.forget(new)  # no label was written: these files are nobody's
                 raise
             declared = declare_heatmap_fields(dataset, [first.identity for first, _rows in per_field.values()],
-                                              extra=extra, shown_with=write_id, attributes=_attributes(labels))
+                                              shown_with=write_id)
             if declared != list(per_field):  # another process declared a field of these names meanwhile
                 writer.forget(new)  # no label was written: these files (named after the field) are nobody's
                 raise _Renamed(", ".join(declared))
@@ -637,7 +636,8 @@ def _push_once(dataset: fo.Dataset, items: Sequence[tuple[str, CamResult]], extr
                 for values in by_field.values():
                     labelled = True
                     # One bulk write per field, raw: set_values parses the whole schema and reloads
-                    # every field of the samples in memory. Every attribute is declared already.
+                    # every field of the samples in memory. Attributes beyond the declared ones
+                    # (fields.DECLARED_ATTRIBUTES) are stored undeclared, never added to the schema.
                     sampledocs.write(dataset, values)
             try:  # the way back from a box: a convenience, the labels are written already
                 _link_detections(dataset, [(sid, h) for _h, rows in per_field.values()
@@ -655,20 +655,6 @@ def _push_once(dataset: fo.Dataset, items: Sequence[tuple[str, CamResult]], extr
             with contextlib.suppress(StoreError, OSError):
                 clean_orphans(dataset, heatmap_dir)
     return list(per_field)
-
-
-def _attributes(labels: dict[tuple[str, str], fo.Heatmap]) -> dict[str, Callable[[], fo.Field]]:
-    """The fields of the labels' attributes beyond LABEL_ATTRIBUTES (a detection's box, a batch's
-    own): declared with the heatmap field, as FiftyOne's set_values(dynamic=True) did."""
-    from fiftyone.core.odm.utils import create_implied_field
-
-    known = {*LABEL_ATTRIBUTES, *fo.Heatmap._fields, "_id", "_cls"}
-    out: dict[str, Callable[[], fo.Field]] = {}
-    for label in labels.values():
-        for name, value in label.to_mongo().items():
-            if name not in known and name not in out and value is not None:
-                out[name] = functools.partial(create_implied_field, name, value)
-    return out
 
 
 def _current_files(dataset: fo.Dataset, ids_by_field: dict[str, list[str]]) -> list[str]:

@@ -5,6 +5,12 @@ A measure field is a top-level ``fo.FloatField`` / ``fo.BooleanField`` / ``fo.St
 its info ``{"cam_explorer": {"kind": "measure", "measure": ..., "heatmap": <heatmap field>}}``, so the
 FiftyOne App shows, sorts and filters by it. The ``share`` field is indexed (the Audit page's
 narrowing clicks and the worst-first queue read it through the index).
+
+Its name is cut to fit the App's sidebar, so it does not say which map it describes: its info does
+(:func:`measure_links`). A field without that info (none of ours) is read by its name, written whole
+the old way (``identity.measure_of``). A map keeps the measure fields it has, whatever their names
+(an older dataset's ``camm_remove_grad_head_effl0``); where a new one's cut name is another map's
+measure field, the map's new measure fields take their spare names.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any
 import fiftyone as fo
 
 from camcore.errors import StoreError
-from camcore.identity import MEASURES, HeatmapIdentity, measure_of
+from camcore.identity import MEASURE_PREFIX, MEASURES, HeatmapIdentity, measure_of
 from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
 from camcore.store.schema import DatasetUpdate
@@ -24,29 +30,77 @@ INDEXED = ("share",)
 
 @db_errors
 def declare_measure_fields(dataset: fo.Dataset | fo.DatasetView, identity: HeatmapIdentity) -> dict[str, str]:
-    """Create (or check) the measure fields of one heatmap identity; measure -> field name. Raises
-    StoreError for an existing field of that name that is not ours or of another type."""
+    """Create (or check) the measure fields of one heatmap identity (as the dataset keeps it:
+    store.stored_identity); measure -> field name. Raises StoreError, before anything is written,
+    for a field in the way that is not ours or of another type."""
     dataset = root_dataset(dataset)
-    names = identity.measure_fields()
+    heatmap = identity.field_name
     with schema_lease(dataset):  # one writer of the field list at a time, across processes
         schema = dataset.get_field_schema()
+        have = {m: name for name, (m, h, ours) in _links(schema).items() if ours and h == heatmap}
+        missing = [m for m in MEASURES if m not in have]
+        plain = identity.measure_fields()
+        taken = any(_other_map(schema.get(plain[m]), heatmap) for m in missing)
+        names = {**(identity.measure_fields(spare=True) if taken else plain), **have}
         update = DatasetUpdate(dataset)  # one write of the dataset document for them all
         for measure, name in names.items():
             ftype = _TYPES[MEASURES[measure]]
             existing = schema.get(name)
             if existing is not None:
-                mark = (existing.info or {}).get(MARK)
-                if not isinstance(existing, ftype) or not isinstance(mark, dict) or mark.get("kind") != "measure":
-                    raise StoreError(f"field {name!r} of {dataset.name!r} exists and is not a CAM Explorer "
-                                     f"{measure} measure; not overwriting it")
+                if measure in missing or not isinstance(existing, ftype):
+                    raise StoreError(_in_the_way(dataset.name, name, measure, existing))
                 continue
             update.add_field(name, dataset._sample_doc_cls._create_field(
-                name, ftype, description=f"CAM Explorer {measure} of {identity.field_name}",
-                info={MARK: {"kind": "measure", "measure": measure, "heatmap": identity.field_name}}))
+                name, ftype, description=f"CAM Explorer {measure} of {heatmap}",
+                info={MARK: {"kind": "measure", "measure": measure, "heatmap": heatmap}}))
         update.commit()
         for measure in INDEXED:
             dataset.create_index(names[measure])
-    return names
+    return {m: names[m] for m in MEASURES}
+
+
+def _mark(f: Any) -> dict | None:
+    mark = (getattr(f, "info", None) or {}).get(MARK)
+    return mark if isinstance(mark, dict) and mark.get("kind") == "measure" else None
+
+
+def _other_map(f: Any, heatmap: str) -> bool:
+    """Is f another map's measure field of ours (its cut name meets this map's)?"""
+    mark = _mark(f)
+    return mark is not None and mark.get("heatmap") != heatmap
+
+
+def _in_the_way(dataset: str, name: str, measure: str, existing: Any) -> str:
+    mark = _mark(existing)
+    if mark is not None and mark.get("heatmap"):
+        return (f"field {name!r} of {dataset!r} holds the {mark.get('measure')} measure of {mark['heatmap']}; "
+                "not overwriting it")
+    return f"field {name!r} of {dataset!r} exists and is not a CAM Explorer {measure} measure; not overwriting it"
+
+
+def _links(schema: dict[str, Any]) -> dict[str, tuple[str, str, bool]]:
+    """measure field -> (measure, heatmap field, linked by our info) of a dataset's schema. A field
+    of ours renamed in the App (its name no longer ``camm_<measure>_…``) is no measure any more: its
+    values are the user's now, as before names were cut."""
+    out = {}
+    for name, f in schema.items():
+        mark = _mark(f)
+        if mark is not None:
+            measure = mark.get("measure")
+            if measure in MEASURES and isinstance(mark.get("heatmap"), str) and \
+                    name.startswith(f"{MEASURE_PREFIX}{measure}_"):
+                out[name] = (str(measure), str(mark["heatmap"]), True)
+            continue
+        found = measure_of(name)  # not marked: its name, written whole the old way
+        if found is not None:
+            out[name] = (*found, False)
+    return out
+
+
+def measure_links(dataset: fo.Dataset | fo.DatasetView) -> dict[str, tuple[str, str]]:
+    """The dataset's measure fields: field -> (measure, heatmap field), from each field's info (its
+    name only where it has none)."""
+    return {name: (m, h) for name, (m, h, _ours) in _links(root_dataset(dataset).get_field_schema()).items()}
 
 
 @db_errors
@@ -60,10 +114,10 @@ def write_measures(dataset: fo.Dataset | fo.DatasetView, values: dict[str, dict[
 
 def measure_runs(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict[str, str]]:
     """The heatmap fields that have measure fields: heatmap field -> {measure: field}. From the
-    schema (a measure field deleted or renamed in the App is simply not listed)."""
+    schema (a measure field deleted in the App is simply not listed); a field linked by its info
+    wins over one read by its name."""
     out: dict[str, dict[str, str]] = {}
-    for name in root_dataset(dataset).get_field_schema():
-        found = measure_of(name)
-        if found is not None:
-            out.setdefault(found[1], {})[found[0]] = name
+    for name, (measure, heatmap, _ours) in sorted(_links(root_dataset(dataset).get_field_schema()).items(),
+                                                 key=lambda item: item[1][2]):
+        out.setdefault(heatmap, {})[measure] = name  # ours last: they replace a name's reading
     return out
