@@ -229,6 +229,8 @@ def test_a_classifier_measured_without_an_object_field_says_why_there_are_no_cha
     assert not at.get("plotly_chart")
     (line,) = [i.value.replace("\\", "") for i in at.info]
     assert line.startswith("No sample of this view has an on-object share in ") and "--object-field" in line
+    assert any("Click a class to narrow the view" in c.value for c in at.caption)  # no bar or point to click
+    assert not any("Click a bar" in c.value for c in at.caption)
     table = at.dataframe[0].value
     assert table["samples"].sum() == 30 and table["background-dominated"].isna().all()
 
