@@ -28,19 +28,23 @@ def main(sel: Selection) -> None:
                "point or a class (shift-click adds bars or points), or pick Box Select in a chart's toolbar and drag, "
                "to narrow the "
                "view; the sidebar, the URL and the Review page follow.")
-    left, right = st.columns(2)
-    with left:
-        event = st.plotly_chart(audit.histogram_figure(s, threshold), key=Audit.HIST, on_select="rerun",
-                                selection_mode=("points", "box"))
-        audit.narrow_to(audit.from_histogram(event, s, run), "hist")
-    with right:
-        missing = audit.no_scatter(s, run)
-        if missing:  # an empty plot would look like a drawing error
-            st.info(text.escape(missing))
-        else:
-            event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
-                                    selection_mode=("points", "box"))  # no lasso: a narrowing is ranges
-            audit.narrow_to(audit.from_scatter(event, run), "scatter")
+    no_share = audit.no_share(s, run)
+    if no_share:  # two empty charts would look like a drawing error
+        st.info(text.escape(no_share))
+    else:
+        left, right = st.columns(2)
+        with left:
+            event = st.plotly_chart(audit.histogram_figure(s, threshold), key=Audit.HIST, on_select="rerun",
+                                    selection_mode=("points", "box"))
+            audit.narrow_to(audit.from_histogram(event, s, run), "hist")
+        with right:
+            missing = audit.no_scatter(s, run)
+            if missing:  # an empty plot would look like a drawing error
+                st.info(text.escape(missing))
+            else:
+                event = st.plotly_chart(audit.scatter_figure(s), key=Audit.SCATTER, on_select="rerun",
+                                        selection_mode=("points", "box"))  # no lasso: a narrowing is ranges
+                audit.narrow_to(audit.from_scatter(event, run), "scatter")
     rows = audit.class_rows(s, run)
     event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
                          hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))

@@ -201,6 +201,21 @@ def test_cli_batch_measures_leave_faithfulness_off_unless_asked(dataset, capsys)
     assert "contradict" in capsys.readouterr().err
 
 
+def test_cli_batch_measures_of_a_classifier_without_an_object_field_say_no_share_is_stored(dataset, capsys):
+    """A classifier has no mask or box of its own: `batch --measures` with no --object-field stores no
+    share, and says so (it said nothing; the Audit page then had no chart to draw)."""
+    from camcore import cli
+
+    capsys.readouterr()
+    assert cli.main(["batch", "--dataset", dataset.name, "--measures", "--filename-contains", "chelsea"]) == 0
+    err = capsys.readouterr().err
+    assert "note: a classifier has no mask or box of its own: with no --object-field no share" in err
+    capsys.readouterr()
+    assert cli.main(["batch", "--dataset", dataset.name, "--measures", "--object-field", "ground_truth",
+                     "--filename-contains", "chelsea"]) == 0
+    assert "note: a classifier" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_detectors_share_is_on_the_box_it_explains_when_no_object_field_is_given(tmp_path):
     """With no object field, a detector's own box is the object (as a segmenter's own mask): the
