@@ -538,6 +538,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     dataset = store.load_dataset(args.dataset)
     view = store.make_view(dataset, tags=args.tag, filename_contains=args.filename_contains)
+    if options.measures is not None and not options.measures.object_field and \
+            options.checked().spec.task == "classification":  # the Audit page would have nothing to chart
+        _status(args, "note: a classifier has no mask or box of its own: with no --object-field no share on the "
+                      "object (nor background flag) is stored, only the score and confidence")
     if len(dataset) and not len(view):
         _status(args, f"warning: no sample of {dataset.name!r} matches --tag/--filename-contains: "
                       "nothing to do")

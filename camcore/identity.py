@@ -348,7 +348,9 @@ class HeatmapIdentity:
         tag = f", weights file {self.weights_tag}" if self.weights_tag else ""
         extra = f" ({', '.join(how)})" if how else ""
         return (f"CAM Explorer: {self.method} on {self.layer} of {self.model} ({weights}{tag}) "
-                f"for {self.target!r}{extra}; 16-bit PNG, 0..65535 = 0..1 of the min-max scaled CAM")
+                f"for {self.target!r}{extra}; 16-bit PNG, 0..65535 = 0..1 of the min-max scaled CAM; "
+                # the App draws no colour bar beside a map: this is its legend (store.appstyle's scale)
+                "drawn in jet: dark blue = the map's low (label raw_min), red = its high (raw_max)")
 
     @property
     def provenance(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def main(sel: Selection) -> None:
         urlstate.remember_audit(run.heatmap)
         st.warning(text.escape(mixed))
         return
-    pos = review.position(total)
+    pos = review.position(total, (sel.dataset, sel.view_spec, run.heatmap))
     urlstate.remember_audit(run.heatmap, pos + 1)
     st.markdown(f"**Reviewed {pos + 1} of {total:,}** · lowest share on the object first (no object: last) · keys: "
                 + " · ".join(f"`{k}` {what}" for k, what in review.SHORTCUTS))

@@ -1,10 +1,13 @@
 """A real local Ray cluster with two workers and a real mongod, all on loopback.
 
-Run by tests/test_distributed.py inside a private network namespace that holds only loopback
-(`unshare -n`), so neither Ray nor MongoDB can reach or bind anything else. Prints one JSON
-object with what happened; the test asserts on it.
+Run by tests/test_distributed.py inside a private network namespace (`unshare -n`) that holds
+loopback and, where it can be made, one veth pair whose peer stays inside plus a default route
+(NETNS): Ray finds an "interface address" it could bind, but no packet can leave. Its database
+URI carries a password (a user made on the throw-away mongod), so the scenario also shows that the
+local Ray listens on loopback only and that its logs never hold the password. Prints one JSON object
+with what happened; the test asserts on it.
 
-    unshare -n sh -c 'ip link set lo up; exec .venv/bin/python tests/ray_scenario.py'
+    unshare -n sh -c '<NETNS> exec .venv/bin/python tests/ray_scenario.py'   (as test_distributed.py does)
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,6 +27,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 MODEL = "efficientnet_lite0"
 METHODS = ["gradcam", "eigencam"]
+SECRET = "hunter2-s3cret"  # the database password that no Ray log may hold
+
+# Shell commands making the namespace's interfaces (loopback, and a veth pair with a default route);
+# LOOPBACK_ONLY where veth pairs cannot be made.
+LOOPBACK_ONLY = "ip link set lo up && "
+NETNS = (LOOPBACK_ONLY + "ip link add cam0 type veth peer name cam1 && "
+         "ip addr add 10.213.0.2/24 dev cam0 && ip link set cam0 up && ip link set cam1 up && "
+         "ip route add default via 10.213.0.1 && ")
 
 
 def _photos(folder: Path, n: int) -> list[str]:
@@ -53,14 +65,41 @@ def _worker_pids() -> list[int]:
             if any("ray::_Worker" in part for part in (p.info["cmdline"] or []))]
 
 
+def _with_a_password(uri: str) -> str:
+    """The URI of a user with a password, made on the fresh mongod (it runs without --auth, yet a
+    client that gives a user and password is authenticated)."""
+    from pymongo import MongoClient
+
+    with MongoClient(uri) as client:
+        client.admin.command("createUser", "alice", pwd=SECRET, roles=["root"])
+    return uri.replace("mongodb://", f"mongodb://alice:{SECRET}@", 1) + "/?authSource=admin"
+
+
+def _network(ray) -> dict:
+    """What a worker of the local Ray takes for its node's address and database URI, and every
+    address the namespace listens on while it is up (mongod's included)."""
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def node(self):
+            return ray.util.get_node_ip_address(), os.environ.get("FIFTYONE_DATABASE_URI")
+
+    probe = Probe.remote()
+    node, uri = ray.get(probe.node.remote(), timeout=120)
+    ray.kill(probe)
+    listening = subprocess.run(["ss", "-ltnuH"], capture_output=True, text=True).stdout.splitlines()
+    return {"node": node, "worker_uri": uri, "uri": os.environ["FIFTYONE_DATABASE_URI"],
+            "listening": [ln.split()[4] for ln in listening if ln.strip()]}
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cam-ray-"))
     os.environ.update(FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false",
                       CAM_EXPLORER_HOME=str(tmp / "home"), RAY_USAGE_STATS_ENABLED="0")
     from mongod_support import start_mongod, stop_mongod
 
-    mongod, uri = start_mongod(tmp / "mongo")
-    os.environ["FIFTYONE_DATABASE_URI"] = uri
+    mongod, plain = start_mongod(tmp / "mongo")
+    session = ""
     out: dict = {}
     clock = [time.perf_counter()]
 
@@ -70,6 +109,7 @@ def main() -> None:
         clock[0] = now
 
     try:
+        os.environ["FIFTYONE_DATABASE_URI"] = _with_a_password(plain)
         import fiftyone as fo
         import numpy as np
 
@@ -124,6 +164,8 @@ def main() -> None:
         import ray
 
         distributed._connect(ray, None, distributed._worker_env(distributed.database_uri()))
+        session = ray._private.worker.global_worker.node.get_session_dir_path()
+        out["network"] = _network(ray)
 
         lap("ray start")
         # 4. A worker killed mid-run (SIGKILL): the other finishes, the lost shard is reported,
@@ -191,6 +233,9 @@ def main() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
+        if session:  # what Ray wrote (logs, the runtime env) over runs 3-5
+            logged = subprocess.run(["grep", "-rl", SECRET, session], capture_output=True, text=True)
+            out["files_with_the_password"] = logged.stdout.split()
         stop_mongod(mongod)
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -140,7 +141,11 @@ def test_a_big_run_without_an_orchestrator_runs_now_with_progress(dataset, monke
     options = foo.get_operator(COMPUTE).resolve_execution_options(ctx)
     assert options.allow_immediate_execution and not options.allow_delegated_execution
     assert '"delegate"' not in _form(COMPUTE, dataset, params=PARAMS)  # no dead-end checkbox
-    assert "runs now in the App" in _form(COMPUTE, dataset, params=PARAMS)
+    form = _form(COMPUTE, dataset, params=PARAMS)
+    assert "runs now in the App" in form
+    # the notice sends the user to a README section that exists (it once named 'Background runs')
+    section = re.search(r"the README's '([^']+)'", form)
+    assert section and f"**{section[1]}.**" in (ROOT / "README.md").read_text(), section
 
     result = _run(COMPUTE, dataset=dataset, params={**PARAMS, "delegate": True})
     assert result.delegated is False

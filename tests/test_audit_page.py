@@ -217,6 +217,24 @@ def test_a_deleted_bg_field_leaves_the_class_tables_counts_blank_not_zero(audite
     assert line.startswith("No background-dominated counts for ") and "deleted or renamed" in line
 
 
+def test_a_classifier_measured_without_an_object_field_says_why_there_are_no_charts(audited):
+    """`batch --measures` on a classifier with no --object-field stores no share (no mask or box of
+    its own): one line saying so and how to measure one, not an empty histogram beside a line blaming
+    a segmentation model; the class table's counts stay, its shares and flags blank."""
+    ds, fields = audited
+    ds.set_field(fields["share"], None).save()
+    ds.set_field(fields["bg"], None).save()
+    ds.set_field(fields["about"], "t=0.5;obj=model;f=0").save()
+    at = _audit_page(ds)
+    assert not at.get("plotly_chart")
+    (line,) = [i.value.replace("\\", "") for i in at.info]
+    assert line.startswith("No sample of this view has an on-object share in ") and "--object-field" in line
+    assert any("Click a class to narrow the view" in c.value for c in at.caption)  # no bar or point to click
+    assert not any("Click a bar" in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    assert table["samples"].sum() == 30 and table["background-dominated"].isna().all()
+
+
 def test_the_narrowed_view_is_saved_as_a_fiftyone_saved_view(audited):
     ds, _fields = audited
     (run_,) = audit.runs(ds)

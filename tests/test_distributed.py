@@ -1,5 +1,6 @@
 """Batch on Ray: a real local Ray cluster with two workers sharing one real mongod, on loopback
-only (a private network namespace, see tests/ray_scenario.py), plus the driver's own checks."""
+only (a private network namespace, see tests/ray_scenario.py), plus the driver's own checks. The
+same local Ray shows it listens on loopback only and logs no database password."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
+import ray_scenario
 from fo_helpers import unique_name, write_images
 
 from camcore import distributed
@@ -20,26 +22,32 @@ from camcore.distributed import DistributedError, run_batch_distributed
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _namespace_available() -> str | None:
-    """Why a private network namespace cannot be made here, or None when it can."""
-    if not shutil.which("unshare") or not shutil.which("ip"):
-        return "unshare/ip (util-linux, iproute2) are not installed"
-    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
-    return None if probe.returncode == 0 else f"cannot create a network namespace: {probe.stderr.strip()}"
+def _namespace_setup() -> tuple[str | None, str]:
+    """(why no private network namespace can be made here or None, the commands that make its
+    interfaces: loopback and a veth pair where possible, loopback only otherwise)."""
+    if not all(shutil.which(tool) for tool in ("unshare", "ip", "ss")):
+        return "unshare/ip/ss (util-linux, iproute2) are not installed", ""
+    for setup in (ray_scenario.NETNS, ray_scenario.LOOPBACK_ONLY):
+        probe = subprocess.run(["unshare", "-n", "sh", "-c", setup + "true"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return None, setup
+    return f"cannot create a network namespace: {probe.stderr.strip()}", ""
 
 
 @pytest.fixture(scope="module")
 def scenario() -> dict:
-    why = _namespace_available()
+    why, setup = _namespace_setup()
     if why:
         pytest.skip(why)  # CI runs as root, where this works
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIFTYONE_DATABASE", "CAM_EXPLORER"))}
     proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {sys.executable} tests/ray_scenario.py"],
+        ["unshare", "-n", "sh", "-c", f"{setup}exec {sys.executable} tests/ray_scenario.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,  # ~1 min on an idle machine
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["with_an_interface"] = setup == ray_scenario.NETNS
+    return result
 
 
 @pytest.mark.slow
@@ -89,6 +97,23 @@ def test_a_worker_killed_while_replacing_maps_leaves_each_label_with_its_own_fil
     assert len(rows) == 12 and all(r["file"] and r["consistent"] for r in rows), rows
     assert scenario["sixth"]["failed"] == []
     assert scenario["after_rebatch_files_match"]
+
+
+@pytest.mark.slow
+def test_the_local_ray_listens_on_loopback_only_and_logs_no_password(scenario):
+    """The local Ray the runs join, started beside an interface it could bind (the namespace's veth
+    pair): its node is 127.0.0.1, nothing in the namespace listens beyond loopback, the workers
+    carry the database URI (with its password) and no file Ray wrote holds the password."""
+    if not scenario["with_an_interface"]:
+        pytest.skip("no veth pair in a private namespace here: Ray would find no address but loopback")
+    net = scenario["network"]
+    assert ray_scenario.SECRET in net["uri"]
+    assert net["node"] == "127.0.0.1", net
+    assert net["listening"], net
+    loopback = ("127.", "[::ffff:127.", "[::1]")
+    assert all(addr.startswith(loopback) for addr in net["listening"]), net["listening"]
+    assert net["worker_uri"] == net["uri"], net  # the workers reach the same database ...
+    assert scenario["files_with_the_password"] == [], scenario["files_with_the_password"]  # ... never logged
 
 
 def test_a_remote_cluster_with_a_loopback_database_is_refused(tmp_path, monkeypatch):

@@ -176,3 +176,13 @@ def test_weights_tag_pretrained_and_provenance_come_from_the_loaded_model_alone(
 def test_an_identity_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         _identity().method = "scorecam"  # type: ignore[misc]
+
+
+def test_the_description_is_the_maps_legend_in_the_app():
+    """Issue #21 item 1: the App draws no colour bar beside a Heatmap, so the field's description
+    (its field info in the App) says how to read the colours the App draws it in."""
+    from camcore.store import appstyle
+
+    text = _identity().description
+    assert f"in {appstyle.HEATMAP_COLORSCALE}:" in text, text
+    assert "blue" in text and "red" in text and "raw_min" in text and "raw_max" in text, text

@@ -78,3 +78,17 @@ def test_a_field_in_the_way_is_refused_in_one_line_before_anything_is_written(da
     with pytest.raises(StoreError, match="not a CAM Explorer bg measure") as err:
         measure_store.declare_measure_fields(dataset, A)
     assert "\n" not in str(err.value) and set(dataset.get_field_schema()) == before
+
+
+def test_another_maps_measure_field_is_never_shared(dataset):
+    """A field of ours that holds another map's measure, where this map's would go: this map's
+    measures go to their spare names and the other's field keeps its map (before, any measure
+    field of ours of that name was taken, so two maps wrote one field)."""
+    other = "cam_grad_head_effl0_tabby"
+    dataset.add_sample_field(A.measure_field("bg"), fo.BooleanField,
+                             info={MARK: {"kind": "measure", "measure": "bg", "heatmap": other}})
+    fields = measure_store.declare_measure_fields(dataset, A)
+    assert fields == A.measure_fields(spare=True) and fields["bg"] != A.measure_field("bg")
+    assert dataset.get_field(A.measure_field("bg")).info[MARK]["heatmap"] == other
+    runs = measure_store.measure_runs(dataset)
+    assert runs[A.field_name] == fields and runs[other] == {"bg": A.measure_field("bg")}

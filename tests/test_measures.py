@@ -95,6 +95,39 @@ def test_the_targets_score_is_stored_without_faithfulness(dataset):
     assert chelsea[fields["score"]] == pytest.approx(ex.original_score, rel=1e-3)
 
 
+def test_a_segmentation_fields_share_equals_the_apps_one_sample_value(tmp_path):
+    """The object from a ground-truth Segmentation field (mask targets name its classes): the share
+    stored is Compare's share inside the mask of the explained class's label ("cat" for Egyptian
+    cat); with --object-label '*' every labelled pixel is the object."""
+    import numpy as np
+
+    path = str(tmp_path / "chelsea.png")
+    shutil.copy(skimage_data("chelsea.png"), path)
+    h, w = load_image(path).rgb.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    mask[int(0.05 * h):int(0.95 * h), int(0.25 * w):int(0.75 * w)] = 1
+    mask[int(0.8 * h):, :int(0.2 * w)] = 2  # the sofa, bottom left
+    ds = fo.Dataset(unique_name("seg-measures"))
+    ds.add_sample(fo.Sample(filepath=path, seg=fo.Segmentation(mask=mask)))
+    ds.mask_targets = {"seg": {1: "cat", 2: "sofa"}}
+    ds.save()
+    model, layer = load_model(MODEL), get_spec(MODEL).default_layer
+    try:
+        for label, obj in (("", mask == 1), ("*", mask > 0)):
+            batch.run_batch(ds, BatchOptions(MODEL, methods=["gradcam"], layers=[layer],
+                                             measures=MeasureOptions(object_field="seg", object_label=label)))
+            fields = measure_store.measure_runs(ds)[_identity().field_name]
+            sample = ds.first()
+            ex = Explainer(model, load_image(path), None, (layer,))
+            row = judge.rank_by_share_inside(model, [judge.SampleItem(sample.id, path, mask=obj)], "gradcam", layer,
+                                             ex.target.name)[0]
+            assert sample[fields["share"]] == pytest.approx(row.share_inside, abs=1e-3)
+            assert sample[fields["bg"]] == row.background_dominated
+        assert sample[fields["about"]] == "t=0.5;obj=seg[*];f=0"
+    finally:
+        ds.delete()
+
+
 def test_resume_fills_only_the_missing_measures(dataset):
     batch.run_batch(dataset, _options(faithfulness=False))
     fields = measure_store.measure_runs(dataset)[_identity().field_name]
@@ -121,6 +154,24 @@ def test_a_measure_field_deleted_in_the_app_is_declared_and_filled_again(dataset
     assert None not in dataset.values(fields["about"])
 
 
+def test_a_share_field_deleted_or_renamed_in_the_app_is_filled_again_by_the_next_batch(dataset):
+    """Not only `about`: with the share field deleted (then renamed), the next batch with the same
+    settings measures again (it re-declared the field and skipped every sample: 0 done, shares None)."""
+    batch.run_batch(dataset, _options(faithfulness=False))
+    fields = measure_store.measure_runs(dataset)[_identity().field_name]
+    before = dataset.values(fields["share"])
+    assert any(v is not None for v in before)
+    dataset.delete_sample_field(fields["share"])
+    report = batch.run_batch(dataset, _options(faithfulness=False))
+    assert report.done == 4
+    assert dataset.values(fields["share"]) == pytest.approx(before)
+    dataset.rename_sample_field(fields["bg"], "my_flag")  # renamed: the user's field now, no measure
+    report = batch.run_batch(dataset, _options(faithfulness=False))
+    assert report.done == 4
+    assert dataset.values(fields["bg"]) == dataset.values("my_flag")
+    assert batch.run_batch(dataset, _options(faithfulness=False)).done == 0  # measured: the resume skips
+
+
 def test_an_object_field_of_the_wrong_type_fails_in_one_line_before_anything_is_written(dataset):
     with pytest.raises(StoreError, match="Segmentation masks or Detections boxes") as err:
         batch.run_batch(dataset, BatchOptions(MODEL, measures=MeasureOptions(object_field="note")))
@@ -131,22 +182,19 @@ def test_an_object_field_of_the_wrong_type_fails_in_one_line_before_anything_is_
 
 
 def test_cli_batch_measures_bad_object_field_is_one_line_and_writes_nothing(dataset, capsys):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--measures",
-                           "--object-field", "note"], cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
-    assert lines == ["error: the object field must hold Segmentation masks or Detections boxes, not StringField"]
-    dataset.reload()
-    assert dataset.get_field(_identity().field_name) is None
-    # a usage line is cli.main's own logic: checked in this process (a process start costs ~7 s of CPU)
+    # cli.main in this process: a real `python -m camcore batch` runs in test_batch.py
+    # (test_cli_batch_json) and test_cli.py proves a process adds nothing to stderr; a process start
+    # here cost ~6.5 s of CPU (issue 26 item 7)
     from camcore import cli
 
     capsys.readouterr()
+    code = cli.main(["batch", "--dataset", dataset.name, "--measures", "--object-field", "note"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert lines == ["error: the object field must hold Segmentation masks or Detections boxes, not StringField"]
+    dataset.reload()
+    assert dataset.get_field(_identity().field_name) is None
     assert cli.main(["batch", "--dataset", dataset.name, "--object-field", "ground_truth"]) == 2
     assert "go with --measures" in capsys.readouterr().err
 
@@ -154,26 +202,36 @@ def test_cli_batch_measures_bad_object_field_is_one_line_and_writes_nothing(data
 def test_cli_batch_measures_leave_faithfulness_off_unless_asked(dataset, capsys):
     """Issue 25 cost goal (<= 1.3x a batch): keep/remove cost 2.8x, so a plain --measures skips them;
     --faithfulness stores them; both switches together are one usage line."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from camcore import cli
 
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--measures",
-           "--object-field", "ground_truth", "--filename-contains", "chelsea"]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    # in this process, as above: the stored fields are what this test reads
+    argv = ["batch", "--dataset", dataset.name, "--measures", "--object-field", "ground_truth",
+            "--filename-contains", "chelsea"]
+    capsys.readouterr()
+    assert cli.main(argv) == 0, capsys.readouterr().err
     dataset.reload()
     fields = measure_store.measure_runs(dataset)[_identity().field_name]
     assert set(dataset.distinct(fields["about"])) == {"t=0.5;obj=ground_truth;f=0"}
     assert dataset.distinct(fields["keep"]) == [] and dataset.distinct(fields["remove"]) == []
     assert len(dataset.distinct(fields["share"])) == 1
-    # a usage line is cli.main's own logic: checked in this process (a process start costs ~7 s of CPU)
+    capsys.readouterr()
+    assert cli.main([*argv, "--faithfulness", "--no-faithfulness"]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_cli_batch_measures_of_a_classifier_without_an_object_field_say_no_share_is_stored(dataset, capsys):
+    """A classifier has no mask or box of its own: `batch --measures` with no --object-field stores no
+    share, and says so (it said nothing; the Audit page then had no chart to draw)."""
     from camcore import cli
 
     capsys.readouterr()
-    assert cli.main([*cmd[3:], "--faithfulness", "--no-faithfulness"]) == 2
-    assert "contradict" in capsys.readouterr().err
+    assert cli.main(["batch", "--dataset", dataset.name, "--measures", "--filename-contains", "chelsea"]) == 0
+    err = capsys.readouterr().err
+    assert "note: a classifier has no mask or box of its own: with no --object-field no share" in err
+    capsys.readouterr()
+    assert cli.main(["batch", "--dataset", dataset.name, "--measures", "--object-field", "ground_truth",
+                     "--filename-contains", "chelsea"]) == 0
+    assert "note: a classifier" not in capsys.readouterr().err
 
 
 @pytest.mark.slow

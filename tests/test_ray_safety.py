@@ -2,14 +2,6 @@
 no dashboard unless asked, and no database password is ever printed."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import fiftyone as fo
 import pytest
 from fo_helpers import unique_name, write_images
@@ -18,7 +10,6 @@ from camcore import distributed
 from camcore.batch import BatchOptions
 from camcore.distributed import DistributedError, mask_uri, run_batch_distributed
 
-ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hunter2-s3cret"
 
 
@@ -129,66 +120,6 @@ def test_a_password_stays_out_of_the_runtime_env_ray_logs(fake_ray, monkeypatch)
     assert joined["FIFTYONE_DATABASE_URI"] == uri and not_inherited["FIFTYONE_DATABASE_URI"] == uri
 
 
-# ---------------------------------------------------------------- a real local Ray
-
-SCENARIO = textwrap.dedent(
-    """
-    import json, os, subprocess, sys
-    sys.path[:0] = [os.environ["ROOT"]]
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    from camcore import distributed
-    ray = distributed._ray()
-    distributed._connect(ray, None, distributed._worker_env(os.environ["FIFTYONE_DATABASE_URI"]))
-
-    @ray.remote(num_cpus=0)
-    class Probe:
-        def node(self):
-            return ray.util.get_node_ip_address(), os.environ.get("FIFTYONE_DATABASE_URI")
-
-    node, uri = ray.get(Probe.remote().node.remote(), timeout=120)
-    listening = subprocess.run(["ss", "-ltnuH"], capture_output=True, text=True).stdout.split("\\n")
-    session = ray._private.worker.global_worker.node.get_session_dir_path()
-    ray.shutdown()
-    logged = subprocess.run(["grep", "-rl", os.environ["SECRET"], session], capture_output=True, text=True)
-    print(json.dumps({"node": node, "worker_uri": uri,
-                      "listening": [ln.split()[4] for ln in listening if ln.strip()],
-                      "files_with_the_password": logged.stdout.split()}))
-    """
-)
-
-
-def _netns_with_an_interface() -> str | None:
-    if not shutil.which("unshare") or not shutil.which("ip") or not shutil.which("ss"):
-        return "unshare/ip/ss (util-linux, iproute2) are not installed"
-    probe = subprocess.run(["unshare", "-n", "sh", "-c", _NETNS + "true"], capture_output=True, text=True)
-    return None if probe.returncode == 0 else f"no private network namespace: {probe.stderr.strip()}"
-
-
-# A private namespace with loopback and one veth pair whose peer stays inside, plus a default
-# route: Ray finds an "interface address" to bind, but no packet can leave the namespace.
-_NETNS = ("ip link set lo up && ip link add cam0 type veth peer name cam1 && "
-          "ip addr add 10.213.0.2/24 dev cam0 && ip link set cam0 up && ip link set cam1 up && "
-          "ip route add default via 10.213.0.1 && ")
-
-
-@pytest.mark.slow
-def test_a_real_local_ray_listens_on_loopback_only(tmp_path):
-    reason = _netns_with_an_interface()
-    if reason:
-        pytest.skip(reason)
-    uri = f"mongodb://alice:{SECRET}@127.0.0.1:1/fo"  # never connected to: the workers only carry it
-    script = tmp_path / "ray_loopback.py"
-    script.write_text(SCENARIO)
-    proc = subprocess.run(["unshare", "-n", "sh", "-c", _NETNS + f"exec {sys.executable} {script}"],
-                          env={**os.environ, "ROOT": str(ROOT), "SECRET": SECRET,
-                               "FIFTYONE_DATABASE_URI": uri},
-                          capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    assert lines, f"scenario failed ({proc.returncode}): {proc.stderr[-3000:]}"
-    out = json.loads(lines[-1])
-    assert out["node"] == "127.0.0.1", out
-    assert out["listening"], out
-    loopback = ("127.", "[::ffff:127.", "[::1]")
-    assert all(addr.startswith(loopback) for addr in out["listening"]), out["listening"]
-    assert out["worker_uri"] == uri, out  # the workers reach the same database ...
-    assert out["files_with_the_password"] == [], out  # ... and Ray's logs never hold its password
+# A real local Ray on loopback beside an interface, and no password in its logs: checked on the Ray
+# that tests/test_distributed.py's scenario starts anyway (test_the_local_ray_listens_on_loopback_only_
+# and_logs_no_password): one Ray start and one process fewer than a probe of its own.

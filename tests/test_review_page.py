@@ -91,6 +91,21 @@ def test_a_links_run_opens_that_runs_queue_at_its_place(audited):
     assert line == f"No heatmap run cam_no_such_run with stored measures in this dataset: showing {IDENTITY.field_name}."
 
 
+def test_a_new_narrowing_starts_its_queue_at_the_worst(audited):
+    """Reviewed 5 of 12, then the view narrowed (a click on the Audit page): the new queue starts at
+    its first, worst sample (it kept the old place: "Reviewed 4 of 4" skipped the 3 worst)."""
+    ds, _fields = audited
+    at = _review(ds, reviewed="5")
+    assert _headline(at).startswith("**Reviewed 5 of 12**")
+    (run_,) = audit.runs(ds)
+    at.session_state["view_narrow"] = audit.class_narrow(run_, "cup")
+    run(at, allow_errors=False)
+    assert _headline(at).startswith("**Reviewed 1 of 4**") and at.query_params["reviewed"] == "1"
+    at.button(key="review_next").click()  # the same queue: its place is kept
+    run(at, allow_errors=False)
+    assert _headline(at).startswith("**Reviewed 2 of 4**")
+
+
 def test_a_missing_map_says_so_and_offers_to_compute(audited):
     ds, fields = audited
     (run_,) = audit.runs(ds)
@@ -159,6 +174,9 @@ def test_a_weights_files_map_is_stale_when_the_file_changed_not_when_the_sidebar
         assert not at.warning
         ds.reload()
         assert ds.first()[run_.heatmap].weights_sha256 == weights.file_sha256(path)
+        path.unlink()  # its weights file gone: nothing to compare with, not "stale" against other weights
+        at = _review(ds)
+        assert not at.warning, [w.value for w in at.warning]
     finally:
         ds.delete()
         path.unlink(missing_ok=True)

@@ -121,6 +121,19 @@ def scatter_figure(s: audit.Summary) -> go.Figure:
     return _layout(fig, CONF_AXIS, "on-object share (0–1)")
 
 
+def no_share(s: audit.Summary, run: audit.AuditRun) -> str | None:
+    """Why no measured sample has an on-object share (nothing to chart), in one line; None when some do."""
+    if s.with_share:
+        return None
+    about = s.settings[0][0] if s.settings else ""
+    own = audit.object_of(about) == "model"
+    why = ("they were measured on the model's own mask or box, and a classifier has none" if own else
+           "no label of the object field names the class each map explains")
+    how = ("measure again with an object field (--object-field, the Batch page's 'Object from')" if own else
+           "measure again on every object of the field (--object-label '*', the Batch page's 'Any object')")
+    return f"No sample of this view has an on-object share in {run.heatmap}: {why}. To chart them, {how}."
+
+
 def no_scatter(s: audit.Summary, run: audit.AuditRun) -> str | None:
     """Why there is no confidence-against-share plot, in one line; None when there is one."""
     if "conf" not in run.fields:
@@ -156,7 +169,7 @@ def class_rows(s: audit.Summary, run: audit.AuditRun) -> list[dict]:
     deleted or renamed (the aggregation then counts none: 0 would say no sample is)."""
     counted = "bg" in run.fields
     return [{"class": c, "samples": n, "mean share (0–1)": None if m is None else round(m, 3),
-             "background-dominated": bg if counted else None} for c, n, m, bg in s.classes]
+             "background-dominated": bg if counted and m is not None else None} for c, n, m, bg in s.classes]
 
 
 # ---------------------------------------------------------------- selections -> the sidebar's narrowing

@@ -31,11 +31,16 @@ class Stored:
     explains: str = ""  # the class (or box) the map explains, from its label
 
 
-def position(total: int) -> int:
-    """The queue position: the link's `reviewed` (1-based) once, then the session's; kept in range."""
+def position(total: int, queue: tuple) -> int:
+    """The queue position: the link's `reviewed` (1-based) once, then the session's; back to the
+    first (the worst) when the queue is another one (a new narrowing, view or run: the 10th of the
+    old queue would skip the new one's 9 worst); kept in range."""
     if Audit.REVIEWED not in st.session_state:
         wanted = urlstate.pending().reviewed
         st.session_state[Audit.REVIEWED] = int(wanted) - 1 if wanted.isdigit() and int(wanted) > 0 else 0
+    elif st.session_state.get(Audit.REVIEWED_QUEUE) != queue:
+        st.session_state[Audit.REVIEWED] = 0
+    st.session_state[Audit.REVIEWED_QUEUE] = queue
     pos = max(0, min(int(st.session_state[Audit.REVIEWED]), max(0, total - 1)))
     st.session_state[Audit.REVIEWED] = pos
     return pos
@@ -53,10 +58,10 @@ def _options(meaning: dict, weights_choice: str, about: str = "") -> batch.Batch
                               measures=MeasureOptions.parse(about) if about else MeasureOptions(), chunk=1)
 
 
-def _weights_for(sel: Selection, dataset, heatmap: str, meaning: dict) -> str:
+def _weights_for(sel: Selection, dataset, heatmap: str, meaning: dict) -> str | None:
     """The weights that make a map of this field now: of those on offer (the sidebar's first), the
     ones whose batch writes this very field (an untrained twin's: untrained; a weights file's field:
-    that file), whatever the sidebar shows; the model's own when none does."""
+    that file), whatever the sidebar shows; None when none does (its weights file was removed)."""
     offered = ([sel.weights] if sel.model == meaning.get("model") else []) + [c.value for c in weights.choices()]
     for choice in dict.fromkeys(offered):
         try:
@@ -64,7 +69,7 @@ def _weights_for(sel: Selection, dataset, heatmap: str, meaning: dict) -> str:
                 return choice
         except (CamError, KeyError, ValueError):
             continue
-    return weights.AUTO
+    return None
 
 
 def stored(sel: Selection, sample_id: str, run: audit.AuditRun) -> Stored:
@@ -87,6 +92,8 @@ def _stored(sel: Selection, dataset, run: audit.AuditRun, label, heatmap: np.nda
     if key not in models.MODELS or not meaning:
         return Stored(heatmap, "", made_with)  # a map of a model this app does not know: shown as stored
     choice = _weights_for(sel, dataset, run.heatmap, meaning)
+    if choice is None:
+        return Stored(heatmap, "", made_with)  # its weights are not on offer here: nothing to compare with
     try:
         loaded = cache.model(key, choice, models.load_version(key, choice))
     except CamError:
@@ -147,11 +154,12 @@ def compute(sel: Selection, sample_id: str, run: audit.AuditRun, about: str) -> 
     meaning = store.heatmap_fields(dataset).get(run.heatmap)
     if not meaning:
         return f"{run.heatmap} is not a CAM Explorer heatmap field any more: nothing to compute."
-    options = _options(meaning, _weights_for(sel, dataset, run.heatmap, meaning), about)
+    choice = _weights_for(sel, dataset, run.heatmap, meaning)
+    if choice is None:
+        return (f"No weights on offer here make {run.heatmap} (its weights file is no longer in the weights "
+                "folder?): nothing computed.")
+    options = _options(meaning, choice, about)
     try:  # bad input (the object field deleted or of another type since, no weights): one line, the sample stays
-        if options.checked().field_names(dataset) != [run.heatmap]:
-            return (f"No weights on offer here make {run.heatmap} (its weights file is no longer in the weights "
-                    "folder?): nothing computed.")
         report = batch.run_batch(dataset.select([sample_id]), options)
     except CamError as exc:
         return f"Could not compute it: {exc}"

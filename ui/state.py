@@ -247,6 +247,7 @@ class Audit:
     SAVE = "audit_save"
     OPEN_APP = "audit_open_app"
     REVIEWED = "review_position"  # 0-based position in the queue (URL reviewed=, 1-based)
+    REVIEWED_QUEUE = "_review_queue"  # the queue that position is in: (dataset, view, run)
     NEXT = "review_next"
     PREV = "review_prev"
     TAG = "review_tag"

@@ -421,7 +421,7 @@ def _delegation_views(inputs: Any, count: int) -> None:
     elif count > over:
         inputs.view("runs_now", types.Notice(
             label=f"{count} samples: this runs now in the App's server, its progress shown here",
-            description="Queued background runs need a worker: see the README's 'Background runs'"))
+            description="Queued background runs need a worker: see the README's 'Big runs'"))
 
 
 def _models_file_views(inputs: Any) -> None:
