@@ -49,8 +49,9 @@ def main(sel: Selection) -> None:
     event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
                          hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))
     audit.narrow_to(audit.from_table(event, rows, run), "classes")
-    if audit.no_bg(run):
-        st.caption(text.escape(audit.no_bg(run)))
+    for missing in (audit.no_map(sel, run), audit.no_bg(run)):
+        if missing:
+            st.caption(text.escape(missing))
     narrowed = sel.view_spec.narrow
     st.markdown(f"**{sel.count:,} samples** in the view" + (" (narrowed)" if narrowed else "")
                 + ": review them worst first on the Review page, save them, or open them in the App.")
