@@ -23,12 +23,12 @@ def main(sel: Selection) -> None:
         st.warning(text.escape(problem))
         return
     threshold = audit.threshold_of(s)
-    st.caption(f"{s.total:,} samples in the sidebar's view · {s.with_measures:,} measured · {s.with_share:,} with "
-               f"an object to measure on · {text.escape(audit.describe_about(s.settings[0][0]))}. Click a bar, a "
-               "point or a class (shift-click adds bars or points), or pick Box Select in a chart's toolbar and drag, "
-               "to narrow the "
-               "view; the sidebar, the URL and the Review page follow.")
     no_share = audit.no_share(s, run)
+    click = ("Click a class" if no_share else "Click a bar, a point or a class (shift-click adds bars or points), "
+             "or pick Box Select in a chart's toolbar and drag,")
+    st.caption(f"{s.total:,} samples in the sidebar's view · {s.with_measures:,} measured · {s.with_share:,} with "
+               f"an object to measure on · {text.escape(audit.describe_about(s.settings[0][0]))}. {click} to narrow "
+               "the view; the sidebar, the URL and the Review page follow.")
     if no_share:  # two empty charts would look like a drawing error
         st.info(text.escape(no_share))
     else:
@@ -49,8 +49,9 @@ def main(sel: Selection) -> None:
     event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
                          hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))
     audit.narrow_to(audit.from_table(event, rows, run), "classes")
-    if audit.no_bg(run):
-        st.caption(text.escape(audit.no_bg(run)))
+    for missing in (audit.no_map(sel, run), audit.no_bg(run)):
+        if missing:
+            st.caption(text.escape(missing))
     narrowed = sel.view_spec.narrow
     st.markdown(f"**{sel.count:,} samples** in the view" + (" (narrowed)" if narrowed else "")
                 + ": review them worst first on the Review page, save them, or open them in the App.")

@@ -229,8 +229,23 @@ def test_a_classifier_measured_without_an_object_field_says_why_there_are_no_cha
     assert not at.get("plotly_chart")
     (line,) = [i.value.replace("\\", "") for i in at.info]
     assert line.startswith("No sample of this view has an on-object share in ") and "--object-field" in line
+    assert any("Click a class to narrow the view" in c.value for c in at.caption)  # no bar or point to click
+    assert not any("Click a bar" in c.value for c in at.caption)
     table = at.dataframe[0].value
     assert table["samples"].sum() == 30 and table["background-dominated"].isna().all()
+
+
+def test_a_deleted_heatmap_field_says_why_the_classes_are_gone(audited):
+    """The map field itself deleted in the App, its measures kept: the shares still chart, and one
+    line says why the class table has a single class "None"."""
+    from audit_support import IDENTITY
+
+    ds, _fields = audited
+    ds.delete_sample_field(IDENTITY.field_name)
+    at = _audit_page(ds)
+    assert len(at.get("plotly_chart")) == 2 and list(at.dataframe[0].value["class"]) == ["None"]
+    (line,) = [c.value.replace("\\", "") for c in at.caption if "was deleted or renamed" in c.value]
+    assert line.startswith(f"The heatmap field {IDENTITY.field_name} was deleted or renamed")
 
 
 def test_the_narrowed_view_is_saved_as_a_fiftyone_saved_view(audited):

@@ -154,6 +154,24 @@ def test_a_measure_field_deleted_in_the_app_is_declared_and_filled_again(dataset
     assert None not in dataset.values(fields["about"])
 
 
+def test_a_share_field_deleted_or_renamed_in_the_app_is_filled_again_by_the_next_batch(dataset):
+    """Not only `about`: with the share field deleted (then renamed), the next batch with the same
+    settings measures again (it re-declared the field and skipped every sample: 0 done, shares None)."""
+    batch.run_batch(dataset, _options(faithfulness=False))
+    fields = measure_store.measure_runs(dataset)[_identity().field_name]
+    before = dataset.values(fields["share"])
+    assert any(v is not None for v in before)
+    dataset.delete_sample_field(fields["share"])
+    report = batch.run_batch(dataset, _options(faithfulness=False))
+    assert report.done == 4
+    assert dataset.values(fields["share"]) == pytest.approx(before)
+    dataset.rename_sample_field(fields["bg"], "my_flag")  # renamed: the user's field now, no measure
+    report = batch.run_batch(dataset, _options(faithfulness=False))
+    assert report.done == 4
+    assert dataset.values(fields["bg"]) == dataset.values("my_flag")
+    assert batch.run_batch(dataset, _options(faithfulness=False)).done == 0  # measured: the resume skips
+
+
 def test_an_object_field_of_the_wrong_type_fails_in_one_line_before_anything_is_written(dataset):
     with pytest.raises(StoreError, match="Segmentation masks or Detections boxes") as err:
         batch.run_batch(dataset, BatchOptions(MODEL, measures=MeasureOptions(object_field="note")))

@@ -156,6 +156,15 @@ def threshold_of(s: audit.Summary) -> float | None:
     return None
 
 
+def no_map(sel: Selection, run: audit.AuditRun) -> str | None:
+    """Why the class table has no classes (one "None"), in one line: the map field itself was deleted
+    or renamed (in the App), which held the class each map explains; None while it is there."""
+    if store.load_dataset(sel.dataset).get_field(run.heatmap) is not None:
+        return None
+    return (f"The heatmap field {run.heatmap} was deleted or renamed: the classes its maps explained are gone "
+            "(one class, None), its measures stay; a batch with measures makes the maps again.")
+
+
 def no_bg(run: audit.AuditRun) -> str | None:
     """Why the table has no background-dominated counts, in one line; None when it has them."""
     if "bg" in run.fields:

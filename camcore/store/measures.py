@@ -54,6 +54,11 @@ def declare_measure_fields(dataset: fo.Dataset | fo.DatasetView, identity: Heatm
                 name, ftype, description=f"CAM Explorer {measure} of {heatmap}",
                 info={MARK: {"kind": "measure", "measure": measure, "heatmap": heatmap}}))
         update.commit()
+        if "about" in have and any(m != "about" for m in missing):
+            # A measure field was deleted or renamed (in the App) since these maps were measured: the
+            # samples' `about` says done, yet that measure is gone; cleared, the resume (which goes by
+            # `about`) measures them again instead of skipping them with the new field empty.
+            dataset._sample_collection.update_many({have["about"]: {"$ne": None}}, {"$set": {have["about"]: None}})
         for measure in INDEXED:
             dataset.create_index(names[measure])
     return {m: names[m] for m in MEASURES}
