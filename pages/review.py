@@ -40,6 +40,7 @@ def main(sel: Selection) -> None:
               disabled=pos >= total - 1)
     (sample_id, path), = audit.worst_first(view, run, pos, 1)
     b3.selectbox("Finding", list(audit.FINDING_TAGS), key=Audit.TAG, label_visibility="collapsed")
+    review.note_for(sample_id)
     b4.text_input("Note", key=Audit.NOTE, placeholder="note (optional)", label_visibility="collapsed")
     b5.button("Record", key=Audit.RECORD, shortcut="f", on_click=review.record, args=(sel, sample_id, run))
     said = st.session_state.pop("_review_said", None)

@@ -219,3 +219,34 @@ def test_computing_with_an_object_field_of_the_wrong_type_says_one_line_and_keep
         assert ds.values(IDENTITY.field_name) == [None]  # nothing written
     finally:
         ds.delete()
+
+
+def test_the_note_is_emptied_on_another_sample_the_tag_stays(audited):
+    """A note typed for one sample was still in the box on the next one (Next/J, Prev/K, or after
+    Record/F then Next), so the next finding went in with the previous sample's note."""
+    ds, _fields = audited
+    (run_,) = audit.runs(ds)
+    at = _review(ds)
+    at.selectbox(key="review_tag").set_value("background bias")
+    at.text_input(key="review_note").input("looks at the sofa")
+    at.button(key="review_next").click()
+    run(at, allow_errors=False)
+    assert _headline(at).startswith("**Reviewed 2 of 12**")
+    assert at.text_input(key="review_note").value == ""
+    assert at.selectbox(key="review_tag").value == "background bias"  # the tag may stay
+    at.text_input(key="review_note").input("second sample's note")
+    at.button(key="review_prev").click()
+    run(at, allow_errors=False)
+    assert at.text_input(key="review_note").value == ""
+    at.text_input(key="review_note").input("first sample's note")
+    at.button(key="review_record").click()
+    run(at, allow_errors=False)
+    at.button(key="review_next").click()
+    run(at, allow_errors=False)
+    assert at.text_input(key="review_note").value == ""
+    at.button(key="review_record").click()  # the second sample's finding: no note from the first
+    run(at, allow_errors=False)
+    ds.reload()
+    first, second = (sid for sid, _p in audit.worst_first(ds, run_, 0, 2))
+    assert [f.note for f in ds[first]["cam_findings"].classifications] == ["first sample's note"]
+    assert [f.note for f in ds[second]["cam_findings"].classifications] in ([""], [None])

@@ -50,6 +50,15 @@ def step(delta: int, total: int) -> None:
     st.session_state[Audit.REVIEWED] = max(0, min(int(st.session_state.get(Audit.REVIEWED, 0)) + delta, total - 1))
 
 
+def note_for(sample_id: str) -> None:
+    """Empty the note box when it shows another sample than last time (Next, Prev, a new queue):
+    a note is about one sample, and the next finding must not go in with it. Called before the box
+    is drawn (a widget's value can only be set then); the tag stays, findings often repeat it."""
+    if st.session_state.get(Audit.NOTE_SAMPLE) != sample_id:
+        st.session_state[Audit.NOTE] = ""
+        st.session_state[Audit.NOTE_SAMPLE] = sample_id
+
+
 def _options(meaning: dict, weights_choice: str, about: str = "") -> batch.BatchOptions:
     """The batch that makes this field's maps (and measures) with these weights."""
     return batch.BatchOptions(model=meaning["model"], weights=weights_choice, methods=(meaning["method"],),

@@ -252,6 +252,7 @@ class Audit:
     PREV = "review_prev"
     TAG = "review_tag"
     NOTE = "review_note"
+    NOTE_SAMPLE = "_review_note_sample"  # the sample the note box was last shown for
     RECORD = "review_record"
     COMPUTE = "review_compute"
     COMPUTE_REQUESTED = "_review_compute_requested"
