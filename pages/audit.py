@@ -47,7 +47,8 @@ def main(sel: Selection) -> None:
                 audit.narrow_to(audit.from_scatter(event, run), "scatter")
     rows = audit.class_rows(s, run)
     event = st.dataframe(rows, key=Audit.CLASSES, on_select="rerun", selection_mode="single-row",
-                         hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)))
+                         hide_index=True, width="stretch", height=min(300, 38 + 35 * len(rows)),
+                         placeholder=audit.NO_VALUE)  # not Streamlit's "None" in a cell with no share
     audit.narrow_to(audit.from_table(event, rows, run), "classes")
     for missing in (audit.no_map(sel, run), audit.no_bg(run)):
         if missing:

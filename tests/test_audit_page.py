@@ -286,3 +286,16 @@ def test_open_in_the_app_serves_the_narrowed_view_on_the_chosen_port(audited):
         assert any(f"localhost:{port}/datasets/" in m.value for m in at.markdown)
     finally:
         store.close_app()
+
+
+def test_a_run_with_no_share_shows_empty_cells_not_none(audited):
+    """A classifier measured without an object field has no share: the class table's mean share and
+    background-dominated cells read "None" (Streamlit's text for a missing value); now a dash."""
+    ds, fields = audited
+    ds.set_field(fields["share"], None).save()
+    ds.set_field(fields["bg"], None).save()
+    ds.set_field(fields["about"], "t=0.5;obj=model;f=0").save()
+    at = _audit_page(ds)
+    (table,) = at.dataframe
+    assert table.value["mean share (0–1)"].isna().all() and table.value["background-dominated"].isna().all()
+    assert table.proto.placeholder == "—"  # what the browser draws in a cell with no value

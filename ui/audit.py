@@ -23,6 +23,7 @@ from ui.state import App, Audit, Sidebar
 SHARE_AXIS = "share of heatmap mass on the object (0–1)"
 CONF_AXIS = "model probability of the explained class (0–1)"
 COUNT_AXIS = "samples (count)"
+NO_VALUE = "—"  # a table cell with no value (a run with no share): Streamlit's own text there is "None"
 CHART_HEIGHT = 320  # three charts and the table fit 1280x800 with the sidebar
 APP_PORT = store.DEFAULT_APP_PORT
 FINDING_TAGS = store.FINDING_TAGS
