@@ -299,3 +299,20 @@ def test_a_run_with_no_share_shows_empty_cells_not_none(audited):
     (table,) = at.dataframe
     assert table.value["mean share (0–1)"].isna().all() and table.value["background-dominated"].isna().all()
     assert table.proto.placeholder == "—"  # what the browser draws in a cell with no value
+
+
+def test_a_class_with_a_semicolon_narrows_and_stays_in_the_url(audited):
+    """A class named "a;b" (a row of the class table): its narrowing was split at the ";" and dropped
+    with a warning, the whole view shown; now it narrows, and the sidebar names the class whole."""
+    from audit_support import IDENTITY
+
+    ds, _fields = audited
+    ds.set_values(f"{IDENTITY.field_name}.target", ["a;b: c=d" if i % 3 else "cup" for i in range(len(ds))])
+    (run_,) = audit.runs(ds)
+    narrow = audit.class_narrow(run_, "a;b: c=d")
+    at = _audit_page(ds, narrow=narrow)
+    assert not at.sidebar.warning, [w.value for w in at.sidebar.warning]
+    assert any(c.value.replace("\\", "").endswith("Narrowed by the Audit page: class = a;b: c=d")
+               for c in at.sidebar.caption), [c.value for c in at.sidebar.caption]
+    assert any("**20 samples** in the view (narrowed)" in m.value for m in at.markdown)
+    assert at.query_params["narrow"] == narrow

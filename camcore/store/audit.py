@@ -10,10 +10,13 @@ sample count), so the first draw over all samples reads it instead of scanning.
 Narrowing (a click on a bar, a row or a box of points) is text, kept in the URL and the sidebar's
 view (``ViewSpec.narrow``): conditions joined by ``;``, each ``<measure field>:<lo>:<hi>`` (lo <= v
 < hi; hi == 1 includes 1) or ``<heatmap field>.target=<class>`` or ``<measure field>=true|false``.
+A class is written as is, or as a JSON string (``"a;b"``) when it holds ``;``, starts with ``"`` or
+has spaces at its ends; texts written before that (in links and findings) read as they did.
 Its count and first page use the index on the share field.
 """
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -263,12 +266,8 @@ def narrow_filter(text: str, dataset: fo.Dataset | fo.DatasetView) -> dict:
     conds: list[dict[str, Any]] = []
     schema = root_dataset(dataset).get_field_schema()
     measured = measure_links(dataset)  # a measure field is known by its info (its name may be cut)
-    for part in (p.strip() for p in text.split(";")):
-        if not part:
-            continue
-        if "=" in part:
-            name, _, value = part.partition("=")
-            name = name.strip()
+    for part, name, value in conditions(text):
+        if value is not None:
             base = name.removesuffix(".target")
             if name.endswith(".target") and base.startswith(FIELD_PREFIX) and base in schema:
                 conds.append({name: value})
@@ -291,9 +290,8 @@ def narrow_filter(text: str, dataset: fo.Dataset | fo.DatasetView) -> dict:
 def describe_narrow(text: str) -> str:
     """One plain line for the sidebar: what the narrowing keeps."""
     out = []
-    for part in (p.strip() for p in text.split(";") if p.strip()):
-        if "=" in part:
-            name, _, value = part.partition("=")
+    for part, name, value in conditions(text):
+        if value is not None:
             what = "class" if name.endswith(".target") else (measure_of(name) or ("", ""))[0]
             what = MEASURE_WORDS.get(what, what)
             out.append(f"{what} = {value}")
@@ -320,7 +318,51 @@ def bin_narrow(run: AuditRun, lo: float, hi: float) -> str:
 
 
 def class_narrow(run: AuditRun, cls: str) -> str:
-    return f"{run.target}={cls}"
+    return f"{run.target}={quote_value(cls)}"
+
+
+def quote_value(value: str) -> str:
+    """A value as a narrowing writes it: as is (the form older texts have, byte for byte), or as a
+    JSON string when read as is it would come back otherwise: it holds ";" (which joins conditions),
+    starts with a quote (which opens a JSON string) or has spaces at its ends (a condition is stripped)."""
+    if ";" in value or value.startswith('"') or value != value.strip():
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+_JSON = json.JSONDecoder()
+
+
+def conditions(text: str) -> list[tuple[str, str, str | None]]:
+    """A narrowing's conditions: (the condition as written, its field, its value after "=" or None
+    for a range). A value that opens with a quote and is a whole JSON string (up to the next ";" or
+    the end) may hold ";"; any other is taken as written, as older texts wrote every class."""
+    out: list[tuple[str, str, str | None]] = []
+    i = 0
+    while i <= len(text):
+        end = _next_semicolon(text, i)
+        part = text[i:end].strip()
+        name, eq, value = part.partition("=")
+        if eq and value.startswith('"'):
+            start = text.index("=", i) + 1  # at the quote: the field's name holds no "="
+            try:
+                decoded, stop = _JSON.raw_decode(text, start)
+            except ValueError:
+                decoded, stop = None, start
+            after = _next_semicolon(text, stop)
+            if isinstance(decoded, str) and not text[stop:after].strip():
+                out.append((text[i:after].strip(), name.strip(), decoded))
+                i = after + 1
+                continue
+        if part:
+            out.append((part, name.strip(), value if eq else None))
+        i = end + 1
+    return out
+
+
+def _next_semicolon(text: str, start: int) -> int:
+    end = text.find(";", start)
+    return len(text) if end < 0 else end
 
 
 def _outward(lo: float, hi: float) -> str:
