@@ -28,7 +28,6 @@ Last line: key=value pairs of the pooled level's and the fused map's Grad-CAM hi
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -114,42 +113,15 @@ def build(canonical: int, seed: int = 0) -> torch.nn.Module:
                       box_batch_size_per_image=32, rpn_batch_size_per_image=64)
 
 
-def train(model: torch.nn.Module, noise: float, steps: int = ds.STEPS, batch: int = 8) -> float:
-    """detector_support._train's recipe (Adam 2e-3, cosine, one thread) on these images; CPU s."""
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    threads, cpu = torch.get_num_threads(), time.process_time()
-    torch.set_num_threads(1)
-    try:
-        for step in range(steps):
-            images, targets = [], []
-            for i in range(batch):
-                rgb, box, label = synthetic(10_000 + step * batch + i, noise)
-                images.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
-                targets.append({"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([label])})
-            loss = sum(model(images, targets).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            decay.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
+def train(model: torch.nn.Module, noise: float, steps: int = ds.STEPS) -> float:
+    """detector_support's recipe (Adam 2e-3, cosine, one thread) on these images; CPU s."""
+    cpu = time.process_time()
+    ds._train(model, steps, make=lambda seed: synthetic(seed, noise))
     return time.process_time() - cpu
 
 
 def quality(module: torch.nn.Module, noise: float) -> tuple[int, float]:
-    right, ious = 0, []
-    for seed in range(100):
-        rgb, box, label = synthetic(seed, noise)
-        with torch.no_grad():
-            out = module([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])[0]
-        if len(out["boxes"]) == 0:
-            ious.append(0.0)
-            continue
-        ious.append(float(torchvision.ops.box_iou(torch.tensor([box], dtype=torch.float32), out["boxes"][:1])[0, 0]))
-        right += int(out["labels"][0]) == label
+    right, ious = ds.held_out_quality(module, lambda seed: synthetic(seed, noise))
     return right, float(np.mean(ious))
 
 

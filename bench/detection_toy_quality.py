@@ -27,7 +27,6 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspa
 import detector_support as ds  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torchvision  # noqa: E402
 from detection_pointing import hit  # noqa: E402
 
 from camcore.engine import Explainer  # noqa: E402
@@ -52,16 +51,7 @@ def abs_gradcam(ex: Explainer, layer: str) -> np.ndarray:
 
 def quality(module: torch.nn.Module, one_colour: bool) -> tuple[int, float, float]:
     """(labels right of 100, mean IoU of the top box, share with IoU > 0.75) on seeds 0-99."""
-    right, ious = 0, []
-    for seed in range(100):
-        rgb, box, label = ds.synthetic(seed, one_colour)
-        with torch.no_grad():
-            out = module([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])[0]
-        if len(out["boxes"]) == 0:
-            ious.append(0.0)
-            continue
-        ious.append(float(torchvision.ops.box_iou(torch.tensor([box], dtype=torch.float32), out["boxes"][:1])[0, 0]))
-        right += int(out["labels"][0]) == label
+    right, ious = ds.held_out_quality(module, lambda seed: ds.synthetic(seed, one_colour))
     return right, float(np.mean(ious)), float(np.mean(np.array(ious) > 0.75))
 
 

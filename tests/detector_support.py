@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 
 from camcore import weights as weights_mod
 from camcore.images import LoadedImage, from_array
@@ -24,6 +26,7 @@ SIZE = 64
 CLASSES = ("__background__", "square", "disc")
 COLOURS = {1: (230, 200, 60), 2: (60, 200, 230)}  # square yellow, disc cyan
 STEPS = 300
+Shape = tuple[np.ndarray, tuple[int, int, int, int], int]  # an image, its shape's box and label
 # the recipe in the name: a changed recipe never reads another's cache
 CACHE = Path(os.environ.get("CAM_TEST_DETECTOR_CACHE", f"/tmp/camexplorer-test-cache/toy_frcnn_v2_{STEPS}.pt"))
 
@@ -50,7 +53,7 @@ def build(seed: int = 0) -> torch.nn.Module:
                       box_batch_size_per_image=32, rpn_batch_size_per_image=64)
 
 
-def synthetic(seed: int, one_colour: bool = False) -> tuple[np.ndarray, tuple[int, int, int, int], int]:
+def synthetic(seed: int, one_colour: bool = False) -> Shape:
     """(H x W x 3 uint8 image, its shape's box x1, y1, x2, y2, its label). one_colour: v1's images
     (both shapes yellow), kept for bench/detection_toy_quality.py's before/after."""
     rng = np.random.default_rng(seed)
@@ -69,9 +72,11 @@ def synthetic(seed: int, one_colour: bool = False) -> tuple[np.ndarray, tuple[in
 
 
 def _train(model: torch.nn.Module, steps: int = STEPS, batch: int = 8, one_colour: bool = False,
-           cosine: bool = True) -> None:
+           cosine: bool = True, make: Callable[[int], Shape] | None = None) -> None:
     """Adam, lr 2e-3 decayed to 0 on a cosine (v1: constant, 300 steps), one thread: the same
-    weights on every run here, whatever the thread count of the process."""
+    weights on every run here, whatever the thread count of the process. ``make`` (seed -> image,
+    box, label) stands in for :func:`synthetic` (the benches' other images)."""
+    make = make or (lambda seed: synthetic(seed, one_colour))
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     decay = torch.optim.lr_scheduler.LambdaLR(
@@ -79,24 +84,36 @@ def _train(model: torch.nn.Module, steps: int = STEPS, batch: int = 8, one_colou
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _steps(model, opt, decay, steps, batch, one_colour)
+        for step in range(steps):
+            images, targets = [], []
+            for i in range(batch):
+                rgb, box, label = make(10_000 + step * batch + i)
+                images.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+                targets.append({"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([label])})
+            loss = sum(model(images, targets).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            decay.step()
     finally:
         torch.set_num_threads(threads)
     model.eval()
 
 
-def _steps(model, opt, decay, steps: int, batch: int, one_colour: bool) -> None:
-    for step in range(steps):
-        images, targets = [], []
-        for i in range(batch):
-            rgb, box, label = synthetic(10_000 + step * batch + i, one_colour)
-            images.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
-            targets.append({"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([label])})
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        decay.step()
+def held_out_quality(module: torch.nn.Module, make: Callable[[int], Shape]) -> tuple[int, list[float]]:
+    """(labels right, the top box's IoU with the shape's box per image) on held-out seeds 0-99
+    (training uses 10000 and up)."""
+    right, ious = 0, []
+    for seed in range(100):
+        rgb, box, label = make(seed)
+        with torch.no_grad():
+            out = module([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])[0]
+        if len(out["boxes"]) == 0:
+            ious.append(0.0)
+            continue
+        ious.append(float(torchvision.ops.box_iou(torch.tensor([box], dtype=torch.float32), out["boxes"][:1])[0, 0]))
+        right += int(out["labels"][0]) == label
+    return right, ious
 
 
 def trained_module() -> torch.nn.Module:
