@@ -98,6 +98,15 @@ def sidebar_px(name: str) -> float:
     return sum(_GLYPH_PX.get(c, _WIDEST_PX) for c in name)
 
 
+def _fitting(text: str, room: float) -> str:
+    """The longest start of text that the sidebar draws within room px."""
+    k = 0
+    while k < len(text) and sidebar_px(text[k]) <= room:
+        room -= sidebar_px(text[k])
+        k += 1
+    return text[:k]
+
+
 def _first_name(target: str) -> str:
     # ImageNet names list synonyms ("tabby, tabby cat"): the first one says it.
     return str(target).split(",")[0].strip() or str(target)
@@ -129,12 +138,7 @@ def _shortened(head: str, cls: str, rest: str) -> str | None:
     cut alike meet in a dataset only: the store gives the second its spare name
     (camcore.store.fields.stored_identity), also when two processes push them at once."""
     end = f"_{rest}" if rest else ""
-    room = SIDEBAR_PX - sidebar_px(head) - sidebar_px("_") - sidebar_px(end)
-    k = 0
-    while k < len(cls) and sidebar_px(cls[k]) <= room:
-        room -= sidebar_px(cls[k])
-        k += 1
-    cut = cls[:k].rstrip("_")
+    cut = _fitting(cls, SIDEBAR_PX - sidebar_px(head) - sidebar_px("_") - sidebar_px(end)).rstrip("_")
     return f"{head}_{cut}{end}" if len(cut) >= _MIN_KEPT else None
 
 
@@ -143,22 +147,13 @@ def _fit(head: str, tail: str, digest: str) -> str:
     variant tokens, the weights file's stem) as fits, then ``_<digest>`` (a hash of the whole
     identity); a head too wide on its own is cut too."""
     end = sidebar_px(f"_{digest}")
-    room = SIDEBAR_PX - sidebar_px(head) - sidebar_px("_") - end
-    widths = [sidebar_px(c) for c in tail[:-1]]  # the whole tail did not fit
-    k = 0
-    while k < len(widths) and widths[k] <= room:
-        room -= widths[k]
-        k += 1
-    cut = tail[:k].rstrip("_")
+    # the whole tail did not fit: its last character never will
+    cut = _fitting(tail[:-1], SIDEBAR_PX - sidebar_px(head) - sidebar_px("_") - end).rstrip("_")
     if cut:
         return f"{head}_{cut}_{digest}"
-    room = SIDEBAR_PX - end
-    k = 0
-    while k < len(head) and sidebar_px(head[k]) <= room:
-        room -= sidebar_px(head[k])
-        k += 1
-    if head[:k].rstrip("_"):
-        return f"{head[:k].rstrip('_')}_{digest}"
+    short = _fitting(head, SIDEBAR_PX - end).rstrip("_")
+    if short:
+        return f"{short}_{digest}"
     return f"{FIELD_PREFIX}{digest}"
 
 
@@ -319,12 +314,8 @@ class HeatmapIdentity:
         if not spare and sidebar_px(head + rest) <= MEASURE_SIDEBAR_PX:
             return head + rest
         end = f"_{_digest(self.field_name, 6)}" if spare else ""
-        room = MEASURE_SIDEBAR_PX - sidebar_px(head) - sidebar_px(end)
-        k = 0
-        while k < len(rest) and sidebar_px(rest[k]) <= room:
-            room -= sidebar_px(rest[k])
-            k += 1
-        cut = rest[:k]
+        cut = _fitting(rest, MEASURE_SIDEBAR_PX - sidebar_px(head) - sidebar_px(end))
+        k = len(cut)
         if k < len(rest) and rest[k] != "_" and "_" in cut and len(cut.rsplit("_", 1)[1]) < _MIN_KEPT:
             cut = cut.rsplit("_", 1)[0]  # "grad_h" says less than "grad"
         return (head + cut.rstrip("_")).rstrip("_") + end
