@@ -95,3 +95,63 @@ def test_the_batch_pages_field_rule_aggregates_once_not_on_every_rerun(tmp_path,
         assert any("computed" in s.value for s in at.success), [s.value for s in at.success]
     finally:
         ds.delete()
+
+
+class EveryAggregation:
+    """Every FiftyOne aggregation, by its type: Count, Distinct, Max, Values..."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.seen: list[str] = []
+        original = focol.SampleCollection.aggregate
+        spy = self
+
+        def aggregate(collection, aggregations, *args, **kwargs):
+            many = aggregations if isinstance(aggregations, (list, tuple)) else [aggregations]
+            spy.seen += [type(a).__name__ for a in many]
+            return original(collection, aggregations, *args, **kwargs)
+
+        monkeypatch.setattr(focol.SampleCollection, "aggregate", aggregate)
+
+    def take(self) -> list[str]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
+def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, monkeypatch):
+    """The plugin's compute_cams form is dynamic: FiftyOne asks for it again at every change of a
+    field. Each time it counted the view twice and, for `field:ground_truth`, read the field's
+    labels and most boxes over the whole view: four aggregations a refresh. Now the form keeps what
+    it read of a view and a rule for a short while (FORM_FACTS_SECONDS); the run reads afresh."""
+    import json
+    from pathlib import Path
+
+    import fiftyone.operators as foo
+    from fiftyone import ViewField as F
+
+    plugins = str(Path(__file__).resolve().parents[1] / "plugins")
+    monkeypatch.setattr(fo.config, "plugins_dir", plugins)
+    monkeypatch.setenv("FIFTYONE_PLUGINS_DIR", plugins)
+    ds = fo.Dataset(unique_name("det32-form"))
+    ds.add_samples([fo.Sample(filepath=_image(tmp_path / f"{i}.png"), ground_truth=_boxes(1 + i)) for i in range(3)])
+    stages = json.loads(json.dumps(ds.match(F("ground_truth.detections").length() > 1)._serialize(), default=str))
+    spy = EveryAggregation(monkeypatch)
+    operator = foo.get_operator("@cam-explorer/cam/compute_cams")
+    base = {"model": SSD, "weights": "untrained", "methods": ["eigencam"], "layers": ["fpn"],
+            "box": "field:ground_truth@0"}
+    try:
+        forms = []
+        for smooth in (False, True, False):  # the user clicks eigen_smooth on and off
+            ctx = foo.ExecutionContext(request_params={"dataset_name": ds.name, "view": stages,
+                                                       "params": {**base, "eigen_smooth": smooth}})
+            forms.append(json.dumps(operator.resolve_input(ctx).to_json()))
+            if len(forms) == 1:
+                assert spy.take(), "the first form reads the view"
+            else:
+                assert spy.take() == [], len(forms)
+        assert all("Cannot compute" not in f and "the current view (2 samples)" in f for f in forms), forms[0][-600:]
+        ctx = foo.ExecutionContext(request_params={"dataset_name": ds.name, "view": stages,
+                                                   "params": {**base, "box": "field:ground_truth:kite@0"}})
+        assert "Cannot compute" not in json.dumps(operator.resolve_input(ctx).to_json())
+        assert spy.take(), "another rule is read"
+    finally:
+        ds.delete()
