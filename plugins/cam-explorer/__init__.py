@@ -471,13 +471,14 @@ def _models_file_views(inputs: Any) -> None:
 
 
 class SyncApp(foo.Operator):
-    """Run by the page itself every few seconds (dist/index.umd.js): when the dataset's saved
-    sidebar groups changed since the page last saw them (a push or batch from another process, a
-    colleague), show them: FiftyOne 1.22 keeps the groups a page loaded for as long as it shows
-    that dataset, whatever the session or reload_dataset sends, so a new CAM field would sit under
-    "labels" until the tab is reloaded. In an App the explorer did not launch, the saved colours
-    and switched-on fields too (camcore.store.appwatch.page_updates). One small database read per
-    call; sent only on a change (the page passes the version it last saw)."""
+    """Run by the page itself every few seconds (dist/index.umd.js): on its first call (with the
+    fields its schema holds) and when the dataset's saved sidebar groups changed since the page
+    last saw them (a push or batch from another process, a colleague), show them: FiftyOne 1.22
+    keeps the groups a page loaded for as long as it shows that dataset, whatever the session or
+    reload_dataset sends, so a new CAM field would sit under "labels" until the tab is reloaded.
+    In an App the explorer did not launch, the saved colours and switched-on fields too
+    (camcore.store.appwatch.page_updates). One small database read per call; sent only on a
+    change (the page passes the version it last saw)."""
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -492,7 +493,9 @@ class SyncApp(foo.Operator):
         from camcore.store import appwatch
 
         watched = os.environ.get(appwatch.WATCHED_ENV) == "1"
-        version, ops = appwatch.page_updates(name, ctx.params.get("seen"), watched)
+        known = ctx.params.get("known")  # the page's fields, on its first call
+        known = [str(k) for k in known] if isinstance(known, list) else None
+        version, ops = appwatch.page_updates(name, ctx.params.get("seen") or None, watched, known)
         for uri, params in ops:
             ctx.trigger(uri, params)
         return {"version": version}
