@@ -43,7 +43,7 @@ def main(sel: Selection) -> None:
         st.info("Choose at least one method and one layer.")
         return
     runs = batch_runs.options(sel, spec.key, tuple(chosen_methods), tuple(chosen_layers), target_rule, eigen_smooth,
-                              measures)
+                              measures, fresh=start)  # the run's click counts a field's boxes afresh
     fields = batch_runs.field_names(sel, runs)
     st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
                (" with their measures (`camm_<measure>_…`)" if measures else "") +

@@ -62,14 +62,28 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
 
 
 def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], target_rule: str,
-            eigen_smooth: bool, measures: MeasureOptions | None) -> list[batch.BatchOptions]:
+            eigen_smooth: bool, measures: MeasureOptions | None, fresh: bool = False) -> list[batch.BatchOptions]:
     """The page's choices, with the sidebar's weights and input size, as the options of a batch:
     one, or a detector's one per box rule (`target_rule` is then its box rule, as `batch --box`:
-    top:<k> and a field's boxes stand for several); checked (a clear CamError where they do not fit)."""
+    top:<k> and a field's boxes stand for several); checked (a clear CamError where they do not fit).
+    What a `field:` rule reads from the view (aggregations over all of it) is kept for this session's
+    dataset and view across reruns; fresh (the click that runs the batch): read again."""
     base = batch.BatchOptions(model=model, weights=sel.weights, methods=methods, layers=layers,
                               target_rule=target_rule, eigen_smooth=eigen_smooth, input_size=sel.input_size,
                               measures=measures)
-    return [o.checked() for o in batch.box_batches(sel.view(), base, None)]
+    view = sel.view()
+    return [o.checked() for o in batch.box_batches(view, base, None, _box_facts(sel, view, fresh))]
+
+
+def _box_facts(sel, view, fresh: bool) -> batch.BoxFacts:
+    """This session's facts of the sidebar's view: one memo, replaced when the dataset or the view
+    changes (so it never grows), or when asked to read afresh."""
+    where = (sel.dataset, sel.view_spec)
+    kept = st.session_state.get(Batch.BOX_FACTS)
+    if fresh or not kept or kept[0] != where:
+        kept = (where, {})
+        st.session_state[Batch.BOX_FACTS] = kept
+    return batch.BoxFacts(view, kept[1])
 
 
 def field_names(sel, runs: list[batch.BatchOptions]) -> list[str]:
