@@ -71,10 +71,14 @@ def test_the_batch_pages_field_rule_aggregates_once_not_on_every_rerun(tmp_path,
         assert spy.take() >= 1  # the rule is expanded: the field's boxes counted over the view
 
         def fields() -> int:
-            captions = [c.value for c in at.caption if c.value.startswith("Fields:")]
+            captions = [c.value for c in at.caption if c.value.startswith("Fields")]
             return captions[0].count("`cam_")  # the plan's (a finished run's report says its fields too)
 
         assert fields() == 2
+        # which field is whose box, and which fields a rule can name (the page's screenshot, det32)
+        [plan] = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("Fields")]  # unescaped
+        assert plan.startswith("Fields, per box: field:ground") and ":1: `cam_" in plan, plan
+        assert any(c.value.replace("\\", "").startswith("Detections fields: field:ground") for c in at.caption)
         for touch in range(3):  # other widgets: nothing about the field is read again
             at.toggle(key="batch_eigen_smooth").set_value(touch % 2 == 0)
             run(at, allow_errors=False)

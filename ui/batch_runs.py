@@ -92,6 +92,23 @@ def field_names(sel, runs: list[batch.BatchOptions]) -> list[str]:
     return list(dict.fromkeys(f for options in runs for f in options.field_names(dataset)))
 
 
+def fields_text(sel, runs: list[batch.BatchOptions], fields: list[str]) -> str:
+    """The plan's "Fields: ..." line; a detector's several box rules say which fields are whose box
+    (a name cut to fit the App's sidebar may end in a hash that says nothing)."""
+    if len(runs) < 2:
+        return "Fields: " + ", ".join(f"`{f}`" for f in fields)
+    dataset = store.load_dataset(sel.dataset)
+    return "Fields, per box: " + "; ".join(
+        f"{text.escape(str(o.target_rule))}: " + ", ".join(f"`{f}`" for f in o.field_names(dataset)) for o in runs)
+
+
+def box_fields_hint(dataset_name: str) -> str:
+    """Under the Boxes input: the dataset's Detections fields a `field:` rule can name."""
+    names = store.detection_fields(store.load_dataset(dataset_name))
+    return (text.escape("Detections fields: " + ", ".join(f"field:{n}" for n in names)) if names
+            else "No Detections field in this dataset: the model's own boxes only.")
+
+
 def _session_alive(session_id: str | None) -> bool:
     """Whether a browser is still connected to that session (True where unknown, e.g. AppTest)."""
     try:
