@@ -275,3 +275,42 @@ def test_processes_declaring_measure_fields_whose_cut_names_meet_keep_every_map_
     assert len(names) == len(set(names)), "two maps share a measure field"
     dataset.reload()
     assert measures.measure_runs(dataset) == per_map  # each field linked to its own map
+
+
+THEIR_CHANGES = textwrap.dedent(
+    """
+    import os
+    import fiftyone as fo
+
+    ds = fo.load_dataset(os.environ["DATASET"])
+    ds.add_sample_field("their_note", fo.StringField)  # FiftyOne's own writes, as a colleague's
+    ds.app_config.color_scheme.color_by = "field"
+    ds.save()
+    print("changed", flush=True)
+    """
+)
+
+
+def test_a_process_that_pushed_before_takes_what_another_process_changed_since(pool, dataset, tmp_path):
+    """A push reads the field names and App config only when the dataset document is not as this
+    process last saw it (FiftyOne's last_modified_at and the document's size): what FiftyOne wrote
+    in another process, or a raw write that keeps last_modified_at, is read before the next push."""
+    from camcore.store import schema
+
+    hm = tmp_path / "hm"
+    push = lambda layer: store.push_heatmaps(  # noqa: E731
+        dataset, dataset.first().id, make_result(SIZE, [make_heatmap(SIZE, "gradcam", layer=layer)]), heatmap_dir=hm)
+    push("first")
+    [out] = pool.run(THEIR_CHANGES, ["0"], {"DATASET": dataset.name})
+    assert not out.error, out.error[-1500:]
+    mine = push("second")
+    assert "their_note" in dataset._sample_doc_cls._fields  # declared here by the push's catching up
+    assert schema.stored_app_config(dataset)["color_scheme"]["color_by"] == "field"
+    # A raw write that leaves last_modified_at as it was (its size differs) is caught up too
+    schema.datasets_collection().update_one({"_id": dataset._doc.id},
+                                            {"$set": {"app_config.color_scheme.color_by": "instance"}})
+    push("third")
+    assert schema.stored_app_config(dataset)["color_scheme"]["color_by"] == "instance"
+    fresh = fo.Dataset(dataset.name, _create=False, _virtual=True)
+    assert {"their_note", *mine} <= set(fresh.get_field_schema())
+    assert fresh.app_config.color_scheme.color_by == "instance"

@@ -22,6 +22,7 @@ about two seconds through the plugin's own check (``sync_app``, :func:`appwatch.
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Any
 
 import fiftyone as fo
@@ -110,7 +111,7 @@ def _color(dataset: fo.Dataset, config: dict, fields: list[str], update: Any) ->
         update.app_config("$set", "color_scheme", scheme)
         return
     scales = scheme.get("colorscales")
-    styled = {c.get("path") for c in scales or [] if isinstance(c, dict)}
+    styled = _paths(scales)
     missing = [{"path": f, "name": HEATMAP_COLORSCALE} for f in fields if f not in styled]
     if missing:
         if isinstance(scales, list):
@@ -119,6 +120,15 @@ def _color(dataset: fo.Dataset, config: dict, fields: list[str], update: Any) ->
             update.app_config("$set", "color_scheme.colorscales", missing)
     if not scheme.get("color_by"):
         update.app_config("$set", "color_scheme.color_by", COLOR_BY)
+
+
+def _paths(scales: Any) -> set:
+    """The paths the colour scales are for: an entry per field, so built at C speed (a Python loop
+    over them was a tenth of a millisecond at 500 fields, on every push and batch set-up)."""
+    try:
+        return set(map(operator.itemgetter("path"), scales or []))
+    except (KeyError, TypeError):  # an entry without a path, or not a dict
+        return {c.get("path") for c in scales or [] if isinstance(c, dict)}
 
 
 def _group(dataset: fo.Dataset, config: dict, fields: list[str], mine: _Ours, update: Any) -> None:
@@ -141,11 +151,11 @@ def _group(dataset: fo.Dataset, config: dict, fields: list[str], mine: _Ours, up
                 update.app_config("$pullAll", f"sidebar_groups.{i}.paths", taken)
             continue
         update.guard(f"sidebar_groups.{i}.name", SIDEBAR_GROUP)
-        # Only our fields were put in this group: one still declared stays. A dict lookup per
-        # path, not a read of each field's info (that grew a push's cost with the field count).
-        declared = dataset._sample_doc_cls._fields
-        kept = [p for p in paths if p in mine.fields or p in declared]
+        # Only our fields were put in this group: one still declared stays. Set arithmetic over the
+        # names, not a read of each field's info (that grew a push's cost with the field count).
         listed = set(paths)
+        gone = listed.difference(dataset._sample_doc_cls._fields, mine.fields)
+        kept = [p for p in paths if p not in gone] if gone else paths
         new = [f for f in fields if f not in listed]
         if kept != paths:  # a field deleted or renamed elsewhere leaves the group: written whole
             update.app_config("$set", f"sidebar_groups.{i}.paths", kept + new)
