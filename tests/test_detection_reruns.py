@@ -97,6 +97,16 @@ def test_the_batch_pages_field_rule_aggregates_once_not_on_every_rerun(tmp_path,
         run(at, allow_errors=False)
         assert fields() == 3  # counted afresh at the click: the late sample's third box has its field
         assert any("computed" in s.value for s in at.success), [s.value for s in at.success]
+
+        # a refusal is not kept: with no Run button to click, the next rerun reads the view again
+        at.text_input(key="batch_boxes").input("field:ground_truth:dog@0")
+        run(at)
+        assert [e.value for e in at.error if "No sample of the view has 'dog' boxes" in e.value], at.error
+        ds.add_sample(fo.Sample(filepath=_image(tmp_path / "dog.png"), ground_truth=fo.Detections(
+            detections=[fo.Detection(label="dog", bounding_box=[0.1, 0.1, 0.2, 0.2])])))
+        at.toggle(key="batch_eigen_smooth").set_value(True)
+        run(at, allow_errors=False)
+        assert fields() == 1
     finally:
         ds.delete()
 

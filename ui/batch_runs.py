@@ -16,6 +16,7 @@ import uuid
 import streamlit as st
 
 from camcore import batch, store
+from camcore.errors import CamError
 from camcore.measures import MeasureOptions
 from camcore.progress import eta_text
 from ui import text
@@ -72,7 +73,11 @@ def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], 
                               target_rule=target_rule, eigen_smooth=eigen_smooth, input_size=sel.input_size,
                               measures=measures)
     view = sel.view()
-    return [o.checked() for o in batch.box_batches(view, base, None, _box_facts(sel, view, fresh))]
+    try:
+        return [o.checked() for o in batch.box_batches(view, base, None, _box_facts(sel, view, fresh))]
+    except CamError:  # refused (no such boxes, unknown labels): no Run button to click, so the next
+        st.session_state.pop(Batch.BOX_FACTS, None)  # rerun reads the view again (the user may fix the data)
+        raise
 
 
 def _box_facts(sel, view, fresh: bool) -> batch.BoxFacts:

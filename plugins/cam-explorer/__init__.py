@@ -124,6 +124,11 @@ def _view_facts(samples: Any) -> dict:
         return _form_facts.setdefault(key, (now, {}))[1]
 
 
+def _forget_view(samples: Any) -> None:
+    with _form_facts_lock:
+        _form_facts.pop(_camcore()[4].views.view_key(samples), None)
+
+
 def _form_count(samples: Any) -> int:
     """Samples in the view (O(1) for a whole dataset), counted once per form memo."""
     facts = _view_facts(samples)
@@ -345,6 +350,7 @@ class ComputeCams(foo.Operator):
                                   batch.BoxFacts(samples, _view_facts(samples)))  # the run reads afresh
             except Exception as exc:
                 problem = _first_line(exc)
+                _forget_view(samples)  # a refusal is read afresh at the next refresh (the data may be fixed)
         if problem:
             _refuse(inputs, "Cannot compute", problem)
         return types.Property(inputs, view=types.View(label="Compute CAM heatmaps"))
