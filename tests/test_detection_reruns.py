@@ -149,7 +149,7 @@ def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, mon
     ds.add_samples([fo.Sample(filepath=_image(tmp_path / f"{i}.png"), ground_truth=_boxes(1 + i)) for i in range(3)])
     stages = json.loads(json.dumps(ds.match(F("ground_truth.detections").length() > 1)._serialize(), default=str))
     spy = EveryAggregation(monkeypatch)
-    operator = foo.get_operator("@cam-explorer/cam/compute_cams")
+    uri = "@cam-explorer/cam/compute_cams"
     base = {"model": SSD, "weights": "untrained", "methods": ["eigencam"], "layers": ["fpn"],
             "box": "field:ground_truth@0"}
     try:
@@ -157,7 +157,9 @@ def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, mon
         for smooth in (False, True, False):  # the user clicks eigen_smooth on and off
             ctx = foo.ExecutionContext(request_params={"dataset_name": ds.name, "view": stages,
                                                        "params": {**base, "eigen_smooth": smooth}})
-            forms.append(json.dumps(operator.resolve_input(ctx).to_json()))
+            # looked up again each time: FiftyOne's App server imports the plugin's module anew at
+            # each request (its plugins cache is off by default), so nothing kept there survives
+            forms.append(json.dumps(foo.get_operator(uri).resolve_input(ctx).to_json()))
             if len(forms) == 1:
                 assert spy.take(), "the first form reads the view"
             else:
@@ -165,7 +167,7 @@ def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, mon
         assert all("Cannot compute" not in f and "the current view (2 samples)" in f for f in forms), forms[0][-600:]
         ctx = foo.ExecutionContext(request_params={"dataset_name": ds.name, "view": stages,
                                                    "params": {**base, "box": "field:ground_truth:kite@0"}})
-        assert "Cannot compute" not in json.dumps(operator.resolve_input(ctx).to_json())
+        assert "Cannot compute" not in json.dumps(foo.get_operator(uri).resolve_input(ctx).to_json())
         assert spy.take(), "another rule is read"
     finally:
         ds.delete()
