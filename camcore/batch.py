@@ -81,8 +81,8 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writ
 # The label attributes (of HeatmapIdentity.provenance) a resume compares, beside target_request.
 RESUME_KEYS = ("model", "weights", "method", "layer", "eigen_smooth", "weights_sha256", "input_size")
 
-__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "box_batches",
-           "declare_fields",
+__all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "BoxFacts",
+           "box_batches", "declare_fields", "forget_shared_facts", "shared_facts",
            "resume_provenance", "run_batch", "run_batches"]
 
 
@@ -739,10 +739,55 @@ def run_batch(view: Collection, options: BatchOptions, *, progress: BatchProgres
     return BatchRun(view, options, progress, cancel).run()
 
 
-def box_batches(view: Collection, options: BatchOptions, box: str | None) -> list[BatchOptions]:
+class BoxFacts:
+    """What a detector's `field:` box rule reads from a view, each an aggregation over the whole
+    view: the field's labels and the most boxes (of a class) one sample holds. Each is asked once
+    and kept in `memo` (field, class) -> value: the Batch page keeps one memo per dataset and view
+    across its reruns and starts a new one at the click that runs the batch."""
+
+    def __init__(self, view: Collection, memo: dict | None = None) -> None:
+        self.view = view
+        self.memo = {} if memo is None else memo
+
+    def _kept(self, key: tuple, read: Callable[[], object]):
+        if key not in self.memo:  # an error is not kept: it is raised again next time
+            self.memo[key] = read()
+        return self.memo[key]
+
+    def labels(self, field_name: str) -> list[str]:
+        return self._kept(("labels", field_name), lambda: store.label_values(self.view, field_name))
+
+    def most_boxes(self, field_name: str, label: str) -> int:
+        return self._kept(("most", field_name, label), lambda: store.most_boxes(self.view, field_name, label))
+
+
+_shared_facts: dict[str, tuple[float, dict]] = {}
+_shared_facts_lock = threading.Lock()
+
+
+def shared_facts(key: str, seconds: float) -> dict:
+    """A BoxFacts memo (any other fact of the view may share it) for a caller that cannot keep one
+    itself: the plugin's form, whose module FiftyOne's App server imports anew at each request
+    (its plugins cache is off by default). One per key (a view: store.views.view_key), dropped
+    `seconds` after it was made."""
+    now = time.monotonic()
+    with _shared_facts_lock:
+        for old in [k for k, (made, _memo) in _shared_facts.items() if now - made > seconds]:
+            del _shared_facts[old]
+        return _shared_facts.setdefault(key, (now, {}))[1]
+
+
+def forget_shared_facts(key: str) -> None:
+    with _shared_facts_lock:
+        _shared_facts.pop(key, None)
+
+
+def box_batches(view: Collection, options: BatchOptions, box: str | None,
+                facts: BoxFacts | None = None) -> list[BatchOptions]:
     """A detector's batch as one run per box rule (camcore.detection.expand_batch_rule: top:<k>
     is k fields, field:<f>[:<class>] one field per box index); any other model's: [options].
-    TargetError (one line) for a box rule on a classifier or a segmenter."""
+    TargetError (one line) for a box rule on a classifier or a segmenter. `facts`: what the view
+    was found to hold before (a new BoxFacts of the view when None: read now)."""
     spec = options.spec
     if spec.task != "detection":
         if box:
@@ -756,12 +801,13 @@ def box_batches(view: Collection, options: BatchOptions, box: str | None) -> lis
         raise TargetError(f"{spec.key} is a detection model: it explains boxes (top, top:<k>, det:<i>, "
                           f"class:<name>, all, field:<name>[:<class>]), not the target class '{target}'.")
     rule = box or (target if target != PREDICTED else detection.TOP)
-    _check_box_labels(view, spec, rule)
-    rules = detection.expand_batch_rule(rule, lambda f, label: store.most_boxes(view, f, label))
+    facts = facts or BoxFacts(view)
+    _check_box_labels(view, spec, rule, facts)
+    rules = detection.expand_batch_rule(rule, facts.most_boxes)
     return [dataclasses.replace(options, target_rule=r) for r in rules]
 
 
-def _check_box_labels(view: Collection, spec: ModelSpec, rule: str) -> None:
+def _check_box_labels(view: Collection, spec: ModelSpec, rule: str, facts: BoxFacts) -> None:
     """A box rule's class (class:<name>, field:<f>:<class>) must be one the detector knows, and a
     field's boxes must hold at least one such label: else one line before any field is declared
     (each sample would fail alike)."""
@@ -775,7 +821,7 @@ def _check_box_labels(view: Collection, spec: ModelSpec, rule: str) -> None:
     if label:
         detection.class_label(names, label)
     elif field in store.detection_fields(view):
-        labels = store.label_values(view, field)
+        labels = facts.labels(field)
         if labels and not any(_knows(names, x) for x in labels):
             shown = ", ".join(repr(x) for x in labels[:5]) + (" …" if len(labels) > 5 else "")
             raise TargetError(f"The model knows none of the labels in the field '{field}' ({shown}): "

@@ -12,7 +12,8 @@ registries' short codes (``MethodSpec.short``, ``LayerSpec.short``, ``ModelSpec.
 the tables, a models file's own entries included), e.g. ``cam_grad_head_effl0`` for Grad-CAM on
 EfficientNet-Lite0's head. The target is left out when it was left on auto (the rule
 ``predicted``: one computation, one field); a named class is its first name (``tabby, tabby cat``
--> ``tabby``; at most 20 characters, then cut to fit as below). The
+-> ``tabby``; at most 20 characters, then cut to fit as below); a detector's box rule ``det:<i>`` is
+``det<i>`` and a field's i-th box ``field:ground_truth:<i>[:<class>]`` is ``gt<i>[_<class>]``. The
 variant tokens are ``aug``, ``eig`` (eigen smooth), ``untr`` (untrained weights) and the stem of a
 weights file the user chose (at most 12): such a map
 never replaces the plain map of the model's own weights. Each part is sanitised to ``[a-z0-9_]``;
@@ -115,13 +116,31 @@ def _first_name(target: str) -> str:
 # A detector's box rules (camcore.detection.RULE_KINDS; not imported: it needs torch)
 _BOX_RULE = re.compile(r"^\s*(top|all|det|class|field|box)\s*(:|@|$)", re.I)
 _DET_RULE = re.compile(r"^\s*det\s*:\s*(\d+)\s*$", re.I)
+_FIELD_RULE = re.compile(r"^\s*field\s*:\s*([^:@]+?)\s*:\s*(\d+)\s*(?::([^@]*))?(?:@.*)?$", re.I)
+
+
+def _field_code(field_name: str) -> str:
+    """A Detections field in a few letters: its words' initials (ground_truth: gt), or a one-word
+    name's first two letters (predictions: pr)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", field_name.lower()) if w]
+    if not words:
+        return "f"
+    return "".join(w[0] for w in words)[:4] if len(words) > 1 else words[0][:2]
 
 
 def _target_part(target: str) -> str:
     """The target's part of a name: ``det<i>`` for the box rule ``det:<i>`` (short, so a batch's
-    ``top:k`` fields keep their index in the name), else its first name sanitised."""
+    ``top:k`` fields keep their index in the name), ``<field code><i>[_<class>]`` for a field's
+    i-th box (``field:ground_truth:2:kite``: ``gt2_kite``), else its first name sanitised."""
     det = _DET_RULE.match(target)
-    return f"det{int(det.group(1))}" if det else sanitise(_first_name(target), _TARGET_CHARS)
+    if det:
+        return f"det{int(det.group(1))}"
+    box = _FIELD_RULE.match(target)
+    if box:
+        label = (box.group(3) or "").strip()
+        code = f"{_field_code(box.group(1))}{int(box.group(2))}"
+        return f"{code}_{sanitise(label, _TARGET_CHARS)}" if label else code
+    return sanitise(_first_name(target), _TARGET_CHARS)
 
 
 def _squeeze(name: str) -> str:
@@ -294,6 +313,10 @@ class HeatmapIdentity:
                 named = self.target != AUTO_TARGET and not _BOX_RULE.match(self.target)
                 short = named and _shortened(_squeeze(FIELD_PREFIX + "_".join(head)), tail[0],
                                              _squeeze("_".join(tail[1:])))
+                if _FIELD_RULE.match(self.target) and "_" in tail[0]:  # a field's box of a class:
+                    box, _, cls = tail[0].partition("_")  # its field code and index whole, the class cut
+                    short = _shortened(_squeeze(FIELD_PREFIX + "_".join([*head, box])), cls,
+                                       _squeeze("_".join(tail[1:])))
                 if short:
                     return short
             return _fit(_squeeze(FIELD_PREFIX + "_".join(head)), _squeeze("_".join(tail)), _digest(whole, hexes))

@@ -136,6 +136,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     return value
 
 
+def hash_problem(path: Path, url: str = "") -> None:
+    """ModelError (one line) when a file named like torchvision's checkpoints (`<name>-<hex>.pth`)
+    has a content whose SHA-256 does not start with that hex, as torch.hub's check_hash. url: where
+    a good copy is, for the message."""
+    found = torch.hub.HASH_REGEX.search(path.name)
+    prefix = found.group(1) if found else ""
+    if not prefix:
+        return
+    digest = file_sha256(path)
+    if not digest.startswith(prefix):
+        where = f": download {url} again" if url else ""
+        raise ModelError(f"Weights file {path} is damaged or not the file its name says: its SHA-256 starts "
+                         f"{digest[:len(prefix)]}, its name says {prefix} (torchvision's hash check){where}.")
+
+
 def read_state_dict(path: str | os.PathLike, mmap: bool = False) -> dict:
     """Load a checkpoint safely (weights_only) and unwrap the usual containers. mmap: map the
     tensors instead of reading them (cheap when only their shapes are wanted)."""
@@ -226,6 +241,9 @@ class WeightsSource:
     def download_host(self) -> str | None:
         return None
 
+    def check_file(self, path: Path) -> None:
+        """Raise ModelError (one line) when a file on disk is not the weights it claims to be."""
+
     def load_into(self, module: torch.nn.Module, state: dict) -> None:
         _load_checked(module, state)
 
@@ -269,6 +287,13 @@ class TorchvisionWeights(WeightsSource):
 
     def download_host(self) -> str:
         return urlparse(self.url).hostname or ""
+
+    def check_file(self, path: Path) -> None:
+        """A file under torchvision's own file name (weights folder, hub cache) carries the first
+        hex digits of its SHA-256 in that name: checked as torchvision's check_hash does on a
+        download (a torn copy or another file renamed would load, or fail deep in torch.load)."""
+        if path.name == self.filename:
+            hash_problem(path, self.url)
 
     def download(self) -> tuple[dict, str]:
         # Explicit, as torchvision's own builders do (check_hash) and more (weights_only): the
@@ -371,12 +396,15 @@ def resolve(source: WeightsSource, choice: str = AUTO) -> ResolvedWeights:
         return ResolvedWeights("UNTRAINED (random weights)", False, "untrained")
     if choice != AUTO:
         path = Path(choice).expanduser()
+        if path.is_file():
+            source.check_file(path)
         state = read_state_dict(path)
         return ResolvedWeights(f"file {path.name}", True, "chosen", str(path), state, file_sha256(path))
     found = source.find_local()
     if found is not None:
         path, where = found
         label = source.found_label(path, where)
+        source.check_file(path)  # before reading: a damaged file's reason, not torch.load's
         state = read_state_dict(path)
         return ResolvedWeights(label, True, where, str(path), state, file_sha256(path))
     host = source.download_host()

@@ -43,6 +43,8 @@ def main(sel: Selection | None) -> None:
     folder = cache.common_folder(name)
     df = pd.DataFrame(rows, columns=["sample_id", "filepath", "tag", "note", "heatmap_field", "created_at", "url"])
     df["file"] = df["filepath"].map(lambda p: data.relative_label(p or "", folder))
+    # A finding made with no map or no link: an empty cell, not the table's grey "None"
+    df[["note", "heatmap_field", "url"]] = df[["note", "heatmap_field", "url"]].fillna("")
     # Cells are text (never markup); the link column opens the state the finding was made in.
     # The link right after the file: at 1280 px the note's wide column pushed it off-screen
     st.dataframe(df[["file", "tag", "url", "note", "heatmap_field", "created_at"]], hide_index=True,
@@ -86,7 +88,7 @@ def _app_panel(dataset, chosen: list[str], found) -> None:
     tag_names = [data.finding_tag(t) for t in chosen]
     st.caption(text.escape(f"In the FiftyOne App these samples carry the tags {', '.join(tag_names)} and a "
                            f"{data.FINDINGS_FIELD} field."))
-    p1, p2, _ = st.columns([1, 2, 3])
+    p1, p2, _ = st.columns([1, 3, 2])  # the button's label whole at 1280 px
     port = int(p1.number_input("App port", 1024, 65535, st.session_state.get(App.FINDINGS_LAUNCHED)
                                or st.session_state.get(App.LAUNCHED) or data.DEFAULT_APP_PORT,
                                key=Findings.PORT))

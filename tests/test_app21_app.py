@@ -1,7 +1,9 @@
 """Issue #21 item 1 in the real FiftyOne App (its server, Chromium), one App launched by this process
 as the explorer does, open BEFORE any heatmap exists:
 
-- another process pushes a map (`python -m camcore push`): the open grid, never reloaded, shows it,
+- another process pushes a map (`python -m camcore push`) before the page's own check (the
+  plugin's sync_app) has answered once, as on a loaded machine: the open grid, never reloaded, shows it
+  in the CAM group,
   and the sample opened by URL (as a tab reload does) draws it, both with its colour scale, jet (many
   hues, red among them), not the one-colour tint of the App session's launch-time scheme, nor the
   App's default scale;
@@ -109,10 +111,11 @@ _LABEL = """e => {
 }"""
 
 
-def _group(where):
-    """The CAM group's header: the grid's is an input (a group name the user may edit), the modal's text."""
-    entry = where.locator(f'[data-cy="sidebar-group-entry-{appstyle.SIDEBAR_GROUP.upper()}"]')
-    return entry.or_(where.get_by_text(re.compile(f"^{appstyle.SIDEBAR_GROUP}$", re.I))).first
+def _group(where, name: str = appstyle.SIDEBAR_GROUP):
+    """A group's header (the CAM group's by default): the grid's is an input (a group name the user
+    may edit), the modal's text."""
+    entry = where.locator(f'[data-cy="sidebar-group-entry-{name.upper()}"]')
+    return entry.or_(where.get_by_text(re.compile(f"^{name}$", re.I))).first
 
 
 def _open_compute_form_on_the_selection(page, tries: int = 10) -> None:
@@ -176,14 +179,17 @@ def _grid_in_colour(page, timeout_ms: int = 90_000) -> bytes:  # generous: 2 loa
     return png
 
 
-def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, out: dict) -> tuple[bytes, bytes]:
-    """Another process pushes a map while the App is open: (the grid's tile on the page never
-    reloaded, the sample's canvas opened by URL, as a tab reload does). In `out`: the grid's
-    sidebar on the page never reloaded (its CAM group, the pushed field's label)."""
+def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, out: dict,
+                      syncs: HeldSyncs) -> tuple[bytes, bytes]:
+    """Another process pushes a map while the App is open, before the page's own check has answered
+    once (`syncs` held it back): (the grid's tile on the page never reloaded, the sample's canvas
+    opened by URL, as a tab reload does). In `out`: the grid's sidebar on the page never reloaded
+    (its CAM group, the pushed field's label)."""
     from playwright.sync_api import expect
 
     _push_from_another_process(dataset, sample_id)
     _until_the_session_holds(session, PUSHED)
+    out["held_syncs"] = syncs.release()
     grid = _grid_in_colour(page)
     # the CAM group with the pushed field in it, with no reload (the plugin's page-side sync_app)
     try:
@@ -208,15 +214,43 @@ def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, ou
     return grid, png
 
 
+class HeldSyncs:
+    """Hold the page's own check (the plugin's sync_app requests, dist/index.umd.js) until
+    released: its first answer comes after what the test does meanwhile, as on a loaded machine,
+    where the page's first call came seconds after it loaded (the App had not listed the plugin's
+    Python operators yet). A change made then was recorded as seen and never shown."""
+
+    def __init__(self, page):
+        self.held: list = []
+        self.holding = True
+        page.route("**/operators/execute**", self._route)
+
+    def _route(self, route) -> None:
+        if self.holding and "/sync_app" in (route.request.post_data or ""):
+            self.held.append(route)  # answered at release()
+        else:
+            route.continue_()
+
+    def release(self) -> int:
+        """Let them through (the held ones now): how many were held."""
+        self.holding = False
+        for route in self.held:
+            route.continue_()
+        return len(self.held)
+
+
 @contextmanager
-def app_page(url: str):
-    """A 1280 x 800 Chromium page on the App at url, its grid shown."""
+def app_page(url: str, before=None):
+    """A 1280 x 800 Chromium page on the App at url, its grid shown; before(page) runs before the
+    page is loaded."""
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
+            if before is not None:
+                before(page)
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
             yield page
@@ -255,8 +289,9 @@ def _drive(url: str, select, pushed_elsewhere, open_by_session) -> dict:
     from playwright.sync_api import expect
 
     out: dict = {}
-    with app_page(url) as page:
-        out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page, out)
+    syncs: list[HeldSyncs] = []
+    with app_page(url, before=lambda page: syncs.append(HeldSyncs(page))) as page:
+        out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page, out, syncs[0])
         expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
         select()  # the App's selection, set while the page is open
         _open_compute_form_on_the_selection(page)
@@ -305,8 +340,8 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
         def open_by_session() -> None:
             _when_connected(lambda: setattr(session, "sample_id", sid))
 
-        def pushed_elsewhere(page, out: dict) -> tuple[bytes, bytes]:
-            return _pushed_elsewhere(page, session, grey_dataset.name, sid, port, out)
+        def pushed_elsewhere(page, out: dict, syncs: HeldSyncs) -> tuple[bytes, bytes]:
+            return _pushed_elsewhere(page, session, grey_dataset.name, sid, port, out, syncs)
 
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), select,

@@ -2,7 +2,12 @@
 launch`) with the plugin loaded, open before another process pushes a map: the page, never
 reloaded, draws the map in its colour scale (jet: many hues, red among them) with the field in the
 CAM group, and so does the page after a tab reload (its session still holds the launch scheme).
-The plugin's page-side check does it (sync_app, camcore.store.appwatch.page_updates)."""
+The plugin's page-side check does it (sync_app, camcore.store.appwatch.page_updates).
+
+The push lands before the page's check has ever answered (the test holds its requests back, as a
+loaded machine did: the page's first call came seconds after it loaded): that first answer shows
+it. A later push, with the check running, shows on its next answer, and so do that map's measure
+fields, in their own group under the heatmaps' ("CAM measures", not the App's PRIMITIVES)."""
 from __future__ import annotations
 
 import os
@@ -12,11 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fiftyone as fo
 import pytest
+from fo_helpers import field_name, make_heatmap, make_result
 from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
+    MODEL,
     ROOT,
+    HeldSyncs,
     _grid_in_colour,
     _group,
     app_page,
@@ -25,8 +33,12 @@ from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
 )
 
 from camcore import store
+from camcore.store import measures as measure_store
+from camcore.store.appstyle import MEASURE_GROUP, SIDEBAR_GROUP
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PUSHED = field_name(MODEL, "eigencam", "head", "predicted")  # the CLI's push below
+LATER = field_name("resnet50", "gradcam", "layer4", "tabby cat")  # make_heatmap's
 
 
 def _in_jet(png: bytes) -> bool:
@@ -34,20 +46,38 @@ def _in_jet(png: bytes) -> bool:
     return saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02
 
 
-def _drive(url: str, push) -> dict:
+def _in_group(page, field: str, out: dict, key: str, group: str = SIDEBAR_GROUP) -> None:
+    """out[key]: True when the field's label shows below the group's header, else why not."""
+    from playwright.sync_api import expect
+
+    try:
+        expect(_group(page, group)).to_be_visible(timeout=30_000)
+        label = page.locator(f"[data-cy=sidebar-field-{field}]").first
+        expect(label).to_be_visible(timeout=30_000)
+        out[key] = label.bounding_box()["y"] > _group(page, group).bounding_box()["y"]
+    except AssertionError as exc:
+        out[key] = str(exc).splitlines()[0]
+
+
+def _drive(url: str, push, push_again, measure) -> dict:
     from playwright.sync_api import expect
 
     out: dict = {}
-    with app_page(url) as page:
-        page.wait_for_timeout(5_000)  # the page's check has run once: it knows the saved version
-        push()
+    syncs: list[HeldSyncs] = []
+    with app_page(url, before=lambda page: syncs.append(HeldSyncs(page))) as page:
+        push()  # before the page's check has answered once
+        out["held"] = syncs[0].release()
         out["grid"] = _grid_in_colour(page)
-        try:
-            expect(_group(page)).to_be_visible(timeout=30_000)
-            out["group"] = True
-        except AssertionError:
-            out["group"] = False
+        _in_group(page, PUSHED, out, "group")
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_pushed.png"))
+        push_again()  # the check running: shown on its next answer
+        _in_group(page, LATER, out, "later")
+        page.screenshot(path=str(ARTIFACTS / "app21_own_app_pushed_again.png"))
+        # that map's measures (a batch's --measures, elsewhere): their own group, under the heatmaps'
+        _in_group(page, measure(), out, "measures", MEASURE_GROUP)
+        heatmaps = _group(page).bounding_box()["y"]
+        out["measures_below_heatmaps"] = _group(page, MEASURE_GROUP).bounding_box()["y"] > heatmaps
+        page.screenshot(path=str(ARTIFACTS / "app21_own_app_measures.png"))
         page.reload()
         expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
         out["reloaded"] = _grid_in_colour(page)
@@ -55,7 +85,8 @@ def _drive(url: str, push) -> dict:
     return out
 
 
-def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_scale(grey_dataset, monkeypatch):  # noqa: F811
+def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_scale(
+        grey_dataset, monkeypatch, tmp_path):  # noqa: F811 (the fixture)
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"no {CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
@@ -65,20 +96,34 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     monkeypatch.delenv("CAM_EXPLORER_APP_WATCHED", raising=False)  # appwatch.WATCHED_ENV: not the explorer's App
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
-    sid = grey_dataset.first().id
+    sample = grey_dataset.first()
     session = fo.launch_app(grey_dataset, port=port, address="localhost", remote=True, auto=False)
 
     def push() -> None:
         run = subprocess.run([sys.executable, "-m", "camcore", "push", "--dataset", grey_dataset.name,
-                              "--sample", sid, "--method", "eigencam", "-q"],
+                              "--sample", sample.id, "--method", "eigencam", "-q"],
                              cwd=ROOT, capture_output=True, text=True, timeout=400)
         assert run.returncode == 0, run.stderr[-2000:]
 
+    def push_again() -> None:  # a second map, written by this process (the App's server is another)
+        size = (sample.metadata.height, sample.metadata.width)
+        store.push_heatmaps(grey_dataset, sample.id, make_result(size, [make_heatmap(size)]),
+                            heatmap_dir=tmp_path / "hm")
+
+    def measure() -> str:  # the second map's measure fields (values aside): its share field
+        identity = make_heatmap((4, 4)).identity
+        assert identity.field_name == LATER
+        return measure_store.declare_measure_fields(grey_dataset, identity)["share"]
+
     try:
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
-            got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), push).result(timeout=900)
+            got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), push,
+                              push_again, measure).result(timeout=900)
     finally:
         session.close()
     assert _in_jet(got["grid"]), f"the open page draws the pushed map without its scale: {hue_shares(got['grid'])}"
-    assert got["group"], "no CAM group on the open page"
+    assert got["group"] is True, f"no CAM group with {PUSHED} on the open page: {got['group']}"
+    assert got["later"] is True, f"a later push is not in the CAM group on the open page: {got['later']}"
+    assert got["measures"] is True, f"its measures are not in their group on the open page: {got['measures']}"
+    assert got["measures_below_heatmaps"]
     assert _in_jet(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}"

@@ -243,6 +243,8 @@ def test_record_finding_acts_on_the_open_sample_confirms_and_refreshes_its_tags(
     assert [sid for sid in ids if tags[sid]] == [ids[3]]  # the open one, not the selection
     asked = _requests(result)
     assert "reload_samples" in [uri for uri, _p in asked]
+    # the modal's copy of the open sample takes its new tags (the App keeps it through reloads)
+    assert dict(asked)[f"{PLUGIN}/set_sample_tags"] == {"sample_id": ids[3], "tags": ["cam:background-bias"]}
     note = next(p for uri, p in asked if uri == "notify")
     assert "background bias" in note["message"] and "open sample" in note["message"]
     # nothing open: it says which selected samples it will tag
@@ -302,8 +304,9 @@ def test_sync_app_sends_the_saved_groups_once_per_change(dataset, tmp_path, monk
     process, not the App) sends the saved groups, with the CAM group, once; in an App the
     explorer did not launch, also the saved colours and switched-on map."""
     monkeypatch.delenv(appwatch.WATCHED_ENV, raising=False)
-    [(uri, params)] = _requests(_run(SYNC, dataset=dataset, params={}))
-    assert uri == GROUPS and params["groups"] == [] and params["version"]  # learnt, nothing set
+    known = list(dataset.get_field_schema())  # the fields the page loaded
+    [(uri, params)] = _requests(_run(SYNC, dataset=dataset, params={"known": known}))
+    assert uri == GROUPS and params["groups"] == [] and params["version"]  # learnt: none saved yet
     seen = params["version"]
     assert _requests(_run(SYNC, dataset=dataset, params={"seen": seen})) == []
 
@@ -317,15 +320,45 @@ def test_sync_app_sends_the_saved_groups_once_per_change(dataset, tmp_path, monk
     assert FIELD_PUSHED in ops["set_active_fields"]["fields"] and "reload_dataset" in ops
     again = ops[GROUPS]["version"]
     assert _requests(_run(SYNC, dataset=dataset, params={"seen": again})) == []  # once
-    # a page loaded afresh: the saved colours at once (it holds its session's launch scheme)
-    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={}))] == [GROUPS, "set_color_scheme"]
+    # a page loaded afresh: the saved groups and colours at once (it holds its session's launch
+    # scheme); its schema holds the field: no reload, its switched-on fields are its own
+    fresh = _requests(_run(SYNC, dataset=dataset, params={"known": [*known, FIELD_PUSHED]}))
+    assert [u for u, _p in fresh] == [GROUPS, "set_color_scheme"] and fresh[0][1]["groups"] == ops[GROUPS]["groups"]
+
+
+def test_a_push_between_a_pages_load_and_its_first_sync_shows_on_that_sync(dataset, tmp_path, monkeypatch):
+    """The page's first sync_app call can come seconds after it loaded (its script retries until
+    the App has listed the plugin's Python operators; on a loaded machine, seconds): a push in that
+    gap is shown by that first call (it was recorded as seen and never shown until a tab reload)."""
+    monkeypatch.delenv(appwatch.WATCHED_ENV, raising=False)
+    store.push_heatmaps(dataset, dataset.first().id, make_result((40, 48), [make_heatmap((40, 48), method="layercam")]),
+                        heatmap_dir=tmp_path / "hm")  # a first map: the groups exist when the page loads
+    loaded = list(dataset.get_field_schema())  # what the page loaded ...
+    store.push_heatmaps(dataset, dataset.first().id, make_result((40, 48), [make_heatmap((40, 48))]),
+                        heatmap_dir=tmp_path / "hm")  # ... then another process pushed, then its first call
+    assert FIELD_PUSHED not in loaded
+    first = _requests(_run(SYNC, dataset=dataset, params={"known": loaded}))
+    ops = dict(first)
+    assert first[0][0] == "reload_dataset"  # the page's schema learns the new field
+    cam = [g for g in ops[GROUPS]["groups"] if g["name"] == appstyle.SIDEBAR_GROUP]
+    assert cam and FIELD_PUSHED in cam[0]["paths"]
+    assert {"path": FIELD_PUSHED, "name": "jet"}.items() <= ops["set_color_scheme"]["colorscales"][-1].items()
+    assert ops["set_active_fields"]["fields"][-1] == FIELD_PUSHED  # the newest map on
+    # in an App the explorer launched (its watch sends colours): the groups and the reload too
+    monkeypatch.setenv(appwatch.WATCHED_ENV, "1")
+    watched = _requests(_run(SYNC, dataset=dataset, params={"known": loaded}))
+    assert [u for u, _p in watched] == ["reload_dataset", GROUPS] and watched[1][1]["groups"] == ops[GROUPS]["groups"]
+    # a page that did not say which fields it holds is reloaded to be sure
+    assert _requests(_run(SYNC, dataset=dataset, params={}))[0][0] == "reload_dataset"
 
 
 def test_sync_app_leaves_the_colours_to_the_explorers_watch(dataset, tmp_path, monkeypatch):
     store.push_heatmaps(dataset, dataset.first().id, make_result((40, 48), [make_heatmap((40, 48))]),
                         heatmap_dir=tmp_path / "hm")
     monkeypatch.setenv(appwatch.WATCHED_ENV, "1")  # in an App server the explorer launched
-    seen = _requests(_run(SYNC, dataset=dataset, params={}))[0][1]["version"]
+    first = _requests(_run(SYNC, dataset=dataset, params={"known": list(dataset.get_field_schema())}))
+    assert [u for u, _p in first] == [GROUPS]  # no colours: the watch sends those
+    seen = first[0][1]["version"]
     dataset.app_config.sidebar_groups[0].expanded = False
     dataset.save()
-    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))] == [GROUPS]
+    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))] == ["reload_dataset", GROUPS]

@@ -505,3 +505,16 @@ def test_next_after_an_index_changed_an_unsorted_filters_order_reads_the_new_pos
         assert current_sample(at) == after[size]
     finally:
         dataset.delete()
+
+
+def test_findings_table_shows_empty_cells_as_empty_not_none(repeated):
+    """A finding recorded with no note, no heatmap field and no link (the App's record_finding on a
+    sample with no map, the CLI): its cells are empty, not Streamlit's grey "None"."""
+    ids = repeated.values("id")
+    store.add_finding(repeated, ids[1], "sky-bias")
+    at = _at_findings(repeated.name)
+    table = at.dataframe[0].value
+    row = table[table["tag"] == "sky-bias"].iloc[0]
+    for column in ("note", "heatmap_field", "url"):
+        assert row[column] == "", (column, row[column])
+    assert row["file"] == "a/other.jpg"

@@ -231,3 +231,86 @@ def test_two_processes_declaring_names_cut_alike_at_once_both_push(pool, dataset
     for field in (name, spare):  # each label with its file, and no file left from the retried write
         assert sorted(p.name for p in Path(sample[field].map_path).parent.glob("*.png")) == [
             Path(sample[field].map_path).name]
+
+
+MEASURING = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import fiftyone as fo
+    from fo_helpers import coded_identity
+    from camcore.store import measures
+
+    target = sys.argv[1]
+    ds = fo.load_dataset(os.environ["DATASET"])
+    identity = coded_identity(model="efficientnet_lite0", method="gradcam", layer="head", target=target)
+    while time.time() < float(os.environ["START"]):  # every process declares at the same moment
+        time.sleep(0.005)
+    print(json.dumps(measures.declare_measure_fields(ds, identity)), flush=True)
+    """
+)
+
+
+def test_processes_declaring_measure_fields_whose_cut_names_meet_keep_every_map_apart(pool, dataset):
+    """Issue #21/#22: batches measuring maps of one model, method and layer for different classes,
+    started together (their measure names, cut to fit the App's sidebar, meet): every process gets
+    its map's own fields, no two maps share one, and each field is linked to its own map; two
+    processes measuring the same map get the same fields."""
+    import json
+
+    from fo_helpers import coded_identity
+
+    from camcore.store import measures
+
+    targets = ["predicted", "Egyptian cat", "Egyptian mau", "tabby", "predicted", "Egyptian cat"]
+    ids = {t: coded_identity(model="efficientnet_lite0", method="gradcam", layer="head", target=t) for t in targets}
+    assert len({i.measure_field("remove") for i in ids.values()}) == 1  # their plain names all meet
+    outs = pool.run(MEASURING, targets, {"DATASET": dataset.name, "START": _start_soon()})
+    failed = [o.error[-1500:] for o in outs if o.error]
+    assert not failed, failed
+    got = [json.loads(o.out) for o in outs]
+    for target, fields in zip(targets, got, strict=True):  # the same map, the same fields
+        assert fields == got[targets.index(target)], target
+    per_map = {ids[t].field_name: fields for t, fields in zip(targets, got, strict=True)}
+    names = [name for fields in per_map.values() for name in fields.values()]
+    assert len(names) == len(set(names)), "two maps share a measure field"
+    dataset.reload()
+    assert measures.measure_runs(dataset) == per_map  # each field linked to its own map
+
+
+THEIR_CHANGES = textwrap.dedent(
+    """
+    import os
+    import fiftyone as fo
+
+    ds = fo.load_dataset(os.environ["DATASET"])
+    ds.add_sample_field("their_note", fo.StringField)  # FiftyOne's own writes, as a colleague's
+    ds.app_config.color_scheme.color_by = "field"
+    ds.save()
+    print("changed", flush=True)
+    """
+)
+
+
+def test_a_process_that_pushed_before_takes_what_another_process_changed_since(pool, dataset, tmp_path):
+    """A push reads the field names and App config only when the dataset document is not as this
+    process last saw it (FiftyOne's last_modified_at and the document's size): what FiftyOne wrote
+    in another process, or a raw write that keeps last_modified_at, is read before the next push."""
+    from camcore.store import schema
+
+    hm = tmp_path / "hm"
+    push = lambda layer: store.push_heatmaps(  # noqa: E731
+        dataset, dataset.first().id, make_result(SIZE, [make_heatmap(SIZE, "gradcam", layer=layer)]), heatmap_dir=hm)
+    push("first")
+    [out] = pool.run(THEIR_CHANGES, ["0"], {"DATASET": dataset.name})
+    assert not out.error, out.error[-1500:]
+    mine = push("second")
+    assert "their_note" in dataset._sample_doc_cls._fields  # declared here by the push's catching up
+    assert schema.stored_app_config(dataset)["color_scheme"]["color_by"] == "field"
+    # A raw write that leaves last_modified_at as it was (its size differs) is caught up too
+    schema.datasets_collection().update_one({"_id": dataset._doc.id},
+                                            {"$set": {"app_config.color_scheme.color_by": "instance"}})
+    push("third")
+    assert schema.stored_app_config(dataset)["color_scheme"]["color_by"] == "instance"
+    fresh = fo.Dataset(dataset.name, _create=False, _virtual=True)
+    assert {"their_note", *mine} <= set(fresh.get_field_schema())
+    assert fresh.app_config.color_scheme.color_by == "instance"

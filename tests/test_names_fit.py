@@ -28,7 +28,8 @@ VARIANTS = (dict(), dict(aug_smooth=True), dict(eigen_smooth=True), dict(pretrai
 
 def _targets(spec) -> list[str]:
     if spec.task == "detection":  # a batch's rules, and the box a push explains
-        return ["top", "class:traffic light@0.3", "all", "traffic light ground_truth/65f1c0ffee0123456789abcd"]
+        return ["top", "class:traffic light@0.3", "all", "traffic light ground_truth/65f1c0ffee0123456789abcd",
+                "field:ground_truth:12", "field:my_very_long_detections_field:3:traffic light"]
     longest = sorted(spec.class_names(), key=len)[-2:]
     return [AUTO_TARGET, *longest, *LONG_CLASSES]
 
@@ -163,3 +164,33 @@ def test_a_detectors_box_rules_keep_their_index_in_the_name():
         names = [HeatmapIdentity(spec.key, method, layer, f"det:{k}", **coded).field_name for k in range(3)]
         assert [n.rsplit("_", 1)[1] for n in names] == ["det0", "det1", "det2"], names
         assert all(sidebar_px(n) <= SIDEBAR_PX for n in names), names
+
+
+def test_a_field_rules_names_say_the_field_and_box_and_older_names_keep_their_maps(dataset, tmp_path):
+    """Issue 24 (det32): a batch's `field:ground_truth` fields were `..._fi_<hash>` /
+    `..._fie_<hash>`, one per box index, told apart by the hash alone. Now the field's code and the
+    box's index (and the class, cut) where they fit: `gt0`, `gt1`, `gt0_kit`; where nothing readable
+    fits (long model or layer codes, variants) a hash as before. A dataset's field under the older
+    name keeps its maps (one computation, one field)."""
+    from camcore import batch
+
+    spec = BUILTIN_MODELS["ssdlite320_mobilenet_v3_large"]
+
+    def name(target: str, method: str = "gradcam", **kw) -> str:
+        coded = codes(spec, get_method(method), "fpn")
+        return HeatmapIdentity(spec.key, method, "fpn", target, **kw, **coded).field_name
+
+    assert [name(f"field:ground_truth:{i}") for i in range(3)] == [f"cam_grad_fpn_ssdl_gt{i}" for i in range(3)]
+    assert name("field:ground_truth:1:kite") == "cam_grad_fpn_ssdl_gt1_kit"
+    assert name("field:predictions:0") == "cam_grad_fpn_ssdl_pr0"
+    # classes cut alike meet, as classes do: a dataset that holds both gives the second its spare name
+    assert name("field:ground_truth:1:kite") == name("field:ground_truth:1:kitchen table")
+    assert len({name(f"field:ground_truth:{i}", pretrained=False) for i in range(3)}) == 3  # no room: hashes
+    identity = HeatmapIdentity(spec.key, "gradcam", "fpn", "field:ground_truth:0",
+                               **codes(spec, get_method("gradcam"), "fpn"))
+    old = "cam_grad_fpn_ssdl_fie_97c"  # what CAM Explorer named this field before det32
+    store.declare_heatmap_field(dataset, dataclasses.replace(identity, stored_as=old))
+    options = batch.BatchOptions(model=spec.key, methods=("gradcam",), layers=("fpn",),
+                                 target_rule="field:ground_truth:0")
+    assert options.field_names(dataset) == [old]  # a batch (and its resume) finds the older field
+    assert store.stored_identity(dataset, identity).field_name == old

@@ -71,7 +71,10 @@ def test_push_writes_pngs_fields_and_registry(dataset, tmp_path):
         assert described.description == h.identity.description
         assert f"{h.method} on {h.layer} of resnet50" in described.description
         assert "'tabby cat'" in described.description
-        assert described.info[store.MARK]["description"] == h.identity.description
+        # once: the mark and the registry hold the meaning (the document every push rewrites)
+        assert described.info[store.MARK] == h.identity.meaning
+        assert dataset.info[store.MARK]["fields"][field] == h.identity.meaning
+        assert store.heatmap_fields(dataset)[field]["description"] == h.identity.description
     # the other sample is untouched
     assert dataset.skip(1).first()[fields[0]] is None
     assert not [p for p in _files(tmp_path / "hm") if p.name.startswith(".tmp-")]

@@ -16,6 +16,7 @@ import uuid
 import streamlit as st
 
 from camcore import batch, store
+from camcore.errors import CamError
 from camcore.measures import MeasureOptions
 from camcore.progress import eta_text
 from ui import text
@@ -62,20 +63,55 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
 
 
 def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], target_rule: str,
-            eigen_smooth: bool, measures: MeasureOptions | None) -> list[batch.BatchOptions]:
+            eigen_smooth: bool, measures: MeasureOptions | None, fresh: bool = False) -> list[batch.BatchOptions]:
     """The page's choices, with the sidebar's weights and input size, as the options of a batch:
     one, or a detector's one per box rule (`target_rule` is then its box rule, as `batch --box`:
-    top:<k> and a field's boxes stand for several); checked (a clear CamError where they do not fit)."""
+    top:<k> and a field's boxes stand for several); checked (a clear CamError where they do not fit).
+    What a `field:` rule reads from the view (aggregations over all of it) is kept for this session's
+    dataset and view across reruns; fresh (the click that runs the batch): read again."""
     base = batch.BatchOptions(model=model, weights=sel.weights, methods=methods, layers=layers,
                               target_rule=target_rule, eigen_smooth=eigen_smooth, input_size=sel.input_size,
                               measures=measures)
-    return [o.checked() for o in batch.box_batches(sel.view(), base, None)]
+    view = sel.view()
+    try:
+        return [o.checked() for o in batch.box_batches(view, base, None, _box_facts(sel, view, fresh))]
+    except CamError:  # refused (no such boxes, unknown labels): no Run button to click, so the next
+        st.session_state.pop(Batch.BOX_FACTS, None)  # rerun reads the view again (the user may fix the data)
+        raise
+
+
+def _box_facts(sel, view, fresh: bool) -> batch.BoxFacts:
+    """This session's facts of the sidebar's view: one memo, replaced when the dataset or the view
+    changes (so it never grows), or when asked to read afresh."""
+    where = (sel.dataset, sel.view_spec)
+    kept = st.session_state.get(Batch.BOX_FACTS)
+    if fresh or not kept or kept[0] != where:
+        kept = (where, {})
+        st.session_state[Batch.BOX_FACTS] = kept
+    return batch.BoxFacts(view, kept[1])
 
 
 def field_names(sel, runs: list[batch.BatchOptions]) -> list[str]:
     """The fields the runs write, as the dataset keeps them (a field of an older name holding the same map)."""
     dataset = store.load_dataset(sel.dataset)
     return list(dict.fromkeys(f for options in runs for f in options.field_names(dataset)))
+
+
+def fields_text(sel, runs: list[batch.BatchOptions], fields: list[str]) -> str:
+    """The plan's "Fields: ..." line; a detector's several box rules say which fields are whose box
+    (a name cut to fit the App's sidebar may end in a hash that says nothing)."""
+    if len(runs) < 2:
+        return "Fields: " + ", ".join(f"`{f}`" for f in fields)
+    dataset = store.load_dataset(sel.dataset)
+    return "Fields, per box: " + "; ".join(
+        f"{text.escape(str(o.target_rule))}: " + ", ".join(f"`{f}`" for f in o.field_names(dataset)) for o in runs)
+
+
+def box_fields_hint(dataset_name: str) -> str:
+    """Under the Boxes input: the dataset's Detections fields a `field:` rule can name."""
+    names = store.detection_fields(store.load_dataset(dataset_name))
+    return (text.escape("Detections fields: " + ", ".join(f"field:{n}" for n in names)) if names
+            else "No Detections field in this dataset: the model's own boxes only.")
 
 
 def _session_alive(session_id: str | None) -> bool:

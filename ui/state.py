@@ -273,6 +273,7 @@ class Batch:
     METHODS = "batch_methods"
     RULE = "batch_rule"
     BOXES = "batch_boxes"  # a detector's box rule
+    BOX_FACTS = "batch_box_facts"  # (dataset, view) and what its box rules found there (batch.BoxFacts)
     EIGEN = "batch_eigen_smooth"
     MEASURES = "batch_measures"
     OBJECT_FIELD = "batch_object_field"

@@ -64,17 +64,26 @@ def _digest(value: object) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def page_updates(dataset_name: str, seen: str | None, watched: bool) -> tuple[str, list[tuple[str, dict]]]:
+def page_updates(dataset_name: str, seen: str | None, watched: bool,
+                 known: list[str] | None = None) -> tuple[str, list[tuple[str, dict]]]:
     """What an open App page showing this dataset needs, asked by the page itself every few
     seconds (the plugin's sync_app): (the version of the saved config it will then show, the App
     operations to run). `seen`: the version the page last got (None on its first call).
+    `known`: on the first call, the top-level fields the page's schema holds (None: not said).
 
-    - The sidebar groups, when they changed since `seen` (a page loads the saved ones; FiftyOne 1.22
-      then keeps them for as long as it shows the dataset, whatever the session sends).
+    - The sidebar groups, on the first call and when they changed since `seen` (a page loads the
+      saved ones; FiftyOne 1.22 then keeps them for as long as it shows the dataset, whatever the
+      session sends).
     - Unless an explorer's session watch keeps this App's scheme (`watched`, set by launch_app):
       the saved colour scheme on the first call and on each change (a page loads its session's
       launch scheme, not the dataset's), the saved switched-on fields on each change, and, first,
-      reload_dataset on each change (the page's schema learns the new fields).
+      reload_dataset on each change (the page's schema learns the new fields); with it, on each
+      change of the groups.
+    - The first call can come seconds after the page loaded (the page retries until the App has
+      listed the plugin's operators): a push in between changed nothing the page shows. So it
+      gets the groups anyway, and where its schema lacks a field the saved config names (or it did
+      not say which it holds), reload_dataset and the switched-on fields too. A reload at every
+      page open would refetch the whole dataset (its schema too) a second time: only when stale.
     The plugin's set_sidebar_groups op always comes first: it records the version in the page."""
     config = _saved_config(dataset_name)
     groups = _groups(config)
@@ -94,16 +103,37 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool) -> tuple[st
     if seen == version:
         return version, []
     before = {p[:1]: p[1:] for p in (seen or "").split(".") if p}
+    stale = not seen and _page_lacks_fields(dataset_name, config, known)
+    send_groups = not seen or before.get("g") != now["g"]
     # Without the explorer's session (whose refresh reloads the page's dataset), the page must
     # reload it itself: a new field is not in its schema yet (its group would show "No fields").
-    ops: list[tuple[str, dict]] = [("reload_dataset", {})] if seen and not watched else []
-    ops += [
-        (SIDEBAR_GROUPS_OP, {"groups": groups if seen and before.get("g") != now["g"] else [], "version": version})]
+    # With it too when the groups changed: the session refreshes on a colour change only, and a
+    # batch's measure fields come after its maps (or alone, measuring maps made before).
+    reload = stale or bool(seen and (not watched or send_groups))
+    ops: list[tuple[str, dict]] = [("reload_dataset", {})] if reload else []
+    ops += [(SIDEBAR_GROUPS_OP, {"groups": groups if send_groups else [], "version": version})]
     if "s" in now and before.get("s") != now["s"]:
         ops.append(("set_color_scheme", colours))
-    if seen and "a" in now and before.get("a") != now["a"]:
+    if "a" in now and ((seen and before.get("a") != now["a"]) or stale):
         ops.append(("set_active_fields", {"fields": parts["a"]}))
     return version, ops
+
+
+def _page_lacks_fields(dataset_name: str, config: dict, known: list[str] | None) -> bool:
+    """Does a page whose schema holds the top-level fields `known` lack a field of the dataset that
+    the saved groups or switched-on fields name? True when the page did not say (None)."""
+    named = {p.split(".")[0] for g in _groups(config) for p in g["paths"]}
+    named |= {str(p).split(".")[0] for p in (config.get("active_fields") or {}).get("paths") or []}
+    named = {n for n in named if n and not n.startswith("_") and n != "frames"}
+    if not named:
+        return False
+    if known is None:
+        return True
+    if not named - set(known):
+        return False
+    doc = datasets_collection().find_one({"name": dataset_name}, {"sample_fields.name": 1}) or {}
+    fields = {f.get("name") for f in doc.get("sample_fields") or []}
+    return bool((named & fields) - set(known))
 
 
 def _comparable(scheme: fo.ColorScheme) -> dict:

@@ -3,10 +3,11 @@ dataset's info, and styled for the FiftyOne App.
 
 The name of the field (``cam_<method>_<layer>_<model>[_<target>][_<variant>]``), its meaning and
 its description all come from the heatmap's :class:`~camcore.identity.HeatmapIdentity`. A field
-we create is an ``fo.Heatmap`` field marked in its FiftyOne field info,
-``info={"cam_explorer": {"kind": "heatmap", "model": ..., "method": ..., "layer": ...,
-"target": ..., ["variant": ...,] "description": ...}}``, and listed in
-``dataset.info["cam_explorer"]["fields"]``. A write never touches a field that is not marked ours,
+we create is an ``fo.Heatmap`` field with that description, marked in its FiftyOne field info with
+its meaning, ``info={"cam_explorer": {"kind": "heatmap", "model": ..., "method": ..., "layer": ...,
+"target": ...[, "variant": ...]}}``, and listed with its meaning in
+``dataset.info["cam_explorer"]["fields"]`` (fields made before scale32 also carry the description
+in both). A write never touches a field that is not marked ours,
 is not a Heatmap field, or is ours but means something else (two names that sanitise alike): it
 raises and writes nothing.
 """
@@ -131,11 +132,17 @@ class _MeaningIndex:
         order = cls._fields_ordered
         if order is self.order:
             return self
-        now = set(order)
-        gone = self.names - now
-        if gone:
-            self.by_meaning = {k: [n for n in v if n not in gone] for k, v in self.by_meaning.items()}
-        for name in [n for n in order if n not in self.names and n.startswith(FIELD_PREFIX)]:
+        known = len(self.order)
+        if order[:known] == self.order:  # fields only added (declaring appends): read the new ones
+            added = order[known:]
+            now = self.names.union(added)
+        else:
+            now = set(order)
+            gone = self.names - now
+            if gone:
+                self.by_meaning = {k: [n for n in v if n not in gone] for k, v in self.by_meaning.items()}
+            added = tuple(n for n in order if n not in self.names)
+        for name in [n for n in added if n.startswith(FIELD_PREFIX)]:
             mark = dict.get(getattr(cls._fields.get(name), "info", None) or {}, MARK)
             if isinstance(mark, dict) and dict.get(mark, "kind") == "heatmap":
                 self.by_meaning.setdefault(_meaning_key(mark), []).append(name)
@@ -201,8 +208,10 @@ def declare_heatmap_fields(
                 update.add_field(name, dataset._sample_doc_cls._create_field(
                     name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
                     fields=[_named(ftype, key) for key, ftype in wanted.items()], description=identity.description,
-                    info={MARK: {**identity.meaning, "description": identity.description}}))
-            _register(dataset, update, {i.field_name: {**i.meaning, "description": i.description} for i in identities})
+                    # The description once, on the field: the mark and the registry hold the meaning
+                    # (a copy in each cost ~500 B a field of the document every push rewrites)
+                    info={MARK: dict(identity.meaning)}))
+            _register(dataset, update, {i.field_name: dict(i.meaning) for i in identities})
             _show_in_app(dataset, names, shown_with, update)
             try:
                 update.commit()
@@ -234,20 +243,21 @@ def _register(dataset: fo.Dataset, update: schema.DatasetUpdate, entries: dict[s
     """List the fields in ``dataset.info[MARK]["fields"]`` (their own entries); entries of fields
     deleted or renamed outside CAM Explorer leave the registry."""
     registry = (schema.raw_info(dataset).get(MARK) or {}).get("fields") or {}
-    declared = dataset._sample_doc_cls._fields
-    stale = tuple((MARK, "fields", name) for name in registry if name not in declared and name not in entries)
+    gone = set(registry).difference(dataset._sample_doc_cls._fields, entries)  # C speed: an entry a field
+    stale = tuple((MARK, "fields", name) for name in registry if name in gone) if gone else ()
     for i, (field, entry) in enumerate(entries.items()):
         if registry.get(field) != entry or (stale and i == 0):
             update.set_info((MARK, "fields", field), entry, unset=stale if i == 0 else ())
 
 
 def heatmap_fields(dataset: fo.Dataset | fo.DatasetView) -> dict[str, dict]:
-    """Our heatmap fields on this dataset: field name -> its meaning (model, method, ...)."""
+    """Our heatmap fields on this dataset: field name -> its meaning (model, method, ...) and
+    description."""
     out = {}
     for name, field in root_dataset(dataset).get_field_schema().items():
         mark = (getattr(field, "info", None) or {}).get(MARK)
         if isinstance(mark, dict) and mark.get("kind") == "heatmap":
-            out[name] = dict(mark)
+            out[name] = {"description": getattr(field, "description", None) or "", **mark}
     return out
 
 

@@ -121,6 +121,11 @@ def app_view_spec(view: fo.DatasetView | None) -> str:
     return json.dumps(view._serialize(include_uuids=False), sort_keys=True, default=str)
 
 
+def view_key(view: fo.Dataset | fo.DatasetView) -> str:
+    """Which samples a view means, as text (its dataset and stages): a key for what was read of it."""
+    return f"{root_dataset(view).name}\n{app_view_spec(view if isinstance(view, fo.DatasetView) else None)}"
+
+
 # ---------------------------------------------------------------- reading a view a page at a time
 
 

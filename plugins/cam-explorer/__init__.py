@@ -27,6 +27,7 @@ import queue
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ PLUGIN = "@cam-explorer/cam"
 COMPUTE_URI = f"{PLUGIN}/compute_cams"
 OPEN_URL_URI = f"{PLUGIN}/open_url"  # the plugin's JS operator (dist/index.umd.js)
 SIDEBAR_GROUPS_URI = f"{PLUGIN}/set_sidebar_groups"  # the plugin's JS operator too
+SAMPLE_TAGS_URI = f"{PLUGIN}/set_sample_tags"  # and this one: the open sample's tags in the modal
 RELOAD_MODELS_URI = f"{PLUGIN}/reload_models"
 SETTINGS_STORE = "cam_explorer_settings"  # FiftyOne's execution store: settings the user sets once
 EXPLORER_KEY = "explorer_url"
@@ -45,6 +47,10 @@ DEFAULT_DELEGATE_OVER = 50  # samples: more than this run delegated unless the f
 PROGRESS_SECONDS = 1.0  # at most one progress write per second (delegated progress is a DB write)
 CHUNK = 8
 ERROR_KEY = "problem"  # the invalid property that carries a request's error to the form
+# The form is asked for again at every change of a field: what it read of a view (its count, a
+# field rule's labels and most boxes: each an aggregation over the view) is kept this long per view
+# and reused (in camcore: this module is imported anew at each request); the run reads afresh.
+FORM_FACTS_SECONDS = 30.0
 
 
 def _camcore():
@@ -91,9 +97,9 @@ def _delegate_over() -> int:
 # ---------------------------------------------------------------- which samples
 
 
-def _target(ctx) -> tuple[Any, str]:
+def _target(ctx, count: Callable[[Any], int] = len) -> tuple[Any, str]:
     """(the samples to work on, a sentence saying which): explicit ``sample_ids`` (the panel's
-    button), else the App's selection, else the current view."""
+    button), else the App's selection, else the current view (counted by `count`)."""
     view = ctx.view
     if view is None:
         raise ValueError("open a dataset first")
@@ -102,7 +108,27 @@ def _target(ctx) -> tuple[Any, str]:
         return _camcore()[4].chosen_samples(view, ids), f"{len(ids)} chosen sample(s)"
     if ctx.selected:
         return view.select(ctx.selected, ordered=True), f"the {len(ctx.selected)} selected sample(s)"
-    return view, f"the current view ({len(view)} samples)"
+    return view, f"the current view ({count(view)} samples)"
+
+
+def _view_facts(samples: Any) -> dict:
+    """The form's memo for these samples (one per view, kept FORM_FACTS_SECONDS): what the form's
+    refreshes read of the view once (its count, batch.BoxFacts' labels and most boxes)."""
+    batch, *_rest, store, _weights = _camcore()
+    return batch.shared_facts(store.views.view_key(samples), FORM_FACTS_SECONDS)
+
+
+def _forget_view(samples: Any) -> None:
+    batch, *_rest, store, _weights = _camcore()
+    batch.forget_shared_facts(store.views.view_key(samples))
+
+
+def _form_count(samples: Any) -> int:
+    """Samples in the view (O(1) for a whole dataset), counted once per form memo."""
+    facts = _view_facts(samples)
+    if "count" not in facts:
+        facts["count"] = _camcore()[4].views.count(samples)
+    return int(facts["count"])
 
 
 def _one_sample(ctx) -> str | None:
@@ -235,16 +261,16 @@ class ComputeCams(foo.Operator):
         if "delegate" in ctx.params:
             return bool(ctx.params["delegate"])
         try:
-            samples, _what = _target(ctx)
-            return len(samples) > _delegate_over()
+            samples, _what = _target(ctx, _form_count)
+            return _form_count(samples) > _delegate_over()
         except Exception:  # no dataset: let execution report it
             return None
 
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
         try:
-            samples, what = _target(ctx)
-            count = len(samples)
+            samples, what = _target(ctx, _form_count)
+            count = _form_count(samples)
         except Exception as exc:
             inputs.view(ERROR_KEY, types.Error(label="Nothing to compute on", description=_first_line(exc)))
             return types.Property(inputs)
@@ -314,9 +340,11 @@ class ComputeCams(foo.Operator):
                 _check_object_field(ctx.params, store.root_dataset(samples), store)
                 # a detector's box rule, checked as the run expands it (an unknown class, a field
                 # without boxes or with labels the model does not know): refused here, not mid-run
-                batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **checked), _box(ctx.params))
+                batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **checked), _box(ctx.params),
+                                  batch.BoxFacts(samples, _view_facts(samples)))  # the run reads afresh
             except Exception as exc:
                 problem = _first_line(exc)
+                _forget_view(samples)  # a refusal is read afresh at the next refresh (the data may be fixed)
         if problem:
             _refuse(inputs, "Cannot compute", problem)
         return types.Property(inputs, view=types.View(label="Compute CAM heatmaps"))
@@ -443,13 +471,14 @@ def _models_file_views(inputs: Any) -> None:
 
 
 class SyncApp(foo.Operator):
-    """Run by the page itself every few seconds (dist/index.umd.js): when the dataset's saved
-    sidebar groups changed since the page last saw them (a push or batch from another process, a
-    colleague), show them: FiftyOne 1.22 keeps the groups a page loaded for as long as it shows
-    that dataset, whatever the session or reload_dataset sends, so a new CAM field would sit under
-    "labels" until the tab is reloaded. In an App the explorer did not launch, the saved colours
-    and switched-on fields too (camcore.store.appwatch.page_updates). One small database read per
-    call; sent only on a change (the page passes the version it last saw)."""
+    """Run by the page itself every few seconds (dist/index.umd.js): on its first call (with the
+    fields its schema holds) and when the dataset's saved sidebar groups changed since the page
+    last saw them (a push or batch from another process, a colleague), show them: FiftyOne 1.22
+    keeps the groups a page loaded for as long as it shows that dataset, whatever the session or
+    reload_dataset sends, so a new CAM field would sit under "labels" until the tab is reloaded.
+    In an App the explorer did not launch, the saved colours and switched-on fields too
+    (camcore.store.appwatch.page_updates). One small database read per call; sent only on a
+    change (the page passes the version it last saw)."""
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -464,7 +493,9 @@ class SyncApp(foo.Operator):
         from camcore.store import appwatch
 
         watched = os.environ.get(appwatch.WATCHED_ENV) == "1"
-        version, ops = appwatch.page_updates(name, ctx.params.get("seen"), watched)
+        known = ctx.params.get("known")  # the page's fields, on its first call
+        known = [str(k) for k in known] if isinstance(known, list) else None
+        version, ops = appwatch.page_updates(name, ctx.params.get("seen") or None, watched, known)
         for uri, params in ops:
             ctx.trigger(uri, params)
         return {"version": version}
@@ -694,8 +725,11 @@ class RecordFinding(foo.Operator):
                                         layers=tuple(filter(None, [meaning.get("layer")])))
                 extra["url"] = links.explorer_url(state, base=base)
             store.add_finding(ctx.dataset, sid, tag, note, field, **extra)
-        ctx.trigger("reload_samples")  # the open sample's tags, and the grid's
+        ctx.trigger("reload_samples")  # the grid's tags
         ctx.trigger("reload_dataset")  # the tags' counts in the sidebar
+        if ctx.current_sample:  # the modal keeps its copy of the sample through both: its new tags
+            [tags] = ctx.dataset.select(ids).values("tags")
+            ctx.trigger(SAMPLE_TAGS_URI, {"sample_id": ids[0], "tags": list(tags or [])})
         ctx.ops.notify(f"Recorded '{tag}' (tag {sample_tag}) on {which}", variant="success")
         return {"tag": sample_tag, "samples": len(ids)}
 

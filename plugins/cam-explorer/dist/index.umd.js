@@ -5,10 +5,14 @@
  * - set_sidebar_groups shows the dataset's saved sidebar groups now (the "CAM heatmaps" group with
  *   the fields just made): an App that is already open keeps the groups it loaded, even after
  *   reload_dataset, and 1.22 has no built-in operator that sets them: `compute_cams`, and `sync_app`.
- * - Every SYNC_MS while the tab is visible, the page runs the Python operator sync_app, which sends
- *   the saved groups back through set_sidebar_groups only when they changed since the version the
- *   page last saw: a push from another process (the CLI, a batch, a colleague) shows its CAM group
- *   without a tab reload.
+ * - Every SYNC_MS while the tab is visible, the page runs sync_page, which runs the Python operator
+ *   sync_app; it sends the saved groups back through set_sidebar_groups on the page's first call
+ *   and when they changed since the version the page last saw: a push from another process (the
+ *   CLI, a batch, a colleague) shows its CAM group without a tab reload. The first call also says
+ *   which fields the page's schema holds: a push between the page's load and that call (seconds
+ *   on a loaded machine, until the App lists the Python operators) reloads the page's dataset.
+ * - set_sample_tags shows the open sample's new tags in the modal (record_finding): the App 1.22
+ *   keeps the modal's copy of the sample through reload_samples and reload_dataset.
  * Hand-written (no build step): it uses the App's globals, as compiled plugins do.
  */
 (function () {
@@ -17,6 +21,8 @@
   var PLUGIN = "@cam-explorer/cam";
   var SYNC_MS = 2000;
   var seen = null; // the version of the saved sidebar groups this page shows (sync_app's)
+  var asked = 0; // when the page last asked sync_app and has had no answer yet (0: none pending)
+  var ASK_MS = 30000; // an unanswered ask is asked again after this
   if (!fop || !fop.Operator || !fop.registerOperator) {
     console.error("@cam-explorer/cam: the App exposes no operators API; open_url is unavailable");
     return;
@@ -60,19 +66,94 @@
       });
       if (!groups.length) return;
       // The grid's sidebar (false) and the sample modal's (true): the App derives both from this atom.
-      ctx.state.set(fos.sidebarGroupsDefinition(false), groups);
-      ctx.state.set(fos.sidebarGroupsDefinition(true), groups);
+      for (var modal of [false, true]) {
+        var now = [];
+        try {
+          now = await ctx.state.snapshot.getPromise(fos.sidebarGroupsDefinition(modal));
+        } catch (e) {
+          now = [];
+        }
+        ctx.state.set(fos.sidebarGroupsDefinition(modal), withUnlisted(groups, now || []));
+      }
+    }
+  }
+
+  class SetSampleTags extends fop.Operator {
+    get config() {
+      return new fop.OperatorConfig({ name: "set_sample_tags", label: "Show a sample's new tags", unlisted: true });
+    }
+
+    useHooks() { // the App's own refresh of one sample (what its tagging menu uses): the modal redraws
+      var fos = window.__fos__;
+      return { refreshSample: fos && fos.useRefreshSample ? fos.useRefreshSample() : null };
+    }
+
+    async execute(ctx) {
+      var fos = window.__fos__;
+      var id = String((ctx.params && ctx.params.sample_id) || "");
+      var tags = ((ctx.params && ctx.params.tags) || []).map(String);
+      if (!fos || !fos.modalSample || !fos.isModalActive || !ctx.state || !ctx.hooks.refreshSample) return;
+      // Only the sample open in the modal: reload_samples refreshes the grid, not the modal's copy
+      if (!(await ctx.state.snapshot.getPromise(fos.isModalActive))) return;
+      var open = await ctx.state.snapshot.getPromise(fos.modalSample);
+      if (!open || !open.sample || String(open.sample._id) !== id) return;
+      ctx.hooks.refreshSample(Object.assign({}, open.sample, { tags: tags }));
+    }
+  }
+
+  // The saved groups, plus every path the page shows that they do not list, kept in its group: the
+  // App adds a field missing from the saved groups to a default group when it loads, not when the
+  // groups are set, so a field the saved groups leave out would vanish from the sidebar.
+  function withUnlisted(groups, now) {
+    var listed = new Set();
+    groups.forEach(function (g) { g.paths.forEach(function (p) { listed.add(p); }); });
+    var out = groups.map(function (g) { return { name: g.name, paths: g.paths.slice(), expanded: g.expanded }; });
+    now.forEach(function (g) {
+      var keep = (g.paths || []).filter(function (p) { return !listed.has(p); });
+      if (!keep.length) return;
+      var same = out.find(function (o) { return o.name === g.name; });
+      if (same) same.paths = same.paths.concat(keep);
+      else out.push({ name: String(g.name), paths: keep.slice(), expanded: g.expanded !== false });
+    });
+    return out;
+  }
+
+  class SyncPage extends fop.Operator {
+    get config() {
+      return new fop.OperatorConfig({ name: "sync_page", label: "Show what changed since this page loaded",
+                                      unlisted: true });
+    }
+
+    async execute(ctx) {
+      var params = { seen: seen };
+      var fos = window.__fos__;
+      if (seen === null && fos && fos.fullSchema && ctx.state) {
+        try { // the page's fields, so sync_app can tell whether the page missed a new one
+          params.known = Object.keys(await ctx.state.snapshot.getPromise(fos.fullSchema));
+        } catch (e) {
+          // not said: sync_app reloads the dataset to be sure
+        }
+      }
+      try {
+        asked = Date.now();
+        // callback: called when sync_app has answered (or failed), its operations queued
+        await fop.executeOperator(PLUGIN + "/sync_app", params, { callback: function () { asked = 0; } });
+      } catch (e) {
+        asked = 0; // not found until the App has listed the Python operators: the next tick asks again
+      }
     }
   }
 
   fop.registerOperator(OpenUrl, "@cam-explorer/cam");
   fop.registerOperator(SetSidebarGroups, "@cam-explorer/cam");
+  fop.registerOperator(SyncPage, "@cam-explorer/cam");
+  fop.registerOperator(SetSampleTags, "@cam-explorer/cam");
 
   function sync() {
     if (document.hidden || !fop.executeOperator) return;
-    // Not found until the App has listed the Python operators: tried again on the next tick.
+    if (asked && Date.now() - asked < ASK_MS) return; // the last ask is still on its way
     Promise.resolve()
-      .then(function () { return fop.executeOperator(PLUGIN + "/sync_app", { seen: seen }); })
+      .then(function () { return fop.executeOperator(PLUGIN + "/sync_page", {}); })
       .catch(function () {});
   }
   setInterval(sync, SYNC_MS);
