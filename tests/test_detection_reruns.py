@@ -174,7 +174,7 @@ def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_comparess_ranking_reads_a_box_field_at_the_rank_click_not_on_every_rerun(monkeypatch):
+def test_compares_ranking_reads_a_box_field_at_the_rank_click_not_on_every_rerun(monkeypatch):
     """Compare's ranking (a classifier, the object from a Detections field) read the field's labels
     over the whole dataset and the boxes of every sample to rank (up to the whole view) on every
     rerun of the page, any widget touched. Now the labels come from the app's per-dataset cache and
