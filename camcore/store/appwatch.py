@@ -86,20 +86,7 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
       page open would refetch the whole dataset (its schema too) a second time: only when stale.
     The plugin's set_sidebar_groups op always comes first: it records the version in the page."""
     config = _saved_config(dataset_name)
-    groups = _groups(config)
-    parts: dict[str, object] = {"g": [dataset_name, groups]}
-    scheme = config.get("color_scheme") if not watched else None
-    active = config.get("active_fields") if not watched else None
-    colours: dict = {}
-    if scheme:
-        colours = {"colorscales": [dict(c) for c in scheme.get("colorscales") or []]}
-        if scheme.get("color_by"):
-            colours["color_by"] = scheme["color_by"]
-        parts["s"] = colours
-    if active and not active.get("exclude"):
-        parts["a"] = list(active.get("paths") or [])
-    now = {key: _digest(value) for key, value in parts.items()}
-    version = ".".join(f"{key}{value}" for key, value in now.items())
+    groups, colours, parts, now, version = _page_state(dataset_name, config, watched)
     if seen == version:
         return version, []
     before = {p[:1]: p[1:] for p in (seen or "").split(".") if p}
@@ -117,6 +104,31 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
     if "a" in now and ((seen and before.get("a") != now["a"]) or stale):
         ops.append(("set_active_fields", {"fields": parts["a"]}))
     return version, ops
+
+
+def page_version(dataset_name: str, watched: bool) -> str:
+    """The version (page_updates') of what a page shows once it has taken the dataset's saved
+    groups (and, unwatched, colours and switched-on fields): compute_cams hands it over with the
+    groups it sends, so the page's next check does not send them, and reload it, again."""
+    return _page_state(dataset_name, _saved_config(dataset_name), watched)[4]
+
+
+def _page_state(dataset_name: str, config: dict, watched: bool) -> tuple[list[dict], dict, dict, dict, str]:
+    """(the saved groups, colours, the parts a page is kept on, their digests, the version)."""
+    groups = _groups(config)
+    parts: dict[str, object] = {"g": [dataset_name, groups]}
+    scheme = config.get("color_scheme") if not watched else None
+    active = config.get("active_fields") if not watched else None
+    colours: dict = {}
+    if scheme:
+        colours = {"colorscales": [dict(c) for c in scheme.get("colorscales") or []]}
+        if scheme.get("color_by"):
+            colours["color_by"] = scheme["color_by"]
+        parts["s"] = colours
+    if active and not active.get("exclude"):
+        parts["a"] = list(active.get("paths") or [])
+    now = {key: _digest(value) for key, value in parts.items()}
+    return groups, colours, parts, now, ".".join(f"{key}{value}" for key, value in now.items())
 
 
 def _page_lacks_fields(dataset_name: str, config: dict, known: list[str] | None) -> bool:

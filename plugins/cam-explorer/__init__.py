@@ -420,8 +420,12 @@ class ComputeCams(foo.Operator):
         root = _camcore()[4].root_dataset(samples)
         for uri, params in appstyle.app_updates(root):
             yield ctx.trigger(uri, params)
-        # ... and the CAM heatmaps group, which no built-in operator sets (dist/index.umd.js)
-        yield ctx.trigger(SIDEBAR_GROUPS_URI, {"groups": appstyle.sidebar_groups(root)})
+        # ... and the CAM heatmaps group, which no built-in operator sets (dist/index.umd.js), with
+        # the version of all that: the page's own check (sync_app) does not send it (and reload) again
+        from camcore.store import appwatch
+
+        version = appwatch.page_version(root.name, os.environ.get(appwatch.WATCHED_ENV) == "1")
+        yield ctx.trigger(SIDEBAR_GROUPS_URI, {"groups": appstyle.sidebar_groups(root), "version": version})
         yield ctx.ops.notify(summary, variant="warning" if report.failed else "success")
 
 
