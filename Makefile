@@ -62,6 +62,8 @@ lint: setup
 # browser journeys and real processes wait more than they compute. TEST_WORKERS=0 runs them serially.
 # --no-loadscope-reorder keeps the order tests/conftest.py gives (the longest files first); xdist's
 # default hands files out by their number of tests, which starts the one-test browser files last.
+# The files in conftest's ONE_AT_A_TIME (the real App's and Compare's browser journeys) run in one
+# worker, one after another: their waits ran out when they met under load.
 TEST_WORKERS ?= 3
 test: setup chromium lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25

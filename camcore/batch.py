@@ -82,7 +82,7 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress calls about computing (writ
 RESUME_KEYS = ("model", "weights", "method", "layer", "eigen_smooth", "weights_sha256", "input_size")
 
 __all__ = ["PREDICTED", "BatchOptions", "BatchReport", "BatchProgress", "BatchRun", "TargetRule", "BoxFacts",
-           "box_batches", "declare_fields",
+           "box_batches", "declare_fields", "forget_shared_facts", "shared_facts",
            "resume_provenance", "run_batch", "run_batches"]
 
 
@@ -759,6 +759,27 @@ class BoxFacts:
 
     def most_boxes(self, field_name: str, label: str) -> int:
         return self._kept(("most", field_name, label), lambda: store.most_boxes(self.view, field_name, label))
+
+
+_shared_facts: dict[str, tuple[float, dict]] = {}
+_shared_facts_lock = threading.Lock()
+
+
+def shared_facts(key: str, seconds: float) -> dict:
+    """A BoxFacts memo (any other fact of the view may share it) for a caller that cannot keep one
+    itself: the plugin's form, whose module FiftyOne's App server imports anew at each request
+    (its plugins cache is off by default). One per key (a view: store.views.view_key), dropped
+    `seconds` after it was made."""
+    now = time.monotonic()
+    with _shared_facts_lock:
+        for old in [k for k, (made, _memo) in _shared_facts.items() if now - made > seconds]:
+            del _shared_facts[old]
+        return _shared_facts.setdefault(key, (now, {}))[1]
+
+
+def forget_shared_facts(key: str) -> None:
+    with _shared_facts_lock:
+        _shared_facts.pop(key, None)
 
 
 def box_batches(view: Collection, options: BatchOptions, box: str | None,

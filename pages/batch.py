@@ -23,7 +23,8 @@ def main(sel: Selection) -> None:
             f"({sel.view_spec.describe()}) · model {spec.label}")
 
     offered = [m for m in methods.methods_for(spec.task, spec.family) if not m.layer_independent]
-    c1, c2, c3 = st.columns([3, 3, 2])
+    detector = spec.task == "detection"
+    c1, c2, c3 = st.columns([3, 3, 3] if detector else [3, 3, 2])  # a box rule is longer than a toggle
     chosen_methods = widgets.sticky_multiselect(
         c1, "Methods", [m.key for m in offered], [methods.DEFAULT_METHOD], Batch.METHODS,
         format_func=methods.method_label,
@@ -31,8 +32,9 @@ def main(sel: Selection) -> None:
     chosen_layers = widgets.sticky_multiselect(c2, "Layers", [s.name for s in spec.layers], [spec.default_layer],
                                                Batch.layers(spec.key))
     target_rule = batch_runs.PREDICTED
-    if spec.task == "detection":  # a detector explains boxes: its box rule, as `batch --box`
+    if detector:  # a detector explains boxes: its box rule, as `batch --box`
         target_rule = c3.text_input("Boxes", "top", key=Batch.BOXES, help=batch_runs.BOXES_HELP).strip() or "top"
+        c3.caption(batch_runs.box_fields_hint(sel.dataset))
     elif c3.radio("Target", [batch_runs.PREDICTED, "a named class"], key=Batch.RULE,
                   help="predicted: each sample's own top class (one field; each label stores its class).") \
             != batch_runs.PREDICTED:
@@ -45,7 +47,7 @@ def main(sel: Selection) -> None:
     runs = batch_runs.options(sel, spec.key, tuple(chosen_methods), tuple(chosen_layers), target_rule, eigen_smooth,
                               measures, fresh=start)  # the run's click counts a field's boxes afresh
     fields = batch_runs.field_names(sel, runs)
-    st.caption("Fields: " + ", ".join(f"`{f}`" for f in fields) +
+    st.caption(batch_runs.fields_text(sel, runs, fields) +
                (" with their measures (`camm_<measure>_…`)" if measures else "") +
                ". Samples already done with the same settings are skipped. Runs in this app's process; "
                "for several workers or machines use `python -m camcore batch --workers N` (Ray, see README).")

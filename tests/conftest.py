@@ -7,10 +7,12 @@ so a subprocess that imports fiftyone talks to the same database.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,8 @@ def pytest_configure(config: pytest.Config) -> None:
         # before anything imports them; the servers and processes the tests start inherit it).
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(name, "1")
+    if worker is None:
+        shutil.rmtree(TIMELINE, ignore_errors=True)  # this run's timeline only
     if worker is None and getattr(config.option, "numprocesses", None):
         return  # the xdist controller runs no test: each worker starts its own database below
     if os.environ.get("FIFTYONE_DATABASE_URI"):
@@ -126,12 +130,69 @@ def browser():
 # in subprocesses). With `-n N --dist loadfile` a long file handed out last runs alone at the end
 # while the other workers idle. make test passes --no-loadscope-reorder: without it xdist hands the
 # files out by their number of tests, most first, so one-test browser files would start last.
-LONG_FIRST = ("test_distributed", "test_browser", "test_reference", "test_app21_own_app", "test_cli",
-              "test_browser_links", "test_browser_compare", "test_browser_explore", "test_app21_app",
-              "test_app21_modal_names", "test_detection", "test_apptest_compare", "test_browser_daily",
+# The ONE_AT_A_TIME group below is one unit, second: xdist gives a worker a second unit at once when
+# its first holds at most 2 tests, so a long unit after the one-test Ray file would wait for it.
+LONG_FIRST = ("test_distributed", "test_app21_own_app", "test_browser_compare", "test_app21_modal_names",
+              "test_app21_app", "test_browser", "test_reference", "test_cli", "test_browser_links",
+              "test_browser_explore", "test_detection", "test_apptest_compare", "test_browser_daily",
               "test_engine", "test_concurrent_fields", "test_browser_security", "test_plugin",
               "test_browser_audit", "test_apptest_views", "test_fiftyone_app", "test_browser_detection",
               "test_session_memory", "test_measures")
+
+
+# Every test's start and end (wall clock), outcome and CPU seconds (this worker's own; the processes it
+# started and waited for), one file per xdist worker in test-artifacts/timeline/: which tests ran beside
+# a browser wait that ran out under load, and where the CPU goes (tests/timeline.py reads them).
+TIMELINE = ROOT / "test-artifacts" / "timeline"
+
+
+def _cpu() -> tuple[float, float]:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    start, (own, kids) = time.time(), _cpu()
+    _state.setdefault("reports", {})[item.nodeid] = []
+    yield
+    failed = any(r.failed for r in _state["reports"].pop(item.nodeid, []))
+    end, (own_end, kids_end) = time.time(), _cpu()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    TIMELINE.mkdir(parents=True, exist_ok=True)
+    with open(TIMELINE / f"{worker}.tsv", "a") as f:
+        f.write(f"{worker}\t{start:.2f}\t{end:.2f}\t{'failed' if failed else 'ok'}\t{own_end - own:.2f}\t"
+                f"{kids_end - kids:.2f}\t{item.nodeid}\n")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _state.get("reports", {}).get(report.nodeid, []).append(report)
+
+
+# Files that must not run beside one another (issue 26 item 7): the real FiftyOne App's journeys and
+# Compare's eight-methods journey. When they met under the suite's load (3 workers on 2 cores) their
+# browser waits ran out: the App's modal canvas not loaded in 90 s (test_app21_app and
+# test_app21_modal_names), Compare's ROAD curve not done in 180 s. A group is one xdist work unit: one
+# worker runs its files one after another, in LONG_FIRST's order (tests/timeline.py shows who met whom).
+ONE_AT_A_TIME: tuple[tuple[str, ...], ...] = (
+    ("test_app21_own_app", "test_browser_compare", "test_app21_modal_names", "test_app21_app"),
+)
+_GROUP_OF = {name: "+".join(group) for group in ONE_AT_A_TIME for name in group}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """--dist loadfile, with each ONE_AT_A_TIME group one unit (one worker, one file at a time)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Apart(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return _GROUP_OF.get(Path(file).stem, file)
+
+    return Apart(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -111,10 +111,11 @@ _LABEL = """e => {
 }"""
 
 
-def _group(where):
-    """The CAM group's header: the grid's is an input (a group name the user may edit), the modal's text."""
-    entry = where.locator(f'[data-cy="sidebar-group-entry-{appstyle.SIDEBAR_GROUP.upper()}"]')
-    return entry.or_(where.get_by_text(re.compile(f"^{appstyle.SIDEBAR_GROUP}$", re.I))).first
+def _group(where, name: str = appstyle.SIDEBAR_GROUP):
+    """A group's header (the CAM group's by default): the grid's is an input (a group name the user
+    may edit), the modal's text."""
+    entry = where.locator(f'[data-cy="sidebar-group-entry-{name.upper()}"]')
+    return entry.or_(where.get_by_text(re.compile(f"^{name}$", re.I))).first
 
 
 def _open_compute_form_on_the_selection(page, tries: int = 10) -> None:

@@ -4,7 +4,8 @@ App's sample sidebar at 1280 px, where a label is cut shorter than in the grid's
 Measured here (Chromium, FiftyOne 1.22): the modal's label box is 204 px wide (the count beside
 it takes the rest), and the label's inline wrappers add 14 px after the text, so the App draws an
 ellipsis as soon as the text is wider than about 190 px (the box's scroll width exceeds its
-client width), not 204: camcore.identity.SIDEBAR_PX is that limit. A name cut to fit
+client width), not 204: camcore.identity.SIDEBAR_PX is that limit.
+Item 8 on the same open modal: record_finding's tag shows in the sample's tag count at once. A name cut to fit
 (`cam_eigen_head_effl0_e_6ed`, 197 px) was drawn with an ellipsis before (SIDEBAR_PX was 203.5)."""
 from __future__ import annotations
 
@@ -61,12 +62,46 @@ def _measure(url: str) -> dict:
         for name in [*MEASURED, MEASURE_FITS]:  # under its value, in a smaller font
             out[f"modal {name}"] = _read(page, modal.get_by_text(name, exact=True).first, _CLIPPED)
         page.screenshot(path=str(ARTIFACTS / "app21_modal_measures.png"))
+        out["tags"] = _record_finding_shows_its_tag(page, modal)
         page.goto(url.split("?")[0])  # the grid's sidebar, the narrower for these
         expect(modal).to_be_hidden(timeout=30_000)
         for name in [*MEASURED, MEASURE_FITS, MEASURE_TOO_WIDE]:
             out[f"grid {name}"] = _read(page, page.locator(f"[data-cy=sidebar-field-{name}]").first, _WHOLE)
         page.screenshot(path=str(ARTIFACTS / "app21_grid_measures.png"))
     return out
+
+
+# The page runs record_finding as its form's Execute does (with the page's context: the open
+# sample), once the App has listed the plugin's Python operators (not found until then).
+_RECORD = """async () => {
+  for (let i = 0; i < 240; i++) {
+    try {
+      await window.__foo__.executeOperator("@cam-explorer/cam/record_finding", {tag: "good focus", note: "n"});
+      return true;
+    } catch (e) {
+      await new Promise(r => setTimeout(r, 500));
+    }
+  }
+  return false;
+}"""
+
+
+def _record_finding_shows_its_tag(page, modal) -> list[str]:
+    """Issue #21 item 8: record_finding on the open sample; the modal's tag count, never reloaded:
+    (before, after)."""
+    from playwright.sync_api import expect
+
+    count = modal.locator('[data-cy="sidebar-entry-tags"]').first
+    expect(count).to_be_visible(timeout=30_000)
+    before = count.inner_text()
+    assert page.evaluate(_RECORD), "record_finding was never listed by the App"
+    try:
+        expect(count).to_have_text("1", timeout=30_000)
+    except AssertionError:
+        pass  # said by the test's assertion, with the count shown
+    count.scroll_into_view_if_needed(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "app21_modal_finding.png"))
+    return [before, count.inner_text()]
 
 
 def _read(page, label, script: str, tries: int = 10) -> dict:
@@ -114,6 +149,8 @@ def test_cut_names_show_whole_in_the_sample_modal_at_1280(grey_dataset):  # noqa
             got = pool.submit(_measure, store.app_url(grey_dataset.name, sample.id, port=port)).result(timeout=600)
     finally:
         store.close_app()
+    tags = got.pop("tags")
+    assert tags == ["0", "1"], f"the open sample's tag count in the modal after record_finding: {tags}"
     assert got[FITS]["whole"] and not got[TOO_WIDE]["whole"], (sidebar_px(FITS), got[FITS], got[TOO_WIDE])
     cut = {n: (round(sidebar_px(n.split()[-1]), 1), v) for n, v in got.items()
            if n.split()[-1] not in (TOO_WIDE, MEASURE_TOO_WIDE) and not v["whole"]}

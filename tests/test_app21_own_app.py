@@ -6,7 +6,8 @@ The plugin's page-side check does it (sync_app, camcore.store.appwatch.page_upda
 
 The push lands before the page's check has ever answered (the test holds its requests back, as a
 loaded machine did: the page's first call came seconds after it loaded): that first answer shows
-it. A later push, with the check running, shows on its next answer."""
+it. A later push, with the check running, shows on its next answer, and so do that map's measure
+fields, in their own group under the heatmaps' ("CAM measures", not the App's PRIMITIVES)."""
 from __future__ import annotations
 
 import os
@@ -32,6 +33,8 @@ from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
 )
 
 from camcore import store
+from camcore.store import measures as measure_store
+from camcore.store.appstyle import MEASURE_GROUP, SIDEBAR_GROUP
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PUSHED = field_name(MODEL, "eigencam", "head", "predicted")  # the CLI's push below
@@ -43,20 +46,20 @@ def _in_jet(png: bytes) -> bool:
     return saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02
 
 
-def _in_group(page, field: str, out: dict, key: str) -> None:
-    """out[key]: True when the field's label shows below the CAM group's header, else why not."""
+def _in_group(page, field: str, out: dict, key: str, group: str = SIDEBAR_GROUP) -> None:
+    """out[key]: True when the field's label shows below the group's header, else why not."""
     from playwright.sync_api import expect
 
     try:
-        expect(_group(page)).to_be_visible(timeout=30_000)
+        expect(_group(page, group)).to_be_visible(timeout=30_000)
         label = page.locator(f"[data-cy=sidebar-field-{field}]").first
         expect(label).to_be_visible(timeout=30_000)
-        out[key] = label.bounding_box()["y"] > _group(page).bounding_box()["y"]
+        out[key] = label.bounding_box()["y"] > _group(page, group).bounding_box()["y"]
     except AssertionError as exc:
         out[key] = str(exc).splitlines()[0]
 
 
-def _drive(url: str, push, push_again) -> dict:
+def _drive(url: str, push, push_again, measure) -> dict:
     from playwright.sync_api import expect
 
     out: dict = {}
@@ -70,6 +73,11 @@ def _drive(url: str, push, push_again) -> dict:
         push_again()  # the check running: shown on its next answer
         _in_group(page, LATER, out, "later")
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_pushed_again.png"))
+        # that map's measures (a batch's --measures, elsewhere): their own group, under the heatmaps'
+        _in_group(page, measure(), out, "measures", MEASURE_GROUP)
+        heatmaps = _group(page).bounding_box()["y"]
+        out["measures_below_heatmaps"] = _group(page, MEASURE_GROUP).bounding_box()["y"] > heatmaps
+        page.screenshot(path=str(ARTIFACTS / "app21_own_app_measures.png"))
         page.reload()
         expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
         out["reloaded"] = _grid_in_colour(page)
@@ -102,13 +110,20 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
         store.push_heatmaps(grey_dataset, sample.id, make_result(size, [make_heatmap(size)]),
                             heatmap_dir=tmp_path / "hm")
 
+    def measure() -> str:  # the second map's measure fields (values aside): its share field
+        identity = make_heatmap((4, 4)).identity
+        assert identity.field_name == LATER
+        return measure_store.declare_measure_fields(grey_dataset, identity)["share"]
+
     try:
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), push,
-                              push_again).result(timeout=900)
+                              push_again, measure).result(timeout=900)
     finally:
         session.close()
     assert _in_jet(got["grid"]), f"the open page draws the pushed map without its scale: {hue_shares(got['grid'])}"
     assert got["group"] is True, f"no CAM group with {PUSHED} on the open page: {got['group']}"
     assert got["later"] is True, f"a later push is not in the CAM group on the open page: {got['later']}"
+    assert got["measures"] is True, f"its measures are not in their group on the open page: {got['measures']}"
+    assert got["measures_below_heatmaps"]
     assert _in_jet(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}"

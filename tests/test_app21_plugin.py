@@ -243,6 +243,8 @@ def test_record_finding_acts_on_the_open_sample_confirms_and_refreshes_its_tags(
     assert [sid for sid in ids if tags[sid]] == [ids[3]]  # the open one, not the selection
     asked = _requests(result)
     assert "reload_samples" in [uri for uri, _p in asked]
+    # the modal's copy of the open sample takes its new tags (the App keeps it through reloads)
+    assert dict(asked)[f"{PLUGIN}/set_sample_tags"] == {"sample_id": ids[3], "tags": ["cam:background-bias"]}
     note = next(p for uri, p in asked if uri == "notify")
     assert "background bias" in note["message"] and "open sample" in note["message"]
     # nothing open: it says which selected samples it will tag
@@ -359,4 +361,4 @@ def test_sync_app_leaves_the_colours_to_the_explorers_watch(dataset, tmp_path, m
     seen = first[0][1]["version"]
     dataset.app_config.sidebar_groups[0].expanded = False
     dataset.save()
-    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))] == [GROUPS]
+    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))] == ["reload_dataset", GROUPS]

@@ -71,10 +71,14 @@ def test_the_batch_pages_field_rule_aggregates_once_not_on_every_rerun(tmp_path,
         assert spy.take() >= 1  # the rule is expanded: the field's boxes counted over the view
 
         def fields() -> int:
-            captions = [c.value for c in at.caption if c.value.startswith("Fields:")]
+            captions = [c.value for c in at.caption if c.value.startswith("Fields")]
             return captions[0].count("`cam_")  # the plan's (a finished run's report says its fields too)
 
         assert fields() == 2
+        # which field is whose box, and which fields a rule can name (the page's screenshot, det32)
+        [plan] = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("Fields")]  # unescaped
+        assert plan.startswith("Fields, per box: field:ground") and ":1: `cam_" in plan, plan
+        assert any(c.value.replace("\\", "").startswith("Detections fields: field:ground") for c in at.caption)
         for touch in range(3):  # other widgets: nothing about the field is read again
             at.toggle(key="batch_eigen_smooth").set_value(touch % 2 == 0)
             run(at, allow_errors=False)
@@ -93,6 +97,16 @@ def test_the_batch_pages_field_rule_aggregates_once_not_on_every_rerun(tmp_path,
         run(at, allow_errors=False)
         assert fields() == 3  # counted afresh at the click: the late sample's third box has its field
         assert any("computed" in s.value for s in at.success), [s.value for s in at.success]
+
+        # a refusal is not kept: with no Run button to click, the next rerun reads the view again
+        at.text_input(key="batch_boxes").input("field:ground_truth:dog@0")
+        run(at)
+        assert [e.value for e in at.error if "No sample of the view has 'dog' boxes" in e.value], at.error
+        ds.add_sample(fo.Sample(filepath=_image(tmp_path / "dog.png"), ground_truth=fo.Detections(
+            detections=[fo.Detection(label="dog", bounding_box=[0.1, 0.1, 0.2, 0.2])])))
+        at.toggle(key="batch_eigen_smooth").set_value(True)
+        run(at, allow_errors=False)
+        assert fields() == 1
     finally:
         ds.delete()
 
@@ -135,7 +149,7 @@ def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, mon
     ds.add_samples([fo.Sample(filepath=_image(tmp_path / f"{i}.png"), ground_truth=_boxes(1 + i)) for i in range(3)])
     stages = json.loads(json.dumps(ds.match(F("ground_truth.detections").length() > 1)._serialize(), default=str))
     spy = EveryAggregation(monkeypatch)
-    operator = foo.get_operator("@cam-explorer/cam/compute_cams")
+    uri = "@cam-explorer/cam/compute_cams"
     base = {"model": SSD, "weights": "untrained", "methods": ["eigencam"], "layers": ["fpn"],
             "box": "field:ground_truth@0"}
     try:
@@ -143,7 +157,9 @@ def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, mon
         for smooth in (False, True, False):  # the user clicks eigen_smooth on and off
             ctx = foo.ExecutionContext(request_params={"dataset_name": ds.name, "view": stages,
                                                        "params": {**base, "eigen_smooth": smooth}})
-            forms.append(json.dumps(operator.resolve_input(ctx).to_json()))
+            # looked up again each time: FiftyOne's App server imports the plugin's module anew at
+            # each request (its plugins cache is off by default), so nothing kept there survives
+            forms.append(json.dumps(foo.get_operator(uri).resolve_input(ctx).to_json()))
             if len(forms) == 1:
                 assert spy.take(), "the first form reads the view"
             else:
@@ -151,7 +167,7 @@ def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, mon
         assert all("Cannot compute" not in f and "the current view (2 samples)" in f for f in forms), forms[0][-600:]
         ctx = foo.ExecutionContext(request_params={"dataset_name": ds.name, "view": stages,
                                                    "params": {**base, "box": "field:ground_truth:kite@0"}})
-        assert "Cannot compute" not in json.dumps(operator.resolve_input(ctx).to_json())
+        assert "Cannot compute" not in json.dumps(foo.get_operator(uri).resolve_input(ctx).to_json())
         assert spy.take(), "another rule is read"
     finally:
         ds.delete()

@@ -1,5 +1,6 @@
 """make test's pytest options hand the test files out in tests/conftest.py's LONG_FIRST order (issue 26
-item 7): a long file handed out last runs alone at the end while the other workers idle."""
+item 7): a long file handed out last runs alone at the end while the other workers idle. The files of
+an ONE_AT_A_TIME group never run beside one another (their browser waits ran out when they met)."""
 from __future__ import annotations
 
 import re
@@ -8,28 +9,43 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import LONG_FIRST
+from conftest import LONG_FIRST, ONE_AT_A_TIME
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _make_test_options() -> list[str]:
-    """The options `make test` gives pytest (read from the Makefile), for one worker."""
+def _make_test_options(workers: int = 1) -> list[str]:
+    """The options `make test` gives pytest (read from the Makefile), for `workers` workers."""
     line = next(ln for ln in (ROOT / "Makefile").read_text().splitlines() if "-m pytest" in ln)
-    return shlex.split(line.split("-m pytest", 1)[1].replace("$(TEST_WORKERS)", "1"))
+    options = shlex.split(line.split("-m pytest", 1)[1].replace("$(TEST_WORKERS)", str(workers)))
+    return [o for o in options if not o.startswith("--durations")]
+
+
+def _suite_hooks(folder: Path) -> None:
+    """A conftest.py in folder with the suite's ordering and scheduling hooks only."""
+    suite_conftest = ROOT / "tests" / "conftest.py"
+    (folder / "conftest.py").write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('suite_conftest', {str(suite_conftest)!r})\n"
+        "suite = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(suite)\n"
+        "pytest_collection_modifyitems = suite.pytest_collection_modifyitems\n"
+        "pytest_xdist_make_scheduler = suite.pytest_xdist_make_scheduler\n")
+
+
+def _pytest(folder: Path, options: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--rootdir",
+                           str(folder), *options, str(folder)],
+                          cwd=folder, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 def test_make_test_starts_the_long_files_first(tmp_path):
     """Three one-test files from LONG_FIRST beside two files of many quick tests, run with make
     test's options in one worker: the long files run first, in LONG_FIRST's order (xdist's default
     would run the files with the most tests first)."""
-    suite_conftest = ROOT / "tests" / "conftest.py"
-    (tmp_path / "conftest.py").write_text(
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('suite_conftest', {str(suite_conftest)!r})\n"
-        "suite = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(suite)\n"
-        "pytest_collection_modifyitems = suite.pytest_collection_modifyitems  # only the ordering hook\n")
+    _suite_hooks(tmp_path)
     long_files = list(LONG_FIRST[:3])
     for name in long_files:
         (tmp_path / f"{name}.py").write_text("def test_long():\n    pass\n")
@@ -37,11 +53,22 @@ def test_make_test_starts_the_long_files_first(tmp_path):
     for name in quick:
         (tmp_path / f"{name}.py").write_text(
             "import pytest\n\n@pytest.mark.parametrize('i', range(12))\ndef test_quick(i):\n    pass\n")
-    options = [o for o in _make_test_options() if not o.startswith("--durations")]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--rootdir",
-                           str(tmp_path), *options, str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _pytest(tmp_path, _make_test_options())
     ran = re.findall(r"PASSED (\w+)\.py::", proc.stdout)
     files = list(dict.fromkeys(ran))
     assert files == long_files + quick, files
+
+
+def test_files_of_a_group_run_one_after_another(tmp_path):
+    """Two files of an ONE_AT_A_TIME group, one slow test each, with make test's options on 2 workers:
+    each records when it ran; the spans never overlap (xdist alone runs the two at once)."""
+    _suite_hooks(tmp_path)
+    group = ONE_AT_A_TIME[0][:2]
+    for name in group:
+        (tmp_path / f"{name}.py").write_text(
+            "import pathlib, time\n\ndef test_slow():\n    start = time.time()\n    time.sleep(2)\n"
+            "    pathlib.Path(__file__).with_suffix('.span').write_text(f'{start} {time.time()}')\n")
+    (tmp_path / "test_zzz_other.py").write_text("def test_quick():\n    pass\n")
+    _pytest(tmp_path, _make_test_options(workers=2))
+    (a0, a1), (b0, b1) = ([float(t) for t in (tmp_path / f"{n}.span").read_text().split()] for n in group)
+    assert a1 <= b0 or b1 <= a0, f"{group} ran at the same time: {a0:.1f}-{a1:.1f} and {b0:.1f}-{b1:.1f}"

@@ -16,6 +16,7 @@ import uuid
 import streamlit as st
 
 from camcore import batch, store
+from camcore.errors import CamError
 from camcore.measures import MeasureOptions
 from camcore.progress import eta_text
 from ui import text
@@ -72,7 +73,11 @@ def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], 
                               target_rule=target_rule, eigen_smooth=eigen_smooth, input_size=sel.input_size,
                               measures=measures)
     view = sel.view()
-    return [o.checked() for o in batch.box_batches(view, base, None, _box_facts(sel, view, fresh))]
+    try:
+        return [o.checked() for o in batch.box_batches(view, base, None, _box_facts(sel, view, fresh))]
+    except CamError:  # refused (no such boxes, unknown labels): no Run button to click, so the next
+        st.session_state.pop(Batch.BOX_FACTS, None)  # rerun reads the view again (the user may fix the data)
+        raise
 
 
 def _box_facts(sel, view, fresh: bool) -> batch.BoxFacts:
@@ -90,6 +95,23 @@ def field_names(sel, runs: list[batch.BatchOptions]) -> list[str]:
     """The fields the runs write, as the dataset keeps them (a field of an older name holding the same map)."""
     dataset = store.load_dataset(sel.dataset)
     return list(dict.fromkeys(f for options in runs for f in options.field_names(dataset)))
+
+
+def fields_text(sel, runs: list[batch.BatchOptions], fields: list[str]) -> str:
+    """The plan's "Fields: ..." line; a detector's several box rules say which fields are whose box
+    (a name cut to fit the App's sidebar may end in a hash that says nothing)."""
+    if len(runs) < 2:
+        return "Fields: " + ", ".join(f"`{f}`" for f in fields)
+    dataset = store.load_dataset(sel.dataset)
+    return "Fields, per box: " + "; ".join(
+        f"{text.escape(str(o.target_rule))}: " + ", ".join(f"`{f}`" for f in o.field_names(dataset)) for o in runs)
+
+
+def box_fields_hint(dataset_name: str) -> str:
+    """Under the Boxes input: the dataset's Detections fields a `field:` rule can name."""
+    names = store.detection_fields(store.load_dataset(dataset_name))
+    return (text.escape("Detections fields: " + ", ".join(f"field:{n}" for n in names)) if names
+            else "No Detections field in this dataset: the model's own boxes only.")
 
 
 def _session_alive(session_id: str | None) -> bool:

@@ -8,7 +8,8 @@ App (opened before or after a push, in any process) draws them the same way.
   unless the user chose one.
 - One map at a time: only the newest heatmap field is switched on (active); our older ones are
   switched off, so maps never stack into a wash.
-- Grouped: our fields sit in one sidebar group, ``CAM heatmaps``, after the labels.
+- Grouped: our fields sit in one sidebar group, ``CAM heatmaps``, after the labels; their measure
+  fields (floats, flags, settings: the App's "primitives") in ``CAM measures`` under it.
 
 An App that is already open keeps the scheme and the sidebar groups it loaded: :func:`app_updates`
 gives the App operations (``set_color_scheme``, ``set_active_fields``) and :func:`sidebar_groups`
@@ -34,6 +35,7 @@ from camcore.store.datasets import MARK
 HEATMAP_COLORSCALE = "jet"  # the app's default colormap: the App draws our maps like the explorer does
 COLOR_BY = "value"  # the only colour mode in which the App 1.22 draws a Heatmap with its scale
 SIDEBAR_GROUP = "CAM heatmaps"
+MEASURE_GROUP = "CAM measures"  # the measure fields (camm_*), under the heatmaps' group
 
 
 def ours(dataset: fo.Dataset) -> list[str]:
@@ -175,6 +177,55 @@ def _regroup(groups: list[dict], mine: list[str]) -> None:
         names = [g.get("name") for g in groups]
         groups.insert(names.index("labels") + 1 if "labels" in names else len(groups), cam)
     cam["paths"] = list(dict.fromkeys([p for p in (cam.get("paths") or []) if p in ours_] + list(mine)))
+
+
+def group_measures(dataset: fo.Dataset, update: schema.DatasetUpdate, fields: list[str], every: list[str]) -> None:
+    """Put measure fields in their own sidebar group (MEASURE_GROUP, after the heatmaps' group), as
+    part of `update`. The group is made once, with `every` measure field of the dataset (those
+    written before it existed leave the App's primitives then); after that, `fields` (the ones
+    being added) are pushed to it and taken out of any other group. A measure field the user moved
+    to a group of their own later stays there, and their groups and edits are kept."""
+    config = schema.stored_app_config(dataset)
+    if not config:  # no App config yet (written with the first heatmap field): nothing to group into
+        return
+    stored = config.get("sidebar_groups")
+    if stored is None or MEASURE_GROUP not in [g.get("name") for g in stored]:
+        mine = list(dict.fromkeys([*every, *fields]))
+        if not mine:
+            return
+        groups = (copy.deepcopy(stored) if stored is not None else
+                  [g.to_mongo().to_dict() for g in fo.DatasetAppConfig.default_sidebar_groups(dataset)])
+        _into_group(groups, MEASURE_GROUP, mine, after=SIDEBAR_GROUP)
+        update.guard("sidebar_groups", stored)  # written whole: only over the list it was made from
+        update.app_config("$set", "sidebar_groups", groups)
+        return
+    wanted = set(fields)
+    for i, g in enumerate(stored):
+        paths = list(g.get("paths") or [])
+        if g.get("name") == MEASURE_GROUP:
+            new = [f for f in dict.fromkeys(fields) if f not in paths]
+            if new:
+                update.guard(f"sidebar_groups.{i}.name", MEASURE_GROUP)
+                update.app_config("$push", f"sidebar_groups.{i}.paths", new)
+        elif wanted & set(paths):
+            update.guard(f"sidebar_groups.{i}.name", g.get("name"))
+            update.app_config("$pullAll", f"sidebar_groups.{i}.paths", [p for p in paths if p in wanted])
+
+
+def _into_group(groups: list[dict], name: str, fields: list[str], after: str) -> None:
+    """Put `fields` in the group `name` (made after the group `after`, else after "labels", else
+    last, if absent), out of every other group."""
+    wanted = set(fields)
+    for g in groups:
+        if g.get("name") != name:
+            g["paths"] = [p for p in (g.get("paths") or []) if p not in wanted]
+    target = next((g for g in groups if g.get("name") == name), None)
+    if target is None:
+        target = SidebarGroupDocument(name=name, paths=[], expanded=True).to_mongo().to_dict()
+        names = [g.get("name") for g in groups]
+        anchor = after if after in names else "labels"
+        groups.insert(names.index(anchor) + 1 if anchor in names else len(groups), target)
+    target["paths"] = list(dict.fromkeys([*(target.get("paths") or []), *fields]))
 
 
 def _activate(dataset: fo.Dataset, config: dict, shown: list[str], mine: _Ours, update: Any) -> None:

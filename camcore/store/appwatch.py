@@ -77,7 +77,8 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
     - Unless an explorer's session watch keeps this App's scheme (`watched`, set by launch_app):
       the saved colour scheme on the first call and on each change (a page loads its session's
       launch scheme, not the dataset's), the saved switched-on fields on each change, and, first,
-      reload_dataset on each change (the page's schema learns the new fields).
+      reload_dataset on each change (the page's schema learns the new fields); with it, on each
+      change of the groups.
     - The first call can come seconds after the page loaded (the page retries until the App has
       listed the plugin's operators): a push in between changed nothing the page shows. So it
       gets the groups anyway, and where its schema lacks a field the saved config names (or it did
@@ -103,10 +104,13 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
         return version, []
     before = {p[:1]: p[1:] for p in (seen or "").split(".") if p}
     stale = not seen and _page_lacks_fields(dataset_name, config, known)
+    send_groups = not seen or before.get("g") != now["g"]
     # Without the explorer's session (whose refresh reloads the page's dataset), the page must
     # reload it itself: a new field is not in its schema yet (its group would show "No fields").
-    ops: list[tuple[str, dict]] = [("reload_dataset", {})] if (seen and not watched) or stale else []
-    send_groups = not seen or before.get("g") != now["g"]
+    # With it too when the groups changed: the session refreshes on a colour change only, and a
+    # batch's measure fields come after its maps (or alone, measuring maps made before).
+    reload = stale or bool(seen and (not watched or send_groups))
+    ops: list[tuple[str, dict]] = [("reload_dataset", {})] if reload else []
     ops += [(SIDEBAR_GROUPS_OP, {"groups": groups if send_groups else [], "version": version})]
     if "s" in now and before.get("s") != now["s"]:
         ops.append(("set_color_scheme", colours))

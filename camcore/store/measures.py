@@ -20,12 +20,14 @@ import fiftyone as fo
 
 from camcore.errors import StoreError
 from camcore.identity import MEASURE_PREFIX, MEASURES, HeatmapIdentity, measure_of
+from camcore.store import appstyle
 from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
-from camcore.store.schema import DatasetUpdate
+from camcore.store.schema import Conflict, DatasetUpdate
 
 _TYPES: dict[type, type[fo.Field]] = {float: fo.FloatField, bool: fo.BooleanField, str: fo.StringField}
 INDEXED = ("share",)
+_ATTEMPTS = 3  # a commit that met a concurrent change of the App config is tried again
 
 
 @db_errors
@@ -35,33 +37,46 @@ def declare_measure_fields(dataset: fo.Dataset | fo.DatasetView, identity: Heatm
     for a field in the way that is not ours or of another type."""
     dataset = root_dataset(dataset)
     heatmap = identity.field_name
-    with schema_lease(dataset):  # one writer of the field list at a time, across processes
-        schema = dataset.get_field_schema()
-        have = {m: name for name, (m, h, ours) in _links(schema).items() if ours and h == heatmap}
-        missing = [m for m in MEASURES if m not in have]
-        plain = identity.measure_fields()
-        taken = any(_other_map(schema.get(plain[m]), heatmap) for m in missing)
-        names = {**(identity.measure_fields(spare=True) if taken else plain), **have}
-        update = DatasetUpdate(dataset)  # one write of the dataset document for them all
-        for measure, name in names.items():
-            ftype = _TYPES[MEASURES[measure]]
-            existing = schema.get(name)
-            if existing is not None:
-                if measure in missing or not isinstance(existing, ftype):
-                    raise StoreError(_in_the_way(dataset.name, name, measure, existing))
+    for attempt in range(_ATTEMPTS):
+        with schema_lease(dataset):  # one writer of the field list at a time, across processes
+            schema = dataset.get_field_schema()
+            links = _links(schema)
+            have = {m: name for name, (m, h, ours) in links.items() if ours and h == heatmap}
+            missing = [m for m in MEASURES if m not in have]
+            plain = identity.measure_fields()
+            taken = any(_other_map(schema.get(plain[m]), heatmap) for m in missing)
+            names = {**(identity.measure_fields(spare=True) if taken else plain), **have}
+            update = DatasetUpdate(dataset)  # one write of the dataset document for them all
+            new = []
+            for measure, name in names.items():
+                ftype = _TYPES[MEASURES[measure]]
+                existing = schema.get(name)
+                if existing is not None:
+                    if measure in missing or not isinstance(existing, ftype):
+                        raise StoreError(_in_the_way(dataset.name, name, measure, existing))
+                    continue
+                update.add_field(name, dataset._sample_doc_cls._create_field(
+                    name, ftype, description=f"CAM Explorer {measure} of {heatmap}",
+                    info={MARK: {"kind": "measure", "measure": measure, "heatmap": heatmap}}))
+                new.append(name)
+            # In the App: their own sidebar group (made once with the fields written before it)
+            appstyle.group_measures(dataset, update, new, every=list(links))
+            try:
+                update.commit()
+            except Conflict:  # the App config changed meanwhile (a user's edit in the App): again
+                if attempt == _ATTEMPTS - 1:
+                    raise
                 continue
-            update.add_field(name, dataset._sample_doc_cls._create_field(
-                name, ftype, description=f"CAM Explorer {measure} of {heatmap}",
-                info={MARK: {"kind": "measure", "measure": measure, "heatmap": heatmap}}))
-        update.commit()
-        if "about" in have and any(m != "about" for m in missing):
-            # A measure field was deleted or renamed (in the App) since these maps were measured: the
-            # samples' `about` says done, yet that measure is gone; cleared, the resume (which goes by
-            # `about`) measures them again instead of skipping them with the new field empty.
-            dataset._sample_collection.update_many({have["about"]: {"$ne": None}}, {"$set": {have["about"]: None}})
-        for measure in INDEXED:
-            dataset.create_index(names[measure])
-    return {m: names[m] for m in MEASURES}
+            if "about" in have and any(m != "about" for m in missing):
+                # A measure field was deleted or renamed (in the App) since these maps were measured:
+                # the samples' `about` says done, yet that measure is gone; cleared, the resume (which
+                # goes by `about`) measures them again instead of skipping them with the new field empty.
+                dataset._sample_collection.update_many({have["about"]: {"$ne": None}},
+                                                       {"$set": {have["about"]: None}})
+            for measure in INDEXED:
+                dataset.create_index(names[measure])
+            return {m: names[m] for m in MEASURES}
+    raise AssertionError("unreachable")
 
 
 def _mark(f: Any) -> dict | None:

@@ -26,7 +26,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ PLUGIN = "@cam-explorer/cam"
 COMPUTE_URI = f"{PLUGIN}/compute_cams"
 OPEN_URL_URI = f"{PLUGIN}/open_url"  # the plugin's JS operator (dist/index.umd.js)
 SIDEBAR_GROUPS_URI = f"{PLUGIN}/set_sidebar_groups"  # the plugin's JS operator too
+SAMPLE_TAGS_URI = f"{PLUGIN}/set_sample_tags"  # and this one: the open sample's tags in the modal
 RELOAD_MODELS_URI = f"{PLUGIN}/reload_models"
 SETTINGS_STORE = "cam_explorer_settings"  # FiftyOne's execution store: settings the user sets once
 EXPLORER_KEY = "explorer_url"
@@ -49,10 +49,8 @@ CHUNK = 8
 ERROR_KEY = "problem"  # the invalid property that carries a request's error to the form
 # The form is asked for again at every change of a field: what it read of a view (its count, a
 # field rule's labels and most boxes: each an aggregation over the view) is kept this long per view
-# and reused; the run itself reads afresh.
+# and reused (in camcore: this module is imported anew at each request); the run reads afresh.
 FORM_FACTS_SECONDS = 30.0
-_form_facts: dict[str, tuple[float, dict]] = {}
-_form_facts_lock = threading.Lock()
 
 
 def _camcore():
@@ -116,12 +114,13 @@ def _target(ctx, count: Callable[[Any], int] = len) -> tuple[Any, str]:
 def _view_facts(samples: Any) -> dict:
     """The form's memo for these samples (one per view, kept FORM_FACTS_SECONDS): what the form's
     refreshes read of the view once (its count, batch.BoxFacts' labels and most boxes)."""
-    key = _camcore()[4].views.view_key(samples)
-    now = time.monotonic()
-    with _form_facts_lock:
-        for old in [k for k, (when, _memo) in _form_facts.items() if now - when > FORM_FACTS_SECONDS]:
-            del _form_facts[old]
-        return _form_facts.setdefault(key, (now, {}))[1]
+    batch, *_rest, store, _weights = _camcore()
+    return batch.shared_facts(store.views.view_key(samples), FORM_FACTS_SECONDS)
+
+
+def _forget_view(samples: Any) -> None:
+    batch, *_rest, store, _weights = _camcore()
+    batch.forget_shared_facts(store.views.view_key(samples))
 
 
 def _form_count(samples: Any) -> int:
@@ -345,6 +344,7 @@ class ComputeCams(foo.Operator):
                                   batch.BoxFacts(samples, _view_facts(samples)))  # the run reads afresh
             except Exception as exc:
                 problem = _first_line(exc)
+                _forget_view(samples)  # a refusal is read afresh at the next refresh (the data may be fixed)
         if problem:
             _refuse(inputs, "Cannot compute", problem)
         return types.Property(inputs, view=types.View(label="Compute CAM heatmaps"))
@@ -725,8 +725,11 @@ class RecordFinding(foo.Operator):
                                         layers=tuple(filter(None, [meaning.get("layer")])))
                 extra["url"] = links.explorer_url(state, base=base)
             store.add_finding(ctx.dataset, sid, tag, note, field, **extra)
-        ctx.trigger("reload_samples")  # the open sample's tags, and the grid's
+        ctx.trigger("reload_samples")  # the grid's tags
         ctx.trigger("reload_dataset")  # the tags' counts in the sidebar
+        if ctx.current_sample:  # the modal keeps its copy of the sample through both: its new tags
+            [tags] = ctx.dataset.select(ids).values("tags")
+            ctx.trigger(SAMPLE_TAGS_URI, {"sample_id": ids[0], "tags": list(tags or [])})
         ctx.ops.notify(f"Recorded '{tag}' (tag {sample_tag}) on {which}", variant="success")
         return {"tag": sample_tag, "samples": len(ids)}
 

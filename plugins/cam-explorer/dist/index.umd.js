@@ -11,6 +11,8 @@
  *   CLI, a batch, a colleague) shows its CAM group without a tab reload. The first call also says
  *   which fields the page's schema holds: a push between the page's load and that call (seconds
  *   on a loaded machine, until the App lists the Python operators) reloads the page's dataset.
+ * - set_sample_tags shows the open sample's new tags in the modal (record_finding): the App 1.22
+ *   keeps the modal's copy of the sample through reload_samples and reload_dataset.
  * Hand-written (no build step): it uses the App's globals, as compiled plugins do.
  */
 (function () {
@@ -76,6 +78,29 @@
     }
   }
 
+  class SetSampleTags extends fop.Operator {
+    get config() {
+      return new fop.OperatorConfig({ name: "set_sample_tags", label: "Show a sample's new tags", unlisted: true });
+    }
+
+    useHooks() { // the App's own refresh of one sample (what its tagging menu uses): the modal redraws
+      var fos = window.__fos__;
+      return { refreshSample: fos && fos.useRefreshSample ? fos.useRefreshSample() : null };
+    }
+
+    async execute(ctx) {
+      var fos = window.__fos__;
+      var id = String((ctx.params && ctx.params.sample_id) || "");
+      var tags = ((ctx.params && ctx.params.tags) || []).map(String);
+      if (!fos || !fos.modalSample || !fos.isModalActive || !ctx.state || !ctx.hooks.refreshSample) return;
+      // Only the sample open in the modal: reload_samples refreshes the grid, not the modal's copy
+      if (!(await ctx.state.snapshot.getPromise(fos.isModalActive))) return;
+      var open = await ctx.state.snapshot.getPromise(fos.modalSample);
+      if (!open || !open.sample || String(open.sample._id) !== id) return;
+      ctx.hooks.refreshSample(Object.assign({}, open.sample, { tags: tags }));
+    }
+  }
+
   // The saved groups, plus every path the page shows that they do not list, kept in its group: the
   // App adds a field missing from the saved groups to a default group when it loads, not when the
   // groups are set, so a field the saved groups leave out would vanish from the sidebar.
@@ -122,6 +147,7 @@
   fop.registerOperator(OpenUrl, "@cam-explorer/cam");
   fop.registerOperator(SetSidebarGroups, "@cam-explorer/cam");
   fop.registerOperator(SyncPage, "@cam-explorer/cam");
+  fop.registerOperator(SetSampleTags, "@cam-explorer/cam");
 
   function sync() {
     if (document.hidden || !fop.executeOperator) return;
