@@ -154,6 +154,35 @@ def test_a_big_run_without_an_orchestrator_runs_now_with_progress(dataset, monke
     assert "set_progress" in asked and "reload_dataset" in asked
 
 
+def test_with_an_orchestrator_the_form_says_what_schedule_does_and_where_to_see_the_run(dataset, monkeypatch):
+    """The queued route (FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true): after Schedule the App (1.22)
+    closes the form and shows nothing (a generator operator's scheduled result has no output, its
+    triggers are not run), so the form says it beforehand, with the exact commands of this App
+    server's environment: the worker to start and the list that shows the run."""
+    monkeypatch.setenv("CAM_EXPLORER_DELEGATE_OVER", "2")
+    monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", True)
+    form = json.loads(_form(COMPUTE, dataset, params=PARAMS))["type"]["properties"]
+    assert form["delegate"]["default"] is True  # 4 samples, over the threshold
+    queued = form["queued"]["view"]
+    assert "Schedule queues this run: the App shows nothing more" in queued["label"]
+    launch = f"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true FIFTYONE_PLUGINS_DIR={ROOT / 'plugins'} "
+    assert launch in queued["description"] and "delegated launch" in queued["description"]
+    listing = re.search(r"See the run:\n\n`([^`]+)`$", queued["description"])[1]
+    assert listing.endswith(f"delegated list --operator {COMPUTE}")
+    # that command runs here and lists this operator's runs
+    import shlex
+    import subprocess
+
+    done = subprocess.run(shlex.split(listing), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
+    # run now instead: no word on a queue
+    assert "queued" not in json.loads(_form(COMPUTE, dataset, params={**PARAMS, "delegate": False}))[
+        "type"]["properties"]
+    # the run's label in that list says what it computes
+    ctx = foo.ExecutionContext(request_params={"dataset_name": dataset.name, "params": PARAMS})
+    assert foo.get_operator(COMPUTE).resolve_run_name(ctx) == f"CAM heatmaps: {MODEL}, gradcam on head"
+
+
 # ---------------------------------------------------------------- item 6: your own models
 
 

@@ -171,3 +171,43 @@ def test_the_plugins_form_reads_the_view_once_not_at_every_refresh(tmp_path, mon
         assert spy.take(), "another rule is read"
     finally:
         ds.delete()
+
+
+@pytest.mark.slow
+def test_compares_ranking_reads_a_box_field_at_the_rank_click_not_on_every_rerun(monkeypatch):
+    """Compare's ranking (a classifier, the object from a Detections field) read the field's labels
+    over the whole dataset and the boxes of every sample to rank (up to the whole view) on every
+    rerun of the page, any widget touched. Now the labels come from the app's per-dataset cache and
+    the boxes are read at the Rank click, which is the only run that uses them."""
+    from app_support import APP, TIMEOUT, run
+    from streamlit.testing.v1 import AppTest
+
+    from camcore import demo_data
+
+    demo = demo_data.ensure_demo_dataset()
+    chosen = [s for s in demo if s.filename in ("coffee.png", "chelsea.png")]
+    ds = fo.Dataset(unique_name("det32-rank"), persistent=True)
+    box = fo.Detections(detections=[fo.Detection(label="cat", bounding_box=[0.1, 0.1, 0.5, 0.5])])
+    ds.add_samples([fo.Sample(filepath=s.filepath, objboxes=box) for s in chosen])
+    spy = AggregationSpy(monkeypatch, "objboxes")
+    try:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.query_params["dataset"] = ds.name
+        at.switch_page("pages/compare.py")
+        run(at)
+        assert at.selectbox(key="rank_object_efficientnet_lite0").value == "objboxes"
+        at.selectbox(key="rank_object_label_objboxes").set_value("cat")
+        run(at)
+        spy.take()
+        for value in (0.3, 0.6, 0.4):  # other widgets: the box field is not read again
+            at.slider(key="cmp_threshold").set_value(value)
+            run(at)
+            assert spy.take() == 0, value
+        at.button(key="rank_go").click()
+        run(at)
+        assert spy.take() >= 1  # the click reads the boxes it ranks against
+        ranked = [c.value for c in at.caption if "on the object (label boxes)" in c.value
+                  and not c.value.startswith("Ranked for")]
+        assert len(ranked) == 2, [c.value for c in at.caption]
+    finally:
+        ds.delete()

@@ -27,8 +27,7 @@ class RankAsk:
     method: str
     layer: str
     view: Any  # the sidebar's view, its first `limit` samples
-    boxes: dict
-    masks: dict
+    objects: tuple[str, str, bool] | None  # (field, label, is a mask field): read at the Rank click
     what: str  # what a ranking is about, in words
     context: tuple  # rows ranked under other settings are never shown as this one's
     go: bool
@@ -52,7 +51,7 @@ def ranking_controls(sel: sidebar.Selection, loaded: LoadedModel, chosen: list[s
                                 key=Compare.RANK_LIMIT, help=f"The first N of the {sel.count:,} samples in the "
                                                              "sidebar's view (its order: sort it to choose which)."))
     view = sel.view().limit(limit)
-    field, fallback, label, boxes, masks = _object_source(c4, sel, loaded, view, cls)
+    field, fallback, label, objects = _object_source(c4, sel, loaded, cls)
     waiting = bool(field and field != fallback and label is None)
     # A callback, not the return value: a click survives the router's one rerun (router.ensure_routed).
     st.button(f"Rank {limit:,} samples", key=Compare.RANK_GO, on_click=request, args=(Compare.RANK_REQUESTED,),
@@ -61,14 +60,15 @@ def ranking_controls(sel: sidebar.Selection, loaded: LoadedModel, chosen: list[s
         f"{field} = {label}" if field and field != fallback else (fallback or "no object labels"))
     context = (sel.dataset, sel.view_spec, limit, loaded.spec.key, loaded.weights_label, sel.input_size, what)
     go = st.session_state.pop(Compare.RANK_REQUESTED, False)
-    return RankAsk(cls, method, layer, view, boxes, masks, what, context, go)
+    return RankAsk(cls, method, layer, view, objects, what, context, go)
 
 
-def _object_source(c4, sel: sidebar.Selection, loaded: LoadedModel, view, cls: str):
+def _object_source(c4, sel: sidebar.Selection, loaded: LoadedModel, cls: str):
     """Where the object is: ground-truth masks or boxes from the dataset, or (segmentation models)
-    the model's own predicted mask: (field, fallback, label, boxes, masks)."""
+    the model's own predicted mask: (field, fallback, label, (field, label, is a mask) or None).
+    Nothing is read over the view here (this runs at every rerun): the masks or boxes at the click."""
     dataset = data.load_dataset(sel.dataset)
-    boxes, masks = {}, {}
+    objects = None
     mask_fields = data.mask_fields(dataset)
     sources = list(mask_fields)
     if loaded.spec.task == "classification":
@@ -80,7 +80,8 @@ def _object_source(c4, sel: sidebar.Selection, loaded: LoadedModel, view, cls: s
     label = None
     if field and field != fallback:
         is_mask = field in mask_fields
-        labels = data.object_labels(dataset, field, is_mask)
+        # a box field's labels: a distinct over the dataset, kept a minute per dataset (ui/cache)
+        labels = data.object_labels(dataset, field, is_mask) if is_mask else cache.label_values(sel.dataset, field)
         # Preselect only a label that names the class; else ask (an unrelated default would score
         # the heatmaps against the wrong objects). The default follows the class.
         label_key = Compare.rank_object_label(field)
@@ -94,16 +95,22 @@ def _object_source(c4, sel: sidebar.Selection, loaded: LoadedModel, view, cls: s
         if label is None:
             st.info(f"No label in {text.escape(repr(field))} names {text.escape(repr(cls))}: choose under "
                     "'Object label' which label marks its objects, then rank.")
-        elif is_mask:
-            masks = data.object_masks(view, field, label)
         else:
-            boxes = data.object_boxes(view, field, label)
-    return field, fallback, label, boxes, masks
+            objects = (field, label, is_mask)
+    return field, fallback, label, objects
 
 
 def rank_items(ask: RankAsk) -> list[judge.SampleItem]:
-    """The samples to rank, with where their object is."""
-    return [judge.SampleItem(i, p, tuple(tuple(b) for b in ask.boxes.get(i, ())), ask.masks.get(i))
+    """The samples to rank, with where their object is (read now: the Rank click's run)."""
+    boxes: dict = {}
+    masks: dict = {}
+    if ask.objects is not None:
+        field, label, is_mask = ask.objects
+        if is_mask:
+            masks = data.object_masks(ask.view, field, label)
+        else:
+            boxes = data.object_boxes(ask.view, field, label)
+    return [judge.SampleItem(i, p, tuple(tuple(b) for b in boxes.get(i, ())), masks.get(i))
             for i, p in data.ids_and_paths(ask.view)]
 
 

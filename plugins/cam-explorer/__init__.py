@@ -254,6 +254,12 @@ class ComputeCams(foo.Operator):
             return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=False)
         return super().resolve_execution_options(ctx)
 
+    def resolve_run_name(self, ctx) -> str:
+        """The run's label in `fiftyone delegated list`: what it computes."""
+        methods = ", ".join(_as_list(ctx.params.get("methods"))) or "default method"
+        layers = ", ".join(_as_list(ctx.params.get("layers"))) or "default layer"
+        return f"CAM heatmaps: {ctx.params.get('model') or 'default model'}, {methods} on {layers}"
+
     def resolve_delegation(self, ctx) -> bool | None:
         # The form's "delegate" box, which defaults to on for targets over the threshold.
         if not _can_queue():
@@ -326,7 +332,7 @@ class ComputeCams(foo.Operator):
         inputs.bool("eigen_smooth", default=False, label="eigen_smooth",
                     description="First principal component of the weighted activations")
         _measure_views(inputs, ctx.params, store.root_dataset(samples) if count else None, store)
-        _delegation_views(inputs, count)
+        _delegation_views(inputs, count, ctx.params)
 
         # Checked here as batch checks them: the App shows the reason and refuses to run, and a
         # bad request through the SDK fails validation before anything is loaded or written.
@@ -438,18 +444,42 @@ def _measure_views(inputs: Any, params: dict, dataset: Any, store: Any) -> None:
     inputs.bool("faithfulness", default=False, label="Faithfulness scores (3 forwards per heatmap)")
 
 
-def _delegation_views(inputs: Any, count: int) -> None:
+def _delegation_views(inputs: Any, count: int, params: dict) -> None:
     """The form's word on where the run happens: queued (with a worker) or now, with progress."""
     over = _delegate_over()
     if _can_queue():
         inputs.bool("delegate", default=count > over, label="Run delegated",
-                    description=f"Queue it (default for more than {over} samples) for the "
-                                "`fiftyone delegated launch` worker (`make worker`); "
-                                "`fiftyone delegated list` shows its progress. Reload the App when it ends.")
+                    description=f"Queue it (default for more than {over} samples) for a "
+                                "`fiftyone delegated launch` worker instead of running it now")
+        if bool(params["delegate"]) if "delegate" in params else count > over:
+            launch, listing = delegated_commands()
+            # After Schedule the App (1.22) closes this form and shows nothing more: a generator
+            # operator's scheduled result has no output and its triggers are not run. So say it here.
+            inputs.view("queued", types.Notice(
+                label="Schedule queues this run: the App shows nothing more. A worker runs it, and its "
+                      "progress is in `fiftyone delegated list`; reload the App when it has completed "
+                      "to see the new fields.",
+                # commands as code: the App draws this as markdown (an underscore in a path is no italic)
+                description=f"Start a worker once, in a terminal (`make worker` in the CAM Explorer checkout "
+                            f"does the same):\n\n`{launch}`\n\nSee the run:\n\n`{listing}`"))
     elif count > over:
         inputs.view("runs_now", types.Notice(
             label=f"{count} samples: this runs now in the App's server, its progress shown here",
             description="Queued background runs need a worker: see the README's 'Big runs'"))
+
+
+def delegated_commands() -> tuple[str, str]:
+    """(the command that starts a worker for queued runs, the command that lists this operator's
+    runs), for this App server's environment: its FiftyOne, its plugins folder."""
+    import shlex
+
+    import fiftyone as fo
+
+    exe = Path(sys.executable).parent / "fiftyone"
+    fiftyone = shlex.quote(str(exe)) if exe.is_file() else "fiftyone"
+    plugins = shlex.quote(str(fo.config.plugins_dir or Path(os.path.realpath(__file__)).parents[1]))
+    launch = f"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true FIFTYONE_PLUGINS_DIR={plugins} {fiftyone} delegated launch"
+    return launch, f"{fiftyone} delegated list --operator {COMPUTE_URI}"
 
 
 def _models_file_views(inputs: Any) -> None:
