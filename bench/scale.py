@@ -637,9 +637,11 @@ def _journal_bytes() -> int:
 
 
 def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | None = None,
-               labelled: bool = False, raw_drop: bool = False, catch_up_timed: bool = False) -> dict:
+               labelled: bool = False, raw_drop: bool = False, catch_up_timed: bool = False,
+               collect: bool = True) -> dict:
     """Median seconds of a push and of a batch's set-up at each CAM field count; ratios against
     the first count, measured in this run (interleaved, so drift hits every count alike)."""
+    import gc
     import statistics
 
     import fiftyone as fo
@@ -664,6 +666,8 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
         print(f"dataset {name}: {len(cams)} CAM fields in {time.perf_counter() - t0:.1f} s; {_doc_sizes(ds)}",
               flush=True)
         sets[n] = (ds, set(ds.get_field_schema()))
+    if collect:
+        gc.collect()
     keys = ("push_s", "batch_setup_s", "push_cpu_s", "batch_setup_cpu_s", "push_journal_mb", "batch_setup_journal_mb")
     times: dict[int, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in counts}
     prof = None
@@ -688,6 +692,11 @@ def run_fields(counts: list[int], repeats: int, image_dir: Path, profile: str | 
             if profiling:
                 prof.disable()
             _drop_new(ds, before, raw_drop, catch_up_timed)
+            if collect:
+                # The drop reloads the dataset (every field's objects made anew, ~50k at 500 fields): young
+                # objects that Python's collector would scan in the next timed step (+0.4 ms at 500 fields),
+                # which a process that has been pushing does not hold. Collected here, untimed.
+                gc.collect()
         print(f"  repeat {rep + 1}: " + "  ".join(
             f"{n}: push {times[n]['push_s'][-1]:.2f} s, set-up {times[n]['batch_setup_s'][-1]:.2f} s"
             for n in counts), flush=True)
@@ -749,6 +758,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--catch-up-timed", action="store_true",
                     help="--fields --raw-drop: leave this process's catching up with each repeat's drop to the "
                          "next (timed) push, as the runs before scale31 did")
+    ap.add_argument("--no-gc-collect", action="store_true",
+                    help="--fields: do not collect Python's garbage after each repeat's (untimed) drop, as the runs "
+                         "before scale32 did: the next timed steps then scan the objects the drop's reload made")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--probe-dataset", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -794,7 +806,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         if args.fields:
             run_fields([int(c) for c in args.fields.split(",") if c.strip()], args.repeats, image_dir, args.profile,
-                       args.labelled, args.raw_drop, args.catch_up_timed)
+                       args.labelled, args.raw_drop, args.catch_up_timed, not args.no_gc_collect)
             return
         for n in sizes:
             t0 = time.perf_counter()

@@ -189,38 +189,63 @@ def declare_heatmap_fields(
     entries that change: the document holds every field's entry, and FiftyOne's add_sample_field
     reloads and saves it whole, costs that grow with the number of fields.
 
+    A process that has seen the document (schema.seen) plans from its copy without reading it
+    again: the update applies only while the document is as this process last saw it, and
+    otherwise nothing is written, the copy catches up and the plan is made again.
+
     shown_with: the write or run these fields belong to (a push's write id, a batch's run id);
     the App switches on the newest field."""
     dataset = root_dataset(dataset)
-    # Field types, not fields: each new heatmap field gets its own (copying a field deep-copies it)
-    wanted = {k: LABEL_ATTRIBUTES[k] for k in DECLARED_ATTRIBUTES}
-    given = identities
     for attempt in range(_ATTEMPTS):
-        with schema_lease(dataset):  # one writer of the field list at a time, across processes
-            identities = [stored_identity(dataset, i) for i in given]  # the schema is up to date here
-            names = list(dict.fromkeys(identity.field_name for identity in identities))
-            new = {i.field_name: i for i in identities if not check_field(dataset, i.field_name, i.meaning)}
-            for field in names:
-                if field not in new:
-                    _complete_attributes(dataset, field, wanted)
-            update = schema.DatasetUpdate(dataset)
-            for name, identity in new.items():
-                update.add_field(name, dataset._sample_doc_cls._create_field(
-                    name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
-                    fields=[_named(ftype, key) for key, ftype in wanted.items()], description=identity.description,
-                    # The description once, on the field: the mark and the registry hold the meaning
-                    # (a copy in each cost ~500 B a field of the document every push rewrites)
-                    info={MARK: dict(identity.meaning)}))
-            _register(dataset, update, {i.field_name: dict(i.meaning) for i in identities})
-            _show_in_app(dataset, names, shown_with, update)
+        optimistic = attempt == 0 and schema.seen(dataset)
+        with schema_lease(dataset, sync=not optimistic):  # one writer of the field list at a time
+            if optimistic:
+                try:
+                    names = _declare(dataset, identities, shown_with, strict=True)
+                    break
+                except StoreError:  # this copy was behind (or a field is in the way: checked again below)
+                    schema.sync_schema(dataset)
             try:
-                update.commit()
+                names = _declare(dataset, identities, shown_with, strict=False)
                 break
             except schema.Conflict:
                 if attempt == _ATTEMPTS - 1:
                     raise
     appstyle.app.refresh_app(dataset.name)
     return names
+
+
+def _declare(dataset: fo.Dataset, given: Sequence[HeatmapIdentity], shown_with: str | None, strict: bool) -> list[str]:
+    """declare_heatmap_fields' plan and its one update, from this process's copy of the schema.
+    strict: the copy was not read again under this lease (the update is guarded on the document's
+    state; a field that needs FiftyOne's own path raises Conflict first, nothing written)."""
+    # Field types, not fields: each new heatmap field gets its own (copying a field deep-copies it)
+    wanted = {k: LABEL_ATTRIBUTES[k] for k in DECLARED_ATTRIBUTES}
+    identities = [stored_identity(dataset, i) for i in given]
+    names = list(dict.fromkeys(identity.field_name for identity in identities))
+    new = {i.field_name: i for i in identities if not check_field(dataset, i.field_name, i.meaning)}
+    for field in names:
+        if field not in new:
+            if strict and _lacks_attributes(dataset, field, wanted):  # FiftyOne's path writes from this copy
+                raise schema.Conflict(f"{field!r} needs its attributes declared: read the schema first")
+            _complete_attributes(dataset, field, wanted)
+    update = schema.DatasetUpdate(dataset, strict=strict)
+    for name, identity in new.items():
+        update.add_field(name, dataset._sample_doc_cls._create_field(
+            name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+            fields=[_named(ftype, key) for key, ftype in wanted.items()], description=identity.description,
+            # The description once, on the field: the mark and the registry hold the meaning
+            # (a copy in each cost ~500 B a field of the document every push rewrites)
+            info={MARK: dict(identity.meaning)}))
+    _register(dataset, update, {i.field_name: dict(i.meaning) for i in identities})
+    _show_in_app(dataset, names, shown_with, update)
+    update.commit()
+    return names
+
+
+def _lacks_attributes(dataset: fo.Dataset, field: str, wanted: dict[str, type[fo.Field]]) -> bool:
+    declared = dataset._sample_doc_cls._fields[field].get_field_schema()
+    return any(name not in declared for name in wanted)
 
 
 def _complete_attributes(dataset: fo.Dataset, field: str, wanted: dict[str, type[fo.Field]]) -> None:

@@ -100,9 +100,12 @@ def lease(key: str, ttl: float = 30.0, wait: float = 120.0) -> Iterator[None]:
 
 
 @contextmanager
-def schema_lease(dataset: fo.Dataset) -> Iterator[None]:
+def schema_lease(dataset: fo.Dataset, sync: bool = True) -> Iterator[None]:
     """Changes of this dataset's field list, one writer at a time across processes and hosts;
-    this process's copy of the schema is brought up to date first."""
+    this process's copy of the schema is brought up to date first (sync=False: not, for a writer
+    whose update applies only to the document as this process last saw it: a strict
+    schema.DatasetUpdate)."""
     with LOCK, lease(f"schema:{dataset._doc.id}"):
-        sync_schema(dataset)
+        if sync:
+            sync_schema(dataset)
         yield

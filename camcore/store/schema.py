@@ -5,10 +5,15 @@ entry and saves the whole list back, and ``dataset.save()`` walks every entry fo
 500 CAM fields one new field cost about 15 s (bench/scale.py --fields), and two processes saving
 their own copies of the list lose each other's fields. Here:
 
-- a new top-level field is one atomic ``$push`` of its entry (``add_field``);
+- new top-level fields, entries of ``dataset.info`` and changes of the App config are one update of
+  the entries that change (``DatasetUpdate``), which also sets ``last_modified_at`` as FiftyOne's
+  own writes do;
 - this process's copy of the schema catches up by declaring only the entries it lacks
-  (``sync_schema``; a full reload only when another writer deleted or renamed a field);
-- the App config is written as one ``$set`` of ``app_config`` (``save_app_config``).
+  (``sync_schema``; a full reload only when another writer deleted or renamed a field), and reads
+  the field names and App config only when the document is not as this process last saw it
+  (its ``last_modified_at`` and size: a few bytes, not ~190 B a CAM field);
+- a writer that has seen the document may plan from its copy without reading it at all: its
+  update (``DatasetUpdate(strict=True)``) applies only while the document is still in that state.
 
 The caller holds :func:`camcore.store.leases.schema_lease` so that one writer at a time changes a
 dataset's fields and App config, across processes and hosts.
@@ -26,7 +31,7 @@ from pymongo import ReturnDocument
 from camcore.errors import StoreError
 from camcore.store.datasets import LOCK, datasets_collection
 
-__all__ = ["Conflict", "DatasetUpdate", "compact_entry", "raw_info", "refresh_schema", "stored_app_config",
+__all__ = ["Conflict", "DatasetUpdate", "compact_entry", "raw_info", "refresh_schema", "seen", "stored_app_config",
            "sync_schema"]
 
 
@@ -55,8 +60,11 @@ class DatasetUpdate:
     converts every field: seconds at 500 fields).
     """
 
-    def __init__(self, dataset: fo.Dataset):
+    def __init__(self, dataset: fo.Dataset, strict: bool = False):
         self.dataset = dataset
+        # strict: planned from this process's copy without reading the document again: written
+        # only while the document is as this process last saw it (else Conflict, nothing written)
+        self.strict = strict
         self._fields: list[tuple[str, fo.Field, SampleFieldDocument]] = []
         self._set: dict[str, object] = {}
         self._unset: dict[str, str] = {}
@@ -136,6 +144,8 @@ class DatasetUpdate:
                 _SEEN_STATE[key] = _state_of(after)
                 return
         _SEEN_STATE.pop(key, None)  # someone else wrote: the next sync_schema reads everything
+        if self.strict:
+            raise Conflict(f"{dataset.name!r} changed since this process last read it; read it again")
         if names:  # none of them declared meanwhile (the state guard above implies it: 0.3 ms at 500 fields)
             query["sample_fields.name"] = {"$nin": names}
         if coll.update_one(query, update).matched_count != 1:
@@ -232,6 +242,12 @@ def sync_schema(dataset: fo.Dataset) -> bool:
 # written in the same millisecond as the last change would pass unseen).
 _SEEN_STATE: dict[object, tuple[object, int]] = {}
 _STATE = {"lm": "$last_modified_at", "size": {"$bsonSize": "$$ROOT"}}
+
+
+def seen(dataset: fo.Dataset) -> bool:
+    """Has this process's copy of the schema matched the database (a sync or a commit of its
+    own)? Then a strict DatasetUpdate can be planned from the copy without reading it again."""
+    return dataset._doc.id in _SEEN_STATE
 
 
 def _state_of(doc: dict) -> tuple[object, int]:
