@@ -278,7 +278,10 @@ def _open_from_the_grid(page, open_by_session, clicks: int = 3) -> str:
             return "click"
         except AssertionError:
             page.screenshot(path=str(ARTIFACTS / f"app21_lost_click_{attempt}.png"))
-            if modal.count():  # the modal opened but its canvas never loaded: not a lost click
+            # The modal still open with its canvas never loaded: not a lost click. A modal that
+            # opened and closed again (the App's reload_dataset from the page's own check, landing
+            # just after the click, closes it; seen once in a whole run) is one: click again.
+            if modal.count() and modal.first.is_visible():
                 raise
     open_by_session()
     expect(canvas).to_be_visible(timeout=90_000)
