@@ -67,6 +67,11 @@ _WIDEST_PX = max(_GLYPH_PX.values())
 # (whole at 212.3, cut at 213.1: measured in Chromium, tests/test_app21_modal_names.py); the sample
 # modal draws it under its value in a smaller font, wider. Its own limit, so a third of a pixel kept.
 MEASURE_SIDEBAR_PX = 212.0
+# The measures kept indexed (the Audit page sorts and narrows by them: camcore.store.measures). The
+# App draws an index icon beside an indexed field's name: its label box 200 px against 218, so 18 px
+# less room (measured in Chromium, tests/test_app21_modal_names.py).
+INDEXED_MEASURES = ("share",)
+INDEX_ICON_PX = 18.0
 # The measures stored beside a heatmap (camcore.measures): name -> value type. Their fields are
 # ``camm_<measure>_<the heatmap field's name without cam_>``, that name cut to fit the sidebar
 # (HeatmapIdentity.measure_field): a heatmap field always starts with ``cam_``, so a measure field
@@ -75,6 +80,11 @@ MEASURE_SIDEBAR_PX = 212.0
 MEASURES: dict[str, type] = {"score": float, "conf": float, "share": float, "keep": float, "remove": float,
                              "bg": bool, "about": str}
 MEASURE_PREFIX = "camm_"
+
+
+def measure_sidebar_px(measure: str) -> float:
+    """The room a measure field's name has in the App's grid sidebar (less beside an index icon)."""
+    return MEASURE_SIDEBAR_PX - (INDEX_ICON_PX if measure in INDEXED_MEASURES else 0.0)
 
 
 def _digest(text: str, n: int) -> str:
@@ -326,7 +336,7 @@ class HeatmapIdentity:
 
     def measure_field(self, measure: str, spare: bool = False) -> str:
         """The field of one measure (see MEASURES) of this heatmap: ``camm_<measure>_`` and the
-        heatmap field's name without ``cam_``, cut to fit the App's sidebar (MEASURE_SIDEBAR_PX;
+        heatmap field's name without ``cam_``, cut to fit the App's sidebar (measure_sidebar_px;
         a last part cut under 3 characters left out). Cut names of two maps can meet (every class
         of one method, layer and model): the store gives the second map's measures their spare
         names, cut shorter and ending in 6 hex of the heatmap field's name, and links each measure
@@ -334,10 +344,11 @@ class HeatmapIdentity:
         if measure not in MEASURES:
             raise ValueError(f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
         head, rest = f"{MEASURE_PREFIX}{measure}_", self.field_name[len(FIELD_PREFIX):]
-        if not spare and sidebar_px(head + rest) <= MEASURE_SIDEBAR_PX:
+        room = measure_sidebar_px(measure)
+        if not spare and sidebar_px(head + rest) <= room:
             return head + rest
         end = f"_{_digest(self.field_name, 6)}" if spare else ""
-        cut = _fitting(rest, MEASURE_SIDEBAR_PX - sidebar_px(head) - sidebar_px(end))
+        cut = _fitting(rest, room - sidebar_px(head) - sidebar_px(end))
         k = len(cut)
         if k < len(rest) and rest[k] != "_" and "_" in cut and len(cut.rsplit("_", 1)[1]) < _MIN_KEPT:
             cut = cut.rsplit("_", 1)[0]  # "grad_h" says less than "grad"

@@ -19,7 +19,7 @@ from fo_helpers import coded_identity
 from test_app21_app import ARTIFACTS, CHROMIUM, app_page, grey_dataset  # noqa: F401 (grey_dataset: a fixture)
 
 from camcore import store
-from camcore.identity import MEASURE_SIDEBAR_PX, MEASURES, SIDEBAR_PX, sidebar_px
+from camcore.identity import INDEXED_MEASURES, MEASURE_SIDEBAR_PX, MEASURES, SIDEBAR_PX, sidebar_px
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -33,8 +33,11 @@ TOO_WIDE = FITS + "z"  # ... and just over it, cut: the limit is the App's own
 # Their measure fields (floats, flags, strings: drawn otherwise, the grid's sidebar the narrower),
 # the widest of each map's, plain and spare; and a float just within that limit and one just over.
 MEASURED = {name: MEASURES[m] for i in CUT for m, spare in (("remove", False), ("remove", True), ("keep", True),
-                                                              ("about", False), ("bg", True))
+                                                              ("about", False), ("bg", True), ("share", False),
+                                                              ("share", True))
             for name in [i.measure_field(m, spare)]}
+# The indexed ones, as a batch leaves them: the App draws its index icon beside them, less room
+INDEXED = [i.measure_field(m, spare) for i in CUT for m in INDEXED_MEASURES for spare in (False, True)]
 MEASURE_FITS, MEASURE_TOO_WIDE = "f" + "z" * 29 + "i", "b" + "z" * 28 + "fi"  # 211.6 and 213.1 px
 _VALUES = {float: 0.123, bool: True, str: "t=0.5;obj=model;f=1"}
 
@@ -142,6 +145,8 @@ def test_cut_names_show_whole_in_the_sample_modal_at_1280(grey_dataset):  # noqa
     for name, kind in [*MEASURED.items(), (MEASURE_FITS, float), (MEASURE_TOO_WIDE, float)]:
         sample[name] = _VALUES[kind]
     sample.save()
+    for name in INDEXED:
+        grey_dataset.create_index(name)
     port = free_port()
     try:
         store.launch_app(grey_dataset, port=port)

@@ -51,7 +51,8 @@ def _options(**kw) -> BatchOptions:
 def test_identity_names_measure_fields_from_the_heatmap_name():
     ident = _identity()
     fields = ident.measure_fields()
-    assert fields["share"] == "camm_share_" + ident.field_name[len("cam_"):]  # it fits: whole
+    assert fields["score"] == "camm_score_" + ident.field_name[len("cam_"):]  # it fits: whole
+    assert fields["share"] == "camm_share_grad_head_effl"  # indexed: beside the App's index icon, cut
     # a name cut to fit the App's sidebar still reads as its measure; its map is in its info
     assert fields["remove"] == "camm_remove_grad_head_effl" and measure_of(fields["remove"])[0] == "remove"
     assert all(measure_of(f)[0] == m for m, f in fields.items())

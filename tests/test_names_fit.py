@@ -12,7 +12,15 @@ import pytest
 from fo_helpers import make_result, unique_name, with_identity, write_images
 
 from camcore import model_file, store
-from camcore.identity import AUTO_TARGET, MEASURE_SIDEBAR_PX, SIDEBAR_PX, HeatmapIdentity, codes, sidebar_px
+from camcore.identity import (
+    AUTO_TARGET,
+    MEASURE_SIDEBAR_PX,
+    SIDEBAR_PX,
+    HeatmapIdentity,
+    codes,
+    measure_sidebar_px,
+    sidebar_px,
+)
 from camcore.methods import METHODS, get_method
 from camcore.model_spec import LayerSpec
 from camcore.models import BUILTIN_MODELS
@@ -62,8 +70,12 @@ def test_every_name_the_project_writes_shows_whole_in_the_app_sidebar():
                                 too_wide.append((name, round(sidebar_px(name), 1)))
                         # its measure fields (a float, bool or string field has its own limit):
                         # the widest measure word, as each name of a map names its measures alike
-                        for name in (ident.measure_field("remove"), ident.measure_field("remove", spare=True)):
-                            if sidebar_px(name) > MEASURE_SIDEBAR_PX or not name.startswith("camm_remove_"):
+                        # and the indexed one, beside the App's index icon
+                        for measure, spare in (("remove", False), ("remove", True), ("share", False),
+                                               ("share", True)):
+                            name = ident.measure_field(measure, spare)
+                            if sidebar_px(name) > measure_sidebar_px(measure) or not name.startswith(
+                                    f"camm_{measure}_"):
                                 too_wide.append((name, round(sidebar_px(name), 1)))
     assert count > 10_000
     assert not too_wide, f"{len(too_wide)} names cut in the App's sidebar, e.g. {too_wide[:5]}"
@@ -75,9 +87,10 @@ def test_every_measure_name_fits_and_keeps_its_measure_whole():
         ident = _coded(target, method, layer)
         for spare in (False, True):
             for measure, name in ident.measure_fields(spare).items():
-                assert sidebar_px(name) <= MEASURE_SIDEBAR_PX and name.startswith(f"camm_{measure}_"), name
+                assert sidebar_px(name) <= measure_sidebar_px(measure) and name.startswith(f"camm_{measure}_"), name
     # a name that fits keeps the form it always had (existing datasets' fields): only cut ones change
-    assert _coded(AUTO_TARGET).measure_field("share") == "camm_share_grad_head_effl0"
+    assert _coded(AUTO_TARGET).measure_field("score") == "camm_score_grad_head_effl0"
+    assert measure_sidebar_px("share") == MEASURE_SIDEBAR_PX - 18 == measure_sidebar_px("remove") - 18
     assert _coded(AUTO_TARGET).measure_field("remove") == "camm_remove_grad_head_effl"  # was 213 px
     assert _coded(AUTO_TARGET).measure_field("remove", spare=True).startswith("camm_remove_grad_")
 

@@ -19,14 +19,14 @@ from typing import Any
 import fiftyone as fo
 
 from camcore.errors import StoreError
-from camcore.identity import MEASURE_PREFIX, MEASURES, HeatmapIdentity, measure_of
+from camcore.identity import INDEXED_MEASURES, MEASURE_PREFIX, MEASURES, HeatmapIdentity, measure_of
 from camcore.store import appstyle
 from camcore.store.datasets import MARK, db_errors, root_dataset
 from camcore.store.leases import schema_lease
 from camcore.store.schema import Conflict, DatasetUpdate
 
 _TYPES: dict[type, type[fo.Field]] = {float: fo.FloatField, bool: fo.BooleanField, str: fo.StringField}
-INDEXED = ("share",)
+INDEXED = INDEXED_MEASURES  # their names cut shorter: the App draws an index icon beside them
 _ATTEMPTS = 3  # a commit that met a concurrent change of the App config is tried again
 
 
