@@ -31,16 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # camcore; mongod_support, audit_support
 
 
-def _private_mongod(tmp: Path):
-    if os.environ.get("FIFTYONE_DATABASE_URI"):
-        return None
-    from mongod_support import start_mongod
-
-    proc, uri = start_mongod(tmp)
-    os.environ["FIFTYONE_DATABASE_URI"] = uri
-    return proc
-
-
 def build(n: int, tmp: Path):
     """A persistent dataset of n samples with measures, and its stored summary."""
     from audit_support import audited_dataset
@@ -114,7 +104,9 @@ def main() -> None:
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     os.environ["CAM_EXPLORER_HOME"] = str(tmp / "home")
-    proc = _private_mongod(tmp)
+    from mongod_support import private_mongod
+
+    proc = private_mongod(tmp)
     try:
         run(sizes, args.clicks, tmp)
     finally:

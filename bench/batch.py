@@ -28,16 +28,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # mongod_support
 
 
-def _private_mongod(tmp: Path):
-    if os.environ.get("FIFTYONE_DATABASE_URI"):
-        return None
-    from mongod_support import start_mongod
-
-    proc, uri = start_mongod(tmp)
-    os.environ["FIFTYONE_DATABASE_URI"] = uri
-    return proc
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=16, help="samples (the 8 demo images, cycled)")
@@ -53,7 +43,9 @@ def main() -> None:
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     os.environ["CAM_EXPLORER_HOME"] = str(tmp / "home")
-    proc = _private_mongod(tmp)
+    from mongod_support import private_mongod
+
+    proc = private_mongod(tmp)
     try:
         (measures_cost if args.measures_cost else run)(args, tmp)
     finally:

@@ -41,16 +41,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # camcore; mongod_support, app_
 SSD = "ssdlite320_mobilenet_v3_large"
 
 
-def _private_mongod(tmp: Path):
-    if os.environ.get("FIFTYONE_DATABASE_URI"):
-        return None
-    from mongod_support import start_mongod
-
-    proc, uri = start_mongod(tmp)
-    os.environ["FIFTYONE_DATABASE_URI"] = uri
-    return proc
-
-
 def build(n: int, tmp: Path):
     """A persistent dataset of n samples, each with 1-4 `ground_truth` boxes (raw inserts of a few
     real samples' documents: only the boxes matter here)."""
@@ -146,7 +136,9 @@ def main() -> None:
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     os.environ["CAM_EXPLORER_HOME"] = str(tmp / "home")
     os.environ["FIFTYONE_PLUGINS_DIR"] = str(ROOT / "plugins")
-    proc = _private_mongod(tmp)
+    from mongod_support import private_mongod
+
+    proc = private_mongod(tmp)
     try:
         run(sizes, args.reruns, tmp)
     finally:

@@ -61,16 +61,6 @@ INSERT_BATCH = 10_000
 # ---------------------------------------------------------------- set-up
 
 
-def _private_mongod(db_dir: Path):
-    if os.environ.get("FIFTYONE_DATABASE_URI"):
-        return None
-    from mongod_support import start_mongod
-
-    proc, uri = start_mongod(db_dir)
-    os.environ["FIFTYONE_DATABASE_URI"] = uri
-    return proc
-
-
 def bench_database(db_dir: str | None, prefix: str) -> tuple[Path, object]:
     """(the data folder, the private mongod or None) for a bench script: FiftyOne quiet, the
     folder given (kept between runs, so big datasets are built once) or a new temporary one."""
@@ -78,7 +68,9 @@ def bench_database(db_dir: str | None, prefix: str) -> tuple[Path, object]:
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     folder = Path(db_dir or tempfile.mkdtemp(prefix=prefix))
     folder.mkdir(parents=True, exist_ok=True)
-    return folder, _private_mongod(folder)
+    from mongod_support import private_mongod
+
+    return folder, private_mongod(folder)
 
 
 def make_images(image_dir: Path, count: int = IMAGES) -> list[str]:
@@ -783,7 +775,9 @@ def main(argv: list[str] | None = None) -> None:
     db_dir = Path(args.db_dir) if args.db_dir else temp / "db"
     db_dir.mkdir(parents=True, exist_ok=True)
     os.environ["CAM_EXPLORER_HOME"] = str(temp / "home")  # heatmaps of this run only
-    mongod = _private_mongod(db_dir)
+    from mongod_support import private_mongod
+
+    mongod = private_mongod(db_dir)
     try:
         import fiftyone as fo
 

@@ -92,3 +92,15 @@ def stop_mongod(proc: subprocess.Popen, disconnect_fiftyone: bool = True) -> Non
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def private_mongod(db_dir: Path) -> subprocess.Popen | None:
+    """For a bench script: its own mongod in db_dir, FIFTYONE_DATABASE_URI pointed at it, unless
+    the caller set that URI already (then None: the caller's database is used)."""
+    import os
+
+    if os.environ.get("FIFTYONE_DATABASE_URI"):
+        return None
+    proc, uri = start_mongod(db_dir)
+    os.environ["FIFTYONE_DATABASE_URI"] = uri
+    return proc
