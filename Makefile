@@ -24,7 +24,7 @@ help:
 	@echo "make run       start the app: streamlit run app.py"
 	@echo "make worker    run queued FiftyOne App runs (fiftyone delegated launch; README: Big runs)"
 	@echo "make lint      ruff on camcore, ui and pages; mypy on camcore"
-	@echo "make test      setup + chromium + lint, then the test suite"
+	@echo "make test      setup + chromium, then the test suite with make lint beside it"
 	@echo "make chromium  install Debian's chromium for the browser tests, if missing"
 	@echo "make clean     remove caches and test outputs (distclean: also $(VENV))"
 
@@ -64,9 +64,19 @@ lint: setup
 # default hands files out by their number of tests, which starts the one-test browser files last.
 # The files in conftest's ONE_AT_A_TIME (the real App's and Compare's browser journeys) run in one
 # worker, one after another: their waits ran out when they met under load.
+# make lint runs beside the tests, not before them (a cold mypy cache costs ~30 s of wall, most of it
+# while the suite's workers wait on browsers); its output comes after the tests', and either red fails.
 TEST_WORKERS ?= 3
-test: setup chromium lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+PYTEST_SUITE = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+test: setup chromium
+	@mkdir -p test-artifacts
+	@$(MAKE) --no-print-directory lint >test-artifacts/lint.log 2>&1 & lint=$$!; \
+	trap 'kill $$lint 2>/dev/null' INT TERM; \
+	$(PYTEST_SUITE); tests=$$?; \
+	wait $$lint; linted=$$?; \
+	echo "== make lint, run beside the tests (test-artifacts/lint.log):"; cat test-artifacts/lint.log; \
+	if [ $$linted != 0 ]; then echo "make test: lint failed (exit $$linted)"; fi; \
+	[ $$tests = 0 ] && [ $$linted = 0 ]
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \
