@@ -28,6 +28,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 from cam_support import CHELSEA
+from fo_app_page import PROMO_TITLE, as_returning_user
 from fo_helpers import field_name, unique_name
 from PIL import Image
 
@@ -249,10 +250,12 @@ def app_page(url: str, before=None):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
+            as_returning_user(page)
             if before is not None:
                 before(page)
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
+            expect(page.get_by_text(PROMO_TITLE)).to_have_count(0)  # nothing over the grid takes clicks
             yield page
         finally:
             browser.close()

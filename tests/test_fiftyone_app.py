@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fo_app_page import as_returning_user
+from fo_helpers import make_heatmap, make_result
 
 from camcore import demo_data, store
 from camcore.results import Target
-from fo_helpers import make_heatmap, make_result
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -41,6 +42,7 @@ def _check_modal(url: str, sample_id: str, field: str) -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            as_returning_user(page)
             page.goto(url)
             modal = page.locator("#modal")
             # the sample opened from ?id=, its image drawn, our heatmap field listed and switched on

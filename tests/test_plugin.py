@@ -13,6 +13,7 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 from cam_support import CHELSEA
+from fo_app_page import as_returning_user
 from fo_helpers import coded_identity, field_name, unique_name, write_images
 
 from camcore import batch, engine, links, store
@@ -286,6 +287,7 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 900})
+            as_returning_user(context)
             # the explorer is not running here: answer for it, so the new tab has a page
             context.route(f"{explorer}/**",
                           lambda route: route.fulfill(body="the explorer", content_type="text/plain"))
@@ -380,7 +382,6 @@ def test_app_operator_browser_offers_compute_cams(dataset, monkeypatch):
 
 
 def test_compute_cams_measures_switch_stores_the_measure_fields(dataset):
-    from camcore.identity import HeatmapIdentity
     from camcore.store import measures as measure_store
 
     _run(COMPUTE, dataset=dataset, params={**PARAMS, "measures": True, "faithfulness": False, "threshold": 0.4})

@@ -1,0 +1,19 @@
+"""A Chromium page on the real FiftyOne App as a returning user sees it.
+
+FiftyOne 1.22's App opens an "Explore Enterprise" popover on a browser's first visit (until its
+Dismiss sets a localStorage key). The popover's invisible backdrop takes every click on the page:
+a tile or checkbox click waits behind it, and under load the tests' waits ran out (seen in whole
+runs: "MuiPopover ... intercepts pointer events", the modal never opened). A user dismisses it once;
+the tests start each browser as a user who has.
+"""
+from __future__ import annotations
+
+# the App's own key (fiftyone/server/static/assets/index.module-*.js: `fiftyone-enterprise-tooltip-seen`)
+PROMO_SEEN_KEY = "fiftyone-enterprise-tooltip-seen"
+PROMO_TITLE = "Accelerate your workflow"  # the popover's heading
+_PROMO_SEEN = f"try {{ window.localStorage.setItem({PROMO_SEEN_KEY!r}, 'true'); }} catch (e) {{}}"
+
+
+def as_returning_user(target) -> None:
+    """Mark the App's promo as seen in a Playwright page or context, before its first goto."""
+    target.add_init_script(_PROMO_SEEN)
