@@ -1,7 +1,8 @@
 """Real Python processes, started once with FiftyOne and camcore imported, that run test scripts.
 
 Each start of a process that imports fiftyone and torch costs 3-6 s of CPU; tests that race
-several processes on one dataset share one pool instead of starting their own (issue 26 item 7).
+several processes on one dataset share one pool instead of starting their own, and the pool's
+processes are forked from one that did the imports, once (issue 26 item 7).
 A job is a script (run with `exec`, its environment and argv[1] set) and returns what it printed;
 a pool's processes are all ready before any job is sent, so a shared start time can be near.
 """
@@ -9,35 +10,63 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One process imports FiftyOne, torch and camcore once, then forks the pool's processes: real processes
+# of their own (pid, database connection: FiftyOne connects lazily, so no MongoClient crosses the fork;
+# lease owner: camcore.store.leases renews it in a forked child), each serving jobs over a Unix socket.
 _SERVE = textwrap.dedent(
     """
-    import contextlib, io, json, os, sys, traceback
+    import contextlib, io, json, os, socket, sys, traceback
     sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
-    import fiftyone  # noqa: F401  the costly imports, once per process
+    import fiftyone  # noqa: F401  the costly imports, once for the whole pool
     import fo_helpers  # noqa: F401
     from camcore import store  # noqa: F401
 
-    reply = sys.stdout
-    print("ready", file=reply, flush=True)
-    for line in sys.stdin:
-        job = json.loads(line)
-        os.environ.update(job["env"])
-        sys.argv = ["-c", job["arg"]]
-        out, error = io.StringIO(), ""
-        try:
-            with contextlib.redirect_stdout(out):
-                exec(compile(job["code"], "<job>", "exec"), {"__name__": "__main__"})
-        except BaseException:
-            error = traceback.format_exc()
-        print(json.dumps({"out": out.getvalue(), "error": error}), file=reply, flush=True)
+    assert fiftyone.core.odm.database._client is None, "a database connection before the fork"
+
+
+    def serve(reply):
+        for line in reply:
+            job = json.loads(line)
+            os.environ.update(job["env"])
+            sys.argv = ["-c", job["arg"]]
+            out, error = io.StringIO(), ""
+            try:
+                with contextlib.redirect_stdout(out):
+                    exec(compile(job["code"], "<job>", "exec"), {"__name__": "__main__"})
+            except BaseException:
+                error = traceback.format_exc()
+            reply.write(json.dumps({"out": out.getvalue(), "error": error}) + "\\n")
+            reply.flush()
+
+
+    children = []
+    for _ in range(int(sys.argv[2])):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                conn = socket.socket(socket.AF_UNIX)
+                conn.connect(sys.argv[1])
+                serve(conn.makefile("rw"))
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
     """
 )
 
@@ -51,38 +80,47 @@ class Outcome:
 class WarmPool:
     """`size` processes; run(code, args, env) gives job i to process i, all at once."""
 
-    def __init__(self, size: int):
-        env = {**os.environ, "ROOT": str(ROOT)}
-        self.procs = [subprocess.Popen([sys.executable, "-c", _SERVE], env=env, stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, text=True) for _ in range(size)]
-        for p in self.procs:  # imports done everywhere before the first job
-            line = p.stdout.readline() if p.stdout else ""
-            assert line.strip() == "ready", f"a warm process did not start (exit {p.poll()})"
+    def __init__(self, size: int, timeout: float = 120.0):
+        self.folder = Path(tempfile.mkdtemp(prefix="warm-pool-"))
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(self.folder / "jobs"))
+        listener.listen(size)
+        listener.settimeout(timeout)
+        self.server = subprocess.Popen([sys.executable, "-c", _SERVE, str(self.folder / "jobs"), str(size)],
+                                       env={**os.environ, "ROOT": str(ROOT)})
+        self.conns = []
+        try:
+            for _ in range(size):  # imports done (once) before the first job
+                conn, _ = listener.accept()
+                self.conns.append(conn.makefile("rw"))
+        except OSError as exc:
+            self.close()
+            raise AssertionError(f"a warm process did not start (exit {self.server.poll()}): {exc}") from exc
+        finally:
+            listener.close()
 
     def run(self, code: str, args: list[str], env: dict[str, str]) -> list[Outcome]:
-        assert len(args) <= len(self.procs), "more jobs than processes"
-        used = self.procs[: len(args)]
-        for p, arg in zip(used, args, strict=True):  # sent before any reply is read: they run together
-            assert p.stdin is not None
-            p.stdin.write(json.dumps({"code": code, "arg": arg, "env": env}) + "\n")
-            p.stdin.flush()
+        assert len(args) <= len(self.conns), "more jobs than processes"
+        used = self.conns[: len(args)]
+        for conn, arg in zip(used, args, strict=True):  # sent before any reply is read: they run together
+            conn.write(json.dumps({"code": code, "arg": arg, "env": env}) + "\n")
+            conn.flush()
         outcomes = []
-        for p in used:
-            line = p.stdout.readline() if p.stdout else ""
-            assert line, f"a warm process died during its job (exit {p.poll()})"
+        for conn in used:
+            line = conn.readline()
+            assert line, f"a warm process died during its job (its server: exit {self.server.poll()})"
             outcomes.append(Outcome(**json.loads(line)))
         return outcomes
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.stdin:
-                p.stdin.close()
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        for conn in self.conns:
+            conn.close()
+        try:
+            self.server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # A fork server: the imports are paid once; each job runs in a child forked from it, a real process

@@ -32,7 +32,18 @@ from camcore.store.schema import sync_schema
 __all__ = ["lease", "schema_lease"]
 
 COLLECTION = "camexplorer_leases"
-_PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+_PROCESS = ""
+
+
+def _new_process_identity() -> None:
+    """This process's part of a lease owner; a forked child gets its own (it shares its parent's
+    memory, and two children owning as one would both hold a lease)."""
+    global _PROCESS
+    _PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+_new_process_identity()
+os.register_at_fork(after_in_child=_new_process_identity)
 
 
 def _collection():
