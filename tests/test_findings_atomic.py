@@ -3,21 +3,17 @@ FiftyOne App, another process) adds meanwhile is never lost. Findings keep the e
 were made at, and the Findings page reads them a page at a time."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
+import time
 
 import fiftyone as fo
 import pytest
 from fo_helpers import unique_name, write_images
+from warm_processes import WarmPool
 
 from camcore import store
 from camcore.errors import StoreError
 from camcore.store import findings
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -80,14 +76,13 @@ def test_the_first_finding_of_a_sample_keeps_a_tag_added_meanwhile(dataset, monk
 
 WRITER = textwrap.dedent(
     """
-    import os, sys
-    sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
+    import os, sys, time
     import fiftyone as fo
     from camcore import store
-    ds = fo.load_dataset(sys.argv[1])
-    sid, who, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
-    print("ready", flush=True)
-    sys.stdin.readline()  # start together
+    ds = fo.load_dataset(os.environ["DATASET"])
+    sid, who, n = os.environ["SAMPLE"], sys.argv[1], int(os.environ["N"])
+    while time.time() < float(os.environ["START"]):  # start together
+        time.sleep(0.005)
     for i in range(n):
         store.add_finding(ds, sid, f"{who} {i}", note=f"by {who}")
     print("done", flush=True)
@@ -95,32 +90,23 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_two_processes_and_a_tagger_at_once_lose_nothing(dataset, tmp_path):
+def test_two_processes_and_a_tagger_at_once_lose_nothing(dataset):
     sample = dataset.first()
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
     n = 15
-    env = {**os.environ, "ROOT": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, str(script), dataset.name, sample.id, who, str(n)],
-                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-             for who in ("alpha", "beta")]
+    start = time.time() + 1.0  # the pool is warm: a second is plenty
+    pool = WarmPool(2)  # two real processes, forked from one that imported FiftyOne once
     try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()[-3000:]
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        pool.send(WRITER, ["alpha", "beta"], {"DATASET": dataset.name, "SAMPLE": sample.id, "N": str(n),
+                                              "START": str(start)})
         # Meanwhile, a third writer tags the same sample, as someone in the App would.
+        while time.time() < start:
+            time.sleep(0.005)
         for i in range(3 * n):
             dataset._sample_collection.update_one({"_id": sample._id}, {"$addToSet": {"tags": f"app:{i}"}})
-        for p in procs:
-            out, err = p.communicate(timeout=300)
-            assert p.returncode == 0 and "done" in out, err[-3000:]
+        outs = pool.collect(2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        pool.close()
+    assert all(not o.error and "done" in o.out for o in outs), [o.error[-3000:] for o in outs]
     doc = dataset._sample_collection.find_one({"_id": sample._id})
     labels = [c["label"] for c in doc[store.FINDINGS_FIELD]["classifications"]]
     assert sorted(labels) == sorted(f"{who} {i}" for who in ("alpha", "beta") for i in range(n)), labels

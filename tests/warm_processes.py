@@ -78,7 +78,7 @@ class Outcome:
 
 
 class WarmPool:
-    """`size` processes; run(code, args, env) gives job i to process i, all at once."""
+    """`size` processes; run(code, args, env) gives job i to process i, all at once (send, then collect)."""
 
     def __init__(self, size: int, timeout: float = 120.0):
         self.folder = Path(tempfile.mkdtemp(prefix="warm-pool-"))
@@ -100,13 +100,21 @@ class WarmPool:
             listener.close()
 
     def run(self, code: str, args: list[str], env: dict[str, str]) -> list[Outcome]:
+        self.send(code, args, env)
+        return self.collect(len(args))
+
+    def send(self, code: str, args: list[str], env: dict[str, str]) -> None:
+        """Start job i on process i, all at once; collect() waits for them (the test acts meanwhile)."""
         assert len(args) <= len(self.conns), "more jobs than processes"
-        used = self.conns[: len(args)]
-        for conn, arg in zip(used, args, strict=True):  # sent before any reply is read: they run together
+        # sent before any reply is read: they run together
+        for conn, arg in zip(self.conns[: len(args)], args, strict=True):
             conn.write(json.dumps({"code": code, "arg": arg, "env": env}) + "\n")
             conn.flush()
+
+    def collect(self, count: int) -> list[Outcome]:
+        """The outcomes of the jobs that send() started on the first `count` processes."""
         outcomes = []
-        for conn in used:
+        for conn in self.conns[:count]:
             line = conn.readline()
             assert line, f"a warm process died during its job (its server: exit {self.server.poll()})"
             outcomes.append(Outcome(**json.loads(line)))
