@@ -98,6 +98,17 @@ def full_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)])
 
 
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory):
+    """Another process for a test, forked from one that imported FiftyOne, torch and camcore once per
+    test process (tests/warm_processes.py: each cold start costs 3-6 s of CPU)."""
+    from warm_processes import ForkServer
+
+    server = ForkServer(tmp_path_factory.mktemp("forks"))
+    yield server
+    server.close()
+
+
 # -- the browser tests' shared parts: module-scoped, so that no Playwright event loop outlives its
 # module (FiftyOne's execute_operator, in later modules, would take it for its own and return a Task).
 

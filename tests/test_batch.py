@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import fiftyone as fo
 import pytest
 from fo_helpers import coded_identity, unique_name, write_images
+from warm_processes import CLI
 
 from camcore import batch, store
 from camcore.batch import BatchOptions
@@ -154,14 +153,10 @@ def test_unknown_class_fails_before_any_write(dataset):
     assert FIELD not in dataset.get_field_schema()
 
 
-def test_cli_batch_json(dataset):
-    dataset.persistent = True  # the subprocess loads it by name
-    env = dict(os.environ)
-    proc = subprocess.run(
-        [sys.executable, "-m", "camcore", "batch", "--dataset", dataset.name, "--tag", "good",
-         "--filename-contains", "img1", "--model", MODEL, "--method", "gradcam", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )
+def test_cli_batch_json(dataset, fork_server):
+    dataset.persistent = True  # the CLI's process loads it by name
+    proc = fork_server.run(CLI, ["batch", "--dataset", dataset.name, "--tag", "good", "--filename-contains", "img1",
+                                 "--model", MODEL, "--method", "gradcam", "--json"], dict(os.environ), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert (out["done"], out["skipped"], out["failed"]) == (1, 0, [])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from cam_support import CHELSEA
 from PIL import Image
+from warm_processes import CLI, ForkServer
 
 from camcore import cli
 from camcore.methods import METHODS
@@ -22,13 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 240, forks: ForkServer | None = None
+            ) -> subprocess.CompletedProcess:
+    """`python -m camcore *args`: a cold start, or with `forks` a process forked from one that has
+    imported torch and FiftyOne (the same entry point; a cold start costs 3-7 s of CPU)."""
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         FIFTYONE_DO_NOT_TRACK="true",
         FIFTYONE_DATABASE_VALIDATION="false",
     )
+    if forks is not None:
+        return forks.run(CLI, list(args), env, cwd=cwd or ROOT)
     return subprocess.run(
         [sys.executable, "-m", "camcore", *args],
         cwd=cwd or ROOT,
@@ -78,7 +84,7 @@ def test_methods_json(capsys):
     assert all(set(m) >= {"label", "class", "tasks", "families", "slow"} for m in data["methods"])
 
 
-def test_cam_writes_maps_and_overlays(tmp_path):
+def test_cam_writes_maps_and_overlays(tmp_path, fork_server):
     out = tmp_path / "out"
     proc = run_cli(
         "cam",
@@ -94,6 +100,7 @@ def test_cam_writes_maps_and_overlays(tmp_path):
         str(out),
         "--json",
         cwd=tmp_path,
+        forks=fork_server,  # the cold start: test_cam_errors_are_one_line[unknown-model]
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -139,8 +146,8 @@ def test_cam_errors_are_one_line(tmp_path, capsys, args, fragments, in_process):
     base = ["cam", "--out", str(tmp_path / "out")]
     if "--image" not in args:
         base += ["--image", str(CHELSEA)]
-    if in_process:  # the same main(): one real process (above) proves the process adds nothing to stderr;
-        capsys.readouterr()  # each start costs ~7 s of CPU (torch and FiftyOne imported)
+    if in_process:  # the same main(): one real cold start (unknown-model) proves the process adds nothing
+        capsys.readouterr()  # to stderr; each start costs ~7 s of CPU (torch and FiftyOne imported)
         code = cli.main([*base, *args])
         out = capsys.readouterr()
         proc = subprocess.CompletedProcess(base, code, out.out, out.err)
@@ -171,7 +178,7 @@ def _fiftyone_ready() -> str | None:
 
 
 @pytest.mark.slow
-def test_push_to_the_demo_dataset(tmp_path, capsys, monkeypatch):
+def test_push_to_the_demo_dataset(tmp_path, capsys, monkeypatch, fork_server):
     reason = _fiftyone_ready()
     if reason:
         pytest.skip(reason)
@@ -197,6 +204,7 @@ def test_push_to_the_demo_dataset(tmp_path, capsys, monkeypatch):
         str(hm_dir),
         "--json",
         cwd=tmp_path,
+        forks=fork_server,
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -43,7 +41,7 @@ def test_demo_is_built_from_package_images(demo):
         assert im.getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_demo_is_persistent_and_reused(demo):
+def test_demo_is_persistent_and_reused(demo, fork_server):
     ids = sorted(demo.values("id"))
     again = demo_data.ensure_demo_dataset()
     assert sorted(again.values("id")) == ids  # not rebuilt
@@ -53,8 +51,7 @@ def test_demo_is_persistent_and_reused(demo):
         ds = demo_data.ensure_demo_dataset()
         print(",".join(sorted(ds.values("id"))))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=os.environ.copy(), cwd=Path(__file__).resolve().parents[1])
+    proc = fork_server.run(code, [], dict(os.environ))  # another process (forked: conftest) finds it
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1].split(",") == ids
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import fiftyone as fo
 import pytest
 from cam_support import CHELSEA, skimage_data
 from fo_helpers import unique_name
+from warm_processes import CLI
 
 from camcore import batch, links, store
 from camcore.engine import Explainer
@@ -92,18 +91,17 @@ def persistent_pair(tmp_path):
     ds.delete()
 
 
-def _record_in_another_process(dataset_name: str, sample_id: str, tag: str, note: str) -> None:
+def _record_in_another_process(forks, dataset_name: str, sample_id: str, tag: str, note: str) -> None:
     code = textwrap.dedent(f"""
         from camcore import store
         ds = store.load_dataset({dataset_name!r})
         store.add_finding(ds, {sample_id!r}, {tag!r}, note={note!r}, url="http://localhost:8501/?sample=x")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                          env=os.environ.copy(), cwd=ROOT)
+    proc = forks.run(code, [], dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_the_findings_page_shows_findings_recorded_by_another_process(persistent_pair):
+def test_the_findings_page_shows_findings_recorded_by_another_process(persistent_pair, fork_server):
     from app_support import APP, TIMEOUT, run
     from streamlit.testing.v1 import AppTest
 
@@ -115,14 +113,13 @@ def test_the_findings_page_shows_findings_recorded_by_another_process(persistent
     run(at)
     assert any("No findings yet" in i.value for i in at.info), [i.value for i in at.info]
     # the first finding ever: it also creates the findings field, in the other process
-    _record_in_another_process(persistent_pair.name, sid, "bias", "made in the App")
+    _record_in_another_process(fork_server, persistent_pair.name, sid, "bias", "made in the App")
     run(at)  # the next visit, same explorer process
     table = at.dataframe[0].value
     assert list(table["note"]) == ["made in the App"] and list(table["tag"]) == ["bias"]
-    proc = subprocess.run([sys.executable, "-m", "camcore", "finding", "--dataset", persistent_pair.name,
-                           "--sample", sid, "--tag", "focus", "--note", "made by the CLI", "--json"],
-                          capture_output=True, text=True, timeout=180, cwd=ROOT,
-                          env=dict(os.environ, CAM_EXPLORER_URL="http://explorer.test:8600"))
+    proc = fork_server.run(CLI, ["finding", "--dataset", persistent_pair.name, "--sample", sid, "--tag", "focus",
+                                 "--note", "made by the CLI", "--json"],
+                           dict(os.environ, CAM_EXPLORER_URL="http://explorer.test:8600"), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["url"].startswith("http://explorer.test:8600/?dataset=")  # item 4: /?
     run(at)

@@ -5,8 +5,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -107,7 +105,7 @@ def test_push_twice_replaces(dataset, tmp_path):
     np.testing.assert_allclose(label.get_map() / 65535.0, second.map, atol=QUANT)
 
 
-def test_read_back_in_a_new_process(dataset, tmp_path):
+def test_read_back_in_a_new_process(dataset, tmp_path, fork_server):
     sample = dataset.first()
     target = Target(504, "coffee mug", "predicted top-1")
     h = make_heatmap(SIZE, "gradcam++", "features.7", target=target, seed=3, eigen_smooth=True,
@@ -123,8 +121,7 @@ def test_read_back_in_a_new_process(dataset, tmp_path):
                 "target_rule", "aug_smooth", "eigen_smooth", "raw_min", "raw_max", "created_at", "versions"]
         print(json.dumps({{k: label[k] for k in keys}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=os.environ.copy())
+    proc = fork_server.run(code, [], dict(os.environ))  # a process of its own, no dataset in memory
     assert proc.returncode == 0, proc.stderr[-2000:]
     prov = json.loads(proc.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(np.load(out), h.map, atol=QUANT)

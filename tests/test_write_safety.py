@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from fo_helpers import field_name, make_heatmap, make_result, unique_name, write_images
 from PIL import Image
-from warm_processes import ForkServer
 
 from camcore import batch, store
 from camcore.store import heatmaps, sampledocs
@@ -125,25 +124,17 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def forks(tmp_path_factory):
-    """The killed pushes' processes: forked from one with FiftyOne imported (3-4 s of CPU per start)."""
-    server = ForkServer(tmp_path_factory.mktemp("forks"))
-    yield server
-    server.close()
-
-
 @pytest.mark.parametrize(
     "step", ["after_journal", "after_pngs", "between_fields", "after_labels", "after_delete"]
 )
-def test_a_push_killed_between_any_two_steps_keeps_labels_and_files_together(dataset, tmp_path, step, forks):
+def test_a_push_killed_between_any_two_steps_keeps_labels_and_files_together(dataset, tmp_path, step, fork_server):
     hm = tmp_path / "hm"
     sample = dataset.first()
     old, new = _maps()
     fields = store.push_heatmaps(dataset, sample.id, make_result(SIZE, old), heatmap_dir=hm)
     old_files = {dataset[sample.id][f].map_path for f in fields}
 
-    proc = forks.run(CHILD, [step], {"ROOT": str(ROOT), "DATASET": dataset.name, "HM": str(hm)})
+    proc = fork_server.run(CHILD, [step], {"ROOT": str(ROOT), "DATASET": dataset.name, "HM": str(hm)})
     assert proc.returncode == 9 and "finished" not in proc.stdout, proc.stderr[-2000:]
 
     states = _check_each_label_has_its_own_file(dataset, sample.id, fields, old, new)

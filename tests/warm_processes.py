@@ -142,6 +142,7 @@ _FORK_SERVE = textwrap.dedent(
     import fo_helpers  # noqa: F401
     from camcore import store  # noqa: F401
     from camcore.store import heatmaps, sampledocs  # noqa: F401
+    import camcore.batch, camcore.cli, camcore.engine, camcore.models  # noqa: F401,E401  what the CLI's jobs use
 
     assert fiftyone.core.odm.database._client is None, "a database connection before the fork"
     reply = sys.stdout
@@ -158,6 +159,8 @@ _FORK_SERVE = textwrap.dedent(
                     os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
                 sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
                 os.environ.update(job["env"])
+                if job["cwd"]:
+                    os.chdir(job["cwd"])
                 sys.argv = ["-c", *job["args"]]
                 try:
                     exec(compile(job["code"], "<job>", "exec"), {"__name__": "__main__"})
@@ -176,10 +179,16 @@ _FORK_SERVE = textwrap.dedent(
 )
 
 
+# `python -m camcore *args` as a ForkServer job: the CLI's own entry point, in a process of its own.
+CLI = "import runpy, sys\nsys.argv[0] = 'camcore'\nrunpy.run_module('camcore', run_name='__main__', alter_sys=True)\n"
+
+
 class ForkServer:
-    """run(code, args, env) runs `code` as a script (`python -c code *args`) in a fresh process forked
-    from one that has FiftyOne and camcore.store imported: for jobs that kill themselves, which a
-    WarmPool would lose a process to. One job at a time."""
+    """run(code, args, env, cwd) runs `code` as a script (`python -c code *args`) in a fresh process
+    forked from one that has FiftyOne, torch and camcore imported: for a test that needs another
+    process (its own pid, database connection and memory; the CLI run as a user would: CLI), not a
+    cold start, and for jobs that kill themselves, which a WarmPool would lose a process to. One job
+    at a time; tests/conftest.py's `fork_server` is one per test process."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -189,11 +198,12 @@ class ForkServer:
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         assert line.strip() == "ready", f"the fork server did not start (exit {self.proc.poll()})"
 
-    def run(self, code: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    def run(self, code: str, args: list[str], env: dict[str, str], cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
         self.jobs += 1
         out, err = self.workdir / f"job{self.jobs}.out", self.workdir / f"job{self.jobs}.err"
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"code": code, "args": args, "env": env,
+        self.proc.stdin.write(json.dumps({"code": code, "args": args, "env": env, "cwd": str(cwd) if cwd else None,
                                           "stdout": str(out), "stderr": str(err)}) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
