@@ -283,7 +283,12 @@ def test_record_finding_acts_on_the_open_sample_confirms_and_refreshes_its_tags(
     asked = _requests(result)
     assert "reload_samples" in [uri for uri, _p in asked]
     # the modal's copy of the open sample takes its new tags (the App keeps it through reloads)
-    assert dict(asked)[f"{PLUGIN}/set_sample_tags"] == {"sample_id": ids[3], "tags": ["cam:background-bias"]}
+    # all record_finding wrote, as the App's server hands a sample to its page (its finding too)
+    shown = dict(asked)[f"{PLUGIN}/set_sample_tags"]
+    assert shown["sample_id"] == ids[3] and shown["fields"]["tags"] == ["cam:background-bias"]
+    [finding] = shown["fields"]["cam_findings"]["classifications"]
+    assert finding["label"] == "background bias" and isinstance(finding["_id"], str)
+    assert json.loads(json.dumps(shown)) == shown  # plain JSON: no ObjectId, no datetime
     note = next(p for uri, p in asked if uri == "notify")
     assert "background bias" in note["message"] and "open sample" in note["message"]
     # nothing open: it says which selected samples it will tag

@@ -96,6 +96,28 @@ def add_finding(
         sample.reload(hard=True)  # FiftyOne's in-process singleton must not keep a stale copy
 
 
+FINDING_WRITES = ("tags", FINDINGS_FIELD, "last_modified_at")  # the sample fields add_finding changes
+
+
+def finding_fields_for_app(dataset: fo.Dataset, sample_id: str) -> dict:
+    """What add_finding wrote on the sample (its tags, findings, modification time), in the form the
+    App's server hands a sample to its page (FiftyOne's own stringify): an open App page takes
+    them into its copy of the sample, which FiftyOne 1.22 keeps through reload_samples and
+    reload_dataset. Read from the one stored document: the in-process sample may be older."""
+    from fiftyone.core.json import stringify
+
+    doc = _stored_fields(dataset, sample_id)
+    return stringify({name: doc[name] for name in FINDING_WRITES if name in doc})
+
+
+@db_errors
+def _stored_fields(dataset: fo.Dataset, sample_id: str) -> dict:
+    from bson import ObjectId
+
+    docs = root_dataset(dataset)._sample_collection
+    return docs.find_one({"_id": ObjectId(str(sample_id))}, {name: 1 for name in FINDING_WRITES}) or {}
+
+
 def _findings_pipeline(skip: int, limit: int | None) -> list[dict]:
     items = f"${FINDINGS_FIELD}.classifications"
     stages: list[dict] = [

@@ -38,7 +38,7 @@ PLUGIN = "@cam-explorer/cam"
 COMPUTE_URI = f"{PLUGIN}/compute_cams"
 OPEN_URL_URI = f"{PLUGIN}/open_url"  # the plugin's JS operator (dist/index.umd.js)
 SIDEBAR_GROUPS_URI = f"{PLUGIN}/set_sidebar_groups"  # the plugin's JS operator too
-SAMPLE_TAGS_URI = f"{PLUGIN}/set_sample_tags"  # and this one: the open sample's tags in the modal
+SAMPLE_TAGS_URI = f"{PLUGIN}/set_sample_tags"  # and this one: the open sample's new tags and findings in the modal
 RELOAD_MODELS_URI = f"{PLUGIN}/reload_models"
 SETTINGS_STORE = "cam_explorer_settings"  # FiftyOne's execution store: settings the user sets once
 EXPLORER_KEY = "explorer_url"
@@ -761,9 +761,9 @@ class RecordFinding(foo.Operator):
             store.add_finding(ctx.dataset, sid, tag, note, field, **extra)
         ctx.trigger("reload_samples")  # the grid's tags
         ctx.trigger("reload_dataset")  # the tags' counts in the sidebar
-        if ctx.current_sample:  # the modal keeps its copy of the sample through both: its new tags
-            [tags] = ctx.dataset.select(ids).values("tags")
-            ctx.trigger(SAMPLE_TAGS_URI, {"sample_id": ids[0], "tags": list(tags or [])})
+        if ctx.current_sample:  # the modal keeps its copy of the sample through both: all we wrote
+            fields = store.finding_fields_for_app(ctx.dataset, ids[0])
+            ctx.trigger(SAMPLE_TAGS_URI, {"sample_id": ids[0], "fields": fields})
         ctx.ops.notify(f"Recorded '{tag}' (tag {sample_tag}) on {which}", variant="success")
         return {"tag": sample_tag, "samples": len(ids)}
 

@@ -11,8 +11,9 @@
  *   CLI, a batch, a colleague) shows its CAM group without a tab reload. The first call also says
  *   which fields the page's schema holds: a push between the page's load and that call (seconds
  *   on a loaded machine, until the App lists the Python operators) reloads the page's dataset.
- * - set_sample_tags shows the open sample's new tags in the modal (record_finding): the App 1.22
- *   keeps the modal's copy of the sample through reload_samples and reload_dataset.
+ * - set_sample_tags shows what record_finding wrote on the open sample (its tags, its cam_findings)
+ *   in the modal: the App 1.22 keeps the modal's copy of the sample through reload_samples and
+ *   reload_dataset.
  * Hand-written (no build step): it uses the App's globals, as compiled plugins do.
  */
 (function () {
@@ -80,7 +81,7 @@
 
   class SetSampleTags extends fop.Operator {
     get config() {
-      return new fop.OperatorConfig({ name: "set_sample_tags", label: "Show a sample's new tags", unlisted: true });
+      return new fop.OperatorConfig({ name: "set_sample_tags", label: "Show a sample's new tags and findings", unlisted: true });
     }
 
     useHooks() { // the App's own refresh of one sample (what its tagging menu uses): the modal redraws
@@ -91,14 +92,48 @@
     async execute(ctx) {
       var fos = window.__fos__;
       var id = String((ctx.params && ctx.params.sample_id) || "");
-      var tags = ((ctx.params && ctx.params.tags) || []).map(String);
+      // the fields record_finding wrote (tags, cam_findings, last_modified_at), as the server sends a sample
+      var fields = (ctx.params && ctx.params.fields) || {};
+      if (ctx.params && ctx.params.tags) fields = Object.assign({}, fields, { tags: ctx.params.tags.map(String) });
       if (!fos || !fos.modalSample || !fos.isModalActive || !ctx.state || !ctx.hooks.refreshSample) return;
       // Only the sample open in the modal: reload_samples refreshes the grid, not the modal's copy
       if (!(await ctx.state.snapshot.getPromise(fos.isModalActive))) return;
       var open = await ctx.state.snapshot.getPromise(fos.modalSample);
       if (!open || !open.sample || String(open.sample._id) !== id) return;
-      ctx.hooks.refreshSample(Object.assign({}, open.sample, { tags: tags }));
+      // A field new to the page (the first finding makes cam_findings): reload_dataset gave the page
+      // its schema, but the App adds a field to the sidebar's groups when it loads, not then (the
+      // modal listed "No fields" under labels): put it in the App's default group for its kind.
+      for (var modal of [false, true]) {
+        var groups = [];
+        try {
+          groups = (await ctx.state.snapshot.getPromise(fos.sidebarGroupsDefinition(modal))) || [];
+        } catch (e) {
+          continue;
+        }
+        var added = withNewFields(groups, fields);
+        if (added) ctx.state.set(fos.sidebarGroupsDefinition(modal), added);
+      }
+      ctx.hooks.refreshSample(Object.assign({}, open.sample, fields));
     }
+  }
+
+  // The groups with each label field in `fields` that they do not list added to the App's default
+  // group for labels ("labels"); null when none is new. (Tags and primitives the App lists itself.)
+  function withNewFields(groups, fields) {
+    var listed = new Set();
+    groups.forEach(function (g) { (g.paths || []).forEach(function (p) { listed.add(p); }); });
+    var out = groups.map(function (g) { return Object.assign({}, g, { paths: (g.paths || []).slice() }); });
+    var added = false;
+    Object.keys(fields).forEach(function (path) {
+      var value = fields[path];
+      if (listed.has(path) || !(value && typeof value === "object" && value._cls)) return; // labels only
+      var name = "labels";
+      var group = out.find(function (g) { return g.name === name; });
+      if (!group) out.push(group = { name: name, paths: [], expanded: true });
+      group.paths.push(path);
+      added = true;
+    });
+    return added ? out : null;
   }
 
   // The saved groups, plus every path the page shows that they do not list, kept in its group: the
