@@ -368,6 +368,12 @@ def test_sync_app_sends_the_saved_groups_once_per_change(dataset, tmp_path, monk
     # scheme); its schema holds the field: no reload, its switched-on fields are its own
     fresh = _requests(_run(SYNC, dataset=dataset, params={"known": [*known, FIELD_PUSHED]}))
     assert [u for u, _p in fresh] == [GROUPS, "set_color_scheme"] and fresh[0][1]["groups"] == ops[GROUPS]["groups"]
+    # each scale with the colours the page paints with (jet's): the App's set_color_scheme puts the
+    # scales on the page as given, and a scale without its rgb was drawn in the default (viridis)
+    # after a tab reload under load (test_app21_own_app)
+    [scale] = fresh[1][1]["colorscales"]
+    red, green, blue = scale["rgb"][-1]  # jet's top: red, never viridis' yellow
+    assert scale["path"] == FIELD_PUSHED and len(scale["rgb"]) > 100 and red > 100 and green == blue == 0
 
 
 def test_a_push_between_a_pages_load_and_its_first_sync_shows_on_that_sync(dataset, tmp_path, monkeypatch):

@@ -100,7 +100,10 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
     ops: list[tuple[str, dict]] = [("reload_dataset", {})] if reload else []
     ops += [(SIDEBAR_GROUPS_OP, {"groups": groups if send_groups else [], "version": version})]
     if "s" in now and before.get("s") != now["s"]:
-        ops.append(("set_color_scheme", colours))
+        # with each scale's rgb: the page's painter draws a field from its scale's rgb, and the
+        # App's own set_color_scheme puts the scales on the page as given (the rgb only comes
+        # back with the server's answer, which under load did not reach the tile: drawn viridis)
+        ops.append(("set_color_scheme", {**colours, "colorscales": [_with_rgb(c) for c in colours["colorscales"]]}))
     if "a" in now and ((seen and before.get("a") != now["a"]) or stale):
         ops.append(("set_active_fields", {"fields": parts["a"]}))
     return version, ops
