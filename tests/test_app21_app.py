@@ -119,6 +119,20 @@ def _group(where, name: str = appstyle.SIDEBAR_GROUP):
     return entry.or_(where.get_by_text(re.compile(f"^{name}$", re.I))).first
 
 
+def _below(page, label, header, timeout_ms: int = 30_000) -> bool:
+    """Is the label drawn below the header (in that group), within timeout_ms? The page shows a
+    new field first where the App puts it when the schema reloads ("labels"), then in its group
+    when the plugin's groups land, a moment later: a single look in between read False (CI, 05:24)."""
+    for _ in range(max(1, timeout_ms // 500)):
+        try:
+            if label.bounding_box(timeout=5_000)["y"] > header.bounding_box(timeout=5_000)["y"]:
+                return True
+        except Exception:  # the sidebar redrawing its entries: look again
+            pass
+        page.wait_for_timeout(500)
+    return False
+
+
 def _open_compute_form_on_the_selection(page, tries: int = 10) -> None:
     """Open the compute operator's form once the App's page holds the selection. The selection set
     on the session reaches the page over the App server's event stream, later on a loaded machine
@@ -197,7 +211,7 @@ def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, ou
         expect(_group(page)).to_be_visible(timeout=60_000)
         label = page.locator(f"[data-cy=sidebar-field-{PUSHED}]").first
         expect(label).to_be_visible(timeout=30_000)
-        out["pushed_group"] = label.bounding_box()["y"] > _group(page).bounding_box()["y"]
+        out["pushed_group"] = _below(page, label, _group(page))
         out["pushed_label"] = label.evaluate(_LABEL)
     except AssertionError as exc:
         out["pushed_group"] = f"no CAM group on the page never reloaded: {str(exc).splitlines()[0]}"
@@ -309,7 +323,7 @@ def _drive(url: str, select, pushed_elsewhere, open_by_session) -> dict:
         grid_label = page.locator(f"[data-cy=sidebar-field-{FIELD}]").first
         expect(grid_label).to_be_visible(timeout=60_000)
         out["grid_label"] = grid_label.evaluate(_LABEL)
-        out["grid_below_group"] = grid_label.bounding_box()["y"] > _group(page).bounding_box()["y"]
+        out["grid_below_group"] = _below(page, grid_label, _group(page))
         page.screenshot(path=str(ARTIFACTS / "app21_grid_sidebar.png"))
         # open the sample from the grid: same page, never reloaded since before the push
         out["opened_by"] = _open_from_the_grid(page, open_by_session)

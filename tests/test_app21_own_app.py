@@ -25,6 +25,7 @@ from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     MODEL,
     ROOT,
     HeldSyncs,
+    _below,
     _grid_in_colour,
     _group,
     app_page,
@@ -54,7 +55,7 @@ def _in_group(page, field: str, out: dict, key: str, group: str = SIDEBAR_GROUP)
         expect(_group(page, group)).to_be_visible(timeout=30_000)
         label = page.locator(f"[data-cy=sidebar-field-{field}]").first
         expect(label).to_be_visible(timeout=30_000)
-        out[key] = label.bounding_box()["y"] > _group(page, group).bounding_box()["y"]
+        out[key] = _below(page, label, _group(page, group))
     except AssertionError as exc:
         out[key] = str(exc).splitlines()[0]
 
