@@ -64,6 +64,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if "server_forks" in sys.modules:  # the browser tests' streamlit servers were forked from it
+        sys.modules["server_forks"].close()
     proc = _state.pop("mongod", None)
     if proc is not None:
         from mongod_support import stop_mongod
@@ -112,7 +114,8 @@ def fork_server(tmp_path_factory):
 # -- the browser tests' shared parts. The browser is module-scoped, so that no Playwright event loop
 # outlives its module (FiftyOne's execute_operator, in later modules, would take it for its own and
 # return a Task). The streamlit server is one per test process, shared by the browser modules that
-# run in it: each start imports torch, FiftyOne and grad-cam and loads its models again (~10 s CPU).
+# run in it: each start imports Streamlit and the app and loads its models again (tests/server_forks.py
+# has torch, FiftyOne and grad-cam imported once: ~7 s of CPU more per cold start).
 
 
 @pytest.fixture(scope="session")

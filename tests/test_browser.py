@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from camcore import models
+from server_forks import start_server
 from ui import router
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -90,13 +90,10 @@ class Server:
         self.started = time.monotonic()
         self.port = _free_port()
         self.url = f"http://localhost:{self.port}"
-        python = ROOT / ".venv" / "bin" / "python"
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [str(python if python.exists() else sys.executable), "-m", "streamlit", "run", "app.py",
-             "--server.port", str(self.port), "--server.headless", "true"],
-            cwd=ROOT, env=_server_env(), stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        log.write_bytes(b"")
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop(); the server appends to it too
+        self.proc = start_server(["run", "app.py", "--server.port", str(self.port), "--server.headless", "true"],
+                                 _server_env(), log)
         try:
             self._wait_healthy()
         except BaseException:
