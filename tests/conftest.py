@@ -64,6 +64,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if "server_forks" in sys.modules:  # the browser tests' streamlit servers were forked from it
+        sys.modules["server_forks"].close()
     proc = _state.pop("mongod", None)
     if proc is not None:
         from mongod_support import stop_mongod
@@ -109,19 +111,40 @@ def fork_server(tmp_path_factory):
     server.close()
 
 
-# -- the browser tests' shared parts: module-scoped, so that no Playwright event loop outlives its
-# module (FiftyOne's execute_operator, in later modules, would take it for its own and return a Task).
+# -- the browser tests' shared parts. The browser is module-scoped, so that no Playwright event loop
+# outlives its module (FiftyOne's execute_operator, in later modules, would take it for its own and
+# return a Task). The streamlit server is one per test process, shared by the browser modules that
+# run in it: each start imports Streamlit and the app and loads its models again (tests/server_forks.py
+# has torch, FiftyOne and grad-cam imported once: ~7 s of CPU more per cold start).
+
+
+@pytest.fixture(scope="session")
+def _servers():
+    """The test process's shared `streamlit run` server, started by the first module that asks."""
+    held: dict = {}
+    yield held
+    if held.get("server") is not None:
+        held["server"].stop()
 
 
 @pytest.fixture(scope="module")
-def server(request):
-    """`streamlit run app.py` on a free port, for one test module (log in test-artifacts/)."""
+def server(request, _servers):
+    """`streamlit run app.py` on a free port (log in test-artifacts/), shared with the other browser
+    modules of this test process. A module gets it as a fresh one would be: idle, nothing started
+    from it (else it is replaced). What a page holds is per browser session; the tests that need a
+    server that has served nothing yet (deep links, a killed server) start their own."""
     from test_browser import ARTIFACTS, Server
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    srv = Server(ARTIFACTS / f"streamlit-{request.module.__name__}.log")
+    srv = _servers.get("server")
+    if srv is not None and not srv.reusable():
+        srv.stop()
+        srv = None
+    if srv is None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        srv = _servers["server"] = Server(ARTIFACTS / f"streamlit-{worker}-{request.module.__name__}.log")
+    srv.serve(request.module.__name__)
     yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

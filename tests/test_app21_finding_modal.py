@@ -46,8 +46,9 @@ def _count(modal, cy: str, want: str) -> str:
     try:
         entry.scroll_into_view_if_needed(timeout=10_000)
         return entry.inner_text(timeout=10_000).split()[-1]
-    except Exception as exc:  # the modal lists no such entry
-        return f"no entry: {str(exc).splitlines()[0]}"
+    except Exception as exc:  # the modal lists no such entry (the URL says whether a sample is open)
+        modal.page.screenshot(path=str(ARTIFACTS / f"app21_modal_no_{cy}.png"))
+        return f"no entry: {str(exc).splitlines()[0]} (page at {modal.page.url})"
 
 
 def _record_in_open_modal(url: str) -> dict:

@@ -7,7 +7,15 @@ The plugin's page-side check does it (sync_app, camcore.store.appwatch.page_upda
 The push lands before the page's check has ever answered (the test holds its requests back, as a
 loaded machine did: the page's first call came seconds after it loaded): that first answer shows
 it. A later push, with the check running, shows on its next answer, and so do that map's measure
-fields, in their own group under the heatmaps' ("CAM measures", not the App's PRIMITIVES)."""
+fields, in their own group under the heatmaps' ("CAM measures", not the App's PRIMITIVES).
+
+The user's own session then sends the page its state (`session.refresh()`; a notebook's
+`session.view = ...` and the session's reconnect, under load, do the same): its scheme carries no
+scale's colours (rgb), and the page drew every map viridis until reloaded (CI, after a reconnect).
+The page's check reports such scales and fills them in (set_scale_colours), and has the grid draw
+its tiles again (a tile drawn while its scale was bare kept viridis): drawn in jet again. So after
+a tab reload too, whose tile is drawn before the page's check answers (held back here, as CI's
+load did: viridis for good)."""
 from __future__ import annotations
 
 import os
@@ -60,7 +68,7 @@ def _in_group(page, field: str, out: dict, key: str, group: str = SIDEBAR_GROUP)
         out[key] = str(exc).splitlines()[0]
 
 
-def _drive(url: str, push, push_again, measure) -> dict:
+def _drive(url: str, push, push_again, measure, session_sends) -> dict:
     from playwright.sync_api import expect
 
     out: dict = {}
@@ -79,8 +87,17 @@ def _drive(url: str, push, push_again, measure) -> dict:
         heatmaps = _group(page).bounding_box()["y"]
         out["measures_below_heatmaps"] = _group(page, MEASURE_GROUP).bounding_box()["y"] > heatmaps
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_measures.png"))
+        session_sends()  # its state, with a scheme that carries no scale's colours
+        page.wait_for_timeout(3_000)  # the page takes it (viridis), then its check fills them in
+        out["session_sent"] = _grid_in_colour(page)
+        page.screenshot(path=str(ARTIFACTS / "app21_own_app_session_sent.png"))
+        # a tab reload takes the session's scheme (no rgb): its check answers once the tile is
+        # drawn, as under CI's load (a tile drawn viridis stayed so, whatever came after)
+        held = HeldSyncs(page)
         page.reload()
-        expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
+        expect(page.locator("[data-cy=fo-grid] canvas").first).to_be_visible(timeout=90_000)
+        page.wait_for_timeout(3_000)
+        out["held_after_reload"] = held.release()
         out["reloaded"] = _grid_in_colour(page)
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_reloaded.png"))
     return out
@@ -119,7 +136,7 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     try:
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), push,
-                              push_again, measure).result(timeout=900)
+                              push_again, measure, session.refresh).result(timeout=900)
     finally:
         session.close()
     assert _in_jet(got["grid"]), f"the open page draws the pushed map without its scale: {hue_shares(got['grid'])}"
@@ -127,4 +144,5 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     assert got["later"] is True, f"a later push is not in the CAM group on the open page: {got['later']}"
     assert got["measures"] is True, f"its measures are not in their group on the open page: {got['measures']}"
     assert got["measures_below_heatmaps"]
+    assert _in_jet(got["session_sent"]), f"after the session sent its state: {hue_shares(got['session_sent'])}"
     assert _in_jet(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}"

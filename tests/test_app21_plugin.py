@@ -412,3 +412,27 @@ def test_sync_app_leaves_the_colours_to_the_explorers_watch(dataset, tmp_path, m
     dataset.app_config.sidebar_groups[0].expanded = False
     dataset.save()
     assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))] == ["reload_dataset", GROUPS]
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_sync_app_colours_the_scales_a_page_holds_without_them(dataset, monkeypatch, watched):
+    """A page takes a scheme without its scales' colours from a session's state (a notebook's
+    session.view or its reconnect, another tab's change): the App then draws those fields in its
+    default scale (viridis). The page's check reports them; sync_app answers with their colours
+    (set_scale_colours), in any App, however the scale was made (a name, a list), whether or not
+    anything else changed; a scale it cannot read is left to the App, and nothing is sent for none."""
+    if watched:
+        monkeypatch.setenv(appwatch.WATCHED_ENV, "1")
+    else:
+        monkeypatch.delenv(appwatch.WATCHED_ENV, raising=False)
+    seen = _requests(_run(SYNC, dataset=dataset, params={"known": list(dataset.get_field_schema())}))[0][1]["version"]
+    bare = [{"path": "a", "name": "jet", "list": None},
+            {"path": "b", "name": None, "list": [{"value": 0, "color": "#000000"}, {"value": 1, "color": "#ff0000"}]},
+            {"path": "c", "name": "no-such-scale"}, {"name": "jet"}, "jet"]
+    [(uri, params)] = _requests(_run(SYNC, dataset=dataset, params={"seen": seen, "bare_scales": bare}))
+    assert uri == f"{PLUGIN}/set_scale_colours"
+    by_path = {s["path"]: s for s in params["scales"]}
+    assert sorted(by_path) == ["a", "b"]
+    assert by_path["a"]["name"] == "jet" and by_path["a"]["rgb"][-1][0] > 100 and by_path["a"]["rgb"][-1][1] == 0
+    assert by_path["b"]["rgb"][0] == [0, 0, 0] and by_path["b"]["rgb"][-1] == [255, 0, 0]
+    assert _requests(_run(SYNC, dataset=dataset, params={"seen": seen, "bare_scales": []})) == []

@@ -1,7 +1,7 @@
 """The app in a real Chromium against `streamlit run` (what a user sees, pixels included).
 
-A session-scoped server serves every test except the deep-link one, which starts its own fresh
-server so that its first request is the deep link. Waits use `expect(...)` on test ids, never
+The test process's shared server (conftest's `server`) serves every test except the fresh-server
+ones (a deep link as a server's first request, a killed server), which start their own. Waits use `expect(...)` on test ids, never
 sleeps. Screenshots go to test-artifacts/; with CAM_EXPLORER_DOCS_SCREENSHOTS=1 they are also
 written (downscaled) to docs/explore.png, docs/deeplab-untrained.png and docs/findings.png.
 """
@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from camcore import models
+from server_forks import start_server
 from ui import router
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -61,23 +61,46 @@ def _server_env() -> dict[str, str]:
     return dict(os.environ, CAM_EXPLORER_OFFLINE="1", TORCH_HOME=str(home / "torch-home"))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds a live process has used (its own and its waited-for children's), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (any of its threads may have started them)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            pass
+    return kids
+
+
+# Each server's CPU (at health, and in all) and life, one file per test process: where the browser
+# files' CPU goes (tests/timeline.py prints them; issue 26 item 7).
+SERVERS = ARTIFACTS / "timeline" / "servers"
+
+
 class Server:
     def __init__(self, log: Path):
         self.log = log
+        self.started = time.monotonic()
         self.port = _free_port()
         self.url = f"http://localhost:{self.port}"
-        python = ROOT / ".venv" / "bin" / "python"
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [str(python if python.exists() else sys.executable), "-m", "streamlit", "run", "app.py",
-             "--server.port", str(self.port), "--server.headless", "true"],
-            cwd=ROOT, env=_server_env(), stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        log.write_bytes(b"")
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop(); the server appends to it too
+        self.proc = start_server(["run", "app.py", "--server.port", str(self.port), "--server.headless", "true"],
+                                 _server_env(), log)
         try:
             self._wait_healthy()
         except BaseException:
             self.stop()
             raise
+        self.startup_cpu = _cpu_seconds(self.proc.pid)
+        self.modules: list[str] = []  # the test modules it served (a shared server serves several)
 
     def _wait_healthy(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -97,8 +120,41 @@ class Server:
         self._log.flush()
         return self.log.read_text(errors="replace")[-3000:]
 
+    def serve(self, module: str) -> None:
+        """Mark in the log (and the CPU record) that `module`'s tests start on this server."""
+        self.modules.append(module)
+        self._log.write(f"\n===== {module} starts on this server =====\n".encode())
+        self._log.flush()
+
+    def reusable(self, quiet_cpu: float = 0.3, wait: float = 60.0) -> bool:
+        """Whether the next module may use this server as a fresh one would be: it is alive, has
+        started no process (a FiftyOne App a test launched) and is idle (a closed tab's run can go
+        on in the server: wait up to `wait` s for it to end)."""
+        if self.proc.poll() is not None or _children(self.proc.pid):
+            return False
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            before = _cpu_seconds(self.proc.pid)
+            time.sleep(1.0)  # measuring a process's CPU over a second, not waiting on the UI
+            if _cpu_seconds(self.proc.pid) - before < quiet_cpu:
+                return True
+        return False
+
+    def _record(self) -> None:
+        try:
+            total = _cpu_seconds(self.proc.pid)
+        except OSError:  # already gone
+            return
+        SERVERS.mkdir(parents=True, exist_ok=True)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(SERVERS / f"{worker}.tsv", "a") as f:
+            modules = ",".join(getattr(self, "modules", []))
+            f.write(f"{worker}\t{getattr(self, 'startup_cpu', 0.0):.2f}\t{total:.2f}\t"
+                    f"{time.monotonic() - self.started:.1f}\t{self.log.name}\t{modules}\n")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self._record()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=20)

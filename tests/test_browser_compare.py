@@ -1,7 +1,7 @@
 """Compare and Batch in a real Chromium (#17 items 1, 3, 7, 9): what a user sees at 1280x800.
 
-The helpers (server, waits, widgets) come from test_browser; this module starts its own
-session-scoped server and browser. Screenshots go to test-artifacts/; with
+The helpers (server, waits, widgets) come from test_browser; this module uses the test process's
+shared server (conftest's `server`) and its own browser. Screenshots go to test-artifacts/; with
 CAM_EXPLORER_DOCS_SCREENSHOTS=1 also (small) to docs/compare-1280.png, docs/compare-1600.png,
 docs/batch-1280.png and docs/batch-1600.png.
 """

@@ -1,7 +1,7 @@
 """Issue 23's bugs 1, 4, 5 and 6 in a real Chromium at 1280x800 (AppTest covers them in-process:
 tests/test_explore_wait.py, test_apptest_views.py, test_apptest_compare.py).
 
-One server and one browser for the module (conftest's `server` and `browser`), one small dataset
+The test process's shared server and the module's browser (conftest's `server` and `browser`), one small dataset
 for the sidebar and ranking tests, the demo dataset for the model ones. Helpers come from
 test_browser.
 """

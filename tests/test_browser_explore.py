@@ -1,8 +1,8 @@
 """The Explore page in a real Chromium: results in view, slow work that can be confirmed,
 followed and cancelled, and one FiftyOne App session known to every page.
 
-Helpers come from test_browser (never its tests or fixtures); this module starts its own
-session-scoped server and browser. With CAM_EXPLORER_DOCS_SCREENSHOTS=1 it writes
+Helpers come from test_browser (never its tests or fixtures); this module uses the test
+process's shared server (conftest's `server`) and its own browser. With CAM_EXPLORER_DOCS_SCREENSHOTS=1 it writes
 docs/explore.png, docs/explore-1280.png and docs/explore-1600.png.
 """
 from __future__ import annotations

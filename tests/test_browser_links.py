@@ -2,7 +2,7 @@
 open the exact state with no "Page not found" dialog, on a warm server (one that has already
 served a page) and on a fresh one; the links the project writes now point at `/?...`.
 
-Helpers come from test_browser; this module has its own server (conftest's `server`).
+Helpers come from test_browser; this module uses the test process's shared server (conftest's `server`).
 """
 from __future__ import annotations
 

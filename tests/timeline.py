@@ -57,6 +57,17 @@ def beside(runs: list[Run], target: Run) -> list[tuple[str, float]]:
     return sorted(overlap.items(), key=lambda kv: -kv[1])
 
 
+def print_servers(folder: Path = TIMELINE / "servers") -> None:
+    """Each `streamlit run` server the browser tests started: CPU s at health and in all, its life."""
+    lines = [line.split("\t") for path in sorted(folder.glob("*.tsv")) for line in path.read_text().splitlines()]
+    if lines:
+        print("\nworker  start-cpu  cpu  alive  server log  (modules served)")
+    for worker, startup, total, alive, log, modules in lines:
+        print(f"{worker:6} {float(startup):9.1f} {float(total):5.0f} {float(alive):6.0f}  {log}  ({modules})")
+    if lines:
+        print(f"{len(lines)} servers, {sum(float(x[2]) for x in lines):.0f} s CPU")
+
+
 def main(names: list[str]) -> None:
     runs = read_runs()
     if not runs:
@@ -65,6 +76,7 @@ def main(names: list[str]) -> None:
     print("worker  start    end   secs   cpu  kids  file")
     for worker, file, start, end, cpu, kids in file_spans(runs):
         print(f"{worker:6} {start - t0:6.0f} {end - t0:6.0f} {end - start:6.0f} {cpu:5.0f} {kids:5.0f}  {file}")
+    print_servers()
     picked = [r for r in runs if (any(n in r.nodeid for n in names) if names else r.outcome == "failed")]
     for r in picked:
         print(f"\n{r.outcome} {r.nodeid} ({r.worker}, {r.start - t0:.0f}-{r.end - t0:.0f} s) beside:")

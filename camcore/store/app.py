@@ -1,9 +1,13 @@
 """The FiftyOne App: its URLs, and the one App session this process serves."""
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
 import urllib.parse
+import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from camcore.store.datasets import LOCK, db_errors
 DEFAULT_APP_PORT = 5151
 _PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"  # the repo's plugins/
 
+CONNECT_SECONDS = 120.0  # how long launch_app waits for its session to be connected to the App server
 _SESSION: Any = None  # the one FiftyOne App session this process serves
 _WATCH: SchemeWatch | None = None  # keeps that session on its dataset's saved colour scheme
 
@@ -65,11 +70,52 @@ def launch_app(
             )
         finally:
             os.environ.pop(WATCHED_ENV, None)
+        try:
+            _wait_connected(_SESSION)
+        except StoreError:
+            close_app()
+            raise
         # Another process's push saves its colours in the dataset only; the App's pages draw with
         # the session's scheme: keep that the dataset's (camcore.store.appwatch says why).
         _WATCH = SchemeWatch(_SESSION)
         _WATCH.start()
         return _SESSION
+
+
+def _wait_connected(session: Any, timeout: float = CONNECT_SECONDS) -> None:
+    """Return once the App server forwards events to the session (its event client subscribed).
+
+    Why: fo.launch_app returns when the server listens, but the session's client connects in the
+    background (after a miss, 10 s later: seen on a loaded machine). When it connects, the server
+    takes the session's state as its own and sends it to every open page: a page opened from our
+    link meanwhile (a sample in ?id=) had its sample closed under the user (the modal gone, the
+    URL back to the grid). Once connected, the session follows what the pages do.
+    So: post a no-op event (the session's own selection, again) as another subscriber, until the
+    session's client receives it. (FiftyOne 1.22 has no public "connected" flag.)"""
+    received = threading.Event()
+
+    def listener(_event: Any) -> None:
+        received.set()
+
+    client = session._client  # FiftyOne's own event client: its listeners are how it dispatches
+    client.add_event_listener("select_samples", listener)
+    try:
+        probe = json.dumps({"event": "select_samples", "subscription": f"cam-explorer-{uuid.uuid4()}",
+                            "data": {"samples": list(session.selected_samples)}}).encode()
+        url = f"http://localhost:{int(session.server_port)}/event"
+        deadline = time.monotonic() + timeout
+        while not received.is_set():
+            if time.monotonic() > deadline:
+                raise StoreError(f"the FiftyOne App on port {session.server_port} started, but its "
+                                 f"session did not connect to it in {timeout:.0f} s")
+            request = urllib.request.Request(url, data=probe, headers={"Content-type": "application/json"})
+            try:
+                urllib.request.urlopen(request, timeout=10).close()
+            except OSError:  # the server not answering yet: the next try
+                pass
+            received.wait(0.5)
+    finally:
+        client.remove_event_listener("select_samples", listener)
 
 
 def _retarget(session: fo.Session, dataset: fo.Dataset | fo.DatasetView, timeout: float = 25.0) -> None:

@@ -158,6 +158,30 @@ def _comparable(scheme: fo.ColorScheme) -> dict:
     return out
 
 
+def scale_colours(scales: Any) -> list[dict]:
+    """For colour scales a page holds without their colours ([{"path", "name"} or {"path", "list":
+    [{"value", "color"}]}], as the page's own check reports them): [{"path", "name", "list", "rgb"}]
+    to paint them with. Malformed entries and unknown scale names are left out (the App keeps its
+    default for them, as it would anyway).
+
+    Why: a page takes a colour scheme without the scales' rgb whenever it comes from a session's
+    state (a Python session's state update or reconnect, another tab's change), and the App then
+    draws every such field in its default scale (viridis), not the field's own (jet)."""
+    out: list[dict] = []
+    for scale in scales if isinstance(scales, list) else []:
+        if not isinstance(scale, dict) or not isinstance(scale.get("path"), str):
+            continue
+        name = scale.get("name") if isinstance(scale.get("name"), str) else None
+        items = scale.get("list") if isinstance(scale.get("list"), list) else None
+        try:
+            filled = _with_rgb({"path": scale["path"], "name": name, "list": items})
+        except (KeyError, TypeError, ValueError):  # an unknown name or a malformed list
+            continue
+        if "rgb" in filled:
+            out.append(filled)
+    return out
+
+
 def _with_rgb(scale: dict) -> dict:
     """A colour scale ({"name"} or {"list": [{"value", "color"}]}) with the colours the App paints with."""
     data = scale.get("name") or [[item["value"], item["color"]] for item in scale.get("list") or []]

@@ -9,7 +9,8 @@ Operators
                         with the model, methods and layers of the view's heatmap fields.
   record_finding        tag samples ``cam:<finding>`` with a note: camcore.store.add_finding.
   sync_app              (unlisted) run by the page every 2 s: the saved groups (and, in an App the
-                        explorer did not launch, colours and switched-on map) when they changed.
+                        explorer did not launch, colours and switched-on map) when they changed;
+                        the colours of any scale the page holds without them (any App).
 Panel
   cam_heatmaps          the current sample's heatmap fields: method/layer pickers, provenance,
                         a button that prompts compute_cams for that sample.
@@ -39,6 +40,7 @@ COMPUTE_URI = f"{PLUGIN}/compute_cams"
 OPEN_URL_URI = f"{PLUGIN}/open_url"  # the plugin's JS operator (dist/index.umd.js)
 SIDEBAR_GROUPS_URI = f"{PLUGIN}/set_sidebar_groups"  # the plugin's JS operator too
 SAMPLE_TAGS_URI = f"{PLUGIN}/set_sample_tags"  # and this one: the open sample's new tags and findings in the modal
+SCALE_COLOURS_URI = f"{PLUGIN}/set_scale_colours"  # and this one: colours for the page's scales that lack them
 RELOAD_MODELS_URI = f"{PLUGIN}/reload_models"
 SETTINGS_STORE = "cam_explorer_settings"  # FiftyOne's execution store: settings the user sets once
 EXPLORER_KEY = "explorer_url"
@@ -512,7 +514,8 @@ class SyncApp(foo.Operator):
     reload_dataset sends, so a new CAM field would sit under "labels" until the tab is reloaded.
     In an App the explorer did not launch, the saved colours and switched-on fields too
     (camcore.store.appwatch.page_updates). One small database read per call; sent only on a
-    change (the page passes the version it last saw)."""
+    change (the page passes the version it last saw). And, in any App, the colours of the scales
+    the page reports holding without them (appwatch.scale_colours)."""
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -532,6 +535,11 @@ class SyncApp(foo.Operator):
         version, ops = appwatch.page_updates(name, ctx.params.get("seen") or None, watched, known)
         for uri, params in ops:
             ctx.trigger(uri, params)
+        # Scales the page holds without their colours (from a session's state: a notebook's
+        # session.view, its reconnect, another tab): drawn viridis until filled in, whatever saved them
+        scales = appwatch.scale_colours(ctx.params.get("bare_scales"))
+        if scales:
+            ctx.trigger(SCALE_COLOURS_URI, {"scales": scales})
         return {"version": version}
 
 

@@ -11,6 +11,11 @@
  *   CLI, a batch, a colleague) shows its CAM group without a tab reload. The first call also says
  *   which fields the page's schema holds: a push between the page's load and that call (seconds
  *   on a loaded machine, until the App lists the Python operators) reloads the page's dataset.
+ * - Each check also reports the colour scales the page holds without their colours (rgb): a scheme
+ *   that comes from a session's state (a notebook's session.view or its reconnect, another tab's
+ *   change) has none, and the App draws such a field in its default scale (viridis), not its own
+ *   (jet). sync_app answers with set_scale_colours, which fills them in on this page only (the
+ *   App's session setter: no mutation, so no other tab is sent a scheme without colours again).
  * - set_sample_tags shows what record_finding wrote on the open sample (its tags, its cam_findings)
  *   in the modal: the App 1.22 keeps the modal's copy of the sample through reload_samples and
  *   reload_dataset.
@@ -117,6 +122,66 @@
     }
   }
 
+  class SetScaleColours extends fop.Operator {
+    get config() {
+      return new fop.OperatorConfig({ name: "set_scale_colours", label: "Colour the page's bare colour scales",
+                                      unlisted: true });
+    }
+
+    useHooks() { // what the App's own event handlers use: sets this page's state, tells no server
+      var fos = window.__fos__;
+      return { setSession: fos && fos.useSessionSetter ? fos.useSessionSetter() : null };
+    }
+
+    async execute(ctx) {
+      var fos = window.__fos__;
+      if (!fos || !fos.colorScheme || !ctx.state || !ctx.hooks.setSession) return;
+      var scheme = await ctx.state.snapshot.getPromise(fos.colorScheme);
+      var given = {};
+      ((ctx.params && ctx.params.scales) || []).forEach(function (s) { given[String(s.path)] = s; });
+      var changed = false;
+      var scales = ((scheme && scheme.colorscales) || []).map(function (c) {
+        var s = given[c.path];
+        // only a scale still bare and still the one the colours were made for
+        if (!s || !isBare(c) || scaleKey(c) !== scaleKey(s)) return c;
+        changed = true;
+        return Object.assign({}, c, { rgb: s.rgb });
+      });
+      if (changed) ctx.hooks.setSession("colorScheme", Object.assign({}, scheme, { colorscales: scales }));
+      // The grid's tiles keep the colours they were drawn with (a tile drawn while its scale was
+      // bare stays viridis): draw them again, as the App's reload_samples does, once the scales
+      // this page asked about have their colours (filled here, or by set_color_scheme just before)
+      var coloured = scales.some(function (c) { return given[c.path] && !!c.rgb; });
+      if (coloured && fos.refresher) {
+        var count = await ctx.state.snapshot.getPromise(fos.refresher);
+        ctx.state.set(fos.refresher, count + 1);
+      }
+    }
+  }
+
+  // A scale named or listed, without the colours the App paints with
+  function isBare(c) {
+    return !!c && !c.rgb && !!(c.name || (c.list && c.list.length));
+  }
+
+  function scaleKey(c) {
+    var list = (c.list || []).map(function (i) { return [Number(i.value), String(i.color)]; });
+    return JSON.stringify([c.name || null, list]);
+  }
+
+  // The page's bare scales, as sync_app reads them
+  async function bareScales(ctx, fos) {
+    try {
+      var scheme = await ctx.state.snapshot.getPromise(fos.colorScheme);
+      return ((scheme && scheme.colorscales) || []).filter(isBare).map(function (c) {
+        var list = (c.list || []).map(function (i) { return { value: i.value, color: i.color }; });
+        return { path: String(c.path), name: c.name || null, list: list.length ? list : null };
+      });
+    } catch (e) {
+      return [];
+    }
+  }
+
   // The groups with each label field in `fields` that they do not list added to the App's default
   // group for labels ("labels"); null when none is new. (Tags and primitives the App lists itself.)
   function withNewFields(groups, fields) {
@@ -169,6 +234,10 @@
           // not said: sync_app reloads the dataset to be sure
         }
       }
+      if (fos && fos.colorScheme && ctx.state) {
+        var bare = await bareScales(ctx, fos);
+        if (bare.length) params.bare_scales = bare;
+      }
       try {
         asked = Date.now();
         // callback: called when sync_app has answered (or failed), its operations queued
@@ -183,6 +252,7 @@
   fop.registerOperator(SetSidebarGroups, "@cam-explorer/cam");
   fop.registerOperator(SyncPage, "@cam-explorer/cam");
   fop.registerOperator(SetSampleTags, "@cam-explorer/cam");
+  fop.registerOperator(SetScaleColours, "@cam-explorer/cam");
 
   function sync() {
     if (document.hidden || !fop.executeOperator) return;
