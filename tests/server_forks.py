@@ -19,6 +19,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from warm_processes import close_line_server
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _FORKS = textwrap.dedent(
@@ -136,13 +138,7 @@ class _Forks:
         return ForkedProcess(json.loads(line)["pid"])
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        close_line_server(self.proc)
 
 
 _forks: list[_Forks] = []  # one per test process, started by the first server

@@ -194,6 +194,22 @@ def _grid_in_colour(page, timeout_ms: int = 90_000) -> bytes:  # generous: 2 loa
     return png
 
 
+def _painted(page, canvas, timeout_ms: int = 60_000) -> bytes:
+    """The modal's canvas once its overlay is painted in colour (a worker paints it after the image:
+    2 s was not always enough under a whole suite's load, nor when the page redraws its samples), or
+    its last screenshot: the test's assertions then say what it shows."""
+    png = b""
+    for _ in range(timeout_ms // 1_000):
+        try:
+            png = canvas.screenshot(timeout=5_000)
+        except Exception:  # the looker redrawing its canvas: try again
+            pass
+        if png and hue_bins(png)[1] > 0.05:
+            return png
+        page.wait_for_timeout(1_000)
+    return png
+
+
 def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, out: dict,
                       syncs: HeldSyncs) -> tuple[bytes, bytes]:
     """Another process pushes a map while the App is open, before the page's own check has answered
@@ -221,8 +237,7 @@ def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, ou
     canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
     expect(canvas).to_be_visible(timeout=60_000)
     expect(modal.locator(f"[data-cy=checkbox-{PUSHED}] input")).to_be_checked(timeout=60_000)
-    page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
-    png = canvas.screenshot()
+    png = _painted(page, canvas)
     page.screenshot(path=str(ARTIFACTS / "app21_pushed_elsewhere.png"))
     page.goto(store.app_url(dataset, port=port))  # back to the grid (the modal's Escape needs its focus)
     expect(modal).to_be_hidden(timeout=30_000)
@@ -330,8 +345,7 @@ def _drive(url: str, select, pushed_elsewhere, open_by_session) -> dict:
         modal = page.locator("#modal")
         canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
         expect(modal.locator(f"[data-cy=checkbox-{FIELD}] input")).to_be_checked(timeout=120_000)  # 3 workers' load
-        page.wait_for_timeout(2_000)  # the overlay is painted by a worker after the image
-        out["canvas"] = canvas.screenshot()
+        out["canvas"] = _painted(page, canvas)
         page.screenshot(path=str(ARTIFACTS / "app21_open_app_heatmap.png"))
         out["modal_label"] = modal.locator(f"[data-cy=sidebar-field-{FIELD}]").evaluate(_LABEL)
         # the sample's sidebar: the CAM group too, still without a reload

@@ -244,8 +244,9 @@ def add_to_multiselect(page: Page, label: str, option: str) -> None:
     open_dropdown(page, box)
     page.get_by_role("option", name=option, exact=True).click()
     page.keyboard.press("Escape")
-    expect(box.get_by_role("group", name="Selected values").get_by_role("button", name=f"Remove {option}",
-                                                                          exact=True)).to_have_count(1)
+    # as long as a run: under a whole suite's load the chip was not there after 5 s (test_browser_daily, once)
+    chip = box.get_by_role("group", name="Selected values").get_by_role("button", name=f"Remove {option}", exact=True)
+    expect(chip).to_have_count(1, timeout=RUN_TIMEOUT)
 
 
 def remove_from_multiselect(page: Page, label: str, option: str) -> None:

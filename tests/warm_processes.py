@@ -212,10 +212,16 @@ class ForkServer:
                                            out.read_text(), err.read_text())
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        close_line_server(self.proc)
+
+
+def close_line_server(proc: subprocess.Popen) -> None:
+    """End a server that reads one request a line from its stdin: its stdin closed, it exits (else
+    killed after 30 s)."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
