@@ -176,38 +176,36 @@ def _until_the_session_holds(session, field: str, timeout: float = 90.0) -> None
         time.sleep(0.25)  # polling a Python object, not the UI
 
 
-def _grid_in_colour(page, timeout_ms: int = 90_000) -> bytes:  # generous: 2 loaded CI cores
-    """The grid's tile once it shows a map in a colour scale (the page, never reloaded, redraws when
-    the session refreshes it), or its last screenshot."""
-    tile = page.locator("[data-cy=fo-grid] canvas").first
-    png = b""
-    for _ in range(timeout_ms // 1_000):
-        try:
-            png = tile.screenshot(timeout=5_000)
-        except Exception:  # the grid redrawing its tile: try again
-            pass
-        if png:
-            shares, saturated = hue_shares(png)
-            if saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02:
-                return png
-        page.wait_for_timeout(1_000)
-    return png
-
-
-def _painted(page, canvas, timeout_ms: int = 60_000) -> bytes:
-    """The modal's canvas once its overlay is painted in colour (a worker paints it after the image:
-    2 s was not always enough under a whole suite's load, nor when the page redraws its samples), or
-    its last screenshot: the test's assertions then say what it shows."""
+def _shot_until(page, canvas, shows, timeout_ms: int) -> bytes:
+    """A canvas's screenshot once `shows(png)`, tried each second, or its last screenshot (the
+    test's assertions then say what it shows)."""
     png = b""
     for _ in range(timeout_ms // 1_000):
         try:
             png = canvas.screenshot(timeout=5_000)
-        except Exception:  # the looker redrawing its canvas: try again
+        except Exception:  # the App redrawing it: try again
             pass
-        if png and hue_bins(png)[1] > 0.05:
+        if png and shows(png):
             return png
         page.wait_for_timeout(1_000)
     return png
+
+
+def _in_scale(png: bytes) -> bool:
+    shares, saturated = hue_shares(png)
+    return bool(saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02)
+
+
+def _grid_in_colour(page, timeout_ms: int = 90_000) -> bytes:  # generous: 2 loaded CI cores
+    """The grid's tile once it shows a map in a colour scale (the page, never reloaded, redraws when
+    the session refreshes it), or its last screenshot."""
+    return _shot_until(page, page.locator("[data-cy=fo-grid] canvas").first, _in_scale, timeout_ms)
+
+
+def _painted(page, canvas, timeout_ms: int = 60_000) -> bytes:
+    """The modal's canvas once its overlay is painted in colour (a worker paints it after the image:
+    2 s was not always enough under a whole suite's load, nor when the page redraws its samples)."""
+    return _shot_until(page, canvas, lambda png: hue_bins(png)[1] > 0.05, timeout_ms)
 
 
 def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, out: dict,

@@ -36,6 +36,7 @@ from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     _below,
     _grid_in_colour,
     _group,
+    _in_scale,
     app_page,
     grey_dataset,
     hue_shares,
@@ -48,11 +49,6 @@ from camcore.store.appstyle import MEASURE_GROUP, SIDEBAR_GROUP
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PUSHED = field_name(MODEL, "eigencam", "head", "predicted")  # the CLI's push below
 LATER = field_name("resnet50", "gradcam", "layer4", "tabby cat")  # make_heatmap's
-
-
-def _in_jet(png: bytes) -> bool:
-    shares, saturated = hue_shares(png)
-    return saturated > 0.05 and (shares >= 0.02).sum() >= 3 and shares[0] >= 0.02
 
 
 def _in_group(page, field: str, out: dict, key: str, group: str = SIDEBAR_GROUP) -> None:
@@ -139,10 +135,10 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
                               push_again, measure, session.refresh).result(timeout=900)
     finally:
         session.close()
-    assert _in_jet(got["grid"]), f"the open page draws the pushed map without its scale: {hue_shares(got['grid'])}"
+    assert _in_scale(got["grid"]), f"the open page draws the pushed map without its scale: {hue_shares(got['grid'])}"
     assert got["group"] is True, f"no CAM group with {PUSHED} on the open page: {got['group']}"
     assert got["later"] is True, f"a later push is not in the CAM group on the open page: {got['later']}"
     assert got["measures"] is True, f"its measures are not in their group on the open page: {got['measures']}"
     assert got["measures_below_heatmaps"]
-    assert _in_jet(got["session_sent"]), f"after the session sent its state: {hue_shares(got['session_sent'])}"
-    assert _in_jet(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}"
+    assert _in_scale(got["session_sent"]), f"after the session sent its state: {hue_shares(got['session_sent'])}"
+    assert _in_scale(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}"
