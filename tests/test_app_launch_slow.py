@@ -42,8 +42,16 @@ def slow_server(tmp_path, monkeypatch):
     dataset.delete()
 
 
-def _service_processes() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "--51-service" in " ".join(p.cmdline())]
+def _service_pids() -> set[int]:
+    """FiftyOne's service processes under this test process (other tests' Apps included)."""
+    pids = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "--51-service" in process.cmdline():
+                pids.add(process.pid)
+        except psutil.Error:  # ended meanwhile
+            pass
+    return pids
 
 
 def test_an_app_server_slower_than_fiftyones_wait_still_starts(slow_server):
@@ -58,10 +66,11 @@ def test_an_app_server_slower_than_fiftyones_wait_still_starts(slow_server):
 
 def test_a_server_that_never_listens_is_a_clear_error_and_leaves_nothing(slow_server, monkeypatch):
     monkeypatch.setattr(store_app, "START_SECONDS", 2.0)
+    before = _service_pids()
     with pytest.raises(StoreError, match="did not start listening on port .* in 2 s"):
         store.launch_app(slow_server, port=free_port())
     deadline = time.monotonic() + 20
-    while _service_processes() and time.monotonic() < deadline:
+    while _service_pids() - before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _service_processes(), "a half-started App server was left running"
+    assert not _service_pids() - before, "a half-started App server was left running"
     assert store.app_session() is None
