@@ -174,7 +174,7 @@ def test_with_an_orchestrator_the_form_says_what_schedule_does_and_where_to_see_
     form = json.loads(_form(COMPUTE, dataset, params=PARAMS))["type"]["properties"]
     assert form["delegate"]["default"] is True  # 4 samples, over the threshold
     queued = form["queued"]["view"]
-    assert "Schedule queues this run: the App shows nothing more" in queued["label"]
+    assert "Schedule queues this run for a worker. This page then says when it is queued" in queued["label"]
     launch = f"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true FIFTYONE_PLUGINS_DIR={ROOT / 'plugins'} "
     assert launch in queued["description"] and "delegated launch" in queued["description"]
     listing = re.search(r"See the run:\n\n`([^`]+)`$", queued["description"])[1]

@@ -364,3 +364,20 @@ def test_a_journal_from_another_machine_waits_out_its_grace_period(dataset, tmp_
     old = time.time() - store.FOREIGN_JOURNAL_GRACE - 60
     os.utime(journal, (old, old))
     assert store.clean_orphans(dataset, hm) == 1 and not path.exists() and not journal.exists()
+
+
+def test_a_journal_being_opened_is_left_to_its_writer(dataset, tmp_path):
+    """A writer creates its journal as `.new-<id>`, then locks it, then renames it: a clean-up
+    (another writer's push) that came in between took the unlocked file, and the writer's push
+    failed ("cannot write heatmaps ...: No such file or directory", seen with 4 processes pushing
+    to one field: tests/test_concurrent_fields.py). A `.new-` file lists no files: it goes only once
+    stale, as a temp PNG."""
+    hm = tmp_path / "hm"
+    folder = heatmaps._pending_dir(dataset.name, hm)
+    folder.mkdir(parents=True)
+    opening = folder / ".new-0123456789abcdef"
+    opening.write_bytes(b"")  # created, not locked yet
+    assert store.clean_orphans(dataset, hm) == 0 and opening.exists()
+    old = time.time() - heatmaps.STALE_TEMP_SECONDS - 60  # its writer died in between, long ago
+    os.utime(opening, (old, old))
+    assert store.clean_orphans(dataset, hm) == 1 and not opening.exists()

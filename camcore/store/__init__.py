@@ -13,7 +13,8 @@
 - :mod:`~camcore.store.heatmaps`: pushing maps (PNG files + labels, with a journal) and reading
   them back;
 - :mod:`~camcore.store.findings`: findings on samples;
-- :mod:`~camcore.store.app`: the FiftyOne App's URL and the one App session this process serves.
+- :mod:`~camcore.store.app`: the FiftyOne App's URL and the one App session this process serves;
+- :mod:`~camcore.store.runs`: a dataset's queued (delegated) compute_cams runs, as App pages are told of them.
 
 Never imports streamlit.
 """

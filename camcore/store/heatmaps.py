@@ -351,7 +351,8 @@ class HeatmapWriter:
 def clean_orphans(dataset: fo.Dataset | fo.DatasetView, heatmap_dir: str | Path | None = None) -> int:
     """Settle what writers that died left under this dataset's heatmap folder: for each journal no
     live writer holds, delete the files it lists that no label of any dataset references now, then
-    the journal; and temp PNGs older than STALE_TEMP_SECONDS. Returns the number of files deleted.
+    the journal; and temp PNGs and half-opened journals older than STALE_TEMP_SECONDS. Returns the
+    number of files deleted.
     Cost: one listing of the journal folder, plus one reference query per dataset with heatmaps
     when something was abandoned; never proportional to the dataset's size."""
     import fcntl
@@ -366,13 +367,15 @@ def clean_orphans(dataset: fo.Dataset | fo.DatasetView, heatmap_dir: str | Path 
     try:
         for path in sorted(folder.iterdir()):
             name = path.name
-            if name.startswith(".tmp-"):
+            # A temp PNG, or a journal being opened (its writer creates it, then locks it: one taken
+            # in between failed that writer's push). Neither lists files: removed once stale.
+            if name.startswith((".tmp-", ".new-")):
                 with contextlib.suppress(FileNotFoundError):
                     if now - path.stat().st_mtime > STALE_TEMP_SECONDS:
                         path.unlink()
                         removed += 1
                 continue
-            if not (name.endswith(JOURNAL_SUFFIX) or name.startswith(".new-")):
+            if not name.endswith(JOURNAL_SUFFIX):
                 continue
             with _LIVE_LOCK:
                 # flock is per process where it is emulated (NFS): our own live journals by name

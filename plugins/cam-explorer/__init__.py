@@ -41,6 +41,7 @@ OPEN_URL_URI = f"{PLUGIN}/open_url"  # the plugin's JS operator (dist/index.umd.
 SIDEBAR_GROUPS_URI = f"{PLUGIN}/set_sidebar_groups"  # the plugin's JS operator too
 SAMPLE_TAGS_URI = f"{PLUGIN}/set_sample_tags"  # and this one: the open sample's new tags and findings in the modal
 SCALE_COLOURS_URI = f"{PLUGIN}/set_scale_colours"  # and this one: colours for the page's scales that lack them
+RUNS_TOLD_URI = f"{PLUGIN}/set_runs_told"  # and this one: what the page has been told of queued runs
 RELOAD_MODELS_URI = f"{PLUGIN}/reload_models"
 SETTINGS_STORE = "cam_explorer_settings"  # FiftyOne's execution store: settings the user sets once
 EXPLORER_KEY = "explorer_url"
@@ -459,12 +460,12 @@ def _delegation_views(inputs: Any, count: int, params: dict) -> None:
                                 "`fiftyone delegated launch` worker instead of running it now")
         if bool(params["delegate"]) if "delegate" in params else count > over:
             launch, listing = delegated_commands()
-            # After Schedule the App (1.22) closes this form and shows nothing more: a generator
-            # operator's scheduled result has no output and its triggers are not run. So say it here.
+            # After Schedule the App (1.22) closes this form: a generator operator's scheduled result
+            # has no output. The page's own check (sync_app) then tells of the run as it goes.
             inputs.view("queued", types.Notice(
-                label="Schedule queues this run: the App shows nothing more. A worker runs it, and its "
-                      "progress is in `fiftyone delegated list`; reload the App when it has completed "
-                      "to see the new fields.",
+                label="Schedule queues this run for a worker. This page then says when it is queued, "
+                      "how far it is and when it ends; its fields appear in the sidebar when it has "
+                      "completed (all its runs: `fiftyone delegated list`).",
                 # commands as code: the App draws this as markdown (an underscore in a path is no italic)
                 description=f"Start a worker once, in a terminal (`make worker` in the CAM Explorer checkout "
                             f"does the same):\n\n`{launch}`\n\nSee the run:\n\n`{listing}`"))
@@ -540,7 +541,22 @@ class SyncApp(foo.Operator):
         scales = appwatch.scale_colours(ctx.params.get("bare_scales"))
         if scales:
             ctx.trigger(SCALE_COLOURS_URI, {"scales": scales})
+        _tell_runs(ctx, name)
         return {"version": version}
+
+
+def _tell_runs(ctx, dataset_name: str) -> None:
+    """Tell the page of the dataset's queued compute_cams runs as their state changes (FiftyOne
+    1.22 shows nothing after Schedule): `runs` is what the page was told (None on its first check)."""
+    from camcore.store import runs as queued
+
+    told = ctx.params.get("runs")
+    told = {str(k): str(v) for k, v in told.items()} if isinstance(told, dict) else None
+    notices, now = queued.run_notices(told, queued.cam_runs(dataset_name, COMPUTE_URI))
+    if notices:  # one notification: the App shows one at a time
+        ctx.ops.notify("\n".join(text for text, _ in notices), variant=notices[-1][1])
+    if now != (told or {}):  # (a page told of no run yet keeps asking as on its first check)
+        ctx.trigger(RUNS_TOLD_URI, {"runs": now})
 
 
 class ReloadModels(foo.Operator):

@@ -16,6 +16,10 @@
  *   change) has none, and the App draws such a field in its default scale (viridis), not its own
  *   (jet). sync_app answers with set_scale_colours, which fills them in on this page only (the
  *   App's session setter: no mutation, so no other tab is sent a scheme without colours again).
+ * - Each check also tells the page of the dataset's queued compute_cams runs as their state changes
+ *   (queued, running by quarters, completed, failed): FiftyOne 1.22 shows nothing after Schedule.
+ *   sync_app notifies and sends what the page has then been told back through set_runs_told; the
+ *   page passes it with its next check.
  * - set_sample_tags shows what record_finding wrote on the open sample (its tags, its cam_findings)
  *   in the modal: the App 1.22 keeps the modal's copy of the sample through reload_samples and
  *   reload_dataset.
@@ -27,6 +31,7 @@
   var PLUGIN = "@cam-explorer/cam";
   var SYNC_MS = 2000;
   var seen = null; // the version of the saved sidebar groups this page shows (sync_app's)
+  var runsTold = null; // queued run id -> what this page was told of it (sync_app's; null: not yet)
   var asked = 0; // when the page last asked sync_app and has had no answer yet (0: none pending)
   var ASK_MS = 30000; // an unanswered ask is asked again after this
   if (!fop || !fop.Operator || !fop.registerOperator) {
@@ -159,6 +164,18 @@
     }
   }
 
+  class SetRunsTold extends fop.Operator {
+    get config() {
+      return new fop.OperatorConfig({ name: "set_runs_told", label: "Remember what the page was told of queued runs",
+                                      unlisted: true });
+    }
+
+    async execute(ctx) {
+      var runs = ctx.params && ctx.params.runs;
+      if (runs && typeof runs === "object") runsTold = runs;
+    }
+  }
+
   // A scale named or listed, without the colours the App paints with
   function isBare(c) {
     return !!c && !c.rgb && !!(c.name || (c.list && c.list.length));
@@ -225,7 +242,7 @@
     }
 
     async execute(ctx) {
-      var params = { seen: seen };
+      var params = { seen: seen, runs: runsTold };
       var fos = window.__fos__;
       if (seen === null && fos && fos.fullSchema && ctx.state) {
         try { // the page's fields, so sync_app can tell whether the page missed a new one
@@ -253,6 +270,7 @@
   fop.registerOperator(SyncPage, "@cam-explorer/cam");
   fop.registerOperator(SetSampleTags, "@cam-explorer/cam");
   fop.registerOperator(SetScaleColours, "@cam-explorer/cam");
+  fop.registerOperator(SetRunsTold, "@cam-explorer/cam");
 
   function sync() {
     if (document.hidden || !fop.executeOperator) return;
