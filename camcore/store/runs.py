@@ -8,6 +8,8 @@ seconds) reads the dataset's latest runs here and tells the page of each one's s
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 from camcore.store.datasets import db_errors
 
@@ -38,13 +40,20 @@ def cam_runs(dataset_name: str, operator_uri: str, most: int = RECENT) -> list[R
     """The dataset's `most` latest runs of `operator_uri` (newest first): one query on FiftyOne's
     delegated operations, sorted and limited, whatever the dataset's size."""
     from fiftyone.factory import DelegatedOperationPagingParams, SortByField, SortDirection
-    from fiftyone.operators.delegated import DelegatedOperationService
 
     paging = DelegatedOperationPagingParams(sort_by=SortByField.QUEUED_AT, sort_direction=SortDirection.DESCENDING,
                                             limit=most)
-    docs = DelegatedOperationService().list_operations(operator=operator_uri, dataset_name=dataset_name,
-                                                       paging=paging)
+    docs = _service().list_operations(operator=operator_uri, dataset_name=dataset_name, paging=paging)
     return [_status(doc) for doc in docs]
+
+
+@functools.cache
+def _service() -> Any:
+    """FiftyOne's delegated-operations service, made once: making one lists (and may create) the
+    collection's indexes, and a page asks every two seconds."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    return DelegatedOperationService()
 
 
 def _status(doc) -> RunStatus:
