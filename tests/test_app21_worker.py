@@ -18,6 +18,7 @@ import pytest
 from fo_app_page import as_returning_user
 from fo_helpers import unique_name, write_images
 from mongod_support import free_port
+from test_app21_app import _grid_in_colour, _in_scale
 from test_plugin import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, COMPUTE, FIELD, ROOT, plugins_dir  # noqa: F401
 
 from camcore import store
@@ -74,7 +75,9 @@ def _schedule_and_watch(url: str) -> None:
             page.screenshot(path=str(ARTIFACTS / "app21_worker_queued.png"))
             expect(page.get_by_text(re.compile(r"^CAM run completed: "))).to_be_visible(timeout=600_000)
             expect(page.locator(f"[data-cy=sidebar-field-{FIELD}]").first).to_be_visible(timeout=60_000)
+            tile = _grid_in_colour(page)  # the new map switched on, drawn in its colour scale (jet)
             page.screenshot(path=str(ARTIFACTS / "app21_worker_completed.png"))
+            assert _in_scale(tile), "the grid's tile is not drawn in a colour scale"
         finally:
             browser.close()
 
