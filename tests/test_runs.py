@@ -106,6 +106,8 @@ def test_sync_app_notifies_the_page_and_hands_it_what_it_was_told(dataset):
     assert _sync(dataset, {run: "queued"}) == []
     DelegatedOperationService().set_completed(run_id)
     ops = _sync(dataset, {run: "queued"})
-    assert [uri for uri, _ in ops] == ["notify", TOLD] and ops[0][1]["variant"] == "success"
-    assert ops[1][1] == {"runs": {run: "completed"}}
+    # ... and the page's tiles drawn again: the run's maps were written after its fields showed
+    assert [uri for uri, _ in ops] == ["notify", "reload_samples", TOLD] and ops[0][1]["variant"] == "success"
+    assert ops[2][1] == {"runs": {run: "completed"}}
+    assert _sync(dataset, {run: "completed"}) == []
 
