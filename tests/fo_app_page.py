@@ -17,3 +17,16 @@ _PROMO_SEEN = f"try {{ window.localStorage.setItem({PROMO_SEEN_KEY!r}, 'true'); 
 def as_returning_user(target) -> None:
     """Mark the App's promo as seen in a Playwright page or context, before its first goto."""
     target.add_init_script(_PROMO_SEEN)
+
+
+def open_operator_form(page, search: str, item: str, timeout_ms: int = 120_000) -> None:
+    """Open an operator's form as a user does: focus the page, the operator browser's shortcut
+    (Backquote), type `search`, click the operator listed as `item`."""
+    from playwright.sync_api import expect
+
+    page.locator("body").click(position={"x": 640, "y": 20})  # the page, not an input
+    page.keyboard.press("Backquote")
+    operators = page.locator("[data-cy=operators-browser]")
+    expect(operators).to_be_visible(timeout=timeout_ms)
+    page.keyboard.type(search)
+    operators.get_by_text(item).click()

@@ -28,7 +28,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 from cam_support import CHELSEA
-from fo_app_page import PROMO_TITLE, as_returning_user
+from fo_app_page import PROMO_TITLE, as_returning_user, open_operator_form
 from fo_helpers import field_name, unique_name
 from PIL import Image
 
@@ -142,12 +142,7 @@ def _open_compute_form_on_the_selection(page, tries: int = 10) -> None:
 
     selected = page.get_by_text("Computes heatmaps on the 1 selected sample(s)")
     for _ in range(tries):
-        page.locator("body").click(position={"x": 640, "y": 20})
-        page.keyboard.press("Backquote")
-        operators = page.locator("[data-cy=operators-browser]")
-        expect(operators).to_be_visible(timeout=120_000)
-        page.keyboard.type("compute heatmaps")
-        operators.get_by_text("CAM Explorer: compute heatmaps").click()
+        open_operator_form(page, "compute heatmaps", "CAM Explorer: compute heatmaps")
         form = page.get_by_text(re.compile(r"^Computes heatmaps on the ")).first
         expect(form).to_be_visible(timeout=60_000)
         if selected.is_visible():

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fiftyone as fo
 import pytest
-from fo_app_page import as_returning_user
+from fo_app_page import as_returning_user, open_operator_form
 from fo_helpers import unique_name, write_images
 from mongod_support import free_port
 from test_app21_app import _grid_in_colour, _in_scale
@@ -59,12 +59,7 @@ def _schedule_and_watch(url: str) -> None:
             as_returning_user(page)
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=120_000)
-            page.locator("body").click(position={"x": 640, "y": 20})
-            page.keyboard.press("Backquote")  # the operator browser
-            operators = page.locator("[data-cy=operators-browser]")
-            expect(operators).to_be_visible(timeout=120_000)
-            page.keyboard.type("compute heatmaps")
-            operators.get_by_text("CAM Explorer: compute heatmaps").click()
+            open_operator_form(page, "compute heatmaps", "CAM Explorer: compute heatmaps")
             expect(page.get_by_text(f"Computes heatmaps on the current view ({SAMPLES} samples)")).to_be_visible(
                 timeout=60_000)
             expect(page.get_by_text("Schedule queues this run", exact=False)).to_be_visible(timeout=30_000)

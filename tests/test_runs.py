@@ -111,3 +111,14 @@ def test_sync_app_notifies_the_page_and_hands_it_what_it_was_told(dataset):
     assert ops[2][1] == {"runs": {run: "completed"}}
     assert _sync(dataset, {run: "completed"}) == []
 
+
+
+def test_only_a_run_the_page_watched_to_its_end_redraws_the_page():
+    """A run that completed since the page's last check (also one queued and done between two
+    checks) redraws it; one it was told of already, or that ended before the page's first check,
+    does not."""
+    assert queued.newly_completed({"a": "running:2"}, {"a": "completed"})
+    assert queued.newly_completed({}, {"b": "completed"})
+    assert not queued.newly_completed({"a": "completed"}, {"a": "completed"})
+    assert not queued.newly_completed(None, {"a": "completed"})
+    assert not queued.newly_completed({"a": "queued"}, {"a": "running:0"})

@@ -83,6 +83,14 @@ def run_notices(told: dict[str, str] | None, runs: list[RunStatus]) -> tuple[lis
     return notices, after
 
 
+def newly_completed(told: dict[str, str] | None, now: dict[str, str]) -> bool:
+    """Whether a run the page was watching (`told`, None on its first check) has completed since:
+    a run declares its fields first (the page shows them, with no maps yet) and writes its maps as
+    it goes, so the page's samples are to be drawn again with them."""
+    return told is not None and any(stage == "completed" and told.get(run) != "completed"
+                                    for run, stage in now.items())
+
+
 def _notice(run: RunStatus) -> tuple[str, str]:
     if run.state == "completed":
         return f"CAM run completed: {run.label}. Its heatmap fields are in the sidebar.", "success"

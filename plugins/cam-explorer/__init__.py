@@ -555,9 +555,7 @@ def _tell_runs(ctx, dataset_name: str) -> None:
     notices, now = queued.run_notices(told, queued.cam_runs(dataset_name, COMPUTE_URI))
     if notices:  # one notification: the App shows one at a time
         ctx.ops.notify("\n".join(text for text, _ in notices), variant=notices[-1][1])
-    if any(stage == "completed" and (told or {}).get(run) not in (None, "completed") for run, stage in now.items()):
-        # a run declares its fields first (the page shows them, with no maps yet) and writes the
-        # maps as it goes: once it has completed, the page's tiles are drawn again with them
+    if queued.newly_completed(told, now):  # its maps came after its fields: draw the tiles again
         ctx.trigger("reload_samples")
     if now != (told or {}):  # (a page told of no run yet keeps asking as on its first check)
         ctx.trigger(RUNS_TOLD_URI, {"runs": now})
