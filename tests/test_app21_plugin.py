@@ -127,6 +127,7 @@ def test_compute_in_the_app_sends_the_open_app_its_colour_scale_and_the_new_fiel
     scheme = asked["set_color_scheme"]
     assert scheme["color_by"] == "value" and {"path": FIELD, "name": "jet"} in scheme["colorscales"]
     assert asked["set_active_fields"]["fields"][-1] == FIELD
+    assert list(asked)[-2] == COPIES  # after all that: a sample the page opened before shows its map
     # with the groups, the version of all it sent: the page's own check then sends nothing again
     # (a second reload_dataset a moment later lost a click on the grid in the real App)
     for watched in ("", "1"):
@@ -340,6 +341,7 @@ def test_the_open_in_result_is_a_short_link(dataset, no_saved_address):
 SYNC = f"{PLUGIN}/sync_app"
 FIELD_PUSHED = field_name("resnet50", "gradcam", "layer4", "tabby cat")  # make_heatmap's
 GROUPS = f"{PLUGIN}/set_sidebar_groups"
+COPIES = f"{PLUGIN}/refresh_sample_copies"
 
 
 def test_sync_app_sends_the_saved_groups_once_per_change(dataset, tmp_path, monkeypatch):
@@ -362,6 +364,9 @@ def test_sync_app_sends_the_saved_groups_once_per_change(dataset, tmp_path, monk
     assert ops["set_color_scheme"]["color_by"] == "value"
     assert {"path": FIELD_PUSHED, "name": "jet"}.items() <= ops["set_color_scheme"]["colorscales"][0].items()
     assert FIELD_PUSHED in ops["set_active_fields"]["fields"] and "reload_dataset" in ops
+    # ... and the samples the page opened read again: FiftyOne 1.22's modal keeps the copy of a
+    # sample it showed first, without the new map (test_app21_app's modal, opened before the map)
+    assert COPIES in ops
     again = ops[GROUPS]["version"]
     assert _requests(_run(SYNC, dataset=dataset, params={"seen": again})) == []  # once
     # a page loaded afresh: the saved groups and colours at once (it holds its session's launch

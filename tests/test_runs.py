@@ -16,6 +16,7 @@ from camcore.store import runs as queued
 
 SYNC = "@cam-explorer/cam/sync_app"
 TOLD = "@cam-explorer/cam/set_runs_told"
+COPIES = "@cam-explorer/cam/refresh_sample_copies"
 
 
 @pytest.fixture
@@ -106,9 +107,10 @@ def test_sync_app_notifies_the_page_and_hands_it_what_it_was_told(dataset):
     assert _sync(dataset, {run: "queued"}) == []
     DelegatedOperationService().set_completed(run_id)
     ops = _sync(dataset, {run: "queued"})
-    # ... and the page's tiles drawn again: the run's maps were written after its fields showed
-    assert [uri for uri, _ in ops] == ["notify", "reload_samples", TOLD] and ops[0][1]["variant"] == "success"
-    assert ops[2][1] == {"runs": {run: "completed"}}
+    # ... and the page's tiles drawn again (the run's maps were written after its fields showed),
+    # and the samples it opened read again (FiftyOne's modal keeps the copy it showed first)
+    assert [uri for uri, _ in ops] == ["notify", "reload_samples", COPIES, TOLD] and ops[0][1]["variant"] == "success"
+    assert ops[3][1] == {"runs": {run: "completed"}}
     assert _sync(dataset, {run: "completed"}) == []
 
 

@@ -42,6 +42,8 @@ SIDEBAR_GROUPS_URI = f"{PLUGIN}/set_sidebar_groups"  # the plugin's JS operator 
 SAMPLE_TAGS_URI = f"{PLUGIN}/set_sample_tags"  # and this one: the open sample's new tags and findings in the modal
 SCALE_COLOURS_URI = f"{PLUGIN}/set_scale_colours"  # and this one: colours for the page's scales that lack them
 RUNS_TOLD_URI = f"{PLUGIN}/set_runs_told"  # and this one: what the page has been told of queued runs
+# and this one: the samples the page has opened, read again (FiftyOne 1.22's modal keeps its first copy)
+SAMPLE_COPIES_URI = f"{PLUGIN}/refresh_sample_copies"
 RELOAD_MODELS_URI = f"{PLUGIN}/reload_models"
 SETTINGS_STORE = "cam_explorer_settings"  # FiftyOne's execution store: settings the user sets once
 EXPLORER_KEY = "explorer_url"
@@ -429,6 +431,7 @@ class ComputeCams(foo.Operator):
 
         version = appwatch.page_version(root.name, os.environ.get(appwatch.WATCHED_ENV) == "1")
         yield ctx.trigger(SIDEBAR_GROUPS_URI, {"groups": appstyle.sidebar_groups(root), "version": version})
+        yield ctx.trigger(SAMPLE_COPIES_URI)  # a sample opened before this run shows its new maps
         yield ctx.ops.notify(summary, variant="warning" if report.failed else "success")
 
 
@@ -536,6 +539,8 @@ class SyncApp(foo.Operator):
         version, ops = appwatch.page_updates(name, ctx.params.get("seen") or None, watched, known)
         for uri, params in ops:
             ctx.trigger(uri, params)
+        if ops and ctx.params.get("seen"):  # new maps from elsewhere: on samples the page opened too
+            ctx.trigger(SAMPLE_COPIES_URI)
         # Scales the page holds without their colours (from a session's state: a notebook's
         # session.view, its reconnect, another tab): drawn viridis until filled in, whatever saved them
         scales = appwatch.scale_colours(ctx.params.get("bare_scales"))
@@ -557,6 +562,7 @@ def _tell_runs(ctx, dataset_name: str) -> None:
         ctx.ops.notify("\n".join(text for text, _ in notices), variant=notices[-1][1])
     if queued.newly_completed(told, now):  # its maps came after its fields: draw the tiles again
         ctx.trigger("reload_samples")
+        ctx.trigger(SAMPLE_COPIES_URI)  # ... and the samples the page opened
     if now != (told or {}):  # (a page told of no run yet keeps asking as on its first check)
         ctx.trigger(RUNS_TOLD_URI, {"runs": now})
 

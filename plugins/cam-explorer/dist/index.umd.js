@@ -34,6 +34,15 @@
   var runsTold = null; // queued run id -> what this page was told of it (sync_app's; null: not yet)
   var asked = 0; // when the page last asked sync_app and has had no answer yet (0: none pending)
   var ASK_MS = 30000; // an unanswered ask is asked again after this
+  var opened = []; // the samples this page has shown in its modal, newest last (refresh_sample_copies)
+  var OPENED_KEPT = 20;
+  // The App's own sample query (its mainSampleQuery's fields that hold the sample), asked of the
+  // page's own server the way the App's Relay network asks it (fou.getFetchFunction, /graphql)
+  var SAMPLE_QUERY = "query camExplorerSampleQuery($dataset: String!, $view: BSONArray!, $filter: SampleFilter!) {" +
+    " sample(dataset: $dataset, view: $view, filter: $filter) { __typename" +
+    ["ImageSample", "VideoSample", "PointCloudSample", "ThreeDSample", "UnknownSample"].map(function (t) {
+      return " ... on " + t + " { id sample }";
+    }).join("") + " } }";
   if (!fop || !fop.Operator || !fop.registerOperator) {
     console.error("@cam-explorer/cam: the App exposes no operators API; open_url is unavailable");
     return;
@@ -164,6 +173,57 @@
     }
   }
 
+  // Remember the sample the modal shows now (called at each page check and before a refresh)
+  async function noteOpened(ctx, fos) {
+    try {
+      var open = await ctx.state.snapshot.getPromise(fos.modalSelector);
+      var id = open && open.id ? String(open.id) : "";
+      if (!id) return;
+      opened = opened.filter(function (o) { return o !== id; }).concat([id]).slice(-OPENED_KEPT);
+    } catch (e) {
+      // no modal state in this App: nothing to remember
+    }
+  }
+
+  class RefreshSampleCopies extends fop.Operator {
+    get config() {
+      return new fop.OperatorConfig({ name: "refresh_sample_copies", label: "Show new maps on samples this page opened",
+                                      unlisted: true });
+    }
+
+    useHooks() { // what the App's own tagging uses to put a sample's new state into its caches
+      var fos = window.__fos__;
+      return { updateSamples: fos && fos.useUpdateSamples ? fos.useUpdateSamples() : null };
+    }
+
+    // FiftyOne 1.22 keeps the first copy of each sample its modal showed for as long as the page
+    // lives (its modal query is asked once per sample and view): a sample opened before a new map
+    // was written opened again with the map's field ticked and the image plain. Ask the page's
+    // server for each sample the page has opened and hand the App the new copies.
+    async execute(ctx) {
+      var fos = window.__fos__;
+      var fou = window.__fou__;
+      if (!fos || !fou || !fou.getFetchFunction || !ctx.state || !ctx.hooks.updateSamples) return;
+      await noteOpened(ctx, fos);
+      if (!opened.length) return;
+      var dataset = await ctx.state.snapshot.getPromise(fos.datasetName);
+      var view = await ctx.state.snapshot.getPromise(fos.view);
+      var ask = fou.getFetchFunction();
+      var fresh = [];
+      for (var id of opened.slice()) {
+        try {
+          var got = await ask("POST", "/graphql", { query: SAMPLE_QUERY,
+                                                    variables: { dataset: dataset, view: view || [], filter: { id: id } } });
+          var sample = got && got.data && got.data.sample && got.data.sample.sample;
+          if (sample) fresh.push([id, typeof sample === "string" ? JSON.parse(sample) : sample]);
+        } catch (e) {
+          console.info("@cam-explorer/cam: could not read sample " + id + " again: " + e);
+        }
+      }
+      if (fresh.length) ctx.hooks.updateSamples(fresh);
+    }
+  }
+
   class SetRunsTold extends fop.Operator {
     get config() {
       return new fop.OperatorConfig({ name: "set_runs_told", label: "Remember what the page was told of queued runs",
@@ -251,6 +311,7 @@
           // not said: sync_app reloads the dataset to be sure
         }
       }
+      if (fos && fos.modalSelector && ctx.state) await noteOpened(ctx, fos);
       if (fos && fos.colorScheme && ctx.state) {
         var bare = await bareScales(ctx, fos);
         if (bare.length) params.bare_scales = bare;
@@ -271,6 +332,7 @@
   fop.registerOperator(SetSampleTags, "@cam-explorer/cam");
   fop.registerOperator(SetScaleColours, "@cam-explorer/cam");
   fop.registerOperator(SetRunsTold, "@cam-explorer/cam");
+  fop.registerOperator(RefreshSampleCopies, "@cam-explorer/cam");
 
   function sync() {
     if (document.hidden || !fop.executeOperator) return;
