@@ -233,8 +233,9 @@ def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, ou
     expect(modal.locator(f"[data-cy=checkbox-{PUSHED}] input")).to_be_checked(timeout=60_000)
     png = _painted(page, canvas)
     page.screenshot(path=str(ARTIFACTS / "app21_pushed_elsewhere.png"))
-    page.goto(store.app_url(dataset, port=port))  # back to the grid (the modal's Escape needs its focus)
-    expect(modal).to_be_hidden(timeout=30_000)
+    # back to the grid on this page: it keeps the copy of the sample its modal showed, as a user's
+    # page does when the App then computes a map of the sample (see _drive)
+    _close_the_modal(page, lambda: _when_connected(lambda: setattr(session, "sample_id", None)))
     return grid, png
 
 
@@ -329,7 +330,7 @@ def _close_the_modal(page, close_by_session) -> None:
         expect(modal).to_be_hidden(timeout=60_000)
 
 
-def _drive(url: str, select, pushed_elsewhere, open_by_session, close_by_session) -> dict:
+def _drive(url: str, select, pushed_elsewhere, open_by_session) -> dict:
     from playwright.sync_api import expect
 
     out: dict = {}
@@ -337,11 +338,6 @@ def _drive(url: str, select, pushed_elsewhere, open_by_session, close_by_session
     with app_page(url, before=lambda page: syncs.append(HeldSyncs(page))) as page:
         out["pushed_grid"], out["pushed_canvas"] = pushed_elsewhere(page, out, syncs[0])
         expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
-        # The sample looked at once before the App computes its map, as a user does: FiftyOne
-        # 1.22's modal keeps that copy (no field, no map) for the page's life unless the plugin
-        # hands it the new one (refresh_sample_copies)
-        _open_from_the_grid(page, open_by_session)
-        _close_the_modal(page, close_by_session)
         select()  # the App's selection, set while the page is open
         _open_compute_form_on_the_selection(page)
         page.get_by_role("button", name="Execute").click()
@@ -354,7 +350,9 @@ def _drive(url: str, select, pushed_elsewhere, open_by_session, close_by_session
         out["grid_label"] = grid_label.evaluate(_LABEL)
         out["grid_below_group"] = _below(page, grid_label, _group(page))
         page.screenshot(path=str(ARTIFACTS / "app21_grid_sidebar.png"))
-        # open the sample from the grid: same page, never reloaded since before the push
+        # open the sample from the grid: same page, never reloaded since it showed the sample before
+        # the App computed this map (FiftyOne 1.22's modal keeps the copy it showed first, with no
+        # such field: the plugin hands it the new one, refresh_sample_copies)
         out["opened_by"] = _open_from_the_grid(page, open_by_session)
         modal = page.locator("#modal")
         canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
@@ -388,15 +386,12 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
         def open_by_session() -> None:
             _when_connected(lambda: setattr(session, "sample_id", sid))
 
-        def close_by_session() -> None:
-            _when_connected(lambda: setattr(session, "sample_id", None))
-
         def pushed_elsewhere(page, out: dict, syncs: HeldSyncs) -> tuple[bytes, bytes]:
             return _pushed_elsewhere(page, session, grey_dataset.name, sid, port, out, syncs)
 
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), select,
-                              pushed_elsewhere, open_by_session, close_by_session).result(timeout=900)
+                              pushed_elsewhere, open_by_session).result(timeout=900)
     finally:
         store.close_app()
     if got["opened_by"] != "click":

@@ -173,15 +173,39 @@
     }
   }
 
-  // Remember the sample the modal shows now (called at each page check and before a refresh)
+  function remember(id) {
+    if (id) opened = opened.filter(function (o) { return o !== id; }).concat([String(id)]).slice(-OPENED_KEPT);
+  }
+
+  // The App (1.22) keeps the sample its modal shows in the URL (?id=): each change of the URL is
+  // seen as it happens (a modal opened and closed between two page checks, or while a check waits
+  // on a busy server, is remembered too)
+  function noteUrl() {
+    try {
+      remember(new URLSearchParams(window.location.search).get("id"));
+    } catch (e) {
+      // no URL to read: the page checks still read the modal's state
+    }
+  }
+  ["pushState", "replaceState"].forEach(function (name) {
+    var original = window.history[name];
+    if (typeof original !== "function") return;
+    window.history[name] = function () {
+      var out = original.apply(this, arguments);
+      noteUrl();
+      return out;
+    };
+  });
+  window.addEventListener("popstate", noteUrl);
+  noteUrl();
+
+  // Remember the sample the modal shows now (at each page check and before a refresh)
   async function noteOpened(ctx, fos) {
     try {
       var open = await ctx.state.snapshot.getPromise(fos.modalSelector);
-      var id = open && open.id ? String(open.id) : "";
-      if (!id) return;
-      opened = opened.filter(function (o) { return o !== id; }).concat([id]).slice(-OPENED_KEPT);
+      remember(open && open.id);
     } catch (e) {
-      // no modal state in this App: nothing to remember
+      // no modal state in this App: the URL says which samples it opened
     }
   }
 
@@ -205,7 +229,10 @@
       var fou = window.__fou__;
       if (!fos || !fou || !fou.getFetchFunction || !ctx.state || !ctx.hooks.updateSamples) return;
       await noteOpened(ctx, fos);
-      if (!opened.length) return;
+      if (!opened.length) {
+        console.info("@cam-explorer/cam: this page opened no sample: none to read again");
+        return;
+      }
       var dataset = await ctx.state.snapshot.getPromise(fos.datasetName);
       var view = await ctx.state.snapshot.getPromise(fos.view);
       var ask = fou.getFetchFunction();
@@ -220,6 +247,8 @@
           console.info("@cam-explorer/cam: could not read sample " + id + " again: " + e);
         }
       }
+      console.info("@cam-explorer/cam: read again " + fresh.length + " of the " + opened.length +
+                   " sample(s) this page opened");
       if (fresh.length) ctx.hooks.updateSamples(fresh);
     }
   }
