@@ -182,6 +182,37 @@ def test_a_new_cam_field_adds_little_to_the_dataset_document_in_one_update(datas
         assert set(store.DECLARED_ATTRIBUTES) <= set(theirs.get_field_schema())
 
 
+def test_a_push_appends_to_the_app_configs_lists_without_walking_them(datasets, tmp_path):
+    """The App config holds a colour scale and a sidebar path per CAM field, the schema a field
+    entry each. A push's update of the dataset document, in a process whose copy is current, appends
+    at the lists' next indexes ($set) with no guard on an index: MongoDB's $push walks the list, and a
+    guard on `list.<i>` matches every entry's sub-fields too (bench/scale.py --fields: +1 ms of the
+    ~10 ms set-up at 500 fields). The lists come out in order, each new field once."""
+    ds = datasets[MANY]
+    maps = [make_heatmap(SIZE, "gradcam", layer=f"walk{k}", seed=k) for k in range(4)]
+    store.push_heatmaps(ds, ds.first().id, make_result(SIZE, maps[:1]), heatmap_dir=tmp_path / "hm")  # a process that pushed before
+    db = foo.get_db_conn()
+    db.command("profile", 2)
+    start = datetime.now(UTC)
+    try:
+        store.push_heatmaps(ds, ds.first().id, make_result(SIZE, maps[1:]), heatmap_dir=tmp_path / "hm")
+    finally:
+        db.command("profile", 0)
+    [write] = [e for e in db["system.profile"].find({"ts": {"$gte": start.replace(tzinfo=None)}})
+               if e.get("ns", "").endswith(".datasets") and _is_write(e)]
+    command = write["command"]
+    update, query = command.get("update") or command.get("u"), command.get("query") or command.get("q")
+    assert "$push" not in update, update.get("$push")
+    assert not [k for k in query if k.split(".")[-1].isdigit()], query  # no guard on a list's index
+    doc = _dataset_doc(ds)
+    new = [m.field for m in maps]
+    scales = [c["path"] for c in doc["app_config"]["color_scheme"]["colorscales"]]
+    [group] = [g for g in doc["app_config"]["sidebar_groups"] if g["name"] == "CAM heatmaps"]
+    names = [f["name"] for f in doc["sample_fields"]]
+    for listed in (scales, group["paths"], names):
+        assert listed[-4:] == new and len(set(listed)) == len(listed), listed[-6:]
+
+
 def test_fields_written_whole_by_fiftyone_keep_working(datasets, tmp_path):
     """FiftyOne's own schema writes (add_sample_field here, a field deleted in the App) store every
     entry whole again: those entries (and fields made by older versions) still take pushes."""
