@@ -112,8 +112,8 @@ class DatasetUpdate:
         sets = dict(self._set)
         # New entries at the list's next indexes; the filter below holds only at exactly that length
         length = len(dataset._doc._data.get("sample_fields") or [])
-        sets.update({f"sample_fields.{length + i}": compact_entry(entry.to_mongo())
-                     for i, (_n, _f, entry) in enumerate(self._fields)})
+        sets.update({f"sample_fields.{length + i}": compact_entry(entry.to_mongo(), _type_fields(field))
+                     for i, (_n, field, entry) in enumerate(self._fields)})
         sets.update({_app_path(p): v for p, v in self._app["$set"].items()})
         if sets:
             update["$set"] = sets
@@ -201,7 +201,7 @@ _ENTRY_DEFAULTS: dict[str, object] = {"embedded_doc_type": None, "subfield": Non
                                       "description": None, "info": None, "read_only": False}
 
 
-def compact_entry(son: dict) -> dict:
+def compact_entry(son: dict, own: frozenset[str] = frozenset()) -> dict:
     """A field's schema entry without the keys that hold their default, its sub-fields' too.
 
     The dataset document holds an entry per field, and a heatmap field's entry declares its label
@@ -209,11 +209,23 @@ def compact_entry(son: dict) -> dict:
     fields.DECLARED_ATTRIBUTES were declared: 5 kB a field written whole, 2.9 kB compact; 7 now:
     1.5 kB compact). MongoDB rewrites the whole document on each update that adds a field, so its
     size is a push's cost (bench/scale.py --fields). FiftyOne loads a compact entry with the same
-    values (and writes it whole again when it saves the field list itself)."""
+    values (and writes it whole again when it saves the field list itself).
+
+    `own`: the sub-fields its embedded type declares itself (a Heatmap's id, tags, map, map_path,
+    range: 618 B of a heatmap field's 1.4 kB), left out too: FiftyOne merges them from the type
+    whenever it loads the entry (EmbeddedDocumentField._fields), and the App's schema is FiftyOne's."""
     out = {k: v for k, v in son.items() if k not in _ENTRY_DEFAULTS or v != _ENTRY_DEFAULTS[k]}
     if out.get("fields"):
-        out["fields"] = [compact_entry(f) for f in out["fields"]]
+        out["fields"] = [compact_entry(f) for f in out["fields"] if f.get("name") not in own]
+        if not out["fields"]:
+            del out["fields"]
     return out
+
+
+def _type_fields(field: fo.Field) -> frozenset[str]:
+    """The sub-fields an embedded document field's type declares itself."""
+    document_type = getattr(field, "document_type", None) if isinstance(field, fo.EmbeddedDocumentField) else None
+    return frozenset(getattr(document_type, "_fields", None) or ())
 
 
 def _app_path(path: str) -> str:
