@@ -18,7 +18,7 @@ from fo_helpers import make_heatmap, make_result, unique_name, write_images
 from warm_processes import WarmPool
 
 from camcore import store
-from camcore.store.datasets import MARK
+from camcore.store.datasets import MARK, datasets_collection
 
 SIZE = (24, 32)
 WRITERS = 6
@@ -88,6 +88,13 @@ def test_processes_declaring_fields_at_once_all_succeed_and_the_registry_keeps_e
     assert pushed <= scales, sorted(pushed - scales)
     group = next(g for g in dataset.app_config.sidebar_groups if g.name == "CAM heatmaps")
     assert pushed <= set(group.paths), sorted(pushed - set(group.paths))
+    # ... each once and no hole in the stored lists (a writer appends at a list's next index only
+    # when its copy is the document: a copy behind would leave nulls or overwrite an entry)
+    raw = datasets_collection().find_one({"_id": dataset._doc.id}, {"app_config": 1})["app_config"]
+    stored_scales = [c and c.get("path") for c in raw["color_scheme"]["colorscales"]]
+    stored_group = next(g for g in raw["sidebar_groups"] if g["name"] == "CAM heatmaps")["paths"]
+    for stored in (stored_scales, stored_group):
+        assert None not in stored and len(stored) == len(set(stored)), stored
     sample = dataset.first()
     for field in pushed:  # every label readable, with its file
         assert Path(sample[field].map_path).is_file()
