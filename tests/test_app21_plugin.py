@@ -416,7 +416,9 @@ def test_sync_app_leaves_the_colours_to_the_explorers_watch(dataset, tmp_path, m
     seen = first[0][1]["version"]
     dataset.app_config.sidebar_groups[0].expanded = False
     dataset.save()
-    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))] == ["reload_dataset", GROUPS]
+    # (with, after them, the samples the page opened read again, as on every change from elsewhere)
+    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))] == [
+        "reload_dataset", GROUPS, COPIES]
 
 
 @pytest.mark.parametrize("watched", [False, True])
