@@ -518,8 +518,10 @@ class SyncApp(foo.Operator):
     reload_dataset sends, so a new CAM field would sit under "labels" until the tab is reloaded.
     In an App the explorer did not launch, the saved colours and switched-on fields too
     (camcore.store.appwatch.page_updates). One small database read per call; sent only on a
-    change (the page passes the version it last saw). And, in any App, the colours of the scales
-    the page reports holding without them (appwatch.scale_colours)."""
+    change (the page passes the version it last saw), then the samples the page opened read again
+    (refresh_sample_copies: the modal keeps its first copy). And, in any App, the colours of the
+    scales the page reports holding without them (appwatch.scale_colours), and the queued runs'
+    news (_tell_runs)."""
 
     @property
     def config(self) -> foo.OperatorConfig:

@@ -23,6 +23,11 @@
  * - set_sample_tags shows what record_finding wrote on the open sample (its tags, its cam_findings)
  *   in the modal: the App 1.22 keeps the modal's copy of the sample through reload_samples and
  *   reload_dataset.
+ * - refresh_sample_copies reads again, from the page's own server, each sample this page's modal
+ *   has shown (the last 20, remembered from the URL's ?id= as it changes) and hands the App the new
+ *   copies (its useUpdateSamples): FiftyOne 1.22 keeps the first copy of a sample its modal showed
+ *   for the page's life, so a sample opened before its map was written opened again without it.
+ *   compute_cams sends it last; sync_app on a change from elsewhere and on a queued run's completion.
  * Hand-written (no build step): it uses the App's globals, as compiled plugins do.
  */
 (function () {
