@@ -183,8 +183,8 @@
   }
 
   // The App (1.22) keeps the sample its modal shows in the URL (?id=): each change of the URL is
-  // seen as it happens (a modal opened and closed between two page checks, or while a check waits
-  // on a busy server, is remembered too)
+  // seen as it happens (reading the modal's state at the 2-s page checks missed a modal opened and
+  // closed while a check waited on a busy server)
   function noteUrl() {
     try {
       remember(new URLSearchParams(window.location.search).get("id"));
@@ -204,7 +204,7 @@
   window.addEventListener("popstate", noteUrl);
   noteUrl();
 
-  // Remember the sample the modal shows now (at each page check and before a refresh)
+  // Remember the sample the modal shows now (before a refresh: an App that keeps no ?id= too)
   async function noteOpened(ctx, fos) {
     try {
       var open = await ctx.state.snapshot.getPromise(fos.modalSelector);
@@ -234,10 +234,7 @@
       var fou = window.__fou__;
       if (!fos || !fou || !fou.getFetchFunction || !ctx.state || !ctx.hooks.updateSamples) return;
       await noteOpened(ctx, fos);
-      if (!opened.length) {
-        console.info("@cam-explorer/cam: this page opened no sample: none to read again");
-        return;
-      }
+      if (!opened.length) return;
       var dataset = await ctx.state.snapshot.getPromise(fos.datasetName);
       var view = await ctx.state.snapshot.getPromise(fos.view);
       var ask = fou.getFetchFunction();
@@ -345,7 +342,6 @@
           // not said: sync_app reloads the dataset to be sure
         }
       }
-      if (fos && fos.modalSelector && ctx.state) await noteOpened(ctx, fos);
       if (fos && fos.colorScheme && ctx.state) {
         var bare = await bareScales(ctx, fos);
         if (bare.length) params.bare_scales = bare;
