@@ -148,6 +148,7 @@ def test_compare_cells_are_readable_with_eight_methods_at_1280(server: Server, p
     # #17 item 10: the ROAD curve's expander stays open when its curve is ready.
     road = page.get_by_test_id("stExpander").filter(has_text="ROAD curve")
     road.get_by_text("ROAD curve", exact=False).first.click()
+    settle(page)  # opening it reruns the page (on_change): a click during that rerun was lost once, under load
     road.get_by_role("button", name="Compute ROAD").click()
     expect(road.get_by_test_id("stCaptionContainer").filter(has_text="ROAD combined")).to_be_visible(
         timeout=RUN_TIMEOUT)
