@@ -15,7 +15,12 @@ scale's colours (rgb), and the page drew every map viridis until reloaded (CI, a
 The page's check reports such scales and fills them in (set_scale_colours), and has the grid draw
 its tiles again (a tile drawn while its scale was bare kept viridis): drawn in jet again. So after
 a tab reload too, whose tile is drawn before the page's check answers (held back here, as CI's
-load did: viridis for good)."""
+load did: viridis for good).
+
+Last, this process replaces that map in its field (a rerun, a colleague's push: nothing the page's
+saved config holds changes): the tile, never reloaded, redraws with the new map (one colour now):
+the page's check sees the samples changed (appwatch.samples_mark) and sends reload_dataset (the
+App's reload_samples redrew its cached copy: the old file gone, the tile blank)."""
 from __future__ import annotations
 
 import os
@@ -38,6 +43,7 @@ from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     _grid_in_colour,
     _group,
     _in_scale,
+    _shot_until,
     app_page,
     grey_dataset,
     hue_shares,
@@ -65,7 +71,12 @@ def _in_group(page, field: str, out: dict, key: str, group: str = SIDEBAR_GROUP)
         out[key] = str(exc).splitlines()[0]
 
 
-def _drive(url: str, push, push_again, measure, session_sends) -> dict:
+def _one_colour(png: bytes) -> bool:
+    shares, saturated = hue_shares(png)
+    return bool(saturated > 0.05 and (shares >= 0.05).sum() == 1)
+
+
+def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
     out: dict = {}
     syncs: list[HeldSyncs] = []
     troubles: dict[str, list[str]] = {"failed": [], "errors": []}
@@ -107,6 +118,11 @@ def _drive(url: str, push, push_again, measure, session_sends) -> dict:
                              "console errors": troubles["errors"][-8:], "held": out["held_after_reload"]}
             page.screenshot(path=str(ARTIFACTS / "app21_own_app_reloaded_no_map.png"))
             out["reloaded"] = _reloaded_tile(page, out)
+        # last, the map replaced in its field (nothing the page's saved config holds changes): the tile
+        # redraws with the new map, one colour now, with no reload
+        replace()
+        out["replaced"] = _shot_until(page, page.locator("[data-cy=fo-grid] canvas").first, _one_colour, 60_000)
+        page.screenshot(path=str(ARTIFACTS / "app21_own_app_replaced.png"))
     return out
 
 
@@ -152,10 +168,16 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
         assert identity.field_name == LATER
         return measure_store.declare_measure_fields(grey_dataset, identity)["share"]
 
+    def replace() -> None:  # the second map's field, another map: 0.9 all over (jet's red)
+        size = (sample.metadata.height, sample.metadata.width)
+        flat = make_heatmap(size)
+        flat.map[:] = 0.9
+        store.push_heatmaps(grey_dataset, sample.id, make_result(size, [flat]), heatmap_dir=tmp_path / "hm")
+
     try:
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), push,
-                              push_again, measure, session.refresh).result(timeout=900)
+                              push_again, measure, replace, session.refresh).result(timeout=900)
     finally:
         session.close()
     assert _in_scale(got["grid"]), f"the open page draws the pushed map without its scale: {hue_shares(got['grid'])}"
@@ -163,6 +185,7 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     assert got["later"] is True, f"a later push is not in the CAM group on the open page: {got['later']}"
     assert got["measures"] is True, f"its measures are not in their group on the open page: {got['measures']}"
     assert got["measures_below_heatmaps"]
+    assert _one_colour(got["replaced"]), f"a map replaced elsewhere is not redrawn: {hue_shares(got['replaced'])}"
     assert _in_scale(got["session_sent"]), f"after the session sent its state: {hue_shares(got['session_sent'])}"
     if "no_map" in got:  # said in the run's warnings summary, green or red
         warnings.warn(f"no map on the tile after the first tab reload: {got['no_map']}")

@@ -5,6 +5,7 @@ All through FiftyOne's own operator machinery against the suite's real mongod.""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import re
@@ -443,3 +444,51 @@ def test_sync_app_colours_the_scales_a_page_holds_without_them(dataset, monkeypa
     assert by_path["a"]["name"] == "jet" and by_path["a"]["rgb"][-1][0] > 100 and by_path["a"]["rgb"][-1][1] == 0
     assert by_path["b"]["rgb"][0] == [0, 0, 0] and by_path["b"]["rgb"][-1] == [255, 0, 0]
     assert _requests(_run(SYNC, dataset=dataset, params={"seen": seen, "bare_scales": []})) == []
+
+
+def test_a_map_replaced_elsewhere_redraws_the_pages_samples_at_most_every_few_seconds(dataset, tmp_path, monkeypatch):
+    """#21: a push from another process that only replaces the map of a field the page already
+    has changes none of the saved groups, colours or switched-on fields: the page's check sees the
+    samples' newest change (their indexed last_modified_at) and has the page take new copies
+    (reload_dataset: the App's reload_samples redraws its cached copies, whose replaced file is
+    gone), and the samples it opened read again, once per change and no more often than
+    SAMPLES_EVERY while a batch writes chunk after chunk."""
+    monkeypatch.delenv(appwatch.WATCHED_ENV, raising=False)
+    sid = dataset.first().id
+    store.push_heatmaps(dataset, sid, make_result((40, 48), [make_heatmap((40, 48))]), heatmap_dir=tmp_path / "hm")
+    first = _requests(_run(SYNC, dataset=dataset, params={"known": list(dataset.get_field_schema())}))
+    seen = first[0][1]["version"]
+    assert _requests(_run(SYNC, dataset=dataset, params={"seen": seen})) == []
+
+    def replace(seed: int) -> None:  # the same field, another map
+        store.push_heatmaps(dataset, sid, make_result((40, 48), [make_heatmap((40, 48), seed=seed)]),
+                            heatmap_dir=tmp_path / "hm")
+
+    replace(1)
+    monkeypatch.setattr(appwatch, "SAMPLES_EVERY", 3600.0)  # the page redrew them a moment ago
+    assert _requests(_run(SYNC, dataset=dataset, params={"seen": seen})) == []  # pending
+    monkeypatch.setattr(appwatch, "SAMPLES_EVERY", 0.0)
+    ops = _requests(_run(SYNC, dataset=dataset, params={"seen": seen}))
+    assert [u for u, _p in ops] == ["reload_dataset", GROUPS, COPIES] and ops[1][1]["groups"] == []
+    again = ops[1][1]["version"]
+    assert _requests(_run(SYNC, dataset=dataset, params={"seen": again})) == []  # once
+    replace(2)
+    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": again}))] == [
+        "reload_dataset", GROUPS, COPIES]
+    # in an App the explorer launched too (its session watch refreshes on colour changes only)
+    monkeypatch.setenv(appwatch.WATCHED_ENV, "1")
+    watched = _requests(_run(SYNC, dataset=dataset, params={"known": list(dataset.get_field_schema())}))[0][1]["version"]
+    replace(3)
+    assert [u for u, _p in _requests(_run(SYNC, dataset=dataset, params={"seen": watched}))] == [
+        "reload_dataset", GROUPS, COPIES]
+
+
+def test_the_samples_mark_reads_one_index_entry(dataset):
+    """Each page check reads the samples' newest change: one index entry, whatever the size."""
+    dataset.add_samples([fo.Sample(filepath=f"/nowhere/{i}.png") for i in range(300)])
+    collection = fo.core.odm.get_db_conn()[dataset._sample_collection_name]
+    stats = appwatch.newest_sample(collection).explain()["executionStats"]
+    assert stats["totalDocsExamined"] <= 1 and stats["totalKeysExamined"] <= 1, stats
+    doc = {"sample_collection_name": dataset._sample_collection_name}
+    newest = max(dataset.values("last_modified_at"))
+    assert appwatch.samples_mark(doc) == int(newest.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)

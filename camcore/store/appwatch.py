@@ -19,9 +19,12 @@ scheme changed in the App for this session only is kept until the dataset's save
 """
 from __future__ import annotations
 
+import calendar
+import datetime
 import hashlib
 import json
 import threading
+import time
 from typing import Any
 
 import fiftyone as fo
@@ -31,6 +34,9 @@ from fiftyone.core.state import build_color_scheme
 from camcore.store.datasets import datasets_collection
 
 POLL_SECONDS = 1.0
+# The least time between two redraws of a page's samples for changes made elsewhere (a batch writes
+# chunk after chunk: each redraw refetches the page's grid)
+SAMPLES_EVERY = 10.0
 # In the environment of an App server the explorer launched (its session's watch keeps the scheme)
 WATCHED_ENV = "CAM_EXPLORER_APP_WATCHED"
 SIDEBAR_GROUPS_OP = "@cam-explorer/cam/set_sidebar_groups"  # the plugin's browser-side operator
@@ -48,10 +54,37 @@ def saved_groups(dataset_name: str) -> list[dict]:
 
 
 def _saved_config(dataset_name: str) -> dict:
-    doc = datasets_collection().find_one(
+    return _saved_doc(dataset_name).get("app_config") or {}
+
+
+def _saved_doc(dataset_name: str) -> dict:
+    """The dataset's document, with only what a page is kept on (and where its samples are)."""
+    return datasets_collection().find_one(
         {"name": dataset_name},
-        {"app_config.sidebar_groups": 1, "app_config.color_scheme": 1, "app_config.active_fields": 1}) or {}
-    return doc.get("app_config") or {}
+        {"app_config.sidebar_groups": 1, "app_config.color_scheme": 1, "app_config.active_fields": 1,
+         "sample_collection_name": 1}) or {}
+
+
+def samples_mark(doc: dict) -> int:
+    """When the dataset's samples last changed, in ms since the epoch (their newest
+    ``last_modified_at``, which FiftyOne sets on every sample write and indexes: one index entry
+    read, whatever the dataset's size); 0 when it has none. A page drawn before shows stale samples."""
+    name = doc.get("sample_collection_name")
+    if not name:
+        return 0
+    newest = list(newest_sample(datasets_collection().database[name]))
+    stamp = newest[0].get("last_modified_at") if newest else None
+    return _ms(stamp) if stamp is not None else 0
+
+
+def newest_sample(samples: Any) -> Any:
+    """The cursor on a sample collection's newest change (its last_modified_at only)."""
+    return samples.find({}, {"_id": 0, "last_modified_at": 1}).sort("last_modified_at", -1).limit(1)
+
+
+def _ms(stamp: datetime.datetime) -> int:
+    """A stored (naive UTC) datetime in ms since the epoch: MongoDB keeps ms."""
+    return int(calendar.timegm(stamp.utctimetuple())) * 1000 + stamp.microsecond // 1000
 
 
 def _groups(config: dict) -> list[dict]:
@@ -84,19 +117,36 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
       gets the groups anyway, and where its schema lacks a field the saved config names (or it did
       not say which it holds), reload_dataset and the switched-on fields too. A reload at every
       page open would refetch the whole dataset (its schema too) a second time: only when stale.
+    - In any App, when the samples changed since the page last drew them (a map replaced in a
+      field it already has, by another process: nothing above changed), reload_dataset (the
+      grid's tiles take new copies; the plugin then has the samples the page opened read again),
+      at most every SAMPLES_EVERY seconds (a batch writes chunk after chunk).
     The plugin's set_sidebar_groups op always comes first: it records the version in the page."""
-    config = _saved_config(dataset_name)
-    groups, colours, parts, now, version = _page_state(dataset_name, config, watched)
-    if seen == version:
-        return version, []
+    doc = _saved_doc(dataset_name)
+    config = doc.get("app_config") or {}
+    groups, colours, parts, now, core = _page_state(dataset_name, config, watched)
     before = {p[:1]: p[1:] for p in (seen or "").split(".") if p}
+    mark, clock = samples_mark(doc), time.time()
+    drawn, _, drawn_at = before.get("m", "").partition("@")
+    samples_changed = bool(seen) and str(mark) != drawn
+    redraw = samples_changed and clock - _seconds(drawn_at) >= SAMPLES_EVERY
     stale = not seen and _page_lacks_fields(dataset_name, config, known)
     send_groups = not seen or before.get("g") != now["g"]
     # Without the explorer's session (whose refresh reloads the page's dataset), the page must
     # reload it itself: a new field is not in its schema yet (its group would show "No fields").
     # With it too when the groups changed: the session refreshes on a colour change only, and a
     # batch's measure fields come after its maps (or alone, measuring maps made before).
-    reload = stale or bool(seen and (not watched or send_groups))
+    reload = stale or bool(seen and core != seen.rsplit(".m", 1)[0] and (not watched or send_groups))
+    # the samples changed since the page drew them: their new copies (the App's own reload_samples
+    # redraws its cached ones, and a replaced map's old file is gone: the tile drawn blank; its
+    # useUpdateSamples with the new copies left the tile as it was)
+    reload = reload or redraw
+    # the samples' mark the page will have drawn, with when; a change too soon after the last
+    # redraw stays pending (the page keeps its old mark) until a later check
+    shown = before["m"] if "m" in before and not (redraw or reload) else f"{mark}@{int(clock)}"
+    version = f"{core}.m{shown}"
+    if seen == version:
+        return version, []
     ops: list[tuple[str, dict]] = [("reload_dataset", {})] if reload else []
     ops += [(SIDEBAR_GROUPS_OP, {"groups": groups if send_groups else [], "version": version})]
     if "s" in now and before.get("s") != now["s"]:
@@ -111,9 +161,19 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
 
 def page_version(dataset_name: str, watched: bool) -> str:
     """The version (page_updates') of what a page shows once it has taken the dataset's saved
-    groups (and, unwatched, colours and switched-on fields): compute_cams hands it over with the
-    groups it sends, so the page's next check does not send them, and reload it, again."""
-    return _page_state(dataset_name, _saved_config(dataset_name), watched)[4]
+    groups (and, unwatched, colours and switched-on fields) and drawn its samples now:
+    compute_cams hands it over with the groups it sends, so the page's next check does not send
+    them, and reload it, again."""
+    doc = _saved_doc(dataset_name)
+    core = _page_state(dataset_name, doc.get("app_config") or {}, watched)[4]
+    return f"{core}.m{samples_mark(doc)}@{int(time.time())}"
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
 
 
 def _page_state(dataset_name: str, config: dict, watched: bool) -> tuple[list[dict], dict, dict, dict, str]:
