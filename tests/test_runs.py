@@ -107,9 +107,10 @@ def test_sync_app_notifies_the_page_and_hands_it_what_it_was_told(dataset):
     assert _sync(dataset, {run: "queued"}) == []
     DelegatedOperationService().set_completed(run_id)
     ops = _sync(dataset, {run: "queued"})
-    # ... and the page's tiles drawn again (the run's maps were written after its fields showed),
+    # ... and the page's samples taken again (the run's maps were written after its fields showed;
+    # the App's reload_samples redraws its cached copies, whose replaced maps' old files are gone),
     # and the samples it opened read again (FiftyOne's modal keeps the copy it showed first)
-    assert [uri for uri, _ in ops] == ["notify", "reload_samples", COPIES, TOLD] and ops[0][1]["variant"] == "success"
+    assert [uri for uri, _ in ops] == ["notify", "reload_dataset", COPIES, TOLD] and ops[0][1]["variant"] == "success"
     assert ops[3][1] == {"runs": {run: "completed"}}
     assert _sync(dataset, {run: "completed"}) == []
 

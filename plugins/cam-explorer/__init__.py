@@ -562,8 +562,8 @@ def _tell_runs(ctx, dataset_name: str) -> None:
     notices, now = queued.run_notices(told, queued.cam_runs(dataset_name, COMPUTE_URI))
     if notices:  # one notification: the App shows one at a time
         ctx.ops.notify("\n".join(text for text, _ in notices), variant=notices[-1][1])
-    if queued.newly_completed(told, now):  # its maps came after its fields: draw the tiles again
-        ctx.trigger("reload_samples")
+    if queued.newly_completed(told, now):  # its maps came after its fields: new copies of the samples
+        ctx.trigger("reload_dataset")  # (reload_samples redraws cached ones: a replaced map's old file is gone)
         ctx.trigger(SAMPLE_COPIES_URI)  # ... and the samples the page opened
     if now != (told or {}):  # (a page told of no run yet keeps asking as on its first check)
         ctx.trigger(RUNS_TOLD_URI, {"runs": now})
