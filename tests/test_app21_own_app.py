@@ -123,6 +123,7 @@ def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
         replace()
         out["replaced"] = _shot_until(page, page.locator("[data-cy=fo-grid] canvas").first, _one_colour, 60_000)
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_replaced.png"))
+        out["logged"] = {"failed requests": troubles["failed"][-6:], "console errors": troubles["errors"][-6:]}
     return out
 
 
@@ -189,4 +190,5 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     if "no_map" in got:  # said in the run's warnings summary, green or red
         warnings.warn(f"no map on the tile after the first tab reload: {got['no_map']}")
     assert _in_scale(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}, {got.get('no_map')}"
-    assert _one_colour(got["replaced"]), f"a map replaced elsewhere is not redrawn: {hue_shares(got['replaced'])}"
+    assert _one_colour(got["replaced"]), (
+        f"a map replaced elsewhere is not redrawn: {hue_shares(got['replaced'])}, {got['logged']}")
