@@ -483,12 +483,19 @@ def test_a_map_replaced_elsewhere_redraws_the_pages_samples_at_most_every_few_se
         "reload_dataset", GROUPS, COPIES]
 
 
-def test_the_samples_mark_reads_one_index_entry(dataset):
+def test_the_samples_mark_reads_one_index_entry(dataset, monkeypatch):
     """Each page check reads the samples' newest change: one index entry, whatever the size."""
     dataset.add_samples([fo.Sample(filepath=f"/nowhere/{i}.png") for i in range(300)])
     collection = fo.core.odm.get_db_conn()[dataset._sample_collection_name]
     stats = appwatch.newest_sample(collection).explain()["executionStats"]
     assert stats["totalDocsExamined"] <= 1 and stats["totalKeysExamined"] <= 1, stats
     doc = {"sample_collection_name": dataset._sample_collection_name}
+    # a redraw reloads the page's dataset (sidebar counts: server time in proportion to the
+    # samples): bigger datasets are redrawn less often, from the collection's size without a scan
+    assert appwatch.redraw_interval(doc) == appwatch.SAMPLES_EVERY  # 304 samples
+    monkeypatch.setattr(appwatch, "SAMPLES_PER_EVERY", 100)
+    assert appwatch.redraw_interval(doc) == pytest.approx(appwatch.SAMPLES_EVERY * 3.04)
+    monkeypatch.setattr(appwatch, "SAMPLES_PER_EVERY", 1)
+    assert appwatch.redraw_interval(doc) == appwatch.SAMPLES_EVERY_MAX
     newest = max(dataset.values("last_modified_at"))
     assert appwatch.samples_mark(doc) == int(newest.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)

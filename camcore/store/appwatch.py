@@ -35,8 +35,12 @@ from camcore.store.datasets import datasets_collection
 
 POLL_SECONDS = 1.0
 # The least time between two redraws of a page's samples for changes made elsewhere (a batch writes
-# chunk after chunk: each redraw refetches the page's grid)
+# chunk after chunk): a redraw reloads the page's dataset, whose sidebar counts cost the App server
+# time in proportion to the samples, so bigger datasets wait longer (a steady share of its time),
+# up to SAMPLES_EVERY_MAX
 SAMPLES_EVERY = 10.0
+SAMPLES_PER_EVERY = 20_000  # up to this many samples: SAMPLES_EVERY; twice as many: twice as long
+SAMPLES_EVERY_MAX = 120.0
 # In the environment of an App server the explorer launched (its session's watch keeps the scheme)
 WATCHED_ENV = "CAM_EXPLORER_APP_WATCHED"
 SIDEBAR_GROUPS_OP = "@cam-explorer/cam/set_sidebar_groups"  # the plugin's browser-side operator
@@ -82,6 +86,15 @@ def newest_sample(samples: Any) -> Any:
     return samples.find({}, {"_id": 0, "last_modified_at": 1}).sort("last_modified_at", -1).limit(1)
 
 
+def redraw_interval(doc: dict) -> float:
+    """The least seconds between two redraws of a page's samples (SAMPLES_EVERY per
+    SAMPLES_PER_EVERY samples, at most SAMPLES_EVERY_MAX), from the collection's size as its
+    metadata holds it (no scan)."""
+    name = doc.get("sample_collection_name")
+    count = datasets_collection().database[name].estimated_document_count() if name else 0
+    return min(SAMPLES_EVERY_MAX, SAMPLES_EVERY * max(1.0, count / SAMPLES_PER_EVERY))
+
+
 def _ms(stamp: datetime.datetime) -> int:
     """A stored (naive UTC) datetime in ms since the epoch: MongoDB keeps ms."""
     return int(calendar.timegm(stamp.utctimetuple())) * 1000 + stamp.microsecond // 1000
@@ -120,7 +133,7 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
     - In any App, when the samples changed since the page last drew them (a map replaced in a
       field it already has, by another process: nothing above changed), reload_dataset (the
       grid's tiles take new copies; the plugin then has the samples the page opened read again),
-      at most every SAMPLES_EVERY seconds (a batch writes chunk after chunk).
+      at most every redraw_interval seconds (a batch writes chunk after chunk).
     The plugin's set_sidebar_groups op always comes first: it records the version in the page."""
     doc = _saved_doc(dataset_name)
     config = doc.get("app_config") or {}
@@ -129,7 +142,7 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
     mark, clock = samples_mark(doc), time.time()
     drawn, _, drawn_at = before.get("m", "").partition("@")
     samples_changed = bool(seen) and str(mark) != drawn
-    redraw = samples_changed and clock - _seconds(drawn_at) >= SAMPLES_EVERY
+    redraw = samples_changed and clock - _seconds(drawn_at) >= redraw_interval(doc)
     stale = not seen and _page_lacks_fields(dataset_name, config, known)
     send_groups = not seen or before.get("g") != now["g"]
     # Without the explorer's session (whose refresh reloads the page's dataset), the page must
