@@ -149,10 +149,11 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
     # reload it itself: a new field is not in its schema yet (its group would show "No fields").
     # With it too when the groups changed: the session refreshes on a colour change only, and a
     # batch's measure fields come after its maps (or alone, measuring maps made before).
+    # (a version is "<core>.m<mark>@<when drawn>": the saved config's parts, then the samples')
     reload = stale or bool(seen and core != seen.rsplit(".m", 1)[0] and (not watched or send_groups))
     # the samples changed since the page drew them: their new copies (the App's own reload_samples
     # redraws its cached ones, and a replaced map's old file is gone: the tile drawn blank; its
-    # useUpdateSamples with the new copies left the tile as it was)
+    # useUpdateSamples with the new copies, even with a redraw after it, left the tile as it was)
     reload = reload or redraw
     # the samples' mark the page will have drawn, with when; a change too soon after the last
     # redraw stays pending (the page keeps its old mark) until a later check
