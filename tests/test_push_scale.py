@@ -79,6 +79,7 @@ def _profiled(db, start: datetime, ds: fo.Dataset) -> list[dict]:
 
     return [e for e in db["system.profile"].find({"ts": {"$gte": start.replace(tzinfo=None)}}) if not other(e)]
 
+
 def _push_measured(ds: fo.Dataset, tag: str, heatmap_dir) -> tuple[Counter, int, int]:
     """Push 3 new fields to a sample held in memory (as the app holds it): (operations per kind
     and collection, bytes of the commands sent, Python calls)."""
