@@ -149,7 +149,7 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
     # reload it itself: a new field is not in its schema yet (its group would show "No fields").
     # With it too when the groups changed: the session refreshes on a colour change only, and a
     # batch's measure fields come after its maps (or alone, measuring maps made before).
-    # (a version is "<core>.m<mark>@<when drawn>": the saved config's parts, then the samples')
+    # (a version is _version's: "<core>.m<mark>@<when drawn>")
     reload = stale or bool(seen and core != seen.rsplit(".m", 1)[0] and (not watched or send_groups))
     # the samples changed since the page drew them: their new copies (the App's own reload_samples
     # redraws its cached ones, and a replaced map's old file is gone: the tile drawn blank; its
@@ -157,8 +157,7 @@ def page_updates(dataset_name: str, seen: str | None, watched: bool,
     reload = reload or redraw
     # the samples' mark the page will have drawn, with when; a change too soon after the last
     # redraw stays pending (the page keeps its old mark) until a later check
-    shown = before["m"] if "m" in before and not (redraw or reload) else f"{mark}@{int(clock)}"
-    version = f"{core}.m{shown}"
+    version = f"{core}.m{before['m']}" if "m" in before and not (redraw or reload) else _version(core, mark, clock)
     if seen == version:
         return version, []
     ops: list[tuple[str, dict]] = [("reload_dataset", {})] if reload else []
@@ -180,7 +179,12 @@ def page_version(dataset_name: str, watched: bool) -> str:
     them, and reload it, again."""
     doc = _saved_doc(dataset_name)
     core = _page_state(dataset_name, doc.get("app_config") or {}, watched)[4]
-    return f"{core}.m{samples_mark(doc)}@{int(time.time())}"
+    return _version(core, samples_mark(doc), time.time())
+
+
+def _version(core: str, mark: int, clock: float) -> str:
+    """A page's version: the saved config's parts, then the samples' mark it drew and when."""
+    return f"{core}.m{mark}@{int(clock)}"
 
 
 def _seconds(text: str) -> float:
