@@ -69,6 +69,23 @@ def test_a_run_is_told_queued_by_quarters_and_its_end(dataset):
     assert notices == [] and queued.run_notices(later, queued.cam_runs(dataset.name, COMPUTE))[0] == []
 
 
+def test_a_run_a_worker_took_before_the_pages_next_check_is_told_started_and_where_to_see_it(dataset):
+    """#21 (b): a worker that takes a run within one page check (2 s) leaves the page no queued state
+    to see: its first notice says it started, and that this page says when it ends, not a bare
+    progress line; and a page opened mid-run says the same of it."""
+    service = DelegatedOperationService()
+    first, told = queued.run_notices(None, [])  # a watching page, told of nothing yet
+    run = _queue(dataset, "gradcam on head of efficientnet_lite0")
+    service.set_running(run, progress={"progress": 0.1, "label": "1/10 samples"})
+    for before in (told, None):  # the page watched before it was queued; the page opened while it ran
+        notices, after = queued.run_notices(before, queued.cam_runs(dataset.name, COMPUTE))
+        assert notices == [("CAM run started: gradcam on head of efficientnet_lite0: 1/10 samples. A worker runs "
+                            "it; this page says when it ends.", "info")]
+    service.set_progress(run, ExecutionProgress(0.5, "5/10 samples"))  # later quarters: progress lines
+    notices, _ = queued.run_notices(after, queued.cam_runs(dataset.name, COMPUTE))
+    assert notices == [("CAM run running: gradcam on head of efficientnet_lite0: 5/10 samples", "info")]
+
+
 def test_a_failed_run_says_why_and_only_this_datasets_compute_runs_are_read(dataset):
     other = fo.Dataset(unique_name("runs-other"))
     try:

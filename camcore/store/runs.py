@@ -79,7 +79,7 @@ def run_notices(told: dict[str, str] | None, runs: list[RunStatus]) -> tuple[lis
         if told is None and run.state in ("completed", "failed"):
             continue  # ended before this page watched it
         if (told or {}).get(run.id) != run.stage:
-            notices.append(_notice(run))
+            notices.append(_notice(run, new=run.id not in (told or {})))
     return notices, after
 
 
@@ -91,11 +91,16 @@ def newly_completed(told: dict[str, str] | None, now: dict[str, str]) -> bool:
                                     for run, stage in now.items())
 
 
-def _notice(run: RunStatus) -> tuple[str, str]:
+def _notice(run: RunStatus, new: bool = False) -> tuple[str, str]:
     if run.state == "completed":
         return f"CAM run completed: {run.label}. Its heatmap fields are in the sidebar.", "success"
     if run.state == "failed":
         return f"CAM run failed: {run.label}: {run.detail or 'no reason given'}", "error"
+    if run.stage.startswith("running") and new:
+        # a worker took it before the page's next check (2 s): the page never saw it queued, so this
+        # first word on it says where it goes from here, as the queued notice would have
+        return (f"CAM run started: {run.label}: {run.detail or 'its first samples'}. A worker runs it; "
+                "this page says when it ends.", "info")
     if run.stage.startswith("running"):
         return f"CAM run running: {run.label}: {run.detail or 'started'}", "info"
     return (f"CAM run queued: {run.label}. A worker runs it (`make worker`, or `fiftyone delegated launch` "
