@@ -166,7 +166,7 @@ def browser():
 # files out by their number of tests, most first, so one-test browser files would start last.
 # The ONE_AT_A_TIME group below is one unit, second: xdist gives a worker a second unit at once when
 # its first holds at most 2 tests, so a long unit after the one-test Ray file would wait for it.
-LONG_FIRST = ("test_distributed", "test_app21_own_app", "test_browser_compare", "test_app21_modal_names",
+LONG_FIRST = ("test_app21_own_app", "test_browser_compare", "test_app21_modal_names",
               "test_app21_app", "test_browser", "test_reference", "test_cli", "test_browser_links",
               "test_browser_explore", "test_detection", "test_apptest_compare", "test_browser_daily",
               "test_engine", "test_concurrent_fields", "test_browser_security", "test_plugin",
@@ -229,6 +229,27 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return Apart(config, log)
 
 
+# Last: test_distributed, whose Ray scenario (tests/ray_background.py) the first worker starts right
+# after collection and runs beside the tests; by the time its tests come, they only read its result.
+LAST = ("test_distributed",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(rank)))
+    rank.update({name: len(LONG_FIRST) + 1 + i for i, name in enumerate(LAST)})
+    items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(LONG_FIRST)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the Ray scenario now, beside the tests, when its tests are collected (one worker)."""
+    import ray_background
+
+    worker = getattr(session.config, "workerinput", {}).get("workerid")
+    wanted = any("scenario" in getattr(item, "fixturenames", ()) for item in session.items)
+    if wanted and worker in (None, "gw0"):
+        ray_background.start(ray_background.run_id(session.config))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "ray_background" in sys.modules:  # a scenario this process started: wait for it, or stop it
+        sys.modules["ray_background"].finish(wait=exitstatus != pytest.ExitCode.INTERRUPTED)

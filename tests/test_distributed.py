@@ -3,15 +3,13 @@ only (a private network namespace, see tests/ray_scenario.py), plus the driver's
 same local Ray shows it listens on loopback only and logs no database password."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import fiftyone as fo
 import pytest
+import ray_background
 import ray_scenario
 from fo_helpers import unique_name, write_images
 
@@ -22,31 +20,13 @@ from camcore.distributed import DistributedError, run_batch_distributed
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _namespace_setup() -> tuple[str | None, str]:
-    """(why no private network namespace can be made here or None, the commands that make its
-    interfaces: loopback and a veth pair where possible, loopback only otherwise)."""
-    if not all(shutil.which(tool) for tool in ("unshare", "ip", "ss")):
-        return "unshare/ip/ss (util-linux, iproute2) are not installed", ""
-    for setup in (ray_scenario.NETNS, ray_scenario.LOOPBACK_ONLY):
-        probe = subprocess.run(["unshare", "-n", "sh", "-c", setup + "true"], capture_output=True, text=True)
-        if probe.returncode == 0:
-            return None, setup
-    return f"cannot create a network namespace: {probe.stderr.strip()}", ""
-
-
 @pytest.fixture(scope="module")
-def scenario() -> dict:
-    why, setup = _namespace_setup()
-    if why:
-        pytest.skip(why)  # CI runs as root, where this works
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIFTYONE_DATABASE", "CAM_EXPLORER"))}
-    proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", f"{setup}exec {sys.executable} tests/ray_scenario.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,  # ~1 min on an idle machine
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["with_an_interface"] = setup == ray_scenario.NETNS
+def scenario(request) -> dict:
+    """The Ray scenario's result: started beside the tests after collection (tests/ray_background.py),
+    or here when this file runs on its own."""
+    result = ray_background.result(ray_background.run_id(request.config))
+    if "skip" in result:
+        pytest.skip(result["skip"])  # CI runs as root, where a namespace can be made
     return result
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import LONG_FIRST, ONE_AT_A_TIME
+from conftest import LAST, LONG_FIRST, ONE_AT_A_TIME
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,12 +42,12 @@ def _pytest(folder: Path, options: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_make_test_starts_the_long_files_first(tmp_path):
-    """Three one-test files from LONG_FIRST beside two files of many quick tests, run with make
-    test's options in one worker: the long files run first, in LONG_FIRST's order (xdist's default
-    would run the files with the most tests first)."""
+    """Three one-test files from LONG_FIRST and the LAST file beside two files of many quick tests,
+    run with make test's options in one worker: the long files run first, in LONG_FIRST's order
+    (xdist's default would run the files with the most tests first), and the LAST one after all."""
     _suite_hooks(tmp_path)
-    long_files = list(LONG_FIRST[:3])
-    for name in long_files:
+    long_files, last = list(LONG_FIRST[:3]), list(LAST)
+    for name in long_files + last:
         (tmp_path / f"{name}.py").write_text("def test_long():\n    pass\n")
     quick = ["test_aaa_many", "test_zzz_many"]
     for name in quick:
@@ -56,7 +56,7 @@ def test_make_test_starts_the_long_files_first(tmp_path):
     proc = _pytest(tmp_path, _make_test_options())
     ran = re.findall(r"PASSED (\w+)\.py::", proc.stdout)
     files = list(dict.fromkeys(ran))
-    assert files == long_files + quick, files
+    assert files == long_files + quick + last, files
 
 
 def test_files_of_a_group_run_one_after_another(tmp_path):
