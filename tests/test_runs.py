@@ -76,11 +76,14 @@ def test_a_run_a_worker_took_before_the_pages_next_check_is_told_started_and_whe
     service = DelegatedOperationService()
     first, told = queued.run_notices(None, [])  # a watching page, told of nothing yet
     run = _queue(dataset, "gradcam on head of efficientnet_lite0")
-    service.set_running(run, progress={"progress": 0.1, "label": "1/10 samples"})
+    service.set_running(run)  # as the worker marks it before its first progress
     for before in (told, None):  # the page watched before it was queued; the page opened while it ran
         notices, after = queued.run_notices(before, queued.cam_runs(dataset.name, COMPUTE))
-        assert notices == [("CAM run started: gradcam on head of efficientnet_lite0: 1/10 samples. A worker runs "
-                            "it; this page says when it ends.", "info")]
+        assert notices == [("CAM run started: gradcam on head of efficientnet_lite0. A worker runs it; this page "
+                            "says when it ends.", "info")]
+    # its first progress, still in the first quarter, is not told again (the page said "started")
+    service.set_progress(run, ExecutionProgress(0.0, "0/10 samples"))
+    assert queued.run_notices(after, queued.cam_runs(dataset.name, COMPUTE))[0] == []
     service.set_progress(run, ExecutionProgress(0.5, "5/10 samples"))  # later quarters: progress lines
     notices, _ = queued.run_notices(after, queued.cam_runs(dataset.name, COMPUTE))
     assert notices == [("CAM run running: gradcam on head of efficientnet_lite0: 5/10 samples", "info")]

@@ -30,9 +30,10 @@ class RunStatus:
     @property
     def stage(self) -> str:
         """What a page has been told of this run: its state, and a running run's quarter."""
-        if self.state in ("running", "processing") and self.progress is not None:
-            return f"running:{min(int(self.progress * _PROGRESS_STEPS), _PROGRESS_STEPS - 1)}"
-        return "running" if self.state == "processing" else self.state
+        if self.state in ("running", "processing"):  # no progress yet: its first quarter, told once
+            quarter = int((self.progress or 0.0) * _PROGRESS_STEPS)
+            return f"running:{min(quarter, _PROGRESS_STEPS - 1)}"
+        return self.state
 
 
 @db_errors
@@ -99,8 +100,8 @@ def _notice(run: RunStatus, new: bool = False) -> tuple[str, str]:
     if run.stage.startswith("running") and new:
         # a worker took it before the page's next check (2 s): the page never saw it queued, so this
         # first word on it says where it goes from here, as the queued notice would have
-        return (f"CAM run started: {run.label}: {run.detail or 'its first samples'}. A worker runs it; "
-                "this page says when it ends.", "info")
+        said = f" ({run.detail})" if run.detail else ""
+        return f"CAM run started: {run.label}{said}. A worker runs it; this page says when it ends.", "info"
     if run.stage.startswith("running"):
         return f"CAM run running: {run.label}: {run.detail or 'started'}", "info"
     return (f"CAM run queued: {run.label}. A worker runs it (`make worker`, or `fiftyone delegated launch` "
