@@ -159,13 +159,13 @@ def browser():
         b.close()
 
 
-# The files that take longest, started first (longest first, by their wall time in a full run: a Ray
-# cluster, the browser journeys and real FiftyOne Apps, the reference's perturbation methods, the CLI
-# in subprocesses). With `-n N --dist loadfile` a long file handed out last runs alone at the end
+# The files that take longest, started first (longest first, by their wall time in a full run: the
+# browser journeys and real FiftyOne Apps, the reference's perturbation methods, the CLI in
+# subprocesses). With `-n N --dist loadfile` a long file handed out last runs alone at the end
 # while the other workers idle. make test passes --no-loadscope-reorder: without it xdist hands the
 # files out by their number of tests, most first, so one-test browser files would start last.
-# The ONE_AT_A_TIME group below is one unit, second: xdist gives a worker a second unit at once when
-# its first holds at most 2 tests, so a long unit after the one-test Ray file would wait for it.
+# The ONE_AT_A_TIME group below is one unit, first: xdist gives a worker a second unit at once when
+# its first holds at most 2 tests, so a long unit after a one-test file would wait for it.
 LONG_FIRST = ("test_app21_own_app", "test_browser_compare", "test_app21_modal_names",
               "test_app21_app", "test_browser", "test_reference", "test_cli", "test_browser_links",
               "test_browser_explore", "test_detection", "test_apptest_compare", "test_browser_daily",

@@ -61,8 +61,9 @@ def start(run_id: str) -> None:
     folder = run_dir(run_id)
     if run_id in _started or folder.exists():
         return
-    for old in RUNS.glob("*/rc"):  # earlier runs' ended scenarios
-        shutil.rmtree(old.parent, ignore_errors=True)
+    for old in RUNS.glob("*/setup.json"):  # earlier runs' ended (or never started) scenarios
+        if (old.parent / "rc").exists() or json.loads(old.read_text()).get("skip"):
+            shutil.rmtree(old.parent, ignore_errors=True)
     RUNS.mkdir(parents=True, exist_ok=True)
     try:
         folder.mkdir()  # one process starts it: the one that made its folder
@@ -84,8 +85,8 @@ def start(run_id: str) -> None:
 
 
 def result(run_id: str) -> dict:
-    """The scenario's JSON result for this test run, waiting for it to end; starts it here when no
-    worker has (a test file run on its own, or a run whose first worker did not collect it)."""
+    """The scenario's JSON result for this test run, waiting for it to end (started after collection,
+    else here)."""
     folder = run_dir(run_id)
     start(run_id)
     deadline = time.time() + 60
