@@ -9,6 +9,8 @@ import datetime
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -498,4 +500,33 @@ def test_the_samples_mark_reads_one_index_entry(dataset, monkeypatch):
     monkeypatch.setattr(appwatch, "SAMPLES_PER_EVERY", 1)
     assert appwatch.redraw_interval(doc) == appwatch.SAMPLES_EVERY_MAX
     newest = max(dataset.values("last_modified_at"))
-    assert appwatch.samples_mark(doc) == int(newest.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
+    assert appwatch.samples_mark(doc) == int(newest.replace(tzinfo=datetime.UTC).timestamp() * 1000)
+
+
+# The App server's page check: camcore.store only, never torch (a cold process: the tests' own
+# processes have torch loaded already).
+_PAGE_CHECK = """
+import sys
+import fiftyone as fo
+import fiftyone.operators as foo
+ds = fo.Dataset()
+ds.add_sample(fo.Sample(filepath=sys.argv[1]))
+sid = ds.first().id
+for uri, ctx in ((sys.argv[2], {"params": {"known": list(ds.get_field_schema())}}),
+                 (sys.argv[2], {"params": {"seen": "0"}}), (sys.argv[3], {"current_sample": sid})):
+    result = foo.execute_operator(uri, ctx={"dataset": ds, **ctx})
+    assert result.error is None, result.error
+print(" ".join(m for m in ("torch", "torchvision", "pytorch_grad_cam") if m in sys.modules) or "none")
+"""
+
+
+def test_the_apps_page_check_and_open_in_load_no_torch(tmp_path):
+    """Each open App page calls sync_app every 2 s, and open_in_cam_explorer makes a link: both need
+    camcore.store and camcore.links only. A fresh App server answered the first check after
+    importing torch, torchvision and grad-cam (~4 s of CPU, then their memory for its life)."""
+    image = write_images(tmp_path / "images", ["one.png"])[0]
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(ROOT / "plugins")}
+    proc = subprocess.run([sys.executable, "-c", _PAGE_CHECK, str(image), SYNC, OPEN], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["none"], f"loaded by the page check: {proc.stdout.strip()}"

@@ -22,6 +22,7 @@ it is installed.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import os
 import queue
@@ -58,8 +59,11 @@ ERROR_KEY = "problem"  # the invalid property that carries a request's error to 
 FORM_FACTS_SECONDS = 30.0
 
 
-def _camcore():
-    """Make ``camcore`` importable, then import the parts the plugin uses."""
+def _camcore(*parts: str) -> Any:
+    """Make ``camcore`` importable, then import and return ``camcore.<part>`` for each part (one
+    part: the module). Each operator imports only what it uses: the page check (sync_app, every
+    few seconds from each open App page) needs camcore.store, and batch, methods and models load
+    torch and grad-cam (~4 s of CPU, and their memory, in the App's server)."""
     try:
         import camcore  # noqa: F401
     except ImportError:
@@ -72,9 +76,8 @@ def _camcore():
             raise ImportError(
                 "the CAM Explorer plugin needs the camcore package: set CAM_EXPLORER_ROOT to the "
                 "cam-explorer checkout, or symlink the plugin from it instead of copying it")
-    from camcore import batch, links, methods, models, store, weights
-
-    return batch, links, methods, models, store, weights
+    modules = tuple(importlib.import_module(f"camcore.{part}") for part in parts)
+    return modules[0] if len(modules) == 1 else modules
 
 
 def _refuse(inputs: Any, label: str, message: str) -> None:
@@ -110,7 +113,7 @@ def _target(ctx, count: Callable[[Any], int] = len) -> tuple[Any, str]:
         raise ValueError("open a dataset first")
     ids = [str(i) for i in (ctx.params.get("sample_ids") or [])]
     if ids:
-        return _camcore()[4].chosen_samples(view, ids), f"{len(ids)} chosen sample(s)"
+        return _camcore("store").chosen_samples(view, ids), f"{len(ids)} chosen sample(s)"
     if ctx.selected:
         return view.select(ctx.selected, ordered=True), f"the {len(ctx.selected)} selected sample(s)"
     return view, f"the current view ({count(view)} samples)"
@@ -119,12 +122,12 @@ def _target(ctx, count: Callable[[Any], int] = len) -> tuple[Any, str]:
 def _view_facts(samples: Any) -> dict:
     """The form's memo for these samples (one per view, kept FORM_FACTS_SECONDS): what the form's
     refreshes read of the view once (its count, batch.BoxFacts' labels and most boxes)."""
-    batch, *_rest, store, _weights = _camcore()
+    batch, store = _camcore("batch", "store")
     return batch.shared_facts(store.views.view_key(samples), FORM_FACTS_SECONDS)
 
 
 def _forget_view(samples: Any) -> None:
-    batch, *_rest, store, _weights = _camcore()
+    batch, store = _camcore("batch", "store")
     batch.forget_shared_facts(store.views.view_key(samples))
 
 
@@ -132,7 +135,7 @@ def _form_count(samples: Any) -> int:
     """Samples in the view (O(1) for a whole dataset), counted once per form memo."""
     facts = _view_facts(samples)
     if "count" not in facts:
-        facts["count"] = _camcore()[4].views.count(samples)
+        facts["count"] = _camcore("store").views.count(samples)
     return int(facts["count"])
 
 
@@ -150,13 +153,13 @@ def _one_sample(ctx) -> str | None:
 def _weights_choices() -> dict[str, str]:
     """value -> label, as the explorer offers them (camcore.weights.choices: a typed path is never
     read, so the App cannot make the server open any file)."""
-    *_, weights = _camcore()
+    weights = _camcore("weights")
     return {c.value: c.label for c in weights.choices()}
 
 
 def _resolve_weights(choice: str) -> str:
     """A weights choice as run_batch takes it; a bare file name means that file in the folder."""
-    *_, weights = _camcore()
+    weights = _camcore("weights")
     offered = weights.choices()
     found = weights.find_choice(choice, offered)
     if found is None:
@@ -175,7 +178,7 @@ def _as_list(value: Any) -> list[str]:
 
 def _request(params: dict) -> dict:
     """The params, defaulted, as batch.BatchOptions' fields (names not yet checked)."""
-    batch, _links, methods, models, _store, _weights = _camcore()
+    batch, methods, models = _camcore("batch", "methods", "models")
     model = str(params.get("model") or models.DEFAULT_MODEL).strip()
     spec = models.MODELS.get(model)
     return {
@@ -193,7 +196,7 @@ def _request(params: dict) -> dict:
 
 def _box(params: dict) -> str | None:
     """The form's box rule, for a detector only (a value left from another model is not read)."""
-    _batch, _links, _methods, models, _store, _weights = _camcore()
+    models = _camcore("models")
     spec = models.MODELS.get(str(params.get("model") or models.DEFAULT_MODEL).strip())
     return (str(params.get("box") or "").strip() or None) if spec is not None and spec.task == "detection" else None
 
@@ -215,7 +218,7 @@ def _measure_options(params: dict) -> Any:
 def check(params: dict) -> dict:
     """BatchOptions' fields for these params, every name checked the way batch checks them and
     the weights available: raises a CamError / ValueError with a one-line reason otherwise."""
-    batch, _links, _methods, models, _store, weights = _camcore()
+    batch, models, weights = _camcore("batch", "models", "weights")
     args = _request(params)
     request = batch.BatchOptions(**args).checked()
     args["weights"] = _resolve_weights(args["weights"])
@@ -285,7 +288,7 @@ class ComputeCams(foo.Operator):
         except Exception as exc:
             inputs.view(ERROR_KEY, types.Error(label="Nothing to compute on", description=_first_line(exc)))
             return types.Property(inputs)
-        batch, _links, methods, models, store, _weights = _camcore()
+        batch, methods, models, store = _camcore("batch", "methods", "models", "store")
         # The model alone (not _request: a bad threshold raised here, and the App showed a traceback
         # for the form); check() below says what is wrong with the rest.
         spec = models.MODELS.get(str(ctx.params.get("model") or "").strip()) or models.get_spec(models.DEFAULT_MODEL)
@@ -361,7 +364,7 @@ class ComputeCams(foo.Operator):
         return types.Property(inputs, view=types.View(label="Compute CAM heatmaps"))
 
     def execute(self, ctx):
-        batch, *_ = _camcore()
+        batch = _camcore("batch")
         args = check(ctx.params)  # again: a queued run may meet another weights folder
         samples, _what = _target(ctx)
         from camcore import progress as meter  # the batch's and the CLI's throttle
@@ -422,7 +425,7 @@ class ComputeCams(foo.Operator):
 
         # An App that is already open keeps the colours and switched-on fields it loaded: send
         # it the dataset's saved ones (a colour scale per map, the newest map on).
-        root = _camcore()[4].root_dataset(samples)
+        root = _camcore("store").root_dataset(samples)
         for uri, params in appstyle.app_updates(root):
             yield ctx.trigger(uri, params)
         # ... and the CAM heatmaps group, which no built-in operator sets (dist/index.umd.js), with
@@ -532,8 +535,7 @@ class SyncApp(foo.Operator):
         name = ctx.request_params.get("dataset_name")
         if not name:
             return {}
-        _camcore()
-        from camcore.store import appwatch
+        appwatch = _camcore("store.appwatch")
 
         watched = os.environ.get(appwatch.WATCHED_ENV) == "1"
         known = ctx.params.get("known")  # the page's fields, on its first call
@@ -606,7 +608,7 @@ def _fields_in_view(ctx, store) -> dict[str, dict]:
 def link_state(ctx, sample_id: str):
     """The explorer's state for this sample: the model, methods and layers of the heatmap fields
     this sample has in the view (the App's active ones first), else those of the view."""
-    _batch, links, _methods, _models, store, _weights = _camcore()
+    links, store = _camcore("links", "store")
     fields = _fields_in_view(ctx, store)
     if fields:
         sample = ctx.dataset.select([sample_id]).select_fields(list(fields)).first()
@@ -641,7 +643,7 @@ def explorer_address() -> tuple[str, str]:
     """(the explorer's address, where it comes from): the explorer that launched this App (it
     passes $CAM_EXPLORER_URL to the App's server; a value the user exported also lands there),
     else the address the user gave once in open_in_cam_explorer, else the default."""
-    _batch, links, *_ = _camcore()
+    links = _camcore("links")
     env = os.environ.get(links.BASE_URL_ENV, "").strip()
     if env:
         return env.rstrip("/"), "from the explorer that launched this App"
@@ -674,7 +676,6 @@ class OpenInCamExplorer(foo.Operator):
 
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
-        _batch, links, *_ = _camcore()
         sample_id = _one_sample(ctx) if ctx.dataset is not None else None
         if sample_id is None:
             message = "open a sample (or select one) first"
@@ -692,7 +693,7 @@ class OpenInCamExplorer(foo.Operator):
         return types.Property(inputs, view=types.View(label="Open in CAM Explorer"))
 
     def execute(self, ctx) -> dict:
-        _batch, links, *_ = _camcore()
+        links = _camcore("links")
         sample_id = _one_sample(ctx)
         if sample_id is None:
             raise ValueError("open a sample (or select one) first")
@@ -746,7 +747,7 @@ class RecordFinding(foo.Operator):
 
     def resolve_input(self, ctx) -> types.Property:
         inputs = types.Object()
-        _batch, _links, _methods, _models, store, _weights = _camcore()
+        store = _camcore("store")
         ids, which = _finding_targets(ctx) if ctx.dataset is not None else ([], "")
         if not ids:
             message = "select samples (or open one) to record a finding on"
@@ -774,7 +775,7 @@ class RecordFinding(foo.Operator):
         return types.Property(inputs, view=types.View(label="Record a finding"))
 
     def execute(self, ctx) -> dict:
-        _batch, links, _methods, _models, store, _weights = _camcore()
+        links, store = _camcore("links", "store")
         ids, which = _finding_targets(ctx)
         if not ids:
             raise ValueError("select samples (or open one) to record a finding on")
@@ -813,7 +814,7 @@ THUMB_WIDTH = 192  # px: the panel's small map
 def provenance_keys(labels: list[Any]) -> list[str]:
     """Every provenance attribute these labels carry: the declared ones (store.LABEL_ATTRIBUTES)
     in their order, then any other (a batch's own, say target_request), sorted."""
-    store = _camcore()[4]
+    store = _camcore("store")
     present: set[str] = set()
     for label in labels:
         if label is not None:
@@ -890,7 +891,7 @@ class CamHeatmapsPanel(foo.Panel):
 
     def _fields(self, ctx) -> tuple[str | None, dict[str, dict]]:
         """(sample id, {field: meaning} of the heatmap fields that sample has set)."""
-        _batch, _links, _methods, _models, store, _weights = _camcore()
+        store = _camcore("store")
         sample_id = _one_sample(ctx) if ctx.dataset is not None else None
         if sample_id is None:
             return None, {}
@@ -921,7 +922,7 @@ class CamHeatmapsPanel(foo.Panel):
             for key in provenance_keys(labels):
                 values = [_label_attr(label, key) for label in labels]
                 rows.append({"attribute": key, **{f"f{i}": _text(v) for i, v in enumerate(values)}})
-            heatmap = _camcore()[4].read_heatmap(ctx.dataset, sample_id, chosen[0])
+            heatmap = _camcore("store").read_heatmap(ctx.dataset, sample_id, chosen[0])
             if heatmap is not None:
                 image = map_thumbnail(heatmap, _label_attr(labels[0], "raw_min"), _label_attr(labels[0], "raw_max"))
         table = "provenance_" + hashlib.sha1("|".join(chosen).encode()).hexdigest()[:12]
