@@ -17,8 +17,6 @@ import colorsys
 import io
 import os
 import re
-import subprocess
-import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +30,7 @@ from cam_support import CHELSEA
 from fo_app_page import PROMO_TITLE, as_returning_user, open_operator_form
 from fo_helpers import field_name, unique_name
 from PIL import Image
+from warm_processes import CLI, ForkServer
 
 from camcore import store
 from camcore.identity import SIDEBAR_PX, sidebar_px
@@ -154,11 +153,10 @@ def _open_compute_form_on_the_selection(page, tries: int = 10) -> None:
     pytest.fail(f"the App's page never showed the selection: the form said {form.inner_text()!r}")
 
 
-def _push_from_another_process(dataset: str, sample_id: str) -> None:
-    """`python -m camcore push` in its own process, as a user pushes from a shell."""
-    run = subprocess.run([sys.executable, "-m", "camcore", "push", "--dataset", dataset, "--sample", sample_id,
-                          "--method", "eigencam", "--target", PUSHED_CLASS, "-q"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=400)
+def push_from_another_process(forks: ForkServer, *args: str) -> None:
+    """`python -m camcore push *args` in a process of its own, as a user pushes from a shell (forked
+    from one that imported camcore: the CLI's start is not what these tests check)."""
+    run = forks.run(CLI, ["push", *args, "-q"], dict(os.environ), cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
 
 
@@ -204,7 +202,7 @@ def _painted(page, canvas, timeout_ms: int = 60_000) -> bytes:
     return _shot_until(page, canvas, lambda png: hue_bins(png)[1] > 0.05, timeout_ms)
 
 
-def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, out: dict,
+def _pushed_elsewhere(page, session, forks: ForkServer, dataset: str, sample_id: str, port: int, out: dict,
                       syncs: HeldSyncs) -> tuple[bytes, bytes]:
     """Another process pushes a map while the App is open, before the page's own check has answered
     once (`syncs` held it back): (the grid's tile on the page never reloaded, the sample's canvas
@@ -212,7 +210,8 @@ def _pushed_elsewhere(page, session, dataset: str, sample_id: str, port: int, ou
     (its CAM group, the pushed field's label)."""
     from playwright.sync_api import expect
 
-    _push_from_another_process(dataset, sample_id)
+    push_from_another_process(forks, "--dataset", dataset, "--sample", sample_id, "--method", "eigencam",
+                              "--target", PUSHED_CLASS)
     _until_the_session_holds(session, PUSHED)
     out["held_syncs"] = syncs.release()
     grid = _grid_in_colour(page)
@@ -366,7 +365,7 @@ def _drive(url: str, select, pushed_elsewhere, open_by_session) -> dict:
     return out
 
 
-def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_dataset, monkeypatch):
+def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_dataset, monkeypatch, fork_server):
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"no {CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
@@ -387,7 +386,7 @@ def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_data
             _when_connected(lambda: setattr(session, "sample_id", sid))
 
         def pushed_elsewhere(page, out: dict, syncs: HeldSyncs) -> tuple[bytes, bytes]:
-            return _pushed_elsewhere(page, session, grey_dataset.name, sid, port, out, syncs)
+            return _pushed_elsewhere(page, session, fork_server, grey_dataset.name, sid, port, out, syncs)
 
         with ThreadPoolExecutor(1) as pool:  # Playwright's sync API wants a thread without a loop
             got = pool.submit(_drive, store.app_url(grey_dataset.name, port=port), select,

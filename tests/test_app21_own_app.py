@@ -24,8 +24,6 @@ App's reload_samples redrew its cached copy: the old file gone, the tile blank).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,6 +45,7 @@ from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     app_page,
     grey_dataset,
     hue_shares,
+    push_from_another_process,
 )
 
 from camcore import store
@@ -140,7 +139,7 @@ def _reloaded_tile(page, out: dict) -> bytes:
 
 
 def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_scale(
-        grey_dataset, monkeypatch, tmp_path):  # noqa: F811 (the fixture)
+        grey_dataset, monkeypatch, tmp_path, fork_server):  # noqa: F811 (the fixture)
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"no {CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
@@ -154,10 +153,8 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     session = fo.launch_app(grey_dataset, port=port, address="localhost", remote=True, auto=False)
 
     def push() -> None:
-        run = subprocess.run([sys.executable, "-m", "camcore", "push", "--dataset", grey_dataset.name,
-                              "--sample", sample.id, "--method", "eigencam", "-q"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=400)
-        assert run.returncode == 0, run.stderr[-2000:]
+        push_from_another_process(fork_server, "--dataset", grey_dataset.name, "--sample", sample.id,
+                                  "--method", "eigencam")
 
     def push_again() -> None:  # a second map, written by this process (the App's server is another)
         size = (sample.metadata.height, sample.metadata.width)
@@ -188,7 +185,7 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     assert got["measures_below_heatmaps"]
     assert _in_scale(got["session_sent"]), f"after the session sent its state: {hue_shares(got['session_sent'])}"
     if "no_map" in got:  # said in the run's warnings summary, green or red
-        warnings.warn(f"no map on the tile after the first tab reload: {got['no_map']}")
+        warnings.warn(f"no map on the tile after the first tab reload: {got['no_map']}", stacklevel=2)
     assert _in_scale(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}, {got.get('no_map')}"
     assert _one_colour(got["replaced"]), (
         f"a map replaced elsewhere is not redrawn: {hue_shares(got['replaced'])}, {got['logged']}")
