@@ -14,10 +14,10 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import bson
-from bson import json_util
 import fiftyone as fo
 import fiftyone.core.odm as foo
 import pytest
+from bson import json_util
 from fo_helpers import make_heatmap, make_result, unique_name, write_images
 
 from camcore import store
