@@ -451,6 +451,7 @@ def _run_slow(ex: Explainer, run: list[Pair], eigen_smooth: bool, rerun: bool) -
         try:
             for step in iter_heatmaps(ex, run, eigen_smooth, progress_for, cancel):
                 left.remove((step.method, step.layer))
+                state.update(label="", fraction=0.0)  # none under way until the next pair starts
                 if step.exception is None:
                     state["done"] += 1
                 else:
@@ -463,7 +464,10 @@ def _run_slow(ex: Explainer, run: list[Pair], eigen_smooth: bool, rerun: bool) -
             for pm, pl in left:
                 if ex.allowed(pm, pl, eigen_smooth):
                     ex.defer(pm, pl, eigen_smooth, CANCELLED)
-            job.update(interrupted=True, label=state["label"], fraction=state["fraction"], done=state["done"])
+            # The pair cut is the first left: the one under way, or (a click while a pair that
+            # cannot stop mid-way finished) the next, not started. None left: nothing was cut.
+            job.update(interrupted=bool(left), label=pair_label(*left[0]) if left else "",
+                       fraction=state["fraction"] if state["label"] else 0.0, done=state["done"])
             if interrupted:
                 raise interrupted[0]
             return errors  # stopped by the next run (it says so): this script is being stopped
