@@ -20,6 +20,10 @@ measured in the same run:
   a typed position, Random), ▶ onto the next page, the last and the middle page, each read as the sidebar reads
   it (``seek.page_at``), with the sort's index in place, the filtered sort then also with a (tags,
   field, _id) index; medians of --clicks.
+- ``overwrite``: a map replaced on one sample (the same computation pushed again), with every
+  sample last written two days ago and then just now: the push, and its check that no label of
+  any dataset points at the old file (by the documents written since the old label; ``full``: by
+  every document, as before: the baseline, in the same run).
 - ``build``: how the dataset was built, and how fast (documents inserted in bulk; --build-compare N
   also times `add_samples` in batches on N samples, the way FiftyOne users add them).
 
@@ -45,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,12 +114,14 @@ def make_images(image_dir: Path, count: int = IMAGES) -> list[str]:
     return out
 
 
-def build_dataset(name: str, n: int, image_dir: Path) -> fo.Dataset:  # noqa: F821 (fiftyone imported late)
+def build_dataset(name: str, n: int, image_dir: Path,
+                  written: datetime | None = None) -> fo.Dataset:  # noqa: F821 (fiftyone imported late)
     """A persistent image dataset of n samples over a few hundred files (cycled), built once.
 
     One sample goes in through add_samples (FiftyOne writes its document as it wants it); the
     rest are copies of that document inserted in bulk, 10^4 at a time (about 20x faster than
-    add_samples at 10^6: see --build-compare). Reused when it exists with n samples."""
+    add_samples at 10^6: see --build-compare), stamped `written` (UTC; default: as inserted).
+    Reused when it exists with n samples."""
     import fiftyone as fo
     from bson import ObjectId
 
@@ -131,7 +137,7 @@ def build_dataset(name: str, n: int, image_dir: Path) -> fo.Dataset:  # noqa: F8
     template = coll.find_one()
     rng = random.Random(0)
     for start in range(1, n, INSERT_BATCH):
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = written or datetime.now(UTC).replace(tzinfo=None)
         docs = [
             {
                 **template,
@@ -351,12 +357,59 @@ def measure_views(dataset, args) -> dict[str, float]:
     return out
 
 
+def measure_overwrite(dataset, args) -> dict[str, float]:
+    """A map replaced on one sample (the explorer pushing the same computation again): the push,
+    and its check that no label of any dataset points at the old file. On a dataset of this size
+    whose samples were written two days ago (a copy, built so: moving 10^6 stamps back in place
+    leaves the index's old entries where the check reads, a state FiftyOne's stamps, which only move
+    forward, never make), then on this one with every sample written just now (a batch over the
+    dataset): medians of --clicks pushes, and of the check alone, by the documents written since
+    the old label (``labelled_since``) and, as before, by every document of every dataset with
+    Heatmap fields (``full``: the baseline, in the same run)."""
+    from fo_helpers import make_heatmap, make_result
+
+    from camcore import store
+    from camcore.store.datasets import utc_now
+
+    n = dataset.count()
+    two_days_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)
+    aged = build_dataset(f"{dataset.name}-written-days-ago", n, Path(dataset.first().filepath).parent, two_days_ago)
+    dataset._sample_collection.update_many({}, {"$set": {"last_modified_at": datetime.now(UTC).replace(tzinfo=None)}})
+    size = (224, 224)  # the label's map; its sample's image is not read
+    folder = Path(tempfile.mkdtemp(prefix="bench-overwrite-"))
+    out: dict[str, float] = {}
+    for written, ds in (("aged", aged), ("fresh", dataset)):
+        sample_id = ds.first().id
+        pushes, checks, fulls = [], [], []
+        for k in range(args.clicks + 1):
+            maps = [make_heatmap(size, "gradcam", layer=f"overwrite{j}", seed=k) for j in range(2)]
+            t0 = time.perf_counter()
+            store.push_heatmaps(ds, sample_id, make_result(size, maps), heatmap_dir=folder)
+            if k:  # the first push makes the fields; the rest replace their maps
+                pushes.append(time.perf_counter() - t0)
+            since = datetime.fromisoformat(utc_now().replace("Z", "+00:00"))
+            t0 = time.perf_counter()
+            store.referenced_paths(["/nowhere/old.png"], labelled_since=since)
+            checks.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            store.referenced_paths(["/nowhere/old.png"])
+            fulls.append(time.perf_counter() - t0)
+        out[f"{written}_push_s"] = round(statistics.median(pushes), 4)
+        out[f"{written}_check_s"] = round(statistics.median(checks), 4)
+        out[f"{written}_check_full_s"] = round(statistics.median(fulls), 4)
+        for field in [f for f in ds.get_field_schema() if f.startswith("cam_")]:
+            ds.delete_sample_field(field)  # neither dataset's check reads the other's fields
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 MEASURES: dict[str, Callable] = {
     "batch": measure_batch,
     "scan": measure_scan,
     "resume": measure_resume,
     "batch_head": measure_batch_head,
     "views": measure_views,
+    "overwrite": measure_overwrite,
     **scale_ui.MEASURES,  # the explorer: a click's server time, a click in Chromium, memory per session
 }
 
