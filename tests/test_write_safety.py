@@ -352,9 +352,9 @@ def test_an_overwrite_after_a_write_to_most_samples_reads_them_once(dataset, tmp
 
 def test_a_copy_stamped_by_a_slow_clock_or_of_an_undated_label_keeps_its_file(dataset, tmp_path):
     """A copy of a label in another dataset (add_samples: new ids) made on a host whose clock runs
-    behind (its last_modified_at 50 minutes before the label's created_at) keeps the file
-    when the original is replaced; so does a copy made any time before, when the replaced label
-    does not say when it was written (read as: every document is checked)."""
+    behind (set to local time, read as UTC: its last_modified_at 9 h before the label's
+    created_at) keeps the file when the original is replaced; so does a copy made any time before,
+    when the replaced label does not say when it was written (read as: every document is checked)."""
     _aged(dataset)
     hm = tmp_path / "hm"
     sample_id = dataset.first().id
@@ -363,7 +363,7 @@ def test_a_copy_stamped_by_a_slow_clock_or_of_an_undated_label_keeps_its_file(da
     other = fo.Dataset(dataset.name + "-copy")
     other.add_samples([dataset[sample_id]])
     created = datetime.fromisoformat(dataset[sample_id][fields[0]].created_at.replace("Z", "+00:00"))
-    slow = created - timedelta(minutes=50)  # that host's clock: 50 minutes behind
+    slow = created - timedelta(hours=9)  # that host's clock: set to local time, 9 h behind UTC
     other._sample_collection.update_many({}, {"$set": {"last_modified_at": slow}})
     shared = [dataset[sample_id][f].map_path for f in fields]
     store.push_heatmaps(dataset, sample_id, make_result(SIZE, new), heatmap_dir=hm)

@@ -162,8 +162,9 @@ _REF_QUERY_PATHS = 5000  # paths per $in query
 _MAP_NAME = re.compile(r"^[0-9a-fA-F]{24}(-[0-9a-f]+)?\.png$")
 _HEATMAP_DOC = "fiftyone.core.labels.Heatmap"
 # How far another host's clock may run behind ours: a copy of a label (a clone, add_samples) made
-# there is stamped last_modified_at by that clock; the reference check looks this far back.
-CLOCK_SKEW = timedelta(hours=1)
+# there is stamped last_modified_at by that clock; the reference check looks this far back. A day:
+# a clock set to local time and read as UTC is off by a time zone (at most 14 h), not only drift.
+CLOCK_SKEW = timedelta(days=1)
 _RECENT_MIN, _RECENT_SHARE = 1000, 10  # read by the index up to max(1000, a tenth) of the documents
 
 
