@@ -530,3 +530,26 @@ def test_the_apps_page_check_and_open_in_load_no_torch(tmp_path):
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["none"], f"loaded by the page check: {proc.stdout.strip()}"
+
+
+_FIRST_OPERATOR = """
+import sys
+import fiftyone as fo
+import fiftyone.operators as foo
+result = foo.execute_operator(sys.argv[1], ctx={"dataset": fo.Dataset()})
+assert result.error is None, result.error
+print(result.result["path"])
+"""
+
+
+def test_reload_models_works_as_the_first_operator_of_a_fresh_app_server(tmp_path):
+    """"Reload models file" may be the first thing a user runs in an App started elsewhere (camcore
+    not on its path until an operator puts it there): it imported camcore directly and failed."""
+    models_file = tmp_path / "models.toml"
+    models_file.write_text("")
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(ROOT / "plugins"), "CAM_EXPLORER_MODELS": str(models_file)}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, "-c", _FIRST_OPERATOR, RELOAD], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == str(models_file)

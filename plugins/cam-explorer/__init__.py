@@ -205,7 +205,7 @@ def _measure_options(params: dict) -> Any:
     """The measures switch of the form (camcore.measures.MeasureOptions), or None when off."""
     if not params.get("measures"):
         return None
-    from camcore.measures import MeasureOptions
+    MeasureOptions = _camcore("measures").MeasureOptions  # noqa: N806 (a class)
 
     threshold = float(params.get("threshold", 0.5) if params.get("threshold") is not None else 0.5)
     if not 0.0 <= threshold <= 1.0:
@@ -498,8 +498,7 @@ def delegated_commands() -> tuple[str, str]:
 def _models_file_views(inputs: Any) -> None:
     """Which models file the form offers (the explorer's, same default location), a button that
     reads it again, and its skipped entries in one warning, each with its one-line reason."""
-    from camcore import model_file, models
-
+    model_file, models = _camcore("model_file", "models")
     path = model_file.models_file_path()
     if path is None:
         return
@@ -582,8 +581,7 @@ class ReloadModels(foo.Operator):
         )
 
     def execute(self, ctx) -> dict:
-        from camcore import model_file, models
-
+        model_file, models = _camcore("model_file", "models")  # its first operator in a fresh App server
         path = model_file.models_file_path()
         skipped = models.reload_model_file()
         mine = [spec.key for spec in models.list_models() if spec.source != "built-in"]
@@ -837,8 +835,7 @@ def map_thumbnail(heatmap: Any, raw_min: Any = None, raw_max: Any = None) -> str
     import cv2
     import numpy as np
 
-    from camcore import overlay
-
+    overlay = _camcore("overlay")
     h, w = heatmap.shape
     height = max(1, round(h * THUMB_WIDTH / w))
     small = cv2.resize(heatmap.astype(np.float32), (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
