@@ -366,12 +366,15 @@ def measure_overwrite(dataset, args) -> dict[str, float]:
     dataset): medians of --clicks pushes, and of the check alone, by the documents written since
     the old label (``labelled_since``) and, as before, by every document of every dataset with
     Heatmap fields (``full``: the baseline, in the same run)."""
+    import fiftyone as fo
     from fo_helpers import make_heatmap, make_result
 
     from camcore import store
     from camcore.store.datasets import utc_now
 
     n = dataset.count()
+    if fo.dataset_exists(f"{dataset.name}-written-days-ago"):  # left by a run that stopped
+        fo.delete_dataset(f"{dataset.name}-written-days-ago")
     two_days_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)
     aged = build_dataset(f"{dataset.name}-written-days-ago", n, Path(dataset.first().filepath).parent, two_days_ago)
     dataset._sample_collection.update_many({}, {"$set": {"last_modified_at": datetime.now(UTC).replace(tzinfo=None)}})
@@ -399,6 +402,8 @@ def measure_overwrite(dataset, args) -> dict[str, float]:
         out[f"{written}_check_full_s"] = round(statistics.median(fulls), 4)
         for field in [f for f in ds.get_field_schema() if f.startswith("cam_")]:
             ds.delete_sample_field(field)  # neither dataset's check reads the other's fields
+    # deleting a field stamps every sample written now: the next run builds the copy again
+    aged.delete()
     shutil.rmtree(folder, ignore_errors=True)
     return out
 
