@@ -202,8 +202,11 @@ def referenced_paths(paths_: Iterable[str], labelled_since: datetime | None = No
     conn = foo.get_db_conn()
     found: set[str] = set()
     since = None if labelled_since is None else (labelled_since - CLOCK_SKEW).astimezone(UTC).replace(tzinfo=None)
-    projection = {"sample_collection_name": 1, "frame_collection_name": 1, "sample_fields": 1,
-                  "frame_fields": 1}
+    # what finds the Heatmap fields, not each field's whole entry (its info and description: a
+    # dataset document of 500 CAM fields is 0.5 MB, read whole at every check)
+    projection = {"sample_collection_name": 1, "frame_collection_name": 1,
+                  **{f"{key}.{part}": 1 for key in ("sample_fields", "frame_fields")
+                     for part in ("name", "embedded_doc_type", "fields")}}
     for doc in conn["datasets"].find({}, projection):
         for coll_key, fields_key in (("sample_collection_name", "sample_fields"),
                                      ("frame_collection_name", "frame_fields")):
@@ -217,7 +220,11 @@ def referenced_paths(paths_: Iterable[str], labelled_since: datetime | None = No
                 query: dict[str, Any] = {"$or": [{f"{f}.map_path": {"$in": part}} for f in fields]}
                 if recent:
                     query = {"$and": [recent, query]}
-                for hit in coll.find(query, {f"{f}.map_path": 1 for f in fields}):
+                # The plan, named: no index serves a map_path, and MongoDB otherwise plans each of
+                # the $or's branches against every index (SUBPLAN): 0.55 s at 500 Heatmap fields,
+                # however few the samples.
+                plan = [("last_modified_at", 1)] if recent else [("$natural", 1)]
+                for hit in coll.find(query, {f"{f}.map_path": 1 for f in fields}).hint(plan):
                     for f in fields:
                         value: Any = hit
                         for key in f.split("."):
