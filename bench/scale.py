@@ -370,7 +370,7 @@ def measure_overwrite(dataset, args) -> dict[str, float]:
     from fo_helpers import make_heatmap, make_result
 
     from camcore import store
-    from camcore.store.datasets import utc_now
+    from camcore.store.datasets import parse_utc, utc_now
 
     n = dataset.count()
     if fo.dataset_exists(f"{dataset.name}-written-days-ago"):  # left by a run that stopped
@@ -390,7 +390,7 @@ def measure_overwrite(dataset, args) -> dict[str, float]:
             store.push_heatmaps(ds, sample_id, make_result(size, maps), heatmap_dir=folder)
             if k:  # the first push makes the fields; the rest replace their maps
                 pushes.append(time.perf_counter() - t0)
-            since = datetime.fromisoformat(utc_now().replace("Z", "+00:00"))
+            since = parse_utc(utc_now())
             t0 = time.perf_counter()
             store.referenced_paths(["/nowhere/old.png"], labelled_since=since)
             checks.append(time.perf_counter() - t0)

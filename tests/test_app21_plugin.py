@@ -503,6 +503,17 @@ def test_the_samples_mark_reads_one_index_entry(dataset, monkeypatch):
     assert appwatch.samples_mark(doc) == int(newest.replace(tzinfo=datetime.UTC).timestamp() * 1000)
 
 
+def _fresh_app_server(tmp_path, script: str, *args: str, **env: str) -> str:
+    """Run `script` in a fresh process as an App server runs operators: our plugin, outside the
+    checkout (camcore importable only through the plugin), nothing of the tests' loaded. Its stdout."""
+    environ = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(ROOT / "plugins"), **env}
+    environ.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, env=environ,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 # The App server's page check: camcore.store only, never torch (a cold process: the tests' own
 # processes have torch loaded already).
 _PAGE_CHECK = """
@@ -525,11 +536,8 @@ def test_the_apps_page_check_and_open_in_load_no_torch(tmp_path):
     camcore.store and camcore.links only. A fresh App server answered the first check after
     importing torch, torchvision and grad-cam (~4 s of CPU, then their memory for its life)."""
     image = write_images(tmp_path / "images", ["one.png"])[0]
-    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(ROOT / "plugins")}
-    proc = subprocess.run([sys.executable, "-c", _PAGE_CHECK, str(image), SYNC, OPEN], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["none"], f"loaded by the page check: {proc.stdout.strip()}"
+    loaded = _fresh_app_server(tmp_path, _PAGE_CHECK, str(image), SYNC, OPEN)
+    assert loaded.split() == ["none"], f"loaded by the page check: {loaded.strip()}"
 
 
 _FIRST_OPERATOR = """
@@ -547,9 +555,5 @@ def test_reload_models_works_as_the_first_operator_of_a_fresh_app_server(tmp_pat
     not on its path until an operator puts it there): it imported camcore directly and failed."""
     models_file = tmp_path / "models.toml"
     models_file.write_text("")
-    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(ROOT / "plugins"), "CAM_EXPLORER_MODELS": str(models_file)}
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", _FIRST_OPERATOR, RELOAD], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-1] == str(models_file)
+    said = _fresh_app_server(tmp_path, _FIRST_OPERATOR, RELOAD, CAM_EXPLORER_MODELS=str(models_file))
+    assert said.split()[-1] == str(models_file)

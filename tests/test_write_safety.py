@@ -27,6 +27,7 @@ from PIL import Image
 
 from camcore import batch, store
 from camcore.store import heatmaps, sampledocs
+from camcore.store.datasets import parse_utc
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (24, 32)
@@ -376,7 +377,7 @@ def test_a_copy_stamped_by_a_slow_clock_or_of_an_undated_label_keeps_its_file(da
     fields = store.push_heatmaps(dataset, sample_id, make_result(SIZE, old), heatmap_dir=hm)
     other = fo.Dataset(dataset.name + "-copy")
     other.add_samples([dataset[sample_id]])
-    created = datetime.fromisoformat(dataset[sample_id][fields[0]].created_at.replace("Z", "+00:00"))
+    created = parse_utc(dataset[sample_id][fields[0]].created_at)
     slow = created - timedelta(hours=9)  # that host's clock: set to local time, 9 h behind UTC
     other._sample_collection.update_many({}, {"$set": {"last_modified_at": slow}})
     shared = [dataset[sample_id][f].map_path for f in fields]

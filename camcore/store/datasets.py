@@ -70,6 +70,16 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def parse_utc(stamp: object) -> _dt.datetime | None:
+    """A stamp as utc_now writes it, as an aware datetime; None for anything else (absent, edited)."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def datasets_collection():
     """FiftyOne's collection of dataset documents, for atomic updates of one entry of a dataset's
     info (FiftyOne's own save rewrites the whole dict from this process's copy)."""

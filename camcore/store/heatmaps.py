@@ -40,7 +40,7 @@ from camcore import files, paths
 from camcore.errors import ImageError, StoreError, first_line
 from camcore.results import CamResult, Heatmap
 from camcore.store import sampledocs
-from camcore.store.datasets import LOCK, db_errors, get_sample, require_image, root_dataset, utc_now
+from camcore.store.datasets import LOCK, db_errors, get_sample, parse_utc, require_image, root_dataset, utc_now
 from camcore.store.fields import check_field, declare_heatmap_fields, stored_identity
 from camcore.store.leases import lease, schema_lease
 
@@ -721,17 +721,8 @@ def _current_files(dataset: fo.Dataset, ids_by_field: dict[str, list[str]]) -> d
             if path:
                 p = Path(path)
                 if p.parent.name == f and _MAP_NAME.match(p.name) and p.name.startswith(sid):
-                    out[str(path)] = _written_at(label)
+                    out[str(path)] = parse_utc(label.get("created_at"))  # when its label was written
     return out
-
-
-def _written_at(label: dict) -> datetime | None:
-    """When our label was written (its created_at, UTC to the second), None if it does not say."""
-    stamp = label.get("created_at")
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if isinstance(stamp, str) else None
-    except ValueError:
-        return None
 
 
 @db_errors

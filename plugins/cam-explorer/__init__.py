@@ -205,14 +205,14 @@ def _measure_options(params: dict) -> Any:
     """The measures switch of the form (camcore.measures.MeasureOptions), or None when off."""
     if not params.get("measures"):
         return None
-    MeasureOptions = _camcore("measures").MeasureOptions  # noqa: N806 (a class)
+    measures = _camcore("measures")
 
     threshold = float(params.get("threshold", 0.5) if params.get("threshold") is not None else 0.5)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"the background threshold is a share of the heatmap's mass, 0..1, got {threshold}")
-    return MeasureOptions(object_field=str(params.get("object_field") or "").strip() or None, threshold=threshold,
-                          faithfulness=bool(params.get("faithfulness", False)),
-                          object_label="*" if params.get("any_object") else "")
+    return measures.MeasureOptions(object_field=str(params.get("object_field") or "").strip() or None,
+                                   threshold=threshold, faithfulness=bool(params.get("faithfulness", False)),
+                                   object_label="*" if params.get("any_object") else "")
 
 
 def check(params: dict) -> dict:
