@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import textwrap
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import fiftyone as fo
 import pytest
+from bson import ObjectId
 from fo_helpers import make_heatmap, make_result, unique_name, write_images
 from warm_processes import WarmPool
 
@@ -168,6 +170,32 @@ def test_writers_of_one_sample_and_field_leave_only_the_file_its_label_points_at
     folder = Path(label.map_path).parent
     assert sorted(str(p) for p in folder.glob("*.png")) == [label.map_path]
     assert not list(hm.glob("*/.pending/*.journal"))
+
+
+def test_writers_on_a_dataset_written_days_ago_keep_the_file_a_copy_points_at(pool, dataset, tmp_path):
+    """The same race on a dataset last written two days ago (1,000 more samples), with a copy of the
+    first label in another dataset (add_samples: a new sample id): each writer's check of the file
+    it replaces reads only the documents written since that file's label, and finds the copy."""
+    coll = dataset._sample_collection
+    doc = coll.find_one({"_id": dataset.first()._id})
+    coll.insert_many([{**doc, "_id": ObjectId(), "filepath": f"/nowhere/{i}.png"} for i in range(1000)])
+    coll.update_many({}, {"$set": {"last_modified_at": datetime.now(UTC) - timedelta(days=2)}})
+    hm = tmp_path / "hm"
+    sample_id = dataset.first().id
+    (field,) = store.push_heatmaps(dataset, sample_id, make_result(SIZE, [make_heatmap(SIZE, "gradcam")]),
+                                   heatmap_dir=hm)
+    copy = fo.Dataset(unique_name("concurrent-fields-copy"))
+    copy.add_samples([dataset[sample_id]])
+    kept = copy.first()[field].map_path
+    env = {"DATASET": dataset.name, "HM": str(hm), "ROUNDS": "6", "START": _start_soon()}
+    outs = pool.run(SAME_FIELD, [str(i) for i in range(4)], env)
+    assert not any(o.error for o in outs), [o.error[-1500:] for o in outs]
+    dataset.reload()
+    label = dataset[sample_id][field]
+    folder = Path(label.map_path).parent
+    assert sorted(str(p) for p in folder.glob("*.png")) == sorted([label.map_path, kept])
+    assert not list(hm.glob("*/.pending/*.journal"))
+    copy.delete()
 
 
 CLASHING = textwrap.dedent(
