@@ -25,7 +25,7 @@ help:
 	@echo "make worker    run queued FiftyOne App runs (fiftyone delegated launch; README: Big runs)"
 	@echo "make lint      ruff on camcore, ui and pages; mypy on camcore"
 	@echo "make test      setup + chromium, then the test suite with make lint beside it"
-	@echo "make chromium  install Debian's chromium for the browser tests, if missing"
+	@echo "make chromium  install Debian's chromium and chromium-headless-shell (browser tests), if missing"
 	@echo "make clean     remove caches and test outputs (distclean: also $(VENV))"
 
 setup: $(STAMP)
@@ -78,10 +78,12 @@ test: setup chromium
 	if [ $$linted != 0 ]; then echo "make test: lint failed (exit $$linted)"; fi; \
 	[ $$tests = 0 ] && [ $$linted = 0 ]
 
+# chromium for screenshots and your own looks; chromium-headless-shell (the same build without the
+# browser's UI layers, ~a fifth less CPU) for the browser tests (tests/browser_support.py).
 chromium:
-	@if [ ! -x /usr/bin/chromium ]; then \
-	  echo "installing chromium (apt)"; \
-	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromium-headless-shell ]; then \
+	  echo "installing chromium and chromium-headless-shell (apt)"; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-headless-shell; \
 	fi
 
 clean:

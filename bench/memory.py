@@ -24,11 +24,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests")]  # mongod_support
+sys.path[:0] = [str(ROOT / "tests")]  # mongod_support, browser_support
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from browser_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 RUN_TIMEOUT = 600_000  # ms: a model pass on a loaded 2-core machine
 
 

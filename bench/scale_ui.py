@@ -26,9 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE_APP = Path(__file__).resolve().parent / "ui_probe_app.py"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+sys.path[:0] = [str(ROOT / "tests")]
+
+from browser_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 
 def _child(kind: str, dataset_name: str, args) -> dict:

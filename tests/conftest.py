@@ -151,7 +151,7 @@ def server(request, _servers):
 def browser():
     """Debian's Chromium through Playwright (no browser download), for one test module."""
     from playwright.sync_api import sync_playwright
-    from test_browser import CHROMIUM, CHROMIUM_ARGS
+    from browser_support import CHROMIUM, CHROMIUM_ARGS
 
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

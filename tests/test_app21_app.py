@@ -26,6 +26,7 @@ from pathlib import Path
 import fiftyone as fo
 import numpy as np
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS
 from cam_support import CHELSEA
 from fo_app_page import PROMO_TITLE, as_returning_user, open_operator_form
 from fo_helpers import field_name, unique_name
@@ -39,9 +40,6 @@ from camcore.store import appstyle
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 MODEL = "efficientnet_lite0"
 FIELD = field_name(MODEL, "gradcam", "head", "predicted")  # the form's defaults
 # the CLI's defaults, --method eigencam, for a named class: a name cut to fit the sidebar (item 1)

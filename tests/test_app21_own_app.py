@@ -29,11 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fiftyone as fo
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS
 from fo_helpers import field_name, make_heatmap, make_result
 from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     MODEL,
     ROOT,
     HeldSyncs,

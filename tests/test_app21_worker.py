@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fiftyone as fo
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS
 from fo_app_page import as_returning_user, open_operator_form
 from fo_helpers import unique_name, write_images
 from mongod_support import free_port
 from test_app21_app import _grid_in_colour, _in_scale
-from test_plugin import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, COMPUTE, FIELD, ROOT, plugins_dir  # noqa: F401
+from test_plugin import ARTIFACTS, COMPUTE, FIELD, ROOT, plugins_dir  # noqa: F401
 
 from camcore import store
 

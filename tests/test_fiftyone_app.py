@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS
 from fo_app_page import as_returning_user
 from fo_helpers import make_heatmap, make_result
 
@@ -16,9 +17,6 @@ from camcore import demo_data, store
 from camcore.results import Target
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 

@@ -12,6 +12,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS
 from cam_support import CHELSEA
 from fo_app_page import as_returning_user
 from fo_helpers import coded_identity, field_name, unique_name, write_images
@@ -275,9 +276,6 @@ def test_panel_lists_the_current_samples_fields_and_their_provenance(dataset):
 
 # ---------------------------------------------------------------- the App, in Chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def _drive_app(url: str, modal_url: str, explorer: str) -> None:

@@ -1,0 +1,17 @@
+"""The one Chromium the browser tests (and bench/'s browser measures) launch, and its arguments.
+
+Debian's chromium-headless-shell (`make chromium` installs it beside chromium): the same Blink and
+V8 build without the full browser's window and UI layers. On the suite's journeys it spent ~22 %
+less CPU than `chromium --headless` for the same pages (issue 26 item 7: the suite is CPU-bound on
+2 cores, and Chromium was its largest consumer). Where only the full browser is installed, that.
+"""
+from __future__ import annotations
+
+import os
+
+HEADLESS_SHELL = "/usr/bin/chromium-headless-shell"
+FULL_CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = HEADLESS_SHELL if os.access(HEADLESS_SHELL, os.X_OK) else FULL_CHROMIUM
+# Without the background-networking flags Chromium tries hosts this closed network refuses.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
