@@ -9,7 +9,9 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 import streamlit as st  # noqa: E402
 
-from ui import router, sidebar, text, urlstate  # noqa: E402
+from ui import router, session_memory, sidebar, text, urlstate  # noqa: E402
+
+session_memory.freeze_startup_heap()  # once per process, after the imports above (torch, FiftyOne)
 
 # A shipped icon: a :material/…: or emoji page icon makes the browser fetch it from a font/CDN host.
 st.set_page_config(page_title="CAM Explorer", page_icon=str(Path(__file__).parent / "ui" / "icon.png"),

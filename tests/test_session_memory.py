@@ -94,3 +94,32 @@ def test_the_shared_image_cache_is_bounded_in_bytes(tmp_path):
                if s.cache_name.endswith(".image"))
     cache.image.clear()
     assert 0 < held <= cache.IMAGE_CACHE_BYTES, held
+
+
+def test_the_startup_heap_is_frozen_once_and_later_garbage_is_still_collected(monkeypatch):
+    """freeze_startup_heap sets what is alive aside from the collector, once per process; a cycle made
+    afterwards (a session's) is still collected. app.py calls it: an AppTest run leaves it done."""
+    monkeypatch.setattr(session_memory, "_startup_frozen", False)
+    kept = [[object()] for _ in range(1000)]  # alive before the call: frozen with the rest
+    before = gc.get_freeze_count()
+    session_memory.freeze_startup_heap()
+    frozen = gc.get_freeze_count()
+    assert frozen >= before + 1000
+    more = [[object()] for _ in range(1000)]
+    session_memory.freeze_startup_heap()  # once per process: a second call freezes nothing new
+    assert gc.get_freeze_count() == frozen
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
+    gone = weakref.ref(a)
+    del a, b
+    gc.collect()
+    assert gone() is None
+    del kept, more
+
+    monkeypatch.setattr(session_memory, "_startup_frozen", False)
+    run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    assert session_memory._startup_frozen, "app.py no longer freezes the heap it imported"
