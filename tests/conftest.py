@@ -6,6 +6,7 @@ so a subprocess that imports fiftyone talks to the same database.
 """
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import shutil
@@ -241,8 +242,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the Ray scenario now, beside the tests, when its tests are collected (one worker)."""
+    """Start the Ray scenario now, beside the tests, when its tests are collected (one worker). And
+    set what collection imported (torch, FiftyOne, Streamlit, Playwright, every test module) aside
+    from the cyclic collector: it lives as long as the test process, and each full collection would
+    walk it all again (as the app does after its imports: ui/session_memory.freeze_startup_heap)."""
     import ray_background
+
+    gc.collect()
+    gc.freeze()
 
     worker = getattr(session.config, "workerinput", {}).get("workerid")
     wanted = any("scenario" in getattr(item, "fixturenames", ()) for item in session.items)

@@ -25,10 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _FORKS = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import gc, json, os, signal, sys
     import torch, torchvision, fiftyone, pytorch_grad_cam  # noqa: F401,E401  the costly imports, once
 
     assert fiftyone.core.odm.database._client is None, "a database connection before the fork"
+    gc.collect()
+    gc.freeze()  # the children's collections skip the imports' ~600k objects (else each walks, and so copies, them all)
 
 
     def reap(signum, frame):  # a server ended: waited for, so that its CPU counts as this process's children's

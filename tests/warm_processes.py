@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # lease owner: camcore.store.leases renews it in a forked child), each serving jobs over a Unix socket.
 _SERVE = textwrap.dedent(
     """
-    import contextlib, io, json, os, socket, sys, traceback
+    import contextlib, gc, io, json, os, socket, sys, traceback
     sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
     import fiftyone  # noqa: F401  the costly imports, once for the whole pool
     import fo_helpers  # noqa: F401
     from camcore import store  # noqa: F401
 
     assert fiftyone.core.odm.database._client is None, "a database connection before the fork"
+    gc.collect()
+    gc.freeze()  # the children's collections skip the imports' ~600k objects (else each walks, and so copies, them all)
 
 
     def serve(reply):
@@ -136,7 +138,7 @@ class WarmPool:
 # runs). FiftyOne opens its database connection lazily, so no MongoClient crosses a fork.
 _FORK_SERVE = textwrap.dedent(
     """
-    import json, os, sys, traceback
+    import gc, json, os, sys, traceback
     sys.path[:0] = [os.environ["ROOT"], os.environ["ROOT"] + "/tests"]
     import fiftyone  # noqa: F401  the costly imports, once
     import fo_helpers  # noqa: F401
@@ -145,6 +147,8 @@ _FORK_SERVE = textwrap.dedent(
     import camcore.batch, camcore.cli, camcore.engine, camcore.models  # noqa: F401,E401  what the CLI's jobs use
 
     assert fiftyone.core.odm.database._client is None, "a database connection before the fork"
+    gc.collect()
+    gc.freeze()  # the children's collections skip the imports' ~600k objects (else each walks, and so copies, them all)
     reply = sys.stdout
     print("ready", file=reply, flush=True)
     for line in sys.stdin:
