@@ -12,6 +12,10 @@ fragment's arguments) lives on with the session: they hold an explainer weakly (
 
 The slow-work record (`jobs`) is process-wide because a click's new run must see the stopped run's
 job; a session's entry goes with the session too.
+
+A closed tab's release runs a full collection (give_back_to_os); app.py sets the process's
+import-time heap aside from the collector once (freeze_startup_heap), so that each collection walks
+what the sessions made, not torch's and FiftyOne's ~600k objects (bench/collector.py: 325 -> 13 ms).
 """
 from __future__ import annotations
 
