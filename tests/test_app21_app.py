@@ -26,7 +26,7 @@ from pathlib import Path
 import fiftyone as fo
 import numpy as np
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
 from cam_support import CHELSEA
 from fo_app_page import PROMO_TITLE, as_returning_user, open_operator_form
 from fo_helpers import field_name, unique_name
@@ -268,7 +268,7 @@ def app_page(url: str, before=None):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=APP_CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             as_returning_user(page)
@@ -364,8 +364,8 @@ def _drive(url: str, select, pushed_elsewhere, open_by_session) -> dict:
 
 
 def test_an_app_open_before_the_push_draws_the_map_with_a_colour_scale(grey_dataset, monkeypatch, fork_server):
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no {CHROMIUM}: run `make chromium`")
+    if not os.access(APP_CHROMIUM, os.X_OK):
+        pytest.skip(f"no {APP_CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
     from mongod_support import free_port
 

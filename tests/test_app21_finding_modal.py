@@ -11,7 +11,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_app21_app import ARTIFACTS, CHROMIUM, app_page, grey_dataset  # noqa: F401 (grey_dataset: a fixture)
+from test_app21_app import APP_CHROMIUM, ARTIFACTS, app_page, grey_dataset  # noqa: F401 (grey_dataset: a fixture)
 
 from camcore import store
 from camcore.store.datasets import FINDINGS_FIELD
@@ -67,8 +67,8 @@ def _record_in_open_modal(url: str) -> dict:
 
 
 def test_record_finding_shows_the_finding_in_the_open_modal(grey_dataset):  # noqa: F811 (the fixture)
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no {CHROMIUM}: run `make chromium`")
+    if not os.access(APP_CHROMIUM, os.X_OK):
+        pytest.skip(f"no {APP_CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
     from mongod_support import free_port
 

@@ -16,7 +16,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 from fo_helpers import coded_identity
-from test_app21_app import ARTIFACTS, CHROMIUM, app_page, grey_dataset  # noqa: F401 (grey_dataset: a fixture)
+from test_app21_app import APP_CHROMIUM, ARTIFACTS, app_page, grey_dataset  # noqa: F401 (grey_dataset: a fixture)
 
 from camcore import store
 from camcore.identity import INDEXED_MEASURES, MEASURE_SIDEBAR_PX, MEASURES, SIDEBAR_PX, sidebar_px
@@ -133,8 +133,8 @@ _CLIPPED = """e => {
 
 
 def test_cut_names_show_whole_in_the_sample_modal_at_1280(grey_dataset):  # noqa: F811 (the fixture)
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no {CHROMIUM}: run `make chromium`")
+    if not os.access(APP_CHROMIUM, os.X_OK):
+        pytest.skip(f"no {APP_CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
     from mongod_support import free_port
 

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fiftyone as fo
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM
 from fo_helpers import field_name, make_heatmap, make_result
 from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     ARTIFACTS,
@@ -139,8 +139,8 @@ def _reloaded_tile(page, out: dict) -> bytes:
 
 def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_scale(
         grey_dataset, monkeypatch, tmp_path, fork_server):  # noqa: F811 (the fixture)
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no {CHROMIUM}: run `make chromium`")
+    if not os.access(APP_CHROMIUM, os.X_OK):
+        pytest.skip(f"no {APP_CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
     from mongod_support import free_port
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fiftyone as fo
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
 from fo_app_page import as_returning_user, open_operator_form
 from fo_helpers import unique_name, write_images
 from mongod_support import free_port
@@ -54,7 +54,7 @@ def _schedule_and_watch(url: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=APP_CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             as_returning_user(page)
@@ -81,8 +81,8 @@ def _schedule_and_watch(url: str) -> None:
 def test_a_run_scheduled_in_the_app_is_run_by_make_worker_and_its_field_shows(dataset, monkeypatch, tmp_path):
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no {CHROMIUM}: run `make chromium`")
+    if not os.access(APP_CHROMIUM, os.X_OK):
+        pytest.skip(f"no {APP_CHROMIUM}: run `make chromium`")
 
     monkeypatch.setenv("CAM_EXPLORER_DELEGATE_OVER", str(THRESHOLD))
     # the App's server as README's Big runs starts it (the explorer's launch, this setting on)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
 from fo_app_page import as_returning_user
 from fo_helpers import make_heatmap, make_result
 
@@ -37,7 +37,7 @@ def _check_modal(url: str, sample_id: str, field: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=APP_CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             as_returning_user(page)
@@ -56,8 +56,8 @@ def _check_modal(url: str, sample_id: str, field: str) -> None:
 
 
 def test_app_url_opens_the_sample_with_its_heatmap(app_port):
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no {CHROMIUM}: run `make chromium`")
+    if not os.access(APP_CHROMIUM, os.X_OK):
+        pytest.skip(f"no {APP_CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
 
     dataset = demo_data.ensure_demo_dataset()

@@ -12,7 +12,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
 from cam_support import CHELSEA
 from fo_app_page import as_returning_user
 from fo_helpers import coded_identity, field_name, unique_name, write_images
@@ -282,7 +282,7 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=APP_CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 900})
             as_returning_user(context)
@@ -357,8 +357,8 @@ def test_app_operator_browser_offers_compute_cams(dataset, monkeypatch):
     plugins/ by itself; compute_cams is in the App's operator browser, its form resolves, and
     executing it from the App writes the view's heatmaps; the panel shows a sample's field and
     open_in_cam_explorer opens the explorer on it in a new tab."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no {CHROMIUM}: run `make chromium`")
+    if not os.access(APP_CHROMIUM, os.X_OK):
+        pytest.skip(f"no {APP_CHROMIUM}: run `make chromium`")
     pytest.importorskip("playwright.sync_api")
     from mongod_support import free_port
 
