@@ -78,8 +78,9 @@ test: setup chromium
 	if [ $$linted != 0 ]; then echo "make test: lint failed (exit $$linted)"; fi; \
 	[ $$tests = 0 ] && [ $$linted = 0 ]
 
-# chromium for screenshots and your own looks; chromium-headless-shell (the same build without the
-# browser's UI layers, ~a fifth less CPU) for the browser tests (tests/browser_support.py).
+# chromium for screenshots, your own looks and the real FiftyOne App's journeys; chromium-headless-shell
+# (the same build without the browser's UI layers, ~a fifth less CPU) for the explorer's browser tests
+# (tests/browser_support.py).
 chromium:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromium-headless-shell ]; then \
 	  echo "installing chromium and chromium-headless-shell (apt)"; \
