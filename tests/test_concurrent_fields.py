@@ -157,19 +157,31 @@ SAME_FIELD = textwrap.dedent(
 )
 
 
-def test_writers_of_one_sample_and_field_leave_only_the_file_its_label_points_at(pool, dataset, tmp_path):
-    hm = tmp_path / "hm"
+def _first_map(dataset, hm: Path) -> tuple[str, str]:
+    """One Grad-CAM map pushed to the first sample: (its sample id, its field)."""
     sample_id = dataset.first().id
     (field,) = store.push_heatmaps(dataset, sample_id, make_result(SIZE, [make_heatmap(SIZE, "gradcam")]),
                                    heatmap_dir=hm)
+    return sample_id, field
+
+
+def _race_same_field(pool, dataset, hm: Path, sample_id: str, field: str) -> tuple[str, list[str]]:
+    """4 writers x 6 rounds replace the sample's map at once (SAME_FIELD): (the file its label points at
+    afterwards, the PNGs in that folder). No writer failed, no journal is left."""
     env = {"DATASET": dataset.name, "HM": str(hm), "ROUNDS": "6", "START": _start_soon()}
     outs = pool.run(SAME_FIELD, [str(i) for i in range(4)], env)
     assert not any(o.error for o in outs), [o.error[-1500:] for o in outs]
-    dataset.reload()
-    label = dataset[sample_id][field]
-    folder = Path(label.map_path).parent
-    assert sorted(str(p) for p in folder.glob("*.png")) == [label.map_path]
     assert not list(hm.glob("*/.pending/*.journal"))
+    dataset.reload()
+    label_path = dataset[sample_id][field].map_path
+    return label_path, sorted(str(p) for p in Path(label_path).parent.glob("*.png"))
+
+
+def test_writers_of_one_sample_and_field_leave_only_the_file_its_label_points_at(pool, dataset, tmp_path):
+    hm = tmp_path / "hm"
+    sample_id, field = _first_map(dataset, hm)
+    label_path, files = _race_same_field(pool, dataset, hm, sample_id, field)
+    assert files == [label_path]
 
 
 def test_writers_on_a_dataset_written_days_ago_keep_the_file_a_copy_points_at(pool, dataset, tmp_path):
@@ -181,20 +193,12 @@ def test_writers_on_a_dataset_written_days_ago_keep_the_file_a_copy_points_at(po
     coll.insert_many([{**doc, "_id": ObjectId(), "filepath": f"/nowhere/{i}.png"} for i in range(1000)])
     coll.update_many({}, {"$set": {"last_modified_at": datetime.now(UTC) - timedelta(days=2)}})
     hm = tmp_path / "hm"
-    sample_id = dataset.first().id
-    (field,) = store.push_heatmaps(dataset, sample_id, make_result(SIZE, [make_heatmap(SIZE, "gradcam")]),
-                                   heatmap_dir=hm)
+    sample_id, field = _first_map(dataset, hm)
     copy = fo.Dataset(unique_name("concurrent-fields-copy"))
     copy.add_samples([dataset[sample_id]])
     kept = copy.first()[field].map_path
-    env = {"DATASET": dataset.name, "HM": str(hm), "ROUNDS": "6", "START": _start_soon()}
-    outs = pool.run(SAME_FIELD, [str(i) for i in range(4)], env)
-    assert not any(o.error for o in outs), [o.error[-1500:] for o in outs]
-    dataset.reload()
-    label = dataset[sample_id][field]
-    folder = Path(label.map_path).parent
-    assert sorted(str(p) for p in folder.glob("*.png")) == sorted([label.map_path, kept])
-    assert not list(hm.glob("*/.pending/*.journal"))
+    label_path, files = _race_same_field(pool, dataset, hm, sample_id, field)
+    assert files == sorted([label_path, kept])
     copy.delete()
 
 
