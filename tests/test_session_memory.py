@@ -107,7 +107,8 @@ def test_the_startup_heap_is_frozen_once_and_later_garbage_is_still_collected(mo
     assert frozen >= before + 1000
     more = [[object()] for _ in range(1000)]
     session_memory.freeze_startup_heap()  # once per process: a second call freezes nothing new
-    assert gc.get_freeze_count() == frozen
+    # not ==: a frozen object that dies leaves the permanent generation (another thread's, in CI)
+    assert gc.get_freeze_count() <= frozen
 
     class Node:
         pass
