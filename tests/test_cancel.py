@@ -132,6 +132,20 @@ def test_a_deferred_heatmap_is_never_computed_implicitly(effnet):
     assert again.measured and again.channels == 16
 
 
+def test_a_measured_rate_is_the_methods_on_that_layer(effnet, monkeypatch):
+    """Ablation-CAM's cost per channel is the model after the layer (its copies share the layers
+    before), Score-CAM's a whole forward: a run of one measures neither the other's rate nor its
+    own on another layer."""
+    from camcore.engine import explainer
+
+    monkeypatch.setattr(explainer, "_PER_CHANNEL", {})  # what other tests in this process measured
+    ex = Explainer(effnet, chelsea_crop(224), None, ("stage0", "stage5"))
+    ex.heatmap("ablationcam", "stage5")
+    assert ex.estimate("ablationcam", "stage5").measured
+    assert not ex.estimate("scorecam", "stage5").measured
+    assert not ex.estimate("ablationcam", "stage0").measured
+
+
 # -- the FiftyOne App shows the field just pushed, with a heatmap colour scale -------------------
 
 def test_the_app_shows_only_the_latest_push_with_a_colour_scale(tmp_path):

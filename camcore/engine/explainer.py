@@ -51,11 +51,12 @@ class Estimate:
 
     channels: int
     seconds: float
-    measured: bool  # from an earlier run of the method on this model and input size (else: one timed forward)
+    measured: bool  # from an earlier run of the method on this layer, model and input size (else: one timed forward)
 
 
-# Seconds per channel of the perturbation methods, measured per (model, input size, device):
-# the next estimate on that model uses it. Process-wide, like the models.
+# Seconds per channel of the perturbation methods, measured per (model, input size, device, method,
+# layer): the next estimate of that method on that layer uses it (Ablation-CAM's cost per channel
+# is the model after the layer, Score-CAM's a whole forward). Process-wide, like the models.
 _PER_CHANNEL: dict[tuple, float] = {}
 _TIMED_FORWARD: dict[tuple, float] = {}  # before any run: one small batched forward, timed
 _PER_CHANNEL_LOCK = threading.Lock()
@@ -168,18 +169,19 @@ class Explainer:
 
     def estimate(self, method: str, layer: str) -> Estimate | None:
         """How long a one-forward-per-channel method (Score-CAM, Ablation-CAM) will take on this
-        layer: channels x seconds per channel, measured on this model and input size by an
-        earlier run, else by timing one small batched forward. Every other slow method (or any
+        layer: channels x seconds per channel, measured by an earlier run of it on this layer
+        (model, input size and device), else by timing one small batched forward. Every other slow method (or any
         with aug_smooth): _estimate_own. None for the fast ones."""
         spec = get_method(method)
         if spec.kind is not Kind.PERTURBATION:
             return self._estimate_own(spec, layer) if spec.slow or self.aug_smooth else None
-        acts = self.fp.activation_tensors.get(self.model.spec.layer(layer).name)
+        name = self.model.spec.layer(layer).name
+        acts = self.fp.activation_tensors.get(name)
         if acts is None:
             return None
         channels = int(acts.shape[1])
         with _PER_CHANNEL_LOCK:
-            per = _PER_CHANNEL.get(self._rate_key())
+            per = _PER_CHANNEL.get((self._rate_key(), spec.key, name))
         measured = per is not None
         if per is None:
             with _PER_CHANNEL_LOCK:
@@ -225,11 +227,11 @@ class Explainer:
             _TIMED_FORWARD[self._rate_key()] = per
         return per
 
-    def record_rate(self, start: float, channels_done: float) -> None:
-        """Seconds per channel of a perturbation method that ran since `start`: the next
-        estimate on this model, input size and device uses it."""
+    def record_rate(self, method: str, layer: str, start: float, channels_done: float) -> None:
+        """Seconds per channel of a perturbation method that ran on `layer` since `start`: the
+        next estimate of it there (on this model, input size and device) uses it."""
         with _PER_CHANNEL_LOCK:
-            _PER_CHANNEL[self._rate_key()] = (time.perf_counter() - start) / max(1.0, channels_done)
+            _PER_CHANNEL[(self._rate_key(), method, layer)] = (time.perf_counter() - start) / max(1.0, channels_done)
 
     def _rate_key(self) -> tuple:
         return (self.model.version, self.input_hw, str(self.model.device))

@@ -171,9 +171,9 @@ class Perturbation:
             raw = self.raw(ex, spec, fp, layer, ex.x, ex.grad_target, eigen_smooth, tracked, cancel)
         except Cancelled:
             if seen["fraction"] > 0:  # a cancelled run measured the rate too
-                ex.record_rate(start, seen["fraction"] * channels)
+                ex.record_rate(spec.key, layer, start, seen["fraction"] * channels)
             raise
-        ex.record_rate(start, channels)  # the next estimate on this model uses it
+        ex.record_rate(spec.key, layer, start, channels)  # the next estimate of it on this layer uses it
         return _from_raw(ex, np.maximum(raw, 0))
 
     def raw(self, ex: Explainer, spec: MethodSpec, fp: FeaturePass, layer: str, x: torch.Tensor,
