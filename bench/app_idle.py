@@ -37,6 +37,21 @@ def _server_cpu(child) -> float:
     return total
 
 
+def _browser_cpu() -> float:
+    """CPU seconds of this process's Chromium processes (Playwright's browser and its renderers)."""
+    import psutil
+
+    total = 0.0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in p.name():
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def _child(cache: str, seconds: float) -> dict:
     os.environ["FIFTYONE_PLUGINS_CACHE_ENABLED"] = cache
     from scale import bench_database, build_dataset
@@ -63,13 +78,15 @@ def _child(cache: str, seconds: float) -> dict:
                 page.goto(store.app_url(ds.name, port=port))
                 page.locator("[data-cy=fo-grid] canvas").first.wait_for(timeout=120_000)
                 page.wait_for_timeout(10_000)  # the page's first checks and its plugin loads done
-                start, t0, n0 = _server_cpu(server), time.monotonic(), len(asks)
+                start, t0, n0, b0 = _server_cpu(server), time.monotonic(), len(asks), _browser_cpu()
                 page.wait_for_timeout(seconds * 1000)
                 cpu, wall, n = _server_cpu(server) - start, time.monotonic() - t0, len(asks) - n0
+                browser_cpu = _browser_cpu() - b0
                 browser.close()
         finally:
             store.close_app()
-        return {"cache": cache, "server_cpu_s": cpu, "wall_s": wall, "operator_requests": n}
+        return {"cache": cache, "server_cpu_s": cpu, "wall_s": wall, "operator_requests": n,
+                "browser_cpu_s": browser_cpu}
     finally:
         if mongod is not None:
             mongod.terminate()
@@ -93,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         results.append((case, got))
         print(f"plugins cache {case:>3}: App server {got['server_cpu_s']:.2f} CPU-s over {got['wall_s']:.0f} s "
               f"idle ({got['operator_requests']} operator requests, "
-              f"{1000 * got['server_cpu_s'] / max(got['operator_requests'], 1):.0f} ms each)", flush=True)
+              f"{1000 * got['server_cpu_s'] / max(got['operator_requests'], 1):.0f} ms each); "
+              f"the browser {got['browser_cpu_s']:.2f} CPU-s", flush=True)
     base = results[0][1]["server_cpu_s"]
     for case, got in results[1:]:
         print(f"  {case} vs {results[0][0]}: {got['server_cpu_s'] / max(base, 1e-6):.2f}x the server's CPU")

@@ -122,22 +122,6 @@ def perturbation_vs_forwards(model_key: str, layer: str, batch: int, input_size:
         ratios[m] = ours / forwards
         print(f"{m:11s} {model_key}.{layer} ({channels} channels, batch {size}): ours {ours:.2f}s, "
               f"{channels} batched forwards {forwards:.2f}s -> {ours / forwards:.2f}x")
-    # Ablation-CAM as before the shared trunk (every copy a whole forward), in this same run
-    shared_map = ex.heatmap("ablationcam", layer).map
-    whole = engine.Explainer(loaded, img, None, (layer,), False, input_size, batch_size=batch)
-    can_share = perturbation._trunk_can_be_shared
-    perturbation._trunk_can_be_shared = lambda *_: False
-    try:
-        start = time.perf_counter()
-        whole_map = whole.heatmap("ablationcam", layer).map
-        sync()
-        whole_t = time.perf_counter() - start
-    finally:
-        perturbation._trunk_can_be_shared = can_share
-    ratios["ablation_shared_vs_whole"] = ratios["ablationcam"] * forwards / whole_t
-    print(f"ablationcam {model_key}.{layer}: every copy a whole forward {whole_t:.2f}s -> the shared trunk "
-          f"{ratios['ablation_shared_vs_whole']:.2f}x of it; maps differ by "
-          f"{float(np.abs(shared_map - whole_map).max()):.2e}")
     return ratios
 
 
