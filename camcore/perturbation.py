@@ -178,7 +178,7 @@ def _trunk_can_be_shared(copies: torch.Tensor, score_copies: Callable[[torch.Ten
     """Whether the ablated copies can be scored from one input image: the layers before the ablated
     one run once (batch 1) and the copies (batch B) go on from it, broadcast against the trunk's
     batch-1 tensors where they meet again (a ViT's or a ResNet's residual sum). On DeiT-tiny's
-    block10 that is ~5x less work than B whole forwards, as the library runs them.
+    block10 that takes a quarter of the time of B whole forwards, as the library runs them.
 
     A model may not allow it (a concatenation with an earlier tensor, a reshape to the input's
     batch size: an error, or worse, scores for the wrong copies); so the two ways are compared on

@@ -170,8 +170,8 @@ class Explainer:
     def estimate(self, method: str, layer: str) -> Estimate | None:
         """How long a one-forward-per-channel method (Score-CAM, Ablation-CAM) will take on this
         layer: channels x seconds per channel, measured by an earlier run of it on this layer
-        (model, input size and device), else by timing one small batched forward. Every other slow method (or any
-        with aug_smooth): _estimate_own. None for the fast ones."""
+        (model, input size and device), else by timing one small batched forward. Every other
+        slow method (or any with aug_smooth): _estimate_own. None for the fast ones."""
         spec = get_method(method)
         if spec.kind is not Kind.PERTURBATION:
             return self._estimate_own(spec, layer) if spec.slow or self.aug_smooth else None
