@@ -3,7 +3,9 @@
 Every 2 s it reads each process's CPU ticks from /proc and adds what it used since the last look to
 its kind (from its command line: Chromium, the Streamlit servers, the FiftyOne App's server, Ray,
 mongod, the pytest workers, the fork servers' `python -c` children, ...), and the machine's busy
-share from /proc/stat. Processes that end lose at most their last 2 s. Prints the table at the end.
+share from /proc/stat. Processes that end lose at most their last 2 s. Prints the table at the end,
+with bench/machine_probe.py's timings from before and after the command (the host's cores are not
+equally fast every day: compare whole runs at the same probe).
 
     .venv/bin/python bench/suite_cpu.py               # time make test, by kind
     .venv/bin/python bench/suite_cpu.py -- .venv/bin/python -m pytest -q tests/test_browser_explore.py
@@ -16,6 +18,8 @@ import sys
 import threading
 import time
 from collections import Counter
+
+from machine_probe import line, probe
 
 HZ = os.sysconf("SC_CLK_TCK")
 KINDS = (  # first match wins: (kind, what its command line holds)
@@ -93,6 +97,7 @@ class Sampler(threading.Thread):
 
 def main(argv: list[str]) -> int:
     cmd = argv[argv.index("--") + 1:] if "--" in argv else ["make", "test"]
+    before = probe()
     sampler = Sampler()
     busy0, start = _busy(), time.monotonic()
     sampler.start()
@@ -106,6 +111,7 @@ def main(argv: list[str]) -> int:
     busy = 100 * (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
     print(f"\n== CPU by kind of process, `{' '.join(cmd)}` (exit {code}): {wall:.0f} s wall, {total:.0f} CPU-s, "
           f"the machine {busy:.0f}% busy on {os.cpu_count()} cores")
+    print(f"   machine probe (CPU s, one thread, best of 3): before {line(before)}; after {line(probe())}")
     for kind, cpu in sampler.by_kind.most_common():
         if cpu >= 0.5:
             print(f"{cpu:8.1f}  {kind}")
