@@ -12,10 +12,10 @@ fields, in their own group under the heatmaps' ("CAM measures", not the App's PR
 The user's own session then sends the page its state (`session.refresh()`; a notebook's
 `session.view = ...` and the session's reconnect, under load, do the same): its scheme carries no
 scale's colours (rgb), and the page drew every map viridis until reloaded (CI, after a reconnect).
-The page's check reports such scales and fills them in (set_scale_colours), and has the grid draw
-its tiles again (a tile drawn while its scale was bare kept viridis): drawn in jet again. So after
-a tab reload too, whose tile is drawn before the page's check answers (held back here, as CI's
-load did: viridis for good).
+The page's check is held until the tile shows that bare scale (viridis); its answer then fills the
+scales in (set_scale_colours) and the drawn tile is drawn in jet again (viridis for good when
+set_scale_colours does nothing: checked 2026-12-06). So after a tab reload too, whose tile is drawn
+with the bare scale before the page's check answers (held back here, as CI's load did).
 
 Last, this process replaces that map in its field (a rerun, a colleague's push: nothing the page's
 saved config holds changes): the tile, never reloaded, redraws with the new map (one colour now):
@@ -74,6 +74,12 @@ def _one_colour(png: bytes) -> bool:
     return bool(saturated > 0.05 and (shares >= 0.05).sum() == 1)
 
 
+def _viridis(png: bytes) -> bool:
+    """A map drawn in the App's default scale: colour, and none of it red (jet's top)."""
+    shares, saturated = hue_shares(png)
+    return bool(saturated > 0.05 and shares[0] + shares[11] < 0.005)
+
+
 def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
     out: dict = {}
     syncs: list[HeldSyncs] = []
@@ -98,8 +104,13 @@ def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
         heatmaps = _group(page).bounding_box()["y"]
         out["measures_below_heatmaps"] = _group(page, MEASURE_GROUP).bounding_box()["y"] > heatmaps
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_measures.png"))
-        session_sends()  # its state, with a scheme that carries no scale's colours
-        page.wait_for_timeout(3_000)  # the page takes it (viridis), then its check fills them in
+        # its state, with a scheme that carries no scale's colours: the page's check held until the
+        # tile is drawn with the bare scale (viridis), so that its answer must redraw a drawn tile
+        held = HeldSyncs(page)
+        session_sends()
+        out["bare"] = _shot_until(page, page.locator("[data-cy=fo-grid] canvas").first, _viridis, 60_000)
+        page.screenshot(path=str(ARTIFACTS / "app21_own_app_session_bare.png"))
+        out["held_after_session"] = held.release()
         out["session_sent"] = _grid_in_colour(page)
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_session_sent.png"))
         # a tab reload takes the session's scheme (no rgb): its check answers once the tile is
@@ -131,8 +142,9 @@ def _reloaded_tile(page, out: dict) -> bytes:
 
     held = HeldSyncs(page)
     page.reload()
-    expect(page.locator("[data-cy=fo-grid] canvas").first).to_be_visible(timeout=90_000)
-    page.wait_for_timeout(3_000)
+    canvas = page.locator("[data-cy=fo-grid] canvas").first
+    expect(canvas).to_be_visible(timeout=90_000)
+    out["reloaded_bare"] = _shot_until(page, canvas, _viridis, 60_000)  # drawn with the session's bare scale
     out["held_after_reload"] = held.release()
     return _grid_in_colour(page)
 
@@ -182,9 +194,13 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     assert got["later"] is True, f"a later push is not in the CAM group on the open page: {got['later']}"
     assert got["measures"] is True, f"its measures are not in their group on the open page: {got['measures']}"
     assert got["measures_below_heatmaps"]
-    assert _in_scale(got["session_sent"]), f"after the session sent its state: {hue_shares(got['session_sent'])}"
+    assert _viridis(got["bare"]), f"the session's bare scale was not drawn (viridis): {hue_shares(got['bare'])}"
+    assert _in_scale(got["session_sent"]), (
+        f"after the session sent its state, the page's check ({got['held_after_session']} held) did not redraw "
+        f"the tile in its scale: {hue_shares(got['session_sent'])}")
     if "no_map" in got:  # said in the run's warnings summary, green or red
         warnings.warn(f"no map on the tile after the first tab reload: {got['no_map']}", stacklevel=2)
+    assert _viridis(got["reloaded_bare"]), f"a reload's bare scale was not drawn: {hue_shares(got['reloaded_bare'])}"
     assert _in_scale(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}, {got.get('no_map')}"
     assert _one_colour(got["replaced"]), (
         f"a map replaced elsewhere is not redrawn: {hue_shares(got['replaced'])}, {got['logged']}")

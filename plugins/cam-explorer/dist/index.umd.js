@@ -167,9 +167,10 @@
         return Object.assign({}, c, { rgb: s.rgb });
       });
       if (changed) ctx.hooks.setSession("colorScheme", Object.assign({}, scheme, { colorscales: scales }));
-      // The grid's tiles keep the colours they were drawn with (a tile drawn while its scale was
-      // bare stays viridis): draw them again, as the App's reload_samples does, once the scales
-      // this page asked about have their colours (filled here, or by set_color_scheme just before)
+      // Draw the grid's tiles again, as the App's reload_samples does, once the scales this page
+      // asked about have their colours (filled here, or by set_color_scheme just before). The App
+      // redraws a drawn tile on a scheme change by itself (test_app21_own_app passes without this);
+      // under CI's load a tile once kept viridis for 30 s with the colours set: this is for that.
       var coloured = scales.some(function (c) { return given[c.path] && !!c.rgb; });
       if (coloured && fos.refresher) {
         var count = await ctx.state.snapshot.getPromise(fos.refresher);
