@@ -114,15 +114,15 @@ def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
         out["session_sent"] = _grid_in_colour(page)
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_session_sent.png"))
         # a tab reload takes the session's scheme (no rgb): its check answers once the tile is
-        # drawn, as under CI's load (a tile drawn viridis stayed so, whatever came after)
+        # drawn with it, as under CI's load
         out["reloaded"] = _reloaded_tile(page, out)
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_reloaded.png"))
         if hue_shares(out["reloaded"])[1] == 0:
             # No map at all on the tile (not the wrong scale: a map drawn viridis or as a tint has
             # colour), seen once in CI for 90 s and never here in 30 reloads under 3-6 busy loops.
-            # What the page logged is kept (its FiftyOne grid logs a DataCloneError of a detached
-            # ImageBitmap at nearly every reload, harmless in all 30), and the user's next step,
-            # one more reload, is what this test judges.
+            # What the page logged is kept (a DataCloneError of a detached ImageBitmap came with it:
+            # two redraws at once, see the assertion below), and the user's next step, one more
+            # reload, is what this test judges.
             out["no_map"] = {"failed requests": troubles["failed"][-8:],
                              "console errors": troubles["errors"][-8:], "held": out["held_after_reload"]}
             page.screenshot(path=str(ARTIFACTS / "app21_own_app_reloaded_no_map.png"))
@@ -133,6 +133,7 @@ def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
         out["replaced"] = _shot_until(page, page.locator("[data-cy=fo-grid] canvas").first, _one_colour, 60_000)
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_replaced.png"))
         out["logged"] = {"failed requests": troubles["failed"][-6:], "console errors": troubles["errors"][-6:]}
+        out["clone_errors"] = [e for e in troubles["errors"] if "DataCloneError" in e]
     return out
 
 
@@ -202,5 +203,9 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
         warnings.warn(f"no map on the tile after the first tab reload: {got['no_map']}", stacklevel=2)
     assert _viridis(got["reloaded_bare"]), f"a reload's bare scale was not drawn: {hue_shares(got['reloaded_bare'])}"
     assert _in_scale(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}, {got.get('no_map')}"
+    # FiftyOne's grid logs this when two redraws of a tile overlap (a worker's bitmap handed over
+    # twice); it came with the tiles left without their map. The plugin's set_scale_colours once
+    # added reload_samples to the App's own redraw on a scheme change: 2-3 of these per run, 0 since.
+    assert not got["clone_errors"], f"the grid's redraws overlapped: {got['clone_errors']}"
     assert _one_colour(got["replaced"]), (
         f"a map replaced elsewhere is not redrawn: {hue_shares(got['replaced'])}, {got['logged']}")

@@ -166,16 +166,11 @@
         changed = true;
         return Object.assign({}, c, { rgb: s.rgb });
       });
+      // The App redraws the drawn tiles on this scheme change by itself (test_app21_own_app). No
+      // reload_samples on top (its refresher, until 2026-12-06): the two redraws overlapped, and the
+      // page then logged "An ImageBitmap is detached" (2-3 times per journey; 0 without), the mark
+      // of the grid race that left a tile without its map.
       if (changed) ctx.hooks.setSession("colorScheme", Object.assign({}, scheme, { colorscales: scales }));
-      // Draw the grid's tiles again, as the App's reload_samples does, once the scales this page
-      // asked about have their colours (filled here, or by set_color_scheme just before). The App
-      // redraws a drawn tile on a scheme change by itself (test_app21_own_app passes without this);
-      // under CI's load a tile once kept viridis for 30 s with the colours set: this is for that.
-      var coloured = scales.some(function (c) { return given[c.path] && !!c.rgb; });
-      if (coloured && fos.refresher) {
-        var count = await ctx.state.snapshot.getPromise(fos.refresher);
-        ctx.state.set(fos.refresher, count + 1);
-      }
     }
   }
 
