@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import fiftyone as fo
 import pytest
 from browser_support import APP_CHROMIUM
+from fo_app_page import no_overlapping_redraws, overlapping_redraws
 from fo_helpers import field_name, make_heatmap, make_result
 from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
     ARTIFACTS,
@@ -87,6 +88,7 @@ def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
 
     def watch(page) -> None:
         syncs.append(HeldSyncs(page))
+        out["overlaps"] = overlapping_redraws(page)
         page.on("requestfailed", lambda r: troubles["failed"].append(f"{r.method} {r.url[:100]}: {r.failure}"))
         page.on("console", lambda m: troubles["errors"].append(m.text[:200]) if m.type == "error" else None)
 
@@ -121,7 +123,7 @@ def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
             # No map at all on the tile (not the wrong scale: a map drawn viridis or as a tint has
             # colour), seen once in CI for 90 s and never here in 30 reloads under 3-6 busy loops.
             # What the page logged is kept (a DataCloneError of a detached ImageBitmap came with it:
-            # two redraws at once, see the assertion below), and the user's next step, one more
+            # two loads at once, which this test fails on), and the user's next step, one more
             # reload, is what this test judges.
             out["no_map"] = {"failed requests": troubles["failed"][-8:],
                              "console errors": troubles["errors"][-8:], "held": out["held_after_reload"]}
@@ -133,7 +135,6 @@ def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
         out["replaced"] = _shot_until(page, page.locator("[data-cy=fo-grid] canvas").first, _one_colour, 60_000)
         page.screenshot(path=str(ARTIFACTS / "app21_own_app_replaced.png"))
         out["logged"] = {"failed requests": troubles["failed"][-6:], "console errors": troubles["errors"][-6:]}
-        out["clone_errors"] = [e for e in troubles["errors"] if "DataCloneError" in e]
     return out
 
 
@@ -203,9 +204,6 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
         warnings.warn(f"no map on the tile after the first tab reload: {got['no_map']}", stacklevel=2)
     assert _viridis(got["reloaded_bare"]), f"a reload's bare scale was not drawn: {hue_shares(got['reloaded_bare'])}"
     assert _in_scale(got["reloaded"]), f"after a tab reload: {hue_shares(got['reloaded'])}, {got.get('no_map')}"
-    # FiftyOne's grid logs this when two redraws of a tile overlap (a worker's bitmap handed over
-    # twice); it came with the tiles left without their map. The plugin's set_scale_colours once
-    # added reload_samples to the App's own redraw on a scheme change: 2-3 of these per run, 0 since.
-    assert not got["clone_errors"], f"the grid's redraws overlapped: {got['clone_errors']}"
+    no_overlapping_redraws(got["overlaps"])  # set_scale_colours once doubled the App's redraw (2-3 per run)
     assert _one_colour(got["replaced"]), (
         f"a map replaced elsewhere is not redrawn: {hue_shares(got['replaced'])}, {got['logged']}")
