@@ -25,8 +25,9 @@ def overlapping_redraws(page) -> list[str]:
     ("DataCloneError: ... An ImageBitmap is detached", at loadSample) and that tile kept no map
     (issue 21). The plugin's set_scale_colours caused it at every bare scale it filled, adding
     reload_samples to the App's own redraw on the scheme change (until 2026-12-06):
-    test_app21_own_app fails on one. Not yet checked in every journey: under load, compute_cams'
-    last ops (test_plugin) and sync_app's ops after a push (test_app21_app) still log it now and then."""
+    test_app21_own_app fails on one logged while the page fills its scales. Not checked elsewhere:
+    under load, compute_cams' last ops (test_plugin) and sync_app's ops after a push (test_app21_app,
+    test_app21_own_app) still log it now and then."""
     seen: list[str] = []
     page.on("console", lambda m: seen.append(m.text[:300]) if "DataCloneError" in m.text else None)
     return seen
