@@ -124,8 +124,8 @@ def _drive(url: str, push, push_again, measure, replace, session_sends) -> dict:
             # No map at all on the tile (not the wrong scale: a map drawn viridis or as a tint has
             # colour), seen once in CI for 90 s and never here in 30 reloads under 3-6 busy loops.
             # What the page logged is kept (a DataCloneError of a detached ImageBitmap came with it:
-            # two loads at once, which this test fails on), and the user's next step, one more
-            # reload, is what this test judges.
+            # two loads of the tile at once, fo_app_page.overlapping_redraws), and the user's next
+            # step, one more reload, is what this test judges.
             out["no_map"] = {"failed requests": troubles["failed"][-8:],
                              "console errors": troubles["errors"][-8:], "held": out["held_after_reload"]}
             page.screenshot(path=str(ARTIFACTS / "app21_own_app_reloaded_no_map.png"))
