@@ -112,6 +112,9 @@ def _click_and_cancel(page, key: str, starts_run: bool = False) -> None:
     button = page.locator(f".st-key-{key} button").first
     expect(button).to_be_enabled(timeout=RUN_TIMEOUT)
     button.click()
+    # the mouse off the button, as a user's: its help tooltip (shown on hover, slowly under load) once
+    # covered the Cancel button beside it and took the clicks for 30 s ("Use untrained weights")
+    page.mouse.move(0, 0)
     cancel = page.locator(f".st-key-{Compute.CANCEL_BUTTON} button")
     app = page.get_by_test_id("stApp")
     ran = False
