@@ -48,6 +48,7 @@
     ["ImageSample", "VideoSample", "PointCloudSample", "ThreeDSample", "UnknownSample"].map(function (t) {
       return " ... on " + t + " { id sample }";
     }).join("") + " } }";
+  keepLoadsOnTheirOwnCopy(window.__fol__);
   if (!fop || !fop.Operator || !fop.registerOperator) {
     console.error("@cam-explorer/cam: the App exposes no operators API; open_url is unavailable");
     return;
@@ -169,7 +170,7 @@
       // The App redraws the drawn tiles on this scheme change by itself (test_app21_own_app). No
       // reload_samples on top (its refresher, until 2026-12-06): the two redraws overlapped, and the
       // page then logged "An ImageBitmap is detached" (2-3 times per journey; 0 without), the mark
-      // of the grid race that left a tile without its map.
+      // of the grid race that left a tile without its map (keepLoadsOnTheirOwnCopy, below).
       if (changed) ctx.hooks.setSession("colorScheme", Object.assign({}, scheme, { colorscales: scales }));
     }
   }
@@ -350,6 +351,57 @@
         asked = 0; // not found until the App has listed the Python operators: the next tick asks again
       }
     }
+  }
+
+  // FiftyOne 1.22's looker (@fiftyone/looker's AbstractLooker, window.__fol__) redraws a tile on an
+  // options change with updateSample(this.sample), which waits 100 ms and then posts the copy it was
+  // handed to a worker, handing over that copy's map bitmaps; the worker's answer becomes the
+  // looker's new copy. A second options change while a load is out (a colour scheme set, then the
+  // server's answer to it; a scheme, then the switched-on fields) hands the wait the copy that load
+  // is sending. On a busy page the load's answer can come before that wait ends: the looker then
+  // posts a copy whose bitmaps are gone ("DataCloneError: ... An ImageBitmap is detached", from the
+  // grid after compute_cams in the App and after a push, issue 21), drops that load, and the tile
+  // keeps no map. Such a load posts the looker's own copy instead: the same sample, as the answer
+  // left it (a copy with nothing handed over, e.g. a sample read again, is posted as given). And a
+  // looker the grid destroyed during that wait (after reload_dataset it makes new ones; destroy
+  // closes the maps' bitmaps) posts nothing: its closed bitmaps failed the same way.
+  function keepLoadsOnTheirOwnCopy(fol) {
+    var proto = fol && fol.AbstractLooker && fol.AbstractLooker.prototype;
+    if (!proto || typeof proto.loadSample !== "function" || proto.loadSample.camExplorer) return;
+    var load = proto.loadSample;
+    var loadOwnCopy = function (sample, transfer) {
+      // destroyed (its maps closed: the grid made a new looker for the tile) while its wait ran
+      var ended = this.abortController && this.abortController.signal.aborted;
+      if (ended || (this.state && this.state.destroyed)) {
+        console.info("@cam-explorer/cam: a destroyed tile's redraw is dropped (sample " + sampleId(this.sample) + ")");
+        this.isSampleUpdating = false;
+        return;
+      }
+      var own = this.sample;
+      if (own && sample && sample !== own && sampleId(sample) === sampleId(own) && handedOver(sample, 0)) {
+        console.info("@cam-explorer/cam: a tile's redraw posts its looker's own copy of sample " + sampleId(own));
+        sample = own;
+      }
+      return load.call(this, sample, transfer);
+    };
+    loadOwnCopy.camExplorer = true;
+    proto.loadSample = loadOwnCopy;
+  }
+
+  function sampleId(sample) {
+    return sample ? sample.id || sample._id : undefined;
+  }
+
+  // Whether a sample's copy holds a bitmap or buffer it handed to a worker (a detached one)
+  function handedOver(value, depth) {
+    if (!value || typeof value !== "object" || depth > 8) return false;
+    if (typeof ImageBitmap !== "undefined" && value instanceof ImageBitmap) return !value.width && !value.height;
+    if (value instanceof ArrayBuffer) return value.detached === true;
+    if (ArrayBuffer.isView(value)) return value.buffer.detached === true;
+    for (var key in value) {
+      if (Object.prototype.hasOwnProperty.call(value, key) && handedOver(value[key], depth + 1)) return true;
+    }
+    return false;
   }
 
   fop.registerOperator(OpenUrl, "@cam-explorer/cam");
