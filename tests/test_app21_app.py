@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
 from cam_support import CHELSEA
-from fo_app_page import PROMO_TITLE, as_returning_user, open_operator_form
+from fo_app_page import PROMO_TITLE, as_returning_user, no_overlapping_redraws, open_operator_form, overlapping_redraws
 from fo_helpers import field_name, unique_name
 from PIL import Image
 from warm_processes import CLI, ForkServer
@@ -264,7 +264,8 @@ class HeldSyncs:
 @contextmanager
 def app_page(url: str, before=None):
     """A 1280 x 800 Chromium page on the App at url, its grid shown; before(page) runs before the
-    page is loaded."""
+    page is loaded. A journey that ends without an error must not have had a tile's load dropped
+    (fo_app_page.overlapping_redraws)."""
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
@@ -272,12 +273,14 @@ def app_page(url: str, before=None):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             as_returning_user(page)
+            overlaps = overlapping_redraws(page)
             if before is not None:
                 before(page)
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
             expect(page.get_by_text(PROMO_TITLE)).to_have_count(0)  # nothing over the grid takes clicks
             yield page
+            no_overlapping_redraws(overlaps)
         finally:
             browser.close()
 

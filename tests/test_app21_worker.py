@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import fiftyone as fo
 import pytest
 from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
-from fo_app_page import as_returning_user, open_operator_form
+from fo_app_page import as_returning_user, no_overlapping_redraws, open_operator_form, overlapping_redraws
 from fo_helpers import unique_name, write_images
 from mongod_support import free_port
 from test_app21_app import _grid_in_colour, _in_scale
@@ -58,6 +58,7 @@ def _schedule_and_watch(url: str) -> None:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             as_returning_user(page)
+            overlaps = overlapping_redraws(page)
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=120_000)
             open_operator_form(page, "compute heatmaps", "CAM Explorer: compute heatmaps")
@@ -74,6 +75,7 @@ def _schedule_and_watch(url: str) -> None:
             tile = _grid_in_colour(page)  # the new map switched on, drawn in its colour scale (jet)
             page.screenshot(path=str(ARTIFACTS / "app21_worker_completed.png"))
             assert _in_scale(tile), "the grid's tile is not drawn in a colour scale"
+            no_overlapping_redraws(overlaps)
         finally:
             browser.close()
 

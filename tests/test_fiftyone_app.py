@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
-from fo_app_page import as_returning_user
+from fo_app_page import as_returning_user, no_overlapping_redraws, overlapping_redraws, record_lookers, redraw_race
 from fo_helpers import make_heatmap, make_result
 
 from camcore import demo_data, store
@@ -41,6 +41,8 @@ def _check_modal(url: str, sample_id: str, field: str) -> None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             as_returning_user(page)
+            record_lookers(page)
+            overlaps = overlapping_redraws(page)
             page.goto(url)
             modal = page.locator("#modal")
             # the sample opened from ?id=, its image drawn, our heatmap field listed and switched on
@@ -51,6 +53,13 @@ def _check_modal(url: str, sample_id: str, field: str) -> None:
             expect(modal.locator(f"[data-cy=checkbox-{field}] input")).to_be_checked()
             expect(modal.locator("[data-cy=checkbox-ground_truth] input")).to_be_checked()
             page.screenshot(path=str(ARTIFACTS / "fiftyone_app_modal.png"))
+            no_overlapping_redraws(overlaps)
+            # FiftyOne's looker races, made on demand: a redraw with a copy another load handed over
+            # loads again (the plugin posts the looker's own copy), and a destroyed looker's posts nothing
+            race = redraw_race(page)
+            assert race["lookers"] and race["answered"], f"no looker drew the map: {race}"
+            assert race["redrawn"], f"a redraw asked during another load was dropped: {race}, {overlaps}"
+            no_overlapping_redraws(overlaps)
         finally:
             browser.close()
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
 from cam_support import CHELSEA
-from fo_app_page import as_returning_user
+from fo_app_page import as_returning_user, no_overlapping_redraws, overlapping_redraws
 from fo_helpers import coded_identity, field_name, unique_name, write_images
 
 from camcore import batch, engine, links, store
@@ -286,6 +286,7 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 900})
             as_returning_user(context)
+            overlaps = overlapping_redraws(context)  # compute_cams' last ops redraw the grid's tiles
             # the explorer is not running here: answer for it, so the new tab has a page
             context.route(f"{explorer}/**",
                           lambda route: route.fulfill(body="the explorer", content_type="text/plain"))
@@ -346,6 +347,7 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
             expect(fallback).to_be_visible(timeout=30_000)
             assert fallback.get_attribute("href") == tab.url
             page.screenshot(path=str(ARTIFACTS / "fiftyone_open_in_explorer.png"))
+            no_overlapping_redraws(overlaps)
         finally:
             browser.close()
 
