@@ -158,6 +158,7 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
 
     monkeypatch.setenv("FIFTYONE_PLUGINS_DIR", str(ROOT / "plugins"))
     monkeypatch.delenv("CAM_EXPLORER_APP_WATCHED", raising=False)  # appwatch.WATCHED_ENV: not the explorer's App
+    monkeypatch.delenv("FIFTYONE_PLUGINS_CACHE_ENABLED", raising=False)  # FiftyOne's default, not launch_app's
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
     sample = grey_dataset.first()

@@ -365,6 +365,7 @@ def test_app_operator_browser_offers_compute_cams(dataset, monkeypatch):
     from mongod_support import free_port
 
     monkeypatch.delenv("FIFTYONE_PLUGINS_DIR")
+    monkeypatch.delenv(store.app.PLUGINS_CACHE_ENV, raising=False)
     explorer = "http://explorer.test:8600"
     monkeypatch.setenv(links.BASE_URL_ENV, explorer)  # inherited by the App's server
     port = free_port()
@@ -372,6 +373,8 @@ def test_app_operator_browser_offers_compute_cams(dataset, monkeypatch):
     try:
         store.launch_app(dataset, port=port)  # its server process inherits FIFTYONE_PLUGINS_DIR
         assert os.environ["FIFTYONE_PLUGINS_DIR"] == str(PLUGINS)
+        # and keeps our plugins loaded between operator requests (the journey below runs so)
+        assert _server_environment(port).get(store.app.PLUGINS_CACHE_ENV) == "true"
         # Playwright's sync API wants a thread without a running event loop.
         with ThreadPoolExecutor(1) as pool:
             grid, modal = (store.app_url(dataset.name, sid, port=port) for sid in (None, dataset.first().id))
@@ -379,6 +382,33 @@ def test_app_operator_browser_offers_compute_cams(dataset, monkeypatch):
     finally:
         store.close_app()
     assert len(dataset.exists(FIELD)) == 4
+
+
+def _server_environment(port: int) -> dict:
+    """The environment of the App's server process on `port` (started by this process)."""
+    import fiftyone.core.session.session as fo_session
+    import psutil
+
+    child = fo_session._server_services[port].child
+    return psutil.Process(child.pid).environ()
+
+
+@pytest.mark.parametrize("plugins_dir, preset, expected", [
+    ("ours", None, "true"),  # the explorer's own plugins folder: kept loaded
+    ("ours", "false", "false"),  # the user's own setting wins
+    ("own", None, None),  # a folder of the user's own, where they may edit a plugin: FiftyOne's way
+])
+def test_the_app_keeps_our_plugins_loaded_between_requests(monkeypatch, tmp_path, plugins_dir, preset, expected):
+    """launch_app switches FiftyOne's plugins cache on for the App's server (each open App page asks
+    sync_app every 2 s; without it every ask imports the plugins again) only where the plugins folder
+    is this repository's, and never over the user's own value."""
+    monkeypatch.setenv("FIFTYONE_PLUGINS_DIR", str(PLUGINS if plugins_dir == "ours" else tmp_path))
+    if preset is None:
+        monkeypatch.delenv(store.app.PLUGINS_CACHE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(store.app.PLUGINS_CACHE_ENV, preset)
+    store.app._cache_our_plugins()
+    assert os.environ.get(store.app.PLUGINS_CACHE_ENV) == expected
 
 
 def test_compute_cams_measures_switch_stores_the_measure_fields(dataset):
