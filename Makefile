@@ -78,8 +78,8 @@ test: setup chromium
 	if [ $$linted != 0 ]; then echo "make test: lint failed (exit $$linted)"; fi; \
 	[ $$tests = 0 ] && [ $$linted = 0 ]
 
-# chromium for screenshots, your own looks and the real FiftyOne App's journeys; chromium-headless-shell
-# (the same build without the browser's UI layers, ~a fifth less CPU) for the explorer's browser tests
+# chromium for screenshots and your own looks; chromium-headless-shell (the same build without the
+# browser's UI layers, ~a fifth less CPU) for the browser tests, the explorer's and the FiftyOne App's
 # (tests/browser_support.py).
 chromium:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromium-headless-shell ]; then \

@@ -12,11 +12,12 @@ import os
 HEADLESS_SHELL = "/usr/bin/chromium-headless-shell"
 FULL_CHROMIUM = "/usr/bin/chromium"
 CHROMIUM = HEADLESS_SHELL if os.access(HEADLESS_SHELL, os.X_OK) else FULL_CHROMIUM
-# The real FiftyOne App's journeys (test_app21_*, test_plugin, test_fiftyone_app) keep the full browser:
-# under a whole suite's load, one of six runs in the headless shell saw the App's grid keep a tile
-# without another process's pushed map for 90 s (test_app21_app); in chromium it was seen once since
-# (2026-12-06, with FiftyOne's plugin cache on, since held back), and not in the many runs before.
-APP_CHROMIUM = FULL_CHROMIUM
+# The real FiftyOne App's journeys (test_app21_*, test_plugin, test_fiftyone_app) ran in the full
+# browser for a while: under a whole suite's load the App's grid kept a tile without its map, once in
+# six runs in the headless shell and once in chromium. That was FiftyOne 1.22's looker dropping a
+# redraw (a DataCloneError), in either browser; the plugin mends it and every App journey fails on one
+# (fo_app_page.overlapping_redraws), so they share the lighter shell again.
+APP_CHROMIUM = CHROMIUM
 # Without the background-networking flags Chromium tries hosts this closed network refuses. Without
 # --font-render-hinting=none the headless shell rounds glyph advances to whole pixels (Streamlit's
 # Source Sans 16 px: 336 px where chromium draws 324.5), and the tests of names and titles that fit
