@@ -5,7 +5,8 @@ ask is an operator request, and FiftyOne 1.22 rebuilds every plugin's context fo
 FIFTYONE_PLUGINS_CACHE_ENABLED is on. Each case is a fresh process: a private mongod, a small
 dataset, the App launched as the explorer launches it (camcore.store.launch_app), one Chromium tab
 open on the dataset's grid; after the grid shows, the server's CPU (its process and children) is
-read over --seconds of doing nothing. Both cases run in this one run; ratio against the first.
+read over --seconds of doing nothing (and, before that, what the server's start and the tab's first
+load cost). Both cases run in this one run; ratio against the first.
 
     .venv/bin/python bench/app_idle.py --seconds 60 [--cases off,on]
 """
@@ -79,6 +80,7 @@ def _child(cache: str, seconds: float) -> dict:
                 page.locator("[data-cy=fo-grid] canvas").first.wait_for(timeout=120_000)
                 page.wait_for_timeout(10_000)  # the page's first checks and its plugin loads done
                 start, t0, n0, b0 = _server_cpu(server), time.monotonic(), len(asks), _browser_cpu()
+                opened, browser_opened = start, b0  # the server's start and its first page, the tab's load
                 page.wait_for_timeout(seconds * 1000)
                 cpu, wall, n = _server_cpu(server) - start, time.monotonic() - t0, len(asks) - n0
                 browser_cpu = _browser_cpu() - b0
@@ -86,7 +88,7 @@ def _child(cache: str, seconds: float) -> dict:
         finally:
             store.close_app()
         return {"cache": cache, "server_cpu_s": cpu, "wall_s": wall, "operator_requests": n,
-                "browser_cpu_s": browser_cpu}
+                "browser_cpu_s": browser_cpu, "opened_server_cpu_s": opened, "opened_browser_cpu_s": browser_opened}
     finally:
         if mongod is not None:
             mongod.terminate()
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"plugins cache {case:>3}: App server {got['server_cpu_s']:.2f} CPU-s over {got['wall_s']:.0f} s "
               f"idle ({got['operator_requests']} operator requests, "
               f"{1000 * got['server_cpu_s'] / max(got['operator_requests'], 1):.0f} ms each); "
-              f"the browser {got['browser_cpu_s']:.2f} CPU-s", flush=True)
+              f"the browser {got['browser_cpu_s']:.2f} CPU-s; before that, the server's start and first "
+              f"page {got['opened_server_cpu_s']:.2f} CPU-s, the tab's load {got['opened_browser_cpu_s']:.2f}",
+              flush=True)
     base = results[0][1]["server_cpu_s"]
     for case, got in results[1:]:
         print(f"  {case} vs {results[0][0]}: {got['server_cpu_s'] / max(base, 1e-6):.2f}x the server's CPU")
