@@ -22,11 +22,12 @@ def as_returning_user(target) -> None:
 def overlapping_redraws(page) -> list[str]:
     """What a page (or a browser context's pages) logs, from now on, when FiftyOne 1.22's looker
     posts a copy of a tile's sample whose maps it no longer holds ("DataCloneError: ... An ImageBitmap
-    is detached"): that load is dropped and the tile keeps no map (issue 21). Two causes, both
+    is detached"): that load is dropped and the tile keeps no map (issue 21). Three causes, all
     mended by the plugin (dist/index.umd.js, keepLoadsOnTheirOwnCopy): a redraw asked while a load
     was out posted the copy that load handed over (after compute_cams' ops and sync_app's after a
-    push, under load), and a looker the grid destroyed posted its closed maps. Every App journey
-    judges it (no_overlapping_redraws); redraw_race makes both happen on demand."""
+    push, under load), a load came while the App's label painting had the maps of the looker's own
+    copy, and a looker the grid destroyed posted its closed maps. Every App journey judges it
+    (no_overlapping_redraws); redraw_race makes all three happen on demand."""
     seen: list[str] = []
     page.on("console", lambda m: seen.append(m.text[:300]) if "DataCloneError" in m.text else None)
     return seen
@@ -55,8 +56,10 @@ _RECORD_LOOKERS = """
 # On one looker that draws a map: (1) a load that hands its copy's bitmaps to a worker (what an
 # options change starts) and its answer; (2) a redraw asked with the copy that load handed over
 # (what a second change asked while it was out leaves in the looker's 100-ms wait), which must load
-# again; (3) a redraw asked, then the looker destroyed before that wait ends (the grid replacing
-# it after reload_dataset). FiftyOne 1.22 alone logs a DataCloneError at (2) and (3) and drops (2).
+# again; (3) the App's label painting of the looker's own copy (what it runs on new fields and
+# colours) and a load while it is out, which must load once it is done; (4) a redraw asked, then
+# the looker destroyed before that wait ends (the grid replacing it after reload_dataset).
+# FiftyOne 1.22 alone logs a DataCloneError at (2), (3) and (4) and drops (2) and (3).
 _REDRAW_RACE = """
 async () => {
   const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
@@ -79,10 +82,26 @@ async () => {
   looker.updateSample(handed);
   for (let i = 0; i < 200 && looker.sample === answered; i++) await sleep(50);
   const redrawn = looker.sample !== answered;
+  // (3) the App's label painting takes the maps of the looker's own copy, and a load comes meanwhile
+  const fields = (looker.getSampleOverlays() || []).filter((o) => o.field && o.label && o.label.map).map((o) => o.field);
+  const unpainted = looker.sample;
+  looker.refreshSample(fields);  // its painting workers are idle: it posts now
+  looker.isSampleUpdating = true;
+  try {
+    looker.loadSample(unpainted, []);
+  } catch (error) {  // as the looker's own wait catches and logs it
+    looker.isSampleUpdating = false;
+    console.error(error);
+  }
+  for (let i = 0; i < 200 && looker.sample === unpainted; i++) await sleep(50);
+  const painted = looker.sample;
+  for (let i = 0; i < 200 && looker.sample === painted; i++) await sleep(50);
+  const loadedAfterPainting = looker.sample !== painted;
   looker.updateSample(looker.sample);
   looker.destroy();
   await sleep(600);
-  return { lookers: lookers.length, answered: answered !== handed, redrawn };
+  return { lookers: lookers.length, answered: answered !== handed, redrawn, painted: fields.length > 0 && painted !== unpainted,
+           loadedAfterPainting };
 }
 """
 

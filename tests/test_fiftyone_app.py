@@ -55,10 +55,13 @@ def _check_modal(url: str, sample_id: str, field: str) -> None:
             page.screenshot(path=str(ARTIFACTS / "fiftyone_app_modal.png"))
             no_overlapping_redraws(overlaps)
             # FiftyOne's looker races, made on demand: a redraw with a copy another load handed over
-            # loads again (the plugin posts the looker's own copy), and a destroyed looker's posts nothing
+            # loads again (the plugin posts the looker's own copy), a load while the App's label
+            # painting has the maps waits for them, and a destroyed looker's posts nothing
             race = redraw_race(page)
             assert race["lookers"] and race["answered"], f"no looker drew the map: {race}"
             assert race["redrawn"], f"a redraw asked during another load was dropped: {race}, {overlaps}"
+            assert race["painted"], f"the App's label painting gave the looker no new copy: {race}"
+            assert race["loadedAfterPainting"], f"a load during the App's label painting was dropped: {race}, {overlaps}"
             no_overlapping_redraws(overlaps)
         finally:
             browser.close()

@@ -362,9 +362,14 @@
   // posts a copy whose bitmaps are gone ("DataCloneError: ... An ImageBitmap is detached", from the
   // grid after compute_cams in the App and after a push, issue 21), drops that load, and the tile
   // keeps no map. Such a load posts the looker's own copy instead: the same sample, as the answer
-  // left it (a copy with nothing handed over, e.g. a sample read again, is posted as given). And a
-  // looker the grid destroyed during that wait (after reload_dataset it makes new ones; destroy
-  // closes the maps' bitmaps) posts nothing: its closed bitmaps failed the same way.
+  // left it (a copy with nothing handed over, e.g. a sample read again, is posted as given). Where
+  // the own copy's maps are out too (the App's label painting, which it runs beside loads on new
+  // fields and colours, took them and gives the looker a new copy when done), the load waits for
+  // that copy. And a looker the grid destroyed during that wait (after reload_dataset it makes new
+  // ones; destroy closes the maps' bitmaps) posts nothing: its closed bitmaps failed the same way.
+  var OUT_WAIT_MS = 100; // a redraw whose looker's maps are all out waits this long, then asks again
+  var OUT_WAITS = 50; // ... at most this many times (then it posts, as FiftyOne would)
+
   function keepLoadsOnTheirOwnCopy(fol) {
     var proto = fol && fol.AbstractLooker && fol.AbstractLooker.prototype;
     if (!proto || typeof proto.loadSample !== "function" || proto.loadSample.camExplorer) return;
@@ -382,6 +387,17 @@
         console.info("@cam-explorer/cam: a tile's redraw posts its looker's own copy of sample " + sampleId(own));
         sample = own;
       }
+      if (own && sample === own && handedOver(own, 0) && (this.camExplorerWaits || 0) < OUT_WAITS) {
+        // its own copy's maps are out too: with the App's label painting (new fields, new colours),
+        // which gives the looker a new copy when it is done. Redraw then.
+        console.info("@cam-explorer/cam: a tile's redraw waits for its maps (sample " + sampleId(own) + ")");
+        this.camExplorerWaits = (this.camExplorerWaits || 0) + 1;
+        this.isSampleUpdating = false;
+        var looker = this;
+        setTimeout(function () { looker.updateSample(looker.sample); }, OUT_WAIT_MS);
+        return;
+      }
+      this.camExplorerWaits = 0;
       return load.call(this, sample, transfer);
     };
     loadOwnCopy.camExplorer = true;
