@@ -65,8 +65,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if "server_forks" in sys.modules:  # the browser tests' streamlit servers were forked from it
-        sys.modules["server_forks"].close()
+    if "warm_processes" in sys.modules:  # the warm process the tests' servers and processes were forked from
+        sys.modules["warm_processes"].close()
     proc = _state.pop("mongod", None)
     if proc is not None:
         from mongod_support import stop_mongod
@@ -103,8 +103,8 @@ def full_disk(tmp_path):
 
 @pytest.fixture(scope="session")
 def fork_server(tmp_path_factory):
-    """Another process for a test, forked from one that imported FiftyOne, torch and camcore once per
-    test process (tests/warm_processes.py: each cold start costs 3-6 s of CPU)."""
+    """Another process for a test, forked from the test process's warm process, which imported
+    FiftyOne, torch and camcore once (tests/warm_processes.py: each cold start costs 4-10 s of CPU)."""
     from warm_processes import ForkServer
 
     server = ForkServer(tmp_path_factory.mktemp("forks"))
@@ -116,7 +116,8 @@ def fork_server(tmp_path_factory):
 # outlives its module (FiftyOne's execute_operator, in later modules, would take it for its own and
 # return a Task). The streamlit server is one per test process, shared by the browser modules that
 # run in it: each start imports Streamlit and the app and loads its models again (tests/server_forks.py
-# has torch, FiftyOne and grad-cam imported once: ~7 s of CPU more per cold start).
+# forks it from the warm process, which has torch, FiftyOne, grad-cam and camcore imported: ~9 s of CPU
+# more per cold start).
 
 
 @pytest.fixture(scope="session")
