@@ -39,7 +39,14 @@ KINDS = (  # first match wins: (kind, what its command line holds)
 )
 
 
-def kind_of(cmdline: str) -> str:
+# The tests' warm process (tests/warm_processes.py) and what it forks name themselves (/proc/PID/comm).
+NAMED = {"cam-warm": "the tests' warm processes (their imports)", "cam-streamlit": "streamlit servers",
+         "cam-run": "the tests' forked processes (jobs, pools)", "cam-pool": "the tests' forked processes (jobs, pools)"}
+
+
+def kind_of(cmdline: str, name: str = "") -> str:
+    if name in NAMED:
+        return NAMED[name]
     for kind, mark in KINDS:
         if mark in cmdline:
             return kind
@@ -76,8 +83,8 @@ class Sampler(threading.Thread):
     def kind(self, key: tuple[int, str]) -> str:
         if key not in self.kinds:
             try:
-                with open(f"/proc/{key[0]}/cmdline") as f:
-                    self.kinds[key] = kind_of(f.read().replace("\0", " "))
+                with open(f"/proc/{key[0]}/cmdline") as f, open(f"/proc/{key[0]}/comm") as comm:
+                    self.kinds[key] = kind_of(f.read().replace("\0", " "), comm.read().strip())
             except OSError:
                 self.kinds[key] = "(gone)"
         return self.kinds[key]
