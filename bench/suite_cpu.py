@@ -40,8 +40,9 @@ KINDS = (  # first match wins: (kind, what its command line holds)
 
 
 # The tests' warm process (tests/warm_processes.py) and what it forks name themselves (/proc/PID/comm).
+FORKED = "the tests' forked processes (jobs, pools)"
 NAMED = {"cam-warm": "the tests' warm processes (their imports)", "cam-streamlit": "streamlit servers",
-         "cam-run": "the tests' forked processes (jobs, pools)", "cam-pool": "the tests' forked processes (jobs, pools)"}
+         "cam-run": FORKED, "cam-pool": FORKED}
 
 
 def kind_of(cmdline: str, name: str = "") -> str:
