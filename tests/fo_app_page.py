@@ -8,6 +8,9 @@ the tests start each browser as a user who has.
 """
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 # the App's own key (fiftyone/server/static/assets/index.module-*.js: `fiftyone-enterprise-tooltip-seen`)
 PROMO_SEEN_KEY = "fiftyone-enterprise-tooltip-seen"
 PROMO_TITLE = "Accelerate your workflow"  # the popover's heading
@@ -28,13 +31,19 @@ def overlapping_redraws(page) -> list[str]:
     push, under load), a load came while the App's label painting had the maps of the looker's own
     copy, and a looker the grid destroyed posted its closed maps. Every App journey judges it
     (no_overlapping_redraws); redraw_race makes all three happen on demand."""
-    seen: list[str] = []
-    page.on("console", lambda m: seen.append(m.text[:300]) if "DataCloneError" in m.text else None)
+    seen: list[str] = []  # ... and the plugin's notes on the redraws it kept or dropped, to say what came before
+    page.on("console", lambda m: seen.append(m.text[:300]) if "DataCloneError" in m.text or _NOTE in m.text else None)
     return seen
 
 
+_NOTE = "@cam-explorer/cam: a "  # the plugin's redraw notes: "a tile's redraw waits ...", "a destroyed tile's ..."
+
+
 def no_overlapping_redraws(seen: list[str]) -> None:
-    assert not seen, f"the App's looker posted a sample copy without its maps (its tile may keep none): {seen[:3]}"
+    errors = [text for text in seen if "DataCloneError" in text]
+    notes = Counter(re.sub(r" \(sample .*", "", text) for text in seen if text.startswith(_NOTE))
+    assert not errors, (f"the App's looker posted a sample copy without its maps (its tile may keep none): "
+                        f"{errors[:3]}; the plugin's redraw notes: {dict(notes)}")
 
 
 # Records each looker the App makes (at its first load) for redraw_race. The App sets its looker

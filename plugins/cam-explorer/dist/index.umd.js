@@ -368,7 +368,10 @@
   // that copy. And a looker the grid destroyed during that wait (after reload_dataset it makes new
   // ones; destroy closes the maps' bitmaps) posts nothing: its closed bitmaps failed the same way.
   var OUT_WAIT_MS = 100; // a redraw whose looker's maps are all out waits this long, then asks again
-  var OUT_WAITS = 50; // ... at most this many times (then it posts, as FiftyOne would)
+  // ... at most this many times (60 s: a whole test suite's load kept a painting out for more than
+  // the 5 s this was), then the redraw is dropped: a copy whose maps are out cannot be posted (the
+  // worker refuses it: DataCloneError), and the painting's new copy redraws the tile when it comes
+  var OUT_WAITS = 600;
 
   function keepLoadsOnTheirOwnCopy(fol) {
     var proto = fol && fol.AbstractLooker && fol.AbstractLooker.prototype;
@@ -387,9 +390,15 @@
         console.info("@cam-explorer/cam: a tile's redraw posts its looker's own copy of sample " + sampleId(own));
         sample = own;
       }
-      if (own && sample === own && handedOver(own, 0) && (this.camExplorerWaits || 0) < OUT_WAITS) {
+      if (own && sample === own && handedOver(own, 0)) {
         // its own copy's maps are out too: with the App's label painting (new fields, new colours),
         // which gives the looker a new copy when it is done. Redraw then.
+        if ((this.camExplorerWaits || 0) >= OUT_WAITS) {
+          console.info("@cam-explorer/cam: a tile's redraw is dropped, its maps still out (sample " + sampleId(own) + ")");
+          this.camExplorerWaits = 0;
+          this.isSampleUpdating = false;
+          return;
+        }
         console.info("@cam-explorer/cam: a tile's redraw waits for its maps (sample " + sampleId(own) + ")");
         this.camExplorerWaits = (this.camExplorerWaits || 0) + 1;
         this.isSampleUpdating = false;
