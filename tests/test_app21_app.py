@@ -208,6 +208,8 @@ def _pushed_elsewhere(page, session, forks: ForkServer, dataset: str, sample_id:
     (its CAM group, the pushed field's label)."""
     from playwright.sync_api import expect
 
+    notes: list[str] = []  # what the page logs meanwhile (the plugin's notes, errors): said if the group fails
+    page.on("console", lambda m: notes.append(m.text[:200]) if "@cam-explorer" in m.text or m.type == "error" else None)
     push_from_another_process(forks, "--dataset", dataset, "--sample", sample_id, "--method", "eigencam",
                               "--target", PUSHED_CLASS)
     _until_the_session_holds(session, PUSHED)
@@ -221,7 +223,8 @@ def _pushed_elsewhere(page, session, forks: ForkServer, dataset: str, sample_id:
         out["pushed_group"] = _below(page, label, _group(page))
         out["pushed_label"] = label.evaluate(_LABEL)
     except AssertionError as exc:
-        out["pushed_group"] = f"no CAM group on the page never reloaded: {str(exc).splitlines()[0]}"
+        out["pushed_group"] = (f"no CAM group on the page never reloaded: {str(exc).splitlines()[0]} "
+                               f"({out['held_syncs']} checks held; the page logged: {notes[-12:]})")
     page.screenshot(path=str(ARTIFACTS / "app21_pushed_elsewhere_grid.png"))
     page.goto(store.app_url(dataset, sample_id, port=port))
     modal = page.locator("#modal")

@@ -101,6 +101,7 @@
         }
         ctx.state.set(fos.sidebarGroupsDefinition(modal), withUnlisted(groups, now || []));
       }
+      console.info("@cam-explorer/cam: the sidebar groups set: " + groups.map(function (g) { return g.name; }).join(", "));
     }
   }
 
