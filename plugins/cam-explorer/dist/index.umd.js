@@ -400,7 +400,9 @@
           this.isSampleUpdating = false;
           return;
         }
-        console.info("@cam-explorer/cam: a tile's redraw waits for its maps (sample " + sampleId(own) + ")");
+        if (!this.camExplorerWaits) { // once per wait, not at each of its 100-ms asks
+          console.info("@cam-explorer/cam: a tile's redraw waits for its maps (sample " + sampleId(own) + ")");
+        }
         this.camExplorerWaits = (this.camExplorerWaits || 0) + 1;
         this.isSampleUpdating = false;
         var looker = this;
