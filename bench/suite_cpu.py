@@ -9,6 +9,11 @@ equally fast every day: compare whole runs at the same probe).
 
     .venv/bin/python bench/suite_cpu.py               # time make test, by kind
     .venv/bin/python bench/suite_cpu.py -- .venv/bin/python -m pytest -q tests/test_browser_explore.py
+
+When the command ran the tests, it then also prints the test files that cost the most CPU, all of it:
+each process is counted to the xdist worker it descends from (the browser, the servers and jobs a
+test started), and a worker's CPU at a time to the test that worker ran then (tests/conftest.py's
+timeline, test-artifacts/timeline/).
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ import time
 from collections import Counter
 
 from machine_probe import line, probe
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from timeline import TIMELINE, read_runs  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 KINDS = (  # first match wins: (kind, what its command line holds)
@@ -67,6 +75,29 @@ def _procs() -> dict[tuple[int, str], int]:
     return out
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _xdist_worker(pid: int, workers: dict[int, str]) -> str:
+    """The xdist worker (gw0, ...; `workers` by pid) that `pid` descends from, or "" (the
+    controller, Ray's daemons, lint)."""
+    while pid > 1:
+        if pid in workers:
+            return workers[pid]
+        try:
+            pid = _parent(pid)
+        except (OSError, ValueError, IndexError):
+            return ""
+    return ""
+
+
+def _worker_pids() -> dict[int, str]:
+    """The xdist workers of the tests now running, by pid (tests/conftest.py writes them)."""
+    return {int(path.read_text()): path.stem for path in TIMELINE.glob("*.pid") if path.read_text().isdigit()}
+
+
 def _busy() -> tuple[int, int]:
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:9]]
@@ -78,6 +109,9 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.by_kind: Counter = Counter()
         self.kinds: dict[tuple[int, str], str] = {}
+        self.workers: dict[tuple[int, str], str] = {}
+        self.worker_pids: dict[int, str] = {}
+        self.spent: list[tuple[float, str, str, float]] = []  # (when, xdist worker, kind, CPU-s)
         self.last = _procs()  # what ran before: not counted
         self.done = threading.Event()
 
@@ -90,12 +124,20 @@ class Sampler(threading.Thread):
                 self.kinds[key] = "(gone)"
         return self.kinds[key]
 
+    def worker(self, key: tuple[int, str]) -> str:
+        if not self.workers.get(key):  # none found is asked again: its worker may not have said yet
+            if self.kind(key) == "pytest workers" and key[0] not in self.worker_pids:
+                self.worker_pids = _worker_pids()
+            self.workers[key] = _xdist_worker(key[0], self.worker_pids)
+        return self.workers[key]
+
     def sample(self) -> None:
-        now = _procs()
+        now, when = _procs(), time.time()
         for key, ticks in now.items():
             used = ticks - self.last.get(key, 0)
             if used and key[0] != os.getpid():
                 self.by_kind[self.kind(key)] += used / HZ
+                self.spent.append((when - 1.0, self.worker(key), self.kind(key), used / HZ))
         self.last = now
 
     def run(self) -> None:
@@ -123,7 +165,27 @@ def main(argv: list[str]) -> int:
     for kind, cpu in sampler.by_kind.most_common():
         if cpu >= 0.5:
             print(f"{cpu:8.1f}  {kind}")
+    print_by_test_file(sampler.spent)
     return code
+
+
+def print_by_test_file(spent: list[tuple[float, str, str, float]], top: int = 30) -> None:
+    """Each test file's CPU, all of it: its worker's and that worker's children's while it ran."""
+    if not TIMELINE.is_dir():
+        return
+    runs: dict[str, list] = {}
+    for run in read_runs():
+        runs.setdefault(run.worker, []).append(run)
+    by_file: dict[str, Counter] = {}
+    for when, worker, kind, cpu in spent:
+        test = next((r.file for r in runs.get(worker, ()) if r.start <= when <= r.end), None)
+        name = test or (f"{worker}: between tests" if worker else "no worker's (Ray's daemons, the controller, lint)")
+        by_file.setdefault(name, Counter())[kind] += cpu
+    counted = sum(sum(c.values()) for c in by_file.values())
+    print(f"\n== the {top} test files that cost the most CPU ({counted:.0f} CPU-s counted), with their top kinds:")
+    for name, kinds in sorted(by_file.items(), key=lambda item: -sum(item[1].values()))[:top]:
+        parts = ", ".join(f"{kind} {cpu:.0f}" for kind, cpu in kinds.most_common(3))
+        print(f"{sum(kinds.values()):8.1f}  {name}  ({parts})")
 
 
 if __name__ == "__main__":
