@@ -81,8 +81,8 @@ def _parent(pid: int) -> int:
 
 
 def _xdist_worker(pid: int, workers: dict[int, str]) -> str:
-    """The xdist worker (gw0, ...; `workers` by pid) that `pid` descends from, or "" (the
-    controller, Ray's daemons, lint)."""
+    """The test process (gw0, ..., or main without xdist; `workers` by pid) that `pid` descends
+    from, or "" (the xdist controller, Ray's daemons, lint)."""
     while pid > 1:
         if pid in workers:
             return workers[pid]
@@ -94,7 +94,7 @@ def _xdist_worker(pid: int, workers: dict[int, str]) -> str:
 
 
 def _worker_pids() -> dict[int, str]:
-    """The xdist workers of the tests now running, by pid (tests/conftest.py writes them)."""
+    """The processes now running the tests, by pid (tests/conftest.py writes them)."""
     return {int(path.read_text()): path.stem for path in TIMELINE.glob("*.pid") if path.read_text().isdigit()}
 
 
@@ -126,13 +126,11 @@ class Sampler(threading.Thread):
 
     def worker(self, key: tuple[int, str]) -> str:
         if not self.workers.get(key):  # none found is asked again: its worker may not have said yet
-            if self.kind(key) == "pytest workers" and key[0] not in self.worker_pids:
-                self.worker_pids = _worker_pids()
             self.workers[key] = _xdist_worker(key[0], self.worker_pids)
         return self.workers[key]
 
     def sample(self) -> None:
-        now, when = _procs(), time.time()
+        now, when, self.worker_pids = _procs(), time.time(), _worker_pids()
         for key, ticks in now.items():
             used = ticks - self.last.get(key, 0)
             if used and key[0] != os.getpid():

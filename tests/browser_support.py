@@ -24,3 +24,5 @@ APP_CHROMIUM = CHROMIUM
 # would measure text wider than a user's browser draws it; with it, both measure the same.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--font-render-hinting=none"]
+# More flags from the environment, to measure what a flag costs or saves (bench/suite_cpu.py).
+CHROMIUM_ARGS += os.environ.get("CAM_TEST_CHROMIUM_ARGS", "").split()

@@ -55,9 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ.setdefault(name, "1")
     if worker is None:
         shutil.rmtree(TIMELINE, ignore_errors=True)  # this run's timeline only
-    else:  # which process is which worker (bench/suite_cpu.py counts CPU to the tests by it)
+    if worker is not None or not getattr(config.option, "numprocesses", None):
+        # Which process runs the tests, by the timeline's name (bench/suite_cpu.py counts CPU to them).
         TIMELINE.mkdir(parents=True, exist_ok=True)
-        (TIMELINE / f"{worker}.pid").write_text(str(os.getpid()))
+        (TIMELINE / f"{worker or 'main'}.pid").write_text(str(os.getpid()))
     if worker is None and getattr(config.option, "numprocesses", None):
         return  # the xdist controller runs no test: each worker starts its own database below
     if os.environ.get("FIFTYONE_DATABASE_URI"):
