@@ -177,7 +177,10 @@ def print_by_test_file(spent: list[tuple[float, str, str, float]], top: int = 30
     by_file: dict[str, Counter] = {}
     for when, worker, kind, cpu in spent:
         test = next((r.file for r in runs.get(worker, ()) if r.start <= when <= r.end), None)
-        name = test or (f"{worker}: between tests" if worker else "no worker's (Ray's daemons, the controller, lint)")
+        if kind == "Ray":  # the first worker starts it at collection; it runs beside the other tests
+            name = "tests/test_distributed.py's Ray scenario (beside the tests)"
+        else:
+            name = test or (f"{worker}: between tests" if worker else "no worker's (the controller, lint)")
         by_file.setdefault(name, Counter())[kind] += cpu
     counted = sum(sum(c.values()) for c in by_file.values())
     print(f"\n== the {top} test files that cost the most CPU ({counted:.0f} CPU-s counted), with their top kinds:")
