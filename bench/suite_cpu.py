@@ -27,7 +27,7 @@ from collections import Counter
 from machine_probe import line, probe
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from timeline import TIMELINE, read_runs  # noqa: E402
+from timeline import TIMELINE, Run, read_runs  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 KINDS = (  # first match wins: (kind, what its command line holds)
@@ -167,27 +167,35 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def print_by_test_file(spent: list[tuple[float, str, str, float]], top: int = 30) -> None:
-    """Each test file's CPU, all of it: its worker's and that worker's children's while it ran."""
-    if not TIMELINE.is_dir():
-        return
-    runs: dict[str, list] = {}
-    for run in read_runs():
-        runs.setdefault(run.worker, []).append(run)
+RAY_SCENARIO = "tests/test_distributed.py's Ray scenario (beside the tests)"
+
+
+def cpu_by_test_file(spent: list[tuple[float, str, str, float]], runs: list[Run]) -> dict[str, Counter]:
+    """Each (when, test process, kind, CPU-s) counted to the test file that process ran then."""
+    by_worker: dict[str, list[Run]] = {}
+    for run in runs:
+        by_worker.setdefault(run.worker, []).append(run)
     by_file: dict[str, Counter] = {}
     for when, worker, kind, cpu in spent:
-        test = next((r.file for r in runs.get(worker, ()) if r.start <= when <= r.end), None)
+        test = next((r.file for r in by_worker.get(worker, ()) if r.start <= when <= r.end), None)
         if kind == "Ray":  # the first worker starts it at collection; it runs beside the other tests
-            name = "tests/test_distributed.py's Ray scenario (beside the tests)"
+            name = RAY_SCENARIO
         else:
-            name = test or (f"{worker}: between tests" if worker else "no worker's (the controller, lint)")
+            name = test or (f"{worker}: between tests" if worker else "no test process's (the controller, lint)")
         by_file.setdefault(name, Counter())[kind] += cpu
+    return by_file
+
+
+def print_by_test_file(spent: list[tuple[float, str, str, float]], top: int = 30) -> None:
+    """Each test file's CPU, all of it: its test process's and that process's children's while it ran."""
+    if not TIMELINE.is_dir():
+        return
+    by_file = cpu_by_test_file(spent, read_runs())
     counted = sum(sum(c.values()) for c in by_file.values())
     print(f"\n== the {top} test files that cost the most CPU ({counted:.0f} CPU-s counted), with their top kinds:")
     for name, kinds in sorted(by_file.items(), key=lambda item: -sum(item[1].values()))[:top]:
         parts = ", ".join(f"{kind} {cpu:.0f}" for kind, cpu in kinds.most_common(3))
         print(f"{sum(kinds.values()):8.1f}  {name}  ({parts})")
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

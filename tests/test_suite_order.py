@@ -3,10 +3,12 @@ item 7): a long file handed out last runs alone at the end while the other worke
 an ONE_AT_A_TIME group never run beside one another (their browser waits ran out when they met)."""
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import LAST, LONG_FIRST, ONE_AT_A_TIME
@@ -72,3 +74,34 @@ def test_files_of_a_group_run_one_after_another(tmp_path):
     _pytest(tmp_path, _make_test_options(workers=2))
     (a0, a1), (b0, b1) = ([float(t) for t in (tmp_path / f"{n}.span").read_text().split()] for n in group)
     assert a1 <= b0 or b1 <= a0, f"{group} ran at the same time: {a0:.1f}-{a1:.1f} and {b0:.1f}-{b1:.1f}"
+
+
+def test_suite_cpu_counts_a_processs_cpu_to_the_test_file_its_test_process_ran_then():
+    """bench/suite_cpu.py: a browser or server a test started is counted to that test's file, by
+    the test process it descends from (a real child here) and the time its CPU was spent."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import suite_cpu
+    from timeline import Run
+
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])  # a grandchild too, as Chromium's are
+    try:
+        deadline = time.monotonic() + 10
+        while not (grandchildren := [int(p) for p in subprocess.run(
+                ["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()]):
+            assert time.monotonic() < deadline, "no grandchild started"
+            time.sleep(0.05)
+        assert suite_cpu._xdist_worker(grandchildren[0], {os.getpid(): "gw1"}) == "gw1"
+        assert suite_cpu._xdist_worker(grandchildren[0], {child.pid + 10**6: "gw1"}) == ""
+    finally:
+        child.kill()
+        child.wait()
+
+    runs = [Run("gw0", 10.0, 20.0, "ok", 0, 0, "tests/test_a.py::x"),
+            Run("gw0", 20.5, 30.0, "ok", 0, 0, "tests/test_b.py::y"),
+            Run("gw1", 10.0, 30.0, "ok", 0, 0, "tests/test_c.py::z")]
+    spent = [(15.0, "gw0", "chromium", 2.0), (15.0, "gw1", "chromium", 1.0), (25.0, "gw0", "streamlit servers", 3.0),
+             (20.2, "gw0", "pytest workers", 0.5), (25.0, "gw0", "Ray", 4.0), (25.0, "", "mypy", 5.0)]
+    by_file = suite_cpu.cpu_by_test_file(spent, runs)
+    assert by_file == {"tests/test_a.py": {"chromium": 2.0}, "tests/test_c.py": {"chromium": 1.0},
+                       "tests/test_b.py": {"streamlit servers": 3.0}, "gw0: between tests": {"pytest workers": 0.5},
+                       suite_cpu.RAY_SCENARIO: {"Ray": 4.0}, "no test process's (the controller, lint)": {"mypy": 5.0}}
