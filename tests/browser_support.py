@@ -26,3 +26,34 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--font-render-hinting=none"]
 # More flags from the environment, to measure what a flag costs or saves (bench/suite_cpu.py).
 CHROMIUM_ARGS += os.environ.get("CAM_TEST_CHROMIUM_ARGS", "").split()
+
+# The explorer's pages hold still in the tests: every CSS animation runs one 0.01-ms cycle and every
+# transition ends at once (the usual reduced-motion rule; their end events still fire, so dialogs and
+# expanders open and close as they do for a user). Why: a page whose script runs shows Streamlit's
+# spinner and running indicator, animated at 60 frames a second: 1.7 CPU-s of Chromium per 15 s of
+# waiting, 0.55 with this (bench/RESULTS.md, 2026-12-06), and the journeys wait on running pages for
+# minutes under the suite's load. Nothing a test checks moves: no page of ours animates anything.
+STILL_CSS = ("*, *::before, *::after { animation-duration: 0.01ms !important; "
+             "animation-iteration-count: 1 !important; transition-duration: 0.01ms !important; "
+             "transition-delay: 0s !important; animation-delay: 0s !important; }")
+STILL_SCRIPT = f"""(() => {{
+  const add = () => {{
+    const style = document.createElement("style");
+    style.textContent = {STILL_CSS!r};
+    (document.head || document.documentElement).appendChild(style);
+  }};
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", add); else add();
+}})();"""
+
+
+def hold_still(browser):
+    """`browser`, whose new contexts' pages hold still (STILL_CSS)."""
+    new_context = browser.new_context
+
+    def still_context(**options):
+        context = new_context(**options)
+        context.add_init_script(STILL_SCRIPT)
+        return context
+
+    browser.new_context = still_context
+    return browser

@@ -155,13 +155,14 @@ def server(request, _servers):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium through Playwright (no browser download), for one test module."""
+    """Debian's Chromium through Playwright (no browser download), for one test module; its pages
+    hold still (browser_support.STILL_CSS)."""
+    from browser_support import CHROMIUM, CHROMIUM_ARGS, hold_still
     from playwright.sync_api import sync_playwright
-    from browser_support import CHROMIUM, CHROMIUM_ARGS
 
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
+        yield hold_still(b)
         b.close()
 
 
