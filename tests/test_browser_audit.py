@@ -189,3 +189,24 @@ def _fits(chart) -> None:
                              chart.locator(".ytitle").bounding_box())
     assert title["x"] + title["width"] <= whole["x"] + whole["width"], (title, whole)
     assert y_title["y"] >= title["y"] + title["height"], (y_title, title)
+
+
+def test_the_tests_pages_hold_still(browser: Browser):
+    """browser_support.STILL_CSS reaches the pages of the tests' browser: an endless spinner runs one
+    0.01-ms cycle and a transition ends at once (an animating page cost Chromium 3x the CPU)."""
+    import urllib.parse
+
+    html = ("<style>@keyframes turn { to { transform: rotate(1turn) } } "
+            ".spinner { animation: turn 1s linear infinite; transition: opacity 2s }</style>"
+            "<div class=spinner>working</div>")
+    context = browser.new_context(viewport=SMALL)
+    try:
+        page = context.new_page()
+        page.goto("data:text/html," + urllib.parse.quote(html))
+        duration, count, transition = page.locator(".spinner").evaluate(
+            "e => { const s = getComputedStyle(e); "
+            "return [s.animationDuration, s.animationIterationCount, s.transitionDuration]; }")
+        assert float(duration.rstrip("s")) < 1e-3 and count == "1" and float(transition.rstrip("s")) < 1e-3, (
+            duration, count, transition)
+    finally:
+        context.close()
