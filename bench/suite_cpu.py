@@ -11,9 +11,10 @@ equally fast every day: compare whole runs at the same probe).
     .venv/bin/python bench/suite_cpu.py -- .venv/bin/python -m pytest -q tests/test_browser_explore.py
 
 When the command ran the tests, it then also prints the test files that cost the most CPU, all of it:
-each process is counted to the xdist worker it descends from (the browser, the servers and jobs a
-test started), and a worker's CPU at a time to the test that worker ran then (tests/conftest.py's
-timeline, test-artifacts/timeline/).
+each process is counted to the test process (xdist worker) it descends from (the browser, the
+servers and jobs a test started), and that CPU at a time to the test file that process ran then
+(tests/conftest.py's timeline, test-artifacts/timeline/); the Ray scenario, run beside the tests,
+has a line of its own.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def _parent(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
-def _xdist_worker(pid: int, workers: dict[int, str]) -> str:
+def _test_process_of(pid: int, workers: dict[int, str]) -> str:
     """The test process (gw0, ..., or main without xdist; `workers` by pid) that `pid` descends
     from, or "" (the xdist controller, Ray's daemons, lint)."""
     while pid > 1:
@@ -111,7 +112,7 @@ class Sampler(threading.Thread):
         self.kinds: dict[tuple[int, str], str] = {}
         self.workers: dict[tuple[int, str], str] = {}
         self.worker_pids: dict[int, str] = {}
-        self.spent: list[tuple[float, str, str, float]] = []  # (when, xdist worker, kind, CPU-s)
+        self.spent: list[tuple[float, str, str, float]] = []  # (when, test process, kind, CPU-s)
         self.last = _procs()  # what ran before: not counted
         self.done = threading.Event()
 
@@ -126,7 +127,7 @@ class Sampler(threading.Thread):
 
     def worker(self, key: tuple[int, str]) -> str:
         if not self.workers.get(key):  # none found is asked again: its worker may not have said yet
-            self.workers[key] = _xdist_worker(key[0], self.worker_pids)
+            self.workers[key] = _test_process_of(key[0], self.worker_pids)
         return self.workers[key]
 
     def sample(self) -> None:
@@ -196,6 +197,7 @@ def print_by_test_file(spent: list[tuple[float, str, str, float]], top: int = 30
     for name, kinds in sorted(by_file.items(), key=lambda item: -sum(item[1].values()))[:top]:
         parts = ", ".join(f"{kind} {cpu:.0f}" for kind, cpu in kinds.most_common(3))
         print(f"{sum(kinds.values()):8.1f}  {name}  ({parts})")
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -90,8 +90,8 @@ def test_suite_cpu_counts_a_processs_cpu_to_the_test_file_its_test_process_ran_t
                 ["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()]):
             assert time.monotonic() < deadline, "no grandchild started"
             time.sleep(0.05)
-        assert suite_cpu._xdist_worker(grandchildren[0], {os.getpid(): "gw1"}) == "gw1"
-        assert suite_cpu._xdist_worker(grandchildren[0], {child.pid + 10**6: "gw1"}) == ""
+        assert suite_cpu._test_process_of(grandchildren[0], {os.getpid(): "gw1"}) == "gw1"
+        assert suite_cpu._test_process_of(grandchildren[0], {child.pid + 10**6: "gw1"}) == ""
     finally:
         child.kill()
         child.wait()
