@@ -96,7 +96,8 @@ def _test_process_of(pid: int, workers: dict[int, str]) -> str:
 
 def _worker_pids() -> dict[int, str]:
     """The processes now running the tests, by pid (tests/conftest.py writes them)."""
-    return {int(path.read_text()): path.stem for path in TIMELINE.glob("*.pid") if path.read_text().isdigit()}
+    pids = {path.stem: path.read_text() for path in TIMELINE.glob("*.pid")}
+    return {int(pid): name for name, pid in pids.items() if pid.isdigit()}  # one still being written: skipped
 
 
 def _busy() -> tuple[int, int]:
