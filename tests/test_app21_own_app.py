@@ -49,7 +49,7 @@ from test_app21_app import (  # noqa: F401 (grey_dataset is a fixture)
 
 from camcore import store
 from camcore.store import measures as measure_store
-from camcore.store.app import _start_server as start_app_server
+from camcore.store.app_server import start_server as start_app_server
 from camcore.store.appstyle import MEASURE_GROUP, SIDEBAR_GROUP
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -163,8 +163,8 @@ def test_an_app_the_explorer_did_not_launch_draws_another_processs_push_in_its_s
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
     sample = grey_dataset.first()
-    # FiftyOne's own server, started with the test's environment; waited for as launch_app waits:
-    # FiftyOne's fixed 60 s ran out under a whole suite's load (2026-12-06, ServiceListenTimeout).
+    # FiftyOne's App server, started with the test's environment as launch_app starts it (its wait:
+    # FiftyOne's fixed 60 s ran out under a whole suite's load, 2026-12-06, ServiceListenTimeout).
     start_app_server(port)
     session = fo.launch_app(grey_dataset, port=port, address="localhost", remote=True, auto=False)
 

@@ -18,7 +18,7 @@ from mongod_support import free_port
 
 from camcore import store
 from camcore.errors import StoreError
-from camcore.store import app as store_app
+from camcore.store import app_server
 
 pytestmark = [pytest.mark.slow]
 FIFTYONE_WAIT_S = 3  # FiftyOne's own wait for its server to listen (60 s), scaled down
@@ -65,7 +65,7 @@ def test_an_app_server_slower_than_fiftyones_wait_still_starts(slow_server):
 
 
 def test_a_server_that_never_listens_is_a_clear_error_and_leaves_nothing(slow_server, monkeypatch):
-    monkeypatch.setattr(store_app, "START_SECONDS", 2.0)
+    monkeypatch.setattr(app_server, "START_SECONDS", 2.0)
     before = _service_pids()
     with pytest.raises(StoreError, match="did not start listening on port .* in 2 s"):
         store.launch_app(slow_server, port=free_port())
@@ -74,3 +74,35 @@ def test_a_server_that_never_listens_is_a_clear_error_and_leaves_nothing(slow_se
         time.sleep(0.2)
     assert not _service_pids() - before, "a half-started App server was left running"
     assert store.app_session() is None
+
+
+def _mapped_files(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6}
+
+
+def test_the_servers_supervisor_loads_no_fiftyone_library_and_still_ends_the_server(tmp_path):
+    """FiftyOne's supervisor script (it ends the server when its parent goes) imported the whole
+    library first: 2-3.5 s of CPU per App start (camcore.store.app_server). Ours runs the same
+    script with ipc.py alone: numpy (which fiftyone imports first) is not in its memory, the server
+    it started serves, and closing the App ends both."""
+    dataset = fo.Dataset(unique_name("launch-light"))
+    dataset.add_sample(fo.Sample(filepath=str(CHELSEA)))
+    port = free_port()
+    before = _service_pids()
+    try:
+        store.launch_app(dataset, port=port)
+        supervisors = [psutil.Process(pid) for pid in _service_pids() - before]
+        assert len(supervisors) == 1, supervisors
+        supervisor = supervisors[0]
+        assert app_server.SUPERVISOR_SCRIPT in supervisor.cmdline()
+        assert not [f for f in _mapped_files(supervisor.pid) if "/numpy/" in f], "the supervisor imported FiftyOne"
+        server = supervisor.children()
+        assert [p.cmdline()[1:3] for p in server] == [["main.py", "--port"]]
+        with urllib.request.urlopen(f"http://localhost:{port}/fiftyone", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        store.close_app()
+        dataset.delete()
+    gone, alive = psutil.wait_procs([supervisor, *server], timeout=30)
+    assert not alive, f"left running after the App closed: {alive}"

@@ -14,6 +14,7 @@
   them back;
 - :mod:`~camcore.store.findings`: findings on samples;
 - :mod:`~camcore.store.app`: the FiftyOne App's URL and the one App session this process serves;
+- :mod:`~camcore.store.app_server`: the App's server process (a patient wait, a light supervisor);
 - :mod:`~camcore.store.runs`: a dataset's queued (delegated) compute_cams runs, as App pages are told of them.
 
 Never imports streamlit.

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
-import fiftyone.core.service as fo_service
-import fiftyone.core.session.session as fo_session
 
 from camcore.errors import StoreError
 from camcore.links import BASE_URL_ENV
+from camcore.store.app_server import start_server
 from camcore.store.appwatch import WATCHED_ENV, SchemeWatch, saved_scheme, sync_scheme
 from camcore.store.datasets import LOCK, db_errors
 
@@ -25,7 +24,6 @@ _PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"  # the repo's plu
 PLUGINS_CACHE_ENV = "FIFTYONE_PLUGINS_CACHE_ENABLED"
 
 CONNECT_SECONDS = 120.0  # how long launch_app waits for its session to be connected to the App server
-START_SECONDS = 180.0  # how long launch_app waits for the App's server to listen (FiftyOne's own: 60 s)
 _SESSION: Any = None  # the one FiftyOne App session this process serves
 _WATCH: SchemeWatch | None = None  # keeps that session on its dataset's saved colour scheme
 
@@ -70,7 +68,7 @@ def launch_app(
         # keeps its scheme: the plugin's page check then leaves the colours to it.
         os.environ[WATCHED_ENV] = "1"
         try:
-            _start_server(port)
+            start_server(port)
             _SESSION = fo.launch_app(
                 dataset, port=port, address="localhost", remote=True, auto=False, sample_id=sample_id
             )
@@ -99,37 +97,6 @@ def _cache_our_plugins() -> None:
     ours = Path(os.environ.get("FIFTYONE_PLUGINS_DIR", "")).resolve() == _PLUGINS_DIR
     if ours:
         os.environ.setdefault(PLUGINS_CACHE_ENV, "true")
-
-
-class _PatientServerService(fo_service.ServerService):
-    """FiftyOne's App server service, waiting START_SECONDS for the server to listen.
-
-    Why: fo.launch_app waits a fixed 60 s and then fails with "ServerService failed to bind to
-    port"; on a loaded machine (load 17-20 on 2 cores) the server's start took longer."""
-
-    def _wait_for_child_port(self, port: int | None = None, timeout: float | None = None) -> int:
-        return super()._wait_for_child_port(port=port, timeout=START_SECONDS)
-
-    def start(self) -> None:
-        try:
-            super().start()
-        except fo_service.ServiceListenTimeout:
-            self.stop()  # no half-started server left behind (the service ends its child)
-            raise
-
-
-def _start_server(port: int) -> None:
-    """Start the App's server on `port` unless this process has one there; fo.launch_app then
-    finds it in FiftyOne's table of servers (as its own start would have left it) and uses it,
-    and closing the session stops it, as FiftyOne's own."""
-    services = fo_session._server_services
-    if port in services:
-        return
-    try:
-        services[port] = _PatientServerService(port, address="localhost", do_not_track=fo.config.do_not_track)
-    except fo_service.ServiceListenTimeout as exc:
-        raise StoreError(f"the FiftyOne App's server did not start listening on port {port} "
-                         f"in {START_SECONDS:.0f} s") from exc
 
 
 def _wait_connected(session: Any, timeout: float = CONNECT_SECONDS) -> None:

@@ -1,0 +1,81 @@
+"""What one start of the FiftyOne App's server costs: FiftyOne's own service vs camcore's.
+
+FiftyOne (1.22) starts the server (`main.py --port`) under a supervisor script that imports the
+whole library first; camcore.store.app_server runs the same script without that import. Both are
+started alternately, REPEATS times each, in this process; for each start: seconds until the port
+listens, and the CPU seconds of the supervisor and of the server until then and 3 s later.
+
+    .venv/bin/python bench/app_start.py [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fiftyone.core.service as fo_service  # noqa: E402
+import psutil  # noqa: E402
+
+from camcore.store import app_server  # noqa: E402
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _cpu(process: psutil.Process) -> tuple[float, float]:
+    """(the supervisor's CPU seconds, its children's: the server)"""
+    own = process.cpu_times()
+    kids = 0.0
+    for child in process.children(recursive=True):
+        try:
+            t = child.cpu_times()
+            kids += t.user + t.system
+        except psutil.Error:
+            pass
+    return own.user + own.system, kids
+
+
+def one_start(kind: type[fo_service.ServerService]) -> dict[str, float]:
+    port = _free_port()
+    started = time.perf_counter()
+    service = kind(port, address="localhost", do_not_track=True)
+    listening = time.perf_counter() - started
+    time.sleep(3)  # the server finishing its start-up after it listens
+    supervisor, server = _cpu(service.child)
+    service.stop()
+    return {"listen_s": listening, "supervisor_cpu": supervisor, "server_cpu": server}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    kinds = {"fiftyone": fo_service.ServerService, "camcore": app_server._PatientServerService}
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in kinds}
+    one_start(fo_service.ServerService)  # warm the disk cache: the first start reads every file
+    for _ in range(args.repeats):
+        for name, kind in kinds.items():
+            rows[name].append(one_start(kind))
+    medians = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in rows.items()}
+    for name, m in medians.items():
+        print(f"{name:9s}: listening after {m['listen_s']:.2f} s; CPU supervisor {m['supervisor_cpu']:.2f} s, "
+              f"server {m['server_cpu']:.2f} s (median of {args.repeats})")
+    total = {name: m["supervisor_cpu"] + m["server_cpu"] for name, m in medians.items()}
+    print(f"ratio camcore/fiftyone: CPU {total['camcore'] / total['fiftyone']:.2f}, "
+          f"time to listen {medians['camcore']['listen_s'] / medians['fiftyone']['listen_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
