@@ -162,9 +162,10 @@ def main(argv: list[str]) -> int:
     print(f"\n== CPU by kind of process, `{' '.join(cmd)}` (exit {code}): {wall:.0f} s wall, {total:.0f} CPU-s, "
           f"the machine {busy:.0f}% busy on {os.cpu_count()} cores")
     print(f"   machine probe (CPU s, one thread, best of 3): before {line(before)}; after {line(probe())}")
+    processes = Counter(sampler.kinds.values())  # those seen using CPU
     for kind, cpu in sampler.by_kind.most_common():
         if cpu >= 0.5:
-            print(f"{cpu:8.1f}  {kind}")
+            print(f"{cpu:8.1f}  {kind}  ({processes[kind]} processes)")
     print_by_test_file(sampler.spent)
     return code
 
