@@ -59,7 +59,10 @@ def start_mongod(tmp: Path, timeout: float = 60.0, port: int | None = None) -> t
         chosen = port or free_port()
         proc = subprocess.Popen(
             [str(binary), "--dbpath", str(dbpath), "--port", str(chosen), "--bind_ip", "127.0.0.1",
-             "--logpath", str(log), "--logappend", "--nounixsocket"],
+             "--logpath", str(log), "--logappend", "--nounixsocket",
+             # no diagnostic data (FTDC samples every second): 0.30 -> 0.17 CPU-s a minute when idle,
+             # and a whole run has ~6 mongods up for its ~10-16 minutes
+             "--setParameter", "diagnosticDataCollectionEnabled=false"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         try:
