@@ -2,7 +2,8 @@
 than FiftyOne's fixed 60 s wait (seen under load 17-20 on 2 cores: "ServerService failed to bind
 to port", the App test red before any page). Here the server's start is made slower than
 FiftyOne's wait, which is shortened to a few seconds for the test (its 60 s, scaled down), by a
-sitecustomize that delays only FiftyOne's service processes; the real server then starts."""
+sitecustomize that delays only FiftyOne's service processes; the real server then starts. And the
+supervisor that starts it, lighter than FiftyOne's own start (camcore.store.app_server)."""
 from __future__ import annotations
 
 import time
@@ -81,7 +82,7 @@ def _mapped_files(pid: int) -> set[str]:
         return {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6}
 
 
-def test_the_servers_supervisor_loads_no_fiftyone_library_and_still_ends_the_server(tmp_path):
+def test_the_servers_supervisor_loads_no_fiftyone_library_and_still_ends_the_server():
     """FiftyOne's supervisor script (it ends the server when its parent goes) imported the whole
     library first: 2-3.5 s of CPU per App start (camcore.store.app_server). Ours runs the same
     script with ipc.py alone: numpy (which fiftyone imports first) is not in its memory, the server
