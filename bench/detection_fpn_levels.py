@@ -106,7 +106,7 @@ def build(canonical: int, seed: int = 0) -> torch.nn.Module:
     pool = MultiScaleRoIAlign(list(LEVELS), 7, 2, canonical_scale=canonical)
     return FasterRCNN(Backbone(), num_classes=len(ds.CLASSES), min_size=ds.SIZE, max_size=ds.SIZE,
                       rpn_anchor_generator=AnchorGenerator(((12,), (20,), (28,)), ((1.0,),) * 3),
-                      box_roi_pool=pool, representation_size=64,
+                      box_roi_pool=pool,  # the box head: torchvision's, 1024 wide (tests/detector_support.py)
                       image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
                       rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50,
                       rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=20,

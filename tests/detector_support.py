@@ -44,9 +44,11 @@ def build(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     backbone = torch.nn.Sequential(*block(3, 16, 2), *block(16, 32, 2), *block(32, 32, 1), *block(32, 32, 2))
     backbone.out_channels = 32
+    # The box head is torchvision's own, 1024 wide: FasterRCNN has no representation_size argument
+    # (one given here until 2026-12-07 went to its **kwargs unused; the weights were the same).
     return FasterRCNN(backbone, num_classes=len(CLASSES), min_size=SIZE, max_size=SIZE,
                       rpn_anchor_generator=AnchorGenerator(((12, 20, 28),), ((1.0,),)),
-                      box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), representation_size=64,
+                      box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
                       image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
                       rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50,
                       rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=20,
