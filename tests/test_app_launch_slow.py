@@ -84,7 +84,7 @@ def _mapped_files(pid: int) -> set[str]:
 
 def test_the_servers_supervisor_loads_no_fiftyone_library_and_still_ends_the_server():
     """FiftyOne's supervisor script (it ends the server when its parent goes) imported the whole
-    library first: 2-3.5 s of CPU per App start (camcore.store.app_server). Ours runs the same
+    library first: 2-4 s of CPU per App start (camcore.store.app_server). Ours runs the same
     script with ipc.py alone: numpy (which fiftyone imports first) is not in its memory, the server
     it started serves, and closing the App ends both."""
     dataset = fo.Dataset(unique_name("launch-light"))

@@ -17,7 +17,7 @@ START_SECONDS = 180.0  # how long a start waits for the App's server to listen (
 
 # FiftyOne runs each service under its supervisor script (fiftyone/service/main.py), which ends the
 # server when the process that started it goes. The script needs only fiftyone.service.ipc (stdlib
-# only), but importing that runs fiftyone/__init__.py, the whole library: 2-3.5 s of CPU per App
+# only), but importing that runs fiftyone/__init__.py, the whole library: 2-4 s of CPU per App
 # start before the server itself starts (bench/app_start.py). Here the same script runs with bare
 # entries for the packages `fiftyone` and `fiftyone.service`, so that it loads ipc.py alone.
 _SUPERVISOR_BOOT = """\
