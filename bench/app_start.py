@@ -19,23 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # camcore; mongod_support
 
-from scale import bench_database  # noqa: E402  (beside this file)
-
-# a private mongod, as the tests and a team's shared one (FiftyOne would start its own otherwise)
-_DB_DIR, _MONGOD = bench_database(None, "bench-app-start-")
-
-import fiftyone.core.service as fo_service  # noqa: E402
 import psutil  # noqa: E402
-
-from camcore.store import app_server  # noqa: E402
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _cpu(process: psutil.Process) -> tuple[float, float]:
@@ -51,8 +35,11 @@ def _cpu(process: psutil.Process) -> tuple[float, float]:
     return own.user + own.system, kids
 
 
-def one_start(kind: type[fo_service.ServerService]) -> dict[str, float]:
-    port = _free_port()
+def one_start(kind: type) -> dict[str, float]:
+    """One start of `kind` (a FiftyOne ServerService class) on a free port, then its stop."""
+    from mongod_support import free_port
+
+    port = free_port()
     started = time.perf_counter()
     service = kind(port, address="localhost", do_not_track=True)
     listening = time.perf_counter() - started
@@ -66,6 +53,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    from scale import bench_database  # beside this file
+
+    # a private mongod, as the tests and a team's shared one (FiftyOne would start its own
+    # otherwise); its URI set before FiftyOne is imported
+    _, mongod = bench_database(None, "bench-app-start-")
+    import fiftyone.core.service as fo_service
+
+    from camcore.store import app_server
+
     kinds = {"fiftyone": fo_service.ServerService, "camcore": app_server._PatientServerService}
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in kinds}
     try:
@@ -74,8 +70,8 @@ def main() -> None:
             for name, kind in kinds.items():
                 rows[name].append(one_start(kind))
     finally:
-        if _MONGOD is not None:
-            _MONGOD.terminate()
+        if mongod is not None:
+            mongod.terminate()
     medians = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in rows.items()}
     for name, m in medians.items():
         print(f"{name:9s}: listening after {m['listen_s']:.2f} s; CPU supervisor {m['supervisor_cpu']:.2f} s, "
