@@ -11,6 +11,9 @@ after the suite. Two parts, each the best of three (the least disturbed), one th
 """
 from __future__ import annotations
 
+import os
+import platform
+import sys
 import time
 
 
@@ -57,5 +60,11 @@ def line(result: dict[str, float]) -> str:
     return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.items())
 
 
+def interpreter() -> str:
+    """Which Python ran the probe: its python part reads ~20 % less on Debian's optimised build than
+    on pyenv's default one, on the same host (bench/RESULTS.md), so compare it per interpreter."""
+    return f"Python {platform.python_version()} at {os.path.realpath(sys.executable)}"
+
+
 if __name__ == "__main__":
-    print(f"machine probe (CPU s, one thread, best of 3): {line(probe())}")
+    print(f"machine probe (CPU s, one thread, best of 3): {line(probe())} ({interpreter()})")

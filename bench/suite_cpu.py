@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 
-from machine_probe import line, probe
+from machine_probe import interpreter, line, probe
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from timeline import TIMELINE, Run, read_runs  # noqa: E402
@@ -161,7 +161,8 @@ def main(argv: list[str]) -> int:
     busy = 100 * (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
     print(f"\n== CPU by kind of process, `{' '.join(cmd)}` (exit {code}): {wall:.0f} s wall, {total:.0f} CPU-s, "
           f"the machine {busy:.0f}% busy on {os.cpu_count()} cores")
-    print(f"   machine probe (CPU s, one thread, best of 3): before {line(before)}; after {line(probe())}")
+    print(f"   machine probe (CPU s, one thread, best of 3): before {line(before)}; after {line(probe())}"
+          f" ({interpreter()})")
     processes = Counter(sampler.kinds.values())  # those seen using CPU
     for kind, cpu in sampler.by_kind.most_common():
         if cpu >= 0.5:
