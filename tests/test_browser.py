@@ -42,6 +42,7 @@ if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"no {CHROMIUM}: run `make chromium`", allow_module_level=True)
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 from playwright.sync_api import Browser, Locator, Page, expect  # noqa: E402
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -209,12 +210,27 @@ def open_dropdown(page: Page, box: Locator) -> None:
     box.get_by_role("button", name="Open").click()
 
 
+def pick_option(page: Page, box: Locator, option: Locator) -> None:
+    """Open `box`'s list and click `option` in it. Under a whole suite's load the list once closed
+    before its option showed (test_browser_daily: the sidebar's expander still settling, and a list
+    closes when its page moves): then it is opened again, as a user would, three times at most. An
+    option that is not there still fails, on the last try."""
+    for attempt in range(3):
+        open_dropdown(page, box)
+        try:
+            option.click(timeout=UI_TIMEOUT)
+            return
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")  # a list still open closes; the next try opens it afresh
+
+
 def choose(page: Page, label: str, option: str, scope: Page | Locator | None = None) -> None:
     """Pick `option` in the selectbox labelled `label`."""
     box = widget(page, "stSelectbox", label, scope)
     expect(box).to_have_count(1, timeout=RUN_TIMEOUT)
-    open_dropdown(page, box)
-    page.get_by_role("option", name=option, exact=True).click()
+    pick_option(page, box, page.get_by_role("option", name=option, exact=True))
     expect(box.get_by_role("combobox")).to_have_value(option)
 
 
@@ -230,8 +246,7 @@ def open_sample(page: Page, name: str) -> None:
     matches = sidebar.get_by_test_id("stSelectbox").filter(
         has=page.get_by_test_id("stWidgetLabel").get_by_text(re.compile(r"^Matches for ")))
     if matches.count():  # several paths contain it: pick the one (a single match opens at once)
-        open_dropdown(page, matches)
-        page.get_by_role("option", name=re.compile(rf"(^|\/){re.escape(name)}$")).first.click()
+        pick_option(page, matches, page.get_by_role("option", name=re.compile(rf"(^|\/){re.escape(name)}$")).first)
     expect(opened).to_have_count(1, timeout=RUN_TIMEOUT)
     settle(page)
 
@@ -239,8 +254,7 @@ def open_sample(page: Page, name: str) -> None:
 def add_to_multiselect(page: Page, label: str, option: str) -> None:
     box = widget(page, "stMultiSelect", label)
     expect(box).to_have_count(1, timeout=RUN_TIMEOUT)
-    open_dropdown(page, box)
-    page.get_by_role("option", name=option, exact=True).click()
+    pick_option(page, box, page.get_by_role("option", name=option, exact=True))
     page.keyboard.press("Escape")
     # as long as a run: under a whole suite's load the chip was not there after 5 s (test_browser_daily, once)
     chip = box.get_by_role("group", name="Selected values").get_by_role("button", name=f"Remove {option}", exact=True)

@@ -7,7 +7,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from test_browser import ARTIFACTS, RUN_TIMEOUT, UI_TIMEOUT, open_app, open_dropdown, overlay, settle, widget
+from test_browser import ARTIFACTS, RUN_TIMEOUT, UI_TIMEOUT, open_app, overlay, pick_option, settle, widget
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -72,8 +72,7 @@ def test_pick_a_box_see_it_drawn_push_and_reopen_from_the_url(server, browser: B
         expect(page.get_by_text("Detections at score ≥ 0:")).to_be_visible()
 
         # pick the model's second detection: its map, its box named under the map
-        open_dropdown(page, picker)
-        page.get_by_role("option", name=re.compile(r"^#1 ")).click()
+        pick_option(page, picker, page.get_by_role("option", name=re.compile(r"^#1 ")))
         settle(page)
         main = overlay(page, "Eigen-CAM · fpn").filter(has_text="[det1]")
         expect(main).to_have_count(1, timeout=RUN_TIMEOUT)
