@@ -61,8 +61,8 @@ def line(result: dict[str, float]) -> str:
 
 
 def interpreter() -> str:
-    """Which Python ran the probe: its python part reads ~20 % less on Debian's optimised build than
-    on pyenv's default one, on the same host (bench/RESULTS.md), so compare it per interpreter."""
+    """Which Python ran the probe: its python part read 18 % less on Debian's optimised build than
+    on pyenv's default one, on the same host (bench/interpreter.py), so compare it per interpreter."""
     return f"Python {platform.python_version()} at {os.path.realpath(sys.executable)}"
 
 
