@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from machine_probe import interpreter, line, probe
 
@@ -174,14 +175,16 @@ def main(argv: list[str]) -> int:
 RAY_SCENARIO = "tests/test_distributed.py's Ray scenario (beside the tests)"
 
 
-def cpu_by_test_file(spent: list[tuple[float, str, str, float]], runs: list[Run]) -> dict[str, Counter]:
-    """Each (when, test process, kind, CPU-s) counted to the test file that process ran then."""
+def cpu_by_test_file(spent: list[tuple[float, str, str, float]], runs: list[Run],
+                     name_of: Callable[[Run], str] = lambda run: run.file) -> dict[str, Counter]:
+    """Each (when, test process, kind, CPU-s) counted to the test file (or, with ``name_of``, the
+    test) that process ran then."""
     by_worker: dict[str, list[Run]] = {}
     for run in runs:
         by_worker.setdefault(run.worker, []).append(run)
     by_file: dict[str, Counter] = {}
     for when, worker, kind, cpu in spent:
-        test = next((r.file for r in by_worker.get(worker, ()) if r.start <= when <= r.end), None)
+        test = next((name_of(r) for r in by_worker.get(worker, ()) if r.start <= when <= r.end), None)
         if kind == "Ray":  # the first worker starts it at collection; it runs beside the other tests
             name = RAY_SCENARIO
         else:
@@ -191,15 +194,18 @@ def cpu_by_test_file(spent: list[tuple[float, str, str, float]], runs: list[Run]
 
 
 def print_by_test_file(spent: list[tuple[float, str, str, float]], top: int = 30) -> None:
-    """Each test file's CPU, all of it: its test process's and that process's children's while it ran."""
+    """Each test file's CPU, all of it: its test process's and that process's children's while it ran;
+    then the single tests that cost the most."""
     if not TIMELINE.is_dir():
         return
-    by_file = cpu_by_test_file(spent, read_runs())
-    counted = sum(sum(c.values()) for c in by_file.values())
-    print(f"\n== the {top} test files that cost the most CPU ({counted:.0f} CPU-s counted), with their top kinds:")
-    for name, kinds in sorted(by_file.items(), key=lambda item: -sum(item[1].values()))[:top]:
-        parts = ", ".join(f"{kind} {cpu:.0f}" for kind, cpu in kinds.most_common(3))
-        print(f"{sum(kinds.values()):8.1f}  {name}  ({parts})")
+    runs = read_runs()
+    for what, name_of, count in (("test files", lambda run: run.file, top), ("tests", lambda run: run.nodeid, 20)):
+        by_name = cpu_by_test_file(spent, runs, name_of)
+        counted = sum(sum(c.values()) for c in by_name.values())
+        print(f"\n== the {count} {what} that cost the most CPU ({counted:.0f} CPU-s counted), with their top kinds:")
+        for name, kinds in sorted(by_name.items(), key=lambda item: -sum(item[1].values()))[:count]:
+            parts = ", ".join(f"{kind} {cpu:.0f}" for kind, cpu in kinds.most_common(3))
+            print(f"{sum(kinds.values()):8.1f}  {name}  ({parts})")
 
 
 if __name__ == "__main__":
