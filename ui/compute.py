@@ -361,8 +361,9 @@ def _confirm(ex: Explainer, ask: list[Pair], eigen_smooth: bool) -> None:
         elif est is not None:
             total += est.seconds
             basis = "measured on this model" if est.measured else "channels x one timed forward"
-            how = (f"{label} runs the model once per channel: {est.channels:,} forwards, about "
-                   f"{duration(est.seconds)} ({basis}).")
+            per = (f"once per channel on each of its {est.copies} augmented copies (aug smoothing): "
+                   f"{est.channels * est.copies:,}" if est.copies > 1 else f"once per channel: {est.channels:,}")
+            how = f"{label} runs the model {per} forwards, about {duration(est.seconds)} ({basis})."
             button = f"Run {label} (~{duration(est.seconds)})"
         else:
             how, button = f"{label} needs passes of its own.", f"Run {label}"

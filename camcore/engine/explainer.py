@@ -47,11 +47,13 @@ class Deferred(CamError):
 
 @dataclass(frozen=True)
 class Estimate:
-    """How long a one-forward-per-channel method will take on a layer."""
+    """How long a one-forward-per-channel method will take on a layer (channels=0: a method with
+    passes of its own, timed whole)."""
 
     channels: int
     seconds: float
     measured: bool  # from an earlier run of the method on this layer, model and input size (else: one timed forward)
+    copies: int = 1  # aug_smooth: the method runs once per augmented copy, channels x copies forwards
 
 
 # Seconds per channel of the perturbation methods, measured per (model, input size, device, method,
@@ -169,9 +171,10 @@ class Explainer:
 
     def estimate(self, method: str, layer: str) -> Estimate | None:
         """How long a one-forward-per-channel method (Score-CAM, Ablation-CAM) will take on this
-        layer: channels x seconds per channel, measured by an earlier run of it on this layer
-        (model, input size and device), else by timing one small batched forward. Every other
-        slow method (or any with aug_smooth): _estimate_own. None for the fast ones."""
+        layer: channels (x 6 augmented copies with aug_smooth) x seconds per channel, measured by an
+        earlier run of it on this layer (model, input size and device), else by timing one small
+        batched forward. Every other slow method (or any with aug_smooth): _estimate_own. None for
+        the fast ones."""
         spec = get_method(method)
         if spec.kind is not Kind.PERTURBATION:
             return self._estimate_own(spec, layer) if spec.slow or self.aug_smooth else None
@@ -180,6 +183,7 @@ class Explainer:
         if acts is None:
             return None
         channels = int(acts.shape[1])
+        copies = AUG_SMOOTH_PASSES if self.aug_smooth else 1
         with _PER_CHANNEL_LOCK:
             per = _PER_CHANNEL.get((self._rate_key(), spec.key, name))
         measured = per is not None
@@ -187,7 +191,7 @@ class Explainer:
             with _PER_CHANNEL_LOCK:
                 per = _TIMED_FORWARD.get(self._rate_key())
             per = per if per is not None else self._time_forward()
-        return Estimate(channels, channels * per, measured)
+        return Estimate(channels, channels * copies * per, measured, copies)
 
     def _estimate_own(self, spec: MethodSpec, layer: str) -> Estimate | None:
         """Every other method the page holds back (KPCA, FullGrad, Shapley, Finer-CAM, anything

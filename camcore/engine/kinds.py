@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -79,20 +80,19 @@ class Strategy(Protocol):
              progress: Progress | None, cancel: threading.Event | None) -> Maps: ...
 
 
-class _Raw(Protocol):
-    def raw(self, ex: Explainer, spec: MethodSpec, fp: FeaturePass, layer: str, x: torch.Tensor,
-            target: object, eigen_smooth: bool) -> np.ndarray: ...
+# One augmented copy's raw map: (its index, its input, its pass, its target) -> 1 x h x w.
+RawOfCopy = Callable[[int, torch.Tensor, FeaturePass, Any], np.ndarray]
 
 
-def _augmented(ex: Explainer, kind: _Raw, spec: MethodSpec, layer: str, eigen_smooth: bool) -> Maps:
+def _augmented(ex: Explainer, layer: str, raw_of: RawOfCopy) -> Maps:
     """pytorch-grad-cam's aug_smooth: the mean over flips and brightness scalings of each
     de-augmented map. For segmentation the target mask is flipped with the image.
 
     The six augmented inputs go through the model as one batch (forward + backward), kept per
     layer, so every method on that layer reuses it."""
     maps = []
-    for transform, x_aug, fp, grad_target in ex.augmented_passes(layer):
-        raw = kind.raw(ex, spec, fp, layer, x_aug, grad_target, eigen_smooth)
+    for i, (transform, x_aug, fp, grad_target) in enumerate(ex.augmented_passes(layer)):
+        raw = raw_of(i, x_aug, fp, grad_target)
         cam = normalise_like_library(np.maximum(raw, 0), ex.input_hw)
         cam = transform.deaugment_mask(torch.from_numpy(cam[:, None]))[:, 0].numpy()
         maps.append(cam)
@@ -106,7 +106,8 @@ class FromPass:
     def maps(self, ex: Explainer, spec: MethodSpec, layer: str, eigen_smooth: bool,
              progress: Progress | None, cancel: threading.Event | None) -> Maps:
         if ex.aug_smooth:
-            return _augmented(ex, self, spec, layer, eigen_smooth)
+            return _augmented(ex, layer,
+                              lambda _i, x, fp, target: self.raw(ex, spec, fp, layer, x, target, eigen_smooth))
         fp = ex.layer_pass(layer)
         if spec.device_product is not None and device_math.enabled(ex.model.device):
             return self._on_device(ex, spec, fp, layer, eigen_smooth)
@@ -154,27 +155,34 @@ class Perturbation:
 
     def maps(self, ex: Explainer, spec: MethodSpec, layer: str, eigen_smooth: bool,
              progress: Progress | None, cancel: threading.Event | None) -> Maps:
-        if ex.aug_smooth:
-            return _augmented(ex, self, spec, layer, eigen_smooth)
-        fp = ex.layer_pass(layer)
+        # aug_smooth: the method once per augmented copy (six times the forwards), with one
+        # progress over all of them and the cancel checked per batch in each.
+        copies = len(ex.augmented_passes(layer)) if ex.aug_smooth else 1
         start = time.perf_counter()
-        channels = int(fp.activation_tensors[layer].shape[1])
-        seen = {"fraction": 0.0}
+        channels = int(ex.layer_pass(layer).activation_tensors[layer].shape[1])
+        seen = {"forwards": 0.0}
 
-        def tracked(fraction: float, message: str) -> None:
-            if not message.startswith("Waiting"):
-                seen["fraction"] = fraction
-            if progress is not None:
-                progress(fraction, message)
+        def raw_of(i: int, x: torch.Tensor, fp: FeaturePass, target: Any) -> np.ndarray:
+            def tracked(fraction: float, message: str) -> None:
+                if not message.startswith("Waiting"):
+                    seen["forwards"] = (i + fraction) * channels
+                if progress is not None:
+                    of_copy = f" · augmented copy {i + 1} of {copies}" if copies > 1 else ""
+                    progress((i + fraction) / copies, message + of_copy)
+
+            return self.raw(ex, spec, fp, layer, x, target, eigen_smooth, tracked, cancel)
 
         try:
-            raw = self.raw(ex, spec, fp, layer, ex.x, ex.grad_target, eigen_smooth, tracked, cancel)
+            if ex.aug_smooth:
+                maps = _augmented(ex, layer, raw_of)
+            else:
+                maps = _from_raw(ex, np.maximum(raw_of(0, ex.x, ex.layer_pass(layer), ex.grad_target), 0))
         except Cancelled:
-            if seen["fraction"] > 0:  # a cancelled run measured the rate too
-                ex.record_rate(spec.key, layer, start, seen["fraction"] * channels)
+            if seen["forwards"] > 0:  # a cancelled run measured the rate too
+                ex.record_rate(spec.key, layer, start, seen["forwards"])
             raise
-        ex.record_rate(spec.key, layer, start, channels)  # the next estimate of it on this layer uses it
-        return _from_raw(ex, np.maximum(raw, 0))
+        ex.record_rate(spec.key, layer, start, copies * channels)  # the next estimate of it on this layer uses it
+        return maps
 
     def raw(self, ex: Explainer, spec: MethodSpec, fp: FeaturePass, layer: str, x: torch.Tensor,
             target: object, eigen_smooth: bool, progress: Progress | None = None,
