@@ -8,6 +8,7 @@ IoU 0.93 (bench/detection_toy_quality.py, bench/RESULTS.md). Seeded and trained 
 every fresh cache holds the same detector."""
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 from collections.abc import Callable
@@ -119,18 +120,23 @@ def held_out_quality(module: torch.nn.Module, make: Callable[[int], Shape]) -> t
 
 
 def trained_module() -> torch.nn.Module:
+    """The trained detector: from the cache, else trained here. One test process trains it: the
+    others that ask meanwhile (a clean machine's first run) wait for its file, not train it again."""
     model = build()
-    if CACHE.is_file():
-        model.load_state_dict(torch.load(CACHE, weights_only=True))
-        return model.eval()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        _train(model)
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(CACHE)  # atomic: parallel workers never read half a file
-    return model
+    if not CACHE.is_file():
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        with open(CACHE.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            if not CACHE.is_file():
+                with torch.random.fork_rng():
+                    torch.manual_seed(0)
+                    _train(model)
+                tmp = CACHE.with_suffix(f".{os.getpid()}.tmp")
+                torch.save(model.state_dict(), tmp)
+                tmp.replace(CACHE)  # atomic: a reader never sees half a file
+                return model
+    model.load_state_dict(torch.load(CACHE, weights_only=True))
+    return model.eval()
 
 
 SPEC = ModelSpec(
