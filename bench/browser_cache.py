@@ -20,8 +20,6 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from browser_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
-APP = False  # --app: the FiftyOne App's page
-
 
 def _chromium_cpu() -> float:
     total = 0.0
@@ -35,11 +33,11 @@ def _chromium_cpu() -> float:
     return total
 
 
-def _load(page, url: str) -> None:
+def _load(page, url: str, app: bool) -> None:
     from playwright.sync_api import expect
 
     page.goto(url)
-    if APP:
+    if app:
         # the FiftyOne App's grid: its first tile drawn
         expect(page.locator("canvas").first).to_be_visible(timeout=120_000)
         page.wait_for_timeout(3000)
@@ -49,7 +47,7 @@ def _load(page, url: str) -> None:
     page.wait_for_timeout(1500)  # the page's last reruns
 
 
-def measure(url: str, loads: int, persistent: bool) -> list[float]:
+def measure(url: str, loads: int, persistent: bool, app: bool) -> list[float]:
     from playwright.sync_api import sync_playwright
 
     per = []
@@ -65,8 +63,11 @@ def measure(url: str, loads: int, persistent: bool) -> list[float]:
         for _ in range(loads):
             before = _chromium_cpu()
             page = new_page()
-            _load(page, url)
-            page.context.close() if not persistent else page.close()
+            _load(page, url, app)
+            if persistent:
+                page.close()
+            else:
+                page.context.close()
             per.append(_chromium_cpu() - before)
         close()
     return per
@@ -79,8 +80,6 @@ def main() -> None:
     ap.add_argument("--app", action="store_true", help="the FiftyOne App's page (the demo dataset) instead")
     args = ap.parse_args()
     if args.app:
-        global APP
-        APP = True
         from test_browser import _free_port
 
         from camcore import demo_data, store
@@ -103,10 +102,10 @@ def main() -> None:
 
 
 def _rounds(url: str, args: argparse.Namespace) -> None:
-    measure(url, 1, False)  # the server's first page (a model's load) outside the measure
+    measure(url, 1, False, args.app)  # the server's first page (a model's load) outside the measure
     for r in range(args.rounds):
         for persistent in (False, True):
-            per = measure(url, args.loads, persistent)
+            per = measure(url, args.loads, persistent, args.app)
             name = "persistent profile" if persistent else "fresh contexts"
             print(f"round {r + 1} {name:18s}: first {per[0]:.2f} CPU-s, then "
                   f"{sum(per[1:]) / max(1, len(per) - 1):.2f} a load ({', '.join(f'{x:.2f}' for x in per)})",

@@ -146,7 +146,6 @@ def test_a_measured_rate_is_the_methods_on_that_layer(effnet, monkeypatch):
     assert not ex.estimate("ablationcam", "stage0").measured
 
 
-
 def test_aug_smoothing_counts_and_follows_every_augmented_copy_and_a_cancel_stops_it(effnet, monkeypatch):
     """With aug_smooth Score-CAM runs once per augmented copy (six times the forwards): its estimate
     says so, its progress covers all six, and a cancel stops it after the batch under way. Before,
@@ -183,6 +182,7 @@ def test_aug_smoothing_counts_and_follows_every_augmented_copy_and_a_cancel_stop
         again.heatmap("ablationcam", "stage0", progress=cut_in_the_second_copy, cancel=cancel)
     assert max(f for f, _ in said) < 2 / 6, said  # stopped in the second copy, not after all six
     assert not again.is_cached("ablationcam", "stage0")
+
 
 # -- the FiftyOne App shows the field just pushed, with a heatmap colour scale -------------------
 
