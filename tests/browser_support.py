@@ -57,3 +57,22 @@ def hold_still(browser):
 
     browser.new_context = still_context
     return browser
+
+
+def again_until(act, came, between=lambda: None, tries: int = 3) -> None:
+    """As a user would under load: act(), then came() (it raises, an AssertionError or Playwright's
+    TimeoutError, when what the act should bring has not come in its wait); when it has not,
+    between() and act again, `tries` times at most. The last try's failure is raised: an act that
+    never brings it still fails. For the clicks a whole suite's load once lost (a list closed before
+    its option showed, a click during a rerun or a chart's redraw)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    for attempt in range(tries):
+        act()
+        try:
+            came()
+            return
+        except (AssertionError, PlaywrightTimeoutError):
+            if attempt == tries - 1:
+                raise
+            between()

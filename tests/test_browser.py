@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM
+from browser_support import CHROMIUM, again_until
 
 from camcore import models
 from server_forks import start_server
@@ -42,7 +42,6 @@ if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"no {CHROMIUM}: run `make chromium`", allow_module_level=True)
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 from playwright.sync_api import Browser, Locator, Page, expect  # noqa: E402
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -213,17 +212,10 @@ def open_dropdown(page: Page, box: Locator) -> None:
 def pick_option(page: Page, box: Locator, option: Locator) -> None:
     """Open `box`'s list and click `option` in it. Under a whole suite's load the list once closed
     before its option showed (test_browser_daily: the sidebar's expander still settling, and a list
-    closes when its page moves): then it is opened again, as a user would, three times at most. An
-    option that is not there still fails, on the last try."""
-    for attempt in range(3):
-        open_dropdown(page, box)
-        try:
-            option.click(timeout=UI_TIMEOUT)
-            return
-        except PlaywrightTimeoutError:
-            if attempt == 2:
-                raise
-            page.keyboard.press("Escape")  # a list still open closes; the next try opens it afresh
+    closes when its page moves): then it is opened again (Escape first closes a list still open),
+    three times at most. An option that is not there still fails, on the last try."""
+    again_until(lambda: open_dropdown(page, box), lambda: option.click(timeout=UI_TIMEOUT),
+                between=lambda: page.keyboard.press("Escape"))
 
 
 def choose(page: Page, label: str, option: str, scope: Page | Locator | None = None) -> None:

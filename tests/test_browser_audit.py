@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from audit_support import audited_dataset
+from browser_support import again_until
 from test_browser import ARTIFACTS, RUN_TIMEOUT, UI_TIMEOUT, Server, settle
 
 from camcore.store import audit
@@ -87,22 +88,19 @@ def _hovered(chart) -> None:
     expect(chart.locator(".hoverlayer .hovertext")).to_have_count(1, timeout=UI_TIMEOUT)
 
 
-def _click_to_narrow(page: Page, chart, x: float, y: float, part: str, tries: int = 3) -> None:
+def _click_to_narrow(page: Page, chart, x: float, y: float, part: str) -> None:
     """Hover (until Plotly shows the label of what is under the mouse) and click at (x, y) until the
     URL names the narrowing `part`. Under a whole suite's load a click once came while the chart
     was still redrawing after the last narrowing and was lost (nothing changed in 60 s): a user then
-    clicks again. Up to `tries` clicks, 20 s apart; a click that narrows nothing still fails."""
-    for attempt in range(tries):
+    clicks again. Three clicks at most, 20 s apart; a click that narrows nothing still fails."""
+    def hover_and_click() -> None:
         page.mouse.move(x, y)
         _hovered(chart)
         page.mouse.click(x, y)
-        try:
-            _wait_url(page, part, timeout_ms=20_000)
-            return
-        except AssertionError:
-            if attempt == tries - 1:
-                raise
-            page.mouse.move(0, 0)  # off the chart: its hover label goes, the next hover shows it again
+
+    # between: off the chart, so that its hover label goes and the next hover shows it again
+    again_until(hover_and_click, lambda: _wait_url(page, part, timeout_ms=20_000),
+                between=lambda: page.mouse.move(0, 0))
 
 
 def _narrowed(page: Page, part: str, n: int, unlike: str | None = None) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import again_until
 from test_browser import (
     ARTIFACTS,
     DOCS,
@@ -150,15 +151,10 @@ def test_compare_cells_are_readable_with_eight_methods_at_1280(server: Server, p
     road.get_by_text("ROAD curve", exact=False).first.click()
     settle(page)  # opening it reruns the page (on_change): a click during that rerun was lost once, under load
     done = road.get_by_test_id("stCaptionContainer").filter(has_text="ROAD combined")
-    for attempt in range(3):  # and once more after that settle (a whole run, 2026-12-06): as a user would, again
-        road.get_by_role("button", name="Compute ROAD").click()
-        try:
-            expect(road.get_by_test_id("stProgress").or_(done).first).to_be_visible(timeout=UI_TIMEOUT)
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise
-            settle(page)
+    # and once more after that settle (a whole run, 2026-12-06): as a user would, again
+    again_until(lambda: road.get_by_role("button", name="Compute ROAD").click(),
+                lambda: expect(road.get_by_test_id("stProgress").or_(done).first).to_be_visible(timeout=UI_TIMEOUT),
+                between=lambda: settle(page))
     expect(done).to_be_visible(timeout=RUN_TIMEOUT)
     settle(page)
     expect(road.get_by_test_id("stCaptionContainer").filter(has_text="ROAD combined")).to_be_visible()
