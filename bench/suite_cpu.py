@@ -14,7 +14,8 @@ When the command ran the tests, it then also prints the test files that cost the
 each process is counted to the test process (xdist worker) it descends from (the browser, the
 servers and jobs a test started), and that CPU at a time to the test file that process ran then
 (tests/conftest.py's timeline, test-artifacts/timeline/); the Ray scenario, run beside the tests,
-has a line of its own.
+has a line of its own; every test's CPU by kind goes to test-artifacts/cpu_by_test.tsv. Chromium's
+CPU is also split by its processes' parts (renderers, the GPU process that composites, the browser).
 """
 from __future__ import annotations
 
@@ -62,6 +63,17 @@ def kind_of(cmdline: str, name: str = "") -> str:
         if mark in cmdline:
             return kind
     return cmdline.split(" ", 1)[0].rsplit("/", 1)[-1][:30] or "(kernel or unnamed)"
+
+
+def chromium_type(cmdline: str) -> str:
+    """A Chromium process's part: its --type= (renderer, gpu-process, utility, zygote...) or the
+    browser itself."""
+    for part in cmdline.split(" "):
+        if part.startswith("--type="):
+            sub = next((p.removeprefix("--utility-sub-type=") for p in cmdline.split(" ")
+                        if p.startswith("--utility-sub-type=")), "")
+            return part.removeprefix("--type=") + (f" ({sub.rsplit('.', 1)[-1]})" if sub else "")
+    return "browser"
 
 
 def _procs() -> dict[tuple[int, str], int]:
@@ -112,6 +124,8 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.by_kind: Counter = Counter()
         self.kinds: dict[tuple[int, str], str] = {}
+        self.chromium: dict[tuple[int, str], str] = {}  # Chromium's processes: their part
+        self.by_chromium_part: Counter = Counter()
         self.workers: dict[tuple[int, str], str] = {}
         self.worker_pids: dict[int, str] = {}
         self.spent: list[tuple[float, str, str, float]] = []  # (when, test process, kind, CPU-s)
@@ -122,7 +136,10 @@ class Sampler(threading.Thread):
         if key not in self.kinds:
             try:
                 with open(f"/proc/{key[0]}/cmdline") as f, open(f"/proc/{key[0]}/comm") as comm:
-                    self.kinds[key] = kind_of(f.read().replace("\0", " "), comm.read().strip())
+                    cmdline = f.read().replace("\0", " ")
+                    self.kinds[key] = kind_of(cmdline, comm.read().strip())
+                if self.kinds[key] == "chromium":
+                    self.chromium[key] = chromium_type(cmdline)
             except OSError:
                 self.kinds[key] = "(gone)"
         return self.kinds[key]
@@ -138,6 +155,8 @@ class Sampler(threading.Thread):
             used = ticks - self.last.get(key, 0)
             if used and key[0] != os.getpid():
                 self.by_kind[self.kind(key)] += used / HZ
+                if key in self.chromium:
+                    self.by_chromium_part[self.chromium[key]] += used / HZ
                 self.spent.append((when - 1.0, self.worker(key), self.kind(key), used / HZ))
         self.last = now
 
@@ -168,6 +187,9 @@ def main(argv: list[str]) -> int:
     for kind, cpu in sampler.by_kind.most_common():
         if cpu >= 0.5:
             print(f"{cpu:8.1f}  {kind}  ({processes[kind]} processes)")
+    parts = Counter(sampler.chromium.values())
+    print("   chromium by part: " + ", ".join(f"{part} {cpu:.0f} ({parts[part]})"
+                                             for part, cpu in sampler.by_chromium_part.most_common() if cpu >= 0.5))
     print_by_test_file(sampler.spent)
     return code
 
@@ -199,6 +221,9 @@ def print_by_test_file(spent: list[tuple[float, str, str, float]], top: int = 30
     if not TIMELINE.is_dir():
         return
     runs = read_runs()
+    by_test = cpu_by_test_file(spent, runs, lambda run: run.nodeid)
+    with open(TIMELINE.parent / "cpu_by_test.tsv", "w") as out:  # every test's CPU by kind, for a closer look
+        out.writelines(f"{name}\t{kind}\t{cpu:.2f}\n" for name, kinds in by_test.items() for kind, cpu in kinds.items())
     for what, name_of, count in (("test files", lambda run: run.file, top), ("tests", lambda run: run.nodeid, 20)):
         by_name = cpu_by_test_file(spent, runs, name_of)
         counted = sum(sum(c.values()) for c in by_name.values())
