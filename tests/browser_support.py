@@ -7,8 +7,11 @@ less CPU than `chromium --headless` for the same pages (issue 26 item 7: the sui
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 HEADLESS_SHELL = "/usr/bin/chromium-headless-shell"
 FULL_CHROMIUM = "/usr/bin/chromium"
 CHROMIUM = HEADLESS_SHELL if os.access(HEADLESS_SHELL, os.X_OK) else FULL_CHROMIUM
@@ -76,3 +79,21 @@ def again_until(act, came, between=lambda: None, tries: int = 3) -> None:
             if attempt == tries - 1:
                 raise
             between()
+
+
+@contextlib.contextmanager
+def shot_on_failure(page, path: Path | None = None):
+    """Whatever fails inside, the page as it was then is saved to `path` (by default
+    test-artifacts/<the test's name>-failed.png), and its URL beside it (.url): a journey that ran
+    out of time under a whole suite's load says what it waited for, not what the page showed."""
+    try:
+        yield
+    except BaseException:
+        if path is None:  # e.g. "tests/test_plugin.py::test_x (call)"
+            test = os.environ.get("PYTEST_CURRENT_TEST", "journey").split("::")[-1].split(" ")[0]
+            path = ARTIFACTS / f"{test}-failed.png"
+        with contextlib.suppress(Exception):
+            path.parent.mkdir(exist_ok=True)
+            path.with_suffix(".url").write_text(page.url + "\n")
+            page.screenshot(path=str(path))
+        raise

@@ -26,7 +26,7 @@ from pathlib import Path
 import fiftyone as fo
 import numpy as np
 import pytest
-from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM, CHROMIUM_ARGS, shot_on_failure
 from cam_support import CHELSEA
 from fo_app_page import PROMO_TITLE, as_returning_user, no_overlapping_redraws, open_operator_form, overlapping_redraws
 from fo_helpers import field_name, unique_name
@@ -282,7 +282,8 @@ def app_page(url: str, before=None):
             page.goto(url)
             expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
             expect(page.get_by_text(PROMO_TITLE)).to_have_count(0)  # nothing over the grid takes clicks
-            yield page
+            with shot_on_failure(page):
+                yield page
             no_overlapping_redraws(overlaps)
         finally:
             browser.close()

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fiftyone as fo
 import pytest
-from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM, CHROMIUM_ARGS, shot_on_failure
 from fo_app_page import as_returning_user, no_overlapping_redraws, open_operator_form, overlapping_redraws
 from fo_helpers import unique_name, write_images
 from mongod_support import free_port
@@ -59,23 +59,25 @@ def _schedule_and_watch(url: str) -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             as_returning_user(page)
             overlaps = overlapping_redraws(page)
-            page.goto(url)
-            expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=120_000)
-            open_operator_form(page, "compute heatmaps", "CAM Explorer: compute heatmaps")
-            expect(page.get_by_text(f"Computes heatmaps on the current view ({SAMPLES} samples)")).to_be_visible(
-                timeout=60_000)
-            expect(page.get_by_text("Schedule queues this run", exact=False)).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "app21_worker_form.png"))
-            page.get_by_role("button", name="Schedule").click()
-            # the page's own check tells it: queued (or started, on a worker that took it first), then done
-            expect(page.get_by_text(re.compile(r"^CAM run (queued|started|running): "))).to_be_visible(timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "app21_worker_queued.png"))
-            expect(page.get_by_text(re.compile(r"^CAM run completed: "))).to_be_visible(timeout=600_000)
-            expect(page.locator(f"[data-cy=sidebar-field-{FIELD}]").first).to_be_visible(timeout=60_000)
-            tile = _grid_in_colour(page)  # the new map switched on, drawn in its colour scale (jet)
-            page.screenshot(path=str(ARTIFACTS / "app21_worker_completed.png"))
-            assert _in_scale(tile), "the grid's tile is not drawn in a colour scale"
-            no_overlapping_redraws(overlaps)
+            with shot_on_failure(page):
+                page.goto(url)
+                expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=120_000)
+                open_operator_form(page, "compute heatmaps", "CAM Explorer: compute heatmaps")
+                expect(page.get_by_text(f"Computes heatmaps on the current view ({SAMPLES} samples)")).to_be_visible(
+                    timeout=60_000)
+                expect(page.get_by_text("Schedule queues this run", exact=False)).to_be_visible(timeout=30_000)
+                page.screenshot(path=str(ARTIFACTS / "app21_worker_form.png"))
+                page.get_by_role("button", name="Schedule").click()
+                # the page's own check tells it: queued (or started, on a worker that took it first), then done
+                queued = page.get_by_text(re.compile(r"^CAM run (queued|started|running): "))
+                expect(queued).to_be_visible(timeout=60_000)
+                page.screenshot(path=str(ARTIFACTS / "app21_worker_queued.png"))
+                expect(page.get_by_text(re.compile(r"^CAM run completed: "))).to_be_visible(timeout=600_000)
+                expect(page.locator(f"[data-cy=sidebar-field-{FIELD}]").first).to_be_visible(timeout=60_000)
+                tile = _grid_in_colour(page)  # the new map switched on, drawn in its colour scale (jet)
+                page.screenshot(path=str(ARTIFACTS / "app21_worker_completed.png"))
+                assert _in_scale(tile), "the grid's tile is not drawn in a colour scale"
+                no_overlapping_redraws(overlaps)
         finally:
             browser.close()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM, CHROMIUM_ARGS, shot_on_failure
 from fo_app_page import as_returning_user, no_overlapping_redraws, overlapping_redraws, record_lookers, redraw_race
 from fo_helpers import make_heatmap, make_result
 
@@ -43,26 +43,28 @@ def _check_modal(url: str, sample_id: str, field: str) -> None:
             as_returning_user(page)
             record_lookers(page)
             overlaps = overlapping_redraws(page)
-            page.goto(url)
-            modal = page.locator("#modal")
-            # the sample opened from ?id=, its image drawn, our heatmap field listed and switched on
-            canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
-            expect(canvas).to_be_visible(timeout=60_000)
-            expect(modal.get_by_text(sample_id).first).to_be_visible(timeout=30_000)
-            expect(modal.locator(f"[data-cy=sidebar-field-{field}]")).to_be_visible()
-            expect(modal.locator(f"[data-cy=checkbox-{field}] input")).to_be_checked()
-            expect(modal.locator("[data-cy=checkbox-ground_truth] input")).to_be_checked()
-            page.screenshot(path=str(ARTIFACTS / "fiftyone_app_modal.png"))
-            no_overlapping_redraws(overlaps)
-            # FiftyOne's looker races, made on demand: a redraw with a copy another load handed over
-            # loads again (the plugin posts the looker's own copy), a load while the App's label
-            # painting has the maps waits for them, and a destroyed looker's posts nothing
-            race = redraw_race(page)
-            assert race["lookers"] and race["answered"], f"no looker drew the map: {race}"
-            assert race["redrawn"], f"a redraw asked during another load was dropped: {race}, {overlaps}"
-            assert race["painted"], f"the App's label painting gave the looker no new copy: {race}"
-            assert race["loadedAfterPainting"], f"a load during the App's label painting was dropped: {race}, {overlaps}"
-            no_overlapping_redraws(overlaps)
+            with shot_on_failure(page):
+                page.goto(url)
+                modal = page.locator("#modal")
+                # the sample opened from ?id=, its image drawn, our heatmap field listed and switched on
+                canvas = modal.locator("[data-cy=modal-looker-container] canvas[canvas-loaded=true]")
+                expect(canvas).to_be_visible(timeout=60_000)
+                expect(modal.get_by_text(sample_id).first).to_be_visible(timeout=30_000)
+                expect(modal.locator(f"[data-cy=sidebar-field-{field}]")).to_be_visible()
+                expect(modal.locator(f"[data-cy=checkbox-{field}] input")).to_be_checked()
+                expect(modal.locator("[data-cy=checkbox-ground_truth] input")).to_be_checked()
+                page.screenshot(path=str(ARTIFACTS / "fiftyone_app_modal.png"))
+                no_overlapping_redraws(overlaps)
+                # FiftyOne's looker races, made on demand: a redraw with a copy another load handed over
+                # loads again (the plugin posts the looker's own copy), a load while the App's label
+                # painting has the maps waits for them, and a destroyed looker's posts nothing
+                race = redraw_race(page)
+                assert race["lookers"] and race["answered"], f"no looker drew the map: {race}"
+                assert race["redrawn"], f"a redraw asked during another load was dropped: {race}, {overlaps}"
+                assert race["painted"], f"the App's label painting gave the looker no new copy: {race}"
+                assert race["loadedAfterPainting"], \
+                    f"a load during the App's label painting was dropped: {race}, {overlaps}"
+                no_overlapping_redraws(overlaps)
         finally:
             browser.close()
 

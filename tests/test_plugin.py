@@ -12,7 +12,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
-from browser_support import APP_CHROMIUM, CHROMIUM_ARGS
+from browser_support import APP_CHROMIUM, CHROMIUM_ARGS, again_until, shot_on_failure
 from cam_support import CHELSEA
 from fo_app_page import as_returning_user, no_overlapping_redraws, overlapping_redraws
 from fo_helpers import coded_identity, field_name, unique_name, write_images
@@ -279,7 +279,7 @@ def test_panel_lists_the_current_samples_fields_and_their_provenance(dataset):
 
 
 def _drive_app(url: str, modal_url: str, explorer: str) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=APP_CHROMIUM, args=CHROMIUM_ARGS)
@@ -291,65 +291,74 @@ def _drive_app(url: str, modal_url: str, explorer: str) -> None:
             context.route(f"{explorer}/**",
                           lambda route: route.fulfill(body="the explorer", content_type="text/plain"))
             page = context.new_page()
-            page.goto(url)
-            # the grid is up: the App knows the dataset and has loaded the plugins' operators
-            expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
-            page.locator("body").click(position={"x": 700, "y": 20})  # focus the page, not an input
-            page.keyboard.press("Backquote")  # the operator browser's shortcut
-            operators = page.locator("[data-cy=operators-browser]")
-            expect(operators).to_be_visible(timeout=30_000)
-            page.keyboard.type("CAM Explorer")
-            item = operators.get_by_text("CAM Explorer: compute heatmaps")
-            expect(item).to_be_visible(timeout=30_000)
-            expect(operators.get_by_text("CAM Explorer: record a finding")).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "fiftyone_operator_browser.png"))
-            item.click()
-            # its form, resolved by the plugin in the App's server from the registries
-            form = page.get_by_text("Computes heatmaps on the current view (4 samples)")
-            expect(form).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("Layers", exact=True).first).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "fiftyone_compute_cams_form.png"))
-            # run it in the App's server: streamed progress, then the summary
-            page.get_by_role("button", name="Execute").click()
-            done = page.get_by_text("CAM heatmaps: 4 computed, 0 already done")
-            expect(done).to_be_visible(timeout=180_000)
-            page.screenshot(path=str(ARTIFACTS / "fiftyone_compute_cams_done.png"))
-
-            # a sample's modal: the panel explains its heatmap field
-            page.goto(modal_url)
-            page.locator("[data-cy=panel-tab-cam_heatmaps]").click(timeout=90_000)
-            expect(page.get_by_text("target_request")).to_be_visible(timeout=60_000)
-            expect(page.get_by_text(FIELD).first).to_be_visible()
-            expect(page.get_by_role("button", name="Compute CAMs for this sample")).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "fiftyone_cam_panel.png"))
-            # its button: compute_cams on this sample alone (already done: skipped, not the view's 4)
-            page.get_by_role("button", name="Compute CAMs for this sample").click()
-            expect(page.get_by_text("Computes heatmaps on 1 chosen sample(s)")).to_be_visible(timeout=60_000)
-            page.get_by_role("button", name="Execute").click()
-            expect(page.get_by_text("CAM heatmaps: 0 computed, 1 already done")).to_be_visible(timeout=120_000)
-            page.get_by_role("button", name="Done").click()
-
-            # open_in_cam_explorer opens the explorer on that sample in a new tab (the plugin's JS)
-            page.keyboard.press("Backquote")  # (a click outside the modal would close it)
-            expect(operators).to_be_visible(timeout=30_000)
-            page.keyboard.type("open this sample")
-            operators.get_by_text("CAM Explorer: open this sample in the explorer").click()
-            execute = page.get_by_role("button", name="Execute")
-            expect(execute).to_be_visible(timeout=60_000)
-            with context.expect_page(timeout=60_000) as opened:
-                execute.click()
-            tab = opened.value
-            tab.wait_for_load_state()
-            _page, state = links.parse_url(tab.url)
-            assert tab.url.startswith(f"{explorer}/?"), tab.url
-            assert (state.model, state.methods, state.layers) == (MODEL, ("gradcam",), ("head",))
-            fallback = page.get_by_role("link", name="Open the sample in CAM Explorer")  # short: fits
-            expect(fallback).to_be_visible(timeout=30_000)
-            assert fallback.get_attribute("href") == tab.url
-            page.screenshot(path=str(ARTIFACTS / "fiftyone_open_in_explorer.png"))
+            with shot_on_failure(page):
+                _journey(page, context, url, modal_url, explorer)
             no_overlapping_redraws(overlaps)
         finally:
             browser.close()
+
+
+def _journey(page, context, url: str, modal_url: str, explorer: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    # the grid is up: the App knows the dataset and has loaded the plugins' operators
+    expect(page.locator("[data-cy=fo-grid]").first).to_be_visible(timeout=90_000)
+    page.locator("body").click(position={"x": 700, "y": 20})  # focus the page, not an input
+    page.keyboard.press("Backquote")  # the operator browser's shortcut
+    operators = page.locator("[data-cy=operators-browser]")
+    expect(operators).to_be_visible(timeout=30_000)
+    page.keyboard.type("CAM Explorer")
+    item = operators.get_by_text("CAM Explorer: compute heatmaps")
+    expect(item).to_be_visible(timeout=30_000)
+    expect(operators.get_by_text("CAM Explorer: record a finding")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "fiftyone_operator_browser.png"))
+    item.click()
+    # its form, resolved by the plugin in the App's server from the registries
+    form = page.get_by_text("Computes heatmaps on the current view (4 samples)")
+    expect(form).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Layers", exact=True).first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "fiftyone_compute_cams_form.png"))
+    # run it in the App's server: streamed progress, then the summary
+    page.get_by_role("button", name="Execute").click()
+    done = page.get_by_text("CAM heatmaps: 4 computed, 0 already done")
+    expect(done).to_be_visible(timeout=180_000)
+    page.screenshot(path=str(ARTIFACTS / "fiftyone_compute_cams_done.png"))
+
+    # a sample's modal: the panel explains its heatmap field
+    page.goto(modal_url)
+    page.locator("[data-cy=panel-tab-cam_heatmaps]").click(timeout=90_000)
+    expect(page.get_by_text("target_request")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(FIELD).first).to_be_visible()
+    expect(page.get_by_role("button", name="Compute CAMs for this sample")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "fiftyone_cam_panel.png"))
+    # its button: compute_cams on this sample alone (already done: skipped, not the view's 4)
+    page.get_by_role("button", name="Compute CAMs for this sample").click()
+    expect(page.get_by_text("Computes heatmaps on 1 chosen sample(s)")).to_be_visible(timeout=60_000)
+    page.get_by_role("button", name="Execute").click()
+    expect(page.get_by_text("CAM heatmaps: 0 computed, 1 already done")).to_be_visible(timeout=120_000)
+    page.get_by_role("button", name="Done").click()
+
+    # open_in_cam_explorer opens the explorer on that sample in a new tab (the plugin's JS). The
+    # shortcut, not a click (one outside the modal would close it); pressed again as a user would when
+    # the browser does not come (under load, once pressed while the closing dialog still held the keys)
+    again_until(lambda: page.keyboard.press("Backquote"),
+                lambda: expect(operators).to_be_visible(timeout=15_000))
+    page.keyboard.type("open this sample")
+    operators.get_by_text("CAM Explorer: open this sample in the explorer").click()
+    execute = page.get_by_role("button", name="Execute")
+    expect(execute).to_be_visible(timeout=60_000)
+    with context.expect_page(timeout=60_000) as opened:
+        execute.click()
+    tab = opened.value
+    tab.wait_for_load_state()
+    _page, state = links.parse_url(tab.url)
+    assert tab.url.startswith(f"{explorer}/?"), tab.url
+    assert (state.model, state.methods, state.layers) == (MODEL, ("gradcam",), ("head",))
+    fallback = page.get_by_role("link", name="Open the sample in CAM Explorer")  # short: fits
+    expect(fallback).to_be_visible(timeout=30_000)
+    assert fallback.get_attribute("href") == tab.url
+    page.screenshot(path=str(ARTIFACTS / "fiftyone_open_in_explorer.png"))
 
 
 @pytest.mark.browser
