@@ -67,7 +67,10 @@ def again_until(act, came, between=lambda: None, tries: int = 3) -> None:
     TimeoutError, when what the act should bring has not come in its wait); when it has not,
     between() and act again, `tries` times at most. The last try's failure is raised: an act that
     never brings it still fails. For the clicks a whole suite's load once lost (a list closed before
-    its option showed, a click during a rerun or a chart's redraw)."""
+    its option showed, a click during a rerun or a chart's redraw). Each act made again is a warning
+    in pytest's summary: how often the load takes a user's act is seen, not hidden."""
+    import warnings
+
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     for attempt in range(tries):
@@ -75,9 +78,10 @@ def again_until(act, came, between=lambda: None, tries: int = 3) -> None:
         try:
             came()
             return
-        except (AssertionError, PlaywrightTimeoutError):
+        except (AssertionError, PlaywrightTimeoutError) as exc:
             if attempt == tries - 1:
                 raise
+            warnings.warn(f"made again (try {attempt + 2} of {tries}): {str(exc).splitlines()[0][:200]}", stacklevel=2)
             between()
 
 
