@@ -66,14 +66,13 @@ def kind_of(cmdline: str, name: str = "") -> str:
 
 
 def chromium_type(cmdline: str) -> str:
-    """A Chromium process's part: its --type= (renderer, gpu-process, utility, zygote...) or the
-    browser itself."""
-    for part in cmdline.split(" "):
-        if part.startswith("--type="):
-            sub = next((p.removeprefix("--utility-sub-type=") for p in cmdline.split(" ")
-                        if p.startswith("--utility-sub-type=")), "")
-            return part.removeprefix("--type=") + (f" ({sub.rsplit('.', 1)[-1]})" if sub else "")
-    return "browser"
+    """A Chromium process's part: its --type= (renderer, gpu-process, utility with its sub-type,
+    zygote...) or the browser itself."""
+    flags = dict(part.split("=", 1) for part in cmdline.split(" ") if part.startswith("--") and "=" in part)
+    if "--type" not in flags:
+        return "browser"
+    sub = flags.get("--utility-sub-type", "").rsplit(".", 1)[-1]
+    return flags["--type"] + (f" ({sub})" if sub else "")
 
 
 def _procs() -> dict[tuple[int, str], int]:
@@ -224,8 +223,8 @@ def print_by_test_file(spent: list[tuple[float, str, str, float]], top: int = 30
     by_test = cpu_by_test_file(spent, runs, lambda run: run.nodeid)
     with open(TIMELINE.parent / "cpu_by_test.tsv", "w") as out:  # every test's CPU by kind, for a closer look
         out.writelines(f"{name}\t{kind}\t{cpu:.2f}\n" for name, kinds in by_test.items() for kind, cpu in kinds.items())
-    for what, name_of, count in (("test files", lambda run: run.file, top), ("tests", lambda run: run.nodeid, 20)):
-        by_name = cpu_by_test_file(spent, runs, name_of)
+    by_file = cpu_by_test_file(spent, runs)
+    for what, by_name, count in (("test files", by_file, top), ("tests", by_test, 20)):
         counted = sum(sum(c.values()) for c in by_name.values())
         print(f"\n== the {count} {what} that cost the most CPU ({counted:.0f} CPU-s counted), with their top kinds:")
         for name, kinds in sorted(by_name.items(), key=lambda item: -sum(item[1].values()))[:count]:

@@ -105,3 +105,15 @@ def test_suite_cpu_counts_a_processs_cpu_to_the_test_file_its_test_process_ran_t
     assert by_file == {"tests/test_a.py": {"chromium": 2.0}, "tests/test_c.py": {"chromium": 1.0},
                        "tests/test_b.py": {"streamlit servers": 3.0}, "gw0: between tests": {"pytest workers": 0.5},
                        suite_cpu.RAY_SCENARIO: {"Ray": 4.0}, "no test process's (the controller, lint)": {"mypy": 5.0}}
+
+
+def test_suite_cpu_names_the_part_of_chromium_a_process_is():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import suite_cpu
+
+    shell = "/usr/bin/chromium-headless-shell"
+    assert suite_cpu.chromium_type(f"{shell} --headless --no-sandbox --remote-debugging-pipe") == "browser"
+    assert suite_cpu.chromium_type(f"{shell} --type=renderer --lang=en-US --renderer-client-id=7") == "renderer"
+    assert suite_cpu.chromium_type(f"{shell} --type=utility --utility-sub-type=network.mojom.NetworkService "
+                                   "--lang=en-US") == "utility (NetworkService)"
+    assert suite_cpu.chromium_type(f"{shell} --type=gpu-process --disable-gpu") == "gpu-process"
