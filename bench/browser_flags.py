@@ -4,7 +4,7 @@ alternated) loaded in fresh contexts as the browser tests do, Chromium's CPU per
 and its children). Sets alternate round by round; the first load of each browser is not counted.
 
     .venv/bin/python bench/browser_flags.py [--rounds 2] [--loads 4] \
-        [--set "no-opt=--js-flags=--no-opt --no-maglev" ...]
+        [--set 'no-opt=--js-flags="--no-opt --no-maglev"' ...]
 
 Without --set: none, V8 without its optimising compilers, without Sparkplug too, and jitless.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 
@@ -35,7 +36,7 @@ def _parse_sets(given: list[str] | None) -> dict[str, list[str]]:
     sets = {"none": []}
     for item in given:
         name, _, flags = item.partition("=")
-        sets[name] = [flags] if flags.startswith("--js-flags") else flags.split()
+        sets[name] = shlex.split(flags)  # '--js-flags="--no-opt --no-maglev"' stays one argument
     return sets
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--loads", type=int, default=4, help="loads per browser, the first not counted")
-    ap.add_argument("--set", action="append", help='NAME=FLAGS, e.g. "no-opt=--js-flags=--no-opt"')
+    ap.add_argument("--set", action="append", help="NAME=FLAGS, e.g. 'no-opt=--js-flags=\"--no-opt --no-maglev\"'")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
     from test_browser import ARTIFACTS, Server, open_app

@@ -59,10 +59,11 @@ def test_audit_charts_and_the_review_queue_by_keyboard(server: Server, page: Pag
     settle(page)
     expect(page.get_by_text("next sample")).to_be_visible()  # the shortcuts are shown on the page
     page.get_by_text("Review queue").click()  # focus on the page, not in a field
-    _press_until(page, "j", 1, 2)
+    total = len(ds)
+    _press_until(page, "j", 1, 2, total)
     _wait_url(page, "reviewed=2")
-    _press_until(page, "j", 2, 3)
-    _press_until(page, "k", 3, 2)
+    _press_until(page, "j", 2, 3, total)
+    _press_until(page, "k", 3, 2, total)
     settle(page)
     page.screenshot(path=str(ARTIFACTS / "review-1280.png"))
     page.keyboard.press("f")
@@ -73,16 +74,15 @@ def test_audit_charts_and_the_review_queue_by_keyboard(server: Server, page: Pag
     assert "cam:background-bias" in ds[second].tags
 
 
-
-def _press_until(page: Page, key: str, at: int, to: int) -> None:
+def _press_until(page: Page, key: str, at: int, to: int, total: int) -> None:
     """Press a review shortcut on the queue's position `at` until it shows `to`. Under a whole
     suite's load a press once changed nothing in 30 s: a user presses again, once the page is idle
     and still at `at` (a press that came late is not doubled)."""
     def press() -> None:
-        if page.get_by_text(f"Reviewed {at} of 12").count():
+        if page.get_by_text(f"Reviewed {at} of {total}").count():
             page.keyboard.press(key)
 
-    again_until(press, lambda: expect(page.get_by_text(f"Reviewed {to} of 12")).to_be_visible(timeout=15_000),
+    again_until(press, lambda: expect(page.get_by_text(f"Reviewed {to} of {total}")).to_be_visible(timeout=15_000),
                 between=lambda: settle(page))
 
 
