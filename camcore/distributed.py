@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camcore import paths, store
+from camcore import paths, ray_pool, store
 from camcore import weights as weights_mod
 from camcore.batch import BatchOptions, BatchReport, declare_fields, run_batch
 from camcore.errors import CamError, first_line
@@ -90,6 +90,10 @@ class _Worker:
             torch.set_num_threads(max(1, threads))
         self.device = device
         self.model = load_model(options.model, options.weights, device)  # run_batch finds it in the cache
+        self.begin()
+
+    def begin(self) -> None:
+        """A new run: no cancel asked, nothing done yet (a kept worker serves several runs)."""
         self.cancel_event = threading.Event()
         self.done = 0
         self.shards = 0
@@ -250,27 +254,35 @@ def run_batch_distributed(
         # which Ray reads when it is imported.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray = _ray()
-    started_ray = _connect(ray, None if address in (None, "local") else address, _worker_env(uri))
-    actors = []
+    held = ray_pool.begin_run(ray, None if address in (None, "local") else address, _worker_env(uri), _connect)
+    shape: tuple = ()
+    actors: list = []
+    alive: list | None = None
     try:
         gpus, cpus, count = _worker_shape(ray.cluster_resources(), workers)
+        shape = (options.model, str(options.weights), gpus, cpus)  # what a kept worker can serve
         worker_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_concurrency=2)(_Worker)
-        actors = [worker_cls.remote(options, "cuda" if gpus else "cpu", cpus)
-                  for _ in range(min(count, math.ceil(total / size)))]
+        actors = held.workers(shape, min(count, math.ceil(total / size)),
+                              lambda: worker_cls.remote(options, "cuda" if gpus else "cpu", cpus))
         _dispatch(ray, actors, dataset.name, stages, shards, options, report, total, Meter(progress, started=started),
                   cancel)
+        alive = []
         for actor in actors:
             try:
                 report.workers.append(ray.get(actor.describe.remote(), timeout=60))
+                alive.append(actor)
             except Exception as exc:  # a dead worker: its shards are in report.failed already
                 report.workers.append({"error": first_line(exc)})
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
+        held.end(shape, actors, alive)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def shutdown() -> None:
+    """End the local Ray that this process's runs started and kept for its next runs, with their
+    warm workers (done at exit anyway). A joined cluster is never kept."""
+    ray_pool.shutdown()
 
 
 def _worker_shape(resources: dict, workers: int) -> tuple[int, int, int]:

@@ -1,7 +1,7 @@
 """The Ray scenario (tests/ray_scenario.py) started as soon as the suite knows it will need it, and
 run beside the tests instead of in a test worker's slot (issue 26 item 7).
 
-Why: the scenario is one long subprocess (a local Ray, seven worker starts, a mongod) that spends
+Why: the scenario is one long subprocess (a local Ray, three worker starts, a mongod) that spends
 most of its wall time waiting for the CPU: ~50 s alone, 200-250 s under the whole suite's load,
 during which the xdist worker that ran its fixture did nothing else. Now the first worker (gw0, or
 the only process without xdist) starts it right after collection, when test_distributed's tests are
