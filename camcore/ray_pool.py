@@ -53,7 +53,7 @@ class RayRun:
             elif len(ready) >= count:
                 _give_back(self.ray, shape, [actor])  # not needed this run: stays idle and warm
             else:
-                self.ray.kill(actor)  # lost while idle (killed, out of memory)
+                _kill(self.ray, actor)  # lost while idle (killed, out of memory)
         return ready + [start() for _ in range(count - len(ready))]
 
     def end(self, shape: Hashable, actors: list, alive: list | None) -> None:
@@ -63,7 +63,7 @@ class RayRun:
         kept = [a for a in actors if a in alive] if self.keeps and alive is not None else []
         for actor in actors:
             if actor not in kept:
-                self.ray.kill(actor)
+                _kill(self.ray, actor)
         if kept:
             _give_back(self.ray, shape, kept)
         if self.disconnects:
@@ -112,7 +112,7 @@ def _take(shape: Hashable) -> list:
         if _kept.shape == shape:
             return workers
         for actor in workers:
-            _kept.ray.kill(actor)
+            _kill(_kept.ray, actor)
         return []
 
 
@@ -120,11 +120,11 @@ def _give_back(ray, shape: Hashable, actors: list) -> None:
     with _lock:
         if _kept is None or _kept.ray is not ray:  # shut down meanwhile
             for actor in actors:
-                ray.kill(actor)
+                _kill(ray, actor)
             return
         if _kept.shape != shape:
             for actor in _kept.workers:
-                ray.kill(actor)
+                _kill(ray, actor)
             _kept.workers = []
         _kept.shape = shape
         _kept.workers.extend(actors)
@@ -139,6 +139,13 @@ def _begins(ray, actor) -> bool:
         return False
 
 
+def _kill(ray, actor) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # already gone, or Ray was shut down under it: nothing left to end
+        pass
+
+
 def _end_kept() -> None:
     """Under _lock: end the kept workers and the Ray they run on."""
     global _kept
@@ -146,7 +153,7 @@ def _end_kept() -> None:
         return
     kept, _kept = _kept, None
     for actor in kept.workers:
-        kept.ray.kill(actor)
+        _kill(kept.ray, actor)
     if kept.ray.is_initialized():
         kept.ray.shutdown()
 

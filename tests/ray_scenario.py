@@ -73,7 +73,7 @@ def _gone(pids, seconds: float = 30) -> list[int]:
     return left
 
 
-def ray_initialized() -> bool:
+def _ray_initialized() -> bool:
     import ray
 
     return ray.is_initialized()
@@ -175,7 +175,7 @@ def main() -> None:
         lap("2 checks")
         # The run's local Ray is kept for this process's next runs, with both workers warm: runs
         # 3-5 start on them (one start-up per run would cost minutes on 2 cores).
-        out["kept_after_first"] = {"ray": ray_initialized(), "workers": sorted(_worker_pids())}
+        out["kept_after_first"] = {"ray": _ray_initialized(), "workers": sorted(_worker_pids())}
         import ray
 
         session = ray._private.worker.global_worker.node.get_session_dir_path()
@@ -247,7 +247,7 @@ def main() -> None:
         from camcore import distributed
 
         distributed.shutdown()  # the kept local Ray and its workers
-        out["after_shutdown"] = {"ray": ray_initialized(), "workers": _gone(_worker_pids)}
+        out["after_shutdown"] = {"ray": _ray_initialized(), "workers": _gone(_worker_pids)}
         if session:  # what Ray wrote (logs, the runtime env) over runs 2-5
             logged = subprocess.run(["grep", "-rl", SECRET, session], capture_output=True, text=True)
             out["files_with_the_password"] = logged.stdout.split()

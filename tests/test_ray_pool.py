@@ -54,6 +54,8 @@ class _Ray:
         self.shutdowns += 1
 
     def kill(self, actor: _Actor) -> None:
+        if not self.up:
+            raise RuntimeError("Ray has not been started yet.")  # as Ray's own ray.kill says
         actor.killed = actor.dead = True
 
     def get(self, actor: _Actor, timeout: float) -> None:
@@ -138,3 +140,10 @@ def test_a_failed_run_ends_its_workers_and_keeps_the_ray(ray):
     actors = held.workers(SHAPE, 2, _Actor)
     held.end(SHAPE, actors, None)
     assert all(a.killed for a in actors) and ray.up and ray_pool.kept_workers() == 0
+
+
+def test_a_kept_ray_shut_down_by_the_caller_is_started_again(ray):
+    first, _ = _run(ray, 2)
+    ray.shutdown()  # the caller's own ray.shutdown(): the kept workers went with it
+    second, new = _run(ray, 2)
+    assert new == second and ray.up and len(ray.connects) == 2 and ray_pool.kept_workers() == 2
