@@ -1,10 +1,10 @@
 """The Ray that a process's distributed runs share, and the workers they keep warm.
 
 A local Ray that a run starts (no cluster address) stays up until the process ends or
-`shutdown()` is called, and so do its workers with their models loaded: a process's next run on
-it (a notebook's second batch, another model's run after the first) starts at once instead of
-paying a Ray start and a worker start per actor again (on two cores ~10 and ~8 CPU-s: Ray's
-daemons, then each worker's imports and model). A cluster that a run joins, or a Ray the caller
+`shutdown()` is called, and so do its workers with their models loaded: a process's next run of
+the same model and weights (a notebook's second batch) starts at once instead of paying a Ray start
+and a worker start per actor again (on two cores ~10 and ~8 CPU-s: Ray's daemons, then each
+worker's imports and model); another model's run still saves the Ray start. A cluster that a run joins, or a Ray the caller
 started, is left as it was found: its workers end with each run, so no idle worker of ours
 holds a shared cluster's CPUs or GPUs between runs.
 
