@@ -4,9 +4,9 @@ A local Ray that a run starts (no cluster address) stays up until the process en
 `shutdown()` is called, and so do its workers with their models loaded: a process's next run of
 the same model and weights (a notebook's second batch) starts at once instead of paying a Ray start
 and a worker start per actor again (on two cores ~10 and ~8 CPU-s: Ray's daemons, then each
-worker's imports and model); another model's run still saves the Ray start. A cluster that a run joins, or a Ray the caller
-started, is left as it was found: its workers end with each run, so no idle worker of ours
-holds a shared cluster's CPUs or GPUs between runs.
+worker's imports and model); another model's run still saves the Ray start. A cluster that a
+run joins, or a Ray the caller started, is left as it was found: its workers end with each run,
+so no idle worker of ours holds a shared cluster's CPUs or GPUs between runs.
 
 Ray is never imported here: the caller (camcore.distributed) passes its module in.
 """
