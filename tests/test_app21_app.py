@@ -26,7 +26,7 @@ from pathlib import Path
 import fiftyone as fo
 import numpy as np
 import pytest
-from browser_support import APP_CHROMIUM, CHROMIUM_ARGS, shot_on_failure
+from browser_support import ARTIFACTS, APP_CHROMIUM, CHROMIUM_ARGS, shot_on_failure
 from cam_support import CHELSEA
 from fo_app_page import PROMO_TITLE, as_returning_user, no_overlapping_redraws, open_operator_form, overlapping_redraws
 from fo_helpers import field_name, unique_name
@@ -39,7 +39,6 @@ from camcore.store import appstyle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 MODEL = "efficientnet_lite0"
 FIELD = field_name(MODEL, "gradcam", "head", "predicted")  # the form's defaults
 # the CLI's defaults, --method eigencam, for a named class: a name cut to fit the sidebar (item 1)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, again_until
+from browser_support import ARTIFACTS, CHROMIUM, again_until
 
 from camcore import models
 from server_forks import start_server
@@ -29,7 +29,6 @@ from ui import router
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 DOCS = ROOT / "docs"
 VIEWPORT = {"width": 1400, "height": 1500}
 DEMO = "cam-explorer-demo"

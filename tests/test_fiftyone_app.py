@@ -5,11 +5,10 @@ import dataclasses
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_support import APP_CHROMIUM, CHROMIUM_ARGS, shot_on_failure
+from browser_support import ARTIFACTS, APP_CHROMIUM, CHROMIUM_ARGS, shot_on_failure
 from fo_app_page import as_returning_user, no_overlapping_redraws, overlapping_redraws, record_lookers, redraw_race
 from fo_helpers import make_heatmap, make_result
 
@@ -17,7 +16,6 @@ from camcore import demo_data, store
 from camcore.results import Target
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
-from browser_support import APP_CHROMIUM, CHROMIUM_ARGS, again_until, shot_on_failure
+from browser_support import ARTIFACTS, APP_CHROMIUM, CHROMIUM_ARGS, again_until, shot_on_failure
 from cam_support import CHELSEA
 from fo_app_page import as_returning_user, no_overlapping_redraws, overlapping_redraws
 from fo_helpers import coded_identity, field_name, unique_name, write_images
@@ -31,7 +31,6 @@ PANEL = f"{PLUGIN}/cam_heatmaps"
 MODEL = "efficientnet_lite0"  # real weights that ship with a package: no download, fast on a CPU
 PARAMS = {"model": MODEL, "methods": ["gradcam"], "layers": ["head"], "target": "predicted"}
 FIELD = field_name(MODEL, "gradcam", "head", "predicted")
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module", autouse=True)
