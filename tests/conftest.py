@@ -61,11 +61,23 @@ def pytest_configure(config: pytest.Config) -> None:
         (TIMELINE / f"{worker or 'main'}.pid").write_text(str(os.getpid()))
     if worker is None and getattr(config.option, "numprocesses", None):
         return  # the xdist controller runs no test: each worker starts its own database below
+    _scan_streamlit_components_once()
     if os.environ.get("FIFTYONE_DATABASE_URI"):
         # The user's own MongoDB: keep tests out of their real database (one database per xdist worker).
         os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"cam-explorer-tests{'-' + worker if worker else ''}")
     else:
         _start_mongod(tmp)
+
+
+def _scan_streamlit_components_once() -> None:
+    """Streamlit looks for its v2 components in every installed package's metadata (~190
+    packages, ~0.3 CPU-s) once per AppTest; ~110 tests build an AppTest, and the installed
+    packages do not change during a run: one scan in each test process serves them all."""
+    import functools
+
+    from streamlit.components.v2 import manifest_scanner
+
+    manifest_scanner.scan_component_manifests = functools.cache(manifest_scanner.scan_component_manifests)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
