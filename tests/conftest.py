@@ -71,8 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _scan_streamlit_components_once() -> None:
     """Streamlit looks for its v2 components in every installed package's metadata (~190
-    packages, ~0.3 CPU-s) once per AppTest; ~110 tests build an AppTest, and the installed
-    packages do not change during a run: one scan in each test process serves them all."""
+    packages, ~0.3 CPU-s) once per AppTest; a run builds 94 AppTests, and the installed packages
+    do not change during a run: one scan in each test process serves them all."""
     import functools
 
     from streamlit.components.v2 import manifest_scanner
