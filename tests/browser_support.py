@@ -49,38 +49,6 @@ STILL_SCRIPT = f"""(() => {{
 }})();"""
 
 
-# The explorer journeys' Playwright and Chromium, started at first use, stopped by stop().
-_SHARED: dict = {}
-
-
-def still_browser():
-    """The explorer journeys' Chromium (pages held still, hold_still): one per test process, each
-    test in contexts of its own, so no cookie or storage crosses tests. A Playwright (a node driver)
-    and a Chromium per test module cost ~2-3 CPU-s, for 8 modules a run. One that went away (a crash)
-    is launched again. Its Playwright runs in the test process's main thread until the session
-    ends: the real App's journeys start theirs in a worker thread (Playwright's sync API refuses to
-    start a second one in a thread that holds one)."""
-    browser = _SHARED.get("still")
-    if browser is None or not browser.is_connected():
-        if "playwright" not in _SHARED:
-            from playwright.sync_api import sync_playwright
-
-            _SHARED["playwright"] = sync_playwright().start()
-        browser = _SHARED["still"] = hold_still(_SHARED["playwright"].chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS))
-    return browser
-
-
-def stop() -> None:
-    """Close the still browser and stop Playwright (the end of the test session)."""
-    browser, playwright = _SHARED.pop("still", None), _SHARED.pop("playwright", None)
-    with contextlib.suppress(Exception):  # already gone: nothing to close
-        if browser is not None:
-            browser.close()
-    if playwright is not None:
-        playwright.stop()
-
-
 def hold_still(browser):
     """`browser`, whose new contexts' pages hold still (STILL_CSS)."""
     new_context = browser.new_context

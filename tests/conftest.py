@@ -81,8 +81,6 @@ def _scan_streamlit_components_once() -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if "browser_support" in sys.modules:  # the browser tests' Playwright and Chromium
-        sys.modules["browser_support"].stop()
     if "warm_processes" in sys.modules:  # the warm process the tests' servers and processes were forked from
         sys.modules["warm_processes"].close()
     proc = _state.pop("mongod", None)
@@ -169,11 +167,15 @@ def server(request, _servers):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium through Playwright (no browser download), shared by the test process's
-    explorer journeys (browser_support.still_browser); its pages hold still (STILL_CSS)."""
-    from browser_support import still_browser
+    """Debian's Chromium through Playwright (no browser download), for one test module; its pages
+    hold still (browser_support.STILL_CSS)."""
+    from browser_support import CHROMIUM, CHROMIUM_ARGS, hold_still
+    from playwright.sync_api import sync_playwright
 
-    return still_browser()
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield hold_still(b)
+        b.close()
 
 
 # The files that take longest, started first (longest first, by their wall time in a full run: the
