@@ -61,7 +61,6 @@ def pytest_configure(config: pytest.Config) -> None:
         (TIMELINE / f"{worker or 'main'}.pid").write_text(str(os.getpid()))
     if worker is None and getattr(config.option, "numprocesses", None):
         return  # the xdist controller runs no test: each worker starts its own database below
-    _scan_streamlit_components_once()
     if os.environ.get("FIFTYONE_DATABASE_URI"):
         # The user's own MongoDB: keep tests out of their real database (one database per xdist worker).
         os.environ.setdefault("FIFTYONE_DATABASE_NAME", f"cam-explorer-tests{'-' + worker if worker else ''}")
@@ -72,7 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _scan_streamlit_components_once() -> None:
     """Streamlit looks for its v2 components in every installed package's metadata (~190
     packages, ~0.3 CPU-s) once per AppTest; a run builds 94 AppTests, and the installed packages
-    do not change during a run: one scan in each test process serves them all."""
+    do not change during a run: one scan in each test process that collected Streamlit's tests
+    serves them all."""
     import functools
 
     from streamlit.components.v2 import manifest_scanner
@@ -260,12 +260,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the Ray scenario now, beside the tests, when its tests are collected (one worker). And
-    set what collection imported (torch, FiftyOne, Streamlit, Playwright, every test module) aside
-    from the cyclic collector: it lives as long as the test process, and each full collection would
-    walk it all again (as the app does after its imports: ui/session_memory.freeze_startup_heap)."""
+    """Start the Ray scenario now, beside the tests, when its tests are collected (one worker);
+    cache Streamlit's component scan when AppTest files were collected. And set what collection
+    imported (torch, FiftyOne, Streamlit, Playwright, every test module) aside from the cyclic
+    collector: it lives as long as the test process, and each full collection would walk it all
+    again (as the app does after its imports: ui/session_memory.freeze_startup_heap)."""
     import ray_background
 
+    if "streamlit" in sys.modules:  # AppTest files collected
+        _scan_streamlit_components_once()
     gc.collect()
     gc.freeze()
 
