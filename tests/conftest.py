@@ -267,7 +267,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     again (as the app does after its imports: ui/session_memory.freeze_startup_heap)."""
     import ray_background
 
-    if "streamlit" in sys.modules:  # AppTest files collected
+    if "streamlit" in sys.modules:  # collection imported it: AppTest files (or the ui they test) are here
         _scan_streamlit_components_once()
     gc.collect()
     gc.freeze()
