@@ -2,10 +2,24 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import json
+from pathlib import Path
 
 import numpy as np
 
 from camcore.errors import TargetError
+
+# The class names of the built-in models' weights, as torchvision's weights metadata lists them
+# ("imagenet", "voc", "coco"): kept here as data so that a picker or a form lists a model's classes
+# without importing torch (tests/test_models.py checks them against torchvision's lists).
+CATEGORIES_FILE = Path(__file__).with_name("categories.json")
+
+
+@functools.cache
+def builtin_categories(name: str) -> tuple[str, ...]:
+    """One list of CATEGORIES_FILE ("imagenet", "voc" or "coco"), index = the model's output."""
+    return tuple(json.loads(CATEGORIES_FILE.read_text(encoding="utf-8"))[name])
 
 
 def class_index(names: tuple[str, ...], requested: str | int) -> int:

@@ -18,16 +18,16 @@ matches each (same label, IoU above IOU_THRESHOLD), as in pytorch-grad-cam's tut
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
-import torch
-import torchvision
-
-from camcore.class_names import class_index
+from camcore.class_names import builtin_categories, class_index
 from camcore.errors import TargetError
+
+if TYPE_CHECKING:  # torch is imported where tensors are used: box rules are read without it (forms, CLI)
+    import torch
 
 DEFAULT_THRESHOLD = 0.5
 IOU_THRESHOLD = 0.5
@@ -36,12 +36,10 @@ RULE_KINDS = (TOP, "det", "class", "all", "box")
 MIN_FUSED_SIDE = 7  # SSDlite's last maps are 1 x 1: fused maps need some room
 
 
-@functools.cache
 def coco_class_names() -> tuple[str, ...]:
-    """COCO's 91 category names (index = torchvision's label), from torchvision's weights metadata."""
-    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_V2_Weights
-
-    return tuple(FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1.meta["categories"])
+    """COCO's 91 category names (index = torchvision's label), as torchvision's weights metadata
+    (FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1) lists them."""
+    return builtin_categories("coco")
 
 
 def builder(name: str, num_classes: int = 91) -> Callable[[], torch.nn.Module]:
@@ -149,7 +147,7 @@ def detections(output: dict, names: Sequence[str], scale: tuple[float, float],
                threshold: float = 0.0) -> tuple[Detection, ...]:
     """The model's boxes above `threshold`, best first, scaled (sx, sy) from the input tensor to the image."""
     scores = output["scores"].detach().float().cpu()
-    order = torch.argsort(scores, descending=True, stable=True)
+    order = scores.argsort(descending=True, stable=True)
     boxes = output["boxes"].detach().float().cpu()
     labels = output["labels"].detach().cpu()
     out: list[Detection] = []
@@ -172,6 +170,9 @@ class BoxScoreTarget:
         self.labels, self.boxes, self.iou_threshold = list(labels), [list(b) for b in boxes], iou_threshold
 
     def __call__(self, output: dict) -> torch.Tensor:
+        import torch
+        import torchvision
+
         boxes = output["boxes"]
         total = torch.zeros((), device=boxes.device, dtype=boxes.dtype)
         for label, box in zip(self.labels, self.boxes, strict=True):
@@ -245,6 +246,9 @@ def _match_field_box(rule: BoxRule, found: tuple[Detection, ...], names: Sequenc
     box = (x * width, y * height, (x + w) * width, (y + h) * height)
     if not found:
         raise TargetError(f"The model detects nothing on this sample: no box to match '{rule.label}'.")
+    import torch
+    import torchvision
+
     ious = torchvision.ops.box_iou(torch.tensor([box]), torch.tensor([d.box for d in found]))[0]
     same = [i for i, d in enumerate(found) if d.label == label]
     best = max(same, key=lambda i: float(ious[i]), default=None)
@@ -261,6 +265,8 @@ def fuse_levels(levels: dict) -> torch.Tensor:
     """An FPN's (or SSD backbone's) ordered feature maps as one tensor: every level resized to the
     smallest one of at least MIN_FUSED_SIDE on a side and stacked along channels, as
     pytorch-grad-cam's fasterrcnn_reshape_transform (without its abs: gradients keep their sign)."""
+    import torch
+
     values = list(levels.values())
     # the smallest level at least MIN_FUSED_SIDE on a side (Faster R-CNN: 'pool', the tutorial's)
     wide = [v for v in values if min(v.shape[-2:]) >= MIN_FUSED_SIDE] or values[:1]
@@ -273,6 +279,8 @@ def valid_fraction(module: torch.nn.Module, input_hw: tuple[int, int]) -> tuple[
     """The share (height, width) of the model's internal batch tensor that the image fills:
     torchvision's detection transform resizes and pads to a multiple of 32; feature maps of the
     padding are cropped away before a heatmap is drawn."""
+    import torch
+
     transform = getattr(module, "transform", None)
     if transform is None:
         return 1.0, 1.0
@@ -286,6 +294,8 @@ def reshape_for(module: torch.nn.Module, input_hw: tuple[int, int]) -> Callable[
     fh, fw = valid_fraction(module, input_hw)
 
     def reshape(value: object) -> torch.Tensor:
+        import torch
+
         tensor = fuse_levels(value) if isinstance(value, dict) else value
         assert isinstance(tensor, torch.Tensor)
         h, w = tensor.shape[-2:]

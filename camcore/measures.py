@@ -19,14 +19,17 @@ Never imports streamlit. The field names come from HeatmapIdentity.measure_field
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from camcore import judge, metrics
-from camcore.engine import Explainer
+from camcore.defaults import DEFAULT_BACKGROUND_THRESHOLD
 from camcore.results import Heatmap
 from camcore.store.datasets import stored_mask
+
+if TYPE_CHECKING:  # the options are read without torch (a form); judge and metrics measure with it
+    from camcore import judge, metrics
+    from camcore.engine import Explainer
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class MeasureOptions:
     """How a batch measures: where the object is, the background threshold, faithfulness on/off."""
 
     object_field: str | None = None  # a Segmentation or Detections field; None: the model's own mask
-    threshold: float = metrics.DEFAULT_BACKGROUND_THRESHOLD
+    threshold: float = DEFAULT_BACKGROUND_THRESHOLD
     faithfulness: bool = False  # opt-in: two more forwards per heatmap (keep, remove), 2.8x a batch vs 1.1x
     object_label: str = ""  # "": the field's label that names the explained class; ANY_OBJECT: every object
 
@@ -84,6 +87,8 @@ def sample_item(sample_id: str, path: str, obj: ObjectLabel | None, class_name: 
     """The object on one sample as judge.SampleItem: the field's label that names `class_name`
     (object_label ""), a named label, or every object (ANY_OBJECT: an untrained model's or another
     taxonomy's classes name none); a reason (str) when there is none."""
+    from camcore import judge
+
     if obj is None:
         return "no object label on this sample"
     wanted = object_label or class_name
@@ -116,6 +121,8 @@ def measure(ex: Explainer, h: Heatmap, item: judge.SampleItem | str | None, opti
     here, e.g. no object). `item`: the object from a label field, a reason why there is none, or
     None for the model's own mask (segmentation). `faith`: its faithfulness when already computed
     (Explainer.faithfulness_of)."""
+    from camcore import judge, metrics
+
     out: dict[str, Any] = {"about": options.about}
     if isinstance(item, str):
         mask = None

@@ -16,22 +16,24 @@ device, what a GPU runs: device_math.py), side by side so the two cannot drift a
 """
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pytorch_grad_cam as pgc
-import torch
 
-from camcore import perturbation
 from camcore.defaults import DEFAULT_METHOD as DEFAULT_METHOD  # re-exported; the CLI's parser reads defaults
-from camcore.device_math import sum_hw
 from camcore.errors import MethodError
 from camcore.identity import sanitise
 from camcore.results import Target
+
+# The table is read without torch or pytorch-grad-cam (a form, a picker, the CLI's checks): each
+# is imported where a map is computed (the library's class by its name, the torch math when run).
+if TYPE_CHECKING:
+    import torch
 
 
 class Kind(StrEnum):
@@ -52,7 +54,7 @@ class Kind(StrEnum):
 # (or projected on its first principal direction with eigen smoothing), numpy on the host.
 HostProduct = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
 # (activations, gradients) -> the same B x C x h x w product as torch ops on their device.
-DeviceProduct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DeviceProduct = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +80,10 @@ def _gradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 # GradCAMPlusPlus.get_cam_weights (eq. 19 of arXiv:1710.11063, eps 1e-6, aij = 0 where grads = 0)
 def _gradcam_plusplus(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    from camcore.device_math import sum_hw
+
     g2 = g * g
     g3 = g2 * g
     aij = g2 / (2 * g2 + sum_hw(a) * g3 + 1e-6)
@@ -87,6 +93,8 @@ def _gradcam_plusplus(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 # XGradCAM.get_cam_weights (eps 1e-7)
 def _xgradcam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    from camcore.device_math import sum_hw
+
     return sum_hw(g * a / (sum_hw(a) + 1e-7)) * a
 
 
@@ -108,7 +116,7 @@ ABS_GRADIENTS_TIMES_ACTIVATIONS = Product(host=lambda cam, a, g: np.abs(g) * a,
 
 # (cam object with its hooks, input, the library target, our Target, aug_smooth, eigen_smooth)
 # -> the library's 1 x H x W map: how a method with a pass of its own is called.
-OwnPassCall = Callable[[Any, torch.Tensor, object, Target, bool, bool], np.ndarray]
+OwnPassCall = Callable[[Any, "torch.Tensor", object, Target, bool, bool], np.ndarray]
 
 
 def _library_call(cam: Any, x: torch.Tensor, grad_target: object, target: Target, aug_smooth: bool,
@@ -122,6 +130,19 @@ def _finer_cam_call(cam: Any, x: torch.Tensor, grad_target: object, target: Targ
     return cam(x, targets=None, eigen_smooth=eigen_smooth, target_idx=target.index)
 
 
+@dataclass(frozen=True)
+class _Perturbation:
+    """camcore.perturbation's function `name`, imported at the first call (that module imports
+    torch); a plain object, so that an entry still pickles and compares."""
+
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        from camcore import perturbation
+
+        return getattr(perturbation, self.name)(*args, **kwargs)
+
+
 NOT_DETECTION = ("classification", "segmentation")
 ALL_TASKS = (*NOT_DETECTION, "detection")
 
@@ -131,7 +152,7 @@ class MethodSpec:
     key: str  # URLs, stored field names and the CLI use it: never change one
     label: str
     short: str = ""  # its code in field names (camcore.identity): 1-8 of [a-z0-9], unique; never change one
-    cls: type  # pytorch-grad-cam's class: the reference, and the runner of OWN_PASS methods
+    library_class: str  # pytorch-grad-cam's class (`cls`): the reference, and the runner of OWN_PASS methods
     kind: Kind
     in_article: bool = False
     product: Product | None = None  # pure methods: how activations and grads combine
@@ -166,6 +187,11 @@ class MethodSpec:
             raise TypeError(f"Method {self.key!r}: short must be 1-8 of [a-z0-9], not {self.short!r}.")
 
     @property
+    def cls(self) -> type:
+        """pytorch-grad-cam's class of this method (the library is imported at the first ask)."""
+        return getattr(importlib.import_module("pytorch_grad_cam"), self.library_class)
+
+    @property
     def pure(self) -> bool:
         return self.kind.pure
 
@@ -190,7 +216,7 @@ class MethodSpec:
             "key": self.key,
             "label": self.label,
             "short": self.short,
-            "class": self.cls.__name__,
+            "class": self.library_class,
             "kind": self.kind.value,
             "in_article": self.in_article,
             "supports_eigen_smooth": self.supports_eigen_smooth,
@@ -210,67 +236,67 @@ METHODS: dict[str, MethodSpec] = {
     spec.key: spec
     for spec in (
         MethodSpec(key="gradcam", short="grad",
-                   label="Grad-CAM", cls=pgc.GradCAM, kind=Kind.GRADIENT, in_article=True,
+                   label="Grad-CAM", library_class="GradCAM", kind=Kind.GRADIENT, in_article=True,
                    product=GRADCAM, tasks=ALL_TASKS),
         MethodSpec(key="scorecam", short="score",
-                   label="Score-CAM", cls=pgc.ScoreCAM, kind=Kind.PERTURBATION, in_article=True,
+                   label="Score-CAM", library_class="ScoreCAM", kind=Kind.PERTURBATION, in_article=True,
                    slow=True, tasks=ALL_TASKS, note="One forward pass per channel of the layer.",
-                   channel_weights=perturbation.score_cam_weights),
+                   channel_weights=_Perturbation("score_cam_weights")),
         MethodSpec(key="gradcam++", short="gradpp",
-                   label="Grad-CAM++", cls=pgc.GradCAMPlusPlus, kind=Kind.GRADIENT,
+                   label="Grad-CAM++", library_class="GradCAMPlusPlus", kind=Kind.GRADIENT,
                    in_article=True, product=GRADCAM_PLUSPLUS, tasks=ALL_TASKS),
         MethodSpec(key="ablationcam", short="ablat",
-                   label="Ablation-CAM", cls=pgc.AblationCAM, kind=Kind.PERTURBATION,
+                   label="Ablation-CAM", library_class="AblationCAM", kind=Kind.PERTURBATION,
                    in_article=True, slow=True, tasks=ALL_TASKS,
                    note="One forward pass per channel; ViTs use AblationLayerVit.",
-                   channel_weights=perturbation.ablation_cam_weights, per_fpn_level=True),
+                   channel_weights=_Perturbation("ablation_cam_weights"), per_fpn_level=True),
         MethodSpec(key="xgradcam", short="xgrad",
-                   label="XGrad-CAM", cls=pgc.XGradCAM, kind=Kind.GRADIENT, in_article=True,
+                   label="XGrad-CAM", library_class="XGradCAM", kind=Kind.GRADIENT, in_article=True,
                    product=XGRADCAM, tasks=ALL_TASKS),
         MethodSpec(key="eigencam", short="eigen",
-                   label="Eigen-CAM", cls=pgc.EigenCAM, kind=Kind.ACTIVATION, in_article=True,
+                   label="Eigen-CAM", library_class="EigenCAM", kind=Kind.ACTIVATION, in_article=True,
                    product=ACTIVATIONS, projection="pca", supports_eigen_smooth=False, tasks=ALL_TASKS,
                    note="First principal component of the activations: class-agnostic."),
         MethodSpec(key="eigengradcam", short="egrad",
-                   label="EigenGrad-CAM", cls=pgc.EigenGradCAM, kind=Kind.GRADIENT,
+                   label="EigenGrad-CAM", library_class="EigenGradCAM", kind=Kind.GRADIENT,
                    in_article=True, product=GRADIENTS_TIMES_ACTIVATIONS, projection="pca",
                    supports_eigen_smooth=False, tasks=ALL_TASKS),
         MethodSpec(key="layercam", short="lcam",
-                   label="Layer-CAM", cls=pgc.LayerCAM, kind=Kind.GRADIENT, in_article=True,
+                   label="Layer-CAM", library_class="LayerCAM", kind=Kind.GRADIENT, in_article=True,
                    product=POSITIVE_GRADIENTS_TIMES_ACTIVATIONS, tasks=ALL_TASKS),
         MethodSpec(key="hirescam", short="hires",
-                   label="HiRes-CAM", cls=pgc.HiResCAM, kind=Kind.GRADIENT,
+                   label="HiRes-CAM", library_class="HiResCAM", kind=Kind.GRADIENT,
                    product=GRADIENTS_TIMES_ACTIVATIONS, tasks=ALL_TASKS),
         MethodSpec(key="gradcamelementwise", short="gradew",
-                   label="Grad-CAM element-wise", cls=pgc.GradCAMElementWise,
+                   label="Grad-CAM element-wise", library_class="GradCAMElementWise",
                    kind=Kind.GRADIENT, product=POSITIVE_ELEMENTWISE, tasks=ALL_TASKS),
         MethodSpec(key="segeigencam", short="segeig",
-                   label="Seg-Eigen-CAM", cls=pgc.SegEigenCAM, kind=Kind.GRADIENT,
+                   label="Seg-Eigen-CAM", library_class="SegEigenCAM", kind=Kind.GRADIENT,
                    product=ABS_GRADIENTS_TIMES_ACTIVATIONS, projection="pca_signed", supports_eigen_smooth=False,
                    note="Eigen-CAM of |gradients| x activations with a sign correction."),
         MethodSpec(key="kpcacam", short="kpca",
-                   label="KPCA-CAM", cls=pgc.KPCA_CAM, kind=Kind.ACTIVATION, library_image=True,
+                   label="KPCA-CAM", library_class="KPCA_CAM", kind=Kind.ACTIVATION, library_image=True,
                    supports_eigen_smooth=False, slow=True,
                    note="Kernel PCA over all positions: slow on large feature maps."),
         MethodSpec(key="fem", short="fem",
-                   label="FEM", cls=pgc.FEM, kind=Kind.ACTIVATION, library_image=True,
+                   label="FEM", library_class="FEM", kind=Kind.ACTIVATION, library_image=True,
                    supports_eigen_smooth=False),
         MethodSpec(key="fullgrad", short="fullgrad",
-                   label="FullGrad", cls=pgc.FullGrad, kind=Kind.OWN_PASS, layer_independent=True,
+                   label="FullGrad", library_class="FullGrad", kind=Kind.OWN_PASS, layer_independent=True,
                    families=("cnn",), slow=True,
                    note="Uses every bias layer of the network, not the chosen layer."),
         MethodSpec(key="shapleycam", short="shapley",
-                   label="Shapley-CAM", cls=pgc.ShapleyCAM, kind=Kind.OWN_PASS, slow=True,
+                   label="Shapley-CAM", library_class="ShapleyCAM", kind=Kind.OWN_PASS, slow=True,
                    families=("cnn",),
                    note="Needs a Hessian-vector product: a second backward pass. pytorch-grad-cam 1.5.7's "
                    "ShapleyCAM does not reshape ViT tokens into a grid (and fused attention has no double "
                    "backward), so CNNs only."),
         MethodSpec(key="finercam", short="finer",
-                   label="Finer-CAM", cls=pgc.FinerCAM, kind=Kind.OWN_PASS,
+                   label="Finer-CAM", library_class="FinerCAM", kind=Kind.OWN_PASS,
                    tasks=("classification",), slow=True,
                    note="Contrasts the target with its most similar classes.", own_pass_call=_finer_cam_call),
         MethodSpec(key="randomcam", short="rand",
-                   label="Random-CAM (baseline)", cls=pgc.RandomCAM, kind=Kind.GRADIENT,
+                   label="Random-CAM (baseline)", library_class="RandomCAM", kind=Kind.GRADIENT,
                    product=RANDOM_WEIGHTS, tasks=ALL_TASKS, note="Random channel weights: a sanity baseline."),
     )
 }

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
 
+from camcore.defaults import DEFAULT_BACKGROUND_THRESHOLD as DEFAULT_BACKGROUND_THRESHOLD  # re-exported
 from camcore.models import LoadedModel
 
 ROAD_PERCENTILES = (20, 40, 60, 80)
-DEFAULT_BACKGROUND_THRESHOLD = 0.5  # less than half the mass on the object: background-dominated
 
 
 @dataclass(frozen=True)

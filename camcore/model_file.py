@@ -34,16 +34,17 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from camcore import paths
 from camcore import weights as weights_mod
 from camcore.errors import CamError, first_line
 from camcore.identity import sanitise
-from camcore.model_spec import DETECTOR_LAYOUTS, LayerSpec, ModelSpec, SegmentationOutput, SkippedEntry, detector_layers
+from camcore.model_spec import DETECTOR_LAYOUTS, LayerSpec, ModelSpec, SkippedEntry, detector_layers
 from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+if TYPE_CHECKING:  # torch is imported when an entry is built: a file without entries needs none
+    import torch
 
 ENV = "CAM_EXPLORER_MODELS"
 FILE_NAME = "models.toml"
@@ -175,6 +176,8 @@ def _build_raw(arch: _Arch, num_classes: int, img_size: int | None = None) -> to
 def _build_meta(arch: _Arch, num_classes: int, img_size: int | None) -> torch.nn.Module:
     """The architecture's shapes without memory or init cost (meta device); a real CPU build when
     a model's constructor needs real numbers."""
+    import torch
+
     try:
         with torch.device("meta"):
             return _build_raw(arch, num_classes, img_size)
@@ -187,6 +190,8 @@ def _is_timm_vit(module: torch.nn.Module) -> bool:
 
 
 def _build_model(arch: _Arch, num_classes: int, img_size: int | None) -> torch.nn.Module:
+    from camcore.model_outputs import SegmentationOutput
+
     raw = _build_raw(arch, num_classes, img_size)
     return SegmentationOutput(raw) if arch.task == "segmentation" else raw
 
@@ -305,6 +310,8 @@ def _auto_layers(arch: _Arch, raw: torch.nn.Module) -> tuple[list[str], str | No
     if all(hasattr(raw, f"layer{i}") for i in range(1, 5)):  # ResNet family
         layers = [f"layer{i}" for i in range(1, 5)]
         return layers, layers[-1]
+    import torch
+
     for container in ("features", "trunk_output", "layers"):
         seq = getattr(raw, container, None)
         if isinstance(seq, torch.nn.Sequential) and len(seq):

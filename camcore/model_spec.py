@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from camcore import weights as weights_mod
 from camcore.errors import ModelError
 from camcore.preprocessing import Preprocess
+
+if TYPE_CHECKING:  # a spec names its builder; torch is imported when it builds (camcore.model_outputs)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,6 @@ class ModelSpec:
             "short": self.short,
             "layer_shorts": {s.name: s.short for s in self.layers},
         }
-
-
-class SegmentationOutput(torch.nn.Module):
-    """torchvision segmentation models return a dict; CAM targets need the `out` tensor."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]
 
 
 def _fpn_layers(stages: tuple[tuple[str, str, str], ...], levels: tuple[str, ...]) -> tuple[LayerSpec, ...]:

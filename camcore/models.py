@@ -5,39 +5,39 @@ weights come from, how to preprocess, its class names, and the layers a user can
 """
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from camcore import model_file
 from camcore import weights as weights_mod
+from camcore.class_names import builtin_categories
 from camcore.defaults import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported; the CLI's parser reads defaults
 from camcore.errors import ModelError
-from camcore.model_spec import LayerSpec, ModelSpec, SegmentationOutput, SkippedEntry, detector_layers
+from camcore.model_spec import LayerSpec, ModelSpec, SkippedEntry, detector_layers
 from camcore.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
+if TYPE_CHECKING:  # torch is imported to load a model: the registry is read without it (forms, CLI)
+    import torch
 
-@functools.cache
+
 def voc_class_names() -> tuple[str, ...]:
-    from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights
+    """DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1's 21 categories."""
+    return builtin_categories("voc")
 
-    return tuple(DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["categories"])
 
-
-@functools.cache
 def imagenet_class_names() -> tuple[str, ...]:
-    from torchvision.models import ResNet50_Weights
-
-    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    """ResNet50_Weights.IMAGENET1K_V1's 1000 categories (timm's ImageNet models share them)."""
+    return builtin_categories("imagenet")
 
 
 def _build_deeplabv3() -> torch.nn.Module:
     from torchvision.models.segmentation import deeplabv3_resnet50
+
+    from camcore.model_outputs import SegmentationOutput
 
     # weights_backbone=None: otherwise torchvision downloads the ResNet-50 backbone.
     # aux_loss=False: the auxiliary FCN head only serves training. With it, every forward pays
@@ -57,6 +57,8 @@ def _build_timm(name: str) -> Callable[[], torch.nn.Module]:
     return build
 
 
+_TORCHVISION = "https://download.pytorch.org/models"  # where torchvision's weights enums download from
+
 BUILTIN_MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in (
@@ -67,7 +69,8 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             family="cnn",
             build=_build_deeplabv3,
             weights=weights_mod.TorchvisionWeights(
-                "DeepLabV3_ResNet50_Weights", "COCO_WITH_VOC_LABELS_V1", prefix="model."
+                "DeepLabV3_ResNet50_Weights", "COCO_WITH_VOC_LABELS_V1", prefix="model.",
+                url=f"{_TORCHVISION}/deeplabv3_resnet50_coco-cd0a2569.pth",
             ),
             preprocess=Preprocess("short_side", 520, IMAGENET_MEAN, IMAGENET_STD),
             class_names=voc_class_names,
@@ -119,12 +122,12 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
     )
 }
 
-def _detector(key: str, short: str, label: str, enum: str, size: int, note: str) -> ModelSpec:
+def _detector(key: str, short: str, label: str, enum: str, checkpoint: str, size: int, note: str) -> ModelSpec:
     from camcore import detection
 
     return ModelSpec(
         key=key, label=label, task="detection", family="cnn", build=detection.builder(key),
-        weights=weights_mod.TorchvisionWeights(enum, "COCO_V1", local_name=key),
+        weights=weights_mod.TorchvisionWeights(enum, "COCO_V1", f"{_TORCHVISION}/{checkpoint}", local_name=key),
         # torchvision's detectors normalise and resize inside (model.transform): they take 0..1 pixels
         preprocess=Preprocess("short_side", size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
         class_names=detection.coco_class_names,
@@ -138,14 +141,19 @@ def _detector(key: str, short: str, label: str, enum: str, size: int, note: str)
 
 DETECTION_MODELS: tuple[ModelSpec, ...] = (
     _detector("fasterrcnn_resnet50_fpn_v2", "frcnn", "Faster R-CNN ResNet-50 FPN v2",
-              "FasterRCNN_ResNet50_FPN_V2_Weights", 800, ""),
+              "FasterRCNN_ResNet50_FPN_V2_Weights", "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+              800, ""),
     _detector("fasterrcnn_mobilenet_v3_large_fpn", "frcmb", "Faster R-CNN MobileNetV3-Large FPN",
-              "FasterRCNN_MobileNet_V3_Large_FPN_Weights", 800, ""),
+              "FasterRCNN_MobileNet_V3_Large_FPN_Weights", "fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+              800, ""),
     _detector("retinanet_resnet50_fpn_v2", "retina", "RetinaNet ResNet-50 FPN v2",
-              "RetinaNet_ResNet50_FPN_V2_Weights", 800, ""),
-    _detector("fcos_resnet50_fpn", "fcos", "FCOS ResNet-50 FPN", "FCOS_ResNet50_FPN_Weights", 800, ""),
+              "RetinaNet_ResNet50_FPN_V2_Weights", "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
+              800, ""),
+    _detector("fcos_resnet50_fpn", "fcos", "FCOS ResNet-50 FPN", "FCOS_ResNet50_FPN_Weights",
+              "fcos_resnet50_fpn_coco-99b0c9b7.pth", 800, ""),
     _detector("ssdlite320_mobilenet_v3_large", "ssdl", "SSDlite320 MobileNetV3-Large",
-              "SSDLite320_MobileNet_V3_Large_Weights", 320, "Its backbone's six feature maps stand for the FPN."),
+              "SSDLite320_MobileNet_V3_Large_Weights", "ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
+              320, "Its backbone's six feature maps stand for the FPN."),
 )
 BUILTIN_MODELS.update({spec.key: spec for spec in DETECTION_MODELS})
 
@@ -236,6 +244,8 @@ def skipped_models() -> list[SkippedEntry]:
 def resolve_device(requested: str | torch.device) -> torch.device:
     """A device the user named (--device, CAM_EXPLORER_DEVICE), checked: ModelError if it is not
     a device name or not on this machine."""
+    import torch
+
     try:
         dev = torch.device(requested)
     except (RuntimeError, TypeError, ValueError):
@@ -257,6 +267,8 @@ def default_device() -> torch.device:
     requested = os.environ.get("CAM_EXPLORER_DEVICE")
     if requested:
         return resolve_device(requested)
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -341,6 +353,8 @@ def load_model(key: str, weights: str = "auto", device: str | torch.device | Non
         if hit is not None and hit[0] == ident:
             return hit[1]
         resolved = weights_mod.resolve(spec.weights, weights)  # first: a missing file fails before a build
+        import torch
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(UNTRAINED_SEED)  # untrained weights: the same random network every run
             module = spec.build()

@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where tensors are made: the registry's Preprocess needs none
+    import torch
+
     from camcore.models import ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+ReshapeTransform = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ def preprocess(spec: ModelSpec, rgb: np.ndarray, size: int | None = None,
     On a GPU `device`, the resized uint8 image is copied there and scaled there: the same three
     float32 operations, each correctly rounded on both, so the tensor is bit for bit the host's
     (bench/gpu_check.py checks it), without ~10 ms of numpy on the host per image at 520 px."""
+    import torch
+
     h, w = input_size_for(spec, rgb.shape[:2], size)
     shrink = h * w < rgb.shape[0] * rgb.shape[1]
     resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

@@ -1,10 +1,11 @@
-"""What to explain: the prediction, the target class, and pytorch-grad-cam's target object."""
+"""What to explain: the prediction, the target class, and pytorch-grad-cam's target object.
+
+The target rules are read without torch (a form checks them); torch and pytorch-grad-cam are
+imported where a model's output is read."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 
 from camcore.class_names import class_index
 from camcore.errors import TargetError
@@ -46,7 +47,7 @@ def predict(task: str, output, names: tuple[str, ...], image_size: tuple[int, in
         return Prediction(task, tuple(ClassScore(d.label, d.name, d.score) for d in found), boxes=found)
     out = output.detach()
     if task == "classification":
-        probs = torch.softmax(out.float(), dim=-1).cpu()
+        probs = out.float().softmax(dim=-1).cpu()
         scores, idx = probs.topk(min(TOP_K, probs.numel()))
         top = zip(scores, idx, strict=True)
         return Prediction(task, tuple(ClassScore(int(i), names[int(i)], float(s)) for s, i in top))
@@ -109,6 +110,8 @@ def _box_target(prediction: Prediction, names: tuple[str, ...], requested: str |
 def grad_cam_target(task: str, target: Target, output, scale: tuple[float, float] = (1.0, 1.0)):
     """pytorch-grad-cam's target object for one image's output (no batch dimension). A detector's
     boxes are given in the image's pixels: scale (sx, sy) takes them to the input tensor's."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
+
     if task == "detection":
         from camcore.detection import BoxScoreTarget
 
@@ -126,6 +129,7 @@ def _box_labels(target: Target, output, boxes) -> list[int]:
     """Each explained box's label: the target's class, except under 'all' (each box's own)."""
     if target.box_ref != "all":
         return [target.index] * len(boxes)
+    import torch
     import torchvision
 
     ious = torchvision.ops.box_iou(torch.tensor(boxes, dtype=output["boxes"].dtype), output["boxes"].detach().cpu())

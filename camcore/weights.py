@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
-
 from camcore.errors import ModelError, WeightsUnavailable, first_line
+
+if TYPE_CHECKING:  # torch is imported to read or load weights: finding and offering them needs none
+    import torch
 
 UNTRAINED = "untrained"
 AUTO = "auto"
@@ -37,6 +40,17 @@ class ResolvedWeights:
 
     def without_state(self) -> ResolvedWeights:
         return replace(self, state_dict=None)
+
+
+def hub_dir() -> Path:
+    """torch.hub.get_dir() (where torchvision's downloads are cached), without importing torch for
+    it: the same environment rules ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch),
+    and torch's own answer once torch is loaded (torch.hub.set_dir may have moved it)."""
+    hub = sys.modules.get("torch.hub")  # set_dir needs it imported: when it is not, the rules hold
+    if hub is not None:
+        return Path(hub.get_dir())
+    cache = os.getenv("XDG_CACHE_HOME", "~/.cache")
+    return Path(os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))) / "hub"
 
 
 def weights_dir() -> Path:
@@ -136,11 +150,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return value
 
 
+HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub.HASH_REGEX: the hash a checkpoint's name carries
+
+
 def hash_problem(path: Path, url: str = "") -> None:
     """ModelError (one line) when a file named like torchvision's checkpoints (`<name>-<hex>.pth`)
     has a content whose SHA-256 does not start with that hex, as torch.hub's check_hash. url: where
     a good copy is, for the message."""
-    found = torch.hub.HASH_REGEX.search(path.name)
+    found = HASH_IN_NAME.search(path.name)
     prefix = found.group(1) if found else ""
     if not prefix:
         return
@@ -157,6 +174,8 @@ def read_state_dict(path: str | os.PathLike, mmap: bool = False) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelError(f"Weights file not found: {path}")
+    import torch
+
     state: Any
     try:
         if path.suffix == ".safetensors":
@@ -249,19 +268,12 @@ class WeightsSource:
 
 
 class TorchvisionWeights(WeightsSource):
-    def __init__(self, enum_name: str, member: str, prefix: str = "", local_name: str = "deeplabv3"):
-        self.enum_name, self.member, self.prefix, self.local_name = enum_name, member, prefix, local_name
+    """A torchvision weights enum's checkpoint. Its url is given as data (the enum's own url:
+    tests/test_models.py checks each against torchvision's), so finding the file needs no torch."""
 
-    def _weights(self):
-        import torchvision.models.detection as det
-        import torchvision.models.segmentation as seg
-
-        module = seg if hasattr(seg, self.enum_name) else det
-        return getattr(getattr(module, self.enum_name), self.member)
-
-    @property
-    def url(self) -> str:
-        return self._weights().url
+    def __init__(self, enum_name: str, member: str, url: str, prefix: str = "", local_name: str = "deeplabv3"):
+        self.enum_name, self.member, self.url = enum_name, member, url
+        self.prefix, self.local_name = prefix, local_name
 
     @property
     def filename(self) -> str:
@@ -274,7 +286,7 @@ class TorchvisionWeights(WeightsSource):
     def how_to(self) -> str:
         return (
             f"download {self.url} and put it in {weights_dir()} (or set CAM_EXPLORER_WEIGHTS_DIR), "
-            f"or into {Path(torch.hub.get_dir()) / 'checkpoints'}"
+            f"or into {hub_dir() / 'checkpoints'}"
         )
 
     def find_local(self) -> tuple[Path, str] | None:
@@ -282,7 +294,7 @@ class TorchvisionWeights(WeightsSource):
         for path in [weights_dir() / self.filename, *self.local_candidates((stem, self.local_name))]:
             if path.is_file():
                 return path, "file"
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+        cached = hub_dir() / "checkpoints" / self.filename
         return (cached, "cache") if cached.is_file() else None
 
     def download_host(self) -> str:
@@ -298,6 +310,8 @@ class TorchvisionWeights(WeightsSource):
     def download(self) -> tuple[dict, str]:
         # Explicit, as torchvision's own builders do (check_hash) and more (weights_only): the
         # file's SHA-256 must start with the hash in its name, and unpickling runs no code.
+        import torch
+
         state = torch.hub.load_state_dict_from_url(self.url, progress=True, map_location="cpu",
                                                    check_hash=True, weights_only=True)
         return state, self.describe()
@@ -330,7 +344,7 @@ class TimmWeights(WeightsSource):
         for path in [weights_dir() / url_name, *self.local_candidates((self.name, "deit_tiny"))]:
             if path.is_file():
                 return path, "file"
-        hub_cached = Path(torch.hub.get_dir()) / "checkpoints" / url_name
+        hub_cached = hub_dir() / "checkpoints" / url_name
         if hub_cached.is_file():
             return hub_cached, "cache"
         try:

@@ -540,6 +540,38 @@ def test_the_apps_page_check_and_open_in_load_no_torch(tmp_path):
     assert loaded.split() == ["none"], f"loaded by the page check: {loaded.strip()}"
 
 
+# The compute form's first open in a fresh App server: the registries and the request's checks only.
+_COMPUTE_FORM = """
+import json, sys
+import fiftyone as fo
+import fiftyone.operators as foo
+ds = fo.Dataset()
+ds.add_sample(fo.Sample(filepath=sys.argv[1]))
+ds.compute_metadata()
+forms = {}
+for model in ("efficientnet_lite0", "fasterrcnn_resnet50_fpn_v2"):
+    ctx = foo.ExecutionContext(request_params={"dataset_name": ds.name, "params": {**json.loads(sys.argv[3]),
+                                                                                   "model": model}})
+    forms[model] = json.dumps(foo.get_operator(sys.argv[2]).resolve_input(ctx).to_json())
+loaded = [m for m in ("torch", "torchvision", "pytorch_grad_cam", "timm") if m in sys.modules]
+print(json.dumps({"loaded": loaded, "forms": forms}))
+"""
+
+
+def test_the_compute_forms_first_open_loads_no_torch(tmp_path):
+    """The form lists the models, methods, layers and classes and checks the request (names, the
+    weights found, a detector's box rule) from the registries alone. It imported torch, torchvision
+    and grad-cam through camcore.batch: ~4 s of CPU in a fresh App server, a wait the user saw."""
+    image = write_images(tmp_path / "images", ["one.png"])[0]
+    said = json.loads(_fresh_app_server(tmp_path, _COMPUTE_FORM, str(image), COMPUTE,
+                                        json.dumps({k: v for k, v in PARAMS.items() if k != "model"})).splitlines()[-1])
+    assert said["loaded"] == [], f"loaded by the form: {said['loaded']}"
+    classifier, detector = said["forms"]["efficientnet_lite0"], said["forms"]["fasterrcnn_resnet50_fpn_v2"]
+    assert "Cannot compute" not in classifier  # checked, and the packaged weights found
+    assert all(f'"{word}"' in classifier for word in ("tench", "gradcam", "head", "predicted"))
+    assert '"top:3"' in detector and '"Boxes"' in detector and '"fpn"' in detector
+
+
 _FIRST_OPERATOR = """
 import sys
 import fiftyone as fo

@@ -144,11 +144,11 @@ def test_a_method_entry_is_keyword_fields_and_a_typed_kind():
 
     assert all(f.kw_only for f in dataclasses.fields(MethodSpec))
     with pytest.raises(TypeError):
-        MethodSpec("x", "X", object, Kind.ACTIVATION, True, library_image=True)  # type: ignore[misc]
+        MethodSpec("x", "X", "GradCAM", Kind.ACTIVATION, True, library_image=True)  # type: ignore[misc]
     with pytest.raises(TypeError, match="kind must be a Kind"):
-        MethodSpec(key="x", label="X", cls=object, kind="activation", library_image=True)  # type: ignore[arg-type]
+        MethodSpec(key="x", label="X", library_class="GradCAM", kind="activation", library_image=True)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="channel_weights"):
-        MethodSpec(key="x", label="X", cls=object, kind=Kind.PERTURBATION)
+        MethodSpec(key="x", label="X", library_class="ScoreCAM", kind=Kind.PERTURBATION)
     assert {type(spec.kind) for spec in METHODS.values()} == {Kind}
 
 

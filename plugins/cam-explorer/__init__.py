@@ -62,8 +62,9 @@ FORM_FACTS_SECONDS = 30.0
 def _camcore(*parts: str) -> Any:
     """Make ``camcore`` importable, then import and return ``camcore.<part>`` for each part (one
     part: the module). Each operator imports only what it uses: the page check (sync_app, every
-    few seconds from each open App page) needs camcore.store, and batch, methods and models load
-    torch and grad-cam (~4 s of CPU, and their memory, in the App's server)."""
+    few seconds from each open App page) needs camcore.store; the compute form reads the
+    registries and checks a request (batch_options, methods, models, weights: no torch); only a
+    run (camcore.batch) loads torch and grad-cam (~4 s of CPU, and their memory, in the App's server)."""
     try:
         import camcore  # noqa: F401
     except ImportError:
@@ -121,14 +122,14 @@ def _target(ctx, count: Callable[[Any], int] = len) -> tuple[Any, str]:
 
 def _view_facts(samples: Any) -> dict:
     """The form's memo for these samples (one per view, kept FORM_FACTS_SECONDS): what the form's
-    refreshes read of the view once (its count, batch.BoxFacts' labels and most boxes)."""
-    batch, store = _camcore("batch", "store")
-    return batch.shared_facts(store.views.view_key(samples), FORM_FACTS_SECONDS)
+    refreshes read of the view once (its count, BoxFacts' labels and most boxes)."""
+    options, store = _camcore("batch_options", "store")
+    return options.shared_facts(store.views.view_key(samples), FORM_FACTS_SECONDS)
 
 
 def _forget_view(samples: Any) -> None:
-    batch, store = _camcore("batch", "store")
-    batch.forget_shared_facts(store.views.view_key(samples))
+    options, store = _camcore("batch_options", "store")
+    options.forget_shared_facts(store.views.view_key(samples))
 
 
 def _form_count(samples: Any) -> int:
@@ -177,8 +178,8 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _request(params: dict) -> dict:
-    """The params, defaulted, as batch.BatchOptions' fields (names not yet checked)."""
-    batch, methods, models = _camcore("batch", "methods", "models")
+    """The params, defaulted, as camcore.batch_options.BatchOptions' fields (names not yet checked)."""
+    options, methods, models = _camcore("batch_options", "methods", "models")
     model = str(params.get("model") or models.DEFAULT_MODEL).strip()
     spec = models.MODELS.get(model)
     return {
@@ -187,8 +188,8 @@ def _request(params: dict) -> dict:
         "methods": _as_list(params.get("methods")) or [methods.DEFAULT_METHOD],
         "layers": _as_list(params.get("layers")) or ([spec.default_layer] if spec else []),
         # a detector's form has Boxes instead of Target (a value left from another model is not read)
-        "target_rule": (batch.PREDICTED if spec is not None and spec.task == "detection"
-                        else str(params.get("target") or batch.PREDICTED).strip()),
+        "target_rule": (options.PREDICTED if spec is not None and spec.task == "detection"
+                        else str(params.get("target") or options.PREDICTED).strip()),
         "eigen_smooth": bool(params.get("eigen_smooth", False)),
         "measures": _measure_options(params),
     }
@@ -218,9 +219,9 @@ def _measure_options(params: dict) -> Any:
 def check(params: dict) -> dict:
     """BatchOptions' fields for these params, every name checked the way batch checks them and
     the weights available: raises a CamError / ValueError with a one-line reason otherwise."""
-    batch, models, weights = _camcore("batch", "models", "weights")
+    options, models, weights = _camcore("batch_options", "models", "weights")
     args = _request(params)
-    request = batch.BatchOptions(**args).checked()
+    request = options.BatchOptions(**args).checked()
     args["weights"] = _resolve_weights(args["weights"])
     weights.check_available(request.spec.weights, args["weights"])
     args["methods"], args["layers"] = list(request.methods), list(request.layers)
@@ -288,7 +289,7 @@ class ComputeCams(foo.Operator):
         except Exception as exc:
             inputs.view(ERROR_KEY, types.Error(label="Nothing to compute on", description=_first_line(exc)))
             return types.Property(inputs)
-        batch, methods, models, store = _camcore("batch", "methods", "models", "store")
+        options, methods, models, store = _camcore("batch_options", "methods", "models", "store")
         # The model alone (not _request: a bad threshold raised here, and the App showed a traceback
         # for the form); check() below says what is wrong with the rest.
         spec = models.MODELS.get(str(ctx.params.get("model") or "").strip()) or models.get_spec(models.DEFAULT_MODEL)
@@ -334,9 +335,9 @@ class ComputeCams(foo.Operator):
         else:
             target_view = types.AutocompleteView(label="Target", allow_user_input=True,
                                                  description="'predicted' explains each sample's top class")
-            for name in (batch.PREDICTED, *spec.class_names()):
+            for name in (options.PREDICTED, *spec.class_names()):
                 target_view.add_choice(name, label=name)
-            inputs.str("target", default=batch.PREDICTED, view=target_view)
+            inputs.str("target", default=options.PREDICTED, view=target_view)
         inputs.bool("eigen_smooth", default=False, label="eigen_smooth",
                     description="First principal component of the weighted activations")
         _measure_views(inputs, ctx.params, store.root_dataset(samples) if count else None, store)
@@ -354,8 +355,8 @@ class ComputeCams(foo.Operator):
                 _check_object_field(ctx.params, store.root_dataset(samples), store)
                 # a detector's box rule, checked as the run expands it (an unknown class, a field
                 # without boxes or with labels the model does not know): refused here, not mid-run
-                batch.box_batches(samples, batch.BatchOptions(chunk=CHUNK, **checked), _box(ctx.params),
-                                  batch.BoxFacts(samples, _view_facts(samples)))  # the run reads afresh
+                options.box_batches(samples, options.BatchOptions(chunk=CHUNK, **checked), _box(ctx.params),
+                                    options.BoxFacts(samples, _view_facts(samples)))  # the run reads afresh
             except Exception as exc:
                 problem = _first_line(exc)
                 _forget_view(samples)  # a refusal is read afresh at the next refresh (the data may be fixed)
