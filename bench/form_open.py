@@ -4,7 +4,8 @@ A fresh process stands for the App's server as it runs operators: FiftyOne impor
 from the tree's plugins/ folder (camcore importable only through it), a one-sample dataset. It
 resolves compute_cams's form for each model in MODELS (the first open of the form, then one per
 model switch), and reports the CPU seconds and wall seconds of the first open, of the others, and
-which of torch, torchvision, pytorch-grad-cam and timm got loaded. The base's tree is a git
+which of torch, torchvision, pytorch-grad-cam and timm got loaded, and the process's peak memory
+(the App server keeps what the form loaded for its life). The base's tree is a git
 worktree of --base (removed after); the two trees run alternately, --repeats times each, in one
 private mongod. Ratios are base / this checkout, medians.
 
@@ -28,7 +29,7 @@ MODELS = ("efficientnet_lite0", "deeplabv3", "fasterrcnn_resnet50_fpn_v2")
 HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "timm")
 
 _PROBE = """
-import json, sys, time
+import json, resource, sys, time
 import fiftyone as fo
 import fiftyone.operators as foo
 ds = fo.Dataset()
@@ -42,7 +43,8 @@ for model in sys.argv[2].split(","):
     times.append((time.process_time() - cpu, time.perf_counter() - wall))
     assert "gradcam" in json.dumps(form), model  # a real form, not an error
 ds.delete()
-print(json.dumps({"times": times, "loaded": [m for m in sys.argv[3].split(",") if m in sys.modules]}))
+print(json.dumps({"times": times, "loaded": [m for m in sys.argv[3].split(",") if m in sys.modules],
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -92,6 +94,8 @@ def main() -> None:
         for unit, part in (("CPU-s", 0), ("wall s", 1)):
             b, t = median("base", which, part), median("this", which, part)
             print(f"{label + ' ' + unit:28}{b:18.2f}{t:16.2f}{b / t if t else float('inf'):8.1f}x")
+    b, t = (statistics.median(run["peak_mib"] for run in runs[name]) for name in ("base", "this"))
+    print(f"{'peak memory MiB':28}{b:18.0f}{t:16.0f}{b / t:8.1f}x")
     for name in runs:
         print(f"loaded by the form ({name}): {', '.join(runs[name][-1]['loaded']) or 'none'}")
 
