@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -263,3 +266,34 @@ def test_the_map_names_the_ui_modules_that_reach_the_store():
     listed = doc.split("The ui modules that import `camcore.store` are exactly:", 1)[1].split("(", 1)[0]
     named = {f"ui/{name}" for name in re.findall(r"`([a-z_]+\.py)`", listed)}
     assert named == set(_importers(UI, "camcore.store"))
+
+
+# The explorer's pages that read what is stored, and the Batch page's form: no torch until a heatmap
+# is computed (a stored link to one of them opened a fresh explorer after ~3 s of imports and ~800
+# MiB more memory). A page's own module-level imports and app.py's, in a fresh process.
+READING_PAGES = ("audit", "findings", "runs", "batch", "review")
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """The camcore and ui modules a file imports at its top level (those run when it loads)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return {n for n in names if n.split(".")[0] in ("camcore", "ui")
+            and (ROOT.joinpath(*n.split(".")).with_suffix(".py").is_file()
+                 or ROOT.joinpath(*n.split("."), "__init__.py").is_file())}
+
+
+def test_the_pages_that_read_what_is_stored_load_no_torch():
+    files = [ROOT / "app.py", *(ROOT / "pages" / f"{name}.py" for name in READING_PAGES)]
+    modules = sorted(set().union(*map(_module_level_imports, files)))
+    assert "ui.batch_runs" in modules and "ui.review" in modules  # the rule sees the pages' parts
+    script = ("import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
+              "print(' '.join(x for x in ('torch', 'torchvision', 'pytorch_grad_cam') if x in sys.modules) or 'none')")
+    proc = subprocess.run([sys.executable, "-c", script, *modules], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1:] == ["none"], f"loaded: {proc.stdout.strip()}"

@@ -15,7 +15,7 @@ import uuid
 
 import streamlit as st
 
-from camcore import batch, store
+from camcore import batch_options, store
 from camcore.errors import CamError
 from camcore.measures import MeasureOptions
 from camcore.progress import eta_text
@@ -23,7 +23,7 @@ from ui import text
 from ui.state import Batch
 
 LAST, TOKEN = Batch.LAST, Batch.TOKEN
-PREDICTED = batch.PREDICTED  # the target rule "each sample's own top class"
+PREDICTED = batch_options.PREDICTED  # the target rule "each sample's own top class"
 BOXES_HELP = ("A detector explains boxes: top (the top-scoring detection), top:<k> (the k best, a field "
               "each), det:<i>, class:<name> (every box of a class, summed), all; each optionally "
               "@<score threshold> (default 0.5); field:<Detections field>[:<class>] (every box of the "
@@ -63,24 +63,25 @@ def measure_controls(dataset_name: str) -> MeasureOptions | None:
 
 
 def options(sel, model: str, methods: tuple[str, ...], layers: tuple[str, ...], target_rule: str,
-            eigen_smooth: bool, measures: MeasureOptions | None, fresh: bool = False) -> list[batch.BatchOptions]:
+            eigen_smooth: bool, measures: MeasureOptions | None,
+            fresh: bool = False) -> list[batch_options.BatchOptions]:
     """The page's choices, with the sidebar's weights and input size, as the options of a batch:
     one, or a detector's one per box rule (`target_rule` is then its box rule, as `batch --box`:
     top:<k> and a field's boxes stand for several); checked (a clear CamError where they do not fit).
     What a `field:` rule reads from the view (aggregations over all of it) is kept for this session's
     dataset and view across reruns; fresh (the click that runs the batch): read again."""
-    base = batch.BatchOptions(model=model, weights=sel.weights, methods=methods, layers=layers,
+    base = batch_options.BatchOptions(model=model, weights=sel.weights, methods=methods, layers=layers,
                               target_rule=target_rule, eigen_smooth=eigen_smooth, input_size=sel.input_size,
                               measures=measures)
     view = sel.view()
     try:
-        return [o.checked() for o in batch.box_batches(view, base, None, _box_facts(sel, view, fresh))]
+        return [o.checked() for o in batch_options.box_batches(view, base, None, _box_facts(sel, view, fresh))]
     except CamError:  # refused (no such boxes, unknown labels): no Run button to click, so the next
         st.session_state.pop(Batch.BOX_FACTS, None)  # rerun reads the view again (the user may fix the data)
         raise
 
 
-def _box_facts(sel, view, fresh: bool) -> batch.BoxFacts:
+def _box_facts(sel, view, fresh: bool) -> batch_options.BoxFacts:
     """This session's facts of the sidebar's view: one memo, replaced when the dataset or the view
     changes (so it never grows), or when asked to read afresh."""
     where = (sel.dataset, sel.view_spec)
@@ -88,16 +89,16 @@ def _box_facts(sel, view, fresh: bool) -> batch.BoxFacts:
     if fresh or not kept or kept[0] != where:
         kept = (where, {})
         st.session_state[Batch.BOX_FACTS] = kept
-    return batch.BoxFacts(view, kept[1])
+    return batch_options.BoxFacts(view, kept[1])
 
 
-def field_names(sel, runs: list[batch.BatchOptions]) -> list[str]:
+def field_names(sel, runs: list[batch_options.BatchOptions]) -> list[str]:
     """The fields the runs write, as the dataset keeps them (a field of an older name holding the same map)."""
     dataset = store.load_dataset(sel.dataset)
     return list(dict.fromkeys(f for options in runs for f in options.field_names(dataset)))
 
 
-def fields_text(sel, runs: list[batch.BatchOptions], fields: list[str]) -> str:
+def fields_text(sel, runs: list[batch_options.BatchOptions], fields: list[str]) -> str:
     """The plan's "Fields: ..." line; a detector's several box rules say which fields are whose box
     (a name cut to fit the App's sidebar may end in a hash that says nothing)."""
     if len(runs) < 2:
@@ -218,7 +219,7 @@ def pick_up(token: str) -> None:
         note.empty()
 
 
-def run(sel, rules: list[batch.BatchOptions], fields: list[str], token: str) -> None:
+def run(sel, rules: list[batch_options.BatchOptions], fields: list[str], token: str) -> None:
     """Run the batch here, in the script thread, with a progress bar that reports per heatmap.
 
     Streamlit interrupts a script at its next st.* call: Cancel or any click (a stop with fast
@@ -263,6 +264,8 @@ def run(sel, rules: list[batch.BatchOptions], fields: list[str], token: str) -> 
     outcome, state = "failed", None
     try:
         view = sel.view()  # the sidebar's view itself (stages), read a page at a time by the batch
+        from camcore import batch  # the run loads torch; the page's form and its checks do not
+
         report = batch.run_batches(view, rules, progress=progress, cancel=cancel)  # a detector's box rules: one run
         if not report.cancelled:
             outcome = "finished"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from camcore import batch, models, overlay, store, weights
+from camcore import batch_options, models, overlay, store, weights
 from camcore.errors import CamError
 from camcore.measures import MeasureOptions
 from camcore.store import audit
@@ -59,9 +59,9 @@ def note_for(sample_id: str) -> None:
         st.session_state[Audit.NOTE_SAMPLE] = sample_id
 
 
-def _options(meaning: dict, weights_choice: str, about: str = "") -> batch.BatchOptions:
+def _options(meaning: dict, weights_choice: str, about: str = "") -> batch_options.BatchOptions:
     """The batch that makes this field's maps (and measures) with these weights."""
-    return batch.BatchOptions(model=meaning["model"], weights=weights_choice, methods=(meaning["method"],),
+    return batch_options.BatchOptions(model=meaning["model"], weights=weights_choice, methods=(meaning["method"],),
                               layers=(meaning["layer"],), target_rule=meaning["target"],
                               eigen_smooth="eigen" in meaning.get("variant", ""),
                               measures=MeasureOptions.parse(about) if about else MeasureOptions(), chunk=1)
@@ -168,6 +168,8 @@ def compute(sel: Selection, sample_id: str, run: audit.AuditRun, about: str) -> 
         return (f"No weights on offer here make {run.heatmap} (its weights file is no longer in the weights "
                 "folder?): nothing computed.")
     options = _options(meaning, choice, about)
+    from camcore import batch  # computing loads torch; the queue and the stored maps do not
+
     try:  # bad input (the object field deleted or of another type since, no weights): one line, the sample stays
         report = batch.run_batch(dataset.select([sample_id]), options)
     except CamError as exc:
