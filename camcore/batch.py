@@ -1,7 +1,8 @@
 """Heatmaps for a whole view: resumable, written in bulk, with progress and cancel.
 
-Never imports streamlit. What to compute is one :class:`BatchOptions` (model, weights, methods,
-layers, target rule, smoothing, input size, chunk, device, heatmap folder), shared by
+Never imports streamlit. What to compute is one :class:`BatchOptions` (camcore.batch_options,
+checked there without torch, re-exported here: model, weights, methods, layers, target rule,
+smoothing, input size, chunk, device, heatmap folder), shared by
 :func:`run_batch`, the Ray driver and its workers (camcore.distributed), the CLI's ``batch`` and
 the Batch page. One field per (model, method, layer, target rule), named by its
 :class:`~camcore.identity.HeatmapIdentity`, built once per run: with the rule

@@ -12,7 +12,7 @@ from camcore.errors import TargetError
 
 # The class names of the built-in models' weights, as torchvision's weights metadata lists them
 # ("imagenet", "voc", "coco"): kept here as data so that a picker or a form lists a model's classes
-# without importing torch (tests/test_models.py checks them against torchvision's lists).
+# without importing torch (tests/test_registries.py checks them against torchvision's lists).
 CATEGORIES_FILE = Path(__file__).with_name("categories.json")
 
 

@@ -269,7 +269,7 @@ class WeightsSource:
 
 class TorchvisionWeights(WeightsSource):
     """A torchvision weights enum's checkpoint. Its url is given as data (the enum's own url:
-    tests/test_models.py checks each against torchvision's), so finding the file needs no torch."""
+    tests/test_registries.py checks each against torchvision's), so finding the file needs no torch."""
 
     def __init__(self, enum_name: str, member: str, url: str, prefix: str = "", local_name: str = "deeplabv3"):
         self.enum_name, self.member, self.url = enum_name, member, url
