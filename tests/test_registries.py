@@ -112,6 +112,24 @@ def test_the_registries_and_a_batchs_options_import_no_torch(tmp_path):
     assert loaded.split()[-1:] == ["none"], f"loaded: {loaded.strip()}"
 
 
+# `python -m camcore models` and `methods`: the lists a user reads before choosing (they took 3.0
+# and 4.6 s when they loaded torch to print a table).
+_LIST = """
+import contextlib, io, sys
+from camcore.cli import main
+for command in ("models", "methods"):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main([command]) == 0
+    assert "efficientnet_lite0" in out.getvalue() or "gradcam" in out.getvalue(), out.getvalue()
+print(" ".join(m for m in sys.argv[1:] if m in sys.modules) or "none")
+"""
+
+
+def test_the_clis_model_and_method_lists_import_no_torch(tmp_path):
+    loaded = _fresh(tmp_path, _LIST, *HEAVY)
+    assert loaded.split()[-1:] == ["none"], f"loaded: {loaded.strip()}"
+
+
 def _fresh(tmp_path: Path, script: str, *args: str) -> str:
     """`script`'s stdout, run in a new process (nothing of the tests' loaded) with camcore importable."""
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
