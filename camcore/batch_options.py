@@ -2,9 +2,10 @@
 (model, weights, methods, layers, target rule, smoothing, input size, chunk, device, heatmap
 folder, measures) and a detector's box rules as one run each (:func:`box_batches`).
 
-Importable without torch (the registries it reads are plain data): the FiftyOne App's compute
-form and the Batch page check a request with it and only camcore.batch, which runs one, loads
-models. camcore.batch re-exports every name here.
+Importable without torch or FiftyOne (the registries it reads are plain data; the store is
+imported where a view is read): the FiftyOne App's compute form, the Batch page and the CLI check a
+request with it, and only camcore.batch, which runs one, loads models. camcore.batch re-exports
+every name here.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from camcore import detection, store
+from camcore import detection
 from camcore import targets as targets_mod
 from camcore import weights as weights_mod
 from camcore.errors import MethodError, TargetError
@@ -23,11 +24,11 @@ from camcore.identity import HeatmapIdentity, codes
 from camcore.measures import MeasureOptions
 from camcore.methods import get_method
 from camcore.models import ModelSpec, get_spec
-from camcore.store.scan import Collection
 from camcore.targets import PREDICTED, TargetRule
 
 if TYPE_CHECKING:
     from camcore.models import LoadedModel
+    from camcore.store.scan import Collection
 
 __all__ = ["PREDICTED", "BatchOptions", "BoxFacts", "TargetRule", "box_batches", "forget_shared_facts",
            "shared_facts"]
@@ -122,6 +123,8 @@ class BatchOptions:
         the dataset, as it keeps them (a field of an older name that holds the same map)."""
         identities = self.identities()
         if dataset is not None:
+            from camcore import store
+
             identities = [store.stored_identity(dataset, i) for i in identities]
         return [identity.field_name for identity in identities]
 
@@ -142,9 +145,13 @@ class BoxFacts:
         return self.memo[key]
 
     def labels(self, field_name: str) -> list[str]:
+        from camcore import store
+
         return self._kept(("labels", field_name), lambda: store.label_values(self.view, field_name))
 
     def most_boxes(self, field_name: str, label: str) -> int:
+        from camcore import store
+
         return self._kept(("most", field_name, label), lambda: store.most_boxes(self.view, field_name, label))
 
 
@@ -204,6 +211,8 @@ def _check_box_labels(view: Collection, spec: ModelSpec, rule: str, facts: BoxFa
         detection.class_label(names, body[len("class:"):].strip())
     if not body.startswith("field:"):
         return
+    from camcore import store  # a field's boxes: the view is read
+
     field, _index, label = detection.field_rule_parts(body)
     if label:
         detection.class_label(names, label)

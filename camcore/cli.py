@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from camcore.batch import BatchOptions
+    from camcore.batch_options import BatchOptions
 
 EXIT_USAGE = 2  # user errors: bad arguments and every CamError
 EXIT_INTERNAL = 1  # a bug: anything else
@@ -520,7 +521,7 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
         raise _usage(args, "--faithfulness and --no-faithfulness contradict each other: give one")
     if args.object_label and not args.object_field:
         raise _usage(args, "--object-label names a label of --object-field: give --object-field too")
-    from camcore.batch import BatchOptions  # after the checks: a usage error imports no torch
+    from camcore.batch_options import BatchOptions
     from camcore.measures import MeasureOptions
 
     measures = (MeasureOptions(object_field=args.object_field, threshold=args.threshold,
@@ -532,8 +533,20 @@ def _batch_options(args: argparse.Namespace) -> BatchOptions:
                         heatmap_dir=args.heatmap_dir, measures=measures)
 
 
+def _check_names(options: BatchOptions) -> None:
+    """The model, methods and layers (and a classifier's or segmenter's target class), checked
+    before FiftyOne and torch load: checking needs neither, so a wrong name says so at once. A
+    detector's box rules are checked when the run expands them from the view."""
+    from camcore.batch_options import PREDICTED
+
+    if options.spec.task == "detection":
+        options = dataclasses.replace(options, target_rule=PREDICTED)
+    options.checked()
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     options = _batch_options(args)
+    _check_names(options)
     from camcore import batch, progress, store
 
     dataset = store.load_dataset(args.dataset)

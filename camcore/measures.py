@@ -25,7 +25,6 @@ import numpy as np
 
 from camcore.defaults import DEFAULT_BACKGROUND_THRESHOLD
 from camcore.results import Heatmap
-from camcore.store.datasets import stored_mask
 
 if TYPE_CHECKING:  # the options are read without torch (a form); judge and metrics measure with it
     from camcore import judge, metrics
@@ -75,6 +74,8 @@ def object_label(kind: str, doc: dict | None, names: dict[int, str]) -> ObjectLa
         boxes = tuple((str(d.get("label")), tuple(float(v) for v in d["bounding_box"]))
                       for d in doc.get("detections") or [] if d.get("bounding_box"))
         return ObjectLabel(kind, boxes=boxes)
+    from camcore.store.datasets import stored_mask  # FiftyOne: imported where a label is read
+
     mask = stored_mask(doc)
     return None if mask is None else ObjectLabel(kind, mask=mask, names=names)
 

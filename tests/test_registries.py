@@ -1,6 +1,6 @@
 """The registries are plain data: what they copy from torchvision, torch.hub and pytorch-grad-cam
-is checked here against the libraries, and they (with a batch's options) import without torch,
-so the FiftyOne App's compute form and the CLI's checks answer without loading it."""
+is checked here against the libraries, and they (with a batch's options) import without torch or
+FiftyOne, so the FiftyOne App's compute form and the CLI's checks answer without loading them."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from camcore import methods, models, weights
 from camcore.class_names import builtin_categories
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "timm")
+HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "timm", "fiftyone")
 
 
 def test_the_built_in_class_names_are_torchvisions():
