@@ -439,6 +439,13 @@ def test_batch_defaults_to_the_offline_model_like_cam_and_push():
         assert cli.build_parser().parse_args([command, *extra]).model == DEFAULT_MODEL
 
 
+def _fresh_stdout(code: str) -> str:
+    """What `code` prints in a new process (nothing of the tests' loaded), checked to succeed."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def test_a_wrong_name_in_a_batch_says_so_before_fiftyone_or_torch_loads():
     """A wrong method, layer, model or class is checked from the registries (plain data) before the
     dataset is read: one line and exit 2 in a fraction of a second (it loaded FiftyOne, the dataset
@@ -447,8 +454,9 @@ def test_a_wrong_name_in_a_batch_says_so_before_fiftyone_or_torch_loads():
         "import contextlib, io, sys\n"
         "from camcore import cli\n"
         "said = []\n"
-        "for extra in (['--method', 'nosuch'], ['--model', 'deeplabv3', '--layer', 'layer9'], ['--model', 'nosuch'],\n"
-        "              ['--target', 'no such class'], ['--model', 'fasterrcnn_resnet50_fpn_v2', '--method', 'fullgrad']):\n"
+        "for extra in (['--method', 'nosuch'], ['--model', 'deeplabv3', '--layer', 'layer9'],\n"
+        "              ['--model', 'nosuch'], ['--target', 'no such class'],\n"
+        "              ['--model', 'fasterrcnn_resnet50_fpn_v2', '--method', 'fullgrad']):\n"
         "    err = io.StringIO()\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
         "        assert cli.main(['batch', '--dataset', 'not-read', *extra]) == 2, extra\n"
@@ -456,9 +464,7 @@ def test_a_wrong_name_in_a_batch_says_so_before_fiftyone_or_torch_loads():
         "print(sorted(m for m in ('torch', 'fiftyone', 'pytorch_grad_cam') if m in sys.modules))\n"
         "print('\\n'.join(said))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    loaded, *said = proc.stdout.strip().splitlines()
+    loaded, *said = _fresh_stdout(code).strip().splitlines()
     assert loaded == "[]", loaded
     assert "Unknown method 'nosuch'" in said[0] and "has no layer 'layer9'" in said[1]
     assert "nosuch" in said[2] and "Unknown class 'no such class'" in said[3]
@@ -481,9 +487,8 @@ def test_help_and_usage_errors_import_neither_torch_nor_fiftyone():
         "            assert argv == ['--help'] and exc.code == 0\n"
         "print(sorted(m for m in ('torch', 'fiftyone', 'pytorch_grad_cam', 'camcore.models') if m in sys.modules))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]", proc.stdout
+    loaded = _fresh_stdout(code)
+    assert loaded.strip() == "[]", loaded
 
 
 def test_cam_help_lists_every_method_of_the_registry():
