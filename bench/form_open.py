@@ -13,7 +13,6 @@ private mongod. Ratios are base / this checkout, medians.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -23,7 +22,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # mongod_support
+sys.path[:0] = [str(ROOT / "tests")]  # mongod_support
+
+from base_tree import parse_args, worktree  # noqa: E402
 
 MODELS = ("efficientnet_lite0", "deeplabv3", "fasterrcnn_resnet50_fpn_v2")
 HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "timm")
@@ -59,10 +60,7 @@ def one_open(tree: Path, image: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="the commit to compare with (a git worktree of it)")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__, repeats=3)
 
     import cv2
     import numpy as np
@@ -71,17 +69,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="form-open-"))
     image = str(work / "one.png")
     cv2.imwrite(image, np.full((240, 320, 3), 128, np.uint8))
-    base = work / "base"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.base], check=True)
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     mongod = private_mongod(work / "db")
     runs: dict[str, list[dict]] = {"base": [], "this": []}
     try:
-        for _ in range(args.repeats):
-            for name, tree in (("base", base), ("this", ROOT)):
-                runs[name].append(one_open(tree, image))
+        with worktree(args.base, work / "base") as base:
+            for _ in range(args.repeats):
+                for name, tree in (("base", base), ("this", ROOT)):
+                    runs[name].append(one_open(tree, image))
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
         if mongod is not None:
             stop_mongod(mongod, disconnect_fiftyone=False)
 

@@ -10,7 +10,6 @@ stored link would open it: seconds until the page is idle, whether the server ha
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests")]  # mongod_support
+
+from base_tree import parse_args, worktree  # noqa: E402
 
 PAGES = ("audit", "findings", "runs", "batch", "review")
 CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -77,25 +78,17 @@ def one_server(tree: Path, work: Path, browser) -> list[tuple[str, float, bool, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="the commit to compare with (a git worktree of it)")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args(__doc__, repeats=2)
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="reading-pages-"))
-    base = work / "base"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.base], check=True)
     runs: dict[str, list] = {"base": [], "this": []}
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM)
-            for _ in range(args.repeats):
-                for name, tree in (("base", base), ("this", ROOT)):
-                    runs[name].append(one_server(tree, work, browser))
-            browser.close()
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+    with worktree(args.base, work / "base") as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM)
+        for _ in range(args.repeats):
+            for name, tree in (("base", base), ("this", ROOT)):
+                runs[name].append(one_server(tree, work, browser))
+        browser.close()
 
     print(f"a fresh explorer, each page opened in turn; medians of {args.repeats} servers per tree")
     print(f"{'page':10}{'base s':>9}{'this s':>9}{'ratio':>8}{'base torch, MiB':>18}{'this torch, MiB':>18}")

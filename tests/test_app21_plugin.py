@@ -9,8 +9,6 @@ import datetime
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from fo_helpers import field_name, make_heatmap, make_result, unique_name, write_images
+from fresh_process import run_python
 
 from camcore import links, store
 from camcore.store import appstyle, appwatch
@@ -506,12 +505,8 @@ def test_the_samples_mark_reads_one_index_entry(dataset, monkeypatch):
 def _fresh_app_server(tmp_path, script: str, *args: str, **env: str) -> str:
     """Run `script` in a fresh process as an App server runs operators: our plugin, outside the
     checkout (camcore importable only through the plugin), nothing of the tests' loaded. Its stdout."""
-    environ = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(ROOT / "plugins"), **env}
-    environ.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, env=environ,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return run_python(script, *args, cwd=tmp_path, env={"FIFTYONE_PLUGINS_DIR": str(ROOT / "plugins"), **env},
+                      camcore_on_path=False)
 
 
 # The App server's page check: camcore.store only, never torch (a cold process: the tests' own

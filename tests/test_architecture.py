@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from fresh_process import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMCORE = sorted((ROOT / "camcore").rglob("*.py"))
@@ -293,7 +291,5 @@ def test_the_pages_that_read_what_is_stored_load_no_torch():
     assert "ui.batch_runs" in modules and "ui.review" in modules  # the rule sees the pages' parts
     script = ("import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
               "print(' '.join(x for x in ('torch', 'torchvision', 'pytorch_grad_cam') if x in sys.modules) or 'none')")
-    proc = subprocess.run([sys.executable, "-c", script, *modules], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-1:] == ["none"], f"loaded: {proc.stdout.strip()}"
+    loaded = run_python(script, *modules)
+    assert loaded.split()[-1:] == ["none"], f"loaded: {loaded.strip()}"

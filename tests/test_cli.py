@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cam_support import CHELSEA
+from fresh_process import run_python
 from PIL import Image
 from warm_processes import CLI, ForkServer
 
@@ -439,13 +440,6 @@ def test_batch_defaults_to_the_offline_model_like_cam_and_push():
         assert cli.build_parser().parse_args([command, *extra]).model == DEFAULT_MODEL
 
 
-def _fresh_stdout(code: str) -> str:
-    """What `code` prints in a new process (nothing of the tests' loaded), checked to succeed."""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 def test_a_wrong_name_in_a_batch_says_so_before_fiftyone_or_torch_loads():
     """A wrong method, layer, model or class is checked from the registries (plain data) before the
     dataset is read: one line and exit 2 in a fraction of a second (it loaded FiftyOne, the dataset
@@ -464,7 +458,7 @@ def test_a_wrong_name_in_a_batch_says_so_before_fiftyone_or_torch_loads():
         "print(sorted(m for m in ('torch', 'fiftyone', 'pytorch_grad_cam') if m in sys.modules))\n"
         "print('\\n'.join(said))\n"
     )
-    loaded, *said = _fresh_stdout(code).strip().splitlines()
+    loaded, *said = run_python(code).strip().splitlines()
     assert loaded == "[]", loaded
     assert "Unknown method 'nosuch'" in said[0] and "has no layer 'layer9'" in said[1]
     assert "nosuch" in said[2] and "Unknown class 'no such class'" in said[3]
@@ -487,7 +481,7 @@ def test_help_and_usage_errors_import_neither_torch_nor_fiftyone():
         "            assert argv == ['--help'] and exc.code == 0\n"
         "print(sorted(m for m in ('torch', 'fiftyone', 'pytorch_grad_cam', 'camcore.models') if m in sys.modules))\n"
     )
-    loaded = _fresh_stdout(code)
+    loaded = run_python(code)
     assert loaded.strip() == "[]", loaded
 
 

@@ -4,16 +4,12 @@ FiftyOne, so the FiftyOne App's compute form and the CLI's checks answer without
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+
+from fresh_process import HEAVY, run_python
 
 from camcore import methods, models, weights
 from camcore.class_names import builtin_categories
 
-ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "timm", "fiftyone")
 
 
 def test_the_built_in_class_names_are_torchvisions():
@@ -72,7 +68,7 @@ print(json.dumps({"ours": ours, "theirs": theirs, "moved": str(weights.hub_dir()
 
 
 def test_the_hub_folder_is_torch_hubs_with_or_without_torch(tmp_path):
-    said = json.loads(_fresh(tmp_path, _HUB_DIRS, str(tmp_path)).splitlines()[-1])
+    said = json.loads(run_python(_HUB_DIRS, str(tmp_path), cwd=tmp_path).splitlines()[-1])
     assert said["ours"] == said["theirs"]
     assert said["moved"] == str(tmp_path / "moved")  # torch.hub.set_dir, once torch is there
 
@@ -108,7 +104,7 @@ print(" ".join(m for m in sys.argv[1:] if m in sys.modules) or "none")
 
 
 def test_the_registries_and_a_batchs_options_import_no_torch(tmp_path):
-    loaded = _fresh(tmp_path, _READ_THE_REGISTRIES, *HEAVY)
+    loaded = run_python(_READ_THE_REGISTRIES, *HEAVY, cwd=tmp_path)
     assert loaded.split()[-1:] == ["none"], f"loaded: {loaded.strip()}"
 
 
@@ -126,15 +122,8 @@ print(" ".join(m for m in sys.argv[1:] if m in sys.modules) or "none")
 
 
 def test_the_clis_model_and_method_lists_import_no_torch(tmp_path):
-    loaded = _fresh(tmp_path, _LIST, *HEAVY)
+    loaded = run_python(_LIST, *HEAVY, cwd=tmp_path)
     assert loaded.split()[-1:] == ["none"], f"loaded: {loaded.strip()}"
 
 
-def _fresh(tmp_path: Path, script: str, *args: str) -> str:
-    """`script`'s stdout, run in a new process (nothing of the tests' loaded) with camcore importable."""
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, env=environ,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
 
